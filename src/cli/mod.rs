@@ -1,0 +1,109 @@
+//! Command-line interface: one module per verb. Compiled only into the binary.
+
+mod apt;
+mod hash;
+mod manifest;
+mod output;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
+
+pub(crate) use output::{Format, Output};
+
+/// Environment variables otaforge reads, shown at the end of `--help`.
+const ENV_HELP: &str = "\
+Environment:
+  SOURCE_DATE_EPOCH  Unix seconds used for createdDateTime (reproducible builds)
+  CI                 when set, progress bars are off
+  NO_COLOR           when set, output has no colour
+
+Exit codes: 0 ok, 1 a check failed (invalid manifest, bad signature), 2 usage or unexpected error";
+
+/// Build, check, sign and ship over-the-air updates for Azure Device Update.
+#[derive(Debug, Parser)]
+#[command(name = "otaforge", version, after_long_help = ENV_HELP)]
+pub(crate) struct Cli {
+    /// Output format for data on stdout.
+    #[arg(long, global = true, value_enum, default_value_t = Format::Text)]
+    format: Format,
+    /// No progress bars or notices on stderr (errors are still printed).
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print size and SHA-256 (base64 for ADU, hex like sha256sum) of files.
+    Hash(hash::HashArgs),
+    /// Create and validate ADU import manifests (v5).
+    #[command(subcommand)]
+    Manifest(manifest::ManifestCommand),
+    /// Create and validate APT manifests for the microsoft/apt:1 handler.
+    #[command(subcommand)]
+    Apt(apt::AptCommand),
+}
+
+/// How a command ended when it did not fail unexpectedly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Everything was fine.
+    Ok,
+    /// A check ran and found problems (exit code 1).
+    CheckFailed,
+}
+
+/// Parses arguments, runs the command and maps the outcome to an exit code.
+pub(crate) fn main() -> ExitCode {
+    let matches = match Cli::command().try_get_matches() {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = e.print();
+            // clap uses 0 for --help and --version and 2 for usage errors, as we do.
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(2);
+        }
+    };
+    let out = Output::new(cli.format, cli.quiet);
+    let result = match cli.command {
+        Command::Hash(args) => hash::run(args, &out),
+        Command::Manifest(cmd) => manifest::run(cmd, sub_matches(&matches, &["manifest"]), &out),
+        Command::Apt(cmd) => apt::run(cmd, &out),
+    };
+    match result {
+        Ok(Outcome::Ok) => ExitCode::SUCCESS,
+        Ok(Outcome::CheckFailed) => ExitCode::from(1),
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The matches of a nested subcommand, for reading the order of repeated options.
+fn sub_matches<'a>(matches: &'a ArgMatches, path: &[&str]) -> Option<&'a ArgMatches> {
+    let mut m = matches;
+    for name in path {
+        m = m.subcommand_matches(name)?;
+    }
+    m.subcommand().map(|(_, sub)| sub)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

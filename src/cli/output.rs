@@ -1,0 +1,105 @@
+//! Output rules: data on stdout (text or JSON), notices and progress on stderr, progress bars
+//! only on a terminal outside CI.
+
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use otaforge::Reporter;
+use serde::Serialize;
+
+/// The format of data written to stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Format {
+    /// For people.
+    Text,
+    /// For programs: one JSON document.
+    Json,
+}
+
+/// Where and how a command writes.
+#[derive(Debug)]
+pub(crate) struct Output {
+    /// The requested data format.
+    pub(crate) format: Format,
+    quiet: bool,
+    progress: bool,
+}
+
+impl Output {
+    /// Decides whether progress bars are drawn: only on a terminal, outside CI, and not quiet.
+    pub(crate) fn new(format: Format, quiet: bool) -> Self {
+        let progress =
+            !quiet && std::io::stderr().is_terminal() && std::env::var_os(otaforge::env::CI).is_none();
+        Self { format, quiet, progress }
+    }
+
+    /// True for `--format json`.
+    pub(crate) fn json(&self) -> bool {
+        self.format == Format::Json
+    }
+
+    /// Writes one line of data to stdout.
+    pub(crate) fn line(&self, text: impl AsRef<str>) -> anyhow::Result<()> {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{}", text.as_ref())?;
+        Ok(())
+    }
+
+    /// Writes a JSON document to stdout.
+    pub(crate) fn json_value<T: Serialize>(&self, value: &T) -> anyhow::Result<()> {
+        let mut out = std::io::stdout().lock();
+        serde_json::to_writer_pretty(&mut out, value)?;
+        writeln!(out)?;
+        Ok(())
+    }
+
+    /// Writes a notice to stderr unless `--quiet`.
+    pub(crate) fn notice(&self, text: impl AsRef<str>) {
+        if !self.quiet {
+            let _ = writeln!(std::io::stderr(), "{}", text.as_ref());
+        }
+    }
+
+    /// A progress reporter for work of unknown total size.
+    pub(crate) fn progress(&self, what: &str) -> BarReporter {
+        let bar = if self.progress {
+            let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{msg:>10} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            bar.set_message(what.to_owned());
+            bar.enable_steady_tick(Duration::from_millis(200));
+            bar
+        } else {
+            ProgressBar::hidden()
+        };
+        BarReporter { bar }
+    }
+}
+
+/// Draws the library's progress as one bar across all files.
+pub(crate) struct BarReporter {
+    bar: ProgressBar,
+}
+
+impl Reporter for BarReporter {
+    fn start(&self, _label: &str, total: Option<u64>) {
+        if let Some(t) = total {
+            self.bar.inc_length(t);
+        }
+    }
+    fn advance(&self, _label: &str, bytes: u64) {
+        self.bar.inc(bytes);
+    }
+}
+
+impl Drop for BarReporter {
+    fn drop(&mut self) {
+        self.bar.finish_and_clear();
+    }
+}

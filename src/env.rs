@@ -1,0 +1,18 @@
+//! Every environment variable otaforge reads, in one place.
+//!
+//! The CLI's `--help` lists these; nothing else in the code spells a variable name.
+
+/// Seconds since the Unix epoch used for `createdDateTime` in generated manifests, so that
+/// builds are reproducible (<https://reproducible-builds.org/specs/source-date-epoch/>).
+pub const SOURCE_DATE_EPOCH: &str = "SOURCE_DATE_EPOCH";
+
+/// Set by most CI systems; progress bars are switched off when it is present.
+pub const CI: &str = "CI";
+
+/// When present (any value), output carries no colour (<https://no-color.org>).
+pub const NO_COLOR: &str = "NO_COLOR";
+
+/// Reads `SOURCE_DATE_EPOCH` if it is set and not empty.
+pub fn source_date_epoch() -> Option<String> {
+    std::env::var(SOURCE_DATE_EPOCH).ok().filter(|v| !v.is_empty())
+}

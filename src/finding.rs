@@ -1,0 +1,220 @@
+//! Problems found in a document, each located by a JSON path and paired with a hint.
+//!
+//! Validators collect **every** problem instead of stopping at the first, so a user fixes a
+//! manifest in one round trip rather than one error at a time.
+
+use std::fmt;
+
+use serde::Serialize;
+
+/// A location inside a JSON document, printed as `$.a.b[0]["odd key"]`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct JsonPath(Vec<Segment>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Key(String),
+    Index(usize),
+}
+
+impl JsonPath {
+    /// The document root, `$`.
+    pub fn root() -> Self {
+        Self(Vec::new())
+    }
+
+    /// This path extended by an object key.
+    pub fn key(&self, key: &str) -> Self {
+        let mut v = self.0.clone();
+        v.push(Segment::Key(key.to_owned()));
+        Self(v)
+    }
+
+    /// This path extended by an array index.
+    pub fn index(&self, i: usize) -> Self {
+        let mut v = self.0.clone();
+        v.push(Segment::Index(i));
+        Self(v)
+    }
+}
+
+impl fmt::Display for JsonPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("$")?;
+        for seg in &self.0 {
+            match seg {
+                Segment::Index(i) => write!(f, "[{i}]")?,
+                Segment::Key(k)
+                    if !k.is_empty()
+                        && !k.starts_with(|c: char| c.is_ascii_digit())
+                        && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$') =>
+                {
+                    write!(f, ".{k}")?
+                }
+                Segment::Key(k) => write!(f, "[{}]", serde_json::Value::String(k.clone()))?,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Serialize for JsonPath {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// How bad a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Likely a mistake, but the service and agent accept it; does not fail a check.
+    Warning,
+    /// The service or the agent will refuse or mishandle the document; fails a check.
+    Error,
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Severity::Warning => "warning",
+            Severity::Error => "error",
+        })
+    }
+}
+
+/// One problem in a document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Finding {
+    /// Whether this fails the check.
+    pub severity: Severity,
+    /// Stable identifier of the rule that was broken, e.g. `version-parts`.
+    pub rule: &'static str,
+    /// Where in the document.
+    pub path: JsonPath,
+    /// What is wrong.
+    pub message: String,
+    /// How to fix it, when there is something more useful to say than the message.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}: {} [{}]", self.severity, self.path, self.message, self.rule)?;
+        if let Some(h) = &self.hint {
+            write!(f, "\n  hint: {h}")?;
+        }
+        Ok(())
+    }
+}
+
+/// An ordered collection of findings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Findings(Vec<Finding>);
+
+impl Findings {
+    /// No findings yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records an error without a hint.
+    pub fn error(&mut self, rule: &'static str, path: &JsonPath, message: impl Into<String>) {
+        self.push(Severity::Error, rule, path, message.into(), None);
+    }
+
+    /// Records an error with a hint on how to fix it.
+    pub fn error_hint(
+        &mut self,
+        rule: &'static str,
+        path: &JsonPath,
+        message: impl Into<String>,
+        hint: impl Into<String>,
+    ) {
+        self.push(Severity::Error, rule, path, message.into(), Some(hint.into()));
+    }
+
+    /// Records a warning with a hint.
+    pub fn warning(
+        &mut self,
+        rule: &'static str,
+        path: &JsonPath,
+        message: impl Into<String>,
+        hint: impl Into<String>,
+    ) {
+        self.push(Severity::Warning, rule, path, message.into(), Some(hint.into()));
+    }
+
+    fn push(
+        &mut self,
+        severity: Severity,
+        rule: &'static str,
+        path: &JsonPath,
+        message: String,
+        hint: Option<String>,
+    ) {
+        self.0.push(Finding { severity, rule, path: path.clone(), message, hint });
+    }
+
+    /// True when at least one finding is an error.
+    pub fn has_errors(&self) -> bool {
+        self.0.iter().any(|f| f.severity == Severity::Error)
+    }
+
+    /// Number of errors (warnings not counted).
+    pub fn error_count(&self) -> usize {
+        self.0.iter().filter(|f| f.severity == Severity::Error).count()
+    }
+
+    /// True when nothing was found.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Number of findings.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// The findings in the order they were recorded.
+    pub fn iter(&self) -> std::slice::Iter<'_, Finding> {
+        self.0.iter()
+    }
+
+    /// Moves all findings of `other` to the end of this collection.
+    pub fn extend(&mut self, other: Findings) {
+        self.0.extend(other.0);
+    }
+}
+
+impl IntoIterator for Findings {
+    type Item = Finding;
+    type IntoIter = std::vec::IntoIter<Finding>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
+impl<'a> IntoIterator for &'a Findings {
+    type Item = &'a Finding;
+    type IntoIter = std::slice::Iter<'a, Finding>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_print_like_jsonpath() {
+        let p = JsonPath::root().key("files").index(2).key("hashes").key("sha256");
+        assert_eq!(p.to_string(), "$.files[2].hashes.sha256");
+        let q = JsonPath::root().key("properties").key("microsoft.sourceFileHash");
+        assert_eq!(q.to_string(), r#"$.properties["microsoft.sourceFileHash"]"#);
+    }
+}

@@ -1,0 +1,24 @@
+//! otaforge: build, check, hash, sign, delta, upload and import over-the-air updates for
+//! Azure Device Update (ADU).
+//!
+//! The pipeline a release goes through, and the module that owns each stage:
+//!
+//! 1. [`apt`] and [`manifest`] describe the update: APT manifests for `microsoft/apt:1` and ADU
+//!    import manifests v5 (<https://learn.microsoft.com/azure/iot-hub-device-update/import-schema>),
+//!    built deterministically and validated against every rule the service and agent enforce.
+//! 2. [`hash`] computes the sizes and SHA-256 digests those documents declare.
+//!
+//! The library never prints and never exits: it returns typed errors (one enum per module) and
+//! reports progress through [`Reporter`]. The `otaforge` binary adds the command line on top.
+
+pub mod apt;
+pub mod env;
+pub mod finding;
+pub mod fsutil;
+pub mod hash;
+pub mod manifest;
+pub mod reporter;
+
+pub use finding::{Finding, Findings, JsonPath, Severity};
+pub use hash::{HashError, Sha256};
+pub use reporter::{NoReporter, Reporter};
