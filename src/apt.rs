@@ -153,13 +153,15 @@ pub fn check_debian_version(v: &str) -> Result<(), String> {
         Some((e, r)) => (Some(e), r),
         None => (None, v),
     };
-    if let Some(e) = epoch {
-        if e.is_empty() || !e.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(format!("epoch '{e}' of '{v}' must be a non-negative integer"));
-        }
+    if let Some(e) = epoch
+        && (e.is_empty() || !e.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err(format!("epoch '{e}' of '{v}' must be a non-negative integer"));
     }
     if rest.contains(':') {
-        return Err(format!("version '{v}' has more than one ':'; only the epoch is separated by ':'"));
+        return Err(format!(
+            "version '{v}' has more than one ':'; only the epoch is separated by ':'"
+        ));
     }
     let (upstream, revision) = match rest.rsplit_once('-') {
         Some((u, r)) => (u, Some(r)),
@@ -230,10 +232,10 @@ pub fn validate_value(doc: &Value) -> Findings {
             Some(_) => f.error("type", &root.key(key), format!("'{key}' must be a string")),
         }
     }
-    if let Some(v) = obj.get("agentRestartRequired") {
-        if !v.is_boolean() {
-            f.error("type", &root.key("agentRestartRequired"), "must be true or false");
-        }
+    if let Some(v) = obj.get("agentRestartRequired")
+        && !v.is_boolean()
+    {
+        f.error("type", &root.key("agentRestartRequired"), "must be true or false");
     }
     let pp = root.key("packages");
     let Some(packages) = obj.get("packages") else {
@@ -245,7 +247,12 @@ pub fn validate_value(doc: &Value) -> Findings {
         return f;
     };
     if packages.is_empty() {
-        f.error_hint("empty", &pp, "'packages' is empty; the apt handler refuses it", "list at least one package");
+        f.error_hint(
+            "empty",
+            &pp,
+            "'packages' is empty; the apt handler refuses it",
+            "list at least one package",
+        );
     }
     let mut seen: HashMap<String, usize> = HashMap::new();
     for (i, pkg) in packages.iter().enumerate() {
@@ -256,7 +263,12 @@ pub fn validate_value(doc: &Value) -> Findings {
         };
         for key in pkg.keys() {
             if key != "name" && key != "version" {
-                f.warning("unknown-property", &p.key(key), format!("unknown package property '{key}'"), "a package has only name and version");
+                f.warning(
+                    "unknown-property",
+                    &p.key(key),
+                    format!("unknown package property '{key}'"),
+                    "a package has only name and version",
+                );
             }
         }
         let name = match pkg.get("name") {
@@ -275,7 +287,12 @@ pub fn validate_value(doc: &Value) -> Findings {
             None => (name, false),
         };
         if let Err(e) = check_package_name(base) {
-            f.error_hint("package-name", &p.key("name"), e, "see Debian policy §5.6.1; append '-' only to remove a package");
+            f.error_hint(
+                "package-name",
+                &p.key("name"),
+                e,
+                "see Debian policy §5.6.1; append '-' only to remove a package",
+            );
         }
         match pkg.get("version") {
             None => {}
@@ -294,7 +311,12 @@ pub fn validate_value(doc: &Value) -> Findings {
                         "the apt handler supports only exact versions such as 1.2.3-1",
                     );
                 } else if let Err(e) = check_debian_version(v) {
-                    f.error_hint("package-version", &p.key("version"), e, "see Debian policy §5.6.12: [epoch:]upstream[-revision]");
+                    f.error_hint(
+                        "package-version",
+                        &p.key("version"),
+                        e,
+                        "see Debian policy §5.6.12: [epoch:]upstream[-revision]",
+                    );
                 }
             }
             Some(_) => f.error("type", &p.key("version"), "'version' must be a string"),
@@ -302,7 +324,9 @@ pub fn validate_value(doc: &Value) -> Findings {
         if let Some(first) = seen.insert(base.to_owned(), i) {
             let other = packages[first]["name"].as_str().unwrap_or_default();
             let msg = if other.ends_with('-') != removal {
-                format!("package '{base}' is both installed and removed (also at packages[{first}])")
+                format!(
+                    "package '{base}' is both installed and removed (also at packages[{first}])"
+                )
             } else {
                 format!("package '{base}' is listed twice (also at packages[{first}])")
             };
@@ -350,7 +374,8 @@ mod tests {
     fn dpkg_query_output_parses() {
         let text = "libc6:amd64\t2.36-9+deb12u4\nbash\t5.2.15-2+b2\n\n# comment\ncurl=7.88.1-10\nvim\nold-pkg-\n";
         let pkgs = parse_package_list(text).unwrap();
-        let got: Vec<(String, Option<String>)> = pkgs.into_iter().map(|p| (p.name, p.version)).collect();
+        let got: Vec<(String, Option<String>)> =
+            pkgs.into_iter().map(|p| (p.name, p.version)).collect();
         assert_eq!(
             got,
             vec![

@@ -59,16 +59,22 @@ pub(crate) fn run(cmd: AptCommand, out: &Output) -> anyhow::Result<Outcome> {
 }
 
 fn init(args: InitArgs, out: &Output) -> anyhow::Result<Outcome> {
-    let mut packages: Vec<apt::AptPackage> = args.packages.iter().map(|p| apt::parse_package_spec(p)).collect();
+    let mut packages: Vec<apt::AptPackage> =
+        args.packages.iter().map(|p| apt::parse_package_spec(p)).collect();
     if let Some(list) = &args.packages_from {
         let text = if list.as_os_str() == "-" {
             let mut s = String::new();
-            std::io::stdin().read_to_string(&mut s).context("cannot read the package list from stdin")?;
+            std::io::stdin()
+                .read_to_string(&mut s)
+                .context("cannot read the package list from stdin")?;
             s
         } else {
             fs_err::read_to_string(list)?
         };
-        packages.extend(apt::parse_package_list(&text).with_context(|| format!("package list {}", list.display()))?);
+        packages.extend(
+            apt::parse_package_list(&text)
+                .with_context(|| format!("package list {}", list.display()))?,
+        );
     }
     let manifest = AptManifest {
         name: args.name,
@@ -167,7 +173,11 @@ fn validate(args: ValidateArgs, out: &Output) -> anyhow::Result<Outcome> {
     } else {
         for r in &reports {
             let status = if r.valid { "ok" } else { "INVALID" };
-            let crit = r.installed_criteria.as_deref().map(|c| format!(" (installedCriteria {c})")).unwrap_or_default();
+            let crit = r
+                .installed_criteria
+                .as_deref()
+                .map(|c| format!(" (installedCriteria {c})"))
+                .unwrap_or_default();
             out.line(format!("{status}: {}{crit}", r.file))?;
             for f in &r.findings {
                 out.line(format!("  {}: {}: {} [{}]", f.severity, f.path, f.message, f.rule))?;

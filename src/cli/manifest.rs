@@ -8,8 +8,7 @@ use otaforge::Findings;
 use otaforge::finding::Severity;
 use otaforge::hash::default_jobs;
 use otaforge::manifest::{
-    self, FileSpec, ManifestSpec, RelatedSpec, StepSpec, UpdateId, builtin_templates,
-    find_template,
+    self, FileSpec, ManifestSpec, RelatedSpec, StepSpec, UpdateId, builtin_templates, find_template,
 };
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -20,7 +19,7 @@ use super::{Outcome, Output};
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum ManifestCommand {
     /// Write an import manifest v5 (what `az iot du update init v5` does, checked).
-    Init(InitArgs),
+    Init(Box<InitArgs>),
     /// Check import manifests against every schema, service and agent rule.
     Validate(ValidateArgs),
     /// List the built-in templates for --template.
@@ -98,9 +97,13 @@ pub(crate) struct ValidateArgs {
     payload_dir: Option<PathBuf>,
 }
 
-pub(crate) fn run(cmd: ManifestCommand, matches: Option<&ArgMatches>, out: &Output) -> anyhow::Result<Outcome> {
+pub(crate) fn run(
+    cmd: ManifestCommand,
+    matches: Option<&ArgMatches>,
+    out: &Output,
+) -> anyhow::Result<Outcome> {
     match cmd {
-        ManifestCommand::Init(args) => init(args, matches, out),
+        ManifestCommand::Init(args) => init(*args, matches, out),
         ManifestCommand::Validate(args) => validate(args, out),
         ManifestCommand::Templates => templates(out),
     }
@@ -161,13 +164,19 @@ fn parse_compat(s: &str) -> anyhow::Result<Map<String, Value>> {
 fn parse_step(s: &str) -> anyhow::Result<StepSpec> {
     let (mut handler, mut files, mut properties, mut description) = (None, Vec::new(), None, None);
     for part in split_kv(s) {
-        let (k, v) = part.split_once('=').with_context(|| format!("--step '{s}': '{part}' is not key=value"))?;
+        let (k, v) = part
+            .split_once('=')
+            .with_context(|| format!("--step '{s}': '{part}' is not key=value"))?;
         match k {
             "handler" => handler = Some(v.to_owned()),
             "files" => files = v.split(';').filter(|f| !f.is_empty()).map(str::to_owned).collect(),
-            "properties" => properties = Some(parse_properties(v).with_context(|| format!("--step '{s}'"))?),
+            "properties" => {
+                properties = Some(parse_properties(v).with_context(|| format!("--step '{s}'"))?)
+            }
             "description" | "desc" => description = Some(v.to_owned()),
-            other => bail!("--step '{s}': unknown key '{other}' (known: handler, files, properties, description)"),
+            other => bail!(
+                "--step '{s}': unknown key '{other}' (known: handler, files, properties, description)"
+            ),
         }
     }
     let handler = handler.with_context(|| {
@@ -181,7 +190,8 @@ fn parse_properties(v: &str) -> anyhow::Result<Map<String, Value>> {
         Some(path) => (fs_err::read_to_string(path)?, path.to_owned()),
         None => (v.to_owned(), "properties".to_owned()),
     };
-    let value: Value = serde_json::from_str(&text).with_context(|| format!("{origin} is not valid JSON"))?;
+    let value: Value =
+        serde_json::from_str(&text).with_context(|| format!("{origin} is not valid JSON"))?;
     match value {
         Value::Object(map) => Ok(map),
         other => bail!("{origin} must be a JSON object, not {other}"),
@@ -205,9 +215,16 @@ fn parse_related(s: &str) -> anyhow::Result<RelatedSpec> {
     let (target, path) = parts[0]
         .split_once('=')
         .with_context(|| format!("--related-file '{s}' must start with TARGET_NAME=PATH"))?;
-    let mut spec = RelatedSpec { target: target.to_owned(), path: path.into(), properties: Vec::new(), source: None };
+    let mut spec = RelatedSpec {
+        target: target.to_owned(),
+        path: path.into(),
+        properties: Vec::new(),
+        source: None,
+    };
     for part in &parts[1..] {
-        let (k, v) = part.split_once('=').with_context(|| format!("--related-file '{s}': '{part}' is not key=value"))?;
+        let (k, v) = part
+            .split_once('=')
+            .with_context(|| format!("--related-file '{s}': '{part}' is not key=value"))?;
         if k == "source" {
             spec.source = Some(v.into());
         } else {
@@ -230,7 +247,10 @@ fn ordered_steps(args: &InitArgs, matches: Option<&ArgMatches>) -> anyhow::Resul
     let ref_idx = indices("step_ref");
     for (i, s) in args.step_ref.iter().enumerate() {
         let update_id: UpdateId = s.parse().with_context(|| format!("--step-ref '{s}'"))?;
-        steps.push((ref_idx.get(i).copied().unwrap_or(usize::MAX / 2 + i), StepSpec::Reference { update_id, description: None }));
+        steps.push((
+            ref_idx.get(i).copied().unwrap_or(usize::MAX / 2 + i),
+            StepSpec::Reference { update_id, description: None },
+        ));
     }
     steps.sort_by_key(|(i, _)| *i);
     Ok(steps.into_iter().map(|(_, s)| s).collect())
@@ -249,18 +269,25 @@ struct Written<'a> {
 
 fn init(args: InitArgs, matches: Option<&ArgMatches>, out: &Output) -> anyhow::Result<Outcome> {
     let update_id = UpdateId::new(&args.provider, &args.name, &args.update_version)?;
-    let compatibility = args.compat.iter().map(|c| parse_compat(c)).collect::<anyhow::Result<Vec<_>>>()?;
+    let compatibility =
+        args.compat.iter().map(|c| parse_compat(c)).collect::<anyhow::Result<Vec<_>>>()?;
     let steps = ordered_steps(&args, matches)?;
     let files = args.file.iter().map(|f| parse_file(f)).collect::<anyhow::Result<Vec<_>>>()?;
-    let related = args.related_file.iter().map(|r| parse_related(r)).collect::<anyhow::Result<Vec<_>>>()?;
+    let related =
+        args.related_file.iter().map(|r| parse_related(r)).collect::<anyhow::Result<Vec<_>>>()?;
     let template = match &args.template {
         Some(name) => Some((name.clone(), find_template(name)?)),
         None => None,
     };
     if steps.is_empty() && template.is_none() {
-        bail!("no steps: give --step, --step-ref or --template (see otaforge manifest init --help)");
+        bail!(
+            "no steps: give --step, --step-ref or --template (see otaforge manifest init --help)"
+        );
     }
-    let created = manifest::created_date_time(args.created.as_deref(), otaforge::env::source_date_epoch().as_deref())?;
+    let created = manifest::created_date_time(
+        args.created.as_deref(),
+        otaforge::env::source_date_epoch().as_deref(),
+    )?;
     let spec = ManifestSpec {
         update_id,
         description: args.description,
@@ -352,12 +379,18 @@ fn validate(args: ValidateArgs, out: &Output) -> anyhow::Result<Outcome> {
     let loaded: Vec<(usize, manifest::validate::Loaded<'_>)> = checked
         .iter()
         .enumerate()
-        .filter_map(|(i, c)| c.manifest.as_ref().map(|m| (i, manifest::validate::Loaded { source: &c.path, manifest: m })))
+        .filter_map(|(i, c)| {
+            c.manifest
+                .as_ref()
+                .map(|m| (i, manifest::validate::Loaded { source: &c.path, manifest: m }))
+        })
         .collect();
     let mut extra: Vec<Findings> = checked.iter().map(|_| Findings::new()).collect();
     if checked.len() > 1 {
-        let set: Vec<manifest::validate::Loaded<'_>> =
-            loaded.iter().map(|(_, l)| manifest::validate::Loaded { source: l.source, manifest: l.manifest }).collect();
+        let set: Vec<manifest::validate::Loaded<'_>> = loaded
+            .iter()
+            .map(|(_, l)| manifest::validate::Loaded { source: l.source, manifest: l.manifest })
+            .collect();
         for ((i, _), f) in loaded.iter().zip(manifest::validate::validate_set(&set)) {
             extra[*i].extend(f);
         }
@@ -365,7 +398,12 @@ fn validate(args: ValidateArgs, out: &Output) -> anyhow::Result<Outcome> {
     if let Some(dir) = &args.payload_dir {
         let reporter = out.progress("hashing");
         for (i, l) in &loaded {
-            extra[*i].extend(manifest::validate::check_payloads(l.manifest, dir, default_jobs(), &reporter));
+            extra[*i].extend(manifest::validate::check_payloads(
+                l.manifest,
+                dir,
+                default_jobs(),
+                &reporter,
+            ));
         }
     }
     let mut reports = Vec::new();
@@ -389,7 +427,10 @@ fn validate(args: ValidateArgs, out: &Output) -> anyhow::Result<Outcome> {
         for r in &reports {
             let status = if r.valid { "ok" } else { "INVALID" };
             let id = r.update_id.as_deref().map(|i| format!(" ({i})")).unwrap_or_default();
-            out.line(format!("{status}: {}{id}: {} errors, {} warnings", r.file, r.errors, r.warnings))?;
+            out.line(format!(
+                "{status}: {}{id}: {} errors, {} warnings",
+                r.file, r.errors, r.warnings
+            ))?;
             for f in &r.findings {
                 let tag = if f.severity == Severity::Error { "error" } else { "warning" };
                 out.line(format!("  {tag}: {}: {} [{}]", f.path, f.message, f.rule))?;

@@ -29,8 +29,9 @@ pub(crate) struct Output {
 impl Output {
     /// Decides whether progress bars are drawn: only on a terminal, outside CI, and not quiet.
     pub(crate) fn new(format: Format, quiet: bool) -> Self {
-        let progress =
-            !quiet && std::io::stderr().is_terminal() && std::env::var_os(otaforge::env::CI).is_none();
+        let progress = !quiet
+            && std::io::stderr().is_terminal()
+            && std::env::var_os(otaforge::env::CI).is_none();
         Self { format, quiet, progress }
     }
 

@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value};
 
+use super::ManifestError;
 use super::id::UpdateId;
 use super::model::{
     DownloadHandler, File, Hashes, ImportManifest, InlineStep, Instructions, MANIFEST_VERSION,
@@ -17,7 +18,6 @@ use super::model::{
 };
 use super::template::Template;
 use super::validate::{self, SOURCE_HASH, SOURCE_HASH_ALGORITHM};
-use super::ManifestError;
 use crate::apt::AptManifest;
 use crate::hash::{FileDigest, hash_files};
 use crate::reporter::Reporter;
@@ -103,7 +103,10 @@ pub struct Built {
 
 /// Formats `createdDateTime`: from `explicit` (RFC 3339 or Unix seconds), else from
 /// `SOURCE_DATE_EPOCH`, else now. Always UTC with whole seconds.
-pub fn created_date_time(explicit: Option<&str>, source_date_epoch: Option<&str>) -> Result<String, ManifestError> {
+pub fn created_date_time(
+    explicit: Option<&str>,
+    source_date_epoch: Option<&str>,
+) -> Result<String, ManifestError> {
     let parse = |value: &str| -> Result<SystemTime, ManifestError> {
         let v = value.trim();
         if let Ok(secs) = v.parse::<u64>() {
@@ -122,7 +125,9 @@ pub fn created_date_time(explicit: Option<&str>, source_date_epoch: Option<&str>
 }
 
 fn base_name(path: &Path) -> String {
-    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| path.display().to_string())
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
 }
 
 /// Builds and validates an import manifest.
@@ -166,7 +171,10 @@ pub fn build(spec: ManifestSpec, reporter: &dyn Reporter) -> Result<Built, Manif
     }
     for r in &spec.related {
         if !file_names.contains(&r.target) {
-            return Err(ManifestError::RelatedTarget { target: r.target.clone(), path: r.path.clone() });
+            return Err(ManifestError::RelatedTarget {
+                target: r.target.clone(),
+                path: r.path.clone(),
+            });
         }
     }
 
@@ -194,7 +202,11 @@ pub fn build(spec: ManifestSpec, reporter: &dyn Reporter) -> Result<Built, Manif
     for (i, step) in steps.into_iter().enumerate() {
         match step {
             StepSpec::Reference { update_id, description } => {
-                out_steps.push(Step::Reference(ReferenceStep { kind: ReferenceType::Reference, description, update_id }));
+                out_steps.push(Step::Reference(ReferenceStep {
+                    kind: ReferenceType::Reference,
+                    description,
+                    update_id,
+                }));
             }
             StepSpec::Inline { handler, files, properties, description } => {
                 let mut props = properties.unwrap_or_default();
@@ -211,7 +223,8 @@ pub fn build(spec: ManifestSpec, reporter: &dyn Reporter) -> Result<Built, Manif
                                  (set properties={{\"installedCriteria\":\"...\"}} to choose)",
                                 i + 1
                             ));
-                            props.insert("installedCriteria".into(), Value::String(version.clone()));
+                            props
+                                .insert("installedCriteria".into(), Value::String(version.clone()));
                         }
                         _ => {}
                     }
@@ -284,7 +297,11 @@ pub fn build(spec: ManifestSpec, reporter: &dyn Reporter) -> Result<Built, Manif
 }
 
 /// Reads the APT manifest among a step's files and returns `<name>-<version>`.
-fn apt_criteria(step: usize, names: &[String], files: &[FileSpec]) -> Result<String, ManifestError> {
+fn apt_criteria(
+    step: usize,
+    names: &[String],
+    files: &[FileSpec],
+) -> Result<String, ManifestError> {
     let err = |reason: String| ManifestError::AptCriteria { step, reason };
     let mut reasons = Vec::new();
     for name in names {
@@ -312,7 +329,13 @@ mod tests {
     fn created_accepts_rfc3339_and_epoch() {
         assert_eq!(created_date_time(Some("0"), None).unwrap(), "1970-01-01T00:00:00Z");
         assert_eq!(created_date_time(None, Some("1700000000")).unwrap(), "2023-11-14T22:13:20Z");
-        assert_eq!(created_date_time(Some("2024-05-01T12:00:00Z"), Some("5")).unwrap(), "2024-05-01T12:00:00Z");
-        assert!(matches!(created_date_time(Some("yesterday"), None), Err(ManifestError::Created { .. })));
+        assert_eq!(
+            created_date_time(Some("2024-05-01T12:00:00Z"), Some("5")).unwrap(),
+            "2024-05-01T12:00:00Z"
+        );
+        assert!(matches!(
+            created_date_time(Some("yesterday"), None),
+            Err(ManifestError::Created { .. })
+        ));
     }
 }

@@ -12,9 +12,7 @@ pub mod validate;
 
 use std::path::{Path, PathBuf};
 
-pub use build::{
-    Built, FileSpec, ManifestSpec, RelatedSpec, StepSpec, build, created_date_time,
-};
+pub use build::{Built, FileSpec, ManifestSpec, RelatedSpec, StepSpec, build, created_date_time};
 pub use id::{IdError, UpdateId, VERSION_PART_MAX, Version, check_id_part};
 pub use model::{
     DownloadHandler, File, Hashes, ImportManifest, InlineStep, InlineType, Instructions,
@@ -123,7 +121,8 @@ pub struct Checked {
 pub fn check_file(path: &Path) -> Result<Checked, ManifestError> {
     // The error variant names the path itself, so plain std::fs is fine here.
     #[allow(clippy::disallowed_methods)]
-    let bytes = std::fs::read(path).map_err(|source| ManifestError::Read { path: path.to_owned(), source })?;
+    let bytes = std::fs::read(path)
+        .map_err(|source| ManifestError::Read { path: path.to_owned(), source })?;
     Ok(check_bytes(path, &bytes))
 }
 

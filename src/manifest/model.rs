@@ -193,11 +193,12 @@ impl ImportManifest {
 
     /// Every payload and related file name with its size, payload files first.
     pub fn all_files(&self) -> impl Iterator<Item = (&str, u64, &Sha256)> {
-        self.files
-            .iter()
-            .map(|f| (f.filename.as_str(), f.size_in_bytes, &f.hashes.sha256))
-            .chain(self.files.iter().flat_map(|f| {
-                f.related_files.iter().map(|r| (r.filename.as_str(), r.size_in_bytes, &r.hashes.sha256))
-            }))
+        self.files.iter().map(|f| (f.filename.as_str(), f.size_in_bytes, &f.hashes.sha256)).chain(
+            self.files.iter().flat_map(|f| {
+                f.related_files
+                    .iter()
+                    .map(|r| (r.filename.as_str(), r.size_in_bytes, &r.hashes.sha256))
+            }),
+        )
     }
 }

@@ -67,10 +67,11 @@ pub fn builtin_templates() -> Vec<(&'static str, Result<Template, serde_json::Er
 /// Looks up a built-in template.
 pub fn find_template(name: &str) -> Result<Template, ManifestError> {
     let names: Vec<&str> = BUILTIN.iter().map(|(n, _)| *n).collect();
-    let (_, text) = BUILTIN.iter().find(|(n, _)| *n == name).ok_or_else(|| ManifestError::Template {
-        template: name.to_owned(),
-        message: format!("no such template; available: {}", names.join(", ")),
-    })?;
+    let (_, text) =
+        BUILTIN.iter().find(|(n, _)| *n == name).ok_or_else(|| ManifestError::Template {
+            template: name.to_owned(),
+            message: format!("no such template; available: {}", names.join(", ")),
+        })?;
     serde_json::from_str(text)
         .map_err(|e| ManifestError::Template { template: name.to_owned(), message: e.to_string() })
 }
@@ -114,7 +115,13 @@ impl Template {
         for (i, step) in self.steps.iter().enumerate() {
             match step {
                 TemplateStep::Slot { .. } => out.extend(user_steps.take().unwrap_or_default()),
-                TemplateStep::Inline { handler, description, files, optional, handler_properties } => {
+                TemplateStep::Inline {
+                    handler,
+                    description,
+                    files,
+                    optional,
+                    handler_properties,
+                } => {
                     let matched: Vec<String> = file_names
                         .iter()
                         .filter(|f| files.iter().any(|g| glob_match(g, f)))
@@ -135,7 +142,10 @@ impl Template {
                         Some(map) => {
                             let mut rendered = Map::new();
                             for (k, v) in map {
-                                rendered.insert(k.clone(), render_value(v, &matched, version).map_err(&err)?);
+                                rendered.insert(
+                                    k.clone(),
+                                    render_value(v, &matched, version).map_err(&err)?,
+                                );
                             }
                             Some(rendered)
                         }

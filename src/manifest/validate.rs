@@ -94,53 +94,56 @@ pub fn validate_value(doc: &Value) -> Findings {
     if let Some(v) = obj.get("description") {
         check_text(&mut f, v, &root.key("description"), 1, 512);
     }
-    if let Some(v) = obj.get("isDeployable") {
-        if !v.is_boolean() {
-            f.error("type", &root.key("isDeployable"), format!("must be true or false, not {}", kind(v)));
-        }
+    if let Some(v) = obj.get("isDeployable")
+        && !v.is_boolean()
+    {
+        f.error(
+            "type",
+            &root.key("isDeployable"),
+            format!("must be true or false, not {}", kind(v)),
+        );
     }
     if let Some(v) = obj.get("compatibility") {
         check_compatibility(&mut f, v, &root.key("compatibility"));
     }
-    if let Some(v) = obj.get("manifestVersion") {
-        if v.as_str() != Some(MANIFEST_VERSION) {
-            f.error_hint(
-                "manifest-version",
-                &root.key("manifestVersion"),
-                format!("must be the string \"5.0\", not {v}"),
-                "this validator implements import manifest v5 only",
-            );
-        }
+    if let Some(v) = obj.get("manifestVersion")
+        && v.as_str() != Some(MANIFEST_VERSION)
+    {
+        f.error_hint(
+            "manifest-version",
+            &root.key("manifestVersion"),
+            format!("must be the string \"5.0\", not {v}"),
+            "this validator implements import manifest v5 only",
+        );
     }
-    if let Some(v) = obj.get("createdDateTime") {
-        if let Some(s) = expect_string(&mut f, v, &root.key("createdDateTime")) {
-            if humantime::parse_rfc3339_weak(s.trim_end_matches('Z')).is_err()
-                && humantime::parse_rfc3339(s).is_err()
-            {
-                f.error_hint(
-                    "date-time",
-                    &root.key("createdDateTime"),
-                    format!("'{s}' is not an ISO 8601 date and time"),
-                    "use the form 2024-05-01T12:00:00Z",
-                );
-            }
-        }
+    if let Some(v) = obj.get("createdDateTime")
+        && let Some(s) = expect_string(&mut f, v, &root.key("createdDateTime"))
+        && humantime::parse_rfc3339_weak(s.trim_end_matches('Z')).is_err()
+        && humantime::parse_rfc3339(s).is_err()
+    {
+        f.error_hint(
+            "date-time",
+            &root.key("createdDateTime"),
+            format!("'{s}' is not an ISO 8601 date and time"),
+            "use the form 2024-05-01T12:00:00Z",
+        );
     }
 
     let files = obj.get("files");
-    let payload_names = files.map(|v| check_files(&mut f, v, &root.key("files"))).unwrap_or_default();
+    let payload_names =
+        files.map(|v| check_files(&mut f, v, &root.key("files"))).unwrap_or_default();
     if let Some(v) = obj.get("instructions") {
         let used = check_instructions(&mut f, v, &root.key("instructions"), &payload_names, obj);
         for (i, name) in payload_names.iter().enumerate() {
-            if let Some(name) = name {
-                if !used.contains(name.as_str()) {
-                    f.warning(
+            if let Some(name) = name
+                && !used.contains(name.as_str())
+            {
+                f.warning(
                         "file-unused",
                         &root.key("files").index(i).key("filename"),
                         format!("file '{name}' is not used by any step"),
                         "list it in a step's 'files' or remove it; unused files still count against the 10-file and 2 GB limits",
                     );
-                }
             }
         }
     }
@@ -166,7 +169,11 @@ fn expect_string<'a>(f: &mut Findings, v: &'a Value, path: &JsonPath) -> Option<
     s
 }
 
-fn expect_object<'a>(f: &mut Findings, v: &'a Value, path: &JsonPath) -> Option<&'a Map<String, Value>> {
+fn expect_object<'a>(
+    f: &mut Findings,
+    v: &'a Value,
+    path: &JsonPath,
+) -> Option<&'a Map<String, Value>> {
     let o = v.as_object();
     if o.is_none() {
         f.error("type", path, format!("must be an object, not {}", kind(v)));
@@ -183,11 +190,25 @@ fn expect_array<'a>(f: &mut Findings, v: &'a Value, path: &JsonPath) -> Option<&
 }
 
 /// A string with a length between `min` and `max` characters (JSON Schema counts characters).
-fn check_text<'a>(f: &mut Findings, v: &'a Value, path: &JsonPath, min: usize, max: usize) -> Option<&'a str> {
+fn check_text<'a>(
+    f: &mut Findings,
+    v: &'a Value,
+    path: &JsonPath,
+    min: usize,
+    max: usize,
+) -> Option<&'a str> {
     let s = expect_string(f, v, path)?;
     let n = s.chars().count();
     if n < min {
-        f.error("length", path, if min == 1 { "must not be empty".to_owned() } else { format!("must be at least {min} characters") });
+        f.error(
+            "length",
+            path,
+            if min == 1 {
+                "must not be empty".to_owned()
+            } else {
+                format!("must be at least {min} characters")
+            },
+        );
     } else if n > max {
         f.error("length", path, format!("is {n} characters long; at most {max} are allowed"));
     }
@@ -198,11 +219,22 @@ fn check_count(f: &mut Findings, len: usize, path: &JsonPath, what: &str, min: u
     if len < min {
         f.error("count", path, format!("needs at least {min} {what}, has {len}"));
     } else if len > max {
-        f.error_hint("count", path, format!("has {len} {what}; at most {max} are allowed"), format!("ADU accepts at most {max} {what} here"));
+        f.error_hint(
+            "count",
+            path,
+            format!("has {len} {what}; at most {max} are allowed"),
+            format!("ADU accepts at most {max} {what} here"),
+        );
     }
 }
 
-fn check_unknown_keys(f: &mut Findings, obj: &Map<String, Value>, path: &JsonPath, allowed: &[&str], what: &str) {
+fn check_unknown_keys(
+    f: &mut Findings,
+    obj: &Map<String, Value>,
+    path: &JsonPath,
+    allowed: &[&str],
+    what: &str,
+) {
     for key in obj.keys() {
         if !allowed.contains(&key.as_str()) {
             f.error_hint(
@@ -251,17 +283,20 @@ fn check_update_id(f: &mut Findings, v: &Value, path: &JsonPath) -> Option<Updat
     let before = f.error_count();
     for key in ["provider", "name"] {
         match obj.get(key) {
-            None => f.error("required", &path.key(key), format!("required property '{key}' is missing")),
+            None => {
+                f.error("required", &path.key(key), format!("required property '{key}' is missing"))
+            }
             Some(v) => {
-                if let Some(s) = check_text(f, v, &path.key(key), 1, 64) {
-                    if !s.is_empty() && !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-') {
-                        f.error_hint(
-                            "id-characters",
-                            &path.key(key),
-                            format!("'{s}' has characters other than letters, digits, '.' and '-'"),
-                            "ADU update ids allow only [a-zA-Z0-9.-]",
-                        );
-                    }
+                if let Some(s) = check_text(f, v, &path.key(key), 1, 64)
+                    && !s.is_empty()
+                    && !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+                {
+                    f.error_hint(
+                        "id-characters",
+                        &path.key(key),
+                        format!("'{s}' has characters other than letters, digits, '.' and '-'"),
+                        "ADU update ids allow only [a-zA-Z0-9.-]",
+                    );
                 }
             }
         }
@@ -282,7 +317,9 @@ fn check_update_id(f: &mut Findings, v: &Value, path: &JsonPath) -> Option<Updat
 
 fn check_version(f: &mut Findings, s: &str, path: &JsonPath) {
     let parts: Vec<&str> = s.split('.').collect();
-    if parts.len() < 2 || parts.iter().any(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit())) {
+    if parts.len() < 2
+        || parts.iter().any(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()))
+    {
         f.error_hint(
             "version-format",
             path,
@@ -302,7 +339,11 @@ fn check_version(f: &mut Findings, s: &str, path: &JsonPath) {
     for p in parts {
         let digits = p.trim_start_matches('0');
         if digits.len() > 10 || digits.parse::<u64>().is_ok_and(|n| n > VERSION_PART_MAX) {
-            f.error("version-range", path, format!("part {p} of '{s}' is above the maximum {VERSION_PART_MAX}"));
+            f.error(
+                "version-range",
+                path,
+                format!("part {p} of '{s}' is above the maximum {VERSION_PART_MAX}"),
+            );
         }
     }
 }
@@ -318,7 +359,11 @@ fn check_compatibility(f: &mut Findings, v: &Value, path: &JsonPath) {
         for (k, val) in obj {
             let n = k.chars().count();
             if n == 0 || n > 32 {
-                f.error("length", &p.key(k), format!("property name '{k}' must be 1-32 characters"));
+                f.error(
+                    "length",
+                    &p.key(k),
+                    format!("property name '{k}' must be 1-32 characters"),
+                );
             }
             check_text(f, val, &p.key(k), 1, 64);
         }
@@ -371,7 +416,8 @@ fn check_files(f: &mut Findings, v: &Value, path: &JsonPath) -> Vec<Option<Strin
         total = total.saturating_add(size.unwrap_or(0));
         names.push(name);
 
-        let related = obj.get("relatedFiles").and_then(|r| expect_array(f, r, &p.key("relatedFiles")));
+        let related =
+            obj.get("relatedFiles").and_then(|r| expect_array(f, r, &p.key("relatedFiles")));
         let handler = obj.get("downloadHandler").and_then(|h| {
             let hp = p.key("downloadHandler");
             let ho = expect_object(f, h, &hp)?;
@@ -446,15 +492,15 @@ fn check_base_file(
         }
     }
     let name = obj.get("filename").and_then(|v| check_text(f, v, &path.key("filename"), 1, 255));
-    if let Some(n) = name {
-        if n.contains('/') || n.contains('\\') {
-            f.warning(
-                "filename-path",
-                &path.key("filename"),
-                format!("'{n}' contains a path separator"),
-                "ADU file names are plain names; the import request maps each name to a URL",
-            );
-        }
+    if let Some(n) = name
+        && (n.contains('/') || n.contains('\\'))
+    {
+        f.warning(
+            "filename-path",
+            &path.key("filename"),
+            format!("'{n}' contains a path separator"),
+            "ADU file names are plain names; the import request maps each name to a URL",
+        );
     }
     let size = obj.get("sizeInBytes").and_then(|v| check_size(f, v, &path.key("sizeInBytes")));
     if let Some(h) = obj.get("hashes") {
@@ -473,7 +519,12 @@ fn check_size(f: &mut Findings, v: &Value, path: &JsonPath) -> Option<u64> {
     };
     let Some(size) = n.as_u64() else {
         if n.as_f64().is_some_and(|x| x < 1.0) {
-            f.error_hint("size-range", path, format!("{n} is below the minimum 1"), "ADU refuses empty files");
+            f.error_hint(
+                "size-range",
+                path,
+                format!("{n} is below the minimum 1"),
+                "ADU refuses empty files",
+            );
         } else {
             f.error("size-integer", path, format!("{n} is not a whole number of bytes"));
         }
@@ -498,7 +549,12 @@ fn check_hashes(f: &mut Findings, v: &Value, path: &JsonPath) {
         f.error("count", path, format!("has {} hashes; at most 2 are allowed", obj.len()));
     }
     match obj.get("sha256") {
-        None => f.error_hint("required", &path.key("sha256"), "required property 'sha256' is missing", "otaforge hash FILE prints it"),
+        None => f.error_hint(
+            "required",
+            &path.key("sha256"),
+            "required property 'sha256' is missing",
+            "otaforge hash FILE prints it",
+        ),
         Some(s) => {
             if let Some(s) = expect_string(f, s, &path.key("sha256")) {
                 check_sha256(f, s, &path.key("sha256"));
@@ -507,7 +563,11 @@ fn check_hashes(f: &mut Findings, v: &Value, path: &JsonPath) {
     }
     for (k, val) in obj {
         if k.chars().count() > 10 {
-            f.error("length", &path.key(k), format!("hash algorithm name '{k}' is longer than 10 characters"));
+            f.error(
+                "length",
+                &path.key(k),
+                format!("hash algorithm name '{k}' is longer than 10 characters"),
+            );
         }
         if k != "sha256" {
             expect_string(f, val, &path.key(k));
@@ -535,16 +595,26 @@ fn check_sha256(f: &mut Findings, s: &str, path: &JsonPath) -> Option<Sha256> {
 fn check_file_properties(f: &mut Findings, v: &Value, path: &JsonPath) {
     let Some(obj) = expect_object(f, v, path) else { return };
     if obj.len() > 5 {
-        f.error("count", path, format!("has {} properties; ADU passes at most 5 to the device", obj.len()));
+        f.error(
+            "count",
+            path,
+            format!("has {} properties; ADU passes at most 5 to the device", obj.len()),
+        );
     }
     for (k, val) in obj {
         if k.len() > 64 || !k.is_ascii() {
-            f.error("property-key", &path.key(k), "property names must be ASCII and at most 64 characters");
+            f.error(
+                "property-key",
+                &path.key(k),
+                "property names must be ASCII and at most 64 characters",
+            );
         }
         match val {
-            Value::String(s) if s.len() > 256 || !s.is_ascii() => {
-                f.error("property-value", &path.key(k), "property values must be ASCII and at most 256 characters")
-            }
+            Value::String(s) if s.len() > 256 || !s.is_ascii() => f.error(
+                "property-value",
+                &path.key(k),
+                "property values must be ASCII and at most 256 characters",
+            ),
             Value::String(_) => {}
             other => f.warning(
                 "property-type",
@@ -556,7 +626,12 @@ fn check_file_properties(f: &mut Findings, v: &Value, path: &JsonPath) {
     }
 }
 
-fn check_delta_properties(f: &mut Findings, obj: &Map<String, Value>, path: &JsonPath, delta_handler: bool) {
+fn check_delta_properties(
+    f: &mut Findings,
+    obj: &Map<String, Value>,
+    path: &JsonPath,
+    delta_handler: bool,
+) {
     let props = obj.get("properties").and_then(Value::as_object);
     let alg = props.and_then(|p| p.get(SOURCE_HASH_ALGORITHM));
     let hash = props.and_then(|p| p.get(SOURCE_HASH));
@@ -566,16 +641,32 @@ fn check_delta_properties(f: &mut Findings, obj: &Map<String, Value>, path: &Jso
     let pp = path.key("properties");
     let hint = "otaforge manifest init --related-file TARGET=DELTA,source=OLD_IMAGE fills both";
     match alg {
-        None => f.error_hint("delta-source-hash", &pp.key(SOURCE_HASH_ALGORITHM), "a delta related file needs microsoft.sourceFileHashAlgorithm", hint),
+        None => f.error_hint(
+            "delta-source-hash",
+            &pp.key(SOURCE_HASH_ALGORITHM),
+            "a delta related file needs microsoft.sourceFileHashAlgorithm",
+            hint,
+        ),
         Some(Value::String(s)) if s == "sha256" => {}
-        Some(other) => f.error("delta-source-hash", &pp.key(SOURCE_HASH_ALGORITHM), format!("must be \"sha256\", not {other}")),
+        Some(other) => f.error(
+            "delta-source-hash",
+            &pp.key(SOURCE_HASH_ALGORITHM),
+            format!("must be \"sha256\", not {other}"),
+        ),
     }
     match hash {
-        None => f.error_hint("delta-source-hash", &pp.key(SOURCE_HASH), "a delta related file needs microsoft.sourceFileHash", hint),
+        None => f.error_hint(
+            "delta-source-hash",
+            &pp.key(SOURCE_HASH),
+            "a delta related file needs microsoft.sourceFileHash",
+            hint,
+        ),
         Some(Value::String(s)) => {
             check_sha256(f, s, &pp.key(SOURCE_HASH));
         }
-        Some(other) => f.error("type", &pp.key(SOURCE_HASH), format!("must be a string, not {}", kind(other))),
+        Some(other) => {
+            f.error("type", &pp.key(SOURCE_HASH), format!("must be a string, not {}", kind(other)))
+        }
     }
 }
 
@@ -598,10 +689,7 @@ fn check_instructions<'a>(
     let Some(steps) = expect_array(f, steps, &sp) else { return used };
     check_count(f, steps.len(), &sp, "steps", 1, MAX_STEPS);
     let known: HashSet<&str> = payload_names.iter().flatten().map(String::as_str).collect();
-    let version = root
-        .get("updateId")
-        .and_then(|u| u.get("version"))
-        .and_then(Value::as_str);
+    let version = root.get("updateId").and_then(|u| u.get("version")).and_then(Value::as_str);
     for (i, step) in steps.iter().enumerate() {
         let p = sp.index(i);
         let Some(s) = expect_object(f, step, &p) else { continue };
@@ -610,19 +698,38 @@ fn check_instructions<'a>(
         }
         match s.get("type").map(|t| t.as_str()) {
             Some(Some("reference")) => {
-                check_unknown_keys(f, s, &p, &["type", "description", "updateId"], "a reference step");
+                check_unknown_keys(
+                    f,
+                    s,
+                    &p,
+                    &["type", "description", "updateId"],
+                    "a reference step",
+                );
                 match s.get("updateId") {
-                    None => f.error("required", &p.key("updateId"), "a reference step needs 'updateId'"),
+                    None => {
+                        f.error("required", &p.key("updateId"), "a reference step needs 'updateId'")
+                    }
                     Some(u) => {
                         check_update_id(f, u, &p.key("updateId"));
                     }
                 }
             }
             None | Some(Some("inline")) => {
-                check_unknown_keys(f, s, &p, &["type", "description", "handler", "files", "handlerProperties"], "an inline step");
+                check_unknown_keys(
+                    f,
+                    s,
+                    &p,
+                    &["type", "description", "handler", "files", "handlerProperties"],
+                    "an inline step",
+                );
                 let handler = match s.get("handler") {
                     None => {
-                        f.error_hint("required", &p.key("handler"), "an inline step needs 'handler'", "e.g. microsoft/swupdate:2, microsoft/apt:1, microsoft/script:1");
+                        f.error_hint(
+                            "required",
+                            &p.key("handler"),
+                            "an inline step needs 'handler'",
+                            "e.g. microsoft/swupdate:2, microsoft/apt:1, microsoft/script:1",
+                        );
                         None
                     }
                     Some(h) => check_handler_id(f, h, &p.key("handler")),
@@ -655,13 +762,23 @@ fn check_instructions<'a>(
                     expect_object(f, hp, &p.key("handlerProperties"));
                 }
                 if let Some(h) = &handler {
-                    check_handler_properties(f, h, props.and_then(Value::as_object), &p, &step_files, version);
+                    check_handler_properties(
+                        f,
+                        h,
+                        props.and_then(Value::as_object),
+                        &p,
+                        &step_files,
+                        version,
+                    );
                 }
             }
             Some(other) => f.error_hint(
                 "step-type",
                 &p.key("type"),
-                format!("step type must be \"inline\" or \"reference\", not {}", other.map_or_else(|| s["type"].to_string(), |t| format!("'{t}'"))),
+                format!(
+                    "step type must be \"inline\" or \"reference\", not {}",
+                    other.map_or_else(|| s["type"].to_string(), |t| format!("'{t}'"))
+                ),
                 "omit 'type' for an inline step",
             ),
         }
@@ -684,7 +801,10 @@ fn check_handler_properties(
         let hint = if handler == "microsoft/apt:1" {
             "set it to '<apt manifest name>-<apt manifest version>'; otaforge manifest init does this from the APT manifest".to_owned()
         } else {
-            format!("set it to the version the device reports once installed, e.g. \"{}\"", version.unwrap_or("1.0"))
+            format!(
+                "set it to the version the device reports once installed, e.g. \"{}\"",
+                version.unwrap_or("1.0")
+            )
         };
         f.error_hint(
             "installed-criteria",
@@ -700,10 +820,10 @@ fn check_handler_properties(
             "set installedCriteria to the version the script installs",
         );
     }
-    if let Some(c) = criteria {
-        if !c.is_string() {
-            f.error("type", &hp.key("installedCriteria"), format!("must be a string, not {}", kind(c)));
-        }
+    if let Some(c) = criteria
+        && !c.is_string()
+    {
+        f.error("type", &hp.key("installedCriteria"), format!("must be a string, not {}", kind(c)));
     }
     let names: &[&str] = match handler {
         "microsoft/script:1" => &["scriptFileName"],
@@ -766,7 +886,10 @@ pub fn validate_set(set: &[Loaded<'_>]) -> Vec<Findings> {
                 None => out[i].error_hint(
                     "reference-missing",
                     &path,
-                    format!("references update {}, which is not among the manifests given", r.update_id),
+                    format!(
+                        "references update {}, which is not among the manifests given",
+                        r.update_id
+                    ),
                     "pass the child's import manifest too, or fix provider/name/version",
                 ),
             }
@@ -819,7 +942,10 @@ pub fn validate_set(set: &[Loaded<'_>]) -> Vec<Findings> {
         out[0].warning(
             "import-items",
             &JsonPath::root(),
-            format!("{} manifests do not fit one import request (at most {MAX_IMPORT_ITEMS})", set.len()),
+            format!(
+                "{} manifests do not fit one import request (at most {MAX_IMPORT_ITEMS})",
+                set.len()
+            ),
             "import a parent with at most 10 children per request",
         );
     }
@@ -828,26 +954,40 @@ pub fn validate_set(set: &[Loaded<'_>]) -> Vec<Findings> {
 
 /// Recomputes the size and SHA-256 of every payload and related file found in `dir` and compares
 /// them with what the manifest declares.
-pub fn check_payloads(manifest: &ImportManifest, dir: &Path, jobs: usize, reporter: &dyn Reporter) -> Findings {
+pub fn check_payloads(
+    manifest: &ImportManifest,
+    dir: &Path,
+    jobs: usize,
+    reporter: &dyn Reporter,
+) -> Findings {
     let mut f = Findings::new();
     let mut entries: Vec<(JsonPath, &str, u64, &Sha256)> = Vec::new();
     for (i, file) in manifest.files.iter().enumerate() {
         let p = JsonPath::root().key("files").index(i);
         entries.push((p.clone(), &file.filename, file.size_in_bytes, &file.hashes.sha256));
         for (j, r) in file.related_files.iter().enumerate() {
-            entries.push((p.key("relatedFiles").index(j), &r.filename, r.size_in_bytes, &r.hashes.sha256));
+            entries.push((
+                p.key("relatedFiles").index(j),
+                &r.filename,
+                r.size_in_bytes,
+                &r.hashes.sha256,
+            ));
         }
     }
     let paths: Vec<PathBuf> = entries.iter().map(|(_, name, _, _)| dir.join(name)).collect();
     let results = hash_files(&paths, jobs, reporter);
     for ((p, name, size, sha), result) in entries.into_iter().zip(results) {
         match result {
-            Err(HashError::Read { path, source }) if source.kind() == std::io::ErrorKind::NotFound => f.error_hint(
-                "payload-missing",
-                &p.key("filename"),
-                format!("payload file {} does not exist", path.display()),
-                format!("put '{name}' in {} or pass the right --payload-dir", dir.display()),
-            ),
+            Err(HashError::Read { path, source })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                f.error_hint(
+                    "payload-missing",
+                    &p.key("filename"),
+                    format!("payload file {} does not exist", path.display()),
+                    format!("put '{name}' in {} or pass the right --payload-dir", dir.display()),
+                )
+            }
             Err(e) => f.error("payload-read", &p.key("filename"), e.to_string()),
             Ok(d) => {
                 if d.size != size {
@@ -881,7 +1021,16 @@ mod tests {
         for ok in ["microsoft/swupdate:2", "a/b:1", "a/b/c:12345", "x:y/z:9"] {
             assert!(is_handler_id(ok), "{ok}");
         }
-        for bad in ["microsoft/swupdate", "/ab:1", "ab/:1", "a b/c:1", "a/b:123456", "a/b:x", "m/x:", "a/b:1 "] {
+        for bad in [
+            "microsoft/swupdate",
+            "/ab:1",
+            "ab/:1",
+            "a b/c:1",
+            "a/b:123456",
+            "a/b:x",
+            "m/x:",
+            "a/b:1 ",
+        ] {
             assert!(!is_handler_id(bad), "{bad}");
         }
         assert!(!is_handler_id("averyveryverylongvendor/handler:1"));

@@ -1,2 +1,148 @@
-//! Project automation: `cargo xtask <task>`.
-fn main() {}
+//! Project automation, run as `cargo xtask <task>`.
+//!
+//! Tasks:
+//! - `ci`: everything CI checks: format, clippy, the test suite, the official-schema check of
+//!   every manifest the tests produced, and hash interop with openssl and sha256sum.
+//! - `demo`: the README's run command, a walkthrough on the payloads in `testdata/`.
+//! - `schema [DIR...]`: checks import manifests against the official JSON schemas in
+//!   `../shared/schemas` (or `$OTAFORGE_SHARED/schemas`).
+//! - `bench hash`: otaforge hash vs openssl and sha256sum, side by side.
+
+// xtask is a developer tool: it prints freely and adds its own context to std::fs errors.
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    clippy::disallowed_methods,
+    clippy::disallowed_types
+)]
+
+mod bench;
+mod demo;
+mod schema;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context as _, bail};
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    match args.as_slice() {
+        ["ci"] => ci(),
+        ["demo"] => demo::run(),
+        ["schema", dirs @ ..] => schema::run(&dirs.iter().map(PathBuf::from).collect::<Vec<_>>()),
+        ["bench", "hash", rest @ ..] => bench::hash(rest),
+        _ => {
+            eprintln!(
+                "usage: cargo xtask <task>\n\n\
+                 tasks:\n  ci                 format, clippy, tests, official-schema and interop checks\n  \
+                 demo               build and validate sample updates from testdata (no cloud)\n  \
+                 schema [DIR...]    check manifests against ../shared/schemas\n  \
+                 bench hash [--runs N] [--size-mib N]\n                     otaforge hash vs openssl dgst and sha256sum"
+            );
+            bail!("unknown task {:?}", args)
+        }
+    }
+}
+
+/// The workspace root (the parent of this crate's directory).
+pub(crate) fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+/// The shared folder beside the checkout, or `$OTAFORGE_SHARED`.
+pub(crate) fn shared() -> anyhow::Result<PathBuf> {
+    let dir = std::env::var_os("OTAFORGE_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("..").join("shared"));
+    if !dir.join("schemas").is_dir() {
+        bail!(
+            "{} has no schemas/ folder; put the shared folder beside the checkout or set OTAFORGE_SHARED",
+            dir.display()
+        );
+    }
+    Ok(dir)
+}
+
+/// `cargo`, as the one that runs this task.
+pub(crate) fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(root());
+    cmd
+}
+
+/// Runs a command, echoing it, and fails when it fails.
+pub(crate) fn run(mut cmd: Command) -> anyhow::Result<()> {
+    {
+        eprintln!("$ {cmd:?}");
+    }
+    let status = cmd.status().with_context(|| format!("cannot start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn ci() -> anyhow::Result<()> {
+    let shared = shared()?;
+    let mut fmt = cargo();
+    fmt.args(["fmt", "--all", "--", "--check"]);
+    run(fmt)?;
+
+    let mut clippy = cargo();
+    clippy.args(["clippy", "--workspace", "--all-targets", "--quiet", "--", "-D", "warnings"]);
+    run(clippy)?;
+
+    // The tests write every manifest they produce here, so the schema step sees real output.
+    let out = root().join("target").join("ci-manifests");
+    if out.exists() {
+        fs_remove(&out)?;
+    }
+    let mut test = cargo();
+    test.args(["test", "--workspace"]).env("OTAFORGE_MANIFEST_OUT", &out).env("INSTA_UPDATE", "no");
+    let (passed, failed) = run_tests(test)?;
+
+    schema::check(&shared, &[out, root().join("testdata")])?;
+    bench::interop()?;
+    eprintln!("xtask ci: all checks passed");
+    // One plain closing line with the totals of every test binary, for whoever reads the log.
+    println!("ci: {passed} passed, {failed} failed");
+    Ok(())
+}
+
+/// Runs `cargo test`, echoing its output, and adds up the `test result:` lines.
+fn run_tests(mut cmd: Command) -> anyhow::Result<(u64, u64)> {
+    use std::io::BufRead as _;
+    eprintln!("$ {cmd:?}");
+    let mut child =
+        cmd.stdout(std::process::Stdio::piped()).spawn().context("cannot start cargo test")?;
+    let (mut passed, mut failed) = (0, 0);
+    for line in std::io::BufReader::new(child.stdout.take().context("no stdout")?).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let count = |word: &str| -> u64 {
+                rest.split(';')
+                    .find_map(|part| {
+                        let part =
+                            part.trim().trim_start_matches("ok. ").trim_start_matches("FAILED. ");
+                        part.strip_suffix(word)
+                    })
+                    .and_then(|n| n.trim().parse().ok())
+                    .unwrap_or(0)
+            };
+            passed += count(" passed");
+            failed += count(" failed");
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() || failed > 0 {
+        bail!("cargo test failed ({passed} passed, {failed} failed)");
+    }
+    Ok((passed, failed))
+}
+
+fn fs_remove(dir: &Path) -> anyhow::Result<()> {
+    std::fs::remove_dir_all(dir).with_context(|| format!("cannot remove {}", dir.display()))
+}

@@ -1,0 +1,3 @@
+#!/bin/sh
+# Installs image.swu into the inactive slot (test payload)
+echo "$@"

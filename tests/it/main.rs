@@ -1,0 +1,45 @@
+//! The one integration-test binary: runs the real `otaforge` binary and the library against the
+//! scenarios in `testdata/`.
+//!
+//! When `OTAFORGE_MANIFEST_OUT` is set, every import manifest a test produces is copied there, so
+//! `cargo xtask ci` can check them against the official JSON schemas.
+
+mod apt;
+mod cli;
+mod hash;
+mod manifest;
+
+use std::path::{Path, PathBuf};
+
+/// The `otaforge` binary with a clean, deterministic environment.
+pub fn otaforge() -> assert_cmd::Command {
+    let mut cmd = assert_cmd::Command::cargo_bin("otaforge").expect("otaforge binary");
+    cmd.env("CI", "1").env_remove("SOURCE_DATE_EPOCH").env_remove("NO_COLOR");
+    cmd
+}
+
+/// A path under `testdata/`.
+pub fn testdata(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata").join(rel)
+}
+
+/// Copies a manifest the tests produced to `$OTAFORGE_MANIFEST_OUT`, if set.
+pub fn export_manifest(path: &Path, tag: &str) {
+    let Some(dir) = std::env::var_os("OTAFORGE_MANIFEST_OUT") else { return };
+    let dir = PathBuf::from(dir);
+    fs_err::create_dir_all(&dir).expect("create manifest export dir");
+    let name = path.file_name().expect("file name").to_string_lossy();
+    let name = if name.ends_with(".importmanifest.json") {
+        format!("{tag}.{name}")
+    } else {
+        format!("{tag}.{name}.importmanifest.json")
+    };
+    fs_err::copy(path, dir.join(name)).expect("export manifest");
+}
+
+/// Parses stdout of a finished command as JSON.
+pub fn stdout_json(out: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("stdout is not JSON ({e}):\n{}", String::from_utf8_lossy(&out.stdout))
+    })
+}

@@ -1,0 +1,184 @@
+//! `cargo xtask demo`: the README's run command. Walks through what a release pipeline does with
+//! otaforge today, on the payloads in `testdata/`, with no cloud account: an APT manifest, an
+//! SWUpdate import manifest with a delta related file, a parent with two children, validation of
+//! all of them against their payloads, and a tampered payload being caught.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context as _, bail};
+
+fn otaforge(bin: &Path, args: &[&str], expect: i32) -> anyhow::Result<()> {
+    println!("\n$ otaforge {}", args.join(" "));
+    let status = Command::new(bin)
+        .args(args)
+        .env("SOURCE_DATE_EPOCH", "1700000000")
+        .status()
+        .with_context(|| format!("cannot run {}", bin.display()))?;
+    if status.code() != Some(expect) {
+        bail!("otaforge {} exited with {status}, expected {expect}", args.join(" "));
+    }
+    Ok(())
+}
+
+pub(crate) fn run() -> anyhow::Result<()> {
+    let mut build = crate::cargo();
+    build.args(["build", "--quiet", "--bin", "otaforge"]);
+    crate::run(build)?;
+    let bin = crate::root().join("target/debug/otaforge");
+    let td = crate::root().join("testdata");
+    let work = crate::root().join("target/demo");
+    if work.exists() {
+        std::fs::remove_dir_all(&work)?;
+    }
+    std::fs::create_dir_all(&work)?;
+    for (dir, files) in [
+        (
+            "swupdate",
+            &["image-1.1.swu", "image-1.2.swu", "install.sh", "image-1.1-to-1.2.delta"][..],
+        ),
+        ("apt", &["packages.txt"][..]),
+        ("multistep", &["pre-install.sh", "flash.sh", "mcu-3.1.bin"][..]),
+    ] {
+        for f in files {
+            std::fs::copy(td.join(dir).join(f), work.join(f))?;
+        }
+    }
+    let w = |f: &str| work.join(f).display().to_string();
+    let out = work.display().to_string();
+
+    otaforge(&bin, &["hash", &w("image-1.2.swu"), &w("mcu-3.1.bin")], 0)?;
+    otaforge(
+        &bin,
+        &[
+            "apt",
+            "init",
+            "--name",
+            "toaster-tools",
+            "--version",
+            "1.0.3",
+            "--packages-from",
+            &w("packages.txt"),
+            "-o",
+            &w("apt-manifest.json"),
+        ],
+        0,
+    )?;
+    otaforge(&bin, &["apt", "validate", &w("apt-manifest.json")], 0)?;
+    otaforge(
+        &bin,
+        &[
+            "manifest",
+            "init",
+            "--provider",
+            "contoso",
+            "--name",
+            "toaster",
+            "--version",
+            "1.2",
+            "--compat",
+            "manufacturer=contoso,model=toaster",
+            "--template",
+            "swupdate",
+            "--file",
+            &format!("{},downloadHandler=microsoft/delta:1", w("image-1.2.swu")),
+            "--file",
+            &w("install.sh"),
+            "--related-file",
+            &format!("image-1.2.swu={},source={}", w("image-1.1-to-1.2.delta"), w("image-1.1.swu")),
+            "--out-dir",
+            &out,
+        ],
+        0,
+    )?;
+    otaforge(
+        &bin,
+        &[
+            "manifest",
+            "init",
+            "--provider",
+            "contoso",
+            "--name",
+            "toaster-tools",
+            "--version",
+            "1.0.3",
+            "--not-deployable",
+            "--compat",
+            "manufacturer=contoso,model=toaster-tools",
+            "--template",
+            "apt",
+            "--file",
+            &w("apt-manifest.json"),
+            "--out-dir",
+            &out,
+        ],
+        0,
+    )?;
+    otaforge(
+        &bin,
+        &[
+            "manifest",
+            "init",
+            "--provider",
+            "contoso",
+            "--name",
+            "toaster-mcu",
+            "--version",
+            "3.1",
+            "--not-deployable",
+            "--compat",
+            "manufacturer=contoso,model=toaster-mcu",
+            "--template",
+            "script",
+            "--file",
+            &w("flash.sh"),
+            "--file",
+            &w("mcu-3.1.bin"),
+            "--out-dir",
+            &out,
+        ],
+        0,
+    )?;
+    otaforge(
+        &bin,
+        &[
+            "manifest",
+            "init",
+            "--provider",
+            "contoso",
+            "--name",
+            "toaster-bundle",
+            "--version",
+            "2.0",
+            "--compat",
+            "manufacturer=contoso,model=toaster-bundle",
+            "--template",
+            "parent",
+            "--file",
+            &w("pre-install.sh"),
+            "--step-ref",
+            "contoso/toaster-mcu/3.1",
+            "--step-ref",
+            "contoso/toaster-tools/1.0.3",
+            "--out-dir",
+            &out,
+        ],
+        0,
+    )?;
+    let manifests = [
+        "contoso.toaster.1.2.importmanifest.json",
+        "contoso.toaster-bundle.2.0.importmanifest.json",
+        "contoso.toaster-mcu.3.1.importmanifest.json",
+        "contoso.toaster-tools.1.0.3.importmanifest.json",
+    ]
+    .map(w);
+    let mut args = vec!["manifest", "validate", "--payload-dir", &out];
+    args.extend(manifests.iter().map(String::as_str));
+    otaforge(&bin, &args, 0)?;
+
+    println!("\n# Now a payload changes after the manifest was made; validation must catch it:");
+    std::fs::write(work.join("install.sh"), "#!/bin/sh\necho tampered\n")?;
+    otaforge(&bin, &["manifest", "validate", "--payload-dir", &out, &manifests[0]], 1)?;
+    println!("\ndemo: manifests are in {out}; the tampered payload was refused as expected");
+    Ok(())
+}
