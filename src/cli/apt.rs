@@ -85,7 +85,7 @@ fn init(args: InitArgs, out: &Output) -> anyhow::Result<Outcome> {
     };
     let findings = apt::validate_value(&serde_json::to_value(&manifest)?);
     if findings.has_errors() {
-        print_findings(out, "the APT manifest would be invalid; nothing was written", &findings)?;
+        out.rejected("the APT manifest", &findings)?;
         return Ok(Outcome::CheckFailed);
     }
     for f in &findings {
@@ -116,18 +116,6 @@ fn init(args: InitArgs, out: &Output) -> anyhow::Result<Outcome> {
         }
     }
     Ok(Outcome::Ok)
-}
-
-fn print_findings(out: &Output, headline: &str, findings: &Findings) -> anyhow::Result<()> {
-    if out.json() {
-        out.json_value(&serde_json::json!({ "valid": false, "findings": findings }))?;
-    } else {
-        out.notice(format!("error: {headline}"));
-        for f in findings {
-            out.notice(format!("  {f}"));
-        }
-    }
-    Ok(())
 }
 
 #[derive(Serialize)]
@@ -179,12 +167,7 @@ fn validate(args: ValidateArgs, out: &Output) -> anyhow::Result<Outcome> {
                 .map(|c| format!(" (installedCriteria {c})"))
                 .unwrap_or_default();
             out.line(format!("{status}: {}{crit}", r.file))?;
-            for f in &r.findings {
-                out.line(format!("  {}: {}: {} [{}]", f.severity, f.path, f.message, f.rule))?;
-                if let Some(h) = &f.hint {
-                    out.line(format!("    hint: {h}"))?;
-                }
-            }
+            out.finding_lines(&r.findings)?;
         }
     }
     Ok(if failed { Outcome::CheckFailed } else { Outcome::Ok })

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use anyhow::{Context as _, bail};
 use clap::ArgMatches;
 use otaforge::Findings;
-use otaforge::finding::Severity;
 use otaforge::hash::default_jobs;
 use otaforge::manifest::{
     self, FileSpec, ManifestSpec, RelatedSpec, StepSpec, UpdateId, builtin_templates, find_template,
@@ -305,7 +304,7 @@ fn init(args: InitArgs, matches: Option<&ArgMatches>, out: &Output) -> anyhow::R
         Ok(b) => b,
         Err(manifest::ManifestError::Invalid(findings)) => {
             drop(reporter);
-            report_invalid(out, &findings)?;
+            out.rejected("the manifest", &findings)?;
             return Ok(Outcome::CheckFailed);
         }
         Err(e) => return Err(e.into()),
@@ -344,18 +343,6 @@ fn init(args: InitArgs, matches: Option<&ArgMatches>, out: &Output) -> anyhow::R
         }
     }
     Ok(Outcome::Ok)
-}
-
-fn report_invalid(out: &Output, findings: &Findings) -> anyhow::Result<()> {
-    if out.json() {
-        out.json_value(&serde_json::json!({ "valid": false, "findings": findings }))?;
-    } else {
-        out.notice("error: the manifest would be invalid; nothing was written");
-        for f in findings {
-            out.notice(format!("  {f}"));
-        }
-    }
-    Ok(())
 }
 
 /// One manifest in `validate --format json` output.
@@ -431,13 +418,7 @@ fn validate(args: ValidateArgs, out: &Output) -> anyhow::Result<Outcome> {
                 "{status}: {}{id}: {} errors, {} warnings",
                 r.file, r.errors, r.warnings
             ))?;
-            for f in &r.findings {
-                let tag = if f.severity == Severity::Error { "error" } else { "warning" };
-                out.line(format!("  {tag}: {}: {} [{}]", f.path, f.message, f.rule))?;
-                if let Some(h) = &f.hint {
-                    out.line(format!("    hint: {h}"))?;
-                }
-            }
+            out.finding_lines(&r.findings)?;
         }
     }
     Ok(if failed { Outcome::CheckFailed } else { Outcome::Ok })

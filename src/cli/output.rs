@@ -62,6 +62,31 @@ impl Output {
         }
     }
 
+    /// Reports a document that was not written because it breaks rules: JSON on stdout, or a
+    /// headline and every finding on stderr.
+    pub(crate) fn rejected(&self, what: &str, findings: &otaforge::Findings) -> anyhow::Result<()> {
+        if self.json() {
+            self.json_value(&serde_json::json!({ "valid": false, "findings": findings }))?;
+        } else {
+            self.notice(format!("error: {what} would be invalid; nothing was written"));
+            for f in findings {
+                self.notice(format!("  {f}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes findings on stdout, one line each plus an indented hint, for `validate` commands.
+    pub(crate) fn finding_lines(&self, findings: &otaforge::Findings) -> anyhow::Result<()> {
+        for f in findings {
+            self.line(format!("  {}: {}: {} [{}]", f.severity, f.path, f.message, f.rule))?;
+            if let Some(h) = &f.hint {
+                self.line(format!("    hint: {h}"))?;
+            }
+        }
+        Ok(())
+    }
+
     /// A progress reporter for work of unknown total size.
     pub(crate) fn progress(&self, what: &str) -> BarReporter {
         let bar = if self.progress {
