@@ -16,7 +16,7 @@ fn release_binary() -> anyhow::Result<PathBuf> {
     let mut build = crate::cargo();
     build.args(["build", "--release", "--quiet", "--bin", "otaforge"]);
     crate::run(build)?;
-    Ok(crate::root().join("target/release/otaforge"))
+    Ok(crate::target_dir().join("release/otaforge"))
 }
 
 /// Writes `size` pseudo-random bytes (xorshift, so incompressible and fast to make).
@@ -93,7 +93,7 @@ pub(crate) fn hash(args: &[&str]) -> anyhow::Result<()> {
         }
     }
     let bin = release_binary()?;
-    let dir = crate::root().join("target/bench");
+    let dir = crate::target_dir().join("bench");
     std::fs::create_dir_all(&dir)?;
     let size = size_mib << 20;
     let one = dir.join(format!("one-{size_mib}m.bin"));
@@ -151,11 +151,11 @@ pub(crate) fn hash(args: &[&str]) -> anyhow::Result<()> {
 
 /// Hashes a few files with otaforge, openssl and sha256sum and requires the same digests.
 pub(crate) fn interop() -> anyhow::Result<()> {
-    let bin = crate::root().join("target/debug/otaforge");
+    let bin = crate::target_dir().join("debug/otaforge");
     let mut build = crate::cargo();
     build.args(["build", "--quiet", "--bin", "otaforge"]);
     crate::run(build)?;
-    let dir = crate::root().join("target/interop");
+    let dir = crate::target_dir().join("interop");
     std::fs::create_dir_all(&dir)?;
     let mut files = Vec::new();
     for (i, size) in [1u64, 1000, 262_144, 262_145, 3_000_001].iter().enumerate() {

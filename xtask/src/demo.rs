@@ -25,9 +25,9 @@ pub(crate) fn run() -> anyhow::Result<()> {
     let mut build = crate::cargo();
     build.args(["build", "--quiet", "--bin", "otaforge"]);
     crate::run(build)?;
-    let bin = crate::root().join("target/debug/otaforge");
+    let bin = crate::target_dir().join("debug/otaforge");
     let td = crate::root().join("testdata");
-    let work = crate::root().join("target/demo");
+    let work = crate::target_dir().join("demo");
     if work.exists() {
         std::fs::remove_dir_all(&work)?;
     }

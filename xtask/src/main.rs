@@ -51,6 +51,15 @@ pub(crate) fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
 }
 
+/// Cargo's target directory: `$CARGO_TARGET_DIR`, else `target/` in the workspace.
+pub(crate) fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) if Path::new(&d).is_absolute() => PathBuf::from(d),
+        Some(d) => root().join(d),
+        None => root().join("target"),
+    }
+}
+
 /// The shared folder beside the checkout, or `$OTAFORGE_SHARED`.
 pub(crate) fn shared() -> anyhow::Result<PathBuf> {
     let dir = std::env::var_os("OTAFORGE_SHARED")
@@ -95,7 +104,7 @@ fn ci() -> anyhow::Result<()> {
     run(clippy)?;
 
     // The tests write every manifest they produce here, so the schema step sees real output.
-    let out = root().join("target").join("ci-manifests");
+    let out = target_dir().join("ci-manifests");
     if out.exists() {
         fs_remove(&out)?;
     }
