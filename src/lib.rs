@@ -12,6 +12,7 @@
 //! reports progress through [`Reporter`]. The `otaforge` binary adds the command line on top.
 
 pub mod apt;
+pub mod delta;
 pub mod env;
 pub mod finding;
 pub mod fsutil;

@@ -82,7 +82,7 @@ Examples:
 
   otaforge manifest init --provider contoso --name toaster --version 1.2 \\
     --compat manufacturer=contoso,model=toaster --template swupdate \\
-    --file image.swu,downloadHandler=microsoft/delta:1 --file install.sh \\
+    --file image.swu,downloadHandler=otaforge/delta:1 --file install.sh \\
     --related-file image.swu=image-1.1-1.2.delta,source=image-1.1.swu -o out.importmanifest.json";
 
 /// Arguments of `otaforge manifest validate`.

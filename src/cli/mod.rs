@@ -1,6 +1,7 @@
 //! Command-line interface: one module per verb. Compiled only into the binary.
 
 mod apt;
+mod delta;
 mod hash;
 mod manifest;
 mod output;
@@ -45,6 +46,9 @@ enum Command {
     /// Create and validate APT manifests for the microsoft/apt:1 handler.
     #[command(subcommand)]
     Apt(apt::AptCommand),
+    /// Create, apply and describe binary deltas (otadelta, BSDIFF40).
+    #[command(subcommand)]
+    Delta(delta::DeltaCommand),
 }
 
 /// How a command ended when it did not fail unexpectedly.
@@ -78,6 +82,7 @@ pub(crate) fn main() -> ExitCode {
         Command::Hash(args) => hash::run(args, &out),
         Command::Manifest(cmd) => manifest::run(cmd, sub_matches(&matches, &["manifest"]), &out),
         Command::Apt(cmd) => apt::run(cmd, &out),
+        Command::Delta(cmd) => delta::run(cmd, &out),
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,

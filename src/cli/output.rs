@@ -55,6 +55,11 @@ impl Output {
         Ok(())
     }
 
+    /// Writes an error line to stderr, even with `--quiet`.
+    pub(crate) fn error(&self, text: impl AsRef<str>) {
+        let _ = writeln!(std::io::stderr(), "error: {}", text.as_ref());
+    }
+
     /// Writes a notice to stderr unless `--quiet`.
     pub(crate) fn notice(&self, text: impl AsRef<str>) {
         if !self.quiet {

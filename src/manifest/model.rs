@@ -165,7 +165,7 @@ pub struct RelatedFile {
 /// The `downloadHandler` object.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DownloadHandler {
-    /// Handler id such as `microsoft/delta:1`.
+    /// Handler id such as `otaforge/delta:1`.
     pub id: String,
 }
 

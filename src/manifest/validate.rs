@@ -437,7 +437,7 @@ fn check_files(f: &mut Findings, v: &Value, path: &JsonPath) -> Vec<Option<Strin
                     "download-handler-required",
                     &p.key("downloadHandler"),
                     "a file with related files needs a downloadHandler",
-                    "add \"downloadHandler\": {\"id\": \"microsoft/delta:1\"} (or the handler that consumes the related files)",
+                    "add \"downloadHandler\": {\"id\": \"otaforge/delta:1\"} (or the handler that consumes the related files)",
                 );
             }
             let is_delta_handler = handler.as_deref().is_some_and(|h| h.contains("/delta:"));

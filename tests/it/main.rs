@@ -6,6 +6,7 @@
 
 mod apt;
 mod cli;
+mod delta;
 mod hash;
 mod manifest;
 

@@ -41,7 +41,7 @@ fn regenerating_testdata_gives_identical_bytes() {
             "--description=Toaster firmware 1.2",
             "--compat=manufacturer=contoso,model=toaster",
             "--template=swupdate",
-            &format!("--file={},downloadHandler=microsoft/delta:1", td("swupdate/image-1.2.swu")),
+            &format!("--file={},downloadHandler=otaforge/delta:1", td("swupdate/image-1.2.swu")),
             &format!("--file={}", td("swupdate/install.sh")),
             &format!(
                 "--related-file=image-1.2.swu={},source={}",
@@ -147,7 +147,7 @@ fn every_construct_of_v5_can_be_expressed_and_validates() {
         .arg(format!("handler=microsoft/script:1,files=install.sh;notes.txt,properties=@{},description=Run the script", pj("props.json")))
         .args(["--step", r#"handler=microsoft/swupdate:2,files=image.swu;install.sh,properties={"swuFileName":"image.swu","scriptFileName":"install.sh","installedCriteria":"2.0"}"#])
         .args(["--step-ref", "contoso/camera/1.2.3"])
-        .arg("--file").arg(format!("{},downloadHandler=microsoft/delta:1", pj("image.swu")))
+        .arg("--file").arg(format!("{},downloadHandler=otaforge/delta:1", pj("image.swu")))
         .arg("--file").arg(pj("install.sh"))
         .arg("--file").arg(pj("notes.txt"))
         .arg("--related-file").arg(format!("image.swu={},source={},note=from v1", pj("v1-v2.delta"), pj("image-v1.swu")))
@@ -183,7 +183,7 @@ fn every_construct_of_v5_can_be_expressed_and_validates() {
         otaforge::Sha256::digest(b"image v1\n").to_base64()
     );
     assert_eq!(related["properties"]["note"], "from v1");
-    assert_eq!(v["files"][0]["downloadHandler"]["id"], "microsoft/delta:1");
+    assert_eq!(v["files"][0]["downloadHandler"]["id"], "otaforge/delta:1");
     otaforge().args(["manifest", "validate", "--payload-dir"]).arg(p).arg(&path).assert().code(0);
 }
 

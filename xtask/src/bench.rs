@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 
 /// Builds the release binary and returns its path.
-fn release_binary() -> anyhow::Result<PathBuf> {
+pub(crate) fn release_binary() -> anyhow::Result<PathBuf> {
     let mut build = crate::cargo();
     build.args(["build", "--release", "--quiet", "--bin", "otaforge"]);
     crate::run(build)?;

@@ -1,7 +1,8 @@
 //! `cargo xtask demo`: the README's run command. Walks through what a release pipeline does with
-//! otaforge today, on the payloads in `testdata/`, with no cloud account: an APT manifest, an
-//! SWUpdate import manifest with a delta related file, a parent with two children, validation of
-//! all of them against their payloads, and a tampered payload being caught.
+//! otaforge today, on the payloads in `testdata/`, with no cloud account: a delta created, applied
+//! and refused on the wrong old image, an APT manifest, an SWUpdate import manifest with a delta
+//! related file, a parent with two children, validation of all of them against their payloads,
+//! and a tampered payload being caught.
 
 use std::path::Path;
 use std::process::Command;
@@ -48,6 +49,18 @@ pub(crate) fn run() -> anyhow::Result<()> {
     let out = work.display().to_string();
 
     otaforge(&bin, &["hash", &w("image-1.2.swu"), &w("mcu-3.1.bin")], 0)?;
+    println!(
+        "\n# A delta from 1.1 to 1.2, verified by applying it; then applied as a device would:"
+    );
+    let (old, new, delta) = (w("image-1.1.swu"), w("image-1.2.swu"), w("image-1.1-to-1.2.delta"));
+    otaforge(&bin, &["delta", "create", &old, &new, "-o", &delta], 0)?;
+    otaforge(&bin, &["delta", "info", &delta], 0)?;
+    otaforge(&bin, &["delta", "apply", &old, &delta, "-o", &w("rebuilt-1.2.swu")], 0)?;
+    println!("\n# The same delta on the wrong old image is refused and writes nothing:");
+    otaforge(&bin, &["delta", "apply", &new, &delta, "-o", &w("wrong.swu")], 1)?;
+    if work.join("wrong.swu").exists() {
+        bail!("a refused delta left an output file");
+    }
     otaforge(
         &bin,
         &[
@@ -81,7 +94,7 @@ pub(crate) fn run() -> anyhow::Result<()> {
             "--template",
             "swupdate",
             "--file",
-            &format!("{},downloadHandler=microsoft/delta:1", w("image-1.2.swu")),
+            &format!("{},downloadHandler=otaforge/delta:1", w("image-1.2.swu")),
             "--file",
             &w("install.sh"),
             "--related-file",

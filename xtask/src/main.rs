@@ -17,6 +17,7 @@
 )]
 
 mod bench;
+mod bench_delta;
 mod demo;
 mod schema;
 
@@ -33,13 +34,18 @@ fn main() -> anyhow::Result<()> {
         ["demo"] => demo::run(),
         ["schema", dirs @ ..] => schema::run(&dirs.iter().map(PathBuf::from).collect::<Vec<_>>()),
         ["bench", "hash", rest @ ..] => bench::hash(rest),
+        ["bench", "delta", rest @ ..] => bench_delta::run(rest),
+        ["fuzz"] => fuzz(30),
+        ["fuzz", secs] => fuzz(secs.parse().context("fuzz SECONDS")?),
         _ => {
             eprintln!(
                 "usage: cargo xtask <task>\n\n\
                  tasks:\n  ci                 format, clippy, tests, official-schema and interop checks\n  \
                  demo               build and validate sample updates from testdata (no cloud)\n  \
                  schema [DIR...]    check manifests against ../shared/schemas\n  \
-                 bench hash [--runs N] [--size-mib N]\n                     otaforge hash vs openssl dgst and sha256sum"
+                 bench hash [--runs N] [--size-mib N]\n                     otaforge hash vs openssl dgst and sha256sum\n  \
+                 fuzz [SECONDS]     every cargo-fuzz target for SECONDS each (default 30)\n  \
+                 bench delta [--corpus DIR] [--pairs a,b] [--skip TOOL,...]\n                     otaforge delta vs bsdiff, xdelta3, zstd, HDiffPatch"
             );
             bail!("unknown task {:?}", args)
         }
@@ -154,4 +160,27 @@ fn run_tests(mut cmd: Command) -> anyhow::Result<(u64, u64)> {
 
 fn fs_remove(dir: &Path) -> anyhow::Result<()> {
     std::fs::remove_dir_all(dir).with_context(|| format!("cannot remove {}", dir.display()))
+}
+
+/// Runs every cargo-fuzz target in `fuzz/` for `secs` seconds (stable Rust via RUSTC_BOOTSTRAP).
+fn fuzz(secs: u32) -> anyhow::Result<()> {
+    let manifest = std::fs::read_to_string(root().join("fuzz/Cargo.toml"))?;
+    let targets: Vec<&str> = manifest
+        .lines()
+        .filter_map(|l| l.strip_prefix("name = \"").and_then(|r| r.strip_suffix('"')))
+        .filter(|n| *n != "otaforge-fuzz")
+        .collect();
+    for t in &targets {
+        let mut cmd = Command::new("cargo");
+        cmd.current_dir(root())
+            .env("RUSTC_BOOTSTRAP", "1")
+            .args(["fuzz", "run", t, "--"])
+            .arg(format!("-max_total_time={secs}"))
+            .arg("-rss_limit_mb=4096");
+        run(cmd).with_context(|| {
+            format!("fuzz target {t} failed (a crash input is under fuzz/artifacts/{t})")
+        })?;
+    }
+    println!("fuzz: {} targets, {secs} s each, no crashes", targets.len());
+    Ok(())
 }

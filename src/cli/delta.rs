@@ -1,0 +1,283 @@
+//! `otaforge delta create|apply|info`: binary deltas between firmware or OS images.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use otaforge::Sha256;
+use otaforge::delta::{
+    self, Compression, CreateOptions, DeltaError, DeltaFormat, MethodChoice, Profile,
+};
+use serde::Serialize;
+
+use super::{Outcome, Output};
+
+/// `otaforge delta` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum DeltaCommand {
+    /// Create a delta that rebuilds NEW from OLD (verified by applying it before writing).
+    Create(CreateArgs),
+    /// Rebuild NEW from OLD and a delta; checks old, payload and result, writes nothing on error.
+    Apply(ApplyArgs),
+    /// Describe a delta: format, method, compression, sizes, digests, decoder RAM.
+    Info(InfoArgs),
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum FormatArg {
+    Otadelta,
+    Bsdiff40,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum MethodArg {
+    Auto,
+    Bsdiff,
+    Zstd,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ProfileArg {
+    /// Linux gateways: large windows, smallest of zstd and LZMA.
+    Linux,
+    /// Microcontrollers: LZMA with a 4 KiB dictionary (about 9.5 KiB decoder RAM).
+    Mcu,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum CompressionArg {
+    Zstd,
+    Lzma,
+    None,
+}
+
+/// Arguments of `otaforge delta create`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct CreateArgs {
+    /// The image the device has.
+    old: PathBuf,
+    /// The image the device should end up with.
+    new: PathBuf,
+    /// Where to write the delta.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// File format: otadelta (verified, streamable) or bsdiff40 (Debian bspatch, PyPI bsdiff4).
+    #[arg(long = "delta-format", value_enum, default_value = "otadelta")]
+    delta_format: FormatArg,
+    /// Method: auto keeps the smallest of what it tries.
+    #[arg(long, value_enum, default_value = "auto")]
+    method: MethodArg,
+    /// Device class that applies the delta.
+    #[arg(long, value_enum, default_value = "linux")]
+    profile: ProfileArg,
+    /// Force the compression of the op stream.
+    #[arg(long, value_enum)]
+    compression: Option<CompressionArg>,
+    /// Effort 1 (fastest) to 9 (smallest).
+    #[arg(long, default_value_t = 9, value_parser = clap::value_parser!(u32).range(1..=9))]
+    level: u32,
+    /// Threads (default: available cores).
+    #[arg(long, short)]
+    jobs: Option<usize>,
+}
+
+/// Arguments of `otaforge delta apply`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ApplyArgs {
+    /// The image the delta was made from.
+    old: PathBuf,
+    /// The delta (otadelta or BSDIFF40).
+    delta: PathBuf,
+    /// Where to write the rebuilt image.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Also require this SHA-256 (base64 or hex) of the result; the only result check BSDIFF40
+    /// patches can have.
+    #[arg(long, value_name = "SHA256")]
+    expect_sha256: Option<String>,
+}
+
+/// Arguments of `otaforge delta info`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct InfoArgs {
+    /// The delta file.
+    delta: PathBuf,
+}
+
+pub(crate) fn run(cmd: DeltaCommand, out: &Output) -> anyhow::Result<Outcome> {
+    match cmd {
+        DeltaCommand::Create(a) => create(a, out),
+        DeltaCommand::Apply(a) => apply(a, out),
+        DeltaCommand::Info(a) => info(a, out),
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CreatedJson<'a> {
+    file: String,
+    #[serde(flatten)]
+    info: &'a delta::DeltaInfo,
+    percent_of_new: f64,
+    candidates: Vec<serde_json::Value>,
+}
+
+fn create(a: CreateArgs, out: &Output) -> anyhow::Result<Outcome> {
+    let old = otaforge::fsutil::map_file(&a.old)?;
+    let new = otaforge::fsutil::map_file(&a.new)?;
+    let opts = CreateOptions {
+        format: match a.delta_format {
+            FormatArg::Otadelta => DeltaFormat::Otadelta,
+            FormatArg::Bsdiff40 => DeltaFormat::Bsdiff40,
+        },
+        method: match a.method {
+            MethodArg::Auto => MethodChoice::Auto,
+            MethodArg::Bsdiff => MethodChoice::Bsdiff,
+            MethodArg::Zstd => MethodChoice::Zstd,
+        },
+        profile: match a.profile {
+            ProfileArg::Linux => Profile::Linux,
+            ProfileArg::Mcu => Profile::Mcu,
+        },
+        level: a.level,
+        threads: a.jobs.unwrap_or_else(otaforge::hash::default_jobs).max(1),
+        compression: a.compression.map(|c| match c {
+            CompressionArg::Zstd => Compression::Zstd,
+            CompressionArg::Lzma => Compression::Lzma,
+            CompressionArg::None => Compression::None,
+        }),
+    };
+    if matches!(opts.method, MethodChoice::Zstd) && opts.profile == Profile::Mcu {
+        anyhow::bail!(
+            "--method zstd needs the old image in RAM; it is not available with --profile mcu"
+        );
+    }
+    let reporter = out.progress("delta");
+    let created = delta::create(&old, &new, &opts, &reporter);
+    drop(reporter);
+    let created = created.with_context(|| format!("creating a delta from {}", a.old.display()))?;
+    otaforge::fsutil::write_atomic(&a.output, &created.bytes, true)?;
+    let pct = 100.0 * created.bytes.len() as f64 / (new.len().max(1)) as f64;
+    let i = &created.info;
+    if out.json() {
+        out.json_value(&CreatedJson {
+            file: a.output.display().to_string(),
+            info: i,
+            percent_of_new: (pct * 1000.0).round() / 1000.0,
+            candidates: created
+                .candidates
+                .iter()
+                .map(|(m, c, s)| serde_json::json!({"method": m, "compression": c, "size": s}))
+                .collect(),
+        })?;
+    } else {
+        out.line(format!(
+            "{}: {} bytes ({pct:.2}% of new), {} method {} compression {}, decoder RAM {}",
+            a.output.display(),
+            created.bytes.len(),
+            name(&i.format),
+            name(&i.method),
+            i.compression,
+            human_bytes(i.decoder_ram),
+        ))?;
+    }
+    Ok(Outcome::Ok)
+}
+
+fn apply(a: ApplyArgs, out: &Output) -> anyhow::Result<Outcome> {
+    let expect = a
+        .expect_sha256
+        .as_deref()
+        .map(|s| if Sha256::looks_like_hex(s) { Sha256::from_hex(s) } else { s.parse() })
+        .transpose()
+        .context("--expect-sha256")?;
+    match delta::apply_file(&a.old, &a.delta, &a.output, true, expect) {
+        Ok(applied) => {
+            if out.json() {
+                out.json_value(&serde_json::json!({
+                    "file": a.output.display().to_string(),
+                    "format": applied.format,
+                    "sizeInBytes": applied.new_size,
+                    "sha256": applied.new_sha256,
+                    "sha256Hex": applied.new_sha256.to_hex(),
+                }))?;
+            } else {
+                out.line(format!(
+                    "{}: {} bytes, sha256 {}",
+                    a.output.display(),
+                    applied.new_size,
+                    applied.new_sha256
+                ))?;
+            }
+            Ok(Outcome::Ok)
+        }
+        // Unreadable files and internal failures are unexpected errors (exit 2); everything else
+        // is a check that failed (exit 1).
+        Err(e @ DeltaError::Io { .. }) => Err(e.into()),
+        Err(e) => {
+            let kind = error_kind(&e);
+            if out.json() {
+                out.json_value(&serde_json::json!({"error": kind, "message": e.to_string()}))?;
+            }
+            out.error(format!("{}: {e}; nothing was written", a.delta.display()));
+            Ok(Outcome::CheckFailed)
+        }
+    }
+}
+
+fn info(a: InfoArgs, out: &Output) -> anyhow::Result<Outcome> {
+    let bytes = otaforge::fsutil::map_file(&a.delta)?;
+    let i = match delta::info(&bytes) {
+        Ok(i) => i,
+        Err(e) => {
+            out.error(format!("{}: {e}", a.delta.display()));
+            return Ok(Outcome::CheckFailed);
+        }
+    };
+    if out.json() {
+        out.json_value(&i)?;
+        return Ok(Outcome::Ok);
+    }
+    let opt = |v: Option<String>| v.unwrap_or_else(|| "not recorded".into());
+    out.line(format!("format       {}", name(&i.format)))?;
+    out.line(format!("method       {}", name(&i.method)))?;
+    out.line(format!("compression  {}", i.compression))?;
+    out.line(format!("window       {}", human_bytes(u64::from(i.window))))?;
+    out.line(format!("decoder RAM  {}", human_bytes(i.decoder_ram)))?;
+    out.line(format!("old size     {}", opt(i.old_size.map(|v| v.to_string()))))?;
+    out.line(format!("old sha256   {}", opt(i.old_sha256.map(|v| v.to_string()))))?;
+    out.line(format!("new size     {}", i.new_size))?;
+    out.line(format!("new sha256   {}", opt(i.new_sha256.map(|v| v.to_string()))))?;
+    out.line(format!("delta size   {}", i.delta_size))?;
+    Ok(Outcome::Ok)
+}
+
+/// A stable name for each refusal, for `--format json`.
+fn error_kind(e: &DeltaError) -> &'static str {
+    match e {
+        DeltaError::Io { .. } => "io",
+        DeltaError::UnknownFormat => "unknownFormat",
+        DeltaError::Header(_) | DeltaError::Bsdiff40(_) => "badHeader",
+        DeltaError::Length { .. } => "badLength",
+        DeltaError::Digest { .. } => "corruptDelta",
+        DeltaError::WrongOld { .. } => "wrongOld",
+        DeltaError::Decompress(_) | DeltaError::Bsdiff40Apply(_) => "corruptDelta",
+        DeltaError::Patch(_) | DeltaError::StreamLength { .. } => "corruptPatch",
+        DeltaError::WrongNew { .. } => "wrongNew",
+        DeltaError::Index(_) | DeltaError::Compress(_) | DeltaError::SelfCheck(_) => "internal",
+    }
+}
+
+/// The serialized (lower-case) name of an enum value.
+fn name<T: Serialize>(v: &T) -> String {
+    serde_json::to_value(v).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+}
+
+fn human_bytes(n: u64) -> String {
+    if n >= 1 << 20 {
+        format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64)
+    } else if n >= 1 << 10 {
+        format!("{:.1} KiB", n as f64 / 1024.0)
+    } else {
+        format!("{n} B")
+    }
+}

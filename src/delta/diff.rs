@@ -1,0 +1,366 @@
+//! Finding the operations that rebuild `new` from `old`: suffix-array matching with
+//! approximate extension, in the manner of bsdiff (see `docs/delta-format.md`, "Generation").
+//!
+//! The result is a list of [`Op`]s. Each op says: take `add` bytes of old starting at `old_pos`
+//! and add a correction byte to each (the correction is mostly zero), then copy `copy` literal
+//! bytes. Ops tile `new` exactly, in order, so the patch stream can be written front to back.
+
+use std::thread;
+
+/// One step of a patch. Ops tile the new file: `ops[i + 1].new_pos == ops[i].new_pos +
+/// ops[i].add + ops[i].copy`, starting at zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Op {
+    /// Where this op's output starts in new.
+    pub new_pos: usize,
+    /// Where the add part reads old.
+    pub old_pos: usize,
+    /// Bytes produced as `old[old_pos + i] + correction[i]`.
+    pub add: usize,
+    /// Literal bytes following the add part.
+    pub copy: usize,
+}
+
+impl Op {
+    /// The literal part of this op.
+    pub fn extra<'n>(&self, new: &'n [u8]) -> &'n [u8] {
+        let start = self.new_pos + self.add;
+        &new[start..start + self.copy]
+    }
+}
+
+/// A suffix array of the old file with a two-byte prefix index that narrows every search to the
+/// suffixes sharing the needle's first two bytes.
+pub(crate) struct SuffixIndex<'o> {
+    old: &'o [u8],
+    sa: Vec<i32>,
+    /// For each two-byte prefix `b0 << 8 | b1`: the suffix-array slots `[start, end)` holding it.
+    /// (The one suffix of length one sits just before its first byte's buckets, in none.)
+    bucket: Vec<(u32, u32)>,
+}
+
+/// Errors building the index.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum IndexError {
+    #[error("the old file is {0} bytes; the suffix-array method handles up to 2 GiB - 1")]
+    TooLarge(usize),
+    #[error("suffix array construction failed: {0}")]
+    Sais(String),
+}
+
+impl<'o> SuffixIndex<'o> {
+    /// Builds the index. Memory: 4 bytes per old byte plus 256 KiB.
+    pub fn build(old: &'o [u8]) -> Result<Self, IndexError> {
+        if old.len() >= i32::MAX as usize {
+            return Err(IndexError::TooLarge(old.len()));
+        }
+        let sa: Vec<i32> = if old.is_empty() {
+            Vec::new()
+        } else {
+            libsais::SuffixArrayConstruction::for_text(old)
+                .in_owned_buffer32()
+                .single_threaded()
+                .run()
+                .map_err(|e| IndexError::Sais(e.to_string()))?
+                .into_vec()
+        };
+        let mut count = vec![0u32; 65536];
+        for w in old.windows(2) {
+            count[usize::from(w[0]) << 8 | usize::from(w[1])] += 1;
+        }
+        let mut bucket = vec![(0u32, 0u32); 65536];
+        let mut at = 0u32;
+        let last = old.last().copied();
+        for b0 in 0..256usize {
+            if last == Some(b0 as u8) {
+                at += 1; // the one-byte suffix sorts before every longer suffix starting with b0
+            }
+            for b1 in 0..256usize {
+                let k = b0 << 8 | b1;
+                bucket[k] = (at, at + count[k]);
+                at += count[k];
+            }
+        }
+        debug_assert_eq!(at as usize, sa.len());
+        Ok(Self { old, sa, bucket })
+    }
+
+    /// The longest prefix of `needle` that occurs in old: `(length, old position)`.
+    /// Needles shorter than two bytes, or whose first two bytes never occur, give length 0.
+    pub fn longest_match(&self, needle: &[u8]) -> (usize, usize) {
+        if needle.len() < 2 {
+            return (0, 0);
+        }
+        let k = usize::from(needle[0]) << 8 | usize::from(needle[1]);
+        let (lo, hi_end) = self.bucket[k];
+        let (mut lo, hi_end) = (lo as usize, hi_end as usize);
+        if lo >= hi_end {
+            return (0, 0);
+        }
+        let mut hi = hi_end - 1;
+        let old = self.old;
+        // Every suffix in [lo, hi] shares the first two bytes; lcp_lo/lcp_hi are the common
+        // prefix lengths of the needle with sa[lo] and sa[hi]; the minimum is shared by all
+        // suffixes between them.
+        let mut lcp_lo = common_prefix(&old[self.sa[lo] as usize..], needle);
+        let mut lcp_hi = common_prefix(&old[self.sa[hi] as usize..], needle);
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            let skip = lcp_lo.min(lcp_hi);
+            let suf = &old[self.sa[mid] as usize..];
+            let l = skip + common_prefix(&suf[skip.min(suf.len())..], &needle[skip..]);
+            if l == needle.len() {
+                return (l, self.sa[mid] as usize);
+            }
+            // suffix < needle when it is a proper prefix or its first differing byte is smaller.
+            if l == suf.len() || suf[l] < needle[l] {
+                lo = mid;
+                lcp_lo = l;
+            } else {
+                hi = mid;
+                lcp_hi = l;
+            }
+        }
+        if lcp_lo >= lcp_hi {
+            (lcp_lo, self.sa[lo] as usize)
+        } else {
+            (lcp_hi, self.sa[hi] as usize)
+        }
+    }
+}
+
+/// Length of the common prefix of `a` and `b`, eight bytes at a time.
+#[inline]
+pub(crate) fn common_prefix(a: &[u8], b: &[u8]) -> usize {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut i = 0;
+    while i + 8 <= n {
+        let x = u64::from_le_bytes(a[i..i + 8].try_into().unwrap_or_default());
+        let y = u64::from_le_bytes(b[i..i + 8].try_into().unwrap_or_default());
+        let d = x ^ y;
+        if d != 0 {
+            return i + (d.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    while i < n && a[i] == b[i] {
+        i += 1;
+    }
+    i
+}
+
+/// Tuning of the scan.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ScanParams {
+    /// A new exact match replaces the current alignment only when it is this many bytes longer
+    /// than what the current alignment already matches over the same span.
+    pub min_gain: usize,
+    /// Target chunk of new per thread; chunks are scanned independently and concatenated.
+    pub chunk: usize,
+    /// Worker threads.
+    pub threads: usize,
+}
+
+impl Default for ScanParams {
+    fn default() -> Self {
+        Self { min_gain: 8, chunk: 4 << 20, threads: crate::hash::default_jobs() }
+    }
+}
+
+/// Computes the ops rebuilding `new` from `old`.
+pub(crate) fn diff(index: &SuffixIndex<'_>, new: &[u8], params: ScanParams) -> Vec<Op> {
+    if new.is_empty() {
+        return Vec::new();
+    }
+    let chunk = params.chunk.max(64 << 10);
+    let n_chunks = new.len().div_ceil(chunk);
+    let threads = params.threads.clamp(1, n_chunks);
+    if threads == 1 {
+        return scan(index, new, 0, new.len(), params.min_gain);
+    }
+    // Chunks are handed out in order through an atomic counter; results are stitched in order.
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut parts: Vec<Vec<Op>> = Vec::new();
+    parts.resize_with(n_chunks, Vec::new);
+    let results = thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let c = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if c >= n_chunks {
+                            break;
+                        }
+                        let start = c * chunk;
+                        let end = (start + chunk).min(new.len());
+                        done.push((c, scan(index, new, start, end, params.min_gain)));
+                    }
+                    done
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect::<Vec<_>>()
+    });
+    for (c, ops) in results {
+        parts[c] = ops;
+    }
+    parts.into_iter().flatten().collect()
+}
+
+/// Scans `new[start..end]` and returns ops tiling exactly that range.
+fn scan(
+    index: &SuffixIndex<'_>,
+    new_all: &[u8],
+    start: usize,
+    end: usize,
+    min_gain: usize,
+) -> Vec<Op> {
+    let old = index.old;
+    let new = &new_all[..end];
+    let (olen, nlen) = (old.len() as isize, end as isize);
+    let at_old = |p: isize| -> Option<u8> { (p >= 0 && p < olen).then(|| old[p as usize]) };
+
+    let mut ops = Vec::new();
+    let (mut scan, mut len) = (start as isize, 0isize);
+    let (mut last_scan, mut last_pos, mut last_offset) = (start as isize, 0isize, 0isize);
+    let mut pos = 0isize;
+    while scan < nlen {
+        let mut old_score = 0isize;
+        scan += len;
+        let mut scsc = scan;
+        while scan < nlen {
+            let (l, p) = index.longest_match(&new[scan as usize..]);
+            len = l as isize;
+            pos = p as isize;
+            while scsc < scan + len {
+                if at_old(scsc + last_offset) == Some(new[scsc as usize]) {
+                    old_score += 1;
+                }
+                scsc += 1;
+            }
+            if (len == old_score && len != 0) || len > old_score + min_gain as isize {
+                break;
+            }
+            if at_old(scan + last_offset) == Some(new[scan as usize]) {
+                old_score -= 1;
+            }
+            scan += 1;
+        }
+        if len == old_score && scan != nlen {
+            continue;
+        }
+        // Extend the previous alignment forwards while at least half of the bytes agree.
+        let (mut s, mut best, mut len_f) = (0isize, 0isize, 0isize);
+        let mut i = 0isize;
+        while last_scan + i < scan && last_pos + i < olen {
+            if old[(last_pos + i) as usize] == new[(last_scan + i) as usize] {
+                s += 1;
+            }
+            i += 1;
+            if s * 2 - i > best * 2 - len_f {
+                best = s;
+                len_f = i;
+            }
+        }
+        // Extend the new match backwards the same way.
+        let mut len_b = 0isize;
+        if scan < nlen {
+            let (mut s, mut best) = (0isize, 0isize);
+            let mut i = 1isize;
+            while scan >= last_scan + i && pos >= i {
+                if old[(pos - i) as usize] == new[(scan - i) as usize] {
+                    s += 1;
+                }
+                if s * 2 - i > best * 2 - len_b {
+                    best = s;
+                    len_b = i;
+                }
+                i += 1;
+            }
+        }
+        // Where the two extensions overlap, split at the point that keeps the most agreement.
+        if last_scan + len_f > scan - len_b {
+            let overlap = (last_scan + len_f) - (scan - len_b);
+            let (mut s, mut best, mut len_s) = (0isize, 0isize, 0isize);
+            for i in 0..overlap {
+                if new[(last_scan + len_f - overlap + i) as usize]
+                    == old[(last_pos + len_f - overlap + i) as usize]
+                {
+                    s += 1;
+                }
+                if new[(scan - len_b + i) as usize] == old[(pos - len_b + i) as usize] {
+                    s -= 1;
+                }
+                if s > best {
+                    best = s;
+                    len_s = i + 1;
+                }
+            }
+            len_f += len_s - overlap;
+            len_b -= len_s;
+        }
+        ops.push(Op {
+            new_pos: last_scan as usize,
+            old_pos: last_pos as usize,
+            add: len_f as usize,
+            copy: ((scan - len_b) - (last_scan + len_f)) as usize,
+        });
+        last_scan = scan - len_b;
+        last_pos = pos - len_b;
+        last_offset = pos - scan;
+    }
+    ops
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rebuild(old: &[u8], new_len: usize, ops: &[Op], new: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(new_len);
+        for op in ops {
+            assert_eq!(op.new_pos, out.len());
+            for i in 0..op.add {
+                out.push(
+                    old[op.old_pos + i]
+                        .wrapping_add(new[op.new_pos + i].wrapping_sub(old[op.old_pos + i])),
+                );
+            }
+            out.extend_from_slice(op.extra(new));
+        }
+        out
+    }
+
+    #[test]
+    fn longest_match_finds_the_longest() {
+        let old = b"the quick brown fox jumps over the lazy dog; the quick red fox";
+        let idx = SuffixIndex::build(old).unwrap();
+        let (l, p) = idx.longest_match(b"the quick red cat");
+        assert_eq!(l, 14);
+        assert_eq!(&old[p..p + l], b"the quick red ");
+        assert_eq!(idx.longest_match(b"zz"), (0, 0));
+        let (l, p) = idx.longest_match(b"g;");
+        assert_eq!((l, &old[p..p + 2]), (2, &b"g;"[..]));
+    }
+
+    #[test]
+    fn ops_tile_new_and_reuse_old() {
+        let old: Vec<u8> =
+            (0..200_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let mut new = old.clone();
+        new.splice(5000..5000, b"inserted bytes".iter().copied());
+        new.drain(90_000..91_000);
+        for b in new.iter_mut().skip(120_000).step_by(97).take(100) {
+            *b = b.wrapping_add(3);
+        }
+        let idx = SuffixIndex::build(&old).unwrap();
+        for threads in [1, 2] {
+            let ops = diff(&idx, &new, ScanParams { min_gain: 8, chunk: 64 << 10, threads });
+            assert_eq!(rebuild(&old, new.len(), &ops, &new), new);
+            let literal: usize = ops.iter().map(|o| o.copy).sum();
+            assert!(literal < 2_000, "{literal} literal bytes");
+        }
+    }
+}

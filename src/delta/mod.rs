@@ -1,0 +1,639 @@
+//! Binary deltas: create, apply and describe patches that rebuild a new image from an old one.
+//!
+//! Two formats:
+//! - **otadelta** (ours, `docs/delta-format.md`): a 152-byte header binding the patch to the exact
+//!   old and new images (sizes and SHA-256) and a digest of header and payload, then one sequential
+//!   payload that a device reads front to back with one decompressor. Methods: the bsdiff-style op
+//!   stream ([`ops`]) or a zstd patch-from frame. Compression: zstd or raw LZMA with a dictionary
+//!   as small as 4 KiB, so the MCU path fits in a few KiB of RAM.
+//! - **BSDIFF40** ([`bsdiff40`]), byte-compatible with Colin Percival's bsdiff 4.x.
+//!
+//! Every delta [`create`] returns has been applied once in memory and checked against new.
+//! [`apply`] checks the old image and the payload digest before producing a byte, bounds-checks
+//! every control value, and checks new's digest at the end; [`apply_file`] writes to a temp file
+//! renamed into place only on success.
+
+pub mod bsdiff40;
+mod codec;
+mod diff;
+pub mod format;
+pub mod ops;
+
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use sha2::Digest;
+
+use crate::{Reporter, Sha256};
+pub use format::{Compression, Header, Method};
+pub use ops::{OldImage, PatchError, Patcher};
+
+/// The two file formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeltaFormat {
+    /// Ours: verified header, one sequential payload.
+    Otadelta,
+    /// Colin Percival's bsdiff 4.x format.
+    Bsdiff40,
+}
+
+/// Which method `create` uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MethodChoice {
+    /// Try what is promising and keep the smallest.
+    #[default]
+    Auto,
+    /// Suffix-array matching (the op stream).
+    Bsdiff,
+    /// zstd patch-from.
+    Zstd,
+}
+
+/// Who applies the delta; decides the compression.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Profile {
+    /// Linux gateways: zstd or LZMA with large windows, whichever is smaller.
+    #[default]
+    Linux,
+    /// Microcontrollers: LZMA with a 4 KiB dictionary and no literal context (about 9.5 KiB of
+    /// decoder RAM); the op stream only.
+    Mcu,
+}
+
+/// Options of [`create`].
+#[derive(Debug, Clone, Copy)]
+pub struct CreateOptions {
+    /// File format.
+    pub format: DeltaFormat,
+    /// Method (otadelta only; BSDIFF40 is always the op method).
+    pub method: MethodChoice,
+    /// Target device class.
+    pub profile: Profile,
+    /// Effort 1..=9 (9 = smallest, the default).
+    pub level: u32,
+    /// Threads for matching and for trying compressors side by side.
+    pub threads: usize,
+    /// Forces the op stream's compression instead of the profile's choice.
+    pub compression: Option<Compression>,
+}
+
+impl Default for CreateOptions {
+    fn default() -> Self {
+        Self {
+            format: DeltaFormat::Otadelta,
+            method: MethodChoice::Auto,
+            profile: Profile::Linux,
+            level: 9,
+            threads: crate::hash::default_jobs(),
+            compression: None,
+        }
+    }
+}
+
+/// What a delta file says about itself.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeltaInfo {
+    /// File format.
+    pub format: DeltaFormat,
+    /// Method (BSDIFF40 is always `bsdiff`).
+    pub method: Method,
+    /// Payload compression (`bzip2` for BSDIFF40).
+    pub compression: String,
+    /// Decoder window in bytes (0 when not applicable).
+    pub window: u32,
+    /// RAM a device needs for decompression, besides the patcher (about 100 bytes plus its
+    /// scratch buffer).
+    pub decoder_ram: u64,
+    /// Old size (otadelta only).
+    pub old_size: Option<u64>,
+    /// Old digest (otadelta only).
+    pub old_sha256: Option<Sha256>,
+    /// New size.
+    pub new_size: u64,
+    /// New digest (otadelta only).
+    pub new_sha256: Option<Sha256>,
+    /// The whole delta file's size.
+    pub delta_size: u64,
+}
+
+/// A created delta.
+#[derive(Debug, Clone)]
+pub struct Created {
+    /// The delta file's bytes.
+    pub bytes: Vec<u8>,
+    /// Its description.
+    pub info: DeltaInfo,
+    /// Every candidate tried, smallest first: `(method, compression, size)`.
+    pub candidates: Vec<(Method, Compression, u64)>,
+}
+
+/// Everything that can go wrong creating or applying a delta.
+#[derive(Debug, thiserror::Error)]
+pub enum DeltaError {
+    /// Reading or writing a file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+    /// The file starts with neither OTADELTA nor BSDIFF40.
+    #[error("not a delta: the file starts with neither OTADELTA nor BSDIFF40")]
+    UnknownFormat,
+    /// The otadelta header is refused.
+    #[error("bad otadelta header: {0}")]
+    Header(#[from] format::HeaderError),
+    /// The BSDIFF40 header is refused.
+    #[error("bad BSDIFF40 patch: {0}")]
+    Bsdiff40(#[from] bsdiff40::Bsdiff40Error),
+    /// The file is longer or shorter than the header says.
+    #[error(
+        "the delta is {actual} bytes but its header declares {expected}; it is truncated or has trailing data"
+    )]
+    Length {
+        /// Header plus declared payload.
+        expected: u64,
+        /// The file's size.
+        actual: u64,
+    },
+    /// The header or payload does not hash to the header's digest.
+    #[error("the delta is corrupt: its digest is {actual}, the header says {expected}")]
+    Digest {
+        /// Declared.
+        expected: Sha256,
+        /// Computed.
+        actual: Sha256,
+    },
+    /// The old file is not the one the delta was made from.
+    #[error(
+        "wrong old file: it is {actual_size} bytes with sha256 {actual}, the delta was made from {expected_size} bytes with sha256 {expected}"
+    )]
+    WrongOld {
+        /// Declared size.
+        expected_size: u64,
+        /// Declared digest.
+        expected: Sha256,
+        /// Actual size.
+        actual_size: u64,
+        /// Actual digest.
+        actual: Sha256,
+    },
+    /// The payload does not decompress.
+    #[error("the delta payload does not decompress: {0}")]
+    Decompress(String),
+    /// A control value is out of bounds.
+    #[error("corrupt patch: {0}")]
+    Patch(#[from] PatchError),
+    /// A BSDIFF40 stream is corrupt.
+    #[error("corrupt BSDIFF40 patch: {0}")]
+    Bsdiff40Apply(String),
+    /// The rebuilt file is not the declared new file.
+    #[error("the rebuilt file has sha256 {actual}, expected {expected}; nothing was written")]
+    WrongNew {
+        /// Declared.
+        expected: Sha256,
+        /// Computed.
+        actual: Sha256,
+    },
+    /// The decompressed stream length differs from the header.
+    #[error("the payload decompresses to {actual} bytes, the header declares {expected}")]
+    StreamLength {
+        /// Declared.
+        expected: u64,
+        /// Actual.
+        actual: u64,
+    },
+    /// The suffix-array method cannot handle the old file.
+    #[error("{0}")]
+    Index(String),
+    /// A compressor failed.
+    #[error("compression failed: {0}")]
+    Compress(io::Error),
+    /// A created delta did not rebuild new (a bug; nothing is written).
+    #[error("internal error: the created delta does not rebuild the new file ({0})")]
+    SelfCheck(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> DeltaError + '_ {
+    move |source| DeltaError::Io { path: path.to_path_buf(), source }
+}
+
+/// Creates a delta rebuilding `new` from `old`.
+pub fn create(
+    old: &[u8],
+    new: &[u8],
+    opts: &CreateOptions,
+    reporter: &dyn Reporter,
+) -> Result<Created, DeltaError> {
+    let level = opts.level.clamp(1, 9);
+    let use_ops = opts.format == DeltaFormat::Bsdiff40
+        || matches!(opts.method, MethodChoice::Auto | MethodChoice::Bsdiff)
+        || opts.profile == Profile::Mcu;
+    let (old_sha, new_sha) = std::thread::scope(|s| {
+        let h = s.spawn(|| Sha256::digest(old));
+        (h.join().unwrap_or_else(|_| Sha256::digest(old)), Sha256::digest(new))
+    });
+    let ops = if use_ops {
+        reporter.start("index", Some(old.len() as u64));
+        let index = diff::SuffixIndex::build(old).map_err(|e| DeltaError::Index(e.to_string()))?;
+        reporter.finish("index");
+        reporter.start("match", Some(new.len() as u64));
+        let params = diff::ScanParams { threads: opts.threads.max(1), ..Default::default() };
+        let ops = diff::diff(&index, new, params);
+        reporter.finish("match");
+        ops
+    } else {
+        Vec::new()
+    };
+
+    if opts.format == DeltaFormat::Bsdiff40 {
+        reporter.start("compress", None);
+        let bytes = bsdiff40::write(old, new, &ops).map_err(DeltaError::Compress)?;
+        reporter.finish("compress");
+        let mut sink = HashSink::default();
+        apply(old, &bytes, &mut sink.writer()).map_err(|e| DeltaError::SelfCheck(e.to_string()))?;
+        if sink.finish() != new_sha {
+            return Err(DeltaError::SelfCheck("BSDIFF40 output differs".into()));
+        }
+        let info = info(&bytes)?;
+        let size = bytes.len() as u64;
+        return Ok(Created {
+            bytes,
+            info,
+            candidates: vec![(Method::Bsdiff, Compression::None, size)],
+        });
+    }
+
+    // Candidate payloads: (method, encoder) pairs, compressed side by side.
+    let stream_len_hint: u64 = ops.iter().map(|o| (o.add + o.copy) as u64 + 6).sum();
+    let mut jobs: Vec<(Method, codec::Encoder)> = Vec::new();
+    if use_ops {
+        let mcu_lzma = codec::Encoder::Lzma {
+            preset: level,
+            params: codec::LzmaParams { dict: 4096, lc: 0, lp: 0, pb: 0 },
+        };
+        match (opts.compression, opts.profile) {
+            (Some(Compression::None), _) => jobs.push((Method::Bsdiff, codec::Encoder::None)),
+            (Some(Compression::Lzma), Profile::Mcu) | (None, Profile::Mcu) => {
+                jobs.push((Method::Bsdiff, mcu_lzma));
+            }
+            (Some(Compression::Zstd), Profile::Mcu) => {
+                jobs.push((Method::Bsdiff, codec::Encoder::Zstd { level: 19, window_log: 10 }));
+            }
+            (forced, Profile::Linux) => {
+                let dict = stream_len_hint.next_power_of_two().clamp(4096, 8 << 20) as u32;
+                if forced != Some(Compression::Zstd) {
+                    jobs.push((
+                        Method::Bsdiff,
+                        codec::Encoder::Lzma {
+                            preset: level,
+                            params: codec::LzmaParams { dict, lc: 1, lp: 0, pb: 0 },
+                        },
+                    ));
+                }
+                // zstd on the op stream lost to LZMA on every corpus pair; auto tries it only
+                // where it is cheap (streams up to 8 MiB).
+                if forced == Some(Compression::Zstd)
+                    || (forced.is_none() && stream_len_hint <= 8 << 20)
+                {
+                    let window_log = codec::window_log_for(stream_len_hint.min(1 << 27) as u32);
+                    let zlevel = [1, 3, 6, 9, 12, 15, 17, 19, 19][level as usize - 1];
+                    jobs.push((Method::Bsdiff, codec::Encoder::Zstd { level: zlevel, window_log }));
+                }
+            }
+        }
+    }
+    let want_zstd = opts.profile == Profile::Linux
+        && matches!(opts.compression, None | Some(Compression::Zstd))
+        && (opts.method == MethodChoice::Zstd
+            // patch-from at level 19 runs at about 1 MB/s; auto tries it on MCU-sized images,
+            // where it sometimes wins.
+            || (opts.method == MethodChoice::Auto && old.len() + new.len() <= 8 << 20));
+    if want_zstd {
+        jobs.push((Method::Zstd, codec::Encoder::Zstd { level: 0, window_log: 0 }));
+    }
+
+    reporter.start("compress", None);
+    let results: Vec<Result<Candidate, DeltaError>> =
+        run_limited(opts.threads.max(1), &jobs, |&(method, enc)| {
+            compress_payload(old, new, &ops, method, enc, level)
+        });
+    reporter.finish("compress");
+    let mut done = results.into_iter().collect::<Result<Vec<_>, _>>()?;
+    done.sort_by_key(|(_, _, _, payload)| payload.len());
+    let candidates = done
+        .iter()
+        .map(|(m, e, _, p)| (*m, e.compression(), (p.len() + format::HEADER_LEN) as u64))
+        .collect();
+    let Some((method, enc, stream_len, payload)) = done.into_iter().next() else {
+        return Err(DeltaError::SelfCheck("no candidate method".into()));
+    };
+    let header = Header {
+        method,
+        compression: enc.compression(),
+        window: enc.window(),
+        lzma_props: enc.lzma_props(),
+        old_size: old.len() as u64,
+        old_sha256: old_sha,
+        new_size: new.len() as u64,
+        new_sha256: new_sha,
+        stream_len,
+        payload_len: payload.len() as u64,
+        digest: Sha256::from_bytes([0; 32]),
+    };
+    let mut encoded = header.encode();
+    let digest = format::digest(&encoded, &payload);
+    encoded[format::DIGESTED_LEN..].copy_from_slice(digest.as_bytes());
+    let mut bytes = Vec::with_capacity(format::HEADER_LEN + payload.len());
+    bytes.extend_from_slice(&encoded);
+    bytes.extend_from_slice(&payload);
+    drop(payload);
+    reporter.start("verify", Some(new.len() as u64));
+    // `apply` checks new's size and digest against the header.
+    apply(old, &bytes, &mut |_| Ok(())).map_err(|e| DeltaError::SelfCheck(e.to_string()))?;
+    reporter.finish("verify");
+    let info = info(&bytes)?;
+    Ok(Created { bytes, info, candidates })
+}
+
+/// A compressed payload: method, encoder, decompressed length, bytes.
+type Candidate = (Method, codec::Encoder, u64, Vec<u8>);
+
+fn compress_payload(
+    old: &[u8],
+    new: &[u8],
+    ops: &[diff::Op],
+    method: Method,
+    enc: codec::Encoder,
+    level: u32,
+) -> Result<Candidate, DeltaError> {
+    match method {
+        Method::Bsdiff => {
+            let mut stream_len = 0;
+            let payload = enc
+                .compress(&mut |w| {
+                    stream_len = ops::write_stream(old, new, ops, w)?;
+                    Ok(stream_len)
+                })
+                .map_err(DeltaError::Compress)?;
+            Ok((method, enc, stream_len, payload))
+        }
+        Method::Zstd => {
+            let total = (old.len() + new.len()).max(1) as u64;
+            let window_log = codec::window_log_for(total.min(1 << 31) as u32);
+            let zlevel = [3, 6, 9, 12, 15, 17, 19, 19, 19][level as usize - 1];
+            let payload = codec::zstd_ref_compress(old, new, zlevel, window_log)
+                .map_err(DeltaError::Compress)?;
+            Ok((
+                method,
+                codec::Encoder::Zstd { level: zlevel, window_log },
+                new.len() as u64,
+                payload,
+            ))
+        }
+    }
+}
+
+/// Runs `f` over `items` on up to `threads` threads, results in item order.
+fn run_limited<T: Sync, R: Send>(
+    threads: usize,
+    items: &[T],
+    f: impl Fn(&T) -> R + Sync,
+) -> Vec<R> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut out: Vec<(usize, R)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads.min(items.len()).max(1))
+            .map(|_| {
+                s.spawn(|| {
+                    let mut mine = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(item) = items.get(i) else { break };
+                        mine.push((i, f(item)));
+                    }
+                    mine
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
+    });
+    out.sort_by_key(|(i, _)| *i);
+    out.into_iter().map(|(_, r)| r).collect()
+}
+
+/// Describes a delta from its bytes (the header suffices for otadelta).
+pub fn info(delta: &[u8]) -> Result<DeltaInfo, DeltaError> {
+    if delta.starts_with(format::MAGIC) {
+        let h = Header::decode(delta)?;
+        Ok(DeltaInfo {
+            format: DeltaFormat::Otadelta,
+            method: h.method,
+            compression: serde_json::to_value(h.compression)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+            window: h.window,
+            decoder_ram: h.decoder_ram(),
+            old_size: Some(h.old_size),
+            old_sha256: Some(h.old_sha256),
+            new_size: h.new_size,
+            new_sha256: Some(h.new_sha256),
+            delta_size: delta.len() as u64,
+        })
+    } else if delta.starts_with(bsdiff40::MAGIC) {
+        let l = bsdiff40::layout(delta)?;
+        Ok(DeltaInfo {
+            format: DeltaFormat::Bsdiff40,
+            method: Method::Bsdiff,
+            compression: "bzip2".into(),
+            window: 900_000,
+            // Three bzip2 decoders at the default 900k block size, 3.7 MB each.
+            decoder_ram: 3 * 3_700_000,
+            old_size: None,
+            old_sha256: None,
+            new_size: l.new_size,
+            new_sha256: None,
+            delta_size: delta.len() as u64,
+        })
+    } else {
+        Err(DeltaError::UnknownFormat)
+    }
+}
+
+/// The result of [`apply`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    /// The delta's format.
+    pub format: DeltaFormat,
+    /// Bytes written.
+    pub new_size: u64,
+    /// Digest of what was written.
+    pub new_sha256: Sha256,
+}
+
+/// Applies `delta` to `old`, handing new out in order through `out`.
+///
+/// For otadelta, nothing reaches `out` unless old matches the header and the payload matches its
+/// digest; `out` may have received data when a later check fails, so callers writing files must
+/// write to a temporary file (as [`apply_file`] does) and discard it on error.
+pub fn apply(
+    old: &[u8],
+    delta: &[u8],
+    out: &mut dyn FnMut(&[u8]) -> io::Result<()>,
+) -> Result<Applied, DeltaError> {
+    let mut hasher = sha2::Sha256::new();
+    let mut written = 0u64;
+    let mut tee = |b: &[u8]| {
+        hasher.update(b);
+        written += b.len() as u64;
+        out(b)
+    };
+    if delta.starts_with(bsdiff40::MAGIC) {
+        let mut old_img = old;
+        bsdiff40::apply(delta, old.len() as u64, &mut old_img, &mut tee).map_err(|e| match e {
+            bsdiff40::ApplyError::Header(h) => DeltaError::Bsdiff40(h),
+            bsdiff40::ApplyError::Patch(p) => DeltaError::Patch(p),
+            other => DeltaError::Bsdiff40Apply(other.to_string()),
+        })?;
+        return Ok(Applied {
+            format: DeltaFormat::Bsdiff40,
+            new_size: written,
+            new_sha256: Sha256::from_bytes(hasher.finalize().into()),
+        });
+    }
+    if !delta.starts_with(format::MAGIC) {
+        return Err(DeltaError::UnknownFormat);
+    }
+    let h = Header::decode(delta)?;
+    let expected = (format::HEADER_LEN as u64).saturating_add(h.payload_len);
+    if expected != delta.len() as u64 {
+        return Err(DeltaError::Length { expected, actual: delta.len() as u64 });
+    }
+    let payload = &delta[format::HEADER_LEN..];
+    let (old_sha, digest) = std::thread::scope(|s| {
+        let p = s.spawn(|| format::digest(delta, payload));
+        let o = Sha256::digest(old);
+        (o, p.join().unwrap_or_else(|_| format::digest(delta, payload)))
+    });
+    if old.len() as u64 != h.old_size || old_sha != h.old_sha256 {
+        return Err(DeltaError::WrongOld {
+            expected_size: h.old_size,
+            expected: h.old_sha256,
+            actual_size: old.len() as u64,
+            actual: old_sha,
+        });
+    }
+    if digest != h.digest {
+        return Err(DeltaError::Digest { expected: h.digest, actual: digest });
+    }
+    let decompress = |e: io::Error| DeltaError::Decompress(e.to_string());
+    let mut buf = vec![0u8; 1 << 16];
+    let mut stream_total = 0u64;
+    match h.method {
+        Method::Zstd => {
+            let mut r = codec::zstd_ref_decoder(old, h.window, payload).map_err(decompress)?;
+            loop {
+                let n = read_some(&mut r, &mut buf).map_err(decompress)?;
+                if n == 0 {
+                    break;
+                }
+                stream_total += n as u64;
+                if stream_total > h.new_size {
+                    return Err(DeltaError::StreamLength {
+                        expected: h.new_size,
+                        actual: stream_total,
+                    });
+                }
+                tee(&buf[..n]).map_err(|e| DeltaError::Patch(PatchError::Io(e.to_string())))?;
+            }
+        }
+        Method::Bsdiff => {
+            let mut r = codec::decoder(h.compression, h.window, h.lzma_props, payload)
+                .map_err(decompress)?;
+            let mut patcher = Patcher::new(h.old_size, h.new_size);
+            let mut scratch = [0u8; 4096];
+            let mut old_img = old;
+            loop {
+                let n = read_some(&mut r, &mut buf).map_err(decompress)?;
+                if n == 0 {
+                    break;
+                }
+                stream_total += n as u64;
+                if stream_total > h.stream_len {
+                    return Err(DeltaError::StreamLength {
+                        expected: h.stream_len,
+                        actual: stream_total,
+                    });
+                }
+                patcher.feed(&buf[..n], &mut old_img, &mut scratch, &mut tee)?;
+            }
+            patcher.finish()?;
+        }
+    }
+    if stream_total != h.stream_len {
+        return Err(DeltaError::StreamLength { expected: h.stream_len, actual: stream_total });
+    }
+    let actual = Sha256::from_bytes(hasher.finalize().into());
+    if written != h.new_size || actual != h.new_sha256 {
+        return Err(DeltaError::WrongNew { expected: h.new_sha256, actual });
+    }
+    Ok(Applied { format: DeltaFormat::Otadelta, new_size: written, new_sha256: actual })
+}
+
+fn read_some(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match r.read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
+/// Applies the delta file at `delta_path` to the old file at `old_path` and writes new to
+/// `out_path` atomically: a temp file in the same directory, renamed only when every check
+/// passed. `expect_new` adds a digest check (the only one BSDIFF40 can have).
+pub fn apply_file(
+    old_path: &Path,
+    delta_path: &Path,
+    out_path: &Path,
+    overwrite: bool,
+    expect_new: Option<Sha256>,
+) -> Result<Applied, DeltaError> {
+    let old = crate::fsutil::map_file(old_path).map_err(io_err(old_path))?;
+    let delta = crate::fsutil::map_file(delta_path).map_err(io_err(delta_path))?;
+    let mut tmp = crate::fsutil::AtomicFile::new(out_path).map_err(io_err(out_path))?;
+    let applied = {
+        let mut w = io::BufWriter::with_capacity(1 << 20, &mut tmp);
+        let applied = apply(&old, &delta, &mut |b| w.write_all(b))?;
+        w.flush().map_err(io_err(out_path))?;
+        applied
+    };
+    if let Some(expected) = expect_new
+        && expected != applied.new_sha256
+    {
+        return Err(DeltaError::WrongNew { expected, actual: applied.new_sha256 });
+    }
+    tmp.commit(overwrite).map_err(io_err(out_path))?;
+    Ok(applied)
+}
+
+/// A `Write`-like sink that only hashes.
+#[derive(Default)]
+struct HashSink {
+    hasher: sha2::Sha256,
+}
+
+impl HashSink {
+    fn writer(&mut self) -> impl FnMut(&[u8]) -> io::Result<()> + '_ {
+        |b| {
+            self.hasher.update(b);
+            Ok(())
+        }
+    }
+    fn finish(self) -> Sha256 {
+        Sha256::from_bytes(self.hasher.finalize().into())
+    }
+}

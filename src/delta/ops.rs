@@ -1,0 +1,375 @@
+//! The otadelta op stream: writing it, and a push-style patcher with fixed memory that applies it.
+//!
+//! Stream layout (after decompression), repeated until the new file is complete:
+//!
+//! ```text
+//! seek  zigzag LEB128   move the old cursor by this many bytes (may be negative)
+//! add   LEB128          bytes produced as old[cursor + i] + correction[i] (mod 256)
+//! copy  LEB128          literal bytes
+//! add   bytes           the corrections
+//! copy  bytes           the literals
+//! ```
+//!
+//! The [`Patcher`] is the low-RAM apply API: it keeps about 80 bytes of state, uses a scratch
+//! buffer the caller provides (any size ≥ 1; 256 bytes is plenty on an MCU), reads old through
+//! [`OldImage::read_at`] at arbitrary offsets and hands new out strictly sequentially. Patch bytes
+//! can be fed in pieces of any size, as they arrive from a decompressor.
+
+use super::diff::Op;
+
+/// Random read access to the old image (flash, a file, a memory map).
+pub trait OldImage {
+    /// Fills `buf` with the old image's bytes at `pos..pos + buf.len()` (always in range).
+    fn read_at(&mut self, pos: u64, buf: &mut [u8]) -> std::io::Result<()>;
+}
+
+impl OldImage for &[u8] {
+    fn read_at(&mut self, pos: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        let start = usize::try_from(pos).map_err(std::io::Error::other)?;
+        buf.copy_from_slice(&self[start..start + buf.len()]);
+        Ok(())
+    }
+}
+
+/// What is wrong with a patch stream. Every check happens before the op it guards produces a
+/// single byte of output.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PatchError {
+    /// A control number has more than 10 LEB128 bytes or overflows 64 bits.
+    #[error("malformed control number at patch stream offset {offset}")]
+    BadVarint {
+        /// Offset in the decompressed stream.
+        offset: u64,
+    },
+    /// An op would write beyond the declared new size.
+    #[error("op at new offset {new_pos} writes {len} bytes, past the declared new size {new_len}")]
+    WritePastNew {
+        /// Where the op starts in new.
+        new_pos: u64,
+        /// Bytes it would write.
+        len: u64,
+        /// The declared new size.
+        new_len: u64,
+    },
+    /// An op would read old outside `[0, old size)`.
+    #[error(
+        "op at new offset {new_pos} reads old bytes {start}..{end}, outside the old file's {old_len} bytes"
+    )]
+    ReadOutsideOld {
+        /// Where the op starts in new.
+        new_pos: u64,
+        /// First old byte read (may be negative).
+        start: i128,
+        /// One past the last old byte read.
+        end: i128,
+        /// The old file's size.
+        old_len: u64,
+    },
+    /// A control value is negative where only lengths are allowed (BSDIFF40 controls are signed).
+    #[error("op at new offset {new_pos} has the negative length {value}")]
+    NegativeLength {
+        /// Where the op starts in new.
+        new_pos: u64,
+        /// The value found.
+        value: i64,
+    },
+    /// Patch bytes remain after the new file is complete.
+    #[error("the patch stream continues after the new file is complete")]
+    TrailingData,
+    /// The stream ended before the new file was complete.
+    #[error("the patch stream ends after {produced} of {expected} new bytes")]
+    Truncated {
+        /// Bytes produced.
+        produced: u64,
+        /// The declared new size.
+        expected: u64,
+    },
+    /// Reading old or writing new failed.
+    #[error("{0}")]
+    Io(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Reading control number `field` (0 seek, 1 add, 2 copy).
+    Control {
+        field: u8,
+        value: u64,
+        shift: u32,
+    },
+    Add {
+        left: u64,
+    },
+    Copy {
+        left: u64,
+    },
+}
+
+/// Applies an op stream with fixed memory. See the module docs.
+#[derive(Debug, Clone)]
+pub struct Patcher {
+    old_len: u64,
+    new_len: u64,
+    old_pos: u64,
+    new_pos: u64,
+    stream_pos: u64,
+    fields: [u64; 3],
+    state: State,
+}
+
+impl Patcher {
+    /// A patcher for an old image of `old_len` bytes producing `new_len` bytes.
+    pub fn new(old_len: u64, new_len: u64) -> Self {
+        Self {
+            old_len,
+            new_len,
+            old_pos: 0,
+            new_pos: 0,
+            stream_pos: 0,
+            fields: [0; 3],
+            state: State::Control { field: 0, value: 0, shift: 0 },
+        }
+    }
+
+    /// New bytes produced so far.
+    pub fn produced(&self) -> u64 {
+        self.new_pos
+    }
+
+    /// Feeds the next piece of the decompressed patch stream. New bytes go to `out` in order;
+    /// `scratch` (any non-empty buffer) holds old bytes while corrections are added.
+    pub fn feed<O: OldImage + ?Sized>(
+        &mut self,
+        mut input: &[u8],
+        old: &mut O,
+        scratch: &mut [u8],
+        out: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> Result<(), PatchError> {
+        let io = |e: std::io::Error| PatchError::Io(e.to_string());
+        while !input.is_empty() {
+            match self.state {
+                State::Control { field, mut value, mut shift } => {
+                    if field == 0 && self.new_pos == self.new_len {
+                        return Err(PatchError::TrailingData);
+                    }
+                    let b = input[0];
+                    input = &input[1..];
+                    self.stream_pos += 1;
+                    if shift == 63 && b > 1 || shift > 63 {
+                        return Err(PatchError::BadVarint { offset: self.stream_pos - 1 });
+                    }
+                    value |= u64::from(b & 0x7f) << shift;
+                    shift += 7;
+                    if b & 0x80 != 0 {
+                        self.state = State::Control { field, value, shift };
+                        continue;
+                    }
+                    self.fields[usize::from(field)] = value;
+                    if field < 2 {
+                        self.state = State::Control { field: field + 1, value: 0, shift: 0 };
+                        continue;
+                    }
+                    self.begin_op()?;
+                }
+                State::Add { left } => {
+                    let n = (left.min(input.len() as u64) as usize).min(scratch.len());
+                    let buf = &mut scratch[..n];
+                    old.read_at(self.old_pos, buf).map_err(io)?;
+                    for (o, d) in buf.iter_mut().zip(&input[..n]) {
+                        *o = o.wrapping_add(*d);
+                    }
+                    out(buf).map_err(io)?;
+                    self.advance(n as u64, true);
+                    input = &input[n..];
+                    self.state = self.after(left - n as u64, true);
+                }
+                State::Copy { left } => {
+                    let n = left.min(input.len() as u64) as usize;
+                    out(&input[..n]).map_err(io)?;
+                    self.advance(n as u64, false);
+                    input = &input[n..];
+                    self.state = self.after(left - n as u64, false);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that the stream ended exactly at the end of the new file.
+    pub fn finish(&self) -> Result<(), PatchError> {
+        let at_boundary = matches!(self.state, State::Control { field: 0, shift: 0, .. });
+        if self.new_pos == self.new_len && at_boundary {
+            Ok(())
+        } else {
+            Err(PatchError::Truncated { produced: self.new_pos, expected: self.new_len })
+        }
+    }
+
+    fn advance(&mut self, n: u64, add: bool) {
+        self.stream_pos += n;
+        self.new_pos += n;
+        if add {
+            self.old_pos += n;
+        }
+    }
+
+    fn after(&self, left: u64, add: bool) -> State {
+        match (left, add) {
+            (0, true) if self.fields[2] > 0 => State::Copy { left: self.fields[2] },
+            (0, _) => State::Control { field: 0, value: 0, shift: 0 },
+            (l, true) => State::Add { left: l },
+            (l, false) => State::Copy { left: l },
+        }
+    }
+
+    /// Validates a complete control triple before any of its output exists.
+    fn begin_op(&mut self) -> Result<(), PatchError> {
+        let [seek, add, copy] = self.fields;
+        let seek = unzigzag(seek);
+        let total = add.checked_add(copy);
+        if total.is_none_or(|t| t > self.new_len - self.new_pos) {
+            return Err(PatchError::WritePastNew {
+                new_pos: self.new_pos,
+                len: total.unwrap_or(u64::MAX),
+                new_len: self.new_len,
+            });
+        }
+        let start = i128::from(self.old_pos) + i128::from(seek);
+        let end = start + i128::from(add);
+        if start < 0 || end > i128::from(self.old_len) {
+            return Err(PatchError::ReadOutsideOld {
+                new_pos: self.new_pos,
+                start,
+                end,
+                old_len: self.old_len,
+            });
+        }
+        self.old_pos = start as u64;
+        self.state = if add > 0 {
+            State::Add { left: add }
+        } else if copy > 0 {
+            State::Copy { left: copy }
+        } else {
+            State::Control { field: 0, value: 0, shift: 0 }
+        };
+        Ok(())
+    }
+}
+
+fn unzigzag(v: u64) -> i64 {
+    ((v >> 1) as i64) ^ -((v & 1) as i64)
+}
+
+fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+pub(crate) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// Writes the op stream for `ops` through `sink` in pieces of at most about 1 MiB.
+/// Returns the stream's length.
+pub(crate) fn write_stream(
+    old: &[u8],
+    new: &[u8],
+    ops: &[Op],
+    sink: &mut dyn std::io::Write,
+) -> std::io::Result<u64> {
+    const PIECE: usize = 1 << 20;
+    let mut buf = Vec::with_capacity(PIECE + 64);
+    let mut total = 0u64;
+    let mut cursor = 0i64;
+    for op in ops {
+        put_varint(&mut buf, zigzag(op.old_pos as i64 - cursor));
+        put_varint(&mut buf, op.add as u64);
+        put_varint(&mut buf, op.copy as u64);
+        let mut done = 0;
+        while done < op.add {
+            let n = (op.add - done).min(PIECE);
+            let (o, w) = (&old[op.old_pos + done..][..n], &new[op.new_pos + done..][..n]);
+            buf.extend(o.iter().zip(w).map(|(o, n)| n.wrapping_sub(*o)));
+            done += n;
+            if buf.len() >= PIECE {
+                total += buf.len() as u64;
+                sink.write_all(&buf)?;
+                buf.clear();
+            }
+        }
+        buf.extend_from_slice(op.extra(new));
+        cursor = (op.old_pos + op.add) as i64;
+        if buf.len() >= PIECE {
+            total += buf.len() as u64;
+            sink.write_all(&buf)?;
+            buf.clear();
+        }
+    }
+    total += buf.len() as u64;
+    sink.write_all(&buf)?;
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(old: &[u8], new_len: u64, stream: &[u8], piece: usize) -> Result<Vec<u8>, PatchError> {
+        let mut p = Patcher::new(old.len() as u64, new_len);
+        let mut out = Vec::new();
+        let mut scratch = [0u8; 3];
+        for chunk in stream.chunks(piece.max(1)) {
+            p.feed(chunk, &mut &old[..], &mut scratch, &mut |b| {
+                out.extend_from_slice(b);
+                Ok(())
+            })?;
+        }
+        p.finish()?;
+        Ok(out)
+    }
+
+    #[test]
+    fn varints_and_zigzag_round_trip() {
+        for v in [0i64, 1, -1, 63, -64, 1 << 40, i64::MIN, i64::MAX] {
+            assert_eq!(unzigzag(zigzag(v)), v);
+        }
+        let mut b = Vec::new();
+        put_varint(&mut b, u64::MAX);
+        assert_eq!(b.len(), 10);
+    }
+
+    #[test]
+    fn stream_applies_in_any_piece_size() {
+        let old = b"0123456789abcdef".to_vec();
+        let new = b"0123XX6789abcdefNEW".to_vec();
+        let ops = [Op { new_pos: 0, old_pos: 0, add: 16, copy: 3 }];
+        let mut s = Vec::new();
+        write_stream(&old, &new, &ops, &mut s).unwrap();
+        for piece in [1, 2, 5, 100] {
+            assert_eq!(run(&old, new.len() as u64, &s, piece).unwrap(), new);
+        }
+    }
+
+    #[test]
+    fn bad_controls_are_refused() {
+        let old = [1u8; 10];
+        // seek -1 from 0
+        assert!(matches!(run(&old, 1, &[1, 1, 0, 0], 9), Err(PatchError::ReadOutsideOld { .. })));
+        // add 11 > old
+        assert!(matches!(run(&old, 20, &[0, 11, 0], 9), Err(PatchError::ReadOutsideOld { .. })));
+        // copy past new
+        assert!(matches!(
+            run(&old, 2, &[0, 0, 3, 9, 9, 9], 9),
+            Err(PatchError::WritePastNew { .. })
+        ));
+        // trailing
+        assert_eq!(run(&old, 1, &[0, 0, 1, 7, 0], 9), Err(PatchError::TrailingData));
+        // truncated
+        assert!(matches!(run(&old, 2, &[0, 0, 2, 7], 9), Err(PatchError::Truncated { .. })));
+        // overlong varint
+        assert!(matches!(run(&old, 2, &[0xff; 11], 9), Err(PatchError::BadVarint { .. })));
+    }
+}
