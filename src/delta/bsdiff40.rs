@@ -6,7 +6,7 @@
 use std::io::{self, Read, Write};
 
 use super::diff::Op;
-use super::ops::{OldImage, PatchError, Patcher, put_varint};
+use super::ops::{OldImage, PatchError, Patcher, put_varint, zigzag};
 
 /// The magic at offset 0.
 pub const MAGIC: &[u8; 8] = b"BSDIFF40";
@@ -182,7 +182,7 @@ pub fn apply<O: OldImage + ?Sized>(
         }
         control.clear();
         let here = if add > 0 { std::mem::take(&mut pending_seek) } else { 0 };
-        put_varint(&mut control, ((here << 1) ^ (here >> 63)) as u64);
+        put_varint(&mut control, zigzag(here));
         put_varint(&mut control, add as u64);
         put_varint(&mut control, copy as u64);
         patcher.feed(&control, old, &mut scratch, out)?;

@@ -179,34 +179,37 @@ pub(crate) fn diff(index: &SuffixIndex<'_>, new: &[u8], params: ScanParams) -> V
     if threads == 1 {
         return scan(index, new, 0, new.len(), params.min_gain);
     }
-    // Chunks are handed out in order through an atomic counter; results are stitched in order.
+    let ranges: Vec<(usize, usize)> =
+        (0..n_chunks).map(|c| (c * chunk, ((c + 1) * chunk).min(new.len()))).collect();
+    run_limited(threads, &ranges, |&(start, end)| scan(index, new, start, end, params.min_gain))
+        .concat()
+}
+
+/// Runs `f` over `items` on up to `threads` threads, results in item order.
+pub(crate) fn run_limited<T: Sync, R: Send>(
+    threads: usize,
+    items: &[T],
+    f: impl Fn(&T) -> R + Sync,
+) -> Vec<R> {
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let mut parts: Vec<Vec<Op>> = Vec::new();
-    parts.resize_with(n_chunks, Vec::new);
-    let results = thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
+    let mut out: Vec<(usize, R)> = thread::scope(|s| {
+        let handles: Vec<_> = (0..threads.min(items.len()).max(1))
             .map(|_| {
                 s.spawn(|| {
-                    let mut done = Vec::new();
+                    let mut mine = Vec::new();
                     loop {
-                        let c = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        if c >= n_chunks {
-                            break;
-                        }
-                        let start = c * chunk;
-                        let end = (start + chunk).min(new.len());
-                        done.push((c, scan(index, new, start, end, params.min_gain)));
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(item) = items.get(i) else { break };
+                        mine.push((i, f(item)));
                     }
-                    done
+                    mine
                 })
             })
             .collect();
-        handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect::<Vec<_>>()
+        handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
     });
-    for (c, ops) in results {
-        parts[c] = ops;
-    }
-    parts.into_iter().flatten().collect()
+    out.sort_by_key(|(i, _)| *i);
+    out.into_iter().map(|(_, r)| r).collect()
 }
 
 /// Scans `new[start..end]` and returns ops tiling exactly that range.

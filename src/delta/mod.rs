@@ -253,9 +253,9 @@ pub fn create(
         reporter.start("compress", None);
         let bytes = bsdiff40::write(old, new, &ops).map_err(DeltaError::Compress)?;
         reporter.finish("compress");
-        let mut sink = HashSink::default();
-        apply(old, &bytes, &mut sink.writer()).map_err(|e| DeltaError::SelfCheck(e.to_string()))?;
-        if sink.finish() != new_sha {
+        let applied = apply(old, &bytes, &mut |_| Ok(()))
+            .map_err(|e| DeltaError::SelfCheck(e.to_string()))?;
+        if applied.new_sha256 != new_sha {
             return Err(DeltaError::SelfCheck("BSDIFF40 output differs".into()));
         }
         let info = info(&bytes)?;
@@ -318,7 +318,7 @@ pub fn create(
 
     reporter.start("compress", None);
     let results: Vec<Result<Candidate, DeltaError>> =
-        run_limited(opts.threads.max(1), &jobs, |&(method, enc)| {
+        diff::run_limited(opts.threads.max(1), &jobs, |&(method, enc)| {
             compress_payload(old, new, &ops, method, enc, level)
         });
     reporter.finish("compress");
@@ -395,33 +395,6 @@ fn compress_payload(
             ))
         }
     }
-}
-
-/// Runs `f` over `items` on up to `threads` threads, results in item order.
-fn run_limited<T: Sync, R: Send>(
-    threads: usize,
-    items: &[T],
-    f: impl Fn(&T) -> R + Sync,
-) -> Vec<R> {
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let mut out: Vec<(usize, R)> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads.min(items.len()).max(1))
-            .map(|_| {
-                s.spawn(|| {
-                    let mut mine = Vec::new();
-                    loop {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some(item) = items.get(i) else { break };
-                        mine.push((i, f(item)));
-                    }
-                    mine
-                })
-            })
-            .collect();
-        handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
-    });
-    out.sort_by_key(|(i, _)| *i);
-    out.into_iter().map(|(_, r)| r).collect()
 }
 
 /// Describes a delta from its bytes (the header suffices for otadelta).
@@ -531,47 +504,36 @@ pub fn apply(
     }
     let decompress = |e: io::Error| DeltaError::Decompress(e.to_string());
     let mut buf = vec![0u8; 1 << 16];
-    let mut stream_total = 0u64;
-    match h.method {
+    // The zstd method decodes straight to new; the op method feeds the patcher. The header
+    // guarantees `stream_len == new_size` for the zstd method, so one limit serves both.
+    let mut reader: Box<dyn Read + '_> = match h.method {
         Method::Zstd => {
-            let mut r = codec::zstd_ref_decoder(old, h.window, payload).map_err(decompress)?;
-            loop {
-                let n = read_some(&mut r, &mut buf).map_err(decompress)?;
-                if n == 0 {
-                    break;
-                }
-                stream_total += n as u64;
-                if stream_total > h.new_size {
-                    return Err(DeltaError::StreamLength {
-                        expected: h.new_size,
-                        actual: stream_total,
-                    });
-                }
-                tee(&buf[..n]).map_err(|e| DeltaError::Patch(PatchError::Io(e.to_string())))?;
-            }
+            Box::new(codec::zstd_ref_decoder(old, h.window, payload).map_err(decompress)?)
         }
         Method::Bsdiff => {
-            let mut r = codec::decoder(h.compression, h.window, h.lzma_props, payload)
-                .map_err(decompress)?;
-            let mut patcher = Patcher::new(h.old_size, h.new_size);
-            let mut scratch = [0u8; 4096];
-            let mut old_img = old;
-            loop {
-                let n = read_some(&mut r, &mut buf).map_err(decompress)?;
-                if n == 0 {
-                    break;
-                }
-                stream_total += n as u64;
-                if stream_total > h.stream_len {
-                    return Err(DeltaError::StreamLength {
-                        expected: h.stream_len,
-                        actual: stream_total,
-                    });
-                }
-                patcher.feed(&buf[..n], &mut old_img, &mut scratch, &mut tee)?;
-            }
-            patcher.finish()?;
+            codec::decoder(h.compression, h.window, h.lzma_props, payload).map_err(decompress)?
         }
+    };
+    let mut patcher = (h.method == Method::Bsdiff).then(|| Patcher::new(h.old_size, h.new_size));
+    let mut scratch = [0u8; 4096];
+    let mut old_img = old;
+    let mut stream_total = 0u64;
+    loop {
+        let n = read_some(&mut reader, &mut buf).map_err(decompress)?;
+        if n == 0 {
+            break;
+        }
+        stream_total += n as u64;
+        if stream_total > h.stream_len {
+            return Err(DeltaError::StreamLength { expected: h.stream_len, actual: stream_total });
+        }
+        match &mut patcher {
+            Some(p) => p.feed(&buf[..n], &mut old_img, &mut scratch, &mut tee)?,
+            None => tee(&buf[..n]).map_err(|e| DeltaError::Patch(PatchError::Io(e.to_string())))?,
+        }
+    }
+    if let Some(p) = &patcher {
+        p.finish()?;
     }
     if stream_total != h.stream_len {
         return Err(DeltaError::StreamLength { expected: h.stream_len, actual: stream_total });
@@ -618,22 +580,4 @@ pub fn apply_file(
     }
     tmp.commit(overwrite).map_err(io_err(out_path))?;
     Ok(applied)
-}
-
-/// A `Write`-like sink that only hashes.
-#[derive(Default)]
-struct HashSink {
-    hasher: sha2::Sha256,
-}
-
-impl HashSink {
-    fn writer(&mut self) -> impl FnMut(&[u8]) -> io::Result<()> + '_ {
-        |b| {
-            self.hasher.update(b);
-            Ok(())
-        }
-    }
-    fn finish(self) -> Sha256 {
-        Sha256::from_bytes(self.hasher.finalize().into())
-    }
 }

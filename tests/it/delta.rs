@@ -451,21 +451,25 @@ fn interop_pair(dir: &Path) -> (PathBuf, PathBuf, Vec<u8>) {
     (old, new, new_bytes)
 }
 
+fn create_bsdiff40(old: &Path, new: &Path, out: &Path) {
+    otaforge()
+        .args(["delta", "create"])
+        .arg(old)
+        .arg(new)
+        .arg("-o")
+        .arg(out)
+        .args(["--delta-format", "bsdiff40"])
+        .assert()
+        .success();
+}
+
 #[test]
 fn debian_bspatch_applies_our_bsdiff40_and_we_apply_debian_bsdiff() {
     require("bspatch", "apt-get install bsdiff");
     let dir = tempfile::tempdir().unwrap();
     let (old, new, new_bytes) = interop_pair(dir.path());
     let ours = dir.path().join("ours.patch");
-    otaforge()
-        .args(["delta", "create"])
-        .arg(&old)
-        .arg(&new)
-        .arg("-o")
-        .arg(&ours)
-        .args(["--delta-format", "bsdiff40"])
-        .assert()
-        .success();
+    create_bsdiff40(&old, &new, &ours);
     let rebuilt = dir.path().join("by-bspatch");
     let st = Command::new("bspatch").arg(&old).arg(&rebuilt).arg(&ours).status().unwrap();
     assert!(st.success());
@@ -496,15 +500,7 @@ fn pypi_bsdiff4_applies_our_bsdiff40_and_we_apply_its_patches() {
     let dir = tempfile::tempdir().unwrap();
     let (old, new, new_bytes) = interop_pair(dir.path());
     let ours = dir.path().join("ours.patch");
-    otaforge()
-        .args(["delta", "create"])
-        .arg(&old)
-        .arg(&new)
-        .arg("-o")
-        .arg(&ours)
-        .args(["--delta-format", "bsdiff40"])
-        .assert()
-        .success();
+    create_bsdiff40(&old, &new, &ours);
     let theirs = dir.path().join("theirs.patch");
     let by_python = dir.path().join("by-python");
     let script = "import bsdiff4,sys\n\

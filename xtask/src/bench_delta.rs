@@ -51,70 +51,29 @@ fn s(p: &Path) -> String {
     p.display().to_string()
 }
 
+/// `otaforge delta create` (with `extra` arguments) and `otaforge delta apply`.
+fn otaforge_tool(name: &'static str, bin: &Path, extra: &'static [&'static str]) -> Tool {
+    let (c, a) = (bin.to_path_buf(), bin.to_path_buf());
+    let cmd = |bin: &Path, verb: &str, x: &Path, y: &Path, out: &Path| -> Vec<String> {
+        vec![s(bin), "delta".into(), verb.into(), s(x), s(y), "-o".into(), s(out), "-q".into()]
+    };
+    Tool {
+        name,
+        create: Box::new(move |o, n, d| {
+            let mut v = cmd(&c, "create", o, n, d);
+            v.extend(extra.iter().map(|e| e.to_string()));
+            v
+        }),
+        apply: Box::new(move |o, d, n| cmd(&a, "apply", o, d, n)),
+    }
+}
+
 fn tools(otaforge: PathBuf, hdp_script: PathBuf) -> Vec<Tool> {
-    let ota = otaforge.clone();
-    let ota2 = otaforge.clone();
-    let ota3 = otaforge.clone();
-    let ota4 = otaforge;
     let hdp = hdp_script.clone();
     let hdp2 = hdp_script;
     vec![
-        Tool {
-            name: "otaforge",
-            create: Box::new(move |o, n, d| {
-                vec![
-                    s(&ota),
-                    "delta".into(),
-                    "create".into(),
-                    s(o),
-                    s(n),
-                    "-o".into(),
-                    s(d),
-                    "-q".into(),
-                ]
-            }),
-            apply: Box::new(move |o, d, n| {
-                vec![
-                    s(&ota2),
-                    "delta".into(),
-                    "apply".into(),
-                    s(o),
-                    s(d),
-                    "-o".into(),
-                    s(n),
-                    "-q".into(),
-                ]
-            }),
-        },
-        Tool {
-            name: "otaforge --profile mcu",
-            create: Box::new(move |o, n, d| {
-                vec![
-                    s(&ota3),
-                    "delta".into(),
-                    "create".into(),
-                    s(o),
-                    s(n),
-                    "-o".into(),
-                    s(d),
-                    "-q".into(),
-                    "--profile".into(),
-                    "mcu".into(),
-                ]
-            }),
-            apply: Box::new(move |o, d, n| {
-                vec![
-                    s(&ota4),
-                    "delta".into(),
-                    "apply".into(),
-                    s(o),
-                    s(d),
-                    "-o".into(),
-                    s(n),
-                    "-q".into(),
-                ]
-            }),
-        },
+        otaforge_tool("otaforge", &otaforge, &[]),
+        otaforge_tool("otaforge --profile mcu", &otaforge, &["--profile", "mcu"]),
         Tool {
             name: "bsdiff 4.3",
             create: Box::new(|o, n, d| vec!["bsdiff".into(), s(o), s(n), s(d)]),
