@@ -16,3 +16,7 @@ pub const NO_COLOR: &str = "NO_COLOR";
 pub fn source_date_epoch() -> Option<String> {
     std::env::var(SOURCE_DATE_EPOCH).ok().filter(|v| !v.is_empty())
 }
+
+/// A PKCS#8 PEM Ed25519 private key used by the signing commands when no `--key` is given (or
+/// with `--key env:OTAFORGE_SIGNING_KEY`). Never printed or logged.
+pub const OTAFORGE_SIGNING_KEY: &str = "OTAFORGE_SIGNING_KEY";

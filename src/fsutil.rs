@@ -88,6 +88,20 @@ impl AtomicFile {
         Ok(Self { tmp, path: path.to_path_buf() })
     }
 
+    /// Sets the permission bits (Unix) the file will have once committed; the temp file starts
+    /// as 0600.
+    pub fn set_mode(&mut self, mode: u32) -> std::io::Result<()> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let perm = std::fs::Permissions::from_mode(mode);
+            self.tmp.as_file().set_permissions(perm).map_err(|e| annotate(e, self.tmp.path()))?;
+        }
+        #[cfg(not(unix))]
+        let _ = mode;
+        Ok(())
+    }
+
     /// Flushes to disk and renames into place. Without `overwrite`, an existing destination is
     /// an [`std::io::ErrorKind::AlreadyExists`] error and the temp file is deleted.
     pub fn commit(self, overwrite: bool) -> std::io::Result<()> {

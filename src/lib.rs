@@ -7,6 +7,9 @@
 //!    import manifests v5 (<https://learn.microsoft.com/azure/iot-hub-device-update/import-schema>),
 //!    built deterministically and validated against every rule the service and agent enforce.
 //! 2. [`hash`] computes the sizes and SHA-256 digests those documents declare.
+//! 3. [`delta`] makes the payloads small: verified, streamable binary deltas.
+//! 4. [`sign`] and [`mcuboot`] make them trustworthy: Ed25519 keys, detached JWS, signed release
+//!    metadata, signed deltas, and MCUboot images.
 //!
 //! The library never prints and never exits: it returns typed errors (one enum per module) and
 //! reports progress through [`Reporter`]. The `otaforge` binary adds the command line on top.
@@ -18,7 +21,9 @@ pub mod finding;
 pub mod fsutil;
 pub mod hash;
 pub mod manifest;
+pub mod mcuboot;
 pub mod reporter;
+pub mod sign;
 
 pub use finding::{Finding, Findings, JsonPath, Severity};
 pub use hash::{HashError, Sha256};

@@ -14,7 +14,7 @@ fuzz_target!(|data: &[u8]| {
     with_magic.extend_from_slice(patch);
     for d in [patch, &with_magic[..]] {
         let mut out = Vec::new();
-        if let Ok(applied) = delta::apply(old, d, &mut |b| {
+        if let Ok(applied) = delta::apply(old, d, None, &mut |b| {
             out.extend_from_slice(b);
             Ok(())
         }) {

@@ -78,6 +78,10 @@ pub(crate) struct CreateArgs {
     /// Threads (default: available cores).
     #[arg(long, short)]
     jobs: Option<usize>,
+    /// Sign the delta (its header and payload digest) with this private key: a PEM file or
+    /// env:VAR.
+    #[arg(long, value_name = "FILE|env:VAR")]
+    sign_key: Option<String>,
 }
 
 /// Arguments of `otaforge delta apply`.
@@ -94,6 +98,13 @@ pub(crate) struct ApplyArgs {
     /// patches can have.
     #[arg(long, value_name = "SHA256")]
     expect_sha256: Option<String>,
+    /// Require a signature by this public key (repeatable); checked before anything is
+    /// written. Without a key, a signed delta is refused.
+    #[arg(long, value_name = "PUB.pem")]
+    verify_key: Vec<PathBuf>,
+    /// Require a signature by one of the *.pub.pem keys in this directory.
+    #[arg(long, value_name = "DIR")]
+    trusted_keys: Option<PathBuf>,
 }
 
 /// Arguments of `otaforge delta info`.
@@ -151,10 +162,19 @@ fn create(a: CreateArgs, out: &Output) -> anyhow::Result<Outcome> {
             "--method zstd needs the old image in RAM; it is not available with --profile mcu"
         );
     }
+    let signer = a.sign_key.as_deref().map(super::key::key_signer).transpose()?;
+    if signer.is_some() && opts.format == DeltaFormat::Bsdiff40 {
+        anyhow::bail!("{}", DeltaError::UnsignableFormat);
+    }
     let reporter = out.progress("delta");
     let created = delta::create(&old, &new, &opts, &reporter);
     drop(reporter);
-    let created = created.with_context(|| format!("creating a delta from {}", a.old.display()))?;
+    let mut created =
+        created.with_context(|| format!("creating a delta from {}", a.old.display()))?;
+    if let Some(signer) = &signer {
+        created.bytes = delta::sign(&created.bytes, signer.as_ref())?;
+        created.info = delta::info(&created.bytes)?;
+    }
     otaforge::fsutil::write_atomic(&a.output, &created.bytes, true)?;
     let pct = 100.0 * created.bytes.len() as f64 / (new.len().max(1)) as f64;
     let i = &created.info;
@@ -190,7 +210,13 @@ fn apply(a: ApplyArgs, out: &Output) -> anyhow::Result<Outcome> {
         .map(|s| if Sha256::looks_like_hex(s) { Sha256::from_hex(s) } else { s.parse() })
         .transpose()
         .context("--expect-sha256")?;
-    match delta::apply_file(&a.old, &a.delta, &a.output, true, expect) {
+    let trust = super::key::TrustArgs {
+        public: a.verify_key.clone(),
+        trusted_keys: a.trusted_keys.clone(),
+    };
+    let keys = trust.keys()?;
+    let keys = (!keys.is_empty()).then_some(&keys);
+    match delta::apply_file(&a.old, &a.delta, &a.output, true, expect, keys) {
         Ok(applied) => {
             if out.json() {
                 out.json_value(&serde_json::json!({
@@ -213,6 +239,7 @@ fn apply(a: ApplyArgs, out: &Output) -> anyhow::Result<Outcome> {
         // Unreadable files and internal failures are unexpected errors (exit 2); everything else
         // is a check that failed (exit 1).
         Err(e @ DeltaError::Io { .. }) => Err(e.into()),
+        Err(DeltaError::Signature(e)) if !e.is_refusal() => Err(e.into()),
         Err(e) => {
             let kind = error_kind(&e);
             if out.json() {
@@ -248,6 +275,11 @@ fn info(a: InfoArgs, out: &Output) -> anyhow::Result<Outcome> {
     out.line(format!("new size     {}", i.new_size))?;
     out.line(format!("new sha256   {}", opt(i.new_sha256.map(|v| v.to_string()))))?;
     out.line(format!("delta size   {}", i.delta_size))?;
+    match &i.key_id {
+        Some(k) => out.line(format!("signed by    {k}"))?,
+        None if i.signed => out.line("signed       yes (signature block missing)")?,
+        None => out.line("signed       no")?,
+    }
     Ok(Outcome::Ok)
 }
 
@@ -264,6 +296,8 @@ fn error_kind(e: &DeltaError) -> &'static str {
         DeltaError::Patch(_) | DeltaError::StreamLength { .. } => "corruptPatch",
         DeltaError::WrongNew { .. } => "wrongNew",
         DeltaError::Index(_) | DeltaError::Compress(_) | DeltaError::SelfCheck(_) => "internal",
+        DeltaError::Signature(s) => s.kind(),
+        DeltaError::UnsignableFormat => "unsignableFormat",
     }
 }
 

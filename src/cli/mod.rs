@@ -3,8 +3,12 @@
 mod apt;
 mod delta;
 mod hash;
+mod key;
 mod manifest;
+mod mcuboot;
+mod meta;
 mod output;
+mod sign;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -19,6 +23,7 @@ Environment:
   SOURCE_DATE_EPOCH  Unix seconds used for createdDateTime (reproducible builds)
   CI                 when set, progress bars are off
   NO_COLOR           when set, output has no colour
+  OTAFORGE_SIGNING_KEY  PKCS#8 PEM private key used when a signing command gets no --key
 
 Exit codes: 0 ok, 1 a check failed (invalid manifest, bad signature), 2 usage or unexpected error";
 
@@ -49,6 +54,19 @@ enum Command {
     /// Create, apply and describe binary deltas (otadelta, BSDIFF40).
     #[command(subcommand)]
     Delta(delta::DeltaCommand),
+    /// Create Ed25519 key pairs and show key ids.
+    #[command(subcommand)]
+    Key(key::KeyCommand),
+    /// Write FILE.sig: a detached JWS (EdDSA) that standard JOSE libraries verify.
+    Sign(sign::SignArgs),
+    /// Check FILE.sig signatures against trusted public keys (exit 1 if any is invalid).
+    Verify(sign::VerifyArgs),
+    /// Signed release metadata: artifacts, version, security counter, expiry.
+    #[command(subcommand)]
+    Meta(meta::MetaCommand),
+    /// Sign, verify and describe MCUboot images (imgtool compatible).
+    #[command(subcommand)]
+    Mcuboot(mcuboot::McubootCommand),
 }
 
 /// How a command ended when it did not fail unexpectedly.
@@ -83,6 +101,11 @@ pub(crate) fn main() -> ExitCode {
         Command::Manifest(cmd) => manifest::run(cmd, sub_matches(&matches, &["manifest"]), &out),
         Command::Apt(cmd) => apt::run(cmd, &out),
         Command::Delta(cmd) => delta::run(cmd, &out),
+        Command::Key(cmd) => key::run(cmd, &out),
+        Command::Sign(args) => sign::sign(args, &out),
+        Command::Verify(args) => sign::verify(args, &out),
+        Command::Meta(cmd) => meta::run(cmd, &out),
+        Command::Mcuboot(cmd) => mcuboot::run(cmd, &out),
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,

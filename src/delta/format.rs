@@ -10,6 +10,14 @@ pub const VERSION: u8 = 1;
 pub const HEADER_LEN: usize = 152;
 /// The header bytes covered by [`Header::digest`] (everything before the digest itself).
 pub const DIGESTED_LEN: usize = 120;
+/// Header `flags` bit: a signature block follows the payload.
+pub const FLAG_SIGNED: u8 = 1;
+/// Size of the signature block of a signed delta: key id (32) and Ed25519 signature (64).
+pub const SIGNATURE_LEN: usize = 96;
+/// What a delta signature signs: this context string, then the 32-byte digest. The context keeps
+/// a delta signature from being valid as any other otaforge signature (JWS signing input starts
+/// with base64url text, never with this).
+pub const SIGNATURE_CONTEXT: &[u8; 22] = b"otadelta signature v1\0";
 
 /// The digest of a delta: SHA-256 of `header[..DIGESTED_LEN]` followed by `payload`.
 pub fn digest(header_prefix: &[u8], payload: &[u8]) -> Sha256 {
@@ -102,6 +110,8 @@ pub struct Header {
     /// SHA-256 over the header's first 120 bytes followed by the payload: any change to the
     /// header or the payload shows. This is the digest a signature covers.
     pub digest: Sha256,
+    /// A signature block (key id, signature) follows the payload.
+    pub signed: bool,
 }
 
 /// Why a header is refused.
@@ -137,7 +147,8 @@ impl Header {
         h[11] = 0; // filter: none (reserved for executable transforms)
         h[12..16].copy_from_slice(&self.window.to_le_bytes());
         h[16] = self.lzma_props;
-        // 17..24 reserved, zero
+        h[17] = if self.signed { FLAG_SIGNED } else { 0 };
+        // 18..24 reserved, zero
         h[24..32].copy_from_slice(&self.old_size.to_le_bytes());
         h[32..64].copy_from_slice(self.old_sha256.as_bytes());
         h[64..72].copy_from_slice(&self.new_size.to_le_bytes());
@@ -166,7 +177,10 @@ impl Header {
         if h[11] != 0 {
             return Err(field("filter", h[11]));
         }
-        if let Some(&b) = h[17..24].iter().find(|b| **b != 0) {
+        if h[17] & !FLAG_SIGNED != 0 {
+            return Err(field("flags", h[17]));
+        }
+        if let Some(&b) = h[18..24].iter().find(|b| **b != 0) {
             return Err(field("reserved", b));
         }
         let u64_at = |o: usize| u64::from_le_bytes(h[o..o + 8].try_into().unwrap_or_default());
@@ -200,6 +214,7 @@ impl Header {
             stream_len: u64_at(104),
             payload_len: u64_at(112),
             digest: sha_at(120),
+            signed: h[17] & FLAG_SIGNED != 0,
         };
         if method == Method::Zstd && header.stream_len != header.new_size {
             return Err(HeaderError::Field { field: "stream_len", value: header.stream_len });
@@ -208,6 +223,13 @@ impl Header {
             return Err(HeaderError::Field { field: "stream_len", value: header.stream_len });
         }
         Ok(header)
+    }
+
+    /// Total file length the header declares: header, payload, and the signature block when
+    /// signed.
+    pub fn file_len(&self) -> u64 {
+        let sig = if self.signed { SIGNATURE_LEN as u64 } else { 0 };
+        (HEADER_LEN as u64).saturating_add(self.payload_len).saturating_add(sig)
     }
 
     /// Bytes of RAM a device needs to decompress the payload besides the patcher's own few
@@ -249,6 +271,7 @@ mod tests {
             stream_len: 30,
             payload_len: 20,
             digest: Sha256::digest(b"payload"),
+            signed: false,
         }
     }
 

@@ -12,6 +12,10 @@
 //! [`apply`] checks the old image and the payload digest before producing a byte, bounds-checks
 //! every control value, and checks new's digest at the end; [`apply_file`] writes to a temp file
 //! renamed into place only on success.
+//!
+//! An otadelta can carry an Ed25519 signature over its digest ([`sign`]); [`apply`] given trusted
+//! keys refuses an unsigned, unknown-key or badly signed delta before producing a byte, and
+//! without keys refuses a signed delta, so a signature is never silently ignored.
 
 pub mod bsdiff40;
 mod codec;
@@ -24,6 +28,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::Digest;
 
+use crate::sign::{KeyId, Message, SignError, Signer, TrustedKeys};
 use crate::{Reporter, Sha256};
 pub use format::{Compression, Header, Method};
 pub use ops::{OldImage, PatchError, Patcher};
@@ -116,6 +121,11 @@ pub struct DeltaInfo {
     pub new_sha256: Option<Sha256>,
     /// The whole delta file's size.
     pub delta_size: u64,
+    /// A signature block follows the payload (otadelta only).
+    pub signed: bool,
+    /// The key id the signature block names.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<KeyId>,
 }
 
 /// A created delta.
@@ -215,6 +225,14 @@ pub enum DeltaError {
     /// A created delta did not rebuild new (a bug; nothing is written).
     #[error("internal error: the created delta does not rebuild the new file ({0})")]
     SelfCheck(String),
+    /// The signature check refused the delta, or signing failed.
+    #[error(transparent)]
+    Signature(#[from] SignError),
+    /// Only otadelta files can carry a signature.
+    #[error(
+        "BSDIFF40 patches have no room for a signature; use --delta-format otadelta, or sign the file with `otaforge sign`"
+    )]
+    UnsignableFormat,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> DeltaError + '_ {
@@ -253,7 +271,7 @@ pub fn create(
         reporter.start("compress", None);
         let bytes = bsdiff40::write(old, new, &ops).map_err(DeltaError::Compress)?;
         reporter.finish("compress");
-        let applied = apply(old, &bytes, &mut |_| Ok(()))
+        let applied = apply(old, &bytes, None, &mut |_| Ok(()))
             .map_err(|e| DeltaError::SelfCheck(e.to_string()))?;
         if applied.new_sha256 != new_sha {
             return Err(DeltaError::SelfCheck("BSDIFF40 output differs".into()));
@@ -343,6 +361,7 @@ pub fn create(
         stream_len,
         payload_len: payload.len() as u64,
         digest: Sha256::from_bytes([0; 32]),
+        signed: false,
     };
     let mut encoded = header.encode();
     let digest = format::digest(&encoded, &payload);
@@ -353,7 +372,7 @@ pub fn create(
     drop(payload);
     reporter.start("verify", Some(new.len() as u64));
     // `apply` checks new's size and digest against the header.
-    apply(old, &bytes, &mut |_| Ok(())).map_err(|e| DeltaError::SelfCheck(e.to_string()))?;
+    apply(old, &bytes, None, &mut |_| Ok(())).map_err(|e| DeltaError::SelfCheck(e.to_string()))?;
     reporter.finish("verify");
     let info = info(&bytes)?;
     Ok(Created { bytes, info, candidates })
@@ -415,6 +434,11 @@ pub fn info(delta: &[u8]) -> Result<DeltaInfo, DeltaError> {
             new_size: h.new_size,
             new_sha256: Some(h.new_sha256),
             delta_size: delta.len() as u64,
+            signed: h.signed,
+            key_id: (h.signed && delta.len() as u64 == h.file_len()).then(|| {
+                let at = delta.len() - format::SIGNATURE_LEN;
+                KeyId::from_bytes(delta[at..at + 32].try_into().unwrap_or_default())
+            }),
         })
     } else if delta.starts_with(bsdiff40::MAGIC) {
         let l = bsdiff40::layout(delta)?;
@@ -430,6 +454,8 @@ pub fn info(delta: &[u8]) -> Result<DeltaInfo, DeltaError> {
             new_size: l.new_size,
             new_sha256: None,
             delta_size: delta.len() as u64,
+            signed: false,
+            key_id: None,
         })
     } else {
         Err(DeltaError::UnknownFormat)
@@ -445,6 +471,8 @@ pub struct Applied {
     pub new_size: u64,
     /// Digest of what was written.
     pub new_sha256: Sha256,
+    /// The trusted key that signed the delta, when keys were given.
+    pub signed_by: Option<KeyId>,
 }
 
 /// Applies `delta` to `old`, handing new out in order through `out`.
@@ -455,6 +483,7 @@ pub struct Applied {
 pub fn apply(
     old: &[u8],
     delta: &[u8],
+    keys: Option<&TrustedKeys>,
     out: &mut dyn FnMut(&[u8]) -> io::Result<()>,
 ) -> Result<Applied, DeltaError> {
     let mut hasher = sha2::Sha256::new();
@@ -465,6 +494,12 @@ pub fn apply(
         out(b)
     };
     if delta.starts_with(bsdiff40::MAGIC) {
+        if keys.is_some() {
+            return Err(SignError::SignatureMissing {
+                what: "the delta is BSDIFF40, which cannot carry a signature".into(),
+            }
+            .into());
+        }
         let mut old_img = old;
         bsdiff40::apply(delta, old.len() as u64, &mut old_img, &mut tee).map_err(|e| match e {
             bsdiff40::ApplyError::Header(h) => DeltaError::Bsdiff40(h),
@@ -475,22 +510,30 @@ pub fn apply(
             format: DeltaFormat::Bsdiff40,
             new_size: written,
             new_sha256: Sha256::from_bytes(hasher.finalize().into()),
+            signed_by: None,
         });
     }
     if !delta.starts_with(format::MAGIC) {
         return Err(DeltaError::UnknownFormat);
     }
     let h = Header::decode(delta)?;
-    let expected = (format::HEADER_LEN as u64).saturating_add(h.payload_len);
+    let expected = h.file_len();
     if expected != delta.len() as u64 {
         return Err(DeltaError::Length { expected, actual: delta.len() as u64 });
     }
-    let payload = &delta[format::HEADER_LEN..];
+    let payload_end = format::HEADER_LEN + h.payload_len as usize;
+    let payload = &delta[format::HEADER_LEN..payload_end];
     let (old_sha, digest) = std::thread::scope(|s| {
         let p = s.spawn(|| format::digest(delta, payload));
         let o = Sha256::digest(old);
         (o, p.join().unwrap_or_else(|_| format::digest(delta, payload)))
     });
+    // The delta's own integrity and authenticity come first: a changed header must be reported
+    // as a corrupt or forged delta, not as the wrong old file.
+    if digest != h.digest {
+        return Err(DeltaError::Digest { expected: h.digest, actual: digest });
+    }
+    let signed_by = check_signature(&h, &delta[payload_end..], keys)?;
     if old.len() as u64 != h.old_size || old_sha != h.old_sha256 {
         return Err(DeltaError::WrongOld {
             expected_size: h.old_size,
@@ -498,9 +541,6 @@ pub fn apply(
             actual_size: old.len() as u64,
             actual: old_sha,
         });
-    }
-    if digest != h.digest {
-        return Err(DeltaError::Digest { expected: h.digest, actual: digest });
     }
     let decompress = |e: io::Error| DeltaError::Decompress(e.to_string());
     let mut buf = vec![0u8; 1 << 16];
@@ -542,7 +582,83 @@ pub fn apply(
     if written != h.new_size || actual != h.new_sha256 {
         return Err(DeltaError::WrongNew { expected: h.new_sha256, actual });
     }
-    Ok(Applied { format: DeltaFormat::Otadelta, new_size: written, new_sha256: actual })
+    Ok(Applied { format: DeltaFormat::Otadelta, new_size: written, new_sha256: actual, signed_by })
+}
+
+/// The message a delta signature signs.
+fn signed_message(digest: &Sha256) -> [u8; 54] {
+    let mut m = [0u8; 54];
+    m[..22].copy_from_slice(format::SIGNATURE_CONTEXT);
+    m[22..].copy_from_slice(digest.as_bytes());
+    m
+}
+
+/// Applies the signature policy to a delta whose digest has been checked: with keys, it must be
+/// signed by one of them; without keys, it must not be signed.
+fn check_signature(
+    h: &Header,
+    block: &[u8],
+    keys: Option<&TrustedKeys>,
+) -> Result<Option<KeyId>, DeltaError> {
+    let what = "the delta";
+    match (h.signed, keys) {
+        (false, None) => Ok(None),
+        (false, Some(_)) => {
+            Err(SignError::SignatureMissing { what: format!("{what} is not signed") }.into())
+        }
+        (true, None) => Err(SignError::NoKeyConfigured { what: what.into() }.into()),
+        (true, Some(keys)) => {
+            let kid_hex = Sha256::from_bytes(block[..32].try_into().unwrap_or_default()).to_hex();
+            let key = keys.require(&kid_hex)?;
+            let raw: [u8; 64] = block[32..96].try_into().unwrap_or([0; 64]);
+            let sig = crate::sign::Signature::from_bytes(&raw);
+            let msg = signed_message(&h.digest);
+            if !key.verify(&Message::raw(&msg), &sig) {
+                return Err(SignError::BadSignature { what: what.into(), kid: key.id() }.into());
+            }
+            Ok(Some(key.id()))
+        }
+    }
+}
+
+/// Signs an otadelta: sets the header's signed flag, recomputes the digest and appends the
+/// signature block (key id and Ed25519 signature over the digest). A signed delta is signed
+/// anew (its old signature block is replaced).
+pub fn sign(delta: &[u8], signer: &dyn Signer) -> Result<Vec<u8>, DeltaError> {
+    if delta.starts_with(bsdiff40::MAGIC) {
+        return Err(DeltaError::UnsignableFormat);
+    }
+    if !delta.starts_with(format::MAGIC) {
+        return Err(DeltaError::UnknownFormat);
+    }
+    let mut h = Header::decode(delta)?;
+    if h.file_len() != delta.len() as u64 {
+        return Err(DeltaError::Length { expected: h.file_len(), actual: delta.len() as u64 });
+    }
+    let payload = &delta[format::HEADER_LEN..format::HEADER_LEN + h.payload_len as usize];
+    if format::digest(delta, payload) != h.digest {
+        return Err(DeltaError::Digest {
+            expected: h.digest,
+            actual: format::digest(delta, payload),
+        });
+    }
+    h.signed = true;
+    let mut header = h.encode();
+    let digest = format::digest(&header, payload);
+    header[format::DIGESTED_LEN..].copy_from_slice(digest.as_bytes());
+    let msg = signed_message(&digest);
+    let sig = signer.sign(&Message::raw(&msg))?;
+    let mut out = Vec::with_capacity(header.len() + payload.len() + format::SIGNATURE_LEN);
+    out.extend_from_slice(&header);
+    out.extend_from_slice(payload);
+    out.extend_from_slice(signer.public_key().id().as_bytes());
+    out.extend_from_slice(&sig.to_bytes());
+    // Check the result the way a device will before handing it out.
+    let mut keys = TrustedKeys::new();
+    keys.add(signer.public_key().clone());
+    let h2 = Header::decode(&out)?;
+    check_signature(&h2, &out[format::HEADER_LEN + payload.len()..], Some(&keys))?;
+    Ok(out)
 }
 
 fn read_some(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
@@ -563,13 +679,14 @@ pub fn apply_file(
     out_path: &Path,
     overwrite: bool,
     expect_new: Option<Sha256>,
+    keys: Option<&TrustedKeys>,
 ) -> Result<Applied, DeltaError> {
     let old = crate::fsutil::map_file(old_path).map_err(io_err(old_path))?;
     let delta = crate::fsutil::map_file(delta_path).map_err(io_err(delta_path))?;
     let mut tmp = crate::fsutil::AtomicFile::new(out_path).map_err(io_err(out_path))?;
     let applied = {
         let mut w = io::BufWriter::with_capacity(1 << 20, &mut tmp);
-        let applied = apply(&old, &delta, &mut |b| w.write_all(b))?;
+        let applied = apply(&old, &delta, keys, &mut |b| w.write_all(b))?;
         w.flush().map_err(io_err(out_path))?;
         applied
     };

@@ -9,6 +9,7 @@ mod cli;
 mod delta;
 mod hash;
 mod manifest;
+mod sign;
 
 use std::path::{Path, PathBuf};
 

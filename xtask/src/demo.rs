@@ -1,6 +1,7 @@
 //! `cargo xtask demo`: the README's run command. Walks through what a release pipeline does with
-//! otaforge today, on the payloads in `testdata/`, with no cloud account: a delta created, applied
-//! and refused on the wrong old image, an APT manifest, an SWUpdate import manifest with a delta
+//! otaforge today, on the payloads in `testdata/`, with no cloud account: a key pair, a signed
+//! delta created, applied and refused on the wrong old image or without a key, an MCUboot image,
+//! signed release metadata and a refused rollback, an APT manifest, an SWUpdate import manifest with a delta
 //! related file, a parent with two children, validation of all of them against their payloads,
 //! and a tampered payload being caught.
 
@@ -53,14 +54,82 @@ pub(crate) fn run() -> anyhow::Result<()> {
         "\n# A delta from 1.1 to 1.2, verified by applying it; then applied as a device would:"
     );
     let (old, new, delta) = (w("image-1.1.swu"), w("image-1.2.swu"), w("image-1.1-to-1.2.delta"));
-    otaforge(&bin, &["delta", "create", &old, &new, "-o", &delta], 0)?;
+    println!("\n# A signing key pair (private key mode 0600; never overwritten):");
+    let key = w("release");
+    otaforge(&bin, &["key", "generate", "-o", &key], 0)?;
+    let (private, public) = (w("release.pem"), w("release.pub.pem"));
+    otaforge(&bin, &["delta", "create", &old, &new, "-o", &delta, "--sign-key", &private], 0)?;
     otaforge(&bin, &["delta", "info", &delta], 0)?;
-    otaforge(&bin, &["delta", "apply", &old, &delta, "-o", &w("rebuilt-1.2.swu")], 0)?;
+    otaforge(
+        &bin,
+        &["delta", "apply", &old, &delta, "-o", &w("rebuilt-1.2.swu"), "--verify-key", &public],
+        0,
+    )?;
     println!("\n# The same delta on the wrong old image is refused and writes nothing:");
-    otaforge(&bin, &["delta", "apply", &new, &delta, "-o", &w("wrong.swu")], 1)?;
+    otaforge(
+        &bin,
+        &["delta", "apply", &new, &delta, "-o", &w("wrong.swu"), "--verify-key", &public],
+        1,
+    )?;
+    println!("\n# A signed delta without a key to check it is refused too (fail closed):");
+    otaforge(&bin, &["delta", "apply", &old, &delta, "-o", &w("wrong.swu")], 1)?;
     if work.join("wrong.swu").exists() {
         bail!("a refused delta left an output file");
     }
+    println!("\n# The MCU image as an MCUboot image (imgtool-compatible), and its check:");
+    let mcu = w("mcu-3.1.signed.bin");
+    otaforge(
+        &bin,
+        &[
+            "mcuboot",
+            "sign",
+            &w("mcu-3.1.bin"),
+            "-o",
+            &mcu,
+            "--key",
+            &private,
+            "--version",
+            "3.1.0+7",
+            "--header-size",
+            "0x200",
+            "--pad-header",
+            "--slot-size",
+            "0x20000",
+            "--security-counter",
+            "auto",
+        ],
+        0,
+    )?;
+    otaforge(&bin, &["mcuboot", "verify", "--pub", &public, &mcu], 0)?;
+    println!("\n# Signed release metadata over the artifacts, and a rollback refused:");
+    let meta = w("release.json");
+    otaforge(
+        &bin,
+        &[
+            "meta",
+            "sign",
+            &new,
+            &delta,
+            &mcu,
+            "--release-version",
+            "1.2",
+            "--security-counter",
+            "12",
+            "--expires",
+            "30d",
+            "--key",
+            &private,
+            "-o",
+            &meta,
+        ],
+        0,
+    )?;
+    otaforge(&bin, &["meta", "verify", &meta, "--pub", &public, "--warn-expiring", "7"], 0)?;
+    otaforge(
+        &bin,
+        &["meta", "verify", &meta, "--pub", &public, "--min-security-counter", "13"],
+        1,
+    )?;
     otaforge(
         &bin,
         &[
