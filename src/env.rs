@@ -20,3 +20,13 @@ pub fn source_date_epoch() -> Option<String> {
 /// A PKCS#8 PEM Ed25519 private key used by the signing commands when no `--key` is given (or
 /// with `--key env:OTAFORGE_SIGNING_KEY`). Never printed or logged.
 pub const OTAFORGE_SIGNING_KEY: &str = "OTAFORGE_SIGNING_KEY";
+
+/// An Azure Storage connection string (`AccountName=...;AccountKey=...;...`) for `upload`.
+pub const AZURE_STORAGE_CONNECTION_STRING: &str = "AZURE_STORAGE_CONNECTION_STRING";
+
+/// The storage account name for `upload` when no connection string is given.
+pub const AZURE_STORAGE_ACCOUNT: &str = "AZURE_STORAGE_ACCOUNT";
+
+/// The storage account key (base64) that goes with `AZURE_STORAGE_ACCOUNT`. Read only from the
+/// environment, never from the command line, where other users could see it; never printed.
+pub const AZURE_STORAGE_KEY: &str = "AZURE_STORAGE_KEY";

@@ -23,7 +23,11 @@ pub mod hash;
 pub mod manifest;
 pub mod mcuboot;
 pub mod reporter;
+#[cfg(feature = "server")]
+pub mod server;
+pub mod service;
 pub mod sign;
+pub mod storage;
 
 pub use finding::{Finding, Findings, JsonPath, Severity};
 pub use hash::{HashError, Sha256};

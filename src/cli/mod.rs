@@ -9,6 +9,7 @@ mod mcuboot;
 mod meta;
 mod output;
 mod sign;
+mod upload;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -24,6 +25,8 @@ Environment:
   CI                 when set, progress bars are off
   NO_COLOR           when set, output has no colour
   OTAFORGE_SIGNING_KEY  PKCS#8 PEM private key used when a signing command gets no --key
+  AZURE_STORAGE_CONNECTION_STRING  storage connection string for upload
+  AZURE_STORAGE_ACCOUNT, AZURE_STORAGE_KEY  storage account and key for upload (never printed)
 
 Exit codes: 0 ok, 1 a check failed (invalid manifest, bad signature), 2 usage or unexpected error";
 
@@ -67,6 +70,8 @@ enum Command {
     /// Sign, verify and describe MCUboot images (imgtool compatible).
     #[command(subcommand)]
     Mcuboot(mcuboot::McubootCommand),
+    /// Upload artifacts to Azure Blob Storage (or a local directory) and print read URLs.
+    Upload(upload::UploadArgs),
 }
 
 /// How a command ended when it did not fail unexpectedly.
@@ -79,7 +84,7 @@ pub(crate) enum Outcome {
 }
 
 /// Parses arguments, runs the command and maps the outcome to an exit code.
-pub(crate) fn main() -> ExitCode {
+pub(crate) fn main(rt: &tokio::runtime::Runtime) -> ExitCode {
     let matches = match Cli::command().try_get_matches() {
         Ok(m) => m,
         Err(e) => {
@@ -106,6 +111,7 @@ pub(crate) fn main() -> ExitCode {
         Command::Verify(args) => sign::verify(args, &out),
         Command::Meta(cmd) => meta::run(cmd, &out),
         Command::Mcuboot(cmd) => mcuboot::run(cmd, &out),
+        Command::Upload(args) => upload::run(args, rt, &out),
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,

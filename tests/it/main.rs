@@ -10,6 +10,7 @@ mod delta;
 mod hash;
 mod manifest;
 mod sign;
+mod storage;
 
 use std::path::{Path, PathBuf};
 

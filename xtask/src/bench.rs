@@ -20,7 +20,7 @@ pub(crate) fn release_binary() -> anyhow::Result<PathBuf> {
 }
 
 /// Writes `size` pseudo-random bytes (xorshift, so incompressible and fast to make).
-fn make_file(path: &Path, size: u64, seed: u64) -> anyhow::Result<()> {
+pub(crate) fn make_file(path: &Path, size: u64, seed: u64) -> anyhow::Result<()> {
     if std::fs::metadata(path).map(|m| m.len() == size).unwrap_or(false) {
         return Ok(());
     }

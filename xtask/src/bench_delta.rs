@@ -10,17 +10,25 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
-struct Run {
-    wall: Duration,
-    max_rss_kib: u64,
+pub(crate) struct Run {
+    pub(crate) wall: Duration,
+    pub(crate) max_rss_kib: u64,
+    /// User plus system CPU time of the child.
+    pub(crate) cpu: Duration,
 }
 
-/// Runs `cmd`, waiting with wait4 to read this child's own peak RSS.
-#[allow(unsafe_code)]
+/// Runs `cmd`, waiting with wait4 to read this child's own peak RSS and CPU time.
 fn run_measured(cmd: &[String]) -> anyhow::Result<Run> {
+    run_measured_env(cmd, &[])
+}
+
+/// [`run_measured`] with extra environment variables.
+#[allow(unsafe_code)]
+pub(crate) fn run_measured_env(cmd: &[String], env: &[(&str, &str)]) -> anyhow::Result<Run> {
     let start = Instant::now();
     let child = Command::new(&cmd[0])
         .args(&cmd[1..])
+        .envs(env.iter().copied())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -35,7 +43,10 @@ fn run_measured(cmd: &[String]) -> anyhow::Result<Run> {
     if r != pid || !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
         bail!("{} failed (status {status})", cmd.join(" "));
     }
-    Ok(Run { wall, max_rss_kib: ru.ru_maxrss as u64 })
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    Ok(Run { wall, max_rss_kib: ru.ru_maxrss as u64, cpu: tv(ru.ru_utime) + tv(ru.ru_stime) })
 }
 
 /// Builds a command line from (old, new or delta, output).

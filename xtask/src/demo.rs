@@ -1,7 +1,7 @@
 //! `cargo xtask demo`: the README's run command. Walks through what a release pipeline does with
 //! otaforge today, on the payloads in `testdata/`, with no cloud account: a key pair, a signed
 //! delta created, applied and refused on the wrong old image or without a key, an MCUboot image,
-//! signed release metadata and a refused rollback, an APT manifest, an SWUpdate import manifest with a delta
+//! signed release metadata and a refused rollback, an upload to the local store, an APT manifest, an SWUpdate import manifest with a delta
 //! related file, a parent with two children, validation of all of them against their payloads,
 //! and a tampered payload being caught.
 

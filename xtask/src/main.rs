@@ -7,6 +7,7 @@
 //! - `schema [DIR...]`: checks import manifests against the official JSON schemas in
 //!   `../shared/schemas` (or `$OTAFORGE_SHARED/schemas`).
 //! - `bench hash`: otaforge hash vs openssl and sha256sum, side by side.
+//! - `azurite [PORT]`: installs and runs Azurite for the storage tests.
 
 // xtask is a developer tool: it prints freely and adds its own context to std::fs errors.
 #![allow(
@@ -16,8 +17,10 @@
     clippy::disallowed_types
 )]
 
+mod azurite;
 mod bench;
 mod bench_delta;
+mod bench_upload;
 mod demo;
 mod schema;
 
@@ -31,10 +34,12 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     match args.as_slice() {
         ["ci"] => ci(),
+        ["azurite", rest @ ..] => azurite::serve(rest),
         ["demo"] => demo::run(),
         ["schema", dirs @ ..] => schema::run(&dirs.iter().map(PathBuf::from).collect::<Vec<_>>()),
         ["bench", "hash", rest @ ..] => bench::hash(rest),
         ["bench", "delta", rest @ ..] => bench_delta::run(rest),
+        ["bench", "upload", rest @ ..] => bench_upload::run(rest),
         ["fuzz"] => fuzz(30),
         ["fuzz", secs] => fuzz(secs.parse().context("fuzz SECONDS")?),
         _ => {
@@ -42,8 +47,10 @@ fn main() -> anyhow::Result<()> {
                 "usage: cargo xtask <task>\n\n\
                  tasks:\n  ci                 format, clippy, tests, official-schema and interop checks\n  \
                  demo               build and validate sample updates from testdata (no cloud)\n  \
+                 azurite [PORT]     install (npm, pinned) and run Azurite for the storage tests\n  \
                  schema [DIR...]    check manifests against ../shared/schemas\n  \
                  bench hash [--runs N] [--size-mib N]\n                     otaforge hash vs openssl dgst and sha256sum\n  \
+                 bench upload [--size-mib N] [--runs N]\n                     otaforge upload vs the Python SDK and curl on Azurite\n  \
                  fuzz [SECONDS]     every cargo-fuzz target for SECONDS each (default 30)\n  \
                  bench delta [--corpus DIR] [--pairs a,b] [--skip TOOL,...]\n                     otaforge delta vs bsdiff, xdelta3, zstd, HDiffPatch"
             );
@@ -114,8 +121,25 @@ fn ci() -> anyhow::Result<()> {
     if out.exists() {
         fs_remove(&out)?;
     }
+    // The storage tests run against a real Azurite: the one named by the environment, or one
+    // started here for the duration of the tests.
+    let _azurite;
+    let azurite_url = match std::env::var(azurite::ENV) {
+        Ok(url) if !url.is_empty() => url,
+        _ => {
+            let az = azurite::start(0)?;
+            let url = az.url.clone();
+            _azurite = az;
+            url
+        }
+    };
+    eprintln!("storage tests use Azurite at {azurite_url}");
     let mut test = cargo();
-    test.args(["test", "--workspace"]).env("OTAFORGE_MANIFEST_OUT", &out).env("INSTA_UPDATE", "no");
+    test.args(["test", "--workspace"])
+        .env("OTAFORGE_MANIFEST_OUT", &out)
+        .env("INSTA_UPDATE", "no")
+        .env("CI", "true")
+        .env(azurite::ENV, &azurite_url);
     let (passed, failed) = run_tests(test)?;
 
     schema::check(&shared, &[out, root().join("testdata")])?;

@@ -1,0 +1,417 @@
+//! A typed client for the Azure Device Update data-plane REST API, api-version 2022-10-01
+//! (<https://learn.microsoft.com/rest/api/deviceupdate/>; the specification is
+//! `deviceupdate.json` in `../shared/specs/deviceupdate-2022-10-01`).
+//!
+//! Covers update management: import (`POST .../updates:import` → 202 + `Operation-Location`),
+//! operations (get, list, wait with `Retry-After` and an overall timeout), updates (list with
+//! `nextLink` paging, get, delete as a long-running operation) and files. Errors keep the
+//! service's `error.code`, `message`, `details`, `innererror` and the trace id, because those
+//! are what ADU support asks for.
+//!
+//! Authentication: a Microsoft Entra ID bearer token for the scope [`SCOPE`] (Azure), a static
+//! token (`otaforge serve --token`), or none (`otaforge serve` on loopback without a token).
+
+pub mod model;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use azure_core::credentials::TokenCredential;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+pub use model::{
+    ErrorBody, FileImportMetadata, ImportItem, ImportManifestMetadata, OperationStatus,
+    UpdateOperation,
+};
+
+use crate::manifest::UpdateId;
+
+/// The API version every request carries.
+pub const API_VERSION: &str = "2022-10-01";
+/// The OAuth scope of the Device Update data plane.
+pub const SCOPE: &str = "https://api.adu.microsoft.com/.default";
+/// At most this many updates (a parent and its children) in one import request.
+pub const MAX_IMPORT_ITEMS: usize = 11;
+
+/// How requests are authenticated.
+#[derive(Clone)]
+pub enum Auth {
+    /// Microsoft Entra ID.
+    Entra(Arc<dyn TokenCredential>),
+    /// A fixed bearer token (for `otaforge serve --token`).
+    Static(String),
+    /// No `Authorization` header (for `otaforge serve` on loopback without a token).
+    None,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Auth::Entra(_) => "Entra",
+            Auth::Static(_) => "Static(redacted)",
+            Auth::None => "None",
+        })
+    }
+}
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The service answered with an error document.
+    #[error("{status} {}: {}{}", .error.code, .error.message, trace(.trace_id))]
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// The service's error (code, message, details, innererror).
+        error: ErrorBody,
+        /// The trace id to give ADU support, when the service sent one.
+        trace_id: Option<String>,
+    },
+    /// The request did not reach the service or the answer was cut off.
+    #[error("cannot reach {url}: {message}")]
+    Transport {
+        /// The URL (no secrets: ADU URLs carry none).
+        url: String,
+        /// What failed.
+        message: String,
+    },
+    /// An answer that does not follow the API.
+    #[error("unexpected answer from {url}: {message}")]
+    Protocol {
+        /// The URL.
+        url: String,
+        /// What was wrong.
+        message: String,
+    },
+    /// No token could be obtained.
+    #[error("cannot get an access token for {SCOPE}: {0}")]
+    Auth(String),
+    /// An operation did not finish in time.
+    #[error(
+        "operation {operation_id} is still {status:?} after {waited:?}; it may still finish (check with `otaforge update operation {operation_id}`)"
+    )]
+    Timeout {
+        /// The operation.
+        operation_id: String,
+        /// Its last status.
+        status: OperationStatus,
+        /// How long otaforge waited.
+        waited: Duration,
+    },
+}
+
+fn trace(t: &Option<String>) -> String {
+    t.as_ref().map(|t| format!(" (trace id {t})")).unwrap_or_default()
+}
+
+impl ServiceError {
+    /// The service's error code, when there is one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ServiceError::Api { error, .. } => Some(&error.code),
+            _ => None,
+        }
+    }
+}
+
+/// A client for one Device Update instance.
+#[derive(Debug, Clone)]
+pub struct AduClient {
+    base: url::Url,
+    instance: String,
+    auth: Auth,
+    http: reqwest::Client,
+}
+
+impl AduClient {
+    /// A client for `endpoint` (`https://ACCOUNT.api.adu.microsoft.com`, or a bare host name,
+    /// which means https; `http://127.0.0.1:PORT` for `otaforge serve`) and `instance`.
+    pub fn new(endpoint: &str, instance: &str, auth: Auth) -> Result<Self, ServiceError> {
+        let with_scheme = if endpoint.contains("://") {
+            endpoint.to_owned()
+        } else {
+            format!("https://{endpoint}")
+        };
+        let base = url::Url::parse(with_scheme.trim_end_matches('/')).map_err(|e| {
+            ServiceError::Protocol { url: endpoint.to_owned(), message: format!("not a URL: {e}") }
+        })?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(120))
+            .build()
+            .map_err(|e| ServiceError::Transport {
+                url: endpoint.to_owned(),
+                message: e.to_string(),
+            })?;
+        Ok(Self { base, instance: instance.to_owned(), auth, http })
+    }
+
+    /// The instance name.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    fn url(&self, path: &str) -> url::Url {
+        let mut u = self.base.clone();
+        u.set_path(&format!("/deviceUpdate/{}/{}", self.instance, path.trim_start_matches('/')));
+        u.query_pairs_mut().append_pair("api-version", API_VERSION);
+        u
+    }
+
+    async fn authorize(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<reqwest::RequestBuilder, ServiceError> {
+        Ok(match &self.auth {
+            Auth::None => req,
+            Auth::Static(t) => req.bearer_auth(t),
+            Auth::Entra(c) => {
+                let token = c
+                    .get_token(&[SCOPE], None)
+                    .await
+                    .map_err(|e| ServiceError::Auth(e.to_string()))?;
+                req.bearer_auth(token.token.secret())
+            }
+        })
+    }
+
+    /// Sends a request; returns status, headers and body, or the service's error.
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        url: url::Url,
+        body: Option<&Value>,
+    ) -> Result<(u16, reqwest::header::HeaderMap, Vec<u8>), ServiceError> {
+        let mut attempt = 0u32;
+        loop {
+            let mut req = self.http.request(method.clone(), url.clone());
+            if let Some(b) = body {
+                let bytes = serde_json::to_vec(b).map_err(|e| ServiceError::Protocol {
+                    url: url.to_string(),
+                    message: e.to_string(),
+                })?;
+                req = req.header(reqwest::header::CONTENT_TYPE, "application/json").body(bytes);
+            }
+            let req = self.authorize(req).await?;
+            let transport = |e: reqwest::Error| ServiceError::Transport {
+                url: url.to_string(),
+                message: e.to_string(),
+            };
+            let result = req.send().await;
+            let resp = match result {
+                Ok(r) => r,
+                // Connection failures are retried a few times; the requests used here are
+                // safe to repeat (an import is deduplicated by the service).
+                Err(e) if attempt < 3 && (e.is_connect() || e.is_timeout()) => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
+                    continue;
+                }
+                Err(e) => return Err(transport(e)),
+            };
+            let status = resp.status().as_u16();
+            let headers = resp.headers().clone();
+            let bytes = resp.bytes().await.map_err(transport)?.to_vec();
+            if (status == 429 || status >= 500) && attempt < 3 {
+                attempt += 1;
+                let wait = retry_after(&headers).unwrap_or(Duration::from_millis(500 << attempt));
+                tokio::time::sleep(wait.min(Duration::from_secs(30))).await;
+                continue;
+            }
+            if status >= 400 {
+                let trace_id = headers
+                    .get("x-ms-request-id")
+                    .or_else(|| headers.get("traceparent"))
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                let error = serde_json::from_slice::<Value>(&bytes)
+                    .ok()
+                    .and_then(|v| v.get("error").cloned())
+                    .and_then(|e| serde_json::from_value::<ErrorBody>(e).ok())
+                    .unwrap_or_else(|| {
+                        ErrorBody::new(
+                            &format!("Http{status}"),
+                            String::from_utf8_lossy(&bytes).chars().take(500).collect::<String>(),
+                        )
+                    });
+                return Err(ServiceError::Api { status, error, trace_id });
+            }
+            return Ok((status, headers, bytes));
+        }
+    }
+
+    async fn get_json<T: DeserializeOwned>(
+        &self,
+        url: url::Url,
+    ) -> Result<(T, reqwest::header::HeaderMap), ServiceError> {
+        let (_, headers, bytes) = self.send(reqwest::Method::GET, url.clone(), None).await?;
+        let v = serde_json::from_slice(&bytes)
+            .map_err(|e| ServiceError::Protocol { url: url.to_string(), message: e.to_string() })?;
+        Ok((v, headers))
+    }
+
+    /// Starts an import of up to 11 updates (a parent and its children); returns the operation
+    /// id from `Operation-Location`.
+    pub async fn import(&self, items: &[ImportItem]) -> Result<String, ServiceError> {
+        let url = self.url("updates:import");
+        let body = serde_json::to_value(items)
+            .map_err(|e| ServiceError::Protocol { url: url.to_string(), message: e.to_string() })?;
+        let (status, headers, _) =
+            self.send(reqwest::Method::POST, url.clone(), Some(&body)).await?;
+        if status != 202 {
+            return Err(ServiceError::Protocol {
+                url: url.to_string(),
+                message: format!("import answered {status}, expected 202"),
+            });
+        }
+        operation_id_from(&headers, &url)
+    }
+
+    /// One operation, and the `Retry-After` the service suggests.
+    pub async fn get_operation(
+        &self,
+        id: &str,
+    ) -> Result<(UpdateOperation, Option<Duration>), ServiceError> {
+        let (op, headers) =
+            self.get_json::<UpdateOperation>(self.url(&format!("updates/operations/{id}"))).await?;
+        Ok((op, retry_after(&headers)))
+    }
+
+    /// Polls an operation until it succeeds or fails, honouring `Retry-After` (1 to 30 s), for
+    /// at most `timeout`. `progress` sees every status.
+    pub async fn wait_operation(
+        &self,
+        id: &str,
+        timeout: Duration,
+        progress: &mut (dyn FnMut(&UpdateOperation) + Send),
+    ) -> Result<UpdateOperation, ServiceError> {
+        let start = Instant::now();
+        loop {
+            let (op, after) = self.get_operation(id).await?;
+            progress(&op);
+            if matches!(op.status, OperationStatus::Succeeded | OperationStatus::Failed) {
+                return Ok(op);
+            }
+            let waited = start.elapsed();
+            if waited >= timeout {
+                return Err(ServiceError::Timeout {
+                    operation_id: id.to_owned(),
+                    status: op.status,
+                    waited,
+                });
+            }
+            let pause = after
+                .unwrap_or(Duration::from_secs(5))
+                .clamp(Duration::from_millis(200), Duration::from_secs(30));
+            tokio::time::sleep(pause.min(timeout - waited)).await;
+        }
+    }
+
+    /// Every operation the service still lists (completed ones are kept 7 days).
+    pub async fn list_operations(&self) -> Result<Vec<UpdateOperation>, ServiceError> {
+        self.list_paged(self.url("updates/operations")).await
+    }
+
+    async fn list_paged<T: DeserializeOwned>(
+        &self,
+        first: url::Url,
+    ) -> Result<Vec<T>, ServiceError> {
+        let mut out = Vec::new();
+        let mut next = Some(first);
+        let mut pages = 0;
+        while let Some(url) = next.take() {
+            pages += 1;
+            if pages > 10_000 {
+                return Err(ServiceError::Protocol {
+                    url: url.to_string(),
+                    message: "more than 10000 pages; is nextLink looping?".into(),
+                });
+            }
+            let (page, _) = self.get_json::<Value>(url.clone()).await?;
+            let values = page.get("value").cloned().unwrap_or(Value::Array(Vec::new()));
+            let items: Vec<T> = serde_json::from_value(values).map_err(|e| {
+                ServiceError::Protocol { url: url.to_string(), message: e.to_string() }
+            })?;
+            out.extend(items);
+            if let Some(link) = page.get("nextLink").and_then(Value::as_str) {
+                next = Some(self.base.join(link).map_err(|e| ServiceError::Protocol {
+                    url: url.to_string(),
+                    message: format!("nextLink: {e}"),
+                })?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every update (the service's JSON, unknown fields kept).
+    pub async fn list_updates(&self) -> Result<Vec<Value>, ServiceError> {
+        self.list_paged(self.url("updates")).await
+    }
+
+    fn update_path(id: &UpdateId) -> String {
+        format!("updates/providers/{}/names/{}/versions/{}", id.provider, id.name, id.version)
+    }
+
+    /// One update, or None when it does not exist.
+    pub async fn get_update(&self, id: &UpdateId) -> Result<Option<Value>, ServiceError> {
+        match self.get_json::<Value>(self.url(&Self::update_path(id))).await {
+            Ok((v, _)) => Ok(Some(v)),
+            Err(ServiceError::Api { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Starts deleting an update; returns the operation id.
+    pub async fn delete_update(&self, id: &UpdateId) -> Result<String, ServiceError> {
+        let url = self.url(&Self::update_path(id));
+        let (_, headers, _) = self.send(reqwest::Method::DELETE, url.clone(), None).await?;
+        operation_id_from(&headers, &url)
+    }
+
+    /// The file ids of an update.
+    pub async fn list_files(&self, id: &UpdateId) -> Result<Vec<String>, ServiceError> {
+        self.list_paged(self.url(&format!("{}/files", Self::update_path(id)))).await
+    }
+
+    /// One file of an update.
+    pub async fn get_file(&self, id: &UpdateId, file_id: &str) -> Result<Value, ServiceError> {
+        Ok(self.get_json(self.url(&format!("{}/files/{file_id}", Self::update_path(id)))).await?.0)
+    }
+}
+
+fn retry_after(h: &reqwest::header::HeaderMap) -> Option<Duration> {
+    if let Some(ms) = h
+        .get("x-ms-retry-after-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        return Some(Duration::from_millis(ms));
+    }
+    h.get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
+}
+
+fn operation_id_from(
+    h: &reqwest::header::HeaderMap,
+    url: &url::Url,
+) -> Result<String, ServiceError> {
+    let loc = h.get("operation-location").and_then(|v| v.to_str().ok()).ok_or_else(|| {
+        ServiceError::Protocol {
+            url: url.to_string(),
+            message: "no Operation-Location header".into(),
+        }
+    })?;
+    // Absolute or relative: the id is the last path segment.
+    let path = loc.split('?').next().unwrap_or(loc);
+    let id = path.rsplit('/').next().unwrap_or_default();
+    if id.is_empty() {
+        return Err(ServiceError::Protocol {
+            url: url.to_string(),
+            message: format!("Operation-Location `{loc}` names no operation"),
+        });
+    }
+    Ok(id.to_owned())
+}

@@ -1,0 +1,269 @@
+//! The local-directory backend: the embedded default that `otaforge serve` publishes over HTTP.
+//!
+//! Layout under the root: `CONTAINER/BLOB` holds the bytes, `CONTAINER/.otaforge-meta/BLOB.json`
+//! the size and SHA-256, and `.otaforge-url-key` (mode 0600) the 32-byte key that signs read
+//! URLs. A blob appears only complete: it is copied to a temp file, checked, and renamed.
+//!
+//! Read URLs look like `BASE/CONTAINER/BLOB?se=2026-11-23T15:00:00Z&sp=r&sig=...`, where `sig` is
+//! the unpadded base64url HMAC-SHA256 of `r\n{se}\n/CONTAINER/BLOB` under the root's key.
+//! [`DirStore::resolve`] checks one and maps it to the file.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use base64::Engine as _;
+use hmac::{KeyInit as _, Mac as _};
+
+use super::{BlobName, BlobStore, ContainerName, Source, StorageError, UploadOptions, Uploaded};
+use crate::{Reporter, Sha256};
+
+const KEY_FILE: &str = ".otaforge-url-key";
+const META_DIR: &str = ".otaforge-meta";
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+/// A directory of containers.
+#[derive(Clone)]
+pub struct DirStore {
+    root: PathBuf,
+    base_url: String,
+    key: [u8; 32],
+}
+
+impl std::fmt::Debug for DirStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DirStore({}, {})", self.root.display(), self.base_url)
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Meta {
+    size_in_bytes: u64,
+    sha256: Sha256,
+}
+
+impl DirStore {
+    /// Opens (creating if needed) a store at `root` whose read URLs start with `base_url`
+    /// (for example `http://127.0.0.1:8080/blobs`).
+    pub fn open(root: &Path, base_url: &str) -> Result<Self, StorageError> {
+        fs_err::create_dir_all(root)?;
+        let key_path = root.join(KEY_FILE);
+        let key = match fs_err::read(&key_path) {
+            Ok(k) if k.len() == 32 => k,
+            Ok(_) => {
+                return Err(StorageError::Config(format!(
+                    "{} is not a 32-byte key; delete it to make a new one (old URLs stop working)",
+                    key_path.display()
+                )));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut k = [0u8; 32];
+                getrandom::fill(&mut k).map_err(|e| std::io::Error::other(e.to_string()))?;
+                let mut f = crate::fsutil::AtomicFile::new(&key_path)?;
+                f.set_mode(0o600)?;
+                f.write_all(&k)?;
+                match f.commit(false) {
+                    Ok(()) => k.to_vec(),
+                    // Another process made one first: use theirs.
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                        fs_err::read(&key_path)?
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let mut k = [0u8; 32];
+        k.copy_from_slice(&key[..32]);
+        Ok(Self {
+            root: root.to_path_buf(),
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            key: k,
+        })
+    }
+
+    /// The file that holds a blob.
+    pub fn blob_path(&self, container: &ContainerName, blob: &BlobName) -> PathBuf {
+        self.root.join(container.as_str()).join(blob.as_str())
+    }
+
+    fn meta_path(&self, container: &ContainerName, blob: &BlobName) -> PathBuf {
+        self.root.join(container.as_str()).join(META_DIR).join(format!("{}.json", blob.as_str()))
+    }
+
+    fn sign(&self, expiry: &str, container: &str, blob: &str) -> String {
+        // HMAC accepts any key length.
+        let Ok(mut mac) = hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.key) else {
+            return String::new();
+        };
+        mac.update(format!("r\n{expiry}\n/{container}/{blob}").as_bytes());
+        B64.encode(mac.finalize().into_bytes())
+    }
+
+    /// Checks a read URL's path (`/CONTAINER/BLOB`, percent-encoded) and query at time `now`,
+    /// and returns the file it grants.
+    pub fn resolve(
+        &self,
+        path: &str,
+        query: &str,
+        now: SystemTime,
+    ) -> Result<PathBuf, StorageError> {
+        let decoded: String = percent_decode(path)
+            .ok_or_else(|| StorageError::BadUrl("the path is not valid UTF-8".into()))?;
+        let rest = decoded.trim_start_matches('/');
+        let (c, b) = rest
+            .split_once('/')
+            .ok_or_else(|| StorageError::BadUrl("the path names no blob".into()))?;
+        let container: ContainerName = c.parse().map_err(StorageError::BadUrl)?;
+        let blob: BlobName = b.parse().map_err(StorageError::BadUrl)?;
+        let mut se = None;
+        let mut sig = None;
+        let mut sp = None;
+        for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+            match k.as_ref() {
+                "se" => se = Some(v.into_owned()),
+                "sig" => sig = Some(v.into_owned()),
+                "sp" => sp = Some(v.into_owned()),
+                _ => {}
+            }
+        }
+        let (Some(se), Some(sig)) = (se, sig) else {
+            return Err(StorageError::BadUrl("the URL has no se and sig parameters".into()));
+        };
+        if sp.as_deref() != Some("r") {
+            return Err(StorageError::BadUrl("the URL does not grant read (sp=r)".into()));
+        }
+        let expected = self.sign(&se, container.as_str(), blob.as_str());
+        // Constant-time comparison is not needed for a MAC over public data checked once per
+        // request, but equal lengths and a full scan cost nothing.
+        let ok = expected.len() == sig.len()
+            && expected.bytes().zip(sig.bytes()).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0;
+        if !ok {
+            return Err(StorageError::BadUrl("the signature does not match".into()));
+        }
+        let expiry = humantime::parse_rfc3339(&se)
+            .map_err(|_| StorageError::BadUrl("se is not an RFC 3339 time".into()))?;
+        if now >= expiry {
+            return Err(StorageError::BadUrl(format!("the URL expired at {se}")));
+        }
+        Ok(self.blob_path(&container, &blob))
+    }
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(s.len());
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let h = std::str::from_utf8(&b[i + 1..i + 3]).ok()?;
+            out.push(u8::from_str_radix(h, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+impl BlobStore for DirStore {
+    fn describe(&self) -> String {
+        format!("directory {}", self.root.display())
+    }
+
+    async fn ensure_container(&self, container: &ContainerName) -> Result<(), StorageError> {
+        fs_err::create_dir_all(self.root.join(container.as_str()))?;
+        Ok(())
+    }
+
+    async fn upload(
+        &self,
+        container: &ContainerName,
+        blob: &BlobName,
+        source: &Source,
+        _options: &UploadOptions,
+        reporter: &dyn Reporter,
+    ) -> Result<Uploaded, StorageError> {
+        let dest = self.blob_path(container, blob);
+        let meta_path = self.meta_path(container, blob);
+        let mut result = Uploaded {
+            blob: blob.to_string(),
+            size_in_bytes: source.size,
+            sha256: source.sha256,
+            already_present: false,
+            blocks_sent: 0,
+            blocks_reused: 0,
+        };
+        if let Ok(text) = fs_err::read(&meta_path)
+            && let Ok(m) = serde_json::from_slice::<Meta>(&text)
+            && m.size_in_bytes == source.size
+            && m.sha256 == source.sha256
+            && fs_err::metadata(&dest).map(|d| d.len() == source.size).unwrap_or(false)
+        {
+            result.already_present = true;
+            return Ok(result);
+        }
+        for p in [&dest, &meta_path] {
+            if let Some(parent) = p.parent() {
+                fs_err::create_dir_all(parent)?;
+            }
+        }
+        let label = blob.to_string();
+        reporter.start(&label, Some(source.size));
+        // Copy while hashing what was written, so a file that changed since it was hashed is
+        // caught before the blob becomes visible.
+        let mut tmp = crate::fsutil::AtomicFile::new(&dest)?;
+        tmp.set_mode(0o644)?;
+        let mut input = fs_err::File::open(&source.path)?;
+        let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut total = 0u64;
+        loop {
+            let n = std::io::Read::read(&mut input, &mut buf)?;
+            if n == 0 {
+                break;
+            }
+            sha2::Digest::update(&mut hasher, &buf[..n]);
+            tmp.write_all(&buf[..n])?;
+            total += n as u64;
+            reporter.advance(&label, n as u64);
+        }
+        let actual = Sha256::from_bytes(sha2::Digest::finalize(hasher).into());
+        if total != source.size || actual != source.sha256 {
+            return Err(StorageError::Integrity {
+                blob: blob.to_string(),
+                reason: format!(
+                    "{} changed while uploading ({total} bytes, sha256 {actual})",
+                    source.path.display()
+                ),
+            });
+        }
+        let meta = serde_json::to_vec(&Meta { size_in_bytes: source.size, sha256: source.sha256 })
+            .map_err(|e| StorageError::Config(e.to_string()))?;
+        // Metadata is removed first and written last: a crash in between leaves a blob without
+        // metadata, which the next run uploads again, never metadata describing other bytes.
+        let _ = fs_err::remove_file(&meta_path);
+        tmp.commit(true)?;
+        crate::fsutil::write_atomic(&meta_path, &meta, true)?;
+        reporter.finish(&label);
+        result.blocks_sent = 1;
+        Ok(result)
+    }
+
+    async fn read_url(
+        &self,
+        container: &ContainerName,
+        blob: &BlobName,
+        ttl: Duration,
+    ) -> Result<String, StorageError> {
+        let se = super::sas::sas_time(SystemTime::now() + ttl);
+        let sig = self.sign(&se, container.as_str(), blob.as_str());
+        let mut q = url::form_urlencoded::Serializer::new(String::new());
+        q.append_pair("se", &se);
+        q.append_pair("sp", "r");
+        q.append_pair("sig", &sig);
+        Ok(format!("{}/{}/{}?{}", self.base_url, container, blob.url_path(), q.finish()))
+    }
+}

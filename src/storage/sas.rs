@@ -1,0 +1,367 @@
+//! Shared access signatures for Azure Blob Storage, signed locally.
+//!
+//! - **Service SAS** for one blob or container, signed with the account key: the 16-field
+//!   string-to-sign of service version 2020-12-06 and later
+//!   (<https://learn.microsoft.com/rest/api/storageservices/create-service-sas>).
+//! - **User delegation SAS**, signed with a user delegation key that an Entra ID identity
+//!   obtained from the service (24 fields for versions 2020-12-06 up to 2025-07-05;
+//!   <https://learn.microsoft.com/rest/api/storageservices/create-user-delegation-sas>).
+//! - **Account SAS** (10 fields plus a trailing newline), which otaforge uses only to authorize
+//!   its own upload requests when it holds an account key: the official Rust SDK has no
+//!   shared-key authentication, so each upload gets a short-lived account SAS instead.
+//!
+//! Every value is signed exactly as it appears (URL-decoded) in the query. The signature is
+//! `base64(HMAC-SHA256(base64decode(key), string_to_sign))`.
+
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use base64::Engine as _;
+use hmac::{KeyInit as _, Mac as _};
+
+/// The service version otaforge signs (16-field layout; Azurite and Azure accept it).
+pub const SAS_VERSION: &str = "2022-11-02";
+
+/// How far back `st` is set, so a client whose clock runs ahead of Azure's still gets a URL that
+/// is valid at once.
+pub const CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
+
+/// A storage account key (base64 of 64 bytes). Never printed: `Debug` and `Display` hide it.
+#[derive(Clone)]
+pub struct AccountKey(Vec<u8>);
+
+impl AccountKey {
+    /// Decodes a base64 account key.
+    pub fn from_base64(s: &str) -> Result<Self, String> {
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(s.trim())
+            .map_err(|_| "the account key is not base64".to_owned())?;
+        if key.is_empty() {
+            return Err("the account key is empty".into());
+        }
+        Ok(Self(key))
+    }
+
+    /// The same key in base64, for redaction.
+    pub(crate) fn to_base64(&self) -> String {
+        base64::engine::general_purpose::STANDARD.encode(&self.0)
+    }
+
+    fn sign(&self, string_to_sign: &str) -> String {
+        hmac_b64(&self.0, string_to_sign)
+    }
+}
+
+impl fmt::Debug for AccountKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AccountKey(redacted)")
+    }
+}
+
+fn hmac_b64(key: &[u8], msg: &str) -> String {
+    // HMAC accepts keys of any length, so construction cannot fail.
+    let Ok(mut mac) = hmac::Hmac::<sha2::Sha256>::new_from_slice(key) else {
+        return String::new();
+    };
+    mac.update(msg.as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+}
+
+/// Formats a time the way SAS fields carry it: `2026-11-23T09:39:53Z`.
+pub fn sas_time(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// Whether a SAS may be used over plain HTTP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// `spr=https`: production endpoints.
+    HttpsOnly,
+    /// `spr=https,http`: loopback endpoints (Azurite) only.
+    HttpsAndHttp,
+}
+
+impl Protocol {
+    /// HTTPS only, unless the endpoint is loopback.
+    pub fn for_endpoint(url: &url::Url) -> Self {
+        let loopback = match url.host() {
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            Some(url::Host::Domain(d)) => d == "localhost",
+            None => false,
+        };
+        if loopback { Protocol::HttpsAndHttp } else { Protocol::HttpsOnly }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Protocol::HttpsOnly => "https",
+            Protocol::HttpsAndHttp => "https,http",
+        }
+    }
+}
+
+/// The fields of a service SAS.
+#[derive(Debug, Clone)]
+pub struct ServiceSas {
+    /// `sp`: permission letters in the canonical order `racwdxltmeop`.
+    pub permissions: String,
+    /// `st`: start (usually now minus [`CLOCK_SKEW`]).
+    pub start: Option<SystemTime>,
+    /// `se`: expiry.
+    pub expiry: SystemTime,
+    /// `spr`.
+    pub protocol: Protocol,
+    /// `sr`: `b` for a blob, `c` for a container.
+    pub resource: &'static str,
+}
+
+impl ServiceSas {
+    /// A read-only blob SAS valid from [`CLOCK_SKEW`] ago for `ttl`.
+    pub fn read_blob(now: SystemTime, ttl: Duration, protocol: Protocol) -> Self {
+        Self {
+            permissions: "r".into(),
+            start: Some(now - CLOCK_SKEW),
+            expiry: now + ttl,
+            protocol,
+            resource: "b",
+        }
+    }
+
+    /// The 16-line string-to-sign for `canonical_resource` (`/blob/ACCOUNT/CONTAINER[/BLOB]`).
+    pub fn string_to_sign(&self, canonical_resource: &str) -> String {
+        let st = self.start.map(sas_time).unwrap_or_default();
+        [
+            self.permissions.as_str(),
+            &st,
+            &sas_time(self.expiry),
+            canonical_resource,
+            "", // si: no stored access policy
+            "", // sip
+            self.protocol.as_str(),
+            SAS_VERSION,
+            self.resource,
+            "", // snapshot time
+            "", // ses: encryption scope
+            "", // rscc
+            "", // rscd
+            "", // rsce
+            "", // rscl
+            "", // rsct
+        ]
+        .join("\n")
+    }
+
+    /// Signs with the account key and returns the query string (without `?`).
+    pub fn sign(&self, key: &AccountKey, canonical_resource: &str) -> String {
+        let sig = key.sign(&self.string_to_sign(canonical_resource));
+        self.query(&sig)
+    }
+
+    fn query(&self, sig: &str) -> String {
+        let mut q = url::form_urlencoded::Serializer::new(String::new());
+        q.append_pair("sv", SAS_VERSION);
+        if let Some(st) = self.start {
+            q.append_pair("st", &sas_time(st));
+        }
+        q.append_pair("se", &sas_time(self.expiry));
+        q.append_pair("sr", self.resource);
+        q.append_pair("sp", &self.permissions);
+        q.append_pair("spr", self.protocol.as_str());
+        q.append_pair("sig", sig);
+        q.finish()
+    }
+}
+
+/// The canonicalized resource of a blob: `/blob/ACCOUNT/CONTAINER/BLOB`.
+pub fn blob_resource(account: &str, container: &str, blob: &str) -> String {
+    format!("/blob/{account}/{container}/{blob}")
+}
+
+/// An account SAS for the blob service, signed with the account key; returns the query string.
+pub fn account_sas(
+    account: &str,
+    key: &AccountKey,
+    permissions: &str,
+    resource_types: &str,
+    start: SystemTime,
+    expiry: SystemTime,
+    protocol: Protocol,
+) -> String {
+    let (st, se) = (sas_time(start), sas_time(expiry));
+    // account, sp, ss, srt, st, se, sip, spr, sv, ses, each followed by a newline.
+    let to_sign = format!(
+        "{account}\n{permissions}\nb\n{resource_types}\n{st}\n{se}\n\n{}\n{SAS_VERSION}\n\n",
+        protocol.as_str()
+    );
+    let sig = key.sign(&to_sign);
+    let mut q = url::form_urlencoded::Serializer::new(String::new());
+    q.append_pair("sv", SAS_VERSION);
+    q.append_pair("ss", "b");
+    q.append_pair("srt", resource_types);
+    q.append_pair("sp", permissions);
+    q.append_pair("st", &st);
+    q.append_pair("se", &se);
+    q.append_pair("spr", protocol.as_str());
+    q.append_pair("sig", &sig);
+    q.finish()
+}
+
+/// A user delegation key as the service returns it (Get User Delegation Key).
+#[derive(Clone)]
+pub struct UserDelegationKey {
+    /// `skoid`.
+    pub signed_oid: String,
+    /// `sktid`.
+    pub signed_tid: String,
+    /// `skt`.
+    pub signed_start: String,
+    /// `ske`.
+    pub signed_expiry: String,
+    /// `sks`.
+    pub signed_service: String,
+    /// `skv`.
+    pub signed_version: String,
+    /// The key value (base64-decoded).
+    pub value: Vec<u8>,
+}
+
+impl fmt::Debug for UserDelegationKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "UserDelegationKey(oid {}, expires {}, value redacted)",
+            self.signed_oid, self.signed_expiry
+        )
+    }
+}
+
+impl ServiceSas {
+    /// The 24-line user delegation string-to-sign (versions 2020-12-06 to 2025-01-05).
+    pub fn user_delegation_string_to_sign(
+        &self,
+        key: &UserDelegationKey,
+        canonical_resource: &str,
+    ) -> String {
+        let st = self.start.map(sas_time).unwrap_or_default();
+        [
+            self.permissions.as_str(),
+            &st,
+            &sas_time(self.expiry),
+            canonical_resource,
+            &key.signed_oid,
+            &key.signed_tid,
+            &key.signed_start,
+            &key.signed_expiry,
+            &key.signed_service,
+            &key.signed_version,
+            "", // saoid
+            "", // suoid
+            "", // scid
+            "", // sip
+            self.protocol.as_str(),
+            SAS_VERSION,
+            self.resource,
+            "", // snapshot time
+            "", // ses
+            "", // rscc
+            "", // rscd
+            "", // rsce
+            "", // rscl
+            "", // rsct
+        ]
+        .join("\n")
+    }
+
+    /// Signs with a user delegation key; returns the query string.
+    pub fn sign_user_delegation(
+        &self,
+        key: &UserDelegationKey,
+        canonical_resource: &str,
+    ) -> String {
+        let sig =
+            hmac_b64(&key.value, &self.user_delegation_string_to_sign(key, canonical_resource));
+        let mut q = url::form_urlencoded::Serializer::new(String::new());
+        q.append_pair("sv", SAS_VERSION);
+        if let Some(st) = self.start {
+            q.append_pair("st", &sas_time(st));
+        }
+        q.append_pair("se", &sas_time(self.expiry));
+        q.append_pair("skoid", &key.signed_oid);
+        q.append_pair("sktid", &key.signed_tid);
+        q.append_pair("skt", &key.signed_start);
+        q.append_pair("ske", &key.signed_expiry);
+        q.append_pair("sks", &key.signed_service);
+        q.append_pair("skv", &key.signed_version);
+        q.append_pair("sr", self.resource);
+        q.append_pair("sp", &self.permissions);
+        q.append_pair("spr", self.protocol.as_str());
+        q.append_pair("sig", &sig);
+        q.finish()
+    }
+}
+
+/// Replaces every SAS `sig` value and the given secrets in `text` with `REDACTED`.
+pub fn redact(text: &str, secrets: &[&str]) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("sig=") {
+        // Only a query parameter: preceded by `?` or `&` (or a URL-encoded `&`).
+        let boundary = i == 0 || matches!(rest.as_bytes()[i - 1], b'?' | b'&' | b';' | b' ' | b'"');
+        out.push_str(&rest[..i + 4]);
+        rest = &rest[i + 4..];
+        if boundary {
+            let end = rest
+                .find(|c: char| c == '&' || c == '"' || c == '\'' || c.is_whitespace())
+                .unwrap_or(rest.len());
+            out.push_str("REDACTED");
+            rest = &rest[end..];
+        }
+    }
+    out.push_str(rest);
+    for s in secrets.iter().filter(|s| s.len() >= 8) {
+        out = out.replace(s, "REDACTED");
+        let enc: String = url::form_urlencoded::byte_serialize(s.as_bytes()).collect();
+        out = out.replace(&enc, "REDACTED");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_sas_matches_the_published_vector() {
+        // reference/storage.md §3.1: the vector from the legacy crate's unit test.
+        let key = AccountKey::from_base64("RZfi3m1W7eyQ5zD4ymSmGANVdJ2SDQmg4sE89SW104s=").unwrap();
+        let sas = ServiceSas {
+            permissions: "r".into(),
+            start: None,
+            expiry: SystemTime::UNIX_EPOCH + Duration::from_secs(7 * 86_400),
+            protocol: Protocol::HttpsOnly,
+            resource: "b",
+        };
+        let mut to_sign = sas.string_to_sign("/blob/STORAGE_ACCOUNT_NAME/CONTAINER_NAME/");
+        // The vector leaves `spr` empty.
+        to_sign = to_sign.replacen("\nhttps\n", "\n\n", 1);
+        assert_eq!(to_sign.split('\n').count(), 16);
+        assert_eq!(key.sign(&to_sign), "VRZjVZ1c/Lz7IXCp17Sdx9+R9JDrnJdzE3NW56DMjNs=");
+    }
+
+    #[test]
+    fn redaction_hides_signatures_and_keys() {
+        let t = "GET http://h/c/b?sv=1&sig=abc%2Bdef%3D&sp=r failed; key Eby8vdM02xNOcqFl";
+        let r = redact(t, &["Eby8vdM02xNOcqFl"]);
+        assert_eq!(r, "GET http://h/c/b?sv=1&sig=REDACTED&sp=r failed; key REDACTED");
+        assert_eq!(redact("design=x", &[]), "design=x");
+    }
+
+    #[test]
+    fn loopback_endpoints_allow_http() {
+        let p = |u: &str| Protocol::for_endpoint(&url::Url::parse(u).unwrap());
+        assert_eq!(p("http://127.0.0.1:10000/devstoreaccount1"), Protocol::HttpsAndHttp);
+        assert_eq!(p("http://localhost:10000/x"), Protocol::HttpsAndHttp);
+        assert_eq!(p("https://acct.blob.core.windows.net"), Protocol::HttpsOnly);
+    }
+}
