@@ -30,3 +30,7 @@ pub const AZURE_STORAGE_ACCOUNT: &str = "AZURE_STORAGE_ACCOUNT";
 /// The storage account key (base64) that goes with `AZURE_STORAGE_ACCOUNT`. Read only from the
 /// environment, never from the command line, where other users could see it; never printed.
 pub const AZURE_STORAGE_KEY: &str = "AZURE_STORAGE_KEY";
+
+/// The bearer token `import` and `update` send to the Device Update endpoint (for
+/// `otaforge serve --token`); never printed.
+pub const OTAFORGE_ADU_TOKEN: &str = "OTAFORGE_ADU_TOKEN";

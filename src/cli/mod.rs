@@ -3,12 +3,15 @@
 mod apt;
 mod delta;
 mod hash;
+mod import;
 mod key;
 mod manifest;
 mod mcuboot;
 mod meta;
 mod output;
+mod serve;
 mod sign;
+mod update;
 mod upload;
 
 use std::io::Write;
@@ -27,6 +30,7 @@ Environment:
   OTAFORGE_SIGNING_KEY  PKCS#8 PEM private key used when a signing command gets no --key
   AZURE_STORAGE_CONNECTION_STRING  storage connection string for upload
   AZURE_STORAGE_ACCOUNT, AZURE_STORAGE_KEY  storage account and key for upload (never printed)
+  OTAFORGE_ADU_TOKEN  bearer token for import/update/serve (otaforge serve --token)
 
 Exit codes: 0 ok, 1 a check failed (invalid manifest, bad signature), 2 usage or unexpected error";
 
@@ -72,6 +76,13 @@ enum Command {
     Mcuboot(mcuboot::McubootCommand),
     /// Upload artifacts to Azure Blob Storage (or a local directory) and print read URLs.
     Upload(upload::UploadArgs),
+    /// Validate, upload and import updates into Device Update, and wait for the result.
+    Import(import::ImportArgs),
+    /// List, show and delete the updates of a Device Update instance.
+    #[command(subcommand)]
+    Update(update::UpdateCommand),
+    /// Run an embedded Device Update service (same REST API, SQLite, local blob store).
+    Serve(serve::ServeArgs),
 }
 
 /// How a command ended when it did not fail unexpectedly.
@@ -112,6 +123,9 @@ pub(crate) fn main(rt: &tokio::runtime::Runtime) -> ExitCode {
         Command::Meta(cmd) => meta::run(cmd, &out),
         Command::Mcuboot(cmd) => mcuboot::run(cmd, &out),
         Command::Upload(args) => upload::run(args, rt, &out),
+        Command::Import(args) => import::run(args, rt, &out),
+        Command::Update(cmd) => update::run(cmd, rt, &out),
+        Command::Serve(args) => serve::run(args, rt, &out),
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,

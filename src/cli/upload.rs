@@ -16,7 +16,7 @@ use serde::Serialize;
 use super::{Outcome, Output};
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
-enum EntraArg {
+pub(crate) enum EntraArg {
     /// `az login` / `azd auth login`.
     Cli,
     /// The machine's managed identity.

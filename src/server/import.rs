@@ -39,7 +39,7 @@ pub type Failure = ErrorBody;
 
 /// Fetches a URL into memory with a size cap.
 async fn fetch(http: &reqwest::Client, url: &str, cap: u64) -> Result<Vec<u8>, String> {
-    let resp = http.get(url).send().await.map_err(|e| format!("{}", redact_url(&e.to_string())))?;
+    let resp = http.get(url).send().await.map_err(|e| redact_url(&e.to_string()))?;
     let status = resp.status();
     if !status.is_success() {
         return Err(format!("the URL answered {status}"));
@@ -280,7 +280,7 @@ pub async fn prepare(
                 needed.push((&r.filename, r.size_in_bytes, r.hashes.sha256));
             }
         }
-        for (name, _) in &urls {
+        for name in urls.keys() {
             if !needed.iter().any(|(n, _, _)| n == name) {
                 return Err(ErrorBody::new(
                     "CannotProcessUpdateFile",

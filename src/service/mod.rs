@@ -64,7 +64,7 @@ pub enum ServiceError {
         /// HTTP status.
         status: u16,
         /// The service's error (code, message, details, innererror).
-        error: ErrorBody,
+        error: Box<ErrorBody>,
         /// The trace id to give ADU support, when the service sent one.
         trace_id: Option<String>,
     },
@@ -235,7 +235,7 @@ impl AduClient {
                             String::from_utf8_lossy(&bytes).chars().take(500).collect::<String>(),
                         )
                     });
-                return Err(ServiceError::Api { status, error, trace_id });
+                return Err(ServiceError::Api { status, error: Box::new(error), trace_id });
             }
             return Ok((status, headers, bytes));
         }

@@ -1,7 +1,8 @@
 //! `cargo xtask demo`: the README's run command. Walks through what a release pipeline does with
 //! otaforge today, on the payloads in `testdata/`, with no cloud account: a key pair, a signed
 //! delta created, applied and refused on the wrong old image or without a key, an MCUboot image,
-//! signed release metadata and a refused rollback, an upload to the local store, an APT manifest, an SWUpdate import manifest with a delta
+//! signed release metadata and a refused rollback, an upload to the local store, an APT manifest,
+//! imports into the embedded Device Update service (`otaforge serve`), an SWUpdate import manifest with a delta
 //! related file, a parent with two children, validation of all of them against their payloads,
 //! and a tampered payload being caught.
 
@@ -9,6 +10,39 @@ use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context as _, bail};
+
+/// `otaforge serve` in the background, stopped when dropped.
+struct Serve {
+    child: std::process::Child,
+    endpoint: String,
+}
+
+impl Serve {
+    fn start(bin: &Path, data: &Path) -> anyhow::Result<Self> {
+        use std::io::BufRead as _;
+        println!("\n$ otaforge serve --listen 127.0.0.1:0 --data-dir {} &", data.display());
+        let mut child = Command::new(bin)
+            .args(["--format", "json", "serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .context("starting otaforge serve")?;
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().context("no stdout")?).read_line(&mut line)?;
+        let info: serde_json::Value = serde_json::from_str(&line)
+            .with_context(|| format!("otaforge serve printed {line:?}"))?;
+        let endpoint = info["endpoint"].as_str().context("no endpoint")?.to_owned();
+        println!("{line}");
+        Ok(Self { child, endpoint })
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
 
 fn otaforge(bin: &Path, args: &[&str], expect: i32) -> anyhow::Result<()> {
     println!("\n$ otaforge {}", args.join(" "));
@@ -258,9 +292,33 @@ pub(crate) fn run() -> anyhow::Result<()> {
     args.extend(manifests.iter().map(String::as_str));
     otaforge(&bin, &args, 0)?;
 
+    println!("\n# The embedded Device Update service: start it, import, wait, list (no cloud):");
+    let serve = Serve::start(&bin, &work.join("serve"))?;
+    let blob_dir = work.join("serve").join("blobs").display().to_string();
+    let blob_url = format!("{}/blobs", serve.endpoint);
+    let adu = ["--endpoint", serve.endpoint.as_str(), "--instance", "default"];
+    let store = ["--dir", blob_dir.as_str(), "--base-url", blob_url.as_str()];
+    let mut import = vec!["import", manifests[0].as_str()];
+    import.extend(adu);
+    import.extend(store);
+    otaforge(&bin, &import, 0)?;
+    let mut import =
+        vec!["import", manifests[1].as_str(), manifests[2].as_str(), manifests[3].as_str()];
+    import.extend(adu);
+    import.extend(store);
+    otaforge(&bin, &import, 0)?;
+    println!("\n# Importing the same release again is reported, not failed:");
+    otaforge(&bin, &import, 0)?;
+    let mut list = vec!["update", "list"];
+    list.extend(adu);
+    otaforge(&bin, &list, 0)?;
+    drop(serve);
+
     println!("\n# Now a payload changes after the manifest was made; validation must catch it:");
     std::fs::write(work.join("install.sh"), "#!/bin/sh\necho tampered\n")?;
     otaforge(&bin, &["manifest", "validate", "--payload-dir", &out, &manifests[0]], 1)?;
-    println!("\ndemo: manifests are in {out}; the tampered payload was refused as expected");
+    println!(
+        "\ndemo: manifests are in {out}; four updates imported into the embedded service; the tampered payload was refused as expected"
+    );
     Ok(())
 }

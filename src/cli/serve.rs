@@ -1,0 +1,65 @@
+//! `otaforge serve`: the embedded Device Update service.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use otaforge::server::{Config, start};
+
+use super::{Outcome, Output};
+
+/// Arguments of `otaforge serve`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ServeArgs {
+    /// Address to listen on (port 0: any free port, printed at start).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Database, blob store and imported content.
+    #[arg(long, default_value = "otaforge-data")]
+    data_dir: PathBuf,
+    /// The Device Update instance name clients use.
+    #[arg(long, default_value = "default")]
+    instance: String,
+    /// Require this bearer token on every API request (default: $OTAFORGE_ADU_TOKEN). Without
+    /// one, only a loopback address may be used.
+    #[arg(long)]
+    token: Option<String>,
+}
+
+pub(crate) fn run(
+    a: ServeArgs,
+    rt: &tokio::runtime::Runtime,
+    out: &Output,
+) -> anyhow::Result<Outcome> {
+    let token = a.token.clone().or_else(|| {
+        std::env::var(otaforge::env::OTAFORGE_ADU_TOKEN).ok().filter(|t| !t.is_empty())
+    });
+    rt.block_on(async {
+        let running = start(Config { listen: a.listen, data_dir: a.data_dir.clone(), instance: a.instance.clone(), token: token.clone() }).await?;
+        let info = serde_json::json!({
+            "endpoint": running.base_url,
+            "instance": a.instance,
+            "blobDir": running.blob_dir.display().to_string(),
+            "blobUrl": running.blob_url,
+            "auth": if token.is_some() { "bearer token" } else { "none (loopback)" },
+        });
+        if out.json() {
+            // One line, so a script can read it and go on.
+            out.line(serde_json::to_string(&info)?)?;
+        } else {
+            out.line(format!("otaforge serve: Device Update API at {} instance {}", running.base_url, a.instance))?;
+            out.line(format!("  blob store {} served at {}", running.blob_dir.display(), running.blob_url))?;
+            out.line(format!(
+                "  import with: otaforge import MANIFEST --endpoint {} --instance {} --dir {} --base-url {}",
+                running.base_url,
+                a.instance,
+                running.blob_dir.display(),
+                running.blob_url
+            ))?;
+        }
+        tokio::select! {
+            r = running.wait() => r?,
+            _ = tokio::signal::ctrl_c() => out.notice("stopping"),
+        }
+        Ok(Outcome::Ok)
+    })
+}

@@ -1,0 +1,239 @@
+//! `otaforge update list|show|delete|operation`: the updates of a Device Update instance, and the
+//! connection options `import` shares.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use otaforge::manifest::UpdateId;
+use otaforge::service::{AduClient, Auth, OperationStatus, ServiceError};
+
+use super::upload::EntraArg;
+use super::{Outcome, Output};
+
+/// Where the Device Update service is and how to authenticate.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct AduArgs {
+    /// Device Update endpoint: https://ACCOUNT.api.adu.microsoft.com, or otaforge serve's URL.
+    #[arg(long)]
+    pub(crate) endpoint: String,
+    /// Instance name.
+    #[arg(long)]
+    pub(crate) instance: String,
+    /// Authenticate with Microsoft Entra ID (Azure).
+    #[arg(long, value_enum, value_name = "SOURCE")]
+    pub(crate) adu_entra: Option<EntraArg>,
+}
+
+impl AduArgs {
+    /// A client: Entra when asked, else $OTAFORGE_ADU_TOKEN, else no token (serve on loopback).
+    pub(crate) fn client(&self) -> anyhow::Result<AduClient> {
+        let auth = if let Some(src) = self.adu_entra {
+            Auth::Entra(otaforge::storage::azure::entra_credential(src.into())?)
+        } else if let Some(t) =
+            std::env::var(otaforge::env::OTAFORGE_ADU_TOKEN).ok().filter(|t| !t.is_empty())
+        {
+            Auth::Static(t)
+        } else {
+            Auth::None
+        };
+        Ok(AduClient::new(&self.endpoint, &self.instance, auth)?)
+    }
+}
+
+/// `otaforge update` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum UpdateCommand {
+    /// List the updates of the instance.
+    List(ListArgs),
+    /// Show one update (and its files with --files).
+    Show(ShowArgs),
+    /// Delete an update and wait for the deletion to finish.
+    Delete(DeleteArgs),
+    /// Show an import or delete operation.
+    Operation(OperationArgs),
+}
+
+/// Arguments of `update list`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ListArgs {
+    #[command(flatten)]
+    adu: AduArgs,
+}
+
+/// Arguments of `update show`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ShowArgs {
+    /// provider/name/version.
+    update: String,
+    #[command(flatten)]
+    adu: AduArgs,
+    /// Include each file's document.
+    #[arg(long)]
+    files: bool,
+}
+
+/// Arguments of `update delete`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct DeleteArgs {
+    /// provider/name/version.
+    update: String,
+    #[command(flatten)]
+    adu: AduArgs,
+    /// Give up waiting after this long.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+}
+
+/// Arguments of `update operation`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct OperationArgs {
+    /// Operation id (omit to list operations).
+    id: Option<String>,
+    #[command(flatten)]
+    adu: AduArgs,
+}
+
+/// Parses `provider/name/version`.
+pub(crate) fn parse_update_id(s: &str) -> anyhow::Result<UpdateId> {
+    let parts: Vec<&str> = s.split('/').collect();
+    let [p, n, v] = parts.as_slice() else {
+        anyhow::bail!("`{s}` is not provider/name/version");
+    };
+    Ok(UpdateId::new(p, n, v)?)
+}
+
+/// Prints a service error (JSON on stdout with --format json) and returns exit 1 for errors the
+/// service reported, or the error itself for transport and setup problems.
+pub(crate) fn service_failure(
+    out: &Output,
+    what: &str,
+    e: ServiceError,
+) -> anyhow::Result<Outcome> {
+    match e {
+        ServiceError::Api { status, error, trace_id } => {
+            if out.json() {
+                out.json_value(
+                    &serde_json::json!({"error": error, "status": status, "traceId": trace_id}),
+                )?;
+            }
+            out.error(format!(
+                "{what}: {status} {}{}",
+                error.describe(),
+                trace_id.map(|t| format!(" (trace id {t})")).unwrap_or_default()
+            ));
+            Ok(Outcome::CheckFailed)
+        }
+        other => Err(anyhow::Error::new(other).context(what.to_owned())),
+    }
+}
+
+pub(crate) fn run(
+    cmd: UpdateCommand,
+    rt: &tokio::runtime::Runtime,
+    out: &Output,
+) -> anyhow::Result<Outcome> {
+    rt.block_on(async {
+        match cmd {
+            UpdateCommand::List(a) => {
+                let c = a.adu.client()?;
+                match c.list_updates().await {
+                    Ok(list) => {
+                        if out.json() {
+                            out.json_value(&list)?;
+                        } else {
+                            for u in &list {
+                                let id = &u["updateId"];
+                                out.line(format!(
+                                    "{}/{}/{}{}",
+                                    id["provider"].as_str().unwrap_or("?"),
+                                    id["name"].as_str().unwrap_or("?"),
+                                    id["version"].as_str().unwrap_or("?"),
+                                    if u["isDeployable"] == false {
+                                        " (not deployable)"
+                                    } else {
+                                        ""
+                                    }
+                                ))?;
+                            }
+                            out.notice(format!(
+                                "{} updates in instance {}",
+                                list.len(),
+                                c.instance()
+                            ));
+                        }
+                        Ok(Outcome::Ok)
+                    }
+                    Err(e) => service_failure(out, "list updates", e),
+                }
+            }
+            UpdateCommand::Show(a) => {
+                let id = parse_update_id(&a.update)?;
+                let c = a.adu.client()?;
+                match c.get_update(&id).await {
+                    Ok(Some(mut u)) => {
+                        if a.files {
+                            let mut files = Vec::new();
+                            for f in c.list_files(&id).await.context("list files")? {
+                                files.push(c.get_file(&id, &f).await.context("get file")?);
+                            }
+                            u["files"] = serde_json::Value::Array(files);
+                        }
+                        out.json_value(&u)?;
+                        Ok(Outcome::Ok)
+                    }
+                    Ok(None) => {
+                        out.error(format!(
+                            "update {id} does not exist in instance {}",
+                            c.instance()
+                        ));
+                        Ok(Outcome::CheckFailed)
+                    }
+                    Err(e) => service_failure(out, "get update", e),
+                }
+            }
+            UpdateCommand::Delete(a) => {
+                let id = parse_update_id(&a.update)?;
+                let c = a.adu.client()?;
+                let op = match c.delete_update(&id).await {
+                    Ok(op) => op,
+                    Err(e) => return service_failure(out, "delete update", e),
+                };
+                let done = c.wait_operation(&op, a.timeout, &mut |_| {}).await?;
+                if out.json() {
+                    out.json_value(&done)?;
+                }
+                if done.status == OperationStatus::Succeeded {
+                    if !out.json() {
+                        out.line(format!("deleted {id}"))?;
+                    }
+                    Ok(Outcome::Ok)
+                } else {
+                    out.error(format!(
+                        "delete {id} failed: {}",
+                        done.error.map(|e| e.describe()).unwrap_or_default()
+                    ));
+                    Ok(Outcome::CheckFailed)
+                }
+            }
+            UpdateCommand::Operation(a) => {
+                let c = a.adu.client()?;
+                match &a.id {
+                    Some(id) => match c.get_operation(id).await {
+                        Ok((op, _)) => {
+                            out.json_value(&op)?;
+                            Ok(Outcome::Ok)
+                        }
+                        Err(e) => service_failure(out, "get operation", e),
+                    },
+                    None => match c.list_operations().await {
+                        Ok(ops) => {
+                            out.json_value(&ops)?;
+                            Ok(Outcome::Ok)
+                        }
+                        Err(e) => service_failure(out, "list operations", e),
+                    },
+                }
+            }
+        }
+    })
+}
