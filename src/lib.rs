@@ -10,6 +10,11 @@
 //! 3. [`delta`] makes the payloads small: verified, streamable binary deltas.
 //! 4. [`sign`] and [`mcuboot`] make them trustworthy: Ed25519 keys, detached JWS, signed release
 //!    metadata, signed deltas, and MCUboot images.
+//! 5. [`storage`] puts the files where the service can fetch them (Azure Blob Storage or a local
+//!    directory) and hands out least-privilege read URLs.
+//! 6. [`service`] drives ADU's asynchronous import API; `server` (feature `server`) is an
+//!    embedded service with the same API for offline use. It depends on the rest of the
+//!    library, never the reverse.
 //!
 //! The library never prints and never exits: it returns typed errors (one enum per module) and
 //! reports progress through [`Reporter`]. The `otaforge` binary adds the command line on top.

@@ -26,6 +26,9 @@ pub(crate) struct ImportArgs {
     /// Container for the manifests and files.
     #[arg(long, default_value = "adu-imports")]
     container: ContainerName,
+    /// Wait for the import to finish (the default; kept for scripts that pass it).
+    #[arg(long, conflicts_with = "no_wait")]
+    wait: bool,
     /// Do not wait for the import to finish (print the operation id).
     #[arg(long)]
     no_wait: bool,

@@ -460,23 +460,30 @@ impl BlobStore for AzureStore {
             async move {
                 let len = block_len(i);
                 let path = source.path.clone();
-                let data = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+                let checksum = options.checksum;
+                // Reading and checksumming run on the blocking pool, so blocks are hashed on
+                // every core while others are on the wire.
+                let (data, sum) = tokio::task::spawn_blocking(move || -> std::io::Result<(Vec<u8>, Vec<u8>)> {
                     use std::os::unix::fs::FileExt as _;
                     let mut buf = vec![0u8; len as usize];
                     file.read_exact_at(&mut buf, i * bs)?;
-                    Ok(buf)
+                    let sum = match checksum {
+                        super::Checksum::Md5 => md5::Md5::digest(&buf).to_vec(),
+                        super::Checksum::Crc64 => super::crc64::Crc64::of(&buf).to_vec(),
+                    };
+                    Ok((buf, sum))
                 })
                 .await
                 .map_err(|e| StorageError::Io(std::io::Error::other(e.to_string())))?
                 .map_err(|e| crate::fsutil::annotate(e, &path))?;
                 // The service recomputes this and refuses a block that changed on the way.
-                let opts = match options.checksum {
+                let opts = match checksum {
                     super::Checksum::Md5 => BlockBlobClientStageBlockOptions {
-                        transactional_content_md5: Some(md5::Md5::digest(&data).to_vec()),
+                        transactional_content_md5: Some(sum),
                         ..Default::default()
                     },
                     super::Checksum::Crc64 => BlockBlobClientStageBlockOptions {
-                        transactional_content_crc64: Some(super::crc64::Crc64::of(&data).to_vec()),
+                        transactional_content_crc64: Some(sum),
                         ..Default::default()
                     },
                 };
