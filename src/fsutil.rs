@@ -102,6 +102,12 @@ impl AtomicFile {
         Ok(())
     }
 
+    /// Like [`AtomicFile::commit`], but to another path (in the same directory or file system).
+    pub fn commit_to(mut self, path: &Path, overwrite: bool) -> std::io::Result<()> {
+        self.path = path.to_path_buf();
+        self.commit(overwrite)
+    }
+
     /// Flushes to disk and renames into place. Without `overwrite`, an existing destination is
     /// an [`std::io::ErrorKind::AlreadyExists`] error and the temp file is deleted.
     pub fn commit(self, overwrite: bool) -> std::io::Result<()> {

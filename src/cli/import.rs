@@ -123,14 +123,39 @@ fn check_all(paths: &[PathBuf], out: &Output) -> anyhow::Result<Option<Vec<Local
     Ok(None)
 }
 
-/// The files' hashes of an imported update, to tell "already imported" from "conflict".
-fn same_content(existing: &Value, local: &ImportManifest) -> bool {
+/// Whether an imported update is this manifest: same compatibility, same steps, and the same
+/// files (name, size, SHA-256). Anything else under the same id is a conflict.
+async fn same_content(
+    client: &otaforge::service::AduClient,
+    existing: &Value,
+    local: &ImportManifest,
+) -> Result<bool, otaforge::service::ServiceError> {
     let compat_same = existing.get("compatibility")
         == Some(&Value::Array(local.compatibility.iter().cloned().map(Value::Object).collect()));
-    compat_same
-        && existing
-            .get("instructions")
-            .is_some_and(|i| Some(i) == serde_json::to_value(&local.instructions).ok().as_ref())
+    let steps_same = existing
+        .get("instructions")
+        .is_some_and(|i| Some(i) == serde_json::to_value(&local.instructions).ok().as_ref());
+    if !compat_same || !steps_same {
+        return Ok(false);
+    }
+    let id = &local.update_id;
+    let mut remote: Vec<(String, u64, String)> = Vec::new();
+    for file_id in client.list_files(id).await? {
+        let f = client.get_file(id, &file_id).await?;
+        remote.push((
+            f["fileName"].as_str().unwrap_or_default().to_owned(),
+            f["sizeInBytes"].as_u64().unwrap_or_default(),
+            f["hashes"]["sha256"].as_str().unwrap_or_default().to_owned(),
+        ));
+    }
+    let mut mine: Vec<(String, u64, String)> = local
+        .files
+        .iter()
+        .map(|f| (f.filename.clone(), f.size_in_bytes, f.hashes.sha256.to_base64()))
+        .collect();
+    remote.sort();
+    mine.sort();
+    Ok(remote == mine)
 }
 
 pub(crate) fn run(
@@ -159,17 +184,24 @@ pub(crate) fn run(
         let mut todo = Vec::new();
         for l in locals {
             let id = &l.manifest.update_id;
-            match client.get_update(id).await {
-                Ok(Some(existing)) if same_content(&existing, &l.manifest) => already.push(id.to_string()),
-                Ok(Some(_)) => {
+            let found = match client.get_update(id).await {
+                Ok(Some(existing)) => match same_content(&client, &existing, &l.manifest).await {
+                    Ok(same) => Some(same),
+                    Err(e) => return service_failure(out, &format!("look up the files of {id}"), e),
+                },
+                Ok(None) => None,
+                Err(e) => return service_failure(out, &format!("look up {id}"), e),
+            };
+            match found {
+                Some(true) => already.push(id.to_string()),
+                Some(false) => {
                     out.error(format!("{}: update {id} is already imported with different content; give this release a new version", l.path.display()));
                     if out.json() {
                         out.json_value(&json!({"error": "UpdateAlreadyExists", "updateId": id.to_string(), "message": "already imported with different content"}))?;
                     }
                     return Ok(Outcome::CheckFailed);
                 }
-                Ok(None) => todo.push(l),
-                Err(e) => return service_failure(out, &format!("look up {id}"), e),
+                None => todo.push(l),
             }
         }
         if todo.is_empty() {

@@ -54,6 +54,36 @@ async fn fetch(http: &reqwest::Client, url: &str, cap: u64) -> Result<Vec<u8>, S
     Ok(bytes.to_vec())
 }
 
+/// Streams a URL into a temp file in `dir`, hashing as it goes; at most `cap` bytes. Nothing
+/// is visible until the caller commits the returned file.
+async fn fetch_to_file(
+    http: &reqwest::Client,
+    url: &str,
+    cap: u64,
+    dir: &std::path::Path,
+) -> Result<(crate::fsutil::AtomicFile, u64, Sha256), String> {
+    use std::io::Write as _;
+    let mut resp = http.get(url).send().await.map_err(|e| redact_url(&e.to_string()))?;
+    let status = resp.status();
+    if !status.is_success() {
+        return Err(format!("the URL answered {status}"));
+    }
+    let mut file =
+        crate::fsutil::AtomicFile::new(&dir.join("incoming")).map_err(|e| e.to_string())?;
+    let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
+    let mut total = 0u64;
+    while let Some(chunk) = resp.chunk().await.map_err(|e| redact_url(&e.to_string()))? {
+        total += chunk.len() as u64;
+        if total > cap {
+            // More than the manifest declares: stop reading; the caller reports the mismatch.
+            break;
+        }
+        sha2::Digest::update(&mut hasher, &chunk);
+        file.write_all(&chunk).map_err(|e| e.to_string())?;
+    }
+    Ok((file, total, Sha256::from_bytes(sha2::Digest::finalize(hasher).into())))
+}
+
 fn redact_url(s: &str) -> String {
     crate::storage::sas::redact(s, &[])
 }
@@ -62,8 +92,8 @@ fn redact_url(s: &str) -> String {
 pub struct Prepared {
     /// The updates, parent first as requested.
     pub updates: Vec<NewUpdate>,
-    /// Content to keep: `(sha256 hex, bytes)`; written before the commit.
-    pub content: Vec<(String, Vec<u8>)>,
+    /// Content to keep: `(sha256 hex, fetched file)`; committed before the store commit.
+    pub content: Vec<(String, crate::fsutil::AtomicFile)>,
 }
 
 fn detail(code: &str, target: &str, message: impl Into<String>) -> ErrorBody {
@@ -76,6 +106,7 @@ pub async fn prepare(
     items: &[ImportItem],
     existing: &[Value],
     now: &str,
+    content_dir: &std::path::Path,
 ) -> Result<Prepared, Failure> {
     let mut manifests: Vec<(ImportManifest, PathBuf)> = Vec::new();
     // 1. Every manifest: fetched, matching the request, valid.
@@ -312,20 +343,27 @@ pub async fn prepare(
                 )
                 .with_target(*name));
             }
-            let bytes = fetch(http, url, *size).await.map_err(|e| {
-                ErrorBody::new("ContentFileCannotDownload", format!("cannot download {name}: {e}"))
+            let (file, got, actual) =
+                fetch_to_file(http, url, *size, content_dir).await.map_err(|e| {
+                    ErrorBody::new(
+                        "ContentFileCannotDownload",
+                        format!("cannot download {name}: {e}"),
+                    )
                     .with_target(*name)
-            })?;
-            let actual = Sha256::digest(&bytes);
-            if bytes.len() as u64 != *size || actual != *sha {
+                })?;
+            if got != *size || actual != *sha {
                 return Err(ErrorBody::new(
                     "CannotProcessUpdateFile",
-                    format!("{name} is {} bytes with sha256 {actual}; the manifest says {size} bytes with sha256 {sha}", bytes.len()),
+                    if got > *size {
+                        format!("{name} at its URL is larger than the {size} bytes the manifest declares")
+                    } else {
+                        format!("{name} is {got} bytes with sha256 {actual}; the manifest says {size} bytes with sha256 {sha}")
+                    },
                 )
                 .with_target(*name)
                 .with_details(vec![detail("HashMismatch", name, "the file at the URL is not the one the manifest describes")]));
             }
-            content.push((actual.to_hex(), bytes));
+            content.push((actual.to_hex(), file));
         }
         // The service's documents.
         for f in &m.files {

@@ -125,6 +125,12 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     let blobs = DirStore::open(&blob_dir, &blob_url)?;
     let content_dir = config.data_dir.join("content");
     fs_err::create_dir_all(&content_dir)?;
+    // Downloads a killed process left half-done are temp files; nothing refers to them.
+    for entry in fs_err::read_dir(&content_dir)?.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(".otaforge-") {
+            let _ = fs_err::remove_file(entry.path());
+        }
+    }
     let http = reqwest::Client::builder()
         .connect_timeout(std::time::Duration::from_secs(10))
         .timeout(std::time::Duration::from_secs(600))
@@ -399,16 +405,14 @@ async fn run_import(s: Shared, mut op: UpdateOperation, items: Vec<ImportItem>) 
     }
     let existing = lock(&s).updates().unwrap_or_default();
     let now = now_string();
-    let result = import::prepare(&s.http, &items, &existing, &now).await;
+    let result = import::prepare(&s.http, &items, &existing, &now, &s.content_dir).await;
     op.last_action_date_time = Some(now_string());
     match result {
         Ok(prepared) => {
             // Content first (content-addressed, invisible until the commit refers to it).
-            for (hex, bytes) in &prepared.content {
-                let path = s.content_dir.join(hex);
-                if !path.exists()
-                    && let Err(e) = crate::fsutil::write_atomic(&path, bytes, true)
-                {
+            let mut prepared = prepared;
+            for (hex, file) in std::mem::take(&mut prepared.content) {
+                if let Err(e) = file.commit_to(&s.content_dir.join(&hex), true) {
                     op.status = OperationStatus::Failed;
                     op.error = Some(ErrorBody::new(
                         "InternalServerError",

@@ -463,19 +463,20 @@ impl BlobStore for AzureStore {
                 let checksum = options.checksum;
                 // Reading and checksumming run on the blocking pool, so blocks are hashed on
                 // every core while others are on the wire.
-                let (data, sum) = tokio::task::spawn_blocking(move || -> std::io::Result<(Vec<u8>, Vec<u8>)> {
-                    use std::os::unix::fs::FileExt as _;
-                    let mut buf = vec![0u8; len as usize];
-                    file.read_exact_at(&mut buf, i * bs)?;
-                    let sum = match checksum {
-                        super::Checksum::Md5 => md5::Md5::digest(&buf).to_vec(),
-                        super::Checksum::Crc64 => super::crc64::Crc64::of(&buf).to_vec(),
-                    };
-                    Ok((buf, sum))
-                })
-                .await
-                .map_err(|e| StorageError::Io(std::io::Error::other(e.to_string())))?
-                .map_err(|e| crate::fsutil::annotate(e, &path))?;
+                let (data, sum) =
+                    tokio::task::spawn_blocking(move || -> std::io::Result<(Vec<u8>, Vec<u8>)> {
+                        use std::os::unix::fs::FileExt as _;
+                        let mut buf = vec![0u8; len as usize];
+                        file.read_exact_at(&mut buf, i * bs)?;
+                        let sum = match checksum {
+                            super::Checksum::Md5 => md5::Md5::digest(&buf).to_vec(),
+                            super::Checksum::Crc64 => super::crc64::Crc64::of(&buf).to_vec(),
+                        };
+                        Ok((buf, sum))
+                    })
+                    .await
+                    .map_err(|e| StorageError::Io(std::io::Error::other(e.to_string())))?
+                    .map_err(|e| crate::fsutil::annotate(e, &path))?;
                 // The service recomputes this and refuses a block that changed on the way.
                 let opts = match checksum {
                     super::Checksum::Md5 => BlockBlobClientStageBlockOptions {

@@ -210,6 +210,11 @@ fn import_through_the_cli_is_idempotent_and_lists() {
     // The same again: reported as already imported, not as a failure.
     let (code, json, _) = import(&serve, &[&child], Some("t0ken"));
     assert_eq!((code, json["status"].as_str()), (0, Some("AlreadyImported")));
+    // Same id, other bytes: a conflict, not "already imported".
+    let changed = make_update(&dir.path().join("v2"), "sensor", "1.0", &[8u8; 5000]);
+    let (code, json, err) = import(&serve, &[&changed], Some("t0ken"));
+    assert_eq!((code, json["error"].as_str()), (1, Some("UpdateAlreadyExists")), "{json} {err}");
+    assert!(err.contains("different content"), "{err}");
     // Without the token the service refuses.
     let (code, json, err) = import(&serve, &[&child], None);
     assert_eq!(code, 1, "{json} {err}");
@@ -492,6 +497,13 @@ fn kill_9_at_random_moments_of_imports_leaves_a_consistent_store() {
             None,
         );
         let ops = ops["value"].as_array().unwrap().clone();
+        // Half-done downloads are cleaned up at start.
+        let stray: Vec<_> = fs_err::read_dir(data.join("content"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".otaforge-"))
+            .collect();
+        assert!(stray.is_empty(), "temp files left after restart {i}: {stray:?}");
         // After a restart nothing is left running, and an interrupted import says so.
         assert!(
             ops.iter().all(|o| o["status"] == "Succeeded" || o["status"] == "Failed"),
