@@ -218,7 +218,7 @@ impl PrivateKey {
 
     /// Signs a message given in pieces. Each piece is read twice (Ed25519 hashes the message
     /// twice), so large files are never held in memory.
-    pub(crate) fn sign(&self, message: &super::Message<'_>) -> super::Signature {
+    pub(crate) fn sign(&self, message: &super::Message<'_>) -> Result<super::Signature, SignError> {
         let esk = ed25519_dalek::hazmat::ExpandedSecretKey::from(&self.key.to_bytes());
         let vk = self.key.verifying_key();
         let signed = ed25519_dalek::hazmat::raw_sign_byupdate::<sha2::Sha512, _>(
@@ -230,8 +230,9 @@ impl PrivateKey {
             },
             &vk,
         );
-        // raw_sign_byupdate fails only when the closure does, and this closure cannot.
-        signed.unwrap_or_else(|_| ed25519_dalek::Signature::from_bytes(&[0; 64]))
+        // raw_sign_byupdate fails only when the closure does, which this one never does; the
+        // error is still passed on rather than papered over.
+        signed.map_err(|e| SignError::Malformed { what: "signature".into(), reason: e.to_string() })
     }
 }
 

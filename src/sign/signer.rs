@@ -123,7 +123,7 @@ impl Signer for KeySigner {
     }
 
     fn sign(&self, message: &Message<'_>) -> Result<Signature, SignError> {
-        Ok(self.key.sign(message))
+        self.key.sign(message)
     }
 }
 
