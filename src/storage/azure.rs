@@ -360,6 +360,18 @@ impl AzureStore {
     }
 }
 
+/// A block of a mapped file, owned so it can travel as a request body.
+struct MapSlice {
+    map: Arc<crate::fsutil::Mapped>,
+    range: std::ops::Range<usize>,
+}
+
+impl AsRef<[u8]> for MapSlice {
+    fn as_ref(&self) -> &[u8] {
+        &self.map[self.range.clone()]
+    }
+}
+
 fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or_default()
 }
@@ -439,7 +451,15 @@ impl BlobStore for AzureStore {
         }
         let label = blob.to_string();
         reporter.start(&label, Some(source.size));
-        let file = Arc::new(fs_err::File::open(&source.path)?.into_file());
+        // The file is mapped once: blocks are checksummed and sent straight from the page cache,
+        // without copying them into buffers first.
+        let map = Arc::new(crate::fsutil::map_file(&source.path)?);
+        if map.len() as u64 != source.size {
+            return Err(StorageError::Integrity {
+                blob: blob.to_string(),
+                reason: format!("{} changed size since it was hashed", source.path.display()),
+            });
+        }
         let block_len = |i: u64| bs.min(source.size - i * bs);
         let todo: Vec<u64> = (0..count)
             .filter(|&i| {
@@ -452,31 +472,27 @@ impl BlobStore for AzureStore {
             .collect();
         result.blocks_reused = count - todo.len() as u64;
         let stage = |i: u64| {
-            let file = file.clone();
+            let map = map.clone();
             let block_blob = &block_blob;
             let ids = &ids;
             let op = &op;
             let label = &label;
             async move {
                 let len = block_len(i);
-                let path = source.path.clone();
                 let checksum = options.checksum;
                 // Reading and checksumming run on the blocking pool, so blocks are hashed on
                 // every core while others are on the wire.
-                let (data, sum) =
-                    tokio::task::spawn_blocking(move || -> std::io::Result<(Vec<u8>, Vec<u8>)> {
-                        use std::os::unix::fs::FileExt as _;
-                        let mut buf = vec![0u8; len as usize];
-                        file.read_exact_at(&mut buf, i * bs)?;
-                        let sum = match checksum {
-                            super::Checksum::Md5 => md5::Md5::digest(&buf).to_vec(),
-                            super::Checksum::Crc64 => super::crc64::Crc64::of(&buf).to_vec(),
-                        };
-                        Ok((buf, sum))
-                    })
-                    .await
-                    .map_err(|e| StorageError::Io(std::io::Error::other(e.to_string())))?
-                    .map_err(|e| crate::fsutil::annotate(e, &path))?;
+                let (data, sum) = tokio::task::spawn_blocking(move || {
+                    let start = (i * bs) as usize;
+                    let slice = MapSlice { map, range: start..start + len as usize };
+                    let sum = match checksum {
+                        super::Checksum::Md5 => md5::Md5::digest(slice.as_ref()).to_vec(),
+                        super::Checksum::Crc64 => super::crc64::Crc64::of(slice.as_ref()).to_vec(),
+                    };
+                    (azure_core::Bytes::from_owner(slice), sum)
+                })
+                .await
+                .map_err(|e| StorageError::Io(std::io::Error::other(e.to_string())))?;
                 // The service recomputes this and refuses a block that changed on the way.
                 let opts = match checksum {
                     super::Checksum::Md5 => BlockBlobClientStageBlockOptions {
@@ -488,8 +504,7 @@ impl BlobStore for AzureStore {
                         ..Default::default()
                     },
                 };
-                let body: RequestContent<azure_core::Bytes, _> =
-                    azure_core::Bytes::from(data).into();
+                let body: RequestContent<azure_core::Bytes, _> = data.into();
                 block_blob
                     .stage_block(&ids[i as usize], len, body, Some(opts))
                     .await

@@ -260,15 +260,24 @@ pub struct Source {
 }
 
 impl Source {
-    /// Hashes `path`.
+    /// Hashes `path`, reading it through a memory map (the upload then sends from the same
+    /// pages, so the file is never copied into buffers).
     pub fn hash(path: &Path, reporter: &dyn Reporter) -> Result<Self, StorageError> {
-        let d = crate::hash::hash_file(path, reporter).map_err(|e| match e {
-            crate::HashError::Read { path, source } => {
-                StorageError::Io(crate::fsutil::annotate(source, &path))
-            }
-            other => StorageError::Config(other.to_string()),
-        })?;
-        Ok(Self { path: path.to_path_buf(), size: d.size, sha256: d.sha256 })
+        use sha2::Digest as _;
+        let map = crate::fsutil::map_file(path)?;
+        let label = path.display().to_string();
+        reporter.start(&label, Some(map.len() as u64));
+        let mut h = sha2::Sha256::new();
+        for chunk in map.chunks(4 << 20) {
+            h.update(chunk);
+            reporter.advance(&label, chunk.len() as u64);
+        }
+        reporter.finish(&label);
+        Ok(Self {
+            path: path.to_path_buf(),
+            size: map.len() as u64,
+            sha256: Sha256::from_bytes(h.finalize().into()),
+        })
     }
 }
 
