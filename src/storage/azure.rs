@@ -520,6 +520,7 @@ impl BlobStore for AzureStore {
             result.blocks_sent += 1;
         }
         drop(running);
+        source.check_unchanged()?;
         // Every block is staged: commit them in order, with the digest as metadata.
         let mut metadata = HashMap::new();
         metadata.insert("sha256".to_owned(), source.sha256.to_base64());

@@ -257,6 +257,8 @@ pub struct Source {
     pub size: u64,
     /// Its SHA-256.
     pub sha256: Sha256,
+    /// Its modification time when it was hashed, to notice a change before committing.
+    pub modified: Option<std::time::SystemTime>,
 }
 
 impl Source {
@@ -264,6 +266,7 @@ impl Source {
     /// pages, so the file is never copied into buffers).
     pub fn hash(path: &Path, reporter: &dyn Reporter) -> Result<Self, StorageError> {
         use sha2::Digest as _;
+        let modified = fs_err::metadata(path)?.modified().ok();
         let map = crate::fsutil::map_file(path)?;
         let label = path.display().to_string();
         reporter.start(&label, Some(map.len() as u64));
@@ -277,7 +280,21 @@ impl Source {
             path: path.to_path_buf(),
             size: map.len() as u64,
             sha256: Sha256::from_bytes(h.finalize().into()),
+            modified,
         })
+    }
+
+    /// Fails when the file's size or modification time changed since it was hashed: what was
+    /// sent might then not be what the SHA-256 describes.
+    pub fn check_unchanged(&self) -> Result<(), StorageError> {
+        let m = fs_err::metadata(&self.path)?;
+        if m.len() != self.size || m.modified().ok() != self.modified {
+            return Err(StorageError::Integrity {
+                blob: self.path.display().to_string(),
+                reason: "the file changed while it was being uploaded; nothing was committed, run the upload again".into(),
+            });
+        }
+        Ok(())
     }
 }
 

@@ -694,3 +694,30 @@ fn a_container_sas_credential_uploads_and_a_read_only_one_names_the_missing_perm
     assert!(err.contains("403") && err.contains("Write (w) and Create (c) on blobs"), "{err}");
     assert!(!err.contains("sig=") || err.contains("sig=REDACTED"), "{err}");
 }
+
+#[test]
+fn a_file_changed_during_upload_is_not_committed() {
+    let Some(endpoint) = azurite() else { return };
+    let store = azure_store(&endpoint);
+    let c = container("changed");
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "f.bin", &data(31, 300_000));
+    let src = Source::hash(&path, &otaforge::NoReporter).unwrap();
+    // The file changes after it was hashed (same size, new contents and time).
+    std::thread::sleep(Duration::from_millis(20));
+    write(dir.path(), "f.bin", &data(32, 300_000));
+    let blob: BlobName = "f.bin".parse().unwrap();
+    let opts = UploadOptions { block_size: 64 << 10, ..UploadOptions::default() };
+    let err = rt()
+        .block_on(async {
+            store.ensure_container(&c).await?;
+            store.upload(&c, &blob, &src, &opts, &otaforge::NoReporter).await
+        })
+        .unwrap_err();
+    assert!(
+        matches!(err, StorageError::Integrity { .. }) && err.to_string().contains("changed while"),
+        "{err}"
+    );
+    let url = rt().block_on(store.read_url(&c, &blob, Duration::from_secs(60))).unwrap();
+    assert_eq!(curl_get(&url).0, "404", "a blob was committed from a changing file");
+}
