@@ -48,11 +48,15 @@ struct Local {
 }
 
 impl Local {
-    fn dir(&self) -> PathBuf {
-        match self.path.parent() {
+    fn dir_of(path: &Path) -> PathBuf {
+        match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         }
+    }
+
+    fn dir(&self) -> PathBuf {
+        Self::dir_of(&self.path)
     }
 
     fn file_names(&self) -> Vec<String> {
@@ -68,44 +72,20 @@ impl Local {
 /// Every check `manifest validate --payload-dir` makes, on every manifest, before anything is
 /// uploaded. Returns None (after printing the findings) when something is wrong.
 fn check_all(paths: &[PathBuf], out: &Output) -> anyhow::Result<Option<Vec<Local>>> {
+    // Every manifest's payloads are in its own directory.
+    let dir_of = |p: &Path| Some(Local::dir_of(p));
+    let checked = super::manifest::check_manifests(paths, true, &dir_of, &otaforge::NoReporter)?;
     let mut locals = Vec::new();
     let mut report = Vec::new();
-    let mut bad = false;
-    for p in paths {
-        let checked = manifest::check_file(p)?;
-        if checked.findings.has_errors() {
-            bad = true;
-        }
-        report.push((p.clone(), checked.findings.clone()));
-        if let Some(m) = checked.manifest {
-            locals.push(Local { path: p.clone(), manifest: m });
+    for (c, more) in checked {
+        let mut findings = c.findings;
+        findings.extend(more);
+        report.push((c.path.clone(), findings));
+        if let Some(m) = c.manifest {
+            locals.push(Local { path: c.path, manifest: m });
         }
     }
-    if !bad {
-        let set: Vec<manifest::validate::Loaded<'_>> = locals
-            .iter()
-            .map(|l| manifest::validate::Loaded { source: &l.path, manifest: &l.manifest })
-            .collect();
-        for (i, f) in manifest::validate::validate_set(&set).into_iter().enumerate() {
-            if f.has_errors() {
-                bad = true;
-            }
-            report[i].1.extend(f);
-        }
-        for (i, l) in locals.iter().enumerate() {
-            let f = manifest::validate::check_payloads(
-                &l.manifest,
-                &l.dir(),
-                otaforge::hash::default_jobs(),
-                &otaforge::NoReporter,
-            );
-            if f.has_errors() {
-                bad = true;
-            }
-            report[i].1.extend(f);
-        }
-    }
-    if !bad {
+    if !report.iter().any(|(_, f)| f.has_errors()) {
         return Ok(Some(locals));
     }
     if out.json() {

@@ -1,6 +1,6 @@
 //! `otaforge manifest init|validate|templates`: ADU import manifests v5.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 use clap::ArgMatches;
@@ -358,9 +358,17 @@ struct Report {
     findings: Findings,
 }
 
-fn validate(args: ValidateArgs, out: &Output) -> anyhow::Result<Outcome> {
+/// What `manifest validate` checks: each manifest alone; with `set`, the manifests together as
+/// a parent and its children; and the payloads in the directory `payload_dir` names for each
+/// manifest. Returns each manifest with the findings of the later checks, in input order.
+pub(crate) fn check_manifests(
+    files: &[PathBuf],
+    set: bool,
+    payload_dir: &dyn Fn(&Path) -> Option<PathBuf>,
+    reporter: &dyn otaforge::Reporter,
+) -> anyhow::Result<Vec<(manifest::Checked, Findings)>> {
     let mut checked = Vec::new();
-    for path in &args.files {
+    for path in files {
         checked.push(manifest::check_file(path)?);
     }
     let loaded: Vec<(usize, manifest::validate::Loaded<'_>)> = checked
@@ -373,7 +381,7 @@ fn validate(args: ValidateArgs, out: &Output) -> anyhow::Result<Outcome> {
         })
         .collect();
     let mut extra: Vec<Findings> = checked.iter().map(|_| Findings::new()).collect();
-    if checked.len() > 1 {
+    if set {
         let set: Vec<manifest::validate::Loaded<'_>> = loaded
             .iter()
             .map(|(_, l)| manifest::validate::Loaded { source: l.source, manifest: l.manifest })
@@ -382,19 +390,36 @@ fn validate(args: ValidateArgs, out: &Output) -> anyhow::Result<Outcome> {
             extra[*i].extend(f);
         }
     }
-    if let Some(dir) = &args.payload_dir {
-        let reporter = out.progress("hashing");
-        for (i, l) in &loaded {
+    for (i, l) in &loaded {
+        if let Some(dir) = payload_dir(l.source) {
             extra[*i].extend(manifest::validate::check_payloads(
                 l.manifest,
-                dir,
+                &dir,
                 default_jobs(),
-                &reporter,
+                reporter,
             ));
         }
     }
+    Ok(checked.into_iter().zip(extra).collect())
+}
+
+fn validate(args: ValidateArgs, out: &Output) -> anyhow::Result<Outcome> {
+    let checked = match &args.payload_dir {
+        Some(_) => {
+            let reporter = out.progress("hashing");
+            check_manifests(
+                &args.files,
+                args.files.len() > 1,
+                &|_| args.payload_dir.clone(),
+                &reporter,
+            )?
+        }
+        None => {
+            check_manifests(&args.files, args.files.len() > 1, &|_| None, &otaforge::NoReporter)?
+        }
+    };
     let mut reports = Vec::new();
-    for (c, more) in checked.into_iter().zip(extra) {
+    for (c, more) in checked {
         let mut findings = c.findings;
         findings.extend(more);
         let errors = findings.error_count();

@@ -203,10 +203,8 @@ async fn api_guard(State(s): State<Shared>, req: Request, next: Next) -> Respons
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        let ok = given.is_some_and(|g| {
-            g.len() == token.len()
-                && g.bytes().zip(token.bytes()).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0
-        });
+        let ok = given
+            .is_some_and(|g| crate::storage::sas::constant_time_eq(g.as_bytes(), token.as_bytes()));
         if !ok {
             let mut r = api_error(
                 StatusCode::UNAUTHORIZED,
@@ -345,25 +343,10 @@ async fn import_updates(State(s): State<Shared>, body: axum::body::Bytes) -> Res
             );
         }
     }
-    let id = new_operation_id();
-    let now = now_string();
-    let op = UpdateOperation {
-        operation_id: id.clone(),
-        status: OperationStatus::NotStarted,
-        update: None,
-        resource_location: None,
-        error: None,
-        trace_id: Some(id.replace('-', "")),
-        last_action_date_time: Some(now.clone()),
-        created_date_time: Some(now.clone()),
-        etag: Some(etag(&format!("{id}{now}"))),
-        extra: Default::default(),
-    };
+    let op = new_operation(OperationStatus::NotStarted, None);
+    let id = op.operation_id.clone();
     {
-        let store = match s.store.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
+        let store = lock(&s);
         match store.running_count() {
             Ok(n) if n >= 10 => {
                 return api_error(
@@ -383,11 +366,34 @@ async fn import_updates(State(s): State<Shared>, body: axum::body::Bytes) -> Res
     }
     let st = s.clone();
     tokio::spawn(async move { run_import(st, op, items).await });
+    accepted(&s.instance, &id)
+}
+
+/// 202 with the `Operation-Location` of operation `id`.
+fn accepted(instance: &str, id: &str) -> Response {
     let mut r = StatusCode::ACCEPTED.into_response();
-    if let Ok(v) = HeaderValue::from_str(&op_location(&s.instance, &id)) {
+    if let Ok(v) = HeaderValue::from_str(&op_location(instance, id)) {
         r.headers_mut().insert("Operation-Location", v);
     }
     r
+}
+
+/// A new operation with a fresh id, created now.
+fn new_operation(status: OperationStatus, update: Option<Value>) -> UpdateOperation {
+    let id = new_operation_id();
+    let now = now_string();
+    UpdateOperation {
+        operation_id: id.clone(),
+        status,
+        update,
+        resource_location: None,
+        error: None,
+        trace_id: Some(id.replace('-', "")),
+        last_action_date_time: Some(now.clone()),
+        created_date_time: Some(now.clone()),
+        etag: Some(etag(&format!("{id}{now}"))),
+        extra: Default::default(),
+    }
 }
 
 fn lock(s: &AppState) -> std::sync::MutexGuard<'_, Store> {
@@ -671,20 +677,11 @@ async fn delete_update(
     State(s): State<Shared>,
     Path((_, p, n, v)): Path<(String, String, String, String)>,
 ) -> Response {
-    let id = new_operation_id();
-    let now = now_string();
-    let mut op = UpdateOperation {
-        operation_id: id.clone(),
-        status: OperationStatus::Running,
-        update: Some(json!({"updateId": {"provider": p, "name": n, "version": v}})),
-        resource_location: None,
-        error: None,
-        trace_id: Some(id.replace('-', "")),
-        last_action_date_time: Some(now.clone()),
-        created_date_time: Some(now.clone()),
-        etag: Some(etag(&format!("{id}{now}"))),
-        extra: Default::default(),
-    };
+    let mut op = new_operation(
+        OperationStatus::Running,
+        Some(json!({"updateId": {"provider": p, "name": n, "version": v}})),
+    );
+    let id = op.operation_id.clone();
     let mut store = lock(&s);
     match store.update(&p, &n, &v) {
         Ok(Some(_)) => {}
@@ -727,11 +724,7 @@ async fn delete_update(
             return internal(e);
         }
     }
-    let mut r = StatusCode::ACCEPTED.into_response();
-    if let Ok(v) = HeaderValue::from_str(&op_location(&s.instance, &id)) {
-        r.headers_mut().insert("Operation-Location", v);
-    }
-    r
+    accepted(&s.instance, &id)
 }
 
 async fn get_blob(State(s): State<Shared>, uri: axum::http::Uri) -> Response {

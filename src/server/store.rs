@@ -23,6 +23,23 @@ pub enum StoreError {
     Json(#[from] serde_json::Error),
 }
 
+/// The status as stored (`Succeeded`, ...).
+fn status_name(op: &UpdateOperation) -> Result<String, StoreError> {
+    Ok(serde_json::to_value(op.status)?.as_str().unwrap_or("Failed").to_owned())
+}
+
+/// Records an operation's final state inside a transaction.
+fn finish_operation(
+    tx: &rusqlite::Transaction<'_>,
+    op: &UpdateOperation,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "UPDATE operations SET status = ?2, body = ?3 WHERE id = ?1",
+        params![op.operation_id, status_name(op)?, serde_json::to_string(op)?],
+    )?;
+    Ok(())
+}
+
 /// One imported update: its identity, the service's JSON, and its files.
 #[derive(Debug, Clone)]
 pub struct NewUpdate {
@@ -94,7 +111,7 @@ impl Store {
         op: &UpdateOperation,
         request: Option<&str>,
     ) -> Result<(), StoreError> {
-        let status = serde_json::to_value(op.status)?.as_str().unwrap_or("Failed").to_owned();
+        let status = status_name(op)?;
         let body = serde_json::to_string(op)?;
         self.conn.execute(
             "INSERT INTO operations (id, seq, status, body, request)
@@ -216,11 +233,7 @@ impl Store {
                 )?;
             }
         }
-        let status = serde_json::to_value(op.status)?.as_str().unwrap_or("Failed").to_owned();
-        tx.execute(
-            "UPDATE operations SET status = ?2, body = ?3 WHERE id = ?1",
-            params![op.operation_id, status, serde_json::to_string(op)?],
-        )?;
+        finish_operation(&tx, op)?;
         tx.commit()?;
         Ok(())
     }
@@ -242,11 +255,7 @@ impl Store {
             "DELETE FROM updates WHERE provider = ?1 AND name = ?2 AND version = ?3",
             params![provider, name, version],
         )?;
-        let status = serde_json::to_value(op.status)?.as_str().unwrap_or("Failed").to_owned();
-        tx.execute(
-            "UPDATE operations SET status = ?2, body = ?3 WHERE id = ?1",
-            params![op.operation_id, status, serde_json::to_string(op)?],
-        )?;
+        finish_operation(&tx, op)?;
         tx.commit()?;
         Ok(())
     }

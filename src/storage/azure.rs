@@ -360,6 +360,32 @@ impl AzureStore {
     }
 }
 
+/// A blob's size and `sha256` metadata, as its properties report them.
+struct Stored {
+    size: Option<u64>,
+    sha256: Option<String>,
+}
+
+impl Stored {
+    /// The blob holds exactly `source`'s bytes.
+    fn holds(&self, source: &Source) -> bool {
+        self.size == Some(source.size)
+            && self.sha256.as_deref() == Some(source.sha256.to_base64().as_str())
+    }
+}
+
+fn stored(
+    p: &azure_core::http::Response<
+        azure_storage_blob::models::BlobClientGetPropertiesResult,
+        azure_core::http::NoFormat,
+    >,
+) -> Stored {
+    Stored {
+        size: p.content_length().ok().flatten(),
+        sha256: p.metadata().ok().and_then(|m| m.get("sha256").cloned()),
+    }
+}
+
 /// A block of a mapped file, owned so it can travel as a request body.
 struct MapSlice {
     map: Arc<crate::fsutil::Mapped>,
@@ -408,22 +434,11 @@ impl BlobStore for AzureStore {
     ) -> Result<Uploaded, StorageError> {
         let client = self.container_client(container)?.blob_client(blob.as_str());
         let op = |what: &str| format!("{what} {container}/{blob}");
-        let mut result = Uploaded {
-            blob: blob.to_string(),
-            size_in_bytes: source.size,
-            sha256: source.sha256,
-            already_present: false,
-            blocks_sent: 0,
-            blocks_reused: 0,
-        };
+        let mut result = Uploaded::new(blob, source);
         // Same size and digest already there: nothing to send.
         match client.get_properties(None).await {
             Ok(p) => {
-                let size = p.content_length().ok().flatten();
-                let sha = p.metadata().ok().and_then(|m| m.get("sha256").cloned());
-                if size == Some(source.size)
-                    && sha.as_deref() == Some(source.sha256.to_base64().as_str())
-                {
+                if stored(&p).holds(source) {
                     result.already_present = true;
                     return Ok(result);
                 }
@@ -541,14 +556,13 @@ impl BlobStore for AzureStore {
             .get_properties(None)
             .await
             .map_err(|e| self.fail(&op("read the properties of"), e))?;
-        let size = p.content_length().ok().flatten();
-        let sha = p.metadata().ok().and_then(|m| m.get("sha256").cloned());
-        if size != Some(source.size) || sha.as_deref() != Some(source.sha256.to_base64().as_str()) {
+        let now = stored(&p);
+        if !now.holds(source) {
             return Err(StorageError::Integrity {
                 blob: blob.to_string(),
                 reason: format!(
-                    "after commit the blob has {size:?} bytes and sha256 {sha:?}, expected {} bytes and {}",
-                    source.size, source.sha256
+                    "after commit the blob has {:?} bytes and sha256 {:?}, expected {} bytes and {}",
+                    now.size, now.sha256, source.size, source.sha256
                 ),
             });
         }

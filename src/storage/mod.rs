@@ -248,6 +248,20 @@ pub struct Uploaded {
     pub blocks_reused: u64,
 }
 
+impl Uploaded {
+    /// Nothing sent yet.
+    pub fn new(blob: &BlobName, source: &Source) -> Self {
+        Self {
+            blob: blob.to_string(),
+            size_in_bytes: source.size,
+            sha256: source.sha256,
+            already_present: false,
+            blocks_sent: 0,
+            blocks_reused: 0,
+        }
+    }
+}
+
 /// A local file to upload, hashed once.
 #[derive(Debug, Clone)]
 pub struct Source {

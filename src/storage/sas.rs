@@ -130,26 +130,36 @@ impl ServiceSas {
 
     /// The 16-line string-to-sign for `canonical_resource` (`/blob/ACCOUNT/CONTAINER[/BLOB]`).
     pub fn string_to_sign(&self, canonical_resource: &str) -> String {
+        let mut lines = self.head(canonical_resource);
+        lines.push(String::new()); // si: no stored access policy
+        self.finish(lines)
+    }
+
+    /// `sp`, `st`, `se` and the resource: how both layouts start.
+    fn head(&self, canonical_resource: &str) -> Vec<String> {
         let st = self.start.map(sas_time).unwrap_or_default();
-        [
-            self.permissions.as_str(),
-            &st,
-            &sas_time(self.expiry),
-            canonical_resource,
-            "", // si: no stored access policy
-            "", // sip
-            self.protocol.as_str(),
-            SAS_VERSION,
-            self.resource,
-            "", // snapshot time
-            "", // ses: encryption scope
-            "", // rscc
-            "", // rscd
-            "", // rsce
-            "", // rscl
-            "", // rsct
-        ]
-        .join("\n")
+        vec![self.permissions.clone(), st, sas_time(self.expiry), canonical_resource.to_owned()]
+    }
+
+    /// Appends what both layouts end with (`sip` to `rsct`) and joins the lines.
+    fn finish(&self, mut lines: Vec<String>) -> String {
+        lines.extend(
+            [
+                "", // sip
+                self.protocol.as_str(),
+                SAS_VERSION,
+                self.resource,
+                "", // snapshot time
+                "", // ses: encryption scope
+                "", // rscc
+                "", // rscd
+                "", // rsce
+                "", // rscl
+                "", // rsct
+            ]
+            .map(str::to_owned),
+        );
+        lines.join("\n")
     }
 
     /// Signs with the account key and returns the query string (without `?`).
@@ -243,34 +253,19 @@ impl ServiceSas {
         key: &UserDelegationKey,
         canonical_resource: &str,
     ) -> String {
-        let st = self.start.map(sas_time).unwrap_or_default();
-        [
-            self.permissions.as_str(),
-            &st,
-            &sas_time(self.expiry),
-            canonical_resource,
-            &key.signed_oid,
-            &key.signed_tid,
-            &key.signed_start,
-            &key.signed_expiry,
-            &key.signed_service,
-            &key.signed_version,
-            "", // saoid
-            "", // suoid
-            "", // scid
-            "", // sip
-            self.protocol.as_str(),
-            SAS_VERSION,
-            self.resource,
-            "", // snapshot time
-            "", // ses
-            "", // rscc
-            "", // rscd
-            "", // rsce
-            "", // rscl
-            "", // rsct
-        ]
-        .join("\n")
+        let mut lines = self.head(canonical_resource);
+        lines.extend([
+            key.signed_oid.clone(),
+            key.signed_tid.clone(),
+            key.signed_start.clone(),
+            key.signed_expiry.clone(),
+            key.signed_service.clone(),
+            key.signed_version.clone(),
+            String::new(), // saoid
+            String::new(), // suoid
+            String::new(), // scid
+        ]);
+        self.finish(lines)
     }
 
     /// Signs with a user delegation key; returns the query string.
@@ -299,6 +294,11 @@ impl ServiceSas {
         q.append_pair("sig", &sig);
         q.finish()
     }
+}
+
+/// Compares two secrets (signatures, tokens) without stopping at the first difference.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Replaces every SAS `sig` value and the given secrets in `text` with `REDACTED`.

@@ -104,6 +104,11 @@ fn import(serve: &Serve, manifests: &[&Path], token: Option<&str>) -> (i32, Valu
     (out.status.code().unwrap_or(-1), json, String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
+/// The URL of an API path of instance `default`, with the api-version.
+fn api(serve: &Serve, path: &str) -> String {
+    format!("{}/deviceUpdate/default/{path}?api-version=2022-10-01", serve.endpoint)
+}
+
 fn curl(
     method: &str,
     url: &str,
@@ -174,12 +179,7 @@ fn request_for(serve: &Serve, manifest: &Path) -> Value {
 
 /// Posts an import and waits for the operation; returns it.
 fn raw_import(serve: &Serve, body: &Value) -> Value {
-    let (status, json, head) = curl(
-        "POST",
-        &format!("{}/deviceUpdate/default/updates:import?api-version=2022-10-01", serve.endpoint),
-        Some(body),
-        None,
-    );
+    let (status, json, head) = curl("POST", &api(serve, "updates:import"), Some(body), None);
     assert_eq!(status, 202, "{json} {head}");
     let loc = head
         .lines()
@@ -382,8 +382,7 @@ fn bad_imports_fail_with_adu_error_codes_naming_the_file_or_field() {
     assert_eq!(code_of(&op), "CompatibilityConflict", "{op}");
 
     // Request-shape limits are refused at once with 400.
-    let import_url =
-        format!("{}/deviceUpdate/default/updates:import?api-version=2022-10-01", serve.endpoint);
+    let import_url = api(&serve, "updates:import");
     let twelve = Value::Array((0..12).map(|_| good[0].clone()).collect());
     let (status, json, _) = curl("POST", &import_url, Some(&twelve), None);
     assert_eq!((status, json["error"]["code"].as_str()), (400, Some("InvalidImportRequest")));
@@ -472,30 +471,14 @@ fn kill_9_at_random_moments_of_imports_leaves_a_consistent_store() {
     let bodies: Vec<Value> = manifests.iter().map(|m| request_for(&serve, m)).collect();
     let mut rng = 0x2545_f491_4f6c_dd1du64;
     for (i, body) in bodies.iter().enumerate() {
-        let (status, _, _) = curl(
-            "POST",
-            &format!(
-                "{}/deviceUpdate/default/updates:import?api-version=2022-10-01",
-                serve.endpoint
-            ),
-            Some(body),
-            None,
-        );
+        let (status, _, _) = curl("POST", &api(&serve, "updates:import"), Some(body), None);
         assert_eq!(status, 202);
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;
         std::thread::sleep(Duration::from_millis(rng % 250));
         serve.restart();
-        let (_, ops, _) = curl(
-            "GET",
-            &format!(
-                "{}/deviceUpdate/default/updates/operations?api-version=2022-10-01",
-                serve.endpoint
-            ),
-            None,
-            None,
-        );
+        let (_, ops, _) = curl("GET", &api(&serve, "updates/operations"), None, None);
         let ops = ops["value"].as_array().unwrap().clone();
         // Half-done downloads are cleaned up at start.
         let stray: Vec<_> = fs_err::read_dir(data.join("content"))
@@ -510,22 +493,19 @@ fn kill_9_at_random_moments_of_imports_leaves_a_consistent_store() {
             "{ops:?}"
         );
         // Every visible update is complete: both files are there.
-        let (_, list, _) = curl(
-            "GET",
-            &format!("{}/deviceUpdate/default/updates?api-version=2022-10-01", serve.endpoint),
-            None,
-            None,
-        );
+        let (_, list, _) = curl("GET", &api(&serve, "updates"), None, None);
         for u in list["value"].as_array().unwrap() {
             let id = &u["updateId"];
             let (_, files, _) = curl(
                 "GET",
-                &format!(
-                    "{}/deviceUpdate/default/updates/providers/{}/names/{}/versions/{}/files?api-version=2022-10-01",
-                    serve.endpoint,
-                    id["provider"].as_str().unwrap(),
-                    id["name"].as_str().unwrap(),
-                    id["version"].as_str().unwrap()
+                &api(
+                    &serve,
+                    &format!(
+                        "updates/providers/{}/names/{}/versions/{}/files",
+                        id["provider"].as_str().unwrap(),
+                        id["name"].as_str().unwrap(),
+                        id["version"].as_str().unwrap()
+                    ),
                 ),
                 None,
                 None,
@@ -543,12 +523,7 @@ fn kill_9_at_random_moments_of_imports_leaves_a_consistent_store() {
             "rerun after kill {i}: {op}"
         );
     }
-    let (_, list, _) = curl(
-        "GET",
-        &format!("{}/deviceUpdate/default/updates?api-version=2022-10-01", serve.endpoint),
-        None,
-        None,
-    );
+    let (_, list, _) = curl("GET", &api(&serve, "updates"), None, None);
     assert_eq!(list["value"].as_array().unwrap().len(), 20);
     // Operations are paged 20 at a time; count the interrupted ones over every page.
     let mut killed_while_running = 0;
