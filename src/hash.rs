@@ -389,3 +389,46 @@ mod tests {
         }
     }
 }
+
+/// A hash algorithm as ADU documents name it: the key of every `hashes` map.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum HashAlgorithm {
+    /// `sha256`, the one ADU requires.
+    Sha256,
+    /// Any other name, kept as written.
+    Other(String),
+}
+
+impl HashAlgorithm {
+    /// The name as written in JSON.
+    pub fn as_str(&self) -> &str {
+        match self {
+            HashAlgorithm::Sha256 => "sha256",
+            HashAlgorithm::Other(s) => s,
+        }
+    }
+}
+
+impl From<&str> for HashAlgorithm {
+    fn from(s: &str) -> Self {
+        if s == "sha256" { HashAlgorithm::Sha256 } else { HashAlgorithm::Other(s.to_owned()) }
+    }
+}
+
+impl std::fmt::Display for HashAlgorithm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl serde::Serialize for HashAlgorithm {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for HashAlgorithm {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(HashAlgorithm::from(<String as serde::Deserialize>::deserialize(d)?.as_str()))
+    }
+}

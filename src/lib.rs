@@ -25,9 +25,12 @@ pub mod env;
 pub mod finding;
 pub mod fsutil;
 pub mod hash;
+pub mod limits;
 pub mod manifest;
 pub mod mcuboot;
+pub mod pipeline;
 pub mod reporter;
+pub mod retry;
 #[cfg(feature = "server")]
 pub mod server;
 pub mod service;

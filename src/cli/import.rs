@@ -1,17 +1,16 @@
-//! `otaforge import`: validate manifests, upload them and their files, import them into Device
-//! Update in one request, and wait for the result.
+//! `otaforge import`: arguments and display only. The work (check → plan → upload → import →
+//! wait) is `otaforge::pipeline`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
-use otaforge::manifest::{self, ImportManifest};
-use otaforge::service::{FileImportMetadata, ImportItem, ImportManifestMetadata, OperationStatus};
-use otaforge::storage::{ContainerName, parse_ttl};
-use serde_json::{Value, json};
+use otaforge::pipeline::{self, PipelineError, UploadPlan};
+use otaforge::service::AduClient;
+use otaforge::storage::{AnyStore, ContainerName, parse_ttl};
+use serde_json::json;
 
 use super::update::{AduArgs, service_failure};
-use super::upload::{StorageArgs, upload_files};
+use super::upload::StorageArgs;
 use super::{Outcome, Output};
 
 /// Arguments of `otaforge import`.
@@ -42,100 +41,55 @@ pub(crate) struct ImportArgs {
     storage: StorageArgs,
 }
 
-struct Local {
-    path: PathBuf,
-    manifest: ImportManifest,
-}
-
-impl Local {
-    fn dir_of(path: &Path) -> PathBuf {
-        match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        }
-    }
-
-    fn dir(&self) -> PathBuf {
-        Self::dir_of(&self.path)
-    }
-
-    fn file_names(&self) -> Vec<String> {
-        let mut v = Vec::new();
-        for f in &self.manifest.files {
-            v.push(f.filename.clone());
-            v.extend(f.related_files.iter().map(|r| r.filename.clone()));
-        }
-        v
-    }
-}
-
-/// Every check `manifest validate --payload-dir` makes, on every manifest, before anything is
-/// uploaded. Returns None (after printing the findings) when something is wrong.
-fn check_all(paths: &[PathBuf], out: &Output) -> anyhow::Result<Option<Vec<Local>>> {
-    // Every manifest's payloads are in its own directory.
-    let dir_of = |p: &Path| Some(Local::dir_of(p));
-    let checked = super::manifest::check_manifests(paths, true, &dir_of, &otaforge::NoReporter)?;
-    let mut locals = Vec::new();
-    let mut report = Vec::new();
-    for (c, more) in checked {
-        let mut findings = c.findings;
-        findings.extend(more);
-        report.push((c.path.clone(), findings));
-        if let Some(m) = c.manifest {
-            locals.push(Local { path: c.path, manifest: m });
-        }
-    }
-    if !report.iter().any(|(_, f)| f.has_errors()) {
-        return Ok(Some(locals));
-    }
-    if out.json() {
-        let docs: Vec<Value> = report.iter().map(|(p, f)| json!({"file": p.display().to_string(), "valid": !f.has_errors(), "findings": f})).collect();
-        out.json_value(&json!({"error": "invalidManifest", "manifests": docs}))?;
-    }
-    for (p, f) in &report {
-        if f.has_errors() {
-            out.error(format!("{}: invalid; nothing was uploaded or imported", p.display()));
-            for x in f {
-                out.notice(format!("  {x}"));
+/// Shows a pipeline failure: findings, conflicts and service errors are exit 1; the rest is
+/// returned as an error (exit 2).
+fn failure(out: &Output, e: PipelineError, secrets: &[String]) -> anyhow::Result<Outcome> {
+    match e {
+        PipelineError::Invalid(reports) => {
+            if out.json() {
+                let docs: Vec<_> = reports
+                    .iter()
+                    .map(|r| json!({"file": r.file.display().to_string(), "valid": !r.findings.has_errors(), "findings": r.findings}))
+                    .collect();
+                out.json_value(&json!({"error": "invalidManifest", "manifests": docs}))?;
             }
+            for r in reports.iter().filter(|r| r.findings.has_errors()) {
+                out.error(format!(
+                    "{}: invalid; nothing was uploaded or imported",
+                    r.file.display()
+                ));
+                for x in &r.findings {
+                    out.notice(format!("  {x}"));
+                }
+            }
+            Ok(Outcome::CheckFailed)
         }
+        PipelineError::Conflict { ref id, .. } => {
+            out.error(e.to_string());
+            if out.json() {
+                out.json_value(&json!({"error": "UpdateAlreadyExists", "updateId": id.to_string(), "message": "already imported with different content"}))?;
+            }
+            Ok(Outcome::CheckFailed)
+        }
+        PipelineError::Service { what, source } => service_failure(out, &what, source),
+        PipelineError::Storage { file, source } => {
+            let refs: Vec<&str> = secrets.iter().map(String::as_str).collect();
+            anyhow::bail!(
+                "uploading {file}: {}",
+                otaforge::storage::sas::redact(&source.to_string(), &refs)
+            )
+        }
+        other => Err(other.into()),
     }
-    Ok(None)
 }
 
-/// Whether an imported update is this manifest: same compatibility, same steps, and the same
-/// files (name, size, SHA-256). Anything else under the same id is a conflict.
-async fn same_content(
-    client: &otaforge::service::AduClient,
-    existing: &Value,
-    local: &ImportManifest,
-) -> Result<bool, otaforge::service::ServiceError> {
-    let compat_same = existing.get("compatibility")
-        == Some(&Value::Array(local.compatibility.iter().cloned().map(Value::Object).collect()));
-    let steps_same = existing
-        .get("instructions")
-        .is_some_and(|i| Some(i) == serde_json::to_value(&local.instructions).ok().as_ref());
-    if !compat_same || !steps_same {
-        return Ok(false);
+/// The store `import` uploads to: the one the storage options name, or, with none, the
+/// service's own (`otaforge serve`).
+async fn open_store(storage: &StorageArgs, client: &AduClient) -> anyhow::Result<AnyStore> {
+    if storage.is_configured() {
+        return storage.open();
     }
-    let id = &local.update_id;
-    let mut remote: Vec<(String, u64, String)> = Vec::new();
-    for file_id in client.list_files(id).await? {
-        let f = client.get_file(id, &file_id).await?;
-        remote.push((
-            f["fileName"].as_str().unwrap_or_default().to_owned(),
-            f["sizeInBytes"].as_u64().unwrap_or_default(),
-            f["hashes"]["sha256"].as_str().unwrap_or_default().to_owned(),
-        ));
-    }
-    let mut mine: Vec<(String, u64, String)> = local
-        .files
-        .iter()
-        .map(|f| (f.filename.clone(), f.size_in_bytes, f.hashes.sha256.to_base64()))
-        .collect();
-    remote.sort();
-    mine.sort();
-    Ok(remote == mine)
+    Ok(AnyStore::Embedded(otaforge::storage::embedded::EmbeddedStore::discover(client).await?))
 }
 
 pub(crate) fn run(
@@ -143,48 +97,22 @@ pub(crate) fn run(
     rt: &tokio::runtime::Runtime,
     out: &Output,
 ) -> anyhow::Result<Outcome> {
-    if a.manifests.len() > otaforge::service::MAX_IMPORT_ITEMS {
-        bail!(
-            "{} manifests given; one import takes a parent and at most 10 children (11)",
-            a.manifests.len()
-        );
-    }
-    let Some(mut locals) = check_all(&a.manifests, out)? else { return Ok(Outcome::CheckFailed) };
-    // The parent (the manifest with reference steps) goes first.
-    locals.sort_by_key(|l| {
-        !l.manifest.instructions.steps.iter().any(|s| matches!(s, manifest::Step::Reference(_)))
-    });
+    let checked = {
+        let reporter = out.progress("hashing");
+        pipeline::check(&a.manifests, otaforge::hash::default_jobs(), &reporter)
+    };
+    let checked = match checked {
+        Ok(c) => c,
+        Err(e) => return failure(out, e, &[]),
+    };
     let client = a.adu.client()?;
-    let store = a.storage.open()?;
-    let opts = a.storage.options();
-    let secrets = store.secrets();
     rt.block_on(async {
-        // Already imported with the same content: reported, not re-imported.
-        let mut already = Vec::new();
-        let mut todo = Vec::new();
-        for l in locals {
-            let id = &l.manifest.update_id;
-            let found = match client.get_update(id).await {
-                Ok(Some(existing)) => match same_content(&client, &existing, &l.manifest).await {
-                    Ok(same) => Some(same),
-                    Err(e) => return service_failure(out, &format!("look up the files of {id}"), e),
-                },
-                Ok(None) => None,
-                Err(e) => return service_failure(out, &format!("look up {id}"), e),
-            };
-            match found {
-                Some(true) => already.push(id.to_string()),
-                Some(false) => {
-                    out.error(format!("{}: update {id} is already imported with different content; give this release a new version", l.path.display()));
-                    if out.json() {
-                        out.json_value(&json!({"error": "UpdateAlreadyExists", "updateId": id.to_string(), "message": "already imported with different content"}))?;
-                    }
-                    return Ok(Outcome::CheckFailed);
-                }
-                None => todo.push(l),
-            }
-        }
-        if todo.is_empty() {
+        let planned = match pipeline::plan(checked, &client).await {
+            Ok(p) => p,
+            Err(e) => return failure(out, e, &[]),
+        };
+        let already: Vec<String> = planned.already.iter().map(ToString::to_string).collect();
+        if planned.todo.is_empty() {
             if out.json() {
                 out.json_value(&json!({"status": "AlreadyImported", "imported": [], "alreadyImported": already}))?;
             } else {
@@ -194,37 +122,28 @@ pub(crate) fn run(
             }
             return Ok(Outcome::Ok);
         }
-        // Upload each manifest and its files under provider/name/version/.
-        let reporter = out.progress("upload");
-        let mut items = Vec::new();
-        for l in &todo {
-            let id = &l.manifest.update_id;
-            let prefix = format!("{}/{}/{}", id.provider, id.name, id.version);
-            let mut files: Vec<PathBuf> = vec![l.path.clone()];
-            files.extend(l.file_names().iter().map(|n| l.dir().join(n)));
-            let names = super::upload::blob_names(Some(&prefix), &files)?;
-            let entries = upload_files(&store, &a.container, &names, &opts, a.sas_expiry, &secrets, &reporter).await?;
-            let (m, rest) = entries.split_first().context("no manifest entry")?;
-            items.push(ImportItem {
-                import_manifest: ImportManifestMetadata {
-                    url: m.url.clone(),
-                    size_in_bytes: m.size_in_bytes,
-                    hashes: [("sha256".to_owned(), m.sha256.clone())].into_iter().collect(),
-                },
-                friendly_name: None,
-                files: rest
-                    .iter()
-                    .map(|e| FileImportMetadata { filename: file_name(&e.file), url: e.url.clone() })
-                    .collect(),
-            });
-        }
-        drop(reporter);
-        let op = match client.import(&items).await {
-            Ok(op) => op,
-            Err(e) => return service_failure(out, "import", e),
+        let store = open_store(&a.storage, &client).await?;
+        let secrets = store.secrets();
+        let plan = UploadPlan {
+            container: a.container.clone(),
+            options: a.storage.options(),
+            url_ttl: a.sas_expiry,
         };
-        let ids: Vec<String> = todo.iter().map(|l| l.manifest.update_id.to_string()).collect();
+        let uploaded = {
+            let reporter = out.progress("upload");
+            pipeline::upload(planned, &store, &plan, &reporter).await
+        };
+        let uploaded = match uploaded {
+            Ok(u) => u,
+            Err(e) => return failure(out, e, &secrets),
+        };
+        let started = match pipeline::start(uploaded, &client).await {
+            Ok(s) => s,
+            Err(e) => return failure(out, e, &secrets),
+        };
+        let ids: Vec<String> = started.ids.iter().map(ToString::to_string).collect();
         if a.no_wait {
+            let op = &started.operation_id;
             if out.json() {
                 out.json_value(&json!({"operationId": op, "status": "NotStarted", "updates": ids, "alreadyImported": already}))?;
             } else {
@@ -233,23 +152,22 @@ pub(crate) fn run(
             return Ok(Outcome::Ok);
         }
         let mut last = None;
-        let done = client
-            .wait_operation(&op, a.timeout, &mut |o| {
-                if last != Some(o.status) {
-                    last = Some(o.status);
-                    out.notice(format!("operation {}: {:?}", o.operation_id, o.status));
-                }
-            })
-            .await;
-        let done = match done {
-            Ok(d) => d,
-            Err(e) => return service_failure(out, "wait for the import", e),
+        let mut progress = |o: &otaforge::service::UpdateOperation| {
+            if last != Some(o.status) {
+                last = Some(o.status);
+                out.notice(format!("operation {}: {:?}", o.operation_id, o.status));
+            }
         };
+        let done = match pipeline::wait(started, &client, a.timeout, &mut progress).await {
+            Ok(d) => d,
+            Err(e) => return failure(out, e, &secrets),
+        };
+        let op = &done.operation;
         if out.json() {
-            let imported: Vec<&String> = if done.status == OperationStatus::Succeeded { ids.iter().collect() } else { Vec::new() };
-            out.json_value(&json!({"operationId": done.operation_id, "status": done.status, "imported": imported, "alreadyImported": already, "error": done.error, "traceId": done.trace_id}))?;
+            let imported: &[String] = if done.succeeded() { &ids } else { &[] };
+            out.json_value(&json!({"operationId": op.operation_id, "status": op.status, "imported": imported, "alreadyImported": already, "error": op.error, "traceId": op.trace_id}))?;
         }
-        if done.status == OperationStatus::Succeeded {
+        if done.succeeded() {
             if !out.json() {
                 for id in &ids {
                     out.line(format!("imported {id}"))?;
@@ -260,13 +178,13 @@ pub(crate) fn run(
             }
             Ok(Outcome::Ok)
         } else {
-            let e = done.error.map(|e| e.describe()).unwrap_or_else(|| "no error given".into());
-            out.error(format!("import failed (operation {}, trace id {}): {e}", done.operation_id, done.trace_id.unwrap_or_default()));
+            let e = op.error.as_ref().map(|e| e.describe()).unwrap_or_else(|| "no error given".into());
+            out.error(format!(
+                "import failed (operation {}, trace id {}): {e}",
+                op.operation_id,
+                op.trace_id.clone().unwrap_or_default()
+            ));
             Ok(Outcome::CheckFailed)
         }
     })
-}
-
-fn file_name(path: &str) -> String {
-    Path::new(path).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
 }

@@ -1,6 +1,6 @@
 //! `otaforge manifest init|validate|templates`: ADU import manifests v5.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
 use clap::ArgMatches;
@@ -313,7 +313,7 @@ fn init(args: InitArgs, matches: Option<&ArgMatches>, out: &Output) -> anyhow::R
     for n in &built.notices {
         out.notice(format!("note: {n}"));
     }
-    let bytes = built.manifest.to_json_bytes();
+    let bytes = built.manifest.to_json_bytes()?;
     let target = match (&args.output, &args.out_dir) {
         (Some(path), _) => Some(path.clone()),
         (None, Some(dir)) => {
@@ -358,75 +358,34 @@ struct Report {
     findings: Findings,
 }
 
-/// What `manifest validate` checks: each manifest alone; with `set`, the manifests together as
-/// a parent and its children; and the payloads in the directory `payload_dir` names for each
-/// manifest. Returns each manifest with the findings of the later checks, in input order.
-pub(crate) fn check_manifests(
-    files: &[PathBuf],
-    set: bool,
-    payload_dir: &dyn Fn(&Path) -> Option<PathBuf>,
-    reporter: &dyn otaforge::Reporter,
-) -> anyhow::Result<Vec<(manifest::Checked, Findings)>> {
-    let mut checked = Vec::new();
-    for path in files {
-        checked.push(manifest::check_file(path)?);
-    }
-    let loaded: Vec<(usize, manifest::validate::Loaded<'_>)> = checked
-        .iter()
-        .enumerate()
-        .filter_map(|(i, c)| {
-            c.manifest
-                .as_ref()
-                .map(|m| (i, manifest::validate::Loaded { source: &c.path, manifest: m }))
-        })
-        .collect();
-    let mut extra: Vec<Findings> = checked.iter().map(|_| Findings::new()).collect();
-    if set {
-        let set: Vec<manifest::validate::Loaded<'_>> = loaded
-            .iter()
-            .map(|(_, l)| manifest::validate::Loaded { source: l.source, manifest: l.manifest })
-            .collect();
-        for ((i, _), f) in loaded.iter().zip(manifest::validate::validate_set(&set)) {
-            extra[*i].extend(f);
-        }
-    }
-    for (i, l) in &loaded {
-        if let Some(dir) = payload_dir(l.source) {
-            extra[*i].extend(manifest::validate::check_payloads(
-                l.manifest,
-                &dir,
-                default_jobs(),
-                reporter,
-            ));
-        }
-    }
-    Ok(checked.into_iter().zip(extra).collect())
-}
-
 fn validate(args: ValidateArgs, out: &Output) -> anyhow::Result<Outcome> {
     let checked = match &args.payload_dir {
         Some(_) => {
             let reporter = out.progress("hashing");
-            check_manifests(
+            manifest::check_files(
                 &args.files,
                 args.files.len() > 1,
                 &|_| args.payload_dir.clone(),
+                default_jobs(),
                 &reporter,
             )?
         }
-        None => {
-            check_manifests(&args.files, args.files.len() > 1, &|_| None, &otaforge::NoReporter)?
-        }
+        None => manifest::check_files(
+            &args.files,
+            args.files.len() > 1,
+            &|_| None,
+            default_jobs(),
+            &otaforge::NoReporter,
+        )?,
     };
     let mut reports = Vec::new();
-    for (c, more) in checked {
-        let mut findings = c.findings;
-        findings.extend(more);
+    for c in checked {
+        let findings = c.findings();
         let errors = findings.error_count();
         reports.push(Report {
-            file: c.path.display().to_string(),
+            file: c.checked.path.display().to_string(),
             valid: errors == 0,
-            update_id: c.manifest.map(|m| m.update_id.to_string()),
+            update_id: c.checked.manifest.map(|m| m.update_id.to_string()),
             errors,
             warnings: findings.len() - errors,
             findings,

@@ -96,7 +96,12 @@ pub(crate) enum Outcome {
 
 /// Parses arguments, runs the command and maps the outcome to an exit code.
 pub(crate) fn main(rt: &tokio::runtime::Runtime) -> ExitCode {
-    let matches = match Cli::command().try_get_matches() {
+    // https://no-color.org: any value of NO_COLOR turns colour off (clap colours help and errors).
+    let mut command = Cli::command();
+    if std::env::var_os(otaforge::env::NO_COLOR).is_some_and(|v| !v.is_empty()) {
+        command = command.color(clap::ColorChoice::Never);
+    }
+    let matches = match command.try_get_matches() {
         Ok(m) => m,
         Err(e) => {
             let _ = e.print();

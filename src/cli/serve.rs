@@ -34,7 +34,13 @@ pub(crate) fn run(
         std::env::var(otaforge::env::OTAFORGE_ADU_TOKEN).ok().filter(|t| !t.is_empty())
     });
     rt.block_on(async {
-        let running = start(Config { listen: a.listen, data_dir: a.data_dir.clone(), instance: a.instance.clone(), token: token.clone() }).await?;
+        let running = start(Config {
+            listen: a.listen,
+            data_dir: a.data_dir.clone(),
+            instance: a.instance.clone(),
+            token: token.clone(),
+        })
+        .await?;
         let info = serde_json::json!({
             "endpoint": running.base_url,
             "instance": a.instance,
@@ -46,14 +52,18 @@ pub(crate) fn run(
             // One line, so a script can read it and go on.
             out.line(serde_json::to_string(&info)?)?;
         } else {
-            out.line(format!("otaforge serve: Device Update API at {} instance {}", running.base_url, a.instance))?;
-            out.line(format!("  blob store {} served at {}", running.blob_dir.display(), running.blob_url))?;
             out.line(format!(
-                "  import with: otaforge import MANIFEST --endpoint {} --instance {} --dir {} --base-url {}",
-                running.base_url,
-                a.instance,
+                "otaforge serve: Device Update API at {} instance {}",
+                running.base_url, a.instance
+            ))?;
+            out.line(format!(
+                "  blob store {} served at {}",
                 running.blob_dir.display(),
                 running.blob_url
+            ))?;
+            out.line(format!(
+                "  import with: otaforge import MANIFEST --endpoint {} --instance {}",
+                running.base_url, a.instance
             ))?;
         }
         tokio::select! {

@@ -142,18 +142,8 @@ pub(crate) fn run(
                             out.json_value(&list)?;
                         } else {
                             for u in &list {
-                                let id = &u["updateId"];
-                                out.line(format!(
-                                    "{}/{}/{}{}",
-                                    id["provider"].as_str().unwrap_or("?"),
-                                    id["name"].as_str().unwrap_or("?"),
-                                    id["version"].as_str().unwrap_or("?"),
-                                    if u["isDeployable"] == false {
-                                        " (not deployable)"
-                                    } else {
-                                        ""
-                                    }
-                                ))?;
+                                let tag = if u.deployable() { "" } else { " (not deployable)" };
+                                out.line(format!("{}{tag}", u.update_id))?;
                             }
                             out.notice(format!(
                                 "{} updates in instance {}",
@@ -170,15 +160,20 @@ pub(crate) fn run(
                 let id = parse_update_id(&a.update)?;
                 let c = a.adu.client()?;
                 match c.get_update(&id).await {
-                    Ok(Some(mut u)) => {
+                    Ok(Some(u)) => {
                         if a.files {
-                            let mut files = Vec::new();
-                            for f in c.list_files(&id).await.context("list files")? {
-                                files.push(c.get_file(&id, &f).await.context("get file")?);
+                            /// An update with its file documents, as `show --files` prints it.
+                            #[derive(serde::Serialize)]
+                            struct WithFiles {
+                                #[serde(flatten)]
+                                update: otaforge::service::Update,
+                                files: Vec<otaforge::service::UpdateFile>,
                             }
-                            u["files"] = serde_json::Value::Array(files);
+                            let files = c.update_files(&id).await.context("list files")?;
+                            out.json_value(&WithFiles { update: u, files })?;
+                        } else {
+                            out.json_value(&u)?;
                         }
-                        out.json_value(&u)?;
                         Ok(Outcome::Ok)
                     }
                     Ok(None) => {

@@ -5,13 +5,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+use otaforge::pipeline;
 use otaforge::storage::azure::{AzureStore, Credential, EntraSource, Network};
 use otaforge::storage::dir::DirStore;
 use otaforge::storage::sas::{AccountKey, redact};
-use otaforge::storage::{
-    BlobName, BlobStore, ContainerName, Source, StorageError, UploadOptions, parse_ttl,
-};
-use serde::Serialize;
+use otaforge::storage::{AnyStore, BlobStore as _, ContainerName, UploadOptions, parse_ttl};
 
 use super::{Outcome, Output};
 
@@ -120,75 +118,20 @@ fn parse_size(s: &str) -> Result<u64, String> {
     Ok(v)
 }
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct Entry {
-    pub(crate) file: String,
-    pub(crate) blob: String,
-    pub(crate) size_in_bytes: u64,
-    pub(crate) sha256: String,
-    pub(crate) url: String,
-    pub(crate) already_present: bool,
-    pub(crate) blocks_sent: u64,
-    pub(crate) blocks_reused: u64,
-}
-
-/// Either backend, chosen at run time.
-pub(crate) enum AnyStore {
-    Azure(AzureStore),
-    Dir(DirStore),
-}
-
-impl BlobStore for AnyStore {
-    fn describe(&self) -> String {
-        match self {
-            AnyStore::Azure(s) => s.describe(),
-            AnyStore::Dir(s) => s.describe(),
-        }
-    }
-    async fn ensure_container(&self, c: &ContainerName) -> Result<(), StorageError> {
-        match self {
-            AnyStore::Azure(s) => s.ensure_container(c).await,
-            AnyStore::Dir(s) => s.ensure_container(c).await,
-        }
-    }
-    async fn upload(
-        &self,
-        c: &ContainerName,
-        b: &BlobName,
-        src: &Source,
-        o: &UploadOptions,
-        r: &dyn otaforge::Reporter,
-    ) -> Result<otaforge::storage::Uploaded, StorageError> {
-        match self {
-            AnyStore::Azure(s) => s.upload(c, b, src, o, r).await,
-            AnyStore::Dir(s) => s.upload(c, b, src, o, r).await,
-        }
-    }
-    async fn read_url(
-        &self,
-        c: &ContainerName,
-        b: &BlobName,
-        ttl: Duration,
-    ) -> Result<String, StorageError> {
-        match self {
-            AnyStore::Azure(s) => s.read_url(c, b, ttl).await,
-            AnyStore::Dir(s) => s.read_url(c, b, ttl).await,
-        }
-    }
-}
-
-impl AnyStore {
-    /// Secrets to redact from anything printed.
-    pub(crate) fn secrets(&self) -> Vec<String> {
-        match self {
-            AnyStore::Azure(s) => s.secrets(),
-            AnyStore::Dir(_) => Vec::new(),
-        }
-    }
-}
-
 impl StorageArgs {
+    /// Whether any storage option (or variable) names a store.
+    pub(crate) fn is_configured(&self) -> bool {
+        use otaforge::env::{AZURE_STORAGE_ACCOUNT, AZURE_STORAGE_CONNECTION_STRING};
+        let env = |k: &str| std::env::var(k).is_ok_and(|v| !v.is_empty());
+        self.dir.is_some()
+            || self.connection_string.is_some()
+            || self.account.is_some()
+            || self.container_sas_url.is_some()
+            || self.entra.is_some()
+            || env(AZURE_STORAGE_CONNECTION_STRING)
+            || env(AZURE_STORAGE_ACCOUNT)
+    }
+
     /// The upload options.
     pub(crate) fn options(&self) -> UploadOptions {
         UploadOptions {
@@ -208,8 +151,10 @@ impl StorageArgs {
         }
         let network = Network {
             io_timeout: self.io_timeout,
-            max_retries: self.max_retries,
-            ..Network::default()
+            retry: otaforge::retry::RetryPolicy {
+                max_retries: self.max_retries,
+                ..Default::default()
+            },
         };
         Ok(AnyStore::Azure(self.azure_store(network)?))
     }
@@ -277,42 +222,26 @@ impl From<EntraArg> for EntraSource {
     }
 }
 
-/// Blob names for files, refusing two files that would land on the same blob.
-pub(crate) fn blob_names(
-    prefix: Option<&str>,
-    files: &[PathBuf],
-) -> anyhow::Result<Vec<(PathBuf, BlobName)>> {
-    let mut out: Vec<(PathBuf, BlobName)> = Vec::new();
-    for f in files {
-        let blob = BlobName::for_file(prefix, f).map_err(anyhow::Error::msg)?;
-        if out.iter().any(|(_, b)| *b == blob) {
-            bail!(
-                "{} would be uploaded as {blob}, a blob name another file already takes",
-                f.display()
-            );
-        }
-        out.push((f.clone(), blob));
-    }
-    Ok(out)
-}
-
 pub(crate) fn run(
     a: UploadArgs,
     rt: &tokio::runtime::Runtime,
     out: &Output,
 ) -> anyhow::Result<Outcome> {
-    let sources = blob_names(a.prefix.as_deref(), &a.files)?;
+    let sources = pipeline::blob_names(a.prefix.as_deref(), &a.files)?;
     let store = a.storage.open()?;
     let opts = a.storage.options();
     let secrets = store.secrets();
     rt.block_on(async {
         let reporter = out.progress("upload");
-        let entries =
-            upload_files(&store, &a.container, &sources, &opts, a.sas_expiry, &secrets, &reporter)
-                .await;
+        let plan = pipeline::UploadPlan {
+            container: a.container.clone(),
+            options: opts,
+            url_ttl: a.sas_expiry,
+        };
+        let entries = pipeline::upload_files(&store, &plan, &sources, &reporter).await;
         drop(reporter);
-        let entries = entries?;
         let refs: Vec<&str> = secrets.iter().map(String::as_str).collect();
+        let entries = entries.map_err(|e| anyhow::anyhow!("{}", redact(&e.to_string(), &refs)))?;
         if out.json() {
             out.json_value(&entries)?;
         } else {
@@ -329,7 +258,10 @@ pub(crate) fn run(
                 };
                 out.line(format!(
                     "{} -> {}/{} ({} bytes, {how})",
-                    e.file, a.container, e.blob, e.size_in_bytes
+                    e.file.display(),
+                    a.container,
+                    e.blob,
+                    e.size_in_bytes
                 ))?;
                 out.line(format!("  {}", redact(&e.url, &refs)))?;
             }
@@ -342,39 +274,4 @@ pub(crate) fn run(
         }
         Ok(Outcome::Ok)
     })
-}
-
-/// Uploads files (hashing each) and returns what happened with a read URL for each.
-pub(crate) async fn upload_files(
-    store: &AnyStore,
-    container: &ContainerName,
-    sources: &[(PathBuf, BlobName)],
-    opts: &UploadOptions,
-    ttl: Duration,
-    secrets: &[String],
-    reporter: &dyn otaforge::Reporter,
-) -> anyhow::Result<Vec<Entry>> {
-    let refs: Vec<&str> = secrets.iter().map(String::as_str).collect();
-    let clean = |e: StorageError| anyhow::anyhow!("{}", redact(&e.to_string(), &refs));
-    store.ensure_container(container).await.map_err(clean)?;
-    let mut entries = Vec::new();
-    for (file, blob) in sources {
-        let source = Source::hash(file, &otaforge::NoReporter).map_err(clean)?;
-        let done = store
-            .upload(container, blob, &source, opts, reporter)
-            .await
-            .map_err(|e| clean(e).context(format!("uploading {}", file.display())))?;
-        let url = store.read_url(container, blob, ttl).await.map_err(clean)?;
-        entries.push(Entry {
-            file: file.display().to_string(),
-            blob: blob.to_string(),
-            size_in_bytes: done.size_in_bytes,
-            sha256: done.sha256.to_base64(),
-            url,
-            already_present: done.already_present,
-            blocks_sent: done.blocks_sent,
-            blocks_reused: done.blocks_reused,
-        });
-    }
-    Ok(entries)
 }

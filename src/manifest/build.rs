@@ -133,7 +133,7 @@ fn base_name(path: &Path) -> String {
 /// Builds and validates an import manifest.
 pub fn build(spec: ManifestSpec, reporter: &dyn Reporter) -> Result<Built, ManifestError> {
     let mut notices = Vec::new();
-    let version = spec.update_id.version.to_string();
+    let version = spec.update_id.version().to_string();
     let file_names: Vec<String> = spec.files.iter().map(|f| base_name(&f.path)).collect();
 
     let mut description = spec.description.clone();
@@ -256,7 +256,7 @@ pub fn build(spec: ManifestSpec, reporter: &dyn Reporter) -> Result<Built, Manif
                 props.insert(k.clone(), Value::String(v.clone()));
             }
             related.push(RelatedFile {
-                filename: base_name(&r.path),
+                filename: super::FileName::new(&base_name(&r.path))?,
                 size_in_bytes: rd.size,
                 hashes: Hashes { sha256: rd.sha256, extra: Map::new() },
                 properties: (!props.is_empty()).then_some(props),
@@ -264,7 +264,7 @@ pub fn build(spec: ManifestSpec, reporter: &dyn Reporter) -> Result<Built, Manif
             });
         }
         files.push(File {
-            filename: name,
+            filename: super::FileName::new(&name)?,
             size_in_bytes: d.size,
             hashes: Hashes { sha256: d.sha256, extra: Map::new() },
             properties: None,

@@ -38,7 +38,7 @@ pub enum IdError {
 
 /// Checks an update provider or name (`^[a-zA-Z0-9.-]+$`, 1..64 characters).
 pub fn check_id_part(what: &'static str, value: &str) -> Result<(), IdError> {
-    let ok = (1..=64).contains(&value.len())
+    let ok = (1..=crate::limits::ID_PART_CHARS).contains(&value.len())
         && value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
     if ok { Ok(()) } else { Err(IdError::BadPart { what, value: value.to_owned() }) }
 }
@@ -65,34 +65,77 @@ impl Version {
     }
 }
 
+/// One thing wrong with a version text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VersionProblem {
+    /// Not dot-separated numbers.
+    Format,
+    /// Not 2 to 4 parts (the count found).
+    Parts(usize),
+    /// A part above [`VERSION_PART_MAX`] (the part as written).
+    Range(String),
+}
+
+impl VersionProblem {
+    /// What is wrong, as a sentence fragment after the version.
+    pub fn reason(&self) -> String {
+        match self {
+            VersionProblem::Format => {
+                "must be dot-separated numbers such as 1.0 or 2024.11.3".into()
+            }
+            VersionProblem::Parts(n) => format!("has {n} parts; ADU accepts 2 to 4"),
+            VersionProblem::Range(p) => {
+                format!("has part {p} above the maximum {VERSION_PART_MAX}")
+            }
+        }
+    }
+}
+
+impl Version {
+    /// Every problem of a version text (empty when it is a valid version). The one
+    /// implementation of ADU's version rule: parsing and the manifest validator both use it.
+    pub fn problems(s: &str) -> Vec<VersionProblem> {
+        let pieces: Vec<&str> = s.split('.').collect();
+        if pieces.iter().any(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit())) {
+            return vec![VersionProblem::Format];
+        }
+        let mut out = Vec::new();
+        if !(2..=4).contains(&pieces.len()) {
+            out.push(VersionProblem::Parts(pieces.len()));
+        }
+        out.extend(
+            pieces
+                .iter()
+                .filter(|p| part_value(p) > VERSION_PART_MAX)
+                .map(|p| VersionProblem::Range((*p).to_owned())),
+        );
+        out
+    }
+}
+
+/// A part's value; leading zeroes are allowed (the service drops them), and anything too long
+/// to parse counts as too large.
+fn part_value(p: &str) -> u64 {
+    let digits = p.trim_start_matches('0');
+    if digits.is_empty() {
+        0
+    } else if digits.len() > 10 {
+        u64::MAX
+    } else {
+        digits.parse::<u64>().unwrap_or(u64::MAX)
+    }
+}
+
 impl FromStr for Version {
     type Err = IdError;
 
     fn from_str(s: &str) -> Result<Self, IdError> {
-        let bad = |reason: &str| IdError::BadVersion { value: s.to_owned(), reason: reason.into() };
-        let pieces: Vec<&str> = s.split('.').collect();
-        if pieces.iter().any(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit())) {
-            return Err(bad("must be dot-separated numbers such as 1.0 or 2024.11.3"));
+        if let Some(p) = Self::problems(s).into_iter().next() {
+            return Err(IdError::BadVersion { value: s.to_owned(), reason: p.reason() });
         }
-        if !(2..=4).contains(&pieces.len()) {
-            return Err(bad(&format!("has {} parts; ADU accepts 2 to 4", pieces.len())));
-        }
-        let mut parts = Vec::with_capacity(pieces.len());
-        for p in pieces {
-            // Leading zeroes are allowed (the service drops them); only the value counts.
-            let digits = p.trim_start_matches('0');
-            let value = if digits.is_empty() {
-                0
-            } else if digits.len() > 10 {
-                u64::MAX
-            } else {
-                digits.parse::<u64>().unwrap_or(u64::MAX)
-            };
-            if value > VERSION_PART_MAX {
-                return Err(bad(&format!("has part {p} above the maximum {VERSION_PART_MAX}")));
-            }
-            parts.push(value as u32);
-        }
+        // Every part is at most VERSION_PART_MAX, which fits u32.
+        let parts =
+            s.split('.').map(|p| u32::try_from(part_value(p)).unwrap_or(u32::MAX)).collect();
         Ok(Self { text: s.to_owned(), parts })
     }
 }
@@ -134,14 +177,14 @@ impl<'de> Deserialize<'de> for Version {
 }
 
 /// The identity of an update: provider, name and version.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+///
+/// The fields are private: an `UpdateId` exists only after every part was checked, whether it
+/// was built with [`UpdateId::new`], parsed from `provider/name/version` or read from JSON.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct UpdateId {
-    /// Who publishes the update, e.g. a company name.
-    pub provider: String,
-    /// The class of update, e.g. a device model.
-    pub name: String,
-    /// The version of this update.
-    pub version: Version,
+    provider: String,
+    name: String,
+    version: Version,
 }
 
 impl UpdateId {
@@ -150,6 +193,26 @@ impl UpdateId {
         check_id_part("provider", provider)?;
         check_id_part("name", name)?;
         Ok(Self { provider: provider.to_owned(), name: name.to_owned(), version: version.parse()? })
+    }
+
+    /// Who publishes the update, e.g. a company name.
+    pub fn provider(&self) -> &str {
+        &self.provider
+    }
+
+    /// The class of update, e.g. a device model.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The version of this update.
+    pub fn version(&self) -> &Version {
+        &self.version
+    }
+
+    /// The same provider and name with another version.
+    pub fn with_version(&self, version: Version) -> Self {
+        Self { provider: self.provider.clone(), name: self.name.clone(), version }
     }
 }
 

@@ -7,17 +7,19 @@
 mod build;
 mod id;
 mod model;
+mod name;
 mod template;
 pub mod validate;
 
 use std::path::{Path, PathBuf};
 
 pub use build::{Built, FileSpec, ManifestSpec, RelatedSpec, StepSpec, build, created_date_time};
-pub use id::{IdError, UpdateId, VERSION_PART_MAX, Version, check_id_part};
+pub use id::{IdError, UpdateId, VERSION_PART_MAX, Version, VersionProblem, check_id_part};
 pub use model::{
     DownloadHandler, File, Hashes, ImportManifest, InlineStep, InlineType, Instructions,
     MANIFEST_VERSION, ReferenceStep, ReferenceType, RelatedFile, Step,
 };
+pub use name::{FileName, FileNameError};
 pub use template::{Template, TemplateStep, builtin_templates, find_template};
 
 use crate::finding::Findings;
@@ -40,6 +42,9 @@ pub enum ManifestError {
     /// An update id or version is malformed.
     #[error(transparent)]
     Id(#[from] IdError),
+    /// A file name is not a plain name.
+    #[error(transparent)]
+    FileName(#[from] FileNameError),
     /// Two payload or related files share a base name.
     #[error("two files are named '{name}'; ADU needs unique file names within an update")]
     DuplicateFile {
@@ -149,4 +154,79 @@ pub fn check_bytes(path: &Path, bytes: &[u8]) -> Checked {
         }
     };
     Checked { path: path.to_owned(), findings, manifest }
+}
+
+/// One manifest of [`check_files`]: its own findings, and those of the checks across the set
+/// and against its payloads.
+#[derive(Debug)]
+pub struct CheckedWithPayloads {
+    /// The manifest and its single-document findings.
+    pub checked: Checked,
+    /// Findings of the set and payload checks.
+    pub more: Findings,
+}
+
+impl CheckedWithPayloads {
+    /// Every finding of this manifest.
+    pub fn findings(&self) -> Findings {
+        let mut f = self.checked.findings.clone();
+        f.extend(self.more.clone());
+        f
+    }
+
+    /// Whether any check found an error.
+    pub fn has_errors(&self) -> bool {
+        self.checked.findings.has_errors() || self.more.has_errors()
+    }
+}
+
+/// What `manifest validate` and `import` check: each manifest alone; with `set`, the manifests
+/// together as a parent and its children; and the payloads in the directory `payload_dir` names
+/// for each manifest (hashed with `jobs` threads). Results are in input order.
+pub fn check_files(
+    files: &[PathBuf],
+    set: bool,
+    payload_dir: &dyn Fn(&Path) -> Option<PathBuf>,
+    jobs: usize,
+    reporter: &dyn crate::Reporter,
+) -> Result<Vec<CheckedWithPayloads>, ManifestError> {
+    let mut checked = Vec::new();
+    for path in files {
+        checked.push(check_file(path)?);
+    }
+    let mut extra: Vec<Findings> = checked.iter().map(|_| Findings::new()).collect();
+    let loaded: Vec<(usize, validate::Loaded<'_>)> = checked
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| {
+            c.manifest.as_ref().map(|m| (i, validate::Loaded { source: &c.path, manifest: m }))
+        })
+        .collect();
+    if set {
+        let set: Vec<validate::Loaded<'_>> = loaded
+            .iter()
+            .map(|(_, l)| validate::Loaded { source: l.source, manifest: l.manifest })
+            .collect();
+        for ((i, _), f) in loaded.iter().zip(validate::validate_set(&set)) {
+            extra[*i].extend(f);
+        }
+    }
+    for (i, l) in &loaded {
+        if let Some(dir) = payload_dir(l.source) {
+            extra[*i].extend(validate::check_payloads(l.manifest, &dir, jobs, reporter));
+        }
+    }
+    Ok(checked
+        .into_iter()
+        .zip(extra)
+        .map(|(checked, more)| CheckedWithPayloads { checked, more })
+        .collect())
+}
+
+/// The folder a manifest's payloads are in: the manifest's own.
+pub fn manifest_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
 }

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::id::UpdateId;
+use super::name::FileName;
 use crate::hash::Sha256;
 
 /// The only `manifestVersion` this module reads and writes.
@@ -124,8 +125,8 @@ pub struct Hashes {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct File {
-    /// File name, unique within the update.
-    pub filename: String,
+    /// File name, unique within the update (a plain name: no path).
+    pub filename: FileName,
     /// Size in bytes.
     pub size_in_bytes: u64,
     /// Digests of the contents.
@@ -148,8 +149,8 @@ pub struct File {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RelatedFile {
-    /// File name, unique within the update.
-    pub filename: String,
+    /// File name, unique within the update (a plain name: no path).
+    pub filename: FileName,
     /// Size in bytes.
     pub size_in_bytes: u64,
     /// Digests of the contents.
@@ -171,16 +172,16 @@ pub struct DownloadHandler {
 
 impl ImportManifest {
     /// Serializes as pretty JSON with a trailing newline; the same manifest gives the same bytes.
-    pub fn to_json_bytes(&self) -> Vec<u8> {
-        let mut out = serde_json::to_vec_pretty(self).unwrap_or_default();
+    pub fn to_json_bytes(&self) -> Result<Vec<u8>, serde_json::Error> {
+        let mut out = serde_json::to_vec_pretty(self)?;
         out.push(b'\n');
-        out
+        Ok(out)
     }
 
     /// The default file name ADU tools and the portal expect for this manifest.
     pub fn default_file_name(&self) -> String {
         let id = &self.update_id;
-        format!("{}.{}.{}.importmanifest.json", id.provider, id.name, id.version)
+        format!("{}.{}.{}.importmanifest.json", id.provider(), id.name(), id.version())
     }
 
     /// The reference steps' child update ids.
@@ -192,13 +193,16 @@ impl ImportManifest {
     }
 
     /// Every payload and related file name with its size, payload files first.
-    pub fn all_files(&self) -> impl Iterator<Item = (&str, u64, &Sha256)> {
-        self.files.iter().map(|f| (f.filename.as_str(), f.size_in_bytes, &f.hashes.sha256)).chain(
+    pub fn all_files(&self) -> impl Iterator<Item = (&FileName, u64, &Sha256)> {
+        self.files.iter().map(|f| (&f.filename, f.size_in_bytes, &f.hashes.sha256)).chain(
             self.files.iter().flat_map(|f| {
-                f.related_files
-                    .iter()
-                    .map(|r| (r.filename.as_str(), r.size_in_bytes, &r.hashes.sha256))
+                f.related_files.iter().map(|r| (&r.filename, r.size_in_bytes, &r.hashes.sha256))
             }),
         )
+    }
+
+    /// Whether any step is a reference step (a parent update).
+    pub fn is_parent(&self) -> bool {
+        self.references().next().is_some()
     }
 }

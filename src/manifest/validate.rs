@@ -17,16 +17,9 @@ use crate::finding::{Findings, JsonPath};
 use crate::hash::{HashError, Sha256, hash_files};
 use crate::reporter::Reporter;
 
-/// Most payload files in one update (ADU limit, not adjustable).
-pub const MAX_FILES: usize = 10;
-/// Most related files per payload file.
-pub const MAX_RELATED_FILES: usize = 4;
-/// Largest single file and largest sum of all files in one update: 2 GB.
-pub const MAX_TOTAL_BYTES: u64 = 2_147_483_648;
-/// Most steps in one update.
-pub const MAX_STEPS: usize = 10;
-/// Most manifests in one import request (a parent and its children).
-pub const MAX_IMPORT_ITEMS: usize = 11;
+pub use crate::limits::{
+    MAX_FILES, MAX_IMPORT_ITEMS, MAX_RELATED_FILES, MAX_STEPS, MAX_TOTAL_BYTES,
+};
 /// Handlers that fail on the device when `installedCriteria` is missing.
 pub const HANDLERS_REQUIRING_CRITERIA: [&str; 3] =
     ["microsoft/apt:1", "microsoft/swupdate:1", "microsoft/swupdate:2"];
@@ -316,34 +309,32 @@ fn check_update_id(f: &mut Findings, v: &Value, path: &JsonPath) -> Option<Updat
 }
 
 fn check_version(f: &mut Findings, s: &str, path: &JsonPath) {
-    let parts: Vec<&str> = s.split('.').collect();
-    if parts.len() < 2
-        || parts.iter().any(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()))
-    {
-        f.error_hint(
-            "version-format",
-            path,
-            format!("'{s}' is not a dot-separated numeric version"),
-            "use two to four numbers separated by dots, e.g. 1.0 or 2024.11.3",
-        );
-        return;
-    }
-    if parts.len() > 4 {
-        f.error_hint(
-            "version-parts",
-            path,
-            format!("'{s}' has {} parts; ADU accepts 2 to 4", parts.len()),
-            "drop or merge parts, e.g. 1.2.3.4",
-        );
-    }
-    for p in parts {
-        let digits = p.trim_start_matches('0');
-        if digits.len() > 10 || digits.parse::<u64>().is_ok_and(|n| n > VERSION_PART_MAX) {
-            f.error(
+    use super::id::VersionProblem;
+    for p in super::Version::problems(s) {
+        match p {
+            VersionProblem::Format => f.error_hint(
+                "version-format",
+                path,
+                format!("'{s}' is not a dot-separated numeric version"),
+                "use two to four numbers separated by dots, e.g. 1.0 or 2024.11.3",
+            ),
+            VersionProblem::Parts(n) if n < 2 => f.error_hint(
+                "version-format",
+                path,
+                format!("'{s}' is not a dot-separated numeric version"),
+                "use two to four numbers separated by dots, e.g. 1.0 or 2024.11.3",
+            ),
+            VersionProblem::Parts(n) => f.error_hint(
+                "version-parts",
+                path,
+                format!("'{s}' has {n} parts; ADU accepts 2 to 4"),
+                "drop or merge parts, e.g. 1.2.3.4",
+            ),
+            VersionProblem::Range(part) => f.error(
                 "version-range",
                 path,
-                format!("part {p} of '{s}' is above the maximum {VERSION_PART_MAX}"),
-            );
+                format!("part {part} of '{s}' is above the maximum {VERSION_PART_MAX}"),
+            ),
         }
     }
 }
@@ -493,13 +484,13 @@ fn check_base_file(
     }
     let name = obj.get("filename").and_then(|v| check_text(f, v, &path.key("filename"), 1, 255));
     if let Some(n) = name
-        && (n.contains('/') || n.contains('\\'))
+        && let Err(e) = super::FileName::new(n)
     {
-        f.warning(
-            "filename-path",
+        f.error_hint(
+            "filename-unsafe",
             &path.key("filename"),
-            format!("'{n}' contains a path separator"),
-            "ADU file names are plain names; the import request maps each name to a URL",
+            e.to_string(),
+            "ADU file names are plain names (no '/', '\\', '..' or NUL); the import request maps each name to a URL",
         );
     }
     let size = obj.get("sizeInBytes").and_then(|v| check_size(f, v, &path.key("sizeInBytes")));
@@ -919,7 +910,7 @@ pub fn validate_set(set: &[Loaded<'_>]) -> Vec<Findings> {
     // The same compatibility set may belong to only one provider/name pair in an instance.
     let mut compat_owner: HashMap<String, (String, usize)> = HashMap::new();
     for (i, m) in set.iter().enumerate() {
-        let pn = format!("{}/{}", m.manifest.update_id.provider, m.manifest.update_id.name);
+        let pn = format!("{}/{}", m.manifest.update_id.provider(), m.manifest.update_id.name());
         for (c, compat) in m.manifest.compatibility.iter().enumerate() {
             let mut pairs: Vec<String> = compat.iter().map(|(k, v)| format!("{k}={v}")).collect();
             pairs.sort();

@@ -1,38 +1,30 @@
-//! What the embedded service does with an import request, as ADU does: fetch the manifest and
-//! every file from the given URLs, check sizes and SHA-256 against the request and the
-//! manifest, validate the manifest with the same rules as `manifest validate`, enforce the
-//! service's limits and conflicts, and only then make the updates visible (one transaction).
+//! What the embedded service does with an import request, as ADU does, one function per stage:
+//! [`fetch_manifests`] (fetch each manifest, check it against the request, validate it with the
+//! rules of `manifest validate`), [`check_set`] (the updates of the request fit together),
+//! [`check_instance`] (conflicts and limits against what the instance holds), [`fetch_files`]
+//! (every file fetched, streamed to disk and checked against the manifest), and [`documents`]
+//! (the service's `Update` and `UpdateFile` documents). [`prepare`] runs them in that order;
+//! nothing becomes visible until the caller commits the result in one transaction.
 //!
 //! Error codes follow the ADU documentation where it names one (`UpdateAlreadyExists`,
 //! `CannotDownload`, `CannotProcessImportManifest`, `CannotProcessUpdateFile`,
 //! `ContentFileCannotDownload`); the limit errors, which the documentation gives only as
 //! messages, use the codes listed in `docs/serve.md`. Details name the file or JSON path.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+// Errors here are the ADU error document or the HTTP answer itself: built once, on the failure
+// path and handed straight to the client, so boxing them would buy nothing.
+#![allow(clippy::result_large_err)]
 
-use serde_json::{Map, Value, json};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 
 use super::store::NewUpdate;
 use crate::Sha256;
-use crate::manifest::{self, ImportManifest};
-use crate::service::{ErrorBody, ImportItem};
-
-/// ADU's per-instance limits (Standard SKU; reference/adu.md §7.1).
-pub mod limits {
-    /// Updates per instance.
-    pub const UPDATES: usize = 100;
-    /// Providers per instance.
-    pub const PROVIDERS: usize = 25;
-    /// Names per provider.
-    pub const NAMES_PER_PROVIDER: usize = 25;
-    /// Versions per provider and name.
-    pub const VERSIONS_PER_NAME: usize = 100;
-    /// Largest manifest otaforge serve fetches.
-    pub const MANIFEST_BYTES: u64 = 2 << 20;
-    /// Largest file (2 GB).
-    pub const FILE_BYTES: u64 = 2_000_000_000;
-}
+use crate::hash::HashAlgorithm;
+use crate::limits;
+use crate::manifest::{self, FileName, ImportManifest, UpdateId};
+use crate::service::model::{DownloadHandler, Instructions, RelatedFile, Step};
+use crate::service::{ErrorBody, ImportItem, Update, UpdateFile};
 
 /// An import that failed with an ADU error.
 pub type Failure = ErrorBody;
@@ -60,7 +52,7 @@ async fn fetch_to_file(
     http: &reqwest::Client,
     url: &str,
     cap: u64,
-    dir: &std::path::Path,
+    dir: &Path,
 ) -> Result<(crate::fsutil::AtomicFile, u64, Sha256), String> {
     use std::io::Write as _;
     let mut resp = http.get(url).send().await.map_err(|e| redact_url(&e.to_string()))?;
@@ -100,16 +92,21 @@ fn detail(code: &str, target: &str, message: impl Into<String>) -> ErrorBody {
     ErrorBody::new(code, message).with_target(target)
 }
 
-/// Runs every check and fetch of an import. `existing` is every update the instance holds.
-pub async fn prepare(
+/// A manifest fetched for an import item and valid on its own.
+pub struct Fetched {
+    /// The manifest.
+    pub manifest: ImportManifest,
+    /// The name findings refer to (`itemN.importmanifest.json`).
+    pub source: PathBuf,
+}
+
+/// Stage 1: fetches each item's manifest, checks size and SHA-256 against the request, and
+/// validates it with every single-document rule.
+pub async fn fetch_manifests(
     http: &reqwest::Client,
     items: &[ImportItem],
-    existing: &[Value],
-    now: &str,
-    content_dir: &std::path::Path,
-) -> Result<Prepared, Failure> {
-    let mut manifests: Vec<(ImportManifest, PathBuf)> = Vec::new();
-    // 1. Every manifest: fetched, matching the request, valid.
+) -> Result<Vec<Fetched>, Failure> {
+    let mut out = Vec::new();
     for (i, item) in items.iter().enumerate() {
         let target = format!("[{i}].importManifest");
         let bytes =
@@ -120,7 +117,8 @@ pub async fn prepare(
                 )
                 .with_target(&target)
             })?;
-        let declared = item.import_manifest.hashes.get("sha256").cloned().unwrap_or_default();
+        let declared =
+            item.import_manifest.hashes.get(&HashAlgorithm::Sha256).cloned().unwrap_or_default();
         let actual = Sha256::digest(&bytes);
         if bytes.len() as u64 != item.import_manifest.size_in_bytes
             || actual.to_base64() != declared
@@ -136,8 +134,8 @@ pub async fn prepare(
             .with_target(&target)
             .with_details(vec![detail("HashMismatch", &target, "size or sha256 differs from importManifest")]));
         }
-        let name = PathBuf::from(format!("item{i}.importmanifest.json"));
-        let checked = manifest::check_bytes(&name, &bytes);
+        let source = PathBuf::from(format!("item{i}.importmanifest.json"));
+        let checked = manifest::check_bytes(&source, &bytes);
         let errors: Vec<ErrorBody> = checked
             .findings
             .iter()
@@ -145,7 +143,7 @@ pub async fn prepare(
             .map(|f| detail(f.rule, &f.path.to_string(), f.message.clone()))
             .collect();
         match checked.manifest {
-            Some(m) if errors.is_empty() => manifests.push((m, name)),
+            Some(manifest) if errors.is_empty() => out.push(Fetched { manifest, source }),
             _ => {
                 let code = if errors.iter().any(|e| e.code == "json-syntax") {
                     "CannotParse"
@@ -164,111 +162,107 @@ pub async fn prepare(
             }
         }
     }
-    // 2. Across the request: references, duplicate ids.
-    let loaded: Vec<manifest::validate::Loaded<'_>> = manifests
+    Ok(out)
+}
+
+/// Stage 2: the updates of the request fit together (references, duplicate ids). A reference
+/// to an update the instance already holds is fine.
+pub fn check_set(fetched: &[Fetched], existing: &BTreeSet<UpdateId>) -> Result<(), Failure> {
+    let loaded: Vec<manifest::validate::Loaded<'_>> = fetched
         .iter()
-        .map(|(m, p)| manifest::validate::Loaded { source: p, manifest: m })
+        .map(|f| manifest::validate::Loaded { source: &f.source, manifest: &f.manifest })
         .collect();
-    let set_errors: Vec<ErrorBody> = manifest::validate::validate_set(&loaded)
-        .iter()
-        .enumerate()
-        .flat_map(|(i, fs)| {
-            fs.iter()
-                .filter(|f| f.severity == crate::Severity::Error)
-                .map(move |f| {
-                    detail(
-                        f.rule,
-                        &format!("[{i}]{}", f.path.to_string().trim_start_matches('$')),
-                        f.message.clone(),
-                    )
-                })
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    // A reference to an update already in the instance is fine; validate_set only knows the
-    // request, so its unresolved-reference findings are rechecked against the store.
-    let existing_ids: BTreeSet<(String, String, String)> =
-        existing.iter().filter_map(update_key).collect();
-    let set_errors: Vec<ErrorBody> = set_errors
-        .into_iter()
-        .filter(|e| {
-            if e.code != "reference-missing" {
-                return true;
-            }
-            !existing_ids.iter().any(|(p, n, v)| e.message.contains(&format!("{p}/{n}/{v}")))
-        })
-        .collect();
-    if !set_errors.is_empty() {
-        return Err(ErrorBody::new(
-            "CannotProcessImportManifest",
-            "the updates of this request do not fit together",
-        )
-        .with_details(set_errors));
-    }
-    // 3. Conflicts and limits against the instance.
-    let mut ids = existing_ids.clone();
-    for (m, _) in &manifests {
-        let key = (
-            m.update_id.provider.clone(),
-            m.update_id.name.clone(),
-            m.update_id.version.to_string(),
-        );
-        if existing_ids.contains(&key) {
-            return Err(ErrorBody::new(
-                "UpdateAlreadyExists",
-                format!("update {}/{}/{} is already imported", key.0, key.1, key.2),
-            )
-            .with_target(format!("{}/{}/{}", key.0, key.1, key.2)));
-        }
-        for set in &m.compatibility {
-            for u in existing {
-                let Some((p, n, _)) = update_key(u) else { continue };
-                if (p.as_str(), n.as_str())
-                    == (m.update_id.provider.as_str(), m.update_id.name.as_str())
-                {
+    let in_request: BTreeSet<&UpdateId> = fetched.iter().map(|f| &f.manifest.update_id).collect();
+    let mut errors: Vec<ErrorBody> = Vec::new();
+    for (i, fs) in manifest::validate::validate_set(&loaded).iter().enumerate() {
+        for f in fs.iter().filter(|f| f.severity == crate::Severity::Error) {
+            if f.rule == "reference-missing" {
+                // validate_set knows only the request: recheck the reference against the store.
+                let resolved = fetched[i]
+                    .manifest
+                    .references()
+                    .filter(|r| !in_request.contains(r))
+                    .all(|r| existing.contains(r));
+                if resolved {
                     continue;
                 }
-                let same = u
-                    .get("compatibility")
-                    .and_then(Value::as_array)
-                    .is_some_and(|c| c.iter().any(|x| x.as_object() == Some(set)));
-                if same {
-                    return Err(ErrorBody::new(
-                        "CompatibilityConflict",
-                        format!(
-                            "cannot import additional update provider/name {}/{} with the specified compatibility: {p}/{n} already uses {}",
-                            m.update_id.provider,
-                            m.update_id.name,
-                            Value::Object(set.clone())
-                        ),
-                    )
-                    .with_target("compatibility"));
-                }
+            }
+            errors.push(detail(
+                f.rule,
+                &format!("[{i}]{}", f.path.to_string().trim_start_matches('$')),
+                f.message.clone(),
+            ));
+        }
+    }
+    if errors.is_empty() {
+        return Ok(());
+    }
+    Err(ErrorBody::new(
+        "CannotProcessImportManifest",
+        "the updates of this request do not fit together",
+    )
+    .with_details(errors))
+}
+
+/// Stage 3: duplicates, compatibility conflicts and the instance's limits.
+pub fn check_instance(fetched: &[Fetched], existing: &[Update]) -> Result<(), Failure> {
+    let mut ids: BTreeSet<UpdateId> = existing.iter().map(|u| u.update_id.clone()).collect();
+    for f in fetched {
+        let m = &f.manifest;
+        let id = &m.update_id;
+        if existing.iter().any(|u| &u.update_id == id) {
+            return Err(ErrorBody::new(
+                "UpdateAlreadyExists",
+                format!("update {id} is already imported"),
+            )
+            .with_target(id.to_string()));
+        }
+        for set in &m.compatibility {
+            let other = existing.iter().find(|u| {
+                (u.update_id.provider(), u.update_id.name()) != (id.provider(), id.name())
+                    && u.compatibility.contains(set)
+            });
+            if let Some(u) = other {
+                return Err(ErrorBody::new(
+                    "CompatibilityConflict",
+                    format!(
+                        "cannot import additional update provider/name {}/{} with the specified compatibility: {}/{} already uses {}",
+                        id.provider(),
+                        id.name(),
+                        u.update_id.provider(),
+                        u.update_id.name(),
+                        serde_json::Value::Object(set.clone())
+                    ),
+                )
+                .with_target("compatibility"));
             }
         }
-        ids.insert(key);
+        ids.insert(id.clone());
     }
-    let providers: BTreeSet<&String> = ids.iter().map(|(p, _, _)| p).collect();
-    let mut names: BTreeMap<&String, BTreeSet<&String>> = BTreeMap::new();
-    let mut versions: BTreeMap<(&String, &String), usize> = BTreeMap::new();
-    for (p, n, _) in &ids {
-        names.entry(p).or_default().insert(n);
-        *versions.entry((p, n)).or_default() += 1;
+    let providers: BTreeSet<&str> = ids.iter().map(UpdateId::provider).collect();
+    let mut names: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    let mut versions: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+    for id in &ids {
+        names.entry(id.provider()).or_default().insert(id.name());
+        *versions.entry((id.provider(), id.name())).or_default() += 1;
     }
-    if ids.len() > limits::UPDATES {
+    if ids.len() > limits::UPDATES_PER_INSTANCE {
         return Err(ErrorBody::new(
             "ExceedsMaxUpdates",
             format!(
                 "an instance holds at most {} updates; this import would make {}",
-                limits::UPDATES,
+                limits::UPDATES_PER_INSTANCE,
                 ids.len()
             ),
         ));
     }
-    if providers.len() > limits::PROVIDERS {
+    if providers.len() > limits::PROVIDERS_PER_INSTANCE {
         return Err(ErrorBody::new(
             "ExceedsMaxProviders",
-            format!("cannot import additional update provider: at most {}", limits::PROVIDERS),
+            format!(
+                "cannot import additional update provider: at most {}",
+                limits::PROVIDERS_PER_INSTANCE
+            ),
         ));
     }
     if let Some((p, ns)) = names.iter().find(|(_, ns)| ns.len() > limits::NAMES_PER_PROVIDER) {
@@ -290,38 +284,38 @@ pub async fn prepare(
             ),
         ));
     }
-    // 4. Files: every manifest file provided, fetched and matching; nothing extra.
+    Ok(())
+}
+
+/// Stage 4: every file each manifest names, fetched from the request's URL and checked against
+/// the manifest; nothing missing, nothing extra.
+pub async fn fetch_files(
+    http: &reqwest::Client,
+    fetched: &[Fetched],
+    items: &[ImportItem],
+    content_dir: &Path,
+) -> Result<Vec<(String, crate::fsutil::AtomicFile)>, Failure> {
     let mut content = Vec::new();
-    let mut updates = Vec::new();
-    for (i, ((m, _), item)) in manifests.iter().zip(items).enumerate() {
-        let mut urls: BTreeMap<&str, &str> = BTreeMap::new();
-        for f in &item.files {
-            if urls.insert(f.filename.as_str(), f.url.as_str()).is_some() {
+    for (i, (f, item)) in fetched.iter().zip(items).enumerate() {
+        let mut urls: BTreeMap<&FileName, &str> = BTreeMap::new();
+        for file in &item.files {
+            if urls.insert(&file.filename, file.url.as_str()).is_some() {
                 return Err(ErrorBody::new(
                     "CannotProcessUpdateFile",
-                    format!("item {i} lists {} twice", f.filename),
+                    format!("item {i} lists {} twice", file.filename),
                 )
-                .with_target(&f.filename));
+                .with_target(file.filename.as_str()));
             }
         }
-        let mut needed: Vec<(&str, u64, Sha256)> = Vec::new();
-        for f in &m.files {
-            needed.push((&f.filename, f.size_in_bytes, f.hashes.sha256));
-            for r in &f.related_files {
-                needed.push((&r.filename, r.size_in_bytes, r.hashes.sha256));
-            }
+        let needed: Vec<(&FileName, u64, &Sha256)> = f.manifest.all_files().collect();
+        if let Some(name) = urls.keys().find(|n| !needed.iter().any(|(m, _, _)| m == *n)) {
+            return Err(ErrorBody::new(
+                "CannotProcessUpdateFile",
+                format!("item {i} lists {name}, which its manifest does not name"),
+            )
+            .with_target(name.as_str()));
         }
-        for name in urls.keys() {
-            if !needed.iter().any(|(n, _, _)| n == name) {
-                return Err(ErrorBody::new(
-                    "CannotProcessUpdateFile",
-                    format!("item {i} lists {name}, which its manifest does not name"),
-                )
-                .with_target(*name));
-            }
-        }
-        let mut file_docs = Vec::new();
-        for (name, size, sha) in &needed {
+        for (name, size, sha) in needed {
             let Some(url) = urls.get(name) else {
                 return Err(ErrorBody::new(
                     "CannotProcessUpdateFile",
@@ -329,117 +323,144 @@ pub async fn prepare(
                         "the manifest of item {i} names {name}, but the request gives no URL for it"
                     ),
                 )
-                .with_target(*name)
+                .with_target(name.as_str())
                 .with_details(vec![detail(
                     "MissingFile",
                     name,
                     "add it to files[] with a URL",
                 )]));
             };
-            if *size > limits::FILE_BYTES {
+            if size > limits::MAX_FILE_BYTES {
                 return Err(ErrorBody::new(
                     "CannotProcessUpdateFile",
                     format!("{name} is larger than 2 GB"),
                 )
-                .with_target(*name));
+                .with_target(name.as_str()));
             }
             let (file, got, actual) =
-                fetch_to_file(http, url, *size, content_dir).await.map_err(|e| {
+                fetch_to_file(http, url, size, content_dir).await.map_err(|e| {
                     ErrorBody::new(
                         "ContentFileCannotDownload",
                         format!("cannot download {name}: {e}"),
                     )
-                    .with_target(*name)
+                    .with_target(name.as_str())
                 })?;
-            if got != *size || actual != *sha {
+            if got != size || actual != *sha {
                 return Err(ErrorBody::new(
                     "CannotProcessUpdateFile",
-                    if got > *size {
+                    if got > size {
                         format!("{name} at its URL is larger than the {size} bytes the manifest declares")
                     } else {
                         format!("{name} is {got} bytes with sha256 {actual}; the manifest says {size} bytes with sha256 {sha}")
                     },
                 )
-                .with_target(*name)
+                .with_target(name.as_str())
                 .with_details(vec![detail("HashMismatch", name, "the file at the URL is not the one the manifest describes")]));
             }
             content.push((actual.to_hex(), file));
         }
-        // The service's documents.
-        for f in &m.files {
-            let file_id = file_id(&m.update_id.to_string(), &f.filename);
-            let mut doc = Map::new();
-            doc.insert("fileId".into(), json!(file_id));
-            doc.insert("fileName".into(), json!(f.filename));
-            doc.insert("sizeInBytes".into(), json!(f.size_in_bytes));
-            doc.insert("hashes".into(), json!({"sha256": f.hashes.sha256.to_base64()}));
-            if let Some(p) = &f.properties {
-                doc.insert("properties".into(), Value::Object(p.clone()));
-            }
-            if !f.related_files.is_empty() {
-                doc.insert(
-                    "relatedFiles".into(),
-                    serde_json::to_value(&f.related_files).unwrap_or_default(),
-                );
-            }
-            if let Some(h) = &f.download_handler {
-                doc.insert("downloadHandler".into(), serde_json::to_value(h).unwrap_or_default());
-            }
-            doc.insert(
-                "etag".into(),
-                json!(format!("\"{}\"", &Sha256::digest(file_id.as_bytes()).to_hex()[..32])),
-            );
-            file_docs.push((file_id, Value::Object(doc)));
-        }
-        let mut body = Map::new();
-        body.insert("updateId".into(), json!({"provider": m.update_id.provider, "name": m.update_id.name, "version": m.update_id.version.to_string()}));
-        if let Some(d) = &m.description {
-            body.insert("description".into(), json!(d));
-        }
-        if let Some(n) = &item.friendly_name {
-            body.insert("friendlyName".into(), json!(n));
-        }
-        body.insert("isDeployable".into(), json!(m.is_deployable.unwrap_or(true)));
-        body.insert(
-            "compatibility".into(),
-            Value::Array(m.compatibility.iter().cloned().map(Value::Object).collect()),
-        );
-        body.insert(
-            "instructions".into(),
-            serde_json::to_value(&m.instructions).unwrap_or_default(),
-        );
-        body.insert("manifestVersion".into(), json!(m.manifest_version));
-        body.insert("importedDateTime".into(), json!(now));
-        body.insert("createdDateTime".into(), json!(m.created_date_time));
-        body.insert(
-            "etag".into(),
-            json!(format!(
-                "\"{}\"",
-                &Sha256::digest(format!("{}{now}", m.update_id).as_bytes()).to_hex()[..32]
-            )),
-        );
-        updates.push(NewUpdate {
-            provider: m.update_id.provider.clone(),
-            name: m.update_id.name.clone(),
-            version: m.update_id.version.to_string(),
-            body: Value::Object(body),
-            files: file_docs,
-        });
     }
+    Ok(content)
+}
+
+fn etag(seed: &str) -> String {
+    format!("\"{}\"", &Sha256::digest(seed.as_bytes()).to_hex()[..32])
+}
+
+fn sha256_map(sha: &Sha256) -> crate::service::model::Hashes {
+    [(HashAlgorithm::Sha256, sha.to_base64())].into()
+}
+
+/// The service's documents of one imported manifest.
+pub fn documents(m: &ImportManifest, friendly_name: Option<&str>, now: &str) -> NewUpdate {
+    let id = &m.update_id;
+    let files = m
+        .files
+        .iter()
+        .map(|f| {
+            let file_id = file_id(id, &f.filename);
+            UpdateFile {
+                etag: Some(etag(&file_id)),
+                file_id,
+                file_name: f.filename.to_string(),
+                size_in_bytes: f.size_in_bytes,
+                hashes: sha256_map(&f.hashes.sha256),
+                mime_type: None,
+                scan_result: None,
+                scan_details: None,
+                properties: f.properties.clone(),
+                related_files: f
+                    .related_files
+                    .iter()
+                    .map(|r| RelatedFile {
+                        file_name: r.filename.to_string(),
+                        size_in_bytes: r.size_in_bytes,
+                        hashes: sha256_map(&r.hashes.sha256),
+                        mime_type: None,
+                        scan_result: None,
+                        scan_details: None,
+                        properties: r.properties.clone(),
+                        extra: Default::default(),
+                    })
+                    .collect(),
+                download_handler: f
+                    .download_handler
+                    .as_ref()
+                    .map(|h| DownloadHandler { id: h.id.clone() }),
+                extra: Default::default(),
+            }
+        })
+        .collect();
+    // The manifest's steps in the API's shape (same field names, so a JSON round trip).
+    let steps: Vec<Step> = m
+        .instructions
+        .steps
+        .iter()
+        .filter_map(|s| serde_json::to_value(s).ok())
+        .filter_map(|v| serde_json::from_value(v).ok())
+        .collect();
+    let update = Update {
+        update_id: id.clone(),
+        description: m.description.clone(),
+        friendly_name: friendly_name.map(str::to_owned),
+        is_deployable: Some(m.is_deployable.unwrap_or(true)),
+        update_type: None,
+        installed_criteria: None,
+        compatibility: m.compatibility.clone(),
+        instructions: Some(Instructions { steps, extra: Default::default() }),
+        referenced_by: None,
+        scan_result: None,
+        manifest_version: m.manifest_version.clone(),
+        imported_date_time: now.to_owned(),
+        created_date_time: m.created_date_time.clone(),
+        etag: Some(etag(&format!("{id}{now}"))),
+        extra: Default::default(),
+    };
+    NewUpdate { update, files }
+}
+
+/// Runs every check and fetch of an import. `existing` is every update the instance holds.
+pub async fn prepare(
+    http: &reqwest::Client,
+    items: &[ImportItem],
+    existing: &[Update],
+    now: &str,
+    content_dir: &Path,
+) -> Result<Prepared, Failure> {
+    let fetched = fetch_manifests(http, items).await?;
+    let existing_ids: BTreeSet<UpdateId> = existing.iter().map(|u| u.update_id.clone()).collect();
+    check_set(&fetched, &existing_ids)?;
+    check_instance(&fetched, existing)?;
+    let content = fetch_files(http, &fetched, items, content_dir).await?;
+    let updates = fetched
+        .iter()
+        .zip(items)
+        .map(|(f, item)| documents(&f.manifest, item.friendly_name.as_deref(), now))
+        .collect();
     Ok(Prepared { updates, content })
 }
 
 /// A stable file id (ADU's are opaque strings).
-fn file_id(update: &str, filename: &str) -> String {
+fn file_id(update: &UpdateId, filename: &FileName) -> String {
     format!("f{}", &Sha256::digest(format!("{update}\n{filename}").as_bytes()).to_hex()[..20])
-}
-
-/// `(provider, name, version)` of an update document.
-pub fn update_key(u: &Value) -> Option<(String, String, String)> {
-    let id = u.get("updateId")?;
-    Some((
-        id.get("provider")?.as_str()?.to_owned(),
-        id.get("name")?.as_str()?.to_owned(),
-        id.get("version")?.as_str()?.to_owned(),
-    ))
 }

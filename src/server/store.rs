@@ -1,16 +1,24 @@
-//! The embedded service's SQLite store (WAL, `synchronous=FULL`).
+//! The embedded service's SQLite store (WAL, `synchronous=FULL`), typed: it keeps the service's
+//! documents ([`Update`], [`UpdateFile`], [`UpdateOperation`]) keyed by [`UpdateId`].
 //!
 //! An import becomes visible in one transaction that inserts every update and file of the
 //! request and marks the operation `Succeeded`; until then nothing of it can be read. At start,
 //! operations left `NotStarted` or `Running` by a killed process are marked `Failed`, so a crash
 //! at any moment leaves a consistent store.
+//!
+//! The schema is versioned (`PRAGMA user_version`) and brought up to date by [`MIGRATIONS`] at
+//! open, each in its own transaction, so a store written by an older otaforge opens with a newer
+//! one. SQLite calls block: the routes reach the store through [`Db`], which runs them on
+//! tokio's blocking pool, never on the async workers.
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension as _, params};
 use serde_json::Value;
 
-use crate::service::{ErrorBody, OperationStatus, UpdateOperation};
+use crate::manifest::UpdateId;
+use crate::service::{ErrorBody, OperationStatus, Update, UpdateFile, UpdateOperation};
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -21,11 +29,87 @@ pub enum StoreError {
     /// A stored document does not parse.
     #[error("store: corrupt document: {0}")]
     Json(#[from] serde_json::Error),
+    /// The store was written by a newer otaforge.
+    #[error(
+        "store: schema version {found} is newer than this otaforge knows ({known}); upgrade otaforge"
+    )]
+    TooNew {
+        /// The store's version.
+        found: i64,
+        /// The newest this build knows.
+        known: i64,
+    },
+    /// A blocking call could not run.
+    #[error("store: {0}")]
+    Task(String),
 }
 
-/// The status as stored (`Succeeded`, ...).
-fn status_name(op: &UpdateOperation) -> Result<String, StoreError> {
-    Ok(serde_json::to_value(op.status)?.as_str().unwrap_or("Failed").to_owned())
+/// One migration: a version and what brings the schema from the version before to it.
+pub struct Migration {
+    /// The schema version after it ran.
+    pub version: i64,
+    /// What it does (for messages).
+    pub what: &'static str,
+    /// The change, run inside a transaction.
+    pub apply: fn(&rusqlite::Transaction<'_>) -> Result<(), StoreError>,
+}
+
+/// Every migration, oldest first. Version 1 is the schema of the first release of `serve`
+/// (whose stores have `user_version` 0 and already hold these tables).
+pub const MIGRATIONS: &[Migration] = &[
+    Migration { version: 1, what: "updates, files and operations", apply: migrate_1 },
+    Migration {
+        version: 2,
+        what: "related files as the API spells them; index operations by status",
+        apply: migrate_2,
+    },
+];
+
+fn migrate_1(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
+    tx.execute_batch(
+        "CREATE TABLE IF NOT EXISTS updates (
+            provider TEXT NOT NULL, name TEXT NOT NULL, version TEXT NOT NULL,
+            body TEXT NOT NULL, seq INTEGER NOT NULL,
+            PRIMARY KEY (provider, name, version));
+         CREATE TABLE IF NOT EXISTS files (
+            provider TEXT NOT NULL, name TEXT NOT NULL, version TEXT NOT NULL,
+            file_id TEXT NOT NULL, body TEXT NOT NULL,
+            PRIMARY KEY (provider, name, version, file_id));
+         CREATE TABLE IF NOT EXISTS operations (
+            id TEXT PRIMARY KEY, seq INTEGER NOT NULL, status TEXT NOT NULL,
+            body TEXT NOT NULL, request TEXT);",
+    )?;
+    Ok(())
+}
+
+/// Stores of the first release wrote related files with the import manifest's `filename`; the
+/// API's `UpdateFileBase` spells it `fileName`.
+fn migrate_2(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
+    let rows: Vec<(String, String, String, String, String)> = {
+        let mut stmt = tx.prepare("SELECT provider, name, version, file_id, body FROM files")?;
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?
+            .collect::<Result<_, _>>()?
+    };
+    for (p, n, v, id, body) in rows {
+        let mut doc: Value = serde_json::from_str(&body)?;
+        let mut changed = false;
+        if let Some(related) = doc.get_mut("relatedFiles").and_then(Value::as_array_mut) {
+            for r in related.iter_mut().filter_map(Value::as_object_mut) {
+                if let Some(name) = r.remove("filename") {
+                    r.insert("fileName".into(), name);
+                    changed = true;
+                }
+            }
+        }
+        if changed {
+            tx.execute(
+                "UPDATE files SET body = ?5 WHERE provider = ?1 AND name = ?2 AND version = ?3 AND file_id = ?4",
+                params![p, n, v, id, serde_json::to_string(&doc)?],
+            )?;
+        }
+    }
+    tx.execute_batch("CREATE INDEX IF NOT EXISTS operations_status ON operations(status);")?;
+    Ok(())
 }
 
 /// Records an operation's final state inside a transaction.
@@ -35,24 +119,22 @@ fn finish_operation(
 ) -> Result<(), StoreError> {
     tx.execute(
         "UPDATE operations SET status = ?2, body = ?3 WHERE id = ?1",
-        params![op.operation_id, status_name(op)?, serde_json::to_string(op)?],
+        params![op.operation_id, op.status.as_str(), serde_json::to_string(op)?],
     )?;
     Ok(())
 }
 
-/// One imported update: its identity, the service's JSON, and its files.
+/// One update to make visible: its document and its files' documents.
 #[derive(Debug, Clone)]
 pub struct NewUpdate {
-    /// Provider.
-    pub provider: String,
-    /// Name.
-    pub name: String,
-    /// Version.
-    pub version: String,
     /// The `Update` document.
-    pub body: Value,
-    /// `(fileId, UpdateFile document)`.
-    pub files: Vec<(String, Value)>,
+    pub update: Update,
+    /// Its `UpdateFile` documents.
+    pub files: Vec<UpdateFile>,
+}
+
+fn id_params(id: &UpdateId) -> (String, String, String) {
+    (id.provider().to_owned(), id.name().to_owned(), id.version().to_string())
 }
 
 /// The store.
@@ -61,28 +143,36 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (creating) the database at `path` and fails interrupted operations.
+    /// Opens (creating) the database at `path`, migrates it, and fails interrupted operations.
     pub fn open(path: &Path, now: &str) -> Result<Self, StoreError> {
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS updates (
-                provider TEXT NOT NULL, name TEXT NOT NULL, version TEXT NOT NULL,
-                body TEXT NOT NULL, seq INTEGER NOT NULL,
-                PRIMARY KEY (provider, name, version));
-             CREATE TABLE IF NOT EXISTS files (
-                provider TEXT NOT NULL, name TEXT NOT NULL, version TEXT NOT NULL,
-                file_id TEXT NOT NULL, body TEXT NOT NULL,
-                PRIMARY KEY (provider, name, version, file_id));
-             CREATE TABLE IF NOT EXISTS operations (
-                id TEXT PRIMARY KEY, seq INTEGER NOT NULL, status TEXT NOT NULL,
-                body TEXT NOT NULL, request TEXT);",
-        )?;
-        let store = Self { conn };
+        let mut store = Self { conn };
+        store.migrate()?;
         store.fail_interrupted(now)?;
         Ok(store)
+    }
+
+    /// The schema version.
+    pub fn schema_version(&self) -> Result<i64, StoreError> {
+        Ok(self.conn.query_row("PRAGMA user_version", [], |r| r.get(0))?)
+    }
+
+    fn migrate(&mut self) -> Result<(), StoreError> {
+        let known = MIGRATIONS.last().map(|m| m.version).unwrap_or(0);
+        let found = self.schema_version()?;
+        if found > known {
+            return Err(StoreError::TooNew { found, known });
+        }
+        for m in MIGRATIONS.iter().filter(|m| m.version > found) {
+            let tx = self.conn.transaction()?;
+            (m.apply)(&tx)?;
+            tx.pragma_update(None, "user_version", m.version)?;
+            tx.commit()?;
+        }
+        Ok(())
     }
 
     fn fail_interrupted(&self, now: &str) -> Result<usize, StoreError> {
@@ -111,14 +201,13 @@ impl Store {
         op: &UpdateOperation,
         request: Option<&str>,
     ) -> Result<(), StoreError> {
-        let status = status_name(op)?;
         let body = serde_json::to_string(op)?;
         self.conn.execute(
             "INSERT INTO operations (id, seq, status, body, request)
              VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM operations), ?2, ?3, ?4)
              ON CONFLICT(id) DO UPDATE SET status = excluded.status, body = excluded.body,
                 request = COALESCE(excluded.request, operations.request)",
-            params![op.operation_id, status, body, request],
+            params![op.operation_id, op.status.as_str(), body, request],
         )?;
         Ok(())
     }
@@ -149,28 +238,24 @@ impl Store {
             [],
             |r| r.get(0),
         )?;
-        Ok(n as usize)
+        Ok(usize::try_from(n).unwrap_or(0))
     }
 
-    /// Every update document, in import order.
-    pub fn updates(&self) -> Result<Vec<Value>, StoreError> {
+    /// Every update, in import order.
+    pub fn updates(&self) -> Result<Vec<Update>, StoreError> {
         let mut stmt = self.conn.prepare("SELECT body FROM updates ORDER BY seq")?;
         let bodies: Vec<String> = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
         bodies.iter().map(|b| Ok(serde_json::from_str(b)?)).collect()
     }
 
-    /// One update document.
-    pub fn update(
-        &self,
-        provider: &str,
-        name: &str,
-        version: &str,
-    ) -> Result<Option<Value>, StoreError> {
+    /// One update.
+    pub fn update(&self, id: &UpdateId) -> Result<Option<Update>, StoreError> {
+        let (p, n, v) = id_params(id);
         let body: Option<String> = self
             .conn
             .query_row(
                 "SELECT body FROM updates WHERE provider = ?1 AND name = ?2 AND version = ?3",
-                params![provider, name, version],
+                params![p, n, v],
                 |r| r.get(0),
             )
             .optional()?;
@@ -181,30 +266,19 @@ impl Store {
     }
 
     /// File ids of an update.
-    pub fn file_ids(
-        &self,
-        provider: &str,
-        name: &str,
-        version: &str,
-    ) -> Result<Vec<String>, StoreError> {
+    pub fn file_ids(&self, id: &UpdateId) -> Result<Vec<String>, StoreError> {
+        let (p, n, v) = id_params(id);
         let mut stmt = self.conn.prepare("SELECT file_id FROM files WHERE provider = ?1 AND name = ?2 AND version = ?3 ORDER BY file_id")?;
-        let ids = stmt
-            .query_map(params![provider, name, version], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
+        let ids = stmt.query_map(params![p, n, v], |r| r.get(0))?.collect::<Result<_, _>>()?;
         Ok(ids)
     }
 
     /// One file document.
-    pub fn file(
-        &self,
-        provider: &str,
-        name: &str,
-        version: &str,
-        file_id: &str,
-    ) -> Result<Option<Value>, StoreError> {
+    pub fn file(&self, id: &UpdateId, file_id: &str) -> Result<Option<UpdateFile>, StoreError> {
+        let (p, n, v) = id_params(id);
         let body: Option<String> = self
             .conn
-            .query_row("SELECT body FROM files WHERE provider = ?1 AND name = ?2 AND version = ?3 AND file_id = ?4", params![provider, name, version, file_id], |r| r.get(0))
+            .query_row("SELECT body FROM files WHERE provider = ?1 AND name = ?2 AND version = ?3 AND file_id = ?4", params![p, n, v, file_id], |r| r.get(0))
             .optional()?;
         Ok(match body {
             Some(b) => Some(serde_json::from_str(&b)?),
@@ -221,15 +295,16 @@ impl Store {
     ) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
         for u in updates {
+            let (p, n, v) = id_params(&u.update.update_id);
             tx.execute(
                 "INSERT INTO updates (provider, name, version, body, seq)
                  VALUES (?1, ?2, ?3, ?4, (SELECT COALESCE(MAX(seq), 0) + 1 FROM updates))",
-                params![u.provider, u.name, u.version, serde_json::to_string(&u.body)?],
+                params![p, n, v, serde_json::to_string(&u.update)?],
             )?;
-            for (id, f) in &u.files {
+            for f in &u.files {
                 tx.execute(
                     "INSERT INTO files (provider, name, version, file_id, body) VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![u.provider, u.name, u.version, id, serde_json::to_string(f)?],
+                    params![p, n, v, f.file_id, serde_json::to_string(f)?],
                 )?;
             }
         }
@@ -239,21 +314,16 @@ impl Store {
     }
 
     /// Deletes an update and its files, and records the operation's end, in one transaction.
-    pub fn commit_delete(
-        &mut self,
-        provider: &str,
-        name: &str,
-        version: &str,
-        op: &UpdateOperation,
-    ) -> Result<(), StoreError> {
+    pub fn commit_delete(&mut self, id: &UpdateId, op: &UpdateOperation) -> Result<(), StoreError> {
+        let (p, n, v) = id_params(id);
         let tx = self.conn.transaction()?;
         tx.execute(
             "DELETE FROM files WHERE provider = ?1 AND name = ?2 AND version = ?3",
-            params![provider, name, version],
+            params![p, n, v],
         )?;
         tx.execute(
             "DELETE FROM updates WHERE provider = ?1 AND name = ?2 AND version = ?3",
-            params![provider, name, version],
+            params![p, n, v],
         )?;
         finish_operation(&tx, op)?;
         tx.commit()?;
@@ -277,5 +347,90 @@ impl Store {
             problems.push(format!("sqlite integrity_check: {ok}"));
         }
         Ok(problems)
+    }
+}
+
+/// The store as the async routes use it: every call runs on tokio's blocking pool.
+#[derive(Clone)]
+pub struct Db {
+    store: Arc<Mutex<Store>>,
+}
+
+impl Db {
+    /// Wraps an open store.
+    pub fn new(store: Store) -> Self {
+        Self { store: Arc::new(Mutex::new(store)) }
+    }
+
+    /// Runs `f` with the store on the blocking pool.
+    pub async fn call<R, F>(&self, f: F) -> Result<R, StoreError>
+    where
+        F: FnOnce(&mut Store) -> Result<R, StoreError> + Send + 'static,
+        R: Send + 'static,
+    {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = match store.lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store as the first release of `serve` wrote it: today's tables, `user_version` 0, and a
+    /// file document whose related file uses the manifest's `filename`.
+    #[test]
+    fn a_store_from_the_first_release_opens_and_reads_typed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.sqlite");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                "CREATE TABLE updates (provider TEXT NOT NULL, name TEXT NOT NULL, version TEXT NOT NULL, body TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (provider, name, version));
+                 CREATE TABLE files (provider TEXT NOT NULL, name TEXT NOT NULL, version TEXT NOT NULL, file_id TEXT NOT NULL, body TEXT NOT NULL, PRIMARY KEY (provider, name, version, file_id));
+                 CREATE TABLE operations (id TEXT PRIMARY KEY, seq INTEGER NOT NULL, status TEXT NOT NULL, body TEXT NOT NULL, request TEXT);",
+            )
+            .unwrap();
+            let update = r#"{"updateId":{"provider":"contoso","name":"cam","version":"1.0"},"isDeployable":true,"compatibility":[{"model":"cam"}],"instructions":{"steps":[{"handler":"microsoft/script:1","files":["a.sh"]}]},"manifestVersion":"5.0","importedDateTime":"2026-01-01T00:00:00.000Z","createdDateTime":"2026-01-01T00:00:00Z","etag":"\"x\""}"#;
+            let file = r#"{"fileId":"f1","fileName":"a.sh","sizeInBytes":3,"hashes":{"sha256":"AAAA"},"relatedFiles":[{"filename":"d.bin","sizeInBytes":1,"hashes":{"sha256":"BBBB"}}],"downloadHandler":{"id":"otaforge/delta:1"}}"#;
+            c.execute("INSERT INTO updates VALUES ('contoso','cam','1.0',?1,1)", [update]).unwrap();
+            c.execute("INSERT INTO files VALUES ('contoso','cam','1.0','f1',?1)", [file]).unwrap();
+            c.execute(
+                "INSERT INTO operations VALUES ('op1',1,'Running',?1,NULL)",
+                [r#"{"operationId":"op1","status":"Running"}"#],
+            )
+            .unwrap();
+        }
+        let store = Store::open(&path, "2026-02-02T00:00:00.000Z").unwrap();
+        assert_eq!(store.schema_version().unwrap(), 2);
+        let id: UpdateId = "contoso/cam/1.0".parse().unwrap();
+        let u = store.update(&id).unwrap().unwrap();
+        assert_eq!(u.update_id, id);
+        let f = store.file(&id, "f1").unwrap().unwrap();
+        assert_eq!(f.related_files[0].file_name, "d.bin");
+        let op = store.operation("op1").unwrap().unwrap();
+        assert_eq!(op.status, OperationStatus::Failed);
+        assert_eq!(op.error.unwrap().code, "OperationInterrupted");
+        drop(store);
+        // Opening again changes nothing.
+        let store = Store::open(&path, "2026-02-03T00:00:00.000Z").unwrap();
+        assert_eq!(store.schema_version().unwrap(), 2);
+        assert!(store.check().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_store_from_a_newer_otaforge_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("new.sqlite");
+        Connection::open(&path).unwrap().pragma_update(None, "user_version", 99).unwrap();
+        assert!(matches!(Store::open(&path, "now"), Err(StoreError::TooNew { found: 99, .. })));
     }
 }

@@ -10,6 +10,9 @@
 //!
 //! Authentication: a Microsoft Entra ID bearer token for the scope [`SCOPE`] (Azure), a static
 //! token (`otaforge serve --token`), or none (`otaforge serve` on loopback without a token).
+//!
+//! Every document is typed ([`model`]); [`DeviceUpdate`] is the small trait the import pipeline
+//! (`crate::pipeline`) drives, implemented here by [`AduClient`].
 
 pub mod model;
 
@@ -17,22 +20,29 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use azure_core::credentials::TokenCredential;
+use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde_json::Value;
 
 pub use model::{
-    ErrorBody, FileImportMetadata, ImportItem, ImportManifestMetadata, OperationStatus,
-    UpdateOperation,
+    ErrorBody, ErrorResponse, FileImportMetadata, ImportItem, ImportManifestMetadata,
+    OperationStatus, Page, Update, UpdateFile, UpdateInfo, UpdateOperation,
 };
 
 use crate::manifest::UpdateId;
+use crate::retry::RetryPolicy;
 
 /// The API version every request carries.
 pub const API_VERSION: &str = "2022-10-01";
+/// Every API version `otaforge serve` answers: the one otaforge sends, and the default of the
+/// current official Python SDK (`azure-iot-deviceupdate` 1.1.0), whose update-management paths
+/// and documents are the same.
+pub const SUPPORTED_API_VERSIONS: [&str; 2] = [API_VERSION, "2026-06-01"];
 /// The OAuth scope of the Device Update data plane.
 pub const SCOPE: &str = "https://api.adu.microsoft.com/.default";
 /// At most this many updates (a parent and its children) in one import request.
-pub const MAX_IMPORT_ITEMS: usize = 11;
+pub const MAX_IMPORT_ITEMS: usize = crate::limits::MAX_IMPORT_ITEMS;
+/// The most pages a list follows before it suspects a `nextLink` loop.
+const MAX_PAGES: usize = 10_000;
 
 /// How requests are authenticated.
 #[derive(Clone)]
@@ -115,6 +125,36 @@ impl ServiceError {
     }
 }
 
+/// What the import pipeline needs of a Device Update service: look up updates and their files,
+/// start an import, and wait for it. [`AduClient`] implements it for Azure and `otaforge serve`.
+pub trait DeviceUpdate: Send + Sync {
+    /// One update, or None when it does not exist.
+    fn get_update(
+        &self,
+        id: &UpdateId,
+    ) -> impl Future<Output = Result<Option<Update>, ServiceError>> + Send;
+
+    /// Every file document of an update.
+    fn update_files(
+        &self,
+        id: &UpdateId,
+    ) -> impl Future<Output = Result<Vec<UpdateFile>, ServiceError>> + Send;
+
+    /// Starts an import; returns the operation id.
+    fn import(
+        &self,
+        items: &[ImportItem],
+    ) -> impl Future<Output = Result<String, ServiceError>> + Send;
+
+    /// Waits for an operation to end, for at most `timeout`; `progress` sees every status.
+    fn wait_operation(
+        &self,
+        id: &str,
+        timeout: Duration,
+        progress: &mut (dyn FnMut(&UpdateOperation) + Send),
+    ) -> impl Future<Output = Result<UpdateOperation, ServiceError>> + Send;
+}
+
 /// A client for one Device Update instance.
 #[derive(Debug, Clone)]
 pub struct AduClient {
@@ -122,6 +162,7 @@ pub struct AduClient {
     instance: String,
     auth: Auth,
     http: reqwest::Client,
+    retry: RetryPolicy,
 }
 
 impl AduClient {
@@ -144,7 +185,18 @@ impl AduClient {
                 url: endpoint.to_owned(),
                 message: e.to_string(),
             })?;
-        Ok(Self { base, instance: instance.to_owned(), auth, http })
+        let retry = RetryPolicy {
+            max_retries: 3,
+            initial_delay: Duration::from_secs(1),
+            ..RetryPolicy::default()
+        };
+        Ok(Self { base, instance: instance.to_owned(), auth, http, retry })
+    }
+
+    /// The same client with another retry policy.
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
     }
 
     /// The instance name.
@@ -152,14 +204,37 @@ impl AduClient {
         &self.instance
     }
 
-    fn url(&self, path: &str) -> url::Url {
+    /// The endpoint (scheme, host and port).
+    pub fn endpoint(&self) -> &url::Url {
+        &self.base
+    }
+
+    /// The auth this client sends (for a store that talks to the same service).
+    pub fn auth(&self) -> &Auth {
+        &self.auth
+    }
+
+    /// The HTTP client (shared with a store that talks to the same service).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// The URL of an API path of this instance, `path` given as segments (each percent-encoded
+    /// as one segment), with the api-version.
+    pub fn url(&self, segments: &[&str]) -> url::Url {
         let mut u = self.base.clone();
-        u.set_path(&format!("/deviceUpdate/{}/{}", self.instance, path.trim_start_matches('/')));
+        if let Ok(mut s) = u.path_segments_mut() {
+            s.clear().push("deviceUpdate").push(&self.instance);
+            for seg in segments {
+                s.push(seg);
+            }
+        }
         u.query_pairs_mut().append_pair("api-version", API_VERSION);
         u
     }
 
-    async fn authorize(
+    /// Adds the `Authorization` header this client's auth calls for.
+    pub async fn authorize(
         &self,
         req: reqwest::RequestBuilder,
     ) -> Result<reqwest::RequestBuilder, ServiceError> {
@@ -176,47 +251,50 @@ impl AduClient {
         })
     }
 
-    /// Sends a request; returns status, headers and body, or the service's error.
+    /// Sends a request, retrying connection failures, 408, 429 and 5xx as the retry policy says
+    /// (honouring `Retry-After`); returns status, headers and body, or the service's error.
     async fn send(
         &self,
         method: reqwest::Method,
         url: url::Url,
-        body: Option<&Value>,
+        body: Option<Vec<u8>>,
     ) -> Result<(u16, reqwest::header::HeaderMap, Vec<u8>), ServiceError> {
         let mut attempt = 0u32;
+        let started = Instant::now();
         loop {
+            attempt += 1;
             let mut req = self.http.request(method.clone(), url.clone());
-            if let Some(b) = body {
-                let bytes = serde_json::to_vec(b).map_err(|e| ServiceError::Protocol {
-                    url: url.to_string(),
-                    message: e.to_string(),
-                })?;
-                req = req.header(reqwest::header::CONTENT_TYPE, "application/json").body(bytes);
+            if let Some(b) = &body {
+                req = req.header(reqwest::header::CONTENT_TYPE, "application/json").body(b.clone());
             }
             let req = self.authorize(req).await?;
             let transport = |e: reqwest::Error| ServiceError::Transport {
                 url: url.to_string(),
                 message: e.to_string(),
             };
-            let result = req.send().await;
-            let resp = match result {
+            let resp = match req.send().await {
                 Ok(r) => r,
-                // Connection failures are retried a few times; the requests used here are
-                // safe to repeat (an import is deduplicated by the service).
-                Err(e) if attempt < 3 && (e.is_connect() || e.is_timeout()) => {
-                    attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
-                    continue;
+                // The requests used here are safe to repeat (an import is deduplicated by the
+                // service).
+                Err(e) if e.is_connect() || e.is_timeout() => {
+                    match self.retry.delay(attempt, None) {
+                        Some(d) if started.elapsed() + d < self.retry.max_total => {
+                            tokio::time::sleep(d).await;
+                            continue;
+                        }
+                        _ => return Err(transport(e)),
+                    }
                 }
                 Err(e) => return Err(transport(e)),
             };
             let status = resp.status().as_u16();
             let headers = resp.headers().clone();
             let bytes = resp.bytes().await.map_err(transport)?.to_vec();
-            if (status == 429 || status >= 500) && attempt < 3 {
-                attempt += 1;
-                let wait = retry_after(&headers).unwrap_or(Duration::from_millis(500 << attempt));
-                tokio::time::sleep(wait.min(Duration::from_secs(30))).await;
+            if RetryPolicy::retryable_status(status)
+                && let Some(d) = self.retry.delay(attempt, crate::retry::retry_after(&headers))
+                && started.elapsed() + d < self.retry.max_total
+            {
+                tokio::time::sleep(d).await;
                 continue;
             }
             if status >= 400 {
@@ -225,11 +303,9 @@ impl AduClient {
                     .or_else(|| headers.get("traceparent"))
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_owned);
-                let error = serde_json::from_slice::<Value>(&bytes)
-                    .ok()
-                    .and_then(|v| v.get("error").cloned())
-                    .and_then(|e| serde_json::from_value::<ErrorBody>(e).ok())
-                    .unwrap_or_else(|| {
+                let error = serde_json::from_slice::<ErrorResponse>(&bytes)
+                    .map(|r| r.error)
+                    .unwrap_or_else(|_| {
                         ErrorBody::new(
                             &format!("Http{status}"),
                             String::from_utf8_lossy(&bytes).chars().take(500).collect::<String>(),
@@ -251,14 +327,18 @@ impl AduClient {
         Ok((v, headers))
     }
 
+    fn body<T: Serialize + ?Sized>(url: &url::Url, v: &T) -> Result<Vec<u8>, ServiceError> {
+        serde_json::to_vec(v)
+            .map_err(|e| ServiceError::Protocol { url: url.to_string(), message: e.to_string() })
+    }
+
     /// Starts an import of up to 11 updates (a parent and its children); returns the operation
     /// id from `Operation-Location`.
     pub async fn import(&self, items: &[ImportItem]) -> Result<String, ServiceError> {
-        let url = self.url("updates:import");
-        let body = serde_json::to_value(items)
-            .map_err(|e| ServiceError::Protocol { url: url.to_string(), message: e.to_string() })?;
+        let url = self.url(&["updates:import"]);
+        let body = Self::body(&url, items)?;
         let (status, headers, _) =
-            self.send(reqwest::Method::POST, url.clone(), Some(&body)).await?;
+            self.send(reqwest::Method::POST, url.clone(), Some(body)).await?;
         if status != 202 {
             return Err(ServiceError::Protocol {
                 url: url.to_string(),
@@ -274,12 +354,12 @@ impl AduClient {
         id: &str,
     ) -> Result<(UpdateOperation, Option<Duration>), ServiceError> {
         let (op, headers) =
-            self.get_json::<UpdateOperation>(self.url(&format!("updates/operations/{id}"))).await?;
-        Ok((op, retry_after(&headers)))
+            self.get_json::<UpdateOperation>(self.url(&["updates", "operations", id])).await?;
+        Ok((op, crate::retry::retry_after(&headers)))
     }
 
-    /// Polls an operation until it succeeds or fails, honouring `Retry-After` (1 to 30 s), for
-    /// at most `timeout`. `progress` sees every status.
+    /// Polls an operation until it succeeds or fails, honouring `Retry-After` (0.2 to 30 s),
+    /// for at most `timeout`. `progress` sees every status.
     pub async fn wait_operation(
         &self,
         id: &str,
@@ -290,7 +370,7 @@ impl AduClient {
         loop {
             let (op, after) = self.get_operation(id).await?;
             progress(&op);
-            if matches!(op.status, OperationStatus::Succeeded | OperationStatus::Failed) {
+            if op.status.is_terminal() {
                 return Ok(op);
             }
             let waited = start.elapsed();
@@ -310,10 +390,11 @@ impl AduClient {
 
     /// Every operation the service still lists (completed ones are kept 7 days).
     pub async fn list_operations(&self) -> Result<Vec<UpdateOperation>, ServiceError> {
-        self.list_paged(self.url("updates/operations")).await
+        self.list_paged(self.url(&["updates", "operations"])).await
     }
 
-    async fn list_paged<T: DeserializeOwned>(
+    /// Every item of a paged list, following `nextLink` (relative or absolute).
+    pub async fn list_paged<T: DeserializeOwned>(
         &self,
         first: url::Url,
     ) -> Result<Vec<T>, ServiceError> {
@@ -322,20 +403,16 @@ impl AduClient {
         let mut pages = 0;
         while let Some(url) = next.take() {
             pages += 1;
-            if pages > 10_000 {
+            if pages > MAX_PAGES {
                 return Err(ServiceError::Protocol {
                     url: url.to_string(),
-                    message: "more than 10000 pages; is nextLink looping?".into(),
+                    message: format!("more than {MAX_PAGES} pages; is nextLink looping?"),
                 });
             }
-            let (page, _) = self.get_json::<Value>(url.clone()).await?;
-            let values = page.get("value").cloned().unwrap_or(Value::Array(Vec::new()));
-            let items: Vec<T> = serde_json::from_value(values).map_err(|e| {
-                ServiceError::Protocol { url: url.to_string(), message: e.to_string() }
-            })?;
-            out.extend(items);
-            if let Some(link) = page.get("nextLink").and_then(Value::as_str) {
-                next = Some(self.base.join(link).map_err(|e| ServiceError::Protocol {
+            let (page, _) = self.get_json::<Page<T>>(url.clone()).await?;
+            out.extend(page.value);
+            if let Some(link) = page.next_link {
+                next = Some(self.base.join(&link).map_err(|e| ServiceError::Protocol {
                     url: url.to_string(),
                     message: format!("nextLink: {e}"),
                 })?);
@@ -344,18 +421,22 @@ impl AduClient {
         Ok(out)
     }
 
-    /// Every update (the service's JSON, unknown fields kept).
-    pub async fn list_updates(&self) -> Result<Vec<Value>, ServiceError> {
-        self.list_paged(self.url("updates")).await
+    /// Every update.
+    pub async fn list_updates(&self) -> Result<Vec<Update>, ServiceError> {
+        self.list_paged(self.url(&["updates"])).await
     }
 
-    fn update_path(id: &UpdateId) -> String {
-        format!("updates/providers/{}/names/{}/versions/{}", id.provider, id.name, id.version)
+    fn update_url(&self, id: &UpdateId, rest: &[&str]) -> url::Url {
+        let version = id.version().to_string();
+        let mut segs =
+            vec!["updates", "providers", id.provider(), "names", id.name(), "versions", &version];
+        segs.extend_from_slice(rest);
+        self.url(&segs)
     }
 
     /// One update, or None when it does not exist.
-    pub async fn get_update(&self, id: &UpdateId) -> Result<Option<Value>, ServiceError> {
-        match self.get_json::<Value>(self.url(&Self::update_path(id))).await {
+    pub async fn get_update(&self, id: &UpdateId) -> Result<Option<Update>, ServiceError> {
+        match self.get_json::<Update>(self.update_url(id, &[])).await {
             Ok((v, _)) => Ok(Some(v)),
             Err(ServiceError::Api { status: 404, .. }) => Ok(None),
             Err(e) => Err(e),
@@ -364,34 +445,52 @@ impl AduClient {
 
     /// Starts deleting an update; returns the operation id.
     pub async fn delete_update(&self, id: &UpdateId) -> Result<String, ServiceError> {
-        let url = self.url(&Self::update_path(id));
+        let url = self.update_url(id, &[]);
         let (_, headers, _) = self.send(reqwest::Method::DELETE, url.clone(), None).await?;
         operation_id_from(&headers, &url)
     }
 
     /// The file ids of an update.
     pub async fn list_files(&self, id: &UpdateId) -> Result<Vec<String>, ServiceError> {
-        self.list_paged(self.url(&format!("{}/files", Self::update_path(id)))).await
+        self.list_paged(self.update_url(id, &["files"])).await
     }
 
     /// One file of an update.
-    pub async fn get_file(&self, id: &UpdateId, file_id: &str) -> Result<Value, ServiceError> {
-        Ok(self.get_json(self.url(&format!("{}/files/{file_id}", Self::update_path(id)))).await?.0)
+    pub async fn get_file(&self, id: &UpdateId, file_id: &str) -> Result<UpdateFile, ServiceError> {
+        Ok(self.get_json(self.update_url(id, &["files", file_id])).await?.0)
+    }
+
+    /// Every file document of an update.
+    pub async fn update_files(&self, id: &UpdateId) -> Result<Vec<UpdateFile>, ServiceError> {
+        let mut files = Vec::new();
+        for f in self.list_files(id).await? {
+            files.push(self.get_file(id, &f).await?);
+        }
+        Ok(files)
     }
 }
 
-fn retry_after(h: &reqwest::header::HeaderMap) -> Option<Duration> {
-    if let Some(ms) = h
-        .get("x-ms-retry-after-ms")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        return Some(Duration::from_millis(ms));
+impl DeviceUpdate for AduClient {
+    async fn get_update(&self, id: &UpdateId) -> Result<Option<Update>, ServiceError> {
+        AduClient::get_update(self, id).await
     }
-    h.get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs)
+
+    async fn update_files(&self, id: &UpdateId) -> Result<Vec<UpdateFile>, ServiceError> {
+        AduClient::update_files(self, id).await
+    }
+
+    async fn import(&self, items: &[ImportItem]) -> Result<String, ServiceError> {
+        AduClient::import(self, items).await
+    }
+
+    async fn wait_operation(
+        &self,
+        id: &str,
+        timeout: Duration,
+        progress: &mut (dyn FnMut(&UpdateOperation) + Send),
+    ) -> Result<UpdateOperation, ServiceError> {
+        AduClient::wait_operation(self, id, timeout, progress).await
+    }
 }
 
 fn operation_id_from(

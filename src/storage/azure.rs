@@ -64,22 +64,13 @@ impl std::fmt::Debug for Credential {
 pub struct Network {
     /// A read or connect that makes no progress for this long fails (and is retried).
     pub io_timeout: Duration,
-    /// Retries per request.
-    pub max_retries: u32,
-    /// First retry delay (doubles each time, with jitter).
-    pub initial_retry_delay: Duration,
-    /// Give up on a request after this long, retries included.
-    pub max_request_time: Duration,
+    /// Retries: the policy every otaforge client shares.
+    pub retry: crate::retry::RetryPolicy,
 }
 
 impl Default for Network {
     fn default() -> Self {
-        Self {
-            io_timeout: Duration::from_secs(30),
-            max_retries: 8,
-            initial_retry_delay: Duration::from_millis(200),
-            max_request_time: Duration::from_secs(300),
-        }
+        Self { io_timeout: Duration::from_secs(30), retry: crate::retry::RetryPolicy::default() }
     }
 }
 
@@ -208,10 +199,10 @@ impl AzureStore {
         let http: Arc<dyn azure_core::http::HttpClient> = self.http.clone();
         ClientOptions {
             retry: RetryOptions::exponential(ExponentialRetryOptions {
-                initial_delay: ms(n.initial_retry_delay),
-                max_retries: n.max_retries,
-                max_total_elapsed: ms(n.max_request_time),
-                max_delay: time::Duration::seconds(30),
+                initial_delay: ms(n.retry.initial_delay),
+                max_retries: n.retry.max_retries,
+                max_total_elapsed: ms(n.retry.max_total),
+                max_delay: ms(n.retry.max_delay),
             }),
             transport: Some(Transport::new(http)),
             ..ClientOptions::default()

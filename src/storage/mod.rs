@@ -18,7 +18,10 @@
 pub mod azure;
 pub mod crc64;
 pub mod dir;
+pub mod embedded;
 pub mod sas;
+
+pub use embedded::AnyStore;
 
 use std::fmt;
 use std::path::{Path, PathBuf};

@@ -465,6 +465,7 @@ fn create_bsdiff40(old: &Path, new: &Path, out: &Path) {
 }
 
 #[test]
+#[ignore = "needs Debian bsdiff/bspatch"]
 fn debian_bspatch_applies_our_bsdiff40_and_we_apply_debian_bsdiff() {
     require("bspatch", "apt-get install bsdiff");
     let dir = tempfile::tempdir().unwrap();
@@ -492,6 +493,7 @@ fn debian_bspatch_applies_our_bsdiff40_and_we_apply_debian_bsdiff() {
 }
 
 #[test]
+#[ignore = "needs PyPI bsdiff4"]
 fn pypi_bsdiff4_applies_our_bsdiff40_and_we_apply_its_patches() {
     let probe = Command::new("python3").args(["-c", "import bsdiff4"]).output();
     assert!(

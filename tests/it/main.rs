@@ -9,6 +9,7 @@ mod cli;
 mod delta;
 mod hash;
 mod manifest;
+mod pipeline;
 mod service;
 mod sign;
 mod storage;

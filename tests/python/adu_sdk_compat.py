@@ -1,4 +1,5 @@
-"""Drives `otaforge serve` with the official Python SDK `azure-iot-deviceupdate`.
+"""Drives `otaforge serve` with the official Python SDK `azure-iot-deviceupdate`, with the SDK's
+own defaults (no api_version: 1.1.0 sends 2026-06-01).
 
 Usage: adu_sdk_compat.py ENDPOINT INSTANCE TOKEN IMPORT_JSON
 
@@ -41,7 +42,6 @@ def main():
         instance_id=instance,
         credential=Unused(),
         authentication_policy=LoopbackStaticToken(token),
-        api_version="2022-10-01",
     )
     body = json.load(open(import_json))
     poller = client.device_update.begin_import_update(body, polling_interval=1)
@@ -63,7 +63,12 @@ def main():
         assert doc["fileId"] == f and doc["sizeInBytes"] >= 0, doc
     providers = list(client.device_update.list_providers())
     assert first["provider"] in providers, providers
-    print(json.dumps({"operation": op["status"], "updates": len(updates), "files": len(files)}))
+    deleter = client.device_update.begin_delete_update(
+        first["provider"], first["name"], first["version"], polling_interval=1
+    )
+    deleter.wait(timeout=60)
+    left = list(client.device_update.list_updates())
+    print(json.dumps({"operation": op["status"], "updates": len(updates), "files": len(files), "left": len(left)}))
 
 
 if __name__ == "__main__":

@@ -294,18 +294,14 @@ pub(crate) fn run() -> anyhow::Result<()> {
 
     println!("\n# The embedded Device Update service: start it, import, wait, list (no cloud):");
     let serve = Serve::start(&bin, &work.join("serve"))?;
-    let blob_dir = work.join("serve").join("blobs").display().to_string();
-    let blob_url = format!("{}/blobs", serve.endpoint);
+    // No storage options: import uploads into serve's own store.
     let adu = ["--endpoint", serve.endpoint.as_str(), "--instance", "default"];
-    let store = ["--dir", blob_dir.as_str(), "--base-url", blob_url.as_str()];
     let mut import = vec!["import", manifests[0].as_str()];
     import.extend(adu);
-    import.extend(store);
     otaforge(&bin, &import, 0)?;
     let mut import =
         vec!["import", manifests[1].as_str(), manifests[2].as_str(), manifests[3].as_str()];
     import.extend(adu);
-    import.extend(store);
     otaforge(&bin, &import, 0)?;
     println!("\n# Importing the same release again is reported, not failed:");
     otaforge(&bin, &import, 0)?;

@@ -1,8 +1,10 @@
 //! Project automation, run as `cargo xtask <task>`.
 //!
 //! Tasks:
-//! - `ci`: everything CI checks: format, clippy, the test suite, the official-schema check of
-//!   every manifest the tests produced, and hash interop with openssl and sha256sum.
+//! - `ci`: everything CI checks: provisions the outside tools (Debian packages, a Python virtual
+//!   environment under `target/pyenv`, Azurite), then format, clippy, every test including the
+//!   ones `#[ignore]`d for needing a tool, the official-schema check of every manifest the tests
+//!   produced, and hash interop with openssl and sha256sum.
 //! - `demo`: the README's run command, a walkthrough on the payloads in `testdata/`.
 //! - `schema [DIR...]`: checks import manifests against the official JSON schemas in
 //!   `../shared/schemas` (or `$OTAFORGE_SHARED/schemas`).
@@ -23,6 +25,7 @@ mod bench_delta;
 mod bench_upload;
 mod demo;
 mod schema;
+mod tools;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -108,6 +111,8 @@ pub(crate) fn run(mut cmd: Command) -> anyhow::Result<()> {
 
 fn ci() -> anyhow::Result<()> {
     let shared = shared()?;
+    // Every outside tool first: the run below includes the tests marked #[ignore] for needing one.
+    tools::provision()?;
     let mut fmt = cargo();
     fmt.args(["fmt", "--all", "--", "--check"]);
     run(fmt)?;
@@ -135,7 +140,8 @@ fn ci() -> anyhow::Result<()> {
     };
     eprintln!("storage tests use Azurite at {azurite_url}");
     let mut test = cargo();
-    test.args(["test", "--workspace"])
+    test.args(["test", "--workspace", "--", "--include-ignored"])
+        .env("PATH", tools::path_with_venv())
         .env("OTAFORGE_MANIFEST_OUT", &out)
         .env("INSTA_UPDATE", "no")
         .env("CI", "true")

@@ -1,0 +1,663 @@
+//! The HTTP surface of `otaforge serve`: paths, status codes, headers and the ADU error
+//! envelope. Handlers parse, call the store or the import logic, and shape the answer; the
+//! rules live in [`super::import`] and [`super::store`].
+//!
+//! Device Update API (every route needs `?api-version=2022-10-01` or `2026-06-01`):
+//! - `POST /deviceUpdate/{instance}/updates:import` → 202 + `Operation-Location`
+//! - `GET /deviceUpdate/{instance}/updates[/providers[/{p}/names[/{n}/versions[/{v}[/files[/{id}]]]]]]`
+//! - `DELETE /deviceUpdate/{instance}/updates/providers/{p}/names/{n}/versions/{v}` → 202
+//! - `GET /deviceUpdate/{instance}/updates/operations[/{id}]` (`Retry-After: 1` while running)
+//!
+//! otaforge's own (authenticated like the API; see `storage::embedded`):
+//! - `GET /deviceUpdate/{instance}/otaforge/storage` → where uploads go
+//! - `PUT /deviceUpdate/{instance}/otaforge/blobs/{container}/{blob}` (`x-otaforge-sha256`)
+//! - `GET /deviceUpdate/{instance}/otaforge/urls/{container}/{blob}?ttl=SECONDS` → a read URL
+//!
+//! Blob read URLs: `GET /blobs/{container}/{blob}?se=...&sp=r&sig=...`.
+
+// Errors here are the ADU error document or the HTTP answer itself: built once, on the failure
+// path and handed straight to the client, so boxing them would buy nothing.
+#![allow(clippy::result_large_err)]
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use futures::StreamExt as _;
+use serde::Serialize;
+
+use super::{Shared, new_operation, run_import};
+use crate::manifest::UpdateId;
+use crate::service::{
+    API_VERSION, ErrorBody, ErrorResponse, ImportItem, OperationStatus, Page,
+    SUPPORTED_API_VERSIONS, UpdateInfo, UpdateOperation,
+};
+use crate::storage::embedded::{BlobReceipt, ReadUrl, SHA256_HEADER, StorageInfo};
+use crate::storage::{BlobName, BlobStore as _, ContainerName, Source, UploadOptions};
+
+/// Items per page of every list.
+const PAGE: usize = 20;
+
+/// Every route of the service.
+pub(super) fn router(state: Shared) -> Router {
+    let api = Router::new()
+        .route("/deviceUpdate/{instance}/updates", get(list_updates))
+        .route("/deviceUpdate/{instance}/updates:import", axum::routing::post(import_updates))
+        .route("/deviceUpdate/{instance}/updates/operations", get(list_operations))
+        .route("/deviceUpdate/{instance}/updates/operations/{id}", get(get_operation))
+        .route("/deviceUpdate/{instance}/updates/providers", get(list_providers))
+        .route("/deviceUpdate/{instance}/updates/providers/{p}/names", get(list_names))
+        .route(
+            "/deviceUpdate/{instance}/updates/providers/{p}/names/{n}/versions",
+            get(list_versions),
+        )
+        .route(
+            "/deviceUpdate/{instance}/updates/providers/{p}/names/{n}/versions/{v}",
+            get(get_update).delete(delete_update),
+        )
+        .route(
+            "/deviceUpdate/{instance}/updates/providers/{p}/names/{n}/versions/{v}/files",
+            get(list_files),
+        )
+        .route(
+            "/deviceUpdate/{instance}/updates/providers/{p}/names/{n}/versions/{v}/files/{f}",
+            get(get_file),
+        )
+        .route("/deviceUpdate/{instance}/otaforge/storage", get(storage_info))
+        .route("/deviceUpdate/{instance}/otaforge/blobs/{container}/{*blob}", put(put_blob))
+        .route("/deviceUpdate/{instance}/otaforge/urls/{container}/{*blob}", get(blob_url))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), api_guard));
+    Router::new()
+        .merge(api)
+        .route("/blobs/{*path}", get(get_blob))
+        .fallback(|| async {
+            api_error(StatusCode::NOT_FOUND, ErrorBody::new("NotFound", "no such route"))
+        })
+        .with_state(state)
+}
+
+/// The ADU error envelope, with `x-ms-error-code`.
+fn api_error(status: StatusCode, error: ErrorBody) -> Response {
+    let code = HeaderValue::from_str(&error.code).unwrap_or(HeaderValue::from_static("Error"));
+    let mut r = (status, axum::Json(ErrorResponse { error })).into_response();
+    r.headers_mut().insert("x-ms-error-code", code);
+    r
+}
+
+fn internal(e: impl std::fmt::Display) -> Response {
+    api_error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        ErrorBody::new("InternalServerError", e.to_string()),
+    )
+}
+
+fn bad_request(code: &str, message: impl Into<String>) -> Response {
+    api_error(StatusCode::BAD_REQUEST, ErrorBody::new(code, message))
+}
+
+/// Bearer token, api-version and instance checks for every API route.
+async fn api_guard(State(s): State<Shared>, req: Request, next: Next) -> Response {
+    if let Some(token) = &s.token {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let ok = given
+            .is_some_and(|g| subtle::ConstantTimeEq::ct_eq(g.as_bytes(), token.as_bytes()).into());
+        if !ok {
+            let mut r = api_error(
+                StatusCode::UNAUTHORIZED,
+                ErrorBody::new("Unauthorized", "a valid bearer token is required"),
+            );
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return r;
+        }
+    }
+    let query = req.uri().query().unwrap_or_default();
+    let version = url::form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "api-version")
+        .map(|(_, v)| v.into_owned());
+    match version.as_deref() {
+        Some(v) if SUPPORTED_API_VERSIONS.contains(&v) => {}
+        Some(other) => {
+            return bad_request(
+                "UnsupportedApiVersion",
+                format!(
+                    "api-version {other} is not supported; use one of {}",
+                    SUPPORTED_API_VERSIONS.join(", ")
+                ),
+            );
+        }
+        None => {
+            return bad_request(
+                "MissingApiVersionParameter",
+                format!("the api-version query parameter is required ({API_VERSION})"),
+            );
+        }
+    }
+    let instance = req.uri().path().split('/').nth(2).unwrap_or_default();
+    if instance != s.instance {
+        return api_error(
+            StatusCode::NOT_FOUND,
+            ErrorBody::new(
+                "InstanceNotFound",
+                format!(
+                    "instance `{instance}` does not exist; this service hosts `{}`",
+                    s.instance
+                ),
+            ),
+        );
+    }
+    next.run(req).await
+}
+
+fn op_location(instance: &str, id: &str) -> String {
+    format!("/deviceUpdate/{instance}/updates/operations/{id}?api-version={API_VERSION}")
+}
+
+/// Where an update is (an operation's `resourceLocation`).
+pub(super) fn update_location(instance: &str, id: &UpdateId) -> String {
+    format!(
+        "/deviceUpdate/{instance}/updates/providers/{}/names/{}/versions/{}?api-version={API_VERSION}",
+        id.provider(),
+        id.name(),
+        id.version()
+    )
+}
+
+/// 202 with the `Operation-Location` of operation `id`.
+fn accepted(instance: &str, id: &str) -> Response {
+    let mut r = StatusCode::ACCEPTED.into_response();
+    if let Ok(v) = HeaderValue::from_str(&op_location(instance, id)) {
+        r.headers_mut().insert("Operation-Location", v);
+    }
+    r
+}
+
+/// Parses an import request body, with ADU's shape limits.
+fn parse_import(body: &[u8]) -> Result<Vec<ImportItem>, Response> {
+    let invalid = |m: String| bad_request("InvalidImportRequest", m);
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| invalid(format!("the body is not JSON: {e}")))?;
+    if !value.is_array() {
+        return Err(invalid("the body must be a JSON array of import items".into()));
+    }
+    let items: Vec<ImportItem> = serde_json::from_value(value)
+        .map_err(|e| invalid(format!("the body is not an array of import items: {e}")))?;
+    let max = crate::limits::MAX_IMPORT_ITEMS;
+    if items.is_empty() || items.len() > max {
+        return Err(invalid(format!(
+            "an import request holds 1 to {max} updates, this one has {}",
+            items.len()
+        )));
+    }
+    for (i, it) in items.iter().enumerate() {
+        if it.files.len() > crate::limits::MAX_REQUEST_FILES {
+            return Err(api_error(
+                StatusCode::BAD_REQUEST,
+                ErrorBody::new(
+                    "InvalidImportRequest",
+                    format!("item {i} lists {} files; an update has at most 10", it.files.len()),
+                )
+                .with_target(format!("[{i}].files")),
+            ));
+        }
+        if !it.import_manifest.hashes.contains_key(&crate::hash::HashAlgorithm::Sha256) {
+            return Err(api_error(
+                StatusCode::BAD_REQUEST,
+                ErrorBody::new(
+                    "InvalidImportRequest",
+                    format!("item {i}: importManifest.hashes.sha256 is required"),
+                )
+                .with_target(format!("[{i}].importManifest.hashes")),
+            ));
+        }
+    }
+    Ok(items)
+}
+
+async fn import_updates(State(s): State<Shared>, body: axum::body::Bytes) -> Response {
+    let items = match parse_import(&body) {
+        Ok(items) => items,
+        Err(r) => return r,
+    };
+    let op = new_operation(OperationStatus::NotStarted, None);
+    let id = op.operation_id.clone();
+    let request = String::from_utf8_lossy(&body).into_owned();
+    let queued = op.clone();
+    let admitted =
+        s.db.call(move |st| {
+            if st.running_count()? >= crate::limits::MAX_RUNNING_OPERATIONS {
+                return Ok(false);
+            }
+            st.put_operation(&queued, Some(&request))?;
+            Ok(true)
+        })
+        .await;
+    match admitted {
+        Ok(true) => {}
+        Ok(false) => {
+            return api_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorBody::new(
+                    "TooManyOperations",
+                    "at most 10 import or delete operations run at once; retry later",
+                ),
+            );
+        }
+        Err(e) => return internal(e),
+    }
+    let st = s.clone();
+    tokio::spawn(async move { run_import(st, op, items).await });
+    accepted(&s.instance, &id)
+}
+
+fn with_retry_after(op: &UpdateOperation, mut r: Response) -> Response {
+    if !op.status.is_terminal() {
+        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    r
+}
+
+async fn get_operation(
+    State(s): State<Shared>,
+    Path((_, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let key = id.clone();
+    match s.db.call(move |st| st.operation(&key)).await {
+        Ok(Some(op)) => {
+            if let (Some(inm), Some(tag)) = (headers.get(header::IF_NONE_MATCH), &op.etag)
+                && inm.to_str().ok() == Some(tag.as_str())
+                && op.status.is_terminal()
+            {
+                return StatusCode::NOT_MODIFIED.into_response();
+            }
+            let r = axum::Json(&op).into_response();
+            with_retry_after(&op, r)
+        }
+        Ok(None) => api_error(
+            StatusCode::NOT_FOUND,
+            ErrorBody::new("OperationNotFound", format!("operation {id} does not exist")),
+        ),
+        Err(e) => internal(e),
+    }
+}
+
+type Q = Query<HashMap<String, String>>;
+
+/// `value` + `nextLink` paging over `items`, [`PAGE`] per page, `skip` in the next link.
+fn page<T: Serialize>(
+    items: Vec<T>,
+    uri: &axum::http::Uri,
+    query: &HashMap<String, String>,
+) -> Response {
+    let skip = query.get("skip").and_then(|v| v.parse::<usize>().ok()).unwrap_or(0);
+    let total = items.len();
+    let value: Vec<T> = items.into_iter().skip(skip).take(PAGE).collect();
+    let mut next_link = None;
+    if skip + PAGE < total {
+        let mut q: Vec<(String, String)> = query
+            .iter()
+            .filter(|(k, _)| k.as_str() != "skip")
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        q.sort();
+        q.push(("skip".into(), (skip + PAGE).to_string()));
+        let qs = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(q).finish();
+        next_link = Some(format!("{}?{qs}", uri.path()));
+    }
+    axum::Json(Page { value, next_link }).into_response()
+}
+
+async fn list_operations(State(s): State<Shared>, uri: axum::http::Uri, Query(q): Q) -> Response {
+    let ops = match s.db.call(|st| st.operations()).await {
+        Ok(o) => o,
+        Err(e) => return internal(e),
+    };
+    // ADU supports only `status eq 'NotStarted' or status eq 'Running'`-style filters.
+    let wanted = |st: OperationStatus| {
+        q.get("filter").is_none_or(|f| f.contains(&format!("'{}'", st.as_str())))
+    };
+    let top = q.get("top").and_then(|t| t.parse::<usize>().ok()).unwrap_or(usize::MAX);
+    let items: Vec<UpdateOperation> =
+        ops.into_iter().filter(|o| wanted(o.status)).take(top).collect();
+    page(items, &uri, &q)
+}
+
+async fn list_updates(State(s): State<Shared>, uri: axum::http::Uri, Query(q): Q) -> Response {
+    match s.db.call(|st| st.updates()).await {
+        Ok(u) => {
+            let search = q.get("search").map(|x| x.to_lowercase());
+            let items: Vec<_> = u
+                .into_iter()
+                .filter(|u| {
+                    search.as_ref().is_none_or(|t| {
+                        serde_json::to_string(u).unwrap_or_default().to_lowercase().contains(t)
+                    })
+                })
+                .collect();
+            page(items, &uri, &q)
+        }
+        Err(e) => internal(e),
+    }
+}
+
+/// The distinct values `key` gives over the instance's update ids that `keep` accepts.
+async fn distinct_ids(
+    s: &Shared,
+    keep: impl Fn(&UpdateId) -> bool,
+    key: impl Fn(&UpdateId) -> String,
+) -> Result<Vec<String>, Response> {
+    let updates = s.db.call(|st| st.updates()).await.map_err(internal)?;
+    let set: std::collections::BTreeSet<String> =
+        updates.iter().map(|u| &u.update_id).filter(|id| keep(id)).map(key).collect();
+    Ok(set.into_iter().collect())
+}
+
+async fn list_providers(State(s): State<Shared>, uri: axum::http::Uri, Query(q): Q) -> Response {
+    match distinct_ids(&s, |_| true, |id| id.provider().to_owned()).await {
+        Ok(v) => page(v, &uri, &q),
+        Err(r) => r,
+    }
+}
+
+async fn list_names(
+    State(s): State<Shared>,
+    Path((_, p)): Path<(String, String)>,
+    uri: axum::http::Uri,
+    Query(q): Q,
+) -> Response {
+    match distinct_ids(&s, |id| id.provider() == p, |id| id.name().to_owned()).await {
+        Ok(v) => page(v, &uri, &q),
+        Err(r) => r,
+    }
+}
+
+async fn list_versions(
+    State(s): State<Shared>,
+    Path((_, p, n)): Path<(String, String, String)>,
+    uri: axum::http::Uri,
+    Query(q): Q,
+) -> Response {
+    let keep = |id: &UpdateId| id.provider() == p && id.name() == n;
+    match distinct_ids(&s, keep, |id| id.version().to_string()).await {
+        Ok(v) => page(v, &uri, &q),
+        Err(r) => r,
+    }
+}
+
+fn not_found_update(p: &str, n: &str, v: &str) -> Response {
+    api_error(
+        StatusCode::NOT_FOUND,
+        ErrorBody::new("UpdateNotFound", format!("update {p}/{n}/{v} does not exist")),
+    )
+}
+
+/// The update id of a path; an id that breaks ADU's rules cannot exist.
+fn path_id(p: &str, n: &str, v: &str) -> Result<UpdateId, Response> {
+    UpdateId::new(p, n, v).map_err(|_| not_found_update(p, n, v))
+}
+
+async fn get_update(
+    State(s): State<Shared>,
+    Path((_, p, n, v)): Path<(String, String, String, String)>,
+) -> Response {
+    let id = match path_id(&p, &n, &v) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    match s.db.call(move |st| st.update(&id)).await {
+        Ok(Some(u)) => axum::Json(u).into_response(),
+        Ok(None) => not_found_update(&p, &n, &v),
+        Err(e) => internal(e),
+    }
+}
+
+async fn list_files(
+    State(s): State<Shared>,
+    Path((_, p, n, v)): Path<(String, String, String, String)>,
+    uri: axum::http::Uri,
+    Query(q): Q,
+) -> Response {
+    let id = match path_id(&p, &n, &v) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    let found =
+        s.db.call(move |st| match st.update(&id)? {
+            Some(_) => Ok(Some(st.file_ids(&id)?)),
+            None => Ok(None),
+        })
+        .await;
+    match found {
+        Ok(Some(ids)) => page(ids, &uri, &q),
+        Ok(None) => not_found_update(&p, &n, &v),
+        Err(e) => internal(e),
+    }
+}
+
+async fn get_file(
+    State(s): State<Shared>,
+    Path((_, p, n, v, f)): Path<(String, String, String, String, String)>,
+) -> Response {
+    let id = match path_id(&p, &n, &v) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    let key = f.clone();
+    match s.db.call(move |st| st.file(&id, &key)).await {
+        Ok(Some(doc)) => axum::Json(doc).into_response(),
+        Ok(None) => api_error(
+            StatusCode::NOT_FOUND,
+            ErrorBody::new("FileNotFound", format!("update {p}/{n}/{v} has no file {f}")),
+        ),
+        Err(e) => internal(e),
+    }
+}
+
+async fn delete_update(
+    State(s): State<Shared>,
+    Path((_, p, n, v)): Path<(String, String, String, String)>,
+) -> Response {
+    let id = match path_id(&p, &n, &v) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    let mut op = new_operation(OperationStatus::Running, Some(UpdateInfo::new(id.clone())));
+    let op_id = op.operation_id.clone();
+    let result =
+        s.db.call(move |st| {
+            if st.update(&id)?.is_none() {
+                return Ok(false);
+            }
+            // A parent that references this update keeps it alive.
+            let parents: Vec<String> = st
+                .updates()?
+                .iter()
+                .filter(|u| u.references().any(|r| r == &id))
+                .map(|u| u.update_id.to_string())
+                .collect();
+            st.put_operation(&op, None)?;
+            op.last_action_date_time = Some(super::now_string());
+            if parents.is_empty() {
+                op.status = OperationStatus::Succeeded;
+                st.commit_delete(&id, &op)?;
+            } else {
+                op.status = OperationStatus::Failed;
+                op.error = Some(ErrorBody::new(
+                    "UpdateReferenced",
+                    format!(
+                        "update {id} is referenced by {}; delete the parent first",
+                        parents.join(", ")
+                    ),
+                ));
+                st.put_operation(&op, None)?;
+            }
+            Ok(true)
+        })
+        .await;
+    match result {
+        Ok(true) => accepted(&s.instance, &op_id),
+        Ok(false) => not_found_update(&p, &n, &v),
+        Err(e) => internal(e),
+    }
+}
+
+async fn get_blob(State(s): State<Shared>, uri: axum::http::Uri) -> Response {
+    let path = uri.path().strip_prefix("/blobs").unwrap_or_default();
+    match s.blobs.resolve(path, uri.query().unwrap_or_default(), SystemTime::now()) {
+        Ok(file) => match tokio::fs::File::open(&file).await {
+            Ok(f) => {
+                let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);
+                let stream = tokio_util::io::ReaderStream::with_capacity(f, 1 << 16);
+                let mut r = Response::new(Body::from_stream(stream));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/octet-stream"),
+                );
+                r.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+                r
+            }
+            Err(_) => api_error(
+                StatusCode::NOT_FOUND,
+                ErrorBody::new("BlobNotFound", "the blob does not exist"),
+            ),
+        },
+        // Azure answers a bad or expired SAS with 403.
+        Err(e) => {
+            api_error(StatusCode::FORBIDDEN, ErrorBody::new("AuthenticationFailed", e.to_string()))
+        }
+    }
+}
+
+async fn storage_info(State(s): State<Shared>) -> Response {
+    let base = format!("/deviceUpdate/{}/otaforge", s.instance);
+    axum::Json(StorageInfo {
+        upload_path: format!("{base}/blobs"),
+        url_path: format!("{base}/urls"),
+    })
+    .into_response()
+}
+
+fn blob_address(container: &str, blob: &str) -> Result<(ContainerName, BlobName), Response> {
+    let c: ContainerName =
+        container.parse().map_err(|e: String| bad_request("InvalidBlobName", e))?;
+    let b: BlobName = blob.parse().map_err(|e: String| bad_request("InvalidBlobName", e))?;
+    Ok((c, b))
+}
+
+/// Receives a blob: streamed to a temp file while hashed, checked against `x-otaforge-sha256`,
+/// then stored; a mismatch stores nothing.
+async fn put_blob(
+    State(s): State<Shared>,
+    Path((_, container, blob)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    use std::io::Write as _;
+    let (c, b) = match blob_address(&container, &blob) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let Some(declared) = headers
+        .get(SHA256_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<crate::Sha256>().ok())
+    else {
+        return bad_request(
+            "MissingContentHash",
+            format!("{SHA256_HEADER} with the base64 SHA-256 of the body is required"),
+        );
+    };
+    let mut tmp = match crate::fsutil::AtomicFile::new(&s.incoming_dir.join("upload")) {
+        Ok(t) => t,
+        Err(e) => return internal(e),
+    };
+    let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
+    let mut total = 0u64;
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(e) => return bad_request("IncompleteBody", format!("the upload broke off: {e}")),
+        };
+        total += chunk.len() as u64;
+        if total > crate::limits::MAX_FILE_BYTES {
+            return api_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ErrorBody::new("BlobTooLarge", "a blob is at most 2 GB"),
+            );
+        }
+        sha2::Digest::update(&mut hasher, &chunk);
+        if let Err(e) = tmp.write_all(&chunk) {
+            return internal(e);
+        }
+    }
+    let actual = crate::Sha256::from_bytes(sha2::Digest::finalize(hasher).into());
+    if actual != declared {
+        return api_error(
+            StatusCode::BAD_REQUEST,
+            ErrorBody::new(
+                "Md5Mismatch",
+                format!(
+                    "the body's sha256 is {actual}, {SHA256_HEADER} says {declared}; nothing was stored"
+                ),
+            ),
+        );
+    }
+    let staged = s.incoming_dir.join(format!(".otaforge-upload-{}", uuid::Uuid::new_v4()));
+    if let Err(e) = tmp.commit_to(&staged, false) {
+        return internal(e);
+    }
+    let source = Source { path: staged.clone(), size: total, sha256: actual, modified: None };
+    let stored = async {
+        s.blobs.ensure_container(&c).await?;
+        s.blobs.upload(&c, &b, &source, &UploadOptions::default(), &crate::NoReporter).await
+    }
+    .await;
+    let _ = fs_err::remove_file(&staged);
+    match stored {
+        Ok(done) => axum::Json(BlobReceipt {
+            size_in_bytes: done.size_in_bytes,
+            sha256: done.sha256,
+            already_present: done.already_present,
+        })
+        .into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+/// A signed read URL for a blob of the store, valid `ttl` seconds (default 4 h, at most 7 d).
+async fn blob_url(
+    State(s): State<Shared>,
+    Path((_, container, blob)): Path<(String, String, String)>,
+    Query(q): Q,
+) -> Response {
+    let (c, b) = match blob_address(&container, &blob) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let ttl = match q.get("ttl").map(|t| t.parse::<u64>()) {
+        None => Duration::from_secs(4 * 3600),
+        Some(Ok(secs)) if (1..=7 * 86_400).contains(&secs) => Duration::from_secs(secs),
+        Some(_) => return bad_request("InvalidTtl", "ttl is 1 to 604800 seconds"),
+    };
+    if !s.blobs.blob_path(&c, &b).is_file() {
+        return api_error(
+            StatusCode::NOT_FOUND,
+            ErrorBody::new("BlobNotFound", format!("{c}/{b} does not exist")),
+        );
+    }
+    match s.blobs.read_url(&c, &b, ttl).await {
+        Ok(url) => axum::Json(ReadUrl { url }).into_response(),
+        Err(e) => internal(e),
+    }
+}

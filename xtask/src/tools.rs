@@ -1,0 +1,171 @@
+//! Provisions every outside tool the test suite interoperates with, so that `cargo xtask ci`
+//! on a fresh machine (cargo, git, gcc, python3 with pip and venv, node and npm) runs every test,
+//! the `#[ignore]`d ones included:
+//!
+//! - Debian packages (`bsdiff` for bsdiff/bspatch, `openssl`, `curl`) through `apt-get` when a
+//!   command is missing (as root; otherwise a clear message says what to install);
+//! - PyPI packages, pinned, in a virtual environment under `target/pyenv` (Debian's Python
+//!   refuses system-wide `pip install`, PEP 668), whose `bin/` goes first on the tests' `PATH`;
+//! - Azurite through npm, pinned, under `target/azurite` (see `azurite.rs`).
+//!
+//! After provisioning, [`check`] fails when any tool is still missing: a test that needs a tool
+//! must never pass by not running.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context as _, bail};
+
+/// PyPI packages the tests drive, pinned, with the module that proves each is importable.
+pub(crate) const PYPI: &[(&str, &str)] = &[
+    ("bsdiff4==1.3.2", "bsdiff4"),
+    ("jwcrypto==1.6.1", "jwcrypto"),
+    ("imgtool==2.5.0", "imgtool"),
+    ("azure-iot-deviceupdate==1.1.0", "azure.iot.deviceupdate"),
+];
+
+/// Commands the tests run, and the Debian package that has each.
+pub(crate) const DEBIAN: &[(&str, &str)] =
+    &[("bspatch", "bsdiff"), ("bsdiff", "bsdiff"), ("openssl", "openssl"), ("curl", "curl")];
+
+fn on_path(cmd: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {cmd} >/dev/null 2>&1")])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The virtual environment's directory.
+pub(crate) fn venv() -> PathBuf {
+    crate::target_dir().join("pyenv")
+}
+
+/// Installs the missing Debian packages.
+fn debian() -> anyhow::Result<()> {
+    let mut missing: Vec<&str> =
+        DEBIAN.iter().filter(|(cmd, _)| !on_path(cmd)).map(|(_, pkg)| *pkg).collect();
+    missing.dedup();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !on_path("apt-get") {
+        bail!(
+            "the tests need the Debian packages {} and apt-get is not here: install them with your package manager",
+            missing.join(" ")
+        );
+    }
+    let sudo = if std::env::var("USER").as_deref() == Ok("root")
+        || Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0"))
+    {
+        None
+    } else {
+        Some("sudo")
+    };
+    eprintln!("xtask: installing Debian packages {}", missing.join(" "));
+    let apt = |args: &[&str]| {
+        let mut c = match sudo {
+            Some(s) => {
+                let mut c = Command::new(s);
+                c.arg("apt-get");
+                c
+            }
+            None => Command::new("apt-get"),
+        };
+        c.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        c
+    };
+    crate::run(apt(&["update", "-qq"]))
+        .context("apt-get update failed (run as root, or install the packages yourself)")?;
+    let mut install = apt(&["install", "-y", "-qq"]);
+    install.args(&missing);
+    crate::run(install).with_context(|| format!("apt-get install {} failed", missing.join(" ")))
+}
+
+fn python_can_import(python: &Path, module: &str) -> bool {
+    Command::new(python)
+        .args(["-c", &format!("import {module}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Creates the virtual environment and installs the missing PyPI packages into it.
+fn pypi() -> anyhow::Result<()> {
+    let dir = venv();
+    let python = dir.join("bin/python3");
+    if !python.exists() {
+        let mut c = Command::new("python3");
+        c.args(["-m", "venv"]).arg(&dir);
+        crate::run(c).context(
+            "python3 -m venv failed: install Python's venv module (Debian: apt-get install python3-venv)",
+        )?;
+    }
+    let missing: Vec<&str> = PYPI
+        .iter()
+        .filter(|(_, module)| !python_can_import(&python, module))
+        .map(|(pkg, _)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let mut pip = Command::new(&python);
+    pip.args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"]).args(&missing);
+    crate::run(pip)
+        .with_context(|| format!("pip install {} into {}", missing.join(" "), dir.display()))
+}
+
+/// `PATH` with the virtual environment's `bin/` first.
+pub(crate) fn path_with_venv() -> std::ffi::OsString {
+    let mut paths = vec![venv().join("bin")];
+    if let Some(p) = std::env::var_os("PATH") {
+        paths.extend(std::env::split_paths(&p));
+    }
+    std::env::join_paths(paths).unwrap_or_default()
+}
+
+/// rustfmt and clippy, through rustup when they are missing.
+fn rust_components() -> anyhow::Result<()> {
+    for (component, probe) in
+        [("rustfmt", "cargo fmt --version"), ("clippy", "cargo clippy --version")]
+    {
+        let there = Command::new("sh")
+            .args(["-c", &format!("{probe} >/dev/null 2>&1")])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !there {
+            let mut c = Command::new("rustup");
+            c.args(["component", "add", component]);
+            crate::run(c).with_context(|| format!("rustup component add {component}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Provisions every tool, then checks that each is there.
+pub(crate) fn provision() -> anyhow::Result<()> {
+    rust_components()?;
+    debian()?;
+    pypi()?;
+    check()
+}
+
+/// Fails, naming each, when a tool the tests need is missing.
+pub(crate) fn check() -> anyhow::Result<()> {
+    let python = venv().join("bin/python3");
+    let mut missing: Vec<String> = DEBIAN
+        .iter()
+        .filter(|(cmd, _)| !on_path(cmd))
+        .map(|(c, p)| format!("{c} (Debian {p})"))
+        .collect();
+    missing.extend(
+        PYPI.iter()
+            .filter(|(_, m)| !python_can_import(&python, m))
+            .map(|(p, _)| format!("{p} (PyPI, in {})", venv().display())),
+    );
+    if !venv().join("bin/imgtool").exists() {
+        missing.push("imgtool command (PyPI imgtool)".into());
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    bail!("tools the tests need are missing: {}", missing.join(", "))
+}
