@@ -48,3 +48,18 @@ pub fn stdout_json(out: &std::process::Output) -> serde_json::Value {
         panic!("stdout is not JSON ({e}):\n{}", String::from_utf8_lossy(&out.stdout))
     })
 }
+
+/// Reads one HTTP request's head from a test server's connection; returns its path.
+pub fn read_request_path(conn: &mut std::net::TcpStream) -> String {
+    use std::io::Read as _;
+    let mut req = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => req.extend_from_slice(&buf[..n]),
+        }
+    }
+    let head = String::from_utf8_lossy(&req);
+    head.lines().next().and_then(|l| l.split_whitespace().nth(1)).unwrap_or("/").to_owned()
+}

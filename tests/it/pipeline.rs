@@ -3,7 +3,7 @@
 //! store; file names that would leave the manifest's folder refused everywhere; and the ADU
 //! client's retry and paging paths against a stub that answers 429/503 and several pages.
 
-use std::io::{Read as _, Write as _};
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -293,16 +293,7 @@ fn stub(responses: Vec<String>) -> (String, Arc<Mutex<Vec<String>>>) {
         let mut responses = responses.into_iter();
         for conn in listener.incoming() {
             let Ok(mut conn) = conn else { return };
-            let mut req = Vec::new();
-            let mut buf = [0u8; 4096];
-            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                match conn.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => req.extend_from_slice(&buf[..n]),
-                }
-            }
-            let line = String::from_utf8_lossy(&req).lines().next().unwrap_or("").to_owned();
-            log.lock().unwrap().push(line.split_whitespace().nth(1).unwrap_or("").to_owned());
+            log.lock().unwrap().push(crate::read_request_path(&mut conn));
             let Some(r) = responses.next() else { return };
             let _ = conn.write_all(r.as_bytes());
         }

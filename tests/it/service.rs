@@ -487,16 +487,9 @@ impl StallServer {
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(mut conn) = conn else { return };
-                let mut req = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match conn.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => req.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let line = String::from_utf8_lossy(&req).lines().next().unwrap_or("").to_owned();
-                let path = line.split_whitespace().nth(1).unwrap_or("/").trim_start_matches('/');
+                let path = crate::read_request_path(&mut conn);
+                let path = path.trim_start_matches('/');
+                let mut buf = [0u8; 64];
                 let Some((name, bytes)) = files.iter().find(|(n, _)| n == path) else {
                     let _ = conn.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n");
                     continue;
