@@ -160,10 +160,10 @@ pub struct Planned {
 /// Whether an imported update is this manifest: same compatibility, same steps, and the same
 /// files (name, size, SHA-256).
 pub fn same_content(existing: &Update, files: &[UpdateFile], local: &ImportManifest) -> bool {
-    let as_json = |v: &dyn erased::Json| v.json();
     let compat_same = existing.compatibility == local.compatibility;
-    let steps_same = existing.instructions.as_ref().map(|i| as_json(&i.steps))
-        == Some(as_json(&local.instructions.steps));
+    // The service's steps and the manifest's are different types with the same JSON shape.
+    let steps_same = existing.instructions.as_ref().map(|i| serde_json::to_value(&i.steps).ok())
+        == Some(serde_json::to_value(&local.instructions.steps).ok());
     if !compat_same || !steps_same {
         return false;
     }
@@ -179,18 +179,6 @@ pub fn same_content(existing: &Update, files: &[UpdateFile], local: &ImportManif
     remote.sort();
     mine.sort();
     remote == mine
-}
-
-mod erased {
-    /// Compares two differently typed documents through their JSON form.
-    pub trait Json {
-        fn json(&self) -> serde_json::Value;
-    }
-    impl<T: serde::Serialize> Json for T {
-        fn json(&self) -> serde_json::Value {
-            serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
-        }
-    }
 }
 
 /// Looks every update up in the service.

@@ -312,13 +312,7 @@ fn check_version(f: &mut Findings, s: &str, path: &JsonPath) {
     use super::id::VersionProblem;
     for p in super::Version::problems(s) {
         match p {
-            VersionProblem::Format => f.error_hint(
-                "version-format",
-                path,
-                format!("'{s}' is not a dot-separated numeric version"),
-                "use two to four numbers separated by dots, e.g. 1.0 or 2024.11.3",
-            ),
-            VersionProblem::Parts(n) if n < 2 => f.error_hint(
+            VersionProblem::Format | VersionProblem::Parts(0 | 1) => f.error_hint(
                 "version-format",
                 path,
                 format!("'{s}' is not a dot-separated numeric version"),

@@ -363,7 +363,8 @@ pub async fn fetch_files(
     Ok(content)
 }
 
-fn etag(seed: &str) -> String {
+/// An entity tag derived from `seed` (the service's etags are opaque strings).
+pub(super) fn etag(seed: &str) -> String {
     format!("\"{}\"", &Sha256::digest(seed.as_bytes()).to_hex()[..32])
 }
 

@@ -155,10 +155,6 @@ fn new_operation_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
-fn etag(seed: &str) -> String {
-    format!("\"{}\"", &crate::Sha256::digest(seed.as_bytes()).to_hex()[..32])
-}
-
 /// A new operation with a fresh id, created now.
 fn new_operation(status: OperationStatus, update: Option<UpdateInfo>) -> UpdateOperation {
     let id = new_operation_id();
@@ -172,7 +168,7 @@ fn new_operation(status: OperationStatus, update: Option<UpdateInfo>) -> UpdateO
         trace_id: Some(id.replace('-', "")),
         last_action_date_time: Some(now.clone()),
         created_date_time: Some(now.clone()),
-        etag: Some(etag(&format!("{id}{now}"))),
+        etag: Some(import::etag(&format!("{id}{now}"))),
         extra: Default::default(),
     }
 }

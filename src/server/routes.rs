@@ -39,7 +39,7 @@ use crate::service::{
     SUPPORTED_API_VERSIONS, UpdateInfo, UpdateOperation,
 };
 use crate::storage::embedded::{BlobReceipt, ReadUrl, SHA256_HEADER, StorageInfo};
-use crate::storage::{BlobName, BlobStore as _, ContainerName, Source, UploadOptions};
+use crate::storage::{BlobName, BlobStore as _, ContainerName};
 
 /// Items per page of every list.
 const PAGE: usize = 20;
@@ -613,24 +613,15 @@ async fn put_blob(
             ),
         );
     }
-    let staged = s.incoming_dir.join(format!(".otaforge-upload-{}", uuid::Uuid::new_v4()));
-    if let Err(e) = tmp.commit_to(&staged, false) {
-        return internal(e);
-    }
-    let source = Source { path: staged.clone(), size: total, sha256: actual, modified: None };
-    let stored = async {
-        s.blobs.ensure_container(&c).await?;
-        s.blobs.upload(&c, &b, &source, &UploadOptions::default(), &crate::NoReporter).await
-    }
-    .await;
-    let _ = fs_err::remove_file(&staged);
+    let blobs = s.blobs.clone();
+    let stored =
+        tokio::task::spawn_blocking(move || blobs.put_received(&c, &b, tmp, total, actual)).await;
     match stored {
-        Ok(done) => axum::Json(BlobReceipt {
-            size_in_bytes: done.size_in_bytes,
-            sha256: done.sha256,
-            already_present: done.already_present,
-        })
-        .into_response(),
+        Ok(Ok(already_present)) => {
+            axum::Json(BlobReceipt { size_in_bytes: total, sha256: actual, already_present })
+                .into_response()
+        }
+        Ok(Err(e)) => internal(e),
         Err(e) => internal(e),
     }
 }

@@ -83,6 +83,66 @@ impl DirStore {
         })
     }
 
+    /// Makes `file` (already written and checked: `size` bytes with `sha256`) the blob.
+    /// Metadata is removed first and written last: a crash in between leaves a blob without
+    /// metadata, which the next upload sends again, never metadata describing other bytes.
+    fn commit(
+        &self,
+        container: &ContainerName,
+        blob: &BlobName,
+        file: crate::fsutil::AtomicFile,
+        size: u64,
+        sha256: Sha256,
+    ) -> Result<(), StorageError> {
+        let dest = self.blob_path(container, blob);
+        let meta_path = self.meta_path(container, blob);
+        for p in [&dest, &meta_path] {
+            if let Some(parent) = p.parent() {
+                fs_err::create_dir_all(parent)?;
+            }
+        }
+        let meta = serde_json::to_vec(&Meta { size_in_bytes: size, sha256 })
+            .map_err(|e| StorageError::Config(e.to_string()))?;
+        let _ = fs_err::remove_file(&meta_path);
+        file.commit_to(&dest, true)?;
+        crate::fsutil::write_atomic(&meta_path, &meta, true)?;
+        Ok(())
+    }
+
+    /// Whether the blob already holds `size` bytes with `sha256`.
+    fn holds(
+        &self,
+        container: &ContainerName,
+        blob: &BlobName,
+        size: u64,
+        sha256: &Sha256,
+    ) -> bool {
+        let meta = fs_err::read(self.meta_path(container, blob))
+            .ok()
+            .and_then(|t| serde_json::from_slice::<Meta>(&t).ok());
+        meta.is_some_and(|m| m.size_in_bytes == size && m.sha256 == *sha256)
+            && fs_err::metadata(self.blob_path(container, blob)).is_ok_and(|d| d.len() == size)
+    }
+
+    /// Stores a file that was received and hashed elsewhere (`otaforge serve`'s upload route),
+    /// by renaming it into place: no second copy. `file` must be on the store's file system.
+    /// Returns true when the blob already held these bytes (the file is then dropped).
+    pub fn put_received(
+        &self,
+        container: &ContainerName,
+        blob: &BlobName,
+        mut file: crate::fsutil::AtomicFile,
+        size: u64,
+        sha256: Sha256,
+    ) -> Result<bool, StorageError> {
+        if self.holds(container, blob, size, &sha256) {
+            return Ok(true);
+        }
+        file.set_mode(0o644)?;
+        self.commit(container, blob, file, size, sha256)?;
+        Ok(false)
+    }
+
     /// The file that holds a blob.
     pub fn blob_path(&self, container: &ContainerName, blob: &BlobName) -> PathBuf {
         self.root.join(container.as_str()).join(blob.as_str())
@@ -183,21 +243,13 @@ impl BlobStore for DirStore {
         reporter: &dyn Reporter,
     ) -> Result<Uploaded, StorageError> {
         let dest = self.blob_path(container, blob);
-        let meta_path = self.meta_path(container, blob);
         let mut result = Uploaded::new(blob, source);
-        if let Ok(text) = fs_err::read(&meta_path)
-            && let Ok(m) = serde_json::from_slice::<Meta>(&text)
-            && m.size_in_bytes == source.size
-            && m.sha256 == source.sha256
-            && fs_err::metadata(&dest).map(|d| d.len() == source.size).unwrap_or(false)
-        {
+        if self.holds(container, blob, source.size, &source.sha256) {
             result.already_present = true;
             return Ok(result);
         }
-        for p in [&dest, &meta_path] {
-            if let Some(parent) = p.parent() {
-                fs_err::create_dir_all(parent)?;
-            }
+        if let Some(parent) = dest.parent() {
+            fs_err::create_dir_all(parent)?;
         }
         let label = blob.to_string();
         reporter.start(&label, Some(source.size));
@@ -229,13 +281,7 @@ impl BlobStore for DirStore {
                 ),
             });
         }
-        let meta = serde_json::to_vec(&Meta { size_in_bytes: source.size, sha256: source.sha256 })
-            .map_err(|e| StorageError::Config(e.to_string()))?;
-        // Metadata is removed first and written last: a crash in between leaves a blob without
-        // metadata, which the next run uploads again, never metadata describing other bytes.
-        let _ = fs_err::remove_file(&meta_path);
-        tmp.commit(true)?;
-        crate::fsutil::write_atomic(&meta_path, &meta, true)?;
+        self.commit(container, blob, tmp, source.size, source.sha256)?;
         reporter.finish(&label);
         result.blocks_sent = 1;
         Ok(result)

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use otaforge::pipeline::{self, PipelineError, UploadPlan};
+use otaforge::pipeline::{self, UploadPlan};
 use otaforge::service::model::{
     Deployment, DeploymentDeviceState, DeploymentStatus, Device, DeviceClass, DeviceClassSubgroup,
     Group, Page, UpdateCompliance,
@@ -368,5 +368,4 @@ fn the_adu_client_gives_up_after_its_retries_with_the_service_error() {
     let id = "p/n/1.0".parse().unwrap();
     assert!(rt().block_on(client.get_update(&id)).unwrap().is_none());
     assert_eq!(seen.lock().unwrap().len(), 1);
-    let _: Option<PipelineError> = None;
 }

@@ -54,13 +54,8 @@ fn debian() -> anyhow::Result<()> {
             missing.join(" ")
         );
     }
-    let sudo = if std::env::var("USER").as_deref() == Ok("root")
-        || Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0"))
-    {
-        None
-    } else {
-        Some("sudo")
-    };
+    let root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.trim_ascii() == b"0");
+    let sudo = if root { None } else { Some("sudo") };
     eprintln!("xtask: installing Debian packages {}", missing.join(" "));
     let apt = |args: &[&str]| {
         let mut c = match sudo {
