@@ -193,14 +193,30 @@ pub fn check_debian_version(v: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// An exact Debian version: the apt handler takes no ranges or wildcards.
+fn check_exact_version(f: &mut Findings, v: &str, path: &JsonPath) {
+    if v.contains('=') || v.contains('*') || v.starts_with(['<', '>']) {
+        f.error_hint(
+            "package-version",
+            path,
+            format!("'{v}' is not an exact version"),
+            "the apt handler supports only exact versions such as 1.2.3-1",
+        );
+    } else if let Err(e) = check_debian_version(v) {
+        f.error_hint(
+            "package-version",
+            path,
+            e,
+            "see Debian policy §5.6.12: [epoch:]upstream[-revision]",
+        );
+    }
+}
+
 /// Checks an APT manifest document and reports every problem with its JSON path.
 pub fn validate_value(doc: &Value) -> Findings {
     let mut f = Findings::new();
     let root = JsonPath::root();
-    let Some(obj) = doc.as_object() else {
-        f.error("type", &root, "an APT manifest must be a JSON object");
-        return f;
-    };
+    let Some(obj) = f.expect_object(doc, &root) else { return f };
     for key in obj.keys() {
         if !["name", "version", "packages", "agentRestartRequired"].contains(&key.as_str()) {
             f.warning(
@@ -228,8 +244,9 @@ pub fn validate_value(doc: &Value) -> Findings {
                 format!("'{s}' contains whitespace"),
                 "installedCriteria comparisons are exact; avoid spaces",
             ),
-            Some(Value::String(_)) => {}
-            Some(_) => f.error("type", &root.key(key), format!("'{key}' must be a string")),
+            Some(v) => {
+                f.expect_string(v, &root.key(key));
+            }
         }
     }
     if let Some(v) = obj.get("agentRestartRequired")
@@ -242,10 +259,7 @@ pub fn validate_value(doc: &Value) -> Findings {
         f.error_hint("required", &pp, "'packages' is missing", "list at least one package");
         return f;
     };
-    let Some(packages) = packages.as_array() else {
-        f.error("type", &pp, "'packages' must be an array");
-        return f;
-    };
+    let Some(packages) = f.expect_array(packages, &pp) else { return f };
     if packages.is_empty() {
         f.error_hint(
             "empty",
@@ -257,10 +271,7 @@ pub fn validate_value(doc: &Value) -> Findings {
     let mut seen: HashMap<String, usize> = HashMap::new();
     for (i, pkg) in packages.iter().enumerate() {
         let p = pp.index(i);
-        let Some(pkg) = pkg.as_object() else {
-            f.error("type", &p, "a package must be an object with 'name' and optional 'version'");
-            continue;
-        };
+        let Some(pkg) = f.expect_object(pkg, &p) else { continue };
         for key in pkg.keys() {
             if key != "name" && key != "version" {
                 f.warning(
@@ -271,17 +282,11 @@ pub fn validate_value(doc: &Value) -> Findings {
                 );
             }
         }
-        let name = match pkg.get("name") {
-            Some(Value::String(s)) => s.as_str(),
-            Some(_) => {
-                f.error("type", &p.key("name"), "'name' must be a string");
-                continue;
-            }
-            None => {
-                f.error("required", &p.key("name"), "a package needs a 'name'");
-                continue;
-            }
+        let Some(name) = pkg.get("name") else {
+            f.error("required", &p.key("name"), "a package needs a 'name'");
+            continue;
         };
+        let Some(name) = f.expect_string(name, &p.key("name")) else { continue };
         let (base, removal) = match name.strip_suffix('-') {
             Some(b) => (b, true),
             None => (name, false),
@@ -302,24 +307,11 @@ pub fn validate_value(doc: &Value) -> Findings {
                 format!("'{name}' removes a package, so it takes no version"),
                 "drop the version, or drop the trailing '-' to install",
             ),
-            Some(Value::String(v)) => {
-                if v.contains('=') || v.contains('*') || v.starts_with(['<', '>']) {
-                    f.error_hint(
-                        "package-version",
-                        &p.key("version"),
-                        format!("'{v}' is not an exact version"),
-                        "the apt handler supports only exact versions such as 1.2.3-1",
-                    );
-                } else if let Err(e) = check_debian_version(v) {
-                    f.error_hint(
-                        "package-version",
-                        &p.key("version"),
-                        e,
-                        "see Debian policy §5.6.12: [epoch:]upstream[-revision]",
-                    );
+            Some(v) => {
+                if let Some(v) = f.expect_string(v, &p.key("version")) {
+                    check_exact_version(&mut f, v, &p.key("version"));
                 }
             }
-            Some(_) => f.error("type", &p.key("version"), "'version' must be a string"),
         }
         if let Some(first) = seen.insert(base.to_owned(), i) {
             let other = packages[first]["name"].as_str().unwrap_or_default();

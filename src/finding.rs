@@ -6,6 +6,7 @@
 use std::fmt;
 
 use serde::Serialize;
+use serde_json::{Map, Value};
 
 /// A location inside a JSON document, printed as `$.a.b[0]["odd key"]`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -203,6 +204,115 @@ impl<'a> IntoIterator for &'a Findings {
     type IntoIter = std::slice::Iter<'a, Finding>;
     fn into_iter(self) -> Self::IntoIter {
         self.0.iter()
+    }
+}
+
+/// What kind of JSON value `v` is, as a message names it ("a string", "an array", ...).
+pub fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Checks shared by the validators that walk raw JSON: each records a finding when the value is
+/// not what the document format wants, and hands back the typed view when it is.
+impl Findings {
+    /// `v` as a string, or a `type` error.
+    pub fn expect_string<'a>(&mut self, v: &'a Value, path: &JsonPath) -> Option<&'a str> {
+        let s = v.as_str();
+        if s.is_none() {
+            self.error("type", path, format!("must be a string, not {}", json_kind(v)));
+        }
+        s
+    }
+
+    /// `v` as an object, or a `type` error.
+    pub fn expect_object<'a>(
+        &mut self,
+        v: &'a Value,
+        path: &JsonPath,
+    ) -> Option<&'a Map<String, Value>> {
+        let o = v.as_object();
+        if o.is_none() {
+            self.error("type", path, format!("must be an object, not {}", json_kind(v)));
+        }
+        o
+    }
+
+    /// `v` as an array, or a `type` error.
+    pub fn expect_array<'a>(&mut self, v: &'a Value, path: &JsonPath) -> Option<&'a Vec<Value>> {
+        let a = v.as_array();
+        if a.is_none() {
+            self.error("type", path, format!("must be an array, not {}", json_kind(v)));
+        }
+        a
+    }
+
+    /// A string of `min..=max` characters (JSON Schema counts characters, not bytes); the string
+    /// is returned even when its length is wrong, so later rules can still look at it.
+    pub fn text<'a>(
+        &mut self,
+        v: &'a Value,
+        path: &JsonPath,
+        min: usize,
+        max: usize,
+    ) -> Option<&'a str> {
+        let s = self.expect_string(v, path)?;
+        let n = s.chars().count();
+        if n < min {
+            let message = if min == 1 {
+                "must not be empty".to_owned()
+            } else {
+                format!("must be at least {min} characters")
+            };
+            self.error("length", path, message);
+        } else if n > max {
+            self.error(
+                "length",
+                path,
+                format!("is {n} characters long; at most {max} are allowed"),
+            );
+        }
+        Some(s)
+    }
+
+    /// A count of `what` between `min` and `max`.
+    pub fn count(&mut self, len: usize, path: &JsonPath, what: &str, min: usize, max: usize) {
+        if len < min {
+            self.error("count", path, format!("needs at least {min} {what}, has {len}"));
+        } else if len > max {
+            self.error_hint(
+                "count",
+                path,
+                format!("has {len} {what}; at most {max} are allowed"),
+                format!("ADU accepts at most {max} {what} here"),
+            );
+        }
+    }
+
+    /// An `additional-property` error for every key of `obj` not in `allowed`.
+    pub fn unknown_keys(
+        &mut self,
+        obj: &Map<String, Value>,
+        path: &JsonPath,
+        allowed: &[&str],
+        what: &str,
+    ) {
+        for key in obj.keys() {
+            if !allowed.contains(&key.as_str()) {
+                self.error_hint(
+                    "additional-property",
+                    &path.key(key),
+                    format!("'{key}' is not allowed in {what}"),
+                    format!("allowed: {}", allowed.join(", ")),
+                );
+            }
+        }
     }
 }
 

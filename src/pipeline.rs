@@ -4,15 +4,18 @@
 //!    and against its payloads in its own folder → [`Checked`], or every finding.
 //! 2. [`plan`]: what the service already holds → [`Planned`] (identical updates are reported,
 //!    not imported again; the same id with other content is a conflict).
-//! 3. [`upload`]: each manifest and its files into a [`BlobStore`] under
-//!    `provider/name/version/`, with read URLs → [`Uploaded`] (the import request).
-//! 4. [`start`] and [`wait`]: the import through a [`DeviceUpdate`] service → [`Started`] →
+//! 3. [`sign`] (optional): signed release metadata (`sign::meta`) over each update's manifest
+//!    and files, written to an output folder → [`Signed`]. A [`Planned`] that is not signed
+//!    becomes a [`Signed`] with no metadata (`Signed::from`).
+//! 4. [`upload`]: each manifest and its files (and its signed metadata) into a [`BlobStore`]
+//!    under `provider/name/version/`, with read URLs → [`Uploaded`] (the import request).
+//! 5. [`start`] and [`wait`]: the import through a [`DeviceUpdate`] service → [`Started`] →
 //!    [`Imported`].
 //!
 //! The command line (`otaforge import`) only parses arguments and shows these values; the
 //! release pipeline adds its stages (deltas, signing, deployment) around the same types.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::finding::Findings;
@@ -22,6 +25,8 @@ use crate::service::{
     DeviceUpdate, FileImportMetadata, ImportItem, ImportManifestMetadata, OperationStatus,
     ServiceError, Update, UpdateFile, UpdateOperation,
 };
+use crate::sign::meta::{self, Release, Timestamp};
+use crate::sign::{SignError, Signer};
 use crate::storage::{BlobName, BlobStore, ContainerName, Source, StorageError, UploadOptions};
 
 /// Why the pipeline stopped.
@@ -50,9 +55,31 @@ pub enum PipelineError {
         /// The update.
         id: UpdateId,
     },
+    /// A file's name cannot be a blob name.
+    #[error(transparent)]
+    BlobName(#[from] crate::storage::NameError),
     /// Two files would land on the same blob.
-    #[error("{0}")]
-    BlobName(String),
+    #[error("{} would be uploaded as {blob}, a blob name another file already takes", file.display())]
+    BlobTaken {
+        /// The second file.
+        file: PathBuf,
+        /// The blob both would take.
+        blob: BlobName,
+    },
+    /// An output folder could not be created.
+    #[error(transparent)]
+    Output(std::io::Error),
+    /// Release metadata could not be built, signed or written.
+    #[error("signing {}: {source}", update)]
+    Sign {
+        /// The update being signed.
+        update: UpdateId,
+        /// What failed.
+        source: Box<SignError>,
+    },
+    /// A manifest whose upload produced no blob (it has no files, not even itself).
+    #[error("{}: nothing was uploaded", .0.display())]
+    NothingUploaded(PathBuf),
     /// The blob store failed.
     #[error("uploading {file}: {source}")]
     Storage {
@@ -209,6 +236,81 @@ pub async fn plan(checked: Checked, service: &impl DeviceUpdate) -> Result<Plann
     Ok(Planned { todo, already })
 }
 
+/// How to sign: who signs, the metadata's counter and lifetime, and where the files go.
+pub struct SignPlan<'a> {
+    /// Every key that signs (at least one).
+    pub signers: Vec<&'a dyn Signer>,
+    /// The release's security counter (devices refuse a lower one than they have seen).
+    pub security_counter: u64,
+    /// When the metadata is signed.
+    pub created: Timestamp,
+    /// From when devices refuse it.
+    pub expires: Timestamp,
+    /// Where `provider.name.version.release.json` files are written.
+    pub out_dir: PathBuf,
+}
+
+/// Signed release metadata of one update.
+#[derive(Debug, Clone)]
+pub struct SignedRelease {
+    /// The update it describes.
+    pub id: UpdateId,
+    /// The metadata file written.
+    pub path: PathBuf,
+    /// What it says (version = the update's version; artifacts = manifest and its files).
+    pub release: Release,
+}
+
+/// Stage 3: the plan, with release metadata signed over every update to import.
+#[derive(Debug, Clone)]
+pub struct Signed {
+    /// What to import.
+    pub planned: Planned,
+    /// One per update to import, in the same order; empty when nothing was signed.
+    pub releases: Vec<SignedRelease>,
+}
+
+impl From<Planned> for Signed {
+    /// An unsigned plan: uploaded and imported without release metadata.
+    fn from(planned: Planned) -> Self {
+        Self { planned, releases: Vec::new() }
+    }
+}
+
+/// The metadata file name of an update.
+pub fn release_file_name(id: &UpdateId) -> String {
+    format!("{}.{}.{}.release.json", id.provider(), id.name(), id.version())
+}
+
+/// Signs release metadata for each update to import: its version is the update's, its artifacts
+/// the manifest and every payload and related file (hashed again from disk, so what is signed
+/// is what is uploaded next). Each file is written atomically under `plan.out_dir`.
+pub fn sign(planned: Planned, plan: &SignPlan<'_>) -> Result<Signed, PipelineError> {
+    fs_err::create_dir_all(&plan.out_dir).map_err(PipelineError::Output)?;
+    let mut releases = Vec::with_capacity(planned.todo.len());
+    for l in &planned.todo {
+        let id = l.manifest.update_id.clone();
+        let err = |source| PipelineError::Sign { update: id.clone(), source: Box::new(source) };
+        let files = l.files();
+        let paths: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+        let release = meta::describe(
+            &paths,
+            id.version(),
+            plan.security_counter,
+            plan.created,
+            plan.expires,
+            &plan.signers,
+        )
+        .map_err(err)?;
+        let text = meta::sign(&release, &plan.signers).map_err(err)?;
+        let path = plan.out_dir.join(release_file_name(&id));
+        crate::fsutil::write_atomic(&path, text.as_bytes(), false)
+            .map_err(|e| err(SignError::Io(e)))?;
+        releases.push(SignedRelease { id, path, release });
+    }
+    Ok(Signed { planned, releases })
+}
+
 /// One file as uploaded.
 #[derive(Debug, Clone, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -249,12 +351,9 @@ pub fn blob_names(
 ) -> Result<Vec<(PathBuf, BlobName)>, PipelineError> {
     let mut out: Vec<(PathBuf, BlobName)> = Vec::new();
     for f in files {
-        let blob = BlobName::for_file(prefix, f).map_err(PipelineError::BlobName)?;
+        let blob = BlobName::for_file(prefix, f)?;
         if out.iter().any(|(_, b)| *b == blob) {
-            return Err(PipelineError::BlobName(format!(
-                "{} would be uploaded as {blob}, a blob name another file already takes",
-                f.display()
-            )));
+            return Err(PipelineError::BlobTaken { file: f.clone(), blob });
         }
         out.push((f.clone(), blob));
     }
@@ -312,23 +411,29 @@ pub struct Uploaded {
 }
 
 /// Uploads each manifest and its files under `provider/name/version/` and builds the request.
+/// Signed release metadata goes to the same folder; it is not part of the import (ADU does not
+/// know it), but a device or an auditor can fetch it beside the update.
 pub async fn upload(
-    planned: Planned,
+    stage: impl Into<Signed>,
     store: &impl BlobStore,
     plan: &UploadPlan,
     reporter: &dyn Reporter,
 ) -> Result<Uploaded, PipelineError> {
+    let Signed { planned, releases } = stage.into();
     let mut items = Vec::new();
     let mut ids = Vec::new();
     let mut all = Vec::new();
     for l in &planned.todo {
         let id = &l.manifest.update_id;
         let prefix = format!("{}/{}/{}", id.provider(), id.name(), id.version());
-        let names = blob_names(Some(&prefix), &l.files())?;
+        // The manifest, its files, then its release metadata: one name check for all, so the
+        // metadata cannot take a payload's blob.
+        let mut files = l.files();
+        files.extend(releases.iter().filter(|r| r.id == *id).map(|r| r.path.clone()));
+        let names = blob_names(Some(&prefix), &files)?;
         let entries = upload_files(store, plan, &names, reporter).await?;
-        let (m, rest) = entries.split_first().ok_or_else(|| {
-            PipelineError::BlobName(format!("{}: nothing was uploaded", l.path.display()))
-        })?;
+        let (m, rest) =
+            entries.split_first().ok_or_else(|| PipelineError::NothingUploaded(l.path.clone()))?;
         let names = l.manifest.all_files().map(|(name, _, _)| name.clone());
         items.push(ImportItem {
             import_manifest: ImportManifestMetadata {

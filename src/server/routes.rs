@@ -39,7 +39,7 @@ use crate::service::{
     SUPPORTED_API_VERSIONS, UpdateInfo, UpdateOperation,
 };
 use crate::storage::embedded::{BlobReceipt, ReadUrl, SHA256_HEADER, StorageInfo};
-use crate::storage::{BlobName, BlobStore as _, ContainerName};
+use crate::storage::{BlobName, BlobStore as _, ContainerName, NameError};
 
 /// Items per page of every list.
 const PAGE: usize = 20;
@@ -549,8 +549,9 @@ async fn storage_info(State(s): State<Shared>) -> Response {
 
 fn blob_address(container: &str, blob: &str) -> Result<(ContainerName, BlobName), Response> {
     let c: ContainerName =
-        container.parse().map_err(|e: String| bad_request("InvalidBlobName", e))?;
-    let b: BlobName = blob.parse().map_err(|e: String| bad_request("InvalidBlobName", e))?;
+        container.parse().map_err(|e: NameError| bad_request("InvalidBlobName", e.to_string()))?;
+    let b: BlobName =
+        blob.parse().map_err(|e: NameError| bad_request("InvalidBlobName", e.to_string()))?;
     Ok((c, b))
 }
 

@@ -9,8 +9,9 @@
 //! key, expired metadata (or, on request, metadata expiring soon), a version or security
 //! counter below a floor (rollback), and a missing or changed artifact.
 
+use std::fmt;
 use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -20,6 +21,59 @@ use crate::manifest::Version;
 
 /// The `type` every release document carries.
 pub const RELEASE_TYPE: &str = "otaforge.release/1";
+
+/// The last second an RFC 3339 time (four-digit year) can name: 9999-12-31T23:59:59Z.
+const LAST_SECOND: u64 = 253_402_300_799;
+
+/// A moment of release metadata (`created`, `expires`): whole seconds, UTC, between 1970 and the
+/// end of year 9999, written as RFC 3339 (`2026-11-29T20:00:00Z`). A value outside that range
+/// cannot be built, so formatting it never fails and adding to it never overflows unnoticed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(u64);
+
+impl Timestamp {
+    /// `t`, to the second; `None` before 1970 or after year 9999.
+    pub fn new(t: SystemTime) -> Option<Self> {
+        let secs = t.duration_since(UNIX_EPOCH).ok()?.as_secs();
+        (secs <= LAST_SECOND).then_some(Self(secs))
+    }
+
+    /// `self + d`; `None` past year 9999.
+    pub fn checked_add(self, d: Duration) -> Option<Self> {
+        self.0.checked_add(d.as_secs()).filter(|s| *s <= LAST_SECOND).map(Self)
+    }
+
+    /// Parses RFC 3339 (`Z` or an offset; fractions of a second are dropped).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let t = humantime::parse_rfc3339_weak(s).or_else(|_| humantime::parse_rfc3339(s)).map_err(
+            |e| format!("`{s}` is not an RFC 3339 time such as 2027-01-31T00:00:00Z: {e}"),
+        )?;
+        Self::new(t).ok_or_else(|| format!("`{s}` is outside 1970..9999"))
+    }
+
+    /// The same moment as a `SystemTime`.
+    pub fn system_time(self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(self.0)
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&humantime::format_rfc3339_seconds(self.system_time()), f)
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Self::parse(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
 
 /// One file of a release.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,35 +95,17 @@ pub struct Release {
     #[serde(rename = "type")]
     pub kind: String,
     /// Release version (2 to 4 numbers, as ADU update versions).
-    pub version: String,
+    pub version: Version,
     /// Monotonic counter; devices refuse anything below the highest they have seen.
     pub security_counter: u64,
-    /// When it was signed (RFC 3339, UTC).
-    pub created: String,
-    /// After this moment (RFC 3339, UTC) the metadata is refused.
-    pub expires: String,
+    /// When it was signed.
+    pub created: Timestamp,
+    /// From this moment on the metadata is refused.
+    pub expires: Timestamp,
     /// The keys that sign it.
     pub key_ids: Vec<String>,
     /// The files.
     pub artifacts: Vec<Artifact>,
-}
-
-impl Release {
-    /// The version, parsed.
-    pub fn parsed_version(&self) -> Result<Version, SignError> {
-        self.version.parse().map_err(|e: crate::manifest::IdError| SignError::Malformed {
-            what: "release metadata".into(),
-            reason: format!("version: {e}"),
-        })
-    }
-
-    /// The expiry, parsed.
-    pub fn expires_at(&self) -> Result<SystemTime, SignError> {
-        humantime::parse_rfc3339(&self.expires).map_err(|e| SignError::Malformed {
-            what: "release metadata".into(),
-            reason: format!("expires `{}`: {e}", self.expires),
-        })
-    }
 }
 
 /// What a verification accepts besides good signatures.
@@ -95,8 +131,8 @@ pub fn describe(
     files: &[&Path],
     version: &Version,
     security_counter: u64,
-    created: SystemTime,
-    expires: SystemTime,
+    created: Timestamp,
+    expires: Timestamp,
     signers: &[&dyn Signer],
 ) -> Result<Release, SignError> {
     let mut artifacts: Vec<Artifact> = Vec::with_capacity(files.len());
@@ -121,19 +157,15 @@ pub fn describe(
     if expires <= created {
         return Err(SignError::Malformed {
             what: "release metadata".into(),
-            reason: format!(
-                "expires {} is not after created {}",
-                rfc3339(expires),
-                rfc3339(created)
-            ),
+            reason: format!("expires {expires} is not after created {created}"),
         });
     }
     Ok(Release {
         kind: RELEASE_TYPE.into(),
-        version: version.as_str().to_owned(),
+        version: version.clone(),
         security_counter,
-        created: rfc3339(created),
-        expires: rfc3339(expires),
+        created,
+        expires,
         key_ids: signers.iter().map(|s| s.public_key().id().to_string()).collect(),
         artifacts,
     })
@@ -184,25 +216,24 @@ pub fn verify(
             reason: format!("type is `{}`, expected `{RELEASE_TYPE}`", release.kind),
         });
     }
-    let expires = release.expires_at()?;
+    let expires = release.expires.system_time();
     if now >= expires {
-        return Err(SignError::Expired { expires: release.expires.clone(), now: rfc3339(now) });
+        return Err(SignError::Expired { expires: release.expires.to_string(), now: rfc3339(now) });
     }
     if let Some(days) = policy.warn_expiring_days
         && now + Duration::from_secs(days.saturating_mul(86_400)) >= expires
     {
         return Err(SignError::ExpiringSoon {
-            expires: release.expires.clone(),
+            expires: release.expires.to_string(),
             days,
             now: rfc3339(now),
         });
     }
-    let version = release.parsed_version()?;
     if let Some(floor) = &policy.min_version
-        && version < *floor
+        && release.version < *floor
     {
         return Err(SignError::VersionRollback {
-            version: release.version.clone(),
+            version: release.version.to_string(),
             floor: floor.to_string(),
         });
     }

@@ -166,7 +166,7 @@ impl AzureStore {
         let container_str = segs.pop().ok_or_else(|| {
             StorageError::Config("the container SAS URL does not name a container".into())
         })?;
-        let container: ContainerName = container_str.parse().map_err(StorageError::Config)?;
+        let container: ContainerName = container_str.parse()?;
         let host = parsed.host_str().unwrap_or_default().to_owned();
         // Path-style endpoints (Azurite) carry the account as the first path segment.
         let account = segs
@@ -493,7 +493,7 @@ impl BlobStore for AzureStore {
                     let slice = MapSlice { map, range: start..start + len as usize };
                     let sum = match checksum {
                         super::Checksum::Md5 => md5::Md5::digest(slice.as_ref()).to_vec(),
-                        super::Checksum::Crc64 => super::crc64::Crc64::of(slice.as_ref()).to_vec(),
+                        super::Checksum::Crc64 => super::crc64(slice.as_ref()).to_vec(),
                     };
                     (azure_core::Bytes::from_owner(slice), sum)
                 })

