@@ -1,10 +1,14 @@
 //! File-system helpers shared by every module that writes user-visible files.
 //!
 //! Writes never leave a half-written file behind: data goes to a temporary file in the target
-//! directory, is flushed to disk, and only then renamed over the destination.
+//! directory, is flushed to disk, and only then renamed over the destination. [`OutputFile`] is
+//! the one way a command writes what `-o` names, and it never destroys what it replaces: `-`
+//! is stdout; a character device or FIFO is written through; a symlink is followed, so the rename
+//! lands on its target; an existing file keeps its mode and owner; a new file gets the umask's
+//! mode (private keys 0600).
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Writes `bytes` to `path` atomically: temp file in the same directory, fsync, rename.
 ///
@@ -14,6 +18,190 @@ pub fn write_atomic(path: &Path, bytes: &[u8], overwrite: bool) -> std::io::Resu
     let mut file = AtomicFile::new(path)?;
     file.write_all(bytes).map_err(|e| annotate(e, path))?;
     file.commit(overwrite)
+}
+
+/// Writes a command's output (`-o`) in one go through [`OutputFile`].
+pub fn write_output(path: &Path, bytes: &[u8], privacy: Privacy) -> std::io::Result<()> {
+    let mut out = OutputFile::create(path, privacy)?;
+    out.write_all(bytes).map_err(|e| annotate(e, path))?;
+    out.commit()
+}
+
+/// Who may read a new output file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Privacy {
+    /// The umask decides, as for any file a tool creates (usually 0644).
+    Public,
+    /// Only the owner (0600): private keys.
+    Private,
+}
+
+/// Where a command's output goes, decided once from what `-o` names. Write to it, then
+/// [`OutputFile::commit`]; dropped without a commit, a replaced file is left as it was.
+pub struct OutputFile {
+    sink: Sink,
+    path: PathBuf,
+}
+
+enum Sink {
+    /// A regular file (existing or new), written through a temp file and renamed into place.
+    Replace(AtomicFile),
+    /// A character device or FIFO, written in place: renaming over it would destroy it.
+    Through(std::fs::File),
+    /// `-`.
+    Stdout(std::io::Stdout),
+}
+
+/// Whether an output named `path` is written as a stream (stdout, a device, a FIFO) rather than
+/// replaced when complete.
+pub fn streams_to(path: &Path) -> bool {
+    if path == Path::new("-") {
+        return true;
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt as _;
+        follow_symlinks(path)
+            .and_then(std::fs::metadata)
+            .is_ok_and(|m| m.file_type().is_char_device() || m.file_type().is_fifo())
+    }
+    #[cfg(not(unix))]
+    false
+}
+
+/// How many symlinks are followed before giving up (Linux's own limit).
+const MAX_SYMLINKS: usize = 40;
+
+impl OutputFile {
+    /// Opens the output `path` names: `-` is stdout.
+    pub fn create(path: &Path, privacy: Privacy) -> std::io::Result<Self> {
+        if path == Path::new("-") {
+            return Ok(Self { sink: Sink::Stdout(std::io::stdout()), path: path.to_owned() });
+        }
+        let target = follow_symlinks(path)?;
+        let sink = match std::fs::metadata(&target) {
+            Ok(meta) => Self::existing(&target, &meta)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Sink::Replace(AtomicFile::new_with_mode(&target, privacy.new_mode())?)
+            }
+            Err(e) => return Err(annotate(e, &target)),
+        };
+        Ok(Self { sink, path: target })
+    }
+
+    fn existing(target: &Path, meta: &std::fs::Metadata) -> std::io::Result<Sink> {
+        let refuse = |what: &str| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "{}: is {what}; give a file, a device, a FIFO or - for stdout",
+                    target.display()
+                ),
+            )
+        };
+        if meta.is_dir() {
+            return Err(refuse("a directory"));
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _, PermissionsExt as _};
+            let ft = meta.file_type();
+            if ft.is_char_device() || ft.is_fifo() {
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(target)
+                    .map_err(|e| annotate(e, target))?;
+                return Ok(Sink::Through(f));
+            }
+            if ft.is_block_device() {
+                return Err(refuse("a block device (write it with dd, not through otaforge)"));
+            }
+            if ft.is_socket() {
+                return Err(refuse("a socket"));
+            }
+            let mut tmp = AtomicFile::new(target)?;
+            tmp.set_mode(meta.permissions().mode() & 0o7777)?;
+            // Keep the owner where this process may (as root, or the same user); otherwise the
+            // new file is ours, as after any editor's save.
+            let (uid, gid) = (meta.uid(), meta.gid());
+            match std::os::unix::fs::fchown(tmp.tmp.as_file(), Some(uid), Some(gid)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {}
+                Err(e) => return Err(annotate(e, tmp.tmp.path())),
+            }
+            Ok(Sink::Replace(tmp))
+        }
+        #[cfg(not(unix))]
+        Ok(Sink::Replace(AtomicFile::new(target)?))
+    }
+
+    /// What the output is written to (the symlink's target, where `-o` named a symlink).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether bytes reach their destination as they are written (stdout, a device, a FIFO), so
+    /// a failure found after writing cannot be undone; callers say so in the error.
+    pub fn is_streaming(&self) -> bool {
+        !matches!(self.sink, Sink::Replace(_))
+    }
+
+    /// Finishes: renames a replaced file into place, or flushes a stream.
+    pub fn commit(self) -> std::io::Result<()> {
+        match self.sink {
+            Sink::Replace(tmp) => tmp.commit(true),
+            Sink::Through(mut f) => f.flush().map_err(|e| annotate(e, &self.path)),
+            Sink::Stdout(mut s) => s.flush(),
+        }
+    }
+}
+
+impl Privacy {
+    fn new_mode(self) -> Option<u32> {
+        match self {
+            Privacy::Public => Some(0o666),
+            Privacy::Private => None,
+        }
+    }
+}
+
+impl Write for OutputFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match &mut self.sink {
+            Sink::Replace(t) => t.write(buf),
+            Sink::Through(f) => f.write(buf),
+            Sink::Stdout(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match &mut self.sink {
+            Sink::Replace(t) => t.flush(),
+            Sink::Through(f) => f.flush(),
+            Sink::Stdout(s) => s.flush(),
+        }
+    }
+}
+
+/// `path` with every symlink along its last component followed; a dangling link gives the path
+/// the link points to (which is then created).
+fn follow_symlinks(path: &Path) -> std::io::Result<PathBuf> {
+    let mut p = path.to_path_buf();
+    for _ in 0..MAX_SYMLINKS {
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let target = std::fs::read_link(&p).map_err(|e| annotate(e, &p))?;
+                p = match p.parent() {
+                    Some(dir) if target.is_relative() => dir.join(target),
+                    _ => target,
+                };
+            }
+            _ => return Ok(p),
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        format!("{}: more than {MAX_SYMLINKS} symlinks to follow", path.display()),
+    ))
 }
 
 /// Adds the path to an I/O error's message, keeping its kind.
@@ -74,17 +262,28 @@ pub struct AtomicFile {
 }
 
 impl AtomicFile {
-    /// Starts writing `path`.
+    /// Starts writing `path`; the temp file is 0600 until [`AtomicFile::set_mode`].
     pub fn new(path: &Path) -> std::io::Result<Self> {
+        Self::new_with_mode(path, None)
+    }
+
+    /// Starts writing `path`, creating the temp file with `mode` less the umask (Unix), as
+    /// `open(2)` does for a new file; `None` keeps 0600.
+    pub fn new_with_mode(path: &Path, mode: Option<u32>) -> std::io::Result<Self> {
         let dir = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),
         };
-        let tmp = tempfile::Builder::new()
-            .prefix(".otaforge-")
-            .suffix(".tmp")
-            .tempfile_in(dir)
-            .map_err(|e| annotate(e, dir))?;
+        let mut b = tempfile::Builder::new();
+        b.prefix(".otaforge-").suffix(".tmp");
+        #[cfg(unix)]
+        if let Some(mode) = mode {
+            use std::os::unix::fs::PermissionsExt as _;
+            b.permissions(std::fs::Permissions::from_mode(mode));
+        }
+        #[cfg(not(unix))]
+        let _ = mode;
+        let tmp = b.tempfile_in(dir).map_err(|e| annotate(e, dir))?;
         Ok(Self { tmp, path: path.to_path_buf() })
     }
 

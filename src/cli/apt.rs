@@ -94,7 +94,8 @@ fn init(args: InitArgs, out: &Output) -> anyhow::Result<Outcome> {
     let bytes = manifest.to_json_bytes();
     match &args.output {
         Some(path) => {
-            otaforge::fsutil::write_atomic(path, &bytes, true)?;
+            otaforge::fsutil::write_output(path, &bytes, otaforge::fsutil::Privacy::Public)?;
+            let out = &out.for_payload(path);
             if out.json() {
                 out.json_value(&serde_json::json!({
                     "file": path.display().to_string(),

@@ -7,6 +7,7 @@ use otaforge::Sha256;
 use otaforge::delta::{
     self, Compression, CreateOptions, DeltaError, DeltaFormat, MethodChoice, Profile,
 };
+use otaforge::fsutil::Privacy;
 use serde::Serialize;
 
 use super::{Outcome, Output};
@@ -175,7 +176,8 @@ fn create(a: CreateArgs, out: &Output) -> anyhow::Result<Outcome> {
         created.bytes = delta::sign(&created.bytes, signer.as_ref())?;
         created.info = delta::info(&created.bytes)?;
     }
-    otaforge::fsutil::write_atomic(&a.output, &created.bytes, true)?;
+    otaforge::fsutil::write_output(&a.output, &created.bytes, Privacy::Public)?;
+    let out = &out.for_payload(&a.output);
     let pct = 100.0 * created.bytes.len() as f64 / (new.len().max(1)) as f64;
     let i = &created.info;
     if out.json() {
@@ -216,8 +218,16 @@ fn apply(a: ApplyArgs, out: &Output) -> anyhow::Result<Outcome> {
     };
     let keys = trust.keys()?;
     let keys = (!keys.is_empty()).then_some(&keys);
-    match delta::apply_file(&a.old, &a.delta, &a.output, true, expect, keys) {
+    let streaming = otaforge::fsutil::streams_to(&a.output);
+    let out = &out.for_payload(&a.output);
+    match delta::apply_file(&a.old, &a.delta, &a.output, expect, keys) {
         Ok(applied) => {
+            if applied.format == DeltaFormat::Bsdiff40 && expect.is_none() {
+                out.notice(
+                    "warning: a BSDIFF40 patch holds no digest of the old or new file, so neither \
+                     was checked; pass --expect-sha256 with the new file's SHA-256",
+                );
+            }
             if out.json() {
                 out.json_value(&serde_json::json!({
                     "file": a.output.display().to_string(),
@@ -245,7 +255,12 @@ fn apply(a: ApplyArgs, out: &Output) -> anyhow::Result<Outcome> {
             if out.json() {
                 out.json_value(&serde_json::json!({"error": kind, "message": e.to_string()}))?;
             }
-            out.error(format!("{}: {e}; nothing was written", a.delta.display()));
+            let outcome = if streaming {
+                "the bytes made before the check failed were already written to the output"
+            } else {
+                "nothing was written"
+            };
+            out.error(format!("{}: {e}; {outcome}", a.delta.display()));
             Ok(Outcome::CheckFailed)
         }
     }

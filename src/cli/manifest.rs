@@ -328,7 +328,8 @@ fn init(args: InitArgs, matches: Option<&ArgMatches>, out: &Output) -> anyhow::R
             std::io::stdout().lock().write_all(&bytes)?;
         }
         Some(path) => {
-            otaforge::fsutil::write_atomic(&path, &bytes, true)?;
+            otaforge::fsutil::write_output(&path, &bytes, otaforge::fsutil::Privacy::Public)?;
+            let out = &out.for_payload(&path);
             if out.json() {
                 out.json_value(&Written {
                     file: path.display().to_string(),

@@ -129,7 +129,8 @@ fn sign(a: SignArgs, out: &Output) -> anyhow::Result<Outcome> {
         Err(McubootError::Usage(m)) => anyhow::bail!("{}: {m}", a.image.display()),
         Err(e) => return Err(e.into()),
     };
-    otaforge::fsutil::write_atomic(&a.output, &image, true)?;
+    otaforge::fsutil::write_output(&a.output, &image, otaforge::fsutil::Privacy::Public)?;
+    let out = &out.for_payload(&a.output);
     let info = mcuboot::parse(&image)?;
     if out.json() {
         out.json_value(&serde_json::json!({"file": a.output.display().to_string(), "sizeInBytes": image.len(), "info": info}))?;

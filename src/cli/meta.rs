@@ -101,7 +101,8 @@ fn sign(a: SignArgs, out: &Output) -> anyhow::Result<Outcome> {
     let files: Vec<&std::path::Path> = a.files.iter().map(|p| p.as_path()).collect();
     let release = meta::describe(&files, &a.version, a.security_counter, now, expires, &refs)?;
     let text = meta::sign(&release, &refs)?;
-    otaforge::fsutil::write_atomic(&a.output, text.as_bytes(), true)?;
+    otaforge::fsutil::write_output(&a.output, text.as_bytes(), otaforge::fsutil::Privacy::Public)?;
+    let out = &out.for_payload(&a.output);
     if out.json() {
         out.json_value(
             &serde_json::json!({"file": a.output.display().to_string(), "release": release}),

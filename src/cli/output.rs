@@ -18,12 +18,14 @@ pub(crate) enum Format {
 }
 
 /// Where and how a command writes.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Output {
     /// The requested data format.
     pub(crate) format: Format,
     quiet: bool,
     progress: bool,
+    /// stdout carries a command's payload (`-o -`), so data lines go to stderr.
+    data_to_stderr: bool,
 }
 
 impl Output {
@@ -32,7 +34,21 @@ impl Output {
         let progress = !quiet
             && std::io::stderr().is_terminal()
             && std::env::var_os(otaforge::env::CI).is_none();
-        Self { format, quiet, progress }
+        Self { format, quiet, progress, data_to_stderr: false }
+    }
+
+    /// This output for a command whose `-o` is `output`: when that is `-` (stdout), the
+    /// command's report goes to stderr so it cannot corrupt the payload.
+    pub(crate) fn for_payload(&self, output: &std::path::Path) -> Self {
+        Self { data_to_stderr: output == std::path::Path::new("-"), ..self.clone() }
+    }
+
+    fn data(&self) -> Box<dyn Write> {
+        if self.data_to_stderr {
+            Box::new(std::io::stderr().lock())
+        } else {
+            Box::new(std::io::stdout().lock())
+        }
     }
 
     /// True for `--format json`.
@@ -42,14 +58,14 @@ impl Output {
 
     /// Writes one line of data to stdout.
     pub(crate) fn line(&self, text: impl AsRef<str>) -> anyhow::Result<()> {
-        let mut out = std::io::stdout().lock();
+        let mut out = self.data();
         writeln!(out, "{}", text.as_ref())?;
         Ok(())
     }
 
     /// Writes a JSON document to stdout.
     pub(crate) fn json_value<T: Serialize>(&self, value: &T) -> anyhow::Result<()> {
-        let mut out = std::io::stdout().lock();
+        let mut out = self.data();
         serde_json::to_writer_pretty(&mut out, value)?;
         writeln!(out)?;
         Ok(())

@@ -41,7 +41,11 @@ pub(crate) fn sign(a: SignArgs, out: &Output) -> anyhow::Result<Outcome> {
         let data = otaforge::fsutil::map_file(f)?;
         let jws = jws::sign_detached(&data, signer.as_ref())?;
         let sig = sig_path(f);
-        otaforge::fsutil::write_atomic(&sig, format!("{jws}\n").as_bytes(), true)?;
+        otaforge::fsutil::write_output(
+            &sig,
+            format!("{jws}\n").as_bytes(),
+            otaforge::fsutil::Privacy::Public,
+        )?;
         done.push(serde_json::json!({
             "file": f.display().to_string(),
             "signature": sig.display().to_string(),

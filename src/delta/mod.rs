@@ -671,19 +671,20 @@ fn read_some(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 /// Applies the delta file at `delta_path` to the old file at `old_path` and writes new to
-/// `out_path` atomically: a temp file in the same directory, renamed only when every check
-/// passed. `expect_new` adds a digest check (the only one BSDIFF40 can have).
+/// `out_path` through [`crate::fsutil::OutputFile`]: a file is replaced only when every check
+/// passed; `-`, a device or a FIFO receive the bytes as they are made (the error still says when
+/// a check failed). `expect_new` adds a digest check (the only one BSDIFF40 can have).
 pub fn apply_file(
     old_path: &Path,
     delta_path: &Path,
     out_path: &Path,
-    overwrite: bool,
     expect_new: Option<Sha256>,
     keys: Option<&TrustedKeys>,
 ) -> Result<Applied, DeltaError> {
     let old = crate::fsutil::map_file(old_path).map_err(io_err(old_path))?;
     let delta = crate::fsutil::map_file(delta_path).map_err(io_err(delta_path))?;
-    let mut tmp = crate::fsutil::AtomicFile::new(out_path).map_err(io_err(out_path))?;
+    let mut tmp = crate::fsutil::OutputFile::create(out_path, crate::fsutil::Privacy::Public)
+        .map_err(io_err(out_path))?;
     let applied = {
         let mut w = io::BufWriter::with_capacity(1 << 20, &mut tmp);
         let applied = apply(&old, &delta, keys, &mut |b| w.write_all(b))?;
@@ -695,6 +696,6 @@ pub fn apply_file(
     {
         return Err(DeltaError::WrongNew { expected, actual: applied.new_sha256 });
     }
-    tmp.commit(overwrite).map_err(io_err(out_path))?;
+    tmp.commit().map_err(io_err(out_path))?;
     Ok(applied)
 }

@@ -253,8 +253,8 @@ pub fn generate_key_files(name: &Path) -> Result<(PathBuf, PathBuf, PublicKey), 
     let mut priv_file = AtomicFile::new(&private)?;
     priv_file.set_mode(0o600)?;
     priv_file.write_all(key.to_pem()?.as_bytes())?;
-    let mut pub_file = AtomicFile::new(&public)?;
-    pub_file.set_mode(0o644)?;
+    // The public key gets the umask's mode, like any file a tool creates.
+    let mut pub_file = AtomicFile::new_with_mode(&public, Some(0o666))?;
     pub_file.write_all(pub_key.to_pem().as_bytes())?;
     let exists = |e: std::io::Error, p: &Path| {
         if e.kind() == std::io::ErrorKind::AlreadyExists {

@@ -7,6 +7,7 @@
 mod apt;
 mod cli;
 mod delta;
+mod hardening;
 mod hash;
 mod manifest;
 mod pipeline;

@@ -1,0 +1,171 @@
+//! What an attacker or a demanding user tried and the first versions got wrong, one test per
+//! class: outputs that replaced what they should have written through (devices, FIFOs,
+//! symlinks) or lost a file's mode; and the other classes as they are fixed.
+
+use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+
+use crate::otaforge;
+
+/// An old file, a new one and a delta between them, in a temp dir.
+struct Pair {
+    dir: tempfile::TempDir,
+    old: PathBuf,
+    new_bytes: Vec<u8>,
+    delta: PathBuf,
+}
+
+fn pair() -> Pair {
+    let dir = tempfile::tempdir().unwrap();
+    let old_bytes: Vec<u8> =
+        (0..40_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
+    let mut new_bytes = old_bytes.clone();
+    new_bytes[1000..1100].fill(7);
+    new_bytes.extend_from_slice(b"tail");
+    let old = dir.path().join("old.bin");
+    let new = dir.path().join("new.bin");
+    fs_err::write(&old, &old_bytes).unwrap();
+    fs_err::write(&new, &new_bytes).unwrap();
+    let delta = dir.path().join("d.delta");
+    otaforge()
+        .args(["delta", "create"])
+        .arg(&old)
+        .arg(&new)
+        .arg("-o")
+        .arg(&delta)
+        .assert()
+        .success();
+    Pair { dir, old, new_bytes, delta }
+}
+
+fn apply_to(p: &Pair, out: &Path) -> std::process::Output {
+    otaforge()
+        .args(["delta", "apply"])
+        .arg(&p.old)
+        .arg(&p.delta)
+        .arg("-o")
+        .arg(out)
+        .output()
+        .unwrap()
+}
+
+fn mode(path: &Path) -> u32 {
+    fs_err::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+#[test]
+fn an_existing_output_keeps_its_mode_and_a_new_one_gets_the_umask() {
+    let p = pair();
+    // An executable rebuilt in place stays executable; a group-writable file stays so.
+    for m in [0o755, 0o664, 0o600] {
+        let out = p.dir.path().join(format!("existing-{m:o}"));
+        fs_err::write(&out, b"previous").unwrap();
+        fs_err::set_permissions(&out, std::fs::Permissions::from_mode(m)).unwrap();
+        assert!(apply_to(&p, &out).status.success());
+        assert_eq!(fs_err::read(&out).unwrap(), p.new_bytes);
+        assert_eq!(mode(&out), m, "mode of a replaced file");
+    }
+    // A new file: the umask decides (0666 & ~027 = 0640), as for any file a tool creates.
+    let out = p.dir.path().join("fresh.bin");
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("umask 027 && exec \"$0\" delta apply \"$1\" \"$2\" -o \"$3\"")
+        .arg(assert_cmd::cargo::cargo_bin("otaforge"))
+        .arg(&p.old)
+        .arg(&p.delta)
+        .arg(&out)
+        .env("CI", "1")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(mode(&out), 0o640);
+    // Key pairs: the private key 0600 whatever the umask, the public key by the umask.
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("umask 022 && cd \"$1\" && exec \"$0\" key generate -o k")
+        .arg(assert_cmd::cargo::cargo_bin("otaforge"))
+        .arg(p.dir.path())
+        .env("CI", "1")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(
+        (mode(&p.dir.path().join("k.pem")), mode(&p.dir.path().join("k.pub.pem"))),
+        (0o600, 0o644)
+    );
+}
+
+#[test]
+fn a_symlink_output_is_followed_and_stays_a_symlink() {
+    let p = pair();
+    let real_dir = p.dir.path().join("real");
+    fs_err::create_dir(&real_dir).unwrap();
+    let target = real_dir.join("firmware.bin");
+    fs_err::write(&target, b"old contents").unwrap();
+    fs_err::set_permissions(&target, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let link = p.dir.path().join("current.bin");
+    std::os::unix::fs::symlink("real/firmware.bin", &link).unwrap();
+    // Two links deep, and a dangling one whose target gets created.
+    let link2 = p.dir.path().join("latest.bin");
+    std::os::unix::fs::symlink("current.bin", &link2).unwrap();
+    assert!(apply_to(&p, &link2).status.success());
+    assert!(fs_err::symlink_metadata(&link).unwrap().file_type().is_symlink());
+    assert!(fs_err::symlink_metadata(&link2).unwrap().file_type().is_symlink());
+    assert_eq!(fs_err::read(&target).unwrap(), p.new_bytes);
+    assert_eq!(mode(&target), 0o640);
+    let dangling = p.dir.path().join("next.bin");
+    std::os::unix::fs::symlink("real/next-target.bin", &dangling).unwrap();
+    assert!(apply_to(&p, &dangling).status.success());
+    assert!(fs_err::symlink_metadata(&dangling).unwrap().file_type().is_symlink());
+    assert_eq!(fs_err::read(real_dir.join("next-target.bin")).unwrap(), p.new_bytes);
+    // No temp file is left in either folder.
+    for d in [p.dir.path(), real_dir.as_path()] {
+        for e in fs_err::read_dir(d).unwrap() {
+            let name = e.unwrap().file_name().to_string_lossy().into_owned();
+            assert!(!name.starts_with(".otaforge-"), "temp file left: {name}");
+        }
+    }
+}
+
+#[test]
+fn a_fifo_and_a_device_are_written_through_and_stdout_takes_dash() {
+    let p = pair();
+    // A FIFO: a reader gets the bytes, and the FIFO is still a FIFO afterwards.
+    let fifo = p.dir.path().join("pipe");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || fs_err::read(&fifo).unwrap())
+    };
+    let out = apply_to(&p, &fifo);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(reader.join().unwrap(), p.new_bytes);
+    assert!(fs_err::metadata(&fifo).unwrap().file_type().is_fifo());
+
+    // A character device node (made where mknod is permitted, as root in CI): written
+    // through, still a device node afterwards.
+    let null = p.dir.path().join("null");
+    let made = std::process::Command::new("mknod")
+        .arg(&null)
+        .args(["c", "1", "3"])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if made {
+        assert!(apply_to(&p, &null).status.success());
+        assert!(fs_err::metadata(&null).unwrap().file_type().is_char_device());
+    } else {
+        eprintln!("mknod not permitted here: the device-node case runs as root (cargo xtask ci)");
+    }
+
+    // `-o -`: the payload on stdout, the report on stderr.
+    let out = apply_to(&p, Path::new("-"));
+    assert!(out.status.success());
+    assert_eq!(out.stdout, p.new_bytes);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("sha256"));
+
+    // A directory is refused, and left alone.
+    let out = apply_to(&p, p.dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is a directory"));
+}
