@@ -13,7 +13,8 @@
 //! This module depends on the library (manifest rules, service models, dir store); nothing in
 //! the library depends on it.
 
-pub mod import;
+mod guard;
+mod import;
 mod routes;
 pub mod store;
 
@@ -81,6 +82,8 @@ struct AppState {
     db: Db,
     instance: String,
     token: Option<String>,
+    /// The port it listens on (a request's own `Origin` names it).
+    port: u16,
     blobs: DirStore,
     content_dir: PathBuf,
     incoming_dir: PathBuf,
@@ -92,6 +95,29 @@ type Shared = Arc<AppState>;
 /// The current time as ADU writes it.
 pub fn now_string() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+/// The shortest token serve accepts: a token is the only defence of a service that is reachable
+/// beyond loopback, so it must not be guessable.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+/// Refuses empty, blank, space-padded and short tokens.
+pub fn check_token(token: &str) -> Result<(), ServerError> {
+    let problem = if token.trim().is_empty() {
+        "is empty or blank"
+    } else if token.trim() != token {
+        "starts or ends with whitespace"
+    } else if token.chars().count() < MIN_TOKEN_LEN {
+        "is shorter than 16 characters"
+    } else if token.chars().any(|c| c.is_control() || c == ' ') {
+        "contains spaces or control characters"
+    } else {
+        return Ok(());
+    };
+    Err(ServerError::Config(format!(
+        "the token {problem}; use at least {MIN_TOKEN_LEN} random characters, e.g. \
+         `openssl rand -hex 24`"
+    )))
 }
 
 /// Removes the temp files a killed process left in `dir`; nothing refers to them.
@@ -106,6 +132,9 @@ fn remove_stray_temp_files(dir: &std::path::Path) -> Result<(), std::io::Error> 
 
 /// Binds, recovers the store and starts serving in the background.
 pub async fn start(config: Config) -> Result<Running, ServerError> {
+    if let Some(t) = &config.token {
+        check_token(t)?;
+    }
     if config.token.is_none() && !config.listen.ip().is_loopback() {
         return Err(ServerError::Config(format!(
             "refusing to listen on {} without --token: only loopback addresses may serve without authentication",
@@ -141,6 +170,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         db: Db::new(store),
         instance: config.instance.clone(),
         token: config.token.clone(),
+        port: addr.port(),
         blobs,
         content_dir,
         incoming_dir,

@@ -79,11 +79,12 @@ pub(super) fn router(state: Shared) -> Router {
         .fallback(|| async {
             api_error(StatusCode::NOT_FOUND, ErrorBody::new("NotFound", "no such route"))
         })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), super::guard::browser_guard))
         .with_state(state)
 }
 
 /// The ADU error envelope, with `x-ms-error-code`.
-fn api_error(status: StatusCode, error: ErrorBody) -> Response {
+pub(super) fn api_error(status: StatusCode, error: ErrorBody) -> Response {
     let code = HeaderValue::from_str(&error.code).unwrap_or(HeaderValue::from_static("Error"));
     let mut r = (status, axum::Json(ErrorResponse { error })).into_response();
     r.headers_mut().insert("x-ms-error-code", code);
@@ -104,11 +105,14 @@ fn bad_request(code: &str, message: impl Into<String>) -> Response {
 /// Bearer token, api-version and instance checks for every API route.
 async fn api_guard(State(s): State<Shared>, req: Request, next: Next) -> Response {
     if let Some(token) = &s.token {
+        // The scheme is case-insensitive (RFC 9110 §11.1); the token is not.
         let given = req
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t.trim_start());
         let ok = given
             .is_some_and(|g| subtle::ConstantTimeEq::ct_eq(g.as_bytes(), token.as_bytes()).into());
         if !ok {

@@ -1,6 +1,7 @@
 //! What an attacker or a demanding user tried and the first versions got wrong, one test per
 //! class: outputs that replaced what they should have written through (devices, FIFOs,
-//! symlinks) or lost a file's mode; and the other classes as they are fixed.
+//! symlinks) or lost a file's mode; a tokenless local service that a web page could drive
+//! (cross-site requests, DNS rebinding) and tokens that were too weak.
 
 use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
@@ -168,4 +169,98 @@ fn a_fifo_and_a_device_are_written_through_and_stdout_takes_dash() {
     let out = apply_to(&p, p.dir.path());
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("is a directory"));
+}
+
+/// Sends one raw HTTP/1.1 request (so `Host` and `Origin` are exactly as given) and returns the
+/// status code and body.
+fn raw(endpoint: &str, head: &str, body: &str) -> (u16, String) {
+    use std::io::{Read as _, Write as _};
+    let addr = endpoint.trim_start_matches("http://");
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    let req =
+        format!("{head}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+    c.write_all(req.as_bytes()).unwrap();
+    let mut resp = String::new();
+    c.read_to_string(&mut resp).unwrap();
+    let status = resp.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+const API: &str = "api-version=2022-10-01";
+
+#[test]
+fn a_web_page_cannot_drive_the_tokenless_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = crate::service::Serve::start(&dir.path().join("data"), None);
+    let host = serve.endpoint.trim_start_matches("http://").to_owned();
+    let port = host.rsplit_once(':').unwrap().1.to_owned();
+    let import = format!("POST /deviceUpdate/default/updates:import?{API} HTTP/1.1");
+    let body = r#"[{"importManifest":{"url":"http://127.0.0.1:1/x","sizeInBytes":1,"hashes":{"sha256":"x"}},"files":[]}]"#;
+    // The form a page can send without a preflight: text/plain, a foreign Origin.
+    let (status, text) = raw(
+        &serve.endpoint,
+        &format!(
+            "{import}\r\nHost: {host}\r\nContent-Type: text/plain\r\nOrigin: https://evil.example"
+        ),
+        body,
+    );
+    assert_eq!(status, 415, "{text}");
+    // Right media type, but a foreign Origin.
+    let (status, text) = raw(
+        &serve.endpoint,
+        &format!(
+            "{import}\r\nHost: {host}\r\nContent-Type: application/json\r\nOrigin: https://evil.example"
+        ),
+        body,
+    );
+    assert_eq!(status, 403, "{text}");
+    assert!(text.contains("ForbiddenOrigin"), "{text}");
+    // DNS rebinding: the page's own name, resolved to 127.0.0.1; reads are refused too.
+    let list = format!("GET /deviceUpdate/default/updates?{API} HTTP/1.1");
+    let (status, text) =
+        raw(&serve.endpoint, &format!("{list}\r\nHost: rebind.example:{port}"), "");
+    assert_eq!(status, 403, "{text}");
+    assert!(text.contains("ForbiddenHost"), "{text}");
+    // The service's own origin and loopback names are fine.
+    for h in [host.clone(), format!("localhost:{port}")] {
+        let (status, text) =
+            raw(&serve.endpoint, &format!("{list}\r\nHost: {h}\r\nOrigin: http://{h}"), "");
+        assert_eq!(status, 200, "{h}: {text}");
+    }
+}
+
+#[test]
+fn tokens_are_long_enough_and_the_scheme_is_case_insensitive() {
+    let dir = tempfile::tempdir().unwrap();
+    for bad in ["", "   ", "short-token", " padded-token-0123456789 "] {
+        let out = otaforge()
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path().join("d"))
+            .args(["--token", bad])
+            .env_remove("OTAFORGE_ADU_TOKEN")
+            .timeout(std::time::Duration::from_secs(20))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "token {bad:?} was accepted");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("token"), "{bad:?}");
+    }
+    let token = "a-token-long-enough-0123";
+    let serve = crate::service::Serve::start(&dir.path().join("data"), Some(token));
+    let host = serve.endpoint.trim_start_matches("http://").to_owned();
+    let list = format!("GET /deviceUpdate/default/updates?{API} HTTP/1.1\r\nHost: {host}");
+    for (auth, want) in [("Bearer", 200), ("bearer", 200), ("BEARER", 200), ("Basic", 401)] {
+        let (status, _) =
+            raw(&serve.endpoint, &format!("{list}\r\nAuthorization: {auth} {token}"), "");
+        assert_eq!(status, want, "{auth}");
+    }
+    // With a token, any Host may be used (behind a proxy or on a LAN address).
+    let (status, _) = raw(
+        &serve.endpoint,
+        &format!(
+            "GET /deviceUpdate/default/updates?{API} HTTP/1.1\r\nHost: ota.example\r\nAuthorization: Bearer {token}"
+        ),
+        "",
+    );
+    assert_eq!(status, 200);
 }

@@ -12,14 +12,14 @@ use serde_json::{Value, json};
 use crate::{otaforge, stdout_json};
 
 /// A running `otaforge serve` child process, killed (SIGKILL) when dropped.
-struct Serve {
+pub(crate) struct Serve {
     child: Child,
-    endpoint: String,
+    pub(crate) endpoint: String,
     data: PathBuf,
 }
 
 impl Serve {
-    fn start(data: &Path, token: Option<&str>) -> Self {
+    pub(crate) fn start(data: &Path, token: Option<&str>) -> Self {
         Self::start_on(data, token, "127.0.0.1:0")
     }
 
@@ -210,18 +210,18 @@ fn raw_import(serve: &Serve, body: &Value) -> Value {
 #[test]
 fn import_through_the_cli_is_idempotent_and_lists() {
     let dir = tempfile::tempdir().unwrap();
-    let serve = Serve::start(&dir.path().join("data"), Some("t0ken"));
+    let serve = Serve::start(&dir.path().join("data"), Some("t0ken-for-tests-0123"));
     let child = make_update(dir.path(), "sensor", "1.0", &[7u8; 5000]);
-    let (code, json, err) = import(&serve, &[&child], Some("t0ken"));
+    let (code, json, err) = import(&serve, &[&child], Some("t0ken-for-tests-0123"));
     assert_eq!(code, 0, "{json} {err}");
     assert_eq!(json["status"], "Succeeded");
     assert_eq!(json["imported"], json!(["contoso/sensor/1.0"]));
     // The same again: reported as already imported, not as a failure.
-    let (code, json, _) = import(&serve, &[&child], Some("t0ken"));
+    let (code, json, _) = import(&serve, &[&child], Some("t0ken-for-tests-0123"));
     assert_eq!((code, json["status"].as_str()), (0, Some("AlreadyImported")));
     // Same id, other bytes: a conflict, not "already imported".
     let changed = make_update(&dir.path().join("v2"), "sensor", "1.0", &[8u8; 5000]);
-    let (code, json, err) = import(&serve, &[&changed], Some("t0ken"));
+    let (code, json, err) = import(&serve, &[&changed], Some("t0ken-for-tests-0123"));
     assert_eq!((code, json["error"].as_str()), (1, Some("UpdateAlreadyExists")), "{json} {err}");
     assert!(err.contains("different content"), "{err}");
     // Without the token the service refuses.
@@ -229,7 +229,7 @@ fn import_through_the_cli_is_idempotent_and_lists() {
     assert_eq!(code, 1, "{json} {err}");
     assert_eq!(json["error"]["code"], "Unauthorized");
     let out = otaforge()
-        .env("OTAFORGE_ADU_TOKEN", "t0ken")
+        .env("OTAFORGE_ADU_TOKEN", "t0ken-for-tests-0123")
         .args([
             "--format",
             "json",
@@ -249,7 +249,7 @@ fn import_through_the_cli_is_idempotent_and_lists() {
         json!({"provider": "contoso", "name": "sensor", "version": "1.0"})
     );
     let out = otaforge()
-        .env("OTAFORGE_ADU_TOKEN", "t0ken")
+        .env("OTAFORGE_ADU_TOKEN", "t0ken-for-tests-0123")
         .args([
             "--format",
             "json",
@@ -268,7 +268,7 @@ fn import_through_the_cli_is_idempotent_and_lists() {
     assert_eq!(shown["files"].as_array().unwrap().len(), 2);
     // Delete is a long-running operation; afterwards the update is gone.
     otaforge()
-        .env("OTAFORGE_ADU_TOKEN", "t0ken")
+        .env("OTAFORGE_ADU_TOKEN", "t0ken-for-tests-0123")
         .args([
             "update",
             "delete",
@@ -281,7 +281,7 @@ fn import_through_the_cli_is_idempotent_and_lists() {
         .assert()
         .success();
     let out = otaforge()
-        .env("OTAFORGE_ADU_TOKEN", "t0ken")
+        .env("OTAFORGE_ADU_TOKEN", "t0ken-for-tests-0123")
         .args([
             "update",
             "show",
@@ -446,7 +446,7 @@ fn the_official_python_sdk_drives_the_embedded_service() {
         "PyPI azure-iot-deviceupdate is required: python3 -m pip install azure-iot-deviceupdate==1.1.0 (.ci/run installs it)"
     );
     let dir = tempfile::tempdir().unwrap();
-    let serve = Serve::start(&dir.path().join("data"), Some("sdk-token"));
+    let serve = Serve::start(&dir.path().join("data"), Some("sdk-token-for-tests-01"));
     let m = make_update(dir.path(), "probe", "3.2.1", &[9u8; 4096]);
     let body = request_for(&serve, &m);
     let body_path = dir.path().join("import.json");
@@ -455,7 +455,7 @@ fn the_official_python_sdk_drives_the_embedded_service() {
     let host = serve.endpoint.trim_start_matches("http://").to_owned();
     let out = Command::new("python3")
         .arg(&script)
-        .args([host.as_str(), "default", "sdk-token"])
+        .args([host.as_str(), "default", "sdk-token-for-tests-01"])
         .arg(&body_path)
         .output()
         .unwrap();
