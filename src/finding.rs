@@ -207,6 +207,83 @@ impl<'a> IntoIterator for &'a Findings {
     }
 }
 
+/// Every object key that appears twice in the JSON text `bytes`, as a `duplicate-key` error at its
+/// path. serde_json keeps the last value of a repeated key and other parsers the first, so a
+/// document with one could mean one thing to otaforge and another to the service or the device.
+/// Text that is not JSON gives no findings here (the parser reports it).
+pub fn duplicate_keys(bytes: &[u8]) -> Findings {
+    let mut found = Findings::new();
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let _ = serde::de::DeserializeSeed::deserialize(
+        DuplicateWalk { path: JsonPath::root(), found: &mut found },
+        &mut de,
+    );
+    found
+}
+
+struct DuplicateWalk<'a> {
+    path: JsonPath,
+    found: &'a mut Findings,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for DuplicateWalk<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for DuplicateWalk<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let path = self.path.key(&key);
+            if !seen.insert(key.clone()) {
+                self.found.error_hint(
+                    "duplicate-key",
+                    &path,
+                    format!("'{key}' appears more than once in this object"),
+                    "keep one: parsers disagree on which value a repeated key has",
+                );
+            }
+            map.next_value_seed(DuplicateWalk { path, found: &mut *self.found })?;
+        }
+        Ok(())
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut i = 0;
+        while seq
+            .next_element_seed(DuplicateWalk { path: self.path.index(i), found: &mut *self.found })?
+            .is_some()
+        {
+            i += 1;
+        }
+        Ok(())
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+}
+
 /// What kind of JSON value `v` is, as a message names it ("a string", "an array", ...).
 pub fn json_kind(v: &Value) -> &'static str {
     match v {
@@ -319,6 +396,15 @@ impl Findings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn repeated_keys_are_found_at_every_depth() {
+        let doc = br#"{"a":1,"b":{"x":[{"k":1,"k":2}],"x":0},"a":[true,null,"s",1.5,-3]}"#;
+        let found: Vec<String> = duplicate_keys(doc).iter().map(|f| f.path.to_string()).collect();
+        assert_eq!(found, ["$.b.x[0].k", "$.b.x", "$.a"]);
+        assert!(duplicate_keys(br#"{"a":{"a":{"a":1}}}"#).is_empty());
+        assert!(duplicate_keys(b"{not json").is_empty());
+    }
 
     #[test]
     fn paths_print_like_jsonpath() {

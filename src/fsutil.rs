@@ -47,7 +47,7 @@ enum Sink {
     /// A regular file (existing or new), written through a temp file and renamed into place.
     Replace(AtomicFile),
     /// A character device or FIFO, written in place: renaming over it would destroy it.
-    Through(std::fs::File),
+    Through(fs_err::File),
     /// `-`.
     Stdout(std::io::Stdout),
 }
@@ -62,7 +62,7 @@ pub fn streams_to(path: &Path) -> bool {
     {
         use std::os::unix::fs::FileTypeExt as _;
         follow_symlinks(path)
-            .and_then(std::fs::metadata)
+            .and_then(fs_err::metadata)
             .is_ok_and(|m| m.file_type().is_char_device() || m.file_type().is_fifo())
     }
     #[cfg(not(unix))]
@@ -79,12 +79,12 @@ impl OutputFile {
             return Ok(Self { sink: Sink::Stdout(std::io::stdout()), path: path.to_owned() });
         }
         let target = follow_symlinks(path)?;
-        let sink = match std::fs::metadata(&target) {
+        let sink = match fs_err::metadata(&target) {
             Ok(meta) => Self::existing(&target, &meta)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 Sink::Replace(AtomicFile::new_with_mode(&target, privacy.new_mode())?)
             }
-            Err(e) => return Err(annotate(e, &target)),
+            Err(e) => return Err(e),
         };
         Ok(Self { sink, path: target })
     }
@@ -107,10 +107,7 @@ impl OutputFile {
             use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _, PermissionsExt as _};
             let ft = meta.file_type();
             if ft.is_char_device() || ft.is_fifo() {
-                let f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(target)
-                    .map_err(|e| annotate(e, target))?;
+                let f = fs_err::OpenOptions::new().write(true).open(target)?;
                 return Ok(Sink::Through(f));
             }
             if ft.is_block_device() {
@@ -150,7 +147,7 @@ impl OutputFile {
     pub fn commit(self) -> std::io::Result<()> {
         match self.sink {
             Sink::Replace(tmp) => tmp.commit(true),
-            Sink::Through(mut f) => f.flush().map_err(|e| annotate(e, &self.path)),
+            Sink::Through(mut f) => f.flush(),
             Sink::Stdout(mut s) => s.flush(),
         }
     }
@@ -187,9 +184,9 @@ impl Write for OutputFile {
 fn follow_symlinks(path: &Path) -> std::io::Result<PathBuf> {
     let mut p = path.to_path_buf();
     for _ in 0..MAX_SYMLINKS {
-        match std::fs::symlink_metadata(&p) {
+        match fs_err::symlink_metadata(&p) {
             Ok(m) if m.file_type().is_symlink() => {
-                let target = std::fs::read_link(&p).map_err(|e| annotate(e, &p))?;
+                let target = fs_err::read_link(&p)?;
                 p = match p.parent() {
                     Some(dir) if target.is_relative() => dir.join(target),
                     _ => target,

@@ -36,6 +36,7 @@ pub mod server;
 pub mod service;
 pub mod sign;
 pub mod storage;
+pub mod time;
 
 pub use finding::{Finding, Findings, JsonPath, Severity};
 pub use hash::{HashError, Sha256};

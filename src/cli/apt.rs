@@ -140,7 +140,8 @@ fn validate(args: ValidateArgs, out: &Output) -> anyhow::Result<Outcome> {
                 (f, None)
             }
             Ok(v) => {
-                let f = apt::validate_value(&v);
+                let mut f = otaforge::finding::duplicate_keys(&bytes);
+                f.extend(apt::validate_value(&v));
                 let criteria = if f.has_errors() {
                     None
                 } else {

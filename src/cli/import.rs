@@ -32,7 +32,7 @@ pub(crate) struct ImportArgs {
     #[arg(long)]
     no_wait: bool,
     /// Give up waiting after this long (the import may still finish).
-    #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "30m", value_parser = super::wait_duration)]
     timeout: Duration,
     /// How long the read URLs given to the service stay valid.
     #[arg(long, default_value = "4h", value_parser = parse_ttl)]

@@ -50,7 +50,7 @@ pub(crate) fn run(cmd: KeyCommand, out: &Output) -> anyhow::Result<Outcome> {
             Ok(Outcome::Ok)
         }
         KeyCommand::Show(a) => {
-            let key = PublicKey::from_file(&a.key)?;
+            let key = PublicKey::public_half_of_file(&a.key)?;
             if out.json() {
                 out.json_value(&serde_json::json!({
                     "file": a.key.display().to_string(),

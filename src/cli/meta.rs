@@ -2,11 +2,12 @@
 //! expiry).
 
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use anyhow::{Context as _, bail};
 use otaforge::manifest::Version;
-use otaforge::sign::meta::{self, Policy, Timestamp};
+use otaforge::sign::meta::{self, Policy};
+use otaforge::time::{self, Timestamp};
 
 use super::key::{SignerArgs, TrustArgs, refused};
 use super::{Outcome, Output};
@@ -79,23 +80,11 @@ pub(crate) fn run(cmd: MetaCommand, out: &Output) -> anyhow::Result<Outcome> {
     }
 }
 
-/// Parses `90d`-style durations from now, or RFC 3339 times, up to the end of year 9999.
-fn parse_time_or_duration(s: &str, now: Timestamp) -> anyhow::Result<Timestamp> {
-    if s.contains('T') || s.contains(':') {
-        return Timestamp::parse(s).map_err(anyhow::Error::msg);
-    }
-    let d: Duration = humantime::parse_duration(s)
-        .with_context(|| format!("`{s}` is neither a duration (90d) nor an RFC 3339 time"))?;
-    now.checked_add(d)
-        .with_context(|| format!("`{s}` from now is past 9999-12-31; give a shorter duration"))
-}
-
 fn sign(a: SignArgs, out: &Output) -> anyhow::Result<Outcome> {
     // The real clock, even under SOURCE_DATE_EPOCH: expiry is about when devices see the
     // metadata, and a rebuild of an old commit must not produce metadata that expired long ago.
-    let now =
-        Timestamp::new(SystemTime::now()).context("the system clock is outside 1970..9999")?;
-    let expires = parse_time_or_duration(&a.expires, now).context("--expires")?;
+    let now = Timestamp::now()?;
+    let expires = time::parse_time_or_duration(&a.expires, now).context("--expires")?;
     let signers = a.signer.signers(true)?;
     let refs: Vec<&dyn otaforge::sign::Signer> = signers.iter().map(|s| s.as_ref()).collect();
     let files: Vec<&std::path::Path> = a.files.iter().map(|p| p.as_path()).collect();
@@ -124,7 +113,7 @@ fn sign(a: SignArgs, out: &Output) -> anyhow::Result<Outcome> {
 fn verify(a: VerifyArgs, out: &Output) -> anyhow::Result<Outcome> {
     let keys = a.trust.keys()?;
     let now = match &a.at {
-        Some(t) => humantime::parse_rfc3339_weak(t).with_context(|| format!("--at `{t}`"))?,
+        Some(t) => Timestamp::parse(t).context("--at")?.system_time(),
         None => SystemTime::now(),
     };
     if a.threshold == 0 {

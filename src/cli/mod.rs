@@ -95,6 +95,16 @@ pub(crate) enum Outcome {
 }
 
 /// Parses arguments, runs the command and maps the outcome to an exit code.
+/// `--timeout` values: at most a week (longer waits belong to a scheduler, not a command).
+fn wait_duration(s: &str) -> Result<std::time::Duration, otaforge::time::TimeError> {
+    otaforge::time::parse_duration(s, std::time::Duration::from_secs(7 * 86_400))
+}
+
+/// `--io-timeout` values: at most an hour without progress.
+fn stall_duration(s: &str) -> Result<std::time::Duration, otaforge::time::TimeError> {
+    otaforge::time::parse_duration(s, std::time::Duration::from_secs(3_600))
+}
+
 pub(crate) fn main(rt: &tokio::runtime::Runtime) -> ExitCode {
     // https://no-color.org: any value of NO_COLOR turns colour off (clap colours help and errors).
     let mut command = Cli::command();

@@ -80,7 +80,7 @@ pub(crate) struct DeleteArgs {
     #[command(flatten)]
     adu: AduArgs,
     /// Give up waiting after this long.
-    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "10m", value_parser = super::wait_duration)]
     timeout: Duration,
 }
 

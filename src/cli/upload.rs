@@ -61,7 +61,7 @@ pub(crate) struct StorageArgs {
     #[arg(long, value_enum, default_value = "md5")]
     checksum: ChecksumArg,
     /// A read that makes no progress for this long is retried.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = super::stall_duration)]
     io_timeout: Duration,
     /// Retries per request (408, 429, 5xx, resets and stalls), with exponential backoff.
     #[arg(long, default_value_t = 8)]

@@ -20,6 +20,17 @@ pub enum IdError {
         /// The offending text.
         value: String,
     },
+    /// Provider or name made only of dots: `.` and `..` collapse in a URL path, so such an update
+    /// could be imported but never addressed again.
+    #[error(
+        "{what} '{value}' is only dots; it cannot be used in a URL path (add a letter or digit)"
+    )]
+    DotsOnly {
+        /// `provider` or `name`.
+        what: &'static str,
+        /// The offending text.
+        value: String,
+    },
     /// The version is not 2-4 dot-separated numbers each at most 2147483647.
     #[error("version '{value}' {reason}")]
     BadVersion {
@@ -40,7 +51,13 @@ pub enum IdError {
 pub fn check_id_part(what: &'static str, value: &str) -> Result<(), IdError> {
     let ok = (1..=crate::limits::ID_PART_CHARS).contains(&value.len())
         && value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
-    if ok { Ok(()) } else { Err(IdError::BadPart { what, value: value.to_owned() }) }
+    if !ok {
+        return Err(IdError::BadPart { what, value: value.to_owned() });
+    }
+    if value.bytes().all(|b| b == b'.') {
+        return Err(IdError::DotsOnly { what, value: value.to_owned() });
+    }
+    Ok(())
 }
 
 /// An update version: two to four dot-separated numbers, each 0..=2147483647.

@@ -136,7 +136,8 @@ pub fn check_bytes(path: &Path, bytes: &[u8]) -> Checked {
     let (findings, manifest) = match validate::parse_json(bytes) {
         Err(findings) => (findings, None),
         Ok(value) => {
-            let mut findings = validate::validate_value(&value);
+            let mut findings = crate::finding::duplicate_keys(bytes);
+            findings.extend(validate::validate_value(&value));
             let manifest = if findings.has_errors() {
                 None
             } else {

@@ -193,6 +193,9 @@ fn parse_import(body: &[u8]) -> Result<Vec<ImportItem>, Response> {
     if !value.is_array() {
         return Err(invalid("the body must be a JSON array of import items".into()));
     }
+    if let Some(d) = crate::finding::duplicate_keys(body).iter().next() {
+        return Err(invalid(format!("{}: {}", d.path, d.message)));
+    }
     let items: Vec<ImportItem> = serde_json::from_value(value)
         .map_err(|e| invalid(format!("the body is not an array of import items: {e}")))?;
     let max = crate::limits::MAX_IMPORT_ITEMS;

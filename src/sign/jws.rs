@@ -171,6 +171,9 @@ fn check_header<'k>(
     let bytes = B64.decode(header_b64).map_err(|_| malformed("the header is not base64url"))?;
     let header: Map<String, Value> =
         serde_json::from_slice(&bytes).map_err(|_| malformed("the header is not a JSON object"))?;
+    if let Some(d) = crate::finding::duplicate_keys(&bytes).iter().next() {
+        return Err(malformed(&format!("the header repeats a key ({}: {})", d.path, d.message)));
+    }
     match header.get("alg").and_then(Value::as_str) {
         Some("EdDSA") => {}
         Some(other) => return Err(malformed(&format!("alg is {other}; only EdDSA is accepted"))),

@@ -118,24 +118,38 @@ impl PublicKey {
         format!("-----BEGIN PUBLIC KEY-----\n{b64}\n-----END PUBLIC KEY-----\n")
     }
 
-    /// Reads a public key from PEM text: a `PUBLIC KEY` block, or a `PRIVATE KEY` block whose
-    /// public half is taken. `source_name` names the file in errors.
+    /// Reads a public key from PEM text (a `PUBLIC KEY` block). A private key is refused: where
+    /// a public key is asked for, the file is going somewhere verification happens, and a
+    /// private key must not travel there. `source_name` names the file in errors.
     pub fn from_pem(pem: &str, source_name: &str) -> Result<Self, SignError> {
         let bad = |reason: String| SignError::BadKey { source_name: source_name.into(), reason };
-        let key = if pem.contains("-----BEGIN PUBLIC KEY-----") {
-            VerifyingKey::from_public_key_pem(pem.trim())
-                .map_err(|e| bad(format!("not an Ed25519 public key ({e})")))?
-        } else if pem.contains("PRIVATE KEY-----") {
-            PrivateKey::from_pem(pem, source_name)?.public_key().key
-        } else {
+        if pem.contains("PRIVATE KEY-----") {
+            return Err(bad(
+                "is a private key, where a public key is needed; give its .pub.pem (or make one \
+                 with `otaforge key show KEY.pem`), and keep the private key where signing happens"
+                    .into(),
+            ));
+        }
+        if !pem.contains("-----BEGIN PUBLIC KEY-----") {
             return Err(bad("no `-----BEGIN PUBLIC KEY-----` PEM block".into()));
-        };
+        }
+        let key = VerifyingKey::from_public_key_pem(pem.trim())
+            .map_err(|e| bad(format!("not an Ed25519 public key ({e})")))?;
         Self::new(key).map_err(bad)
     }
 
-    /// Reads a public key file (or the public half of a private key file).
+    /// Reads a public key file.
     pub fn from_file(path: &Path) -> Result<Self, SignError> {
-        let text = Zeroizing::new(fs_err::read_to_string(path)?);
+        let text = read_key_text(path)?;
+        Self::from_pem(&text, &path.display().to_string())
+    }
+
+    /// Reads a public key file, or takes the public half of a private key file (`key show`).
+    pub fn public_half_of_file(path: &Path) -> Result<Self, SignError> {
+        let text = read_key_text(path)?;
+        if text.contains("PRIVATE KEY-----") {
+            return Ok(PrivateKey::from_pem(&text, &path.display().to_string())?.public_key());
+        }
         Self::from_pem(&text, &path.display().to_string())
     }
 
@@ -144,6 +158,21 @@ impl PublicKey {
         let Ok(mut v) = self.key.verify_stream(sig) else { return false };
         message.for_each_chunk(&mut |c| v.update(c));
         v.finalize_and_verify().is_ok()
+    }
+}
+
+/// A key file's text, kept in memory that is wiped when dropped. A file that is not UTF-8 text
+/// (a DER key, a binary) is a [`SignError::BadKey`] that says so.
+fn read_key_text(path: &Path) -> Result<Zeroizing<String>, SignError> {
+    let bytes = Zeroizing::new(fs_err::read(path)?);
+    match std::str::from_utf8(&bytes) {
+        Ok(text) => Ok(Zeroizing::new(text.to_owned())),
+        Err(_) => Err(SignError::BadKey {
+            source_name: path.display().to_string(),
+            reason: "is not a PEM text file (binary content; otaforge reads PKCS#8 PEM keys, \
+                     `-----BEGIN PRIVATE KEY-----` / `-----BEGIN PUBLIC KEY-----`)"
+                .into(),
+        }),
     }
 }
 
@@ -195,7 +224,7 @@ impl PrivateKey {
 
     /// Reads a private key file.
     pub fn from_file(path: &Path) -> Result<Self, SignError> {
-        let text = Zeroizing::new(fs_err::read_to_string(path)?);
+        let text = read_key_text(path)?;
         Self::from_pem(&text, &path.display().to_string())
     }
 

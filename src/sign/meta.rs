@@ -9,71 +9,18 @@
 //! key, expired metadata (or, on request, metadata expiring soon), a version or security
 //! counter below a floor (rollback), and a missing or changed artifact.
 
-use std::fmt;
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
 use super::{KeyId, SignError, Signer, TrustedKeys, jws};
 use crate::Sha256;
 use crate::manifest::Version;
+pub use crate::time::Timestamp;
 
 /// The `type` every release document carries.
 pub const RELEASE_TYPE: &str = "otaforge.release/1";
-
-/// The last second an RFC 3339 time (four-digit year) can name: 9999-12-31T23:59:59Z.
-const LAST_SECOND: u64 = 253_402_300_799;
-
-/// A moment of release metadata (`created`, `expires`): whole seconds, UTC, between 1970 and the
-/// end of year 9999, written as RFC 3339 (`2026-11-29T20:00:00Z`). A value outside that range
-/// cannot be built, so formatting it never fails and adding to it never overflows unnoticed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Timestamp(u64);
-
-impl Timestamp {
-    /// `t`, to the second; `None` before 1970 or after year 9999.
-    pub fn new(t: SystemTime) -> Option<Self> {
-        let secs = t.duration_since(UNIX_EPOCH).ok()?.as_secs();
-        (secs <= LAST_SECOND).then_some(Self(secs))
-    }
-
-    /// `self + d`; `None` past year 9999.
-    pub fn checked_add(self, d: Duration) -> Option<Self> {
-        self.0.checked_add(d.as_secs()).filter(|s| *s <= LAST_SECOND).map(Self)
-    }
-
-    /// Parses RFC 3339 (`Z` or an offset; fractions of a second are dropped).
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let t = humantime::parse_rfc3339_weak(s).or_else(|_| humantime::parse_rfc3339(s)).map_err(
-            |e| format!("`{s}` is not an RFC 3339 time such as 2027-01-31T00:00:00Z: {e}"),
-        )?;
-        Self::new(t).ok_or_else(|| format!("`{s}` is outside 1970..9999"))
-    }
-
-    /// The same moment as a `SystemTime`.
-    pub fn system_time(self) -> SystemTime {
-        UNIX_EPOCH + Duration::from_secs(self.0)
-    }
-}
-
-impl fmt::Display for Timestamp {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&humantime::format_rfc3339_seconds(self.system_time()), f)
-    }
-}
-
-impl Serialize for Timestamp {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for Timestamp {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Self::parse(&String::deserialize(d)?).map_err(serde::de::Error::custom)
-    }
-}
 
 /// One file of a release.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -155,9 +102,9 @@ pub fn describe(
         artifacts.push(Artifact { name, size_in_bytes: d.size, sha256: d.sha256 });
     }
     if expires <= created {
-        return Err(SignError::Malformed {
-            what: "release metadata".into(),
-            reason: format!("expires {expires} is not after created {created}"),
+        return Err(SignError::ExpiryNotAfterCreated {
+            expires: expires.to_string(),
+            created: created.to_string(),
         });
     }
     Ok(Release {
@@ -202,10 +149,22 @@ pub fn verify(
     let what = "release metadata";
     let doc: serde_json::Value = serde_json::from_str(text)
         .map_err(|e| SignError::Malformed { what: what.into(), reason: e.to_string() })?;
+    let repeated = |bytes: &[u8]| {
+        crate::finding::duplicate_keys(bytes).iter().next().map(|d| SignError::Malformed {
+            what: what.into(),
+            reason: format!("{}: {}", d.path, d.message),
+        })
+    };
+    if let Some(e) = repeated(text.as_bytes()) {
+        return Err(e);
+    }
     if keys.is_empty() {
         return Err(SignError::NoKeyConfigured { what: what.into() });
     }
     let (payload, signed_by) = jws::verify_json(&doc, keys, policy.threshold, what)?;
+    if let Some(e) = repeated(&payload) {
+        return Err(e);
+    }
     let release: Release = serde_json::from_slice(&payload).map_err(|e| SignError::Malformed {
         what: what.into(),
         reason: format!("signed payload: {e}"),
@@ -216,12 +175,20 @@ pub fn verify(
             reason: format!("type is `{}`, expected `{RELEASE_TYPE}`", release.kind),
         });
     }
+    if now < release.created.system_time() {
+        return Err(SignError::NotYetValid {
+            created: release.created.to_string(),
+            now: rfc3339(now),
+        });
+    }
     let expires = release.expires.system_time();
     if now >= expires {
         return Err(SignError::Expired { expires: release.expires.to_string(), now: rfc3339(now) });
     }
     if let Some(days) = policy.warn_expiring_days
-        && now + Duration::from_secs(days.saturating_mul(86_400)) >= expires
+        && now
+            .checked_add(Duration::from_secs(days.saturating_mul(86_400)))
+            .is_none_or(|soon| soon >= expires)
     {
         return Err(SignError::ExpiringSoon {
             expires: release.expires.to_string(),

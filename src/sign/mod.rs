@@ -97,6 +97,28 @@ pub enum SignError {
         /// RFC 3339 time of the check.
         now: String,
     },
+    /// The check time is before the metadata was signed: a clock that is wrong, or metadata from
+    /// the future.
+    #[error(
+        "not yet valid: the metadata was signed at {created}, after the check time {now}; check \
+         the clock (or --at)"
+    )]
+    NotYetValid {
+        /// RFC 3339 time of signing.
+        created: String,
+        /// RFC 3339 time of the check.
+        now: String,
+    },
+    /// `meta sign` was asked for an expiry that is not after the signing time.
+    #[error(
+        "--expires {expires} is not after the signing time {created}; give a later time or a duration such as 90d"
+    )]
+    ExpiryNotAfterCreated {
+        /// The requested expiry.
+        expires: String,
+        /// The signing time.
+        created: String,
+    },
     /// The metadata expires within the warning window.
     #[error("expiring: the metadata expires at {expires}, within {days} days of {now}; re-sign it")]
     ExpiringSoon {
@@ -156,6 +178,8 @@ impl SignError {
             SignError::Malformed { .. } => "malformed",
             SignError::Expired { .. } => "expired",
             SignError::ExpiringSoon { .. } => "expiringSoon",
+            SignError::NotYetValid { .. } => "notYetValid",
+            SignError::ExpiryNotAfterCreated { .. } => "expiryNotAfterCreated",
             SignError::VersionRollback { .. } => "versionRollback",
             SignError::CounterRollback { .. } => "counterRollback",
             SignError::MissingArtifact { .. } => "missingArtifact",
@@ -172,6 +196,7 @@ impl SignError {
                 | SignError::KeyExists(_)
                 | SignError::BadKey { .. }
                 | SignError::ExternalSigner { .. }
+                | SignError::ExpiryNotAfterCreated { .. }
         )
     }
 }

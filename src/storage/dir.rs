@@ -297,7 +297,7 @@ impl BlobStore for DirStore {
         blob: &BlobName,
         ttl: Duration,
     ) -> Result<String, StorageError> {
-        let se = super::sas::sas_time(SystemTime::now() + ttl);
+        let se = super::sas::sas_time(SystemTime::now() + ttl.min(super::MAX_URL_TTL));
         let sig = self.sign(&se, container.as_str(), blob.as_str());
         let mut q = url::form_urlencoded::Serializer::new(String::new());
         q.append_pair("se", &se);

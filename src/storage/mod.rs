@@ -409,12 +409,15 @@ pub trait BlobStore: Send + Sync {
     ) -> impl Future<Output = Result<String, StorageError>> + Send;
 }
 
-/// Parses `4h`, `30m`, `7d` into a duration for SAS expiry; at most 7 days (a user delegation
-/// key's limit, and a sane bound for a read URL).
+/// The longest a read URL stays valid: a user delegation key's limit, and a sane bound for a URL
+/// that anyone holding it can use. Longer requests are cut to it.
+pub const MAX_URL_TTL: Duration = Duration::from_secs(7 * 86_400);
+
+/// Parses `4h`, `30m`, `7d` into a duration for SAS expiry; at most [`MAX_URL_TTL`].
 pub fn parse_ttl(s: &str) -> Result<Duration, NameError> {
     let err = |reason: String| NameError::Ttl { text: s.to_owned(), reason };
     let d = humantime::parse_duration(s).map_err(|e| err(e.to_string()))?;
-    if d.is_zero() || d > Duration::from_secs(7 * 86_400) {
+    if d.is_zero() || d > MAX_URL_TTL {
         return Err(err("must be between 1 second and 7 days".to_owned()));
     }
     Ok(d)

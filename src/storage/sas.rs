@@ -117,12 +117,13 @@ pub struct ServiceSas {
 }
 
 impl ServiceSas {
-    /// A read-only blob SAS valid from [`CLOCK_SKEW`] ago for `ttl`.
+    /// A read-only blob SAS valid from [`CLOCK_SKEW`] ago for `ttl` (at most
+    /// [`super::MAX_URL_TTL`]).
     pub fn read_blob(now: SystemTime, ttl: Duration, protocol: Protocol) -> Self {
         Self {
             permissions: "r".into(),
             start: Some(now - CLOCK_SKEW),
-            expiry: now + ttl,
+            expiry: now + ttl.min(super::MAX_URL_TTL),
             protocol,
             resource: "b",
         }

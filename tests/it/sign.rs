@@ -349,9 +349,9 @@ fn key_sources_env_and_external_command_sign_the_same_way() {
     assert!(!s.sig.exists());
 }
 
-/// `verify --pub` given the private key file verifies with its public half today; the
-/// hardening issue makes it a refusal, and this constant changes with it.
-const VERIFY_WITH_PRIVATE: i32 = 0;
+/// `verify --pub` given the private key file is refused as a usage error: a private key must
+/// not travel to where verification happens.
+const VERIFY_WITH_PRIVATE: i32 = 2;
 
 #[test]
 fn private_key_material_never_appears_in_any_output() {

@@ -58,6 +58,16 @@ pub(super) fn check_update_id(f: &mut Findings, v: &Value, path: &JsonPath) -> O
                         format!("'{s}' has characters other than letters, digits, '.' and '-'"),
                         "ADU update ids allow only [a-zA-Z0-9.-]",
                     );
+                } else if let Some(s) = v.as_str()
+                    && !s.is_empty()
+                    && s.bytes().all(|b| b == b'.')
+                {
+                    f.error_hint(
+                        "id-dots-only",
+                        &path.key(key),
+                        format!("'{s}' is only dots; '.' and '..' collapse in a URL path"),
+                        "such an update could be imported but never shown or deleted again; add a letter or digit",
+                    );
                 }
             }
         }
