@@ -120,6 +120,34 @@ pub fn check_token(token: &str) -> Result<(), ServerError> {
     )))
 }
 
+/// Creates `dir` (and its parents) and makes it 0700: the store holds imported content and
+/// the signing key of read URLs, which other users of the machine must not read.
+fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    fs_err::create_dir_all(dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        fs_err::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+/// Creates `path` empty with mode 0600 when missing, and makes an existing one 0600; SQLite
+/// gives its `-wal` and `-shm` files the database file's mode.
+fn private_file(path: &std::path::Path) -> std::io::Result<()> {
+    let mut o = fs_err::OpenOptions::new();
+    o.create(true).append(true);
+    #[cfg(unix)]
+    fs_err::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+    let f = o.open(path)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
+}
+
 /// Removes the temp files a killed process left in `dir`; nothing refers to them.
 fn remove_stray_temp_files(dir: &std::path::Path) -> Result<(), std::io::Error> {
     for entry in fs_err::read_dir(dir)?.flatten() {
@@ -143,8 +171,9 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     }
     crate::manifest::check_id_part("instance", &config.instance)
         .map_err(|e| ServerError::Config(e.to_string()))?;
-    fs_err::create_dir_all(&config.data_dir)?;
+    private_dir(&config.data_dir)?;
     let db_path = config.data_dir.join("otaforge-serve.sqlite");
+    private_file(&db_path)?;
     let now = now_string();
     let store = tokio::task::spawn_blocking(move || Store::open(&db_path, &now))
         .await
@@ -154,7 +183,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     let base_url = format!("http://{addr}");
     let blob_dir = config.data_dir.join("blobs");
     let blob_url = format!("{base_url}/blobs");
-    let blobs = DirStore::open(&blob_dir, &blob_url)?;
+    let blobs = DirStore::open(&blob_dir, &blob_url)?.private();
     let content_dir = config.data_dir.join("content");
     let incoming_dir = config.data_dir.join("incoming");
     for d in [&content_dir, &incoming_dir] {

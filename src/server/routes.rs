@@ -237,7 +237,9 @@ async fn import_updates(State(s): State<Shared>, body: axum::body::Bytes) -> Res
     };
     let op = new_operation(OperationStatus::NotStarted, None);
     let id = op.operation_id.clone();
-    let request = String::from_utf8_lossy(&body).into_owned();
+    // Kept for inspection, without the signatures of its read URLs (a blob SAS or this
+    // service's own can be valid for days): what the service stores must not grant access.
+    let request = crate::storage::sas::redact(&String::from_utf8_lossy(&body), &[]);
     let queued = op.clone();
     let admitted =
         s.db.call(move |st| {

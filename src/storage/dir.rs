@@ -30,6 +30,8 @@ pub struct DirStore {
     root: PathBuf,
     base_url: String,
     key: [u8; 32],
+    /// Mode of committed blobs: 0644 for a folder a web server publishes, 0600 for serve's own.
+    file_mode: u32,
 }
 
 impl std::fmt::Debug for DirStore {
@@ -82,7 +84,15 @@ impl DirStore {
             root: root.to_path_buf(),
             base_url: base_url.trim_end_matches('/').to_owned(),
             key: k,
+            file_mode: 0o644,
         })
+    }
+
+    /// This store with blobs only their owner can read (0600): for a store inside a private
+    /// data folder, such as `otaforge serve`'s.
+    pub fn private(mut self) -> Self {
+        self.file_mode = 0o600;
+        self
     }
 
     /// Makes `file` (already written and checked: `size` bytes with `sha256`) the blob.
@@ -140,7 +150,7 @@ impl DirStore {
         if self.holds(container, blob, size, &sha256) {
             return Ok(true);
         }
-        file.set_mode(0o644)?;
+        file.set_mode(self.file_mode)?;
         self.commit(container, blob, file, size, sha256)?;
         Ok(false)
     }
@@ -260,7 +270,7 @@ impl BlobStore for DirStore {
         // Copy while hashing what was written, so a file that changed since it was hashed is
         // caught before the blob becomes visible.
         let mut tmp = crate::fsutil::AtomicFile::new(&dest)?;
-        tmp.set_mode(0o644)?;
+        tmp.set_mode(self.file_mode)?;
         let mut input = fs_err::File::open(&source.path)?;
         let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
         let mut buf = vec![0u8; 1 << 20];

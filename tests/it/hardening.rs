@@ -475,3 +475,43 @@ fn a_bsdiff40_patch_applied_without_a_digest_warns() {
     assert!(out.status.success());
     assert!(!String::from_utf8_lossy(&out.stderr).contains("warning"));
 }
+
+#[test]
+fn serve_keeps_its_data_private_and_stores_no_url_signature() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let serve = crate::service::Serve::start(&data, None);
+    let m = crate::service::make_update(&dir.path().join("u"), "private", "1.0", &[9u8; 3000]);
+    let (code, json, err) = crate::service::import(&serve, &[&m], None);
+    assert_eq!(code, 0, "{json} {err}");
+    // Everything under the data dir: folders 0700 at the top, files 0600.
+    assert_eq!(mode(&data), 0o700);
+    let mut files = 0;
+    let mut stack = vec![data.clone()];
+    while let Some(d) = stack.pop() {
+        for e in fs_err::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                files += 1;
+                assert_eq!(mode(&p) & 0o077, 0, "{} is readable by others", p.display());
+            }
+        }
+    }
+    assert!(files >= 5, "the import stored blobs, content and the database");
+    // The stored import request keeps its URLs, without their signatures.
+    let db = rusqlite::Connection::open(data.join("otaforge-serve.sqlite")).unwrap();
+    let requests: Vec<String> = db
+        .prepare("SELECT request FROM operations WHERE request IS NOT NULL")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert!(!requests.is_empty());
+    for r in &requests {
+        assert!(r.contains("sig=REDACTED"), "{r}");
+        assert_eq!(r.matches("sig=").count(), r.matches("sig=REDACTED").count(), "{r}");
+    }
+}

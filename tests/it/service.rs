@@ -72,7 +72,7 @@ impl Drop for Serve {
 }
 
 /// Writes a script update (install.sh + payload.bin) and its manifest; returns the manifest.
-fn make_update(dir: &Path, name: &str, version: &str, payload: &[u8]) -> PathBuf {
+pub(crate) fn make_update(dir: &Path, name: &str, version: &str, payload: &[u8]) -> PathBuf {
     let d = dir.join(format!("{name}-{version}"));
     fs_err::create_dir_all(&d).unwrap();
     fs_err::write(d.join("install.sh"), format!("#!/bin/sh\necho {name} {version}\n")).unwrap();
@@ -87,7 +87,11 @@ fn make_update(dir: &Path, name: &str, version: &str, payload: &[u8]) -> PathBuf
     d.join(format!("contoso.{name}.{version}.importmanifest.json"))
 }
 
-fn import(serve: &Serve, manifests: &[&Path], token: Option<&str>) -> (i32, Value, String) {
+pub(crate) fn import(
+    serve: &Serve,
+    manifests: &[&Path],
+    token: Option<&str>,
+) -> (i32, Value, String) {
     let mut cmd = otaforge();
     cmd.args(["--format", "json", "import"]);
     for m in manifests {
