@@ -23,6 +23,13 @@ pub(crate) struct ServeArgs {
     /// one, only a loopback address may be used.
     #[arg(long)]
     token: Option<String>,
+    /// Imports may also fetch from this host: HOST (the scheme's default port), HOST:PORT or
+    /// HOST:*. Repeatable. Without it, only serve's own blob store is fetched from.
+    #[arg(long = "allow-fetch", value_name = "HOST[:PORT]")]
+    allow_fetch: Vec<otaforge::server::fetch::AllowedHost>,
+    /// A fetch that makes no progress for this long fails (at most 9 minutes).
+    #[arg(long, default_value = "30s", value_parser = super::stall_duration)]
+    stall_timeout: std::time::Duration,
 }
 
 pub(crate) fn run(
@@ -39,6 +46,8 @@ pub(crate) fn run(
             data_dir: a.data_dir.clone(),
             instance: a.instance.clone(),
             token: token.clone(),
+            allow_fetch: a.allow_fetch.clone(),
+            stall_timeout: a.stall_timeout,
         })
         .await?;
         let info = serde_json::json!({

@@ -125,14 +125,20 @@ pub async fn fetch_manifests(
         {
             return Err(ErrorBody::new(
                 "CannotProcessImportManifest",
+                // What the URL returned is not echoed: the requester learns only that it is
+                // not what they declared.
                 format!(
-                    "the import manifest of item {i} is {} bytes with sha256 {actual}; the request says {} bytes with sha256 {declared}",
-                    bytes.len(),
+                    "the import manifest of item {i} at its URL does not match the request's \
+                     sizeInBytes {} and sha256 {declared}",
                     item.import_manifest.size_in_bytes
                 ),
             )
             .with_target(&target)
-            .with_details(vec![detail("HashMismatch", &target, "size or sha256 differs from importManifest")]));
+            .with_details(vec![detail(
+                "HashMismatch",
+                &target,
+                "size or sha256 differs from importManifest",
+            )]));
         }
         let source = PathBuf::from(format!("item{i}.importmanifest.json"));
         let checked = manifest::check_bytes(&source, &bytes);
@@ -348,14 +354,17 @@ pub async fn fetch_files(
             if got != size || actual != *sha {
                 return Err(ErrorBody::new(
                     "CannotProcessUpdateFile",
-                    if got > size {
-                        format!("{name} at its URL is larger than the {size} bytes the manifest declares")
-                    } else {
-                        format!("{name} is {got} bytes with sha256 {actual}; the manifest says {size} bytes with sha256 {sha}")
-                    },
+                    format!(
+                        "{name} at its URL does not match the manifest's sizeInBytes {size} and \
+                         sha256 {sha}"
+                    ),
                 )
                 .with_target(name.as_str())
-                .with_details(vec![detail("HashMismatch", name, "the file at the URL is not the one the manifest describes")]));
+                .with_details(vec![detail(
+                    "HashMismatch",
+                    name,
+                    "the file at the URL is not the one the manifest describes",
+                )]));
             }
             content.push((actual.to_hex(), file));
         }

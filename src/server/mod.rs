@@ -13,6 +13,7 @@
 //! This module depends on the library (manifest rules, service models, dir store); nothing in
 //! the library depends on it.
 
+pub mod fetch;
 mod guard;
 mod import;
 mod routes;
@@ -21,10 +22,11 @@ pub mod store;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use crate::service::{ErrorBody, ImportItem, OperationStatus, UpdateInfo, UpdateOperation};
 use crate::storage::dir::DirStore;
+use fetch::{AllowedHost, FetchPolicy};
 use store::{Db, Store};
 
 /// Why the service could not start.
@@ -55,7 +57,32 @@ pub struct Config {
     pub instance: String,
     /// Required bearer token; None is allowed only on loopback.
     pub token: Option<String>,
+    /// Hosts beyond its own blob store that imports may fetch from ([`fetch`]).
+    pub allow_fetch: Vec<AllowedHost>,
+    /// A fetch that makes no progress for this long fails.
+    pub stall_timeout: Duration,
 }
+
+impl Config {
+    /// A loopback service at `listen` with its data in `data_dir`: instance `default`, no token,
+    /// fetching only from its own store, stall timeout 30 s.
+    pub fn local(listen: SocketAddr, data_dir: PathBuf) -> Self {
+        Self {
+            listen,
+            data_dir,
+            instance: "default".into(),
+            token: None,
+            allow_fetch: Vec::new(),
+            stall_timeout: DEFAULT_STALL_TIMEOUT,
+        }
+    }
+}
+
+/// How long a fetch may make no progress before it fails.
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The longest a single fetch may take, however steadily it progresses (2 GB at 3.5 MB/s).
+pub const FETCH_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// A running service.
 pub struct Running {
@@ -88,6 +115,7 @@ struct AppState {
     content_dir: PathBuf,
     incoming_dir: PathBuf,
     http: reqwest::Client,
+    fetch: FetchPolicy,
 }
 
 type Shared = Arc<AppState>;
@@ -190,10 +218,15 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         fs_err::create_dir_all(d)?;
         remove_stray_temp_files(d)?;
     }
-    let http = reqwest::Client::builder()
-        .connect_timeout(std::time::Duration::from_secs(10))
-        .timeout(std::time::Duration::from_secs(600))
-        .build()
+    if config.stall_timeout.is_zero() || config.stall_timeout >= FETCH_TIMEOUT {
+        return Err(ServerError::Config(format!(
+            "the stall timeout must be between 1 s and {} s",
+            FETCH_TIMEOUT.as_secs() - 1
+        )));
+    }
+    let fetch = FetchPolicy::new(addr.port(), config.allow_fetch.clone());
+    let http = fetch
+        .client(config.stall_timeout, FETCH_TIMEOUT)
         .map_err(|e| ServerError::Config(e.to_string()))?;
     let state: Shared = Arc::new(AppState {
         db: Db::new(store),
@@ -204,6 +237,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         content_dir,
         incoming_dir,
         http,
+        fetch,
     });
     let app = routes::router(state);
     let task = tokio::spawn(async move { axum::serve(listener, app).await });

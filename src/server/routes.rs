@@ -32,6 +32,7 @@ use axum::routing::{get, put};
 use futures::StreamExt as _;
 use serde::Serialize;
 
+use super::fetch::FetchPolicy;
 use super::{Shared, new_operation, run_import};
 use crate::manifest::UpdateId;
 use crate::service::{
@@ -185,8 +186,8 @@ fn accepted(instance: &str, id: &str) -> Response {
     r
 }
 
-/// Parses an import request body, with ADU's shape limits.
-fn parse_import(body: &[u8]) -> Result<Vec<ImportItem>, Response> {
+/// Parses an import request body, with ADU's shape limits and serve's fetch policy.
+fn parse_import(body: &[u8], fetch: &FetchPolicy) -> Result<Vec<ImportItem>, Response> {
     let invalid = |m: String| bad_request("InvalidImportRequest", m);
     let value: serde_json::Value =
         serde_json::from_slice(body).map_err(|e| invalid(format!("the body is not JSON: {e}")))?;
@@ -227,11 +228,29 @@ fn parse_import(body: &[u8]) -> Result<Vec<ImportItem>, Response> {
             ));
         }
     }
+    for (i, item) in items.iter().enumerate() {
+        let urls =
+            std::iter::once((format!("[{i}].importManifest.url"), &item.import_manifest.url))
+                .chain(
+                    item.files
+                        .iter()
+                        .enumerate()
+                        .map(|(j, f)| (format!("[{i}].files[{j}].url"), &f.url)),
+                );
+        for (target, url) in urls {
+            if let Err(why) = fetch.check(url) {
+                return Err(api_error(
+                    StatusCode::BAD_REQUEST,
+                    ErrorBody::new("UrlNotAllowed", format!("{target}: {why}")).with_target(target),
+                ));
+            }
+        }
+    }
     Ok(items)
 }
 
 async fn import_updates(State(s): State<Shared>, body: axum::body::Bytes) -> Response {
-    let items = match parse_import(&body) {
+    let items = match parse_import(&body, &s.fetch) {
         Ok(items) => items,
         Err(r) => return r,
     };

@@ -515,3 +515,124 @@ fn serve_keeps_its_data_private_and_stores_no_url_signature() {
         assert_eq!(r.matches("sig=").count(), r.matches("sig=REDACTED").count(), "{r}");
     }
 }
+
+/// A loopback HTTP server that answers each path with a fixed response, counts connections,
+/// and for one path sends its head and a byte, then stalls.
+struct FakeHttp {
+    base: String,
+    hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl FakeHttp {
+    fn start(routes: Vec<(&'static str, String)>) -> Self {
+        use std::io::Write as _;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = hits.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let path = crate::read_request_path(&mut conn);
+                let answer = routes.iter().find(|(p, _)| *p == path).map(|(_, a)| a.clone());
+                let answer = answer.unwrap_or_else(|| {
+                    "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n".into()
+                });
+                if answer == "STALL" {
+                    let _ = conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nx");
+                    std::thread::spawn(move || {
+                        std::thread::sleep(std::time::Duration::from_secs(120));
+                        drop(conn);
+                    });
+                    continue;
+                }
+                let _ = conn.write_all(answer.as_bytes());
+            }
+        });
+        FakeHttp { base, hits }
+    }
+
+    fn hits(&self) -> usize {
+        self.hits.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+fn ok_body(body: &[u8]) -> String {
+    format!(
+        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{}",
+        body.len(),
+        String::from_utf8_lossy(body)
+    )
+}
+
+fn redirect_to(url: &str) -> String {
+    format!(
+        "HTTP/1.1 302 Found\r\nlocation: {url}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+    )
+}
+
+fn import_body(manifest_url: &str, size: usize, sha: &str) -> serde_json::Value {
+    serde_json::json!([{
+        "importManifest": {"url": manifest_url, "sizeInBytes": size, "hashes": {"sha256": sha}},
+        "files": [],
+    }])
+}
+
+#[test]
+fn serve_fetches_only_from_its_store_and_allowed_hosts() {
+    use crate::service::{api, curl, raw_import};
+    let dir = tempfile::tempdir().unwrap();
+    let internal = FakeHttp::start(vec![("/secret", ok_body(b"internal admin page"))]);
+    let serve = crate::service::Serve::start(&dir.path().join("data"), None);
+    // Refused before anything is fetched: metadata address, another loopback port, a file URL,
+    // credentials in a URL (even to an allowed-looking host).
+    for url in [
+        "http://169.254.169.254/latest/meta-data/".to_owned(),
+        format!("{}/secret", internal.base),
+        "file:///etc/passwd".to_owned(),
+        format!("{}/blobs/c/x", serve.endpoint.replace("http://", "http://user:pass@")),
+    ] {
+        let (status, json, _) =
+            curl("POST", &api(&serve, "updates:import"), Some(&import_body(&url, 19, "x")), None);
+        assert_eq!(
+            (status, json["error"]["code"].as_str()),
+            (400, Some("UrlNotAllowed")),
+            "{url}: {json}"
+        );
+    }
+    assert_eq!(internal.hits(), 0, "a refused URL was fetched");
+
+    // An allowed host that redirects to one that is not: the redirect is not followed.
+    let internal_port = internal.base.rsplit(':').next().unwrap().to_owned();
+    let mirror = FakeHttp::start(vec![
+        ("/to-internal", redirect_to(&format!("{}/secret", internal.base))),
+        ("/to-metadata", redirect_to("http://169.254.169.254/latest/meta-data/")),
+        ("/wrong", ok_body(b"not the manifest you declared")),
+        ("/slow", "STALL".into()),
+    ]);
+    let mirror_host = mirror.base.trim_start_matches("http://").to_owned();
+    assert_ne!(mirror_host.rsplit(':').next().unwrap(), internal_port);
+    let serve = crate::service::Serve::start_with(
+        &dir.path().join("data2"),
+        &["--allow-fetch", &mirror_host, "--stall-timeout", "2s"],
+    );
+    for path in ["/to-internal", "/to-metadata"] {
+        let op = raw_import(&serve, &import_body(&format!("{}{path}", mirror.base), 19, "x"));
+        assert_eq!(op["status"], "Failed", "{op}");
+        assert_eq!(op["error"]["code"], "CannotDownload", "{op}");
+    }
+    assert_eq!(internal.hits(), 0, "a redirect reached a host serve must not fetch");
+
+    // What an allowed URL returned is not echoed back: only what was declared.
+    let returned = otaforge::Sha256::digest(b"not the manifest you declared").to_base64();
+    let op = raw_import(&serve, &import_body(&format!("{}/wrong", mirror.base), 10, "AAAA"));
+    let text = op["error"].to_string();
+    assert!(!text.contains(&returned) && !text.contains("29 bytes"), "{text}");
+    assert!(text.contains("does not match"), "{text}");
+
+    // A URL that trickles: the fetch fails at the stall timeout, not after the whole-fetch cap.
+    let op = raw_import(&serve, &import_body(&format!("{}/slow", mirror.base), 100, "AAAA"));
+    assert_eq!(op["status"], "Failed", "{op}");
+    assert_eq!(op["error"]["code"], "CannotDownload", "{op}");
+}

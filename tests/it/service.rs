@@ -16,23 +16,32 @@ pub(crate) struct Serve {
     child: Child,
     pub(crate) endpoint: String,
     data: PathBuf,
+    extra: Vec<String>,
 }
 
 impl Serve {
     pub(crate) fn start(data: &Path, token: Option<&str>) -> Self {
-        Self::start_on(data, token, "127.0.0.1:0")
+        Self::start_on(data, token, "127.0.0.1:0", &[])
+    }
+
+    /// With more `serve` options (`--allow-fetch`, `--stall-timeout`).
+    pub(crate) fn start_with(data: &Path, extra: &[&str]) -> Self {
+        Self::start_on(data, None, "127.0.0.1:0", extra)
     }
 
     /// The same address again after a restart, so URLs handed out before stay valid.
     fn restart(&mut self) {
         self.kill();
         let addr = self.endpoint.trim_start_matches("http://").to_owned();
-        *self = Self::start_on(&self.data.clone(), None, &addr);
+        let extra = self.extra.clone();
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        *self = Self::start_on(&self.data.clone(), None, &addr, &extra);
     }
 
-    fn start_on(data: &Path, token: Option<&str>, listen: &str) -> Self {
+    fn start_on(data: &Path, token: Option<&str>, listen: &str, extra: &[&str]) -> Self {
         let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("otaforge"));
         cmd.args(["--format", "json", "serve", "--listen", listen, "--data-dir"]).arg(data);
+        cmd.args(extra);
         cmd.env_remove("OTAFORGE_ADU_TOKEN");
         if let Some(t) = token {
             cmd.args(["--token", t]);
@@ -47,6 +56,7 @@ impl Serve {
             child,
             endpoint: info["endpoint"].as_str().unwrap().to_owned(),
             data: data.to_path_buf(),
+            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
         }
     }
 
@@ -109,13 +119,13 @@ pub(crate) fn import(
 }
 
 /// The URL of an API path of instance `default`, with the api-version.
-fn api(serve: &Serve, path: &str) -> String {
+pub(crate) fn api(serve: &Serve, path: &str) -> String {
     format!("{}/deviceUpdate/default/{path}?api-version=2022-10-01", serve.endpoint)
 }
 
 /// One HTTP request (no outside tool): status, JSON body (Null when not JSON), and the
 /// response headers as `name: value` lines with lowercase names.
-fn curl(
+pub(crate) fn curl(
     method: &str,
     url: &str,
     body: Option<&Value>,
@@ -191,7 +201,7 @@ fn request_for(serve: &Serve, manifest: &Path) -> Value {
 }
 
 /// Posts an import and waits for the operation; returns it.
-fn raw_import(serve: &Serve, body: &Value) -> Value {
+pub(crate) fn raw_import(serve: &Serve, body: &Value) -> Value {
     let (status, json, head) = curl("POST", &api(serve, "updates:import"), Some(body), None);
     assert_eq!(status, 202, "{json} {head}");
     let loc = head
@@ -523,7 +533,9 @@ impl StallServer {
 fn kill_9_at_fixed_moments_of_imports_leaves_a_consistent_store() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let mut serve = Serve::start(&data, None);
+    // The stalling server is on loopback at a port of its own, which serve fetches from only
+    // when told to.
+    let mut serve = Serve::start_with(&data, &["--allow-fetch", "127.0.0.1:*"]);
     // Every kill point: which file of the import is stalled, and after how many bytes.
     let points: [(&str, f64); 6] = [
         ("manifest", 0.0),
