@@ -30,6 +30,21 @@ pub const VERSIONS_PER_NAME: usize = 100;
 /// Largest import manifest the embedded service fetches (ADU documents none; 2 MiB is far
 /// above any real manifest).
 pub const MANIFEST_BYTES: u64 = 2 << 20;
+/// Longest URL an import request may give (Azure's blob URLs with a SAS are well under 2,048
+/// characters); longer ones are refused before anything is stored.
+pub const MAX_URL_CHARS: usize = 4096;
+/// Largest import request body the embedded service reads (11 updates of 11 URLs each at the
+/// longest URL are under 0.5 MiB).
+pub const MAX_IMPORT_REQUEST_BYTES: usize = 1 << 20;
+/// Finished operations the embedded service keeps at most, newest first (ADU keeps them for
+/// a while, then drops them).
+pub const KEPT_OPERATIONS: usize = 1000;
+/// Days a finished operation is kept (ADU: 7).
+pub const OPERATION_DAYS: u64 = 7;
+/// Longest error message stored with an operation, in characters.
+pub const ERROR_MESSAGE_CHARS: usize = 2048;
+/// Most error details stored with an operation.
+pub const ERROR_DETAILS: usize = 100;
 /// Longest provider or name of an update id.
 pub const ID_PART_CHARS: usize = 64;
 /// Longest file name.

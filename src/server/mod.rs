@@ -203,9 +203,14 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     let db_path = config.data_dir.join("otaforge-serve.sqlite");
     private_file(&db_path)?;
     let now = now_string();
-    let store = tokio::task::spawn_blocking(move || Store::open(&db_path, &now))
-        .await
-        .map_err(|e| ServerError::Config(e.to_string()))??;
+    let opened = db_path.clone();
+    let store = tokio::task::spawn_blocking(move || {
+        let store = Store::open(&opened, &now)?;
+        store.prune_operations(&retention_cutoff(), crate::limits::KEPT_OPERATIONS)?;
+        Ok::<_, store::StoreError>(store)
+    })
+    .await
+    .map_err(|e| ServerError::Config(e.to_string()))??;
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
     let base_url = format!("http://{addr}");
@@ -229,7 +234,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         .client(config.stall_timeout, FETCH_TIMEOUT)
         .map_err(|e| ServerError::Config(e.to_string()))?;
     let state: Shared = Arc::new(AppState {
-        db: Db::new(store),
+        db: Db::new(store, &db_path),
         instance: config.instance.clone(),
         token: config.token.clone(),
         port: addr.port(),
@@ -266,6 +271,37 @@ fn new_operation(status: OperationStatus, update: Option<UpdateInfo>) -> UpdateO
     }
 }
 
+/// Finished operations last acted on before this time are dropped.
+fn retention_cutoff() -> String {
+    let days = Duration::from_secs(crate::limits::OPERATION_DAYS * 86_400);
+    let cutoff = SystemTime::now().checked_sub(days).unwrap_or(SystemTime::UNIX_EPOCH);
+    humantime::format_rfc3339_millis(cutoff).to_string()
+}
+
+/// An error as it is stored and listed: its message and each detail's cut to
+/// [`crate::limits::ERROR_MESSAGE_CHARS`], at most [`crate::limits::ERROR_DETAILS`] details
+/// (the last says how many more there were), so no request can make operations grow without
+/// bound.
+fn bounded(mut e: ErrorBody) -> ErrorBody {
+    use crate::limits::{ERROR_DETAILS, ERROR_MESSAGE_CHARS};
+    fn cut(s: &mut String) {
+        if let Some((i, _)) = s.char_indices().nth(ERROR_MESSAGE_CHARS) {
+            s.truncate(i);
+            s.push_str(" [cut]");
+        }
+    }
+    cut(&mut e.message);
+    let more = e.details.len().saturating_sub(ERROR_DETAILS);
+    e.details.truncate(ERROR_DETAILS);
+    for d in &mut e.details {
+        cut(&mut d.message);
+    }
+    if more > 0 {
+        e.details.push(ErrorBody::new("MoreDetails", format!("{more} more not shown")));
+    }
+    e
+}
+
 /// Runs an accepted import to its end and records the result.
 async fn run_import(s: Shared, mut op: UpdateOperation, items: Vec<ImportItem>) {
     op.status = OperationStatus::Running;
@@ -274,7 +310,7 @@ async fn run_import(s: Shared, mut op: UpdateOperation, items: Vec<ImportItem>) 
     if s.db.call(move |st| st.put_operation(&running, None)).await.is_err() {
         return;
     }
-    let existing = s.db.call(|st| st.updates()).await.unwrap_or_default();
+    let existing = s.db.read(|st| st.updates()).await.unwrap_or_default();
     let now = now_string();
     let result = import::prepare(&s.http, &items, &existing, &now, &s.content_dir).await;
     op.last_action_date_time = Some(now_string());
@@ -282,7 +318,7 @@ async fn run_import(s: Shared, mut op: UpdateOperation, items: Vec<ImportItem>) 
         op.status = OperationStatus::Failed;
         op.update = None;
         op.resource_location = None;
-        op.error = Some(error);
+        op.error = Some(bounded(error));
         op
     };
     let prepared = match result {
@@ -347,4 +383,25 @@ async fn run_import(s: Shared, mut op: UpdateOperation, items: Vec<ImportItem>) 
             Ok(())
         })
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_errors_are_bounded() {
+        let mut e = ErrorBody::new("CannotProcessImportManifest", "x".repeat(10_000));
+        e.details =
+            (0..250).map(|i| ErrorBody::new("rule", format!("{i}{}", "y".repeat(5_000)))).collect();
+        let b = bounded(e);
+        assert!(b.message.chars().count() <= crate::limits::ERROR_MESSAGE_CHARS + 6);
+        assert_eq!(b.details.len(), crate::limits::ERROR_DETAILS + 1);
+        assert_eq!(b.details.last().unwrap().message, "150 more not shown");
+        assert!(
+            b.details
+                .iter()
+                .all(|d| d.message.chars().count() <= crate::limits::ERROR_MESSAGE_CHARS + 6)
+        );
+    }
 }

@@ -49,7 +49,12 @@ const PAGE: usize = 20;
 pub(super) fn router(state: Shared) -> Router {
     let api = Router::new()
         .route("/deviceUpdate/{instance}/updates", get(list_updates))
-        .route("/deviceUpdate/{instance}/updates:import", axum::routing::post(import_updates))
+        .route(
+            "/deviceUpdate/{instance}/updates:import",
+            axum::routing::post(import_updates).layer(axum::extract::DefaultBodyLimit::max(
+                crate::limits::MAX_IMPORT_REQUEST_BYTES,
+            )),
+        )
         .route("/deviceUpdate/{instance}/updates/operations", get(list_operations))
         .route("/deviceUpdate/{instance}/updates/operations/{id}", get(get_operation))
         .route("/deviceUpdate/{instance}/updates/providers", get(list_providers))
@@ -81,7 +86,38 @@ pub(super) fn router(state: Shared) -> Router {
             api_error(StatusCode::NOT_FOUND, ErrorBody::new("NotFound", "no such route"))
         })
         .layer(axum::middleware::from_fn_with_state(state.clone(), super::guard::browser_guard))
+        .layer(axum::middleware::from_fn(envelope))
         .with_state(state)
+}
+
+/// Gives every error answer the ADU envelope and `x-ms-error-code`, including the ones the
+/// HTTP layer makes itself (an unknown method, a body over the limit, a path that is not
+/// UTF-8), so a client has one shape to read.
+async fn envelope(req: Request, next: Next) -> Response {
+    let r = next.run(req).await;
+    let status = r.status();
+    if !(status.is_client_error() || status.is_server_error())
+        || r.headers().contains_key("x-ms-error-code")
+    {
+        return r;
+    }
+    let code = match status {
+        StatusCode::NOT_FOUND => "NotFound",
+        StatusCode::METHOD_NOT_ALLOWED => "MethodNotAllowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "RequestEntityTooLarge",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "UnsupportedMediaType",
+        StatusCode::BAD_REQUEST => "BadRequest",
+        s if s.is_server_error() => "InternalServerError",
+        _ => "RequestFailed",
+    };
+    let body = axum::body::to_bytes(r.into_body(), 4096).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&body);
+    let message = if text.trim().is_empty() {
+        status.canonical_reason().unwrap_or("request failed").to_owned()
+    } else {
+        text.trim().to_owned()
+    };
+    api_error(status, ErrorBody::new(code, message))
 }
 
 /// The ADU error envelope, with `x-ms-error-code`.
@@ -238,6 +274,13 @@ fn parse_import(body: &[u8], fetch: &FetchPolicy) -> Result<Vec<ImportItem>, Res
                         .map(|(j, f)| (format!("[{i}].files[{j}].url"), &f.url)),
                 );
         for (target, url) in urls {
+            if url.chars().count() > crate::limits::MAX_URL_CHARS {
+                return Err(invalid(format!(
+                    "{target} is {} characters long; at most {} are accepted",
+                    url.chars().count(),
+                    crate::limits::MAX_URL_CHARS
+                )));
+            }
             if let Err(why) = fetch.check(url) {
                 return Err(api_error(
                     StatusCode::BAD_REQUEST,
@@ -265,6 +308,7 @@ async fn import_updates(State(s): State<Shared>, body: axum::body::Bytes) -> Res
             if st.running_count()? >= crate::limits::MAX_RUNNING_OPERATIONS {
                 return Ok(false);
             }
+            st.prune_operations(&super::retention_cutoff(), crate::limits::KEPT_OPERATIONS)?;
             st.put_operation(&queued, Some(&request))?;
             Ok(true)
         })
@@ -300,7 +344,7 @@ async fn get_operation(
     headers: HeaderMap,
 ) -> Response {
     let key = id.clone();
-    match s.db.call(move |st| st.operation(&key)).await {
+    match s.db.read(move |st| st.operation(&key)).await {
         Ok(Some(op)) => {
             if let (Some(inm), Some(tag)) = (headers.get(header::IF_NONE_MATCH), &op.etag)
                 && inm.to_str().ok() == Some(tag.as_str())
@@ -346,7 +390,7 @@ fn page<T: Serialize>(
 }
 
 async fn list_operations(State(s): State<Shared>, uri: axum::http::Uri, Query(q): Q) -> Response {
-    let ops = match s.db.call(|st| st.operations()).await {
+    let ops = match s.db.read(|st| st.operations()).await {
         Ok(o) => o,
         Err(e) => return internal(e),
     };
@@ -361,7 +405,7 @@ async fn list_operations(State(s): State<Shared>, uri: axum::http::Uri, Query(q)
 }
 
 async fn list_updates(State(s): State<Shared>, uri: axum::http::Uri, Query(q): Q) -> Response {
-    match s.db.call(|st| st.updates()).await {
+    match s.db.read(|st| st.updates()).await {
         Ok(u) => {
             let search = q.get("search").map(|x| x.to_lowercase());
             let items: Vec<_> = u
@@ -384,7 +428,7 @@ async fn distinct_ids(
     keep: impl Fn(&UpdateId) -> bool,
     key: impl Fn(&UpdateId) -> String,
 ) -> Result<Vec<String>, Response> {
-    let updates = s.db.call(|st| st.updates()).await.map_err(internal)?;
+    let updates = s.db.read(|st| st.updates()).await.map_err(internal)?;
     let set: std::collections::BTreeSet<String> =
         updates.iter().map(|u| &u.update_id).filter(|id| keep(id)).map(key).collect();
     Ok(set.into_iter().collect())
@@ -442,7 +486,7 @@ async fn get_update(
         Ok(id) => id,
         Err(r) => return r,
     };
-    match s.db.call(move |st| st.update(&id)).await {
+    match s.db.read(move |st| st.update(&id)).await {
         Ok(Some(u)) => axum::Json(u).into_response(),
         Ok(None) => not_found_update(&p, &n, &v),
         Err(e) => internal(e),
@@ -481,7 +525,7 @@ async fn get_file(
         Err(r) => return r,
     };
     let key = f.clone();
-    match s.db.call(move |st| st.file(&id, &key)).await {
+    match s.db.read(move |st| st.file(&id, &key)).await {
         Ok(Some(doc)) => axum::Json(doc).into_response(),
         Ok(None) => api_error(
             StatusCode::NOT_FOUND,

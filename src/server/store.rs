@@ -155,6 +155,35 @@ impl Store {
         Ok(store)
     }
 
+    /// A read-only connection to the same database, for [`Db::read`]: in WAL mode readers see
+    /// the last committed state and never wait for the writer.
+    pub fn open_reader(path: &Path) -> Result<Self, StoreError> {
+        let conn = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        Ok(Self { conn })
+    }
+
+    /// Drops finished operations older than `days_ago` (an RFC 3339 time) and all but the
+    /// newest `keep` finished ones; operations still running are never dropped. Returns how
+    /// many went.
+    pub fn prune_operations(&self, days_ago: &str, keep: usize) -> Result<usize, StoreError> {
+        let old = self.conn.execute(
+            "DELETE FROM operations WHERE status IN ('Succeeded', 'Failed')
+               AND json_extract(body, '$.lastActionDateTime') < ?1",
+            [days_ago],
+        )?;
+        let extra = self.conn.execute(
+            "DELETE FROM operations WHERE status IN ('Succeeded', 'Failed') AND seq NOT IN
+               (SELECT seq FROM operations WHERE status IN ('Succeeded', 'Failed')
+                ORDER BY seq DESC LIMIT ?1)",
+            [i64::try_from(keep).unwrap_or(i64::MAX)],
+        )?;
+        Ok(old + extra)
+    }
+
     /// The schema version.
     pub fn schema_version(&self) -> Result<i64, StoreError> {
         Ok(self.conn.query_row("PRAGMA user_version", [], |r| r.get(0))?)
@@ -350,16 +379,51 @@ impl Store {
     }
 }
 
-/// The store as the async routes use it: every call runs on tokio's blocking pool.
+/// The store as the async routes use it: every call runs on tokio's blocking pool. Writes go
+/// through the one writer connection, one at a time; reads take a read-only connection of a
+/// small pool, so a GET never waits behind an import's commit.
 #[derive(Clone)]
 pub struct Db {
     store: Arc<Mutex<Store>>,
+    path: Arc<std::path::PathBuf>,
+    readers: Arc<Mutex<Vec<Store>>>,
 }
 
+/// Idle read connections kept (more are opened while many reads run at once).
+const IDLE_READERS: usize = 4;
+
 impl Db {
-    /// Wraps an open store.
-    pub fn new(store: Store) -> Self {
-        Self { store: Arc::new(Mutex::new(store)) }
+    /// Wraps an open store; readers open `path`, the same database.
+    pub fn new(store: Store, path: &Path) -> Self {
+        Self {
+            store: Arc::new(Mutex::new(store)),
+            path: Arc::new(path.to_owned()),
+            readers: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    /// Runs `f` on a read-only connection, on the blocking pool.
+    pub async fn read<R, F>(&self, f: F) -> Result<R, StoreError>
+    where
+        F: FnOnce(&Store) -> Result<R, StoreError> + Send + 'static,
+        R: Send + 'static,
+    {
+        let (readers, path) = (self.readers.clone(), self.path.clone());
+        tokio::task::spawn_blocking(move || {
+            let idle = readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            let reader = match idle {
+                Some(r) => r,
+                None => Store::open_reader(&path)?,
+            };
+            let result = f(&reader);
+            let mut pool = readers.lock().unwrap_or_else(|p| p.into_inner());
+            if pool.len() < IDLE_READERS {
+                pool.push(reader);
+            }
+            result
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
     }
 
     /// Runs `f` with the store on the blocking pool.
@@ -384,6 +448,70 @@ impl Db {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn op(id: &str, status: OperationStatus, at: &str) -> UpdateOperation {
+        serde_json::from_value(serde_json::json!({
+            "operationId": id, "status": status.as_str(), "lastActionDateTime": at,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn finished_operations_are_dropped_by_age_and_count_running_ones_never() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = Store::open(&dir.path().join("s.sqlite"), "2026-11-29T00:00:00.000Z").unwrap();
+        st.put_operation(&op("old", OperationStatus::Succeeded, "2026-11-01T00:00:00.000Z"), None)
+            .unwrap();
+        st.put_operation(
+            &op("old-running", OperationStatus::Running, "2026-11-01T00:00:00.000Z"),
+            None,
+        )
+        .unwrap();
+        for i in 0..5 {
+            st.put_operation(
+                &op(&format!("new{i}"), OperationStatus::Failed, "2026-11-28T00:00:00.000Z"),
+                None,
+            )
+            .unwrap();
+        }
+        assert_eq!(st.prune_operations("2026-11-22T00:00:00.000Z", 3).unwrap(), 3);
+        let left: Vec<String> =
+            st.operations().unwrap().into_iter().map(|o| o.operation_id).collect();
+        assert_eq!(left, ["new4", "new3", "new2", "old-running"]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_do_not_wait_behind_a_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sqlite");
+        let st = Store::open(&path, "2026-11-29T00:00:00.000Z").unwrap();
+        st.put_operation(&op("a", OperationStatus::Succeeded, "2026-11-28T00:00:00.000Z"), None)
+            .unwrap();
+        let db = Db::new(st, &path);
+        // A write that holds the writer until told to finish.
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let (started, is_started) = std::sync::mpsc::channel::<()>();
+        let writer = db.clone();
+        let write = tokio::spawn(async move {
+            writer
+                .call(move |st| {
+                    started.send(()).unwrap();
+                    held.recv().unwrap();
+                    st.put_operation(
+                        &op("b", OperationStatus::Running, "2026-11-29T00:00:00.000Z"),
+                        None,
+                    )
+                })
+                .await
+        });
+        is_started.recv().unwrap();
+        // The read completes while the writer is still held (it would deadlock otherwise).
+        let seen = db.read(|st| st.operations()).await.unwrap();
+        assert_eq!(seen.len(), 1);
+        release.send(()).unwrap();
+        write.await.unwrap().unwrap();
+        assert_eq!(db.read(|st| st.operations()).await.unwrap().len(), 2);
+    }
 
     /// A store as the first release of `serve` wrote it: today's tables, `user_version` 0, and a
     /// file document whose related file uses the manifest's `filename`.

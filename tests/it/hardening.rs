@@ -636,3 +636,46 @@ fn serve_fetches_only_from_its_store_and_allowed_hosts() {
     assert_eq!(op["status"], "Failed", "{op}");
     assert_eq!(op["error"]["code"], "CannotDownload", "{op}");
 }
+
+#[test]
+fn serve_bounds_requests_and_answers_every_error_in_the_adu_envelope() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = crate::service::Serve::start(&dir.path().join("data"), None);
+    let host = serve.endpoint.trim_start_matches("http://").to_owned();
+    let post = |path: &str, body: &str| {
+        raw(
+            &serve.endpoint,
+            &format!("POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json"),
+            body,
+        )
+    };
+    let envelope = |status: u16, text: &str, want_status: u16, want_code: &str| {
+        assert_eq!(status, want_status, "{text}");
+        let v: serde_json::Value =
+            serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"));
+        assert_eq!(v["error"]["code"], want_code, "{text}");
+        assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{text}");
+    };
+    let import = format!("/deviceUpdate/default/updates:import?{API}");
+    // A body over the limit: 413, before it is stored.
+    let (status, text) = post(&import, &format!("[\"{}\"]", "a".repeat(1_100_000)));
+    envelope(status, &text, 413, "RequestEntityTooLarge");
+    // A URL over the limit.
+    let long = format!("{}/blobs/c/{}", serve.endpoint, "a".repeat(5000));
+    let body = import_body(&long, 1, "x").to_string();
+    let (status, text) = post(&import, &body);
+    envelope(status, &text, 400, "InvalidImportRequest");
+    assert!(text.contains("at most 4096"), "{text}");
+    // Errors the HTTP layer makes: an unknown method, an unknown route, a path that is not UTF-8.
+    let get = |line: &str| raw(&serve.endpoint, &format!("{line} HTTP/1.1\r\nHost: {host}"), "");
+    let (status, text) = post(&format!("/deviceUpdate/default/updates/providers?{API}"), "{}");
+    envelope(status, &text, 405, "MethodNotAllowed");
+    let (status, text) = get(&format!("GET /deviceUpdate/default/nothing-here?{API}"));
+    envelope(status, &text, 404, "NotFound");
+    let (status, text) =
+        get(&format!("GET /deviceUpdate/default/updates/providers/%FF/names/b/versions/1.0?{API}"));
+    assert!(status == 400 || status == 404, "{status} {text}");
+    let v: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert!(v["error"]["code"].is_string(), "{text}");
+}
