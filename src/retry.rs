@@ -51,6 +51,97 @@ impl RetryPolicy {
     }
 }
 
+/// Why a request did not reach the service, read from an error and its causes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportCause {
+    /// Nothing listens at the address.
+    Refused,
+    /// The host name does not resolve.
+    Dns,
+    /// The TLS handshake failed (certificate, protocol).
+    Tls,
+    /// No answer in time.
+    Timeout,
+    /// The connection was reset or closed mid-request.
+    Reset,
+    /// Something else.
+    Other,
+}
+
+impl TransportCause {
+    /// Reads the cause from `e` and every error behind it.
+    pub fn of(e: &(dyn std::error::Error + 'static)) -> Self {
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+        let mut text = String::new();
+        while let Some(err) = cur {
+            if let Some(io) = err.downcast_ref::<std::io::Error>() {
+                match io.kind() {
+                    std::io::ErrorKind::ConnectionRefused => return Self::Refused,
+                    std::io::ErrorKind::TimedOut => return Self::Timeout,
+                    std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof => return Self::Reset,
+                    _ => {}
+                }
+            }
+            if let Some(r) = err.downcast_ref::<reqwest::Error>()
+                && r.is_timeout()
+            {
+                return Self::Timeout;
+            }
+            text.push_str(&err.to_string().to_lowercase());
+            text.push('\n');
+            cur = err.source();
+        }
+        if text.contains("connection refused") {
+            Self::Refused
+        } else if text.contains("dns error") || text.contains("failed to lookup address") {
+            Self::Dns
+        } else if text.contains("certificate") || text.contains("tls") || text.contains("handshake")
+        {
+            Self::Tls
+        } else if text.contains("timed out") || text.contains("timeout") {
+            Self::Timeout
+        } else if text.contains("reset") || text.contains("closed") {
+            Self::Reset
+        } else {
+            Self::Other
+        }
+    }
+
+    /// Whether trying again soon cannot help: nothing listens, the name does not resolve, or
+    /// TLS failed. Such errors are reported at once instead of after minutes of retries.
+    pub fn is_permanent(self) -> bool {
+        matches!(self, Self::Refused | Self::Dns | Self::Tls)
+    }
+
+    /// What to tell the user, naming the host.
+    pub fn describe(self, host: &str) -> String {
+        match self {
+            Self::Refused => format!(
+                "connection refused: nothing listens at {host}; check the endpoint and that the service runs"
+            ),
+            Self::Dns => format!(
+                "the host name of {host} does not resolve; check the endpoint's spelling and DNS"
+            ),
+            Self::Tls => format!("the TLS handshake with {host} failed (certificate or protocol)"),
+            Self::Timeout => format!("{host} did not answer in time"),
+            Self::Reset => format!("{host} closed the connection mid-request"),
+            Self::Other => format!("the request to {host} failed"),
+        }
+    }
+}
+
+/// `host:port` of a URL, for messages.
+pub fn host_of(url: &url::Url) -> String {
+    match (url.host_str(), url.port_or_known_default()) {
+        (Some(h), Some(p)) => format!("{h}:{p}"),
+        (Some(h), None) => h.to_owned(),
+        _ => url.to_string(),
+    }
+}
+
 /// The `Retry-After` a response asks for: `x-ms-retry-after-ms`, `retry-after-ms`, or
 /// `Retry-After` in seconds.
 pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {

@@ -10,7 +10,7 @@ use otaforge::delta::{
 use otaforge::fsutil::Privacy;
 use serde::Serialize;
 
-use super::{Outcome, Output};
+use super::{Failure, Outcome, Output};
 
 /// `otaforge delta` subcommands.
 #[derive(Debug, clap::Subcommand)]
@@ -251,16 +251,13 @@ fn apply(a: ApplyArgs, out: &Output) -> anyhow::Result<Outcome> {
         Err(e @ DeltaError::Io { .. }) => Err(e.into()),
         Err(DeltaError::Signature(e)) if !e.is_refusal() => Err(e.into()),
         Err(e) => {
-            let kind = error_kind(&e);
-            if out.json() {
-                out.json_value(&serde_json::json!({"error": kind, "message": e.to_string()}))?;
-            }
             let outcome = if streaming {
                 "the bytes made before the check failed were already written to the output"
             } else {
                 "nothing was written"
             };
-            out.error(format!("{}: {e}; {outcome}", a.delta.display()));
+            let message = format!("{e}; {outcome}");
+            out.failure(&Failure::new(error_kind(&e), message).file(a.delta.display()))?;
             Ok(Outcome::CheckFailed)
         }
     }
@@ -271,7 +268,7 @@ fn info(a: InfoArgs, out: &Output) -> anyhow::Result<Outcome> {
     let i = match delta::info(&bytes) {
         Ok(i) => i,
         Err(e) => {
-            out.error(format!("{}: {e}", a.delta.display()));
+            out.failure(&Failure::new(error_kind(&e), e.to_string()).file(a.delta.display()))?;
             return Ok(Outcome::CheckFailed);
         }
     };

@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::update::{AduArgs, service_failure};
 use super::upload::StorageArgs;
-use super::{Outcome, Output};
+use super::{Failure, Outcome, Output};
 
 /// Arguments of `otaforge import`.
 #[derive(Debug, clap::Args)]
@@ -46,29 +46,30 @@ pub(crate) struct ImportArgs {
 fn failure(out: &Output, e: PipelineError, secrets: &[String]) -> anyhow::Result<Outcome> {
     match e {
         PipelineError::Invalid(reports) => {
-            if out.json() {
-                let docs: Vec<_> = reports
-                    .iter()
-                    .map(|r| json!({"file": r.file.display().to_string(), "valid": !r.findings.has_errors(), "findings": r.findings}))
-                    .collect();
-                out.json_value(&json!({"error": "invalidManifest", "manifests": docs}))?;
-            }
-            for r in reports.iter().filter(|r| r.findings.has_errors()) {
-                out.error(format!(
-                    "{}: invalid; nothing was uploaded or imported",
-                    r.file.display()
-                ));
+            let docs: Vec<_> = reports
+                .iter()
+                .map(|r| json!({"file": r.file.display().to_string(), "valid": !r.findings.has_errors(), "findings": r.findings}))
+                .collect();
+            let bad: Vec<_> = reports.iter().filter(|r| r.findings.has_errors()).collect();
+            for r in &bad {
+                out.notice(format!("{}: invalid", r.file.display()));
                 for x in &r.findings {
                     out.notice(format!("  {x}"));
                 }
             }
+            let message = format!(
+                "{} of {} manifests are invalid; nothing was uploaded or imported",
+                bad.len(),
+                reports.len()
+            );
+            out.failure(&Failure::new("invalidManifest", message).details(docs))?;
             Ok(Outcome::CheckFailed)
         }
-        PipelineError::Conflict { ref id, .. } => {
-            out.error(e.to_string());
-            if out.json() {
-                out.json_value(&json!({"error": "UpdateAlreadyExists", "updateId": id.to_string(), "message": "already imported with different content"}))?;
-            }
+        PipelineError::Conflict { ref id, ref path } => {
+            let f = Failure::new("UpdateAlreadyExists", e.to_string())
+                .file(path.display())
+                .details(json!({"updateId": id.to_string()}));
+            out.failure(&f)?;
             Ok(Outcome::CheckFailed)
         }
         PipelineError::Service { what, source } => service_failure(out, &what, source),
@@ -163,12 +164,10 @@ pub(crate) fn run(
             Err(e) => return failure(out, e, &secrets),
         };
         let op = &done.operation;
-        if out.json() {
-            let imported: &[String] = if done.succeeded() { &ids } else { &[] };
-            out.json_value(&json!({"operationId": op.operation_id, "status": op.status, "imported": imported, "alreadyImported": already, "error": op.error, "traceId": op.trace_id}))?;
-        }
         if done.succeeded() {
-            if !out.json() {
+            if out.json() {
+                out.json_value(&json!({"operationId": op.operation_id, "status": op.status, "imported": ids, "alreadyImported": already, "traceId": op.trace_id}))?;
+            } else {
                 for id in &ids {
                     out.line(format!("imported {id}"))?;
                 }
@@ -179,11 +178,14 @@ pub(crate) fn run(
             Ok(Outcome::Ok)
         } else {
             let e = op.error.as_ref().map(|e| e.describe()).unwrap_or_else(|| "no error given".into());
-            out.error(format!(
+            let message = format!(
                 "import failed (operation {}, trace id {}): {e}",
                 op.operation_id,
                 op.trace_id.clone().unwrap_or_default()
-            ));
+            );
+            let code = op.error.as_ref().map_or("importFailed".to_owned(), |e| e.code.clone());
+            let details = json!({"operationId": op.operation_id, "status": op.status, "alreadyImported": already, "serviceError": op.error, "traceId": op.trace_id});
+            out.failure(&Failure::new(code, message).details(details))?;
             Ok(Outcome::CheckFailed)
         }
     })

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, bail};
 use otaforge::sign::{CommandSigner, KeySigner, PublicKey, SignError, Signer, TrustedKeys};
 
-use super::{Outcome, Output};
+use super::{Failure, Outcome, Output};
 
 /// `otaforge key` subcommands.
 #[derive(Debug, clap::Subcommand)]
@@ -160,9 +160,6 @@ pub(crate) fn refused(out: &Output, subject: &str, e: SignError) -> anyhow::Resu
     if !e.is_refusal() {
         return Err(e.into());
     }
-    if out.json() {
-        out.json_value(&serde_json::json!({"error": e.kind(), "message": e.to_string()}))?;
-    }
-    out.error(format!("{subject}: {e}"));
+    out.failure(&Failure::new(e.kind(), e.to_string()).file(subject))?;
     Ok(Outcome::CheckFailed)
 }

@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use otaforge::mcuboot::{self, ImageVersion, McubootError, SecurityCounter, SignOptions};
 
 use super::key::{SignerArgs, TrustArgs};
-use super::{Outcome, Output};
+use super::{Failure, Outcome, Output};
 
 /// `otaforge mcuboot` subcommands.
 #[derive(Debug, clap::Subcommand)]
@@ -165,10 +165,7 @@ fn verify(a: VerifyArgs, out: &Output) -> anyhow::Result<Outcome> {
         }
         Err(McubootError::Signature(e)) if !e.is_refusal() => Err(e.into()),
         Err(e) => {
-            if out.json() {
-                out.json_value(&serde_json::json!({"file": subject, "valid": false, "error": e.kind(), "message": e.to_string()}))?;
-            }
-            out.error(format!("{subject}: {e}"));
+            out.failure(&Failure::new(e.kind(), e.to_string()).file(subject))?;
             Ok(Outcome::CheckFailed)
         }
     }
@@ -179,10 +176,7 @@ fn info(a: InfoArgs, out: &Output) -> anyhow::Result<Outcome> {
     let info = match mcuboot::parse(&bytes) {
         Ok(i) => i,
         Err(e) => {
-            if out.json() {
-                out.json_value(&serde_json::json!({"file": a.image.display().to_string(), "error": e.kind(), "message": e.to_string()}))?;
-            }
-            out.error(format!("{}: {e}", a.image.display()));
+            out.failure(&Failure::new(e.kind(), e.to_string()).file(a.image.display()))?;
             return Ok(Outcome::CheckFailed);
         }
     };

@@ -19,7 +19,7 @@ use std::process::ExitCode;
 
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 
-pub(crate) use output::{Format, Output};
+pub(crate) use output::{Failure, Format, Output};
 
 /// Environment variables otaforge reads, shown at the end of `--help`.
 const ENV_HELP: &str = "\
@@ -113,18 +113,16 @@ pub(crate) fn main(rt: &tokio::runtime::Runtime) -> ExitCode {
     }
     let matches = match command.try_get_matches() {
         Ok(m) => m,
-        Err(e) => {
+        // clap uses 0 for --help and --version and 2 for usage errors, as we do.
+        Err(e) if !e.use_stderr() => {
             let _ = e.print();
-            // clap uses 0 for --help and --version and 2 for usage errors, as we do.
-            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+            return ExitCode::SUCCESS;
         }
+        Err(e) => return usage_error(&e),
     };
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(c) => c,
-        Err(e) => {
-            let _ = e.print();
-            return ExitCode::from(2);
-        }
+        Err(e) => return usage_error(&e),
     };
     let out = Output::new(cli.format, cli.quiet);
     let result = match cli.command {
@@ -146,10 +144,84 @@ pub(crate) fn main(rt: &tokio::runtime::Runtime) -> ExitCode {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,
         Ok(Outcome::CheckFailed) => ExitCode::from(1),
         Err(e) => {
-            let _ = writeln!(std::io::stderr(), "error: {e:#}");
+            let failure = Failure::new(error_code(&e), output::chain_message(&e));
+            if out.failure(&failure).is_err() {
+                let _ = writeln!(std::io::stderr(), "error: {}", failure.message);
+            }
             ExitCode::from(2)
         }
     }
+}
+
+/// Whether the raw arguments ask for `--format json` (read directly, for failures that happen
+/// before the arguments are parsed).
+fn json_requested() -> bool {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().any(|a| a == "--format=json")
+        || args.windows(2).any(|w| w[0] == "--format" && w[1] == "json")
+}
+
+/// A usage error: clap's message on stderr, and with `--format json` the failure object too.
+fn usage_error(e: &clap::Error) -> ExitCode {
+    if json_requested() {
+        let text = e.render().to_string();
+        let message = text.trim().strip_prefix("error: ").unwrap_or(text.trim()).to_owned();
+        let _ = writeln!(
+            std::io::stdout(),
+            "{}",
+            serde_json::to_string_pretty(&Failure::new("usage", message)).unwrap_or_default()
+        );
+    }
+    let _ = e.print();
+    ExitCode::from(2)
+}
+
+/// A stable code for an unexpected error: what the file system said about a file that is
+/// missing or unreadable, else the library error's own kind where it has one.
+fn error_code(e: &anyhow::Error) -> String {
+    for cause in e.chain() {
+        let io = cause.downcast_ref::<std::io::Error>().map(std::io::Error::kind).or_else(|| {
+            match cause.downcast_ref::<otaforge::sign::SignError>() {
+                Some(otaforge::sign::SignError::Io(io)) => Some(io.kind()),
+                _ => None,
+            }
+        });
+        match io {
+            Some(std::io::ErrorKind::NotFound) => return "notFound".into(),
+            Some(std::io::ErrorKind::PermissionDenied) => return "permissionDenied".into(),
+            _ => {}
+        }
+    }
+    for cause in e.chain() {
+        if let Some(s) = cause.downcast_ref::<otaforge::sign::SignError>() {
+            return s.kind().to_owned();
+        }
+        if let Some(s) = cause.downcast_ref::<otaforge::storage::StorageError>() {
+            return s.kind().to_owned();
+        }
+        if let Some(s) = cause.downcast_ref::<otaforge::mcuboot::McubootError>() {
+            return s.kind().to_owned();
+        }
+        if cause.downcast_ref::<otaforge::time::TimeError>().is_some() {
+            return "invalidValue".into();
+        }
+        if let Some(s) = cause.downcast_ref::<otaforge::service::ServiceError>() {
+            return match s {
+                otaforge::service::ServiceError::Api { error, .. } => error.code.clone(),
+                _ => "service".into(),
+            };
+        }
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            return match io.kind() {
+                std::io::ErrorKind::NotFound => "notFound",
+                std::io::ErrorKind::PermissionDenied => "permissionDenied",
+                std::io::ErrorKind::AlreadyExists => "alreadyExists",
+                _ => "io",
+            }
+            .into();
+        }
+    }
+    "error".into()
 }
 
 /// The matches of a nested subcommand, for reading the order of repeated options.

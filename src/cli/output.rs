@@ -8,6 +8,62 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use otaforge::Reporter;
 use serde::Serialize;
 
+/// A failure as every command reports it: with `--format json`, this one object on stdout
+/// (`error` a stable camelCase or ADU code, `message` for people, and where they apply the
+/// `file`, the JSON `path` and `details`); in text, `error: [file: ]message` on stderr.
+#[derive(Debug, Serialize)]
+pub(crate) struct Failure {
+    /// Stable code.
+    pub(crate) error: String,
+    /// What happened and what to do.
+    pub(crate) message: String,
+    /// The file it is about.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) file: Option<String>,
+    /// The JSON path it is about.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) path: Option<String>,
+    /// More: findings, the service's error document, per-file results.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) details: Option<serde_json::Value>,
+}
+
+impl Failure {
+    /// A failure with a code and a message.
+    pub(crate) fn new(error: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { error: error.into(), message: message.into(), file: None, path: None, details: None }
+    }
+
+    /// About this file.
+    pub(crate) fn file(mut self, file: impl std::fmt::Display) -> Self {
+        self.file = Some(file.to_string());
+        self
+    }
+
+    /// With these details.
+    pub(crate) fn details(mut self, details: impl Serialize) -> Self {
+        self.details = serde_json::to_value(details).ok();
+        self
+    }
+}
+
+/// An error's message with its causes, each cause once: a cause whose text the message already
+/// holds (an I/O error wrapped with its path, say) is not repeated.
+pub(crate) fn chain_message(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if part.is_empty() || text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
+}
+
 /// The format of data written to stdout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum Format {
@@ -68,6 +124,21 @@ impl Output {
         let mut out = self.data();
         serde_json::to_writer_pretty(&mut out, value)?;
         writeln!(out)?;
+        Ok(())
+    }
+
+    /// Reports a failure: the JSON object on stdout with `--format json`, and always a line
+    /// on stderr (even with `--quiet`).
+    pub(crate) fn failure(&self, f: &Failure) -> anyhow::Result<()> {
+        if self.json() {
+            self.json_value(f)?;
+        }
+        match &f.file {
+            Some(file) if !f.message.contains(file.as_str()) => {
+                self.error(format!("{file}: {}", f.message))
+            }
+            _ => self.error(&f.message),
+        }
         Ok(())
     }
 

@@ -6,7 +6,7 @@ use otaforge::sign::{SignError, jws};
 use serde::Serialize;
 
 use super::key::{SignerArgs, TrustArgs};
-use super::{Outcome, Output};
+use super::{Failure, Outcome, Output};
 
 /// Arguments of `otaforge sign`.
 #[derive(Debug, clap::Args)]
@@ -96,22 +96,40 @@ pub(crate) fn verify(a: VerifyArgs, out: &Output) -> anyhow::Result<Outcome> {
             },
             Err(e) => return Err(e.into()),
         };
-        if !out.json() {
-            match &v.message {
-                None => out.line(format!(
-                    "{}: valid, signed by {}",
-                    v.file,
-                    v.key_id.as_deref().unwrap_or("")
-                ))?,
-                Some(m) => out.error(format!("{}: {m}", v.file)),
-            }
+        if !out.json() && v.valid {
+            out.line(format!(
+                "{}: valid, signed by {}",
+                v.file,
+                v.key_id.as_deref().unwrap_or("")
+            ))?;
         }
         verdicts.push(v);
     }
-    if out.json() {
-        out.json_value(&verdicts)?;
+    // A failure is reported as every command reports one: the first refusal's code and file,
+    // every file's verdict in details.
+    let refused: Vec<&Verdict> = verdicts.iter().filter(|v| !v.valid).collect();
+    let Some(first) = refused.first() else {
+        if out.json() {
+            out.json_value(&verdicts)?;
+        }
+        return Ok(Outcome::Ok);
+    };
+    if !out.json() {
+        for v in &refused[1..] {
+            out.error(format!("{}: {}", v.file, v.message.as_deref().unwrap_or_default()));
+        }
     }
-    Ok(if verdicts.iter().all(|v| v.valid) { Outcome::Ok } else { Outcome::CheckFailed })
+    let message = first.message.clone().unwrap_or_default();
+    let message = match refused.len() {
+        1 => message,
+        n => format!("{message} ({n} of {} files refused)", verdicts.len()),
+    };
+    out.failure(
+        &Failure::new(first.error.unwrap_or("refused"), message)
+            .file(&first.file)
+            .details(&verdicts),
+    )?;
+    Ok(Outcome::CheckFailed)
 }
 
 fn verify_one(file: &Path, keys: &otaforge::sign::TrustedKeys) -> Result<String, SignError> {

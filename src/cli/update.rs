@@ -8,7 +8,7 @@ use otaforge::manifest::UpdateId;
 use otaforge::service::{AduClient, Auth, OperationStatus, ServiceError};
 
 use super::upload::EntraArg;
-use super::{Outcome, Output};
+use super::{Failure, Outcome, Output};
 
 /// Where the Device Update service is and how to authenticate.
 #[derive(Debug, Clone, clap::Args)]
@@ -111,16 +111,14 @@ pub(crate) fn service_failure(
 ) -> anyhow::Result<Outcome> {
     match e {
         ServiceError::Api { status, error, trace_id } => {
-            if out.json() {
-                out.json_value(
-                    &serde_json::json!({"error": error, "status": status, "traceId": trace_id}),
-                )?;
-            }
-            out.error(format!(
+            let message = format!(
                 "{what}: {status} {}{}",
                 error.describe(),
-                trace_id.map(|t| format!(" (trace id {t})")).unwrap_or_default()
-            ));
+                trace_id.as_ref().map(|t| format!(" (trace id {t})")).unwrap_or_default()
+            );
+            let details =
+                serde_json::json!({"status": status, "traceId": trace_id, "serviceError": error});
+            out.failure(&Failure::new(error.code.clone(), message).details(details))?;
             Ok(Outcome::CheckFailed)
         }
         other => Err(anyhow::Error::new(other).context(what.to_owned())),

@@ -155,6 +155,15 @@ impl StorageArgs {
                 max_retries: self.max_retries,
                 ..Default::default()
             },
+            // Each failed try on stderr as it happens, so a slow failure is never silent.
+            on_retry: Some(otaforge::storage::azure::RetryNotice(std::sync::Arc::new(
+                |m: &str| {
+                    let _ = std::io::Write::write_fmt(
+                        &mut std::io::stderr(),
+                        format_args!("upload: {m}\n"),
+                    );
+                },
+            ))),
         };
         Ok(AnyStore::Azure(self.azure_store(network)?))
     }

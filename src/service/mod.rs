@@ -268,15 +268,26 @@ impl AduClient {
                 req = req.header(reqwest::header::CONTENT_TYPE, "application/json").body(b.clone());
             }
             let req = self.authorize(req).await?;
-            let transport = |e: reqwest::Error| ServiceError::Transport {
-                url: url.to_string(),
-                message: e.to_string(),
+            let transport = |e: reqwest::Error| {
+                let cause = crate::retry::TransportCause::of(&e);
+                ServiceError::Transport {
+                    url: url.to_string(),
+                    message: match cause {
+                        crate::retry::TransportCause::Other => {
+                            format!("{}: {e}", cause.describe(&crate::retry::host_of(&url)))
+                        }
+                        _ => cause.describe(&crate::retry::host_of(&url)),
+                    },
+                }
             };
             let resp = match req.send().await {
                 Ok(r) => r,
                 // The requests used here are safe to repeat (an import is deduplicated by the
                 // service).
-                Err(e) if e.is_connect() || e.is_timeout() => {
+                Err(e)
+                    if (e.is_connect() || e.is_timeout())
+                        && !crate::retry::TransportCause::of(&e).is_permanent() =>
+                {
                     match self.retry.delay(attempt, None) {
                         Some(d) if started.elapsed() + d < self.retry.max_total => {
                             tokio::time::sleep(d).await;

@@ -59,6 +59,23 @@ impl std::fmt::Debug for Credential {
     }
 }
 
+/// The first line of each message in an SDK error's chain that says something, each once: the
+/// SDK's own words about retrying are left out.
+fn sdk_message(e: &azure_core::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        let line = first_line(&err.to_string()).to_owned();
+        let generic = line.starts_with("retry policy expired")
+            || line.starts_with("non-transport error occurred");
+        if !generic && !line.is_empty() && !parts.iter().any(|p| p.contains(&line)) {
+            parts.push(line);
+        }
+        cur = err.source();
+    }
+    parts.join(": ")
+}
+
 /// Network behaviour.
 #[derive(Debug, Clone)]
 pub struct Network {
@@ -66,11 +83,74 @@ pub struct Network {
     pub io_timeout: Duration,
     /// Retries: the policy every otaforge client shares.
     pub retry: crate::retry::RetryPolicy,
+    /// Told about each failed try that will be retried (for progress on stderr).
+    pub on_retry: Option<RetryNotice>,
 }
 
 impl Default for Network {
     fn default() -> Self {
-        Self { io_timeout: Duration::from_secs(30), retry: crate::retry::RetryPolicy::default() }
+        Self {
+            io_timeout: Duration::from_secs(30),
+            retry: crate::retry::RetryPolicy::default(),
+            on_retry: None,
+        }
+    }
+}
+
+/// A callback told, in words, why a try failed and that it will be retried.
+#[derive(Clone)]
+pub struct RetryNotice(pub Arc<dyn Fn(&str) + Send + Sync>);
+
+impl std::fmt::Debug for RetryNotice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RetryNotice")
+    }
+}
+
+/// Runs on every try, after the SDK's retry policy: a failure that retrying cannot cure
+/// (connection refused, a name that does not resolve, TLS) is turned into one the retry policy
+/// does not retry, with the host and the cause in words, so it is reported at once; any other
+/// failure is announced to [`Network::on_retry`] and left to the retry policy.
+#[derive(Debug)]
+struct TransportFailures {
+    notice: Option<RetryNotice>,
+}
+
+// The trait is declared with an elided `Context` lifetime, which the impl must repeat.
+#[allow(elided_lifetimes_in_paths)]
+#[cfg_attr(not(target_arch = "wasm32"), async_trait::async_trait)]
+impl azure_core::http::policies::Policy for TransportFailures {
+    async fn send(
+        &self,
+        ctx: &azure_core::http::Context,
+        request: &mut azure_core::http::Request,
+        next: &[Arc<dyn azure_core::http::policies::Policy>],
+    ) -> azure_core::http::policies::PolicyResult {
+        use azure_core::error::ErrorKind;
+        let host = crate::retry::host_of(request.url());
+        let result = next[0].send(ctx, request, &next[1..]).await;
+        match result {
+            Err(e) if matches!(e.kind(), ErrorKind::Io | ErrorKind::Connection) => {
+                let cause = crate::retry::TransportCause::of(&e);
+                if cause.is_permanent() {
+                    return Err(azure_core::Error::with_message(
+                        ErrorKind::Other,
+                        cause.describe(&host),
+                    ));
+                }
+                if let Some(n) = &self.notice {
+                    (n.0)(&format!("{} (will retry)", cause.describe(&host)));
+                }
+                Err(e)
+            }
+            Ok(r) if crate::retry::RetryPolicy::retryable_status(u16::from(r.status())) => {
+                if let Some(n) = &self.notice {
+                    (n.0)(&format!("{host} answered {} (will retry)", u16::from(r.status())));
+                }
+                Ok(r)
+            }
+            other => other,
+        }
     }
 }
 
@@ -205,6 +285,7 @@ impl AzureStore {
                 max_delay: ms(n.retry.max_delay),
             }),
             transport: Some(Transport::new(http)),
+            per_try_policies: vec![Arc::new(TransportFailures { notice: n.on_retry.clone() })],
             ..ClientOptions::default()
         }
     }
@@ -295,12 +376,15 @@ impl AzureStore {
             };
             return StorageError::Forbidden { operation: operation.to_owned(), hint };
         }
+        // The SDK wraps the cause in words about its retry policy; say what happened instead.
+        let cause = crate::retry::TransportCause::of(&e);
+        let text = if status.is_none() && cause != crate::retry::TransportCause::Other {
+            cause.describe(&crate::retry::host_of(&self.endpoint))
+        } else {
+            sdk_message(&e)
+        };
         let message = sas::redact(
-            &format!(
-                "{}{}",
-                if code.is_empty() { String::new() } else { format!("{code}: ") },
-                first_line(&e.to_string())
-            ),
+            &format!("{}{text}", if code.is_empty() { String::new() } else { format!("{code}: ") }),
             &refs,
         );
         StorageError::Service { operation: operation.to_owned(), status, message }

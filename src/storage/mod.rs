@@ -336,8 +336,9 @@ impl Source {
     /// pages, so the file is never copied into buffers).
     pub fn hash(path: &Path, reporter: &dyn Reporter) -> Result<Self, StorageError> {
         use sha2::Digest as _;
-        let modified = fs_err::metadata(path)?.modified().ok();
+        // Opened first, so a missing file is reported as one ("failed to open file").
         let map = crate::fsutil::map_file(path)?;
+        let modified = fs_err::metadata(path)?.modified().ok();
         let label = path.display().to_string();
         reporter.start(&label, Some(map.len() as u64));
         let mut h = sha2::Sha256::new();

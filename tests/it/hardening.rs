@@ -679,3 +679,173 @@ fn serve_bounds_requests_and_answers_every_error_in_the_adu_envelope() {
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
     assert!(v["error"]["code"].is_string(), "{text}");
 }
+
+#[test]
+fn every_failure_prints_one_json_error_of_one_shape() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    fs_err::write(d.join("fw.bin"), b"firmware").unwrap();
+    fs_err::write(d.join("junk.delta"), b"not a delta at all").unwrap();
+    fs_err::write(d.join("junk.img"), b"not an image").unwrap();
+    otaforge().current_dir(d).args(["key", "generate", "-o", "k"]).assert().success();
+    script_manifest(d);
+    let cases: Vec<(i32, &str, Vec<&str>)> = vec![
+        (2, "usage", vec!["delta", "apply"]),
+        (2, "usage", vec!["hash", "--no-such-option"]),
+        (2, "notFound", vec!["manifest", "validate", "missing.json"]),
+        (2, "notFound", vec!["key", "show", "missing.pem"]),
+        (2, "badKey", vec!["sign", "fw.bin", "--key", "k.pub.pem"]),
+        (1, "signatureMissing", vec!["verify", "fw.bin", "--pub", "k.pub.pem"]),
+        (1, "unknownFormat", vec!["delta", "apply", "fw.bin", "junk.delta", "-o", "out.bin"]),
+        (1, "unknownFormat", vec!["delta", "info", "junk.delta"]),
+        (
+            2,
+            "invalidValue",
+            vec![
+                "meta",
+                "sign",
+                "fw.bin",
+                "--release-version",
+                "1.0",
+                "--security-counter",
+                "1",
+                "--key",
+                "k.pem",
+                "-o",
+                "m.json",
+                "--expires",
+                "8000y",
+            ],
+        ),
+        (
+            2,
+            "error",
+            vec!["serve", "--token", "short", "--data-dir", "sd", "--listen", "127.0.0.1:0"],
+        ),
+        (
+            2,
+            "service",
+            vec![
+                "import",
+                "contoso.dup.1.0.importmanifest.json",
+                "--endpoint",
+                "http://127.0.0.1:1",
+                "--instance",
+                "i",
+                "--dir",
+                "blobs",
+                "--base-url",
+                "http://127.0.0.1:1/b",
+            ],
+        ),
+        (
+            1,
+            "invalidManifest",
+            vec!["import", "fw.bin", "--endpoint", "http://127.0.0.1:1", "--instance", "i"],
+        ),
+    ];
+    for (code, error, args) in cases {
+        let out =
+            otaforge().current_dir(d).args(["--format", "json"]).args(&args).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{args:?}: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut docs = serde_json::Deserializer::from_str(&text).into_iter::<serde_json::Value>();
+        let doc = docs.next().unwrap_or_else(|| panic!("{args:?}: no JSON on stdout")).unwrap();
+        assert!(docs.next().is_none(), "{args:?}: more than one JSON document: {text}");
+        assert_eq!(doc["error"], error, "{args:?}: {doc}");
+        let message =
+            doc["message"].as_str().unwrap_or_else(|| panic!("{args:?}: no message: {doc}"));
+        assert!(!message.is_empty());
+        // No cause repeated ("...: No such file or directory: No such file or directory").
+        for part in message.split(": ") {
+            if part.len() > 12 {
+                assert_eq!(
+                    message.matches(part).count(),
+                    1,
+                    "{args:?}: repeated `{part}` in {message}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn nothing_listening_is_reported_at_once_with_the_endpoint_and_the_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    fs_err::write(d.join("fw.bin"), vec![1u8; 1000]).unwrap();
+    // A port nothing listens on: bind one, note it, close it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let key =
+        "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+    let conn = format!(
+        "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={key};BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1"
+    );
+    let out = otaforge()
+        .current_dir(d)
+        .env("AZURE_STORAGE_CONNECTION_STRING", &conn)
+        .args([
+            "--format",
+            "json",
+            "upload",
+            "fw.bin",
+            "--container",
+            "firmware",
+            "--max-retries",
+            "8",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    let json = crate::stdout_json(&out);
+    let message = json["message"].as_str().unwrap();
+    assert!(
+        message.contains("connection refused") && message.contains(&format!("127.0.0.1:{port}")),
+        "{message}"
+    );
+    assert!(!message.contains("retry policy"), "{message}");
+    // Refused is not retried: no try was announced as one to repeat.
+    assert!(!err.contains("will retry"), "{err}");
+
+    // The Device Update client the same way.
+    let m = script_manifest(d);
+    let out = otaforge()
+        .current_dir(d)
+        .args(["--format", "json", "import"])
+        .arg(&m)
+        .args(["--endpoint", &format!("http://127.0.0.1:{port}"), "--instance", "i"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let message = crate::stdout_json(&out)["message"].as_str().unwrap().to_owned();
+    assert!(
+        message.contains("connection refused") && message.contains(&format!("127.0.0.1:{port}")),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_byte_order_mark_and_a_trailing_comma_are_named_for_what_they_are() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = script_manifest(dir.path());
+    let text = fs_err::read(&m).unwrap();
+    let validate = |bytes: &[u8]| {
+        fs_err::write(&m, bytes).unwrap();
+        let out = otaforge().args(["manifest", "validate"]).arg(&m).output().unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let bom = validate(&[&[0xEF, 0xBB, 0xBF][..], &text].concat());
+    assert!(
+        bom.contains("json-bom") && bom.contains("byte order mark") && !bom.contains("comma"),
+        "{bom}"
+    );
+    let comma = validate(b"{\"updateId\": 1,}");
+    assert!(comma.contains("trailing comma") && comma.contains("remove the comma"), "{comma}");
+}

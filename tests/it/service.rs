@@ -241,7 +241,8 @@ fn import_through_the_cli_is_idempotent_and_lists() {
     // Without the token the service refuses.
     let (code, json, err) = import(&serve, &[&child], None);
     assert_eq!(code, 1, "{json} {err}");
-    assert_eq!(json["error"]["code"], "Unauthorized");
+    assert_eq!(json["error"], "Unauthorized");
+    assert_eq!(json["details"]["serviceError"]["code"], "Unauthorized");
     let out = otaforge()
         .env("OTAFORGE_ADU_TOKEN", "t0ken-for-tests-0123")
         .args([

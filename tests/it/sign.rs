@@ -188,7 +188,7 @@ fn verify_kind(s: &Signed, args: &[&str]) -> (i32, String) {
     let mut all = vec!["verify", "fw.bin"];
     all.extend_from_slice(args);
     let (code, json) = run_json(s.dir.path(), &all);
-    let kind = json[0]["error"].as_str().unwrap_or("none").to_owned();
+    let kind = json["error"].as_str().unwrap_or("none").to_owned();
     (code, kind)
 }
 

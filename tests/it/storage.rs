@@ -57,6 +57,7 @@ fn quick_network() -> Network {
             max_delay: Duration::from_secs(30),
             max_total: Duration::from_secs(120),
         },
+        on_retry: None,
     }
 }
 

@@ -52,14 +52,24 @@ const TOP_LEVEL_KEYS: [&str; 9] = [
 
 /// Parses manifest bytes as JSON; a syntax error becomes a finding at `$` with line and column.
 pub fn parse_json(bytes: &[u8]) -> Result<Value, Findings> {
-    serde_json::from_slice(bytes).map_err(|e| {
-        let mut f = Findings::new();
+    let mut f = Findings::new();
+    if bytes.starts_with(&[0xEF, 0xBB, 0xBF]) {
         f.error_hint(
-            "json-syntax",
+            "json-bom",
             &JsonPath::root(),
-            format!("not valid JSON: {e}"),
-            "fix the syntax at the line and column given; a trailing comma is a common cause",
+            "the file starts with a UTF-8 byte order mark (EF BB BF), which JSON does not allow",
+            "save it as UTF-8 without BOM (most editors call it \"UTF-8\", not \"UTF-8 with BOM\")",
         );
+        return Err(f);
+    }
+    serde_json::from_slice(bytes).map_err(|e| {
+        let text = e.to_string();
+        let hint = if text.contains("trailing comma") {
+            "remove the comma before the closing bracket or brace"
+        } else {
+            "fix the syntax at the line and column given"
+        };
+        f.error_hint("json-syntax", &JsonPath::root(), format!("not valid JSON: {text}"), hint);
         f
     })
 }
