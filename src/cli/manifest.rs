@@ -73,17 +73,21 @@ pub(crate) struct InitArgs {
     out_dir: Option<PathBuf>,
 }
 
+/// Every line under 80 columns, so clap prints them as written and they paste into a shell
+/// (the long step is two quoted halves joined by a line continuation).
 const INIT_EXAMPLES: &str = "\
 Examples:
   otaforge manifest init --provider contoso --name toaster --version 1.2 \\
     --compat manufacturer=contoso,model=toaster \\
-    --step 'handler=microsoft/swupdate:2,files=image.swu;install.sh,properties={\"installedCriteria\":\"1.2\"}' \\
+    --step 'handler=microsoft/swupdate:2,files=image.swu;install.sh,'\\
+'properties={\"installedCriteria\":\"1.2\"}' \\
     --file build/image.swu --file build/install.sh --out-dir build
 
   otaforge manifest init --provider contoso --name toaster --version 1.2 \\
     --compat manufacturer=contoso,model=toaster --template swupdate \\
     --file image.swu,downloadHandler=otaforge/delta:1 --file install.sh \\
-    --related-file image.swu=image-1.1-1.2.delta,source=image-1.1.swu -o out.importmanifest.json";
+    --related-file image.swu=image-1.1-1.2.delta,source=image-1.1.swu \\
+    -o out.importmanifest.json";
 
 /// Arguments of `otaforge manifest validate`.
 #[derive(Debug, clap::Args)]

@@ -24,25 +24,31 @@ pub(crate) use output::{Failure, Format, Output};
 /// Environment variables otaforge reads, shown at the end of `--help`.
 const ENV_HELP: &str = "\
 Environment:
-  SOURCE_DATE_EPOCH  Unix seconds used for createdDateTime (reproducible builds)
-  CI                 when set, progress bars are off
-  NO_COLOR           when set, output has no colour
-  OTAFORGE_SIGNING_KEY  PKCS#8 PEM private key used when a signing command gets no --key
-  AZURE_STORAGE_CONNECTION_STRING  storage connection string for upload
-  AZURE_STORAGE_ACCOUNT, AZURE_STORAGE_KEY  storage account and key for upload (never printed)
-  OTAFORGE_ADU_TOKEN  bearer token for import/update/serve (otaforge serve --token)
+  SOURCE_DATE_EPOCH     Unix seconds for createdDateTime (reproducible builds)
+  CI                    when set, progress bars are off
+  NO_COLOR              when set, output has no colour
+  OTAFORGE_SIGNING_KEY  PKCS#8 PEM private key for signing commands without --key
+  AZURE_STORAGE_CONNECTION_STRING
+                        storage connection string for upload
+  AZURE_STORAGE_ACCOUNT, AZURE_STORAGE_KEY
+                        storage account and key for upload (never printed)
+  OTAFORGE_ADU_TOKEN    bearer token for import, update and serve (--token)
 
-Exit codes: 0 ok, 1 a check failed (invalid manifest, bad signature), 2 usage or unexpected error";
+Exit codes: 0 ok; 1 a check failed (invalid manifest, bad signature);
+2 usage or unexpected error";
+
+/// The heading of the options every command takes, listed after a command's own.
+const GLOBAL: &str = "Global options";
 
 /// Build, check, sign and ship over-the-air updates for Azure Device Update.
 #[derive(Debug, Parser)]
 #[command(name = "otaforge", version, after_long_help = ENV_HELP)]
 pub(crate) struct Cli {
     /// Output format for data on stdout.
-    #[arg(long, global = true, value_enum, default_value_t = Format::Text)]
+    #[arg(long, global = true, value_enum, default_value_t = Format::Text, help_heading = GLOBAL)]
     format: Format,
     /// No progress bars or notices on stderr (errors are still printed).
-    #[arg(long, short, global = true)]
+    #[arg(long, short, global = true, help_heading = GLOBAL)]
     quiet: bool,
     #[command(subcommand)]
     command: Command,

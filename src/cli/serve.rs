@@ -27,6 +27,10 @@ pub(crate) struct ServeArgs {
     /// HOST:*. Repeatable. Without it, only serve's own blob store is fetched from.
     #[arg(long = "allow-fetch", value_name = "HOST[:PORT]")]
     allow_fetch: Vec<otaforge::server::fetch::AllowedHost>,
+    /// The base URL clients and devices use, when not the listen address (e.g.
+    /// http://ota-lab.local:8080 when listening on 0.0.0.0); blob read URLs start with it.
+    #[arg(long, value_name = "URL")]
+    public_url: Option<url::Url>,
     /// A fetch that makes no progress for this long fails (at most 9 minutes).
     #[arg(long, default_value = "30s", value_parser = super::stall_duration)]
     stall_timeout: std::time::Duration,
@@ -48,14 +52,17 @@ pub(crate) fn run(
             token: token.clone(),
             allow_fetch: a.allow_fetch.clone(),
             stall_timeout: a.stall_timeout,
+            public_url: a.public_url.clone(),
         })
         .await?;
+        let all_interfaces = a.listen.ip().is_unspecified();
         let info = serde_json::json!({
             "endpoint": running.base_url,
             "instance": a.instance,
             "blobDir": running.blob_dir.display().to_string(),
             "blobUrl": running.blob_url,
             "auth": if token.is_some() { "bearer token" } else { "none (loopback)" },
+            "listen": running.addr.to_string(),
         });
         if out.json() {
             // One line, so a script can read it and go on.
@@ -70,8 +77,26 @@ pub(crate) fn run(
                 running.blob_dir.display(),
                 running.blob_url
             ))?;
+            if all_interfaces {
+                out.line(format!(
+                    "  listening on all interfaces ({}); other machines use this host's name or \
+                     address and port {}{}",
+                    running.addr,
+                    running.addr.port(),
+                    if a.public_url.is_none() {
+                        " (give --public-url so blob URLs name it too)"
+                    } else {
+                        ""
+                    }
+                ))?;
+            }
+            let token_hint = if token.is_some() {
+                format!("{}=<the token> ", otaforge::env::OTAFORGE_ADU_TOKEN)
+            } else {
+                String::new()
+            };
             out.line(format!(
-                "  import with: otaforge import MANIFEST --endpoint {} --instance {}",
+                "  import with: {token_hint}otaforge import MANIFEST --endpoint {} --instance {}",
                 running.base_url, a.instance
             ))?;
         }

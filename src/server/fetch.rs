@@ -24,6 +24,8 @@ use super::guard::is_loopback_name;
 #[derive(Debug, Clone, Default)]
 pub struct FetchPolicy {
     own_port: u16,
+    /// The host and port of `--public-url`, when serve is reached under another name.
+    public: Option<(String, u16)>,
     allowed: Vec<AllowedHost>,
 }
 
@@ -67,7 +69,16 @@ impl std::str::FromStr for AllowedHost {
 impl FetchPolicy {
     /// The policy of a service listening on `own_port`, also allowing `allowed`.
     pub fn new(own_port: u16, allowed: Vec<AllowedHost>) -> Self {
-        Self { own_port, allowed }
+        Self { own_port, public: None, allowed }
+    }
+
+    /// This policy, also taking `url` (serve's `--public-url`) as its own store's address.
+    pub fn with_public_url(mut self, url: &url::Url) -> Self {
+        if let (Some(h), Some(p)) = (url.host_str(), url.port_or_known_default()) {
+            let h = h.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+            self.public = Some((h, p));
+        }
+        self
     }
 
     /// Whether `url` may be fetched; the error says why not and how to allow it.
@@ -84,7 +95,9 @@ impl FetchPolicy {
         let host = u.host_str().unwrap_or_default().trim_start_matches('[').trim_end_matches(']');
         let host = host.to_ascii_lowercase();
         let port = u.port_or_known_default().unwrap_or(0);
-        if is_loopback_name(&host) && port == self.own_port && u.path().starts_with("/blobs/") {
+        let own = (is_loopback_name(&host) && port == self.own_port)
+            || self.public.as_ref().is_some_and(|(h, p)| *h == host && *p == port);
+        if own && u.path().contains("/blobs/") {
             return Ok(());
         }
         let allowed = self.allowed.iter().any(|a| {

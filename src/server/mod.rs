@@ -61,6 +61,9 @@ pub struct Config {
     pub allow_fetch: Vec<AllowedHost>,
     /// A fetch that makes no progress for this long fails.
     pub stall_timeout: Duration,
+    /// The base URL clients and devices reach this service at, when that is not the listen
+    /// address (a host name on the LAN, a reverse proxy); read URLs of blobs start with it.
+    pub public_url: Option<url::Url>,
 }
 
 impl Config {
@@ -74,6 +77,7 @@ impl Config {
             token: None,
             allow_fetch: Vec::new(),
             stall_timeout: DEFAULT_STALL_TIMEOUT,
+            public_url: None,
         }
     }
 }
@@ -213,7 +217,20 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     .map_err(|e| ServerError::Config(e.to_string()))??;
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
-    let base_url = format!("http://{addr}");
+    // What clients use: the public URL, else the listen address, with 0.0.0.0 or [::] (which
+    // no client can connect to) replaced by loopback.
+    let base_url = match &config.public_url {
+        Some(u) => u.as_str().trim_end_matches('/').to_owned(),
+        None if addr.ip().is_unspecified() => {
+            let lo: std::net::IpAddr = if addr.is_ipv4() {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            } else {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            };
+            format!("http://{}", SocketAddr::new(lo, addr.port()))
+        }
+        None => format!("http://{addr}"),
+    };
     let blob_dir = config.data_dir.join("blobs");
     let blob_url = format!("{base_url}/blobs");
     let blobs = DirStore::open(&blob_dir, &blob_url)?.private();
@@ -229,7 +246,10 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
             FETCH_TIMEOUT.as_secs() - 1
         )));
     }
-    let fetch = FetchPolicy::new(addr.port(), config.allow_fetch.clone());
+    let mut fetch = FetchPolicy::new(addr.port(), config.allow_fetch.clone());
+    if let Some(u) = &config.public_url {
+        fetch = fetch.with_public_url(u);
+    }
     let http = fetch
         .client(config.stall_timeout, FETCH_TIMEOUT)
         .map_err(|e| ServerError::Config(e.to_string()))?;

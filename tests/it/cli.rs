@@ -37,3 +37,45 @@ fn templates_are_listed_in_text_and_json() {
     let text = otaforge().args(["manifest", "templates"]).output().unwrap();
     insta::assert_snapshot!("templates", String::from_utf8_lossy(&text.stdout));
 }
+
+#[test]
+fn help_examples_are_printed_as_written_and_paste_into_a_shell() {
+    for args in [&["manifest", "init", "--help"][..], &["--help"][..]] {
+        let out = otaforge().args(args).env("COLUMNS", "80").output().unwrap();
+        let help = String::from_utf8(out.stdout).unwrap();
+        let tail = help
+            .split_once("Examples:")
+            .or_else(|| help.split_once("Environment:"))
+            .map(|(_, t)| t)
+            .unwrap_or_else(|| panic!("{args:?}: no examples or environment section"));
+        for line in tail.lines() {
+            assert!(line.chars().count() <= 80, "{args:?}: wider than 80 columns: {line}");
+        }
+    }
+    // The first example, run by a shell with `otaforge` standing for printf, passes the long
+    // --step as one argument.
+    let out = otaforge().args(["manifest", "init", "--help"]).output().unwrap();
+    let help = String::from_utf8(out.stdout).unwrap();
+    let example: String =
+        help.split_once("Examples:\n").unwrap().1.split("\n\n").next().unwrap().replacen(
+            "otaforge",
+            "printf '%s\\n'",
+            1,
+        );
+    let out = std::process::Command::new("sh").arg("-c").arg(&example).output().unwrap();
+    let args = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        args.lines().any(|a| a
+            == r#"handler=microsoft/swupdate:2,files=image.swu;install.sh,properties={"installedCriteria":"1.2"}"#),
+        "{args}"
+    );
+}
+
+#[test]
+fn global_options_come_after_a_commands_own() {
+    let out = otaforge().args(["hash", "--help"]).output().unwrap();
+    let help = String::from_utf8(out.stdout).unwrap();
+    let own = help.find("--jobs").unwrap();
+    let global = help.find("Global options:").unwrap();
+    assert!(own < global && help[global..].contains("--format"), "{help}");
+}

@@ -849,3 +849,42 @@ fn a_byte_order_mark_and_a_trailing_comma_are_named_for_what_they_are() {
     let comma = validate(b"{\"updateId\": 1,}");
     assert!(comma.contains("trailing comma") && comma.contains("remove the comma"), "{comma}");
 }
+
+#[test]
+fn serve_on_all_interfaces_prints_a_usable_url_and_the_token_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = "all-interfaces-token-0123";
+    let serve =
+        crate::service::Serve::start_on(&dir.path().join("data"), Some(token), "0.0.0.0:0", &[]);
+    assert!(serve.endpoint.starts_with("http://127.0.0.1:"), "{}", serve.endpoint);
+    // The endpoint works, and so do the blob URLs it hands out (an import from its own store).
+    let m = crate::service::make_update(&dir.path().join("u"), "wide", "1.0", &[3u8; 2000]);
+    let (code, json, err) = crate::service::import(&serve, &[&m], Some(token));
+    assert_eq!(code, 0, "{json} {err}");
+    // The text banner says how other machines reach it and how to pass the token.
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("otaforge"))
+        .args(["serve", "--listen", "0.0.0.0:0", "--data-dir"])
+        .arg(dir.path().join("data2"))
+        .env("OTAFORGE_ADU_TOKEN", token)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut banner = String::new();
+    {
+        use std::io::BufRead as _;
+        let mut r = std::io::BufReader::new(child.stdout.take().unwrap());
+        while !banner.contains("import with") {
+            let mut line = String::new();
+            if r.read_line(&mut line).unwrap() == 0 {
+                break;
+            }
+            banner.push_str(&line);
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(banner.contains("http://127.0.0.1:") && !banner.contains("http://0.0.0.0"), "{banner}");
+    assert!(banner.contains("all interfaces") && banner.contains("--public-url"), "{banner}");
+    assert!(banner.contains("OTAFORGE_ADU_TOKEN=<the token>"), "{banner}");
+    assert!(!banner.contains(token), "the token was printed: {banner}");
+}

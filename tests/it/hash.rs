@@ -53,8 +53,54 @@ fn text_output_has_one_line_per_file() {
 }
 
 #[test]
-fn missing_file_is_an_error_naming_it() {
-    let out = otaforge().args(["hash", "/nonexistent/firmware.bin"]).assert().code(2);
-    let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
-    assert!(err.contains("/nonexistent/firmware.bin"), "{err}");
+fn missing_files_are_errors_of_their_own_and_the_rest_is_hashed() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = write(dir.path(), "a", 10);
+    let out = otaforge()
+        .arg("hash")
+        .arg("/nonexistent/firmware.bin")
+        .arg(&a)
+        .arg("/nonexistent/other.bin")
+        .assert()
+        .code(1);
+    let o = out.get_output();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(
+        err.contains("/nonexistent/firmware.bin") && err.contains("/nonexistent/other.bin"),
+        "{err}"
+    );
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(text.contains(" 10 "), "{text}");
+    // JSON: the failure object, with what could be hashed in details.
+    let out = otaforge()
+        .args(["--format", "json", "hash", "/nonexistent/firmware.bin"])
+        .arg(&a)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let json = crate::stdout_json(&out);
+    assert_eq!(
+        (json["error"].as_str(), json["file"].as_str()),
+        (Some("unreadable"), Some("/nonexistent/firmware.bin"))
+    );
+    assert_eq!(json["details"][0]["sizeInBytes"], 10);
+}
+
+#[test]
+fn dash_reads_stdin() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = write(dir.path(), "a", 1000);
+    let bytes = fs_err::read(&a).unwrap();
+    let out = otaforge()
+        .args(["--format", "json", "hash", "-"])
+        .arg(&a)
+        .write_stdin(bytes)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let json = crate::stdout_json(&out);
+    assert_eq!(json[0]["file"], "-");
+    assert_eq!(json[0]["sha256"], json[1]["sha256"]);
+    assert_eq!(json[0]["sizeInBytes"], 1000);
 }

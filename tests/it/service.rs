@@ -38,7 +38,7 @@ impl Serve {
         *self = Self::start_on(&self.data.clone(), None, &addr, &extra);
     }
 
-    fn start_on(data: &Path, token: Option<&str>, listen: &str, extra: &[&str]) -> Self {
+    pub(crate) fn start_on(data: &Path, token: Option<&str>, listen: &str, extra: &[&str]) -> Self {
         let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("otaforge"));
         cmd.args(["--format", "json", "serve", "--listen", listen, "--data-dir"]).arg(data);
         cmd.args(extra);
