@@ -280,7 +280,15 @@ impl AtomicFile {
         }
         #[cfg(not(unix))]
         let _ = mode;
-        let tmp = b.tempfile_in(dir).map_err(|e| annotate(e, dir))?;
+        let tmp = b.tempfile_in(dir).map_err(|e| {
+            // tempfile's message names its random temp path; say what the user can act on.
+            let why = match e.kind() {
+                std::io::ErrorKind::NotFound => "the folder does not exist".to_owned(),
+                std::io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
+                k => k.to_string(),
+            };
+            std::io::Error::new(e.kind(), format!("cannot write into {}: {why}", dir.display()))
+        })?;
         Ok(Self { tmp, path: path.to_path_buf() })
     }
 

@@ -201,7 +201,7 @@ pub enum DeltaError {
     #[error("corrupt BSDIFF40 patch: {0}")]
     Bsdiff40Apply(String),
     /// The rebuilt file is not the declared new file.
-    #[error("the rebuilt file has sha256 {actual}, expected {expected}; nothing was written")]
+    #[error("the rebuilt file has sha256 {actual}, expected {expected}")]
     WrongNew {
         /// Declared.
         expected: Sha256,

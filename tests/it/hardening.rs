@@ -470,6 +470,12 @@ fn a_bsdiff40_patch_applied_without_a_digest_warns() {
     let out = apply(&[]);
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--expect-sha256"));
+    // A wrong digest: refused, and the message says once that nothing was written.
+    let wrong = otaforge::Sha256::digest(b"other").to_hex();
+    let out = apply(&["--expect-sha256", &wrong]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches("nothing was written").count(), 1, "{err}");
     let hex = otaforge::Sha256::digest(&[2u8; 5000]).to_hex();
     let out = apply(&["--expect-sha256", &hex]);
     assert!(out.status.success());
@@ -691,6 +697,7 @@ fn every_failure_prints_one_json_error_of_one_shape() {
     script_manifest(d);
     let cases: Vec<(i32, &str, Vec<&str>)> = vec![
         (2, "usage", vec!["delta", "apply"]),
+        (2, "notFound", vec!["delta", "create", "fw.bin", "fw.bin", "-o", "/nonexistent/d.delta"]),
         (2, "usage", vec!["hash", "--no-such-option"]),
         (2, "notFound", vec!["manifest", "validate", "missing.json"]),
         (2, "notFound", vec!["key", "show", "missing.pem"]),
@@ -761,6 +768,7 @@ fn every_failure_prints_one_json_error_of_one_shape() {
         let message =
             doc["message"].as_str().unwrap_or_else(|| panic!("{args:?}: no message: {doc}"));
         assert!(!message.is_empty());
+        assert!(!message.contains(".otaforge-"), "{args:?}: a temp file's name: {message}");
         // No cause repeated ("...: No such file or directory: No such file or directory").
         for part in message.split(": ") {
             if part.len() > 12 {
