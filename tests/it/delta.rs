@@ -237,14 +237,15 @@ fn patcher_with_tiny_buffers_matches_apply() {
 
 // ---- corrupt and mismatched patches ---------------------------------------------------------
 
-struct Case {
-    dir: tempfile::TempDir,
-    old: PathBuf,
-    delta: PathBuf,
+pub(crate) struct Case {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) old: PathBuf,
+    pub(crate) delta: PathBuf,
     out: PathBuf,
 }
 
-fn case(format: &str) -> Case {
+/// An old firmware image, a new one (`new.bin` in the same folder) and a delta in `format`.
+pub(crate) fn case(format: &str) -> Case {
     let dir = tempfile::tempdir().unwrap();
     let old_bytes = firmware(5, 60_000);
     let new_bytes =

@@ -18,26 +18,9 @@ struct Pair {
 }
 
 fn pair() -> Pair {
-    let dir = tempfile::tempdir().unwrap();
-    let old_bytes: Vec<u8> =
-        (0..40_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
-    let mut new_bytes = old_bytes.clone();
-    new_bytes[1000..1100].fill(7);
-    new_bytes.extend_from_slice(b"tail");
-    let old = dir.path().join("old.bin");
-    let new = dir.path().join("new.bin");
-    fs_err::write(&old, &old_bytes).unwrap();
-    fs_err::write(&new, &new_bytes).unwrap();
-    let delta = dir.path().join("d.delta");
-    otaforge()
-        .args(["delta", "create"])
-        .arg(&old)
-        .arg(&new)
-        .arg("-o")
-        .arg(&delta)
-        .assert()
-        .success();
-    Pair { dir, old, new_bytes, delta }
+    let c = crate::delta::case("otadelta");
+    let new_bytes = fs_err::read(c.dir.path().join("new.bin")).unwrap();
+    Pair { dir: c.dir, old: c.old, new_bytes, delta: c.delta }
 }
 
 fn apply_to(p: &Pair, out: &Path) -> std::process::Output {
