@@ -34,3 +34,7 @@ pub const AZURE_STORAGE_KEY: &str = "AZURE_STORAGE_KEY";
 /// The bearer token `import` and `update` send to the Device Update endpoint (for
 /// `otaforge serve --token`); never printed.
 pub const OTAFORGE_ADU_TOKEN: &str = "OTAFORGE_ADU_TOKEN";
+
+/// An IoT Hub service connection string (`HostName=…;SharedAccessKeyName=…;SharedAccessKey=…`)
+/// for the commands that read or tag device twins; never printed.
+pub const IOTHUB_CONNECTION_STRING: &str = "IOTHUB_CONNECTION_STRING";

@@ -25,6 +25,7 @@ pub mod env;
 pub mod finding;
 pub mod fsutil;
 pub mod hash;
+pub mod iothub;
 pub mod limits;
 pub mod manifest;
 pub mod mcuboot;

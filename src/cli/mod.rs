@@ -2,6 +2,7 @@
 
 mod apt;
 mod delta;
+mod group;
 mod hash;
 mod import;
 mod key;
@@ -89,6 +90,9 @@ enum Command {
     Update(update::UpdateCommand),
     /// Run an embedded Device Update service (same REST API, SQLite, local blob store).
     Serve(serve::ServeArgs),
+    /// Put devices in Device Update groups (IoT Hub twin tag `ADUGroup`).
+    #[command(subcommand)]
+    Group(group::GroupCommand),
 }
 
 /// How a command ended when it did not fail unexpectedly.
@@ -145,6 +149,7 @@ pub(crate) fn main(rt: &tokio::runtime::Runtime) -> ExitCode {
         Command::Import(args) => import::run(args, rt, &out),
         Command::Update(cmd) => update::run(cmd, rt, &out),
         Command::Serve(args) => serve::run(args, rt, &out),
+        Command::Group(cmd) => group::run(cmd, rt, &out),
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,
@@ -207,6 +212,14 @@ fn error_code(e: &anyhow::Error) -> String {
         }
         if let Some(s) = cause.downcast_ref::<otaforge::mcuboot::McubootError>() {
             return s.kind().to_owned();
+        }
+        if let Some(h) = cause.downcast_ref::<otaforge::iothub::IotHubError>() {
+            return match h {
+                otaforge::iothub::IotHubError::Api { code, .. } => code.clone(),
+                otaforge::iothub::IotHubError::Unauthorized(_) => "unauthorized".into(),
+                otaforge::iothub::IotHubError::Config(_) => "invalidValue".into(),
+                _ => "iothub".into(),
+            };
         }
         if cause.downcast_ref::<otaforge::time::TimeError>().is_some() {
             return "invalidValue".into();

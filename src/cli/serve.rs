@@ -63,6 +63,7 @@ pub(crate) fn run(
             "blobUrl": running.blob_url,
             "auth": if token.is_some() { "bearer token" } else { "none (loopback)" },
             "listen": running.addr.to_string(),
+            "iothubConnectionStringFile": running.iothub_connection_file.display().to_string(),
         });
         if out.json() {
             // One line, so a script can read it and go on.
@@ -76,6 +77,11 @@ pub(crate) fn run(
                 "  blob store {} served at {}",
                 running.blob_dir.display(),
                 running.blob_url
+            ))?;
+            out.line(format!(
+                "  IoT Hub API (twins, device identities) at the same address; its connection \
+                 string is in {} (keep it secret)",
+                running.iothub_connection_file.display()
             ))?;
             if all_interfaces {
                 out.line(format!(

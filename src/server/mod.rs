@@ -15,9 +15,11 @@
 
 pub mod fetch;
 mod guard;
+mod hub;
 mod import;
 mod routes;
 pub mod store;
+mod twins;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -98,6 +100,8 @@ pub struct Running {
     pub blob_dir: PathBuf,
     /// URL prefix of blob read URLs (`--base-url` for uploads).
     pub blob_url: String,
+    /// The file holding the IoT Hub service connection string (mode 0600).
+    pub iothub_connection_file: PathBuf,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
@@ -120,6 +124,8 @@ struct AppState {
     incoming_dir: PathBuf,
     http: reqwest::Client,
     fetch: FetchPolicy,
+    /// The IoT Hub `iothubowner` key service requests are signed with.
+    hub_key: crate::iothub::sas::SasKey,
 }
 
 type Shared = Arc<AppState>;
@@ -253,6 +259,20 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     let http = fetch
         .client(config.stall_timeout, FETCH_TIMEOUT)
         .map_err(|e| ServerError::Config(e.to_string()))?;
+    let hub_key = hub_key(&config.data_dir)?;
+    let hub_host = base_url.trim_start_matches("http://").trim_start_matches("https://");
+    let conn = crate::iothub::ConnectionString::new(
+        hub_host.trim_end_matches('/'),
+        HUB_KEY_NAME,
+        hub_key.clone(),
+        base_url.starts_with("http://"),
+    );
+    let iothub_connection_file = config.data_dir.join("iothub.connection-string");
+    crate::fsutil::write_output(
+        &iothub_connection_file,
+        conn.to_secret_string().as_bytes(),
+        crate::fsutil::Privacy::Private,
+    )?;
     let state: Shared = Arc::new(AppState {
         db: Db::new(store, &db_path),
         instance: config.instance.clone(),
@@ -263,10 +283,11 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         incoming_dir,
         http,
         fetch,
+        hub_key,
     });
     let app = routes::router(state);
     let task = tokio::spawn(async move { axum::serve(listener, app).await });
-    Ok(Running { addr, base_url, blob_dir, blob_url, task })
+    Ok(Running { addr, base_url, blob_dir, blob_url, iothub_connection_file, task })
 }
 
 fn new_operation_id() -> String {
@@ -288,6 +309,30 @@ fn new_operation(status: OperationStatus, update: Option<UpdateInfo>) -> UpdateO
         created_date_time: Some(now.clone()),
         etag: Some(import::etag(&format!("{id}{now}"))),
         extra: Default::default(),
+    }
+}
+
+/// The shared access policy name of the hub key.
+pub const HUB_KEY_NAME: &str = "iothubowner";
+
+/// The hub's owner key: read from the data dir, made on first start (mode 0600).
+fn hub_key(data_dir: &std::path::Path) -> Result<crate::iothub::sas::SasKey, ServerError> {
+    use crate::iothub::sas::SasKey;
+    let path = data_dir.join("iothub-owner.key");
+    let config =
+        |e: crate::iothub::IotHubError| ServerError::Config(format!("{}: {e}", path.display()));
+    match fs_err::read_to_string(&path) {
+        Ok(text) => SasKey::from_base64(&text).map_err(config),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = SasKey::generate().map_err(config)?;
+            crate::fsutil::write_output(
+                &path,
+                key.to_base64().as_bytes(),
+                crate::fsutil::Privacy::Private,
+            )?;
+            Ok(key)
+        }
+        Err(e) => Err(e.into()),
     }
 }
 

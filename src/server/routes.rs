@@ -81,6 +81,7 @@ pub(super) fn router(state: Shared) -> Router {
         .layer(axum::middleware::from_fn_with_state(state.clone(), api_guard));
     Router::new()
         .merge(api)
+        .merge(super::hub::router())
         .route("/blobs/{*path}", get(get_blob))
         .fallback(|| async {
             api_error(StatusCode::NOT_FOUND, ErrorBody::new("NotFound", "no such route"))

@@ -63,7 +63,78 @@ pub const MIGRATIONS: &[Migration] = &[
         what: "related files as the API spells them; index operations by status",
         apply: migrate_2,
     },
+    Migration { version: 3, what: "device identities and their twins", apply: migrate_3 },
 ];
+
+fn migrate_3(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
+    tx.execute_batch(
+        "CREATE TABLE IF NOT EXISTS devices (
+            device_id TEXT PRIMARY KEY, seq INTEGER NOT NULL, device_key TEXT NOT NULL,
+            created TEXT NOT NULL, version INTEGER NOT NULL, twin TEXT NOT NULL);
+         CREATE UNIQUE INDEX IF NOT EXISTS devices_seq ON devices(seq);",
+    )?;
+    Ok(())
+}
+
+/// A device identity as serve keeps it.
+#[derive(Debug, Clone)]
+pub struct DeviceRow {
+    /// The device id.
+    pub device_id: String,
+    /// Its symmetric key, base64 (a secret: the data dir is private).
+    pub device_key: String,
+    /// When it was created.
+    pub created: String,
+    /// The twin: tags, desired and reported properties.
+    pub twin: crate::iothub::Twin,
+}
+
+/// Twins with their registry positions, and where to continue when there are more.
+pub type TwinsPage = (Vec<(i64, crate::iothub::Twin)>, Option<i64>);
+
+/// What a twin patch came to.
+#[derive(Debug)]
+pub enum TwinPatch {
+    /// Applied; the new twin.
+    Applied(Box<crate::iothub::Twin>),
+    /// No such device.
+    NotFound,
+    /// `If-Match` named another ETag.
+    Stale,
+}
+
+/// Merges `patch` into `target` as JSON merge patch does (RFC 7396): `null` removes a key.
+pub fn merge_patch(
+    target: &mut serde_json::Map<String, Value>,
+    patch: &serde_json::Map<String, Value>,
+) {
+    for (k, v) in patch {
+        match v {
+            Value::Null => {
+                target.remove(k);
+            }
+            Value::Object(p) => {
+                let entry =
+                    target.entry(k.clone()).or_insert_with(|| Value::Object(Default::default()));
+                if !entry.is_object() {
+                    *entry = Value::Object(Default::default());
+                }
+                if let Some(t) = entry.as_object_mut() {
+                    merge_patch(t, p);
+                }
+            }
+            other => {
+                target.insert(k.clone(), other.clone());
+            }
+        }
+    }
+}
+
+/// The ETag of a twin version (tags and desired properties).
+fn twin_etag(device_id: &str, version: i64) -> String {
+    let digest = crate::Sha256::digest(format!("{device_id}\n{version}").as_bytes());
+    format!("\"{}\"", &digest.to_hex()[..16])
+}
 
 fn migrate_1(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
     tx.execute_batch(
@@ -110,6 +181,15 @@ fn migrate_2(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
     }
     tx.execute_batch("CREATE INDEX IF NOT EXISTS operations_status ON operations(status);")?;
     Ok(())
+}
+
+/// A stored twin with its id, version and ETag filled in.
+fn twin_doc(device_id: &str, version: i64, text: &str) -> Result<crate::iothub::Twin, StoreError> {
+    let mut twin: crate::iothub::Twin = serde_json::from_str(text)?;
+    twin.device_id = device_id.to_owned();
+    twin.version = Some(version);
+    twin.etag = Some(twin_etag(device_id, version));
+    Ok(twin)
 }
 
 /// Records an operation's final state inside a transaction.
@@ -357,6 +437,137 @@ impl Store {
         finish_operation(&tx, op)?;
         tx.commit()?;
         Ok(())
+    }
+
+    /// Creates a device identity with `device_key`; `None` when it exists already.
+    pub fn create_device(
+        &self,
+        device_id: &str,
+        device_key: &str,
+        now: &str,
+    ) -> Result<Option<DeviceRow>, StoreError> {
+        let twin = crate::iothub::Twin {
+            device_id: device_id.to_owned(),
+            version: Some(1),
+            ..Default::default()
+        };
+        let inserted = self.conn.execute(
+            "INSERT OR IGNORE INTO devices (device_id, seq, device_key, created, version, twin)
+             VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM devices), ?2, ?3, 1, ?4)",
+            params![device_id, device_key, now, serde_json::to_string(&twin)?],
+        )?;
+        if inserted == 0 {
+            return Ok(None);
+        }
+        self.device(device_id)
+    }
+
+    /// One device identity with its twin.
+    pub fn device(&self, device_id: &str) -> Result<Option<DeviceRow>, StoreError> {
+        let row: Option<(String, String, i64, String)> = self
+            .conn
+            .query_row(
+                "SELECT device_key, created, version, twin FROM devices WHERE device_id = ?1",
+                [device_id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()?;
+        let Some((device_key, created, version, twin)) = row else { return Ok(None) };
+        Ok(Some(DeviceRow {
+            device_id: device_id.to_owned(),
+            device_key,
+            created,
+            twin: twin_doc(device_id, version, &twin)?,
+        }))
+    }
+
+    /// Deletes a device identity and its twin; false when there was none.
+    pub fn delete_device(&self, device_id: &str) -> Result<bool, StoreError> {
+        Ok(self.conn.execute("DELETE FROM devices WHERE device_id = ?1", [device_id])? > 0)
+    }
+
+    /// Merges `tags` and `desired` into a twin (the back end's patch); with `if_match` other
+    /// than `*`, only when the twin's ETag is that one. Bumps the twin's version.
+    pub fn patch_twin(
+        &mut self,
+        device_id: &str,
+        tags: Option<&serde_json::Map<String, Value>>,
+        desired: Option<&serde_json::Map<String, Value>>,
+        if_match: Option<&str>,
+    ) -> Result<TwinPatch, StoreError> {
+        let tx = self.conn.transaction()?;
+        let row: Option<(i64, String)> = tx
+            .query_row("SELECT version, twin FROM devices WHERE device_id = ?1", [device_id], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?;
+        let Some((version, text)) = row else { return Ok(TwinPatch::NotFound) };
+        if let Some(m) = if_match.filter(|m| *m != "*")
+            && m != twin_etag(device_id, version)
+        {
+            return Ok(TwinPatch::Stale);
+        }
+        let mut twin: crate::iothub::Twin = serde_json::from_str(&text)?;
+        if let Some(t) = tags {
+            merge_patch(&mut twin.tags, t);
+        }
+        if let Some(d) = desired {
+            merge_patch(&mut twin.properties.desired, d);
+        }
+        let version = version + 1;
+        tx.execute(
+            "UPDATE devices SET version = ?2, twin = ?3 WHERE device_id = ?1",
+            params![device_id, version, serde_json::to_string(&twin)?],
+        )?;
+        tx.commit()?;
+        Ok(TwinPatch::Applied(Box::new(twin_doc(device_id, version, &serde_json::to_string(&twin)?)?)))
+    }
+
+    /// Merges a device's own report into its reported properties (the version of tags and
+    /// desired properties, and so the ETag, does not change).
+    pub fn patch_reported(
+        &mut self,
+        device_id: &str,
+        reported: &serde_json::Map<String, Value>,
+    ) -> Result<TwinPatch, StoreError> {
+        let tx = self.conn.transaction()?;
+        let row: Option<(i64, String)> = tx
+            .query_row("SELECT version, twin FROM devices WHERE device_id = ?1", [device_id], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?;
+        let Some((version, text)) = row else { return Ok(TwinPatch::NotFound) };
+        let mut twin: crate::iothub::Twin = serde_json::from_str(&text)?;
+        merge_patch(&mut twin.properties.reported, reported);
+        let text = serde_json::to_string(&twin)?;
+        tx.execute("UPDATE devices SET twin = ?2 WHERE device_id = ?1", params![device_id, text])?;
+        tx.commit()?;
+        Ok(TwinPatch::Applied(Box::new(twin_doc(device_id, version, &text)?)))
+    }
+
+    /// Up to `limit` twins after registry position `after`, in registry order, each with its
+    /// position, and the position to continue from when there are more.
+    pub fn twins_page(
+        &self,
+        after: i64,
+        limit: usize,
+    ) -> Result<TwinsPage, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT seq, device_id, version, twin FROM devices WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        )?;
+        let rows: Vec<(i64, String, i64, String)> = stmt
+            .query_map(params![after, i64::try_from(limit + 1).unwrap_or(i64::MAX)], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        let more = rows.len() > limit;
+        let mut twins = Vec::new();
+        let mut last = after;
+        for (seq, id, version, text) in rows.into_iter().take(limit) {
+            twins.push((seq, twin_doc(&id, version, &text)?));
+            last = seq;
+        }
+        Ok((twins, more.then_some(last)))
     }
 
     /// Checks the store's integrity (for tests and the soak run): every file belongs to an

@@ -9,6 +9,7 @@ mod cli;
 mod delta;
 mod hardening;
 mod hash;
+mod iothub;
 mod manifest;
 mod pipeline;
 mod service;

@@ -1,0 +1,121 @@
+//! `otaforge group`: Device Update groups through IoT Hub twin tags (`ADUGroup`).
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use otaforge::iothub::{ConnectionString, GROUP_TAG, IotHubClient, IotHubError, check_group_id};
+use serde_json::{Map, Value};
+
+use super::{Failure, Outcome, Output};
+
+/// `otaforge group ...`.
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum GroupCommand {
+    /// Put devices in a group: set their twins' `ADUGroup` tag (read, then patched with the
+    /// twin's ETag, so a concurrent change is not overwritten).
+    Tag(TagArgs),
+    /// Take devices out of their group (remove the tag; they fall back to the default group).
+    Untag(UntagArgs),
+}
+
+/// Where the IoT Hub is.
+#[derive(Debug, clap::Args)]
+pub(crate) struct HubArgs {
+    /// A file holding the hub's service connection string (`otaforge serve` writes
+    /// `iothub.connection-string` in its data dir); default: $IOTHUB_CONNECTION_STRING.
+    #[arg(long, value_name = "FILE")]
+    iothub_connection_file: Option<PathBuf>,
+}
+
+impl HubArgs {
+    /// The client for the configured hub.
+    pub(crate) fn client(&self) -> anyhow::Result<IotHubClient> {
+        let text = match &self.iothub_connection_file {
+            Some(f) => fs_err::read_to_string(f)?,
+            None => std::env::var(otaforge::env::IOTHUB_CONNECTION_STRING)
+                .ok()
+                .filter(|v| !v.is_empty())
+                .context(
+                    "no IoT Hub given: pass --iothub-connection-file FILE or set \
+                     IOTHUB_CONNECTION_STRING (the hub's service connection string)",
+                )?,
+        };
+        let conn: ConnectionString = text.parse()?;
+        Ok(IotHubClient::new(conn)?)
+    }
+}
+
+/// `otaforge group tag`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct TagArgs {
+    /// Device ids.
+    #[arg(required = true)]
+    devices: Vec<String>,
+    /// The group (1-200 letters, digits and . - _ ~; not `Uncategorized` or `$default`).
+    #[arg(long)]
+    group: String,
+    #[command(flatten)]
+    hub: HubArgs,
+}
+
+/// `otaforge group untag`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct UntagArgs {
+    /// Device ids.
+    #[arg(required = true)]
+    devices: Vec<String>,
+    #[command(flatten)]
+    hub: HubArgs,
+}
+
+pub(crate) fn run(
+    cmd: GroupCommand,
+    rt: &tokio::runtime::Runtime,
+    out: &Output,
+) -> anyhow::Result<Outcome> {
+    let (devices, group, hub) = match &cmd {
+        GroupCommand::Tag(a) => {
+            check_group_id(&a.group)?;
+            (&a.devices, Some(a.group.as_str()), &a.hub)
+        }
+        GroupCommand::Untag(a) => (&a.devices, None, &a.hub),
+    };
+    let client = hub.client()?;
+    let mut tags = Map::new();
+    tags.insert(GROUP_TAG.into(), group.map_or(Value::Null, |g| Value::String(g.to_owned())));
+    rt.block_on(async {
+        let mut done = Vec::new();
+        for d in devices {
+            let tagged = async {
+                let twin = client.get_twin(d).await?;
+                client.patch_tags(d, tags.clone(), twin.etag.as_deref()).await?;
+                Ok::<_, IotHubError>(twin.group().map(str::to_owned))
+            };
+            let before = match tagged.await {
+                Ok(b) => b,
+                // What the hub refused (no such device, a stale ETag) is a failed check.
+                Err(IotHubError::Api { code, message, .. }) => {
+                    let f = Failure::new(code, format!("{d}: {message}"))
+                        .details(serde_json::json!({"deviceId": d, "done": done}));
+                    out.failure(&f)?;
+                    return Ok(Outcome::CheckFailed);
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if !out.json() {
+                out.line(match (group, &before) {
+                    (Some(g), Some(b)) if b == g => format!("{d}: already in {g}"),
+                    (Some(g), Some(b)) => format!("{d}: {b} -> {g}"),
+                    (Some(g), None) => format!("{d}: -> {g}"),
+                    (None, Some(b)) => format!("{d}: removed from {b}"),
+                    (None, None) => format!("{d}: in no group"),
+                })?;
+            }
+            done.push(serde_json::json!({"deviceId": d, "previousGroup": before, "group": group}));
+        }
+        if out.json() {
+            out.json_value(&done)?;
+        }
+        Ok(Outcome::Ok)
+    })
+}

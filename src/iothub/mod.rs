@@ -1,0 +1,384 @@
+//! IoT Hub's service REST API, as far as device updates need it: device twins (read, patch the
+//! tags with an ETag, query with continuation) and device identities (create, read, delete).
+//! `otaforge serve` answers the same routes, so the client is tested against a real server.
+//!
+//! Spec: ../shared/specs/iothub-service/iothubservice.json (api-version [`API_VERSION`]).
+//! Authentication: a SAS token signed by otaforge from a connection string's shared access
+//! policy key ([`sas`]), renewed before it expires; the key never leaves this process.
+
+pub mod sas;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use sas::SasKey;
+
+/// The IoT Hub service api-version these calls follow.
+pub const API_VERSION: &str = "2021-04-12";
+
+/// The twin tag that puts a device in a Device Update group.
+pub const GROUP_TAG: &str = "ADUGroup";
+
+/// How long the SAS tokens otaforge signs for its own requests are valid.
+const TOKEN_TTL: Duration = Duration::from_secs(3600);
+
+/// Why an IoT Hub call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum IotHubError {
+    /// A connection string or setting is malformed.
+    #[error("{0}")]
+    Config(String),
+    /// The hub refused the credential, or a token is not valid.
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
+    /// The hub answered with an error.
+    #[error("{operation}: {status} {code}: {message}")]
+    Api {
+        /// What otaforge was doing.
+        operation: String,
+        /// HTTP status.
+        status: u16,
+        /// The hub's error code (e.g. `DeviceNotFound`, `PreconditionFailed`).
+        code: String,
+        /// Its message.
+        message: String,
+    },
+    /// The request did not reach the hub.
+    #[error("{operation}: {message}")]
+    Transport {
+        /// What otaforge was doing.
+        operation: String,
+        /// The cause, in words.
+        message: String,
+    },
+    /// An answer that is not what the API defines.
+    #[error("{operation}: unexpected answer: {message}")]
+    Protocol {
+        /// What otaforge was doing.
+        operation: String,
+        /// What was wrong.
+        message: String,
+    },
+}
+
+/// A service connection string: `HostName=…;SharedAccessKeyName=…;SharedAccessKey=…`.
+#[derive(Clone)]
+pub struct ConnectionString {
+    /// The hub's host name (`myhub.azure-devices.net`), or `host:port` of `otaforge serve`.
+    pub host: String,
+    /// The shared access policy (`iothubowner`, `registryReadWrite`, …).
+    pub key_name: String,
+    key: SasKey,
+    /// `http` for `otaforge serve` on loopback (`UseHttp=true` in the string), else `https`.
+    pub scheme: &'static str,
+}
+
+impl std::fmt::Debug for ConnectionString {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "ConnectionString(HostName={};SharedAccessKeyName={};SharedAccessKey=redacted)",
+            self.host, self.key_name
+        )
+    }
+}
+
+impl std::str::FromStr for ConnectionString {
+    type Err = IotHubError;
+    fn from_str(s: &str) -> Result<Self, IotHubError> {
+        let mut host = None;
+        let mut key_name = None;
+        let mut key = None;
+        let mut http = false;
+        for part in s.trim().split(';').filter(|p| !p.is_empty()) {
+            let (k, v) = part.split_once('=').ok_or_else(|| {
+                IotHubError::Config(format!(
+                    "connection string part `{}` is not key=value",
+                    part.split('=').next().unwrap_or_default()
+                ))
+            })?;
+            match k {
+                "HostName" => host = Some(v.to_owned()),
+                "SharedAccessKeyName" => key_name = Some(v.to_owned()),
+                // The key's own `=` padding stays in the value.
+                "SharedAccessKey" => key = Some(SasKey::from_base64(v)?),
+                "UseHttp" => http = v.eq_ignore_ascii_case("true"),
+                "DeviceId" => {
+                    return Err(IotHubError::Config(
+                        "this is a device connection string; the service API needs the hub's \
+                         (HostName, SharedAccessKeyName, SharedAccessKey), from the hub's shared \
+                         access policies"
+                            .into(),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        let missing =
+            |what: &str| IotHubError::Config(format!("the connection string has no {what}"));
+        Ok(Self {
+            host: host.ok_or_else(|| missing("HostName"))?,
+            key_name: key_name.ok_or_else(|| missing("SharedAccessKeyName"))?,
+            key: key.ok_or_else(|| missing("SharedAccessKey"))?,
+            scheme: if http { "http" } else { "https" },
+        })
+    }
+}
+
+impl ConnectionString {
+    /// A connection string for `host` signed with `key` under policy `key_name`.
+    pub fn new(host: &str, key_name: &str, key: SasKey, use_http: bool) -> Self {
+        Self {
+            host: host.to_owned(),
+            key_name: key_name.to_owned(),
+            key,
+            scheme: if use_http { "http" } else { "https" },
+        }
+    }
+
+    /// The string itself, key included: for a file only this user can read, never for output.
+    pub fn to_secret_string(&self) -> String {
+        let mut s = format!(
+            "HostName={};SharedAccessKeyName={};SharedAccessKey={}",
+            self.host,
+            self.key_name,
+            self.key.to_base64()
+        );
+        if self.scheme == "http" {
+            s.push_str(";UseHttp=true");
+        }
+        s
+    }
+
+    /// A SAS token for the whole hub, valid for `ttl`.
+    pub fn token(&self, ttl: Duration) -> String {
+        let expiry = SystemTime::now().checked_add(ttl).unwrap_or(SystemTime::now());
+        let se = expiry.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        sas::token(&self.host, &self.key, Some(&self.key_name), se)
+    }
+}
+
+/// A device twin: the back end's `tags`, and `desired`/`reported` properties. Defined by IoT
+/// Hub, so unknown fields are kept.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Twin {
+    /// The device.
+    pub device_id: String,
+    /// The module, for a module twin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module_id: Option<String>,
+    /// ETag of tags and desired properties; `If-Match` takes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
+    /// Version of tags and desired properties.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<i64>,
+    /// Tags (only the back end sees them).
+    #[serde(default)]
+    pub tags: Map<String, Value>,
+    /// Desired and reported properties.
+    #[serde(default)]
+    pub properties: TwinProperties,
+    /// Everything else the hub sends (status, connection state, …).
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// `properties` of a twin.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TwinProperties {
+    /// What the back end wants.
+    #[serde(default)]
+    pub desired: Map<String, Value>,
+    /// What the device says.
+    #[serde(default)]
+    pub reported: Map<String, Value>,
+}
+
+impl Twin {
+    /// The Device Update group the twin's `ADUGroup` tag names.
+    pub fn group(&self) -> Option<&str> {
+        self.tags.get(GROUP_TAG).and_then(Value::as_str)
+    }
+}
+
+/// Checks an `ADUGroup` value as ADU does: 1-200 characters of letters, digits and `. - _ ~`,
+/// not `Uncategorized` or `$default` (reserved).
+pub fn check_group_id(g: &str) -> Result<(), IotHubError> {
+    let ok = (1..=200).contains(&g.chars().count())
+        && g.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '~'));
+    if !ok {
+        return Err(IotHubError::Config(format!(
+            "group `{g}` is invalid: 1-200 characters of letters, digits and . - _ ~"
+        )));
+    }
+    if g == "Uncategorized" || g == "$default" {
+        return Err(IotHubError::Config(format!("group `{g}` is reserved by Device Update")));
+    }
+    Ok(())
+}
+
+/// The IoT Hub service client.
+#[derive(Debug, Clone)]
+pub struct IotHubClient {
+    conn: ConnectionString,
+    http: reqwest::Client,
+}
+
+impl IotHubClient {
+    /// A client for the hub a connection string names.
+    pub fn new(conn: ConnectionString) -> Result<Self, IotHubError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(120))
+            .build()
+            .map_err(|e| IotHubError::Config(format!("http client: {e}")))?;
+        Ok(Self { conn, http })
+    }
+
+    fn url(&self, path: &str) -> Result<url::Url, IotHubError> {
+        let mut u = url::Url::parse(&format!("{}://{}", self.conn.scheme, self.conn.host))
+            .map_err(|e| IotHubError::Config(format!("host `{}`: {e}", self.conn.host)))?;
+        u.set_path(path);
+        u.query_pairs_mut().append_pair("api-version", API_VERSION);
+        Ok(u)
+    }
+
+    async fn send(
+        &self,
+        operation: &str,
+        req: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, IotHubError> {
+        let resp = req
+            .header(reqwest::header::AUTHORIZATION, self.conn.token(TOKEN_TTL))
+            .send()
+            .await
+            .map_err(|e| {
+                let host = self.conn.host.clone();
+                IotHubError::Transport {
+                    operation: operation.to_owned(),
+                    message: crate::retry::TransportCause::of(&e).describe(&host),
+                }
+            })?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status().as_u16();
+        let header_code =
+            resp.headers().get("iothub-errorcode").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let bytes = resp.bytes().await.unwrap_or_default();
+        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        // The hub's errors are `{"Message": "ErrorCode:X;text", "ExceptionMessage": …}`; serve's
+        // are the same, plus `iothub-errorcode`.
+        let message = body["Message"].as_str().or(body["message"].as_str()).unwrap_or_default();
+        let code = header_code
+            .or_else(|| {
+                message
+                    .strip_prefix("ErrorCode:")
+                    .and_then(|m| m.split(';').next())
+                    .map(str::to_owned)
+            })
+            .unwrap_or_else(|| format!("Http{status}"));
+        let message = message.split_once(';').map_or(message, |(_, m)| m).to_owned();
+        if status == 401 {
+            return Err(IotHubError::Unauthorized(format!("{operation}: {message}")));
+        }
+        Err(IotHubError::Api { operation: operation.to_owned(), status, code, message })
+    }
+
+    async fn json<T: serde::de::DeserializeOwned>(
+        operation: &str,
+        resp: reqwest::Response,
+    ) -> Result<T, IotHubError> {
+        let protocol =
+            |message: String| IotHubError::Protocol { operation: operation.to_owned(), message };
+        let bytes = resp.bytes().await.map_err(|e| protocol(e.to_string()))?;
+        serde_json::from_slice(&bytes).map_err(|e| protocol(e.to_string()))
+    }
+
+    /// One device's twin.
+    pub async fn get_twin(&self, device_id: &str) -> Result<Twin, IotHubError> {
+        let op = format!("get the twin of {device_id}");
+        let url = self.url(&format!("/twins/{}", encode(device_id)))?;
+        let resp = self.send(&op, self.http.get(url)).await?;
+        Self::json(&op, resp).await
+    }
+
+    /// Merges `tags` into a twin's tags (a `null` value removes a tag). With `etag`, the hub
+    /// refuses the patch if the twin changed since it was read (412 `PreconditionFailed`).
+    pub async fn patch_tags(
+        &self,
+        device_id: &str,
+        tags: Map<String, Value>,
+        etag: Option<&str>,
+    ) -> Result<Twin, IotHubError> {
+        let op = format!("tag the twin of {device_id}");
+        let url = self.url(&format!("/twins/{}", encode(device_id)))?;
+        let mut req = json_body(self.http.patch(url), &serde_json::json!({ "tags": tags }));
+        req = req.header(reqwest::header::IF_MATCH, etag.unwrap_or("*"));
+        let resp = self.send(&op, req).await?;
+        Self::json(&op, resp).await
+    }
+
+    /// Every twin a query (`SELECT * FROM devices WHERE …`) returns, following
+    /// `x-ms-continuation` through every page.
+    pub async fn query_twins(&self, query: &str) -> Result<Vec<Twin>, IotHubError> {
+        self.query_twins_by(query, 100).await
+    }
+
+    /// [`IotHubClient::query_twins`] asking for pages of `page_size` twins.
+    pub async fn query_twins_by(
+        &self,
+        query: &str,
+        page_size: usize,
+    ) -> Result<Vec<Twin>, IotHubError> {
+        let op = "query twins".to_owned();
+        let mut out = Vec::new();
+        let mut continuation: Option<String> = None;
+        loop {
+            let url = self.url("/devices/query")?;
+            let mut req = json_body(self.http.post(url), &serde_json::json!({ "query": query }));
+            if let Some(c) = &continuation {
+                req = req.header("x-ms-continuation", c);
+            }
+            req = req.header("x-ms-max-item-count", page_size.to_string());
+            let resp = self.send(&op, req).await?;
+            continuation = resp
+                .headers()
+                .get("x-ms-continuation")
+                .and_then(|v| v.to_str().ok())
+                .filter(|c| !c.is_empty())
+                .map(str::to_owned);
+            let page: Vec<Twin> = Self::json(&op, resp).await?;
+            out.extend(page);
+            if continuation.is_none() {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Creates a device identity with generated symmetric keys, or returns the existing one.
+    pub async fn create_device(&self, device_id: &str) -> Result<Value, IotHubError> {
+        let op = format!("create device {device_id}");
+        let url = self.url(&format!("/devices/{}", encode(device_id)))?;
+        let body = serde_json::json!({
+            "deviceId": device_id,
+            "authentication": {"type": "sas", "symmetricKey": {"primaryKey": null, "secondaryKey": null}},
+        });
+        let resp = self.send(&op, json_body(self.http.put(url), &body)).await?;
+        Self::json(&op, resp).await
+    }
+}
+
+/// A request with a JSON body.
+fn json_body(req: reqwest::RequestBuilder, body: &Value) -> reqwest::RequestBuilder {
+    req.header(reqwest::header::CONTENT_TYPE, "application/json").body(body.to_string())
+}
+
+/// A device id as one path segment.
+fn encode(id: &str) -> String {
+    url::form_urlencoded::byte_serialize(id.as_bytes()).collect::<String>().replace('+', "%20")
+}
