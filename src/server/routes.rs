@@ -75,6 +75,17 @@ pub(super) fn router(state: Shared) -> Router {
             "/deviceUpdate/{instance}/updates/providers/{p}/names/{n}/versions/{v}/files/{f}",
             get(get_file),
         )
+        .route("/deviceUpdate/{instance}/management/groups", get(list_groups))
+        .route("/deviceUpdate/{instance}/management/groups/{g}", get(get_group))
+        .route(
+            "/deviceUpdate/{instance}/management/groups/{g}/updateCompliance",
+            get(group_compliance),
+        )
+        .route("/deviceUpdate/{instance}/management/devices", get(list_devices))
+        .route("/deviceUpdate/{instance}/management/devices/{d}", get(get_device))
+        .route("/deviceUpdate/{instance}/management/deviceClasses", get(list_classes))
+        .route("/deviceUpdate/{instance}/management/deviceClasses/{c}", get(get_class))
+        .route("/deviceUpdate/{instance}/management/updateCompliance", get(instance_compliance))
         .route("/deviceUpdate/{instance}/otaforge/storage", get(storage_info))
         .route("/deviceUpdate/{instance}/otaforge/blobs/{container}/{*blob}", put(put_blob))
         .route("/deviceUpdate/{instance}/otaforge/urls/{container}/{*blob}", get(blob_url))
@@ -119,6 +130,132 @@ async fn envelope(req: Request, next: Next) -> Response {
         text.trim().to_owned()
     };
     api_error(status, ErrorBody::new(code, message))
+}
+
+// Device management: groups, devices and classes as Device Update sees the registry.
+
+async fn device_view(s: &Shared) -> Result<super::devices::View, Response> {
+    let twins = s.db.read(|st| st.twins_with_created()).await.map_err(internal)?;
+    let updates = s.db.read(|st| st.updates()).await.map_err(internal)?;
+    Ok(super::devices::View::build(&twins, &updates))
+}
+
+fn not_found(what: &str, id: &str) -> Response {
+    api_error(
+        StatusCode::NOT_FOUND,
+        ErrorBody::new("NotFound", format!("{what} `{id}` does not exist")),
+    )
+}
+
+async fn list_groups(State(s): State<Shared>, uri: axum::http::Uri, Query(q): Q) -> Response {
+    match device_view(&s).await {
+        Ok(v) => page(v.groups(), &uri, &q),
+        Err(r) => r,
+    }
+}
+
+async fn get_group(State(s): State<Shared>, Path((_, g)): Path<(String, String)>) -> Response {
+    match device_view(&s).await {
+        Ok(v) => match v.groups().into_iter().find(|x| x.group_id == g) {
+            Some(group) => axum::Json(group).into_response(),
+            None => not_found("group", &g),
+        },
+        Err(r) => r,
+    }
+}
+
+async fn group_compliance(
+    State(s): State<Shared>,
+    Path((_, g)): Path<(String, String)>,
+) -> Response {
+    match device_view(&s).await {
+        Ok(v) if v.groups().iter().any(|x| x.group_id == g) => {
+            axum::Json(v.compliance(|d| d.group_id.as_deref() == Some(g.as_str()))).into_response()
+        }
+        Ok(_) => not_found("group", &g),
+        Err(r) => r,
+    }
+}
+
+async fn instance_compliance(State(s): State<Shared>) -> Response {
+    match device_view(&s).await {
+        Ok(v) => axum::Json(v.compliance(|_| true)).into_response(),
+        Err(r) => r,
+    }
+}
+
+/// The `filter` of the device list: `groupId eq 'G'` and/or `deviceClassId eq 'C'`, joined by
+/// `and` (the spec's forms; names compared case-insensitively).
+fn device_filter(filter: &str) -> Result<Vec<(String, String)>, Response> {
+    let mut out = Vec::new();
+    for part in filter.split(" and ") {
+        let bad = || {
+            bad_request(
+                "InvalidFilter",
+                format!("`{part}` is not `groupId eq '...'` or `deviceClassId eq '...'`"),
+            )
+        };
+        let (name, value) = part.trim().split_once(" eq ").ok_or_else(bad)?;
+        let value =
+            value.trim().strip_prefix('\'').and_then(|v| v.strip_suffix('\'')).ok_or_else(bad)?;
+        let name = name.trim().to_ascii_lowercase();
+        if name != "groupid" && name != "deviceclassid" {
+            return Err(bad());
+        }
+        out.push((name, value.to_owned()));
+    }
+    Ok(out)
+}
+
+async fn list_devices(State(s): State<Shared>, uri: axum::http::Uri, Query(q): Q) -> Response {
+    let filter = match q.get("filter").map(|f| device_filter(f)).transpose() {
+        Ok(f) => f.unwrap_or_default(),
+        Err(r) => return r,
+    };
+    match device_view(&s).await {
+        Ok(v) => {
+            let devices: Vec<_> = v
+                .devices
+                .into_iter()
+                .map(|d| d.device)
+                .filter(|d| {
+                    filter.iter().all(|(name, value)| match name.as_str() {
+                        "groupid" => d.group_id.as_deref() == Some(value.as_str()),
+                        _ => d.device_class_id == *value,
+                    })
+                })
+                .collect();
+            page(devices, &uri, &q)
+        }
+        Err(r) => r,
+    }
+}
+
+async fn get_device(State(s): State<Shared>, Path((_, d)): Path<(String, String)>) -> Response {
+    match device_view(&s).await {
+        Ok(v) => match v.devices.into_iter().find(|x| x.device.device_id == d) {
+            Some(x) => axum::Json(x.device).into_response(),
+            None => not_found("device", &d),
+        },
+        Err(r) => r,
+    }
+}
+
+async fn list_classes(State(s): State<Shared>, uri: axum::http::Uri, Query(q): Q) -> Response {
+    match device_view(&s).await {
+        Ok(v) => page(v.classes.into_values().collect(), &uri, &q),
+        Err(r) => r,
+    }
+}
+
+async fn get_class(State(s): State<Shared>, Path((_, c)): Path<(String, String)>) -> Response {
+    match device_view(&s).await {
+        Ok(v) => match v.classes.get(&c) {
+            Some(class) => axum::Json(class).into_response(),
+            None => not_found("device class", &c),
+        },
+        Err(r) => r,
+    }
 }
 
 /// The ADU error envelope, with `x-ms-error-code`.

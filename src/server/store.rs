@@ -520,7 +520,11 @@ impl Store {
             params![device_id, version, serde_json::to_string(&twin)?],
         )?;
         tx.commit()?;
-        Ok(TwinPatch::Applied(Box::new(twin_doc(device_id, version, &serde_json::to_string(&twin)?)?)))
+        Ok(TwinPatch::Applied(Box::new(twin_doc(
+            device_id,
+            version,
+            &serde_json::to_string(&twin)?,
+        )?)))
     }
 
     /// Merges a device's own report into its reported properties (the version of tags and
@@ -545,13 +549,20 @@ impl Store {
         Ok(TwinPatch::Applied(Box::new(twin_doc(device_id, version, &text)?)))
     }
 
+    /// Every twin with its identity's creation time, in registry order.
+    pub fn twins_with_created(&self) -> Result<Vec<(crate::iothub::Twin, String)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT device_id, version, twin, created FROM devices ORDER BY seq")?;
+        let rows: Vec<(String, i64, String, String)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+            .collect::<Result<_, _>>()?;
+        rows.into_iter().map(|(id, v, t, c)| Ok((twin_doc(&id, v, &t)?, c))).collect()
+    }
+
     /// Up to `limit` twins after registry position `after`, in registry order, each with its
     /// position, and the position to continue from when there are more.
-    pub fn twins_page(
-        &self,
-        after: i64,
-        limit: usize,
-    ) -> Result<TwinsPage, StoreError> {
+    pub fn twins_page(&self, after: i64, limit: usize) -> Result<TwinsPage, StoreError> {
         let mut stmt = self.conn.prepare(
             "SELECT seq, device_id, version, twin FROM devices WHERE seq > ?1 ORDER BY seq LIMIT ?2",
         )?;

@@ -479,6 +479,77 @@ impl AduClient {
         }
         Ok(files)
     }
+
+    // Device management (`/management/...`): groups, devices, device classes, compliance.
+
+    fn management(&self, segments: &[&str]) -> url::Url {
+        let mut all = vec!["management"];
+        all.extend_from_slice(segments);
+        self.url(&all)
+    }
+
+    async fn get_optional<T: DeserializeOwned>(
+        &self,
+        url: url::Url,
+    ) -> Result<Option<T>, ServiceError> {
+        match self.get_json::<T>(url).await {
+            Ok((v, _)) => Ok(Some(v)),
+            Err(ServiceError::Api { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every device group.
+    pub async fn list_groups(&self) -> Result<Vec<model::Group>, ServiceError> {
+        self.list_paged(self.management(&["groups"])).await
+    }
+
+    /// One group; `None` when it does not exist.
+    pub async fn get_group(&self, group_id: &str) -> Result<Option<model::Group>, ServiceError> {
+        self.get_optional(self.management(&["groups", group_id])).await
+    }
+
+    /// Devices, all or those a filter selects (`groupId eq 'G'`, `deviceClassId eq 'C'`).
+    pub async fn list_devices(
+        &self,
+        filter: Option<&str>,
+    ) -> Result<Vec<model::Device>, ServiceError> {
+        let mut url = self.management(&["devices"]);
+        if let Some(f) = filter {
+            url.query_pairs_mut().append_pair("filter", f);
+        }
+        self.list_paged(url).await
+    }
+
+    /// One device; `None` when Device Update does not know it.
+    pub async fn get_device(&self, device_id: &str) -> Result<Option<model::Device>, ServiceError> {
+        self.get_optional(self.management(&["devices", device_id])).await
+    }
+
+    /// Every device class.
+    pub async fn list_device_classes(&self) -> Result<Vec<model::DeviceClass>, ServiceError> {
+        self.list_paged(self.management(&["deviceClasses"])).await
+    }
+
+    /// One device class; `None` when it does not exist.
+    pub async fn get_device_class(
+        &self,
+        class_id: &str,
+    ) -> Result<Option<model::DeviceClass>, ServiceError> {
+        self.get_optional(self.management(&["deviceClasses", class_id])).await
+    }
+
+    /// Update compliance of the instance, or of one group.
+    pub async fn update_compliance(
+        &self,
+        group_id: Option<&str>,
+    ) -> Result<model::UpdateCompliance, ServiceError> {
+        let url = match group_id {
+            Some(g) => self.management(&["groups", g, "updateCompliance"]),
+            None => self.management(&["updateCompliance"]),
+        };
+        Ok(self.get_json(url).await?.0)
+    }
 }
 
 impl DeviceUpdate for AduClient {

@@ -10,6 +10,7 @@ mod delta;
 mod hardening;
 mod hash;
 mod iothub;
+mod management;
 mod manifest;
 mod pipeline;
 mod service;

@@ -1,0 +1,217 @@
+//! Device Update's view of the devices registered in serve: which twins are Device Update
+//! devices, their device classes, groups and compliance, computed from the twins and the
+//! imported updates (no HTTP here; the management routes call it).
+//!
+//! - A twin is a Device Update device once its agent has reported
+//!   `properties.reported.deviceUpdate.agent.deviceProperties` (adu.md §5.1).
+//! - Its compat properties are the `deviceProperties` named by `agent.compatPropertyNames`
+//!   (comma separated; default `manufacturer,model`).
+//! - Its device class id is the first 40 hex digits of SHA-256 over the contract model id, a
+//!   newline, and `name=value` lines of the compat properties sorted by name, each ending in a
+//!   newline. ADU documents its ids only as "derived from the contract model and compat
+//!   properties"; this derivation is serve's own, stable across restarts and versions.
+//! - Its group is its `ADUGroup` tag, or `$default` (type `DefaultNoTag`) without one.
+//! - The best update of a class is the highest-version deployable update one of whose
+//!   compatibility sets the class's compat properties all match; a device is on its latest
+//!   update when its `installedUpdateId` is that update (or when no update fits it).
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value};
+
+use crate::iothub::Twin;
+use crate::manifest::UpdateId;
+use crate::service::model::{
+    ContractModel, Device, DeviceClass, DeviceClassProperties, Group, GroupType, InstallResult,
+    UpdateCompliance,
+};
+use crate::service::{Update, UpdateInfo};
+
+/// The group of devices without an `ADUGroup` tag.
+pub const DEFAULT_GROUP: &str = "$default";
+
+/// The contract model a device that does not say reports.
+const DEFAULT_CONTRACT: &str = "dtmi:azure:iot:deviceUpdateContractModel;3";
+
+/// One Device Update device, as the management API shows it.
+#[derive(Debug, Clone)]
+pub struct AduDevice {
+    /// The `Device` document.
+    pub device: Device,
+    /// When its identity was created (a group's creation time is its first member's).
+    pub created: String,
+}
+
+/// Every Device Update device, class and group of the registry.
+#[derive(Debug, Clone, Default)]
+pub struct View {
+    /// Devices in registry order.
+    pub devices: Vec<AduDevice>,
+    /// Classes by id.
+    pub classes: BTreeMap<String, DeviceClass>,
+}
+
+/// The device class id of a contract model and compat properties.
+pub fn class_id(contract: &str, compat: &Map<String, Value>) -> String {
+    let mut text = format!("{contract}\n");
+    let mut props: Vec<(&String, String)> = compat
+        .iter()
+        .map(|(k, v)| (k, v.as_str().map_or_else(|| v.to_string(), str::to_owned)))
+        .collect();
+    props.sort();
+    for (k, v) in props {
+        text.push_str(&format!("{k}={v}\n"));
+    }
+    crate::Sha256::digest(text.as_bytes()).to_hex()[..40].to_owned()
+}
+
+fn matches(update: &Update, compat: &Map<String, Value>) -> bool {
+    update.compatibility.iter().any(|set| set.iter().all(|(k, v)| compat.get(k) == Some(v)))
+}
+
+/// The best update for a class's compat properties.
+pub fn best_update<'a>(updates: &'a [Update], compat: &Map<String, Value>) -> Option<&'a Update> {
+    updates
+        .iter()
+        .filter(|u| u.deployable() && matches(u, compat))
+        .max_by(|a, b| a.update_id.version().cmp(b.update_id.version()))
+}
+
+impl View {
+    /// Builds the view from `(twin, created)` pairs and the imported updates.
+    pub fn build(twins: &[(Twin, String)], updates: &[Update]) -> Self {
+        let mut view = View::default();
+        for (twin, created) in twins {
+            let Some(agent) = twin
+                .properties
+                .reported
+                .get("deviceUpdate")
+                .and_then(|d| d.get("agent"))
+                .and_then(Value::as_object)
+            else {
+                continue;
+            };
+            let Some(props) = agent.get("deviceProperties").and_then(Value::as_object) else {
+                continue;
+            };
+            let contract =
+                props.get("contractModelId").and_then(Value::as_str).unwrap_or(DEFAULT_CONTRACT);
+            let names = agent
+                .get("compatPropertyNames")
+                .and_then(Value::as_str)
+                .unwrap_or("manufacturer,model");
+            let compat: Map<String, Value> = names
+                .split(',')
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .filter_map(|n| props.get(n).map(|v| (n.to_owned(), v.clone())))
+                .collect();
+            let id = class_id(contract, &compat);
+            let best = best_update(updates, &compat);
+            view.classes.entry(id.clone()).or_insert_with(|| DeviceClass {
+                device_class_id: id.clone(),
+                friendly_name: None,
+                device_class_properties: DeviceClassProperties {
+                    contract_model: Some(ContractModel {
+                        id: contract.to_owned(),
+                        name: "Device Update Model".to_owned(),
+                        extra: Default::default(),
+                    }),
+                    compat_properties: compat.clone(),
+                    extra: Default::default(),
+                },
+                best_compatible_update: best.map(|u| UpdateInfo::new(u.update_id.clone())),
+                extra: Default::default(),
+            });
+            // `installedUpdateId` is the update id as a JSON string.
+            let installed: Option<UpdateId> = agent
+                .get("installedUpdateId")
+                .and_then(Value::as_str)
+                .and_then(|s| serde_json::from_str(s).ok());
+            let on_latest = match best {
+                None => true,
+                Some(b) => installed.as_ref() == Some(&b.update_id),
+            };
+            let last_install_result: Option<InstallResult> =
+                agent.get("lastInstallResult").and_then(|v| serde_json::from_value(v.clone()).ok());
+            view.devices.push(AduDevice {
+                device: Device {
+                    device_id: twin.device_id.clone(),
+                    module_id: twin.module_id.clone(),
+                    device_class_id: id,
+                    group_id: Some(twin.group().unwrap_or(DEFAULT_GROUP).to_owned()),
+                    last_attempted_update: None,
+                    deployment_status: None,
+                    installed_update: installed.map(UpdateInfo::new),
+                    on_latest_update: on_latest,
+                    last_deployment_id: None,
+                    last_install_result,
+                    extra: Default::default(),
+                },
+                created: created.clone(),
+            });
+        }
+        view
+    }
+
+    /// The groups, in order of creation, with their device counts.
+    pub fn groups(&self) -> Vec<Group> {
+        let mut groups: Vec<Group> = Vec::new();
+        for d in &self.devices {
+            let id = d.device.group_id.clone().unwrap_or_else(|| DEFAULT_GROUP.to_owned());
+            match groups.iter_mut().find(|g| g.group_id == id) {
+                Some(g) => *g.device_count.get_or_insert(0) += 1,
+                None => groups.push(Group {
+                    group_type: if id == DEFAULT_GROUP {
+                        GroupType::DefaultNoTag
+                    } else {
+                        GroupType::IoTHubTag
+                    },
+                    group_id: id,
+                    created_date_time: d.created.clone(),
+                    device_count: Some(1),
+                    subgroups_with_new_updates_available_count: None,
+                    subgroups_with_updates_in_progress_count: None,
+                    subgroups_with_on_latest_update_count: None,
+                    deployments: Some(Vec::new()),
+                    extra: Default::default(),
+                }),
+            }
+        }
+        groups
+    }
+
+    /// Compliance of the devices `keep` selects.
+    pub fn compliance(&self, keep: impl Fn(&Device) -> bool) -> UpdateCompliance {
+        let devices: Vec<&Device> =
+            self.devices.iter().map(|d| &d.device).filter(|d| keep(d)).collect();
+        let on_latest = devices.iter().filter(|d| d.on_latest_update).count() as u64;
+        UpdateCompliance {
+            total_device_count: devices.len() as u64,
+            on_latest_update_device_count: on_latest,
+            new_updates_available_device_count: devices.len() as u64 - on_latest,
+            updates_in_progress_device_count: 0,
+            extra: Default::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn class_ids_depend_on_the_model_and_every_compat_value_only() {
+        let compat = |m: &str| {
+            let mut c = Map::new();
+            c.insert("manufacturer".into(), Value::String("contoso".into()));
+            c.insert("model".into(), Value::String(m.into()));
+            c
+        };
+        let a = class_id(DEFAULT_CONTRACT, &compat("toaster"));
+        assert_eq!(a.len(), 40);
+        assert_eq!(a, class_id(DEFAULT_CONTRACT, &compat("toaster")));
+        assert_ne!(a, class_id(DEFAULT_CONTRACT, &compat("kettle")));
+        assert_ne!(a, class_id("dtmi:azure:iot:deviceUpdateContractModel;2", &compat("toaster")));
+    }
+}

@@ -1,0 +1,200 @@
+//! Device Update's device management read side in `otaforge serve`: devices that reported an
+//! agent become Device Update devices, with classes from their compat properties, groups from
+//! their `ADUGroup` tags, the best update of each class and compliance; read through otaforge's
+//! client and through the official Python SDK.
+
+use otaforge::iothub::sas::{SasKey, token};
+use otaforge::iothub::{ConnectionString, IotHubClient};
+use otaforge::service::{AduClient, Auth};
+use serde_json::{Map, Value, json};
+
+use crate::service::{Serve, import, make_update};
+
+const TOKEN: &str = "management-token-0123456";
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+/// A device's agent reporting itself as ADU agents do (adu.md §5.1).
+fn agent_report(model: &str, installed: Option<&str>) -> Value {
+    let mut agent = json!({
+        "deviceProperties": {
+            "manufacturer": "contoso", "model": model,
+            "contractModelId": "dtmi:azure:iot:deviceUpdateContractModel;3", "aduVer": "DU;agent/1.1.0",
+        },
+        "compatPropertyNames": "manufacturer,model",
+        "state": 0,
+    });
+    if let Some(v) = installed {
+        agent["installedUpdateId"] =
+            json!(json!({"provider": "contoso", "name": model, "version": v}).to_string());
+    }
+    json!({"deviceUpdate": {"__t": "c", "agent": agent}})
+}
+
+/// Registers devices (id, model, installed version, group) in `serve`, each reporting as an agent.
+fn register(
+    serve: &Serve,
+    data: &std::path::Path,
+    devices: &[(&str, &str, Option<&str>, Option<&str>)],
+) {
+    let conn: ConnectionString =
+        fs_err::read_to_string(data.join("iothub.connection-string")).unwrap().parse().unwrap();
+    let hub = IotHubClient::new(conn).unwrap();
+    let host = serve.endpoint.trim_start_matches("http://").to_owned();
+    rt().block_on(async {
+        for (id, model, installed, group) in devices {
+            let identity = hub.create_device(id).await.unwrap();
+            let key = SasKey::from_base64(
+                identity["authentication"]["symmetricKey"]["primaryKey"].as_str().unwrap(),
+            )
+            .unwrap();
+            let auth = token(&format!("{host}/devices/{id}"), &key, None, 4_000_000_000);
+            let resp = reqwest::Client::new()
+                .patch(format!("{}/devices/{id}/twin/reported", serve.endpoint))
+                .header("authorization", auth)
+                .header("content-type", "application/json")
+                .body(agent_report(model, *installed).to_string())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+            if let Some(g) = group {
+                let mut tags = Map::new();
+                tags.insert("ADUGroup".into(), json!(g));
+                hub.patch_tags(id, tags, None).await.unwrap();
+            }
+        }
+        // A registered device whose agent never reported is not a Device Update device.
+        hub.create_device("no-agent").await.unwrap();
+    });
+}
+
+fn fleet(serve: &Serve, data: &std::path::Path) {
+    register(
+        serve,
+        data,
+        &[
+            ("t1", "toaster", Some("1.1"), Some("kitchen")),
+            ("t2", "toaster", Some("1.0"), Some("kitchen")),
+            ("t3", "toaster", Some("1.1"), None),
+            ("k1", "kettle", None, Some("kitchen")),
+        ],
+    );
+}
+
+#[test]
+fn devices_classes_groups_and_compliance_follow_the_twins_and_the_updates() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let serve = Serve::start(&data, Some(TOKEN));
+    fleet(&serve, &data);
+    for v in ["1.0", "1.1"] {
+        let m = make_update(dir.path(), "toaster", v, v.as_bytes());
+        let (code, json, err) = import(&serve, &[&m], Some(TOKEN));
+        assert_eq!(code, 0, "{json} {err}");
+    }
+    let client = AduClient::new(&serve.endpoint, "default", Auth::Static(TOKEN.into())).unwrap();
+    rt().block_on(async {
+        let groups = client.list_groups().await.unwrap();
+        let ids: Vec<(&str, Option<u64>)> =
+            groups.iter().map(|g| (g.group_id.as_str(), g.device_count)).collect();
+        assert_eq!(ids, [("kitchen", Some(3)), ("$default", Some(1))]);
+        assert_eq!(groups[1].group_type.as_str(), "DefaultNoTag");
+        assert!(client.get_group("garage").await.unwrap().is_none());
+
+        let classes = client.list_device_classes().await.unwrap();
+        assert_eq!(classes.len(), 2, "toaster and kettle");
+        let toaster = classes
+            .iter()
+            .find(|c| c.device_class_properties.compat_properties["model"] == "toaster")
+            .unwrap();
+        assert_eq!(
+            toaster.best_compatible_update.as_ref().map(|u| u.update_id.to_string()),
+            Some("contoso/toaster/1.1".to_owned())
+        );
+        let kettle = classes.iter().find(|c| c.device_class_id != toaster.device_class_id).unwrap();
+        assert!(kettle.best_compatible_update.is_none());
+
+        let all = client.list_devices(None).await.unwrap();
+        assert_eq!(all.len(), 4, "the device without an agent is not listed");
+        let kitchen = client.list_devices(Some("groupId eq 'kitchen'")).await.unwrap();
+        assert_eq!(
+            kitchen.iter().map(|d| d.device_id.as_str()).collect::<Vec<_>>(),
+            ["t1", "t2", "k1"]
+        );
+        let filter =
+            format!("groupId eq 'kitchen' and deviceClassId eq '{}'", toaster.device_class_id);
+        assert_eq!(client.list_devices(Some(&filter)).await.unwrap().len(), 2);
+        let t2 = client.get_device("t2").await.unwrap().unwrap();
+        assert!(!t2.on_latest_update);
+        assert_eq!(t2.installed_update.unwrap().update_id.to_string(), "contoso/toaster/1.0");
+        assert!(client.get_device("t1").await.unwrap().unwrap().on_latest_update);
+        assert!(client.get_device("no-agent").await.unwrap().is_none());
+
+        // t1, t3 on 1.1 (latest), k1 with nothing to install: on latest; t2 behind.
+        let c = client.update_compliance(None).await.unwrap();
+        assert_eq!(
+            (
+                c.total_device_count,
+                c.on_latest_update_device_count,
+                c.new_updates_available_device_count
+            ),
+            (4, 3, 1)
+        );
+        let c = client.update_compliance(Some("kitchen")).await.unwrap();
+        assert_eq!((c.total_device_count, c.new_updates_available_device_count), (3, 1));
+    });
+    // A bad filter is the service's error, not an empty list.
+    let (status, json, _) = crate::service::curl(
+        "GET",
+        &format!(
+            "{}/deviceUpdate/default/management/devices?api-version=2022-10-01&filter=model%20eq%20'x'",
+            serve.endpoint
+        ),
+        None,
+        Some(TOKEN),
+    );
+    assert_eq!((status, json["error"]["code"].as_str()), (400, Some("InvalidFilter")));
+}
+
+#[test]
+#[ignore = "needs PyPI azure-iot-deviceupdate"]
+fn the_official_python_sdk_reads_groups_classes_devices_and_compliance() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let serve = Serve::start(&data, Some(TOKEN));
+    fleet(&serve, &data);
+    let m = make_update(dir.path(), "toaster", "1.1", b"1.1");
+    let (code, json, err) = import(&serve, &[&m], Some(TOKEN));
+    assert_eq!(code, 0, "{json} {err}");
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/adu_sdk_devices.py");
+    let host = serve.endpoint.trim_start_matches("http://").to_owned();
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .args([host.as_str(), "default", TOKEN, "kitchen"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(got["groups"], json!(["$default", "kitchen"]));
+    assert_eq!(
+        (got["groupDevices"].as_u64(), got["classes"].as_u64(), got["devices"].as_u64()),
+        (Some(3), Some(2), Some(4))
+    );
+    assert_eq!(
+        got["bestUpdate"],
+        json!({"provider": "contoso", "name": "toaster", "version": "1.1"})
+    );
+    assert_eq!(got["inGroup"], json!(["k1", "t1", "t2"]));
+    assert_eq!(got["compliance"]["totalDeviceCount"], 4);
+    assert_eq!(got["compliance"]["newUpdatesAvailableDeviceCount"], 1);
+    assert_eq!(got["groupCompliance"]["totalDeviceCount"], 3);
+}
