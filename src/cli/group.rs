@@ -6,7 +6,57 @@ use anyhow::Context as _;
 use otaforge::iothub::{ConnectionString, GROUP_TAG, IotHubClient, IotHubError, check_group_id};
 use serde_json::{Map, Value};
 
+use super::update::{AduArgs, service_failure};
 use super::{Failure, Outcome, Output};
+
+fn list(a: &ListArgs, rt: &tokio::runtime::Runtime, out: &Output) -> anyhow::Result<Outcome> {
+    let client = a.adu.client()?;
+    let groups = match rt.block_on(client.list_groups()) {
+        Ok(g) => g,
+        Err(e) => return service_failure(out, "list groups", e),
+    };
+    if out.json() {
+        out.json_value(&groups)?;
+    } else {
+        for g in &groups {
+            out.line(format!(
+                "{}  {} devices  ({}, since {})",
+                g.group_id,
+                g.device_count.unwrap_or(0),
+                g.group_type.as_str(),
+                g.created_date_time
+            ))?;
+        }
+    }
+    Ok(Outcome::Ok)
+}
+
+fn show(a: &ShowArgs, rt: &tokio::runtime::Runtime, out: &Output) -> anyhow::Result<Outcome> {
+    let client = a.adu.client()?;
+    let found = rt.block_on(async {
+        let Some(group) = client.get_group(&a.group).await? else { return Ok(None) };
+        let compliance = client.update_compliance(Some(&a.group)).await?;
+        Ok::<_, otaforge::service::ServiceError>(Some((group, compliance)))
+    });
+    let (group, compliance) = match found {
+        Ok(Some(x)) => x,
+        Ok(None) => {
+            out.failure(&Failure::new("NotFound", format!("group `{}` does not exist", a.group)))?;
+            return Ok(Outcome::CheckFailed);
+        }
+        Err(e) => return service_failure(out, "show the group", e),
+    };
+    if out.json() {
+        out.json_value(&serde_json::json!({"group": group, "compliance": compliance}))?;
+    } else {
+        out.line(format!("group        {} ({})", group.group_id, group.group_type.as_str()))?;
+        out.line(format!("devices      {}", group.device_count.unwrap_or(0)))?;
+        out.line(format!("on latest    {}", compliance.on_latest_update_device_count))?;
+        out.line(format!("newer exists {}", compliance.new_updates_available_device_count))?;
+        out.line(format!("in progress  {}", compliance.updates_in_progress_device_count))?;
+    }
+    Ok(Outcome::Ok)
+}
 
 /// `otaforge group ...`.
 #[derive(Debug, clap::Subcommand)]
@@ -16,6 +66,26 @@ pub(crate) enum GroupCommand {
     Tag(TagArgs),
     /// Take devices out of their group (remove the tag; they fall back to the default group).
     Untag(UntagArgs),
+    /// List the groups of a Device Update instance.
+    List(ListArgs),
+    /// Show one group with its compliance.
+    Show(ShowArgs),
+}
+
+/// `otaforge group list`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ListArgs {
+    #[command(flatten)]
+    adu: AduArgs,
+}
+
+/// `otaforge group show`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ShowArgs {
+    /// The group id (`$default` for devices without a tag).
+    group: String,
+    #[command(flatten)]
+    adu: AduArgs,
 }
 
 /// Where the IoT Hub is.
@@ -79,6 +149,8 @@ pub(crate) fn run(
             (&a.devices, Some(a.group.as_str()), &a.hub)
         }
         GroupCommand::Untag(a) => (&a.devices, None, &a.hub),
+        GroupCommand::List(a) => return list(a, rt, out),
+        GroupCommand::Show(a) => return show(a, rt, out),
     };
     let client = hub.client()?;
     let mut tags = Map::new();

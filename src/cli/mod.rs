@@ -2,6 +2,7 @@
 
 mod apt;
 mod delta;
+mod device;
 mod group;
 mod hash;
 mod import;
@@ -90,9 +91,14 @@ enum Command {
     Update(update::UpdateCommand),
     /// Run an embedded Device Update service (same REST API, SQLite, local blob store).
     Serve(serve::ServeArgs),
-    /// Put devices in Device Update groups (IoT Hub twin tag `ADUGroup`).
+    /// Device Update groups: tag devices into them (IoT Hub `ADUGroup`), list and show them.
     #[command(subcommand)]
     Group(group::GroupCommand),
+    /// Devices as Device Update knows them.
+    #[command(subcommand)]
+    Device(device::DeviceCommand),
+    /// How many devices run their best update (instance or group).
+    Compliance(device::ComplianceArgs),
 }
 
 /// How a command ended when it did not fail unexpectedly.
@@ -150,6 +156,8 @@ pub(crate) fn main(rt: &tokio::runtime::Runtime) -> ExitCode {
         Command::Update(cmd) => update::run(cmd, rt, &out),
         Command::Serve(args) => serve::run(args, rt, &out),
         Command::Group(cmd) => group::run(cmd, rt, &out),
+        Command::Device(cmd) => device::run(cmd, rt, &out),
+        Command::Compliance(args) => device::compliance(args, rt, &out),
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,

@@ -198,3 +198,50 @@ fn the_official_python_sdk_reads_groups_classes_devices_and_compliance() {
     assert_eq!(got["compliance"]["newUpdatesAvailableDeviceCount"], 1);
     assert_eq!(got["groupCompliance"]["totalDeviceCount"], 3);
 }
+
+#[test]
+fn the_cli_lists_groups_devices_and_compliance() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let serve = Serve::start(&data, Some(TOKEN));
+    fleet(&serve, &data);
+    let m = make_update(dir.path(), "toaster", "1.1", b"1.1");
+    assert_eq!(import(&serve, &[&m], Some(TOKEN)).0, 0);
+    let run = |args: &[&str]| {
+        let out = crate::otaforge()
+            .env("OTAFORGE_ADU_TOKEN", TOKEN)
+            .args(["--format", "json"])
+            .args(args)
+            .args(["--endpoint", &serve.endpoint, "--instance", "default"])
+            .output()
+            .unwrap();
+        (out.status.code(), crate::stdout_json(&out))
+    };
+    let (code, groups) = run(&["group", "list"]);
+    assert_eq!(code, Some(0));
+    assert_eq!(groups.as_array().unwrap().len(), 2);
+    let (_, kitchen) = run(&["group", "show", "kitchen"]);
+    assert_eq!(
+        (
+            kitchen["group"]["deviceCount"].as_u64(),
+            kitchen["compliance"]["newUpdatesAvailableDeviceCount"].as_u64()
+        ),
+        (Some(3), Some(1))
+    );
+    let (_, devices) = run(&["device", "list", "--group", "kitchen"]);
+    assert_eq!(devices.as_array().unwrap().len(), 3);
+    let (_, t2) = run(&["device", "show", "t2"]);
+    assert_eq!(
+        (t2["deviceId"].as_str(), t2["onLatestUpdate"].as_bool()),
+        (Some("t2"), Some(false))
+    );
+    let (code, missing) = run(&["device", "show", "nobody"]);
+    assert_eq!((code, missing["error"].as_str()), (Some(1), Some("NotFound")));
+    let (code, missing) = run(&["group", "show", "garage"]);
+    assert_eq!((code, missing["error"].as_str()), (Some(1), Some("NotFound")));
+    let (_, c) = run(&["compliance"]);
+    assert_eq!(
+        (c["totalDeviceCount"].as_u64(), c["onLatestUpdateDeviceCount"].as_u64()),
+        (Some(4), Some(3))
+    );
+}
