@@ -2,6 +2,7 @@
 
 mod apt;
 mod delta;
+mod deploy;
 mod device;
 mod group;
 mod hash;
@@ -99,6 +100,9 @@ enum Command {
     Device(device::DeviceCommand),
     /// How many devices run their best update (instance or group).
     Compliance(device::ComplianceArgs),
+    /// Deploy an update to a group; read, list and delete deployments.
+    #[command(subcommand)]
+    Deploy(deploy::DeployCommand),
 }
 
 /// How a command ended when it did not fail unexpectedly.
@@ -158,6 +162,7 @@ pub(crate) fn main(rt: &tokio::runtime::Runtime) -> ExitCode {
         Command::Group(cmd) => group::run(cmd, rt, &out),
         Command::Device(cmd) => device::run(cmd, rt, &out),
         Command::Compliance(args) => device::compliance(args, rt, &out),
+        Command::Deploy(cmd) => deploy::run(cmd, rt, &out),
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,

@@ -360,7 +360,15 @@ impl IotHubClient {
         }
     }
 
-    /// Creates a device identity with generated symmetric keys, or returns the existing one.
+    /// A device identity (with its keys: handle as a secret).
+    pub async fn get_device(&self, device_id: &str) -> Result<Value, IotHubError> {
+        let op = format!("read device {device_id}");
+        let url = self.url(&format!("/devices/{}", encode(device_id)))?;
+        let resp = self.send(&op, self.http.get(url)).await?;
+        Self::json(&op, resp).await
+    }
+
+    /// Creates a device identity with generated symmetric keys (409 when it exists).
     pub async fn create_device(&self, device_id: &str) -> Result<Value, IotHubError> {
         let op = format!("create device {device_id}");
         let url = self.url(&format!("/devices/{}", encode(device_id)))?;

@@ -40,6 +40,10 @@ pub struct AduDevice {
     pub device: Device,
     /// When its identity was created (a group's creation time is its first member's).
     pub created: String,
+    /// The deployment its agent last worked on (`agent.workflow.id`).
+    pub workflow_id: Option<String>,
+    /// The agent's state (`Idle` 0, `DeploymentInProgress` 6, `Failed` 255).
+    pub agent_state: Option<i64>,
 }
 
 /// Every Device Update device, class and group of the registry.
@@ -149,6 +153,12 @@ impl View {
                     extra: Default::default(),
                 },
                 created: created.clone(),
+                workflow_id: agent
+                    .get("workflow")
+                    .and_then(|w| w.get("id"))
+                    .and_then(Value::as_str)
+                    .map(str::to_owned),
+                agent_state: agent.get("state").and_then(Value::as_i64),
             });
         }
         view

@@ -13,6 +13,7 @@
 //! This module depends on the library (manifest rules, service models, dir store); nothing in
 //! the library depends on it.
 
+mod deploy;
 mod devices;
 pub mod fetch;
 mod guard;

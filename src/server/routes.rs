@@ -81,6 +81,19 @@ pub(super) fn router(state: Shared) -> Router {
             "/deviceUpdate/{instance}/management/groups/{g}/updateCompliance",
             get(group_compliance),
         )
+        .route("/deviceUpdate/{instance}/management/groups/{g}/deployments", get(list_deployments))
+        .route(
+            "/deviceUpdate/{instance}/management/groups/{g}/deployments/{d}",
+            get(get_deployment).put(put_deployment).delete(delete_deployment),
+        )
+        .route(
+            "/deviceUpdate/{instance}/management/groups/{g}/deployments/{d}/status",
+            get(deployment_status),
+        )
+        .route(
+            "/deviceUpdate/{instance}/management/groups/{g}/deviceClassSubgroups/{c}/deployments/{d}/devicestates",
+            get(device_states),
+        )
         .route("/deviceUpdate/{instance}/management/devices", get(list_devices))
         .route("/deviceUpdate/{instance}/management/devices/{d}", get(get_device))
         .route("/deviceUpdate/{instance}/management/deviceClasses", get(list_classes))
@@ -256,6 +269,129 @@ async fn get_class(State(s): State<Shared>, Path((_, c)): Path<(String, String)>
         },
         Err(r) => r,
     }
+}
+
+// Deployments.
+
+type DeploymentPath = Path<(String, String, String)>;
+
+async fn put_deployment(
+    State(s): State<Shared>,
+    Path((_, g, d)): DeploymentPath,
+    body: axum::body::Bytes,
+) -> Response {
+    let deployment: crate::service::model::Deployment = match serde_json::from_slice(&body) {
+        Ok(x) => x,
+        Err(e) => {
+            return bad_request("InvalidDeployment", format!("the body is not a deployment: {e}"));
+        }
+    };
+    let view = match device_view(&s).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let updates = match s.db.read(|st| st.updates()).await {
+        Ok(u) => u,
+        Err(e) => return internal(e),
+    };
+    let deployment = match super::deploy::prepare(deployment, &g, &d, &view, &updates) {
+        Ok(x) => x,
+        Err((status, error)) => {
+            return api_error(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+                error,
+            );
+        }
+    };
+    let stored = deployment.clone();
+    match s.db.call(move |st| st.put_deployment(&stored, super::deploy::MAX_DEPLOYMENTS)).await {
+        Ok(Ok(_)) => axum::Json(deployment).into_response(),
+        Ok(Err(max)) => api_error(
+            StatusCode::CONFLICT,
+            ErrorBody::new(
+                "ExceedsMaxDeployments",
+                format!("the instance holds {max} deployments, the most it may; delete old ones"),
+            ),
+        ),
+        Err(e) => internal(e),
+    }
+}
+
+async fn get_deployment(State(s): State<Shared>, Path((_, g, d)): DeploymentPath) -> Response {
+    let key = d.clone();
+    match s.db.read(move |st| st.deployment(&g, &key)).await {
+        Ok(Some(x)) => axum::Json(x.deployment).into_response(),
+        Ok(None) => not_found("deployment", &d),
+        Err(e) => internal(e),
+    }
+}
+
+async fn list_deployments(
+    State(s): State<Shared>,
+    Path((_, g)): Path<(String, String)>,
+    uri: axum::http::Uri,
+    Query(q): Q,
+) -> Response {
+    match s.db.read(move |st| st.deployments(&g)).await {
+        Ok(list) => page(list.into_iter().map(|x| x.deployment).collect(), &uri, &q),
+        Err(e) => internal(e),
+    }
+}
+
+async fn delete_deployment(State(s): State<Shared>, Path((_, g, d)): DeploymentPath) -> Response {
+    let key = d.clone();
+    match s.db.call(move |st| st.delete_deployment(&g, &key)).await {
+        Ok(true) => StatusCode::NO_CONTENT.into_response(),
+        Ok(false) => not_found("deployment", &d),
+        Err(e) => internal(e),
+    }
+}
+
+async fn deployment_status(State(s): State<Shared>, Path((_, g, d)): DeploymentPath) -> Response {
+    let key = d.clone();
+    let stored = match s.db.read(move |st| st.deployment(&g, &key)).await {
+        Ok(Some(x)) => x,
+        Ok(None) => return not_found("deployment", &d),
+        Err(e) => return internal(e),
+    };
+    match device_view(&s).await {
+        Ok(v) => axum::Json(super::deploy::status(&stored, &v)).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn device_states(
+    State(s): State<Shared>,
+    Path((_, g, c, d)): Path<(String, String, String, String)>,
+    uri: axum::http::Uri,
+    Query(q): Q,
+) -> Response {
+    let (group, key) = (g.clone(), d.clone());
+    let stored = match s.db.read(move |st| st.deployment(&group, &key)).await {
+        Ok(Some(x)) => x,
+        Ok(None) => return not_found("deployment", &d),
+        Err(e) => return internal(e),
+    };
+    let view = match device_view(&s).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let states: Vec<crate::service::model::DeploymentDeviceState> = view
+        .devices
+        .iter()
+        .filter(|x| {
+            x.device.group_id.as_deref() == Some(g.as_str()) && x.device.device_class_id == c
+        })
+        .map(|x| crate::service::model::DeploymentDeviceState {
+            device_id: x.device.device_id.clone(),
+            module_id: x.device.module_id.clone(),
+            retry_count: 0,
+            moved_on_to_new_deployment: stored.state == "Inactive",
+            device_state: super::deploy::device_state(x, &stored.deployment),
+            extra: Default::default(),
+        })
+        .collect();
+    page(states, &uri, &q)
 }
 
 /// The ADU error envelope, with `x-ms-error-code`.

@@ -64,7 +64,27 @@ pub const MIGRATIONS: &[Migration] = &[
         apply: migrate_2,
     },
     Migration { version: 3, what: "device identities and their twins", apply: migrate_3 },
+    Migration { version: 4, what: "deployments", apply: migrate_4 },
 ];
+
+fn migrate_4(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
+    tx.execute_batch(
+        "CREATE TABLE IF NOT EXISTS deployments (
+            group_id TEXT NOT NULL, deployment_id TEXT NOT NULL, seq INTEGER NOT NULL,
+            state TEXT NOT NULL, body TEXT NOT NULL,
+            PRIMARY KEY (group_id, deployment_id));",
+    )?;
+    Ok(())
+}
+
+/// A deployment as serve keeps it: the document and whether it is the group's active one.
+#[derive(Debug, Clone)]
+pub struct StoredDeployment {
+    /// The `Deployment` document.
+    pub deployment: crate::service::model::Deployment,
+    /// `Active`, `Inactive` (superseded) or `Canceled`.
+    pub state: String,
+}
 
 fn migrate_3(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
     tx.execute_batch(
@@ -547,6 +567,95 @@ impl Store {
         tx.execute("UPDATE devices SET twin = ?2 WHERE device_id = ?1", params![device_id, text])?;
         tx.commit()?;
         Ok(TwinPatch::Applied(Box::new(twin_doc(device_id, version, &text)?)))
+    }
+
+    /// Creates or replaces a deployment. A new one becomes its group's active deployment and
+    /// makes the one before inactive (superseded), in one transaction. Returns whether it was
+    /// new; `Err(limit)` when the instance already holds `max_total` deployments.
+    pub fn put_deployment(
+        &mut self,
+        d: &crate::service::model::Deployment,
+        max_total: usize,
+    ) -> Result<Result<bool, usize>, StoreError> {
+        let tx = self.conn.transaction()?;
+        let exists: bool = tx
+            .query_row(
+                "SELECT 1 FROM deployments WHERE group_id = ?1 AND deployment_id = ?2",
+                params![d.group_id, d.deployment_id],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some();
+        let body = serde_json::to_string(d)?;
+        if exists {
+            tx.execute(
+                "UPDATE deployments SET body = ?3 WHERE group_id = ?1 AND deployment_id = ?2",
+                params![d.group_id, d.deployment_id, body],
+            )?;
+        } else {
+            let total: i64 = tx.query_row("SELECT COUNT(*) FROM deployments", [], |r| r.get(0))?;
+            if usize::try_from(total).unwrap_or(usize::MAX) >= max_total {
+                return Ok(Err(max_total));
+            }
+            tx.execute(
+                "UPDATE deployments SET state = 'Inactive' WHERE group_id = ?1 AND state = 'Active'",
+                [&d.group_id],
+            )?;
+            tx.execute(
+                "INSERT INTO deployments (group_id, deployment_id, seq, state, body)
+                 VALUES (?1, ?2, (SELECT COALESCE(MAX(seq), 0) + 1 FROM deployments), 'Active', ?3)",
+                params![d.group_id, d.deployment_id, body],
+            )?;
+        }
+        tx.commit()?;
+        Ok(Ok(!exists))
+    }
+
+    /// One deployment of a group.
+    pub fn deployment(
+        &self,
+        group_id: &str,
+        deployment_id: &str,
+    ) -> Result<Option<StoredDeployment>, StoreError> {
+        let row: Option<(String, String)> = self
+            .conn
+            .query_row(
+                "SELECT state, body FROM deployments WHERE group_id = ?1 AND deployment_id = ?2",
+                params![group_id, deployment_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        row.map(|(state, body)| {
+            Ok(StoredDeployment { deployment: serde_json::from_str(&body)?, state })
+        })
+        .transpose()
+    }
+
+    /// The deployments of a group, newest first.
+    pub fn deployments(&self, group_id: &str) -> Result<Vec<StoredDeployment>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT state, body FROM deployments WHERE group_id = ?1 ORDER BY seq DESC")?;
+        let rows: Vec<(String, String)> = stmt
+            .query_map([group_id], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        rows.into_iter()
+            .map(|(state, body)| {
+                Ok(StoredDeployment { deployment: serde_json::from_str(&body)?, state })
+            })
+            .collect()
+    }
+
+    /// Deletes a deployment; false when there was none.
+    pub fn delete_deployment(
+        &self,
+        group_id: &str,
+        deployment_id: &str,
+    ) -> Result<bool, StoreError> {
+        Ok(self.conn.execute(
+            "DELETE FROM deployments WHERE group_id = ?1 AND deployment_id = ?2",
+            params![group_id, deployment_id],
+        )? > 0)
     }
 
     /// Every twin with its identity's creation time, in registry order.

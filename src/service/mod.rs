@@ -539,6 +539,76 @@ impl AduClient {
         self.get_optional(self.management(&["deviceClasses", class_id])).await
     }
 
+    /// Creates a deployment, or changes one (PUT create-or-update); returns it as the service
+    /// keeps it (with the subgroups it fans out to).
+    pub async fn create_or_update_deployment(
+        &self,
+        d: &model::Deployment,
+    ) -> Result<model::Deployment, ServiceError> {
+        let url = self.management(&["groups", &d.group_id, "deployments", &d.deployment_id]);
+        let body = Self::body(&url, d)?;
+        let (_, _, bytes) = self.send(reqwest::Method::PUT, url.clone(), Some(body)).await?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ServiceError::Protocol { url: url.to_string(), message: e.to_string() })
+    }
+
+    /// One deployment; `None` when it does not exist.
+    pub async fn get_deployment(
+        &self,
+        group_id: &str,
+        deployment_id: &str,
+    ) -> Result<Option<model::Deployment>, ServiceError> {
+        self.get_optional(self.management(&["groups", group_id, "deployments", deployment_id]))
+            .await
+    }
+
+    /// The deployments of a group.
+    pub async fn list_deployments(
+        &self,
+        group_id: &str,
+    ) -> Result<Vec<model::Deployment>, ServiceError> {
+        self.list_paged(self.management(&["groups", group_id, "deployments"])).await
+    }
+
+    /// Deletes a deployment.
+    pub async fn delete_deployment(
+        &self,
+        group_id: &str,
+        deployment_id: &str,
+    ) -> Result<(), ServiceError> {
+        let url = self.management(&["groups", group_id, "deployments", deployment_id]);
+        self.send(reqwest::Method::DELETE, url, None).await.map(drop)
+    }
+
+    /// A deployment's status, per subgroup.
+    pub async fn deployment_status(
+        &self,
+        group_id: &str,
+        deployment_id: &str,
+    ) -> Result<model::DeploymentStatus, ServiceError> {
+        let url = self.management(&["groups", group_id, "deployments", deployment_id, "status"]);
+        Ok(self.get_json(url).await?.0)
+    }
+
+    /// Each device's state in a deployment, for one subgroup (device class).
+    pub async fn device_states(
+        &self,
+        group_id: &str,
+        class_id: &str,
+        deployment_id: &str,
+    ) -> Result<Vec<model::DeploymentDeviceState>, ServiceError> {
+        let url = self.management(&[
+            "groups",
+            group_id,
+            "deviceClassSubgroups",
+            class_id,
+            "deployments",
+            deployment_id,
+            "devicestates",
+        ]);
+        self.list_paged(url).await
+    }
+
     /// Update compliance of the instance, or of one group.
     pub async fn update_compliance(
         &self,

@@ -33,6 +33,32 @@ fn agent_report(model: &str, installed: Option<&str>) -> Value {
     json!({"deviceUpdate": {"__t": "c", "agent": agent}})
 }
 
+/// `serve`'s IoT Hub client.
+fn hub(data: &std::path::Path) -> IotHubClient {
+    let conn: ConnectionString =
+        fs_err::read_to_string(data.join("iothub.connection-string")).unwrap().parse().unwrap();
+    IotHubClient::new(conn).unwrap()
+}
+
+/// A device's own report (with its own key), as its agent would send it.
+async fn report(serve: &Serve, data: &std::path::Path, id: &str, reported: &Value) {
+    let host = serve.endpoint.trim_start_matches("http://").to_owned();
+    let identity = hub(data).get_device(id).await.unwrap();
+    let key = SasKey::from_base64(
+        identity["authentication"]["symmetricKey"]["primaryKey"].as_str().unwrap(),
+    )
+    .unwrap();
+    let resp = reqwest::Client::new()
+        .patch(format!("{}/devices/{id}/twin/reported", serve.endpoint))
+        .header("authorization", token(&format!("{host}/devices/{id}"), &key, None, 4_000_000_000))
+        .header("content-type", "application/json")
+        .body(reported.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
 /// Registers devices (id, model, installed version, group) in `serve`, each reporting as an agent.
 fn register(
     serve: &Serve,
@@ -161,7 +187,7 @@ fn devices_classes_groups_and_compliance_follow_the_twins_and_the_updates() {
 
 #[test]
 #[ignore = "needs PyPI azure-iot-deviceupdate"]
-fn the_official_python_sdk_reads_groups_classes_devices_and_compliance() {
+fn the_official_python_sdk_reads_the_fleet_and_creates_a_deployment() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let serve = Serve::start(&data, Some(TOKEN));
@@ -197,6 +223,12 @@ fn the_official_python_sdk_reads_groups_classes_devices_and_compliance() {
     assert_eq!(got["compliance"]["totalDeviceCount"], 4);
     assert_eq!(got["compliance"]["newUpdatesAvailableDeviceCount"], 1);
     assert_eq!(got["groupCompliance"]["totalDeviceCount"], 3);
+    assert_eq!(
+        (got["deployment"].as_str(), got["deploymentState"].as_str()),
+        (Some("sdk-rollout"), Some("Active"))
+    );
+    // t1 runs the deployed 1.1 already; t2 has not reported 1.1 yet.
+    assert_eq!(got["deviceStates"], json!([["t1", "Succeeded"], ["t2", "InProgress"]]));
 }
 
 #[test]
@@ -239,9 +271,103 @@ fn the_cli_lists_groups_devices_and_compliance() {
     assert_eq!((code, missing["error"].as_str()), (Some(1), Some("NotFound")));
     let (code, missing) = run(&["group", "show", "garage"]);
     assert_eq!((code, missing["error"].as_str()), (Some(1), Some("NotFound")));
+    // Deployments from the command line.
+    let (code, d) =
+        run(&["deploy", "create", "kitchen", "contoso/toaster/1.1", "--id", "rollout-1"]);
+    assert_eq!((code, d["deploymentId"].as_str()), (Some(0), Some("rollout-1")), "{d}");
+    assert_eq!(d["deviceClassSubgroups"].as_array().map(Vec::len), Some(1));
+    let (_, status) = run(&["deploy", "status", "kitchen", "rollout-1"]);
+    assert_eq!(status["deploymentState"], "Active");
+    let (_, list) = run(&["deploy", "list", "kitchen"]);
+    assert_eq!(list.as_array().map(Vec::len), Some(1));
+    let (code, e) = run(&["deploy", "create", "kitchen", "contoso/toaster/7.0"]);
+    assert_eq!((code, e["error"].as_str()), (Some(1), Some("UpdateNotFound")));
+    let (code, _) = run(&[
+        "deploy",
+        "create",
+        "kitchen",
+        "contoso/toaster/1.1",
+        "--rollback-to",
+        "contoso/toaster/1.0",
+    ]);
+    assert_eq!(code, Some(2), "rollback needs both thresholds");
+    let (code, _) = run(&["deploy", "delete", "kitchen", "rollout-1"]);
+    assert_eq!(code, Some(0));
+    let (code, e) = run(&["deploy", "status", "kitchen", "rollout-1"]);
+    assert_eq!((code, e["error"].as_str()), (Some(1), Some("NotFound")));
     let (_, c) = run(&["compliance"]);
     assert_eq!(
         (c["totalDeviceCount"].as_u64(), c["onLatestUpdateDeviceCount"].as_u64()),
         (Some(4), Some(3))
     );
+}
+
+#[test]
+fn deployments_fan_out_to_compatible_subgroups_supersede_and_report_device_states() {
+    use otaforge::service::model::{Deployment, DeploymentState, DeviceDeploymentState};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let serve = Serve::start(&data, Some(TOKEN));
+    fleet(&serve, &data);
+    for v in ["1.0", "1.1"] {
+        let m = make_update(dir.path(), "toaster", v, v.as_bytes());
+        assert_eq!(import(&serve, &[&m], Some(TOKEN)).0, 0);
+    }
+    let client = AduClient::new(&serve.endpoint, "default", Auth::Static(TOKEN.into())).unwrap();
+    let deployment = |id: &str, group: &str, version: &str| -> Deployment {
+        serde_json::from_value(json!({
+            "deploymentId": id, "groupId": group, "startDateTime": "2026-11-29T00:00:00Z",
+            "update": {"updateId": {"provider": "contoso", "name": "toaster", "version": version}},
+        }))
+        .unwrap()
+    };
+    rt().block_on(async {
+        let created = client.create_or_update_deployment(&deployment("d1", "kitchen", "1.1")).await.unwrap();
+        // The kettle in the group is not a subgroup: the update does not fit its class.
+        let subgroups = created.device_class_subgroups.clone().unwrap();
+        assert_eq!(subgroups.len(), 1);
+        let toaster = subgroups[0].clone();
+        let status = client.deployment_status("kitchen", "d1").await.unwrap();
+        assert_eq!(status.deployment_state, DeploymentState::Active);
+        let sg = &status.subgroup_status[0];
+        // t1 already runs 1.1; t2 is on its way.
+        assert_eq!((sg.total_devices, sg.devices_completed_succeeded_count, sg.devices_in_progress_count), (Some(2), Some(1), Some(1)));
+
+        // t2's agent fails the deployment: the subgroup (nobody left in progress) has failed.
+        report(&serve, &data, "t2", &json!({"deviceUpdate": {"agent": {"state": 255, "workflow": {"action": 3, "id": "d1"}}}})).await;
+        let status = client.deployment_status("kitchen", "d1").await.unwrap();
+        assert_eq!(status.deployment_state, DeploymentState::ActiveWithSubgroupFailures);
+        let states = client.device_states("kitchen", &toaster, "d1").await.unwrap();
+        let t2 = states.iter().find(|s| s.device_id == "t2").unwrap();
+        assert_eq!(t2.device_state, DeviceDeploymentState::Failed);
+
+        // A new deployment to the group supersedes the first.
+        client.create_or_update_deployment(&deployment("d2", "kitchen", "1.0")).await.unwrap();
+        assert_eq!(client.deployment_status("kitchen", "d1").await.unwrap().deployment_state, DeploymentState::Inactive);
+        assert_eq!(client.deployment_status("kitchen", "d2").await.unwrap().deployment_state, DeploymentState::Active);
+        let ids: Vec<String> = client.list_deployments("kitchen").await.unwrap().into_iter().map(|d| d.deployment_id).collect();
+        assert_eq!(ids, ["d2", "d1"]);
+
+        // Refusals, each with its code; nothing is stored.
+        let code = |e: otaforge::service::ServiceError| match e {
+            otaforge::service::ServiceError::Api { status, error, .. } => (status, error.code.clone()),
+            other => panic!("{other}"),
+        };
+        let e = client.create_or_update_deployment(&deployment("d3", "garage", "1.1")).await.unwrap_err();
+        assert_eq!(code(e), (404, "GroupNotFound".to_owned()));
+        let e = client.create_or_update_deployment(&deployment("d3", "kitchen", "9.9")).await.unwrap_err();
+        assert_eq!(code(e), (400, "UpdateNotFound".to_owned()));
+        let e = client.create_or_update_deployment(&deployment("d 3", "kitchen", "1.1")).await.unwrap_err();
+        assert_eq!(code(e), (400, "InvalidDeploymentId".to_owned()));
+        // A group of kettles only: the toaster update fits no subgroup.
+        let mut tags = Map::new();
+        tags.insert("ADUGroup".into(), json!("kettles"));
+        hub(&data).patch_tags("k1", tags, None).await.unwrap();
+        let e = client.create_or_update_deployment(&deployment("d4", "kettles", "1.1")).await.unwrap_err();
+        assert_eq!(code(e), (400, "NoCompatibleSubgroup".to_owned()));
+        assert_eq!(client.list_deployments("kitchen").await.unwrap().len(), 2);
+
+        client.delete_deployment("kitchen", "d1").await.unwrap();
+        assert!(client.get_deployment("kitchen", "d1").await.unwrap().is_none());
+    });
 }

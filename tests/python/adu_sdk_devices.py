@@ -1,5 +1,7 @@
-"""Reads `otaforge serve`'s device management with the official Python SDK
-`azure-iot-deviceupdate` (`DeviceUpdateClient.device_management`), with the SDK's defaults.
+"""Drives `otaforge serve`'s device management with the official Python SDK
+`azure-iot-deviceupdate` (`DeviceUpdateClient.device_management`), with the SDK's defaults:
+lists and reads groups, classes, devices and compliance, creates a deployment of the best
+update of the class that has one to GROUP, and reads its status and device states.
 
 Usage: adu_sdk_devices.py ENDPOINT INSTANCE TOKEN GROUP
 
@@ -31,11 +33,26 @@ def main():
     in_group = list(dm.list_devices(filter=f"groupId eq '{group}'"))
     device = dm.get_device(in_group[0]["deviceId"])
     assert device["groupId"] == group, device
+    # The class that has an update to deploy (the kettle class has none).
+    deployable = next(c for c in classes if c.get("bestCompatibleUpdate"))
+    best = deployable["bestCompatibleUpdate"]["updateId"]
+    deployment = dm.create_or_update_deployment(group, "sdk-rollout", {
+        "deploymentId": "sdk-rollout",
+        "groupId": group,
+        "startDateTime": "2026-11-29T00:00:00Z",
+        "update": {"updateId": best},
+    })
+    status = dm.get_deployment_status(group, "sdk-rollout")
+    subgroup = deployment["deviceClassSubgroups"][0]
+    states = list(dm.list_device_states_for_device_class_subgroup_deployment(group, subgroup, "sdk-rollout"))
     print(json.dumps({
+        "deployment": deployment["deploymentId"],
+        "deploymentState": status["deploymentState"],
+        "deviceStates": sorted((s["deviceId"], s["deviceState"]) for s in states),
         "groups": sorted(g["groupId"] for g in groups),
         "groupDevices": one["deviceCount"],
         "classes": len(classes),
-        "bestUpdate": cls.get("bestCompatibleUpdate", {}).get("updateId"),
+        "bestUpdate": best,
         "devices": len(devices),
         "inGroup": sorted(d["deviceId"] for d in in_group),
         "compliance": dm.get_update_compliance(),

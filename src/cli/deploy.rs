@@ -1,0 +1,203 @@
+//! `otaforge deploy create|status|list|delete`: deployments of an update to a device group.
+
+use otaforge::service::UpdateInfo;
+use otaforge::service::model::{Deployment, RollbackFailure, RollbackPolicy};
+
+use super::update::{AduArgs, parse_update_id, service_failure};
+use super::{Failure, Outcome, Output};
+
+/// `otaforge deploy ...`.
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum DeployCommand {
+    /// Deploy an imported update to a group (superseding the group's active deployment).
+    Create(CreateArgs),
+    /// A deployment's state, per device-class subgroup.
+    Status(StatusArgs),
+    /// The deployments of a group, newest first.
+    List(ListArgs),
+    /// Delete a deployment.
+    Delete(StatusArgs),
+}
+
+/// `otaforge deploy create`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct CreateArgs {
+    /// The group.
+    group: String,
+    /// provider/name/version of an imported update.
+    update: String,
+    /// Deployment id (default: `UPDATENAME-VERSION-UNIXTIME`).
+    #[arg(long)]
+    id: Option<String>,
+    /// When it starts (RFC 3339; default now).
+    #[arg(long)]
+    start: Option<String>,
+    /// Cloud rollback: the update to roll back to (provider/name/version).
+    #[arg(long, requires_all = ["rollback_failed_percent", "rollback_failed_count"])]
+    rollback_to: Option<String>,
+    /// Cloud rollback: share of devices failed, percent.
+    #[arg(long, requires = "rollback_to", value_parser = clap::value_parser!(u32).range(0..=100))]
+    rollback_failed_percent: Option<u32>,
+    /// Cloud rollback: number of devices failed.
+    #[arg(long, requires = "rollback_to")]
+    rollback_failed_count: Option<u64>,
+    #[command(flatten)]
+    adu: AduArgs,
+}
+
+/// `otaforge deploy status` and `delete`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct StatusArgs {
+    /// The group.
+    group: String,
+    /// The deployment id.
+    deployment: String,
+    #[command(flatten)]
+    adu: AduArgs,
+}
+
+/// `otaforge deploy list`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ListArgs {
+    /// The group.
+    group: String,
+    #[command(flatten)]
+    adu: AduArgs,
+}
+
+pub(crate) fn run(
+    cmd: DeployCommand,
+    rt: &tokio::runtime::Runtime,
+    out: &Output,
+) -> anyhow::Result<Outcome> {
+    match cmd {
+        DeployCommand::Create(a) => create(a, rt, out),
+        DeployCommand::Status(a) => {
+            let client = a.adu.client()?;
+            let s = match rt.block_on(client.deployment_status(&a.group, &a.deployment)) {
+                Ok(s) => s,
+                Err(e) => return service_failure(out, "read the deployment's status", e),
+            };
+            if out.json() {
+                out.json_value(&s)?;
+            } else {
+                out.line(format!(
+                    "{} in {}: {}",
+                    a.deployment,
+                    s.group_id,
+                    s.deployment_state.as_str()
+                ))?;
+                for g in &s.subgroup_status {
+                    out.line(format!(
+                        "  {}  {}  {} devices: {} succeeded, {} failed, {} in progress",
+                        g.device_class_id,
+                        g.deployment_state.as_str(),
+                        g.total_devices.unwrap_or(0),
+                        g.devices_completed_succeeded_count.unwrap_or(0),
+                        g.devices_completed_failed_count.unwrap_or(0),
+                        g.devices_in_progress_count.unwrap_or(0)
+                    ))?;
+                }
+            }
+            Ok(Outcome::Ok)
+        }
+        DeployCommand::List(a) => {
+            let client = a.adu.client()?;
+            let list = match rt.block_on(client.list_deployments(&a.group)) {
+                Ok(l) => l,
+                Err(e) => return service_failure(out, "list deployments", e),
+            };
+            if out.json() {
+                out.json_value(&list)?;
+            } else {
+                for d in &list {
+                    out.line(format!(
+                        "{}  {}  from {}",
+                        d.deployment_id, d.update.update_id, d.start_date_time
+                    ))?;
+                }
+            }
+            Ok(Outcome::Ok)
+        }
+        DeployCommand::Delete(a) => {
+            let client = a.adu.client()?;
+            if let Err(e) = rt.block_on(client.delete_deployment(&a.group, &a.deployment)) {
+                return service_failure(out, "delete the deployment", e);
+            }
+            if out.json() {
+                out.json_value(&serde_json::json!({"deleted": a.deployment, "groupId": a.group}))?;
+            } else {
+                out.line(format!("deleted {} of {}", a.deployment, a.group))?;
+            }
+            Ok(Outcome::Ok)
+        }
+    }
+}
+
+fn create(a: CreateArgs, rt: &tokio::runtime::Runtime, out: &Output) -> anyhow::Result<Outcome> {
+    let update = parse_update_id(&a.update)?;
+    let now = otaforge::time::Timestamp::now()?;
+    let start = match &a.start {
+        Some(s) => otaforge::time::Timestamp::parse(s)?,
+        None => now,
+    };
+    let id = a.id.clone().unwrap_or_else(|| {
+        let secs = now
+            .system_time()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        format!("{}-{}-{secs}", update.name().to_lowercase(), update.version())
+    });
+    let rollback_policy = match (&a.rollback_to, a.rollback_failed_percent, a.rollback_failed_count)
+    {
+        (Some(to), Some(pct), Some(count)) => Some(RollbackPolicy {
+            update: UpdateInfo::new(parse_update_id(to)?),
+            failure: RollbackFailure {
+                devices_failed_percentage: pct,
+                devices_failed_count: count,
+                extra: Default::default(),
+            },
+            extra: Default::default(),
+        }),
+        _ => None,
+    };
+    let d = Deployment {
+        deployment_id: id,
+        start_date_time: start.to_string(),
+        update: UpdateInfo::new(update),
+        group_id: a.group.clone(),
+        device_class_subgroups: None,
+        is_canceled: None,
+        is_retried: None,
+        rollback_policy,
+        is_cloud_initiated_rollback: None,
+        extra: Default::default(),
+    };
+    let client = a.adu.client()?;
+    let created = match rt.block_on(client.create_or_update_deployment(&d)) {
+        Ok(c) => c,
+        Err(e) => return service_failure(out, "create the deployment", e),
+    };
+    if out.json() {
+        out.json_value(&created)?;
+    } else {
+        let subgroups = created.device_class_subgroups.as_deref().unwrap_or_default();
+        if subgroups.is_empty() {
+            out.failure(&Failure::new(
+                "NoCompatibleSubgroup",
+                "the deployment reaches no device class",
+            ))?;
+            return Ok(Outcome::CheckFailed);
+        }
+        out.line(format!(
+            "deployment {} of {} to {} ({} subgroups), from {}",
+            created.deployment_id,
+            created.update.update_id,
+            created.group_id,
+            subgroups.len(),
+            created.start_date_time
+        ))?;
+    }
+    Ok(Outcome::Ok)
+}

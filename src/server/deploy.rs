@@ -1,0 +1,247 @@
+//! Deployments as Device Update has them (adu.md §4.3, §7): checked when created, one active per
+//! group (a new one supersedes it), fanned out to the group's device-class subgroups whose
+//! class the update fits, and a status computed from what each device's agent reports.
+//!
+//! A device's state in a deployment: `Succeeded` when it runs the deployed update (its agent
+//! reported it installed, whatever deployment did it), `Failed` when its agent reported `Failed`
+//! (255) for this deployment, else `InProgress`. A subgroup is `Failed` when every device
+//! finished and one failed, else `Active`; the deployment is `ActiveWithSubgroupFailures` when a
+//! subgroup failed, `Inactive` once superseded, and `Canceled` when canceled.
+
+// A refusal here is the HTTP answer itself (status and ADU error), built once on the failure
+// path: boxing it would buy nothing.
+#![allow(clippy::result_large_err)]
+
+use crate::service::ErrorBody;
+use crate::service::Update;
+use crate::service::model::{
+    Deployment, DeploymentState, DeploymentStatus, DeviceDeploymentState, SubgroupDeploymentState,
+    SubgroupDeploymentStatus,
+};
+
+use super::devices::{AduDevice, View, best_update};
+use super::store::StoredDeployment;
+
+/// Deployments an instance holds at most (active, inactive and canceled; adu.md §7.1).
+pub const MAX_DEPLOYMENTS: usize = 100;
+
+/// The characters a deployment id must not contain (adu.md §4.3).
+const FORBIDDEN: &[char] = &['&', '^', '[', ']', '{', '}', '|', '<', '>', '/', '\\', '"'];
+
+/// Checks a deployment id: 1-73 characters, none of `& ^ [ ] { } | < > / \ "`, no whitespace
+/// or control characters. (adu.md says lower case too; the official spec's own example uses
+/// `deploymentId`, so case is not checked.)
+pub fn check_deployment_id(id: &str) -> Result<(), String> {
+    let n = id.chars().count();
+    if !(1..=73).contains(&n) {
+        return Err(format!("deployment id `{id}` must have 1 to 73 characters, not {n}"));
+    }
+    if let Some(c) =
+        id.chars().find(|c| FORBIDDEN.contains(c) || c.is_whitespace() || c.is_control())
+    {
+        return Err(format!(
+            "deployment id `{id}` contains `{c}`; & ^ [ ] {{ }} | < > / \\ \" and spaces are not allowed"
+        ));
+    }
+    Ok(())
+}
+
+fn invalid(code: &str, message: impl Into<String>, target: &str) -> ErrorBody {
+    ErrorBody::new(code, message).with_target(target)
+}
+
+/// Checks a deployment to create against the path it was sent to, the devices and the updates;
+/// returns it with the subgroups it fans out to filled in.
+pub fn prepare(
+    mut d: Deployment,
+    group_id: &str,
+    deployment_id: &str,
+    view: &View,
+    updates: &[Update],
+) -> Result<Deployment, (u16, ErrorBody)> {
+    let bad = |code: &str, m: String, t: &str| (400, invalid(code, m, t));
+    check_deployment_id(deployment_id)
+        .map_err(|m| bad("InvalidDeploymentId", m, "deploymentId"))?;
+    if d.deployment_id != deployment_id {
+        return Err(bad(
+            "InvalidDeployment",
+            format!(
+                "the body's deploymentId `{}` differs from the path's `{deployment_id}`",
+                d.deployment_id
+            ),
+            "deploymentId",
+        ));
+    }
+    if d.group_id != group_id {
+        return Err(bad(
+            "InvalidDeployment",
+            format!("the body's groupId `{}` differs from the path's `{group_id}`", d.group_id),
+            "groupId",
+        ));
+    }
+    if humantime::parse_rfc3339_weak(d.start_date_time.trim_end_matches('Z')).is_err()
+        && humantime::parse_rfc3339(&d.start_date_time).is_err()
+        && !d.start_date_time.contains('+')
+    {
+        return Err(bad(
+            "InvalidDeployment",
+            format!("startDateTime `{}` is not an ISO 8601 time", d.start_date_time),
+            "startDateTime",
+        ));
+    }
+    if !view.groups().iter().any(|g| g.group_id == group_id) {
+        return Err((
+            404,
+            invalid(
+                "GroupNotFound",
+                format!("group `{group_id}` does not exist (no device is in it)"),
+                "groupId",
+            ),
+        ));
+    }
+    let Some(update) = updates.iter().find(|u| u.update_id == d.update.update_id) else {
+        return Err(bad(
+            "UpdateNotFound",
+            format!("update {} is not imported", d.update.update_id),
+            "update",
+        ));
+    };
+    if !update.deployable() {
+        return Err(bad(
+            "UpdateNotDeployable",
+            format!("update {} is a child that only its parent installs", update.update_id),
+            "update",
+        ));
+    }
+    if let Some(r) = &d.rollback_policy {
+        if !updates.iter().any(|u| u.update_id == r.update.update_id) {
+            return Err(bad(
+                "UpdateNotFound",
+                format!("rollback update {} is not imported", r.update.update_id),
+                "rollbackPolicy.update",
+            ));
+        }
+        if r.failure.devices_failed_percentage > 100 {
+            return Err(bad(
+                "InvalidDeployment",
+                "devicesFailedPercentage is at most 100".into(),
+                "rollbackPolicy.failure",
+            ));
+        }
+    }
+    // Fan out to every subgroup (device class present in the group) the update fits.
+    let mut subgroups: Vec<String> = Vec::new();
+    for dev in view.devices.iter().filter(|x| x.device.group_id.as_deref() == Some(group_id)) {
+        let class = &dev.device.device_class_id;
+        let fits = view.classes.get(class).is_some_and(|c| {
+            best_update(std::slice::from_ref(update), &c.device_class_properties.compat_properties)
+                .is_some()
+        });
+        if fits && !subgroups.contains(class) {
+            subgroups.push(class.clone());
+        }
+    }
+    if subgroups.is_empty() {
+        return Err(bad(
+            "NoCompatibleSubgroup",
+            format!(
+                "no device class in group `{group_id}` is compatible with {}",
+                update.update_id
+            ),
+            "update",
+        ));
+    }
+    d.device_class_subgroups = Some(subgroups);
+    d.is_canceled.get_or_insert(false);
+    d.is_retried.get_or_insert(false);
+    Ok(d)
+}
+
+/// A device's state in a deployment.
+pub fn device_state(dev: &AduDevice, d: &Deployment) -> DeviceDeploymentState {
+    let installed = dev.device.installed_update.as_ref().map(|u| &u.update_id);
+    if installed == Some(&d.update.update_id) {
+        DeviceDeploymentState::Succeeded
+    } else if dev.workflow_id.as_deref() == Some(d.deployment_id.as_str())
+        && dev.agent_state == Some(255)
+    {
+        DeviceDeploymentState::Failed
+    } else {
+        DeviceDeploymentState::InProgress
+    }
+}
+
+/// The status of a deployment.
+pub fn status(stored: &StoredDeployment, view: &View) -> DeploymentStatus {
+    let d = &stored.deployment;
+    let mut subgroup_status = Vec::new();
+    for class in d.device_class_subgroups.iter().flatten() {
+        let members: Vec<&AduDevice> = view
+            .devices
+            .iter()
+            .filter(|x| {
+                x.device.group_id.as_deref() == Some(d.group_id.as_str())
+                    && x.device.device_class_id == *class
+            })
+            .collect();
+        let states: Vec<DeviceDeploymentState> =
+            members.iter().map(|m| device_state(m, d)).collect();
+        let count = |s: DeviceDeploymentState| states.iter().filter(|x| **x == s).count() as u64;
+        let (ok, failed, busy) = (
+            count(DeviceDeploymentState::Succeeded),
+            count(DeviceDeploymentState::Failed),
+            count(DeviceDeploymentState::InProgress),
+        );
+        let state = match stored.state.as_str() {
+            "Canceled" => SubgroupDeploymentState::Canceled,
+            "Inactive" => SubgroupDeploymentState::Inactive,
+            _ if failed > 0 && busy == 0 => SubgroupDeploymentState::Failed,
+            _ => SubgroupDeploymentState::Active,
+        };
+        subgroup_status.push(SubgroupDeploymentStatus {
+            group_id: d.group_id.clone(),
+            device_class_id: class.clone(),
+            deployment_state: state,
+            error: None,
+            total_devices: Some(members.len() as u64),
+            devices_in_progress_count: Some(busy),
+            devices_completed_failed_count: Some(failed),
+            devices_completed_succeeded_count: Some(ok),
+            devices_canceled_count: Some(0),
+            extra: Default::default(),
+        });
+    }
+    let deployment_state = match stored.state.as_str() {
+        "Canceled" => DeploymentState::Canceled,
+        "Inactive" => DeploymentState::Inactive,
+        _ if subgroup_status
+            .iter()
+            .any(|s| s.deployment_state == SubgroupDeploymentState::Failed) =>
+        {
+            DeploymentState::ActiveWithSubgroupFailures
+        }
+        _ => DeploymentState::Active,
+    };
+    DeploymentStatus {
+        group_id: d.group_id.clone(),
+        deployment_state,
+        error: None,
+        subgroup_status,
+        extra: Default::default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deployment_ids_follow_adus_rules() {
+        for ok in ["deploymentId", "rollout-2026-11-29", "a", &"x".repeat(73)] {
+            assert!(check_deployment_id(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "a/b", "a b", "a{b", "quote\"d", &"x".repeat(74)] {
+            assert!(check_deployment_id(bad).is_err(), "{bad}");
+        }
+    }
+}
