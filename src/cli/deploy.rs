@@ -17,6 +17,24 @@ pub(crate) enum DeployCommand {
     List(ListArgs),
     /// Delete a deployment.
     Delete(StatusArgs),
+    /// Cancel a deployment in every subgroup, or in one (`--class`).
+    Cancel(ActionArgs),
+    /// Retry the failed devices of a deployment in every subgroup, or in one (`--class`).
+    Retry(ActionArgs),
+}
+
+/// `otaforge deploy cancel` and `retry`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ActionArgs {
+    /// The group.
+    group: String,
+    /// The deployment id.
+    deployment: String,
+    /// Only this device-class subgroup.
+    #[arg(long)]
+    class: Option<String>,
+    #[command(flatten)]
+    adu: AduArgs,
 }
 
 /// `otaforge deploy create`.
@@ -72,6 +90,8 @@ pub(crate) fn run(
 ) -> anyhow::Result<Outcome> {
     match cmd {
         DeployCommand::Create(a) => create(a, rt, out),
+        DeployCommand::Cancel(a) => act(a, true, rt, out),
+        DeployCommand::Retry(a) => act(a, false, rt, out),
         DeployCommand::Status(a) => {
             let client = a.adu.client()?;
             let s = match rt.block_on(client.deployment_status(&a.group, &a.deployment)) {
@@ -132,6 +152,56 @@ pub(crate) fn run(
             Ok(Outcome::Ok)
         }
     }
+}
+
+fn act(
+    a: ActionArgs,
+    cancel: bool,
+    rt: &tokio::runtime::Runtime,
+    out: &Output,
+) -> anyhow::Result<Outcome> {
+    let client = a.adu.client()?;
+    let verb = if cancel { "cancel" } else { "retry" };
+    let result = rt.block_on(async {
+        let Some(d) = client.get_deployment(&a.group, &a.deployment).await? else {
+            return Ok(None);
+        };
+        let classes: Vec<String> = match &a.class {
+            Some(c) => vec![c.clone()],
+            None => d.device_class_subgroups.clone().unwrap_or_default(),
+        };
+        let mut last = d;
+        for c in &classes {
+            last = if cancel {
+                client.cancel_subgroup(&a.group, c, &a.deployment).await?
+            } else {
+                client.retry_subgroup(&a.group, c, &a.deployment).await?
+            };
+        }
+        Ok::<_, otaforge::service::ServiceError>(Some((last, classes)))
+    });
+    let (d, classes) = match result {
+        Ok(Some(x)) => x,
+        Ok(None) => {
+            out.failure(&Failure::new(
+                "NotFound",
+                format!("deployment `{}` of group `{}` does not exist", a.deployment, a.group),
+            ))?;
+            return Ok(Outcome::CheckFailed);
+        }
+        Err(e) => return service_failure(out, &format!("{verb} the deployment"), e),
+    };
+    if out.json() {
+        out.json_value(&serde_json::json!({"deployment": d, "subgroups": classes}))?;
+    } else {
+        out.line(format!(
+            "{verb}: {} in {} subgroup(s) of {}",
+            d.deployment_id,
+            classes.len(),
+            d.group_id
+        ))?;
+    }
+    Ok(Outcome::Ok)
 }
 
 fn create(a: CreateArgs, rt: &tokio::runtime::Runtime, out: &Output) -> anyhow::Result<Outcome> {

@@ -157,14 +157,21 @@ pub fn prepare(
     Ok(d)
 }
 
-/// A device's state in a deployment.
-pub fn device_state(dev: &AduDevice, d: &Deployment) -> DeviceDeploymentState {
+/// A device's state in a deployment: `Succeeded` once it runs the update; `Canceled` when its
+/// subgroup was canceled; `Failed` when its agent reported failure for this deployment (and,
+/// after a retry, for that retry); else `InProgress`.
+pub fn device_state(dev: &AduDevice, stored: &StoredDeployment) -> DeviceDeploymentState {
+    let d = &stored.deployment;
+    let actions = stored.subgroups.get(&dev.device.device_class_id).cloned().unwrap_or_default();
     let installed = dev.device.installed_update.as_ref().map(|u| &u.update_id);
+    let failed_here = dev.workflow_id.as_deref() == Some(d.deployment_id.as_str())
+        && dev.agent_state == Some(255)
+        && (actions.retry_timestamp.is_none() || dev.retry_timestamp == actions.retry_timestamp);
     if installed == Some(&d.update.update_id) {
         DeviceDeploymentState::Succeeded
-    } else if dev.workflow_id.as_deref() == Some(d.deployment_id.as_str())
-        && dev.agent_state == Some(255)
-    {
+    } else if actions.canceled {
+        DeviceDeploymentState::Canceled
+    } else if failed_here {
         DeviceDeploymentState::Failed
     } else {
         DeviceDeploymentState::InProgress
@@ -185,14 +192,16 @@ pub fn status(stored: &StoredDeployment, view: &View) -> DeploymentStatus {
             })
             .collect();
         let states: Vec<DeviceDeploymentState> =
-            members.iter().map(|m| device_state(m, d)).collect();
+            members.iter().map(|m| device_state(m, stored)).collect();
         let count = |s: DeviceDeploymentState| states.iter().filter(|x| **x == s).count() as u64;
         let (ok, failed, busy) = (
             count(DeviceDeploymentState::Succeeded),
             count(DeviceDeploymentState::Failed),
             count(DeviceDeploymentState::InProgress),
         );
+        let canceled = stored.subgroups.get(class).is_some_and(|a| a.canceled);
         let state = match stored.state.as_str() {
+            _ if canceled => SubgroupDeploymentState::Canceled,
             "Canceled" => SubgroupDeploymentState::Canceled,
             "Inactive" => SubgroupDeploymentState::Inactive,
             _ if failed > 0 && busy == 0 => SubgroupDeploymentState::Failed,
@@ -207,7 +216,7 @@ pub fn status(stored: &StoredDeployment, view: &View) -> DeploymentStatus {
             devices_in_progress_count: Some(busy),
             devices_completed_failed_count: Some(failed),
             devices_completed_succeeded_count: Some(ok),
-            devices_canceled_count: Some(0),
+            devices_canceled_count: Some(count(DeviceDeploymentState::Canceled)),
             extra: Default::default(),
         });
     }

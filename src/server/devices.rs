@@ -44,6 +44,8 @@ pub struct AduDevice {
     pub workflow_id: Option<String>,
     /// The agent's state (`Idle` 0, `DeploymentInProgress` 6, `Failed` 255).
     pub agent_state: Option<i64>,
+    /// The retry the agent last worked on (`agent.workflow.retryTimestamp`).
+    pub retry_timestamp: Option<String>,
 }
 
 /// Every Device Update device, class and group of the registry.
@@ -159,6 +161,11 @@ impl View {
                     .and_then(Value::as_str)
                     .map(str::to_owned),
                 agent_state: agent.get("state").and_then(Value::as_i64),
+                retry_timestamp: agent
+                    .get("workflow")
+                    .and_then(|w| w.get("retryTimestamp"))
+                    .and_then(Value::as_str)
+                    .map(str::to_owned),
             });
         }
         view

@@ -92,7 +92,15 @@ fn check(
     port: u16,
 ) -> Option<Response> {
     let text = |name| headers.get(name).map(|v| v.to_str().unwrap_or("\u{fffd}"));
-    if matches!(*method, Method::POST | Method::PUT | Method::PATCH) {
+    // A body needs its media type; an action without one (`…:cancel`) does not. Without
+    // Content-Length or Transfer-Encoding an HTTP/1.1 request has no body (RFC 9112 §6.3).
+    let has_body = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|n| n.trim() != "0")
+        || headers.contains_key(header::TRANSFER_ENCODING)
+        || headers.contains_key(header::CONTENT_TYPE);
+    if matches!(*method, Method::POST | Method::PUT | Method::PATCH) && has_body {
         let allowed = body_types(method, path);
         let given = text(header::CONTENT_TYPE).unwrap_or_default();
         let essence = given.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
@@ -181,13 +189,16 @@ mod tests {
         };
         let import = "/deviceUpdate/default/updates:import";
         let local = ("host", "127.0.0.1:8080");
+        let body = ("content-length", "120");
         let json = ("content-type", "application/json; charset=utf-8");
         assert_eq!(status(Method::POST, import, &[local, json], false), None);
         assert_eq!(
             status(Method::POST, import, &[local, ("content-type", "text/plain")], false),
             Some(415)
         );
-        assert_eq!(status(Method::POST, import, &[local], true), Some(415));
+        assert_eq!(status(Method::POST, import, &[local, body], true), Some(415));
+        // An action without a body needs no media type.
+        assert_eq!(status(Method::POST, import, &[local], true), None);
         assert_eq!(
             status(Method::POST, import, &[("host", "rebind.example:8080"), json], false),
             Some(403)

@@ -94,6 +94,10 @@ pub(super) fn router(state: Shared) -> Router {
             "/deviceUpdate/{instance}/management/groups/{g}/deviceClassSubgroups/{c}/deployments/{d}/devicestates",
             get(device_states),
         )
+        .route(
+            "/deviceUpdate/{instance}/management/groups/{g}/deviceClassSubgroups/{c}/deployments/{d}",
+            axum::routing::post(subgroup_action),
+        )
         .route("/deviceUpdate/{instance}/management/devices", get(list_devices))
         .route("/deviceUpdate/{instance}/management/devices/{d}", get(get_device))
         .route("/deviceUpdate/{instance}/management/deviceClasses", get(list_classes))
@@ -360,6 +364,63 @@ async fn deployment_status(State(s): State<Shared>, Path((_, g, d)): DeploymentP
     }
 }
 
+/// `POST …/deviceClassSubgroups/{c}/deployments/{d}:cancel` and `…:retry` (the action is part
+/// of the last path segment, as ADU spells it).
+async fn subgroup_action(
+    State(s): State<Shared>,
+    Path((_, g, c, d)): Path<(String, String, String, String)>,
+) -> Response {
+    let (id, action) = match d.rsplit_once(':') {
+        Some((id, a @ ("cancel" | "retry"))) => (id.to_owned(), a.to_owned()),
+        _ => {
+            return api_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                ErrorBody::new(
+                    "MethodNotAllowed",
+                    "POST takes `:cancel` or `:retry` after the deployment id",
+                ),
+            );
+        }
+    };
+    let (group, key, class) = (g.clone(), id.clone(), c.clone());
+    let existing = match s.db.read(move |st| st.deployment(&group, &key)).await {
+        Ok(Some(x)) => x,
+        Ok(None) => return not_found("deployment", &id),
+        Err(e) => return internal(e),
+    };
+    if !existing.deployment.device_class_subgroups.iter().flatten().any(|x| *x == class) {
+        return not_found("device class subgroup of the deployment", &c);
+    }
+    let already_canceled = existing.subgroups.get(&class).is_some_and(|a| a.canceled);
+    if action == "retry" && (already_canceled || existing.state != "Active") {
+        return api_error(
+            StatusCode::CONFLICT,
+            ErrorBody::new(
+                "DeploymentNotActive",
+                "only an active, not canceled deployment can be retried",
+            ),
+        );
+    }
+    let now = super::now_string();
+    let result =
+        s.db.call(move |st| {
+            st.act_on_subgroup(&g, &id, &class, |a| {
+                if action == "cancel" {
+                    a.canceled = true;
+                } else {
+                    a.retry_count += 1;
+                    a.retry_timestamp = Some(now);
+                }
+            })
+        })
+        .await;
+    match result {
+        Ok(Some(x)) => axum::Json(x.deployment).into_response(),
+        Ok(None) => not_found("deployment", &d),
+        Err(e) => internal(e),
+    }
+}
+
 async fn device_states(
     State(s): State<Shared>,
     Path((_, g, c, d)): Path<(String, String, String, String)>,
@@ -385,9 +446,9 @@ async fn device_states(
         .map(|x| crate::service::model::DeploymentDeviceState {
             device_id: x.device.device_id.clone(),
             module_id: x.device.module_id.clone(),
-            retry_count: 0,
             moved_on_to_new_deployment: stored.state == "Inactive",
-            device_state: super::deploy::device_state(x, &stored.deployment),
+            retry_count: stored.subgroups.get(&c).map_or(0, |a| a.retry_count),
+            device_state: super::deploy::device_state(x, &stored),
             extra: Default::default(),
         })
         .collect();

@@ -11,6 +11,7 @@
 //! one. SQLite calls block: the routes reach the store through [`Db`], which runs them on
 //! tokio's blocking pool, never on the async workers.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -71,7 +72,7 @@ fn migrate_4(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
     tx.execute_batch(
         "CREATE TABLE IF NOT EXISTS deployments (
             group_id TEXT NOT NULL, deployment_id TEXT NOT NULL, seq INTEGER NOT NULL,
-            state TEXT NOT NULL, body TEXT NOT NULL,
+            state TEXT NOT NULL, body TEXT NOT NULL, subgroups TEXT NOT NULL DEFAULT '{}',
             PRIMARY KEY (group_id, deployment_id));",
     )?;
     Ok(())
@@ -84,6 +85,24 @@ pub struct StoredDeployment {
     pub deployment: crate::service::model::Deployment,
     /// `Active`, `Inactive` (superseded) or `Canceled`.
     pub state: String,
+    /// What was done to each subgroup: canceled, and when failed devices were last retried.
+    pub subgroups: BTreeMap<String, SubgroupActions>,
+}
+
+/// Cancel and retry of one device-class subgroup of a deployment.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SubgroupActions {
+    /// Canceled: its devices are told to stop, and it cannot be reactivated.
+    #[serde(default)]
+    pub canceled: bool,
+    /// The last retry: failed devices of the subgroup try again; a failure counts only when
+    /// reported for this retry (the agent echoes it as `workflow.retryTimestamp`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_timestamp: Option<String>,
+    /// How many times it was retried.
+    #[serde(default)]
+    pub retry_count: u64,
 }
 
 fn migrate_3(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
@@ -201,6 +220,16 @@ fn migrate_2(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
     }
     tx.execute_batch("CREATE INDEX IF NOT EXISTS operations_status ON operations(status);")?;
     Ok(())
+}
+
+fn stored(
+    (state, body, subgroups): (String, String, String),
+) -> Result<StoredDeployment, StoreError> {
+    Ok(StoredDeployment {
+        deployment: serde_json::from_str(&body)?,
+        state,
+        subgroups: serde_json::from_str(&subgroups)?,
+    })
 }
 
 /// A stored twin with its id, version and ETag filled in.
@@ -617,33 +646,70 @@ impl Store {
         group_id: &str,
         deployment_id: &str,
     ) -> Result<Option<StoredDeployment>, StoreError> {
-        let row: Option<(String, String)> = self
+        let row: Option<(String, String, String)> = self
             .conn
             .query_row(
-                "SELECT state, body FROM deployments WHERE group_id = ?1 AND deployment_id = ?2",
+                "SELECT state, body, subgroups FROM deployments WHERE group_id = ?1 AND deployment_id = ?2",
                 params![group_id, deployment_id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()?;
-        row.map(|(state, body)| {
-            Ok(StoredDeployment { deployment: serde_json::from_str(&body)?, state })
-        })
-        .transpose()
+        row.map(stored).transpose()
     }
 
     /// The deployments of a group, newest first.
     pub fn deployments(&self, group_id: &str) -> Result<Vec<StoredDeployment>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT state, body FROM deployments WHERE group_id = ?1 ORDER BY seq DESC")?;
-        let rows: Vec<(String, String)> = stmt
-            .query_map([group_id], |r| Ok((r.get(0)?, r.get(1)?)))?
+        let mut stmt = self.conn.prepare(
+            "SELECT state, body, subgroups FROM deployments WHERE group_id = ?1 ORDER BY seq DESC",
+        )?;
+        let rows: Vec<(String, String, String)> = stmt
+            .query_map([group_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
             .collect::<Result<_, _>>()?;
-        rows.into_iter()
-            .map(|(state, body)| {
-                Ok(StoredDeployment { deployment: serde_json::from_str(&body)?, state })
-            })
-            .collect()
+        rows.into_iter().map(stored).collect()
+    }
+
+    /// Applies `act` to one subgroup of a deployment; the whole deployment is `Canceled` once
+    /// every subgroup is. Returns the deployment after, or `None` when there is none.
+    pub fn act_on_subgroup(
+        &mut self,
+        group_id: &str,
+        deployment_id: &str,
+        class_id: &str,
+        act: impl FnOnce(&mut SubgroupActions),
+    ) -> Result<Option<StoredDeployment>, StoreError> {
+        let tx = self.conn.transaction()?;
+        let row: Option<(String, String, String)> = tx
+            .query_row(
+                "SELECT state, body, subgroups FROM deployments WHERE group_id = ?1 AND deployment_id = ?2",
+                params![group_id, deployment_id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        let Some(row) = row else { return Ok(None) };
+        let mut d = stored(row)?;
+        act(d.subgroups.entry(class_id.to_owned()).or_default());
+        let classes: Vec<&String> = d.deployment.device_class_subgroups.iter().flatten().collect();
+        if !classes.is_empty()
+            && classes.iter().all(|c| d.subgroups.get(*c).is_some_and(|s| s.canceled))
+        {
+            d.state = "Canceled".into();
+            d.deployment.is_canceled = Some(true);
+        }
+        if d.subgroups.values().any(|s| s.retry_count > 0) {
+            d.deployment.is_retried = Some(true);
+        }
+        tx.execute(
+            "UPDATE deployments SET state = ?3, body = ?4, subgroups = ?5 WHERE group_id = ?1 AND deployment_id = ?2",
+            params![
+                group_id,
+                deployment_id,
+                d.state,
+                serde_json::to_string(&d.deployment)?,
+                serde_json::to_string(&d.subgroups)?
+            ],
+        )?;
+        tx.commit()?;
+        Ok(Some(d))
     }
 
     /// Deletes a deployment; false when there was none.

@@ -264,8 +264,15 @@ impl AduClient {
         loop {
             attempt += 1;
             let mut req = self.http.request(method.clone(), url.clone());
-            if let Some(b) = &body {
-                req = req.header(reqwest::header::CONTENT_TYPE, "application/json").body(b.clone());
+            match &body {
+                Some(b) => {
+                    req = req
+                        .header(reqwest::header::CONTENT_TYPE, "application/json")
+                        .body(b.clone());
+                }
+                // An action without a body (`…:cancel`) says so, as the SDKs do.
+                None if method == reqwest::Method::POST => req = req.body(Vec::<u8>::new()),
+                None => {}
             }
             let req = self.authorize(req).await?;
             let transport = |e: reqwest::Error| {
@@ -588,6 +595,47 @@ impl AduClient {
     ) -> Result<model::DeploymentStatus, ServiceError> {
         let url = self.management(&["groups", group_id, "deployments", deployment_id, "status"]);
         Ok(self.get_json(url).await?.0)
+    }
+
+    /// Cancels a deployment for one subgroup (device class); returns the deployment.
+    pub async fn cancel_subgroup(
+        &self,
+        group_id: &str,
+        class_id: &str,
+        deployment_id: &str,
+    ) -> Result<model::Deployment, ServiceError> {
+        self.subgroup_action(group_id, class_id, deployment_id, "cancel").await
+    }
+
+    /// Retries a deployment's failed devices in one subgroup; returns the deployment.
+    pub async fn retry_subgroup(
+        &self,
+        group_id: &str,
+        class_id: &str,
+        deployment_id: &str,
+    ) -> Result<model::Deployment, ServiceError> {
+        self.subgroup_action(group_id, class_id, deployment_id, "retry").await
+    }
+
+    async fn subgroup_action(
+        &self,
+        group_id: &str,
+        class_id: &str,
+        deployment_id: &str,
+        action: &str,
+    ) -> Result<model::Deployment, ServiceError> {
+        let last = format!("{deployment_id}:{action}");
+        let url = self.management(&[
+            "groups",
+            group_id,
+            "deviceClassSubgroups",
+            class_id,
+            "deployments",
+            &last,
+        ]);
+        let (_, _, bytes) = self.send(reqwest::Method::POST, url.clone(), None).await?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ServiceError::Protocol { url: url.to_string(), message: e.to_string() })
     }
 
     /// Each device's state in a deployment, for one subgroup (device class).

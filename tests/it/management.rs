@@ -229,6 +229,8 @@ fn the_official_python_sdk_reads_the_fleet_and_creates_a_deployment() {
     );
     // t1 runs the deployed 1.1 already; t2 has not reported 1.1 yet.
     assert_eq!(got["deviceStates"], json!([["t1", "Succeeded"], ["t2", "InProgress"]]));
+    assert_eq!((got["retried"].as_bool(), got["canceled"].as_bool()), (Some(true), Some(true)));
+    assert_eq!(got["afterCancel"], "Canceled");
 }
 
 #[test]
@@ -291,6 +293,14 @@ fn the_cli_lists_groups_devices_and_compliance() {
         "contoso/toaster/1.0",
     ]);
     assert_eq!(code, Some(2), "rollback needs both thresholds");
+    let (code, r) = run(&["deploy", "retry", "kitchen", "rollout-1"]);
+    assert_eq!((code, r["deployment"]["isRetried"].as_bool()), (Some(0), Some(true)), "{r}");
+    let (code, c) = run(&["deploy", "cancel", "kitchen", "rollout-1"]);
+    assert_eq!((code, c["deployment"]["isCanceled"].as_bool()), (Some(0), Some(true)), "{c}");
+    let (_, status) = run(&["deploy", "status", "kitchen", "rollout-1"]);
+    assert_eq!(status["deploymentState"], "Canceled");
+    let (code, e) = run(&["deploy", "retry", "kitchen", "rollout-1"]);
+    assert_eq!((code, e["error"].as_str()), (Some(1), Some("DeploymentNotActive")));
     let (code, _) = run(&["deploy", "delete", "kitchen", "rollout-1"]);
     assert_eq!(code, Some(0));
     let (code, e) = run(&["deploy", "status", "kitchen", "rollout-1"]);
@@ -341,6 +351,14 @@ fn deployments_fan_out_to_compatible_subgroups_supersede_and_report_device_state
         let t2 = states.iter().find(|s| s.device_id == "t2").unwrap();
         assert_eq!(t2.device_state, DeviceDeploymentState::Failed);
 
+        // Retry: the failure was for the try before, so t2 is back in progress.
+        let retried = client.retry_subgroup("kitchen", &toaster, "d1").await.unwrap();
+        assert_eq!(retried.is_retried, Some(true));
+        assert_eq!(client.deployment_status("kitchen", "d1").await.unwrap().deployment_state, DeploymentState::Active);
+        let states = client.device_states("kitchen", &toaster, "d1").await.unwrap();
+        let t2 = states.iter().find(|s| s.device_id == "t2").unwrap();
+        assert_eq!((t2.device_state.clone(), t2.retry_count), (DeviceDeploymentState::InProgress, 1));
+
         // A new deployment to the group supersedes the first.
         client.create_or_update_deployment(&deployment("d2", "kitchen", "1.0")).await.unwrap();
         assert_eq!(client.deployment_status("kitchen", "d1").await.unwrap().deployment_state, DeploymentState::Inactive);
@@ -366,6 +384,20 @@ fn deployments_fan_out_to_compatible_subgroups_supersede_and_report_device_state
         let e = client.create_or_update_deployment(&deployment("d4", "kettles", "1.1")).await.unwrap_err();
         assert_eq!(code(e), (400, "NoCompatibleSubgroup".to_owned()));
         assert_eq!(client.list_deployments("kitchen").await.unwrap().len(), 2);
+
+        // Cancel d2's only subgroup: the deployment is canceled, devices not done are canceled,
+        // and a canceled deployment cannot be retried.
+        let canceled = client.cancel_subgroup("kitchen", &toaster, "d2").await.unwrap();
+        assert_eq!(canceled.is_canceled, Some(true));
+        let status = client.deployment_status("kitchen", "d2").await.unwrap();
+        assert_eq!(status.deployment_state, DeploymentState::Canceled);
+        assert_eq!(
+            (status.subgroup_status[0].devices_canceled_count, status.subgroup_status[0].devices_completed_succeeded_count),
+            (Some(1), Some(1)),
+            "t2 already runs 1.0; t1 did not get it"
+        );
+        let e = client.retry_subgroup("kitchen", &toaster, "d2").await.unwrap_err();
+        assert_eq!(code(e), (409, "DeploymentNotActive".to_owned()));
 
         client.delete_deployment("kitchen", "d1").await.unwrap();
         assert!(client.get_deployment("kitchen", "d1").await.unwrap().is_none());

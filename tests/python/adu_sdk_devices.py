@@ -1,7 +1,7 @@
 """Drives `otaforge serve`'s device management with the official Python SDK
 `azure-iot-deviceupdate` (`DeviceUpdateClient.device_management`), with the SDK's defaults:
 lists and reads groups, classes, devices and compliance, creates a deployment of the best
-update of the class that has one to GROUP, and reads its status and device states.
+update of the class that has one to GROUP, reads its status and device states, retries and cancels it.
 
 Usage: adu_sdk_devices.py ENDPOINT INSTANCE TOKEN GROUP
 
@@ -45,10 +45,16 @@ def main():
     status = dm.get_deployment_status(group, "sdk-rollout")
     subgroup = deployment["deviceClassSubgroups"][0]
     states = list(dm.list_device_states_for_device_class_subgroup_deployment(group, subgroup, "sdk-rollout"))
+    retried = dm.retry_deployment(group, subgroup, "sdk-rollout")
+    stopped = dm.stop_deployment(group, subgroup, "sdk-rollout")
+    after = dm.get_deployment_status(group, "sdk-rollout")
     print(json.dumps({
         "deployment": deployment["deploymentId"],
         "deploymentState": status["deploymentState"],
         "deviceStates": sorted((s["deviceId"], s["deviceState"]) for s in states),
+        "retried": retried.get("isRetried"),
+        "canceled": stopped.get("isCanceled"),
+        "afterCancel": after["deploymentState"],
         "groups": sorted(g["groupId"] for g in groups),
         "groupDevices": one["deviceCount"],
         "classes": len(classes),
