@@ -178,6 +178,49 @@ pub fn device_state(dev: &AduDevice, stored: &StoredDeployment) -> DeviceDeploym
     }
 }
 
+/// Whether a deployment's cloud rollback is due: the failed devices across its subgroups reach
+/// both `devicesFailedCount` and `devicesFailedPercentage` of its devices. The API requires both
+/// fields and the documents disagree on whether one or both must be met (adu.md §7); serve
+/// rolls back only when both are, so a single failure in a large group cannot trigger it.
+pub fn rollback_due(stored: &StoredDeployment, view: &View) -> bool {
+    let Some(policy) = &stored.deployment.rollback_policy else { return false };
+    if stored.state != "Active" {
+        return false;
+    }
+    let s = status(stored, view);
+    let failed: u64 =
+        s.subgroup_status.iter().filter_map(|g| g.devices_completed_failed_count).sum();
+    let total: u64 = s.subgroup_status.iter().filter_map(|g| g.total_devices).sum();
+    total > 0
+        && failed >= policy.failure.devices_failed_count
+        && failed * 100 >= u64::from(policy.failure.devices_failed_percentage) * total
+}
+
+/// The deployment that rolls a group back to its policy's update, superseding `stored`.
+pub fn rollback_of(stored: &StoredDeployment, now: &str) -> Option<Deployment> {
+    let d = &stored.deployment;
+    let policy = d.rollback_policy.as_ref()?;
+    let mut id = format!("{}-rollback", d.deployment_id);
+    if id.chars().count() > 73 {
+        id = format!(
+            "rollback-{}",
+            &crate::Sha256::digest(d.deployment_id.as_bytes()).to_hex()[..16]
+        );
+    }
+    Some(Deployment {
+        deployment_id: id,
+        start_date_time: now.to_owned(),
+        update: policy.update.clone(),
+        group_id: d.group_id.clone(),
+        device_class_subgroups: None,
+        is_canceled: None,
+        is_retried: None,
+        rollback_policy: None,
+        is_cloud_initiated_rollback: Some(true),
+        extra: Default::default(),
+    })
+}
+
 /// The status of a deployment.
 pub fn status(stored: &StoredDeployment, view: &View) -> DeploymentStatus {
     let d = &stored.deployment;

@@ -377,8 +377,13 @@ async fn device_report(
             "reported properties must be a JSON object",
         );
     };
+    let device = id.clone();
     match s.db.call(move |st| st.patch_reported(&id, &patch)).await {
         Ok(TwinPatch::Applied(t)) => {
+            // A report can complete a deployment's failure threshold.
+            if let Err(e) = super::after_report(&s, &device).await {
+                return internal(e);
+            }
             axum::Json(json!({"reported": t.properties.reported})).into_response()
         }
         Ok(_) => hub_error(StatusCode::NOT_FOUND, "DeviceNotFound", "no such device"),

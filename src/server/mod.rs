@@ -314,6 +314,39 @@ fn new_operation(status: OperationStatus, update: Option<UpdateInfo>) -> UpdateO
     }
 }
 
+/// After a device reported: if its group's active deployment now meets its cloud rollback
+/// policy, the rollback deployment is created, superseding it (once: the rollback has no
+/// policy of its own).
+async fn after_report(s: &Shared, device_id: &str) -> Result<(), ServerError> {
+    let twins = s.db.read(|st| st.twins_with_created()).await?;
+    let updates = s.db.read(|st| st.updates()).await?;
+    let view = devices::View::build(&twins, &updates);
+    let Some(group) = view
+        .devices
+        .iter()
+        .find(|d| d.device.device_id == device_id)
+        .and_then(|d| d.device.group_id.clone())
+    else {
+        return Ok(());
+    };
+    let g = group.clone();
+    let active =
+        s.db.read(move |st| st.deployments(&g)).await?.into_iter().find(|d| d.state == "Active");
+    let Some(active) = active else { return Ok(()) };
+    if !deploy::rollback_due(&active, &view) {
+        return Ok(());
+    }
+    let Some(rollback) = deploy::rollback_of(&active, &now_string()) else { return Ok(()) };
+    let id = rollback.deployment_id.clone();
+    let rollback = match deploy::prepare(rollback, &group, &id, &view, &updates) {
+        Ok(r) => r,
+        // The rollback update fits no subgroup any more: nothing to roll back to.
+        Err(_) => return Ok(()),
+    };
+    s.db.call(move |st| st.put_deployment(&rollback, deploy::MAX_DEPLOYMENTS).map(drop)).await?;
+    Ok(())
+}
+
 /// The shared access policy name of the hub key.
 pub const HUB_KEY_NAME: &str = "iothubowner";
 

@@ -403,3 +403,60 @@ fn deployments_fan_out_to_compatible_subgroups_supersede_and_report_device_state
         assert!(client.get_deployment("kitchen", "d1").await.unwrap().is_none());
     });
 }
+
+#[test]
+fn a_cloud_rollback_starts_when_both_thresholds_are_met_and_not_one_failure_before() {
+    use otaforge::service::model::{Deployment, DeploymentState};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let serve = Serve::start(&data, Some(TOKEN));
+    register(
+        &serve,
+        &data,
+        &[
+            ("r1", "toaster", Some("1.0"), Some("lab")),
+            ("r2", "toaster", Some("1.0"), Some("lab")),
+            ("r3", "toaster", Some("1.0"), Some("lab")),
+            ("r4", "toaster", Some("1.0"), Some("lab")),
+        ],
+    );
+    for v in ["1.0", "1.1"] {
+        let m = make_update(dir.path(), "toaster", v, v.as_bytes());
+        assert_eq!(import(&serve, &[&m], Some(TOKEN)).0, 0);
+    }
+    let client = AduClient::new(&serve.endpoint, "default", Auth::Static(TOKEN.into())).unwrap();
+    // Count 1 and 50 %: one failure meets the count but not the share.
+    let d: Deployment = serde_json::from_value(json!({
+        "deploymentId": "risky", "groupId": "lab", "startDateTime": "2026-11-29T00:00:00Z",
+        "update": {"updateId": {"provider": "contoso", "name": "toaster", "version": "1.1"}},
+        "rollbackPolicy": {
+            "update": {"updateId": {"provider": "contoso", "name": "toaster", "version": "1.0"}},
+            "failure": {"devicesFailedPercentage": 50, "devicesFailedCount": 1},
+        },
+    }))
+    .unwrap();
+    rt().block_on(async {
+        client.create_or_update_deployment(&d).await.unwrap();
+        let fail = json!({"deviceUpdate": {"agent": {"state": 255, "workflow": {"action": 3, "id": "risky"}}}});
+        report(&serve, &data, "r1", &fail).await;
+        // One below the share (25 % < 50 %): no rollback.
+        assert_eq!(client.list_deployments("lab").await.unwrap().len(), 1);
+        assert_eq!(client.deployment_status("lab", "risky").await.unwrap().deployment_state, DeploymentState::Active);
+        report(&serve, &data, "r2", &fail).await;
+        // Exactly 50 % and at least 1: the rollback deployment takes over.
+        let list = client.list_deployments("lab").await.unwrap();
+        assert_eq!(list.len(), 2);
+        let rollback = &list[0];
+        assert_eq!(rollback.deployment_id, "risky-rollback");
+        assert_eq!(rollback.is_cloud_initiated_rollback, Some(true));
+        assert_eq!(rollback.update.update_id.to_string(), "contoso/toaster/1.0");
+        assert_eq!(client.deployment_status("lab", "risky").await.unwrap().deployment_state, DeploymentState::Inactive);
+        let status = client.deployment_status("lab", "risky-rollback").await.unwrap();
+        assert_eq!(status.deployment_state, DeploymentState::Active);
+        // Every device already runs 1.0, so the rollback has succeeded everywhere.
+        assert_eq!(status.subgroup_status[0].devices_completed_succeeded_count, Some(4));
+        // Further failures of the old deployment do not roll back twice.
+        report(&serve, &data, "r3", &fail).await;
+        assert_eq!(client.list_deployments("lab").await.unwrap().len(), 2);
+    });
+}
