@@ -14,6 +14,7 @@
 //! the library depends on it.
 
 mod deploy;
+mod desired;
 mod devices;
 pub mod fetch;
 mod guard;
@@ -27,6 +28,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+
+use serde_json::{Map, Value};
 
 use crate::service::{ErrorBody, ImportItem, OperationStatus, UpdateInfo, UpdateOperation};
 use crate::storage::dir::DirStore;
@@ -122,6 +125,9 @@ struct AppState {
     /// The port it listens on (a request's own `Origin` names it).
     port: u16,
     blobs: DirStore,
+    /// Imported content as devices download it: the data dir as a store whose only container
+    /// URLs are minted for is `content` (`/files/content/SHA256HEX?se=…&sig=…`).
+    files: DirStore,
     content_dir: PathBuf,
     incoming_dir: PathBuf,
     http: reqwest::Client,
@@ -242,6 +248,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     let blob_dir = config.data_dir.join("blobs");
     let blob_url = format!("{base_url}/blobs");
     let blobs = DirStore::open(&blob_dir, &blob_url)?.private();
+    let files = DirStore::open(&config.data_dir, &format!("{base_url}/files"))?.private();
     let content_dir = config.data_dir.join("content");
     let incoming_dir = config.data_dir.join("incoming");
     for d in [&content_dir, &incoming_dir] {
@@ -281,13 +288,22 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         token: config.token.clone(),
         port: addr.port(),
         blobs,
+        files,
         content_dir,
         incoming_dir,
         http,
         fetch,
         hub_key,
     });
-    let app = routes::router(state);
+    let app = routes::router(state.clone());
+    // Deployments reach devices (and scheduled ones start) through this loop as well as right
+    // after each change, so a restart or a missed event only delays them.
+    tokio::spawn(async move {
+        loop {
+            let _ = reconcile_all(&state).await;
+            tokio::time::sleep(RECONCILE_EVERY).await;
+        }
+    });
     let task = tokio::spawn(async move { axum::serve(listener, app).await });
     Ok(Running { addr, base_url, blob_dir, blob_url, iothub_connection_file, task })
 }
@@ -314,6 +330,121 @@ fn new_operation(status: OperationStatus, update: Option<UpdateInfo>) -> UpdateO
     }
 }
 
+/// How often every group's deployment is written to its devices again.
+const RECONCILE_EVERY: Duration = Duration::from_secs(2);
+
+/// How long a file URL written into a device's twin is valid.
+const FILE_URL_TTL: Duration = Duration::from_secs(7 * 86_400);
+
+/// Reconciles every group that has a deployment.
+async fn reconcile_all(s: &Shared) -> Result<(), ServerError> {
+    let groups = s.db.read(|st| st.deployment_groups()).await?;
+    for g in groups {
+        reconcile(s, &g).await?;
+    }
+    Ok(())
+}
+
+/// Writes a group's current deployment into its devices' desired properties where they do not
+/// already say it: the update manifest and file URLs for devices of a subgroup the deployment
+/// covers (once its start time has come), `Cancel` for a canceled subgroup, and the retry's
+/// timestamp after a retry.
+async fn reconcile(s: &Shared, group: &str) -> Result<(), ServerError> {
+    let g = group.to_owned();
+    let current =
+        s.db.read(move |st| st.deployments(&g)).await?.into_iter().find(|d| d.state != "Inactive");
+    let Some(current) = current else { return Ok(()) };
+    let d = &current.deployment;
+    let started = humantime::parse_rfc3339_weak(d.start_date_time.trim_end_matches('Z'))
+        .map(|t| t <= SystemTime::now())
+        .unwrap_or(true);
+    if !started {
+        return Ok(());
+    }
+    let twins = s.db.read(|st| st.twins_with_created()).await?;
+    let updates = s.db.read(|st| st.updates()).await?;
+    let view = devices::View::build(&twins, &updates);
+    let mut manifest: Option<(String, Map<String, Value>)> = None;
+    for dev in view.devices.iter().filter(|x| x.device.group_id.as_deref() == Some(group)) {
+        let class = &dev.device.device_class_id;
+        if !d.device_class_subgroups.iter().flatten().any(|c| c == class) {
+            continue;
+        }
+        let actions = current.subgroups.get(class).cloned().unwrap_or_default();
+        let action = if actions.canceled || current.state == "Canceled" {
+            desired::ACTION_CANCEL
+        } else {
+            desired::ACTION_PROCESS
+        };
+        let twin = twins.iter().find(|(t, _)| t.device_id == dev.device.device_id).map(|(t, _)| t);
+        let workflow = twin.and_then(|t| {
+            t.properties.desired.get("deviceUpdate")?.get("service")?.get("workflow").cloned()
+        });
+        let want = serde_json::json!({"action": action, "id": d.deployment_id});
+        let same = workflow.as_ref().is_some_and(|w| {
+            w.get("action") == want.get("action")
+                && w.get("id") == want.get("id")
+                && w.get("retryTimestamp").and_then(Value::as_str)
+                    == actions.retry_timestamp.as_deref()
+        });
+        if same {
+            continue;
+        }
+        if action == desired::ACTION_PROCESS && manifest.is_none() {
+            manifest = Some(manifest_and_urls(s, &d.update.update_id).await?);
+        }
+        let property = desired::service_property(
+            &d.deployment_id,
+            action,
+            actions.retry_timestamp.as_deref(),
+            manifest
+                .as_ref()
+                .filter(|_| action == desired::ACTION_PROCESS)
+                .map(|(m, u)| (m.as_str(), u)),
+        );
+        let Value::Object(patch) = property else { continue };
+        let id = dev.device.device_id.clone();
+        s.db.call(move |st| st.patch_twin(&id, None, Some(&patch), None).map(drop)).await?;
+    }
+    Ok(())
+}
+
+/// The update manifest of an update and a signed URL for each file it names.
+async fn manifest_and_urls(
+    s: &Shared,
+    id: &crate::manifest::UpdateId,
+) -> Result<(String, Map<String, Value>), ServerError> {
+    use crate::storage::BlobStore as _;
+    let key = id.clone();
+    let (update, files) =
+        s.db.read(move |st| {
+            let update = st.update(&key)?;
+            let mut files = Vec::new();
+            for f in st.file_ids(&key)? {
+                files.extend(st.file(&key, &f)?);
+            }
+            Ok((update, files))
+        })
+        .await?;
+    let Some(update) = update else {
+        return Err(ServerError::Config(format!("update {id} is gone")));
+    };
+    let (manifest, content) = desired::update_manifest(&update, &files);
+    let container: crate::storage::ContainerName = "content"
+        .parse()
+        .map_err(|e: crate::storage::NameError| ServerError::Config(e.to_string()))?;
+    let mut urls = Map::new();
+    for (file_id, sha) in content {
+        let hex = sha.parse::<crate::Sha256>().map(|h| h.to_hex()).unwrap_or_default();
+        let blob: crate::storage::BlobName = hex
+            .parse()
+            .map_err(|e: crate::storage::NameError| ServerError::Config(e.to_string()))?;
+        let url = s.files.read_url(&container, &blob, FILE_URL_TTL).await?;
+        urls.insert(file_id, Value::String(url));
+    }
+    Ok((manifest, urls))
+}
+
 /// After a device reported: if its group's active deployment now meets its cloud rollback
 /// policy, the rollback deployment is created, superseding it (once: the rollback has no
 /// policy of its own).
@@ -329,6 +460,8 @@ async fn after_report(s: &Shared, device_id: &str) -> Result<(), ServerError> {
     else {
         return Ok(());
     };
+    // A device that just reported (or joined) gets its group's deployment.
+    reconcile(s, &group).await?;
     let g = group.clone();
     let active =
         s.db.read(move |st| st.deployments(&g)).await?.into_iter().find(|d| d.state == "Active");
@@ -344,7 +477,7 @@ async fn after_report(s: &Shared, device_id: &str) -> Result<(), ServerError> {
         Err(_) => return Ok(()),
     };
     s.db.call(move |st| st.put_deployment(&rollback, deploy::MAX_DEPLOYMENTS).map(drop)).await?;
-    Ok(())
+    reconcile(s, &group).await
 }
 
 /// The shared access policy name of the hub key.

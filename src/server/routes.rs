@@ -111,6 +111,7 @@ pub(super) fn router(state: Shared) -> Router {
         .merge(api)
         .merge(super::hub::router())
         .route("/blobs/{*path}", get(get_blob))
+        .route("/files/content/{*path}", get(get_content))
         .fallback(|| async {
             api_error(StatusCode::NOT_FOUND, ErrorBody::new("NotFound", "no such route"))
         })
@@ -309,7 +310,11 @@ async fn put_deployment(
     };
     let stored = deployment.clone();
     match s.db.call(move |st| st.put_deployment(&stored, super::deploy::MAX_DEPLOYMENTS)).await {
-        Ok(Ok(_)) => axum::Json(deployment).into_response(),
+        Ok(Ok(_)) => {
+            // Devices hear of it now (the background loop would within seconds).
+            let _ = super::reconcile(&s, &g).await;
+            axum::Json(deployment).into_response()
+        }
         Ok(Err(max)) => api_error(
             StatusCode::CONFLICT,
             ErrorBody::new(
@@ -415,7 +420,10 @@ async fn subgroup_action(
         })
         .await;
     match result {
-        Ok(Some(x)) => axum::Json(x.deployment).into_response(),
+        Ok(Some(x)) => {
+            let _ = super::reconcile(&s, &x.deployment.group_id).await;
+            axum::Json(x.deployment).into_response()
+        }
         Ok(None) => not_found("deployment", &d),
         Err(e) => internal(e),
     }
@@ -920,7 +928,18 @@ async fn delete_update(
 
 async fn get_blob(State(s): State<Shared>, uri: axum::http::Uri) -> Response {
     let path = uri.path().strip_prefix("/blobs").unwrap_or_default();
-    match s.blobs.resolve(path, uri.query().unwrap_or_default(), SystemTime::now()) {
+    serve_file(&s.blobs, path, uri.query().unwrap_or_default()).await
+}
+
+/// Imported content, by the signed URLs a deployment writes into device twins.
+async fn get_content(State(s): State<Shared>, uri: axum::http::Uri) -> Response {
+    let path = uri.path().strip_prefix("/files").unwrap_or_default();
+    serve_file(&s.files, path, uri.query().unwrap_or_default()).await
+}
+
+/// Streams the file a signed read URL of `store` grants.
+async fn serve_file(store: &crate::storage::dir::DirStore, path: &str, query: &str) -> Response {
+    match store.resolve(path, query, SystemTime::now()) {
         Ok(file) => match tokio::fs::File::open(&file).await {
             Ok(f) => {
                 let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);

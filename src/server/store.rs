@@ -712,6 +712,14 @@ impl Store {
         Ok(Some(d))
     }
 
+    /// The groups that have deployments.
+    pub fn deployment_groups(&self) -> Result<Vec<String>, StoreError> {
+        let mut stmt =
+            self.conn.prepare("SELECT DISTINCT group_id FROM deployments ORDER BY group_id")?;
+        let rows = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
     /// Deletes a deployment; false when there was none.
     pub fn delete_deployment(
         &self,

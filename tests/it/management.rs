@@ -339,6 +339,35 @@ fn deployments_fan_out_to_compatible_subgroups_supersede_and_report_device_state
         let toaster = subgroups[0].clone();
         let status = client.deployment_status("kitchen", "d1").await.unwrap();
         assert_eq!(status.deployment_state, DeploymentState::Active);
+
+        // What a device's agent reads: the workflow, the update manifest, and a URL per file that
+        // serves exactly the bytes the manifest's hashes name.
+        let twin = hub(&data).get_twin("t2").await.unwrap();
+        let service = &twin.properties.desired["deviceUpdate"]["service"];
+        assert_eq!(service["workflow"], json!({"action": 3, "id": "d1"}));
+        let manifest: Value = serde_json::from_str(service["updateManifest"].as_str().unwrap()).unwrap();
+        assert_eq!(manifest["updateId"]["version"], "1.1");
+        if let Some(dir) = std::env::var_os("OTAFORGE_MANIFEST_OUT") {
+            fs_err::create_dir_all(&dir).unwrap();
+            let path = std::path::Path::new(&dir).join("deployment.t2.updatemanifest.json");
+            fs_err::write(path, serde_json::to_vec_pretty(&manifest).unwrap()).unwrap();
+        }
+        let files = manifest["files"].as_object().unwrap();
+        assert_eq!(files.len(), 2, "install.sh and payload.bin");
+        for (id, f) in files {
+            let url = service["fileUrls"][id].as_str().unwrap();
+            let bytes = reqwest::get(url).await.unwrap().bytes().await.unwrap();
+            assert_eq!(bytes.len() as u64, f["sizeInBytes"].as_u64().unwrap());
+            assert_eq!(otaforge::Sha256::digest(&bytes).to_base64(), f["hashes"]["sha256"].as_str().unwrap());
+            // A changed signature is refused.
+            let tampered = url.replace("sig=", "sig=x");
+            assert_eq!(reqwest::get(&tampered).await.unwrap().status(), 403);
+        }
+        let step_files = manifest["instructions"]["steps"][0]["files"].as_array().unwrap();
+        assert!(step_files.iter().all(|id| files.contains_key(id.as_str().unwrap())));
+        // The kettle is in the group but not in the deployment: nothing is written for it.
+        let kettle = hub(&data).get_twin("k1").await.unwrap();
+        assert!(kettle.properties.desired.get("deviceUpdate").is_none());
         let sg = &status.subgroup_status[0];
         // t1 already runs 1.1; t2 is on its way.
         assert_eq!((sg.total_devices, sg.devices_completed_succeeded_count, sg.devices_in_progress_count), (Some(2), Some(1), Some(1)));

@@ -11,6 +11,7 @@ use anyhow::{Context as _, bail};
 use serde_json::Value;
 
 const IMPORT: &str = "azure-deviceupdate-import-manifest-5.0.json";
+const UPDATE: &str = "azure-deviceupdate-update-manifest-5.json";
 const DEFINITIONS: &str = "azure-deviceupdate-manifest-definitions-5.0.json";
 const BASE: &str = "https://json.schemastore.org/";
 
@@ -33,7 +34,9 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
         let path = entry?.path();
         if path.is_dir() {
             walk(&path, out)?;
-        } else if path.to_string_lossy().ends_with(".importmanifest.json") {
+        } else if path.to_string_lossy().ends_with(".importmanifest.json")
+            || path.to_string_lossy().ends_with(".updatemanifest.json")
+        {
             out.push(path);
         }
     }
@@ -53,6 +56,12 @@ pub(crate) fn check(shared: &Path, dirs: &[PathBuf]) -> anyhow::Result<()> {
         .with_registry(&registry)
         .build(&import)
         .context("cannot compile the import manifest schema")?;
+    // Update manifests (what serve writes into device twins) against their own schema.
+    let update = read_json(&schemas.join(UPDATE))?;
+    let update_validator = jsonschema::options()
+        .with_registry(&registry)
+        .build(&update)
+        .context("cannot compile the update manifest schema")?;
 
     let mut files = Vec::new();
     for d in dirs {
@@ -60,10 +69,17 @@ pub(crate) fn check(shared: &Path, dirs: &[PathBuf]) -> anyhow::Result<()> {
     }
     files.sort();
     let mut failures = Vec::new();
+    let mut update_manifests = 0;
     for f in &files {
         let doc = read_json(f)?;
+        let v = if f.to_string_lossy().ends_with(".updatemanifest.json") {
+            update_manifests += 1;
+            &update_validator
+        } else {
+            &validator
+        };
         let errors: Vec<String> =
-            validator.iter_errors(&doc).map(|e| format!("{}: {e}", e.instance_path())).collect();
+            v.iter_errors(&doc).map(|e| format!("{}: {e}", e.instance_path())).collect();
         if !errors.is_empty() {
             failures.push(format!("{}:\n    {}", f.display(), errors.join("\n    ")));
         }
@@ -89,8 +105,8 @@ pub(crate) fn check(shared: &Path, dirs: &[PathBuf]) -> anyhow::Result<()> {
     }
     {
         eprintln!(
-            "schema: {} manifests checked against {IMPORT}, {refused} invalid fixtures refused by it",
-            files.len()
+            "schema: {} manifests checked against {IMPORT}, {update_manifests} against {UPDATE}, {refused} invalid fixtures refused by it",
+            files.len() - update_manifests
         );
     }
     if files.is_empty() {
