@@ -23,6 +23,7 @@ pub mod apt;
 pub mod delta;
 pub mod env;
 pub mod finding;
+pub mod fleet;
 pub mod fsutil;
 pub mod hash;
 pub mod iothub;

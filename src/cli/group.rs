@@ -100,6 +100,11 @@ pub(crate) struct HubArgs {
 impl HubArgs {
     /// The client for the configured hub.
     pub(crate) fn client(&self) -> anyhow::Result<IotHubClient> {
+        Ok(IotHubClient::new(self.connection()?)?)
+    }
+
+    /// The configured hub's connection string.
+    pub(crate) fn connection(&self) -> anyhow::Result<ConnectionString> {
         let text = match &self.iothub_connection_file {
             Some(f) => fs_err::read_to_string(f)?,
             None => std::env::var(otaforge::env::IOTHUB_CONNECTION_STRING)
@@ -110,8 +115,7 @@ impl HubArgs {
                      IOTHUB_CONNECTION_STRING (the hub's service connection string)",
                 )?,
         };
-        let conn: ConnectionString = text.parse()?;
-        Ok(IotHubClient::new(conn)?)
+        Ok(text.parse()?)
     }
 }
 

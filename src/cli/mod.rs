@@ -4,6 +4,7 @@ mod apt;
 mod delta;
 mod deploy;
 mod device;
+mod fleet;
 mod group;
 mod hash;
 mod import;
@@ -103,6 +104,9 @@ enum Command {
     /// Deploy an update to a group; read, list and delete deployments.
     #[command(subcommand)]
     Deploy(deploy::DeployCommand),
+    /// Simulated devices that install deployments from `otaforge serve`.
+    #[command(subcommand)]
+    Fleet(fleet::FleetCommand),
 }
 
 /// How a command ended when it did not fail unexpectedly.
@@ -163,6 +167,7 @@ pub(crate) fn main(rt: &tokio::runtime::Runtime) -> ExitCode {
         Command::Device(cmd) => device::run(cmd, rt, &out),
         Command::Compliance(args) => device::compliance(args, rt, &out),
         Command::Deploy(cmd) => deploy::run(cmd, rt, &out),
+        Command::Fleet(cmd) => fleet::run(cmd, rt, &out),
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,

@@ -386,6 +386,13 @@ fn json_body(req: reqwest::RequestBuilder, body: &Value) -> reqwest::RequestBuil
     req.header(reqwest::header::CONTENT_TYPE, "application/json").body(body.to_string())
 }
 
+/// The id under which a related file's URL is in a twin's `fileUrls`: `r` and 20 hex digits
+/// of the SHA-256 of its base64 digest (serve's; ADU's own ids are opaque).
+pub fn related_file_id(sha256_b64: &str) -> String {
+    let digest = crate::Sha256::digest(sha256_b64.as_bytes());
+    format!("r{}", &digest.to_hex()[..20])
+}
+
 /// A device id as one path segment.
 fn encode(id: &str) -> String {
     url::form_urlencoded::byte_serialize(id.as_bytes()).collect::<String>().replace('+', "%20")

@@ -17,11 +17,7 @@ pub const ACTION_PROCESS: u64 = 3;
 /// The agent's action for a canceled deployment.
 pub const ACTION_CANCEL: u64 = 255;
 
-/// The id a related file gets in the update manifest: stable, derived from its digest.
-pub fn related_file_id(sha256_b64: &str) -> String {
-    let digest = crate::Sha256::digest(sha256_b64.as_bytes());
-    format!("r{}", &digest.to_hex()[..20])
-}
+use crate::iothub::related_file_id;
 
 /// The update manifest of an update (files keyed by id, steps naming ids) and every file it
 /// names, as `(file id, base64 SHA-256)`, payload and related files alike.

@@ -7,6 +7,7 @@
 mod apt;
 mod cli;
 mod delta;
+mod fleet;
 mod hardening;
 mod hash;
 mod iothub;

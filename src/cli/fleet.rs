@@ -1,0 +1,132 @@
+//! `otaforge fleet run`: simulated devices against `otaforge serve` (see `otaforge::fleet`).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use otaforge::fleet::{Failures, Fleet, FleetSpec};
+use serde_json::{Map, Value};
+
+use super::group::HubArgs;
+use super::update::parse_update_id;
+use super::{Outcome, Output};
+
+/// `otaforge fleet ...`.
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum FleetCommand {
+    /// Register N simulated devices and run them: each reads its twin, installs deployments
+    /// (through a delta when its image is the delta's source) and reports like an ADU agent.
+    Run(RunArgs),
+}
+
+/// `otaforge fleet run`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct RunArgs {
+    /// serve's URL.
+    #[arg(long)]
+    endpoint: String,
+    /// How many devices.
+    #[arg(long, default_value_t = 10)]
+    devices: usize,
+    /// Device ids are PREFIX-0000, PREFIX-0001, ….
+    #[arg(long, default_value = "sim")]
+    prefix: String,
+    /// Their compat properties: manufacturer=M,model=X[,k=v...].
+    #[arg(long, value_parser = parse_class)]
+    class: Map<String, Value>,
+    /// Their group (ADUGroup tag); none: the default group.
+    #[arg(long)]
+    group: Option<String>,
+    /// What they run at the start (provider/name/version) ...
+    #[arg(long, requires = "image")]
+    installed: Option<String>,
+    /// ... and its image file (devices that run it share its bytes).
+    #[arg(long, requires = "installed")]
+    image: Option<PathBuf>,
+    /// Injected failures: download=SHARE,install=SHARE (0 to 1).
+    #[arg(long, value_parser = parse_failures, default_value = "download=0,install=0")]
+    fail: Failures,
+    /// Seed of the injected failures (the same seed fails the same devices).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Stop after this long.
+    #[arg(long = "for", default_value = "60s", value_parser = super::wait_duration)]
+    run_for: Duration,
+    #[command(flatten)]
+    hub: HubArgs,
+}
+
+fn parse_class(s: &str) -> Result<Map<String, Value>, String> {
+    let mut m = Map::new();
+    for part in s.split(',').filter(|p| !p.is_empty()) {
+        let (k, v) = part.split_once('=').ok_or_else(|| format!("`{part}` is not name=value"))?;
+        m.insert(k.trim().to_owned(), Value::String(v.trim().to_owned()));
+    }
+    if m.is_empty() {
+        return Err("give at least manufacturer=M,model=X".into());
+    }
+    Ok(m)
+}
+
+fn parse_failures(s: &str) -> Result<Failures, String> {
+    let mut f = Failures::default();
+    for part in s.split(',').filter(|p| !p.is_empty()) {
+        let (k, v) = part.split_once('=').ok_or_else(|| format!("`{part}` is not stage=share"))?;
+        let share: f64 = v.parse().map_err(|_| format!("`{v}` is not a number"))?;
+        if !(0.0..=1.0).contains(&share) {
+            return Err(format!("`{v}` is not between 0 and 1"));
+        }
+        match k {
+            "download" => f.download = share,
+            "install" => f.install = share,
+            other => return Err(format!("`{other}` is not download or install")),
+        }
+    }
+    Ok(f)
+}
+
+pub(crate) fn run(
+    cmd: FleetCommand,
+    rt: &tokio::runtime::Runtime,
+    out: &Output,
+) -> anyhow::Result<Outcome> {
+    let FleetCommand::Run(a) = cmd;
+    let installed = match (&a.installed, &a.image) {
+        (Some(id), Some(image)) => {
+            Some((parse_update_id(id)?, Arc::new(fs_err::read(image).context("--image")?)))
+        }
+        _ => None,
+    };
+    let spec = FleetSpec {
+        endpoint: a.endpoint.trim_end_matches('/').to_owned(),
+        hub: a.hub.connection()?,
+        prefix: a.prefix.clone(),
+        devices: a.devices,
+        class: a.class.clone(),
+        group: a.group.clone(),
+        installed,
+        failures: a.fail,
+        seed: a.seed,
+        poll: Duration::from_millis(500),
+    };
+    let tally = rt.block_on(async {
+        let fleet = Fleet::register(spec).await?;
+        out.notice(format!("{} devices registered; running for {:?}", a.devices, a.run_for));
+        fleet.run(a.run_for, &|_| false).await
+    })?;
+    if out.json() {
+        out.json_value(&serde_json::json!({
+            "devices": a.devices,
+            "installed": tally.installed,
+            "throughDelta": tally.through_delta,
+            "failed": tally.failed,
+        }))?;
+    } else {
+        out.line(format!(
+            "{} devices: {} installs ({} through a delta), {} failed",
+            a.devices, tally.installed, tally.through_delta, tally.failed
+        ))?;
+    }
+    Ok(Outcome::Ok)
+}

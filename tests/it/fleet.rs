@@ -1,0 +1,225 @@
+//! A simulated fleet against `otaforge serve`: devices that really download, verify and install
+//! (through a delta when their image is the delta's source), a deployment that completes, and
+//! injected install failures that trigger the cloud rollback.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use otaforge::fleet::{Failures, Fleet, FleetSpec};
+use otaforge::iothub::ConnectionString;
+use otaforge::manifest::UpdateId;
+use otaforge::service::model::{Deployment, DeploymentState};
+use otaforge::service::{AduClient, Auth};
+use serde_json::{Map, Value, json};
+
+use crate::otaforge;
+use crate::service::{Serve, import};
+
+const TOKEN: &str = "fleet-test-token-0123456";
+
+fn image(seed: u32, len: usize) -> Vec<u8> {
+    (0..len as u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761).wrapping_add(seed) >> 13) as u8)
+        .collect()
+}
+
+/// A script update whose payload is `payload`; with `delta_from`, the payload also gets a delta
+/// from that old image as a related file.
+fn update(
+    dir: &Path,
+    version: &str,
+    payload: &[u8],
+    delta_from: Option<&[u8]>,
+) -> std::path::PathBuf {
+    let d = dir.join(format!("toaster-{version}"));
+    fs_err::create_dir_all(&d).unwrap();
+    fs_err::write(d.join("install.sh"), "#!/bin/sh\n").unwrap();
+    fs_err::write(d.join("payload.bin"), payload).unwrap();
+    let mut cmd = otaforge();
+    cmd.current_dir(&d)
+        .args([
+            "manifest",
+            "init",
+            "--provider",
+            "contoso",
+            "--name",
+            "toaster",
+            "--version",
+            version,
+        ])
+        .args([
+            "--compat",
+            "manufacturer=contoso,model=toaster",
+            "--template",
+            "script",
+            "--file",
+            "install.sh",
+        ]);
+    match delta_from {
+        Some(old) => {
+            fs_err::write(d.join("old.bin"), old).unwrap();
+            otaforge()
+                .current_dir(&d)
+                .args(["delta", "create", "old.bin", "payload.bin", "-o", "payload.delta"])
+                .assert()
+                .success();
+            cmd.args(["--file", "payload.bin,downloadHandler=microsoft/delta:1"])
+                .args(["--related-file", "payload.bin=payload.delta,source=old.bin"]);
+        }
+        None => {
+            cmd.args(["--file", "payload.bin"]);
+        }
+    }
+    cmd.args(["--out-dir", "."]).assert().success();
+    d.join(format!("contoso.toaster.{version}.importmanifest.json"))
+}
+
+fn spec(serve: &Serve, data: &Path, prefix: &str, devices: usize, group: &str) -> FleetSpec {
+    let hub: ConnectionString =
+        fs_err::read_to_string(data.join("iothub.connection-string")).unwrap().parse().unwrap();
+    let mut class = Map::new();
+    class.insert("manufacturer".into(), json!("contoso"));
+    class.insert("model".into(), json!("toaster"));
+    FleetSpec {
+        endpoint: serve.endpoint.clone(),
+        hub,
+        prefix: prefix.into(),
+        devices,
+        class,
+        group: Some(group.into()),
+        installed: None,
+        failures: Failures::default(),
+        seed: 7,
+        poll: Duration::from_millis(200),
+    }
+}
+
+fn deployment(id: &str, group: &str, version: &str, rollback: Option<Value>) -> Deployment {
+    let mut d = json!({
+        "deploymentId": id, "groupId": group, "startDateTime": "2026-11-29T00:00:00Z",
+        "update": {"updateId": {"provider": "contoso", "name": "toaster", "version": version}},
+    });
+    if let Some(r) = rollback {
+        d["rollbackPolicy"] = r;
+    }
+    serde_json::from_value(d).unwrap()
+}
+
+#[test]
+fn a_fleet_installs_a_deployment_some_through_deltas_and_failures_roll_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let serve = Serve::start(&data, Some(TOKEN));
+    let old = image(1, 64 << 10);
+    let mut new = old.clone();
+    new[1000..1200].fill(9);
+    new.extend_from_slice(&image(2, 4096));
+    for m in [update(dir.path(), "1.0", &old, None), update(dir.path(), "1.1", &new, Some(&old))] {
+        let (code, json, err) = import(&serve, &[&m], Some(TOKEN));
+        assert_eq!(code, 0, "{json} {err}");
+    }
+    let v10: UpdateId = "contoso/toaster/1.0".parse().unwrap();
+    let client = AduClient::new(&serve.endpoint, "default", Auth::Static(TOKEN.into())).unwrap();
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        // Six devices run 1.0 (their image is the delta's source), four have nothing yet.
+        let mut on_old = spec(&serve, &data, "lab-old", 6, "lab");
+        on_old.installed = Some((v10.clone(), Arc::new(old.clone())));
+        let fresh = spec(&serve, &data, "lab-new", 4, "lab");
+        let a = Fleet::register(on_old).await.unwrap();
+        let b = Fleet::register(fresh).await.unwrap();
+        client
+            .create_or_update_deployment(&deployment("lab-1-1", "lab", "1.1", None))
+            .await
+            .unwrap();
+        let (ta, tb) = tokio::join!(
+            a.run(Duration::from_secs(60), &|t| t.installed == 6),
+            b.run(Duration::from_secs(60), &|t| t.installed == 4),
+        );
+        let (ta, tb) = (ta.unwrap(), tb.unwrap());
+        assert_eq!((ta.installed, ta.through_delta, ta.failed), (6, 6, 0), "the 1.0 devices patch");
+        assert_eq!(
+            (tb.installed, tb.through_delta, tb.failed),
+            (4, 0, 0),
+            "the new devices download in full"
+        );
+        let status = client.deployment_status("lab", "lab-1-1").await.unwrap();
+        assert_eq!(status.deployment_state, DeploymentState::Active);
+        assert_eq!(status.subgroup_status[0].devices_completed_succeeded_count, Some(10));
+        let c = client.update_compliance(Some("lab")).await.unwrap();
+        assert_eq!((c.total_device_count, c.on_latest_update_device_count), (10, 10));
+
+        // A canary group whose installs fail: at 2 failures and 50 % the rollback to 1.0 starts.
+        let mut canary = spec(&serve, &data, "canary", 4, "canary");
+        canary.installed = Some((v10.clone(), Arc::new(old.clone())));
+        canary.failures = Failures { download: 0.0, install: 1.0 };
+        let c = Fleet::register(canary).await.unwrap();
+        let policy = json!({
+            "update": {"updateId": {"provider": "contoso", "name": "toaster", "version": "1.0"}},
+            "failure": {"devicesFailedPercentage": 50, "devicesFailedCount": 2},
+        });
+        client
+            .create_or_update_deployment(&deployment("canary-1-1", "canary", "1.1", Some(policy)))
+            .await
+            .unwrap();
+        let tc = c.run(Duration::from_secs(60), &|t| t.failed >= 2).await.unwrap();
+        assert!(tc.failed >= 2, "{tc:?}");
+        let list = client.list_deployments("canary").await.unwrap();
+        assert_eq!(list[0].deployment_id, "canary-1-1-rollback", "{list:?}");
+        assert_eq!(list[0].is_cloud_initiated_rollback, Some(true));
+        assert_eq!(
+            client.deployment_status("canary", "canary-1-1").await.unwrap().deployment_state,
+            DeploymentState::Inactive
+        );
+    });
+}
+
+#[test]
+fn fleet_run_from_the_command_line_installs_what_is_deployed() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let serve = Serve::start(&data, Some(TOKEN));
+    let m = update(dir.path(), "2.0", &image(5, 8192), None);
+    assert_eq!(import(&serve, &[&m], Some(TOKEN)).0, 0);
+    let fleet = |run_for: &str| {
+        otaforge()
+            .args(["--format", "json", "fleet", "run", "--endpoint", &serve.endpoint])
+            .arg("--iothub-connection-file")
+            .arg(data.join("iothub.connection-string"))
+            .args(["--devices", "3", "--prefix", "cli", "--group", "cli"])
+            .args(["--class", "manufacturer=contoso,model=toaster", "--for", run_for])
+            .output()
+            .unwrap()
+    };
+    // First run: the devices register (and join group `cli`); nothing is deployed yet.
+    let out = fleet("1s");
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(crate::stdout_json(&out)["installed"], 0);
+    let client = AduClient::new(&serve.endpoint, "default", Auth::Static(TOKEN.into())).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(client.create_or_update_deployment(&deployment("cli-2-0", "cli", "2.0", None)))
+        .unwrap();
+    // Second run: the same devices (found registered) install it.
+    let out = fleet("4s");
+    let json = crate::stdout_json(&out);
+    assert_eq!((json["installed"].as_u64(), json["failed"].as_u64()), (Some(3), Some(0)), "{json}");
+    let c = rt.block_on(client.update_compliance(Some("cli"))).unwrap();
+    assert_eq!(c.on_latest_update_device_count, 3);
+    // A share outside 0..1 is a usage error.
+    let out = otaforge()
+        .args([
+            "fleet",
+            "run",
+            "--endpoint",
+            &serve.endpoint,
+            "--class",
+            "model=x",
+            "--fail",
+            "install=2",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
