@@ -75,6 +75,9 @@ pub struct FleetSpec {
     pub seed: u64,
     /// How often a device reads its twin.
     pub poll: Duration,
+    /// Keys a signed delta must verify against (a signed delta without them is refused and
+    /// the full file downloaded instead, as `delta apply` fails closed).
+    pub trusted: Option<Arc<crate::sign::TrustedKeys>>,
 }
 
 /// What one device did, for the run's report.
@@ -109,6 +112,7 @@ struct Device {
     http: reqwest::Client,
     class: Map<String, Value>,
     installed: Option<(UpdateId, Arc<Vec<u8>>)>,
+    trusted: Option<Arc<crate::sign::TrustedKeys>>,
     done: Option<String>,
     tally: Tally,
 }
@@ -208,7 +212,7 @@ impl Device {
                     let delta =
                         self.download(url, r["sizeInBytes"].as_u64().unwrap_or(0), rsha).await?;
                     let mut out = Vec::with_capacity(size as usize);
-                    if crate::delta::apply(old, &delta, None, &mut |b| {
+                    if crate::delta::apply(old, &delta, self.trusted.as_deref(), &mut |b| {
                         out.extend_from_slice(b);
                         Ok(())
                     })
@@ -339,6 +343,7 @@ impl Fleet {
                 http: http.clone(),
                 class: spec.class.clone(),
                 installed: spec.installed.clone(),
+                trusted: spec.trusted.clone(),
                 done: None,
                 tally: Tally::default(),
             };

@@ -50,6 +50,10 @@ pub(crate) struct RunArgs {
     /// Seed of the injected failures (the same seed fails the same devices).
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Public key a signed delta must verify against (without it, a signed delta is refused
+    /// and the full file downloaded).
+    #[arg(long, value_name = "FILE")]
+    verify_key: Option<PathBuf>,
     /// Stop after this long.
     #[arg(long = "for", default_value = "60s", value_parser = super::wait_duration)]
     run_for: Duration,
@@ -109,6 +113,14 @@ pub(crate) fn run(
         failures: a.fail,
         seed: a.seed,
         poll: Duration::from_millis(500),
+        trusted: match &a.verify_key {
+            Some(p) => {
+                let mut keys = otaforge::sign::TrustedKeys::new();
+                keys.add_file(p)?;
+                Some(Arc::new(keys))
+            }
+            None => None,
+        },
     };
     let tally = rt.block_on(async {
         let fleet = Fleet::register(spec).await?;

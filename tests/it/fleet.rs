@@ -92,6 +92,7 @@ fn spec(serve: &Serve, data: &Path, prefix: &str, devices: usize, group: &str) -
         failures: Failures::default(),
         seed: 7,
         poll: Duration::from_millis(200),
+        trusted: None,
     }
 }
 

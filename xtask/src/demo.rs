@@ -4,7 +4,8 @@
 //! signed release metadata and a refused rollback, an upload to the local store, an APT manifest,
 //! imports into the embedded Device Update service (`otaforge serve`), an SWUpdate import manifest with a delta
 //! related file, a parent with two children, validation of all of them against their payloads,
-//! and a tampered payload being caught.
+//! a deployment to a simulated fleet in two groups (delta installs; injected failures and the
+//! cloud rollback), and a tampered payload being caught.
 
 use std::path::Path;
 use std::process::Command;
@@ -15,6 +16,7 @@ use anyhow::{Context as _, bail};
 struct Serve {
     child: std::process::Child,
     endpoint: String,
+    data: std::path::PathBuf,
 }
 
 impl Serve {
@@ -33,7 +35,7 @@ impl Serve {
             .with_context(|| format!("otaforge serve printed {line:?}"))?;
         let endpoint = info["endpoint"].as_str().context("no endpoint")?.to_owned();
         println!("{line}");
-        Ok(Self { child, endpoint })
+        Ok(Self { child, endpoint, data: data.to_path_buf() })
     }
 }
 
@@ -53,6 +55,125 @@ fn otaforge(bin: &Path, args: &[&str], expect: i32) -> anyhow::Result<()> {
         .with_context(|| format!("cannot run {}", bin.display()))?;
     if status.code() != Some(expect) {
         bail!("otaforge {} exited with {status}, expected {expect}", args.join(" "));
+    }
+    Ok(())
+}
+
+/// Past import: the toaster release deployed to a simulated fleet in two groups. `kitchen`
+/// (150 devices on 1.1) takes 1.2 through the signed delta; `canary` (100 devices) has injected
+/// install failures, so its cloud rollback to 1.1 starts; then compliance.
+fn deploy(bin: &Path, serve: &Serve, w: &dyn Fn(&str) -> String, out: &str) -> anyhow::Result<()> {
+    println!("\n# The release before (1.1), to roll back to:");
+    otaforge(
+        bin,
+        &[
+            "manifest",
+            "init",
+            "--provider",
+            "contoso",
+            "--name",
+            "toaster",
+            "--version",
+            "1.1",
+            "--compat",
+            "manufacturer=contoso,model=toaster",
+            "--template",
+            "swupdate",
+            "--file",
+            &w("image-1.1.swu"),
+            "--file",
+            &w("install.sh"),
+            "--out-dir",
+            out,
+        ],
+        0,
+    )?;
+    let adu = ["--endpoint", serve.endpoint.as_str(), "--instance", "default"];
+    let v11 = w("contoso.toaster.1.1.importmanifest.json");
+    let mut import = vec!["import", v11.as_str()];
+    import.extend(adu);
+    otaforge(bin, &import, 0)?;
+
+    println!("\n# A simulated fleet: 150 devices in group kitchen, 100 in canary, all on 1.1:");
+    let hub = serve.data.join("iothub.connection-string").display().to_string();
+    let (image, key) = (w("image-1.1.swu"), w("release.pub.pem"));
+    let fleet = |group: &str, devices: &str, fail: &str, run_for: &str| -> Vec<String> {
+        [
+            "fleet",
+            "run",
+            "--endpoint",
+            &serve.endpoint,
+            "--iothub-connection-file",
+            &hub,
+            "--devices",
+            devices,
+            "--prefix",
+            group,
+            "--group",
+            group,
+            "--class",
+            "manufacturer=contoso,model=toaster",
+            "--installed",
+            "contoso/toaster/1.1",
+            "--image",
+            &image,
+            "--verify-key",
+            &key,
+            "--fail",
+            fail,
+            "--seed",
+            "7",
+            "--for",
+            run_for,
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    };
+    let run = |args: Vec<String>| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        otaforge(bin, &args, 0)
+    };
+    run(fleet("kitchen", "150", "install=0", "1s"))?;
+    run(fleet("canary", "100", "install=0.5", "1s"))?;
+    let mut groups = vec!["group", "list"];
+    groups.extend(adu);
+    otaforge(bin, &groups, 0)?;
+
+    println!("\n# Deploy 1.2 to both; canary rolls back to 1.1 when 10 devices and 20 % failed:");
+    let mut create =
+        vec!["deploy", "create", "kitchen", "contoso/toaster/1.2", "--id", "kitchen-1-2"];
+    create.extend(adu);
+    otaforge(bin, &create, 0)?;
+    let mut create = vec![
+        "deploy",
+        "create",
+        "canary",
+        "contoso/toaster/1.2",
+        "--id",
+        "canary-1-2",
+        "--rollback-to",
+        "contoso/toaster/1.1",
+        "--rollback-failed-percent",
+        "20",
+        "--rollback-failed-count",
+        "10",
+    ];
+    create.extend(adu);
+    otaforge(bin, &create, 0)?;
+    run(fleet("kitchen", "150", "install=0", "6s"))?;
+    run(fleet("canary", "100", "install=0.5", "6s"))?;
+    for (group, id) in [("kitchen", "kitchen-1-2"), ("canary", "canary-1-2")] {
+        let mut status = vec!["deploy", "status", group, id];
+        status.extend(adu);
+        otaforge(bin, &status, 0)?;
+    }
+    let mut list = vec!["deploy", "list", "canary"];
+    list.extend(adu);
+    otaforge(bin, &list, 0)?;
+    for group in ["kitchen", "canary"] {
+        let mut compliance = vec!["compliance", "--group", group];
+        compliance.extend(adu);
+        otaforge(bin, &compliance, 0)?;
     }
     Ok(())
 }
@@ -308,13 +429,14 @@ pub(crate) fn run() -> anyhow::Result<()> {
     let mut list = vec!["update", "list"];
     list.extend(adu);
     otaforge(&bin, &list, 0)?;
+    deploy(&bin, &serve, &w, &out)?;
     drop(serve);
 
     println!("\n# Now a payload changes after the manifest was made; validation must catch it:");
     std::fs::write(work.join("install.sh"), "#!/bin/sh\necho tampered\n")?;
     otaforge(&bin, &["manifest", "validate", "--payload-dir", &out, &manifests[0]], 1)?;
     println!(
-        "\ndemo: manifests are in {out}; four updates imported into the embedded service; the tampered payload was refused as expected"
+        "\ndemo: manifests are in {out}; five updates imported into the embedded service; 1.2 deployed to 250 simulated devices (kitchen through the signed delta, canary rolled back to 1.1 by its failures); the tampered payload was refused as expected"
     );
     Ok(())
 }
