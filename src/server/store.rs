@@ -232,6 +232,18 @@ fn stored(
     })
 }
 
+/// A twin's version and stored text, read inside a transaction.
+fn twin_row(
+    tx: &rusqlite::Transaction<'_>,
+    device_id: &str,
+) -> Result<Option<(i64, String)>, StoreError> {
+    Ok(tx
+        .query_row("SELECT version, twin FROM devices WHERE device_id = ?1", [device_id], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()?)
+}
+
 /// A stored twin with its id, version and ETag filled in.
 fn twin_doc(device_id: &str, version: i64, text: &str) -> Result<crate::iothub::Twin, StoreError> {
     let mut twin: crate::iothub::Twin = serde_json::from_str(text)?;
@@ -545,12 +557,9 @@ impl Store {
         if_match: Option<&str>,
     ) -> Result<TwinPatch, StoreError> {
         let tx = self.conn.transaction()?;
-        let row: Option<(i64, String)> = tx
-            .query_row("SELECT version, twin FROM devices WHERE device_id = ?1", [device_id], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .optional()?;
-        let Some((version, text)) = row else { return Ok(TwinPatch::NotFound) };
+        let Some((version, text)) = twin_row(&tx, device_id)? else {
+            return Ok(TwinPatch::NotFound);
+        };
         if let Some(m) = if_match.filter(|m| *m != "*")
             && m != twin_etag(device_id, version)
         {
@@ -584,12 +593,9 @@ impl Store {
         reported: &serde_json::Map<String, Value>,
     ) -> Result<TwinPatch, StoreError> {
         let tx = self.conn.transaction()?;
-        let row: Option<(i64, String)> = tx
-            .query_row("SELECT version, twin FROM devices WHERE device_id = ?1", [device_id], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .optional()?;
-        let Some((version, text)) = row else { return Ok(TwinPatch::NotFound) };
+        let Some((version, text)) = twin_row(&tx, device_id)? else {
+            return Ok(TwinPatch::NotFound);
+        };
         let mut twin: crate::iothub::Twin = serde_json::from_str(&text)?;
         merge_patch(&mut twin.properties.reported, reported);
         let text = serde_json::to_string(&twin)?;
