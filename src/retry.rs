@@ -51,6 +51,17 @@ impl RetryPolicy {
     }
 }
 
+/// A callback told, in words, why a try failed and that it will be retried (a command line
+/// prints it on stderr, so a slow failure is never silent).
+#[derive(Clone)]
+pub struct RetryNotice(pub std::sync::Arc<dyn Fn(&str) + Send + Sync>);
+
+impl std::fmt::Debug for RetryNotice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RetryNotice")
+    }
+}
+
 /// Why a request did not reach the service, read from an error and its causes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TransportCause {

@@ -36,7 +36,11 @@ impl AduArgs {
         } else {
             Auth::None
         };
-        Ok(AduClient::new(&self.endpoint, &self.instance, auth)?)
+        let notice = otaforge::retry::RetryNotice(std::sync::Arc::new(|m: &str| {
+            let _ =
+                std::io::Write::write_fmt(&mut std::io::stderr(), format_args!("service: {m}\n"));
+        }));
+        Ok(AduClient::new(&self.endpoint, &self.instance, auth)?.with_retry_notice(notice))
     }
 }
 

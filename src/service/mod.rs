@@ -163,9 +163,22 @@ pub struct AduClient {
     auth: Auth,
     http: reqwest::Client,
     retry: RetryPolicy,
+    notice: Option<crate::retry::RetryNotice>,
 }
 
 impl AduClient {
+    /// This client, telling `notice` about each try it retries.
+    pub fn with_retry_notice(mut self, notice: crate::retry::RetryNotice) -> Self {
+        self.notice = Some(notice);
+        self
+    }
+
+    fn announce(&self, what: &str, wait: Duration) {
+        if let Some(n) = &self.notice {
+            (n.0)(&format!("{what}; retrying in {wait:.1?}"));
+        }
+    }
+
     /// A client for `endpoint` (`https://ACCOUNT.api.adu.microsoft.com`, or a bare host name,
     /// which means https; `http://127.0.0.1:PORT` for `otaforge serve`) and `instance`.
     pub fn new(endpoint: &str, instance: &str, auth: Auth) -> Result<Self, ServiceError> {
@@ -190,7 +203,7 @@ impl AduClient {
             initial_delay: Duration::from_secs(1),
             ..RetryPolicy::default()
         };
-        Ok(Self { base, instance: instance.to_owned(), auth, http, retry })
+        Ok(Self { base, instance: instance.to_owned(), auth, http, retry, notice: None })
     }
 
     /// The same client with another retry policy.
@@ -297,6 +310,8 @@ impl AduClient {
                 {
                     match self.retry.delay(attempt, None) {
                         Some(d) if started.elapsed() + d < self.retry.max_total => {
+                            let cause = crate::retry::TransportCause::of(&e);
+                            self.announce(&cause.describe(&crate::retry::host_of(&url)), d);
                             tokio::time::sleep(d).await;
                             continue;
                         }
@@ -312,6 +327,7 @@ impl AduClient {
                 && let Some(d) = self.retry.delay(attempt, crate::retry::retry_after(&headers))
                 && started.elapsed() + d < self.retry.max_total
             {
+                self.announce(&format!("{} answered {status}", crate::retry::host_of(&url)), d);
                 tokio::time::sleep(d).await;
                 continue;
             }

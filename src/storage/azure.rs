@@ -97,15 +97,7 @@ impl Default for Network {
     }
 }
 
-/// A callback told, in words, why a try failed and that it will be retried.
-#[derive(Clone)]
-pub struct RetryNotice(pub Arc<dyn Fn(&str) + Send + Sync>);
-
-impl std::fmt::Debug for RetryNotice {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("RetryNotice")
-    }
-}
+pub use crate::retry::RetryNotice;
 
 /// Runs on every try, after the SDK's retry policy: a failure that retrying cannot cure
 /// (connection refused, a name that does not resolve, TLS) is turned into one the retry policy

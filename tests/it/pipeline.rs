@@ -430,3 +430,20 @@ fn the_adu_client_gives_up_after_its_retries_with_the_service_error() {
     assert!(rt().block_on(client.get_update(&id)).unwrap().is_none());
     assert_eq!(seen.lock().unwrap().len(), 1);
 }
+
+#[test]
+fn the_command_line_announces_each_retry_on_stderr() {
+    let (base, _) = stub(vec![
+        http("503 Service Unavailable", "x-ms-retry-after-ms: 20\r\n", ""),
+        http("200 OK", "", &json!({"value": [update_json("1.0")]}).to_string()),
+    ]);
+    let out = otaforge()
+        .args(["--format", "json", "update", "list", "--endpoint", &base, "--instance", "i"])
+        .env_remove("OTAFORGE_ADU_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("answered 503; retrying in"), "{err}");
+    assert_eq!(stdout_json(&out).as_array().map(Vec::len), Some(1));
+}
