@@ -224,3 +224,78 @@ fn fleet_run_from_the_command_line_installs_what_is_deployed() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// serve, the 1.0 (payload `old`) and 1.1 updates imported, and a client.
+fn setup(dir: &Path) -> (Serve, std::path::PathBuf, AduClient, Vec<u8>) {
+    let data = dir.join("data");
+    let serve = Serve::start(&data, Some(TOKEN));
+    let old = image(3, 16 << 10);
+    let new = image(4, 16 << 10);
+    for m in [update(dir, "1.0", &old, None), update(dir, "1.1", &new, None)] {
+        assert_eq!(import(&serve, &[&m], Some(TOKEN)).0, 0);
+    }
+    let client = AduClient::new(&serve.endpoint, "default", Auth::Static(TOKEN.into())).unwrap();
+    (serve, data, client, new)
+}
+
+#[test]
+fn a_scheduled_deployment_waits_and_a_device_that_joins_later_gets_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (serve, data, client, _) = setup(dir.path());
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        let first = Fleet::register(spec(&serve, &data, "early", 2, "sched")).await.unwrap();
+        // Starts in 5 seconds: until then no device is told anything.
+        let start =
+            otaforge::time::Timestamp::now().unwrap().checked_add(Duration::from_secs(3)).unwrap();
+        let mut d = deployment("later", "sched", "1.1", None);
+        d.start_date_time = start.to_string();
+        client.create_or_update_deployment(&d).await.unwrap();
+        let early = first.run(Duration::from_millis(1500), &|_| false).await.unwrap();
+        assert_eq!(early.installed, 0, "a deployment scheduled for later was acted on");
+        // After the start time the serve loop writes it; a device that joins the group only now
+        // gets it too (deployments are dynamic).
+        let again = Fleet::register(spec(&serve, &data, "early", 2, "sched")).await.unwrap();
+        let joiner = Fleet::register(spec(&serve, &data, "joiner", 1, "sched")).await.unwrap();
+        let (a, b) = tokio::join!(
+            again.run(Duration::from_secs(30), &|t| t.installed == 2),
+            joiner.run(Duration::from_secs(30), &|t| t.installed == 1),
+        );
+        assert_eq!((a.unwrap().installed, b.unwrap().installed), (2, 1));
+        let s = client.deployment_status("sched", "later").await.unwrap();
+        assert_eq!(s.subgroup_status[0].devices_completed_succeeded_count, Some(3));
+    });
+}
+
+#[test]
+fn a_corrupted_blob_fails_the_device_with_a_hash_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (serve, data, client, new) = setup(dir.path());
+    // The stored 1.1 payload changes on disk after the import.
+    let hex = otaforge::Sha256::digest(&new).to_hex();
+    let stored = data.join("content").join(&hex);
+    let mut bytes = fs_err::read(&stored).unwrap();
+    bytes[100] ^= 0xff;
+    fs_err::write(&stored, bytes).unwrap();
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        let fleet = Fleet::register(spec(&serve, &data, "victim", 1, "corrupt")).await.unwrap();
+        client
+            .create_or_update_deployment(&deployment("bad-blob", "corrupt", "1.1", None))
+            .await
+            .unwrap();
+        let t = fleet.run(Duration::from_secs(30), &|t| t.failed == 1).await.unwrap();
+        assert_eq!((t.installed, t.failed), (0, 1));
+        let device = client.get_device("victim-0000").await.unwrap().unwrap();
+        let result = device.last_install_result.unwrap();
+        assert_eq!(
+            (result.result_code, result.extended_result_code),
+            (0, 0x8010_0001_u32 as i32 as i64)
+        );
+        assert!(result.result_details.unwrap_or_default().contains("sha256"));
+        let s = client.deployment_status("corrupt", "bad-blob").await.unwrap();
+        assert_eq!(s.deployment_state, DeploymentState::ActiveWithSubgroupFailures);
+    });
+}
