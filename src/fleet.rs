@@ -89,6 +89,9 @@ pub struct Tally {
     pub through_delta: u64,
     /// Deployments that failed.
     pub failed: u64,
+    /// Looks at the twin that did not get through (serve down, a connection lost); the device
+    /// tries again at its next poll.
+    pub unreachable: u64,
 }
 
 /// A deterministic number in [0, 1) from the seed, the device and the deployment
@@ -274,23 +277,25 @@ impl Device {
         };
         match (result, update) {
             (Ok((image, by_delta)), Some(update)) => {
-                self.installed = Some((update, Arc::new(image)));
+                let before = self.installed.replace((update, Arc::new(image)));
+                let last = json!({"resultCode": APPLY_SUCCESS, "extendedResultCode": 0, "resultDetails": if by_delta { "delta" } else { "full" }});
+                let done = json!({"workflow": flow, "lastInstallResult": last});
+                if let Err(e) = self.report(self.agent(IDLE, done)).await {
+                    // Not reported: as after a crash, the device still runs what it ran.
+                    self.installed = before;
+                    return Err(e);
+                }
                 self.tally.installed += 1;
                 self.tally.through_delta += u64::from(by_delta);
-                let last = json!({"resultCode": APPLY_SUCCESS, "extendedResultCode": 0, "resultDetails": if by_delta { "delta" } else { "full" }});
-                self.report(self.agent(IDLE, json!({"workflow": flow, "lastInstallResult": last})))
-                    .await?;
             }
             (result, _) => {
                 let (ext, why) =
                     result.err().unwrap_or((0, "the manifest has no update id".into()));
-                self.tally.failed += 1;
                 let last =
                     json!({"resultCode": 0, "extendedResultCode": ext, "resultDetails": why});
-                self.report(
-                    self.agent(FAILED, json!({"workflow": flow, "lastInstallResult": last})),
-                )
-                .await?;
+                let done = json!({"workflow": flow, "lastInstallResult": last});
+                self.report(self.agent(FAILED, done)).await?;
+                self.tally.failed += 1;
             }
         }
         self.done = Some(key);
@@ -365,10 +370,14 @@ impl Fleet {
         loop {
             let mut total = Tally::default();
             for d in &mut devices {
-                d.step(failures, seed).await?;
+                // A device that cannot reach serve tries again at its next poll.
+                if d.step(failures, seed).await.is_err() {
+                    d.tally.unreachable += 1;
+                }
                 total.installed += d.tally.installed;
                 total.through_delta += d.tally.through_delta;
                 total.failed += d.tally.failed;
+                total.unreachable += d.tally.unreachable;
             }
             if stop(&total) || tokio::time::Instant::now() >= deadline {
                 return Ok(total);

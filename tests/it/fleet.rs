@@ -299,3 +299,44 @@ fn a_corrupted_blob_fails_the_device_with_a_hash_error() {
         assert_eq!(s.deployment_state, DeploymentState::ActiveWithSubgroupFailures);
     });
 }
+
+#[test]
+fn kill_9_of_serve_during_a_deployment_loses_and_doubles_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut serve = Serve::start(&data, None);
+    let m = update(dir.path(), "1.1", &image(8, 32 << 10), None);
+    assert_eq!(import(&serve, &[&m], None).0, 0);
+    let client = AduClient::new(&serve.endpoint, "default", Auth::None).unwrap();
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let fleet = rt.block_on(Fleet::register(spec(&serve, &data, "k9", 40, "k9"))).unwrap();
+    rt.block_on(client.create_or_update_deployment(&deployment("k9-1-1", "k9", "1.1", None)))
+        .unwrap();
+    let run = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(fleet.run(Duration::from_secs(90), &|t| t.installed == 40))
+    });
+    // Kill serve once some devices have reported, while others are still installing.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = rt.block_on(client.deployment_status("k9", "k9-1-1")).unwrap();
+        if s.subgroup_status[0].devices_completed_succeeded_count.unwrap_or(0) >= 5 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no device installed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    serve.kill();
+    std::thread::sleep(Duration::from_millis(1500));
+    serve.restart();
+    let tally = run.join().unwrap().unwrap();
+    assert_eq!((tally.installed, tally.failed), (40, 0), "{tally:?}");
+    assert!(tally.unreachable > 0, "the devices never lost serve: {tally:?}");
+    let s = rt.block_on(client.deployment_status("k9", "k9-1-1")).unwrap();
+    let g = &s.subgroup_status[0];
+    assert_eq!(
+        (g.total_devices, g.devices_completed_succeeded_count, g.devices_in_progress_count),
+        (Some(40), Some(40), Some(0))
+    );
+}

@@ -30,7 +30,7 @@ impl Serve {
     }
 
     /// The same address again after a restart, so URLs handed out before stay valid.
-    fn restart(&mut self) {
+    pub(crate) fn restart(&mut self) {
         self.kill();
         let addr = self.endpoint.trim_start_matches("http://").to_owned();
         let extra = self.extra.clone();
@@ -60,7 +60,7 @@ impl Serve {
         }
     }
 
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
