@@ -59,6 +59,12 @@ pub(crate) struct CreateArgs {
     /// Cloud rollback: number of devices failed.
     #[arg(long, requires = "rollback_to")]
     rollback_failed_count: Option<u64>,
+    /// Then follow it as `deploy status --watch` does.
+    #[arg(long)]
+    watch: bool,
+    /// With --watch: give up after this long (exit 1).
+    #[arg(long, default_value = "30m", value_parser = super::wait_duration)]
+    timeout: std::time::Duration,
     #[command(flatten)]
     adu: AduArgs,
 }
@@ -70,6 +76,13 @@ pub(crate) struct StatusArgs {
     group: String,
     /// The deployment id.
     deployment: String,
+    /// Follow it: a line per change (one JSON object per line with --format json); exit 0 when
+    /// every device succeeded, 1 when it failed, was canceled or rolled back.
+    #[arg(long)]
+    watch: bool,
+    /// With --watch: give up after this long (exit 1).
+    #[arg(long, default_value = "30m", value_parser = super::wait_duration)]
+    timeout: std::time::Duration,
     #[command(flatten)]
     adu: AduArgs,
 }
@@ -92,6 +105,10 @@ pub(crate) fn run(
         DeployCommand::Create(a) => create(a, rt, out),
         DeployCommand::Cancel(a) => act(a, true, rt, out),
         DeployCommand::Retry(a) => act(a, false, rt, out),
+        DeployCommand::Status(a) if a.watch => {
+            let client = a.adu.client()?;
+            watch(&client, &a.group, &a.deployment, a.timeout, rt, out)
+        }
         DeployCommand::Status(a) => {
             let client = a.adu.client()?;
             let s = match rt.block_on(client.deployment_status(&a.group, &a.deployment)) {
@@ -151,6 +168,89 @@ pub(crate) fn run(
             }
             Ok(Outcome::Ok)
         }
+    }
+}
+
+/// How a watched deployment ended.
+fn verdict(s: &otaforge::service::model::DeploymentStatus, rolled_back: bool) -> Option<Outcome> {
+    use otaforge::service::model::DeploymentState as D;
+    let busy: u64 = s.subgroup_status.iter().filter_map(|g| g.devices_in_progress_count).sum();
+    let failed: u64 =
+        s.subgroup_status.iter().filter_map(|g| g.devices_completed_failed_count).sum();
+    match s.deployment_state {
+        D::Canceled => Some(Outcome::CheckFailed),
+        D::Inactive if rolled_back => Some(Outcome::CheckFailed),
+        D::Inactive => Some(Outcome::Ok),
+        _ if busy == 0 && failed == 0 => Some(Outcome::Ok),
+        _ if busy == 0 => Some(Outcome::CheckFailed),
+        _ => None,
+    }
+}
+
+/// Follows a deployment until it ends; a line per change.
+fn watch(
+    client: &otaforge::service::AduClient,
+    group: &str,
+    id: &str,
+    timeout: std::time::Duration,
+    rt: &tokio::runtime::Runtime,
+    out: &Output,
+) -> anyhow::Result<Outcome> {
+    let deadline = std::time::Instant::now() + timeout;
+    let mut last = String::new();
+    loop {
+        let step = rt.block_on(async {
+            let s = client.deployment_status(group, id).await?;
+            let list = client.list_deployments(group).await?;
+            let rolled_back = list.iter().any(|d| {
+                d.is_cloud_initiated_rollback == Some(true) && d.deployment_id.starts_with(id)
+            });
+            Ok::<_, otaforge::service::ServiceError>((s, rolled_back))
+        });
+        let (s, rolled_back) = match step {
+            Ok(x) => x,
+            Err(e) => return service_failure(out, "follow the deployment", e),
+        };
+        let counts: Vec<String> = s
+            .subgroup_status
+            .iter()
+            .map(|g| {
+                format!(
+                    "{}: {} ok, {} failed, {} in progress",
+                    &g.device_class_id[..g.device_class_id.len().min(8)],
+                    g.devices_completed_succeeded_count.unwrap_or(0),
+                    g.devices_completed_failed_count.unwrap_or(0),
+                    g.devices_in_progress_count.unwrap_or(0)
+                )
+            })
+            .collect();
+        let line = format!(
+            "{} {}{}",
+            s.deployment_state.as_str(),
+            counts.join("; "),
+            if rolled_back { " (rolled back)" } else { "" }
+        );
+        if line != last {
+            if out.json() {
+                let mut v = serde_json::to_value(&s)?;
+                v["rolledBack"] = serde_json::json!(rolled_back);
+                out.line(serde_json::to_string(&v)?)?;
+            } else {
+                out.line(&line)?;
+            }
+            last = line;
+        }
+        if let Some(outcome) = verdict(&s, rolled_back) {
+            return Ok(outcome);
+        }
+        if std::time::Instant::now() >= deadline {
+            out.failure(&Failure::new(
+                "timeout",
+                format!("{id} had not finished after {timeout:?}"),
+            ))?;
+            return Ok(Outcome::CheckFailed);
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
     }
 }
 
@@ -249,6 +349,15 @@ fn create(a: CreateArgs, rt: &tokio::runtime::Runtime, out: &Output) -> anyhow::
         Ok(c) => c,
         Err(e) => return service_failure(out, "create the deployment", e),
     };
+    if a.watch {
+        if !out.json() {
+            out.line(format!(
+                "deployment {} of {} to {}",
+                created.deployment_id, created.update.update_id, created.group_id
+            ))?;
+        }
+        return watch(&client, &a.group, &created.deployment_id, a.timeout, rt, out);
+    }
     if out.json() {
         out.json_value(&created)?;
     } else {

@@ -340,3 +340,67 @@ fn kill_9_of_serve_during_a_deployment_loses_and_doubles_nothing() {
         (Some(40), Some(40), Some(0))
     );
 }
+
+#[test]
+fn deploy_watch_exits_0_when_every_device_succeeds_and_1_on_a_rollback() {
+    let dir = tempfile::tempdir().unwrap();
+    let (serve, data, _, _) = setup(dir.path());
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let good = rt.block_on(Fleet::register(spec(&serve, &data, "w", 3, "watched"))).unwrap();
+    let mut bad_spec = spec(&serve, &data, "wb", 2, "watched-bad");
+    bad_spec.failures = Failures { download: 0.0, install: 1.0 };
+    let bad = rt.block_on(Fleet::register(bad_spec)).unwrap();
+    let runner = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            tokio::join!(
+                good.run(Duration::from_secs(60), &|t| t.installed == 3),
+                bad.run(Duration::from_secs(60), &|t| t.failed == 2),
+            )
+        })
+    });
+    let watch = |args: &[&str]| {
+        let out = otaforge()
+            .env("OTAFORGE_ADU_TOKEN", TOKEN)
+            .args(["--format", "json", "deploy"])
+            .args(args)
+            .args([
+                "--watch",
+                "--timeout",
+                "60s",
+                "--endpoint",
+                &serve.endpoint,
+                "--instance",
+                "default",
+            ])
+            .output()
+            .unwrap();
+        let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect();
+        (out.status.code(), lines)
+    };
+    let (code, lines) = watch(&["create", "watched", "contoso/toaster/1.1", "--id", "w-1"]);
+    assert_eq!(code, Some(0), "{lines:?}");
+    let last = lines.last().unwrap();
+    assert_eq!(last["subgroupStatus"][0]["devicesCompletedSucceededCount"], 3, "{lines:?}");
+    let (code, lines) = watch(&[
+        "create",
+        "watched-bad",
+        "contoso/toaster/1.1",
+        "--id",
+        "wb-1",
+        "--rollback-to",
+        "contoso/toaster/1.0",
+        "--rollback-failed-percent",
+        "50",
+        "--rollback-failed-count",
+        "1",
+    ]);
+    assert_eq!(code, Some(1), "{lines:?}");
+    assert_eq!(lines.last().unwrap()["rolledBack"], true, "{lines:?}");
+    let (a, b) = runner.join().unwrap();
+    assert_eq!((a.unwrap().installed, b.unwrap().failed), (3, 2));
+}
