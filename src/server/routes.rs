@@ -76,7 +76,12 @@ pub(super) fn router(state: Shared) -> Router {
             get(get_file),
         )
         .route("/deviceUpdate/{instance}/management/groups", get(list_groups))
-        .route("/deviceUpdate/{instance}/management/groups/{g}", get(get_group))
+        .route("/deviceUpdate/{instance}/management/groups/{g}", get(get_group).delete(delete_group))
+        .route("/deviceUpdate/{instance}/management/groups/{g}/bestUpdates", get(group_best_updates))
+        .route(
+            "/deviceUpdate/{instance}/management/deviceClasses/{c}/installableUpdates",
+            get(installable_updates),
+        )
         .route(
             "/deviceUpdate/{instance}/management/groups/{g}/updateCompliance",
             get(group_compliance),
@@ -180,6 +185,109 @@ async fn get_group(State(s): State<Shared>, Path((_, g)): Path<(String, String)>
         },
         Err(r) => r,
     }
+}
+
+/// ADU's rules: a default group cannot be deleted, nor one with devices or a deployment that
+/// is not superseded. (A group here is its devices' tags, so one that can be deleted has no
+/// devices and is already gone: the answer is 404 unless a rule refuses first.)
+async fn delete_group(State(s): State<Shared>, Path((_, g)): Path<(String, String)>) -> Response {
+    if g == super::devices::DEFAULT_GROUP {
+        return api_error(
+            StatusCode::CONFLICT,
+            ErrorBody::new("CannotDeleteDefaultGroup", "the default group cannot be deleted"),
+        );
+    }
+    let view = match device_view(&s).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    if let Some(group) = view.groups().into_iter().find(|x| x.group_id == g) {
+        return api_error(
+            StatusCode::CONFLICT,
+            ErrorBody::new(
+                "GroupNotEmpty",
+                format!(
+                    "group `{g}` has {} devices; move them out (remove their ADUGroup tag) first",
+                    group.device_count.unwrap_or(0)
+                ),
+            ),
+        );
+    }
+    let key = g.clone();
+    match s.db.read(move |st| st.deployments(&key)).await {
+        Ok(list) if list.iter().any(|d| d.state != "Inactive") => api_error(
+            StatusCode::CONFLICT,
+            ErrorBody::new(
+                "GroupHasDeployments",
+                format!("group `{g}` has an active or canceled deployment; delete it first"),
+            ),
+        ),
+        Ok(_) => not_found("group", &g),
+        Err(e) => internal(e),
+    }
+}
+
+/// The best update of each device class of a group (`bestUpdates`).
+async fn group_best_updates(
+    State(s): State<Shared>,
+    Path((_, g)): Path<(String, String)>,
+    uri: axum::http::Uri,
+    Query(q): Q,
+) -> Response {
+    let view = match device_view(&s).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    if !view.groups().iter().any(|x| x.group_id == g) {
+        return not_found("group", &g);
+    }
+    let mut seen = Vec::new();
+    let mut best = Vec::new();
+    for d in view.devices.iter().filter(|d| d.device.group_id.as_deref() == Some(g.as_str())) {
+        let class = &d.device.device_class_id;
+        if seen.contains(class) {
+            continue;
+        }
+        seen.push(class.clone());
+        let count = view
+            .devices
+            .iter()
+            .filter(|x| {
+                x.device.group_id.as_deref() == Some(g.as_str())
+                    && x.device.device_class_id == *class
+            })
+            .count();
+        let update = view.classes.get(class).and_then(|c| c.best_compatible_update.clone());
+        best.push(serde_json::json!({"groupId": g, "deviceClassId": class, "update": update, "deviceCount": count}));
+    }
+    page(best, &uri, &q)
+}
+
+/// The deployable updates a device class can install, newest first.
+async fn installable_updates(
+    State(s): State<Shared>,
+    Path((_, c)): Path<(String, String)>,
+    uri: axum::http::Uri,
+    Query(q): Q,
+) -> Response {
+    let view = match device_view(&s).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let Some(class) = view.classes.get(&c) else { return not_found("device class", &c) };
+    let updates = match s.db.read(|st| st.updates()).await {
+        Ok(u) => u,
+        Err(e) => return internal(e),
+    };
+    let compat = &class.device_class_properties.compat_properties;
+    let mut fits: Vec<&crate::service::Update> = updates
+        .iter()
+        .filter(|u| super::devices::best_update(std::slice::from_ref(*u), compat).is_some())
+        .collect();
+    fits.sort_by(|a, b| b.update_id.version().cmp(a.update_id.version()));
+    let infos: Vec<UpdateInfo> =
+        fits.into_iter().map(|u| UpdateInfo::new(u.update_id.clone())).collect();
+    page(infos, &uri, &q)
 }
 
 async fn group_compliance(

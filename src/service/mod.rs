@@ -673,6 +673,29 @@ impl AduClient {
         self.list_paged(url).await
     }
 
+    /// Deletes a group (refused while it has devices or a deployment that is not superseded).
+    pub async fn delete_group(&self, group_id: &str) -> Result<(), ServiceError> {
+        self.send(reqwest::Method::DELETE, self.management(&["groups", group_id]), None)
+            .await
+            .map(drop)
+    }
+
+    /// The best update of each device class of a group, with how many devices it has.
+    pub async fn best_updates(
+        &self,
+        group_id: &str,
+    ) -> Result<Vec<serde_json::Value>, ServiceError> {
+        self.list_paged(self.management(&["groups", group_id, "bestUpdates"])).await
+    }
+
+    /// The updates a device class can install, newest first.
+    pub async fn installable_updates(
+        &self,
+        class_id: &str,
+    ) -> Result<Vec<UpdateInfo>, ServiceError> {
+        self.list_paged(self.management(&["deviceClasses", class_id, "installableUpdates"])).await
+    }
+
     /// Update compliance of the instance, or of one group.
     pub async fn update_compliance(
         &self,

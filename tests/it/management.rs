@@ -159,6 +159,43 @@ fn devices_classes_groups_and_compliance_follow_the_twins_and_the_updates() {
         assert!(client.get_device("t1").await.unwrap().unwrap().on_latest_update);
         assert!(client.get_device("no-agent").await.unwrap().is_none());
 
+        // What each class can install, newest first; the best update per class of a group.
+        let installable = client.installable_updates(&toaster.device_class_id).await.unwrap();
+        let versions: Vec<String> =
+            installable.iter().map(|u| u.update_id.version().to_string()).collect();
+        assert_eq!(versions, ["1.1", "1.0"]);
+        assert!(client.installable_updates(&kettle.device_class_id).await.unwrap().is_empty());
+        let best = client.best_updates("kitchen").await.unwrap();
+        assert_eq!(best.len(), 2);
+        let toaster_best =
+            best.iter().find(|b| b["deviceClassId"] == toaster.device_class_id.as_str()).unwrap();
+        assert_eq!(
+            (
+                toaster_best["update"]["updateId"]["version"].as_str(),
+                toaster_best["deviceCount"].as_u64()
+            ),
+            (Some("1.1"), Some(2))
+        );
+        // Groups with devices, and the default group, cannot be deleted.
+        let refused = |e: otaforge::service::ServiceError| match e {
+            otaforge::service::ServiceError::Api { status, error, .. } => {
+                (status, error.code.clone())
+            }
+            other => panic!("{other}"),
+        };
+        assert_eq!(
+            refused(client.delete_group("kitchen").await.unwrap_err()),
+            (409, "GroupNotEmpty".to_owned())
+        );
+        assert_eq!(
+            refused(client.delete_group("$default").await.unwrap_err()),
+            (409, "CannotDeleteDefaultGroup".to_owned())
+        );
+        assert_eq!(
+            refused(client.delete_group("nowhere").await.unwrap_err()),
+            (404, "NotFound".to_owned())
+        );
+
         // t1, t3 on 1.1 (latest), k1 with nothing to install: on latest; t2 behind.
         let c = client.update_compliance(None).await.unwrap();
         assert_eq!(
