@@ -64,7 +64,7 @@ fn update(
                 .args(["delta", "create", "old.bin", "payload.bin", "-o", "payload.delta"])
                 .assert()
                 .success();
-            cmd.args(["--file", "payload.bin,downloadHandler=microsoft/delta:1"])
+            cmd.args(["--file", "payload.bin,downloadHandler=otaforge/delta:1"])
                 .args(["--related-file", "payload.bin=payload.delta,source=old.bin"]);
         }
         None => {
