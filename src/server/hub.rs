@@ -293,7 +293,7 @@ async fn query(State(s): State<Shared>, headers: HeaderMap, body: axum::body::By
             "the body must be {\"query\": \"SELECT ...\"}",
         );
     };
-    let filter = match super::twins::Query::parse(&text) {
+    let filter = match crate::iothub::query::Query::parse(&text) {
         Ok(q) => q,
         Err(e) => return hub_error(StatusCode::BAD_REQUEST, "SqlQueryInvalid", e),
     };

@@ -22,7 +22,6 @@ mod hub;
 mod import;
 mod routes;
 pub mod store;
-mod twins;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -1,4 +1,5 @@
-//! The part of IoT Hub's query language serve answers on `POST /devices/query`:
+//! The part of IoT Hub's query language otaforge evaluates (serve answers it on
+//! `POST /devices/query`):
 //! `SELECT * FROM devices [WHERE cond [AND cond]...]`, where a condition is `path = value` or
 //! `path != value`, `path` is `deviceId` or a dotted path into the twin (`tags.ADUGroup`,
 //! `properties.reported.deviceUpdate.agent.state`), and `value` is a single-quoted string, a
