@@ -378,10 +378,16 @@ async fn device_report(
         );
     };
     let device = id.clone();
+    let failed = patch
+        .get("deviceUpdate")
+        .and_then(|d| d.get("agent"))
+        .and_then(|a| a.get("state"))
+        .and_then(Value::as_u64)
+        == Some(255);
     match s.db.call(move |st| st.patch_reported(&id, &patch)).await {
         Ok(TwinPatch::Applied(t)) => {
-            // A report can complete a deployment's failure threshold.
-            if let Err(e) = super::after_report(&s, &device).await {
+            // The device gets its deployment; a failure can complete a rollback threshold.
+            if let Err(e) = super::after_report(&s, &device, failed).await {
                 return internal(e);
             }
             axum::Json(json!({"reported": t.properties.reported})).into_response()

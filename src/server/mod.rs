@@ -133,7 +133,13 @@ struct AppState {
     fetch: FetchPolicy,
     /// The IoT Hub `iothubowner` key service requests are signed with.
     hub_key: crate::iothub::sas::SasKey,
+    /// Update manifests and their file URLs by update id, with when they were made.
+    manifests: std::sync::Mutex<ManifestCache>,
 }
+
+/// Update manifests with file URLs, by update id, with when they were made.
+type ManifestCache =
+    std::collections::HashMap<String, (std::time::Instant, (String, Map<String, Value>))>;
 
 type Shared = Arc<AppState>;
 
@@ -293,6 +299,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         http,
         fetch,
         hub_key,
+        manifests: std::sync::Mutex::new(Default::default()),
     });
     let app = routes::router(state.clone());
     // Deployments reach devices (and scheduled ones start) through this loop as well as right
@@ -349,6 +356,11 @@ async fn reconcile_all(s: &Shared) -> Result<(), ServerError> {
 /// covers (once its start time has come), `Cancel` for a canceled subgroup, and the retry's
 /// timestamp after a retry.
 async fn reconcile(s: &Shared, group: &str) -> Result<(), ServerError> {
+    reconcile_devices(s, group, None).await
+}
+
+/// [`reconcile`] for every device of the group, or only for `only`.
+async fn reconcile_devices(s: &Shared, group: &str, only: Option<&str>) -> Result<(), ServerError> {
     let g = group.to_owned();
     let current =
         s.db.read(move |st| st.deployments(&g)).await?.into_iter().find(|d| d.state != "Inactive");
@@ -360,9 +372,18 @@ async fn reconcile(s: &Shared, group: &str) -> Result<(), ServerError> {
     if !started {
         return Ok(());
     }
-    let twins = s.db.read(|st| st.twins_with_created()).await?;
+    let twins = match only {
+        Some(id) => {
+            let id = id.to_owned();
+            let row = s.db.read(move |st| st.device(&id)).await?;
+            row.map(|r| vec![(r.twin, r.created)]).unwrap_or_default()
+        }
+        None => s.db.read(|st| st.twins_with_created()).await?,
+    };
     let updates = s.db.read(|st| st.updates()).await?;
     let view = devices::View::build(&twins, &updates);
+    let by_id: std::collections::HashMap<&str, &crate::iothub::Twin> =
+        twins.iter().map(|(t, _)| (t.device_id.as_str(), t)).collect();
     let mut manifest: Option<(String, Map<String, Value>)> = None;
     for dev in view.devices.iter().filter(|x| x.device.group_id.as_deref() == Some(group)) {
         let class = &dev.device.device_class_id;
@@ -375,7 +396,7 @@ async fn reconcile(s: &Shared, group: &str) -> Result<(), ServerError> {
         } else {
             desired::ACTION_PROCESS
         };
-        let twin = twins.iter().find(|(t, _)| t.device_id == dev.device.device_id).map(|(t, _)| t);
+        let twin = by_id.get(dev.device.device_id.as_str());
         let workflow = twin.and_then(|t| {
             t.properties.desired.get("deviceUpdate")?.get("service")?.get("workflow").cloned()
         });
@@ -390,7 +411,7 @@ async fn reconcile(s: &Shared, group: &str) -> Result<(), ServerError> {
             continue;
         }
         if action == desired::ACTION_PROCESS && manifest.is_none() {
-            manifest = Some(manifest_and_urls(s, &d.update.update_id).await?);
+            manifest = Some(cached_manifest(s, &d.update.update_id).await?);
         }
         let property = desired::service_property(
             &d.deployment_id,
@@ -406,6 +427,27 @@ async fn reconcile(s: &Shared, group: &str) -> Result<(), ServerError> {
         s.db.call(move |st| st.patch_twin(&id, None, Some(&patch), None).map(drop)).await?;
     }
     Ok(())
+}
+
+/// [`manifest_and_urls`], kept for a day per update (its URLs are valid for seven), so a
+/// rollout does not rebuild and re-sign it for every device.
+async fn cached_manifest(
+    s: &Shared,
+    id: &crate::manifest::UpdateId,
+) -> Result<(String, Map<String, Value>), ServerError> {
+    let key = id.to_string();
+    let fresh = |at: &std::time::Instant| at.elapsed() < Duration::from_secs(86_400);
+    if let Some((at, m)) = s.manifests.lock().unwrap_or_else(|p| p.into_inner()).get(&key)
+        && fresh(at)
+    {
+        return Ok(m.clone());
+    }
+    let m = manifest_and_urls(s, id).await?;
+    s.manifests
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(key, (std::time::Instant::now(), m.clone()));
+    Ok(m)
 }
 
 /// The update manifest of an update and a signed URL for each file it names.
@@ -444,23 +486,22 @@ async fn manifest_and_urls(
     Ok((manifest, urls))
 }
 
-/// After a device reported: if its group's active deployment now meets its cloud rollback
-/// policy, the rollback deployment is created, superseding it (once: the rollback has no
-/// policy of its own).
-async fn after_report(s: &Shared, device_id: &str) -> Result<(), ServerError> {
+/// After a device reported: it gets its group's deployment if it has not (a device that joins
+/// or comes online later); and when it reported a failure, its group's active deployment is
+/// checked against its cloud rollback policy, and the rollback deployment created, superseding
+/// it (once: the rollback has no policy of its own). Only a failure can complete a failure
+/// threshold, so a successful report costs one device, not the whole group.
+async fn after_report(s: &Shared, device_id: &str, failed: bool) -> Result<(), ServerError> {
+    let id = device_id.to_owned();
+    let Some(row) = s.db.read(move |st| st.device(&id)).await? else { return Ok(()) };
+    let group = row.twin.group().unwrap_or(devices::DEFAULT_GROUP).to_owned();
+    reconcile_devices(s, &group, Some(device_id)).await?;
+    if !failed {
+        return Ok(());
+    }
     let twins = s.db.read(|st| st.twins_with_created()).await?;
     let updates = s.db.read(|st| st.updates()).await?;
     let view = devices::View::build(&twins, &updates);
-    let Some(group) = view
-        .devices
-        .iter()
-        .find(|d| d.device.device_id == device_id)
-        .and_then(|d| d.device.group_id.clone())
-    else {
-        return Ok(());
-    };
-    // A device that just reported (or joined) gets its group's deployment.
-    reconcile(s, &group).await?;
     let g = group.clone();
     let active =
         s.db.read(move |st| st.deployments(&g)).await?.into_iter().find(|d| d.state == "Active");
