@@ -1,14 +1,14 @@
 //! Simulated devices: each one an ADU agent in goal-state mode (adu.md §5.4) that talks to
 //! `otaforge serve`'s IoT Hub surface with its own credential. A device reports its agent
-//! properties, reads its twin, and on a new deployment reports `DeploymentInProgress`, downloads
+//! properties, reads its twin, and on a new deployment checks the update manifest signature
+//! against its root keys (when given), reports `DeploymentInProgress`, downloads
 //! what it needs, checks every size and SHA-256, applies a real delta (`delta::apply`) when its
 //! installed image is the related file's source, else downloads the full file, and reports
 //! `Idle` with result 700 and the new `installedUpdateId`, or `Failed` with the result codes of
 //! what went wrong. Injected failures are drawn from the seed, the device and the deployment, so
 //! a run is reproducible.
 //!
-//! Not yet: the update manifest signature (serve does not write one yet), cancel handling beyond
-//! stopping, and restart/backoff behaviour beyond polling again.
+//! Not yet: cancel handling beyond not starting, and backoff beyond polling again.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -78,6 +78,9 @@ pub struct FleetSpec {
     /// Keys a signed delta must verify against (a signed delta without them is refused and
     /// the full file downloaded instead, as `delta apply` fails closed).
     pub trusted: Option<Arc<crate::sign::TrustedKeys>>,
+    /// Root keys (public JWKs) the update manifest signature must chain to, as an ADU agent's
+    /// built-in roots; none: the signature is not checked.
+    pub roots: Option<Arc<Vec<Value>>>,
 }
 
 /// What one device did, for the run's report.
@@ -116,6 +119,7 @@ struct Device {
     class: Map<String, Value>,
     installed: Option<(UpdateId, Arc<Vec<u8>>)>,
     trusted: Option<Arc<crate::sign::TrustedKeys>>,
+    roots: Option<Arc<Vec<Value>>>,
     done: Option<String>,
     tally: Tally,
 }
@@ -254,16 +258,27 @@ impl Device {
         if self.done.as_deref() == Some(key.as_str()) || workflow["action"].as_u64() != Some(3) {
             return Ok(());
         }
-        let Ok(manifest) =
-            serde_json::from_str::<Value>(service["updateManifest"].as_str().unwrap_or_default())
-        else {
+        let manifest_text = service["updateManifest"].as_str().unwrap_or_default();
+        let Ok(manifest) = serde_json::from_str::<Value>(manifest_text) else {
             return Ok(());
         };
         let update: Option<UpdateId> = serde_json::from_value(manifest["updateId"].clone()).ok();
         let flow = json!({"action": 3, "id": id, "retryTimestamp": retry});
         self.report(self.agent(IN_PROGRESS, json!({"workflow": flow}))).await?;
         let stage = format!("{id}{}", retry.as_deref().unwrap_or_default());
-        let result = if draw(seed, &self.id, &stage, "download") < failures.download {
+        // The agent checks the signature chain before anything else (adu.md §5.3).
+        let signature = match &self.roots {
+            Some(roots) => crate::sign::adu::verify_update_manifest(
+                manifest_text,
+                service["updateManifestSignature"].as_str().unwrap_or_default(),
+                roots,
+            )
+            .map_err(|e| (0x8040_0001_u32 as i32 as i64, e.to_string())),
+            None => Ok(()),
+        };
+        let result = if let Err(e) = signature {
+            Err(e)
+        } else if draw(seed, &self.id, &stage, "download") < failures.download {
             // Delivery Optimization's "download failed" facility code.
             Err((0x80D0_2002_u32 as i32 as i64, "injected download failure".to_owned()))
         } else {
@@ -349,6 +364,7 @@ impl Fleet {
                 class: spec.class.clone(),
                 installed: spec.installed.clone(),
                 trusted: spec.trusted.clone(),
+                roots: spec.roots.clone(),
                 done: None,
                 tally: Tally::default(),
             };

@@ -54,6 +54,11 @@ pub(crate) struct RunArgs {
     /// and the full file downloaded).
     #[arg(long, value_name = "FILE")]
     verify_key: Option<PathBuf>,
+    /// Root key(s) the update manifest signature must chain to: a JWK or a list of JWKs
+    /// (`otaforge serve` writes its root's to `update-root.jwk.json` in its data dir). Without
+    /// it, signatures are not checked.
+    #[arg(long, value_name = "FILE")]
+    root_key: Option<PathBuf>,
     /// Stop after this long.
     #[arg(long = "for", default_value = "60s", value_parser = super::wait_duration)]
     run_for: Duration,
@@ -113,6 +118,17 @@ pub(crate) fn run(
         failures: a.fail,
         seed: a.seed,
         poll: Duration::from_millis(500),
+        roots: match &a.root_key {
+            Some(p) => {
+                let v: Value = serde_json::from_slice(&fs_err::read(p)?)
+                    .with_context(|| format!("{} is not JSON", p.display()))?;
+                Some(Arc::new(match v {
+                    Value::Array(list) => list,
+                    one => vec![one],
+                }))
+            }
+            None => None,
+        },
         trusted: match &a.verify_key {
             Some(p) => {
                 let mut keys = otaforge::sign::TrustedKeys::new();

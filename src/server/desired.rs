@@ -5,8 +5,8 @@
 //! `retryTimestamp` after a retry), `updateManifest` (the service-made update manifest, as a JSON
 //! string that the official update manifest schema accepts: files keyed by file id, steps naming
 //! file ids, related files listed under their file),
-//! and `fileUrls` (file id → a signed, expiring read URL of serve's content store).
-//! `updateManifestSignature` is not written yet (see docs/serve.md).
+//! `updateManifestSignature` (ADU's RS256 JWS, `sign::adu`), and `fileUrls` (file id → a signed,
+//! expiring read URL of serve's content store).
 
 use serde_json::{Map, Value, json};
 
@@ -85,21 +85,34 @@ pub fn update_manifest(update: &Update, files: &[UpdateFile]) -> (String, Vec<(S
     (manifest.to_string(), content)
 }
 
-/// The desired `service` property for a deployment: `urls` maps each file id to its URL.
+/// What a device needs to install an update: the update manifest string, its signature, and a
+/// URL per file id.
+#[derive(Debug, Clone)]
+pub struct DesiredUpdate {
+    /// The update manifest, exactly as signed.
+    pub manifest: String,
+    /// `updateManifestSignature`.
+    pub signature: String,
+    /// File id → read URL.
+    pub file_urls: Map<String, Value>,
+}
+
+/// The desired `service` property for a deployment.
 pub fn service_property(
     deployment_id: &str,
     action: u64,
     retry_timestamp: Option<&str>,
-    manifest: Option<(&str, &Map<String, Value>)>,
+    update: Option<&DesiredUpdate>,
 ) -> Value {
     let mut workflow = json!({"action": action, "id": deployment_id});
     if let Some(r) = retry_timestamp {
         workflow["retryTimestamp"] = json!(r);
     }
     let mut service = json!({"workflow": workflow});
-    if let Some((m, urls)) = manifest {
-        service["updateManifest"] = json!(m);
-        service["fileUrls"] = Value::Object(urls.clone());
+    if let Some(u) = update {
+        service["updateManifest"] = json!(u.manifest);
+        service["updateManifestSignature"] = json!(u.signature);
+        service["fileUrls"] = Value::Object(u.file_urls.clone());
     }
     json!({"deviceUpdate": {"__t": "c", "service": service}})
 }

@@ -135,11 +135,14 @@ struct AppState {
     hub_key: crate::iothub::sas::SasKey,
     /// Update manifests and their file URLs by update id, with when they were made.
     manifests: std::sync::Mutex<ManifestCache>,
+    /// The key that signs update manifests, and `sjwk` (it, signed by the root key).
+    update_key: crate::sign::adu::RsaKey,
+    update_sjwk: String,
 }
 
 /// Update manifests with file URLs, by update id, with when they were made.
 type ManifestCache =
-    std::collections::HashMap<String, (std::time::Instant, (String, Map<String, Value>))>;
+    std::collections::HashMap<String, (std::time::Instant, desired::DesiredUpdate)>;
 
 type Shared = Arc<AppState>;
 
@@ -274,6 +277,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         .client(config.stall_timeout, FETCH_TIMEOUT)
         .map_err(|e| ServerError::Config(e.to_string()))?;
     let hub_key = hub_key(&config.data_dir)?;
+    let (update_key, update_sjwk) = update_keys(&config.data_dir)?;
     let hub_host = base_url.trim_start_matches("http://").trim_start_matches("https://");
     let conn = crate::iothub::ConnectionString::new(
         hub_host.trim_end_matches('/'),
@@ -300,6 +304,8 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         fetch,
         hub_key,
         manifests: std::sync::Mutex::new(Default::default()),
+        update_key,
+        update_sjwk,
     });
     let app = routes::router(state.clone());
     // Deployments reach devices (and scheduled ones start) through this loop as well as right
@@ -384,7 +390,7 @@ async fn reconcile_devices(s: &Shared, group: &str, only: Option<&str>) -> Resul
     let view = devices::View::build(&twins, &updates);
     let by_id: std::collections::HashMap<&str, &crate::iothub::Twin> =
         twins.iter().map(|(t, _)| (t.device_id.as_str(), t)).collect();
-    let mut manifest: Option<(String, Map<String, Value>)> = None;
+    let mut manifest: Option<desired::DesiredUpdate> = None;
     for dev in view.devices.iter().filter(|x| x.device.group_id.as_deref() == Some(group)) {
         let class = &dev.device.device_class_id;
         if !d.device_class_subgroups.iter().flatten().any(|c| c == class) {
@@ -417,10 +423,7 @@ async fn reconcile_devices(s: &Shared, group: &str, only: Option<&str>) -> Resul
             &d.deployment_id,
             action,
             actions.retry_timestamp.as_deref(),
-            manifest
-                .as_ref()
-                .filter(|_| action == desired::ACTION_PROCESS)
-                .map(|(m, u)| (m.as_str(), u)),
+            manifest.as_ref().filter(|_| action == desired::ACTION_PROCESS),
         );
         let Value::Object(patch) = property else { continue };
         let id = dev.device.device_id.clone();
@@ -434,7 +437,7 @@ async fn reconcile_devices(s: &Shared, group: &str, only: Option<&str>) -> Resul
 async fn cached_manifest(
     s: &Shared,
     id: &crate::manifest::UpdateId,
-) -> Result<(String, Map<String, Value>), ServerError> {
+) -> Result<desired::DesiredUpdate, ServerError> {
     let key = id.to_string();
     let fresh = |at: &std::time::Instant| at.elapsed() < Duration::from_secs(86_400);
     if let Some((at, m)) = s.manifests.lock().unwrap_or_else(|p| p.into_inner()).get(&key)
@@ -454,7 +457,7 @@ async fn cached_manifest(
 async fn manifest_and_urls(
     s: &Shared,
     id: &crate::manifest::UpdateId,
-) -> Result<(String, Map<String, Value>), ServerError> {
+) -> Result<desired::DesiredUpdate, ServerError> {
     use crate::storage::BlobStore as _;
     let key = id.clone();
     let (update, files) =
@@ -483,7 +486,10 @@ async fn manifest_and_urls(
         let url = s.files.read_url(&container, &blob, FILE_URL_TTL).await?;
         urls.insert(file_id, Value::String(url));
     }
-    Ok((manifest, urls))
+    let signature =
+        crate::sign::adu::sign_update_manifest(&manifest, &s.update_key, &s.update_sjwk)
+            .map_err(|e| ServerError::Config(e.to_string()))?;
+    Ok(desired::DesiredUpdate { manifest, signature, file_urls: urls })
 }
 
 /// After a device reported: it gets its group's deployment if it has not (a device that joins
@@ -522,6 +528,42 @@ async fn after_report(s: &Shared, device_id: &str, failed: bool) -> Result<(), S
 
 /// The shared access policy name of the hub key.
 pub const HUB_KEY_NAME: &str = "iothubowner";
+
+/// The update manifest keys: the root key and the signing key (PKCS#8, mode 0600, made on first
+/// start), `sjwk` for the signing key, and the root's public JWK in `update-root.jwk.json` for
+/// devices to trust.
+fn update_keys(
+    data_dir: &std::path::Path,
+) -> Result<(crate::sign::adu::RsaKey, String), ServerError> {
+    use crate::sign::adu::RsaKey;
+    let load = |file: &str, kid: &str| -> Result<RsaKey, ServerError> {
+        let path = data_dir.join(file);
+        let config =
+            |e: crate::sign::SignError| ServerError::Config(format!("{}: {e}", path.display()));
+        match fs_err::read(&path) {
+            Ok(der) => RsaKey::from_pkcs8(&der, kid).map_err(config),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let key = RsaKey::generate(kid).map_err(config)?;
+                let der = key.to_pkcs8().map_err(config)?;
+                crate::fsutil::write_output(&path, &der, crate::fsutil::Privacy::Private)?;
+                Ok(key)
+            }
+            Err(e) => Err(e.into()),
+        }
+    };
+    let root = load("update-root.key", "otaforge.root.1")?;
+    let signing = load("update-signing.key", "otaforge.signing.1")?;
+    let sjwk = crate::sign::adu::signing_key_jws(&root, &signing)
+        .map_err(|e| ServerError::Config(e.to_string()))?;
+    let jwk = serde_json::to_vec_pretty(&root.public_jwk())
+        .map_err(|e| ServerError::Config(e.to_string()))?;
+    crate::fsutil::write_output(
+        &data_dir.join("update-root.jwk.json"),
+        &jwk,
+        crate::fsutil::Privacy::Public,
+    )?;
+    Ok((signing, sjwk))
+}
 
 /// The hub's owner key: read from the data dir, made on first start (mode 0600).
 fn hub_key(data_dir: &std::path::Path) -> Result<crate::iothub::sas::SasKey, ServerError> {

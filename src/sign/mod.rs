@@ -12,6 +12,7 @@
 //! Verification fails closed: every way a check can fail is a distinct [`SignError`] variant,
 //! and nothing downstream runs until a check has passed.
 
+pub mod adu;
 pub mod jws;
 mod key;
 pub mod meta;

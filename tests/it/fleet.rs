@@ -93,6 +93,10 @@ fn spec(serve: &Serve, data: &Path, prefix: &str, devices: usize, group: &str) -
         seed: 7,
         poll: Duration::from_millis(200),
         trusted: None,
+        roots: Some(Arc::new(vec![
+            serde_json::from_slice(&fs_err::read(data.join("update-root.jwk.json")).unwrap())
+                .unwrap(),
+        ])),
     }
 }
 
@@ -403,4 +407,32 @@ fn deploy_watch_exits_0_when_every_device_succeeds_and_1_on_a_rollback() {
     assert_eq!(lines.last().unwrap()["rolledBack"], true, "{lines:?}");
     let (a, b) = runner.join().unwrap();
     assert_eq!((a.unwrap().installed, b.unwrap().failed), (3, 2));
+}
+
+#[test]
+fn devices_that_trust_another_root_refuse_the_update_manifest() {
+    let dir = tempfile::tempdir().unwrap();
+    let (serve, data, client, _) = setup(dir.path());
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut s = spec(&serve, &data, "wary", 2, "wary");
+        // Same key id as serve's root, another key: the chain does not verify.
+        let impostor = otaforge::sign::adu::RsaKey::generate("otaforge.root.1").unwrap();
+        s.roots = Some(Arc::new(vec![impostor.public_jwk()]));
+        let fleet = Fleet::register(s).await.unwrap();
+        client
+            .create_or_update_deployment(&deployment("wary-1", "wary", "1.1", None))
+            .await
+            .unwrap();
+        let t = fleet.run(Duration::from_secs(30), &|t| t.failed == 2).await.unwrap();
+        assert_eq!((t.installed, t.failed), (0, 2));
+        let d = client.get_device("wary-0000").await.unwrap().unwrap();
+        let r = d.last_install_result.unwrap();
+        assert_eq!(r.extended_result_code, 0x8040_0001_u32 as i32 as i64);
+        assert!(
+            r.result_details.unwrap_or_default().contains("root key"),
+            "signature refusal named"
+        );
+    });
 }

@@ -97,6 +97,7 @@ fn deploy(bin: &Path, serve: &Serve, w: &dyn Fn(&str) -> String, out: &str) -> a
     println!("\n# A simulated fleet: 150 devices in group kitchen, 100 in canary, all on 1.1:");
     let hub = serve.data.join("iothub.connection-string").display().to_string();
     let (image, key) = (w("image-1.1.swu"), w("release.pub.pem"));
+    let root = serve.data.join("update-root.jwk.json").display().to_string();
     let fleet = |group: &str, devices: &str, fail: &str, run_for: &str| -> Vec<String> {
         [
             "fleet",
@@ -119,6 +120,8 @@ fn deploy(bin: &Path, serve: &Serve, w: &dyn Fn(&str) -> String, out: &str) -> a
             &image,
             "--verify-key",
             &key,
+            "--root-key",
+            &root,
             "--fail",
             fail,
             "--seed",
