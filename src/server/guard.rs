@@ -66,6 +66,9 @@ pub fn origin_allowed(origin: &str, port: u16) -> bool {
 fn body_types(method: &Method, path: &str) -> &'static [&'static str] {
     if *method == Method::PUT && path.contains("/otaforge/blobs/") {
         &["application/octet-stream"]
+    } else if *method == Method::PATCH {
+        // ADU documents JSON merge patch for its PATCH routes.
+        &["application/merge-patch+json", "application/json"]
     } else {
         &["application/json"]
     }

@@ -557,10 +557,11 @@ fn update_keys(
         .map_err(|e| ServerError::Config(e.to_string()))?;
     let jwk = serde_json::to_vec_pretty(&root.public_jwk())
         .map_err(|e| ServerError::Config(e.to_string()))?;
+    // Public, but the data dir is private and so is every file in it (see docs/serve.md).
     crate::fsutil::write_output(
         &data_dir.join("update-root.jwk.json"),
         &jwk,
-        crate::fsutil::Privacy::Public,
+        crate::fsutil::Privacy::Private,
     )?;
     Ok((signing, sjwk))
 }

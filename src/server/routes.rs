@@ -106,7 +106,10 @@ pub(super) fn router(state: Shared) -> Router {
         .route("/deviceUpdate/{instance}/management/devices", get(list_devices))
         .route("/deviceUpdate/{instance}/management/devices/{d}", get(get_device))
         .route("/deviceUpdate/{instance}/management/deviceClasses", get(list_classes))
-        .route("/deviceUpdate/{instance}/management/deviceClasses/{c}", get(get_class))
+        .route(
+            "/deviceUpdate/{instance}/management/deviceClasses/{c}",
+            get(get_class).patch(patch_class).delete(delete_class),
+        )
         .route("/deviceUpdate/{instance}/management/updateCompliance", get(instance_compliance))
         .route("/deviceUpdate/{instance}/otaforge/storage", get(storage_info))
         .route("/deviceUpdate/{instance}/otaforge/blobs/{container}/{*blob}", put(put_blob))
@@ -160,7 +163,12 @@ async fn envelope(req: Request, next: Next) -> Response {
 async fn device_view(s: &Shared) -> Result<super::devices::View, Response> {
     let twins = s.db.read(|st| st.twins_with_created()).await.map_err(internal)?;
     let updates = s.db.read(|st| st.updates()).await.map_err(internal)?;
-    Ok(super::devices::View::build(&twins, &updates))
+    let names = s.db.read(|st| st.class_names()).await.map_err(internal)?;
+    let mut view = super::devices::View::build(&twins, &updates);
+    for (id, class) in &mut view.classes {
+        class.friendly_name = names.get(id).cloned();
+    }
+    Ok(view)
 }
 
 fn not_found(what: &str, id: &str) -> Response {
@@ -261,6 +269,81 @@ async fn group_best_updates(
         best.push(serde_json::json!({"groupId": g, "deviceClassId": class, "update": update, "deviceCount": count}));
     }
     page(best, &uri, &q)
+}
+
+/// `PATCH /deviceClasses/{id}`: only `friendlyName` (1-100 letters, digits, `.` and `-`).
+async fn patch_class(
+    State(s): State<Shared>,
+    Path((_, c)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Response {
+    let view = match device_view(&s).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    if !view.classes.contains_key(&c) {
+        return not_found("device class", &c);
+    }
+    let patch: serde_json::Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return bad_request("InvalidDeviceClass", format!("the body is not JSON: {e}")),
+    };
+    let unknown: Vec<&String> = patch
+        .as_object()
+        .into_iter()
+        .flat_map(|o| o.keys())
+        .filter(|k| *k != "friendlyName")
+        .collect();
+    if !unknown.is_empty() {
+        return bad_request(
+            "InvalidDeviceClass",
+            format!("only friendlyName can be changed, not {unknown:?}"),
+        );
+    }
+    let Some(name) = patch.get("friendlyName").and_then(|n| n.as_str()).map(str::to_owned) else {
+        return bad_request("InvalidDeviceClass", "friendlyName must be a string");
+    };
+    let ok = (1..=100).contains(&name.chars().count())
+        && name.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '.' || ch == '-');
+    if !ok {
+        return bad_request(
+            "InvalidDeviceClass",
+            "friendlyName has 1-100 letters, digits, '.' and '-'",
+        );
+    }
+    let key = c.clone();
+    if let Err(e) = s.db.call(move |st| st.set_class_name(&key, Some(&name))).await {
+        return internal(e);
+    }
+    match device_view(&s).await {
+        Ok(v) => v
+            .classes
+            .get(&c)
+            .map_or_else(|| not_found("device class", &c), |x| axum::Json(x).into_response()),
+        Err(r) => r,
+    }
+}
+
+/// `DELETE /deviceClasses/{id}`: refused while devices of the class exist; a class here is its
+/// devices' reports, so one without devices is already gone (404), and its name is forgotten.
+async fn delete_class(State(s): State<Shared>, Path((_, c)): Path<(String, String)>) -> Response {
+    let view = match device_view(&s).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let members = view.devices.iter().filter(|d| d.device.device_class_id == c).count();
+    if members > 0 {
+        return api_error(
+            StatusCode::CONFLICT,
+            ErrorBody::new(
+                "DeviceClassNotEmpty",
+                format!("device class `{c}` has {members} devices"),
+            ),
+        );
+    }
+    let key = c.clone();
+    let _ = s.db.call(move |st| st.set_class_name(&key, None)).await;
+    not_found("device class", &c)
 }
 
 /// The deployable updates a device class can install, newest first.

@@ -66,7 +66,16 @@ pub const MIGRATIONS: &[Migration] = &[
     },
     Migration { version: 3, what: "device identities and their twins", apply: migrate_3 },
     Migration { version: 4, what: "deployments", apply: migrate_4 },
+    Migration { version: 5, what: "device class friendly names", apply: migrate_5 },
 ];
+
+fn migrate_5(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
+    tx.execute_batch(
+        "CREATE TABLE IF NOT EXISTS device_classes (
+            device_class_id TEXT PRIMARY KEY, friendly_name TEXT NOT NULL);",
+    )?;
+    Ok(())
+}
 
 fn migrate_4(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
     tx.execute_batch(
@@ -716,6 +725,29 @@ impl Store {
         )?;
         tx.commit()?;
         Ok(Some(d))
+    }
+
+    /// Device class friendly names, by class id.
+    pub fn class_names(&self) -> Result<BTreeMap<String, String>, StoreError> {
+        let mut stmt =
+            self.conn.prepare("SELECT device_class_id, friendly_name FROM device_classes")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    /// Sets (or, with `None`, removes) a device class's friendly name.
+    pub fn set_class_name(&self, class_id: &str, name: Option<&str>) -> Result<(), StoreError> {
+        match name {
+            Some(n) => self.conn.execute(
+                "INSERT INTO device_classes (device_class_id, friendly_name) VALUES (?1, ?2)
+                 ON CONFLICT(device_class_id) DO UPDATE SET friendly_name = excluded.friendly_name",
+                params![class_id, n],
+            )?,
+            None => self
+                .conn
+                .execute("DELETE FROM device_classes WHERE device_class_id = ?1", [class_id])?,
+        };
+        Ok(())
     }
 
     /// The groups that have deployments.

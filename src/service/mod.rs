@@ -279,9 +279,13 @@ impl AduClient {
             let mut req = self.http.request(method.clone(), url.clone());
             match &body {
                 Some(b) => {
-                    req = req
-                        .header(reqwest::header::CONTENT_TYPE, "application/json")
-                        .body(b.clone());
+                    // ADU's PATCH routes take JSON merge patch.
+                    let media = if method == reqwest::Method::PATCH {
+                        "application/merge-patch+json"
+                    } else {
+                        "application/json"
+                    };
+                    req = req.header(reqwest::header::CONTENT_TYPE, media).body(b.clone());
                 }
                 // An action without a body (`…:cancel`) says so, as the SDKs do.
                 None if method == reqwest::Method::POST => req = req.body(Vec::<u8>::new()),
@@ -686,6 +690,26 @@ impl AduClient {
         group_id: &str,
     ) -> Result<Vec<serde_json::Value>, ServiceError> {
         self.list_paged(self.management(&["groups", group_id, "bestUpdates"])).await
+    }
+
+    /// Gives a device class a friendly name (1-100 letters, digits, `.` and `-`).
+    pub async fn name_device_class(
+        &self,
+        class_id: &str,
+        friendly_name: &str,
+    ) -> Result<model::DeviceClass, ServiceError> {
+        let url = self.management(&["deviceClasses", class_id]);
+        let body = Self::body(&url, &serde_json::json!({"friendlyName": friendly_name}))?;
+        let (_, _, bytes) = self.send(reqwest::Method::PATCH, url.clone(), Some(body)).await?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ServiceError::Protocol { url: url.to_string(), message: e.to_string() })
+    }
+
+    /// Deletes a device class (refused while it has devices).
+    pub async fn delete_device_class(&self, class_id: &str) -> Result<(), ServiceError> {
+        self.send(reqwest::Method::DELETE, self.management(&["deviceClasses", class_id]), None)
+            .await
+            .map(drop)
     }
 
     /// The updates a device class can install, newest first.

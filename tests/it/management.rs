@@ -176,6 +176,16 @@ fn devices_classes_groups_and_compliance_follow_the_twins_and_the_updates() {
             ),
             (Some("1.1"), Some(2))
         );
+        // A class gets a friendly name; a bad one and a class with devices are refused.
+        let named = client.name_device_class(&toaster.device_class_id, "toaster.v2").await.unwrap();
+        assert_eq!(named.friendly_name.as_deref(), Some("toaster.v2"));
+        let again = client.get_device_class(&toaster.device_class_id).await.unwrap().unwrap();
+        assert_eq!(again.friendly_name.as_deref(), Some("toaster.v2"));
+        let bad = client.name_device_class(&toaster.device_class_id, "no spaces").await.unwrap_err();
+        assert!(matches!(bad, otaforge::service::ServiceError::Api { status: 400, .. }), "{bad}");
+        let busy = client.delete_device_class(&toaster.device_class_id).await.unwrap_err();
+        assert!(matches!(&busy, otaforge::service::ServiceError::Api { status: 409, error, .. } if error.code == "DeviceClassNotEmpty"), "{busy}");
+
         // Groups with devices, and the default group, cannot be deleted.
         let refused = |e: otaforge::service::ServiceError| match e {
             otaforge::service::ServiceError::Api { status, error, .. } => {
