@@ -384,7 +384,10 @@ async fn reconcile_devices(s: &Shared, group: &str, only: Option<&str>) -> Resul
             let row = s.db.read(move |st| st.device(&id)).await?;
             row.map(|r| vec![(r.twin, r.created)]).unwrap_or_default()
         }
-        None => s.db.read(|st| st.twins_with_created()).await?,
+        None => {
+            let g = group.to_owned();
+            s.db.read(move |st| st.group_twins(&g)).await?
+        }
     };
     let updates = s.db.read(|st| st.updates()).await?;
     let view = devices::View::build(&twins, &updates);
@@ -505,7 +508,8 @@ async fn after_report(s: &Shared, device_id: &str, failed: bool) -> Result<(), S
     if !failed {
         return Ok(());
     }
-    let twins = s.db.read(|st| st.twins_with_created()).await?;
+    let g = group.clone();
+    let twins = s.db.read(move |st| st.group_twins(&g)).await?;
     let updates = s.db.read(|st| st.updates()).await?;
     let view = devices::View::build(&twins, &updates);
     let g = group.clone();

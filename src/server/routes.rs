@@ -161,7 +161,18 @@ async fn envelope(req: Request, next: Next) -> Response {
 // Device management: groups, devices and classes as Device Update sees the registry.
 
 async fn device_view(s: &Shared) -> Result<super::devices::View, Response> {
-    let twins = s.db.read(|st| st.twins_with_created()).await.map_err(internal)?;
+    view_of(s, None).await
+}
+
+/// The Device Update view of one group's devices, or of all (`None`).
+async fn view_of(s: &Shared, group: Option<&str>) -> Result<super::devices::View, Response> {
+    let twins = match group {
+        Some(g) => {
+            let g = g.to_owned();
+            s.db.read(move |st| st.group_twins(&g)).await.map_err(internal)?
+        }
+        None => s.db.read(|st| st.twins_with_created()).await.map_err(internal)?,
+    };
     let updates = s.db.read(|st| st.updates()).await.map_err(internal)?;
     let names = s.db.read(|st| st.class_names()).await.map_err(internal)?;
     let mut view = super::devices::View::build(&twins, &updates);
@@ -554,7 +565,7 @@ async fn deployment_status(State(s): State<Shared>, Path((_, g, d)): DeploymentP
         Ok(None) => return not_found("deployment", &d),
         Err(e) => return internal(e),
     };
-    match device_view(&s).await {
+    match view_of(&s, Some(&stored.deployment.group_id)).await {
         Ok(v) => axum::Json(super::deploy::status(&stored, &v)).into_response(),
         Err(r) => r,
     }
@@ -632,7 +643,7 @@ async fn device_states(
         Ok(None) => return not_found("deployment", &d),
         Err(e) => return internal(e),
     };
-    let view = match device_view(&s).await {
+    let view = match view_of(&s, Some(&g)).await {
         Ok(v) => v,
         Err(r) => return r,
     };

@@ -781,6 +781,31 @@ impl Store {
         rows.into_iter().map(|(id, v, t, c)| Ok((twin_doc(&id, v, &t)?, c))).collect()
     }
 
+    /// The twins of one group (`$default`: those without an `ADUGroup` tag), with their
+    /// identities' creation times, in registry order; SQLite selects them, so a group's status
+    /// costs its own devices, not the registry's.
+    pub fn group_twins(
+        &self,
+        group: &str,
+    ) -> Result<Vec<(crate::iothub::Twin, String)>, StoreError> {
+        let default = group == "$default";
+        let sql = if default {
+            "SELECT device_id, version, twin, created FROM devices
+             WHERE json_extract(twin, '$.tags.ADUGroup') IS NULL ORDER BY seq"
+        } else {
+            "SELECT device_id, version, twin, created FROM devices
+             WHERE json_extract(twin, '$.tags.ADUGroup') = ?1 ORDER BY seq"
+        };
+        let mut stmt = self.conn.prepare(sql)?;
+        let map = |r: &rusqlite::Row<'_>| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?));
+        let rows: Vec<(String, i64, String, String)> = if default {
+            stmt.query_map([], map)?.collect::<Result<_, _>>()?
+        } else {
+            stmt.query_map([group], map)?.collect::<Result<_, _>>()?
+        };
+        rows.into_iter().map(|(id, v, t, c)| Ok((twin_doc(&id, v, &t)?, c))).collect()
+    }
+
     /// Up to `limit` twins after registry position `after`, in registry order, each with its
     /// position, and the position to continue from when there are more.
     pub fn twins_page(&self, after: i64, limit: usize) -> Result<TwinsPage, StoreError> {
