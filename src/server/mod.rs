@@ -541,19 +541,9 @@ fn update_keys(
 ) -> Result<(crate::sign::adu::RsaKey, String), ServerError> {
     use crate::sign::adu::RsaKey;
     let load = |file: &str, kid: &str| -> Result<RsaKey, ServerError> {
-        let path = data_dir.join(file);
-        let config =
-            |e: crate::sign::SignError| ServerError::Config(format!("{}: {e}", path.display()));
-        match fs_err::read(&path) {
-            Ok(der) => RsaKey::from_pkcs8(&der, kid).map_err(config),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let key = RsaKey::generate(kid).map_err(config)?;
-                let der = key.to_pkcs8().map_err(config)?;
-                crate::fsutil::write_output(&path, &der, crate::fsutil::Privacy::Private)?;
-                Ok(key)
-            }
-            Err(e) => Err(e.into()),
-        }
+        let der = secret_file(&data_dir.join(file), || RsaKey::generate(kid)?.to_pkcs8())?;
+        RsaKey::from_pkcs8(&der, kid)
+            .map_err(|e| ServerError::Config(format!("{}: {e}", data_dir.join(file).display())))
     };
     let root = load("update-root.key", "otaforge.root.1")?;
     let signing = load("update-signing.key", "otaforge.signing.1")?;
@@ -574,18 +564,24 @@ fn update_keys(
 fn hub_key(data_dir: &std::path::Path) -> Result<crate::iothub::sas::SasKey, ServerError> {
     use crate::iothub::sas::SasKey;
     let path = data_dir.join("iothub-owner.key");
-    let config =
-        |e: crate::iothub::IotHubError| ServerError::Config(format!("{}: {e}", path.display()));
-    match fs_err::read_to_string(&path) {
-        Ok(text) => SasKey::from_base64(&text).map_err(config),
+    let text = secret_file(&path, || SasKey::generate().map(|k| k.to_base64().into_bytes()))?;
+    SasKey::from_base64(&String::from_utf8_lossy(&text))
+        .map_err(|e| ServerError::Config(format!("{}: {e}", path.display())))
+}
+
+/// A secret file of the data dir: its bytes, or, on first start, what `make` gives, written
+/// with mode 0600.
+fn secret_file<E: std::fmt::Display>(
+    path: &std::path::Path,
+    make: impl FnOnce() -> Result<Vec<u8>, E>,
+) -> Result<Vec<u8>, ServerError> {
+    match fs_err::read(path) {
+        Ok(bytes) => Ok(bytes),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let key = SasKey::generate().map_err(config)?;
-            crate::fsutil::write_output(
-                &path,
-                key.to_base64().as_bytes(),
-                crate::fsutil::Privacy::Private,
-            )?;
-            Ok(key)
+            let bytes =
+                make().map_err(|e| ServerError::Config(format!("{}: {e}", path.display())))?;
+            crate::fsutil::write_output(path, &bytes, crate::fsutil::Privacy::Private)?;
+            Ok(bytes)
         }
         Err(e) => Err(e.into()),
     }

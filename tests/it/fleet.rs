@@ -76,8 +76,7 @@ fn update(
 }
 
 fn spec(serve: &Serve, data: &Path, prefix: &str, devices: usize, group: &str) -> FleetSpec {
-    let hub: ConnectionString =
-        fs_err::read_to_string(data.join("iothub.connection-string")).unwrap().parse().unwrap();
+    let hub: ConnectionString = crate::hub_connection(data);
     let mut class = Map::new();
     class.insert("manufacturer".into(), json!("contoso"));
     class.insert("model".into(), json!("toaster"));

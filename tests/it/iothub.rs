@@ -15,7 +15,7 @@ fn rt() -> tokio::runtime::Runtime {
 }
 
 fn connection(data: &Path) -> ConnectionString {
-    fs_err::read_to_string(data.join("iothub.connection-string")).unwrap().parse().unwrap()
+    crate::hub_connection(data)
 }
 
 fn tag(group: &str) -> Map<String, Value> {

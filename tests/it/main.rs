@@ -46,6 +46,11 @@ pub fn export_manifest(path: &Path, tag: &str) {
     fs_err::copy(path, dir.join(name)).expect("export manifest");
 }
 
+/// The IoT Hub service connection string `otaforge serve` wrote into its data dir.
+pub fn hub_connection(data: &Path) -> otaforge::iothub::ConnectionString {
+    fs_err::read_to_string(data.join("iothub.connection-string")).unwrap().parse().unwrap()
+}
+
 /// Parses stdout of a finished command as JSON.
 pub fn stdout_json(out: &std::process::Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {

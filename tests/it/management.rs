@@ -35,8 +35,7 @@ fn agent_report(model: &str, installed: Option<&str>) -> Value {
 
 /// `serve`'s IoT Hub client.
 fn hub(data: &std::path::Path) -> IotHubClient {
-    let conn: ConnectionString =
-        fs_err::read_to_string(data.join("iothub.connection-string")).unwrap().parse().unwrap();
+    let conn: ConnectionString = crate::hub_connection(data);
     IotHubClient::new(conn).unwrap()
 }
 
@@ -65,27 +64,11 @@ fn register(
     data: &std::path::Path,
     devices: &[(&str, &str, Option<&str>, Option<&str>)],
 ) {
-    let conn: ConnectionString =
-        fs_err::read_to_string(data.join("iothub.connection-string")).unwrap().parse().unwrap();
-    let hub = IotHubClient::new(conn).unwrap();
-    let host = serve.endpoint.trim_start_matches("http://").to_owned();
+    let hub = hub(data);
     rt().block_on(async {
         for (id, model, installed, group) in devices {
-            let identity = hub.create_device(id).await.unwrap();
-            let key = SasKey::from_base64(
-                identity["authentication"]["symmetricKey"]["primaryKey"].as_str().unwrap(),
-            )
-            .unwrap();
-            let auth = token(&format!("{host}/devices/{id}"), &key, None, 4_000_000_000);
-            let resp = reqwest::Client::new()
-                .patch(format!("{}/devices/{id}/twin/reported", serve.endpoint))
-                .header("authorization", auth)
-                .header("content-type", "application/json")
-                .body(agent_report(model, *installed).to_string())
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(resp.status(), 200);
+            hub.create_device(id).await.unwrap();
+            report(serve, data, id, &agent_report(model, *installed)).await;
             if let Some(g) = group {
                 let mut tags = Map::new();
                 tags.insert("ADUGroup".into(), json!(g));
