@@ -8,9 +8,15 @@
 //! what went wrong. Injected failures are drawn from the seed, the device and the deployment, so
 //! a run is reproducible.
 //!
-//! Not yet: cancel handling beyond not starting, and backoff beyond polling again.
+//! Every device runs as its own task and long-polls its twin (serve answers when the twin
+//! changes), so a fleet of thousands costs serve one waiting request per device, not a poll
+//! loop; `parallel` bounds how many install at once. Devices that install the same image
+//! share its bytes.
+//!
+//! Not yet: cancel handling beyond not starting.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde_json::{Map, Value, json};
@@ -19,6 +25,9 @@ use crate::Sha256;
 use crate::iothub::sas::{SasKey, token};
 use crate::iothub::{ConnectionString, GROUP_TAG, IotHubClient, IotHubError};
 use crate::manifest::UpdateId;
+
+/// The longest one twin read waits (serve's limit).
+const MAX_WAIT: Duration = Duration::from_secs(120);
 
 /// Agent states (adu.md §5.1).
 const IDLE: u64 = 0;
@@ -73,8 +82,13 @@ pub struct FleetSpec {
     pub failures: Failures,
     /// Seed of the injected failures.
     pub seed: u64,
-    /// How often a device reads its twin.
+    /// The longest one read of a device's twin waits for it to change (long-poll; at most
+    /// two minutes).
     pub poll: Duration,
+    /// Devices that install at once (download, apply, verify: each holds its image and the
+    /// download in memory); the others wait their turn. Waiting for the twin is not limited:
+    /// every device holds one connection, as a real one holds its MQTT connection.
+    pub parallel: usize,
     /// Keys a signed delta must verify against (a signed delta without them is refused and
     /// the full file downloaded instead, as `delta apply` fails closed).
     pub trusted: Option<Arc<crate::sign::TrustedKeys>>,
@@ -109,36 +123,102 @@ fn draw(seed: u64, device: &str, deployment: &str, stage: &str) -> f64 {
     (x >> 11) as f64 / (1u64 << 53) as f64
 }
 
-/// One simulated device.
-struct Device {
-    id: String,
-    key: SasKey,
+/// What a device runs: the update, its image (shared by every device that runs it) and the
+/// image's SHA-256 (base64), computed once.
+#[derive(Clone)]
+struct Installed {
+    id: UpdateId,
+    image: Arc<Vec<u8>>,
+    sha: String,
+}
+
+impl Installed {
+    fn new(id: UpdateId, image: Arc<Vec<u8>>) -> Self {
+        let sha = Sha256::digest(&image).to_base64();
+        Self { id, image, sha }
+    }
+}
+
+/// Images by SHA-256: devices that install the same image keep one copy of it.
+#[derive(Default)]
+struct Images(std::sync::Mutex<std::collections::HashMap<String, std::sync::Weak<Vec<u8>>>>);
+
+impl Images {
+    fn intern(&self, sha: &str, bytes: Vec<u8>) -> Arc<Vec<u8>> {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(known) = map.get(sha).and_then(std::sync::Weak::upgrade) {
+            return known;
+        }
+        map.retain(|_, w| w.strong_count() > 0);
+        let image = Arc::new(bytes);
+        map.insert(sha.to_owned(), Arc::downgrade(&image));
+        image
+    }
+}
+
+/// The running totals every device adds to.
+#[derive(Default)]
+struct Counters {
+    installed: AtomicU64,
+    through_delta: AtomicU64,
+    failed: AtomicU64,
+    unreachable: AtomicU64,
+}
+
+impl Counters {
+    fn tally(&self) -> Tally {
+        Tally {
+            installed: self.installed.load(Ordering::Relaxed),
+            through_delta: self.through_delta.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            unreachable: self.unreachable.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// What the devices of a fleet share.
+struct Env {
     host: String,
     endpoint: String,
     http: reqwest::Client,
     class: Map<String, Value>,
-    installed: Option<(UpdateId, Arc<Vec<u8>>)>,
     trusted: Option<Arc<crate::sign::TrustedKeys>>,
     roots: Option<Arc<Vec<Value>>>,
+    failures: Failures,
+    seed: u64,
+    poll: Duration,
+    /// Installs (download, apply, verify) under way at once.
+    slots: tokio::sync::Semaphore,
+    counters: Counters,
+    images: Images,
+}
+
+/// One simulated device.
+struct Device {
+    id: String,
+    key: SasKey,
+    installed: Option<Installed>,
+    /// The last deployment (and retry) acted on.
     done: Option<String>,
-    tally: Tally,
+    /// The twin version last read; the next read waits for a later one.
+    version: Option<i64>,
 }
 
 impl Device {
-    fn auth(&self) -> String {
-        token(&format!("{}/devices/{}", self.host, self.id), &self.key, None, 4_000_000_000)
+    fn auth(&self, env: &Env) -> String {
+        token(&format!("{}/devices/{}", env.host, self.id), &self.key, None, 4_000_000_000)
     }
 
     fn fail(&self, message: impl Into<String>) -> FleetError {
         FleetError::Device { device: self.id.clone(), message: message.into() }
     }
 
-    async fn report(&self, reported: Value) -> Result<(), FleetError> {
-        let url = format!("{}/devices/{}/twin/reported", self.endpoint, self.id);
-        let resp = self
+    async fn report(&self, env: &Env, reported: Value) -> Result<(), FleetError> {
+        let url = format!("{}/devices/{}/twin/reported", env.endpoint, self.id);
+        let resp = env
             .http
             .patch(url)
-            .header("authorization", self.auth())
+            .header("authorization", self.auth(env))
             .header("content-type", "application/json")
             .body(reported.to_string())
             .send()
@@ -150,18 +230,18 @@ impl Device {
         Ok(())
     }
 
-    fn agent(&self, state: u64, extra: Value) -> Value {
-        let mut props = self.class.clone();
+    fn agent(&self, env: &Env, state: u64, extra: Value) -> Value {
+        let mut props = env.class.clone();
         props.insert("contractModelId".into(), json!("dtmi:azure:iot:deviceUpdateContractModel;3"));
         props.insert("aduVer".into(), json!("DU;agent/otaforge-fleet"));
-        let names: Vec<&str> = self.class.keys().map(String::as_str).collect();
+        let names: Vec<&str> = env.class.keys().map(String::as_str).collect();
         let mut agent = json!({
             "deviceProperties": props,
             "compatPropertyNames": names.join(","),
             "state": state,
         });
-        if let Some((id, _)) = &self.installed {
-            agent["installedUpdateId"] = json!(serde_json::to_string(id).unwrap_or_default());
+        if let Some(i) = &self.installed {
+            agent["installedUpdateId"] = json!(serde_json::to_string(&i.id).unwrap_or_default());
         }
         if let (Value::Object(a), Value::Object(e)) = (&mut agent, extra) {
             a.extend(e);
@@ -169,22 +249,38 @@ impl Device {
         json!({"deviceUpdate": {"__t": "c", "agent": agent}})
     }
 
-    async fn desired(&self) -> Result<Value, FleetError> {
-        let url = format!("{}/devices/{}/twin", self.endpoint, self.id);
-        let resp = self
+    /// The desired `service` property: at once the first time, then once the twin has moved
+    /// past the version last read, or after `wait` (long-poll; serve answers with the twin as
+    /// it is when the wait runs out).
+    async fn desired(&mut self, env: &Env, wait: Duration) -> Result<Value, FleetError> {
+        let mut url = format!("{}/devices/{}/twin", env.endpoint, self.id);
+        if let Some(v) = self.version {
+            url.push_str(&format!("?after={v}&wait={}", wait.as_secs().max(1)));
+        }
+        let resp = env
             .http
             .get(url)
-            .header("authorization", self.auth())
+            .header("authorization", self.auth(env))
             .send()
             .await
             .map_err(|e| self.fail(e.to_string()))?;
+        if !resp.status().is_success() {
+            return Err(self.fail(format!("twin read answered {}", resp.status())));
+        }
         let bytes = resp.bytes().await.map_err(|e| self.fail(e.to_string()))?;
         let v: Value = serde_json::from_slice(&bytes).map_err(|e| self.fail(e.to_string()))?;
+        self.version = v["$version"].as_i64();
         Ok(v["desired"]["deviceUpdate"]["service"].clone())
     }
 
-    async fn download(&self, url: &str, size: u64, sha: &str) -> Result<Vec<u8>, String> {
-        let resp = self.http.get(url).send().await.map_err(|e| e.to_string())?;
+    async fn download(
+        &self,
+        env: &Env,
+        url: &str,
+        size: u64,
+        sha: &str,
+    ) -> Result<Vec<u8>, String> {
+        let resp = env.http.get(url).send().await.map_err(|e| e.to_string())?;
         if !resp.status().is_success() {
             return Err(format!("download answered {}", resp.status()));
         }
@@ -195,31 +291,37 @@ impl Device {
         Ok(bytes)
     }
 
-    /// Installs what the manifest names: returns the new image and whether a delta made it.
-    async fn install(&self, manifest: &Value, urls: &Value) -> Result<(Vec<u8>, bool), String> {
+    /// Installs what the manifest names: returns the new image, its SHA-256, and whether a
+    /// delta made it.
+    async fn install(
+        &self,
+        env: &Env,
+        manifest: &Value,
+        urls: &Value,
+    ) -> Result<(Vec<u8>, String, bool), String> {
         let files = manifest["files"].as_object().ok_or("the manifest has no files")?;
-        let mut image: Option<(u64, Vec<u8>, bool)> = None;
+        let mut image: Option<(u64, Vec<u8>, String, bool)> = None;
         for (id, f) in files {
             let size = f["sizeInBytes"].as_u64().unwrap_or(0);
             let sha = f["hashes"]["sha256"].as_str().unwrap_or_default();
             let mut bytes = None;
             let mut by_delta = false;
             // A delta whose source is the installed image.
-            if let Some((_, old)) = &self.installed {
-                let old_sha = Sha256::digest(old).to_base64();
+            if let Some(installed) = &self.installed {
                 for r in f["relatedFiles"].as_array().into_iter().flatten() {
                     if r["properties"]["microsoft.sourceFileHash"].as_str()
-                        != Some(old_sha.as_str())
+                        != Some(installed.sha.as_str())
                     {
                         continue;
                     }
                     let rsha = r["hashes"]["sha256"].as_str().unwrap_or_default();
                     let rid = crate::iothub::related_file_id(rsha);
                     let Some(url) = urls[&rid].as_str() else { continue };
-                    let delta =
-                        self.download(url, r["sizeInBytes"].as_u64().unwrap_or(0), rsha).await?;
+                    let rsize = r["sizeInBytes"].as_u64().unwrap_or(0);
+                    let delta = self.download(env, url, rsize, rsha).await?;
                     let mut out = Vec::with_capacity(size as usize);
-                    if crate::delta::apply(old, &delta, self.trusted.as_deref(), &mut |b| {
+                    let old = &installed.image;
+                    if crate::delta::apply(old, &delta, env.trusted.as_deref(), &mut |b| {
                         out.extend_from_slice(b);
                         Ok(())
                     })
@@ -236,38 +338,44 @@ impl Device {
                 Some(b) => b,
                 None => {
                     let url = urls[id.as_str()].as_str().ok_or("no URL for a file")?;
-                    self.download(url, size, sha).await?
+                    self.download(env, url, size, sha).await?
                 }
             };
             // The largest file is the device's image.
-            if image.as_ref().is_none_or(|(s, _, _)| size > *s) {
-                image = Some((size, bytes, by_delta));
+            if image.as_ref().is_none_or(|(s, ..)| size > *s) {
+                image = Some((size, bytes, sha.to_owned(), by_delta));
             }
         }
-        let (_, bytes, by_delta) = image.ok_or("the manifest has no files")?;
-        Ok((bytes, by_delta))
+        let (_, bytes, sha, by_delta) = image.ok_or("the manifest has no files")?;
+        Ok((bytes, sha, by_delta))
     }
 
-    /// One look at the twin; acts on a new deployment.
-    async fn step(&mut self, failures: Failures, seed: u64) -> Result<(), FleetError> {
-        let service = self.desired().await?;
+    /// The deployment (and retry) the desired `service` property asks the device to install,
+    /// when it has not acted on it yet.
+    fn work(&self, service: &Value) -> Option<String> {
         let workflow = &service["workflow"];
-        let Some(id) = workflow["id"].as_str().map(str::to_owned) else { return Ok(()) };
+        let id = workflow["id"].as_str()?;
+        let retry = workflow["retryTimestamp"].as_str().unwrap_or_default();
+        let key = format!("{id}\n{retry}");
+        (self.done.as_deref() != Some(key.as_str()) && workflow["action"].as_u64() == Some(3))
+            .then_some(key)
+    }
+
+    /// Acts on a new deployment (`key` from [`Device::work`]).
+    async fn act(&mut self, env: &Env, service: &Value, key: String) -> Result<(), FleetError> {
+        let workflow = &service["workflow"];
+        let id = workflow["id"].as_str().unwrap_or_default().to_owned();
         let retry = workflow["retryTimestamp"].as_str().map(str::to_owned);
-        let key = format!("{id}\n{}", retry.as_deref().unwrap_or_default());
-        if self.done.as_deref() == Some(key.as_str()) || workflow["action"].as_u64() != Some(3) {
-            return Ok(());
-        }
         let manifest_text = service["updateManifest"].as_str().unwrap_or_default();
         let Ok(manifest) = serde_json::from_str::<Value>(manifest_text) else {
             return Ok(());
         };
         let update: Option<UpdateId> = serde_json::from_value(manifest["updateId"].clone()).ok();
         let flow = json!({"action": 3, "id": id, "retryTimestamp": retry});
-        self.report(self.agent(IN_PROGRESS, json!({"workflow": flow}))).await?;
+        self.report(env, self.agent(env, IN_PROGRESS, json!({"workflow": flow}))).await?;
         let stage = format!("{id}{}", retry.as_deref().unwrap_or_default());
         // The agent checks the signature chain before anything else (adu.md §5.3).
-        let signature = match &self.roots {
+        let signature = match &env.roots {
             Some(roots) => crate::sign::adu::verify_update_manifest(
                 manifest_text,
                 service["updateManifestSignature"].as_str().unwrap_or_default(),
@@ -276,13 +384,14 @@ impl Device {
             .map_err(|e| (0x8040_0001_u32 as i32 as i64, e.to_string())),
             None => Ok(()),
         };
+        let (failures, seed) = (env.failures, env.seed);
         let result = if let Err(e) = signature {
             Err(e)
         } else if draw(seed, &self.id, &stage, "download") < failures.download {
             // Delivery Optimization's "download failed" facility code.
             Err((0x80D0_2002_u32 as i32 as i64, "injected download failure".to_owned()))
         } else {
-            match self.install(&manifest, &service["fileUrls"]).await {
+            match self.install(env, &manifest, &service["fileUrls"]).await {
                 Err(e) => Err((0x8010_0001_u32 as i32 as i64, e)),
                 Ok(_) if draw(seed, &self.id, &stage, "install") < failures.install => {
                     Err((0x8030_0001_u32 as i32 as i64, "injected install failure".to_owned()))
@@ -291,17 +400,18 @@ impl Device {
             }
         };
         match (result, update) {
-            (Ok((image, by_delta)), Some(update)) => {
-                let before = self.installed.replace((update, Arc::new(image)));
+            (Ok((image, sha, by_delta)), Some(update)) => {
+                let image = env.images.intern(&sha, image);
+                let before = self.installed.replace(Installed { id: update, image, sha });
                 let last = json!({"resultCode": APPLY_SUCCESS, "extendedResultCode": 0, "resultDetails": if by_delta { "delta" } else { "full" }});
                 let done = json!({"workflow": flow, "lastInstallResult": last});
-                if let Err(e) = self.report(self.agent(IDLE, done)).await {
+                if let Err(e) = self.report(env, self.agent(env, IDLE, done)).await {
                     // Not reported: as after a crash, the device still runs what it ran.
                     self.installed = before;
                     return Err(e);
                 }
-                self.tally.installed += 1;
-                self.tally.through_delta += u64::from(by_delta);
+                env.counters.installed.fetch_add(1, Ordering::Relaxed);
+                env.counters.through_delta.fetch_add(u64::from(by_delta), Ordering::Relaxed);
             }
             (result, _) => {
                 let (ext, why) =
@@ -309,96 +419,169 @@ impl Device {
                 let last =
                     json!({"resultCode": 0, "extendedResultCode": ext, "resultDetails": why});
                 let done = json!({"workflow": flow, "lastInstallResult": last});
-                self.report(self.agent(FAILED, done)).await?;
-                self.tally.failed += 1;
+                self.report(env, self.agent(env, FAILED, done)).await?;
+                env.counters.failed.fetch_add(1, Ordering::Relaxed);
             }
         }
         self.done = Some(key);
         Ok(())
+    }
+
+    /// The device's life: read the twin (long-poll), act, again, until told to stop. A device
+    /// that cannot reach serve backs off and tries again, reading its twin at once.
+    async fn live(
+        mut self,
+        env: Arc<Env>,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+        deadline: tokio::time::Instant,
+    ) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let now = tokio::time::Instant::now();
+            if *stop.borrow() || now >= deadline {
+                return;
+            }
+            let wait = env.poll.min(deadline - now);
+            let step = async {
+                let service = self.desired(&env, wait).await?;
+                let Some(key) = self.work(&service) else { return Ok(()) };
+                // Installs take turns; waiting for the twin does not.
+                let _slot = env.slots.acquire().await;
+                self.act(&env, &service, key).await
+            };
+            let result = tokio::select! {
+                r = step => r,
+                _ = stop.changed() => return,
+            };
+            if result.is_ok() {
+                backoff = Duration::from_millis(100);
+                continue;
+            }
+            env.counters.unreachable.fetch_add(1, Ordering::Relaxed);
+            // Whatever was read is not trusted to have been acted on.
+            self.version = None;
+            let jitter = draw(env.seed, &self.id, "backoff", &backoff.as_millis().to_string());
+            let pause = backoff.mul_f64(0.5 + jitter);
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                _ = stop.changed() => return,
+            }
+        }
     }
 }
 
 /// A registered fleet, ready to run.
 pub struct Fleet {
     devices: Vec<Device>,
-    spec: FleetSpec,
+    env: Arc<Env>,
 }
+
+/// Devices registered at once.
+const REGISTER_AT_ONCE: usize = 16;
 
 impl Fleet {
     /// Registers the devices (or finds them registered), tags their group, and reports each
     /// one's agent properties.
     pub async fn register(spec: FleetSpec) -> Result<Self, FleetError> {
+        use futures::StreamExt as _;
         let hub = IotHubClient::new(spec.hub.clone())?;
         let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(60))
+            .timeout(MAX_WAIT + Duration::from_secs(30))
             .build()
-            .map_err(|e| FleetError::Device { device: String::new(), message: e.to_string() })?;
+            .map_err(|e| FleetError::Device {
+            device: String::new(),
+            message: e.to_string(),
+        })?;
         let host = spec
             .endpoint
             .trim_start_matches("http://")
             .trim_start_matches("https://")
             .to_lowercase();
-        let mut devices = Vec::with_capacity(spec.devices);
-        for i in 0..spec.devices {
-            let id = format!("{}-{i:04}", spec.prefix);
-            let identity = match hub.create_device(&id).await {
-                Ok(v) => v,
-                Err(IotHubError::Api { status: 409, .. }) => hub.get_device(&id).await?,
-                Err(e) => return Err(e.into()),
-            };
-            let key = identity["authentication"]["symmetricKey"]["primaryKey"]
-                .as_str()
-                .unwrap_or_default();
-            let key = SasKey::from_base64(key)?;
-            if let Some(g) = &spec.group {
-                let mut tags = Map::new();
-                tags.insert(GROUP_TAG.into(), json!(g));
-                hub.patch_tags(&id, tags, None).await?;
+        let env = Arc::new(Env {
+            host,
+            endpoint: spec.endpoint.clone(),
+            http,
+            class: spec.class.clone(),
+            trusted: spec.trusted.clone(),
+            roots: spec.roots.clone(),
+            failures: spec.failures,
+            seed: spec.seed,
+            poll: spec.poll.min(MAX_WAIT),
+            slots: tokio::sync::Semaphore::new(spec.parallel.max(1)),
+            counters: Counters::default(),
+            images: Images::default(),
+        });
+        let installed = spec.installed.map(|(id, image)| Installed::new(id, image));
+        let (hub, group, prefix) = (&hub, &spec.group, &spec.prefix);
+        let one = |i: usize| {
+            let env = env.clone();
+            let installed = installed.clone();
+            async move {
+                let id = format!("{prefix}-{i:04}");
+                let identity = match hub.create_device(&id).await {
+                    Ok(v) => v,
+                    Err(IotHubError::Api { status: 409, .. }) => hub.get_device(&id).await?,
+                    Err(e) => return Err(e.into()),
+                };
+                let key = identity["authentication"]["symmetricKey"]["primaryKey"]
+                    .as_str()
+                    .unwrap_or_default();
+                let key = SasKey::from_base64(key)?;
+                if let Some(g) = group {
+                    let mut tags = Map::new();
+                    tags.insert(GROUP_TAG.into(), json!(g));
+                    hub.patch_tags(&id, tags, None).await?;
+                }
+                let d = Device { id, key, installed, done: None, version: None };
+                d.report(&env, d.agent(&env, IDLE, json!({}))).await?;
+                Ok::<_, FleetError>(d)
             }
-            let d = Device {
-                id,
-                key,
-                host: host.clone(),
-                endpoint: spec.endpoint.clone(),
-                http: http.clone(),
-                class: spec.class.clone(),
-                installed: spec.installed.clone(),
-                trusted: spec.trusted.clone(),
-                roots: spec.roots.clone(),
-                done: None,
-                tally: Tally::default(),
-            };
-            d.report(d.agent(IDLE, json!({}))).await?;
-            devices.push(d);
-        }
-        Ok(Self { devices, spec })
+        };
+        let mut devices: Vec<Device> = futures::stream::iter(0..spec.devices)
+            .map(one)
+            .buffer_unordered(REGISTER_AT_ONCE)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<_, _>>()?;
+        devices.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(Self { devices, env })
     }
 
-    /// Runs every device for `duration`, or until `stop` says so; returns the totals.
+    /// Runs every device, each its own task, for `duration` or until `stop` says so; returns
+    /// the totals. Each running device holds a connection: the process's open-file limit is
+    /// raised to fit, or the run refused naming the limit. A zero duration runs nothing (the
+    /// devices stay registered).
     pub async fn run(
         self,
         duration: Duration,
         stop: &(dyn Fn(&Tally) -> bool + Sync),
     ) -> Result<Tally, FleetError> {
+        if duration.is_zero() {
+            return Ok(self.env.counters.tally());
+        }
+        // One connection per running device, and some for downloads.
+        let devices = self.devices.len() as u64;
+        let want = devices + self.env.slots.available_permits() as u64 + 64;
+        crate::fsutil::raise_open_files(want).map_err(|e| FleetError::Device {
+            device: String::new(),
+            message: format!("{devices} running devices need {want} open files: {e}"),
+        })?;
         let deadline = tokio::time::Instant::now() + duration;
-        let (failures, seed, poll) = (self.spec.failures, self.spec.seed, self.spec.poll);
-        let mut devices = self.devices;
+        let (tell, told) = tokio::sync::watch::channel(false);
+        let mut tasks = tokio::task::JoinSet::new();
+        for d in self.devices {
+            tasks.spawn(d.live(self.env.clone(), told.clone(), deadline));
+        }
         loop {
-            let mut total = Tally::default();
-            for d in &mut devices {
-                // A device that cannot reach serve tries again at its next poll.
-                if d.step(failures, seed).await.is_err() {
-                    d.tally.unreachable += 1;
-                }
-                total.installed += d.tally.installed;
-                total.through_delta += d.tally.through_delta;
-                total.failed += d.tally.failed;
-                total.unreachable += d.tally.unreachable;
-            }
+            let total = self.env.counters.tally();
             if stop(&total) || tokio::time::Instant::now() >= deadline {
-                return Ok(total);
+                let _ = tell.send(true);
+                while tasks.join_next().await.is_some() {}
+                return Ok(self.env.counters.tally());
             }
-            tokio::time::sleep(poll).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 }

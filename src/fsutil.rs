@@ -327,3 +327,33 @@ impl AtomicFile {
         Ok(())
     }
 }
+
+/// Makes sure this process may hold `want` open files: raises the soft limit (towards the hard
+/// limit) when it is lower, as servers holding a connection per client do. When the hard limit
+/// is lower than `want`, raises it that far and errors naming both, so the fix (`ulimit -n`)
+/// is plain.
+#[allow(unsafe_code)] // two libc calls on a struct we own; std has no rlimit API
+#[allow(clippy::unnecessary_cast)] // rlim_t is u64 here, not on every target
+pub fn raise_open_files(want: u64) -> std::io::Result<()> {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if lim.rlim_cur as u64 >= want {
+        return Ok(());
+    }
+    let was = lim.rlim_cur;
+    lim.rlim_cur = (want as libc::rlim_t).min(lim.rlim_max);
+    // SAFETY: setrlimit reads the struct we own.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if (lim.rlim_cur as u64) < want {
+        return Err(std::io::Error::other(format!(
+            "the open-file limit is {was} (hard {}); raise it with `ulimit -n {want}` or run fewer",
+            lim.rlim_max
+        )));
+    }
+    Ok(())
+}

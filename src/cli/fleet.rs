@@ -59,6 +59,13 @@ pub(crate) struct RunArgs {
     /// it, signatures are not checked.
     #[arg(long, value_name = "FILE")]
     root_key: Option<PathBuf>,
+    /// Devices that install at once (the others wait their turn; each holds its image and
+    /// download in memory).
+    #[arg(long, default_value_t = 32)]
+    parallel: usize,
+    /// Stop once this many installs have finished (installed or failed), or after --for.
+    #[arg(long, value_name = "N")]
+    until: Option<u64>,
     /// Stop after this long.
     #[arg(long = "for", default_value = "60s", value_parser = super::wait_duration)]
     run_for: Duration,
@@ -117,7 +124,8 @@ pub(crate) fn run(
         installed,
         failures: a.fail,
         seed: a.seed,
-        poll: Duration::from_millis(500),
+        poll: Duration::from_secs(20),
+        parallel: a.parallel,
         roots: match &a.root_key {
             Some(p) => {
                 let v: Value = serde_json::from_slice(&fs_err::read(p)?)
@@ -141,7 +149,8 @@ pub(crate) fn run(
     let tally = rt.block_on(async {
         let fleet = Fleet::register(spec).await?;
         out.notice(format!("{} devices registered; running for {:?}", a.devices, a.run_for));
-        fleet.run(a.run_for, &|_| false).await
+        let until = a.until;
+        fleet.run(a.run_for, &move |t| until.is_some_and(|n| t.installed + t.failed >= n)).await
     })?;
     if out.json() {
         out.json_value(&serde_json::json!({

@@ -93,8 +93,13 @@ fn service_auth(s: &Shared, headers: &HeaderMap) -> Result<(), Response> {
     }
 }
 
-/// A device request: a token for `HOST/devices/ID` signed with that device's key.
-async fn device_auth(s: &Shared, headers: &HeaderMap, id: &str) -> Result<(), Response> {
+/// A device request: a token for `HOST/devices/ID` signed with that device's key; gives the
+/// device's row as read to check it.
+async fn device_auth(
+    s: &Shared,
+    headers: &HeaderMap,
+    id: &str,
+) -> Result<super::store::DeviceRow, Response> {
     let unauthorized = |m: &str| hub_error(StatusCode::UNAUTHORIZED, "IotHubUnauthorizedAccess", m);
     let c = claims(headers).ok_or_else(|| unauthorized("a device SAS token is required"))??;
     let resource = format!("{}/devices/{}", host(headers), id.to_lowercase());
@@ -105,7 +110,8 @@ async fn device_auth(s: &Shared, headers: &HeaderMap, id: &str) -> Result<(), Re
     let row = s.db.read(move |st| st.device(&key_id)).await.map_err(internal)?;
     let row = row.ok_or_else(|| unauthorized("no such device"))?;
     let key = SasKey::from_base64(&row.device_key).map_err(internal)?;
-    c.verify(&key, now_secs()).map_err(|e| unauthorized(&e.to_string()))
+    c.verify(&key, now_secs()).map_err(|e| unauthorized(&e.to_string()))?;
+    Ok(row)
 }
 
 /// Device ids as IoT Hub has them: 1-128 ASCII letters, digits and `- : . + % _ # * ? ! ( ) , = @ ; $ '`.
@@ -184,8 +190,12 @@ async fn delete_device(
     if let Err(r) = service_auth(&s, &headers) {
         return r;
     }
+    let gone = id.clone();
     match s.db.call(move |st| st.delete_device(&id)).await {
-        Ok(true) => StatusCode::NO_CONTENT.into_response(),
+        Ok(true) => {
+            s.twin_watch.changed(&gone, i64::MAX);
+            StatusCode::NO_CONTENT.into_response()
+        }
         Ok(false) => hub_error(StatusCode::NOT_FOUND, "DeviceNotFound", "no such device"),
         Err(e) => internal(e),
     }
@@ -266,7 +276,10 @@ async fn patch_twin(
         .call(move |st| st.patch_twin(&id, tags.as_ref(), desired.as_ref(), if_match.as_deref()))
         .await
     {
-        Ok(TwinPatch::Applied(t)) => with_etag(*t),
+        Ok(TwinPatch::Applied(t)) => {
+            s.twin_watch.changed(&t.device_id, t.version.unwrap_or_default());
+            with_etag(*t)
+        }
         Ok(TwinPatch::NotFound) => {
             hub_error(StatusCode::NOT_FOUND, "DeviceNotFound", "no such device")
         }
@@ -341,24 +354,55 @@ async fn query(State(s): State<Shared>, headers: HeaderMap, body: axum::body::By
     r
 }
 
+/// `GET /devices/{id}/twin[?after=VERSION&wait=SECONDS]`: with `after`, the answer waits
+/// (at most `wait` seconds, default 30, at most [`MAX_WAIT`]) until the twin's version is past
+/// `after`, then gives the twin as it is (also when the wait ran out).
+#[derive(Debug, serde::Deserialize)]
+struct LongPoll {
+    after: Option<i64>,
+    wait: Option<u64>,
+}
+
+/// The longest a device read may wait for a change.
+const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+
 async fn device_read_twin(
     State(s): State<Shared>,
     headers: HeaderMap,
     Path(id): Path<String>,
+    axum::extract::Query(poll): axum::extract::Query<LongPoll>,
 ) -> Response {
-    if let Err(r) = device_auth(&s, &headers, &id).await {
-        return r;
+    // Subscribed before the read, so a change between the read and the wait is not missed.
+    let mut waiter = poll.after.map(|_| s.twin_watch.subscribe(&id));
+    let mut row = match device_auth(&s, &headers, &id).await {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    if let (Some(after), Some(w)) = (poll.after, waiter.as_mut())
+        && row.twin.version.unwrap_or_default() <= after
+    {
+        // Thousands of devices wait at once: none holds its twin while it waits.
+        drop(row);
+        let wait = std::time::Duration::from_secs(poll.wait.unwrap_or(30)).min(MAX_WAIT);
+        w.past(after, wait).await;
+        let id = id.clone();
+        row = match s.db.read(move |st| st.device(&id)).await {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                return hub_error(StatusCode::NOT_FOUND, "DeviceNotFound", "no such device");
+            }
+            Err(e) => return internal(e),
+        };
     }
-    match s.db.read(move |st| st.device(&id)).await {
-        // A device sees its properties, never the back end's tags.
-        Ok(Some(row)) => axum::Json(json!({
-            "desired": row.twin.properties.desired,
-            "reported": row.twin.properties.reported,
-        }))
-        .into_response(),
-        Ok(None) => hub_error(StatusCode::NOT_FOUND, "DeviceNotFound", "no such device"),
-        Err(e) => internal(e),
-    }
+    drop(waiter);
+    // A device sees its properties, never the back end's tags; `$version` is the twin's
+    // version (it moves with every change of tags or desired properties).
+    axum::Json(json!({
+        "desired": row.twin.properties.desired,
+        "reported": row.twin.properties.reported,
+        "$version": row.twin.version,
+    }))
+    .into_response()
 }
 
 async fn device_report(

@@ -22,6 +22,7 @@ mod hub;
 mod import;
 mod routes;
 pub mod store;
+mod watch;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -138,6 +139,10 @@ struct AppState {
     /// The key that signs update manifests, and `sjwk` (it, signed by the root key).
     update_key: crate::sign::adu::RsaKey,
     update_sjwk: String,
+    /// Devices waiting for their twin to change (long-poll).
+    twin_watch: Arc<watch::TwinWatch>,
+    /// Group views by group, with the store generation they were built at.
+    views: std::sync::Mutex<std::collections::HashMap<String, (u64, Arc<devices::View>)>>,
 }
 
 /// Update manifests with file URLs, by update id, with when they were made.
@@ -237,6 +242,9 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     })
     .await
     .map_err(|e| ServerError::Config(e.to_string()))??;
+    // Every simulated or real device long-polling its twin holds a connection: allow many
+    // (as far as the hard limit lets; beyond it, connections are refused, not the start).
+    let _ = crate::fsutil::raise_open_files(MAX_OPEN_FILES);
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
     // What clients use: the public URL, else the listen address, with 0.0.0.0 or [::] (which
@@ -306,6 +314,8 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         manifests: std::sync::Mutex::new(Default::default()),
         update_key,
         update_sjwk,
+        twin_watch: Arc::default(),
+        views: std::sync::Mutex::default(),
     });
     let app = routes::router(state.clone());
     // Deployments reach devices (and scheduled ones start) through this loop as well as right
@@ -394,6 +404,7 @@ async fn reconcile_devices(s: &Shared, group: &str, only: Option<&str>) -> Resul
     let by_id: std::collections::HashMap<&str, &crate::iothub::Twin> =
         twins.iter().map(|(t, _)| (t.device_id.as_str(), t)).collect();
     let mut manifest: Option<desired::DesiredUpdate> = None;
+    let mut patches = Vec::new();
     for dev in view.devices.iter().filter(|x| x.device.group_id.as_deref() == Some(group)) {
         let class = &dev.device.device_class_id;
         if !d.device_class_subgroups.iter().flatten().any(|c| c == class) {
@@ -429,8 +440,14 @@ async fn reconcile_devices(s: &Shared, group: &str, only: Option<&str>) -> Resul
             manifest.as_ref().filter(|_| action == desired::ACTION_PROCESS),
         );
         let Value::Object(patch) = property else { continue };
-        let id = dev.device.device_id.clone();
-        s.db.call(move |st| st.patch_twin(&id, None, Some(&patch), None).map(drop)).await?;
+        patches.push((dev.device.device_id.clone(), patch));
+    }
+    if patches.is_empty() {
+        return Ok(());
+    }
+    let patched = s.db.call(move |st| st.patch_desired_many(&patches)).await?;
+    for (id, version) in patched {
+        s.twin_watch.changed(&id, version);
     }
     Ok(())
 }
@@ -529,6 +546,9 @@ async fn after_report(s: &Shared, device_id: &str, failed: bool) -> Result<(), S
     s.db.call(move |st| st.put_deployment(&rollback, deploy::MAX_DEPLOYMENTS).map(drop)).await?;
     reconcile(s, &group).await
 }
+
+/// The open files serve asks for (connections, mostly devices waiting for their twin).
+const MAX_OPEN_FILES: u64 = 65_536;
 
 /// The shared access policy name of the hub key.
 pub const HUB_KEY_NAME: &str = "iothubowner";

@@ -20,6 +20,7 @@
 #![allow(clippy::result_large_err)]
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use axum::Router;
@@ -161,11 +162,22 @@ async fn envelope(req: Request, next: Next) -> Response {
 // Device management: groups, devices and classes as Device Update sees the registry.
 
 async fn device_view(s: &Shared) -> Result<super::devices::View, Response> {
-    view_of(s, None).await
+    // The whole registry's view is not kept, so this unwraps without a copy.
+    view_of(s, None).await.map(Arc::unwrap_or_clone)
 }
 
-/// The Device Update view of one group's devices, or of all (`None`).
-async fn view_of(s: &Shared, group: Option<&str>) -> Result<super::devices::View, Response> {
+/// The Device Update view of one group's devices, or of the whole registry. A group's view is
+/// kept until the store is next written (its generation moves), so status and device-state
+/// queries of a large group at rest do not rebuild it; any write, a report or an import,
+/// makes the next query rebuild it from the store.
+async fn view_of(s: &Shared, group: Option<&str>) -> Result<Arc<super::devices::View>, Response> {
+    let generation = s.db.generation();
+    if let Some(g) = group
+        && let Some((at, view)) = s.views.lock().unwrap_or_else(|p| p.into_inner()).get(g)
+        && *at == generation
+    {
+        return Ok(view.clone());
+    }
     let twins = match group {
         Some(g) => {
             let g = g.to_owned();
@@ -178,6 +190,13 @@ async fn view_of(s: &Shared, group: Option<&str>) -> Result<super::devices::View
     let mut view = super::devices::View::build(&twins, &updates);
     for (id, class) in &mut view.classes {
         class.friendly_name = names.get(id).cloned();
+    }
+    let view = Arc::new(view);
+    if let Some(g) = group {
+        let mut views = s.views.lock().unwrap_or_else(|p| p.into_inner());
+        // Only the current generation is worth keeping.
+        views.retain(|_, (at, _)| *at == generation);
+        views.insert(g.to_owned(), (generation, view.clone()));
     }
     Ok(view)
 }

@@ -67,7 +67,62 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 3, what: "device identities and their twins", apply: migrate_3 },
     Migration { version: 4, what: "deployments", apply: migrate_4 },
     Migration { version: 5, what: "device class friendly names", apply: migrate_5 },
+    Migration {
+        version: 6,
+        what: "each twin's group (indexed) and the slim twin the management views read",
+        apply: migrate_6,
+    },
 ];
+
+/// Adds `group_id` (indexed) and `slim` to every device, filled from its twin.
+fn migrate_6(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
+    tx.execute_batch(
+        "ALTER TABLE devices ADD COLUMN group_id TEXT;
+         ALTER TABLE devices ADD COLUMN slim TEXT NOT NULL DEFAULT '{}';
+         CREATE INDEX IF NOT EXISTS devices_group ON devices(group_id, seq);",
+    )?;
+    let rows: Vec<(String, String)> = tx
+        .prepare("SELECT device_id, twin FROM devices")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    for (id, text) in rows {
+        let twin: crate::iothub::Twin = serde_json::from_str(&text)?;
+        let (group, slim) = derived(&twin)?;
+        tx.execute(
+            "UPDATE devices SET group_id = ?2, slim = ?3 WHERE device_id = ?1",
+            params![id, group, slim],
+        )?;
+    }
+    Ok(())
+}
+
+/// What is kept beside a twin for the management views: its group, and the slim twin (the
+/// `ADUGroup` tag, the agent's reported properties and the desired workflow: all that device
+/// classes, groups, compliance, deployment status and reconciliation read). A group's status
+/// then parses a few hundred bytes per device, not its whole twin with the update manifest.
+fn derived(twin: &crate::iothub::Twin) -> Result<(Option<String>, String), StoreError> {
+    let group = twin.group().map(str::to_owned);
+    let mut slim = crate::iothub::Twin { module_id: twin.module_id.clone(), ..Default::default() };
+    if let Some(g) = &group {
+        slim.tags.insert(crate::iothub::GROUP_TAG.into(), Value::String(g.clone()));
+    }
+    let du = |m: &serde_json::Map<String, Value>, a: &str, b: Option<&str>| {
+        let x = m.get("deviceUpdate")?.get(a)?;
+        match b {
+            Some(b) => x.get(b).cloned(),
+            None => Some(x.clone()),
+        }
+    };
+    if let Some(agent) = du(&twin.properties.reported, "agent", None) {
+        slim.properties.reported.insert("deviceUpdate".into(), serde_json::json!({"agent": agent}));
+    }
+    if let Some(w) = du(&twin.properties.desired, "service", Some("workflow")) {
+        slim.properties
+            .desired
+            .insert("deviceUpdate".into(), serde_json::json!({"service": {"workflow": w}}));
+    }
+    Ok((group, serde_json::to_string(&slim)?))
+}
 
 fn migrate_5(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
     tx.execute_batch(
@@ -251,6 +306,39 @@ fn twin_row(
             Ok((r.get(0)?, r.get(1)?))
         })
         .optional()?)
+}
+
+/// [`Store::patch_twin`] inside a transaction the caller commits.
+fn patch_twin_in(
+    tx: &rusqlite::Transaction<'_>,
+    device_id: &str,
+    tags: Option<&serde_json::Map<String, Value>>,
+    desired: Option<&serde_json::Map<String, Value>>,
+    if_match: Option<&str>,
+) -> Result<TwinPatch, StoreError> {
+    let Some((version, text)) = twin_row(tx, device_id)? else {
+        return Ok(TwinPatch::NotFound);
+    };
+    if let Some(m) = if_match.filter(|m| *m != "*")
+        && m != twin_etag(device_id, version)
+    {
+        return Ok(TwinPatch::Stale);
+    }
+    let mut twin: crate::iothub::Twin = serde_json::from_str(&text)?;
+    if let Some(t) = tags {
+        merge_patch(&mut twin.tags, t);
+    }
+    if let Some(d) = desired {
+        merge_patch(&mut twin.properties.desired, d);
+    }
+    let version = version + 1;
+    let text = serde_json::to_string(&twin)?;
+    let (group, slim) = derived(&twin)?;
+    tx.execute(
+        "UPDATE devices SET version = ?2, twin = ?3, group_id = ?4, slim = ?5 WHERE device_id = ?1",
+        params![device_id, version, text, group, slim],
+    )?;
+    Ok(TwinPatch::Applied(Box::new(twin_doc(device_id, version, &text)?)))
 }
 
 /// A stored twin with its id, version and ETag filled in.
@@ -521,10 +609,12 @@ impl Store {
             version: Some(1),
             ..Default::default()
         };
+        let (group, slim) = derived(&twin)?;
         let inserted = self.conn.execute(
-            "INSERT OR IGNORE INTO devices (device_id, seq, device_key, created, version, twin)
-             VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM devices), ?2, ?3, 1, ?4)",
-            params![device_id, device_key, now, serde_json::to_string(&twin)?],
+            "INSERT OR IGNORE INTO devices
+                 (device_id, seq, device_key, created, version, twin, group_id, slim)
+             VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM devices), ?2, ?3, 1, ?4, ?5, ?6)",
+            params![device_id, device_key, now, serde_json::to_string(&twin)?, group, slim],
         )?;
         if inserted == 0 {
             return Ok(None);
@@ -566,32 +656,29 @@ impl Store {
         if_match: Option<&str>,
     ) -> Result<TwinPatch, StoreError> {
         let tx = self.conn.transaction()?;
-        let Some((version, text)) = twin_row(&tx, device_id)? else {
-            return Ok(TwinPatch::NotFound);
-        };
-        if let Some(m) = if_match.filter(|m| *m != "*")
-            && m != twin_etag(device_id, version)
-        {
-            return Ok(TwinPatch::Stale);
+        let patched = patch_twin_in(&tx, device_id, tags, desired, if_match)?;
+        if matches!(patched, TwinPatch::Applied(_)) {
+            tx.commit()?;
         }
-        let mut twin: crate::iothub::Twin = serde_json::from_str(&text)?;
-        if let Some(t) = tags {
-            merge_patch(&mut twin.tags, t);
+        Ok(patched)
+    }
+
+    /// Merges each patch into its device's desired properties, all in one transaction (a
+    /// rollout writes a group's twins at once, not one commit per device); returns each
+    /// patched device with its twin's new version (devices gone meanwhile are left out).
+    pub fn patch_desired_many(
+        &mut self,
+        patches: &[(String, serde_json::Map<String, Value>)],
+    ) -> Result<Vec<(String, i64)>, StoreError> {
+        let tx = self.conn.transaction()?;
+        let mut done = Vec::with_capacity(patches.len());
+        for (id, patch) in patches {
+            if let TwinPatch::Applied(t) = patch_twin_in(&tx, id, None, Some(patch), None)? {
+                done.push((id.clone(), t.version.unwrap_or_default()));
+            }
         }
-        if let Some(d) = desired {
-            merge_patch(&mut twin.properties.desired, d);
-        }
-        let version = version + 1;
-        tx.execute(
-            "UPDATE devices SET version = ?2, twin = ?3 WHERE device_id = ?1",
-            params![device_id, version, serde_json::to_string(&twin)?],
-        )?;
         tx.commit()?;
-        Ok(TwinPatch::Applied(Box::new(twin_doc(
-            device_id,
-            version,
-            &serde_json::to_string(&twin)?,
-        )?)))
+        Ok(done)
     }
 
     /// Merges a device's own report into its reported properties (the version of tags and
@@ -608,7 +695,11 @@ impl Store {
         let mut twin: crate::iothub::Twin = serde_json::from_str(&text)?;
         merge_patch(&mut twin.properties.reported, reported);
         let text = serde_json::to_string(&twin)?;
-        tx.execute("UPDATE devices SET twin = ?2 WHERE device_id = ?1", params![device_id, text])?;
+        let (_, slim) = derived(&twin)?;
+        tx.execute(
+            "UPDATE devices SET twin = ?2, slim = ?3 WHERE device_id = ?1",
+            params![device_id, text, slim],
+        )?;
         tx.commit()?;
         Ok(TwinPatch::Applied(Box::new(twin_doc(device_id, version, &text)?)))
     }
@@ -770,33 +861,34 @@ impl Store {
         )? > 0)
     }
 
-    /// Every twin with its identity's creation time, in registry order.
+    /// Every device's slim twin (see [`derived`]: group tag, agent, desired workflow) with its
+    /// identity's creation time, in registry order.
     pub fn twins_with_created(&self) -> Result<Vec<(crate::iothub::Twin, String)>, StoreError> {
         let mut stmt = self
             .conn
-            .prepare("SELECT device_id, version, twin, created FROM devices ORDER BY seq")?;
+            .prepare("SELECT device_id, version, slim, created FROM devices ORDER BY seq")?;
         let rows: Vec<(String, i64, String, String)> = stmt
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
             .collect::<Result<_, _>>()?;
         rows.into_iter().map(|(id, v, t, c)| Ok((twin_doc(&id, v, &t)?, c))).collect()
     }
 
-    /// The twins of one group (`$default`: those without an `ADUGroup` tag), with their
-    /// identities' creation times, in registry order; SQLite selects them, so a group's status
-    /// costs its own devices, not the registry's.
+    /// The slim twins (see [`derived`]) of one group (`$default`: those without an `ADUGroup`
+    /// tag), with their identities' creation times, in registry order; an index selects them,
+    /// so a group's status costs its own devices, not the registry's.
     pub fn group_twins(
         &self,
         group: &str,
     ) -> Result<Vec<(crate::iothub::Twin, String)>, StoreError> {
         let default = group == "$default";
         let sql = if default {
-            "SELECT device_id, version, twin, created FROM devices
-             WHERE json_extract(twin, '$.tags.ADUGroup') IS NULL ORDER BY seq"
+            "SELECT device_id, version, slim, created FROM devices
+             WHERE group_id IS NULL ORDER BY seq"
         } else {
-            "SELECT device_id, version, twin, created FROM devices
-             WHERE json_extract(twin, '$.tags.ADUGroup') = ?1 ORDER BY seq"
+            "SELECT device_id, version, slim, created FROM devices
+             WHERE group_id = ?1 ORDER BY seq"
         };
-        let mut stmt = self.conn.prepare(sql)?;
+        let mut stmt = self.conn.prepare_cached(sql)?;
         let map = |r: &rusqlite::Row<'_>| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?));
         let rows: Vec<(String, i64, String, String)> = if default {
             stmt.query_map([], map)?.collect::<Result<_, _>>()?
@@ -855,10 +947,18 @@ pub struct Db {
     store: Arc<Mutex<Store>>,
     path: Arc<std::path::PathBuf>,
     readers: Arc<Mutex<Vec<Store>>>,
+    /// Reads under way at once (each holds a connection and a blocking thread).
+    reading: Arc<tokio::sync::Semaphore>,
+    /// Writes wait their turn here, not as blocked threads on the store's lock.
+    writing: Arc<tokio::sync::Semaphore>,
+    /// Write calls finished so far: what was computed from a read made after generation N
+    /// is current while the generation is still N.
+    writes: Arc<std::sync::atomic::AtomicU64>,
 }
 
-/// Idle read connections kept (more are opened while many reads run at once).
-const IDLE_READERS: usize = 4;
+/// Read connections: at most this many reads run at once (the rest wait their turn, so
+/// thousands of devices waiting on their twins cost a few connections, not one each).
+const READERS: usize = 8;
 
 impl Db {
     /// Wraps an open store; readers open `path`, the same database.
@@ -867,7 +967,15 @@ impl Db {
             store: Arc::new(Mutex::new(store)),
             path: Arc::new(path.to_owned()),
             readers: Arc::new(Mutex::new(Vec::new())),
+            reading: Arc::new(tokio::sync::Semaphore::new(READERS)),
+            writing: Arc::new(tokio::sync::Semaphore::new(1)),
+            writes: Arc::default(),
         }
+    }
+
+    /// How many write calls have finished; read it before a read whose result is cached.
+    pub fn generation(&self) -> u64 {
+        self.writes.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Runs `f` on a read-only connection, on the blocking pool.
@@ -877,17 +985,16 @@ impl Db {
         R: Send + 'static,
     {
         let (readers, path) = (self.readers.clone(), self.path.clone());
+        let turn = self.reading.clone().acquire_owned().await;
         tokio::task::spawn_blocking(move || {
+            let _turn = turn;
             let idle = readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
             let reader = match idle {
                 Some(r) => r,
                 None => Store::open_reader(&path)?,
             };
             let result = f(&reader);
-            let mut pool = readers.lock().unwrap_or_else(|p| p.into_inner());
-            if pool.len() < IDLE_READERS {
-                pool.push(reader);
-            }
+            readers.lock().unwrap_or_else(|p| p.into_inner()).push(reader);
             result
         })
         .await
@@ -900,13 +1007,17 @@ impl Db {
         F: FnOnce(&mut Store) -> Result<R, StoreError> + Send + 'static,
         R: Send + 'static,
     {
-        let store = self.store.clone();
+        let (store, writes) = (self.store.clone(), self.writes.clone());
+        let turn = self.writing.clone().acquire_owned().await;
         tokio::task::spawn_blocking(move || {
+            let _turn = turn;
             let mut guard = match store.lock() {
                 Ok(g) => g,
                 Err(p) => p.into_inner(),
             };
-            f(&mut guard)
+            let result = f(&mut guard);
+            writes.fetch_add(1, std::sync::atomic::Ordering::Release);
+            result
         })
         .await
         .map_err(|e| StoreError::Task(e.to_string()))?

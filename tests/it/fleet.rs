@@ -90,7 +90,8 @@ fn spec(serve: &Serve, data: &Path, prefix: &str, devices: usize, group: &str) -
         installed: None,
         failures: Failures::default(),
         seed: 7,
-        poll: Duration::from_millis(200),
+        poll: Duration::from_secs(20),
+        parallel: 16,
         trusted: None,
         roots: Some(Arc::new(vec![
             serde_json::from_slice(&fs_err::read(data.join("update-root.jwk.json")).unwrap())
@@ -305,6 +306,7 @@ fn a_corrupted_blob_fails_the_device_with_a_hash_error() {
 
 #[test]
 fn kill_9_of_serve_during_a_deployment_loses_and_doubles_nothing() {
+    const DEVICES: usize = 1000;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let mut serve = Serve::start(&data, None);
@@ -313,18 +315,18 @@ fn kill_9_of_serve_during_a_deployment_loses_and_doubles_nothing() {
     let client = AduClient::new(&serve.endpoint, "default", Auth::None).unwrap();
     let rt =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let fleet = rt.block_on(Fleet::register(spec(&serve, &data, "k9", 40, "k9"))).unwrap();
+    let fleet = rt.block_on(Fleet::register(spec(&serve, &data, "k9", DEVICES, "k9"))).unwrap();
     rt.block_on(client.create_or_update_deployment(&deployment("k9-1-1", "k9", "1.1", None)))
         .unwrap();
     let run = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(fleet.run(Duration::from_secs(90), &|t| t.installed == 40))
+        rt.block_on(fleet.run(Duration::from_secs(300), &|t| t.installed == DEVICES as u64))
     });
     // Kill serve once some devices have reported, while others are still installing.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         let s = rt.block_on(client.deployment_status("k9", "k9-1-1")).unwrap();
-        if s.subgroup_status[0].devices_completed_succeeded_count.unwrap_or(0) >= 5 {
+        if s.subgroup_status[0].devices_completed_succeeded_count.unwrap_or(0) >= 100 {
             break;
         }
         assert!(std::time::Instant::now() < deadline, "no device installed");
@@ -334,13 +336,13 @@ fn kill_9_of_serve_during_a_deployment_loses_and_doubles_nothing() {
     std::thread::sleep(Duration::from_millis(1500));
     serve.restart();
     let tally = run.join().unwrap().unwrap();
-    assert_eq!((tally.installed, tally.failed), (40, 0), "{tally:?}");
+    assert_eq!((tally.installed, tally.failed), (DEVICES as u64, 0), "{tally:?}");
     assert!(tally.unreachable > 0, "the devices never lost serve: {tally:?}");
     let s = rt.block_on(client.deployment_status("k9", "k9-1-1")).unwrap();
     let g = &s.subgroup_status[0];
     assert_eq!(
         (g.total_devices, g.devices_completed_succeeded_count, g.devices_in_progress_count),
-        (Some(40), Some(40), Some(0))
+        (Some(DEVICES as u64), Some(DEVICES as u64), Some(0))
     );
 }
 

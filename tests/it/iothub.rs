@@ -211,3 +211,66 @@ fn group_tag_moves_devices_between_groups_through_their_twins() {
     let out = group(&["tag", "cam-1", "--group", "no spaces"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn a_device_waiting_on_its_twin_wakes_for_a_desired_change_not_for_its_own_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let serve = Serve::start(&data, None);
+    let hub = IotHubClient::new(connection(&data)).unwrap();
+    let identity = rt().block_on(hub.create_device("waiter")).unwrap();
+    let key = identity["authentication"]["symmetricKey"]["primaryKey"].as_str().unwrap();
+    let key = SasKey::from_base64(key).unwrap();
+    let host = serve.endpoint.trim_start_matches("http://").to_owned();
+    let auth = token(&format!("{host}/devices/waiter"), &key, None, 4_000_000_000);
+    let endpoint = serve.endpoint.clone();
+    let read = move |query: &str| -> (Value, std::time::Duration) {
+        let t = std::time::Instant::now();
+        let v = rt().block_on(async {
+            let resp = reqwest::Client::new()
+                .get(format!("{endpoint}/devices/waiter/twin{query}"))
+                .header("authorization", &auth)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+            serde_json::from_slice::<Value>(&resp.bytes().await.unwrap()).unwrap()
+        });
+        (v, t.elapsed())
+    };
+    let (first, _) = read("");
+    let v = first["$version"].as_i64().unwrap();
+    let waiting = {
+        let read = read.clone();
+        std::thread::spawn(move || read(&format!("?after={v}&wait=30")))
+    };
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // The device's own report does not move the version: the waiter sleeps on.
+    let patch = |path: &str, body: &str| {
+        let status = rt().block_on(async {
+            let mut req = reqwest::Client::new()
+                .patch(format!("{}/{path}", serve.endpoint))
+                .header("content-type", "application/json")
+                .body(body.to_owned());
+            if path.ends_with("reported") {
+                let auth = token(&format!("{host}/devices/waiter"), &key, None, 4_000_000_000);
+                req = req.header("authorization", auth);
+            }
+            req.send().await.unwrap().status().as_u16()
+        });
+        assert_eq!(status, 200, "{path}");
+    };
+    patch("devices/waiter/twin/reported", r#"{"battery": 80}"#);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    patch("twins/waiter", r#"{"properties": {"desired": {"interval": 5}}}"#);
+    let (woke, took) = waiting.join().unwrap();
+    assert!(woke["$version"].as_i64().unwrap() > v, "{woke}");
+    assert_eq!(woke["desired"]["interval"], 5, "woke with the change, not before it: {woke}");
+    assert_eq!(woke["reported"]["battery"], 80);
+    assert!(took < std::time::Duration::from_secs(20), "{took:?}");
+    // Nothing changes: the answer comes when the wait runs out, with the twin as it is.
+    let now = woke["$version"].as_i64().unwrap();
+    let (same, took) = read(&format!("?after={now}&wait=1"));
+    assert_eq!(same["$version"].as_i64(), Some(now));
+    assert!(took >= std::time::Duration::from_secs(1), "{took:?}");
+}

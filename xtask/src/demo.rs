@@ -13,14 +13,14 @@ use std::process::Command;
 use anyhow::{Context as _, bail};
 
 /// `otaforge serve` in the background, stopped when dropped.
-struct Serve {
-    child: std::process::Child,
-    endpoint: String,
-    data: std::path::PathBuf,
+pub(crate) struct Serve {
+    pub(crate) child: std::process::Child,
+    pub(crate) endpoint: String,
+    pub(crate) data: std::path::PathBuf,
 }
 
 impl Serve {
-    fn start(bin: &Path, data: &Path) -> anyhow::Result<Self> {
+    pub(crate) fn start(bin: &Path, data: &Path) -> anyhow::Result<Self> {
         use std::io::BufRead as _;
         println!("\n$ otaforge serve --listen 127.0.0.1:0 --data-dir {} &", data.display());
         let mut child = Command::new(bin)
@@ -46,7 +46,7 @@ impl Drop for Serve {
     }
 }
 
-fn otaforge(bin: &Path, args: &[&str], expect: i32) -> anyhow::Result<()> {
+pub(crate) fn otaforge(bin: &Path, args: &[&str], expect: i32) -> anyhow::Result<()> {
     println!("\n$ otaforge {}", args.join(" "));
     let status = Command::new(bin)
         .args(args)

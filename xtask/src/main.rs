@@ -9,6 +9,7 @@
 //! - `schema [DIR...]`: checks import manifests against the official JSON schemas in
 //!   `../shared/schemas` (or `$OTAFORGE_SHARED/schemas`).
 //! - `bench hash`: otaforge hash vs openssl and sha256sum, side by side.
+//! - `bench fleet`: a rollout to 10 000 simulated devices and query latency with 100 000.
 //! - `azurite [PORT]`: installs and runs Azurite for the storage tests.
 
 // xtask is a developer tool: it prints freely and adds its own context to std::fs errors.
@@ -22,6 +23,7 @@
 mod azurite;
 mod bench;
 mod bench_delta;
+mod bench_fleet;
 mod bench_upload;
 mod demo;
 mod deny;
@@ -45,6 +47,7 @@ fn main() -> anyhow::Result<()> {
         ["bench", "hash", rest @ ..] => bench::hash(rest),
         ["bench", "delta", rest @ ..] => bench_delta::run(rest),
         ["bench", "upload", rest @ ..] => bench_upload::run(rest),
+        ["bench", "fleet", rest @ ..] => bench_fleet::run(rest),
         ["fuzz"] => fuzz(30),
         ["fuzz", secs] => fuzz(secs.parse().context("fuzz SECONDS")?),
         _ => {
@@ -57,6 +60,7 @@ fn main() -> anyhow::Result<()> {
                  schema [DIR...]    check manifests against ../shared/schemas\n  \
                  bench hash [--runs N] [--size-mib N]\n                     otaforge hash vs openssl dgst and sha256sum\n  \
                  bench upload [--size-mib N] [--runs N]\n                     otaforge upload vs the Python SDK and curl on Azurite\n  \
+                 bench fleet [--devices N] [--registered N] [--runs N]\n                     a rollout to N simulated devices; query latency at scale\n  \
                  fuzz [SECONDS]     every cargo-fuzz target for SECONDS each (default 30)\n  \
                  bench delta [--corpus DIR] [--pairs a,b] [--skip TOOL,...]\n                     otaforge delta vs bsdiff, xdelta3, zstd, HDiffPatch"
             );
