@@ -21,6 +21,7 @@
 
 pub mod apt;
 pub mod delta;
+pub mod edge;
 pub mod env;
 pub mod finding;
 pub mod fleet;

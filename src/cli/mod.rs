@@ -4,6 +4,7 @@ mod apt;
 mod delta;
 mod deploy;
 mod device;
+mod edge;
 mod fleet;
 mod group;
 mod hash;
@@ -107,6 +108,9 @@ enum Command {
     /// Simulated devices that install deployments from `otaforge serve`.
     #[command(subcommand)]
     Fleet(fleet::FleetCommand),
+    /// IoT Edge: build and validate deployment manifests, check target conditions and routes.
+    #[command(subcommand)]
+    Edge(edge::EdgeCommand),
 }
 
 /// How a command ended when it did not fail unexpectedly.
@@ -168,6 +172,7 @@ pub(crate) fn main(rt: &tokio::runtime::Runtime) -> ExitCode {
         Command::Compliance(args) => device::compliance(args, rt, &out),
         Command::Deploy(cmd) => deploy::run(cmd, rt, &out),
         Command::Fleet(cmd) => fleet::run(cmd, rt, &out),
+        Command::Edge(cmd) => edge::run(cmd, &out),
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,

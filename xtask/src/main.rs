@@ -10,6 +10,7 @@
 //!   `../shared/schemas` (or `$OTAFORGE_SHARED/schemas`).
 //! - `bench hash`: otaforge hash vs openssl and sha256sum, side by side.
 //! - `bench fleet`: a rollout to 10 000 simulated devices and query latency with 100 000.
+//! - `bench edge`: target-condition evaluation in twins per second.
 //! - `azurite [PORT]`: installs and runs Azurite for the storage tests.
 
 // xtask is a developer tool: it prints freely and adds its own context to std::fs errors.
@@ -23,6 +24,7 @@
 mod azurite;
 mod bench;
 mod bench_delta;
+mod bench_edge;
 mod bench_fleet;
 mod bench_upload;
 mod demo;
@@ -48,6 +50,7 @@ fn main() -> anyhow::Result<()> {
         ["bench", "delta", rest @ ..] => bench_delta::run(rest),
         ["bench", "upload", rest @ ..] => bench_upload::run(rest),
         ["bench", "fleet", rest @ ..] => bench_fleet::run(rest),
+        ["bench", "edge", rest @ ..] => bench_edge::run(rest),
         ["fuzz"] => fuzz(30),
         ["fuzz", secs] => fuzz(secs.parse().context("fuzz SECONDS")?),
         _ => {
@@ -61,6 +64,7 @@ fn main() -> anyhow::Result<()> {
                  bench hash [--runs N] [--size-mib N]\n                     otaforge hash vs openssl dgst and sha256sum\n  \
                  bench upload [--size-mib N] [--runs N]\n                     otaforge upload vs the Python SDK and curl on Azurite\n  \
                  bench fleet [--devices N] [--registered N] [--runs N]\n                     a rollout to N simulated devices; query latency at scale\n  \
+                 bench edge [--twins N] [--runs N]\n                     target-condition evaluation, twins per second\n  \
                  fuzz [SECONDS]     every cargo-fuzz target for SECONDS each (default 30)\n  \
                  bench delta [--corpus DIR] [--pairs a,b] [--skip TOOL,...]\n                     otaforge delta vs bsdiff, xdelta3, zstd, HDiffPatch"
             );

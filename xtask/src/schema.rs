@@ -14,6 +14,11 @@ const IMPORT: &str = "azure-deviceupdate-import-manifest-5.0.json";
 const UPDATE: &str = "azure-deviceupdate-update-manifest-5.json";
 const DEFINITIONS: &str = "azure-deviceupdate-manifest-definitions-5.0.json";
 const BASE: &str = "https://json.schemastore.org/";
+/// IoT Edge deployment manifests (`*.edgedeployment.json`, written by the edge tests).
+const EDGE: &str = "azure-iot-edge-deployment-2.0.json";
+const EDGE_AGENT: &str = "azure-iot-edgeagent-deployment-1.1.json";
+const EDGE_HUB_11: &str = "azure-iot-edgehub-deployment-1.1.json";
+const EDGE_HUB_12: &str = "azure-iot-edgehub-deployment-1.2.json";
 
 pub(crate) fn run(dirs: &[PathBuf]) -> anyhow::Result<()> {
     let shared = crate::shared()?;
@@ -36,6 +41,7 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
             walk(&path, out)?;
         } else if path.to_string_lossy().ends_with(".importmanifest.json")
             || path.to_string_lossy().ends_with(".updatemanifest.json")
+            || path.to_string_lossy().ends_with(".edgedeployment.json")
         {
             out.push(path);
         }
@@ -63,6 +69,17 @@ pub(crate) fn check(shared: &Path, dirs: &[PathBuf]) -> anyhow::Result<()> {
         .build(&update)
         .context("cannot compile the update manifest schema")?;
 
+    // Edge deployments: the whole manifest, then each runtime module's desired properties
+    // against the schema of the version it declares.
+    let compile = |name: &str| -> anyhow::Result<jsonschema::Validator> {
+        jsonschema::options()
+            .build(&read_json(&schemas.join(name))?)
+            .with_context(|| format!("cannot compile {name}"))
+    };
+    let edge = compile(EDGE)?;
+    let edge_agent = compile(EDGE_AGENT)?;
+    let (edge_hub_11, edge_hub_12) = (compile(EDGE_HUB_11)?, compile(EDGE_HUB_12)?);
+
     let mut files = Vec::new();
     for d in dirs {
         walk(d, &mut files)?;
@@ -70,8 +87,26 @@ pub(crate) fn check(shared: &Path, dirs: &[PathBuf]) -> anyhow::Result<()> {
     files.sort();
     let mut failures = Vec::new();
     let mut update_manifests = 0;
+    let mut edge_manifests = 0;
     for f in &files {
         let doc = read_json(f)?;
+        if f.to_string_lossy().ends_with(".edgedeployment.json") {
+            edge_manifests += 1;
+            let mc = &doc["modulesContent"];
+            let agent = serde_json::json!({"$edgeAgent": mc["$edgeAgent"]});
+            let hub = serde_json::json!({"$edgeHub": mc["$edgeHub"]});
+            let hub_version = &mc["$edgeHub"]["properties.desired"]["schemaVersion"];
+            let hub_schema = if hub_version == "1.2" { &edge_hub_12 } else { &edge_hub_11 };
+            let mut errors: Vec<String> =
+                edge.iter_errors(&doc).map(|e| format!("{}: {e}", e.instance_path())).collect();
+            for (v, d) in [(&edge_agent, &agent), (hub_schema, &hub)] {
+                errors.extend(v.iter_errors(d).map(|e| format!("{}: {e}", e.instance_path())));
+            }
+            if !errors.is_empty() {
+                failures.push(format!("{}:\n    {}", f.display(), errors.join("\n    ")));
+            }
+            continue;
+        }
         let v = if f.to_string_lossy().ends_with(".updatemanifest.json") {
             update_manifests += 1;
             &update_validator
@@ -105,8 +140,8 @@ pub(crate) fn check(shared: &Path, dirs: &[PathBuf]) -> anyhow::Result<()> {
     }
     {
         eprintln!(
-            "schema: {} manifests checked against {IMPORT}, {update_manifests} against {UPDATE}, {refused} invalid fixtures refused by it",
-            files.len() - update_manifests
+            "schema: {} manifests checked against {IMPORT}, {update_manifests} against {UPDATE}, {edge_manifests} Edge deployments against {EDGE} and the runtime modules' schemas, {refused} invalid fixtures refused by it",
+            files.len() - update_manifests - edge_manifests
         );
     }
     if files.is_empty() {

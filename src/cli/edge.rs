@@ -1,0 +1,273 @@
+//! `otaforge edge`: IoT Edge deployment manifests (build from a template, validate), target
+//! conditions and routes (check, and evaluate conditions against twins). See
+//! `otaforge::edge`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use otaforge::edge::condition::Target;
+use otaforge::edge::manifest::{self, Kind};
+use otaforge::edge::route::Route;
+use otaforge::fsutil::Privacy;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::{Outcome, Output};
+
+/// `otaforge edge ...`.
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum EdgeCommand {
+    /// Build and validate deployment manifests.
+    #[command(subcommand)]
+    Manifest(ManifestCommand),
+    /// Check a target condition; with --twin, list the twins it targets (exit 1 if it does not
+    /// parse).
+    Condition(ConditionArgs),
+    /// Check an edgeHub route as the runtime compiles it (exit 1 if it does not).
+    Route(RouteArgs),
+}
+
+/// `otaforge edge manifest ...`.
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum ManifestCommand {
+    /// Build a deployment manifest from a deployment.template.json: ${VAR} from --env-file and
+    /// the environment, ${MODULES.NAME} from --image, createOptions objects serialized and cut
+    /// into the runtime's 512-character pieces.
+    ///
+    /// Example:
+    ///   otaforge edge manifest build deployment.template.json --env-file .env \
+    ///     --image filter=contoso.azurecr.io/filter:1.4.2 -o deployment.json
+    Build(BuildArgs),
+    /// Validate deployment manifests as IoT Hub and the Edge runtime read them: every problem
+    /// with its JSON path (exit 1 if any manifest has an error).
+    Validate(ValidateArgs),
+}
+
+/// `otaforge edge manifest build`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct BuildArgs {
+    /// The template.
+    template: PathBuf,
+    /// Where to write the manifest (`-` for stdout).
+    #[arg(short, long)]
+    output: PathBuf,
+    /// NAME=value lines (`#` comments, blank lines); the environment fills what it lacks.
+    #[arg(long, value_name = "FILE")]
+    env_file: Option<PathBuf>,
+    /// The image of a module for ${MODULES.NAME} (or NAME.PLATFORM): NAME=REFERENCE.
+    #[arg(long, value_name = "NAME=REF")]
+    image: Vec<String>,
+}
+
+/// `otaforge edge manifest validate`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ValidateArgs {
+    /// Manifests (`{"modulesContent": …}`, or a configuration with `content`).
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// They are layered deployments (dot paths: properties.desired.modules.NAME, …).
+    #[arg(long)]
+    layered: bool,
+}
+
+/// `otaforge edge condition`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ConditionArgs {
+    /// The target condition, e.g. "tags.environment='prod' AND properties.reported.fw >= 2".
+    condition: String,
+    /// Twins to evaluate it on: JSON files, each a twin or an array of twins.
+    #[arg(long, value_name = "FILE")]
+    twin: Vec<PathBuf>,
+}
+
+/// `otaforge edge route`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct RouteArgs {
+    /// The route, e.g. "FROM /messages/modules/filter/outputs/* INTO $upstream".
+    route: String,
+}
+
+pub(crate) fn run(cmd: EdgeCommand, out: &Output) -> anyhow::Result<Outcome> {
+    match cmd {
+        EdgeCommand::Manifest(ManifestCommand::Build(a)) => build(a, out),
+        EdgeCommand::Manifest(ManifestCommand::Validate(a)) => validate(a, out),
+        EdgeCommand::Condition(a) => condition(a, out),
+        EdgeCommand::Route(a) => route(a, out),
+    }
+}
+
+/// NAME=value lines of an env file.
+fn env_file(path: &std::path::Path) -> anyhow::Result<BTreeMap<String, String>> {
+    let text = fs_err::read_to_string(path)?;
+    let mut vars = BTreeMap::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        let (k, v) = line
+            .split_once('=')
+            .with_context(|| format!("{}:{}: not NAME=value", path.display(), n + 1))?;
+        let v = v.trim();
+        let v = v
+            .strip_prefix('"')
+            .and_then(|x| x.strip_suffix('"'))
+            .or_else(|| v.strip_prefix('\'').and_then(|x| x.strip_suffix('\'')))
+            .unwrap_or(v);
+        vars.insert(k.trim().to_owned(), v.to_owned());
+    }
+    Ok(vars)
+}
+
+fn build(a: BuildArgs, out: &Output) -> anyhow::Result<Outcome> {
+    let template = fs_err::read_to_string(&a.template)?;
+    let file_vars = match &a.env_file {
+        Some(p) => env_file(p)?,
+        None => BTreeMap::new(),
+    };
+    let mut images = BTreeMap::new();
+    for i in &a.image {
+        let (k, v) =
+            i.split_once('=').with_context(|| format!("--image `{i}` is not NAME=REFERENCE"))?;
+        images.insert(k.to_owned(), v.to_owned());
+    }
+    let vars = |name: &str| file_vars.get(name).cloned().or_else(|| std::env::var(name).ok());
+    let (doc, warnings) = manifest::build(&template, &vars, &images)
+        .with_context(|| format!("{} cannot be built", a.template.display()))?;
+    let mut text = serde_json::to_string_pretty(&doc)?;
+    text.push('\n');
+    // Built manifests hold registry passwords: written private.
+    otaforge::fsutil::write_output(&a.output, text.as_bytes(), Privacy::Private)?;
+    let mut findings = manifest::validate(text.as_bytes(), Kind::Base)?;
+    findings.extend(warnings);
+    let errors = findings.error_count();
+    if out.json() {
+        out.json_value(&Report {
+            file: a.output.display().to_string(),
+            valid: errors == 0,
+            errors,
+            warnings: findings.len() - errors,
+            findings: findings.clone(),
+        })?;
+    } else {
+        out.notice(format!("wrote {}", a.output.display()));
+        out.finding_lines(&findings)?;
+    }
+    Ok(if errors > 0 { Outcome::CheckFailed } else { Outcome::Ok })
+}
+
+/// One manifest in `--format json` output.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Report {
+    file: String,
+    valid: bool,
+    errors: usize,
+    warnings: usize,
+    findings: otaforge::Findings,
+}
+
+fn validate(a: ValidateArgs, out: &Output) -> anyhow::Result<Outcome> {
+    let kind = if a.layered { Kind::Layered } else { Kind::Base };
+    let mut reports = Vec::new();
+    for f in &a.files {
+        let bytes = fs_err::read(f)?;
+        let findings = manifest::validate(&bytes, kind)
+            .with_context(|| format!("{} is not a manifest", f.display()))?;
+        let errors = findings.error_count();
+        reports.push(Report {
+            file: f.display().to_string(),
+            valid: errors == 0,
+            errors,
+            warnings: findings.len() - errors,
+            findings,
+        });
+    }
+    let failed = reports.iter().any(|r| !r.valid);
+    if out.json() {
+        out.json_value(&reports)?;
+    } else {
+        for r in &reports {
+            let status = if r.valid { "ok" } else { "INVALID" };
+            out.line(format!(
+                "{status}: {}: {} errors, {} warnings",
+                r.file, r.errors, r.warnings
+            ))?;
+            out.finding_lines(&r.findings)?;
+        }
+    }
+    Ok(if failed { Outcome::CheckFailed } else { Outcome::Ok })
+}
+
+/// A condition or route that does not parse: the position, with a caret under it.
+fn refused(out: &Output, text: &str, position: usize, message: &str) -> anyhow::Result<Outcome> {
+    if out.json() {
+        out.json_value(
+            &serde_json::json!({"valid": false, "position": position, "message": message}),
+        )?;
+    } else {
+        out.line(format!("INVALID at position {position}: {message}"))?;
+        out.line(format!("  {}", manifest::caret(text, position).replace('\n', "\n  ")))?;
+    }
+    Ok(Outcome::CheckFailed)
+}
+
+fn condition(a: ConditionArgs, out: &Output) -> anyhow::Result<Outcome> {
+    let target = match Target::parse(&a.condition) {
+        Ok(t) => t,
+        Err(e) => return refused(out, &a.condition, e.position, &e.message),
+    };
+    let mut twins = Vec::new();
+    for p in &a.twin {
+        let v: Value = serde_json::from_slice(&fs_err::read(p)?)
+            .with_context(|| format!("{} is not JSON", p.display()))?;
+        match v {
+            Value::Array(list) => twins.extend(list),
+            one => twins.push(one),
+        }
+    }
+    let started = std::time::Instant::now();
+    let hits: Vec<&Value> = twins.iter().filter(|t| target.matches(t)).collect();
+    let seconds = started.elapsed().as_secs_f64();
+    let targeted: Vec<String> =
+        hits.iter().map(|t| t["deviceId"].as_str().unwrap_or("?").to_owned()).collect();
+    if out.json() {
+        out.json_value(&serde_json::json!({
+            "valid": true, "twins": twins.len(), "targeted": targeted,
+            "evaluationSeconds": seconds,
+        }))?;
+    } else if a.twin.is_empty() {
+        out.line("ok")?;
+    } else {
+        out.line(format!("{} of {} twins targeted", targeted.len(), twins.len()))?;
+        for d in &targeted {
+            out.line(format!("  {d}"))?;
+        }
+    }
+    Ok(Outcome::Ok)
+}
+
+fn route(a: RouteArgs, out: &Output) -> anyhow::Result<Outcome> {
+    let r = match Route::parse(&a.route) {
+        Ok(r) => r,
+        Err(e) => return refused(out, &a.route, e.position, &e.message),
+    };
+    let warnings: Vec<String> =
+        r.warnings.iter().map(|w| format!("position {}: {}", w.position, w.message)).collect();
+    if out.json() {
+        out.json_value(&serde_json::json!({
+            "valid": true,
+            "sourceModule": r.source_module(),
+            "sinkModule": r.sink_module(),
+            "warnings": warnings,
+        }))?;
+    } else {
+        out.line("ok")?;
+        for w in &warnings {
+            out.line(format!("  warning: {w}"))?;
+        }
+    }
+    Ok(Outcome::Ok)
+}
