@@ -26,6 +26,43 @@ pub(crate) enum EdgeCommand {
     Condition(ConditionArgs),
     /// Check an edgeHub route as the runtime compiles it (exit 1 if it does not).
     Route(RouteArgs),
+    /// What a change to the Edge deployments would do: every device whose base deployment or
+    /// layers would change, from what to what, and the devices left unmanaged. Reads twins and
+    /// configurations (as `az iot hub query` and `az iot edge deployment list` write them);
+    /// changes nothing.
+    ///
+    /// Example:
+    ///   otaforge edge what-if --twins twins.json --configurations deployments.json \
+    ///     --delete prod-base-2
+    #[command(name = "what-if")]
+    WhatIf(WhatIfArgs),
+}
+
+/// `otaforge edge what-if`.
+#[derive(Debug, clap::Args)]
+#[command(group = clap::ArgGroup::new("change").required(true).args(["create", "update", "delete"]))]
+pub(crate) struct WhatIfArgs {
+    /// Device twins: a JSON array (or one twin).
+    #[arg(long, value_name = "FILE")]
+    twins: PathBuf,
+    /// The deployments now: a JSON array of IoT Hub configurations.
+    #[arg(long, value_name = "FILE")]
+    configurations: PathBuf,
+    /// Creating this configuration (a JSON file: id, targetCondition, priority, content).
+    #[arg(long, value_name = "FILE")]
+    create: Option<PathBuf>,
+    /// Updating this deployment's --target-condition and/or --priority.
+    #[arg(long, value_name = "ID")]
+    update: Option<String>,
+    /// Deleting this deployment.
+    #[arg(long, value_name = "ID")]
+    delete: Option<String>,
+    /// The new target condition (with --update).
+    #[arg(long, requires = "update")]
+    target_condition: Option<String>,
+    /// The new priority (with --update).
+    #[arg(long, requires = "update", allow_negative_numbers = true)]
+    priority: Option<i64>,
 }
 
 /// `otaforge edge manifest ...`.
@@ -94,6 +131,7 @@ pub(crate) fn run(cmd: EdgeCommand, out: &Output) -> anyhow::Result<Outcome> {
         EdgeCommand::Manifest(ManifestCommand::Validate(a)) => validate(a, out),
         EdgeCommand::Condition(a) => condition(a, out),
         EdgeCommand::Route(a) => route(a, out),
+        EdgeCommand::WhatIf(a) => what_if(a, out),
     }
 }
 
@@ -267,6 +305,75 @@ fn route(a: RouteArgs, out: &Output) -> anyhow::Result<Outcome> {
         out.line("ok")?;
         for w in &warnings {
             out.line(format!("  warning: {w}"))?;
+        }
+    }
+    Ok(Outcome::Ok)
+}
+
+fn json_list(path: &std::path::Path) -> anyhow::Result<Vec<Value>> {
+    let v: Value = serde_json::from_slice(&fs_err::read(path)?)
+        .with_context(|| format!("{} is not JSON", path.display()))?;
+    Ok(match v {
+        Value::Array(list) => list,
+        one => vec![one],
+    })
+}
+
+fn what_if(a: WhatIfArgs, out: &Output) -> anyhow::Result<Outcome> {
+    use otaforge::edge::assign::{self, Change, Deployment};
+    let twins = json_list(&a.twins)?;
+    let mut deployments = Vec::new();
+    for c in json_list(&a.configurations)? {
+        let d = Deployment::from_configuration(&c).with_context(|| {
+            format!("{}: deployment `{}`: target condition", a.configurations.display(), c["id"])
+        })?;
+        deployments.push(d);
+    }
+    let change = if let Some(f) = &a.create {
+        let c: Value = serde_json::from_slice(&fs_err::read(f)?)
+            .with_context(|| format!("{} is not JSON", f.display()))?;
+        let mut d = Deployment::from_configuration(&c)
+            .with_context(|| format!("{}: targetCondition", f.display()))?;
+        if d.created.is_empty() {
+            // Not created yet: it would be the newest.
+            d.created = "9999-12-31T23:59:59Z".into();
+        }
+        Change::Create(d)
+    } else if let Some(id) = &a.update {
+        let target = match &a.target_condition {
+            Some(t) => {
+                Some(Target::parse(t).map_err(|e| anyhow::anyhow!("--target-condition: {e}"))?)
+            }
+            None => None,
+        };
+        Change::Update { id: id.clone(), target, priority: a.priority }
+    } else {
+        Change::Delete(a.delete.clone().unwrap_or_default())
+    };
+    let started = std::time::Instant::now();
+    let diff = assign::what_if(&twins, &deployments, &change).map_err(anyhow::Error::msg)?;
+    let seconds = started.elapsed().as_secs_f64();
+    let unmanaged = diff.iter().filter(|d| d.left_unmanaged).count();
+    if out.json() {
+        out.json_value(&serde_json::json!({
+            "twins": twins.len(), "deployments": deployments.len(), "changed": diff.len(),
+            "leftUnmanaged": unmanaged, "seconds": seconds, "devices": diff,
+        }))?;
+    } else {
+        let show = |x: &assign::Assignment| {
+            let mut s = x.base.clone().unwrap_or_else(|| "(unmanaged)".into());
+            for l in &x.layers {
+                s.push_str(&format!(" + {l}"));
+            }
+            s
+        };
+        out.line(format!(
+            "{} of {} devices would change ({unmanaged} left unmanaged)",
+            diff.len(),
+            twins.len()
+        ))?;
+        for d in &diff {
+            out.line(format!("  {}: {} -> {}", d.device_id, show(&d.before), show(&d.after)))?;
         }
     }
     Ok(Outcome::Ok)

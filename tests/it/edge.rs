@@ -147,3 +147,61 @@ fn a_condition_targets_the_twins_it_should() {
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(v["targeted"], json!(["b"]));
 }
+
+#[test]
+fn what_if_names_every_device_that_would_change_and_those_left_unmanaged() {
+    let dir = tempfile::tempdir().unwrap();
+    let twin = |id: &str, env: &str| json!({"deviceId": id, "tags": {"environment": env}, "capabilities": {"iotEdge": true}});
+    let twins =
+        json!([twin("p1", "prod"), twin("p2", "prod"), twin("t1", "test"), twin("d1", "dev")]);
+    let base = |id: &str, cond: &str, priority: i64| {
+        json!({"id": id, "targetCondition": cond, "priority": priority,
+               "createdTimeUtc": "2026-11-01T00:00:00Z",
+               "content": {"modulesContent": {"$edgeAgent": {"properties.desired": {}}}}})
+    };
+    let configs = json!([
+        base("prod", "tags.environment = 'prod'", 10),
+        base("fallback", "tags.environment IN ['prod', 'test']", 1),
+        {"id": "debug-layer", "targetCondition": "tags.environment = 'test'", "priority": 5,
+         "createdTimeUtc": "2026-11-02T00:00:00Z",
+         "content": {"modulesContent": {"$edgeAgent": {"properties.desired.modules.dbg": {}}}}},
+    ]);
+    fs_err::write(dir.path().join("twins.json"), twins.to_string()).unwrap();
+    fs_err::write(dir.path().join("configs.json"), configs.to_string()).unwrap();
+    let run = |args: &[&str]| -> Value {
+        let out = otaforge()
+            .current_dir(dir.path())
+            .args(["--format", "json", "edge", "what-if", "--twins", "twins.json"])
+            .args(["--configurations", "configs.json"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    // Deleting `prod`: both prod devices fall back to `fallback`.
+    let v = run(&["--delete", "prod"]);
+    assert_eq!(v["changed"], 2, "{v:#}");
+    assert_eq!(v["devices"][0]["before"]["base"], "prod");
+    assert_eq!(v["devices"][0]["after"]["base"], "fallback");
+    // Retargeting `fallback` to prod only: t1 loses its base, so its layer stops applying too,
+    // and it is left unmanaged.
+    let v = run(&["--update", "fallback", "--target-condition", "tags.environment = 'prod'"]);
+    assert_eq!(v["changed"], 1, "{v:#}");
+    let t1 = &v["devices"][0];
+    assert_eq!(t1["deviceId"], "t1");
+    assert_eq!(t1["before"], json!({"base": "fallback", "layers": ["debug-layer"]}));
+    assert_eq!((&t1["after"]["layers"], &t1["leftUnmanaged"]), (&json!([]), &json!(true)));
+    // Lowering `prod` to 0 puts it below `fallback` (1): both prod devices switch.
+    let v = run(&["--update", "prod", "--priority", "0"]);
+    assert_eq!(v["changed"], 2, "{v:#}");
+    // An unknown deployment is a usage error, and a bad condition names its position.
+    let out = otaforge()
+        .current_dir(dir.path())
+        .args(["edge", "what-if", "--twins", "twins.json", "--configurations", "configs.json"])
+        .args(["--update", "prod", "--target-condition", "tags.a = "])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("position"));
+}
