@@ -13,6 +13,7 @@ use otaforge::fsutil::Privacy;
 use serde::Serialize;
 use serde_json::Value;
 
+use super::group::HubArgs;
 use super::{Outcome, Output};
 
 /// `otaforge edge ...`.
@@ -36,18 +37,106 @@ pub(crate) enum EdgeCommand {
     ///     --delete prod-base-2
     #[command(name = "what-if")]
     WhatIf(WhatIfArgs),
+    /// Edge deployments on IoT Hub (configurations): create, list, show, update, delete.
+    #[command(subcommand)]
+    Deploy(DeployCommand),
+}
+
+/// `otaforge edge deploy ...`.
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum DeployCommand {
+    /// Create a deployment: the manifest is validated and the id and condition checked before
+    /// anything is sent.
+    ///
+    /// Example:
+    ///   otaforge edge deploy create prod-base-2 --content deployment.json \
+    ///     --target-condition "tags.environment='prod'" --priority 10
+    Create(CreateArgs),
+    /// List the deployments with their targeted and applied counts.
+    List(HubOnly),
+    /// One deployment: metrics (system and custom) and its settings.
+    Show(IdArgs),
+    /// Change what may change: target condition, priority, labels, metrics (content cannot).
+    Update(UpdateArgs),
+    /// Delete a deployment (devices fall back to their next one; modules stay otherwise).
+    Delete(IdArgs),
+}
+
+/// Only the hub.
+#[derive(Debug, clap::Args)]
+pub(crate) struct HubOnly {
+    #[command(flatten)]
+    hub: HubArgs,
+}
+
+/// A deployment id and the hub.
+#[derive(Debug, clap::Args)]
+pub(crate) struct IdArgs {
+    /// The deployment id.
+    id: String,
+    #[command(flatten)]
+    hub: HubArgs,
+}
+
+/// `otaforge edge deploy create`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct CreateArgs {
+    /// The deployment id (1-128 lower-case letters, digits and - : + % _ # * ? ! ( ) , = @ ; ').
+    id: String,
+    /// The deployment manifest ({"modulesContent": …}).
+    #[arg(long, value_name = "FILE")]
+    content: PathBuf,
+    /// Which devices: a target condition, `*` for every Edge device.
+    #[arg(long)]
+    target_condition: String,
+    /// Higher wins.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    priority: i64,
+    /// A layered deployment (dot-path content, applied above the base).
+    #[arg(long)]
+    layered: bool,
+    /// A custom metric: NAME=SELECT deviceId FROM devices WHERE … (at most 5).
+    #[arg(long, value_name = "NAME=QUERY")]
+    metric: Vec<String>,
+    /// A label: KEY=VALUE.
+    #[arg(long, value_name = "KEY=VALUE")]
+    label: Vec<String>,
+    #[command(flatten)]
+    hub: HubArgs,
+}
+
+/// `otaforge edge deploy update`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct UpdateArgs {
+    /// The deployment id.
+    id: String,
+    /// A new target condition.
+    #[arg(long)]
+    target_condition: Option<String>,
+    /// A new priority.
+    #[arg(long, allow_negative_numbers = true)]
+    priority: Option<i64>,
+    /// Labels to set: KEY=VALUE.
+    #[arg(long, value_name = "KEY=VALUE")]
+    label: Vec<String>,
+    /// Custom metrics to set: NAME=QUERY.
+    #[arg(long, value_name = "NAME=QUERY")]
+    metric: Vec<String>,
+    #[command(flatten)]
+    hub: HubArgs,
 }
 
 /// `otaforge edge what-if`.
 #[derive(Debug, clap::Args)]
 #[command(group = clap::ArgGroup::new("change").required(true).args(["create", "update", "delete"]))]
 pub(crate) struct WhatIfArgs {
-    /// Device twins: a JSON array (or one twin).
-    #[arg(long, value_name = "FILE")]
-    twins: PathBuf,
-    /// The deployments now: a JSON array of IoT Hub configurations.
-    #[arg(long, value_name = "FILE")]
-    configurations: PathBuf,
+    /// Device twins: a JSON array (or one twin); without it, read from the hub.
+    #[arg(long, value_name = "FILE", requires = "configurations")]
+    twins: Option<PathBuf>,
+    /// The deployments now: a JSON array of IoT Hub configurations; without it, read from
+    /// the hub.
+    #[arg(long, value_name = "FILE", requires = "twins")]
+    configurations: Option<PathBuf>,
     /// Creating this configuration (a JSON file: id, targetCondition, priority, content).
     #[arg(long, value_name = "FILE")]
     create: Option<PathBuf>,
@@ -63,6 +152,8 @@ pub(crate) struct WhatIfArgs {
     /// The new priority (with --update).
     #[arg(long, requires = "update", allow_negative_numbers = true)]
     priority: Option<i64>,
+    #[command(flatten)]
+    hub: HubArgs,
 }
 
 /// `otaforge edge manifest ...`.
@@ -125,13 +216,18 @@ pub(crate) struct RouteArgs {
     route: String,
 }
 
-pub(crate) fn run(cmd: EdgeCommand, out: &Output) -> anyhow::Result<Outcome> {
+pub(crate) fn run(
+    cmd: EdgeCommand,
+    rt: &tokio::runtime::Runtime,
+    out: &Output,
+) -> anyhow::Result<Outcome> {
     match cmd {
         EdgeCommand::Manifest(ManifestCommand::Build(a)) => build(a, out),
         EdgeCommand::Manifest(ManifestCommand::Validate(a)) => validate(a, out),
         EdgeCommand::Condition(a) => condition(a, out),
         EdgeCommand::Route(a) => route(a, out),
-        EdgeCommand::WhatIf(a) => what_if(a, out),
+        EdgeCommand::WhatIf(a) => what_if(a, rt, out),
+        EdgeCommand::Deploy(c) => deploy(c, rt, out),
     }
 }
 
@@ -319,14 +415,31 @@ fn json_list(path: &std::path::Path) -> anyhow::Result<Vec<Value>> {
     })
 }
 
-fn what_if(a: WhatIfArgs, out: &Output) -> anyhow::Result<Outcome> {
+fn what_if(a: WhatIfArgs, rt: &tokio::runtime::Runtime, out: &Output) -> anyhow::Result<Outcome> {
     use otaforge::edge::assign::{self, Change, Deployment};
-    let twins = json_list(&a.twins)?;
+    let (twins, configs, source) = match (&a.twins, &a.configurations) {
+        (Some(t), Some(c)) => (json_list(t)?, json_list(c)?, c.display().to_string()),
+        _ => {
+            // Read, never write: twins and configurations as the hub has them.
+            let hub = a.hub.client()?;
+            let (twins, configs) = rt.block_on(async {
+                let twins = hub.query_twins("SELECT * FROM devices").await?;
+                let configs = hub.list_configurations(100).await?;
+                Ok::<_, otaforge::iothub::IotHubError>((twins, configs))
+            })?;
+            let twins = twins.iter().map(serde_json::to_value).collect::<Result<Vec<_>, _>>()?;
+            let configs = configs
+                .iter()
+                .filter(|c| c.is_edge())
+                .map(serde_json::to_value)
+                .collect::<Result<Vec<_>, _>>()?;
+            (twins, configs, "the hub".to_owned())
+        }
+    };
     let mut deployments = Vec::new();
-    for c in json_list(&a.configurations)? {
-        let d = Deployment::from_configuration(&c).with_context(|| {
-            format!("{}: deployment `{}`: target condition", a.configurations.display(), c["id"])
-        })?;
+    for c in configs {
+        let d = Deployment::from_configuration(&c)
+            .with_context(|| format!("{source}: deployment {}: target condition", c["id"]))?;
         deployments.push(d);
     }
     let change = if let Some(f) = &a.create {
@@ -374,6 +487,148 @@ fn what_if(a: WhatIfArgs, out: &Output) -> anyhow::Result<Outcome> {
         ))?;
         for d in &diff {
             out.line(format!("  {}: {} -> {}", d.device_id, show(&d.before), show(&d.after)))?;
+        }
+    }
+    Ok(Outcome::Ok)
+}
+
+fn pairs(list: &[String], what: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    list.iter()
+        .map(|p| {
+            let (k, v) =
+                p.split_once('=').with_context(|| format!("--{what} `{p}` is not NAME=VALUE"))?;
+            Ok((k.trim().to_owned(), v.trim().to_owned()))
+        })
+        .collect()
+}
+
+/// Checks a target condition before it is sent; the error names the position.
+fn condition_ok(c: &str) -> anyhow::Result<()> {
+    Target::parse(c).map(drop).map_err(|e| {
+        anyhow::anyhow!(
+            "--target-condition: {e}\n  {}",
+            manifest::caret(c, e.position).replace('\n', "\n  ")
+        )
+    })
+}
+
+fn metrics_ok(metrics: &BTreeMap<String, String>) -> anyhow::Result<()> {
+    use otaforge::iothub::config::MAX_CUSTOM_METRICS;
+    anyhow::ensure!(
+        metrics.len() <= MAX_CUSTOM_METRICS,
+        "{} metrics: a deployment has at most {MAX_CUSTOM_METRICS}",
+        metrics.len()
+    );
+    Ok(())
+}
+
+fn show_config(out: &Output, c: &otaforge::iothub::config::Configuration) -> anyhow::Result<()> {
+    if out.json() {
+        return out.json_value(c);
+    }
+    let layered = c.content["modulesContent"]["$edgeAgent"]
+        .as_object()
+        .is_some_and(|a| !a.contains_key("properties.desired"));
+    out.line(format!(
+        "{}  priority {}{}  target: {}",
+        c.id,
+        c.priority,
+        if layered { " (layered)" } else { "" },
+        if c.target_condition.is_empty() { "(none)" } else { &c.target_condition }
+    ))?;
+    for (k, v) in &c.system_metrics.results {
+        out.line(format!("  {k:<24} {v}"))?;
+    }
+    for (k, v) in &c.metrics.results {
+        out.line(format!("  {k:<24} {v}  (custom)"))?;
+    }
+    Ok(())
+}
+
+fn deploy(
+    cmd: DeployCommand,
+    rt: &tokio::runtime::Runtime,
+    out: &Output,
+) -> anyhow::Result<Outcome> {
+    use otaforge::iothub::config::{Configuration, check_id};
+    match cmd {
+        DeployCommand::Create(a) => {
+            check_id(&a.id).map_err(anyhow::Error::msg)?;
+            condition_ok(&a.target_condition)?;
+            let metrics = pairs(&a.metric, "metric")?;
+            metrics_ok(&metrics)?;
+            let bytes = fs_err::read(&a.content)?;
+            let kind = if a.layered { Kind::Layered } else { Kind::Base };
+            let findings = manifest::validate(&bytes, kind)
+                .with_context(|| format!("{} is not a manifest", a.content.display()))?;
+            if findings.has_errors() {
+                out.rejected(&format!("deployment {}", a.id), &findings)?;
+                return Ok(Outcome::CheckFailed);
+            }
+            let doc: Value = serde_json::from_slice(&bytes)?;
+            let content = match doc.get("content") {
+                Some(c) => c.clone(),
+                None => doc,
+            };
+            let c = Configuration {
+                id: a.id.clone(),
+                schema_version: Some("1.0".into()),
+                labels: pairs(&a.label, "label")?,
+                content: content.as_object().cloned().unwrap_or_default(),
+                target_condition: a.target_condition.clone(),
+                priority: a.priority,
+                metrics: otaforge::iothub::config::Metrics {
+                    queries: metrics,
+                    results: BTreeMap::new(),
+                },
+                ..Default::default()
+            };
+            let hub = a.hub.client()?;
+            let made = rt.block_on(hub.put_configuration(&c, None))?;
+            show_config(out, &made)?;
+        }
+        DeployCommand::List(a) => {
+            let hub = a.hub.client()?;
+            let all = rt.block_on(hub.list_configurations(100))?;
+            let edge: Vec<_> = all.into_iter().filter(Configuration::is_edge).collect();
+            if out.json() {
+                out.json_value(&edge)?;
+            } else {
+                for c in &edge {
+                    show_config(out, c)?;
+                }
+            }
+        }
+        DeployCommand::Show(a) => {
+            let hub = a.hub.client()?;
+            show_config(out, &rt.block_on(hub.get_configuration(&a.id))?)?;
+        }
+        DeployCommand::Update(a) => {
+            if let Some(t) = &a.target_condition {
+                condition_ok(t)?;
+            }
+            let hub = a.hub.client()?;
+            let mut c = rt.block_on(hub.get_configuration(&a.id))?;
+            if let Some(t) = a.target_condition {
+                c.target_condition = t;
+            }
+            if let Some(p) = a.priority {
+                c.priority = p;
+            }
+            c.labels.extend(pairs(&a.label, "label")?);
+            c.metrics.queries.extend(pairs(&a.metric, "metric")?);
+            metrics_ok(&c.metrics.queries)?;
+            let etag = c.etag.clone();
+            let made = rt.block_on(hub.put_configuration(&c, etag.as_deref()))?;
+            show_config(out, &made)?;
+        }
+        DeployCommand::Delete(a) => {
+            let hub = a.hub.client()?;
+            rt.block_on(hub.delete_configuration(&a.id, None))?;
+            out.notice(format!("deleted {}", a.id));
+            if out.json() {
+                out.json_value(&serde_json::json!({"deleted": a.id}))?;
+            }
         }
     }
     Ok(Outcome::Ok)

@@ -108,7 +108,7 @@ enum Command {
     /// Simulated devices that install deployments from `otaforge serve`.
     #[command(subcommand)]
     Fleet(fleet::FleetCommand),
-    /// IoT Edge: build and validate deployment manifests, check target conditions and routes.
+    /// IoT Edge: manifests, routes, target conditions, deployments on IoT Hub, what-if.
     #[command(subcommand)]
     Edge(edge::EdgeCommand),
 }
@@ -172,7 +172,7 @@ pub(crate) fn main(rt: &tokio::runtime::Runtime) -> ExitCode {
         Command::Compliance(args) => device::compliance(args, rt, &out),
         Command::Deploy(cmd) => deploy::run(cmd, rt, &out),
         Command::Fleet(cmd) => fleet::run(cmd, rt, &out),
-        Command::Edge(cmd) => edge::run(cmd, &out),
+        Command::Edge(cmd) => edge::run(cmd, rt, &out),
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,

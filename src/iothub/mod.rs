@@ -6,6 +6,7 @@
 //! Authentication: a SAS token signed by otaforge from a connection string's shared access
 //! policy key ([`sas`]), renewed before it expires; the key never leaves this process.
 
+pub mod config;
 pub mod query;
 pub mod sas;
 
@@ -371,11 +372,22 @@ impl IotHubClient {
 
     /// Creates a device identity with generated symmetric keys (409 when it exists).
     pub async fn create_device(&self, device_id: &str) -> Result<Value, IotHubError> {
+        self.create_device_as(device_id, false).await
+    }
+
+    /// [`IotHubClient::create_device`], as an IoT Edge device when `iot_edge`
+    /// (`capabilities.iotEdge`: Edge deployments target only those).
+    pub async fn create_device_as(
+        &self,
+        device_id: &str,
+        iot_edge: bool,
+    ) -> Result<Value, IotHubError> {
         let op = format!("create device {device_id}");
         let url = self.url(&format!("/devices/{}", encode(device_id)))?;
         let body = serde_json::json!({
             "deviceId": device_id,
             "authentication": {"type": "sas", "symmetricKey": {"primaryKey": null, "secondaryKey": null}},
+            "capabilities": {"iotEdge": iot_edge},
         });
         let resp = self.send(&op, json_body(self.http.put(url), &body)).await?;
         Self::json(&op, resp).await

@@ -75,7 +75,7 @@ fn claims(headers: &HeaderMap) -> Option<Result<Claims, Response>> {
 }
 
 /// A service request: a hub-wide token signed with the owner key, or none when tokenless.
-fn service_auth(s: &Shared, headers: &HeaderMap) -> Result<(), Response> {
+pub(super) fn service_auth(s: &Shared, headers: &HeaderMap) -> Result<(), Response> {
     let unauthorized = |m: &str| hub_error(StatusCode::UNAUTHORIZED, "IotHubUnauthorizedAccess", m);
     match claims(headers) {
         None if s.token.is_none() => Ok(()),
@@ -138,6 +138,7 @@ fn identity(row: &super::store::DeviceRow) -> Value {
         "etag": row.twin.etag,
         "status": "enabled",
         "connectionState": "Disconnected",
+        "capabilities": row.twin.extra.get("capabilities").cloned().unwrap_or(json!({"iotEdge": false})),
         "authentication": {
             "type": "sas",
             "symmetricKey": {"primaryKey": row.device_key, "secondaryKey": Value::Null},
@@ -164,16 +165,22 @@ async fn put_device(
     State(s): State<Shared>,
     headers: HeaderMap,
     Path(id): Path<String>,
+    body: axum::body::Bytes,
 ) -> Response {
     if let Err(r) = service_auth(&s, &headers).and_then(|()| check_device_id(&id)) {
         return r;
     }
+    // `capabilities.iotEdge` makes an IoT Edge device (Edge deployments target only those).
+    let iot_edge = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|b| b.get("capabilities")?.get("iotEdge")?.as_bool())
+        .unwrap_or(false);
     let key = match SasKey::generate() {
         Ok(k) => k.to_base64(),
         Err(e) => return internal(e),
     };
     let now = super::now_string();
-    match s.db.call(move |st| st.create_device(&id, &key, &now)).await {
+    match s.db.call(move |st| st.create_device(&id, &key, &now, iot_edge)).await {
         Ok(Some(row)) => axum::Json(identity(&row)).into_response(),
         Ok(None) => {
             hub_error(StatusCode::CONFLICT, "DeviceAlreadyExists", "a device with this id exists")

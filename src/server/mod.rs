@@ -13,6 +13,7 @@
 //! This module depends on the library (manifest rules, service models, dir store); nothing in
 //! the library depends on it.
 
+mod configs;
 mod deploy;
 mod desired;
 mod devices;

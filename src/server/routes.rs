@@ -119,6 +119,7 @@ pub(super) fn router(state: Shared) -> Router {
     Router::new()
         .merge(api)
         .merge(super::hub::router())
+        .merge(super::configs::router())
         .route("/blobs/{*path}", get(get_blob))
         .route("/files/content/{*path}", get(get_content))
         .fallback(|| async {

@@ -72,7 +72,29 @@ pub const MIGRATIONS: &[Migration] = &[
         what: "each twin's group (indexed) and the slim twin the management views read",
         apply: migrate_6,
     },
+    Migration { version: 7, what: "IoT Hub configurations (Edge deployments)", apply: migrate_7 },
 ];
+
+fn migrate_7(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
+    tx.execute_batch(
+        "CREATE TABLE IF NOT EXISTS configurations (
+            id TEXT PRIMARY KEY, seq INTEGER NOT NULL, body TEXT NOT NULL);",
+    )?;
+    Ok(())
+}
+
+/// What putting a configuration came to.
+#[derive(Debug)]
+pub enum ConfigPut {
+    /// Stored (created when `true`).
+    Stored(Box<crate::iothub::config::Configuration>, bool),
+    /// `If-Match` named another version.
+    Stale,
+    /// A replacement changed the content, which is immutable.
+    ContentChanged,
+    /// The hub already holds the most configurations it may.
+    Full(usize),
+}
 
 /// Adds `group_id` (indexed) and `slim` to every device, filled from its twin.
 fn migrate_6(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
@@ -603,12 +625,14 @@ impl Store {
         device_id: &str,
         device_key: &str,
         now: &str,
+        iot_edge: bool,
     ) -> Result<Option<DeviceRow>, StoreError> {
-        let twin = crate::iothub::Twin {
+        let mut twin = crate::iothub::Twin {
             device_id: device_id.to_owned(),
             version: Some(1),
             ..Default::default()
         };
+        twin.extra.insert("capabilities".into(), serde_json::json!({"iotEdge": iot_edge}));
         let (group, slim) = derived(&twin)?;
         let inserted = self.conn.execute(
             "INSERT OR IGNORE INTO devices
@@ -859,6 +883,108 @@ impl Store {
             "DELETE FROM deployments WHERE group_id = ?1 AND deployment_id = ?2",
             params![group_id, deployment_id],
         )? > 0)
+    }
+
+    /// Creates or replaces a configuration: a new one gets its creation time and ETag; a
+    /// replacement must name the current ETag (or `*`) and keep the content, and may change
+    /// labels, metric queries, priority and target condition.
+    pub fn put_configuration(
+        &mut self,
+        mut c: crate::iothub::config::Configuration,
+        if_match: Option<&str>,
+        now: &str,
+        max: usize,
+    ) -> Result<ConfigPut, StoreError> {
+        use crate::iothub::config::Configuration;
+        let tx = self.conn.transaction()?;
+        let old: Option<String> = tx
+            .query_row("SELECT body FROM configurations WHERE id = ?1", [&c.id], |r| r.get(0))
+            .optional()?;
+        let etag = format!("\"{}\"", uuid::Uuid::new_v4().simple());
+        let created = match old {
+            Some(text) => {
+                let old: Configuration = serde_json::from_str(&text)?;
+                if if_match.is_some_and(|m| m != "*" && Some(m) != old.etag.as_deref()) {
+                    return Ok(ConfigPut::Stale);
+                }
+                if !c.content.is_empty() && c.content != old.content {
+                    return Ok(ConfigPut::ContentChanged);
+                }
+                c.content = old.content;
+                c.created_time_utc = old.created_time_utc;
+                c.schema_version = c.schema_version.or(old.schema_version);
+                false
+            }
+            None => {
+                let n: i64 =
+                    tx.query_row("SELECT COUNT(*) FROM configurations", [], |r| r.get(0))?;
+                if n as usize >= max {
+                    return Ok(ConfigPut::Full(max));
+                }
+                c.created_time_utc = Some(now.to_owned());
+                true
+            }
+        };
+        c.last_updated_time_utc = Some(now.to_owned());
+        c.etag = Some(etag);
+        c.system_metrics.results.clear();
+        c.metrics.results.clear();
+        let body = serde_json::to_string(&c)?;
+        tx.execute(
+            "INSERT INTO configurations (id, seq, body)
+             VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM configurations), ?2)
+             ON CONFLICT(id) DO UPDATE SET body = excluded.body",
+            params![c.id, body],
+        )?;
+        tx.commit()?;
+        Ok(ConfigPut::Stored(Box::new(c), created))
+    }
+
+    /// One configuration.
+    pub fn configuration(
+        &self,
+        id: &str,
+    ) -> Result<Option<crate::iothub::config::Configuration>, StoreError> {
+        let text: Option<String> = self
+            .conn
+            .query_row("SELECT body FROM configurations WHERE id = ?1", [id], |r| r.get(0))
+            .optional()?;
+        Ok(match text {
+            Some(t) => Some(serde_json::from_str(&t)?),
+            None => None,
+        })
+    }
+
+    /// Every configuration, oldest first.
+    pub fn configurations(&self) -> Result<Vec<crate::iothub::config::Configuration>, StoreError> {
+        let mut stmt = self.conn.prepare("SELECT body FROM configurations ORDER BY seq")?;
+        let rows: Vec<String> = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+        rows.iter().map(|t| Ok(serde_json::from_str(t)?)).collect()
+    }
+
+    /// Deletes a configuration; `Ok(None)` when there is none, `Ok(Some(false))` when
+    /// `if_match` names another version.
+    pub fn delete_configuration(
+        &mut self,
+        id: &str,
+        if_match: Option<&str>,
+    ) -> Result<Option<bool>, StoreError> {
+        let Some(c) = self.configuration(id)? else { return Ok(None) };
+        if if_match.is_some_and(|m| m != "*" && Some(m) != c.etag.as_deref()) {
+            return Ok(Some(false));
+        }
+        self.conn.execute("DELETE FROM configurations WHERE id = ?1", [id])?;
+        Ok(Some(true))
+    }
+
+    /// Every twin, whole, in registry order (for target conditions and metric queries).
+    pub fn full_twins(&self) -> Result<Vec<crate::iothub::Twin>, StoreError> {
+        let mut stmt =
+            self.conn.prepare("SELECT device_id, version, twin FROM devices ORDER BY seq")?;
+        let rows: Vec<(String, i64, String)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<Result<_, _>>()?;
+        rows.into_iter().map(|(id, v, t)| twin_doc(&id, v, &t)).collect()
     }
 
     /// Every device's slim twin (see [`derived`]: group tag, agent, desired workflow) with its

@@ -205,3 +205,132 @@ fn what_if_names_every_device_that_would_change_and_those_left_unmanaged() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("position"));
 }
+
+/// Edge deployments on serve's IoT Hub configurations, through the client and the CLI: metrics,
+/// immutability, ETags, refusals before any call, and what-if checked against what happens
+/// when the change is then made.
+#[test]
+fn edge_deployments_on_serve_what_if_matches_what_then_happens() {
+    use otaforge::iothub::IotHubClient;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let serve = crate::service::Serve::start(&data, None);
+    let hub = IotHubClient::new(crate::hub_connection(&data)).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        for (id, env, edge) in [
+            ("gw-1", "prod", true),
+            ("gw-2", "prod", true),
+            ("gw-3", "test", true),
+            ("cam-1", "prod", false),
+        ] {
+            hub.create_device_as(id, edge).await.unwrap();
+            let mut tags = serde_json::Map::new();
+            tags.insert("environment".into(), json!(env));
+            hub.patch_tags(id, tags, None).await.unwrap();
+        }
+    });
+    let base = built(dir.path());
+    fs_err::write(dir.path().join("base.json"), base.to_string()).unwrap();
+    let layer = json!({"modulesContent": {
+        "$edgeAgent": {"properties.desired.modules.logger": {
+            "type": "docker", "status": "running", "settings": {"image": "contoso/logger:2"}}}}});
+    fs_err::write(dir.path().join("layer.json"), layer.to_string()).unwrap();
+    let conn = data.join("iothub.connection-string");
+    let cli = |args: &[&str]| {
+        let out = otaforge()
+            .current_dir(dir.path())
+            .args(["--format", "json", "edge"])
+            .args(args)
+            .arg("--iothub-connection-file")
+            .arg(&conn)
+            .output()
+            .unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        (out.status.code().unwrap(), v, String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let create = |id: &str, content: &str, cond: &str, prio: &str, extra: &[&str]| {
+        let mut a = vec![
+            "deploy",
+            "create",
+            id,
+            "--content",
+            content,
+            "--target-condition",
+            cond,
+            "--priority",
+            prio,
+        ];
+        a.extend_from_slice(extra);
+        cli(&a)
+    };
+    let (code, _, err) = create(
+        "prod-base",
+        "base.json",
+        "tags.environment = 'prod'",
+        "10",
+        &["--metric", "prodTwins=SELECT deviceId FROM devices WHERE tags.environment = 'prod'"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(create("fallback", "base.json", "*", "1", &[]).0, 0);
+    let (code, _, err) =
+        create("test-logs", "layer.json", "tags.environment = 'test'", "5", &["--layered"]);
+    assert_eq!(code, 0, "{err}");
+    let (_, shown, _) = cli(&["deploy", "show", "prod-base"]);
+    let sys = &shown["systemMetrics"];
+    assert_eq!(sys["results"]["targetedCount"], 2, "{shown:#}");
+    assert_eq!(sys["results"]["appliedCount"], 2);
+    assert!(
+        sys["queries"]["appliedCount"]
+            .as_str()
+            .unwrap()
+            .contains("configurations.[[prod-base]].status = 'Applied'")
+    );
+    assert_eq!(
+        shown["metrics"]["results"]["prodTwins"], 3,
+        "cam-1 is not an Edge device but is a prod twin"
+    );
+    let (_, layer_shown, _) = cli(&["deploy", "show", "test-logs"]);
+    assert_eq!(layer_shown["systemMetrics"]["results"]["appliedCount"], 1, "above gw-3's fallback");
+
+    // What-if of deleting prod-base, read from serve; then delete it and compare.
+    let (code, what, err) = cli(&["what-if", "--delete", "prod-base"]);
+    assert_eq!(code, 0, "{err}");
+    let moved: Vec<&str> = what["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["deviceId"].as_str().unwrap())
+        .collect();
+    assert_eq!(moved, ["gw-1", "gw-2"]);
+    assert!(what["devices"].as_array().unwrap().iter().all(|d| d["after"]["base"] == "fallback"));
+    let (_, before, _) = cli(&["deploy", "show", "fallback"]);
+    assert_eq!(cli(&["deploy", "delete", "prod-base"]).0, 0);
+    let (_, after, _) = cli(&["deploy", "show", "fallback"]);
+    let applied = |v: &Value| v["systemMetrics"]["results"]["appliedCount"].as_i64().unwrap();
+    assert_eq!(applied(&after) - applied(&before), moved.len() as i64, "what-if said it");
+
+    // Content is immutable; a stale ETag is refused; what may change, changes.
+    rt.block_on(async {
+        let mut c = hub.get_configuration("fallback").await.unwrap();
+        let etag = c.etag.clone();
+        c.priority = 2;
+        let updated = hub.put_configuration(&c, etag.as_deref()).await.unwrap();
+        assert_eq!(updated.priority, 2);
+        let stale = hub.put_configuration(&c, etag.as_deref()).await.unwrap_err();
+        assert!(stale.to_string().contains("PreconditionFailed"), "{stale}");
+        c.content.insert("modulesContent".into(), json!({"$edgeAgent": {}}));
+        let changed = hub.put_configuration(&c, None).await.unwrap_err();
+        assert!(changed.to_string().contains("cannot change"), "{changed}");
+        let t = hub.test_queries("tags.a = ", &Default::default()).await.unwrap();
+        assert!(t["targetConditionError"].as_str().unwrap().contains("position 10"), "{t}");
+    });
+    // Refused before any call: a bad id, a bad condition (usage, exit 2); a bad manifest (exit 1).
+    assert_eq!(create("Prod", "base.json", "*", "1", &[]).0, 2);
+    let (code, _, err) = create("x", "base.json", "tags.a = \"b\"", "1", &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("position"), "{err}");
+    let (code, v, _) = create("x", "layer.json", "*", "1", &[]);
+    assert_eq!((code, &v["valid"]), (1, &json!(false)), "a layer is not a base deployment");
+    drop(serve);
+}

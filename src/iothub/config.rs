@@ -1,0 +1,156 @@
+//! IoT Hub configurations: IoT Edge deployments (`content.modulesContent`) and automatic device
+//! management, with their target condition, priority, labels and metrics (edge.md §3.1). The
+//! content is immutable once created; labels, metrics, priority and the target condition may
+//! change.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::{IotHubClient, IotHubError, encode, json_body};
+
+/// Custom metrics a configuration may have.
+pub const MAX_CUSTOM_METRICS: usize = 5;
+
+/// A configuration as the hub has it (fields otaforge does not know are kept).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Configuration {
+    /// Its id (lower case, at most 128 characters; see [`check_id`]).
+    pub id: String,
+    /// `"2.0"` when az CLI creates one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_version: Option<String>,
+    /// Labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// `{"modulesContent": …}` for an Edge deployment.
+    #[serde(default)]
+    pub content: Map<String, Value>,
+    /// The target condition (`*`, empty, or a twin-query condition).
+    #[serde(default)]
+    pub target_condition: String,
+    /// Higher wins.
+    #[serde(default)]
+    pub priority: i64,
+    /// Set by the hub.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_time_utc: Option<String>,
+    /// Set by the hub.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_updated_time_utc: Option<String>,
+    /// The hub's own metrics (targeted, applied, reported successful and failed).
+    #[serde(default)]
+    pub system_metrics: Metrics,
+    /// Custom metrics.
+    #[serde(default)]
+    pub metrics: Metrics,
+    /// Its ETag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
+    /// Everything else.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// Metric queries and their results (device counts).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Metrics {
+    /// Name → query.
+    #[serde(default)]
+    pub queries: BTreeMap<String, String>,
+    /// Name → count.
+    #[serde(default)]
+    pub results: BTreeMap<String, i64>,
+}
+
+impl Configuration {
+    /// An Edge deployment (its content has `modulesContent`).
+    pub fn is_edge(&self) -> bool {
+        self.content.contains_key("modulesContent")
+    }
+}
+
+/// A configuration id as IoT Hub and az CLI take it: 1-128 of lower-case letters, digits and
+/// `- : + % _ # * ? ! ( ) , = @ ; '` (edge.md §3.2; az CLI lower-cases silently, otaforge
+/// refuses instead, so the id you write is the id you get).
+pub fn check_id(id: &str) -> Result<(), String> {
+    let ok = (1..=128).contains(&id.chars().count())
+        && id.chars().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || "-:+%_#*?!(),=@;'".contains(c)
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "configuration id `{id}` must be 1-128 lower-case letters, digits and - : + % _ # * ? ! ( ) , = @ ; '"
+        ))
+    }
+}
+
+impl IotHubClient {
+    /// Creates a configuration, or replaces one (`etag`: only if it is still that version;
+    /// none: create only).
+    pub async fn put_configuration(
+        &self,
+        c: &Configuration,
+        etag: Option<&str>,
+    ) -> Result<Configuration, IotHubError> {
+        check_id(&c.id).map_err(IotHubError::Config)?;
+        let op = format!("put configuration {}", c.id);
+        let url = self.url(&format!("/configurations/{}", encode(&c.id)))?;
+        let body = serde_json::to_value(c).map_err(|e| IotHubError::Config(e.to_string()))?;
+        let mut req = json_body(self.http.put(url), &body);
+        if let Some(e) = etag {
+            req = req.header(reqwest::header::IF_MATCH, e);
+        }
+        let resp = self.send(&op, req).await?;
+        Self::json(&op, resp).await
+    }
+
+    /// One configuration, with its metrics.
+    pub async fn get_configuration(&self, id: &str) -> Result<Configuration, IotHubError> {
+        let op = format!("get configuration {id}");
+        let url = self.url(&format!("/configurations/{}", encode(id)))?;
+        let resp = self.send(&op, self.http.get(url)).await?;
+        Self::json(&op, resp).await
+    }
+
+    /// Up to `top` configurations (the hub does not page them).
+    pub async fn list_configurations(&self, top: usize) -> Result<Vec<Configuration>, IotHubError> {
+        let op = "list configurations".to_owned();
+        let mut url = self.url("/configurations")?;
+        url.query_pairs_mut().append_pair("top", &top.to_string());
+        let resp = self.send(&op, self.http.get(url)).await?;
+        Self::json(&op, resp).await
+    }
+
+    /// Deletes a configuration (`etag`: only if it is still that version).
+    pub async fn delete_configuration(
+        &self,
+        id: &str,
+        etag: Option<&str>,
+    ) -> Result<(), IotHubError> {
+        let op = format!("delete configuration {id}");
+        let url = self.url(&format!("/configurations/{}", encode(id)))?;
+        let req = self.http.delete(url).header(reqwest::header::IF_MATCH, etag.unwrap_or("*"));
+        self.send(&op, req).await.map(drop)
+    }
+
+    /// The hub's syntax check of a target condition and metric queries:
+    /// `{targetConditionError, customMetricQueryErrors}`.
+    pub async fn test_queries(
+        &self,
+        target_condition: &str,
+        metrics: &BTreeMap<String, String>,
+    ) -> Result<Value, IotHubError> {
+        let op = "test queries".to_owned();
+        let url = self.url("/configurations/testQueries")?;
+        let body = serde_json::json!({
+            "targetCondition": target_condition, "customMetricQueries": metrics,
+        });
+        let resp = self.send(&op, json_body(self.http.post(url), &body)).await?;
+        Self::json(&op, resp).await
+    }
+}

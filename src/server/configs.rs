@@ -1,0 +1,322 @@
+//! serve's IoT Hub configurations (Edge deployments): the REST routes of the IoT Hub service API
+//! (`/configurations/...`), stored in SQLite; which deployment applies to which device is
+//! `edge::assign`'s, metrics are counted over the twins when a configuration is read.
+//!
+//! System metrics carry the exact queries IoT Hub generates (edge.md §3.7); `targetedCount`
+//! and `appliedCount` are computed (applied: the device's base, or a layer above it).
+//! `reportedSuccessfulCount`/`reportedFailedCount` need `$edgeAgent` module twins, which serve
+//! does not keep yet, so they have a query and no result. Custom metrics of the form
+//! `SELECT deviceId FROM devices WHERE …` are counted.
+
+// Errors here are HTTP answers built once on the failure path.
+#![allow(clippy::result_large_err)]
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+
+use super::Shared;
+use super::hub::{hub_error, service_auth};
+use super::store::ConfigPut;
+use crate::edge::assign::{Deployment, Plan};
+use crate::edge::condition::{Expr, Target};
+use crate::iothub::config::{Configuration, MAX_CUSTOM_METRICS, check_id};
+
+/// Configurations a hub holds (paid tiers; layered deployments count).
+pub const MAX_CONFIGURATIONS: usize = 100;
+
+pub(super) fn router() -> Router<Shared> {
+    Router::new()
+        .route("/configurations", get(list))
+        .route("/configurations/testQueries", post(test_queries))
+        .route("/configurations/{id}", get(get_one).put(put).delete(delete))
+}
+
+fn bad(message: impl Into<String>) -> Response {
+    hub_error(StatusCode::BAD_REQUEST, "ArgumentInvalid", message)
+}
+
+fn internal(e: impl std::fmt::Display) -> Response {
+    hub_error(StatusCode::INTERNAL_SERVER_ERROR, "ServerError", e.to_string())
+}
+
+/// The condition of a metric query `SELECT deviceId FROM devices[.modules] WHERE cond`, and
+/// whether it reads module twins.
+fn metric_condition(query: &str) -> Result<(Expr, bool), String> {
+    let lower = query.to_ascii_lowercase();
+    let (at, modules) = if let Some(i) = lower.find(" from devices.modules where ") {
+        (i + " from devices.modules where ".len(), true)
+    } else if let Some(i) = lower.find(" from devices where ") {
+        (i + " from devices where ".len(), false)
+    } else {
+        return Err(
+            "a metric query is SELECT deviceId FROM devices[.modules] WHERE condition".into()
+        );
+    };
+    if !lower.trim_start().starts_with("select ") {
+        return Err("a metric query starts with SELECT".into());
+    }
+    Expr::parse(&query[at..])
+        .map(|e| (e, modules))
+        .map_err(|e| format!("position {}: {}", e.position + at, e.message))
+}
+
+fn etag_header(r: &mut Response, etag: Option<&str>) {
+    if let Some(v) = etag.and_then(|e| HeaderValue::from_str(e).ok()) {
+        r.headers_mut().insert(header::ETAG, v);
+    }
+}
+
+/// The system metric queries IoT Hub generates for an Edge deployment (edge.md §3.7).
+fn system_queries(c: &Configuration) -> std::collections::BTreeMap<String, String> {
+    let tc = c.target_condition.trim();
+    let targeted = match tc {
+        "" => String::new(),
+        "*" => "select deviceId from devices where capabilities.iotEdge = true".to_owned(),
+        t => format!("select deviceId from devices where capabilities.iotEdge = true and {t}"),
+    };
+    let applied = format!(
+        "select deviceId from devices.modules where moduleId = '$edgeAgent' and configurations.[[{}]].status = 'Applied'",
+        c.id
+    );
+    let reported = format!(
+        "{applied} and properties.desired.$version = properties.reported.lastDesiredVersion and properties.reported.lastDesiredStatus.code"
+    );
+    [
+        ("targetedCount", targeted),
+        ("appliedCount", applied.clone()),
+        ("reportedSuccessfulCount", format!("{reported} = 200")),
+        ("reportedFailedCount", format!("{reported} != 200")),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
+/// Fills the metric results of `configs` from the twins.
+async fn with_metrics(
+    s: &Shared,
+    mut configs: Vec<Configuration>,
+) -> Result<Vec<Configuration>, Response> {
+    let twins = s.db.read(|st| st.full_twins()).await.map_err(internal)?;
+    let twins: Vec<Value> =
+        twins.iter().map(|t| serde_json::to_value(t).unwrap_or(Value::Null)).collect();
+    let all = s.db.read(|st| st.configurations()).await.map_err(internal)?;
+    let deployments: Vec<Deployment> = all
+        .iter()
+        .filter(|c| c.is_edge())
+        .filter_map(|c| Deployment::from_configuration(&serde_json::to_value(c).ok()?).ok())
+        .collect();
+    let plan = Plan::new(&deployments);
+    let assignments: Vec<_> = twins.iter().map(|t| plan.assign(t)).collect();
+    for c in &mut configs {
+        c.system_metrics.queries = system_queries(c);
+        c.system_metrics.results.clear();
+        if let Ok(target) = Target::parse(&c.target_condition) {
+            let edge = |t: &Value| t["capabilities"]["iotEdge"] == Value::Bool(true);
+            let targeted = twins.iter().filter(|t| edge(t) && target.matches(t)).count();
+            c.system_metrics.results.insert("targetedCount".into(), targeted as i64);
+        }
+        let applied = assignments
+            .iter()
+            .filter(|a| a.base.as_deref() == Some(c.id.as_str()) || a.layers.contains(&c.id))
+            .count();
+        c.system_metrics.results.insert("appliedCount".into(), applied as i64);
+        c.metrics.results.clear();
+        for (name, q) in &c.metrics.queries {
+            if let Ok((cond, false)) = metric_condition(q) {
+                let n = twins.iter().filter(|t| cond.matches(t)).count();
+                c.metrics.results.insert(name.clone(), n as i64);
+            }
+        }
+    }
+    Ok(configs)
+}
+
+async fn get_one(State(s): State<Shared>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if let Err(r) = service_auth(&s, &headers) {
+        return r;
+    }
+    let found = match s.db.read(move |st| st.configuration(&id)).await {
+        Ok(Some(c)) => c,
+        Ok(None) => {
+            return hub_error(
+                StatusCode::NOT_FOUND,
+                "ConfigurationNotFound",
+                "no such configuration",
+            );
+        }
+        Err(e) => return internal(e),
+    };
+    match with_metrics(&s, vec![found]).await {
+        Ok(mut v) => {
+            let c = v.remove(0);
+            let etag = c.etag.clone();
+            let mut r = axum::Json(c).into_response();
+            etag_header(&mut r, etag.as_deref());
+            r
+        }
+        Err(r) => r,
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct Top {
+    top: Option<usize>,
+}
+
+async fn list(State(s): State<Shared>, headers: HeaderMap, Query(q): Query<Top>) -> Response {
+    if let Err(r) = service_auth(&s, &headers) {
+        return r;
+    }
+    let all = match s.db.read(|st| st.configurations()).await {
+        Ok(a) => a,
+        Err(e) => return internal(e),
+    };
+    let top = q.top.unwrap_or(MAX_CONFIGURATIONS).min(MAX_CONFIGURATIONS);
+    match with_metrics(&s, all.into_iter().take(top).collect()).await {
+        Ok(v) => axum::Json(v).into_response(),
+        Err(r) => r,
+    }
+}
+
+/// What IoT Hub refuses in a configuration before storing it.
+fn check(c: &Configuration, path_id: &str) -> Result<(), Response> {
+    check_id(path_id).map_err(bad)?;
+    if c.id != path_id {
+        return Err(bad(format!("the body's id `{}` is not the path's `{path_id}`", c.id)));
+    }
+    Target::parse(&c.target_condition)
+        .map_err(|e| bad(format!("targetCondition: position {}: {}", e.position, e.message)))?;
+    if c.metrics.queries.len() > MAX_CUSTOM_METRICS {
+        return Err(bad(format!(
+            "{} custom metrics; a configuration has at most {MAX_CUSTOM_METRICS}",
+            c.metrics.queries.len()
+        )));
+    }
+    for (name, q) in &c.metrics.queries {
+        metric_condition(q).map_err(|e| bad(format!("metric `{name}`: {e}")))?;
+    }
+    if let Some(mc) = c.content.get("modulesContent") {
+        let layered = mc
+            .get("$edgeAgent")
+            .and_then(Value::as_object)
+            .is_some_and(|a| !a.contains_key("properties.desired"));
+        let kind = if layered {
+            crate::edge::manifest::Kind::Layered
+        } else {
+            crate::edge::manifest::Kind::Base
+        };
+        let doc = json!({"modulesContent": mc}).to_string();
+        let findings = crate::edge::manifest::validate(doc.as_bytes(), kind)
+            .map_err(|e| bad(e.to_string()))?;
+        if findings.has_errors() {
+            let first: Vec<String> = findings
+                .iter()
+                .filter(|f| f.severity == crate::finding::Severity::Error)
+                .take(5)
+                .map(ToString::to_string)
+                .collect();
+            return Err(bad(format!("content: {}", first.join("; "))));
+        }
+    }
+    Ok(())
+}
+
+async fn put(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Err(r) = service_auth(&s, &headers) {
+        return r;
+    }
+    let c: Configuration = match serde_json::from_slice(&body) {
+        Ok(c) => c,
+        Err(e) => return bad(format!("the body is not a configuration: {e}")),
+    };
+    if let Err(r) = check(&c, &id) {
+        return r;
+    }
+    let if_match = headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let now = super::now_string();
+    match s
+        .db
+        .call(move |st| st.put_configuration(c, if_match.as_deref(), &now, MAX_CONFIGURATIONS))
+        .await
+    {
+        Ok(ConfigPut::Stored(c, _)) => {
+            let etag = c.etag.clone();
+            let mut r = axum::Json(*c).into_response();
+            etag_header(&mut r, etag.as_deref());
+            r
+        }
+        Ok(ConfigPut::Stale) => hub_error(
+            StatusCode::PRECONDITION_FAILED,
+            "PreconditionFailed",
+            "the configuration changed since it was read (If-Match names an older ETag)",
+        ),
+        Ok(ConfigPut::ContentChanged) => bad(
+            "a configuration's content cannot change; create a new one (labels, metrics, priority and targetCondition may change)",
+        ),
+        Ok(ConfigPut::Full(n)) => hub_error(
+            StatusCode::FORBIDDEN,
+            "IotHubQuotaExceeded",
+            format!("the hub holds {n} configurations, its most"),
+        ),
+        Err(e) => internal(e),
+    }
+}
+
+async fn delete(State(s): State<Shared>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if let Err(r) = service_auth(&s, &headers) {
+        return r;
+    }
+    let if_match = headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    match s.db.call(move |st| st.delete_configuration(&id, if_match.as_deref())).await {
+        Ok(Some(true)) => StatusCode::NO_CONTENT.into_response(),
+        Ok(Some(false)) => hub_error(
+            StatusCode::PRECONDITION_FAILED,
+            "PreconditionFailed",
+            "the configuration changed since it was read",
+        ),
+        Ok(None) => {
+            hub_error(StatusCode::NOT_FOUND, "ConfigurationNotFound", "no such configuration")
+        }
+        Err(e) => internal(e),
+    }
+}
+
+async fn test_queries(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Err(r) = service_auth(&s, &headers) {
+        return r;
+    }
+    let Ok(b) = serde_json::from_slice::<Value>(&body) else {
+        return bad("the body is not JSON");
+    };
+    let tc = b["targetCondition"].as_str().unwrap_or_default();
+    let target_error = Target::parse(tc)
+        .err()
+        .map(|e| format!("position {}: {}", e.position, e.message))
+        .unwrap_or_default();
+    let mut metric_errors = serde_json::Map::new();
+    for (name, q) in b["customMetricQueries"].as_object().into_iter().flatten() {
+        let err = match q.as_str() {
+            Some(q) => metric_condition(q).err().unwrap_or_default(),
+            None => "a metric query is a string".into(),
+        };
+        metric_errors.insert(name.clone(), Value::String(err));
+    }
+    axum::Json(
+        json!({"targetConditionError": target_error, "customMetricQueryErrors": metric_errors}),
+    )
+    .into_response()
+}
