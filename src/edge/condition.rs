@@ -514,53 +514,11 @@ fn lex(text: &str) -> Result<Vec<Token>, ConditionError> {
             continue;
         }
         if c == '\'' || c == '"' {
-            let quote = c;
-            let mut s = String::new();
-            let mut j = i + 1;
-            loop {
-                match chars.get(j) {
-                    None => {
-                        return Err(err(
-                            start,
-                            format!("the string opened here has no closing {quote}"),
-                        ));
-                    }
-                    Some(&q) if q == quote && chars.get(j + 1) == Some(&quote) => {
-                        s.push(quote);
-                        j += 2;
-                    }
-                    Some(&q) if q == quote => break,
-                    Some('\\') => {
-                        match chars.get(j + 1) {
-                            Some('\'') => s.push('\''),
-                            Some('"') => s.push('"'),
-                            Some('\\') => s.push('\\'),
-                            Some('u') => {
-                                let hex: String = chars.iter().skip(j + 2).take(4).collect();
-                                let ch = (hex.len() == 4)
-                                    .then(|| u32::from_str_radix(&hex, 16).ok())
-                                    .flatten()
-                                    .and_then(char::from_u32)
-                                    .ok_or_else(|| {
-                                        err(j, "`\\u` needs four hex digits of a character".into())
-                                    })?;
-                                s.push(ch);
-                                j += 4;
-                            }
-                            _ => {
-                                return Err(err(j, "unknown escape; strings take \\' \\\" \\\\ \\uXXXX, or a doubled quote".into()));
-                            }
-                        }
-                        j += 2;
-                    }
-                    Some(&ch) => {
-                        s.push(ch);
-                        j += 1;
-                    }
-                }
-            }
+            // Twin queries also take a doubled quote inside a string.
+            let (s, next) = super::scan_string(&chars, i, true)
+                .map_err(|(at, m)| ConditionError { position: at + 1, message: m })?;
             out.push(Token { kind: Kind::Str(s), pos: start + 1 });
-            i = j + 1;
+            i = next;
             continue;
         }
         if c.is_ascii_digit() || c == '.' {

@@ -206,46 +206,10 @@ fn lex(text: &str) -> Result<Vec<(Tok, usize)>, RouteError> {
             continue;
         }
         if c == '\'' || c == '"' {
-            let mut s = String::new();
-            let mut j = i + 1;
-            loop {
-                match chars.get(j) {
-                    None => {
-                        return Err(err(i, format!("the string opened here has no closing {c}")));
-                    }
-                    Some(&q) if q == c => break,
-                    Some('\\') => {
-                        match chars.get(j + 1) {
-                            Some('\'') => s.push('\''),
-                            Some('"') => s.push('"'),
-                            Some('\\') => s.push('\\'),
-                            Some('u') => {
-                                let hex: String = chars.iter().skip(j + 2).take(4).collect();
-                                let ch = (hex.len() == 4)
-                                    .then(|| u32::from_str_radix(&hex, 16).ok())
-                                    .flatten()
-                                    .and_then(char::from_u32)
-                                    .ok_or_else(|| err(j, "`\\u` needs four hex digits".into()))?;
-                                s.push(ch);
-                                j += 4;
-                            }
-                            _ => {
-                                return Err(err(
-                                    j,
-                                    "unknown escape (\\' \\\" \\\\ \\uXXXX)".into(),
-                                ));
-                            }
-                        }
-                        j += 2;
-                    }
-                    Some(&ch) => {
-                        s.push(ch);
-                        j += 1;
-                    }
-                }
-            }
+            let (s, next) = super::scan_string(&chars, i, false)
+                .map_err(|(at, m)| RouteError { position: at + 1, message: m })?;
             out.push((Tok::Str(s), i + 1));
-            i = j + 1;
+            i = next;
             continue;
         }
         if let Some(sym) = SYMBOLS.iter().find(|s| {
