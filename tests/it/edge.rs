@@ -334,3 +334,48 @@ fn edge_deployments_on_serve_what_if_matches_what_then_happens() {
     assert_eq!((code, &v["valid"]), (1, &json!(false)), "a layer is not a base deployment");
     drop(serve);
 }
+
+#[test]
+#[ignore = "needs PyPI azure-iot-hub"]
+fn the_official_iot_hub_sdk_manages_configurations_and_twins_on_serve() {
+    use otaforge::iothub::IotHubClient;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let serve = crate::service::Serve::start(&data, None);
+    let hub = IotHubClient::new(crate::hub_connection(&data)).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        for id in ["gw-1", "gw-2", "gw-3"] {
+            hub.create_device_as(id, true).await.unwrap();
+        }
+    });
+    let conn = fs_err::read_to_string(data.join("iothub.connection-string")).unwrap();
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/iothub_sdk_configurations.py");
+    let host = serve.endpoint.trim_start_matches("http://").to_owned();
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .args([conn.trim(), &host])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(got["prodTwins"], json!(["gw-1", "gw-2"]));
+    assert_eq!((&got["created"], &got["createdEtag"]), (&json!("sdk-prod"), &json!(true)));
+    assert_eq!(got["listed"], json!(["sdk-prod"]));
+    assert_eq!((got["targeted"].as_i64(), got["applied"].as_i64()), (Some(2), Some(2)), "{got}");
+    assert_eq!(got["customProd"], 2);
+    assert_eq!(
+        (got["updatedPriority"].as_i64(), got["targetedAfterUpdate"].as_i64()),
+        (Some(20), Some(1))
+    );
+    assert_eq!(got["afterDelete"], json!([]));
+    // The SDK's tag writes are on the twins.
+    let twin = rt.block_on(hub.get_twin("gw-3")).unwrap();
+    assert_eq!(twin.tags["environment"], "test");
+}

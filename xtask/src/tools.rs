@@ -23,6 +23,9 @@ pub(crate) const PYPI: &[(&str, &str)] = &[
     ("jwcrypto==1.6.1", "jwcrypto"),
     ("imgtool==2.5.0", "imgtool"),
     ("azure-iot-deviceupdate==1.1.0", "azure.iot.deviceupdate"),
+    ("azure-iot-hub==2.6.1", "azure.iot.hub"),
+    // azure-iot-hub imports six without declaring it.
+    ("six==1.17.0", "six"),
 ];
 
 /// PyPI packages that ship a command (a prebuilt binary) rather than a module, pinned, with the
