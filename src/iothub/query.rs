@@ -1,118 +1,59 @@
-//! The part of IoT Hub's query language otaforge evaluates (serve answers it on
-//! `POST /devices/query`):
-//! `SELECT * FROM devices [WHERE cond [AND cond]...]`, where a condition is `path = value` or
-//! `path != value`, `path` is `deviceId` or a dotted path into the twin (`tags.ADUGroup`,
-//! `properties.reported.deviceUpdate.agent.state`), and `value` is a single-quoted string, a
-//! number, `true`, `false` or `null`. Anything else is refused with the position it stopped at,
-//! never silently matched.
+//! The IoT Hub twin queries otaforge evaluates (serve answers them on `POST /devices/query`):
+//! `SELECT * FROM devices [WHERE condition]`, the condition in the full twin-query condition
+//! language of target conditions (`edge::condition`: paths with `[[ ]]`, comparisons,
+//! `AND`/`OR`/`NOT`, `IN`/`NIN`, `IS_DEFINED`, `STARTSWITH`, …, strictly typed, undefined never
+//! true). Projections other than `*`, `GROUP BY` and `devices.modules` are refused with the
+//! reason, never silently answered.
 
 use serde_json::Value;
 
+use crate::edge::condition::Expr;
 use crate::iothub::Twin;
 
 /// A parsed query.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Query {
-    conditions: Vec<Condition>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-struct Condition {
-    path: Vec<String>,
-    equal: bool,
-    value: Value,
+    condition: Option<Expr>,
 }
 
 impl Query {
-    /// Parses the supported subset.
+    /// Parses a query; errors name the position in the query text.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let t = text.trim();
-        let lower = t.to_ascii_lowercase();
+        let lower = text.to_ascii_lowercase();
+        let lead = text.len() - text.trim_start().len();
         let prefix = "select * from devices";
-        if !lower.starts_with(prefix) {
+        let Some(after) = lower.trim_start().strip_prefix(prefix) else {
             return Err(format!(
-                "only `SELECT * FROM devices [WHERE ...]` is supported, not `{t}`"
+                "only `SELECT * FROM devices [WHERE condition]` is answered here, not `{}`",
+                text.trim()
             ));
+        };
+        let at = lead + prefix.len();
+        if after.trim().is_empty() {
+            return Ok(Self { condition: None });
         }
-        let rest = t[prefix.len()..].trim();
-        if rest.is_empty() {
-            return Ok(Self { conditions: Vec::new() });
-        }
-        let Some(clause) = rest.strip_prefix("WHERE ").or_else(|| rest.strip_prefix("where "))
+        let rest_start = at + (after.len() - after.trim_start().len());
+        let rest = &lower[rest_start..];
+        let Some(cond) = rest.strip_prefix("where").filter(|r| r.starts_with(char::is_whitespace))
         else {
-            return Err(format!("expected WHERE at `{rest}`"));
+            return Err(format!(
+                "position {}: expected WHERE after `SELECT * FROM devices`",
+                text[..rest_start].chars().count() + 1
+            ));
         };
-        let mut conditions = Vec::new();
-        for part in split_and(clause) {
-            conditions.push(Condition::parse(part.trim())?);
-        }
-        Ok(Self { conditions })
+        let cond_start = rest_start + ("where".len()) + (cond.len() - cond.trim_start().len());
+        let offset = text[..cond_start].chars().count();
+        Expr::parse(&text[cond_start..])
+            .map(|e| Self { condition: Some(e) })
+            .map_err(|e| format!("position {}: {}", e.position + offset, e.message))
     }
 
-    /// Whether a twin matches every condition.
+    /// Whether a twin matches.
     pub fn matches(&self, twin: &Twin) -> bool {
-        let doc = serde_json::to_value(twin).unwrap_or(Value::Null);
-        self.conditions.iter().all(|c| {
-            let found = c.path.iter().try_fold(&doc, |v, k| v.get(k));
-            let same =
-                found.is_some_and(|v| *v == c.value) || (found.is_none() && c.value.is_null());
-            same == c.equal
-        })
-    }
-}
-
-/// Splits on ` AND ` outside quotes.
-fn split_and(s: &str) -> Vec<&str> {
-    let mut out = Vec::new();
-    let mut start = 0;
-    let mut quoted = false;
-    let bytes = s.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\'' {
-            quoted = !quoted;
-        } else if !quoted && s[i..].to_ascii_uppercase().starts_with(" AND ") {
-            out.push(&s[start..i]);
-            i += 5;
-            start = i;
-            continue;
+        match &self.condition {
+            None => true,
+            Some(e) => e.matches(&serde_json::to_value(twin).unwrap_or(Value::Null)),
         }
-        i += 1;
-    }
-    out.push(&s[start..]);
-    out
-}
-
-impl Condition {
-    fn parse(s: &str) -> Result<Self, String> {
-        let (lhs, rhs, equal) = if let Some((l, r)) = s.split_once("!=") {
-            (l, r, false)
-        } else if let Some((l, r)) = s.split_once('=') {
-            (l, r, true)
-        } else {
-            return Err(format!("expected `path = value` at `{s}`"));
-        };
-        let path: Vec<String> = lhs.trim().split('.').map(str::to_owned).collect();
-        let path_ok = path.iter().all(|p| {
-            !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
-        });
-        if !path_ok {
-            return Err(format!("`{}` is not a property path", lhs.trim()));
-        }
-        let rhs = rhs.trim();
-        let value = if let Some(inner) = rhs.strip_prefix('\'').and_then(|r| r.strip_suffix('\'')) {
-            Value::String(inner.to_owned())
-        } else {
-            match rhs {
-                "true" => Value::Bool(true),
-                "false" => Value::Bool(false),
-                "null" => Value::Null,
-                n => n.parse::<serde_json::Number>().map(Value::Number).map_err(|_| {
-                    format!("`{n}` is not a quoted string, number, true, false or null")
-                })?,
-            }
-        };
-        Ok(Self { path, equal, value })
     }
 }
 
@@ -125,24 +66,30 @@ mod tests {
         let twin: Twin = serde_json::from_value(serde_json::json!({
             "deviceId": "d1", "tags": {"ADUGroup": "prod", "floor": 3},
             "properties": {"desired": {}, "reported": {"deviceUpdate": {"agent": {"state": 0}}}},
+            "capabilities": {"iotEdge": true},
         }))
         .unwrap();
-        let q = |s: &str| Query::parse(s).unwrap().matches(&twin);
+        let q = |s: &str| Query::parse(s).unwrap_or_else(|e| panic!("{s}: {e}")).matches(&twin);
         assert!(q("SELECT * FROM devices"));
         assert!(q("SELECT * FROM devices WHERE tags.ADUGroup = 'prod'"));
         assert!(!q("SELECT * FROM devices WHERE tags.ADUGroup = 'dev'"));
         assert!(q("select * from devices where tags.ADUGroup = 'prod' and tags.floor = 3"));
         assert!(q("SELECT * FROM devices WHERE properties.reported.deviceUpdate.agent.state = 0"));
-        assert!(q("SELECT * FROM devices WHERE deviceId = 'd1' AND tags.missing = null"));
+        assert!(q("SELECT * FROM devices WHERE deviceId = 'd1' AND NOT IS_DEFINED(tags.missing)"));
         assert!(q("SELECT * FROM devices WHERE tags.ADUGroup != 'dev'"));
         assert!(!q("SELECT * FROM devices WHERE tags.ADUGroup = 'a AND b'"));
+        assert!(q("SELECT * FROM devices WHERE tags.floor > 1 AND capabilities.iotEdge = true"));
+        assert!(!q("SELECT * FROM devices WHERE tags.missing != 'x'"), "undefined is never true");
         for bad in [
             "SELECT deviceId FROM devices",
             "SELECT * FROM devices WHERE",
-            "SELECT * FROM devices WHERE tags.x > 1",
-            "SELECT * FROM devices WHERE tags.x = bare",
+            "SELECT * FROM devices WHERE tags.x = ",
+            "SELECT * FROM devices.modules",
+            "SELECT * FROM devices tags.x = 1",
         ] {
             assert!(Query::parse(bad).is_err(), "{bad}");
         }
+        let e = Query::parse("SELECT * FROM devices WHERE tags.x = 'a").unwrap_err();
+        assert!(e.starts_with("position 38:"), "{e}");
     }
 }
