@@ -40,6 +40,18 @@ pub(crate) enum EdgeCommand {
     /// Edge deployments on IoT Hub (configurations): create, list, show, update, delete.
     #[command(subcommand)]
     Deploy(DeployCommand),
+    /// One IoT Edge device: the deployments that target it, which apply (base and layers),
+    /// and the desired state they merge into.
+    #[command(subcommand)]
+    Device(DeviceCommand),
+}
+
+/// `otaforge edge device ...`.
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum DeviceCommand {
+    /// Which deployments target and apply to a device, and its merged desired modules and
+    /// routes.
+    Show(IdArgs),
 }
 
 /// `otaforge edge deploy ...`.
@@ -228,6 +240,7 @@ pub(crate) fn run(
         EdgeCommand::Route(a) => route(a, out),
         EdgeCommand::WhatIf(a) => what_if(a, rt, out),
         EdgeCommand::Deploy(c) => deploy(c, rt, out),
+        EdgeCommand::Device(DeviceCommand::Show(a)) => device_show(a, rt, out),
     }
 }
 
@@ -630,6 +643,96 @@ fn deploy(
                 out.json_value(&serde_json::json!({"deleted": a.id}))?;
             }
         }
+    }
+    Ok(Outcome::Ok)
+}
+
+fn device_show(a: IdArgs, rt: &tokio::runtime::Runtime, out: &Output) -> anyhow::Result<Outcome> {
+    use otaforge::edge::assign::{Deployment, Plan, merged};
+    let hub = a.hub.client()?;
+    let (twin, configs) = rt.block_on(async {
+        let twin = hub.get_twin(&a.id).await?;
+        let configs = hub.list_configurations(100).await?;
+        Ok::<_, otaforge::iothub::IotHubError>((twin, configs))
+    })?;
+    let twin = serde_json::to_value(&twin)?;
+    let edge: Vec<Value> = configs
+        .iter()
+        .filter(|c| c.is_edge())
+        .map(serde_json::to_value)
+        .collect::<Result<_, _>>()?;
+    let mut deployments = Vec::new();
+    for c in &edge {
+        deployments.push(
+            Deployment::from_configuration(c)
+                .with_context(|| format!("deployment {}: target condition", c["id"]))?,
+        );
+    }
+    let assignment = Plan::new(&deployments).assign(&twin);
+    let iot_edge = twin["capabilities"]["iotEdge"] == Value::Bool(true);
+    let targeted: Vec<Value> = deployments
+        .iter()
+        .filter(|d| iot_edge && d.target.matches(&twin))
+        .map(|d| {
+            let applied = assignment.base.as_deref() == Some(d.id.as_str())
+                || assignment.layers.contains(&d.id);
+            serde_json::json!({
+                "id": d.id, "priority": d.priority, "layered": d.layered,
+                "status": if applied { "Applied" } else { "Targeted" },
+            })
+        })
+        .collect();
+    let content =
+        |id: &str| edge.iter().find(|c| c["id"] == id).map(|c| &c["content"]["modulesContent"]);
+    let order: Vec<&Value> = assignment
+        .base
+        .iter()
+        .chain(assignment.layers.iter())
+        .filter_map(|id| content(id))
+        .collect();
+    let desired = merged(&order);
+    if out.json() {
+        out.json_value(&serde_json::json!({
+            "deviceId": a.id, "iotEdge": iot_edge, "base": assignment.base,
+            "layers": assignment.layers, "targeted": targeted, "desired": desired,
+        }))?;
+        return Ok(Outcome::Ok);
+    }
+    if !iot_edge {
+        out.line(format!("{}: not an IoT Edge device (capabilities.iotEdge is not true); Edge deployments do not target it", a.id))?;
+        return Ok(Outcome::Ok);
+    }
+    match &assignment.base {
+        Some(b) => out.line(format!(
+            "{}: base {b}{}",
+            a.id,
+            assignment.layers.iter().map(|l| format!(" + {l}")).collect::<String>()
+        ))?,
+        None => {
+            out.line(format!("{}: unmanaged (no deployment applies; it keeps its modules)", a.id))?
+        }
+    }
+    for t in &targeted {
+        out.line(format!(
+            "  {:<10} {} (priority {}{})",
+            t["status"].as_str().unwrap_or(""),
+            t["id"].as_str().unwrap_or(""),
+            t["priority"],
+            if t["layered"] == true { ", layered" } else { "" }
+        ))?;
+    }
+    let agent = &desired.get("$edgeAgent").cloned().unwrap_or(Value::Null);
+    for (name, m) in agent["modules"].as_object().into_iter().flatten() {
+        out.line(format!(
+            "  module {name}: {} ({})",
+            m["settings"]["image"].as_str().unwrap_or("?"),
+            m["status"].as_str().unwrap_or("?")
+        ))?;
+    }
+    let hub_desired = &desired.get("$edgeHub").cloned().unwrap_or(Value::Null);
+    for (name, r) in hub_desired["routes"].as_object().into_iter().flatten() {
+        let text = r.as_str().or(r["route"].as_str()).unwrap_or("?");
+        out.line(format!("  route {name}: {text}"))?;
     }
     Ok(Outcome::Ok)
 }

@@ -211,6 +211,45 @@ impl<'a> Plan<'a> {
     }
 }
 
+/// The desired properties a device's module twins get from its base and layers (edge.md §3.4):
+/// the base sets each twin's whole `properties.desired`; each layer, lowest priority first,
+/// sets the dot paths it names (`properties.desired.modules.NAME`, `….routes.NAME`, a module
+/// twin's `properties.desired.PATH`), replacing what is there, or a module twin's whole
+/// `properties.desired`. `contents` are `modulesContent` documents, base first.
+pub fn merged(contents: &[&Value]) -> serde_json::Map<String, Value> {
+    let mut twins = serde_json::Map::new();
+    for content in contents {
+        for (twin, paths) in content.as_object().into_iter().flatten() {
+            let desired =
+                twins.entry(twin.clone()).or_insert_with(|| Value::Object(Default::default()));
+            for (path, value) in paths.as_object().into_iter().flatten() {
+                let Some(rest) = path.strip_prefix("properties.desired") else { continue };
+                if rest.is_empty() {
+                    *desired = value.clone();
+                    continue;
+                }
+                let Some(rest) = rest.strip_prefix('.') else { continue };
+                let mut at = &mut *desired;
+                let segs: Vec<&str> = rest.split('.').collect();
+                for (i, seg) in segs.iter().enumerate() {
+                    if !at.is_object() {
+                        *at = Value::Object(Default::default());
+                    }
+                    let Value::Object(m) = at else { break };
+                    if i + 1 == segs.len() {
+                        m.insert((*seg).to_owned(), value.clone());
+                        break;
+                    }
+                    at = m
+                        .entry((*seg).to_owned())
+                        .or_insert_with(|| Value::Object(Default::default()));
+                }
+            }
+        }
+    }
+    twins
+}
+
 /// A proposed change to the deployments.
 #[derive(Debug, Clone)]
 pub enum Change {
@@ -393,6 +432,37 @@ mod tests {
             ["p1", "t1", "d1"]
         );
         assert!(what_if(&twins, &all, &Change::Delete("nope".into())).is_err());
+    }
+
+    #[test]
+    fn layers_merge_by_path_over_the_base() {
+        let base = json!({
+            "$edgeAgent": {"properties.desired": {"schemaVersion": "1.1", "modules": {"a": {"v": 1}}}},
+            "$edgeHub": {"properties.desired": {"routes": {"r1": "FROM /* INTO $upstream"}}},
+            "a": {"properties.desired": {"x": 1, "y": 2}},
+        });
+        let low = json!({
+            "$edgeAgent": {"properties.desired.modules.b": {"v": 1}},
+            "$edgeHub": {"properties.desired.routes.r2": "FROM /messages/* INTO $upstream"},
+            "a": {"properties.desired.extra": {"k": 1}},
+        });
+        let high = json!({
+            "$edgeAgent": {"properties.desired.modules.b": {"v": 2}},
+            "a": {"properties.desired.extra.k": 5},
+        });
+        let m = merged(&[&base, &low, &high]);
+        assert_eq!(
+            m["$edgeAgent"]["modules"],
+            json!({"a": {"v": 1}, "b": {"v": 2}}),
+            "the higher layer wins"
+        );
+        assert_eq!(m["$edgeAgent"]["schemaVersion"], "1.1");
+        assert_eq!(m["$edgeHub"]["routes"].as_object().unwrap().len(), 2);
+        assert_eq!(
+            m["a"],
+            json!({"x": 1, "y": 2, "extra": {"k": 5}}),
+            "a union, not a replacement"
+        );
     }
 
     #[test]

@@ -293,6 +293,34 @@ fn edge_deployments_on_serve_what_if_matches_what_then_happens() {
     let (_, layer_shown, _) = cli(&["deploy", "show", "test-logs"]);
     assert_eq!(layer_shown["systemMetrics"]["results"]["appliedCount"], 1, "above gw-3's fallback");
 
+    // A device's view: what targets it, what applies, the merged modules.
+    let (code, dev, err) = cli(&["device", "show", "gw-3"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        (&dev["base"], &dev["layers"]),
+        (&json!("fallback"), &json!(["test-logs"])),
+        "{dev:#}"
+    );
+    let modules = dev["desired"]["$edgeAgent"]["modules"].as_object().unwrap();
+    assert!(
+        modules.contains_key("filter") && modules.contains_key("logger"),
+        "base + layer: {modules:?}"
+    );
+    let (_, dev, _) = cli(&["device", "show", "gw-1"]);
+    let statuses: Vec<(&str, &str)> = dev["targeted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["id"].as_str().unwrap(), t["status"].as_str().unwrap()))
+        .collect();
+    assert!(
+        statuses.contains(&("prod-base", "Applied"))
+            && statuses.contains(&("fallback", "Targeted")),
+        "{statuses:?}"
+    );
+    let (_, cam, _) = cli(&["device", "show", "cam-1"]);
+    assert_eq!((&cam["iotEdge"], &cam["targeted"]), (&json!(false), &json!([])));
+
     // What-if of deleting prod-base, read from serve; then delete it and compare.
     let (code, what, err) = cli(&["what-if", "--delete", "prod-base"]);
     assert_eq!(code, 0, "{err}");
