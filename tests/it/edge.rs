@@ -378,21 +378,9 @@ fn the_official_iot_hub_sdk_manages_configurations_and_twins_on_serve() {
         }
     });
     let conn = fs_err::read_to_string(data.join("iothub.connection-string")).unwrap();
-    let script =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/iothub_sdk_configurations.py");
     let host = serve.endpoint.trim_start_matches("http://").to_owned();
-    let out = std::process::Command::new("python3")
-        .arg(&script)
-        .args([conn.trim(), &host])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let got =
+        crate::python_json("iothub_sdk_configurations.py", &[conn.trim().as_ref(), host.as_ref()]);
     assert_eq!(got["prodTwins"], json!(["gw-1", "gw-2"]));
     assert_eq!((&got["created"], &got["createdEtag"]), (&json!("sdk-prod"), &json!(true)));
     assert_eq!(got["listed"], json!(["sdk-prod"]));

@@ -28,6 +28,22 @@ pub fn otaforge() -> assert_cmd::Command {
     cmd
 }
 
+/// Runs `tests/python/SCRIPT` with `args` (an official SDK driving serve), fails the test with
+/// its output unless it succeeds, and returns the JSON object it printed.
+pub fn python_json(script: &str, args: &[&std::ffi::OsStr]) -> serde_json::Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python").join(script);
+    let out = std::process::Command::new("python3").arg(&path).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{script}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("{script} printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout))
+    })
+}
+
 /// A path under `testdata/`.
 pub fn testdata(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata").join(rel)

@@ -225,21 +225,11 @@ fn the_official_python_sdk_reads_the_fleet_and_creates_a_deployment() {
     let m = make_update(dir.path(), "toaster", "1.1", b"1.1");
     let (code, json, err) = import(&serve, &[&m], Some(TOKEN));
     assert_eq!(code, 0, "{json} {err}");
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/adu_sdk_devices.py");
     let host = serve.endpoint.trim_start_matches("http://").to_owned();
-    let out = std::process::Command::new("python3")
-        .arg(&script)
-        .args([host.as_str(), "default", TOKEN, "kitchen"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let got = crate::python_json(
+        "adu_sdk_devices.py",
+        &[host.as_ref(), "default".as_ref(), TOKEN.as_ref(), "kitchen".as_ref()],
     );
-    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(got["groups"], json!(["$default", "kitchen"]));
     assert_eq!(
         (got["groupDevices"].as_u64(), got["classes"].as_u64(), got["devices"].as_u64()),

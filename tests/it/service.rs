@@ -466,21 +466,16 @@ fn the_official_python_sdk_drives_the_embedded_service() {
     let body = request_for(&serve, &m);
     let body_path = dir.path().join("import.json");
     fs_err::write(&body_path, body.to_string()).unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/adu_sdk_compat.py");
     let host = serve.endpoint.trim_start_matches("http://").to_owned();
-    let out = Command::new("python3")
-        .arg(&script)
-        .args([host.as_str(), "default", "sdk-token-for-tests-01"])
-        .arg(&body_path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let result = crate::python_json(
+        "adu_sdk_compat.py",
+        &[
+            host.as_ref(),
+            "default".as_ref(),
+            "sdk-token-for-tests-01".as_ref(),
+            body_path.as_os_str(),
+        ],
     );
-    let result: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(result, json!({"operation": "Succeeded", "updates": 1, "files": 2, "left": 0}));
 }
 
