@@ -16,6 +16,25 @@ use serde_json::Value;
 use super::group::HubArgs;
 use super::{Outcome, Output};
 
+// Examples: every line under 80 columns, so clap prints them as written and they paste into a
+// shell.
+const BUILD_EXAMPLE: &str = "\
+Example:
+  otaforge edge manifest build deployment.template.json --env-file .env \\
+    --image filter=contoso.azurecr.io/filter:1.4.2 -o deployment.json";
+
+const WHAT_IF_EXAMPLE: &str = "\
+Examples:
+  otaforge edge what-if --twins twins.json --configurations deployments.json \\
+    --delete prod-base-2
+  otaforge edge what-if --iothub-connection-file data/iothub.connection-string \\
+    --update fallback --target-condition \"tags.environment='test'\"";
+
+const CREATE_EXAMPLE: &str = "\
+Example:
+  otaforge edge deploy create prod-base-2 --content deployment.json \\
+    --target-condition \"tags.environment='prod'\" --priority 10";
+
 /// `otaforge edge ...`.
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum EdgeCommand {
@@ -31,11 +50,7 @@ pub(crate) enum EdgeCommand {
     /// layers would change, from what to what, and the devices left unmanaged. Reads twins and
     /// configurations (as `az iot hub query` and `az iot edge deployment list` write them);
     /// changes nothing.
-    ///
-    /// Example:
-    ///   otaforge edge what-if --twins twins.json --configurations deployments.json \
-    ///     --delete prod-base-2
-    #[command(name = "what-if")]
+    #[command(name = "what-if", after_help = WHAT_IF_EXAMPLE)]
     WhatIf(WhatIfArgs),
     /// Edge deployments on IoT Hub (configurations): create, list, show, update, delete.
     #[command(subcommand)]
@@ -59,10 +74,7 @@ pub(crate) enum DeviceCommand {
 pub(crate) enum DeployCommand {
     /// Create a deployment: the manifest is validated and the id and condition checked before
     /// anything is sent.
-    ///
-    /// Example:
-    ///   otaforge edge deploy create prod-base-2 --content deployment.json \
-    ///     --target-condition "tags.environment='prod'" --priority 10
+    #[command(after_help = CREATE_EXAMPLE)]
     Create(CreateArgs),
     /// List the deployments with their targeted and applied counts.
     List(HubOnly),
@@ -174,10 +186,7 @@ pub(crate) enum ManifestCommand {
     /// Build a deployment manifest from a deployment.template.json: ${VAR} from --env-file and
     /// the environment, ${MODULES.NAME} from --image, createOptions objects serialized and cut
     /// into the runtime's 512-character pieces.
-    ///
-    /// Example:
-    ///   otaforge edge manifest build deployment.template.json --env-file .env \
-    ///     --image filter=contoso.azurecr.io/filter:1.4.2 -o deployment.json
+    #[command(after_help = BUILD_EXAMPLE)]
     Build(BuildArgs),
     /// Validate deployment manifests as IoT Hub and the Edge runtime read them: every problem
     /// with its JSON path (exit 1 if any manifest has an error).

@@ -40,11 +40,18 @@ fn templates_are_listed_in_text_and_json() {
 
 #[test]
 fn help_examples_are_printed_as_written_and_paste_into_a_shell() {
-    for args in [&["manifest", "init", "--help"][..], &["--help"][..]] {
+    for args in [
+        &["manifest", "init", "--help"][..],
+        &["--help"][..],
+        &["edge", "manifest", "build", "--help"][..],
+        &["edge", "what-if", "--help"][..],
+        &["edge", "deploy", "create", "--help"][..],
+    ] {
         let out = otaforge().args(args).env("COLUMNS", "80").output().unwrap();
         let help = String::from_utf8(out.stdout).unwrap();
         let tail = help
             .split_once("Examples:")
+            .or_else(|| help.split_once("Example:"))
             .or_else(|| help.split_once("Environment:"))
             .map(|(_, t)| t)
             .unwrap_or_else(|| panic!("{args:?}: no examples or environment section"));
