@@ -73,7 +73,7 @@ pub(crate) struct RunArgs {
     hub: HubArgs,
 }
 
-fn parse_class(s: &str) -> Result<Map<String, Value>, String> {
+pub(crate) fn parse_class(s: &str) -> Result<Map<String, Value>, String> {
     let mut m = Map::new();
     for part in s.split(',').filter(|p| !p.is_empty()) {
         let (k, v) = part.split_once('=').ok_or_else(|| format!("`{part}` is not name=value"))?;
@@ -85,7 +85,7 @@ fn parse_class(s: &str) -> Result<Map<String, Value>, String> {
     Ok(m)
 }
 
-fn parse_failures(s: &str) -> Result<Failures, String> {
+pub(crate) fn parse_failures(s: &str) -> Result<Failures, String> {
     let mut f = Failures::default();
     for part in s.split(',').filter(|p| !p.is_empty()) {
         let (k, v) = part.split_once('=').ok_or_else(|| format!("`{part}` is not stage=share"))?;

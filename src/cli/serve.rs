@@ -34,6 +34,71 @@ pub(crate) struct ServeArgs {
     /// A fetch that makes no progress for this long fails (at most 9 minutes).
     #[arg(long, default_value = "30s", value_parser = super::stall_duration)]
     stall_timeout: std::time::Duration,
+    /// Also run N simulated devices against this serve, in the same process, until it stops
+    /// (as `otaforge fleet run` does; they trust this serve's root key).
+    #[arg(long, value_name = "N", requires = "fleet_class", help_heading = "Simulated fleet")]
+    fleet: Option<usize>,
+    /// Their compat properties: manufacturer=M,model=X[,k=v...].
+    #[arg(long, value_parser = super::fleet::parse_class, help_heading = "Simulated fleet")]
+    fleet_class: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Their group (ADUGroup tag); none: the default group.
+    #[arg(long, value_name = "GROUP", help_heading = "Simulated fleet")]
+    fleet_group: Option<String>,
+    /// Device ids are PREFIX-0000, PREFIX-0001, ….
+    #[arg(long, default_value = "sim", help_heading = "Simulated fleet")]
+    fleet_prefix: String,
+    /// What they run at the start (provider/name/version) ...
+    #[arg(long, requires = "fleet_image", value_name = "P/N/V", help_heading = "Simulated fleet")]
+    fleet_installed: Option<String>,
+    /// ... and its image file.
+    #[arg(
+        long,
+        requires = "fleet_installed",
+        value_name = "FILE",
+        help_heading = "Simulated fleet"
+    )]
+    fleet_image: Option<PathBuf>,
+    /// Injected failures: download=SHARE,install=SHARE (0 to 1).
+    #[arg(long, value_parser = super::fleet::parse_failures, default_value = "download=0,install=0", help_heading = "Simulated fleet")]
+    fleet_fail: otaforge::fleet::Failures,
+    /// Seed of the injected failures.
+    #[arg(long, default_value_t = 1, help_heading = "Simulated fleet")]
+    fleet_seed: u64,
+}
+
+/// The fleet `--fleet` asks for, against the serve that just started.
+fn fleet_spec(
+    a: &ServeArgs,
+    n: usize,
+    running: &otaforge::server::Running,
+) -> anyhow::Result<otaforge::fleet::FleetSpec> {
+    use anyhow::Context as _;
+    let hub: otaforge::iothub::ConnectionString =
+        fs_err::read_to_string(&running.iothub_connection_file)?.trim().parse()?;
+    let root: serde_json::Value =
+        serde_json::from_slice(&fs_err::read(a.data_dir.join("update-root.jwk.json"))?)?;
+    let installed = match (&a.fleet_installed, &a.fleet_image) {
+        (Some(id), Some(image)) => Some((
+            super::update::parse_update_id(id)?,
+            std::sync::Arc::new(fs_err::read(image).context("--fleet-image")?),
+        )),
+        _ => None,
+    };
+    Ok(otaforge::fleet::FleetSpec {
+        endpoint: running.base_url.clone(),
+        hub,
+        prefix: a.fleet_prefix.clone(),
+        devices: n,
+        class: a.fleet_class.clone().unwrap_or_default(),
+        group: a.fleet_group.clone(),
+        installed,
+        failures: a.fleet_fail,
+        seed: a.fleet_seed,
+        poll: std::time::Duration::from_secs(20),
+        parallel: 32,
+        trusted: None,
+        roots: Some(std::sync::Arc::new(vec![root])),
+    })
 }
 
 pub(crate) fn run(
@@ -105,6 +170,19 @@ pub(crate) fn run(
                 "  import with: {token_hint}otaforge import MANIFEST --endpoint {} --instance {}",
                 running.base_url, a.instance
             ))?;
+        }
+        if let Some(n) = a.fleet {
+            let spec = fleet_spec(&a, n, &running)?;
+            let group = a.fleet_group.clone().unwrap_or_else(|| "$default".into());
+            let fleet = otaforge::fleet::Fleet::register(spec).await?;
+            out.notice(format!(
+                "  {n} simulated devices registered in group {group}; they run until serve stops"
+            ));
+            tokio::spawn(async move {
+                // Ten years: until the process ends.
+                let _ =
+                    fleet.run(std::time::Duration::from_secs(10 * 365 * 86_400), &|_| false).await;
+            });
         }
         tokio::select! {
             r = running.wait() => r?,

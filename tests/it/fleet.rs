@@ -437,3 +437,53 @@ fn devices_that_trust_another_root_refuse_the_update_manifest() {
         );
     });
 }
+
+#[test]
+fn serve_with_a_fleet_in_one_command_installs_what_is_deployed() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let serve = Serve::start_with(
+        &data,
+        &[
+            "--fleet",
+            "3",
+            "--fleet-class",
+            "manufacturer=contoso,model=toaster",
+            "--fleet-group",
+            "bench",
+            "--fleet-prefix",
+            "one",
+        ],
+    );
+    let m = update(dir.path(), "1.0", &image(4, 8 << 10), None);
+    let (code, json, err) = import(&serve, &[&m], None);
+    assert_eq!(code, 0, "{json} {err}");
+    // The devices may still be registering when the deployment is made: it reaches devices
+    // that join later. --watch exits 0 once all three reported success.
+    let out = otaforge()
+        .args([
+            "--format",
+            "json",
+            "deploy",
+            "create",
+            "bench",
+            "contoso/toaster/1.0",
+            "--id",
+            "one-cmd",
+        ])
+        .args([
+            "--watch",
+            "--timeout",
+            "60s",
+            "--endpoint",
+            &serve.endpoint,
+            "--instance",
+            "default",
+        ])
+        .output()
+        .unwrap();
+    let last = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().to_owned();
+    assert_eq!(out.status.code(), Some(0), "{last}");
+    let v: Value = serde_json::from_str(&last).unwrap();
+    assert_eq!(v["subgroupStatus"][0]["devicesCompletedSucceededCount"], 3, "{v}");
+}
