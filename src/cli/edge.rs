@@ -80,6 +80,10 @@ pub(crate) enum DeployCommand {
     List(HubOnly),
     /// One deployment: metrics (system and custom) and its settings.
     Show(IdArgs),
+    /// The devices behind each metric of a deployment: targeted, applied, and each custom
+    /// metric of the `FROM devices` form (read from the hub's twins and deployments; metrics
+    /// on module twins are listed as not computed here).
+    Status(IdArgs),
     /// Change what may change: target condition, priority, labels, metrics (content cannot).
     Update(UpdateArgs),
     /// Delete a deployment (devices fall back to their next one; modules stay otherwise).
@@ -621,6 +625,7 @@ fn deploy(
                 }
             }
         }
+        DeployCommand::Status(a) => return deploy_status(a, rt, out),
         DeployCommand::Show(a) => {
             let hub = a.hub.client()?;
             show_config(out, &rt.block_on(hub.get_configuration(&a.id))?)?;
@@ -742,6 +747,83 @@ fn device_show(a: IdArgs, rt: &tokio::runtime::Runtime, out: &Output) -> anyhow:
     for (name, r) in hub_desired["routes"].as_object().into_iter().flatten() {
         let text = r.as_str().or(r["route"].as_str()).unwrap_or("?");
         out.line(format!("  route {name}: {text}"))?;
+    }
+    Ok(Outcome::Ok)
+}
+
+fn deploy_status(a: IdArgs, rt: &tokio::runtime::Runtime, out: &Output) -> anyhow::Result<Outcome> {
+    use otaforge::edge::assign::{Deployment, Plan};
+    let hub = a.hub.client()?;
+    let (config, configs, twins) = rt.block_on(async {
+        let config = hub.get_configuration(&a.id).await?;
+        let configs = hub.list_configurations(100).await?;
+        let twins = hub.query_twins("SELECT * FROM devices").await?;
+        Ok::<_, otaforge::iothub::IotHubError>((config, configs, twins))
+    })?;
+    let twins = twins.iter().map(serde_json::to_value).collect::<Result<Vec<_>, _>>()?;
+    let mut deployments = Vec::new();
+    for c in configs.iter().filter(|c| c.is_edge()) {
+        let v = serde_json::to_value(c)?;
+        deployments.push(
+            Deployment::from_configuration(&v)
+                .with_context(|| format!("deployment {}: target condition", c.id))?,
+        );
+    }
+    let plan = Plan::new(&deployments);
+    let ids = |pred: &dyn Fn(&Value) -> bool| -> Vec<String> {
+        twins
+            .iter()
+            .filter(|t| pred(t))
+            .map(|t| t["deviceId"].as_str().unwrap_or("?").to_owned())
+            .collect()
+    };
+    let target = Target::parse(&config.target_condition)
+        .map_err(|e| anyhow::anyhow!("deployment {}: target condition: {e}", config.id))?;
+    let mut metrics = serde_json::Map::new();
+    let edge = |t: &Value| t["capabilities"]["iotEdge"] == Value::Bool(true);
+    metrics.insert("targetedCount".into(), Value::from(ids(&|t| edge(t) && target.matches(t))));
+    metrics.insert(
+        "appliedCount".into(),
+        Value::from(ids(&|t| {
+            let x = plan.assign(t);
+            x.base.as_deref() == Some(config.id.as_str()) || x.layers.contains(&config.id)
+        })),
+    );
+    let mut not_computed = Vec::new();
+    for (name, q) in &config.metrics.queries {
+        match otaforge::iothub::query::metric_condition(q) {
+            Ok((cond, false)) => {
+                metrics.insert(name.clone(), Value::from(ids(&|t| cond.matches(t))));
+            }
+            _ => not_computed.push(name.clone()),
+        }
+    }
+    if out.json() {
+        out.json_value(&serde_json::json!({
+            "id": config.id, "devices": metrics, "notComputed": not_computed,
+            "hubResults": {"system": config.system_metrics.results, "custom": config.metrics.results},
+        }))?;
+        return Ok(Outcome::Ok);
+    }
+    out.line(format!(
+        "{}  priority {}  target: {}",
+        config.id, config.priority, config.target_condition
+    ))?;
+    for (name, list) in &metrics {
+        let list: Vec<&str> =
+            list.as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        let shown = if list.len() > 20 {
+            format!("{}, … ({} more)", list[..20].join(", "), list.len() - 20)
+        } else {
+            list.join(", ")
+        };
+        out.line(format!("  {name:<24} {:>6}  {shown}", list.len()))?;
+    }
+    for name in &not_computed {
+        out.line(format!(
+            "  {name:<24}      -  (reads module twins: the hub's count is {})",
+            config.metrics.results.get(name).map_or("not given".to_owned(), ToString::to_string)
+        ))?;
     }
     Ok(Outcome::Ok)
 }

@@ -57,6 +57,28 @@ impl Query {
     }
 }
 
+/// The condition of a metric query `SELECT deviceId FROM devices[.modules] WHERE condition`,
+/// and whether it reads module twins; errors name the position in the query.
+pub fn metric_condition(query: &str) -> Result<(Expr, bool), String> {
+    let lower = query.to_ascii_lowercase();
+    let (at, modules) = if let Some(i) = lower.find(" from devices.modules where ") {
+        (i + " from devices.modules where ".len(), true)
+    } else if let Some(i) = lower.find(" from devices where ") {
+        (i + " from devices where ".len(), false)
+    } else {
+        return Err(
+            "a metric query is SELECT deviceId FROM devices[.modules] WHERE condition".into()
+        );
+    };
+    if !lower.trim_start().starts_with("select ") {
+        return Err("a metric query starts with SELECT".into());
+    }
+    let offset = query[..at].chars().count();
+    Expr::parse(&query[at..])
+        .map(|e| (e, modules))
+        .map_err(|e| format!("position {}: {}", e.position + offset, e.message))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,6 +111,15 @@ mod tests {
         ] {
             assert!(Query::parse(bad).is_err(), "{bad}");
         }
+        let (c, modules) =
+            metric_condition("SELECT deviceId FROM devices WHERE tags.ADUGroup = 'prod'").unwrap();
+        assert!(!modules && c.matches(&serde_json::to_value(&twin).unwrap()));
+        let (_, modules) =
+            metric_condition("SELECT deviceId FROM devices.modules WHERE moduleId = '$edgeAgent'")
+                .unwrap();
+        assert!(modules);
+        let e = metric_condition("SELECT deviceId FROM devices WHERE tags.x = ").unwrap_err();
+        assert!(e.starts_with("position 45:"), "{e}");
         let e = Query::parse("SELECT * FROM devices WHERE tags.x = 'a").unwrap_err();
         assert!(e.starts_with("position 38:"), "{e}");
     }

@@ -22,7 +22,7 @@ use super::Shared;
 use super::hub::{hub_error, service_auth};
 use super::store::ConfigPut;
 use crate::edge::assign::{Deployment, Plan};
-use crate::edge::condition::{Expr, Target};
+use crate::edge::condition::Target;
 use crate::iothub::config::{Configuration, MAX_CUSTOM_METRICS, check_id};
 
 /// Configurations a hub holds (paid tiers; layered deployments count).
@@ -43,26 +43,7 @@ fn internal(e: impl std::fmt::Display) -> Response {
     hub_error(StatusCode::INTERNAL_SERVER_ERROR, "ServerError", e.to_string())
 }
 
-/// The condition of a metric query `SELECT deviceId FROM devices[.modules] WHERE cond`, and
-/// whether it reads module twins.
-fn metric_condition(query: &str) -> Result<(Expr, bool), String> {
-    let lower = query.to_ascii_lowercase();
-    let (at, modules) = if let Some(i) = lower.find(" from devices.modules where ") {
-        (i + " from devices.modules where ".len(), true)
-    } else if let Some(i) = lower.find(" from devices where ") {
-        (i + " from devices where ".len(), false)
-    } else {
-        return Err(
-            "a metric query is SELECT deviceId FROM devices[.modules] WHERE condition".into()
-        );
-    };
-    if !lower.trim_start().starts_with("select ") {
-        return Err("a metric query starts with SELECT".into());
-    }
-    Expr::parse(&query[at..])
-        .map(|e| (e, modules))
-        .map_err(|e| format!("position {}: {}", e.position + at, e.message))
-}
+use crate::iothub::query::metric_condition;
 
 fn etag_header(r: &mut Response, etag: Option<&str>) {
     if let Some(v) = etag.and_then(|e| HeaderValue::from_str(e).ok()) {

@@ -293,6 +293,14 @@ fn edge_deployments_on_serve_what_if_matches_what_then_happens() {
     let (_, layer_shown, _) = cli(&["deploy", "show", "test-logs"]);
     assert_eq!(layer_shown["systemMetrics"]["results"]["appliedCount"], 1, "above gw-3's fallback");
 
+    // The devices behind each metric.
+    let (code, st, err) = cli(&["deploy", "status", "prod-base"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(st["devices"]["targetedCount"], json!(["gw-1", "gw-2"]), "{st:#}");
+    assert_eq!(st["devices"]["appliedCount"], json!(["gw-1", "gw-2"]));
+    assert_eq!(st["devices"]["prodTwins"], json!(["gw-1", "gw-2", "cam-1"]));
+    assert_eq!(st["hubResults"]["system"]["appliedCount"], 2, "the hub counts the same");
+
     // A device's view: what targets it, what applies, the merged modules.
     let (code, dev, err) = cli(&["device", "show", "gw-3"]);
     assert_eq!(code, 0, "{err}");
