@@ -361,7 +361,9 @@ fn deploy_watch_exits_0_when_every_device_succeeds_and_1_on_a_rollback() {
         rt.block_on(async {
             tokio::join!(
                 good.run(Duration::from_secs(60), &|t| t.installed == 3),
-                bad.run(Duration::from_secs(60), &|t| t.failed == 2),
+                // Each device fails 1.1, then (install failures are certain) the rollback to
+                // 1.0 too: stop once both failed at least once.
+                bad.run(Duration::from_secs(60), &|t| t.failed >= 2),
             )
         })
     });
@@ -407,7 +409,9 @@ fn deploy_watch_exits_0_when_every_device_succeeds_and_1_on_a_rollback() {
     assert_eq!(code, Some(1), "{lines:?}");
     assert_eq!(lines.last().unwrap()["rolledBack"], true, "{lines:?}");
     let (a, b) = runner.join().unwrap();
-    assert_eq!((a.unwrap().installed, b.unwrap().failed), (3, 2));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.installed, 3);
+    assert!((2..=4).contains(&b.failed), "two devices, 1.1 and perhaps the rollback: {b:?}");
 }
 
 #[test]
