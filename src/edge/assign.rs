@@ -120,7 +120,7 @@ fn key(v: &Value) -> String {
 }
 
 fn lookup<'v>(twin: &'v Value, path: &[String]) -> Option<&'v Value> {
-    path.iter().try_fold(twin, |at, s| at.get(s.as_str()))
+    path.iter().try_fold(twin, |at, s| super::condition::field(at, s))
 }
 
 impl<'a> Plan<'a> {

@@ -257,7 +257,7 @@ impl Expr {
             Expr::Path(segs) => {
                 let mut at = twin;
                 for s in segs {
-                    match at.get(s.as_str()) {
+                    match field(at, s) {
                         Some(v) => at = v,
                         None => return V::Undefined,
                     }
@@ -284,6 +284,17 @@ impl Expr {
             }
             Expr::Call(f, args) => call(*f, args, twin),
         }
+    }
+}
+
+/// A member of an object. Twin objects are small (a few tags, two property sections), where
+/// comparing keys in order is cheaper than hashing the name; larger ones use the map's index.
+pub(crate) fn field<'a>(v: &'a Value, name: &str) -> Option<&'a Value> {
+    match v {
+        Value::Object(m) if m.len() <= 8 => {
+            m.iter().find(|(k, _)| k.as_str() == name).map(|(_, x)| x)
+        }
+        other => other.get(name),
     }
 }
 
