@@ -260,18 +260,10 @@ pub fn validate(bytes: &[u8], kind: Kind) -> Result<Findings, ManifestError> {
     Ok(f)
 }
 
-/// The declared schema versions, for feature checks.
-#[derive(Clone, Copy)]
-struct Versions {
-    agent: (u64, u64),
-    hub: (u64, u64),
-}
-
 fn base(f: &mut Findings, mc: &Map<String, Value>, path: &JsonPath) {
-    let mut v = Versions { agent: (1, 1), hub: (1, 1) };
     let mut modules: Vec<String> = Vec::new();
-    for (twin, required) in [("$edgeAgent", true), ("$edgeHub", true)] {
-        if required && !mc.contains_key(twin) {
+    for twin in ["$edgeAgent", "$edgeHub"] {
+        if !mc.contains_key(twin) {
             f.error_hint(
                 "required",
                 &path.key(twin),
@@ -282,16 +274,15 @@ fn base(f: &mut Findings, mc: &Map<String, Value>, path: &JsonPath) {
     }
     if let Some(d) = desired(f, mc, "$edgeAgent", path) {
         let p = path.key("$edgeAgent").key("properties.desired");
-        v.agent = agent(f, d, &p, &mut modules);
+        agent(f, d, &p, &mut modules);
         twin_size(f, d, &p);
     }
     if let Some(d) = desired(f, mc, "$edgeHub", path) {
         let p = path.key("$edgeHub").key("properties.desired");
-        v.hub = hub(f, d, &p, Some(&modules), v);
+        hub(f, d, &p, Some(&modules));
         twin_size(f, d, &p);
     }
     module_twins(f, mc, path, Some(&modules), false);
-    let _ = v;
 }
 
 /// `mc[twin]["properties.desired"]` as an object.
@@ -316,12 +307,7 @@ fn desired<'a>(
     f.expect_object(d, &p.key("properties.desired"))
 }
 
-fn agent(
-    f: &mut Findings,
-    d: &Map<String, Value>,
-    p: &JsonPath,
-    modules: &mut Vec<String>,
-) -> (u64, u64) {
+fn agent(f: &mut Findings, d: &Map<String, Value>, p: &JsonPath, modules: &mut Vec<String>) {
     let ver = schema_version(f, d, p, "edgeAgent", (1, 1));
     match d.get("runtime").and_then(Value::as_object) {
         None => f.error(
@@ -413,7 +399,6 @@ fn agent(
             modules.push(name.clone());
         }
     }
-    ver
 }
 
 fn module_name(f: &mut Findings, name: &str, p: &JsonPath) {
@@ -472,14 +457,11 @@ pub fn image_ok(image: &str) -> bool {
     if t.starts_with('$') {
         return true;
     }
-    let (repo_and_image, tag) = match t.rfind('/') {
-        Some(slash) => (&t[..slash + 1], &t[slash + 1..]),
-        None => ("", t),
-    };
-    let _ = repo_and_image;
-    let (img, tag) = match tag.split_once(':') {
+    // Only what follows the last `/` has the name and tag (a registry may have a port).
+    let last = t.rsplit_once('/').map_or(t, |(_, x)| x);
+    let (img, tag) = match last.split_once(':') {
         Some((i, tg)) => (i, Some(tg)),
-        None => (tag, None),
+        None => (last, None),
     };
     !img.is_empty()
         && !img.contains(':')
@@ -716,15 +698,8 @@ fn schema_version(
     }
 }
 
-fn hub(
-    f: &mut Findings,
-    d: &Map<String, Value>,
-    p: &JsonPath,
-    modules: Option<&[String]>,
-    v: Versions,
-) -> (u64, u64) {
+fn hub(f: &mut Findings, d: &Map<String, Value>, p: &JsonPath, modules: Option<&[String]>) {
     let ver = schema_version(f, d, p, "edgeHub", (1, 3));
-    let _ = v;
     if let Some(r) = d.get("routes") {
         if let Some(routes) = f.expect_object(r, &p.key("routes")) {
             for (name, r) in routes {
@@ -769,7 +744,6 @@ fn hub(
             "set $edgeHub schemaVersion to \"1.3\"",
         );
     }
-    ver
 }
 
 fn route(

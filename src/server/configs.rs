@@ -24,6 +24,7 @@ use super::store::ConfigPut;
 use crate::edge::assign::{Deployment, Plan};
 use crate::edge::condition::Target;
 use crate::iothub::config::{Configuration, MAX_CUSTOM_METRICS, check_id};
+use crate::iothub::query::metric_condition;
 
 /// Configurations a hub holds (paid tiers; layered deployments count).
 pub const MAX_CONFIGURATIONS: usize = 100;
@@ -42,8 +43,6 @@ fn bad(message: impl Into<String>) -> Response {
 fn internal(e: impl std::fmt::Display) -> Response {
     hub_error(StatusCode::INTERNAL_SERVER_ERROR, "ServerError", e.to_string())
 }
-
-use crate::iothub::query::metric_condition;
 
 fn etag_header(r: &mut Response, etag: Option<&str>) {
     if let Some(v) = etag.and_then(|e| HeaderValue::from_str(e).ok()) {
@@ -230,7 +229,7 @@ async fn put(
         .call(move |st| st.put_configuration(c, if_match.as_deref(), &now, MAX_CONFIGURATIONS))
         .await
     {
-        Ok(ConfigPut::Stored(c, _)) => {
+        Ok(ConfigPut::Stored(c)) => {
             let etag = c.etag.clone();
             let mut r = axum::Json(*c).into_response();
             etag_header(&mut r, etag.as_deref());

@@ -86,8 +86,8 @@ fn migrate_7(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
 /// What putting a configuration came to.
 #[derive(Debug)]
 pub enum ConfigPut {
-    /// Stored (created when `true`).
-    Stored(Box<crate::iothub::config::Configuration>, bool),
+    /// Stored, with its new ETag and times.
+    Stored(Box<crate::iothub::config::Configuration>),
     /// `If-Match` named another version.
     Stale,
     /// A replacement changed the content, which is immutable.
@@ -901,7 +901,7 @@ impl Store {
             .query_row("SELECT body FROM configurations WHERE id = ?1", [&c.id], |r| r.get(0))
             .optional()?;
         let etag = format!("\"{}\"", uuid::Uuid::new_v4().simple());
-        let created = match old {
+        match old {
             Some(text) => {
                 let old: Configuration = serde_json::from_str(&text)?;
                 if if_match.is_some_and(|m| m != "*" && Some(m) != old.etag.as_deref()) {
@@ -913,7 +913,6 @@ impl Store {
                 c.content = old.content;
                 c.created_time_utc = old.created_time_utc;
                 c.schema_version = c.schema_version.or(old.schema_version);
-                false
             }
             None => {
                 let n: i64 =
@@ -922,9 +921,8 @@ impl Store {
                     return Ok(ConfigPut::Full(max));
                 }
                 c.created_time_utc = Some(now.to_owned());
-                true
             }
-        };
+        }
         c.last_updated_time_utc = Some(now.to_owned());
         c.etag = Some(etag);
         c.system_metrics.results.clear();
@@ -937,7 +935,7 @@ impl Store {
             params![c.id, body],
         )?;
         tx.commit()?;
-        Ok(ConfigPut::Stored(Box::new(c), created))
+        Ok(ConfigPut::Stored(Box::new(c)))
     }
 
     /// One configuration.

@@ -211,12 +211,8 @@ fn what_if_names_every_device_that_would_change_and_those_left_unmanaged() {
 /// when the change is then made.
 #[test]
 fn edge_deployments_on_serve_what_if_matches_what_then_happens() {
-    use otaforge::iothub::IotHubClient;
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let serve = crate::service::Serve::start(&data, None);
-    let hub = IotHubClient::new(crate::hub_connection(&data)).unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (serve, data, hub, rt) = hub_on_serve(dir.path());
     rt.block_on(async {
         for (id, env, edge) in [
             ("gw-1", "prod", true),
@@ -374,12 +370,8 @@ fn edge_deployments_on_serve_what_if_matches_what_then_happens() {
 #[test]
 #[ignore = "needs PyPI azure-iot-hub"]
 fn the_official_iot_hub_sdk_manages_configurations_and_twins_on_serve() {
-    use otaforge::iothub::IotHubClient;
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let serve = crate::service::Serve::start(&data, None);
-    let hub = IotHubClient::new(crate::hub_connection(&data)).unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (serve, data, hub, rt) = hub_on_serve(dir.path());
     rt.block_on(async {
         for id in ["gw-1", "gw-2", "gw-3"] {
             hub.create_device_as(id, true).await.unwrap();
@@ -402,4 +394,20 @@ fn the_official_iot_hub_sdk_manages_configurations_and_twins_on_serve() {
     // The SDK's tag writes are on the twins.
     let twin = rt.block_on(hub.get_twin("gw-3")).unwrap();
     assert_eq!(twin.tags["environment"], "test");
+}
+
+/// serve on `dir/data`, a client of its IoT Hub surface, and a runtime to drive it.
+fn hub_on_serve(
+    dir: &Path,
+) -> (
+    crate::service::Serve,
+    std::path::PathBuf,
+    otaforge::iothub::IotHubClient,
+    tokio::runtime::Runtime,
+) {
+    let data = dir.join("data");
+    let serve = crate::service::Serve::start(&data, None);
+    let hub = otaforge::iothub::IotHubClient::new(crate::hub_connection(&data)).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    (serve, data, hub, rt)
 }

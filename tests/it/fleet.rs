@@ -367,28 +367,7 @@ fn deploy_watch_exits_0_when_every_device_succeeds_and_1_on_a_rollback() {
             )
         })
     });
-    let watch = |args: &[&str]| {
-        let out = otaforge()
-            .env("OTAFORGE_ADU_TOKEN", TOKEN)
-            .args(["--format", "json", "deploy"])
-            .args(args)
-            .args([
-                "--watch",
-                "--timeout",
-                "60s",
-                "--endpoint",
-                &serve.endpoint,
-                "--instance",
-                "default",
-            ])
-            .output()
-            .unwrap();
-        let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-            .collect();
-        (out.status.code(), lines)
-    };
+    let watch = |args: &[&str]| watch_deploy(&serve, Some(TOKEN), args);
     let (code, lines) = watch(&["create", "watched", "contoso/toaster/1.1", "--id", "w-1"]);
     assert_eq!(code, Some(0), "{lines:?}");
     let last = lines.last().unwrap();
@@ -464,30 +443,30 @@ fn serve_with_a_fleet_in_one_command_installs_what_is_deployed() {
     assert_eq!(code, 0, "{json} {err}");
     // The devices may still be registering when the deployment is made: it reaches devices
     // that join later. --watch exits 0 once all three reported success.
-    let out = otaforge()
-        .args([
-            "--format",
-            "json",
-            "deploy",
-            "create",
-            "bench",
-            "contoso/toaster/1.0",
-            "--id",
-            "one-cmd",
-        ])
-        .args([
-            "--watch",
-            "--timeout",
-            "60s",
-            "--endpoint",
-            &serve.endpoint,
-            "--instance",
-            "default",
-        ])
+    let (code, lines) =
+        watch_deploy(&serve, None, &["create", "bench", "contoso/toaster/1.0", "--id", "one-cmd"]);
+    assert_eq!(code, Some(0), "{lines:?}");
+    let v = lines.last().unwrap();
+    assert_eq!(v["subgroupStatus"][0]["devicesCompletedSucceededCount"], 3, "{v}");
+}
+
+/// `otaforge deploy ARGS --watch` against serve (60 s at most): its exit code and the JSON line
+/// it printed for each change.
+fn watch_deploy(serve: &Serve, token: Option<&str>, args: &[&str]) -> (Option<i32>, Vec<Value>) {
+    let mut cmd = otaforge();
+    if let Some(t) = token {
+        cmd.env("OTAFORGE_ADU_TOKEN", t);
+    }
+    let out = cmd
+        .args(["--format", "json", "deploy"])
+        .args(args)
+        .args(["--watch", "--timeout", "60s", "--endpoint", &serve.endpoint])
+        .args(["--instance", "default"])
         .output()
         .unwrap();
-    let last = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().to_owned();
-    assert_eq!(out.status.code(), Some(0), "{last}");
-    let v: Value = serde_json::from_str(&last).unwrap();
-    assert_eq!(v["subgroupStatus"][0]["devicesCompletedSucceededCount"], 3, "{v}");
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    (out.status.code(), lines)
 }
