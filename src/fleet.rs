@@ -13,7 +13,13 @@
 //! loop; `parallel` bounds how many install at once. Devices that install the same image
 //! share its bytes.
 //!
+//! With `edge`, the devices are IoT Edge devices instead (`capabilities.iotEdge`), each the
+//! edgeAgent of [`edge`]: they deploy what their `$edgeAgent` module twin asks for and report
+//! the runtime's reported properties, with injected image pull failures and crash loops.
+//!
 //! Not yet: cancel handling beyond not starting.
+
+mod edge;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -59,6 +65,10 @@ pub struct Failures {
     pub download: f64,
     /// The install fails after the download.
     pub install: f64,
+    /// (IoT Edge) a module's image fails to pull, per device and image.
+    pub pull: f64,
+    /// (IoT Edge) a module crash-loops after it starts, per device and image.
+    pub crash: f64,
 }
 
 /// What the fleet looks like.
@@ -95,6 +105,8 @@ pub struct FleetSpec {
     /// Root keys (public JWKs) the update manifest signature must chain to, as an ADU agent's
     /// built-in roots; none: the signature is not checked.
     pub roots: Option<Arc<Vec<Value>>>,
+    /// IoT Edge devices (edgeAgents) instead of ADU agents.
+    pub edge: bool,
 }
 
 /// What one device did, for the run's report.
@@ -187,6 +199,7 @@ struct Env {
     failures: Failures,
     seed: u64,
     poll: Duration,
+    edge: bool,
     /// Installs (download, apply, verify) under way at once.
     slots: tokio::sync::Semaphore,
     counters: Counters,
@@ -443,6 +456,9 @@ impl Device {
             }
             let wait = env.poll.min(deadline - now);
             let step = async {
+                if env.edge {
+                    return self.edge_turn(&env, wait).await;
+                }
                 let service = self.desired(&env, wait).await?;
                 let Some(key) = self.work(&service) else { return Ok(()) };
                 // Installs take turns; waiting for the twin does not.
@@ -508,6 +524,7 @@ impl Fleet {
             failures: spec.failures,
             seed: spec.seed,
             poll: spec.poll.min(MAX_WAIT),
+            edge: spec.edge,
             slots: tokio::sync::Semaphore::new(spec.parallel.max(1)),
             counters: Counters::default(),
             images: Images::default(),
@@ -519,7 +536,7 @@ impl Fleet {
             let installed = installed.clone();
             async move {
                 let id = format!("{prefix}-{i:04}");
-                let identity = match hub.create_device(&id).await {
+                let identity = match hub.create_device_as(&id, env.edge).await {
                     Ok(v) => v,
                     Err(IotHubError::Api { status: 409, .. }) => hub.get_device(&id).await?,
                     Err(e) => return Err(e.into()),
@@ -534,7 +551,9 @@ impl Fleet {
                     hub.patch_tags(&id, tags, None).await?;
                 }
                 let d = Device { id, key, installed, done: None, version: None };
-                d.report(&env, d.agent(&env, IDLE, json!({}))).await?;
+                if !env.edge {
+                    d.report(&env, d.agent(&env, IDLE, json!({}))).await?;
+                }
                 Ok::<_, FleetError>(d)
             }
         };

@@ -16,6 +16,8 @@ use serde_json::Value;
 use super::group::HubArgs;
 use super::{Outcome, Output};
 
+mod status;
+
 // Examples: every line under 80 columns, so clap prints them as written and they paste into a
 // shell.
 const BUILD_EXAMPLE: &str = "\
@@ -59,6 +61,22 @@ pub(crate) enum EdgeCommand {
     /// and the desired state they merge into.
     #[command(subcommand)]
     Device(DeviceCommand),
+    /// Set a device's modules directly (az iot edge set-modules): the whole manifest becomes
+    /// its desired state until its at-scale deployments change. Validated before it is sent.
+    #[command(name = "set-modules")]
+    SetModules(SetModulesArgs),
+}
+
+/// `otaforge edge set-modules`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct SetModulesArgs {
+    /// The IoT Edge device.
+    device: String,
+    /// The deployment manifest (`{"modulesContent": ...}` or a configuration with `content`).
+    #[arg(long)]
+    content: PathBuf,
+    #[command(flatten)]
+    hub: HubArgs,
 }
 
 /// `otaforge edge device ...`.
@@ -80,10 +98,10 @@ pub(crate) enum DeployCommand {
     List(HubOnly),
     /// One deployment: metrics (system and custom) and its settings.
     Show(IdArgs),
-    /// The devices behind each metric of a deployment: targeted, applied, and each custom
-    /// metric of the `FROM devices` form (read from the hub's twins and deployments; metrics
-    /// on module twins are listed as not computed here).
-    Status(IdArgs),
+    /// The devices behind each metric of a deployment (system and custom), and each applied
+    /// device's state (pending, succeeded, failed, module failed, invalid) with the modules
+    /// that are not as desired; --watch follows it until every device has reported.
+    Status(status::StatusArgs),
     /// Change what may change: target condition, priority, labels, metrics (content cannot).
     Update(UpdateArgs),
     /// Delete a deployment (devices fall back to their next one; modules stay otherwise).
@@ -254,6 +272,7 @@ pub(crate) fn run(
         EdgeCommand::WhatIf(a) => what_if(a, rt, out),
         EdgeCommand::Deploy(c) => deploy(c, rt, out),
         EdgeCommand::Device(DeviceCommand::Show(a)) => device_show(a, rt, out),
+        EdgeCommand::SetModules(a) => set_modules(a, rt, out),
     }
 }
 
@@ -625,7 +644,7 @@ fn deploy(
                 }
             }
         }
-        DeployCommand::Status(a) => return deploy_status(a, rt, out),
+        DeployCommand::Status(a) => return status::run(a, rt, out),
         DeployCommand::Show(a) => {
             let hub = a.hub.client()?;
             show_config(out, &rt.block_on(hub.get_configuration(&a.id))?)?;
@@ -664,11 +683,24 @@ fn deploy(
 fn device_show(a: IdArgs, rt: &tokio::runtime::Runtime, out: &Output) -> anyhow::Result<Outcome> {
     use otaforge::edge::assign::{Deployment, Plan, merged};
     let hub = a.hub.client()?;
-    let (twin, configs) = rt.block_on(async {
+    let (twin, configs, agent) = rt.block_on(async {
         let twin = hub.get_twin(&a.id).await?;
         let configs = hub.list_configurations(100).await?;
-        Ok::<_, otaforge::iothub::IotHubError>((twin, configs))
+        // A device that is not an Edge device, or a hub without module twins, has none.
+        let agent = hub.get_module_twin(&a.id, "$edgeAgent").await.ok();
+        Ok::<_, otaforge::iothub::IotHubError>((twin, configs, agent))
     })?;
+    let agent = agent.map(|t| serde_json::to_value(&t)).transpose()?;
+    let (state, problems) = match &agent {
+        Some(t) => {
+            let (s, p) = otaforge::edge::state::device_state(t);
+            (Some(s), p)
+        }
+        None => (None, Vec::new()),
+    };
+    let reported = |name: &str| -> Value {
+        agent.as_ref().map_or(Value::Null, |t| t["properties"]["reported"]["modules"][name].clone())
+    };
     let twin = serde_json::to_value(&twin)?;
     let edge: Vec<Value> = configs
         .iter()
@@ -706,9 +738,15 @@ fn device_show(a: IdArgs, rt: &tokio::runtime::Runtime, out: &Output) -> anyhow:
         .collect();
     let desired = merged(&order);
     if out.json() {
+        let reported_modules =
+            agent.as_ref().map_or(Value::Null, |t| t["properties"]["reported"]["modules"].clone());
+        let problems: Vec<Value> =
+            problems.iter().map(|(m, w)| serde_json::json!({"module": m, "why": w})).collect();
         out.json_value(&serde_json::json!({
             "deviceId": a.id, "iotEdge": iot_edge, "base": assignment.base,
             "layers": assignment.layers, "targeted": targeted, "desired": desired,
+            "state": state.map(otaforge::edge::state::DeviceState::name),
+            "reported": reported_modules, "problems": problems,
         }))?;
         return Ok(Outcome::Ok);
     }
@@ -737,11 +775,22 @@ fn device_show(a: IdArgs, rt: &tokio::runtime::Runtime, out: &Output) -> anyhow:
     }
     let agent = &desired.get("$edgeAgent").cloned().unwrap_or(Value::Null);
     for (name, m) in agent["modules"].as_object().into_iter().flatten() {
+        let r = reported(name);
+        let now = match (r["runtimeStatus"].as_str(), r["settings"]["image"].as_str()) {
+            (Some(status), Some(image)) => format!("; reported {status}, {image}"),
+            _ => "; not reported".to_owned(),
+        };
         out.line(format!(
-            "  module {name}: {} ({})",
+            "  module {name}: {} ({}{now})",
             m["settings"]["image"].as_str().unwrap_or("?"),
             m["status"].as_str().unwrap_or("?")
         ))?;
+    }
+    if let Some(s) = state {
+        out.line(format!("  state: {}", s.name()))?;
+        for (m, why) in &problems {
+            out.line(format!("    {m}: {why}"))?;
+        }
     }
     let hub_desired = &desired.get("$edgeHub").cloned().unwrap_or(Value::Null);
     for (name, r) in hub_desired["routes"].as_object().into_iter().flatten() {
@@ -751,79 +800,26 @@ fn device_show(a: IdArgs, rt: &tokio::runtime::Runtime, out: &Output) -> anyhow:
     Ok(Outcome::Ok)
 }
 
-fn deploy_status(a: IdArgs, rt: &tokio::runtime::Runtime, out: &Output) -> anyhow::Result<Outcome> {
-    use otaforge::edge::assign::{Deployment, Plan};
+fn set_modules(
+    a: SetModulesArgs,
+    rt: &tokio::runtime::Runtime,
+    out: &Output,
+) -> anyhow::Result<Outcome> {
+    let bytes = fs_err::read(&a.content)?;
+    let findings = manifest::validate(&bytes, Kind::Base)
+        .with_context(|| format!("{} is not a manifest", a.content.display()))?;
+    if findings.has_errors() {
+        out.rejected(&format!("modules of {}", a.device), &findings)?;
+        return Ok(Outcome::CheckFailed);
+    }
+    let doc: Value = serde_json::from_slice(&bytes)?;
+    let content = doc.get("content").unwrap_or(&doc);
+    let modules = content.get("modulesContent").cloned().unwrap_or(Value::Null);
     let hub = a.hub.client()?;
-    let (config, configs, twins) = rt.block_on(async {
-        let config = hub.get_configuration(&a.id).await?;
-        let configs = hub.list_configurations(100).await?;
-        let twins = hub.query_twins("SELECT * FROM devices").await?;
-        Ok::<_, otaforge::iothub::IotHubError>((config, configs, twins))
-    })?;
-    let twins = twins.iter().map(serde_json::to_value).collect::<Result<Vec<_>, _>>()?;
-    let mut deployments = Vec::new();
-    for c in configs.iter().filter(|c| c.is_edge()) {
-        let v = serde_json::to_value(c)?;
-        deployments.push(
-            Deployment::from_configuration(&v)
-                .with_context(|| format!("deployment {}: target condition", c.id))?,
-        );
-    }
-    let plan = Plan::new(&deployments);
-    let ids = |pred: &dyn Fn(&Value) -> bool| -> Vec<String> {
-        twins
-            .iter()
-            .filter(|t| pred(t))
-            .map(|t| t["deviceId"].as_str().unwrap_or("?").to_owned())
-            .collect()
-    };
-    let target = Target::parse(&config.target_condition)
-        .map_err(|e| anyhow::anyhow!("deployment {}: target condition: {e}", config.id))?;
-    let mut metrics = serde_json::Map::new();
-    let edge = |t: &Value| t["capabilities"]["iotEdge"] == Value::Bool(true);
-    metrics.insert("targetedCount".into(), Value::from(ids(&|t| edge(t) && target.matches(t))));
-    metrics.insert(
-        "appliedCount".into(),
-        Value::from(ids(&|t| {
-            let x = plan.assign(t);
-            x.base.as_deref() == Some(config.id.as_str()) || x.layers.contains(&config.id)
-        })),
-    );
-    let mut not_computed = Vec::new();
-    for (name, q) in &config.metrics.queries {
-        match otaforge::iothub::query::metric_condition(q) {
-            Ok((cond, false)) => {
-                metrics.insert(name.clone(), Value::from(ids(&|t| cond.matches(t))));
-            }
-            _ => not_computed.push(name.clone()),
-        }
-    }
+    rt.block_on(hub.apply_configuration_content(&a.device, &modules))?;
+    out.notice(format!("set the modules of {}", a.device));
     if out.json() {
-        out.json_value(&serde_json::json!({
-            "id": config.id, "devices": metrics, "notComputed": not_computed,
-            "hubResults": {"system": config.system_metrics.results, "custom": config.metrics.results},
-        }))?;
-        return Ok(Outcome::Ok);
-    }
-    out.line(format!(
-        "{}  priority {}  target: {}",
-        config.id, config.priority, config.target_condition
-    ))?;
-    for (name, list) in &metrics {
-        let list: Vec<&str> =
-            list.as_array().into_iter().flatten().filter_map(Value::as_str).collect();
-        let shown = if list.len() > 20 {
-            format!("{}, … ({} more)", list[..20].join(", "), list.len() - 20)
-        } else {
-            list.join(", ")
-        };
-        out.line(format!("  {name:<24} {:>6}  {shown}", list.len()))?;
-    }
-    for name in &not_computed {
-        out.line(format!(
-            "  {name:<24}      -  (reads module twins: the hub's count is {})",
-            config.metrics.results.get(name).map_or("not given".to_owned(), ToString::to_string)
-        ))?;
+        out.json_value(&serde_json::json!({"deviceId": a.device, "applied": true}))?;
     }
     Ok(Outcome::Ok)
 }

@@ -33,8 +33,12 @@ pub(crate) struct RunArgs {
     #[arg(long, default_value = "sim")]
     prefix: String,
     /// Their compat properties: manufacturer=M,model=X[,k=v...].
-    #[arg(long, value_parser = parse_class)]
-    class: Map<String, Value>,
+    #[arg(long, value_parser = parse_class, required_unless_present = "edge")]
+    class: Option<Map<String, Value>>,
+    /// IoT Edge devices (capabilities.iotEdge): each an edgeAgent that deploys what its
+    /// $edgeAgent module twin asks for and reports module status, instead of an ADU agent.
+    #[arg(long)]
+    edge: bool,
     /// Their group (ADUGroup tag); none: the default group.
     #[arg(long)]
     group: Option<String>,
@@ -44,7 +48,8 @@ pub(crate) struct RunArgs {
     /// ... and its image file (devices that run it share its bytes).
     #[arg(long, requires = "installed")]
     image: Option<PathBuf>,
-    /// Injected failures: download=SHARE,install=SHARE (0 to 1).
+    /// Injected failures: download=SHARE,install=SHARE (ADU devices), pull=SHARE,crash=SHARE
+    /// (Edge devices: an image fails to pull, a module crash-loops); shares 0 to 1.
     #[arg(long, value_parser = parse_failures, default_value = "download=0,install=0")]
     fail: Failures,
     /// Seed of the injected failures (the same seed fails the same devices).
@@ -96,7 +101,9 @@ pub(crate) fn parse_failures(s: &str) -> Result<Failures, String> {
         match k {
             "download" => f.download = share,
             "install" => f.install = share,
-            other => return Err(format!("`{other}` is not download or install")),
+            "pull" => f.pull = share,
+            "crash" => f.crash = share,
+            other => return Err(format!("`{other}` is not download, install, pull or crash")),
         }
     }
     Ok(f)
@@ -119,8 +126,9 @@ pub(crate) fn run(
         hub: a.hub.connection()?,
         prefix: a.prefix.clone(),
         devices: a.devices,
-        class: a.class.clone(),
+        class: a.class.clone().unwrap_or_default(),
         group: a.group.clone(),
+        edge: a.edge,
         installed,
         failures: a.fail,
         seed: a.seed,

@@ -36,10 +36,15 @@ pub(crate) struct ServeArgs {
     stall_timeout: std::time::Duration,
     /// Also run N simulated devices against this serve, in the same process, until it stops
     /// (as `otaforge fleet run` does; they trust this serve's root key).
-    #[arg(long, value_name = "N", requires = "fleet_class", help_heading = "Simulated fleet")]
+    #[arg(long, value_name = "N", help_heading = "Simulated fleet")]
     fleet: Option<usize>,
-    /// Their compat properties: manufacturer=M,model=X[,k=v...].
-    #[arg(long, value_parser = super::fleet::parse_class, help_heading = "Simulated fleet")]
+    /// Their compat properties: manufacturer=M,model=X[,k=v...] (needed unless --fleet-edge).
+    #[arg(
+        long,
+        value_parser = super::fleet::parse_class,
+        requires = "fleet",
+        help_heading = "Simulated fleet"
+    )]
     fleet_class: Option<serde_json::Map<String, serde_json::Value>>,
     /// Their group (ADUGroup tag); none: the default group.
     #[arg(long, value_name = "GROUP", help_heading = "Simulated fleet")]
@@ -58,12 +63,16 @@ pub(crate) struct ServeArgs {
         help_heading = "Simulated fleet"
     )]
     fleet_image: Option<PathBuf>,
-    /// Injected failures: download=SHARE,install=SHARE (0 to 1).
+    /// Injected failures: download=SHARE,install=SHARE; for Edge devices pull=SHARE,crash=SHARE
+    /// (0 to 1).
     #[arg(long, value_parser = super::fleet::parse_failures, default_value = "download=0,install=0", help_heading = "Simulated fleet")]
     fleet_fail: otaforge::fleet::Failures,
     /// Seed of the injected failures.
     #[arg(long, default_value_t = 1, help_heading = "Simulated fleet")]
     fleet_seed: u64,
+    /// The fleet's devices are IoT Edge devices (edgeAgents; --fleet-class not needed).
+    #[arg(long, help_heading = "Simulated fleet")]
+    fleet_edge: bool,
 }
 
 /// The fleet `--fleet` asks for, against the serve that just started.
@@ -98,6 +107,7 @@ fn fleet_spec(
         parallel: 32,
         trusted: None,
         roots: Some(std::sync::Arc::new(vec![root])),
+        edge: a.fleet_edge,
     })
 }
 
@@ -106,6 +116,9 @@ pub(crate) fn run(
     rt: &tokio::runtime::Runtime,
     out: &Output,
 ) -> anyhow::Result<Outcome> {
+    if a.fleet.is_some() && a.fleet_class.is_none() && !a.fleet_edge {
+        anyhow::bail!("--fleet needs --fleet-class manufacturer=M,model=X (or --fleet-edge)");
+    }
     let token = a.token.clone().or_else(|| {
         std::env::var(otaforge::env::OTAFORGE_ADU_TOKEN).ok().filter(|t| !t.is_empty())
     });

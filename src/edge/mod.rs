@@ -1,10 +1,12 @@
 //! IoT Edge, as IoT Hub and the Edge runtime read it (edge.md): deployment manifests (build
-//! and validate), edgeHub routes, and target conditions.
+//! and validate), edgeHub routes, target conditions, which deployments apply to which device,
+//! and a device's state with its deployment.
 
 pub mod assign;
 pub mod condition;
 pub mod manifest;
 pub mod route;
+pub mod state;
 
 /// Reads the string literal whose opening quote (`'` or `"`) is at `chars[start]`: the escapes
 /// `\'`, `\"`, `\\` and `\uXXXX`, and with `doubled` a doubled quote for one quote (twin

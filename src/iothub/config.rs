@@ -70,6 +70,33 @@ impl Configuration {
     pub fn is_edge(&self) -> bool {
         self.content.contains_key("modulesContent")
     }
+
+    /// The system metric queries IoT Hub generates for an Edge deployment, word for word
+    /// (edge.md §3.7): `targetedCount` (empty for an empty target condition),
+    /// `appliedCount`, `reportedSuccessfulCount` and `reportedFailedCount`.
+    pub fn system_queries(&self) -> BTreeMap<String, String> {
+        let targeted = match self.target_condition.trim() {
+            "" => String::new(),
+            "*" => "select deviceId from devices where capabilities.iotEdge = true".to_owned(),
+            t => format!("select deviceId from devices where capabilities.iotEdge = true and {t}"),
+        };
+        let applied = format!(
+            "select deviceId from devices.modules where moduleId = '$edgeAgent' and configurations.[[{}]].status = 'Applied'",
+            self.id
+        );
+        let reported = format!(
+            "{applied} and properties.desired.$version = properties.reported.lastDesiredVersion and properties.reported.lastDesiredStatus.code"
+        );
+        [
+            ("targetedCount", targeted),
+            ("appliedCount", applied.clone()),
+            ("reportedSuccessfulCount", format!("{reported} = 200")),
+            ("reportedFailedCount", format!("{reported} != 200")),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
 }
 
 /// A configuration id as IoT Hub and az CLI take it: 1-128 of lower-case letters, digits and
@@ -122,6 +149,33 @@ impl IotHubClient {
         let op = "list configurations".to_owned();
         let mut url = self.url("/configurations")?;
         url.query_pairs_mut().append_pair("top", &top.to_string());
+        let resp = self.send(&op, self.http.get(url)).await?;
+        Self::json(&op, resp).await
+    }
+
+    /// `applyConfigurationContent` (`az iot edge set-modules`): the whole desired state of a
+    /// device's modules, written at once (`content` is the `modulesContent` object). At-scale
+    /// deployments replace it when the device's deployments change.
+    pub async fn apply_configuration_content(
+        &self,
+        device_id: &str,
+        modules_content: &serde_json::Value,
+    ) -> Result<(), IotHubError> {
+        let op = format!("set the modules of {device_id}");
+        let url = self.url(&format!("/devices/{}/applyConfigurationContent", encode(device_id)))?;
+        let body = serde_json::json!({ "modulesContent": modules_content });
+        self.send(&op, json_body(self.http.post(url), &body)).await.map(drop)
+    }
+
+    /// One module twin (`$edgeAgent`, `$edgeHub` or a user module).
+    pub async fn get_module_twin(
+        &self,
+        device_id: &str,
+        module_id: &str,
+    ) -> Result<super::Twin, IotHubError> {
+        let op = format!("get the {module_id} twin of {device_id}");
+        let url =
+            self.url(&format!("/twins/{}/modules/{}", encode(device_id), encode(module_id)))?;
         let resp = self.send(&op, self.http.get(url)).await?;
         Self::json(&op, resp).await
     }

@@ -2,8 +2,8 @@
 //! `SELECT * FROM devices [WHERE condition]`, the condition in the full twin-query condition
 //! language of target conditions (`edge::condition`: paths with `[[ ]]`, comparisons,
 //! `AND`/`OR`/`NOT`, `IN`/`NIN`, `IS_DEFINED`, `STARTSWITH`, …, strictly typed, undefined never
-//! true). Projections other than `*`, `GROUP BY` and `devices.modules` are refused with the
-//! reason, never silently answered.
+//! true); `SELECT * FROM devices.modules …` reads module twins. Projections other than `*` and
+//! `GROUP BY` are refused with the reason, never silently answered.
 
 use serde_json::Value;
 
@@ -14,6 +14,7 @@ use crate::iothub::Twin;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Query {
     condition: Option<Expr>,
+    modules: bool,
 }
 
 impl Query {
@@ -21,31 +22,41 @@ impl Query {
     pub fn parse(text: &str) -> Result<Self, String> {
         let lower = text.to_ascii_lowercase();
         let lead = text.len() - text.trim_start().len();
-        let prefix = "select * from devices";
+        let (prefix, modules) = if lower.trim_start().starts_with("select * from devices.modules") {
+            ("select * from devices.modules", true)
+        } else {
+            ("select * from devices", false)
+        };
         let Some(after) = lower.trim_start().strip_prefix(prefix) else {
             return Err(format!(
-                "only `SELECT * FROM devices [WHERE condition]` is answered here, not `{}`",
+                "only `SELECT * FROM devices[.modules] [WHERE condition]` is answered here, not `{}`",
                 text.trim()
             ));
         };
         let at = lead + prefix.len();
         if after.trim().is_empty() {
-            return Ok(Self { condition: None });
+            return Ok(Self { condition: None, modules });
         }
         let rest_start = at + (after.len() - after.trim_start().len());
         let rest = &lower[rest_start..];
         let Some(cond) = rest.strip_prefix("where").filter(|r| r.starts_with(char::is_whitespace))
         else {
             return Err(format!(
-                "position {}: expected WHERE after `SELECT * FROM devices`",
-                text[..rest_start].chars().count() + 1
+                "position {}: expected WHERE after `{}`",
+                text[..rest_start].chars().count() + 1,
+                text[lead..at].trim()
             ));
         };
         let cond_start = rest_start + ("where".len()) + (cond.len() - cond.trim_start().len());
         let offset = text[..cond_start].chars().count();
         Expr::parse(&text[cond_start..])
-            .map(|e| Self { condition: Some(e) })
+            .map(|e| Self { condition: Some(e), modules })
             .map_err(|e| format!("position {}: {}", e.position + offset, e.message))
+    }
+
+    /// Whether it reads module twins (`FROM devices.modules`).
+    pub fn modules(&self) -> bool {
+        self.modules
     }
 
     /// Whether a twin matches.
@@ -106,7 +117,7 @@ mod tests {
             "SELECT deviceId FROM devices",
             "SELECT * FROM devices WHERE",
             "SELECT * FROM devices WHERE tags.x = ",
-            "SELECT * FROM devices.modules",
+            "SELECT * FROM devices.modules WHERE",
             "SELECT * FROM devices tags.x = 1",
         ] {
             assert!(Query::parse(bad).is_err(), "{bad}");

@@ -2,11 +2,11 @@
 //! (`/configurations/...`), stored in SQLite; which deployment applies to which device is
 //! `edge::assign`'s, metrics are counted over the twins when a configuration is read.
 //!
-//! System metrics carry the exact queries IoT Hub generates (edge.md §3.7); `targetedCount`
-//! and `appliedCount` are computed (applied: the device's base, or a layer above it).
-//! `reportedSuccessfulCount`/`reportedFailedCount` need `$edgeAgent` module twins, which serve
-//! does not keep yet, so they have a query and no result. Custom metrics of the form
-//! `SELECT deviceId FROM devices WHERE …` are counted.
+//! System metrics carry the exact queries IoT Hub generates (edge.md §3.7), and are counted
+//! with them over the `$edgeAgent` module twins (which the Edge deployment pass of
+//! `server::modules` writes, and devices report to); `targetedCount` is the target condition
+//! on IoT Edge devices. Custom metrics (`SELECT deviceId FROM devices[.modules] WHERE …`) are
+//! counted over device or module twins.
 
 // Errors here are HTTP answers built once on the failure path.
 #![allow(clippy::result_large_err)]
@@ -21,7 +21,6 @@ use serde_json::{Value, json};
 use super::Shared;
 use super::hub::{hub_error, service_auth};
 use super::store::ConfigPut;
-use crate::edge::assign::{Deployment, Plan};
 use crate::edge::condition::Target;
 use crate::iothub::config::{Configuration, MAX_CUSTOM_METRICS, check_id};
 use crate::iothub::query::metric_condition;
@@ -50,66 +49,51 @@ fn etag_header(r: &mut Response, etag: Option<&str>) {
     }
 }
 
-/// The system metric queries IoT Hub generates for an Edge deployment (edge.md §3.7).
-fn system_queries(c: &Configuration) -> std::collections::BTreeMap<String, String> {
-    let tc = c.target_condition.trim();
-    let targeted = match tc {
-        "" => String::new(),
-        "*" => "select deviceId from devices where capabilities.iotEdge = true".to_owned(),
-        t => format!("select deviceId from devices where capabilities.iotEdge = true and {t}"),
-    };
-    let applied = format!(
-        "select deviceId from devices.modules where moduleId = '$edgeAgent' and configurations.[[{}]].status = 'Applied'",
-        c.id
-    );
-    let reported = format!(
-        "{applied} and properties.desired.$version = properties.reported.lastDesiredVersion and properties.reported.lastDesiredStatus.code"
-    );
-    [
-        ("targetedCount", targeted),
-        ("appliedCount", applied.clone()),
-        ("reportedSuccessfulCount", format!("{reported} = 200")),
-        ("reportedFailedCount", format!("{reported} != 200")),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect()
-}
-
-/// Fills the metric results of `configs` from the twins.
+/// Fills the metric results of `configs` from the twins: each system metric by its own
+/// query (targeting is the target condition on IoT Edge devices; the others read the
+/// `$edgeAgent` module twins the Edge deployment pass wrote and the devices reported to), and
+/// each custom metric by its query over device or module twins.
 async fn with_metrics(
     s: &Shared,
     mut configs: Vec<Configuration>,
 ) -> Result<Vec<Configuration>, Response> {
-    let twins = s.db.read(|st| st.full_twins()).await.map_err(internal)?;
-    let twins: Vec<Value> =
-        twins.iter().map(|t| serde_json::to_value(t).unwrap_or(Value::Null)).collect();
-    let all = s.db.read(|st| st.configurations()).await.map_err(internal)?;
-    let deployments: Vec<Deployment> = all
+    let to_values = |twins: Vec<crate::iothub::Twin>| -> Vec<Value> {
+        twins.iter().map(|t| serde_json::to_value(t).unwrap_or(Value::Null)).collect()
+    };
+    let twins = to_values(s.db.read(|st| st.full_twins()).await.map_err(internal)?);
+    let reads_modules = configs
         .iter()
-        .filter(|c| c.is_edge())
-        .filter_map(|c| Deployment::from_configuration(&serde_json::to_value(c).ok()?).ok())
-        .collect();
-    let plan = Plan::new(&deployments);
-    let assignments: Vec<_> = twins.iter().map(|t| plan.assign(t)).collect();
+        .any(|c| c.metrics.queries.values().any(|q| matches!(metric_condition(q), Ok((_, true)))));
+    let modules = if reads_modules {
+        s.db.read(|st| st.module_twins(None)).await.map_err(internal)?
+    } else if configs.iter().any(Configuration::is_edge) {
+        s.db.read(|st| st.module_twins(Some("$edgeAgent"))).await.map_err(internal)?
+    } else {
+        Vec::new()
+    };
+    let modules = to_values(modules);
+    let count = |query: &str| -> Option<i64> {
+        let (cond, on_modules) = metric_condition(query).ok()?;
+        let rows = if on_modules { &modules } else { &twins };
+        Some(rows.iter().filter(|t| cond.matches(t)).count() as i64)
+    };
     for c in &mut configs {
-        c.system_metrics.queries = system_queries(c);
+        c.system_metrics.queries = c.system_queries();
         c.system_metrics.results.clear();
         if let Ok(target) = Target::parse(&c.target_condition) {
             let edge = |t: &Value| t["capabilities"]["iotEdge"] == Value::Bool(true);
             let targeted = twins.iter().filter(|t| edge(t) && target.matches(t)).count();
             c.system_metrics.results.insert("targetedCount".into(), targeted as i64);
         }
-        let applied = assignments
-            .iter()
-            .filter(|a| a.base.as_deref() == Some(c.id.as_str()) || a.layers.contains(&c.id))
-            .count();
-        c.system_metrics.results.insert("appliedCount".into(), applied as i64);
+        for name in ["appliedCount", "reportedSuccessfulCount", "reportedFailedCount"] {
+            if let Some(n) = c.system_metrics.queries.get(name).and_then(|q| count(q)) {
+                c.system_metrics.results.insert(name.into(), n);
+            }
+        }
         c.metrics.results.clear();
         for (name, q) in &c.metrics.queries {
-            if let Ok((cond, false)) = metric_condition(q) {
-                let n = twins.iter().filter(|t| cond.matches(t)).count();
-                c.metrics.results.insert(name.clone(), n as i64);
+            if let Some(n) = count(q) {
+                c.metrics.results.insert(name.clone(), n);
             }
         }
     }
@@ -230,6 +214,7 @@ async fn put(
         .await
     {
         Ok(ConfigPut::Stored(c)) => {
+            s.edge_changed.notify_one();
             let etag = c.etag.clone();
             let mut r = axum::Json(*c).into_response();
             etag_header(&mut r, etag.as_deref());
@@ -258,7 +243,10 @@ async fn delete(State(s): State<Shared>, headers: HeaderMap, Path(id): Path<Stri
     }
     let if_match = headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok()).map(str::to_owned);
     match s.db.call(move |st| st.delete_configuration(&id, if_match.as_deref())).await {
-        Ok(Some(true)) => StatusCode::NO_CONTENT.into_response(),
+        Ok(Some(true)) => {
+            s.edge_changed.notify_one();
+            StatusCode::NO_CONTENT.into_response()
+        }
         Ok(Some(false)) => hub_error(
             StatusCode::PRECONDITION_FAILED,
             "PreconditionFailed",

@@ -95,7 +95,7 @@ pub(super) fn service_auth(s: &Shared, headers: &HeaderMap) -> Result<(), Respon
 
 /// A device request: a token for `HOST/devices/ID` signed with that device's key; gives the
 /// device's row as read to check it.
-async fn device_auth(
+pub(super) async fn device_auth(
     s: &Shared,
     headers: &HeaderMap,
     id: &str,
@@ -181,7 +181,12 @@ async fn put_device(
     };
     let now = super::now_string();
     match s.db.call(move |st| st.create_device(&id, &key, &now, iot_edge)).await {
-        Ok(Some(row)) => axum::Json(identity(&row)).into_response(),
+        Ok(Some(row)) => {
+            if iot_edge {
+                s.edge_changed.notify_one();
+            }
+            axum::Json(identity(&row)).into_response()
+        }
         Ok(None) => {
             hub_error(StatusCode::CONFLICT, "DeviceAlreadyExists", "a device with this id exists")
         }
@@ -201,6 +206,7 @@ async fn delete_device(
     match s.db.call(move |st| st.delete_device(&id)).await {
         Ok(true) => {
             s.twin_watch.changed(&gone, i64::MAX);
+            s.edge_changed.notify_one();
             StatusCode::NO_CONTENT.into_response()
         }
         Ok(false) => hub_error(StatusCode::NOT_FOUND, "DeviceNotFound", "no such device"),
@@ -285,6 +291,8 @@ async fn patch_twin(
     {
         Ok(TwinPatch::Applied(t)) => {
             s.twin_watch.changed(&t.device_id, t.version.unwrap_or_default());
+            // Tags can move the device in or out of Edge deployments' target conditions.
+            s.edge_changed.notify_one();
             with_etag(*t)
         }
         Ok(TwinPatch::NotFound) => {
@@ -333,7 +341,16 @@ async fn query(State(s): State<Shared>, headers: HeaderMap, body: axum::body::By
     let mut out = Vec::new();
     let mut last_taken = after;
     let next = 'walk: loop {
-        let page = s.db.read(move |st| st.twins_page(after, MAX_PAGE)).await;
+        let modules = filter.modules();
+        let page =
+            s.db.read(move |st| {
+                if modules {
+                    st.modules_page(after, MAX_PAGE)
+                } else {
+                    st.twins_page(after, MAX_PAGE)
+                }
+            })
+            .await;
         let (rows, more) = match page {
             Ok(p) => p,
             Err(e) => return internal(e),
@@ -365,13 +382,13 @@ async fn query(State(s): State<Shared>, headers: HeaderMap, body: axum::body::By
 /// (at most `wait` seconds, default 30, at most [`MAX_WAIT`]) until the twin's version is past
 /// `after`, then gives the twin as it is (also when the wait ran out).
 #[derive(Debug, serde::Deserialize)]
-struct LongPoll {
-    after: Option<i64>,
-    wait: Option<u64>,
+pub(super) struct LongPoll {
+    pub(super) after: Option<i64>,
+    pub(super) wait: Option<u64>,
 }
 
 /// The longest a device read may wait for a change.
-const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+pub(super) const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
 
 async fn device_read_twin(
     State(s): State<Shared>,
@@ -418,9 +435,10 @@ async fn device_report(
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Err(r) = device_auth(&s, &headers, &id).await {
-        return r;
-    }
+    let row = match device_auth(&s, &headers, &id).await {
+        Ok(row) => row,
+        Err(r) => return r,
+    };
     let Ok(Value::Object(patch)) = serde_json::from_slice::<Value>(&body) else {
         return hub_error(
             StatusCode::BAD_REQUEST,
@@ -428,6 +446,12 @@ async fn device_report(
             "reported properties must be a JSON object",
         );
     };
+    // An Edge device's reported properties can be in deployments' target conditions.
+    if row.twin.extra.get("capabilities").and_then(|c| c.get("iotEdge")) == Some(&Value::Bool(true))
+    {
+        s.edge_changed.notify_one();
+    }
+    drop(row);
     let device = id.clone();
     let failed = patch
         .get("deviceUpdate")

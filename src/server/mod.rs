@@ -21,6 +21,7 @@ pub mod fetch;
 mod guard;
 mod hub;
 mod import;
+mod modules;
 mod routes;
 pub mod store;
 mod watch;
@@ -144,6 +145,8 @@ struct AppState {
     twin_watch: Arc<watch::TwinWatch>,
     /// Group views by group, with the store generation they were built at.
     views: std::sync::Mutex<std::collections::HashMap<String, (u64, Arc<devices::View>)>>,
+    /// Something that can change which Edge deployments apply to which device happened.
+    edge_changed: tokio::sync::Notify,
 }
 
 /// Update manifests with file URLs, by update id, with when they were made.
@@ -317,7 +320,11 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         update_sjwk,
         twin_watch: Arc::default(),
         views: std::sync::Mutex::default(),
+        edge_changed: tokio::sync::Notify::new(),
     });
+    // One pass at the start catches up with whatever changed while serve was down.
+    state.edge_changed.notify_one();
+    tokio::spawn(modules::edge_pass(state.clone()));
     let app = routes::router(state.clone());
     // Deployments reach devices (and scheduled ones start) through this loop as well as right
     // after each change, so a restart or a missed event only delays them.

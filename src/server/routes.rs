@@ -120,6 +120,7 @@ pub(super) fn router(state: Shared) -> Router {
         .merge(api)
         .merge(super::hub::router())
         .merge(super::configs::router())
+        .merge(super::modules::router())
         .route("/blobs/{*path}", get(get_blob))
         .route("/files/content/{*path}", get(get_content))
         .fallback(|| async {

@@ -73,6 +73,11 @@ pub const MIGRATIONS: &[Migration] = &[
         apply: migrate_6,
     },
     Migration { version: 7, what: "IoT Hub configurations (Edge deployments)", apply: migrate_7 },
+    Migration {
+        version: 8,
+        what: "module twins, and the Edge deployments each device was last given",
+        apply: modules::migrate_8,
+    },
 ];
 
 fn migrate_7(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
@@ -397,6 +402,9 @@ fn id_params(id: &UpdateId) -> (String, String, String) {
     (id.provider().to_owned(), id.name().to_owned(), id.version().to_string())
 }
 
+mod modules;
+pub use modules::ModulePatch;
+
 /// The store.
 pub struct Store {
     conn: Connection,
@@ -621,7 +629,7 @@ impl Store {
 
     /// Creates a device identity with `device_key`; `None` when it exists already.
     pub fn create_device(
-        &self,
+        &mut self,
         device_id: &str,
         device_key: &str,
         now: &str,
@@ -634,7 +642,8 @@ impl Store {
         };
         twin.extra.insert("capabilities".into(), serde_json::json!({"iotEdge": iot_edge}));
         let (group, slim) = derived(&twin)?;
-        let inserted = self.conn.execute(
+        let tx = self.conn.transaction()?;
+        let inserted = tx.execute(
             "INSERT OR IGNORE INTO devices
                  (device_id, seq, device_key, created, version, twin, group_id, slim)
              VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM devices), ?2, ?3, 1, ?4, ?5, ?6)",
@@ -643,6 +652,11 @@ impl Store {
         if inserted == 0 {
             return Ok(None);
         }
+        if iot_edge {
+            // IoT Hub creates the runtime's two module identities with an Edge device.
+            modules::create_runtime_modules(&tx, device_id)?;
+        }
+        tx.commit()?;
         self.device(device_id)
     }
 
@@ -665,9 +679,14 @@ impl Store {
         }))
     }
 
-    /// Deletes a device identity and its twin; false when there was none.
-    pub fn delete_device(&self, device_id: &str) -> Result<bool, StoreError> {
-        Ok(self.conn.execute("DELETE FROM devices WHERE device_id = ?1", [device_id])? > 0)
+    /// Deletes a device identity, its twin and its module twins; false when there was none.
+    pub fn delete_device(&mut self, device_id: &str) -> Result<bool, StoreError> {
+        let tx = self.conn.transaction()?;
+        let gone = tx.execute("DELETE FROM devices WHERE device_id = ?1", [device_id])? > 0;
+        tx.execute("DELETE FROM modules WHERE device_id = ?1", [device_id])?;
+        tx.execute("DELETE FROM edge_assignments WHERE device_id = ?1", [device_id])?;
+        tx.commit()?;
+        Ok(gone)
     }
 
     /// Merges `tags` and `desired` into a twin (the back end's patch); with `if_match` other

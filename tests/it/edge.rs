@@ -272,7 +272,21 @@ fn edge_deployments_on_serve_what_if_matches_what_then_happens() {
     let (code, _, err) =
         create("test-logs", "layer.json", "tags.environment = 'test'", "5", &["--layered"]);
     assert_eq!(code, 0, "{err}");
-    let (_, shown, _) = cli(&["deploy", "show", "prod-base"]);
+    // IoT Hub applies deployments in a pass after a change (serve's: within a second); a
+    // metric is read until it shows what the pass wrote.
+    let settled = |id: &str, metric: &str, want: i64| -> Value {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let (_, shown, _) = cli(&["deploy", "show", id]);
+            let got = shown["systemMetrics"]["results"][metric].as_i64();
+            if got == Some(want) || std::time::Instant::now() > deadline {
+                assert_eq!(got, Some(want), "{id} {metric}: {shown:#}");
+                return shown;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    let shown = settled("prod-base", "appliedCount", 2);
     let sys = &shown["systemMetrics"];
     assert_eq!(sys["results"]["targetedCount"], 2, "{shown:#}");
     assert_eq!(sys["results"]["appliedCount"], 2);
@@ -286,8 +300,7 @@ fn edge_deployments_on_serve_what_if_matches_what_then_happens() {
         shown["metrics"]["results"]["prodTwins"], 3,
         "cam-1 is not an Edge device but is a prod twin"
     );
-    let (_, layer_shown, _) = cli(&["deploy", "show", "test-logs"]);
-    assert_eq!(layer_shown["systemMetrics"]["results"]["appliedCount"], 1, "above gw-3's fallback");
+    settled("test-logs", "appliedCount", 1);
 
     // The devices behind each metric.
     let (code, st, err) = cli(&["deploy", "status", "prod-base"]);
@@ -338,9 +351,8 @@ fn edge_deployments_on_serve_what_if_matches_what_then_happens() {
     assert!(what["devices"].as_array().unwrap().iter().all(|d| d["after"]["base"] == "fallback"));
     let (_, before, _) = cli(&["deploy", "show", "fallback"]);
     assert_eq!(cli(&["deploy", "delete", "prod-base"]).0, 0);
-    let (_, after, _) = cli(&["deploy", "show", "fallback"]);
     let applied = |v: &Value| v["systemMetrics"]["results"]["appliedCount"].as_i64().unwrap();
-    assert_eq!(applied(&after) - applied(&before), moved.len() as i64, "what-if said it");
+    settled("fallback", "appliedCount", applied(&before) + moved.len() as i64);
 
     // Content is immutable; a stale ETag is refused; what may change, changes.
     rt.block_on(async {
@@ -391,6 +403,9 @@ fn the_official_iot_hub_sdk_manages_configurations_and_twins_on_serve() {
         (Some(20), Some(1))
     );
     assert_eq!(got["afterDelete"], json!([]));
+    assert_eq!(got["agentModules"], json!(["sensor"]), "{got}");
+    assert_eq!(got["appliedAgents"], json!(["gw-1", "gw-2"]));
+    assert_eq!(got["setModules"], json!(["mine"]));
     // The SDK's tag writes are on the twins.
     let twin = rt.block_on(hub.get_twin("gw-3")).unwrap();
     assert_eq!(twin.tags["environment"], "test");
@@ -410,4 +425,257 @@ fn hub_on_serve(
     let hub = otaforge::iothub::IotHubClient::new(crate::hub_connection(&data)).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     (serve, data, hub, rt)
+}
+
+/// A base deployment whose user modules are `modules` (name → image).
+fn base_content(modules: &[(&str, &str)]) -> Value {
+    let mut m = serde_json::Map::new();
+    for (name, image) in modules {
+        m.insert(
+            (*name).into(),
+            json!({"type": "docker", "status": "running", "restartPolicy": "always",
+                   "settings": {"image": image}}),
+        );
+    }
+    json!({"modulesContent": {
+        "$edgeAgent": {"properties.desired": {
+            "schemaVersion": "1.1",
+            "runtime": {"type": "docker", "settings": {}},
+            "systemModules": {
+                "edgeAgent": {"type": "docker", "settings": {"image": "mcr.microsoft.com/azureiotedge-agent:1.5"}},
+                "edgeHub": {"type": "docker", "status": "running", "restartPolicy": "always",
+                            "settings": {"image": "mcr.microsoft.com/azureiotedge-hub:1.5"}}},
+            "modules": m}},
+        "$edgeHub": {"properties.desired": {"schemaVersion": "1.1", "routes": {"up": "FROM /messages/* INTO $upstream"}}}}})
+}
+
+/// A layered deployment adding one module.
+fn layer_content(name: &str, image: &str) -> Value {
+    json!({"modulesContent": {"$edgeAgent": {
+        format!("properties.desired.modules.{name}"): {
+            "type": "docker", "status": "running", "restartPolicy": "always",
+            "settings": {"image": image}}}}})
+}
+
+/// Waits (20 s at most) until `f` gives `Some`.
+fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "waited 20 s for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// Simulated IoT Edge devices (`fleet run --edge`) on serve: deployments reach their
+/// `$edgeAgent` twins with IoT Hub's rules (priority, most recent on a tie, layers above their
+/// base only, fallback on retarget and delete, unmanaged devices keep their modules), the
+/// devices deploy and report, and injected pull failures and crash loops move the metrics and
+/// the device states.
+#[test]
+fn simulated_edge_devices_follow_priority_layers_and_fallback_and_failures_move_the_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let (serve, data, hub, rt) = hub_on_serve(dir.path());
+    let conn = data.join("iothub.connection-string");
+    let mut fleet = std::process::Command::new(assert_cmd::cargo::cargo_bin("otaforge"))
+        .args(["fleet", "run", "--edge", "--endpoint", &serve.endpoint, "--devices", "12"])
+        .args(["--prefix", "gw", "--group", "line-1", "--fail", "pull=0.2,crash=0.2"])
+        .args(["--seed", "3", "--for", "300s", "--iothub-connection-file"])
+        .arg(&conn)
+        .env("CI", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let write = |name: &str, v: &Value| {
+        fs_err::write(dir.path().join(name), v.to_string()).unwrap();
+    };
+    write(
+        "base.json",
+        &base_content(&[("sensor", "contoso/sensor:1.0"), ("filter", "contoso/filter:1.0")]),
+    );
+    write(
+        "base-b.json",
+        &base_content(&[("sensor", "contoso/sensor:1.1"), ("filter", "contoso/filter:1.0")]),
+    );
+    write("fallback.json", &base_content(&[("sensor", "contoso/sensor:0.9")]));
+    write("top.json", &layer_content("logger", "contoso/logger:2"));
+    write("low.json", &layer_content("debug", "contoso/debug:1"));
+    let edge = |args: &[&str]| {
+        let out = otaforge()
+            .current_dir(dir.path())
+            .args(["--format", "json", "edge"])
+            .args(args)
+            .arg("--iothub-connection-file")
+            .arg(&conn)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (out.status.code().unwrap(), text, String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let create = |id: &str, file: &str, cond: &str, prio: &str, layered: bool| {
+        let mut a = vec!["deploy", "create", id, "--content", file, "--target-condition", cond];
+        a.extend(["--priority", prio]);
+        if layered {
+            a.push("--layered");
+        }
+        let (code, _, err) = edge(&a);
+        assert_eq!(code, 0, "{id}: {err}");
+    };
+    let line = "tags.ADUGroup = 'line-1'";
+    create("fallback", "fallback.json", line, "1", false);
+    create("base", "base.json", line, "10", false);
+    create("low-layer", "low.json", line, "5", true);
+    create(
+        "top-layer",
+        "top.json",
+        &format!("{line} AND deviceId IN ['gw-0000', 'gw-0001']"),
+        "20",
+        true,
+    );
+
+    // Every device deploys `base` and reports; the watch ends once all have, with exit 1
+    // because injected failures hit some.
+    let (code, out, err) = edge(&["deploy", "status", "base", "--watch", "--timeout", "60s"]);
+    assert_eq!(code, 1, "{out}\n{err}");
+    let watched: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(watched["settled"], true, "{watched:#}");
+    // The layers' pass may land after the base's (they were created one after the other), and
+    // the hub's counts are read a moment before the twins: read again until both are still.
+    let last = until("a settled status whose lists match the hub's counts", || {
+        let (_, out, _) = edge(&["deploy", "status", "base"]);
+        let v: Value = serde_json::from_str(&out).ok()?;
+        let same =
+            ["appliedCount", "reportedSuccessfulCount", "reportedFailedCount"].iter().all(|m| {
+                v["hubResults"]["system"][m].as_u64()
+                    == v["devices"][m].as_array().map(|a| a.len() as u64)
+            });
+        (v["settled"] == true
+            && same
+            && v["devices"]["reportedFailedCount"].as_array()?.len()
+                + v["devices"]["reportedSuccessfulCount"].as_array()?.len()
+                == 12)
+            .then_some(v)
+    });
+    let n = |m: &str| last["devices"][m].as_array().map_or(0, Vec::len);
+    assert_eq!((n("targetedCount"), n("appliedCount")), (12, 12), "{last:#}");
+    let states = |s: &str| last["states"][s].as_array().map_or(0, Vec::len);
+    assert!(
+        states("failed") > 0 && states("moduleFailed") > 0 && states("succeeded") > 0,
+        "{last:#}"
+    );
+    assert_eq!(states("failed") + states("moduleFailed") + states("succeeded"), 12);
+    // The hub's own queries: a pull failure reports code 500 (failed); a crash loop reports
+    // 200 and counts as reported successful, which only the per-device state tells apart.
+    assert_eq!(n("reportedFailedCount"), states("failed"), "{last:#}");
+    assert_eq!(n("reportedSuccessfulCount"), states("succeeded") + states("moduleFailed"));
+    for m in ["appliedCount", "reportedSuccessfulCount", "reportedFailedCount"] {
+        assert_eq!(last["hubResults"]["system"][m].as_u64(), Some(n(m) as u64), "{m}: {last:#}");
+    }
+    let problem =
+        last["problems"].as_object().unwrap().values().flat_map(|v| v.as_array().unwrap().clone());
+    let whys: Vec<String> = problem.map(|p| p["why"].as_str().unwrap().to_owned()).collect();
+    assert!(
+        whys.iter().any(|w| w.contains("backoff")) && whys.iter().any(|w| w.contains("code 500")),
+        "{whys:?}"
+    );
+
+    let agent = |device: &str| -> Value {
+        serde_json::to_value(rt.block_on(hub.get_module_twin(device, "$edgeAgent")).unwrap())
+            .unwrap()
+    };
+    let statuses = |t: &Value| -> Vec<(String, String)> {
+        t["configurations"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), v["status"].as_str().unwrap().to_owned()))
+            .collect()
+    };
+    let modules = |t: &Value| -> Vec<String> {
+        let mut m: Vec<String> = t["properties"]["desired"]["modules"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, _)| k.clone())
+            .collect();
+        m.sort();
+        m
+    };
+    // Layers: the one above the base applies; the one below it does not.
+    let a0 = until("gw-0000's layer", || {
+        let a = agent("gw-0000");
+        (modules(&a) == ["filter", "logger", "sensor"]).then_some(a)
+    });
+    let s0 = statuses(&a0);
+    for (id, want) in [
+        ("base", "Applied"),
+        ("top-layer", "Applied"),
+        ("low-layer", "Targeted"),
+        ("fallback", "Targeted"),
+    ] {
+        assert!(s0.contains(&(id.into(), want.into())), "{id} {want}: {s0:?}");
+    }
+    assert_eq!(modules(&agent("gw-0005")), ["filter", "sensor"]);
+
+    // Tie-break: on equal priority the most recently created wins.
+    create("base-b", "base-b.json", "deviceId = 'gw-0002'", "10", false);
+    let image = |t: &Value| {
+        t["properties"]["desired"]["modules"]["sensor"]["settings"]["image"]
+            .as_str()
+            .map(str::to_owned)
+    };
+    until("gw-0002 on base-b", || {
+        (image(&agent("gw-0002")).as_deref() == Some("contoso/sensor:1.1")).then_some(())
+    });
+    assert!(statuses(&agent("gw-0002")).contains(&("base".into(), "Targeted".into())));
+    // Retarget base-b away: gw-0002 falls back to base.
+    let (code, _, err) =
+        edge(&["deploy", "update", "base-b", "--target-condition", "deviceId = 'none'"]);
+    assert_eq!(code, 0, "{err}");
+    until("gw-0002 back on base", || {
+        (image(&agent("gw-0002")).as_deref() == Some("contoso/sensor:1.0")).then_some(())
+    });
+
+    // Delete base: every device falls back to `fallback` (priority 1), and the low layer
+    // (priority 5), below the old base, is now above the new one and applies.
+    assert_eq!(edge(&["deploy", "delete", "base"]).0, 0);
+    until("fallback everywhere", || {
+        (modules(&agent("gw-0005")) == ["debug", "sensor"]
+            && modules(&agent("gw-0000")) == ["debug", "logger", "sensor"])
+        .then_some(())
+    });
+    assert_eq!(image(&agent("gw-0005")).as_deref(), Some("contoso/sensor:0.9"));
+    // Delete fallback too: nothing applies; the devices keep their modules, unmanaged.
+    let before = agent("gw-0005")["properties"]["desired"].clone();
+    assert_eq!(edge(&["deploy", "delete", "fallback"]).0, 0);
+    until("gw-0005 unmanaged", || {
+        let t = agent("gw-0005");
+        t["configurations"].as_object().is_some_and(|c| !c.contains_key("fallback")).then_some(t)
+    });
+    assert_eq!(agent("gw-0005")["properties"]["desired"], before, "modules are not removed");
+    assert!(
+        statuses(&agent("gw-0000")).contains(&("top-layer".into(), "Targeted".into())),
+        "a layer without a base"
+    );
+
+    // set-modules on the unmanaged device: its edgeAgent deploys it and reports.
+    write("mine.json", &base_content(&[("mine", "contoso/mine:1")]));
+    let (code, _, err) = edge(&["set-modules", "gw-0005", "--content", "mine.json"]);
+    assert_eq!(code, 0, "{err}");
+    let shown = until("gw-0005 reports its own modules", || {
+        let (_, out, _) = edge(&["device", "show", "gw-0005"]);
+        let v: Value = serde_json::from_str(&out).ok()?;
+        (v["desired"]["$edgeAgent"]["modules"].get("mine").is_none()
+            && v["state"].is_string()
+            && v["state"] != "pending"
+            && v["reported"].get("mine").is_some())
+        .then_some(v)
+    });
+    assert_eq!((&shown["base"], &shown["layers"]), (&Value::Null, &json!([])), "{shown:#}");
+    let _ = fleet.kill();
+    let _ = fleet.wait();
+    drop(serve);
 }

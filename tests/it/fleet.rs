@@ -97,6 +97,7 @@ fn spec(serve: &Serve, data: &Path, prefix: &str, devices: usize, group: &str) -
             serde_json::from_slice(&fs_err::read(data.join("update-root.jwk.json")).unwrap())
                 .unwrap(),
         ])),
+        edge: false,
     }
 }
 
@@ -159,7 +160,7 @@ fn a_fleet_installs_a_deployment_some_through_deltas_and_failures_roll_back() {
         // A canary group whose installs fail: at 2 failures and 50 % the rollback to 1.0 starts.
         let mut canary = spec(&serve, &data, "canary", 4, "canary");
         canary.installed = Some((v10.clone(), Arc::new(old.clone())));
-        canary.failures = Failures { download: 0.0, install: 1.0 };
+        canary.failures = Failures { install: 1.0, ..Failures::default() };
         let c = Fleet::register(canary).await.unwrap();
         let policy = json!({
             "update": {"updateId": {"provider": "contoso", "name": "toaster", "version": "1.0"}},
@@ -354,7 +355,7 @@ fn deploy_watch_exits_0_when_every_device_succeeds_and_1_on_a_rollback() {
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let good = rt.block_on(Fleet::register(spec(&serve, &data, "w", 3, "watched"))).unwrap();
     let mut bad_spec = spec(&serve, &data, "wb", 2, "watched-bad");
-    bad_spec.failures = Failures { download: 0.0, install: 1.0 };
+    bad_spec.failures = Failures { install: 1.0, ..Failures::default() };
     let bad = rt.block_on(Fleet::register(bad_spec)).unwrap();
     let runner = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
