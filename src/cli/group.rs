@@ -95,11 +95,22 @@ pub(crate) struct HubArgs {
     /// `iothub.connection-string` in its data dir); default: $IOTHUB_CONNECTION_STRING.
     #[arg(long, value_name = "FILE")]
     iothub_connection_file: Option<PathBuf>,
+    /// Authenticate to the hub with Microsoft Entra ID instead of a connection string (needs
+    /// --iothub-host and an IoT Hub data role).
+    #[arg(long, value_enum, value_name = "SOURCE", requires = "iothub_host")]
+    iothub_entra: Option<super::upload::EntraArg>,
+    /// The hub's host name (myhub.azure-devices.net), with --iothub-entra.
+    #[arg(long, value_name = "HOST", requires = "iothub_entra")]
+    iothub_host: Option<String>,
 }
 
 impl HubArgs {
     /// The client for the configured hub.
     pub(crate) fn client(&self) -> anyhow::Result<IotHubClient> {
+        if let (Some(src), Some(host)) = (self.iothub_entra, &self.iothub_host) {
+            let credential = otaforge::storage::azure::entra_credential(src.into())?;
+            return Ok(IotHubClient::with_entra(host, credential)?);
+        }
         Ok(IotHubClient::new(self.connection()?)?)
     }
 

@@ -223,27 +223,98 @@ pub fn check_group_id(g: &str) -> Result<(), IotHubError> {
     Ok(())
 }
 
+/// The OAuth scope of IoT Hub's service APIs (Microsoft Entra ID, with an IoT Hub data
+/// role such as "IoT Hub Registry Contributor" and "IoT Hub Twin Contributor").
+pub const ENTRA_SCOPE: &str = "https://iothubs.azure.net/.default";
+
+/// How the client authenticates.
+#[derive(Clone)]
+enum HubAuth {
+    /// A SAS token signed by otaforge with the connection string's key.
+    Sas(ConnectionString),
+    /// A Microsoft Entra ID bearer token.
+    Entra(std::sync::Arc<dyn azure_core::credentials::TokenCredential>),
+}
+
 /// The IoT Hub service client.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct IotHubClient {
-    conn: ConnectionString,
+    host: String,
+    scheme: &'static str,
+    auth: HubAuth,
     http: reqwest::Client,
 }
 
+impl std::fmt::Debug for IotHubClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let auth = match self.auth {
+            HubAuth::Sas(_) => "SAS",
+            HubAuth::Entra(_) => "Entra",
+        };
+        write!(f, "IotHubClient({}://{}, {auth})", self.scheme, self.host)
+    }
+}
+
+fn http_client() -> Result<reqwest::Client, IotHubError> {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(120))
+        .build()
+        .map_err(|e| IotHubError::Config(format!("http client: {e}")))
+}
+
 impl IotHubClient {
-    /// A client for the hub a connection string names.
+    /// A client for the hub a connection string names (SAS tokens signed with its key).
     pub fn new(conn: ConnectionString) -> Result<Self, IotHubError> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(120))
-            .build()
-            .map_err(|e| IotHubError::Config(format!("http client: {e}")))?;
-        Ok(Self { conn, http })
+        Ok(Self {
+            host: conn.host.clone(),
+            scheme: conn.scheme,
+            auth: HubAuth::Sas(conn),
+            http: http_client()?,
+        })
+    }
+
+    /// A client for `host` (`myhub.azure-devices.net`) authenticated with Microsoft Entra ID
+    /// ([`ENTRA_SCOPE`]); HTTPS, except for `http://HOST:PORT` (`otaforge serve` on its
+    /// loopback listener, which takes its `--token` as the bearer token).
+    pub fn with_entra(
+        host: &str,
+        credential: std::sync::Arc<dyn azure_core::credentials::TokenCredential>,
+    ) -> Result<Self, IotHubError> {
+        let (scheme, rest) = match host.strip_prefix("http://") {
+            Some(r) => ("http", r),
+            None => ("https", host.trim_start_matches("https://")),
+        };
+        let rest = rest.trim_end_matches('/');
+        if rest.is_empty() || rest.contains('/') {
+            return Err(IotHubError::Config(format!(
+                "`{host}` is not an IoT Hub host name (like myhub.azure-devices.net)"
+            )));
+        }
+        Ok(Self {
+            host: rest.to_owned(),
+            scheme,
+            auth: HubAuth::Entra(credential),
+            http: http_client()?,
+        })
+    }
+
+    /// The `Authorization` header value of a request.
+    async fn authorization(&self, operation: &str) -> Result<String, IotHubError> {
+        match &self.auth {
+            HubAuth::Sas(conn) => Ok(conn.token(TOKEN_TTL)),
+            HubAuth::Entra(c) => {
+                let t = c.get_token(&[ENTRA_SCOPE], None).await.map_err(|e| {
+                    IotHubError::Unauthorized(format!("{operation}: Entra ID token: {e}"))
+                })?;
+                Ok(format!("Bearer {}", t.token.secret()))
+            }
+        }
     }
 
     fn url(&self, path: &str) -> Result<url::Url, IotHubError> {
-        let mut u = url::Url::parse(&format!("{}://{}", self.conn.scheme, self.conn.host))
-            .map_err(|e| IotHubError::Config(format!("host `{}`: {e}", self.conn.host)))?;
+        let mut u = url::Url::parse(&format!("{}://{}", self.scheme, self.host))
+            .map_err(|e| IotHubError::Config(format!("host `{}`: {e}", self.host)))?;
         u.set_path(path);
         u.query_pairs_mut().append_pair("api-version", API_VERSION);
         Ok(u)
@@ -255,11 +326,11 @@ impl IotHubClient {
         req: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, IotHubError> {
         let resp = req
-            .header(reqwest::header::AUTHORIZATION, self.conn.token(TOKEN_TTL))
+            .header(reqwest::header::AUTHORIZATION, self.authorization(operation).await?)
             .send()
             .await
             .map_err(|e| {
-                let host = self.conn.host.clone();
+                let host = self.host.clone();
                 IotHubError::Transport {
                     operation: operation.to_owned(),
                     message: crate::retry::TransportCause::of(&e).describe(&host),

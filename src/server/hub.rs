@@ -4,9 +4,10 @@
 //! the store.
 //!
 //! Authentication. Service routes take a SAS token signed with the hub's `iothubowner` key (the
-//! connection string serve writes to `iothub.connection-string` in its data dir, mode 0600);
-//! without `--token` (loopback only) a request without `Authorization` is also accepted, as on
-//! the Device Update routes. Device routes always need a SAS token signed with that device's
+//! connection string serve writes to `iothub.connection-string` in its data dir, mode 0600),
+//! or, standing in for a Microsoft Entra ID token, `Bearer` and serve's `--token`; without
+//! `--token` (loopback only) a request without `Authorization` is also accepted, as on the
+//! Device Update routes. Device routes always need a SAS token signed with that device's
 //! own key for `HOST/devices/ID`, so a device can read and report only its own twin.
 
 // Errors here are HTTP answers built once on the failure path.
@@ -77,6 +78,23 @@ fn claims(headers: &HeaderMap) -> Option<Result<Claims, Response>> {
 /// A service request: a hub-wide token signed with the owner key, or none when tokenless.
 pub(super) fn service_auth(s: &Shared, headers: &HeaderMap) -> Result<(), Response> {
     let unauthorized = |m: &str| hub_error(StatusCode::UNAUTHORIZED, "IotHubUnauthorizedAccess", m);
+    // A bearer token stands in for a Microsoft Entra ID token: serve's own `--token`.
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim_start());
+    if let Some(given) = bearer {
+        return match &s.token {
+            Some(t)
+                if bool::from(subtle::ConstantTimeEq::ct_eq(given.as_bytes(), t.as_bytes())) =>
+            {
+                Ok(())
+            }
+            _ => Err(unauthorized("the bearer token is not this serve's --token")),
+        };
+    }
     match claims(headers) {
         None if s.token.is_none() => Ok(()),
         None => {

@@ -3,6 +3,7 @@
 //! twin; and the SAS signature checked against openssl.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use otaforge::iothub::sas::{SasKey, token};
 use otaforge::iothub::{ConnectionString, IotHubClient, IotHubError};
@@ -273,4 +274,52 @@ fn a_device_waiting_on_its_twin_wakes_for_a_desired_change_not_for_its_own_repor
     let (same, took) = read(&format!("?after={now}&wait=1"));
     assert_eq!(same["$version"].as_i64(), Some(now));
     assert!(took >= std::time::Duration::from_secs(1), "{took:?}");
+}
+
+/// A credential that hands out a fixed token and records the scopes it was asked for.
+#[derive(Debug)]
+struct FixedToken {
+    token: String,
+    scopes: std::sync::Mutex<Vec<String>>,
+}
+
+#[async_trait::async_trait]
+impl azure_core::credentials::TokenCredential for FixedToken {
+    async fn get_token(
+        &self,
+        scopes: &[&str],
+        _: Option<azure_core::credentials::TokenRequestOptions<'_>>,
+    ) -> azure_core::Result<azure_core::credentials::AccessToken> {
+        self.scopes.lock().unwrap().extend(scopes.iter().map(|s| (*s).to_owned()));
+        Ok(azure_core::credentials::AccessToken::new(
+            self.token.clone(),
+            time::OffsetDateTime::now_utc() + time::Duration::hours(1),
+        ))
+    }
+}
+
+/// The client with a Microsoft Entra ID credential: it asks for IoT Hub's scope and sends the
+/// token as a bearer token, which serve (standing in for Entra) checks against its --token.
+#[test]
+fn an_entra_credential_reaches_the_hub_with_a_bearer_token_for_the_iot_hub_scope() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = Serve::start(&dir.path().join("data"), Some("entra-stand-in-token-1"));
+    let rt = rt();
+    let client = |token: &str| {
+        let cred =
+            std::sync::Arc::new(FixedToken { token: token.into(), scopes: Default::default() });
+        (IotHubClient::with_entra(&serve.endpoint, cred.clone()).unwrap(), cred)
+    };
+    let (hub, cred) = client("entra-stand-in-token-1");
+    rt.block_on(async {
+        hub.create_device_as("gw-1", true).await.unwrap();
+        assert_eq!(hub.get_twin("gw-1").await.unwrap().device_id, "gw-1");
+        let agent = hub.get_module_twin("gw-1", "$edgeAgent").await.unwrap();
+        assert_eq!(agent.module_id.as_deref(), Some("$edgeAgent"));
+    });
+    assert!(cred.scopes.lock().unwrap().iter().all(|s| s == otaforge::iothub::ENTRA_SCOPE));
+    let (wrong, _) = client("not-the-serve-token");
+    let e = rt.block_on(wrong.get_twin("gw-1")).unwrap_err();
+    assert!(matches!(e, IotHubError::Unauthorized(_)), "{e}");
+    assert!(IotHubClient::with_entra("myhub.azure-devices.net/x", Arc::clone(&cred) as _).is_err());
 }
