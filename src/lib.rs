@@ -32,6 +32,7 @@ pub mod limits;
 pub mod manifest;
 pub mod mcuboot;
 pub mod pipeline;
+pub mod release;
 pub mod reporter;
 pub mod retry;
 #[cfg(feature = "server")]

@@ -14,6 +14,7 @@ mod manifest;
 mod mcuboot;
 mod meta;
 mod output;
+mod release;
 mod serve;
 mod sign;
 mod update;
@@ -111,6 +112,9 @@ enum Command {
     /// IoT Edge: manifests, routes, target conditions, deployments on IoT Hub, what-if.
     #[command(subcommand)]
     Edge(edge::EdgeCommand),
+    /// One release from otaforge.toml: files, deltas, manifest, signatures, upload, import,
+    /// and a staged rollout whose gates stop it; resumable.
+    Release(release::ReleaseArgs),
 }
 
 /// How a command ended when it did not fail unexpectedly.
@@ -173,6 +177,7 @@ pub(crate) fn main(rt: &tokio::runtime::Runtime) -> ExitCode {
         Command::Deploy(cmd) => deploy::run(cmd, rt, &out),
         Command::Fleet(cmd) => fleet::run(cmd, rt, &out),
         Command::Edge(cmd) => edge::run(cmd, rt, &out),
+        Command::Release(args) => release::run(args, rt, &out),
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,

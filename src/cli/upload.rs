@@ -120,6 +120,13 @@ fn parse_size(s: &str) -> Result<u64, String> {
 
 impl StorageArgs {
     /// Whether any storage option (or variable) names a store.
+    /// The storage account to use when none was given (a release description's).
+    pub(crate) fn default_account(&mut self, account: &str) {
+        if self.account.is_none() && self.dir.is_none() && self.connection_string.is_none() {
+            self.account = Some(account.to_owned());
+        }
+    }
+
     pub(crate) fn is_configured(&self) -> bool {
         use otaforge::env::{AZURE_STORAGE_ACCOUNT, AZURE_STORAGE_CONNECTION_STRING};
         let env = |k: &str| std::env::var(k).is_ok_and(|v| !v.is_empty());

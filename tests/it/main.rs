@@ -15,6 +15,7 @@ mod iothub;
 mod management;
 mod manifest;
 mod pipeline;
+mod release;
 mod service;
 mod sign;
 mod storage;
