@@ -187,6 +187,9 @@ pub(crate) fn run(
         storage.default_account(account);
     }
     rt.block_on(async {
+        if let Err(missing) = release::check_groups(&c, &client).await? {
+            return config_failure(out, &missing);
+        }
         let store = if storage.is_configured() {
             storage.open()?
         } else {

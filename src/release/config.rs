@@ -366,6 +366,10 @@ pub struct Checked {
     pub stage_times: Vec<(Duration, Duration)>,
     /// The metadata's validity.
     pub expires_in: Duration,
+    /// The file.
+    pub file: PathBuf,
+    /// The line of each stage's `group`.
+    pub group_lines: Vec<usize>,
 }
 
 /// The 1-based line of a byte offset.
@@ -373,20 +377,56 @@ fn line_of(text: &str, offset: usize) -> usize {
     text.get(..offset.min(text.len())).map_or(0, |t| t.bytes().filter(|b| *b == b'\n').count()) + 1
 }
 
-/// The field path a serde error names, from the innermost `in` of toml's message (`key
-/// `x`` / `unknown field`): best effort, the line is what matters.
+/// A table header line's name and whether it is an array of tables (`[[x]]`).
+fn header(line: &str) -> Option<(String, bool)> {
+    let t = line.trim();
+    if let Some(rest) = t.strip_prefix("[[") {
+        return Some((rest.split("]]").next()?.trim().to_owned(), true));
+    }
+    let rest = t.strip_prefix('[')?;
+    Some((rest.split(']').next()?.trim().to_owned(), false))
+}
+
+/// The field path (`stage[1].on-failure`) of the key written on 1-based `line`.
+fn path_at(text: &str, line: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let Some(this) = line.checked_sub(1).and_then(|i| lines.get(i)) else { return "(file)".into() };
+    if this.trim().is_empty() || this.trim_start().starts_with('#') {
+        return "(file)".into();
+    }
+    if let Some((name, _)) = header(this) {
+        return name;
+    }
+    let key = this.split('=').next().unwrap_or_default().trim().to_owned();
+    for i in (0..line - 1).rev() {
+        if let Some((name, array)) = header(lines[i]) {
+            if array {
+                let index = lines[..i]
+                    .iter()
+                    .filter(|l| header(l).is_some_and(|(n, a)| a && n == name))
+                    .count();
+                return format!("{name}[{index}].{key}");
+            }
+            return format!("{name}.{key}");
+        }
+    }
+    key
+}
+
+/// A parse or type error, with its line and field path.
 fn parse_error(file: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
-    let line = e.span().map_or(0, |s| line_of(text, s.start));
+    let mut line = e.span().map_or(0, |s| line_of(text, s.start));
     let message = e.message().trim().to_owned();
-    let field = e
-        .span()
-        .and_then(|s| {
-            let line_text = text.lines().nth(line.saturating_sub(1))?;
-            let key = line_text.split('=').next()?.trim();
-            let _ = s;
-            (!key.is_empty() && !key.starts_with('[')).then(|| key.to_owned())
-        })
-        .unwrap_or_else(|| "(file)".into());
+    let mut field = path_at(text, line);
+    // A missing field is reported at its table (a top-level one has no line).
+    if let Some(missing) = message.strip_prefix("missing field `").and_then(|m| m.split('`').next()) {
+        if field == "(file)" {
+            field = missing.to_owned();
+            line = 0;
+        } else {
+            field = format!("{field}.{missing}");
+        }
+    }
     ConfigError { file: file.to_owned(), line, field, message }
 }
 
@@ -697,7 +737,10 @@ fn check(
     }
     let Some(update_id) = update_id else { return Err(p.list) };
     let output = root.join(config.output.clone().unwrap_or_else(|| PathBuf::from("out/release")));
+    let group_lines = config.stages.iter().map(|s| line_of(text, s.group.span.start)).collect();
     Ok(Checked {
+        file: path.to_owned(),
+        group_lines,
         root: root.to_owned(),
         config,
         update_id,

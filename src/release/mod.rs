@@ -554,6 +554,33 @@ pub async fn publish(
     Ok(built)
 }
 
+/// Every stage's group exists on the service (a group exists once a device is tagged into it
+/// and has connected): checked before anything is uploaded. `Ok(Err(..))` lists the stages
+/// naming a missing group, with their lines.
+pub async fn check_groups(
+    c: &Checked,
+    client: &AduClient,
+) -> Result<Result<(), Vec<ConfigError>>, ReleaseError> {
+    let groups = client.list_groups().await.map_err(service("list groups"))?;
+    let missing: Vec<ConfigError> = c
+        .config
+        .stages
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| !groups.iter().any(|g| g.group_id == s.group.value))
+        .map(|(i, s)| ConfigError {
+            file: c.file.clone(),
+            line: c.group_lines.get(i).copied().unwrap_or(0),
+            field: format!("stage[{i}].group"),
+            message: format!(
+                "group `{}` does not exist on the service (tag devices with ADUGroup={} first)",
+                s.group.value, s.group.value
+            ),
+        })
+        .collect();
+    Ok(if missing.is_empty() { Ok(()) } else { Err(missing) })
+}
+
 /// How a rollout ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rollout {

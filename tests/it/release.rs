@@ -124,13 +124,24 @@ fn the_quickstart_releases_through_a_canary_and_a_failed_gate_rolls_the_fleet_ba
     let base_image = root.join("out/release/1.1.0/files/firmware.bin");
     assert_eq!(fs_err::read(&base_image).unwrap(), v11);
 
+    // A stage naming a group the service does not have yet: refused before anything is sent.
+    fs_err::write(root.join("otaforge.toml"), &toml).unwrap();
+    set_version(&root, "1.2.0", &v12);
+    let (code, v, err) = release(&root, Some(&serve), &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("otaforge.toml:28: stage[0].group: group `canary` does not exist"), "{err}");
+    assert_eq!(v["error"], "invalidConfig");
+    let listed = otaforge()
+        .args(["--format", "json", "update", "list", "--endpoint", &serve.endpoint, "--instance", "default"])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&listed.stdout).contains("1.2.0"), "nothing imported");
+
     // Devices run 1.1.0: three canaries, and a fleet group whose installs fail.
     let mut canary = fleet(&serve, &data, "canary", 3, &base_image, "install=0");
     let mut rest = fleet(&serve, &data, "fleet", 4, &base_image, "install=1");
 
     // 1.2.0 with a delta from 1.1.0 and both stages.
-    fs_err::write(root.join("otaforge.toml"), &toml).unwrap();
-    set_version(&root, "1.2.0", &v12);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     // The groups exist once the devices registered.
     let (code, v, err) = loop {
@@ -156,6 +167,15 @@ fn the_quickstart_releases_through_a_canary_and_a_failed_gate_rolls_the_fleet_ba
     assert!(stages[1]["reason"].as_str().unwrap().contains("of 4 devices failed"), "{v:#}");
     assert!(v["metadata"]["sha256"].is_string(), "signed release metadata: {v:#}");
 
+    // The canaries installed 1.2.0 through the delta from their 1.1.0 image.
+    let hub = otaforge::iothub::IotHubClient::new(crate::hub_connection(&data)).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    for i in 0..3 {
+        let twin = rt.block_on(hub.get_twin(&format!("canary-{i:04}"))).unwrap();
+        let agent = &twin.properties.reported["deviceUpdate"]["agent"];
+        assert_eq!(agent["lastInstallResult"]["resultDetails"], "delta", "{agent:#}");
+        assert!(agent["installedUpdateId"].as_str().unwrap().contains("1.2.0"), "{agent:#}");
+    }
     // The rollback deployment is on the fleet group.
     let out = otaforge()
         .args([
@@ -209,4 +229,78 @@ fn the_quickstart_releases_through_a_canary_and_a_failed_gate_rolls_the_fleet_ba
     let _ = rest.kill();
     let _ = canary.wait();
     let _ = rest.wait();
+}
+
+/// Every case of `testdata/release/negative.json` (a change to the quickstart's otaforge.toml)
+/// is refused with exit 1 and `otaforge.toml:LINE: FIELD:`, before any network call (the
+/// endpoint is a closed port) and without writing the release.
+#[test]
+fn every_bad_release_description_names_its_line_and_field_and_sends_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = repo(dir.path());
+    let good = fs_err::read_to_string(root.join("otaforge.toml")).unwrap();
+    // The base, 1.1.0, built offline.
+    without_delta(&root);
+    set_version(&root, "1.1.0", &firmware(4096, &[]));
+    let (code, _, err) = release(&root, None, &["--endpoint", "http://127.0.0.1:9", "--dry-run"]);
+    assert_eq!(code, 0, "{err}");
+    fs_err::write(root.join("otaforge.toml"), &good).unwrap();
+    set_version(&root, "1.2.0", &firmware(4096, &[(10, 10)]));
+    fs_err::write(root.join("build/other.bin"), b"x").unwrap();
+    let (code, v, err) = release(&root, None, &["--endpoint", "http://127.0.0.1:9", "--dry-run"]);
+    assert_eq!(code, 0, "the unchanged quickstart is fine: {err}\n{v}");
+    fs_err::remove_dir_all(root.join("out/release/1.2.0")).unwrap();
+    let cases: Value = serde_json::from_slice(
+        &fs_err::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/release/negative.json")).unwrap(),
+    )
+    .unwrap();
+    for c in cases.as_array().unwrap() {
+        let name = c["case"].as_str().unwrap();
+        let [from, to] = [&c["replace"][0], &c["replace"][1]].map(|v| v.as_str().unwrap());
+        assert!(good.contains(from), "{name}: `{from}` is not in the quickstart");
+        fs_err::write(root.join("otaforge.toml"), good.replacen(from, to, 1)).unwrap();
+        let (code, v, err) = release(&root, None, &["--endpoint", "http://127.0.0.1:9"]);
+        assert_eq!(code, 1, "{name}: {err}");
+        let want = format!("otaforge.toml:{}: {}:", c["line"], c["field"].as_str().unwrap());
+        assert!(err.contains(&want), "{name}: wanted `{want}` in:\n{err}");
+        assert_eq!(v["error"], "invalidConfig", "{name}: {v}");
+        assert!(!root.join("out/release/1.2.0").exists(), "{name}: nothing is written");
+    }
+}
+
+/// `--dry-run` builds everything offline (the endpoint is a closed port) and writes only in the
+/// output folder; the same inputs and SOURCE_DATE_EPOCH give byte-identical outputs.
+#[test]
+fn a_dry_run_sends_nothing_and_builds_byte_identical_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = repo(dir.path());
+    without_delta(&root);
+    set_version(&root, "1.2.0", &firmware(64 * 1024, &[]));
+    let before: Vec<_> = walk(&root);
+    let (code, v, err) = release(&root, None, &["--endpoint", "http://127.0.0.1:9", "--dry-run"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(v["imported"], false);
+    let after = walk(&root);
+    let new: Vec<_> = after.iter().filter(|p| !before.contains(p)).collect();
+    assert!(new.iter().all(|p| p.starts_with(root.join("out/release/1.2.0"))), "{new:?}");
+    let manifest = root.join("out/release/1.2.0/files").join(v["manifest"]["name"].as_str().unwrap());
+    let first = fs_err::read(&manifest).unwrap();
+    fs_err::remove_dir_all(root.join("out")).unwrap();
+    let (code, again, _) = release(&root, None, &["--endpoint", "http://127.0.0.1:9", "--dry-run"]);
+    assert_eq!(code, 0);
+    assert_eq!(again, v);
+    assert_eq!(fs_err::read(&manifest).unwrap(), first, "byte-identical");
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in fs_err::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }
