@@ -304,3 +304,116 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// What the state file says was done when the process was killed.
+fn reached(root: &Path) -> &'static str {
+    let Ok(text) = fs_err::read_to_string(root.join("out/release/1.2.0/release-state.json")) else {
+        return "nothing";
+    };
+    let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    if v["stages"].as_array().is_some_and(|s| !s.is_empty()) {
+        "stages"
+    } else if v["imported"] == true {
+        "imported (mid-stage)"
+    } else if v["metadata"].is_object() {
+        "built (mid-upload or import)"
+    } else if v["artifacts"].as_array().is_some_and(|a| !a.is_empty()) {
+        "mid-build"
+    } else {
+        "nothing"
+    }
+}
+
+/// A release killed (SIGKILL) at ten moments, each on its own serve and devices, then run
+/// again: the outputs and the report are the uninterrupted run's, and the update is imported
+/// once.
+#[test]
+fn a_release_killed_at_any_moment_resumes_to_the_same_outputs_and_imports_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let template = repo(dir.path());
+    let toml = fs_err::read_to_string(template.join("otaforge.toml")).unwrap();
+    without_delta(&template);
+    set_version(&template, "1.1.0", &firmware(256 * 1024, &[]));
+    let (code, _, err) = release(&template, None, &["--endpoint", "http://127.0.0.1:9", "--dry-run"]);
+    assert_eq!(code, 0, "{err}");
+    // One stage (the canaries, all succeed).
+    let one_stage = &toml[..toml.rfind("[[stage]]").unwrap()];
+    fs_err::write(template.join("otaforge.toml"), one_stage).unwrap();
+    set_version(&template, "1.2.0", &firmware(256 * 1024, &[(5000, 4000), (100_000, 300)]));
+    let base_image = template.join("out/release/1.1.0/files/firmware.bin");
+
+    let run = |n: usize, kill_after: Option<u64>| -> (Value, &'static str) {
+        let root = dir.path().join(format!("run-{n}"));
+        copy_dir(&template, &root);
+        let data = dir.path().join(format!("data-{n}"));
+        let serve = Serve::start(&data, None);
+        let mut devices = fleet(&serve, &data, "canary", 3, &base_image, "install=0");
+        let ready = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !group_exists(&serve, "canary") {
+            assert!(std::time::Instant::now() < ready, "the canary group never appeared");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let mut at = "not killed";
+        if let Some(ms) = kill_after {
+            let mut child = Command::new(assert_cmd::cargo::cargo_bin("otaforge"))
+                .current_dir(&root)
+                .env("SOURCE_DATE_EPOCH", "1764460800")
+                .env("CI", "1")
+                .args(["--format", "json", "release", "--poll", "200ms", "--endpoint", &serve.endpoint])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+            let _ = child.kill();
+            let _ = child.wait();
+            at = reached(&root);
+        }
+        let (code, v, err) = release(&root, Some(&serve), &[]);
+        assert_eq!(code, 0, "run {n} (killed {at}): {err}");
+        let ops = otaforge()
+            .args(["--format", "json", "update", "operation", "--endpoint", &serve.endpoint, "--instance", "default"])
+            .output()
+            .unwrap();
+        let ops: Value = serde_json::from_slice(&ops.stdout).unwrap();
+        assert_eq!(ops.as_array().map(Vec::len), Some(1), "run {n} (killed {at}): imported once: {ops:#}");
+        let _ = devices.kill();
+        let _ = devices.wait();
+        drop(serve);
+        (v, at)
+    };
+    let (reference, _) = run(0, None);
+    assert_eq!(reference["stages"][0]["result"], "passed", "{reference:#}");
+    let mut seen = std::collections::BTreeMap::new();
+    for (n, ms) in [0, 60, 120, 200, 350, 600, 900, 1300, 1800, 2500].into_iter().enumerate() {
+        let (v, at) = run(n + 1, Some(ms));
+        let mut v = v;
+        v["output"] = reference["output"].clone();
+        v["files"] = reference["files"].clone();
+        assert_eq!(v, reference, "killed after {ms} ms ({at})");
+        *seen.entry(at).or_insert(0) += 1;
+    }
+    eprintln!("kill points reached: {seen:?}");
+    assert!(seen.len() >= 3, "the kills landed in too few steps: {seen:?}");
+}
+
+fn group_exists(serve: &Serve, group: &str) -> bool {
+    let out = otaforge()
+        .args(["--format", "json", "group", "list", "--endpoint", &serve.endpoint, "--instance", "default"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).contains(&format!("\"{group}\""))
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    fs_err::create_dir_all(to).unwrap();
+    for e in fs_err::read_dir(from).unwrap() {
+        let p = e.unwrap().path();
+        let target = to.join(p.file_name().unwrap());
+        if p.is_dir() {
+            copy_dir(&p, &target);
+        } else {
+            fs_err::copy(&p, &target).unwrap();
+        }
+    }
+}
