@@ -13,6 +13,7 @@ mod key;
 mod manifest;
 mod mcuboot;
 mod meta;
+mod new;
 mod output;
 mod release;
 mod serve;
@@ -115,6 +116,9 @@ enum Command {
     /// One release from otaforge.toml: files, deltas, manifest, signatures, upload, import,
     /// and a staged rollout whose gates stop it; resumable.
     Release(release::ReleaseArgs),
+    /// Start a release description in a firmware repository: a commented otaforge.toml (MCU,
+    /// Linux or APT), its folders, a make fragment and a CI workflow.
+    New(new::NewArgs),
 }
 
 /// How a command ended when it did not fail unexpectedly.
@@ -178,6 +182,7 @@ pub(crate) fn main(rt: &tokio::runtime::Runtime) -> ExitCode {
         Command::Fleet(cmd) => fleet::run(cmd, rt, &out),
         Command::Edge(cmd) => edge::run(cmd, rt, &out),
         Command::Release(args) => release::run(args, rt, &out),
+        Command::New(args) => new::run(args, &out),
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,

@@ -31,6 +31,10 @@ pub(crate) struct ReleaseArgs {
     /// The Device Update endpoint, instead of otaforge.toml's.
     #[arg(long, value_name = "URL")]
     endpoint: Option<String>,
+    /// Authenticate to Device Update with Microsoft Entra ID (Azure); without it,
+    /// $OTAFORGE_ADU_TOKEN or no token (serve on loopback).
+    #[arg(long, value_enum, value_name = "SOURCE")]
+    adu_entra: Option<super::upload::EntraArg>,
     /// How often a stage's deployment status is read.
     #[arg(long, default_value = "2s", value_parser = super::wait_duration)]
     poll: Duration,
@@ -41,7 +45,11 @@ pub(crate) struct ReleaseArgs {
     storage: StorageArgs,
 }
 
-fn config_failure(out: &Output, errors: &[release::ConfigError]) -> anyhow::Result<Outcome> {
+fn config_failure(
+    out: &Output,
+    errors: &[release::ConfigError],
+    what: &str,
+) -> anyhow::Result<Outcome> {
     for e in errors {
         out.notice(e.to_string());
     }
@@ -131,7 +139,7 @@ pub(crate) fn run(
     }
     let c = match release::config::load(&a.config) {
         Ok(c) => c,
-        Err(errors) => return config_failure(out, &errors),
+        Err(errors) => return config_failure(out, &errors, "nothing was built or sent"),
     };
     let dir = c.output.join(c.update_id.version().as_str());
     if a.resume && !dir.join(release::STATE_FILE).is_file() {
@@ -187,8 +195,8 @@ pub(crate) fn run(
         storage.default_account(account);
     }
     rt.block_on(async {
-        if let Err(missing) = release::check_groups(&c, &client).await? {
-            return config_failure(out, &missing);
+        if let Err(missing) = release::check_groups(&c, &client, a.until.as_deref()).await? {
+            return config_failure(out, &missing, "nothing was uploaded or imported");
         }
         let store = if storage.is_configured() {
             storage.open()?

@@ -419,7 +419,8 @@ fn parse_error(file: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
     let message = e.message().trim().to_owned();
     let mut field = path_at(text, line);
     // A missing field is reported at its table (a top-level one has no line).
-    if let Some(missing) = message.strip_prefix("missing field `").and_then(|m| m.split('`').next()) {
+    if let Some(missing) = message.strip_prefix("missing field `").and_then(|m| m.split('`').next())
+    {
         if field == "(file)" {
             field = missing.to_owned();
             line = 0;

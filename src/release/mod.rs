@@ -76,6 +76,9 @@ pub enum ReleaseError {
         /// Why.
         source: Box<crate::service::ServiceError>,
     },
+    /// The service refused the import, or a stage cannot start.
+    #[error("{0}")]
+    Refused(String),
     /// A base's state file is unreadable.
     #[error("{path}: {message}")]
     Base {
@@ -528,7 +531,9 @@ pub async fn publish(
     if built.state.imported {
         return Ok(built);
     }
-    let manifest = built.manifest_path().ok_or_else(|| ReleaseError::Sign("no manifest".into()))?;
+    let manifest = built
+        .manifest_path()
+        .ok_or_else(|| ReleaseError::Refused("the build made no manifest".into()))?;
     let checked = crate::pipeline::check(&[manifest], crate::hash::default_jobs(), reporter)?;
     let planned = crate::pipeline::plan(checked, client).await?;
     if !planned.todo.is_empty() {
@@ -545,7 +550,7 @@ pub async fn publish(
         let done = crate::pipeline::wait(started, client, c.import_timeout, &mut |_| {}).await?;
         if !done.succeeded() {
             let why = done.operation.error.as_ref().map(|e| e.describe()).unwrap_or_default();
-            return Err(ReleaseError::Sign(format!("import failed: {why}")));
+            return Err(ReleaseError::Refused(format!("import failed: {why}")));
         }
     }
     built.state.imported = true;
@@ -555,18 +560,24 @@ pub async fn publish(
 }
 
 /// Every stage's group exists on the service (a group exists once a device is tagged into it
-/// and has connected): checked before anything is uploaded. `Ok(Err(..))` lists the stages
+/// and has connected), up to the `until` stage: checked before anything is uploaded. `Ok(Err(..))` lists the stages
 /// naming a missing group, with their lines.
 pub async fn check_groups(
     c: &Checked,
     client: &AduClient,
+    until: Option<&str>,
 ) -> Result<Result<(), Vec<ConfigError>>, ReleaseError> {
     let groups = client.list_groups().await.map_err(service("list groups"))?;
+    // With `--until STAGE`, the later stages' groups need not exist yet.
+    let last = until
+        .and_then(|u| c.config.stages.iter().position(|s| s.name.value == u))
+        .unwrap_or(usize::MAX);
     let missing: Vec<ConfigError> = c
         .config
         .stages
         .iter()
         .enumerate()
+        .take(last.saturating_add(1))
         .filter(|(_, s)| !groups.iter().any(|g| g.group_id == s.group.value))
         .map(|(i, s)| ConfigError {
             file: c.file.clone(),

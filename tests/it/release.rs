@@ -129,10 +129,22 @@ fn the_quickstart_releases_through_a_canary_and_a_failed_gate_rolls_the_fleet_ba
     set_version(&root, "1.2.0", &v12);
     let (code, v, err) = release(&root, Some(&serve), &[]);
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("otaforge.toml:28: stage[0].group: group `canary` does not exist"), "{err}");
+    assert!(
+        err.contains("otaforge.toml:28: stage[0].group: group `canary` does not exist"),
+        "{err}"
+    );
     assert_eq!(v["error"], "invalidConfig");
     let listed = otaforge()
-        .args(["--format", "json", "update", "list", "--endpoint", &serve.endpoint, "--instance", "default"])
+        .args([
+            "--format",
+            "json",
+            "update",
+            "list",
+            "--endpoint",
+            &serve.endpoint,
+            "--instance",
+            "default",
+        ])
         .output()
         .unwrap();
     assert!(!String::from_utf8_lossy(&listed.stdout).contains("1.2.0"), "nothing imported");
@@ -251,7 +263,8 @@ fn every_bad_release_description_names_its_line_and_field_and_sends_nothing() {
     assert_eq!(code, 0, "the unchanged quickstart is fine: {err}\n{v}");
     fs_err::remove_dir_all(root.join("out/release/1.2.0")).unwrap();
     let cases: Value = serde_json::from_slice(
-        &fs_err::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/release/negative.json")).unwrap(),
+        &fs_err::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/release/negative.json"))
+            .unwrap(),
     )
     .unwrap();
     for c in cases.as_array().unwrap() {
@@ -283,7 +296,8 @@ fn a_dry_run_sends_nothing_and_builds_byte_identical_outputs() {
     let after = walk(&root);
     let new: Vec<_> = after.iter().filter(|p| !before.contains(p)).collect();
     assert!(new.iter().all(|p| p.starts_with(root.join("out/release/1.2.0"))), "{new:?}");
-    let manifest = root.join("out/release/1.2.0/files").join(v["manifest"]["name"].as_str().unwrap());
+    let manifest =
+        root.join("out/release/1.2.0/files").join(v["manifest"]["name"].as_str().unwrap());
     let first = fs_err::read(&manifest).unwrap();
     fs_err::remove_dir_all(root.join("out")).unwrap();
     let (code, again, _) = release(&root, None, &["--endpoint", "http://127.0.0.1:9", "--dry-run"]);
@@ -334,7 +348,8 @@ fn a_release_killed_at_any_moment_resumes_to_the_same_outputs_and_imports_once()
     let toml = fs_err::read_to_string(template.join("otaforge.toml")).unwrap();
     without_delta(&template);
     set_version(&template, "1.1.0", &firmware(256 * 1024, &[]));
-    let (code, _, err) = release(&template, None, &["--endpoint", "http://127.0.0.1:9", "--dry-run"]);
+    let (code, _, err) =
+        release(&template, None, &["--endpoint", "http://127.0.0.1:9", "--dry-run"]);
     assert_eq!(code, 0, "{err}");
     // One stage (the canaries, all succeed).
     let one_stage = &toml[..toml.rfind("[[stage]]").unwrap()];
@@ -359,7 +374,15 @@ fn a_release_killed_at_any_moment_resumes_to_the_same_outputs_and_imports_once()
                 .current_dir(&root)
                 .env("SOURCE_DATE_EPOCH", "1764460800")
                 .env("CI", "1")
-                .args(["--format", "json", "release", "--poll", "200ms", "--endpoint", &serve.endpoint])
+                .args([
+                    "--format",
+                    "json",
+                    "release",
+                    "--poll",
+                    "200ms",
+                    "--endpoint",
+                    &serve.endpoint,
+                ])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
@@ -372,11 +395,24 @@ fn a_release_killed_at_any_moment_resumes_to_the_same_outputs_and_imports_once()
         let (code, v, err) = release(&root, Some(&serve), &[]);
         assert_eq!(code, 0, "run {n} (killed {at}): {err}");
         let ops = otaforge()
-            .args(["--format", "json", "update", "operation", "--endpoint", &serve.endpoint, "--instance", "default"])
+            .args([
+                "--format",
+                "json",
+                "update",
+                "operation",
+                "--endpoint",
+                &serve.endpoint,
+                "--instance",
+                "default",
+            ])
             .output()
             .unwrap();
         let ops: Value = serde_json::from_slice(&ops.stdout).unwrap();
-        assert_eq!(ops.as_array().map(Vec::len), Some(1), "run {n} (killed {at}): imported once: {ops:#}");
+        assert_eq!(
+            ops.as_array().map(Vec::len),
+            Some(1),
+            "run {n} (killed {at}): imported once: {ops:#}"
+        );
         let _ = devices.kill();
         let _ = devices.wait();
         drop(serve);
@@ -399,7 +435,16 @@ fn a_release_killed_at_any_moment_resumes_to_the_same_outputs_and_imports_once()
 
 fn group_exists(serve: &Serve, group: &str) -> bool {
     let out = otaforge()
-        .args(["--format", "json", "group", "list", "--endpoint", &serve.endpoint, "--instance", "default"])
+        .args([
+            "--format",
+            "json",
+            "group",
+            "list",
+            "--endpoint",
+            &serve.endpoint,
+            "--instance",
+            "default",
+        ])
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout).contains(&format!("\"{group}\""))
@@ -414,6 +459,141 @@ fn copy_dir(from: &Path, to: &Path) {
             copy_dir(&p, &target);
         } else {
             fs_err::copy(&p, &target).unwrap();
+        }
+    }
+}
+
+/// `otaforge new` for each template, scaffolded into a small firmware repository (an MCU
+/// application binary; a Yocto-style `.swu`; an APT manifest) and released end to end against
+/// serve with simulated devices, up to the first stage: the examples a team copies cannot rot.
+#[test]
+fn every_new_template_releases_end_to_end_against_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let td = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata");
+    // Each template on its own serve: the Linux and APT examples share a compatibility, which
+    // Device Update allows for one update name only.
+    for (template, first_stage) in [("mcu", "canary"), ("linux", "lab"), ("apt", "lab")] {
+        let data = dir.path().join(format!("data-{template}"));
+        let serve = Serve::start(&data, None);
+        let start_fleet = |group: &str, model: &str| {
+            Command::new(assert_cmd::cargo::cargo_bin("otaforge"))
+                .args(["fleet", "run", "--endpoint", &serve.endpoint, "--devices", "2"])
+                .args(["--prefix", group, "--group", group])
+                .args(["--class", &format!("manufacturer=contoso,model={model}")])
+                .args(["--for", "300s", "--iothub-connection-file"])
+                .arg(data.join("iothub.connection-string"))
+                .env("CI", "1")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        };
+        let mut fleets = if template == "mcu" {
+            [start_fleet("canary", "sensor-v2")]
+        } else {
+            [start_fleet("lab", "gateway")]
+        };
+        let root = dir.path().join(template);
+        let out = otaforge()
+            .args(["--format", "json", "new", "--template", template])
+            .arg(&root)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{template}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let said: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(said["next"].as_str().unwrap().contains("otaforge release --dry-run"), "{said}");
+        // A second `new` refuses to overwrite.
+        let again = otaforge().args(["new", "--template", template]).arg(&root).output().unwrap();
+        assert_eq!(again.status.code(), Some(2), "{template}");
+        fs_err::write(root.join("VERSION"), "1.4.0\n").unwrap();
+        let mut env_key = None;
+        match template {
+            "mcu" => {
+                fs_err::write(root.join("build/zephyr/zephyr.bin"), firmware(48 * 1024, &[]))
+                    .unwrap();
+                let k = otaforge()
+                    .current_dir(&root)
+                    .args(["key", "generate", "-o", "keys/release"])
+                    .output()
+                    .unwrap();
+                assert_eq!(k.status.code(), Some(0));
+            }
+            "linux" => {
+                fs_err::copy(
+                    td.join("swupdate/image-1.2.swu"),
+                    root.join("build/deploy/images/gateway-os.swu"),
+                )
+                .unwrap();
+                let k = otaforge()
+                    .current_dir(dir.path())
+                    .args(["key", "generate", "-o", "linux-ci"])
+                    .output()
+                    .unwrap();
+                assert_eq!(k.status.code(), Some(0));
+                env_key = Some(fs_err::read_to_string(dir.path().join("linux-ci.pem")).unwrap());
+            }
+            _ => {
+                fs_err::copy(td.join("apt/apt-manifest.json"), root.join("apt/apt-manifest.json"))
+                    .unwrap();
+                let k = otaforge()
+                    .current_dir(&root)
+                    .args(["key", "generate", "-o", "keys/release"])
+                    .output()
+                    .unwrap();
+                assert_eq!(k.status.code(), Some(0));
+            }
+        }
+        // Short waits for a test: the templates soak and time out in minutes and hours.
+        let toml = fs_err::read_to_string(root.join("otaforge.toml")).unwrap();
+        fs_err::write(root.join("otaforge.toml"), toml.replace("soak = \"10m\"", "soak = \"1s\""))
+            .unwrap();
+        let mut cmd = otaforge();
+        cmd.current_dir(&root).env("SOURCE_DATE_EPOCH", "1764460800");
+        if let Some(k) = &env_key {
+            cmd.env("OTAFORGE_SIGNING_KEY", k);
+        }
+        let out = cmd
+            .args(["--format", "json", "release", "--poll", "200ms", "--until", first_stage])
+            .args(["--endpoint", &serve.endpoint])
+            .output()
+            .unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{template}: {}\n{v:#}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            (&v["result"], &v["stages"][0]["result"]),
+            (&Value::from("passed"), &Value::from("passed")),
+            "{template}: {v:#}"
+        );
+        assert_eq!(v["stages"].as_array().unwrap().len(), 1, "--until {first_stage}");
+        if template == "mcu" {
+            // The shipped file is an MCUboot image imgtool's rules accept, signed by the key.
+            let image = root.join("out/release/1.4.0/files/zephyr.bin");
+            let verify = otaforge()
+                .args(["mcuboot", "verify", "--pub"])
+                .arg(root.join("keys/release.pub.pem"))
+                .arg(&image)
+                .output()
+                .unwrap();
+            assert_eq!(
+                verify.status.code(),
+                Some(0),
+                "{}",
+                String::from_utf8_lossy(&verify.stderr)
+            );
+        }
+        for f in &mut fleets {
+            let _ = f.kill();
+            let _ = f.wait();
         }
     }
 }
