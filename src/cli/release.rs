@@ -57,10 +57,7 @@ fn config_failure(
         .iter()
         .map(|e| json!({"file": e.file.display().to_string(), "line": e.line, "field": e.field, "message": e.message}))
         .collect();
-    let message = format!(
-        "{} problem(s) in the release description; nothing was built or sent",
-        errors.len()
-    );
+    let message = format!("{} problem(s) in the release description; {what}", errors.len());
     out.failure(&Failure::new("invalidConfig", message).details(details))?;
     Ok(Outcome::CheckFailed)
 }
@@ -217,7 +214,11 @@ pub(crate) fn run(
                 return Ok(Outcome::CheckFailed);
             }
         };
-        out.notice(format!("imported {}", c.update_id));
+        if built.made.iter().any(|m| m == "import") {
+            out.notice(format!("imported {}", c.update_id));
+        } else {
+            out.notice(format!("{}: already imported", c.update_id));
+        }
         let progress = |s: &StageOutput| out.notice(stage_line(s));
         let rollout = release::roll_out(&c, &mut built, &client, &opts, &progress).await?;
         if out.json() {

@@ -429,7 +429,6 @@ fn a_release_killed_at_any_moment_resumes_to_the_same_outputs_and_imports_once()
         assert_eq!(v, reference, "killed after {ms} ms ({at})");
         *seen.entry(at).or_insert(0) += 1;
     }
-    eprintln!("kill points reached: {seen:?}");
     assert!(seen.len() >= 3, "the kills landed in too few steps: {seen:?}");
 }
 
@@ -595,5 +594,61 @@ fn every_new_template_releases_end_to_end_against_serve() {
             let _ = f.kill();
             let _ = f.wait();
         }
+    }
+}
+
+/// otaforge.toml's JSON Schema (`release --schema`, generated from the same types the parser
+/// uses) accepts the quickstart and every `otaforge new` template, refuses an unknown key, and
+/// every field it names is documented in docs/release.md.
+#[test]
+fn the_generated_schema_accepts_the_examples_and_every_field_is_documented() {
+    let out = otaforge().args(["release", "--schema"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let schema: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let examples = [
+        "testdata/release/quickstart/otaforge.toml",
+        "templates/new/mcu.toml",
+        "templates/new/linux.toml",
+        "templates/new/apt.toml",
+    ];
+    for e in examples {
+        let doc: toml::Table =
+            toml::from_str(&fs_err::read_to_string(root.join(e)).unwrap()).unwrap();
+        let doc = serde_json::to_value(doc).unwrap();
+        let errors: Vec<String> = validator.iter_errors(&doc).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{e}: {errors:?}");
+        let mut bad = doc.clone();
+        bad["update"]["colour"] = Value::from("red");
+        assert!(!validator.is_valid(&bad), "{e}: an unknown key is refused");
+    }
+    // Every property the schema names is in the field reference.
+    let docs = fs_err::read_to_string(root.join("docs/release.md")).unwrap();
+    let mut names = Vec::new();
+    collect_properties(&schema, &mut names);
+    let documented = |n: &str| {
+        ["`{n}`", "`[{n}]`", "`[[{n}]]`"].iter().any(|f| docs.contains(&f.replace("{n}", n)))
+    };
+    let missing: Vec<&String> = names.iter().filter(|n| !documented(n)).collect();
+    assert!(missing.is_empty(), "docs/release.md does not document {missing:?}");
+}
+
+fn collect_properties(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            if let Some(Value::Object(props)) = m.get("properties") {
+                for k in props.keys() {
+                    if !out.contains(k) {
+                        out.push(k.clone());
+                    }
+                }
+            }
+            for x in m.values() {
+                collect_properties(x, out);
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|x| collect_properties(x, out)),
+        _ => {}
     }
 }

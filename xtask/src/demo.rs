@@ -1,5 +1,7 @@
-//! `cargo xtask demo`: the README's run command. Walks through what a release pipeline does with
-//! otaforge today, on the payloads in `testdata/`, with no cloud account: a key pair, a signed
+//! `cargo xtask demo`: the README's run command. First the main job, `otaforge release` on the
+//! quickstart against the embedded service with simulated devices (a staged rollout: the canary
+//! passes, a later stage's failures roll it back); then, command by command, what a release
+//! pipeline does with otaforge, on the payloads in `testdata/`, with no cloud account: a key pair, a signed
 //! delta created, applied and refused on the wrong old image or without a key, an MCUboot image,
 //! signed release metadata and a refused rollback, an upload to the local store, an APT manifest,
 //! imports into the embedded Device Update service (`otaforge serve`), an SWUpdate import manifest with a delta
@@ -181,6 +183,146 @@ fn deploy(bin: &Path, serve: &Serve, w: &dyn Fn(&str) -> String, out: &str) -> a
     Ok(())
 }
 
+/// Deterministic firmware bytes, with `edits` regions changed.
+fn firmware(len: usize, edits: &[(usize, usize)]) -> Vec<u8> {
+    let mut x: u32 = 0x1234_5678;
+    let mut v: Vec<u8> = (0..len)
+        .map(|_| {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            (x >> 16) as u8 & 0x3f
+        })
+        .collect();
+    for &(at, n) in edits {
+        for b in &mut v[at..at + n] {
+            *b = b.wrapping_add(7);
+        }
+    }
+    v
+}
+
+/// A simulated fleet in the background: `n` devices in `group` running 1.1.0.
+fn fleet(
+    bin: &Path,
+    serve: &Serve,
+    group: &str,
+    n: &str,
+    image: &Path,
+    fail: &str,
+) -> anyhow::Result<std::process::Child> {
+    println!(
+        "
+$ otaforge fleet run --group {group} --devices {n} --installed contoso/toaster/1.1.0 --fail {fail} ... &"
+    );
+    Ok(Command::new(bin)
+        .args(["fleet", "run", "--endpoint", &serve.endpoint, "--devices", n, "--prefix", group])
+        .args(["--group", group, "--class", "manufacturer=contoso,model=toaster"])
+        .args(["--installed", "contoso/toaster/1.1.0", "--image"])
+        .arg(image)
+        .args(["--fail", fail, "--for", "300s", "--iothub-connection-file"])
+        .arg(serve.data.join("iothub.connection-string"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?)
+}
+
+/// The main job: `otaforge release` on the quickstart (`testdata/release/quickstart`) against
+/// the embedded service with simulated devices. 1.1.0 is released first (no base, no stages);
+/// then 1.2.0 with a delta from it: the canary stage passes, the `fleet` stage's injected
+/// failures fail its gate and roll the group back to 1.1.0 (exit 1, as a pipeline would see it).
+fn release(bin: &Path, work: &Path) -> anyhow::Result<()> {
+    println!(
+        "
+# The release pipeline in one command: otaforge release (testdata/release/quickstart)"
+    );
+    let repo = work.join("firmware-repo");
+    std::fs::create_dir_all(repo.join("build"))?;
+    std::fs::create_dir_all(repo.join("keys"))?;
+    let toml =
+        std::fs::read_to_string(crate::root().join("testdata/release/quickstart/otaforge.toml"))?;
+    std::fs::write(repo.join("otaforge.toml"), &toml)?;
+    let run_in = |args: &[&str], expect: i32| -> anyhow::Result<()> {
+        println!(
+            "
+$ otaforge {}",
+            args.join(" ")
+        );
+        let status = Command::new(bin)
+            .current_dir(&repo)
+            .args(args)
+            .env("SOURCE_DATE_EPOCH", "1700000000")
+            .status()?;
+        if status.code() != Some(expect) {
+            bail!("otaforge {} exited with {status}, expected {expect}", args.join(" "));
+        }
+        Ok(())
+    };
+    run_in(&["key", "generate", "-o", "keys/release"], 0)?;
+    let serve = Serve::start(bin, &work.join("release-serve"))?;
+    // 1.1.0: the first release has no base and no stages.
+    let first = {
+        let start = toml.find("[delta]").context("quickstart has [delta]")?;
+        let end = toml.find("[signing]").context("quickstart has [signing]")?;
+        let stages = toml.find("[[stage]]").context("quickstart has stages")?;
+        format!("{}{}", &toml[..start], &toml[end..stages])
+    };
+    std::fs::write(repo.join("otaforge.toml"), first)?;
+    std::fs::write(repo.join("VERSION"), "1.1.0\n")?;
+    std::fs::write(repo.join("build/firmware.bin"), firmware(128 * 1024, &[]))?;
+    run_in(&["release", "--endpoint", &serve.endpoint], 0)?;
+    let image = repo.join("out/release/1.1.0/files/firmware.bin");
+    let mut fleets = [
+        fleet(bin, &serve, "canary", "5", &image, "install=0")?,
+        fleet(bin, &serve, "fleet", "20", &image, "install=0.3")?,
+    ];
+    // The groups exist once their devices registered.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let out = Command::new(bin)
+            .args([
+                "--format",
+                "json",
+                "group",
+                "list",
+                "--endpoint",
+                &serve.endpoint,
+                "--instance",
+                "default",
+            ])
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        if text.contains("\"canary\"") && text.contains("\"fleet\"") {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("the simulated groups did not appear");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // 1.2.0: a delta from 1.1.0, then the staged rollout.
+    std::fs::write(repo.join("otaforge.toml"), &toml)?;
+    std::fs::write(repo.join("VERSION"), "1.2.0\n")?;
+    std::fs::write(
+        repo.join("build/firmware.bin"),
+        firmware(128 * 1024, &[(1000, 300), (60_000, 2000)]),
+    )?;
+    println!(
+        "
+# canary passes; the fleet stage's injected failures fail its gate and roll it back (exit 1):"
+    );
+    let result = run_in(&["release", "--endpoint", &serve.endpoint, "--poll", "500ms"], 1);
+    for f in &mut fleets {
+        let _ = f.kill();
+        let _ = f.wait();
+    }
+    result?;
+    println!(
+        "
+# Run again: nothing is rebuilt, imported or deployed twice; the same report:"
+    );
+    run_in(&["release", "--endpoint", &serve.endpoint], 1)?;
+    Ok(())
+}
+
 pub(crate) fn run() -> anyhow::Result<()> {
     let mut build = crate::cargo();
     build.args(["build", "--quiet", "--bin", "otaforge"]);
@@ -206,6 +348,8 @@ pub(crate) fn run() -> anyhow::Result<()> {
     }
     let w = |f: &str| work.join(f).display().to_string();
     let out = work.display().to_string();
+    release(&bin, &work)?;
+    println!("\n# The same, command by command:");
 
     otaforge(&bin, &["hash", &w("image-1.2.swu"), &w("mcu-3.1.bin")], 0)?;
     println!(
