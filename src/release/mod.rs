@@ -519,6 +519,16 @@ pub fn build(c: &Checked, opts: &Options, reporter: &dyn Reporter) -> Result<Bui
     Ok(Built { dir, state, made })
 }
 
+/// The release document inside a signed metadata file (its JWS payload).
+fn release_of(text: &str) -> Option<crate::sign::meta::Release> {
+    use base64::Engine as _;
+    let doc: serde_json::Value = serde_json::from_str(text).ok()?;
+    let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(doc["payload"].as_str()?)
+        .ok()?;
+    serde_json::from_slice(&payload).ok()
+}
+
 /// Step 3: upload and import (skipped when recorded, or when the service already holds the
 /// update with this content).
 pub async fn publish(
@@ -545,7 +555,19 @@ pub async fn publish(
             options: crate::storage::UploadOptions::default(),
             url_ttl: Duration::from_secs(4 * 3600),
         };
-        let uploaded = crate::pipeline::upload(planned, store, &plan, reporter).await?;
+        // The signed release metadata goes beside the update's files.
+        let mut releases = Vec::new();
+        if let Some(m) = &built.state.metadata {
+            let path = built.dir.join(&m.name);
+            let text = fs_err::read_to_string(&path).map_err(io(&path))?;
+            let release = release_of(&text).ok_or_else(|| ReleaseError::Base {
+                path: path.clone(),
+                message: "not signed release metadata".into(),
+            })?;
+            releases.push(crate::pipeline::SignedRelease { id: c.update_id.clone(), path, release });
+        }
+        let signed = crate::pipeline::Signed { planned, releases };
+        let uploaded = crate::pipeline::upload(signed, store, &plan, reporter).await?;
         let started = crate::pipeline::start(uploaded, client).await?;
         let done = crate::pipeline::wait(started, client, c.import_timeout, &mut |_| {}).await?;
         if !done.succeeded() {

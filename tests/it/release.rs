@@ -178,6 +178,11 @@ fn the_quickstart_releases_through_a_canary_and_a_failed_gate_rolls_the_fleet_ba
     assert_eq!(stages[1]["action"], "rolledBack to 1.1.0");
     assert!(stages[1]["reason"].as_str().unwrap().contains("of 4 devices failed"), "{v:#}");
     assert!(v["metadata"]["sha256"].is_string(), "signed release metadata: {v:#}");
+    let uploaded = walk(&data);
+    assert!(
+        uploaded.iter().any(|p| p.ends_with("contoso/toaster/1.2.0/release.meta.json")),
+        "the metadata is uploaded beside the update"
+    );
 
     // The canaries installed 1.2.0 through the delta from their 1.1.0 image.
     let hub = otaforge::iothub::IotHubClient::new(crate::hub_connection(&data)).unwrap();
