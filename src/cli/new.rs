@@ -1,5 +1,6 @@
 //! `otaforge new`: a commented `otaforge.toml` for an MCU, Linux or APT release, the folders
-//! it expects, a make fragment and a CI workflow; never overwrites a file.
+//! it expects, a make fragment and a CI workflow (and with `--xtask` a `cargo xtask release`);
+//! never overwrites a file.
 
 use std::path::PathBuf;
 
@@ -22,6 +23,10 @@ pub(crate) struct NewArgs {
     /// The kind of release.
     #[arg(long, value_enum, default_value = "mcu")]
     template: Template,
+    /// Also write `xtask/src/release.rs`: a `cargo xtask release` through the otaforge
+    /// library, for a Rust firmware workspace.
+    #[arg(long)]
+    xtask: bool,
     /// The repository to write into.
     #[arg(default_value = ".")]
     dir: PathBuf,
@@ -45,11 +50,14 @@ pub(crate) fn run(a: NewArgs, out: &Output) -> anyhow::Result<Outcome> {
             "write apt/apt-manifest.json (otaforge apt init) and the version to VERSION",
         ),
     };
-    let files = [
+    let mut files = vec![
         ("otaforge.toml", toml),
         ("otaforge.mk", include_str!("../../templates/new/otaforge.mk")),
         (".github/workflows/otaforge-release.yml", include_str!("../../templates/new/release.yml")),
     ];
+    if a.xtask {
+        files.push(("xtask/src/release.rs", include_str!("../../templates/new/xtask_release.rs")));
+    }
     let existing: Vec<String> = files
         .iter()
         .map(|(name, _)| a.dir.join(name))

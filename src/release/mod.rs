@@ -523,9 +523,8 @@ pub fn build(c: &Checked, opts: &Options, reporter: &dyn Reporter) -> Result<Bui
 fn release_of(text: &str) -> Option<crate::sign::meta::Release> {
     use base64::Engine as _;
     let doc: serde_json::Value = serde_json::from_str(text).ok()?;
-    let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(doc["payload"].as_str()?)
-        .ok()?;
+    let payload =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(doc["payload"].as_str()?).ok()?;
     serde_json::from_slice(&payload).ok()
 }
 
@@ -564,7 +563,11 @@ pub async fn publish(
                 path: path.clone(),
                 message: "not signed release metadata".into(),
             })?;
-            releases.push(crate::pipeline::SignedRelease { id: c.update_id.clone(), path, release });
+            releases.push(crate::pipeline::SignedRelease {
+                id: c.update_id.clone(),
+                path,
+                release,
+            });
         }
         let signed = crate::pipeline::Signed { planned, releases };
         let uploaded = crate::pipeline::upload(signed, store, &plan, reporter).await?;

@@ -499,7 +499,7 @@ fn every_new_template_releases_end_to_end_against_serve() {
         };
         let root = dir.path().join(template);
         let out = otaforge()
-            .args(["--format", "json", "new", "--template", template])
+            .args(["--format", "json", "new", "--xtask", "--template", template])
             .arg(&root)
             .output()
             .unwrap();
@@ -511,6 +511,7 @@ fn every_new_template_releases_end_to_end_against_serve() {
         );
         let said: Value = serde_json::from_slice(&out.stdout).unwrap();
         assert!(said["next"].as_str().unwrap().contains("otaforge release --dry-run"), "{said}");
+        assert!(root.join("xtask/src/release.rs").is_file() && root.join("otaforge.mk").is_file());
         // A second `new` refuses to overwrite.
         let again = otaforge().args(["new", "--template", template]).arg(&root).output().unwrap();
         assert_eq!(again.status.code(), Some(2), "{template}");
@@ -656,4 +657,27 @@ fn collect_properties(v: &Value, out: &mut Vec<String>) {
         Value::Array(a) => a.iter().for_each(|x| collect_properties(x, out)),
         _ => {}
     }
+}
+
+/// The `cargo xtask release` example a firmware team copies (`templates/new/xtask_release.rs`),
+/// compiled here as it is and run against serve: the library entry point needs no subprocess.
+#[path = "../../templates/new/xtask_release.rs"]
+mod xtask_release;
+
+#[test]
+fn the_xtask_example_releases_through_the_library() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = repo(dir.path());
+    without_delta(&root);
+    let text = fs_err::read_to_string(root.join("otaforge.toml")).unwrap();
+    fs_err::write(root.join("otaforge.toml"), &text[..text.find("[[stage]]").unwrap()]).unwrap();
+    set_version(&root, "1.1.0", &firmware(8 * 1024, &[]));
+    let serve = Serve::start(&dir.path().join("data"), None);
+    assert_eq!(xtask_release::run(&root.join("otaforge.toml"), Some(&serve.endpoint)), Ok(true));
+    let state = fs_err::read_to_string(root.join("out/release/1.1.0/release-state.json")).unwrap();
+    assert!(state.contains("\"imported\": true"), "{state}");
+    // A bad description comes back as its lines, nothing sent.
+    fs_err::write(root.join("VERSION"), "1.x\n").unwrap();
+    let e = xtask_release::run(&root.join("otaforge.toml"), Some(&serve.endpoint)).unwrap_err();
+    assert!(e.contains("otaforge.toml:7: update.version-file"), "{e}");
 }
