@@ -62,6 +62,21 @@ fn config_failure(
     Ok(Outcome::CheckFailed)
 }
 
+/// The IoT Hub, when a stage is an Edge stage: `service.iothub-connection-file`, else
+/// `$IOTHUB_CONNECTION_STRING`.
+fn hub_client(c: &release::Checked) -> anyhow::Result<Option<otaforge::iothub::IotHubClient>> {
+    if !c.config.stages.iter().any(|s| s.edge_target.is_some()) {
+        return Ok(None);
+    }
+    let text = match &c.config.service.iothub_connection_file {
+        Some(f) => fs_err::read_to_string(c.root.join(f))?,
+        None => std::env::var(otaforge::env::IOTHUB_CONNECTION_STRING).ok().filter(|v| !v.is_empty()).ok_or_else(|| {
+            anyhow::anyhow!("Edge stages need the IoT Hub: set service.iothub-connection-file or IOTHUB_CONNECTION_STRING")
+        })?,
+    };
+    Ok(Some(otaforge::iothub::IotHubClient::new(text.parse()?)?))
+}
+
 fn stage_line(s: &StageOutput) -> String {
     let mut line = format!(
         "stage {} ({}): {} — {} of {} succeeded, {} failed",
@@ -114,10 +129,14 @@ fn print_plan(out: &Output, c: &release::Checked) {
         out.notice(format!("  delta base {}", b.display()));
     }
     for s in &c.config.stages {
+        let target = match (&s.group, &s.edge_target) {
+            (Some(g), _) => format!("group {}", g.value),
+            (None, Some(t)) => format!("Edge devices where {}", t.value),
+            (None, None) => String::new(),
+        };
         out.notice(format!(
-            "  stage {} → group {}: ≥ {:.0} % succeeded, ≤ {} failed, on failure {:?}",
+            "  stage {} → {target}: ≥ {:.0} % succeeded, ≤ {} failed, on failure {:?}",
             s.name.value,
-            s.group.value,
             s.min_succeeded.value * 100.0,
             s.max_failed,
             s.on_failure
@@ -214,13 +233,17 @@ pub(crate) fn run(
                 return Ok(Outcome::CheckFailed);
             }
         };
-        if built.made.iter().any(|m| m == "import") {
+        if built.state.artifacts.is_empty() {
+            // An IoT Edge-only release imports nothing.
+        } else if built.made.iter().any(|m| m == "import") {
             out.notice(format!("imported {}", c.update_id));
         } else {
             out.notice(format!("{}: already imported", c.update_id));
         }
         let progress = |s: &StageOutput| out.notice(stage_line(s));
-        let rollout = release::roll_out(&c, &mut built, &client, &opts, &progress).await?;
+        let hub = hub_client(&c)?;
+        let rollout =
+            release::roll_out(&c, &mut built, &client, hub.as_ref(), &opts, &progress).await?;
         if out.json() {
             out.json_value(&report(&c, &built, Some(&rollout)))?;
         } else {

@@ -58,8 +58,8 @@ impl<T: JsonSchema> JsonSchema for At<T> {
 pub struct Config {
     /// The update: its identity and what it is compatible with.
     pub update: UpdateSection,
-    /// The files the update installs, in step order.
-    #[serde(rename = "artifact")]
+    /// The files the update installs, in step order (none for an IoT Edge-only release).
+    #[serde(default, rename = "artifact")]
     pub artifacts: Vec<Artifact>,
     /// Deltas from earlier releases.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -73,6 +73,9 @@ pub struct Config {
     /// The Device Update service.
     #[serde(default)]
     pub service: ServiceSection,
+    /// An IoT Edge deployment manifest the release rolls out (Edge stages).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edge: Option<EdgeSection>,
     /// The rollout, stage by stage, in order.
     #[serde(default, rename = "stage")]
     pub stages: Vec<Stage>,
@@ -247,6 +250,24 @@ pub struct StorageSection {
     pub account: Option<String>,
 }
 
+/// `[edge]`: the IoT Edge deployment the Edge stages create (an IoT Hub configuration per
+/// stage, `edge.md`).
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct EdgeSection {
+    /// The deployment manifest (`{"modulesContent": …}`, as `otaforge edge manifest build`
+    /// writes it), relative to otaforge.toml; validated as `edge manifest validate` does.
+    pub manifest: At<PathBuf>,
+    /// The deployments' priority (default 10): above the previous release's, so that deleting
+    /// a failed stage's deployment lets its devices fall back to it.
+    #[serde(default = "default_priority")]
+    pub priority: i64,
+}
+
+fn default_priority() -> i64 {
+    10
+}
+
 /// `[service]`.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -261,11 +282,20 @@ pub struct ServiceSection {
     /// How long an import may take (default `30m`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub import_timeout: Option<At<String>>,
+    /// A file holding the IoT Hub service connection string, for Edge stages (default:
+    /// `$IOTHUB_CONNECTION_STRING`); relative to otaforge.toml.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iothub_connection_file: Option<PathBuf>,
 }
 
 impl Default for ServiceSection {
     fn default() -> Self {
-        Self { endpoint: default_endpoint(), instance: default_instance(), import_timeout: None }
+        Self {
+            endpoint: default_endpoint(),
+            instance: default_instance(),
+            import_timeout: None,
+            iothub_connection_file: None,
+        }
     }
 }
 
@@ -296,8 +326,13 @@ pub enum OnFailure {
 pub struct Stage {
     /// The stage's name (unique; `--until NAME` stops after it).
     pub name: At<String>,
-    /// The Device Update group it deploys to.
-    pub group: At<String>,
+    /// The Device Update group it deploys to (or give `edge-target`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<At<String>>,
+    /// An IoT Edge stage: the target condition of its Edge deployment
+    /// (`tags.environment='canary'`), for the manifest of `[edge]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edge_target: Option<At<String>>,
     /// The share of the group's devices that must succeed (0 to 1, default 1).
     #[serde(default = "one")]
     pub min_succeeded: At<f64>,
@@ -368,8 +403,10 @@ pub struct Checked {
     pub expires_in: Duration,
     /// The file.
     pub file: PathBuf,
-    /// The line of each stage's `group`.
+    /// The line of each stage's `group` (or `edge-target`).
     pub group_lines: Vec<usize>,
+    /// The IoT Edge deployment manifest, validated.
+    pub edge_manifest: Option<PathBuf>,
 }
 
 /// The 1-based line of a byte offset.
@@ -564,8 +601,39 @@ fn check(
         }
     }
     // Artifacts.
-    if config.artifacts.is_empty() {
-        p.add(&(0..0), "artifact", "no [[artifact]]: a release needs at least one file");
+    if config.artifacts.is_empty() && config.edge.is_none() {
+        p.add(
+            &(0..0),
+            "artifact",
+            "no [[artifact]]: a release needs at least one file (or an [edge] manifest)",
+        );
+    }
+    // The IoT Edge manifest.
+    let mut edge_manifest = None;
+    if let Some(e) = &config.edge {
+        let path = root.join(&e.manifest.value);
+        match fs_err::read(&path) {
+            Err(err) => p.add(&e.manifest.span, "edge.manifest", err.to_string()),
+            Ok(bytes) => {
+                match crate::edge::manifest::validate(&bytes, crate::edge::manifest::Kind::Base) {
+                    Err(err) => p.add(&e.manifest.span, "edge.manifest", err.to_string()),
+                    Ok(f) if f.has_errors() => {
+                        for x in f
+                            .iter()
+                            .filter(|x| x.severity == crate::finding::Severity::Error)
+                            .take(5)
+                        {
+                            p.add(
+                                &e.manifest.span,
+                                "edge.manifest",
+                                format!("{}: {x}", path.display()),
+                            );
+                        }
+                    }
+                    Ok(_) => edge_manifest = Some(path),
+                }
+            }
+        }
     }
     let mut files = Vec::new();
     for (i, a) in config.artifacts.iter().enumerate() {
@@ -693,8 +761,47 @@ fn check(
                 format!("`{}` names an earlier stage too", s.name.value),
             );
         }
-        if let Err(e) = crate::iothub::check_group_id(&s.group.value) {
-            p.add(&s.group.span, format!("stage[{i}].group"), e.to_string());
+        match (&s.group, &s.edge_target) {
+            (Some(g), None) => {
+                if let Err(e) = crate::iothub::check_group_id(&g.value) {
+                    p.add(&g.span, format!("stage[{i}].group"), e.to_string());
+                }
+            }
+            (None, Some(t)) => {
+                if let Err(e) = crate::edge::condition::Target::parse(&t.value) {
+                    p.add(
+                        &t.span,
+                        format!("stage[{i}].edge-target"),
+                        format!("position {}: {}", e.position, e.message),
+                    );
+                }
+                if config.edge.is_none() {
+                    p.add(
+                        &t.span,
+                        format!("stage[{i}].edge-target"),
+                        "an Edge stage needs [edge] manifest",
+                    );
+                }
+                if let Some(r) = &s.rollback_to {
+                    p.add(
+                        &r.span,
+                        format!("stage[{i}].rollback-to"),
+                        "an Edge stage rolls back by deleting its deployment (devices fall back to their next one)",
+                    );
+                }
+            }
+            _ => p.add(
+                &s.name.span,
+                format!("stage[{i}]"),
+                "give one of group (Device Update) and edge-target (IoT Edge)",
+            ),
+        }
+        if s.group.is_some() && config.artifacts.is_empty() {
+            p.add(
+                &s.name.span,
+                format!("stage[{i}].group"),
+                "a Device Update stage needs an [[artifact]]",
+            );
         }
         for (share, field) in [
             (Some(&s.min_succeeded), "min-succeeded"),
@@ -738,8 +845,16 @@ fn check(
     }
     let Some(update_id) = update_id else { return Err(p.list) };
     let output = root.join(config.output.clone().unwrap_or_else(|| PathBuf::from("out/release")));
-    let group_lines = config.stages.iter().map(|s| line_of(text, s.group.span.start)).collect();
+    let group_lines = config
+        .stages
+        .iter()
+        .map(|s| {
+            let span = s.group.as_ref().or(s.edge_target.as_ref()).map_or(0, |g| g.span.start);
+            line_of(text, span)
+        })
+        .collect();
     Ok(Checked {
+        edge_manifest,
         file: path.to_owned(),
         group_lines,
         root: root.to_owned(),

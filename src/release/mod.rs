@@ -193,6 +193,9 @@ pub struct State {
     pub manifest: Option<Output>,
     /// The signed release metadata.
     pub metadata: Option<Output>,
+    /// The IoT Edge deployment manifest, as deployed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edge_manifest: Option<Output>,
     /// The import is done (or was already).
     pub imported: bool,
     /// The stages that ran.
@@ -268,8 +271,12 @@ pub fn build(c: &Checked, opts: &Options, reporter: &dyn Reporter) -> Result<Bui
     let mut state = State::read(&dir).unwrap_or_default();
     let mut made = Vec::new();
     let id = c.update_id.to_string();
-    let inputs: Vec<String> =
-        c.files.iter().map(|f| Output::of(f).map(|o| o.sha256)).collect::<Result<_, _>>()?;
+    let inputs: Vec<String> = c
+        .files
+        .iter()
+        .chain(c.edge_manifest.iter())
+        .map(|f| Output::of(f).map(|o| o.sha256))
+        .collect::<Result<_, _>>()?;
     if state.update_id != id || state.inputs != inputs {
         // A new release, or its inputs were rebuilt: nothing recorded holds.
         let created = crate::manifest::created_date_time(None, opts.source_date_epoch.as_deref())?;
@@ -386,6 +393,22 @@ pub fn build(c: &Checked, opts: &Options, reporter: &dyn Reporter) -> Result<Bui
         state.metadata = None;
         made.push("deltas".to_owned());
         state.write(&dir)?;
+    }
+    // The IoT Edge deployment manifest, as the Edge stages deploy it.
+    if let Some(m) = &c.edge_manifest
+        && !state.edge_manifest.as_ref().is_some_and(|o| o.verifies(&files))
+    {
+        let bytes = fs_err::read(m).map_err(io(m))?;
+        let out = files.join("deployment.edge.json");
+        crate::fsutil::write_output(&out, &bytes, crate::fsutil::Privacy::Public)
+            .map_err(io(&out))?;
+        state.edge_manifest = Some(Output::of(&out)?);
+        made.push("edge manifest".to_owned());
+        state.write(&dir)?;
+    }
+    // An IoT Edge-only release has no update to import.
+    if state.artifacts.is_empty() {
+        return Ok(Built { dir, state, made });
     }
     // The import manifest.
     if !state.manifest.as_ref().is_some_and(|m| m.verifies(&files)) {
@@ -537,13 +560,31 @@ pub async fn publish(
     store: &AnyStore,
     reporter: &dyn Reporter,
 ) -> Result<Built, ReleaseError> {
-    if built.state.imported {
+    if built.state.imported || built.state.artifacts.is_empty() {
         return Ok(built);
     }
     let manifest = built
         .manifest_path()
         .ok_or_else(|| ReleaseError::Refused("the build made no manifest".into()))?;
-    let checked = crate::pipeline::check(&[manifest], crate::hash::default_jobs(), reporter)?;
+    // An import a killed run started may still be running: wait for it before looking, so it
+    // is not started a second time.
+    let ops = client.list_operations().await.map_err(service("list import operations"))?;
+    for op in ops.iter().filter(|o| {
+        matches!(
+            o.status,
+            crate::service::OperationStatus::NotStarted | crate::service::OperationStatus::Running
+        )
+    }) {
+        client
+            .wait_operation(&op.operation_id, c.import_timeout, &mut |_| {})
+            .await
+            .map_err(service("wait for an import already under way"))?;
+    }
+    let checked = crate::pipeline::check(
+        std::slice::from_ref(&manifest),
+        crate::hash::default_jobs(),
+        reporter,
+    )?;
     let planned = crate::pipeline::plan(checked, client).await?;
     if !planned.todo.is_empty() {
         let container = c.config.storage.container.clone().unwrap_or_else(|| "adu-imports".into());
@@ -573,7 +614,15 @@ pub async fn publish(
         let uploaded = crate::pipeline::upload(signed, store, &plan, reporter).await?;
         let started = crate::pipeline::start(uploaded, client).await?;
         let done = crate::pipeline::wait(started, client, c.import_timeout, &mut |_| {}).await?;
-        if !done.succeeded() {
+        // Another run imported the same content meanwhile: that is this release imported.
+        let raced = !done.succeeded()
+            && done.operation.error.as_ref().is_some_and(|e| e.code == "UpdateAlreadyExists")
+            && {
+                let checked =
+                    crate::pipeline::check(&[manifest], crate::hash::default_jobs(), reporter)?;
+                crate::pipeline::plan(checked, client).await?.todo.is_empty()
+            };
+        if !done.succeeded() && !raced {
             let why = done.operation.error.as_ref().map(|e| e.describe()).unwrap_or_default();
             return Err(ReleaseError::Refused(format!("import failed: {why}")));
         }
@@ -603,14 +652,15 @@ pub async fn check_groups(
         .iter()
         .enumerate()
         .take(last.saturating_add(1))
-        .filter(|(_, s)| !groups.iter().any(|g| g.group_id == s.group.value))
-        .map(|(i, s)| ConfigError {
+        .filter_map(|(i, s)| Some((i, s.group.as_ref()?)))
+        .filter(|(_, g)| !groups.iter().any(|x| x.group_id == g.value))
+        .map(|(i, g)| ConfigError {
             file: c.file.clone(),
             line: c.group_lines.get(i).copied().unwrap_or(0),
             field: format!("stage[{i}].group"),
             message: format!(
                 "group `{}` does not exist on the service (tag devices with ADUGroup={} first)",
-                s.group.value, s.group.value
+                g.value, g.value
             ),
         })
         .collect();
@@ -643,11 +693,183 @@ async fn previous(client: &AduClient, id: &UpdateId) -> Result<Option<UpdateId>,
         .max_by(|a, b| a.version().parts().cmp(b.version().parts())))
 }
 
-/// Step 4: the stages, in order; each deploys to its group and waits on its gates.
+/// An ADU deployment of `update` to `group`, starting now.
+fn adu_deployment(id: &str, update: &UpdateId, group: &str) -> Result<Deployment, ReleaseError> {
+    Ok(Deployment {
+        deployment_id: id.to_owned(),
+        start_date_time: crate::manifest::created_date_time(None, None)?,
+        update: UpdateInfo {
+            update_id: update.clone(),
+            description: None,
+            friendly_name: None,
+            extra: Default::default(),
+        },
+        group_id: group.to_owned(),
+        device_class_subgroups: None,
+        is_canceled: None,
+        is_retried: None,
+        rollback_policy: None,
+        is_cloud_initiated_rollback: None,
+        extra: Default::default(),
+    })
+}
+
+/// The IoT Hub configuration id of an Edge stage: `NAME-VERSION-STAGE`, lower case, with
+/// characters IoT Hub does not take as `-` (edge.md §3.2).
+pub fn edge_deployment_id(id: &UpdateId, stage: &str) -> String {
+    let raw = format!("{}-{}-{}", id.name(), id.version().as_str(), stage).to_lowercase();
+    let id: String = raw
+        .chars()
+        .map(
+            |ch| if ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-' { ch } else { '-' },
+        )
+        .collect();
+    id.chars().take(128).collect()
+}
+
+/// Where a stage deploys.
+enum Target<'a> {
+    /// A Device Update group.
+    Group(&'a str),
+    /// An IoT Edge target condition.
+    Edge(&'a str),
+}
+
+/// Creates a stage's deployment unless it exists; returns its id.
+async fn deploy_stage(
+    c: &Checked,
+    built: &Built,
+    target: &Target<'_>,
+    name: &str,
+    client: &AduClient,
+    hub: Option<&crate::iothub::IotHubClient>,
+) -> Result<String, ReleaseError> {
+    match target {
+        Target::Group(group) => {
+            let id = deployment_id(&c.update_id, name);
+            if client
+                .get_group(group)
+                .await
+                .map_err(service(format!("read group {group}")))?
+                .is_none()
+            {
+                return Err(ReleaseError::Refused(format!(
+                    "stage {name}: group {group} does not exist on the service (tag devices with ADUGroup={group} first)"
+                )));
+            }
+            if client
+                .get_deployment(group, &id)
+                .await
+                .map_err(service("read deployment"))?
+                .is_none()
+            {
+                let d = adu_deployment(&id, &c.update_id, group)?;
+                client
+                    .create_or_update_deployment(&d)
+                    .await
+                    .map_err(service(format!("deploy to {group}")))?;
+            }
+            Ok(id)
+        }
+        Target::Edge(condition) => {
+            let hub = hub.ok_or_else(|| ReleaseError::Refused("an Edge stage needs the IoT Hub (service.iothub-connection-file or IOTHUB_CONNECTION_STRING)".into()))?;
+            let id = edge_deployment_id(&c.update_id, name);
+            let exists = match hub.get_configuration(&id).await {
+                Ok(_) => true,
+                Err(crate::iothub::IotHubError::Api { status: 404, .. }) => false,
+                Err(e) => {
+                    return Err(ReleaseError::Refused(format!("read Edge deployment {id}: {e}")));
+                }
+            };
+            if !exists {
+                let m = built.state.edge_manifest.as_ref().ok_or_else(|| {
+                    ReleaseError::Refused("the build made no Edge manifest".into())
+                })?;
+                let path = built.files_dir().join(&m.name);
+                let doc: serde_json::Value =
+                    serde_json::from_slice(&fs_err::read(&path).map_err(io(&path))?)
+                        .map_err(|e| ReleaseError::Refused(format!("{}: {e}", path.display())))?;
+                let content = doc.get("content").cloned().unwrap_or(doc);
+                let mut labels = std::collections::BTreeMap::new();
+                labels.insert("release".to_owned(), c.update_id.version().as_str().to_owned());
+                let config = crate::iothub::config::Configuration {
+                    id: id.clone(),
+                    schema_version: Some("1.0".into()),
+                    labels,
+                    content: content.as_object().cloned().unwrap_or_default(),
+                    target_condition: (*condition).to_owned(),
+                    priority: c.config.edge.as_ref().map_or(10, |e| e.priority),
+                    ..Default::default()
+                };
+                hub.put_configuration(&config, None).await.map_err(|e| {
+                    ReleaseError::Refused(format!("create Edge deployment {id}: {e}"))
+                })?;
+            }
+            Ok(id)
+        }
+    }
+}
+
+/// A stage's counts now: devices, succeeded, failed.
+async fn stage_counts(
+    target: &Target<'_>,
+    id: &str,
+    client: &AduClient,
+    hub: Option<&crate::iothub::IotHubClient>,
+) -> Result<(u64, u64, u64), ReleaseError> {
+    match target {
+        Target::Group(group) => {
+            let s = client
+                .deployment_status(group, id)
+                .await
+                .map_err(service("read the deployment's status"))?;
+            let sum = |f: fn(&crate::service::model::SubgroupDeploymentStatus) -> Option<u64>| {
+                s.subgroup_status.iter().map(|g| f(g).unwrap_or(0)).sum::<u64>()
+            };
+            Ok((
+                sum(|g| g.total_devices),
+                sum(|g| g.devices_completed_succeeded_count),
+                sum(|g| g.devices_completed_failed_count),
+            ))
+        }
+        Target::Edge(_) => {
+            // Devices: the hub's targeted count. Each device the deployment applies to is
+            // judged from its `$edgeAgent` twin (edge.md §5.3), so a crash-looping module is a
+            // failure even though IoT Hub's reportedSuccessfulCount counts it.
+            use crate::edge::state::{DeviceState, device_state};
+            let hub = hub.ok_or_else(|| ReleaseError::Refused("no IoT Hub".into()))?;
+            let refused = |e: crate::iothub::IotHubError| {
+                ReleaseError::Refused(format!("Edge deployment {id}: {e}"))
+            };
+            let config = hub.get_configuration(id).await.map_err(refused)?;
+            let devices = config.system_metrics.results.get("targetedCount").copied().unwrap_or(0);
+            let query = format!(
+                "SELECT * FROM devices.modules WHERE moduleId = '$edgeAgent' AND configurations.[[{id}]].status = 'Applied'"
+            );
+            let agents = hub.query_twins(&query).await.map_err(refused)?;
+            let (mut ok, mut bad) = (0, 0);
+            for a in &agents {
+                let v = serde_json::to_value(a).unwrap_or_default();
+                match device_state(&v).0 {
+                    DeviceState::Succeeded => ok += 1,
+                    DeviceState::Pending => {}
+                    DeviceState::Failed | DeviceState::ModuleFailed | DeviceState::Invalid => {
+                        bad += 1
+                    }
+                }
+            }
+            Ok((u64::try_from(devices).unwrap_or(0), ok, bad))
+        }
+    }
+}
+
+/// Step 4: the stages, in order; each deploys to its group (or its Edge devices) and waits on
+/// its gates.
 pub async fn roll_out(
     c: &Checked,
     built: &mut Built,
     client: &AduClient,
+    hub: Option<&crate::iothub::IotHubClient>,
     opts: &Options,
     progress: &(dyn Fn(&StageOutput) + Sync),
 ) -> Result<Rollout, ReleaseError> {
@@ -663,54 +885,26 @@ pub async fn roll_out(
             }
             continue;
         }
-        let group = stage.group.value.clone();
-        let id = deployment_id(&c.update_id, &name);
-        if client.get_group(&group).await.map_err(service(format!("read group {group}")))?.is_none()
-        {
-            return Err(ReleaseError::Sign(format!(
-                "stage {name}: group {group} does not exist on the service (tag devices with ADUGroup={group} first)"
-            )));
-        }
-        if client.get_deployment(&group, &id).await.map_err(service("read deployment"))?.is_none() {
-            let d = Deployment {
-                deployment_id: id.clone(),
-                start_date_time: crate::manifest::created_date_time(None, None)?,
-                update: UpdateInfo {
-                    update_id: c.update_id.clone(),
-                    description: None,
-                    friendly_name: None,
-                    extra: Default::default(),
-                },
-                group_id: group.clone(),
-                device_class_subgroups: None,
-                is_canceled: None,
-                is_retried: None,
-                rollback_policy: None,
-                is_cloud_initiated_rollback: None,
-                extra: Default::default(),
-            };
-            client
-                .create_or_update_deployment(&d)
-                .await
-                .map_err(service(format!("deploy to {group}")))?;
-        }
+        let target = match (&stage.group, &stage.edge_target) {
+            (Some(g), _) => Target::Group(&g.value),
+            (None, Some(t)) => Target::Edge(&t.value),
+            (None, None) => {
+                return Err(ReleaseError::Refused(format!("stage {name} has no target")));
+            }
+        };
+        let shown = match &target {
+            Target::Group(g) => (*g).to_owned(),
+            Target::Edge(t) => format!("edge: {t}"),
+        };
+        let id = deploy_stage(c, built, &target, &name, client, hub).await?;
         let (timeout, soak) = c.stage_times[i];
         let started = tokio::time::Instant::now();
         let mut passed_at: Option<tokio::time::Instant> = None;
         let out = loop {
-            let s = client
-                .deployment_status(&group, &id)
-                .await
-                .map_err(service("read the deployment's status"))?;
-            let sum = |f: fn(&crate::service::model::SubgroupDeploymentStatus) -> Option<u64>| {
-                s.subgroup_status.iter().map(|g| f(g).unwrap_or(0)).sum::<u64>()
-            };
-            let devices = sum(|g| g.total_devices);
-            let succeeded = sum(|g| g.devices_completed_succeeded_count);
-            let failed = sum(|g| g.devices_completed_failed_count);
+            let (devices, succeeded, failed) = stage_counts(&target, &id, client, hub).await?;
             let mut o = StageOutput {
                 name: name.clone(),
-                group: group.clone(),
+                group: shown.clone(),
                 deployment_id: id.clone(),
                 result: "running".into(),
                 devices,
@@ -757,58 +951,7 @@ pub async fn roll_out(
         };
         let mut out = out;
         if out.result != "passed" {
-            out.action = Some(match stage.on_failure {
-                config::OnFailure::Stop => "stopped".to_owned(),
-                config::OnFailure::Cancel => {
-                    let s = client
-                        .deployment_status(&group, &id)
-                        .await
-                        .map_err(service("read the deployment's status"))?;
-                    for g in &s.subgroup_status {
-                        client
-                            .cancel_subgroup(&group, &g.device_class_id, &id)
-                            .await
-                            .map_err(service("cancel"))?;
-                    }
-                    "canceled".to_owned()
-                }
-                config::OnFailure::Rollback => {
-                    let to = match &stage.rollback_to {
-                        Some(v) => Some(
-                            UpdateId::new(c.update_id.provider(), c.update_id.name(), &v.value)
-                                .map_err(|e| ReleaseError::Sign(e.to_string()))?,
-                        ),
-                        None => previous(client, &c.update_id).await?,
-                    };
-                    match to {
-                        None => "stopped (no earlier version to roll back to)".to_owned(),
-                        Some(to) => {
-                            let d = Deployment {
-                                deployment_id: format!("{id}-rollback"),
-                                start_date_time: crate::manifest::created_date_time(None, None)?,
-                                update: UpdateInfo {
-                                    update_id: to.clone(),
-                                    description: None,
-                                    friendly_name: None,
-                                    extra: Default::default(),
-                                },
-                                group_id: group.clone(),
-                                device_class_subgroups: None,
-                                is_canceled: None,
-                                is_retried: None,
-                                rollback_policy: None,
-                                is_cloud_initiated_rollback: None,
-                                extra: Default::default(),
-                            };
-                            client
-                                .create_or_update_deployment(&d)
-                                .await
-                                .map_err(service("deploy the rollback"))?;
-                            format!("rolledBack to {}", to.version().as_str())
-                        }
-                    }
-                }
-            });
+            out.action = Some(on_failure(c, stage, &target, &id, client, hub).await?);
         }
         progress(&out);
         let failed = out.result != "passed";
@@ -822,4 +965,56 @@ pub async fn roll_out(
         }
     }
     Ok(Rollout::Passed)
+}
+
+/// What a failed gate does; returns what was done, for the report.
+async fn on_failure(
+    c: &Checked,
+    stage: &config::Stage,
+    target: &Target<'_>,
+    id: &str,
+    client: &AduClient,
+    hub: Option<&crate::iothub::IotHubClient>,
+) -> Result<String, ReleaseError> {
+    use config::OnFailure;
+    match (stage.on_failure, target) {
+        (OnFailure::Stop, _) => Ok("stopped".to_owned()),
+        (OnFailure::Cancel | OnFailure::Rollback, Target::Edge(_)) => {
+            // Edge: deleting the deployment makes its devices fall back to their next one
+            // (edge.md §3.5); with none, they keep their modules.
+            let hub = hub.ok_or_else(|| ReleaseError::Refused("no IoT Hub".into()))?;
+            hub.delete_configuration(id, None)
+                .await
+                .map_err(|e| ReleaseError::Refused(format!("delete Edge deployment {id}: {e}")))?;
+            Ok("deleted (its devices fall back to their next deployment)".to_owned())
+        }
+        (OnFailure::Cancel, Target::Group(group)) => {
+            let s = client
+                .deployment_status(group, id)
+                .await
+                .map_err(service("read the deployment's status"))?;
+            for g in &s.subgroup_status {
+                client
+                    .cancel_subgroup(group, &g.device_class_id, id)
+                    .await
+                    .map_err(service("cancel"))?;
+            }
+            Ok("canceled".to_owned())
+        }
+        (OnFailure::Rollback, Target::Group(group)) => {
+            let to = match &stage.rollback_to {
+                Some(v) => Some(
+                    UpdateId::new(c.update_id.provider(), c.update_id.name(), &v.value)
+                        .map_err(|e| ReleaseError::Refused(e.to_string()))?,
+                ),
+                None => previous(client, &c.update_id).await?,
+            };
+            let Some(to) = to else {
+                return Ok("stopped (no earlier version to roll back to)".to_owned());
+            };
+            let d = adu_deployment(&format!("{id}-rollback"), &to, group)?;
+            client.create_or_update_deployment(&d).await.map_err(service("deploy the rollback"))?;
+            Ok(format!("rolledBack to {}", to.version().as_str()))
+        }
+    }
 }

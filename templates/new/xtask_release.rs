@@ -52,7 +52,7 @@ pub fn run(config: &Path, endpoint: Option<&str>) -> Result<bool, String> {
         let show = |s: &StageOutput| {
             let _ = (s.name.as_str(), s.result.as_str(), s.succeeded, s.devices);
         };
-        let rollout = release::roll_out(&checked, &mut built, &client, &opts, &show)
+        let rollout = release::roll_out(&checked, &mut built, &client, None, &opts, &show)
             .await
             .map_err(|e| e.to_string())?;
         Ok(rollout == Rollout::Passed)

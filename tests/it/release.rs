@@ -557,6 +557,11 @@ fn every_new_template_releases_end_to_end_against_serve() {
         let toml = fs_err::read_to_string(root.join("otaforge.toml")).unwrap();
         fs_err::write(root.join("otaforge.toml"), toml.replace("soak = \"10m\"", "soak = \"1s\""))
             .unwrap();
+        let ready = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !group_exists(&serve, first_stage) {
+            assert!(std::time::Instant::now() < ready, "{first_stage} never appeared");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
         let mut cmd = otaforge();
         cmd.current_dir(&root).env("SOURCE_DATE_EPOCH", "1764460800");
         if let Some(k) = &env_key {
@@ -680,4 +685,144 @@ fn the_xtask_example_releases_through_the_library() {
     fs_err::write(root.join("VERSION"), "1.x\n").unwrap();
     let e = xtask_release::run(&root.join("otaforge.toml"), Some(&serve.endpoint)).unwrap_err();
     assert!(e.contains("otaforge.toml:7: update.version-file"), "{e}");
+}
+
+/// An IoT Edge release: `[edge]` names a deployment manifest and the stages target Edge devices
+/// by condition. Against serve with simulated Edge devices: the canary stage passes; the next
+/// stage's modules crash-loop, which IoT Hub's own reportedSuccessfulCount would count as
+/// success but the device states do not, so its gate fails and its deployment is deleted: the
+/// devices fall back to the previous release's deployment.
+#[test]
+fn an_edge_release_stops_on_crash_looping_modules_and_its_devices_fall_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let serve = Serve::start(&data, None);
+    let conn = data.join("iothub.connection-string");
+    let root = dir.path().join("edge-repo");
+    fs_err::create_dir_all(&root).unwrap();
+    let manifest = |image: &str| {
+        serde_json::json!({"modulesContent": {
+            "$edgeAgent": {"properties.desired": {
+                "schemaVersion": "1.1",
+                "runtime": {"type": "docker", "settings": {}},
+                "systemModules": {
+                    "edgeAgent": {"type": "docker", "settings": {"image": "mcr.microsoft.com/azureiotedge-agent:1.5"}},
+                    "edgeHub": {"type": "docker", "status": "running", "restartPolicy": "always",
+                                "settings": {"image": "mcr.microsoft.com/azureiotedge-hub:1.5"}}},
+                "modules": {"sensor": {"type": "docker", "status": "running", "restartPolicy": "always",
+                                       "settings": {"image": image}}}}},
+            "$edgeHub": {"properties.desired": {"schemaVersion": "1.1", "routes": {"up": "FROM /messages/* INTO $upstream"}}}}})
+    };
+    fs_err::write(root.join("deployment.json"), manifest("contoso/sensor:2.0").to_string())
+        .unwrap();
+    fs_err::write(root.join("previous.json"), manifest("contoso/sensor:1.0").to_string()).unwrap();
+    fs_err::write(
+        root.join("otaforge.toml"),
+        format!(
+            r#"[update]
+provider = "contoso"
+name = "gateway-modules"
+version = "2.0.0"
+compatibility = [{{ manufacturer = "contoso", model = "gateway" }}]
+
+[edge]
+manifest = "deployment.json"
+priority = 10
+
+[service]
+iothub-connection-file = "{}"
+
+[[stage]]
+name = "canary"
+edge-target = "tags.ADUGroup = 'edge-canary'"
+timeout = "1m"
+
+[[stage]]
+name = "fleet"
+edge-target = "tags.ADUGroup = 'edge-fleet'"
+timeout = "1m"
+on-failure = "rollback"
+"#,
+            conn.display()
+        ),
+    )
+    .unwrap();
+    let edge_fleet = |group: &str, fail: &str| {
+        Command::new(assert_cmd::cargo::cargo_bin("otaforge"))
+            .args(["fleet", "run", "--edge", "--endpoint", &serve.endpoint, "--devices", "2"])
+            .args(["--prefix", group, "--group", group, "--fail", fail, "--for", "300s"])
+            .arg("--iothub-connection-file")
+            .arg(&conn)
+            .env("CI", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut fleets = [edge_fleet("edge-canary", "crash=0"), edge_fleet("edge-fleet", "crash=1")];
+    // The previous release, below this one, on every gateway.
+    let previous = otaforge()
+        .current_dir(&root)
+        .args(["edge", "deploy", "create", "gateway-modules-1-0-0", "--content", "previous.json"])
+        .args([
+            "--target-condition",
+            "tags.ADUGroup IN ['edge-canary', 'edge-fleet']",
+            "--priority",
+            "5",
+        ])
+        .arg("--iothub-connection-file")
+        .arg(&conn)
+        .output()
+        .unwrap();
+    assert_eq!(previous.status.code(), Some(0), "{}", String::from_utf8_lossy(&previous.stderr));
+    let hub = otaforge::iothub::IotHubClient::new(crate::hub_connection(&data)).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    // Wait for the four devices to be tagged.
+    let ready = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while rt
+        .block_on(hub.query_twins("SELECT * FROM devices WHERE IS_DEFINED(tags.ADUGroup)"))
+        .unwrap()
+        .len()
+        < 4
+    {
+        assert!(std::time::Instant::now() < ready, "the Edge devices never registered");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let (code, v, err) = release(&root, Some(&serve), &[]);
+    assert_eq!(code, 1, "{err}\n{v:#}");
+    assert_eq!(v["imported"], false, "an Edge-only release imports nothing");
+    let stages = v["stages"].as_array().unwrap();
+    assert_eq!(
+        (&stages[0]["result"], stages[0]["succeeded"].as_u64()),
+        (&Value::from("passed"), Some(2)),
+        "{v:#}"
+    );
+    assert_eq!(stages[0]["deploymentId"], "gateway-modules-2-0-0-canary");
+    assert_eq!(
+        (&stages[1]["result"], stages[1]["failed"].as_u64()),
+        (&Value::from("failed"), Some(2)),
+        "{v:#}"
+    );
+    assert!(stages[1]["action"].as_str().unwrap().starts_with("deleted"), "{v:#}");
+    // The failed stage's deployment is gone; its devices are back on the previous release.
+    assert!(rt.block_on(hub.get_configuration("gateway-modules-2-0-0-fleet")).is_err());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let agent = rt.block_on(hub.get_module_twin("edge-fleet-0000", "$edgeAgent")).unwrap();
+        let image = agent.properties.desired["modules"]["sensor"]["settings"]["image"].clone();
+        if image == "contoso/sensor:1.0" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "edge-fleet-0000 still wants {image}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let canary = rt.block_on(hub.get_module_twin("edge-canary-0000", "$edgeAgent")).unwrap();
+    assert_eq!(
+        canary.properties.desired["modules"]["sensor"]["settings"]["image"],
+        "contoso/sensor:2.0"
+    );
+    for f in &mut fleets {
+        let _ = f.kill();
+        let _ = f.wait();
+    }
 }
