@@ -210,11 +210,20 @@ pub(crate) fn run(
     if let Some(account) = &c.config.storage.account {
         storage.default_account(account);
     }
+    let config_dir = match (&c.config.storage.dir, storage.is_configured()) {
+        (Some(dir), false) => Some(otaforge::storage::dir::DirStore::open(
+            &c.root.join(dir),
+            c.config.storage.base_url.as_deref().unwrap_or("http://127.0.0.1:8080/blobs"),
+        )?),
+        _ => None,
+    };
     rt.block_on(async {
         if let Err(missing) = release::check_groups(&c, &client, a.until.as_deref()).await? {
             return config_failure(out, &missing, "nothing was uploaded or imported");
         }
-        let store = if storage.is_configured() {
+        let store = if let Some(d) = config_dir {
+            AnyStore::Dir(d)
+        } else if storage.is_configured() {
             storage.open()?
         } else {
             AnyStore::Embedded(otaforge::storage::embedded::EmbeddedStore::discover(&client).await?)

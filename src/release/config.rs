@@ -197,8 +197,17 @@ fn default_profile() -> DeltaProfile {
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct SigningSection {
-    /// The Ed25519 private key: a PEM file relative to otaforge.toml, or `env:VAR`.
-    pub key: At<String>,
+    /// The Ed25519 private key: a PEM file relative to otaforge.toml, or `env:VAR`; or give
+    /// `command` and `public-key` (an HSM or signing service).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<At<String>>,
+    /// An external signer: run with `sh -c`, the message on stdin, the signature (raw or
+    /// base64) on stdout; checked against `public-key` before use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<At<String>>,
+    /// With `command`: the signer's public key (PEM), relative to otaforge.toml.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<At<PathBuf>>,
     /// Write signed release metadata (version, expiry, security counter) over the files
     /// (default true).
     #[serde(default = "yes")]
@@ -226,24 +235,32 @@ pub struct McubootSection {
     pub slot_size: u32,
     /// Flash write alignment: 1, 2, 4 or 8 (default 4).
     #[serde(default = "default_align")]
-    pub align: u8,
+    pub align: At<u8>,
 }
 
 fn default_header() -> u16 {
     0x200
 }
 
-fn default_align() -> u8 {
-    4
+fn default_align() -> At<u8> {
+    At { value: 4, span: 0..0 }
 }
 
 /// `[storage]`: with nothing set, the service's own store (`otaforge serve`).
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct StorageSection {
+    /// A local folder to store in instead (what `otaforge serve --blob-dir` or a web server
+    /// publishes), relative to otaforge.toml.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
+    /// With `dir`: the URL prefix read URLs start with (default
+    /// `http://127.0.0.1:8080/blobs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_url: Option<String>,
     /// The blob container (default `adu-imports`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub container: Option<String>,
+    pub container: Option<At<String>>,
     /// Azure Storage account name (authenticated from `AZURE_STORAGE_KEY`, a SAS in
     /// `AZURE_STORAGE_SAS_TOKEN`, or Entra ID, as `otaforge upload` does).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -727,21 +744,47 @@ fn check(
                 Err(m) => p.add(&e.span, "signing.expires-in", m),
             }
         }
-        if !s.key.value.starts_with("env:") && !root.join(&s.key.value).is_file() {
-            p.add(
-                &s.key.span,
-                "signing.key",
-                format!(
-                    "{} does not exist (a PEM file, or env:VAR)",
-                    root.join(&s.key.value).display()
-                ),
-            );
+        match (&s.key, &s.command, &s.public_key) {
+            (Some(k), None, None) => {
+                if !k.value.starts_with("env:") && !root.join(&k.value).is_file() {
+                    p.add(
+                        &k.span,
+                        "signing.key",
+                        format!(
+                            "{} does not exist (a PEM file, or env:VAR)",
+                            root.join(&k.value).display()
+                        ),
+                    );
+                }
+            }
+            (None, Some(_), Some(pk)) => {
+                if let Err(e) = crate::sign::PublicKey::from_file(&root.join(&pk.value)) {
+                    p.add(&pk.span, "signing.public-key", e.to_string());
+                }
+            }
+            (None, Some(c), None) => {
+                p.add(
+                    &c.span,
+                    "signing.public-key",
+                    "an external signer needs public-key (its PEM), to check each signature",
+                );
+            }
+            _ => p.add(
+                &(0..0),
+                "signing",
+                "give key (a PEM file or env:VAR), or command and public-key",
+            ),
         }
         if let Some(m) = &s.mcuboot
-            && ![1, 2, 4, 8].contains(&m.align)
+            && ![1, 2, 4, 8].contains(&m.align.value)
         {
-            p.add(&s.key.span, "signing.mcuboot.align", "1, 2, 4 or 8");
+            p.add(&m.align.span, "signing.mcuboot.align", "1, 2, 4 or 8");
         }
+    }
+    if let Some(container) = &config.storage.container
+        && let Err(e) = container.value.parse::<crate::storage::ContainerName>()
+    {
+        p.add(&container.span, "storage.container", e.to_string());
     }
     let mut import_timeout = Duration::from_secs(30 * 60);
     if let Some(t) = &config.service.import_timeout {

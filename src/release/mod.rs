@@ -254,12 +254,18 @@ impl Built {
 
 fn signer(c: &Checked) -> Result<Option<Box<dyn crate::sign::Signer>>, ReleaseError> {
     let Some(s) = &c.config.signing else { return Ok(None) };
-    let key = &s.key.value;
-    let signer = match key.strip_prefix("env:") {
-        Some(var) => crate::sign::KeySigner::from_env(var),
-        None => crate::sign::KeySigner::from_file(&c.root.join(key)),
+    let sign_err = |e: crate::sign::SignError| ReleaseError::Sign(e.to_string());
+    if let (Some(command), Some(public)) = (&s.command, &s.public_key) {
+        let public =
+            crate::sign::PublicKey::from_file(&c.root.join(&public.value)).map_err(sign_err)?;
+        return Ok(Some(Box::new(crate::sign::CommandSigner::new(command.value.clone(), public))));
     }
-    .map_err(|e| ReleaseError::Sign(e.to_string()))?;
+    let Some(key) = &s.key else { return Ok(None) };
+    let signer = match key.value.strip_prefix("env:") {
+        Some(var) => crate::sign::KeySigner::from_env(var),
+        None => crate::sign::KeySigner::from_file(&c.root.join(&key.value)),
+    }
+    .map_err(sign_err)?;
     Ok(Some(Box::new(signer)))
 }
 
@@ -307,7 +313,7 @@ pub fn build(c: &Checked, opts: &Options, reporter: &dyn Reporter) -> Result<Bui
                             header_size: m.header_size,
                             pad_header: true,
                             slot_size: m.slot_size,
-                            align: m.align,
+                            align: m.align.value,
                             ..Default::default()
                         };
                         crate::mcuboot::sign(&bytes, &opts, signer.as_ref())
@@ -498,8 +504,10 @@ pub fn build(c: &Checked, opts: &Options, reporter: &dyn Reporter) -> Result<Bui
         };
         let built = crate::manifest::build(spec, reporter)?;
         let name = built.manifest.default_file_name();
-        let bytes =
-            built.manifest.to_json_bytes().map_err(|e| ReleaseError::Sign(e.to_string()))?;
+        let bytes = built
+            .manifest
+            .to_json_bytes()
+            .map_err(|e| ReleaseError::Refused(format!("the manifest: {e}")))?;
         let out = files.join(&name);
         crate::fsutil::write_output(&out, &bytes, crate::fsutil::Privacy::Public)
             .map_err(io(&out))?;
@@ -587,11 +595,16 @@ pub async fn publish(
     )?;
     let planned = crate::pipeline::plan(checked, client).await?;
     if !planned.todo.is_empty() {
-        let container = c.config.storage.container.clone().unwrap_or_else(|| "adu-imports".into());
+        let container = c
+            .config
+            .storage
+            .container
+            .as_ref()
+            .map_or_else(|| "adu-imports".to_owned(), |x| x.value.clone());
         let plan = crate::pipeline::UploadPlan {
             container: container
                 .parse::<ContainerName>()
-                .map_err(|e| ReleaseError::Sign(e.to_string()))?,
+                .map_err(|e| ReleaseError::Refused(e.to_string()))?,
             options: crate::storage::UploadOptions::default(),
             url_ttl: Duration::from_secs(4 * 3600),
         };

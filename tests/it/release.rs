@@ -826,3 +826,31 @@ on-failure = "rollback"
         let _ = f.wait();
     }
 }
+
+/// `[storage] dir` stores the files in a local folder (here serve's own blob folder, which it
+/// publishes) instead of the service's upload route.
+#[test]
+fn storage_dir_in_otaforge_toml_is_where_the_files_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = repo(dir.path());
+    without_delta(&root);
+    let data = dir.path().join("data");
+    let serve = Serve::start(&data, None);
+    let text = fs_err::read_to_string(root.join("otaforge.toml")).unwrap();
+    let head = &text[..text.find("[[stage]]").unwrap()];
+    let storage = format!(
+        "[storage]\ndir = \"{}\"\nbase-url = \"{}/blobs\"\ncontainer = \"firmware\"\n\n",
+        data.join("blobs").display(),
+        serve.endpoint
+    );
+    fs_err::write(root.join("otaforge.toml"), format!("{storage}{head}")).unwrap();
+    set_version(&root, "1.1.0", &firmware(8 * 1024, &[]));
+    let (code, v, err) = release(&root, Some(&serve), &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(v["imported"], true);
+    assert!(
+        data.join("blobs/firmware/contoso/toaster/1.1.0/firmware.bin").is_file(),
+        "{:?}",
+        walk(&data.join("blobs"))
+    );
+}
