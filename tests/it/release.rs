@@ -497,7 +497,11 @@ fn every_new_template_releases_end_to_end_against_serve() {
         } else {
             [start_fleet("lab", "gateway")]
         };
+        // The small firmware repositories of testdata/release: a Zephyr-style MCU app and a
+        // Yocto-style Linux gateway (an SWUpdate image and an APT manifest).
         let root = dir.path().join(template);
+        let repo = if template == "mcu" { "zephyr-app" } else { "yocto-gateway" };
+        copy_dir(&td.join("release").join(repo), &root);
         let out = otaforge()
             .args(["--format", "json", "new", "--xtask", "--template", template])
             .arg(&root)
@@ -515,48 +519,41 @@ fn every_new_template_releases_end_to_end_against_serve() {
         // A second `new` refuses to overwrite.
         let again = otaforge().args(["new", "--template", template]).arg(&root).output().unwrap();
         assert_eq!(again.status.code(), Some(2), "{template}");
-        fs_err::write(root.join("VERSION"), "1.4.0\n").unwrap();
+        let key = |dir: &Path, name: &str| {
+            let k =
+                otaforge().current_dir(dir).args(["key", "generate", "-o", name]).output().unwrap();
+            assert_eq!(k.status.code(), Some(0));
+        };
         let mut env_key = None;
+        let toml = fs_err::read_to_string(root.join("otaforge.toml")).unwrap();
+        // Short waits for a test: the templates soak and time out in minutes and hours.
+        let mut toml = toml.replace("soak = \"10m\"", "soak = \"1s\"");
         match template {
             "mcu" => {
-                fs_err::write(root.join("build/zephyr/zephyr.bin"), firmware(48 * 1024, &[]))
-                    .unwrap();
-                let k = otaforge()
-                    .current_dir(&root)
-                    .args(["key", "generate", "-o", "keys/release"])
-                    .output()
-                    .unwrap();
-                assert_eq!(k.status.code(), Some(0));
-            }
-            "linux" => {
+                key(&root, "keys/release");
+                // The release before, from the build history, is the delta base.
+                let current = fs_err::read(root.join("build/zephyr/zephyr.bin")).unwrap();
                 fs_err::copy(
-                    td.join("swupdate/image-1.2.swu"),
-                    root.join("build/deploy/images/gateway-os.swu"),
+                    root.join("history/1.3.0/zephyr.bin"),
+                    root.join("build/zephyr/zephyr.bin"),
                 )
                 .unwrap();
-                let k = otaforge()
-                    .current_dir(dir.path())
-                    .args(["key", "generate", "-o", "linux-ci"])
-                    .output()
-                    .unwrap();
-                assert_eq!(k.status.code(), Some(0));
+                fs_err::write(root.join("VERSION"), "1.3.0\n").unwrap();
+                fs_err::write(root.join("otaforge.toml"), &toml).unwrap();
+                let (code, _, err) =
+                    release(&root, None, &["--endpoint", "http://127.0.0.1:9", "--dry-run"]);
+                assert_eq!(code, 0, "{err}");
+                fs_err::write(root.join("build/zephyr/zephyr.bin"), current).unwrap();
+                fs_err::write(root.join("VERSION"), "1.4.0\n").unwrap();
+                toml = toml.replace("bases = []", "bases = [\"out/release/1.3.0\"]");
+            }
+            "linux" => {
+                key(dir.path(), "linux-ci");
                 env_key = Some(fs_err::read_to_string(dir.path().join("linux-ci.pem")).unwrap());
             }
-            _ => {
-                fs_err::copy(td.join("apt/apt-manifest.json"), root.join("apt/apt-manifest.json"))
-                    .unwrap();
-                let k = otaforge()
-                    .current_dir(&root)
-                    .args(["key", "generate", "-o", "keys/release"])
-                    .output()
-                    .unwrap();
-                assert_eq!(k.status.code(), Some(0));
-            }
+            _ => key(&root, "keys/release"),
         }
-        // Short waits for a test: the templates soak and time out in minutes and hours.
-        let toml = fs_err::read_to_string(root.join("otaforge.toml")).unwrap();
-        fs_err::write(root.join("otaforge.toml"), toml.replace("soak = \"10m\"", "soak = \"1s\""))
-            .unwrap();
+        fs_err::write(root.join("otaforge.toml"), &toml).unwrap();
         let ready = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while !group_exists(&serve, first_stage) {
             assert!(std::time::Instant::now() < ready, "{first_stage} never appeared");
@@ -586,6 +583,9 @@ fn every_new_template_releases_end_to_end_against_serve() {
         );
         assert_eq!(v["stages"].as_array().unwrap().len(), 1, "--until {first_stage}");
         if template == "mcu" {
+            // An MCU delta from 1.3.0, between the two signed images.
+            assert_eq!(v["deltas"][0]["baseVersion"], "1.3.0", "{v:#}");
+            assert!(v["deltas"][0]["file"]["sizeInBytes"].as_u64().unwrap() < 4096, "{v:#}");
             // The shipped file is an MCUboot image imgtool's rules accept, signed by the key.
             let image = root.join("out/release/1.4.0/files/zephyr.bin");
             let verify = otaforge()
