@@ -173,6 +173,50 @@ pub(crate) fn run(
         jobs: otaforge::hash::default_jobs(),
         poll: Some(a.poll),
     };
+    // The service and the store; none for a dry run, which makes no network call.
+    let service = if a.dry_run {
+        None
+    } else {
+        let endpoint = a.endpoint.clone().unwrap_or_else(|| c.config.service.endpoint.clone());
+        let token = std::env::var(otaforge::env::OTAFORGE_ADU_TOKEN).ok().filter(|t| !t.is_empty());
+        let auth = match (a.adu_entra, token) {
+            (Some(src), _) => Auth::Entra(otaforge::storage::azure::entra_credential(src.into())?),
+            (None, Some(t)) => Auth::Static(t),
+            (None, None) => Auth::None,
+        };
+        let client = AduClient::new(&endpoint, &c.config.service.instance, auth)?;
+        let mut storage = a.storage;
+        if let Some(account) = &c.config.storage.account {
+            storage.default_account(account);
+        }
+        let store = match (&c.config.storage.dir, storage.is_configured()) {
+            (Some(dir), false) => AnyStore::Dir(otaforge::storage::dir::DirStore::open(
+                &c.root.join(dir),
+                c.config.storage.base_url.as_deref().unwrap_or("http://127.0.0.1:8080/blobs"),
+            )?),
+            (_, true) => storage.open()?,
+            (None, false) => AnyStore::Embedded(
+                rt.block_on(otaforge::storage::embedded::EmbeddedStore::discover(&client))?,
+            ),
+        };
+        Some((client, store))
+    };
+    // Delta bases kept in the storage container, read back once.
+    if let Some((_, store)) = &service
+        && !c.remote_bases.is_empty()
+    {
+        match rt.block_on(release::fetch_bases(&c, store)) {
+            Ok(fetched) => {
+                for v in fetched {
+                    out.notice(format!("  delta base {v} read from the storage container"));
+                }
+            }
+            Err(e) => {
+                out.failure(&Failure::new("baseFailed", e.to_string()))?;
+                return Ok(Outcome::CheckFailed);
+            }
+        }
+    }
     let built = {
         let reporter = out.progress("build");
         release::build(&c, &opts, &reporter)
@@ -199,35 +243,13 @@ pub(crate) fn run(
         }
         return Ok(Outcome::Ok);
     }
-    let endpoint = a.endpoint.clone().unwrap_or_else(|| c.config.service.endpoint.clone());
-    let auth = match std::env::var(otaforge::env::OTAFORGE_ADU_TOKEN).ok().filter(|t| !t.is_empty())
-    {
-        Some(t) => Auth::Static(t),
-        None => Auth::None,
-    };
-    let client = AduClient::new(&endpoint, &c.config.service.instance, auth)?;
-    let mut storage = a.storage;
-    if let Some(account) = &c.config.storage.account {
-        storage.default_account(account);
-    }
-    let config_dir = match (&c.config.storage.dir, storage.is_configured()) {
-        (Some(dir), false) => Some(otaforge::storage::dir::DirStore::open(
-            &c.root.join(dir),
-            c.config.storage.base_url.as_deref().unwrap_or("http://127.0.0.1:8080/blobs"),
-        )?),
-        _ => None,
+    let Some((client, store)) = service else {
+        anyhow::bail!("no service to release to");
     };
     rt.block_on(async {
         if let Err(missing) = release::check_groups(&c, &client, a.until.as_deref()).await? {
             return config_failure(out, &missing, "nothing was uploaded or imported");
         }
-        let store = if let Some(d) = config_dir {
-            AnyStore::Dir(d)
-        } else if storage.is_configured() {
-            storage.open()?
-        } else {
-            AnyStore::Embedded(otaforge::storage::embedded::EmbeddedStore::discover(&client).await?)
-        };
         let published = {
             let reporter = out.progress("upload");
             release::publish(&c, built, &client, &store, &reporter).await

@@ -424,6 +424,9 @@ pub struct Checked {
     pub group_lines: Vec<usize>,
     /// The IoT Edge deployment manifest, validated.
     pub edge_manifest: Option<PathBuf>,
+    /// Bases named `storage:VERSION`: each version and the folder it is fetched into
+    /// (`OUTPUT/bases/VERSION`), which is also in `bases`.
+    pub remote_bases: Vec<(String, PathBuf)>,
 }
 
 /// The 1-based line of a byte offset.
@@ -705,6 +708,7 @@ fn check(
     }
     // Deltas.
     let mut bases = Vec::new();
+    let mut remote_bases = Vec::new();
     if let Some(d) = &config.delta {
         if d.bases.value.len() > MAX_BASES {
             p.add(
@@ -716,7 +720,24 @@ fn check(
                 ),
             );
         }
+        let out_root =
+            root.join(config.output.clone().unwrap_or_else(|| PathBuf::from("out/release")));
         for (i, b) in d.bases.value.iter().enumerate() {
+            // `storage:VERSION`: an earlier release read back from the storage container.
+            if let Some(version) = b.to_str().and_then(|t| t.strip_prefix("storage:")) {
+                if !crate::manifest::Version::problems(version).is_empty() {
+                    p.add(
+                        &d.bases.span,
+                        format!("delta.bases[{i}]"),
+                        format!("`{version}` is not a version of 2 to 4 numbers"),
+                    );
+                    continue;
+                }
+                let dir = out_root.join("bases").join(version);
+                remote_bases.push((version.to_owned(), dir.clone()));
+                bases.push(dir);
+                continue;
+            }
             let dir = root.join(b);
             if !dir.join(super::STATE_FILE).is_file() {
                 p.add(
@@ -897,6 +918,7 @@ fn check(
         })
         .collect();
     Ok(Checked {
+        remote_bases,
         edge_manifest,
         file: path.to_owned(),
         group_lines,

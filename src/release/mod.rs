@@ -288,6 +288,16 @@ pub fn build(c: &Checked, opts: &Options, reporter: &dyn Reporter) -> Result<Bui
         let created = crate::manifest::created_date_time(None, opts.source_date_epoch.as_deref())?;
         state = State { update_id: id.clone(), created, inputs, ..State::default() };
     }
+    for (version, base) in &c.remote_bases {
+        if !base.join(STATE_FILE).is_file() {
+            return Err(ReleaseError::Base {
+                path: base.clone(),
+                message: format!(
+                    "delta base storage:{version} is not read yet: run otaforge release without --dry-run, which reads it from the storage container"
+                ),
+            });
+        }
+    }
     let signer = signer(c)?;
     // The artifacts, as shipped.
     if state.artifacts.len() != c.files.len() || !state.artifacts.iter().all(|a| a.verifies(&files))
@@ -557,6 +567,81 @@ fn release_of(text: &str) -> Option<crate::sign::meta::Release> {
     let payload =
         base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(doc["payload"].as_str()?).ok()?;
     serde_json::from_slice(&payload).ok()
+}
+
+/// Delta bases named `storage:VERSION`: the earlier release's files read back from the
+/// container it was uploaded to (its import manifest names them, with their sizes and hashes,
+/// which are checked), into `OUTPUT/bases/VERSION` with a state file, once. Returns the
+/// versions fetched now.
+pub async fn fetch_bases(
+    c: &Checked,
+    store: &impl crate::storage::BlobStore,
+) -> Result<Vec<String>, ReleaseError> {
+    let mut fetched = Vec::new();
+    let container = c
+        .config
+        .storage
+        .container
+        .as_ref()
+        .map_or_else(|| "adu-imports".to_owned(), |x| x.value.clone())
+        .parse::<ContainerName>()
+        .map_err(|e| ReleaseError::Refused(e.to_string()))?;
+    let http = reqwest::Client::new();
+    for (version, dir) in &c.remote_bases {
+        if dir.join(STATE_FILE).is_file() {
+            continue;
+        }
+        let id = UpdateId::new(c.update_id.provider(), c.update_id.name(), version)
+            .map_err(|e| ReleaseError::Refused(e.to_string()))?;
+        let prefix = format!("{}/{}/{}", id.provider(), id.name(), id.version());
+        let base_err = |message: String| ReleaseError::Base { path: dir.clone(), message };
+        let get = |name: String| {
+            let http = http.clone();
+            let container = container.clone();
+            let prefix = prefix.clone();
+            async move {
+                let blob = format!("{prefix}/{name}")
+                    .parse::<crate::storage::BlobName>()
+                    .map_err(|e| e.to_string())?;
+                let url = store
+                    .read_url(&container, &blob, Duration::from_secs(3600))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let resp = http.get(url).send().await.map_err(|e| e.to_string())?;
+                if !resp.status().is_success() {
+                    return Err(format!("{blob}: {}", resp.status()));
+                }
+                resp.bytes().await.map(|b| b.to_vec()).map_err(|e| e.to_string())
+            }
+        };
+        let manifest_name =
+            format!("{}.{}.{}.importmanifest.json", id.provider(), id.name(), id.version());
+        let bytes = get(manifest_name.clone())
+            .await
+            .map_err(|e| base_err(format!("release {version} from the storage container: {e}")))?;
+        let manifest: crate::manifest::ImportManifest = serde_json::from_slice(&bytes)
+            .map_err(|e| base_err(format!("{manifest_name}: {e}")))?;
+        let files_dir = dir.join("files");
+        fs_err::create_dir_all(&files_dir).map_err(io(&files_dir))?;
+        let mut artifacts = Vec::new();
+        for f in &manifest.files {
+            let name = f.filename.as_str().to_owned();
+            let bytes = get(name.clone()).await.map_err(base_err)?;
+            if bytes.len() as u64 != f.size_in_bytes || Sha256::digest(&bytes) != f.hashes.sha256 {
+                return Err(base_err(format!(
+                    "{name} does not match release {version}'s manifest"
+                )));
+            }
+            let out = files_dir.join(&name);
+            crate::fsutil::write_output(&out, &bytes, crate::fsutil::Privacy::Public)
+                .map_err(io(&out))?;
+            artifacts.push(Output::of(&out)?);
+        }
+        let state = State { update_id: id.to_string(), artifacts, ..State::default() };
+        state.write(dir)?;
+        fetched.push(version.clone());
+    }
+    Ok(fetched)
 }
 
 /// Step 3: upload and import (skipped when recorded, or when the service already holds the

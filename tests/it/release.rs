@@ -854,3 +854,39 @@ fn storage_dir_in_otaforge_toml_is_where_the_files_go() {
         walk(&data.join("blobs"))
     );
 }
+
+/// A delta base named `storage:VERSION` is read back from the storage container the earlier
+/// release was uploaded to (a fresh CI checkout has no local outputs), checked against that
+/// release's manifest, and the delta is made from it; a dry run cannot read it and says so.
+#[test]
+fn a_delta_base_is_read_back_from_the_storage_container() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = repo(dir.path());
+    let serve = Serve::start(&dir.path().join("data"), None);
+    let toml = fs_err::read_to_string(root.join("otaforge.toml")).unwrap();
+    let head = toml[..toml.find("[[stage]]").unwrap()].to_owned();
+    let start = head.find("[delta]").unwrap();
+    let end = head.find("[signing]").unwrap();
+    fs_err::write(root.join("otaforge.toml"), format!("{}{}", &head[..start], &head[end..]))
+        .unwrap();
+    let v11 = firmware(64 * 1024, &[]);
+    set_version(&root, "1.1.0", &v11);
+    let (code, _, err) = release(&root, Some(&serve), &[]);
+    assert_eq!(code, 0, "{err}");
+    // A fresh checkout: no local outputs.
+    fs_err::remove_dir_all(root.join("out")).unwrap();
+    fs_err::write(
+        root.join("otaforge.toml"),
+        head.replace("bases = [\"out/release/1.1.0\"]", "bases = [\"storage:1.1.0\"]"),
+    )
+    .unwrap();
+    set_version(&root, "1.2.0", &firmware(64 * 1024, &[(100, 50)]));
+    let (code, v, err) = release(&root, None, &["--endpoint", "http://127.0.0.1:9", "--dry-run"]);
+    assert_eq!(code, 1, "{v}");
+    assert!(err.contains("storage:1.1.0 is not read yet"), "{err}");
+    let (code, v, err) = release(&root, Some(&serve), &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("delta base 1.1.0 read from the storage container"), "{err}");
+    assert_eq!(v["deltas"][0]["baseVersion"], "1.1.0", "{v:#}");
+    assert_eq!(fs_err::read(root.join("out/release/bases/1.1.0/files/firmware.bin")).unwrap(), v11);
+}
