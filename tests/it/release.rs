@@ -890,3 +890,72 @@ fn a_delta_base_is_read_back_from_the_storage_container() {
     assert_eq!(v["deltas"][0]["baseVersion"], "1.1.0", "{v:#}");
     assert_eq!(fs_err::read(root.join("out/release/bases/1.1.0/files/firmware.bin")).unwrap(), v11);
 }
+
+/// A failed gate with `on-failure = "stop"` leaves the stage's deployment as it is; with
+/// `"cancel"` it cancels it. Either way the report names the gate and the counts, and exit is 1.
+#[test]
+fn a_failed_gate_stops_or_cancels_as_the_plan_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = repo(dir.path());
+    let data = dir.path().join("data");
+    let serve = Serve::start(&data, None);
+    without_delta(&root);
+    let no_delta = fs_err::read_to_string(root.join("otaforge.toml")).unwrap();
+    let first = &no_delta[..no_delta.find("[[stage]]").unwrap()];
+    fs_err::write(root.join("otaforge.toml"), first).unwrap();
+    set_version(&root, "1.1.0", &firmware(16 * 1024, &[]));
+    assert_eq!(release(&root, Some(&serve), &[]).0, 0);
+    let image = root.join("out/release/1.1.0/files/firmware.bin");
+    let mut canary = fleet(&serve, &data, "canary", 2, &image, "install=0");
+    let mut rest = fleet(&serve, &data, "fleet", 3, &image, "install=1");
+    let ready = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !(group_exists(&serve, "canary") && group_exists(&serve, "fleet")) {
+        assert!(std::time::Instant::now() < ready, "the groups never appeared");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let client = otaforge::service::AduClient::new(
+        &serve.endpoint,
+        "default",
+        otaforge::service::Auth::None,
+    )
+    .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    for (version, action) in [("1.2.0", "stop"), ("1.3.0", "cancel")] {
+        let text =
+            no_delta.replace("on-failure = \"rollback\"", &format!("on-failure = \"{action}\""));
+        fs_err::write(root.join("otaforge.toml"), text).unwrap();
+        set_version(
+            &root,
+            version,
+            &firmware(16 * 1024, &[(version.len() * 100, 10 + version.len())]),
+        );
+        let (code, v, err) = release(&root, Some(&serve), &[]);
+        assert_eq!(code, 1, "{err}");
+        let stage = &v["stages"][1];
+        assert_eq!(stage["result"], "failed", "{v:#}");
+        assert_eq!(stage["action"], if action == "stop" { "stopped" } else { "canceled" });
+        assert!(stage["reason"].as_str().unwrap().contains("of 3 devices failed"), "{v:#}");
+        let id = format!("{}-fleet", version.replace('.', "-"));
+        let d = rt
+            .block_on(client.get_deployment("fleet", &id))
+            .unwrap()
+            .expect("the stage's deployment");
+        let status = rt.block_on(client.deployment_status("fleet", &id)).unwrap();
+        if action == "stop" {
+            assert_ne!(d.is_canceled, Some(true), "stop leaves it");
+        } else {
+            assert!(
+                !status.subgroup_status.is_empty()
+                    && status
+                        .subgroup_status
+                        .iter()
+                        .all(|g| g.deployment_state.as_str() == "Canceled"),
+                "{status:?}"
+            );
+        }
+    }
+    for f in [&mut canary, &mut rest] {
+        let _ = f.kill();
+        let _ = f.wait();
+    }
+}
