@@ -226,21 +226,48 @@ impl Device {
         FleetError::Device { device: self.id.clone(), message: message.into() }
     }
 
-    async fn report(&self, env: &Env, reported: Value) -> Result<(), FleetError> {
-        let url = format!("{}/devices/{}/twin/reported", env.endpoint, self.id);
+    /// A device request (with its credential): `GET` the JSON at `url`.
+    async fn get_json(&self, env: &Env, url: String, what: &str) -> Result<Value, FleetError> {
+        let resp = env
+            .http
+            .get(url)
+            .header("authorization", self.auth(env))
+            .send()
+            .await
+            .map_err(|e| self.fail(e.to_string()))?;
+        if !resp.status().is_success() {
+            return Err(self.fail(format!("{what} answered {}", resp.status())));
+        }
+        let bytes = resp.bytes().await.map_err(|e| self.fail(e.to_string()))?;
+        serde_json::from_slice(&bytes).map_err(|e| self.fail(e.to_string()))
+    }
+
+    /// A device request: `PATCH` `body` to `url`.
+    async fn patch_json(
+        &self,
+        env: &Env,
+        url: String,
+        body: &Value,
+        what: &str,
+    ) -> Result<(), FleetError> {
         let resp = env
             .http
             .patch(url)
             .header("authorization", self.auth(env))
             .header("content-type", "application/json")
-            .body(reported.to_string())
+            .body(body.to_string())
             .send()
             .await
             .map_err(|e| self.fail(e.to_string()))?;
         if !resp.status().is_success() {
-            return Err(self.fail(format!("report answered {}", resp.status())));
+            return Err(self.fail(format!("{what} answered {}", resp.status())));
         }
         Ok(())
+    }
+
+    async fn report(&self, env: &Env, reported: Value) -> Result<(), FleetError> {
+        let url = format!("{}/devices/{}/twin/reported", env.endpoint, self.id);
+        self.patch_json(env, url, &reported, "report").await
     }
 
     fn agent(&self, env: &Env, state: u64, extra: Value) -> Value {
@@ -270,18 +297,7 @@ impl Device {
         if let Some(v) = self.version {
             url.push_str(&format!("?after={v}&wait={}", wait.as_secs().max(1)));
         }
-        let resp = env
-            .http
-            .get(url)
-            .header("authorization", self.auth(env))
-            .send()
-            .await
-            .map_err(|e| self.fail(e.to_string()))?;
-        if !resp.status().is_success() {
-            return Err(self.fail(format!("twin read answered {}", resp.status())));
-        }
-        let bytes = resp.bytes().await.map_err(|e| self.fail(e.to_string()))?;
-        let v: Value = serde_json::from_slice(&bytes).map_err(|e| self.fail(e.to_string()))?;
+        let v = self.get_json(env, url, "twin read").await?;
         self.version = v["$version"].as_i64();
         Ok(v["desired"]["deviceUpdate"]["service"].clone())
     }

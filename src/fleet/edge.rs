@@ -121,18 +121,7 @@ impl Device {
         if let Some(v) = after {
             url.push_str(&format!("?after={v}&wait={}", wait.as_secs().max(1)));
         }
-        let resp = env
-            .http
-            .get(url)
-            .header("authorization", self.auth(env))
-            .send()
-            .await
-            .map_err(|e| self.fail(e.to_string()))?;
-        if !resp.status().is_success() {
-            return Err(self.fail(format!("{module} twin read answered {}", resp.status())));
-        }
-        let bytes = resp.bytes().await.map_err(|e| self.fail(e.to_string()))?;
-        serde_json::from_slice(&bytes).map_err(|e| self.fail(e.to_string()))
+        self.get_json(env, url, &format!("{module} twin read")).await
     }
 
     async fn module_report(
@@ -142,19 +131,7 @@ impl Device {
         patch: &Value,
     ) -> Result<(), FleetError> {
         let url = format!("{}/reported", self.module_url(env, module));
-        let resp = env
-            .http
-            .patch(url)
-            .header("authorization", self.auth(env))
-            .header("content-type", "application/json")
-            .body(patch.to_string())
-            .send()
-            .await
-            .map_err(|e| self.fail(e.to_string()))?;
-        if !resp.status().is_success() {
-            return Err(self.fail(format!("{module} report answered {}", resp.status())));
-        }
-        Ok(())
+        self.patch_json(env, url, patch, &format!("{module} report")).await
     }
 
     /// One turn of an Edge device: wait for its `$edgeAgent` twin to change, and when its

@@ -147,6 +147,25 @@ async fn list(State(s): State<Shared>, headers: HeaderMap, Query(q): Query<Top>)
     }
 }
 
+/// Why `modulesContent` is not a valid deployment of `kind` (its first five errors, with their
+/// paths), or `None`.
+pub(super) fn invalid_content(mc: &Value, kind: crate::edge::manifest::Kind) -> Option<String> {
+    let doc = json!({"modulesContent": mc}).to_string();
+    match crate::edge::manifest::validate(doc.as_bytes(), kind) {
+        Err(e) => Some(e.to_string()),
+        Ok(findings) if findings.has_errors() => {
+            let first: Vec<String> = findings
+                .iter()
+                .filter(|f| f.severity == crate::finding::Severity::Error)
+                .take(5)
+                .map(ToString::to_string)
+                .collect();
+            Some(first.join("; "))
+        }
+        Ok(_) => None,
+    }
+}
+
 /// What IoT Hub refuses in a configuration before storing it.
 fn check(c: &Configuration, path_id: &str) -> Result<(), Response> {
     check_id(path_id).map_err(bad)?;
@@ -174,17 +193,8 @@ fn check(c: &Configuration, path_id: &str) -> Result<(), Response> {
         } else {
             crate::edge::manifest::Kind::Base
         };
-        let doc = json!({"modulesContent": mc}).to_string();
-        let findings = crate::edge::manifest::validate(doc.as_bytes(), kind)
-            .map_err(|e| bad(e.to_string()))?;
-        if findings.has_errors() {
-            let first: Vec<String> = findings
-                .iter()
-                .filter(|f| f.severity == crate::finding::Severity::Error)
-                .take(5)
-                .map(ToString::to_string)
-                .collect();
-            return Err(bad(format!("content: {}", first.join("; "))));
+        if let Some(why) = invalid_content(mc, kind) {
+            return Err(bad(format!("content: {why}")));
         }
     }
     Ok(())

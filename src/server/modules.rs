@@ -181,19 +181,9 @@ async fn apply_content(
         );
     };
     // The whole-twin form only: a layered (dot-path) deployment is not a device's full state.
-    let doc = json!({"modulesContent": content}).to_string();
-    match crate::edge::manifest::validate(doc.as_bytes(), crate::edge::manifest::Kind::Base) {
-        Ok(f) if f.has_errors() => {
-            let first: Vec<String> = f
-                .iter()
-                .filter(|f| f.severity == crate::finding::Severity::Error)
-                .take(5)
-                .map(ToString::to_string)
-                .collect();
-            return bad(format!("modulesContent: {}", first.join("; ")));
-        }
-        Ok(_) => {}
-        Err(e) => return bad(e.to_string()),
+    let mc = Value::Object(content.clone());
+    if let Some(why) = super::configs::invalid_content(&mc, crate::edge::manifest::Kind::Base) {
+        return bad(format!("modulesContent: {why}"));
     }
     match s.db.call(move |st| st.apply_modules_content(&id, &content)).await {
         Ok(Some(changed)) => {

@@ -64,27 +64,56 @@ fn release(root: &Path, serve: Option<&Serve>, args: &[&str]) -> (i32, Value, St
     (out.status.code().unwrap(), v, String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
-/// A simulated fleet: `n` devices in `group` running 1.1.0 with `image`.
-fn fleet(serve: &Serve, data: &Path, group: &str, n: usize, image: &Path, fail: &str) -> Child {
+/// `otaforge --format json ARGS --endpoint SERVE --instance default`: its JSON output.
+fn adu_json(serve: &Serve, args: &[&str]) -> Value {
+    let out = otaforge()
+        .args(["--format", "json"])
+        .args(args)
+        .args(["--endpoint", &serve.endpoint, "--instance", "default"])
+        .output()
+        .unwrap();
+    serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+}
+
+/// `otaforge fleet run ARGS` against serve in the background (300 s at most).
+fn spawn_fleet(serve: &Serve, data: &Path, args: &[&str]) -> Child {
     Command::new(assert_cmd::cargo::cargo_bin("otaforge"))
-        .args(["fleet", "run", "--endpoint", &serve.endpoint, "--devices", &n.to_string()])
-        .args([
-            "--prefix",
-            group,
-            "--group",
-            group,
-            "--class",
-            "manufacturer=contoso,model=toaster",
-        ])
-        .args(["--installed", "contoso/toaster/1.1.0", "--image"])
-        .arg(image)
-        .args(["--fail", fail, "--seed", "5", "--for", "300s", "--iothub-connection-file"])
+        .args(["fleet", "run", "--endpoint", &serve.endpoint, "--for", "300s"])
+        .args(args)
+        .arg("--iothub-connection-file")
         .arg(data.join("iothub.connection-string"))
         .env("CI", "1")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap()
+}
+
+/// A simulated fleet: `n` devices in `group` running 1.1.0 with `image`.
+fn fleet(serve: &Serve, data: &Path, group: &str, n: usize, image: &Path, fail: &str) -> Child {
+    let (n, image) = (n.to_string(), image.display().to_string());
+    spawn_fleet(
+        serve,
+        data,
+        &[
+            "--devices",
+            &n,
+            "--prefix",
+            group,
+            "--group",
+            group,
+            "--class",
+            "manufacturer=contoso,model=toaster",
+            "--installed",
+            "contoso/toaster/1.1.0",
+            "--image",
+            &image,
+            "--fail",
+            fail,
+            "--seed",
+            "5",
+        ],
+    )
 }
 
 fn without_delta(root: &Path) {
@@ -134,20 +163,8 @@ fn the_quickstart_releases_through_a_canary_and_a_failed_gate_rolls_the_fleet_ba
         "{err}"
     );
     assert_eq!(v["error"], "invalidConfig");
-    let listed = otaforge()
-        .args([
-            "--format",
-            "json",
-            "update",
-            "list",
-            "--endpoint",
-            &serve.endpoint,
-            "--instance",
-            "default",
-        ])
-        .output()
-        .unwrap();
-    assert!(!String::from_utf8_lossy(&listed.stdout).contains("1.2.0"), "nothing imported");
+    let listed = adu_json(&serve, &["update", "list"]);
+    assert!(!listed.to_string().contains("1.2.0"), "nothing imported: {listed}");
 
     // Devices run 1.1.0: three canaries, and a fleet group whose installs fail.
     let mut canary = fleet(&serve, &data, "canary", 3, &base_image, "install=0");
@@ -194,21 +211,7 @@ fn the_quickstart_releases_through_a_canary_and_a_failed_gate_rolls_the_fleet_ba
         assert!(agent["installedUpdateId"].as_str().unwrap().contains("1.2.0"), "{agent:#}");
     }
     // The rollback deployment is on the fleet group.
-    let out = otaforge()
-        .args([
-            "--format",
-            "json",
-            "deploy",
-            "list",
-            "fleet",
-            "--endpoint",
-            &serve.endpoint,
-            "--instance",
-            "default",
-        ])
-        .output()
-        .unwrap();
-    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let list = adu_json(&serve, &["deploy", "list", "fleet"]);
     assert!(list.to_string().contains("1-2-0-fleet-rollback"), "{list:#}");
 
     // A re-run changes nothing: same outputs, the same gate failure, no second import.
@@ -226,20 +229,7 @@ fn the_quickstart_releases_through_a_canary_and_a_failed_gate_rolls_the_fleet_ba
         .unwrap(),
         manifest
     );
-    let ops = otaforge()
-        .args([
-            "--format",
-            "json",
-            "update",
-            "operation",
-            "--endpoint",
-            &serve.endpoint,
-            "--instance",
-            "default",
-        ])
-        .output()
-        .unwrap();
-    let ops: Value = serde_json::from_slice(&ops.stdout).unwrap_or(Value::Null);
+    let ops = adu_json(&serve, &["update", "operation"]);
     let imports = ops.as_array().map_or(0, Vec::len);
     assert_eq!(imports, 2, "one import per release: {ops:#}");
     let _ = canary.kill();
@@ -399,20 +389,7 @@ fn a_release_killed_at_any_moment_resumes_to_the_same_outputs_and_imports_once()
         }
         let (code, v, err) = release(&root, Some(&serve), &[]);
         assert_eq!(code, 0, "run {n} (killed {at}): {err}");
-        let ops = otaforge()
-            .args([
-                "--format",
-                "json",
-                "update",
-                "operation",
-                "--endpoint",
-                &serve.endpoint,
-                "--instance",
-                "default",
-            ])
-            .output()
-            .unwrap();
-        let ops: Value = serde_json::from_slice(&ops.stdout).unwrap();
+        let ops = adu_json(&serve, &["update", "operation"]);
         assert_eq!(
             ops.as_array().map(Vec::len),
             Some(1),
@@ -438,20 +415,7 @@ fn a_release_killed_at_any_moment_resumes_to_the_same_outputs_and_imports_once()
 }
 
 fn group_exists(serve: &Serve, group: &str) -> bool {
-    let out = otaforge()
-        .args([
-            "--format",
-            "json",
-            "group",
-            "list",
-            "--endpoint",
-            &serve.endpoint,
-            "--instance",
-            "default",
-        ])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).contains(&format!("\"{group}\""))
+    adu_json(serve, &["group", "list"]).to_string().contains(&format!("\"{group}\""))
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -480,17 +444,12 @@ fn every_new_template_releases_end_to_end_against_serve() {
         let data = dir.path().join(format!("data-{template}"));
         let serve = Serve::start(&data, None);
         let start_fleet = |group: &str, model: &str| {
-            Command::new(assert_cmd::cargo::cargo_bin("otaforge"))
-                .args(["fleet", "run", "--endpoint", &serve.endpoint, "--devices", "2"])
-                .args(["--prefix", group, "--group", group])
-                .args(["--class", &format!("manufacturer=contoso,model={model}")])
-                .args(["--for", "300s", "--iothub-connection-file"])
-                .arg(data.join("iothub.connection-string"))
-                .env("CI", "1")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap()
+            let class = format!("manufacturer=contoso,model={model}");
+            spawn_fleet(
+                &serve,
+                &data,
+                &["--devices", "2", "--prefix", group, "--group", group, "--class", &class],
+            )
         };
         let mut fleets = if template == "mcu" {
             [start_fleet("canary", "sensor-v2")]
@@ -748,16 +707,11 @@ on-failure = "rollback"
     )
     .unwrap();
     let edge_fleet = |group: &str, fail: &str| {
-        Command::new(assert_cmd::cargo::cargo_bin("otaforge"))
-            .args(["fleet", "run", "--edge", "--endpoint", &serve.endpoint, "--devices", "2"])
-            .args(["--prefix", group, "--group", group, "--fail", fail, "--for", "300s"])
-            .arg("--iothub-connection-file")
-            .arg(&conn)
-            .env("CI", "1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
+        spawn_fleet(
+            &serve,
+            &data,
+            &["--edge", "--devices", "2", "--prefix", group, "--group", group, "--fail", fail],
+        )
     };
     let mut fleets = [edge_fleet("edge-canary", "crash=0"), edge_fleet("edge-fleet", "crash=1")];
     // The previous release, below this one, on every gateway.
