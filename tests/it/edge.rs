@@ -428,7 +428,7 @@ fn hub_on_serve(
 }
 
 /// A base deployment whose user modules are `modules` (name → image).
-fn base_content(modules: &[(&str, &str)]) -> Value {
+pub(crate) fn base_content(modules: &[(&str, &str)]) -> Value {
     let mut m = serde_json::Map::new();
     for (name, image) in modules {
         m.insert(
