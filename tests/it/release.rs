@@ -659,19 +659,7 @@ fn an_edge_release_stops_on_crash_looping_modules_and_its_devices_fall_back() {
     let conn = data.join("iothub.connection-string");
     let root = dir.path().join("edge-repo");
     fs_err::create_dir_all(&root).unwrap();
-    let manifest = |image: &str| {
-        serde_json::json!({"modulesContent": {
-            "$edgeAgent": {"properties.desired": {
-                "schemaVersion": "1.1",
-                "runtime": {"type": "docker", "settings": {}},
-                "systemModules": {
-                    "edgeAgent": {"type": "docker", "settings": {"image": "mcr.microsoft.com/azureiotedge-agent:1.5"}},
-                    "edgeHub": {"type": "docker", "status": "running", "restartPolicy": "always",
-                                "settings": {"image": "mcr.microsoft.com/azureiotedge-hub:1.5"}}},
-                "modules": {"sensor": {"type": "docker", "status": "running", "restartPolicy": "always",
-                                       "settings": {"image": image}}}}},
-            "$edgeHub": {"properties.desired": {"schemaVersion": "1.1", "routes": {"up": "FROM /messages/* INTO $upstream"}}}}})
-    };
+    let manifest = |image: &str| crate::edge::base_content(&[("sensor", image)]);
     fs_err::write(root.join("deployment.json"), manifest("contoso/sensor:2.0").to_string())
         .unwrap();
     fs_err::write(root.join("previous.json"), manifest("contoso/sensor:1.0").to_string()).unwrap();
