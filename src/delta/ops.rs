@@ -87,7 +87,15 @@ pub enum PatchError {
     /// Reading old or writing new failed.
     #[error("{0}")]
     Io(String),
+    /// A saved patcher state is damaged or belongs to another patch.
+    #[error("the saved patcher state is unusable: {0}")]
+    BadCheckpoint(&'static str),
 }
+
+/// The size of a saved patcher state ([`Patcher::checkpoint`]).
+pub const CHECKPOINT_LEN: usize = 4 + 8 * 8 + 1 + 8 + 8 + 8;
+
+const CHECKPOINT_MAGIC: &[u8; 4] = b"OPC1";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -134,6 +142,102 @@ impl Patcher {
     /// New bytes produced so far.
     pub fn produced(&self) -> u64 {
         self.new_pos
+    }
+
+    /// Bytes of the (decompressed) patch stream consumed so far.
+    pub fn consumed(&self) -> u64 {
+        self.stream_pos
+    }
+
+    /// The patcher's whole state in [`CHECKPOINT_LEN`] bytes (little endian, with a digest),
+    /// for a device to keep in flash beside the new image's first [`Patcher::produced`] bytes.
+    /// After a power cut, [`Patcher::restore`] brings it back; the device then feeds the patch
+    /// stream from byte [`Patcher::consumed`] on (it decompresses the delta again from the
+    /// start and drops what comes before: the decompressor keeps no state to save).
+    pub fn checkpoint(&self) -> [u8; CHECKPOINT_LEN] {
+        let mut b = [0u8; CHECKPOINT_LEN];
+        b[..4].copy_from_slice(CHECKPOINT_MAGIC);
+        let (tag, x, y) = match self.state {
+            State::Control { field, value, shift } => (field, value, u64::from(shift)),
+            State::Add { left } => (3, left, 0),
+            State::Copy { left } => (4, left, 0),
+        };
+        let words = [
+            self.old_len,
+            self.new_len,
+            self.old_pos,
+            self.new_pos,
+            self.stream_pos,
+            self.fields[0],
+            self.fields[1],
+            self.fields[2],
+        ];
+        for (i, w) in words.iter().enumerate() {
+            b[4 + 8 * i..12 + 8 * i].copy_from_slice(&w.to_le_bytes());
+        }
+        b[68] = tag;
+        b[69..77].copy_from_slice(&x.to_le_bytes());
+        b[77..85].copy_from_slice(&y.to_le_bytes());
+        let digest = crate::Sha256::digest(&b[..85]);
+        b[85..].copy_from_slice(&digest.as_bytes()[..8]);
+        b
+    }
+
+    /// A patcher from a [`Patcher::checkpoint`], refused when the bytes are damaged (a write
+    /// torn by the power cut), belong to a patch between images of other sizes, or describe
+    /// an impossible state.
+    pub fn restore(saved: &[u8], old_len: u64, new_len: u64) -> Result<Self, PatchError> {
+        let bad = PatchError::BadCheckpoint;
+        if saved.len() != CHECKPOINT_LEN || &saved[..4] != CHECKPOINT_MAGIC {
+            return Err(bad("not a patcher state"));
+        }
+        if crate::Sha256::digest(&saved[..85]).as_bytes()[..8] != saved[85..] {
+            return Err(bad("its digest does not match (a torn write?)"));
+        }
+        let word = |i: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&saved[4 + 8 * i..12 + 8 * i]);
+            u64::from_le_bytes(w)
+        };
+        let le = |r: std::ops::Range<usize>| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&saved[r]);
+            u64::from_le_bytes(w)
+        };
+        if (word(0), word(1)) != (old_len, new_len) {
+            return Err(bad("it is for images of other sizes"));
+        }
+        let (old_pos, new_pos, stream_pos) = (word(2), word(3), word(4));
+        let (x, y) = (le(69..77), le(77..85));
+        let state = match saved[68] {
+            field @ 0..=2 if y <= 70 => State::Control { field, value: x, shift: y as u32 },
+            3 if y == 0 => State::Add { left: x },
+            4 if y == 0 => State::Copy { left: x },
+            _ => return Err(bad("its state is not one a patcher has")),
+        };
+        let in_range = old_pos <= old_len
+            && new_pos <= new_len
+            && stream_pos >= new_pos
+            && match state {
+                State::Add { left } => {
+                    old_pos.checked_add(left).is_some_and(|e| e <= old_len)
+                        && new_pos.checked_add(left).is_some_and(|e| e <= new_len)
+                }
+                State::Copy { left } => new_pos.checked_add(left).is_some_and(|e| e <= new_len),
+                State::Control { .. } => true,
+            };
+        if !in_range {
+            return Err(bad("its positions are out of range"));
+        }
+        Ok(Self {
+            old_len,
+            new_len,
+            old_pos,
+            new_pos,
+            stream_pos,
+            fields: [word(5), word(6), word(7)],
+            state,
+        })
     }
 
     /// Feeds the next piece of the decompressed patch stream. New bytes go to `out` in order;
@@ -351,6 +455,59 @@ mod tests {
         for piece in [1, 2, 5, 100] {
             assert_eq!(run(&old, new.len() as u64, &s, piece).unwrap(), new);
         }
+    }
+
+    /// A power cut at every byte of the stream: the state saved there, restored, and fed the
+    /// rest of the stream from `consumed()` rebuilds new exactly; damaged or foreign states are
+    /// refused.
+    #[test]
+    fn a_patcher_resumes_from_its_checkpoint_at_every_byte() {
+        let old: Vec<u8> = (0..300u32).map(|i| (i * 7 % 251) as u8).collect();
+        let mut new = old.clone();
+        new[40..60].iter_mut().for_each(|b| *b ^= 0x5a);
+        new.extend_from_slice(b"tail bytes");
+        let ops = [
+            Op { new_pos: 0, old_pos: 0, add: 200, copy: 5 },
+            Op { new_pos: 205, old_pos: 210, add: 90, copy: 15 },
+        ];
+        let mut stream = Vec::new();
+        write_stream(&old, &new, &ops, &mut stream).unwrap();
+        let (ol, nl) = (old.len() as u64, new.len() as u64);
+        for cut in 0..=stream.len() {
+            let mut out = Vec::new();
+            let mut scratch = [0u8; 16];
+            let mut sink = |b: &[u8]| {
+                out.extend_from_slice(b);
+                Ok(())
+            };
+            let mut p = Patcher::new(ol, nl);
+            p.feed(&stream[..cut], &mut &old[..], &mut scratch, &mut sink).unwrap();
+            let saved = p.checkpoint();
+            drop(p);
+            // What was written before the cut is kept up to `produced`; the rest is redone.
+            let mut q = Patcher::restore(&saved, ol, nl).unwrap();
+            assert_eq!(q.consumed(), cut as u64);
+            let mut rest = Vec::new();
+            let mut sink2 = |b: &[u8]| {
+                rest.extend_from_slice(b);
+                Ok(())
+            };
+            q.feed(&stream[q.consumed() as usize..], &mut &old[..], &mut scratch, &mut sink2)
+                .unwrap();
+            q.finish().unwrap();
+            out.truncate(Patcher::restore(&saved, ol, nl).unwrap().produced() as usize);
+            out.extend_from_slice(&rest);
+            assert_eq!(out, new, "cut at stream byte {cut}");
+        }
+        let saved = Patcher::new(ol, nl).checkpoint();
+        let mut torn = saved;
+        torn[30] ^= 1;
+        assert!(matches!(Patcher::restore(&torn, ol, nl), Err(PatchError::BadCheckpoint(_))));
+        assert!(matches!(Patcher::restore(&saved, ol + 1, nl), Err(PatchError::BadCheckpoint(_))));
+        assert!(matches!(
+            Patcher::restore(&saved[..40], ol, nl),
+            Err(PatchError::BadCheckpoint(_))
+        ));
     }
 
     #[test]

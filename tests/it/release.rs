@@ -315,17 +315,27 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// What the state file says was done when the process was killed.
-fn reached(root: &Path) -> &'static str {
+/// Where a killed release was: from its state file, and for a release built but not recorded
+/// as imported, from serve (its blobs for 1.2.0, its import operations).
+fn reached(root: &Path, serve: &Serve, data: &Path) -> &'static str {
     let Ok(text) = fs_err::read_to_string(root.join("out/release/1.2.0/release-state.json")) else {
         return "nothing";
     };
     let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
     if v["stages"].as_array().is_some_and(|s| !s.is_empty()) {
-        "stages"
+        "after a stage"
     } else if v["imported"] == true {
         "imported (mid-stage)"
     } else if v["metadata"].is_object() {
-        "built (mid-upload or import)"
+        let uploaded =
+            walk(data).iter().any(|p| p.to_string_lossy().contains("contoso/toaster/1.2.0/"));
+        let importing =
+            adu_json(serve, &["update", "operation"]).as_array().is_some_and(|a| !a.is_empty());
+        match (uploaded, importing) {
+            (_, true) => "mid-import",
+            (true, false) => "mid-upload",
+            (false, false) => "built, before upload",
+        }
     } else if v["artifacts"].as_array().is_some_and(|a| !a.is_empty()) {
         "mid-build"
     } else {
@@ -385,7 +395,7 @@ fn a_release_killed_at_any_moment_resumes_to_the_same_outputs_and_imports_once()
             std::thread::sleep(std::time::Duration::from_millis(ms));
             let _ = child.kill();
             let _ = child.wait();
-            at = reached(&root);
+            at = reached(&root, &serve, &data);
         }
         let (code, v, err) = release(&root, Some(&serve), &[]);
         assert_eq!(code, 0, "run {n} (killed {at}): {err}");
@@ -403,7 +413,9 @@ fn a_release_killed_at_any_moment_resumes_to_the_same_outputs_and_imports_once()
     let (reference, _) = run(0, None);
     assert_eq!(reference["stages"][0]["result"], "passed", "{reference:#}");
     let mut seen = std::collections::BTreeMap::new();
-    for (n, ms) in [0, 60, 120, 200, 350, 600, 900, 1300, 1800, 2500].into_iter().enumerate() {
+    for (n, ms) in
+        [0, 60, 120, 200, 250, 300, 350, 450, 600, 900, 1300, 2500].into_iter().enumerate()
+    {
         let (v, at) = run(n + 1, Some(ms));
         let mut v = v;
         v["output"] = reference["output"].clone();
@@ -411,6 +423,8 @@ fn a_release_killed_at_any_moment_resumes_to_the_same_outputs_and_imports_once()
         assert_eq!(v, reference, "killed after {ms} ms ({at})");
         *seen.entry(at).or_insert(0) += 1;
     }
+    // The distribution depends on the machine's speed; each step a kill can land in must
+    // resume, and at least three different ones are hit.
     assert!(seen.len() >= 3, "the kills landed in too few steps: {seen:?}");
 }
 
