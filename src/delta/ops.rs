@@ -483,7 +483,6 @@ mod tests {
             let mut p = Patcher::new(ol, nl);
             p.feed(&stream[..cut], &mut &old[..], &mut scratch, &mut sink).unwrap();
             let saved = p.checkpoint();
-            drop(p);
             // What was written before the cut is kept up to `produced`; the rest is redone.
             let mut q = Patcher::restore(&saved, ol, nl).unwrap();
             assert_eq!(q.consumed(), cut as u64);
