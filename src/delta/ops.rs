@@ -210,18 +210,27 @@ impl Patcher {
         let (old_pos, new_pos, stream_pos) = (word(2), word(3), word(4));
         let (x, y) = (le(69..77), le(77..85));
         let state = match saved[68] {
-            field @ 0..=2 if y <= 70 => State::Control { field, value: x, shift: y as u32 },
+            field @ 0..=2 if y <= 63 && y % 7 == 0 => {
+                State::Control { field, value: x, shift: y as u32 }
+            }
             3 if y == 0 => State::Add { left: x },
             4 if y == 0 => State::Copy { left: x },
             _ => return Err(bad("its state is not one a patcher has")),
         };
+        // A stream this long does not exist; the bound keeps every later sum in range.
         let in_range = old_pos <= old_len
             && new_pos <= new_len
             && stream_pos >= new_pos
+            && stream_pos <= 1 << 62
             && match state {
+                // An add is followed by the op's copy (`fields[2]`): both must fit, as
+                // `begin_op` checked when the op started.
                 State::Add { left } => {
                     old_pos.checked_add(left).is_some_and(|e| e <= old_len)
-                        && new_pos.checked_add(left).is_some_and(|e| e <= new_len)
+                        && new_pos
+                            .checked_add(left)
+                            .and_then(|e| e.checked_add(word(7)))
+                            .is_some_and(|e| e <= new_len)
                 }
                 State::Copy { left } => new_pos.checked_add(left).is_some_and(|e| e <= new_len),
                 State::Control { .. } => true,
@@ -507,6 +516,22 @@ mod tests {
             Patcher::restore(&saved[..40], ol, nl),
             Err(PatchError::BadCheckpoint(_))
         ));
+        // Found by the fuzzer: a stream position near the end of u64 (digest made right) is
+        // refused, not restored to overflow on the next byte.
+        let mut far = saved;
+        far[36..44].copy_from_slice(&u64::MAX.to_le_bytes());
+        let digest = crate::Sha256::digest(&far[..85]);
+        far[85..].copy_from_slice(&digest.as_bytes()[..8]);
+        assert!(matches!(Patcher::restore(&far, ol, nl), Err(PatchError::BadCheckpoint(_))));
+        // Also found by the fuzzer: mid-add, the op's pending copy must still fit in new.
+        let mut p = Patcher::new(ol, nl);
+        p.feed(&stream[..5], &mut &old[..], &mut [0u8; 4], &mut |_| Ok(())).unwrap();
+        let mut long_copy = p.checkpoint();
+        long_copy[60..68].copy_from_slice(&nl.to_le_bytes());
+        let digest = crate::Sha256::digest(&long_copy[..85]);
+        long_copy[85..].copy_from_slice(&digest.as_bytes()[..8]);
+        assert!(Patcher::restore(&p.checkpoint(), ol, nl).is_ok());
+        assert!(matches!(Patcher::restore(&long_copy, ol, nl), Err(PatchError::BadCheckpoint(_))));
     }
 
     #[test]
