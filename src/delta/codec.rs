@@ -106,6 +106,14 @@ impl Encoder {
                 let mut enc = zstd::stream::write::Encoder::new(Vec::new(), level)?;
                 enc.window_log(window_log)?;
                 enc.long_distance_matching(window_log > 27)?;
+                // The level's tables assume an input of unknown (large) size: ~80 MiB of match
+                // tables at level 19 even for a 200 KB stream. Sized to the window, they hold
+                // all the stream can use.
+                if window_log < 24 {
+                    use zstd::zstd_safe::CParameter;
+                    enc.set_parameter(CParameter::HashLog(window_log + 1))?;
+                    enc.set_parameter(CParameter::ChainLog(window_log + 1))?;
+                }
                 enc.include_checksum(false)?;
                 enc.include_contentsize(false)?;
                 produce(&mut enc)?;
