@@ -1,0 +1,134 @@
+//! The RAM an MCU-profile delta takes to apply, measured rather than computed: the apply loop a
+//! device runs (raw LZMA1 decoder fed 64-byte pieces of the delta, 256-byte output buffer,
+//! `delta::Patcher` with a 64-byte scratch buffer, old read at random, new handed out in order)
+//! under a counting global allocator for Rust's heap and glibc's `mallinfo2` for the C heap
+//! (liblzma allocates through malloc). Its own test binary, so the counting allocator sees
+//! nothing else. The numbers are recorded in docs/delta-format.md.
+
+#![allow(unsafe_code)] // a global allocator and one libc call, both below
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use otaforge::delta::{self, Header, Patcher};
+
+/// System's allocator, counting the bytes in use and their peak.
+struct Counting;
+
+static IN_USE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call is passed to `System` unchanged; only counters are added.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller's contract is `System::alloc`'s.
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            let now = IN_USE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+            PEAK.fetch_max(now, Ordering::Relaxed);
+        }
+        p
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: as above.
+        unsafe { System.dealloc(ptr, layout) };
+        IN_USE.fetch_sub(layout.size(), Ordering::Relaxed);
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Bytes malloc has handed out and not taken back (every arena, and mmapped chunks).
+fn malloc_in_use() -> usize {
+    // SAFETY: mallinfo2 takes no arguments and only reads glibc's counters.
+    let m = unsafe { libc::mallinfo2() };
+    m.uordblks + m.hblkhd
+}
+
+/// Two firmware-like images: `new` is `old` with a few regions changed and a block inserted.
+fn images() -> (Vec<u8>, Vec<u8>) {
+    let mut x: u32 = 0x2545_f491;
+    let old: Vec<u8> = (0..96 * 1024)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            (x % 97) as u8
+        })
+        .collect();
+    let mut new = old.clone();
+    for b in &mut new[5_000..5_400] {
+        *b = b.wrapping_add(3);
+    }
+    new.splice(40_000..40_000, (0..700u32).map(|i| (i * 31) as u8));
+    (old, new)
+}
+
+#[test]
+fn an_mcu_delta_applies_within_the_measured_ram() {
+    let (old, new) = images();
+    let opts = delta::CreateOptions { profile: delta::Profile::Mcu, ..Default::default() };
+    let created = delta::create(&old, &new, &opts, &otaforge::reporter::NoReporter).unwrap();
+    let bytes = created.bytes;
+    let h = Header::decode(&bytes).unwrap();
+    assert_eq!((h.method, h.compression), (delta::Method::Bsdiff, delta::Compression::Lzma));
+    let payload = &bytes[delta::format::HEADER_LEN..][..h.payload_len as usize];
+
+    // What the device holds: its buffers on the stack, fixed before it starts.
+    let mut input_at = 0usize;
+    let mut output = [0u8; 256];
+    let mut scratch = [0u8; 64];
+    let mut written = 0usize;
+    let mut same = true;
+
+    let rust_before = IN_USE.load(Ordering::Relaxed);
+    PEAK.store(rust_before, Ordering::Relaxed);
+    let c_before = malloc_in_use();
+    let mut c_peak = 0usize;
+
+    let (lc, lp, pb) = (h.lzma_props % 9, h.lzma_props / 9 % 5, h.lzma_props / 45);
+    let mut o = liblzma::stream::LzmaOptions::new_preset(6).unwrap();
+    o.dict_size(h.window)
+        .literal_context_bits(u32::from(lc))
+        .literal_position_bits(u32::from(lp))
+        .position_bits(u32::from(pb));
+    let mut filters = liblzma::stream::Filters::new();
+    filters.lzma1(&o);
+    let mut stream = liblzma::stream::Stream::new_raw_decoder(&filters).unwrap();
+    let mut patcher = Patcher::new(h.old_size, h.new_size);
+    let rust_with_decoder = IN_USE.load(Ordering::Relaxed);
+    while patcher.produced() < h.new_size {
+        let end = (input_at + 64).min(payload.len());
+        let before_in = stream.total_in();
+        let before_out = stream.total_out();
+        stream.process(&payload[input_at..end], &mut output, liblzma::stream::Action::Run).unwrap();
+        input_at += (stream.total_in() - before_in) as usize;
+        let n = (stream.total_out() - before_out) as usize;
+        c_peak = c_peak.max(malloc_in_use().saturating_sub(c_before));
+        patcher
+            .feed(&output[..n], &mut &old[..], &mut scratch, &mut |b| {
+                same &= new.get(written..written + b.len()) == Some(b);
+                written += b.len();
+                Ok(())
+            })
+            .unwrap();
+        assert!(n > 0 || input_at < payload.len(), "the decoder stalled");
+    }
+    patcher.finish().unwrap();
+    let rust_peak = PEAK.load(Ordering::Relaxed) - rust_before;
+    drop(stream);
+
+    assert!(same && written == new.len(), "the rebuilt image is new");
+    // The patcher allocates nothing; Rust's heap grows only by liblzma's wrapper objects.
+    assert!(rust_peak <= 256, "Rust heap during apply: {rust_peak} bytes");
+    assert!(rust_with_decoder - rust_before <= 256);
+    // liblzma's raw LZMA1 decoder with a 4 KiB dictionary, on the host: its state and window
+    // (measured 37,360 bytes: liblzma sizes its literal tables for lc + lp up to 4, 24 KiB,
+    // whatever the stream's lc/lp; a decoder sized for lc = lp = 0 needs 1.5 KiB for them).
+    // The stack buffers above are 64 + 256 + 64 bytes, and the patcher 80 bytes.
+    assert!(h.window == 4096, "the MCU profile's dictionary is 4 KiB, not {}", h.window);
+    assert!((4096..=48 * 1024).contains(&c_peak), "liblzma's heap while applying: {c_peak} bytes");
+    let patcher_size = std::mem::size_of::<Patcher>();
+    assert!(patcher_size <= 96, "Patcher is {patcher_size} bytes");
+}
