@@ -234,16 +234,8 @@ fn edge_deployments_on_serve_what_if_matches_what_then_happens() {
     fs_err::write(dir.path().join("layer.json"), layer.to_string()).unwrap();
     let conn = data.join("iothub.connection-string");
     let cli = |args: &[&str]| {
-        let out = otaforge()
-            .current_dir(dir.path())
-            .args(["--format", "json", "edge"])
-            .args(args)
-            .arg("--iothub-connection-file")
-            .arg(&conn)
-            .output()
-            .unwrap();
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-        (out.status.code().unwrap(), v, String::from_utf8_lossy(&out.stderr).into_owned())
+        let (code, out, err) = edge_cli(dir.path(), &conn, args);
+        (code, serde_json::from_str::<Value>(&out).unwrap_or(Value::Null), err)
     };
     let create = |id: &str, content: &str, cond: &str, prio: &str, extra: &[&str]| {
         let mut a = vec![
@@ -411,6 +403,21 @@ fn the_official_iot_hub_sdk_manages_configurations_and_twins_on_serve() {
     assert_eq!(twin.tags["environment"], "test");
 }
 
+/// `otaforge --format json edge ARGS --iothub-connection-file CONN` in `dir`: exit code, stdout,
+/// stderr.
+fn edge_cli(dir: &Path, conn: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = otaforge()
+        .current_dir(dir)
+        .args(["--format", "json", "edge"])
+        .args(args)
+        .arg("--iothub-connection-file")
+        .arg(conn)
+        .output()
+        .unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code().unwrap(), text(&out.stdout), text(&out.stderr))
+}
+
 /// serve on `dir/data`, a client of its IoT Hub surface, and a runtime to drive it.
 fn hub_on_serve(
     dir: &Path,
@@ -503,18 +510,7 @@ fn simulated_edge_devices_follow_priority_layers_and_fallback_and_failures_move_
     write("fallback.json", &base_content(&[("sensor", "contoso/sensor:0.9")]));
     write("top.json", &layer_content("logger", "contoso/logger:2"));
     write("low.json", &layer_content("debug", "contoso/debug:1"));
-    let edge = |args: &[&str]| {
-        let out = otaforge()
-            .current_dir(dir.path())
-            .args(["--format", "json", "edge"])
-            .args(args)
-            .arg("--iothub-connection-file")
-            .arg(&conn)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        (out.status.code().unwrap(), text, String::from_utf8_lossy(&out.stderr).into_owned())
-    };
+    let edge = |args: &[&str]| edge_cli(dir.path(), &conn, args);
     let create = |id: &str, file: &str, cond: &str, prio: &str, layered: bool| {
         let mut a = vec!["deploy", "create", id, "--content", file, "--target-condition", cond];
         a.extend(["--priority", prio]);
