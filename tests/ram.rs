@@ -10,7 +10,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use otaforge::delta::{self, Header, Patcher};
+use otaforge::delta::{self, Header, Patcher, StreamPatcher};
 
 /// System's allocator, counting the bytes in use and their peak.
 struct Counting;
@@ -65,14 +65,25 @@ fn images() -> (Vec<u8>, Vec<u8>) {
     (old, new)
 }
 
-#[test]
-fn an_mcu_delta_applies_within_the_measured_ram() {
+/// What one apply took.
+struct Measured {
+    /// Rust heap, peak above the start.
+    rust_peak: usize,
+    /// C heap (liblzma), peak above the start.
+    c_peak: usize,
+    /// Covers in the displacement table (0 without a filter).
+    covers: usize,
+}
+
+/// Creates an MCU-profile delta with `exec` and applies it the way a device does, counting.
+fn measure(exec: delta::ExecChoice) -> Measured {
     let (old, new) = images();
-    let opts = delta::CreateOptions { profile: delta::Profile::Mcu, ..Default::default() };
+    let opts = delta::CreateOptions { profile: delta::Profile::Mcu, exec, ..Default::default() };
     let created = delta::create(&old, &new, &opts, &otaforge::reporter::NoReporter).unwrap();
     let bytes = created.bytes;
     let h = Header::decode(&bytes).unwrap();
     assert_eq!((h.method, h.compression), (delta::Method::Bsdiff, delta::Compression::Lzma));
+    assert!(h.window == 4096, "the MCU profile's dictionary is 4 KiB, not {}", h.window);
     let payload = &bytes[delta::format::HEADER_LEN..][..h.payload_len as usize];
 
     // What the device holds: its buffers on the stack, fixed before it starts.
@@ -96,9 +107,10 @@ fn an_mcu_delta_applies_within_the_measured_ram() {
     let mut filters = liblzma::stream::Filters::new();
     filters.lzma1(&o);
     let mut stream = liblzma::stream::Stream::new_raw_decoder(&filters).unwrap();
-    let mut patcher = Patcher::new(h.old_size, h.new_size);
+    let mut patcher = StreamPatcher::new(Patcher::new(h.old_size, h.new_size), h.filter);
     let rust_with_decoder = IN_USE.load(Ordering::Relaxed);
-    while patcher.produced() < h.new_size {
+    assert!(rust_with_decoder - rust_before <= 256);
+    while patcher.patcher().produced() < h.new_size {
         let end = (input_at + 64).min(payload.len());
         let before_in = stream.total_in();
         let before_out = stream.total_out();
@@ -106,29 +118,76 @@ fn an_mcu_delta_applies_within_the_measured_ram() {
         input_at += (stream.total_in() - before_in) as usize;
         let n = (stream.total_out() - before_out) as usize;
         c_peak = c_peak.max(malloc_in_use().saturating_sub(c_before));
-        patcher
-            .feed(&output[..n], &mut &old[..], &mut scratch, &mut |b| {
-                same &= new.get(written..written + b.len()) == Some(b);
-                written += b.len();
-                Ok(())
-            })
-            .unwrap();
+        let mut sink = |b: &[u8]| {
+            same &= new.get(written..written + b.len()) == Some(b);
+            written += b.len();
+            Ok(())
+        };
+        patcher.feed_until(&output[..n], &mut &old[..], &mut scratch, &mut sink, u64::MAX).unwrap();
         assert!(n > 0 || input_at < payload.len(), "the decoder stalled");
     }
     patcher.finish().unwrap();
     let rust_peak = PEAK.load(Ordering::Relaxed) - rust_before;
     drop(stream);
-
     assert!(same && written == new.len(), "the rebuilt image is new");
+    let covers = if h.filter.is_some() { table_len(&bytes) } else { 0 };
+    Measured { rust_peak, c_peak, covers }
+}
+
+/// The number of covers an exec delta's table holds (its first LEB128 number).
+fn table_len(delta_bytes: &[u8]) -> usize {
+    let h = Header::decode(delta_bytes).unwrap();
+    let payload = &delta_bytes[delta::format::HEADER_LEN..][..h.payload_len as usize];
+    let mut o = liblzma::stream::LzmaOptions::new_preset(6).unwrap();
+    o.dict_size(h.window).literal_context_bits(0).literal_position_bits(0).position_bits(0);
+    let mut filters = liblzma::stream::Filters::new();
+    filters.lzma1(&o);
+    let mut stream = liblzma::stream::Stream::new_raw_decoder(&filters).unwrap();
+    let mut first = [0u8; 16];
+    stream.process(payload, &mut first, liblzma::stream::Action::Run).unwrap();
+    let (mut v, mut shift) = (0usize, 0);
+    for b in first {
+        v |= usize::from(b & 0x7f) << shift;
+        shift += 7;
+        if b & 0x80 == 0 {
+            break;
+        }
+    }
+    v
+}
+
+#[test]
+#[allow(clippy::print_stdout)] // the measured numbers, for docs/delta-format.md (--nocapture)
+fn an_mcu_delta_applies_within_the_measured_ram() {
+    let plain = measure(delta::ExecChoice::None);
     // The patcher allocates nothing; Rust's heap grows only by liblzma's wrapper objects.
-    assert!(rust_peak <= 256, "Rust heap during apply: {rust_peak} bytes");
-    assert!(rust_with_decoder - rust_before <= 256);
+    assert!(plain.rust_peak <= 256, "Rust heap during apply: {} bytes", plain.rust_peak);
     // liblzma's raw LZMA1 decoder with a 4 KiB dictionary, on the host: its state and window
     // (measured 37,360 bytes: liblzma sizes its literal tables for lc + lp up to 4, 24 KiB,
     // whatever the stream's lc/lp; a decoder sized for lc = lp = 0 needs 1.5 KiB for them).
-    // The stack buffers above are 64 + 256 + 64 bytes, and the patcher 80 bytes.
-    assert!(h.window == 4096, "the MCU profile's dictionary is 4 KiB, not {}", h.window);
-    assert!((4096..=48 * 1024).contains(&c_peak), "liblzma's heap while applying: {c_peak} bytes");
+    // The stack buffers above are 64 + 256 + 64 bytes.
+    assert!(
+        (4096..=48 * 1024).contains(&plain.c_peak),
+        "liblzma's heap while applying: {} bytes",
+        plain.c_peak
+    );
     let patcher_size = std::mem::size_of::<Patcher>();
     assert!(patcher_size <= 96, "Patcher is {patcher_size} bytes");
+    let stream_size = std::mem::size_of::<StreamPatcher>();
+
+    // With the Thumb-2 transform: the displacement table is the only addition, at most
+    // MCU_COVERS covers (24 bytes each here; 12 in a device's u32/u32/i32 layout).
+    let exec = measure(delta::ExecChoice::Isa(delta::Isa::Thumb2));
+    assert!((1..=delta::exec::MCU_COVERS).contains(&exec.covers), "{} covers", exec.covers);
+    let table_heap = exec.rust_peak.saturating_sub(plain.rust_peak);
+    assert!(
+        exec.rust_peak <= 256 + exec.covers.next_power_of_two() * 24,
+        "Rust heap with the table: {} bytes for {} covers",
+        exec.rust_peak,
+        exec.covers
+    );
+    println!(
+        "patcher {patcher_size} B, stream patcher {stream_size} B; plain: Rust heap {} B, liblzma {} B; thumb2: {} covers, Rust heap {} B (+{table_heap} B), liblzma {} B",
+        plain.rust_peak, plain.c_peak, exec.covers, exec.rust_peak, exec.c_peak
+    );
 }

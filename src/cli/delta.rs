@@ -45,6 +45,21 @@ enum ProfileArg {
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ExecArg {
+    /// Detect from NEW (ELF header, Cortex-M vector table); keep the smaller of with and without.
+    Auto,
+    /// ARM Thumb-2 BL.
+    Thumb2,
+    /// AArch64 BL and ADRP.
+    Aarch64,
+    /// x86-64 CALL/JMP rel32.
+    #[value(name = "x86-64")]
+    X86_64,
+    /// No transform.
+    None,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum CompressionArg {
     Zstd,
     Lzma,
@@ -79,6 +94,21 @@ pub(crate) struct CreateArgs {
     /// Threads (default: available cores).
     #[arg(long, short)]
     jobs: Option<usize>,
+    /// Predict the branches of machine code, so that moved code costs almost nothing.
+    #[arg(long, value_enum, default_value = "auto")]
+    exec: ExecArg,
+    /// Make a delta the device applies inside the old image's own flash slot, one segment at
+    /// a time, resumable after a power cut (needs --segment-size and --memory-size).
+    #[arg(long, requires_all = ["segment_size", "memory_size"])]
+    in_place: bool,
+    /// In place: the segment size, a power of two and a multiple of the flash erase unit
+    /// (e.g. 4096, 4K, 0x20000).
+    #[arg(long, value_parser = parse_size, requires = "in_place")]
+    segment_size: Option<u64>,
+    /// In place: the slot's size; old moves up by the whole segments that fit beside it,
+    /// which lets new grow without overwriting old bytes it still needs.
+    #[arg(long, value_parser = parse_size, requires = "in_place")]
+    memory_size: Option<u64>,
     /// Sign the delta (its header and payload digest) with this private key: a PEM file or
     /// env:VAR.
     #[arg(long, value_name = "FILE|env:VAR")]
@@ -157,6 +187,19 @@ fn create(a: CreateArgs, out: &Output) -> anyhow::Result<Outcome> {
             CompressionArg::Lzma => Compression::Lzma,
             CompressionArg::None => Compression::None,
         }),
+        exec: match a.exec {
+            ExecArg::Auto => delta::ExecChoice::Auto,
+            ExecArg::None => delta::ExecChoice::None,
+            ExecArg::Thumb2 => delta::ExecChoice::Isa(delta::Isa::Thumb2),
+            ExecArg::Aarch64 => delta::ExecChoice::Isa(delta::Isa::Aarch64),
+            ExecArg::X86_64 => delta::ExecChoice::Isa(delta::Isa::X86_64),
+        },
+        in_place: match (a.in_place, a.segment_size, a.memory_size) {
+            (true, Some(segment_size), Some(memory_size)) => {
+                Some(delta::InPlaceOptions { segment_size, memory_size })
+            }
+            _ => None,
+        },
     };
     if matches!(opts.method, MethodChoice::Zstd) && opts.profile == Profile::Mcu {
         anyhow::bail!(
@@ -188,19 +231,28 @@ fn create(a: CreateArgs, out: &Output) -> anyhow::Result<Outcome> {
             candidates: created
                 .candidates
                 .iter()
-                .map(|(m, c, s)| serde_json::json!({"method": m, "compression": c, "size": s}))
+                .map(|(m, c, f, s)| {
+                    serde_json::json!({"method": m, "compression": c, "exec": f, "size": s})
+                })
                 .collect(),
         })?;
     } else {
         out.line(format!(
-            "{}: {} bytes ({pct:.2}% of new), {} method {} compression {}, decoder RAM {}",
+            "{}: {} bytes ({pct:.2}% of new), {} method {} compression {}{}, decoder RAM {}",
             a.output.display(),
             created.bytes.len(),
             name(&i.format),
             name(&i.method),
             i.compression,
+            i.exec.map(|e| format!(" exec {}", e.name())).unwrap_or_default(),
             human_bytes(i.decoder_ram),
         ))?;
+        if let Some(ip) = &i.in_place {
+            out.line(format!(
+                "in place: {}-byte segments, old shifted by {} bytes; slot of at least {} bytes",
+                ip.segment, ip.shift, ip.slot_needed
+            ))?;
+        }
     }
     Ok(Outcome::Ok)
 }
@@ -282,6 +334,13 @@ fn info(a: InfoArgs, out: &Output) -> anyhow::Result<Outcome> {
     out.line(format!("compression  {}", i.compression))?;
     out.line(format!("window       {}", human_bytes(u64::from(i.window))))?;
     out.line(format!("decoder RAM  {}", human_bytes(i.decoder_ram)))?;
+    out.line(format!("exec         {}", i.exec.map_or("none", |e| e.name())))?;
+    if let Some(ip) = &i.in_place {
+        out.line(format!(
+            "in place     {}-byte segments, old shifted by {} bytes, slot of at least {} bytes",
+            ip.segment, ip.shift, ip.slot_needed
+        ))?;
+    }
     out.line(format!("old size     {}", opt(i.old_size.map(|v| v.to_string()))))?;
     out.line(format!("old sha256   {}", opt(i.old_sha256.map(|v| v.to_string()))))?;
     out.line(format!("new size     {}", i.new_size))?;
@@ -310,7 +369,28 @@ fn error_kind(e: &DeltaError) -> &'static str {
         DeltaError::Index(_) | DeltaError::Compress(_) | DeltaError::SelfCheck(_) => "internal",
         DeltaError::Signature(s) => s.kind(),
         DeltaError::UnsignableFormat => "unsignableFormat",
+        DeltaError::InPlace(_) => "inPlace",
     }
+}
+
+/// A byte count: decimal, `0x` hex, or with a K/M suffix (KiB, MiB).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mul) = match t.to_ascii_lowercase() {
+        l if l.ends_with("kib") || l.ends_with('k') => {
+            (t.trim_end_matches(|c: char| c.is_ascii_alphabetic()).to_owned(), 1 << 10)
+        }
+        l if l.ends_with("mib") || l.ends_with('m') => {
+            (t.trim_end_matches(|c: char| c.is_ascii_alphabetic()).to_owned(), 1 << 20)
+        }
+        _ => (t.to_owned(), 1),
+    };
+    let v = match num.strip_prefix("0x").or_else(|| num.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => num.parse(),
+    }
+    .map_err(|_| format!("{s:?} is not a size (e.g. 4096, 0x1000, 4K, 1M)"))?;
+    v.checked_mul(mul).ok_or_else(|| format!("{s:?} is too large"))
 }
 
 /// The serialized (lower-case) name of an enum value.

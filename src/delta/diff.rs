@@ -185,6 +185,48 @@ pub(crate) fn diff(index: &SuffixIndex<'_>, new: &[u8], params: ScanParams) -> V
         .concat()
 }
 
+/// Computes ops for a delta applied in place: new is written in segments of `segment` bytes,
+/// and while segment `k` is written only old bytes at or above `(k + 1) * segment - shift`
+/// are intact. Each segment is matched against old from such a floor up: segments are
+/// grouped so that a group shares one index, built over old from the floor of the group's last
+/// segment (the earlier segments of the group give up at most `old / 32` bytes of old they
+/// could still read). Ops never cross a segment boundary.
+pub(crate) fn diff_in_place(
+    old: &[u8],
+    new: &[u8],
+    segment: usize,
+    shift: usize,
+    params: ScanParams,
+) -> Result<Vec<Op>, IndexError> {
+    let segments = new.len().div_ceil(segment);
+    let floor = |k: usize| ((k + 1) * segment).saturating_sub(shift).min(old.len());
+    let budget = segment.max(old.len() / 32);
+    let mut groups: Vec<(usize, usize)> = Vec::new(); // (first segment, end segment)
+    let mut k = 0;
+    while k < segments {
+        let mut end = k + 1;
+        while end < segments && floor(end) - floor(k) <= budget {
+            end += 1;
+        }
+        groups.push((k, end));
+        k = end;
+    }
+    let results = run_limited(params.threads.max(1), &groups, |&(first, end)| {
+        let base = floor(end - 1);
+        let index = SuffixIndex::build(&old[base..])?;
+        let mut ops = Vec::new();
+        for k in first..end {
+            let (start, stop) = (k * segment, ((k + 1) * segment).min(new.len()));
+            ops.extend(scan(&index, new, start, stop, params.min_gain).into_iter().map(|mut o| {
+                o.old_pos += base;
+                o
+            }));
+        }
+        Ok(ops)
+    });
+    Ok(results.into_iter().collect::<Result<Vec<_>, _>>()?.concat())
+}
+
 /// Runs `f` over `items` on up to `threads` threads, results in item order.
 pub(crate) fn run_limited<T: Sync, R: Send>(
     threads: usize,

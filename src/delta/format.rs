@@ -12,6 +12,9 @@ pub const HEADER_LEN: usize = 152;
 pub const DIGESTED_LEN: usize = 120;
 /// Header `flags` bit: a signature block follows the payload.
 pub const FLAG_SIGNED: u8 = 1;
+/// Header `flags` bit: the delta is applied inside the old image's own flash slot
+/// ([`InPlace`]); bytes 18..23 hold its segment size and shift.
+pub const FLAG_IN_PLACE: u8 = 2;
 /// Size of the signature block of a signed delta: key id (32) and Ed25519 signature (64).
 pub const SIGNATURE_LEN: usize = 96;
 /// What a delta signature signs: this context string, then the 32-byte digest. The context keeps
@@ -112,6 +115,37 @@ pub struct Header {
     pub digest: Sha256,
     /// A signature block (key id, signature) follows the payload.
     pub signed: bool,
+    /// The executable transform the op stream's corrections are relative to (`filter`).
+    pub filter: Option<super::exec::Isa>,
+    /// Segment size and shift of a delta applied in place (`flags` bit 1).
+    pub in_place: Option<InPlace>,
+}
+
+/// How an in-place delta uses the flash slot (docs/delta-format.md, "In place").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InPlace {
+    /// log2 of the segment size: new is written one segment at a time, and a segment is the
+    /// unit of erase and of progress saved.
+    pub segment_log2: u8,
+    /// How many segments old is first moved up the slot, to leave room for new to grow
+    /// without overwriting old bytes it still needs.
+    pub shift_segments: u32,
+}
+
+impl InPlace {
+    /// The smallest and largest segment sizes (64 B and 16 MiB, as log2).
+    pub const SEGMENT_LOG2: std::ops::RangeInclusive<u8> = 6..=24;
+
+    /// Segment size in bytes.
+    pub fn segment(&self) -> u64 {
+        1 << self.segment_log2
+    }
+
+    /// Shift in bytes.
+    pub fn shift(&self) -> u64 {
+        u64::from(self.shift_segments) << self.segment_log2
+    }
 }
 
 /// Why a header is refused.
@@ -144,11 +178,16 @@ impl Header {
         h[8] = VERSION;
         h[9] = self.method.code();
         h[10] = self.compression.code();
-        h[11] = 0; // filter: none (reserved for executable transforms)
+        h[11] = self.filter.map_or(0, |f| f.code());
         h[12..16].copy_from_slice(&self.window.to_le_bytes());
         h[16] = self.lzma_props;
         h[17] = if self.signed { FLAG_SIGNED } else { 0 };
-        // 18..24 reserved, zero
+        if let Some(ip) = self.in_place {
+            h[17] |= FLAG_IN_PLACE;
+            h[18] = ip.segment_log2;
+            h[19..23].copy_from_slice(&ip.shift_segments.to_le_bytes());
+        }
+        // 23 reserved, zero
         h[24..32].copy_from_slice(&self.old_size.to_le_bytes());
         h[32..64].copy_from_slice(self.old_sha256.as_bytes());
         h[64..72].copy_from_slice(&self.new_size.to_le_bytes());
@@ -174,14 +213,27 @@ impl Header {
         let field = |field, value: u8| HeaderError::Field { field, value: value.into() };
         let method = Method::from_code(h[9]).ok_or(field("method", h[9]))?;
         let compression = Compression::from_code(h[10]).ok_or(field("compression", h[10]))?;
-        if h[11] != 0 {
-            return Err(field("filter", h[11]));
-        }
-        if h[17] & !FLAG_SIGNED != 0 {
+        let filter = match h[11] {
+            0 => None,
+            c => Some(super::exec::Isa::from_code(c).ok_or(field("filter", c))?),
+        };
+        if h[17] & !(FLAG_SIGNED | FLAG_IN_PLACE) != 0 {
             return Err(field("flags", h[17]));
         }
-        if let Some(&b) = h[18..24].iter().find(|b| **b != 0) {
-            return Err(field("reserved", b));
+        let in_place = if h[17] & FLAG_IN_PLACE != 0 {
+            if !InPlace::SEGMENT_LOG2.contains(&h[18]) {
+                return Err(field("segment_log2", h[18]));
+            }
+            let shift_segments = u32::from_le_bytes(h[19..23].try_into().unwrap_or_default());
+            Some(InPlace { segment_log2: h[18], shift_segments })
+        } else {
+            if let Some(&b) = h[18..23].iter().find(|b| **b != 0) {
+                return Err(field("reserved", b));
+            }
+            None
+        };
+        if h[23] != 0 {
+            return Err(field("reserved", h[23]));
         }
         let u64_at = |o: usize| u64::from_le_bytes(h[o..o + 8].try_into().unwrap_or_default());
         let sha_at = |o: usize| Sha256::from_bytes(h[o..o + 32].try_into().unwrap_or_default());
@@ -202,6 +254,9 @@ impl Header {
         if method == Method::Zstd && compression != Compression::Zstd {
             return Err(field("compression", h[10]));
         }
+        if method == Method::Zstd && (filter.is_some() || in_place.is_some()) {
+            return Err(field("method", h[9]));
+        }
         let header = Header {
             method,
             compression,
@@ -215,6 +270,8 @@ impl Header {
             payload_len: u64_at(112),
             digest: sha_at(120),
             signed: h[17] & FLAG_SIGNED != 0,
+            filter,
+            in_place,
         };
         if method == Method::Zstd && header.stream_len != header.new_size {
             return Err(HeaderError::Field { field: "stream_len", value: header.stream_len });
@@ -272,6 +329,8 @@ mod tests {
             payload_len: 20,
             digest: Sha256::digest(b"payload"),
             signed: false,
+            filter: None,
+            in_place: None,
         }
     }
 
@@ -292,5 +351,25 @@ mod tests {
         b[20] = 1;
         assert!(matches!(Header::decode(&b), Err(HeaderError::Field { field: "reserved", .. })));
         assert_eq!(lzma_decoder_ram(0, 4096), (1984 + 768) * 2 + 4096);
+        let mut b = bytes;
+        b[11] = 9;
+        assert!(matches!(Header::decode(&b), Err(HeaderError::Field { field: "filter", .. })));
+        let mut b = bytes;
+        b[23] = 1;
+        assert!(matches!(Header::decode(&b), Err(HeaderError::Field { field: "reserved", .. })));
+        // In place: the flag bit, segment size and shift round-trip; a segment size out of
+        // range is refused.
+        let mut ip = sample();
+        ip.in_place = Some(InPlace { segment_log2: 12, shift_segments: 3 });
+        ip.filter = Some(super::super::exec::Isa::Thumb2);
+        let b = ip.encode();
+        assert_eq!(b[17], FLAG_IN_PLACE);
+        assert_eq!(Header::decode(&b).unwrap(), ip);
+        let mut bad = b;
+        bad[18] = 40;
+        assert!(matches!(
+            Header::decode(&bad),
+            Err(HeaderError::Field { field: "segment_log2", .. })
+        ));
     }
 }

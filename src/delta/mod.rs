@@ -20,7 +20,9 @@
 pub mod bsdiff40;
 mod codec;
 mod diff;
+pub mod exec;
 pub mod format;
+pub mod inplace;
 pub mod ops;
 
 use std::io::{self, Read, Write};
@@ -30,8 +32,9 @@ use sha2::Digest;
 
 use crate::sign::{KeyId, Message, SignError, Signer, TrustedKeys};
 use crate::{Reporter, Sha256};
-pub use format::{Compression, Header, Method};
-pub use ops::{OldImage, PatchError, Patcher};
+pub use exec::Isa;
+pub use format::{Compression, Header, InPlace, Method};
+pub use ops::{OldImage, PatchError, Patcher, StreamPatcher};
 
 /// The two file formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -66,6 +69,28 @@ pub enum Profile {
     Mcu,
 }
 
+/// Whether `create` predicts branches of machine code ([`exec`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ExecChoice {
+    /// Detect the instruction set from new (ELF header, Cortex-M vector table); when found,
+    /// try with and without the transform and keep the smaller.
+    #[default]
+    Auto,
+    /// No transform.
+    None,
+    /// This instruction set, always.
+    Isa(Isa),
+}
+
+/// The flash layout of an in-place delta (`--in-place`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InPlaceOptions {
+    /// Segment size: a power of two, a multiple of the flash's erase unit.
+    pub segment_size: u64,
+    /// The slot's size: old is moved up by as many whole segments as fit beside it.
+    pub memory_size: u64,
+}
+
 /// Options of [`create`].
 #[derive(Debug, Clone, Copy)]
 pub struct CreateOptions {
@@ -81,6 +106,10 @@ pub struct CreateOptions {
     pub threads: usize,
     /// Forces the op stream's compression instead of the profile's choice.
     pub compression: Option<Compression>,
+    /// Executable-aware prediction.
+    pub exec: ExecChoice,
+    /// Make a delta that applies inside the old image's slot.
+    pub in_place: Option<InPlaceOptions>,
 }
 
 impl Default for CreateOptions {
@@ -92,6 +121,8 @@ impl Default for CreateOptions {
             level: 9,
             threads: crate::hash::default_jobs(),
             compression: None,
+            exec: ExecChoice::Auto,
+            in_place: None,
         }
     }
 }
@@ -126,6 +157,23 @@ pub struct DeltaInfo {
     /// The key id the signature block names.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key_id: Option<KeyId>,
+    /// The executable transform (otadelta only).
+    pub exec: Option<Isa>,
+    /// The in-place layout (otadelta made with `--in-place` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub in_place: Option<InPlaceInfo>,
+}
+
+/// The in-place layout of a delta, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InPlaceInfo {
+    /// Segment size.
+    pub segment: u64,
+    /// How far old moves up the slot first.
+    pub shift: u64,
+    /// The smallest slot the delta applies in.
+    pub slot_needed: u64,
 }
 
 /// A created delta.
@@ -135,8 +183,8 @@ pub struct Created {
     pub bytes: Vec<u8>,
     /// Its description.
     pub info: DeltaInfo,
-    /// Every candidate tried, smallest first: `(method, compression, size)`.
-    pub candidates: Vec<(Method, Compression, u64)>,
+    /// Every candidate tried, smallest first: `(method, compression, filter, size)`.
+    pub candidates: Vec<(Method, Compression, Option<Isa>, u64)>,
 }
 
 /// Everything that can go wrong creating or applying a delta.
@@ -228,6 +276,9 @@ pub enum DeltaError {
     /// The signature check refused the delta, or signing failed.
     #[error(transparent)]
     Signature(#[from] SignError),
+    /// The in-place options or layout are refused, or applying in place failed.
+    #[error("in place: {0}")]
+    InPlace(String),
     /// Only otadelta files can carry a signature.
     #[error(
         "BSDIFF40 patches have no room for a signature; use --delta-format otadelta, or sign the file with `otaforge sign`"
@@ -247,27 +298,60 @@ pub fn create(
     reporter: &dyn Reporter,
 ) -> Result<Created, DeltaError> {
     let level = opts.level.clamp(1, 9);
+    let in_place = match opts.in_place {
+        Some(ip) => Some(in_place_layout(old, new, opts, ip)?),
+        None => None,
+    };
     let use_ops = opts.format == DeltaFormat::Bsdiff40
         || matches!(opts.method, MethodChoice::Auto | MethodChoice::Bsdiff)
-        || opts.profile == Profile::Mcu;
+        || opts.profile == Profile::Mcu
+        || in_place.is_some();
     let (old_sha, new_sha) = std::thread::scope(|s| {
         let h = s.spawn(|| Sha256::digest(old));
         (h.join().unwrap_or_else(|_| Sha256::digest(old)), Sha256::digest(new))
     });
-    let ops = if use_ops {
+    let index_err = |e: diff::IndexError| DeltaError::Index(e.to_string());
+    let params = diff::ScanParams { threads: opts.threads.max(1), ..Default::default() };
+    let ops = if let Some(ip) = in_place {
+        reporter.start("match", Some(new.len() as u64));
+        let (seg, shift) = (ip.segment() as usize, ip.shift() as usize);
+        let ops = diff::diff_in_place(old, new, seg, shift, params).map_err(index_err)?;
+        reporter.finish("match");
+        ops
+    } else if use_ops {
         reporter.start("index", Some(old.len() as u64));
-        let index = diff::SuffixIndex::build(old).map_err(|e| DeltaError::Index(e.to_string()))?;
+        let index = diff::SuffixIndex::build(old).map_err(index_err)?;
         reporter.finish("index");
         reporter.start("match", Some(new.len() as u64));
-        let params = diff::ScanParams { threads: opts.threads.max(1), ..Default::default() };
         let ops = diff::diff(&index, new, params);
         reporter.finish("match");
         ops
     } else {
         Vec::new()
     };
+    // The executable transform: which instruction set, and whether plain is tried as well.
+    let (isa, plain_too) = match opts.exec {
+        ExecChoice::None => (None, true),
+        ExecChoice::Isa(i) => (Some(i), false),
+        ExecChoice::Auto => (Isa::detect(new), true),
+    };
+    let covers = if opts.profile == Profile::Mcu { exec::MCU_COVERS } else { usize::MAX };
+    let table = match isa {
+        Some(_) if use_ops => exec::Table::from_ops(&ops, covers),
+        _ => exec::Table::default(),
+    };
+    let filters: Vec<Option<Isa>> = match isa {
+        Some(i) if plain_too => vec![None, Some(i)],
+        Some(i) => vec![Some(i)],
+        None => vec![None],
+    };
 
     if opts.format == DeltaFormat::Bsdiff40 {
+        if in_place.is_some() || isa.is_some() && !plain_too {
+            return Err(DeltaError::InPlace(
+                "BSDIFF40 has no room for --in-place or --exec; use --delta-format otadelta".into(),
+            ));
+        }
         reporter.start("compress", None);
         let bytes = bsdiff40::write(old, new, &ops).map_err(DeltaError::Compress)?;
         reporter.finish("compress");
@@ -281,13 +365,14 @@ pub fn create(
         return Ok(Created {
             bytes,
             info,
-            candidates: vec![(Method::Bsdiff, Compression::None, size)],
+            candidates: vec![(Method::Bsdiff, Compression::None, None, size)],
         });
     }
 
     // Candidate payloads: (method, encoder) pairs, compressed side by side.
     let stream_len_hint: u64 = ops.iter().map(|o| (o.add + o.copy) as u64 + 6).sum();
-    let mut jobs: Vec<(Method, codec::Encoder)> = Vec::new();
+    let mut encoders: Vec<(Method, codec::Encoder)> = Vec::new();
+    let jobs = &mut encoders;
     if use_ops {
         let mcu_lzma = codec::Encoder::Lzma {
             preset: level,
@@ -325,6 +410,8 @@ pub fn create(
         }
     }
     let want_zstd = opts.profile == Profile::Linux
+        && in_place.is_none()
+        && (isa.is_none() || plain_too)
         && matches!(opts.compression, None | Some(Compression::Zstd))
         && (opts.method == MethodChoice::Zstd
             // patch-from at level 19 runs at about 1 MB/s; auto tries it on MCU-sized images,
@@ -334,19 +421,32 @@ pub fn create(
         jobs.push((Method::Zstd, codec::Encoder::Zstd { level: 0, window_log: 0 }));
     }
 
+    // Every op-stream encoder with every filter; patch-from once.
+    let jobs: Vec<(Method, codec::Encoder, Option<Isa>)> = encoders
+        .iter()
+        .flat_map(|&(m, e)| match m {
+            Method::Bsdiff => filters.iter().map(|&f| (m, e, f)).collect::<Vec<_>>(),
+            Method::Zstd => vec![(m, e, None)],
+        })
+        .collect();
     reporter.start("compress", None);
     let results: Vec<Result<Candidate, DeltaError>> =
-        diff::run_limited(opts.threads.max(1), &jobs, |&(method, enc)| {
-            compress_payload(old, new, &ops, method, enc, level)
+        diff::run_limited(opts.threads.max(1), &jobs, |&(method, enc, filter)| {
+            let exec = filter.map(|isa| exec::Exec { isa, table: &table });
+            compress_payload(old, new, &ops, method, enc, exec, level)
         });
     reporter.finish("compress");
     let mut done = results.into_iter().collect::<Result<Vec<_>, _>>()?;
-    done.sort_by_key(|(_, _, _, payload)| payload.len());
+    done.sort_by_key(|c| c.payload.len());
     let candidates = done
         .iter()
-        .map(|(m, e, _, p)| (*m, e.compression(), (p.len() + format::HEADER_LEN) as u64))
+        .map(|c| {
+            let size = (c.payload.len() + format::HEADER_LEN) as u64;
+            (c.method, c.enc.compression(), c.filter, size)
+        })
         .collect();
-    let Some((method, enc, stream_len, payload)) = done.into_iter().next() else {
+    let Some(Candidate { method, enc, filter, stream_len, payload }) = done.into_iter().next()
+    else {
         return Err(DeltaError::SelfCheck("no candidate method".into()));
     };
     let header = Header {
@@ -362,6 +462,8 @@ pub fn create(
         payload_len: payload.len() as u64,
         digest: Sha256::from_bytes([0; 32]),
         signed: false,
+        filter,
+        in_place,
     };
     let mut encoded = header.encode();
     let digest = format::digest(&encoded, &payload);
@@ -378,8 +480,47 @@ pub fn create(
     Ok(Created { bytes, info, candidates })
 }
 
-/// A compressed payload: method, encoder, decompressed length, bytes.
-type Candidate = (Method, codec::Encoder, u64, Vec<u8>);
+/// A compressed payload.
+struct Candidate {
+    method: Method,
+    enc: codec::Encoder,
+    filter: Option<Isa>,
+    /// Decompressed length.
+    stream_len: u64,
+    payload: Vec<u8>,
+}
+
+/// The in-place layout for `ip`: the segment size, and the largest shift of whole segments
+/// that leaves old inside the slot.
+fn in_place_layout(
+    old: &[u8],
+    new: &[u8],
+    opts: &CreateOptions,
+    ip: InPlaceOptions,
+) -> Result<InPlace, DeltaError> {
+    let bad = |m: String| Err(DeltaError::InPlace(m));
+    if opts.format != DeltaFormat::Otadelta {
+        return bad("BSDIFF40 cannot be applied in place; use --delta-format otadelta".into());
+    }
+    let seg = ip.segment_size;
+    let log2 = seg.trailing_zeros();
+    if !seg.is_power_of_two() || !InPlace::SEGMENT_LOG2.contains(&(log2 as u8)) {
+        return bad(format!(
+            "--segment-size {seg} must be a power of two from 64 B to 16 MiB (a multiple of the flash's erase unit)"
+        ));
+    }
+    let whole = |n: usize| (n as u64).div_ceil(seg) * seg;
+    let (old_room, new_room) = (whole(old.len()), whole(new.len()));
+    if ip.memory_size < old_room || ip.memory_size < new_room {
+        return bad(format!(
+            "--memory-size {} is smaller than old ({old_room} bytes) or new ({new_room} bytes) in whole {seg}-byte segments",
+            ip.memory_size
+        ));
+    }
+    let shift_segments = u32::try_from((ip.memory_size - old_room) / seg)
+        .map_err(|_| DeltaError::InPlace("the slot is more than 2^32 segments".into()))?;
+    Ok(InPlace { segment_log2: log2 as u8, shift_segments })
+}
 
 fn compress_payload(
     old: &[u8],
@@ -387,6 +528,7 @@ fn compress_payload(
     ops: &[diff::Op],
     method: Method,
     enc: codec::Encoder,
+    exec: Option<exec::Exec<'_>>,
     level: u32,
 ) -> Result<Candidate, DeltaError> {
     match method {
@@ -394,11 +536,12 @@ fn compress_payload(
             let mut stream_len = 0;
             let payload = enc
                 .compress(&mut |w| {
-                    stream_len = ops::write_stream(old, new, ops, w)?;
+                    stream_len = ops::write_stream(old, new, ops, exec, w)?;
                     Ok(stream_len)
                 })
                 .map_err(DeltaError::Compress)?;
-            Ok((method, enc, stream_len, payload))
+            let filter = exec.map(|e| e.isa);
+            Ok(Candidate { method, enc, filter, stream_len, payload })
         }
         Method::Zstd => {
             let total = (old.len() + new.len()).max(1) as u64;
@@ -406,12 +549,13 @@ fn compress_payload(
             let zlevel = [3, 6, 9, 12, 15, 17, 19, 19, 19][level as usize - 1];
             let payload = codec::zstd_ref_compress(old, new, zlevel, window_log)
                 .map_err(DeltaError::Compress)?;
-            Ok((
+            Ok(Candidate {
                 method,
-                codec::Encoder::Zstd { level: zlevel, window_log },
-                new.len() as u64,
+                enc: codec::Encoder::Zstd { level: zlevel, window_log },
+                filter: None,
+                stream_len: new.len() as u64,
                 payload,
-            ))
+            })
         }
     }
 }
@@ -439,6 +583,12 @@ pub fn info(delta: &[u8]) -> Result<DeltaInfo, DeltaError> {
                 let at = delta.len() - format::SIGNATURE_LEN;
                 KeyId::from_bytes(delta[at..at + 32].try_into().unwrap_or_default())
             }),
+            exec: h.filter,
+            in_place: h.in_place.map(|ip| InPlaceInfo {
+                segment: ip.segment(),
+                shift: ip.shift(),
+                slot_needed: inplace::slot_needed(&h, &ip),
+            }),
         })
     } else if delta.starts_with(bsdiff40::MAGIC) {
         let l = bsdiff40::layout(delta)?;
@@ -456,6 +606,8 @@ pub fn info(delta: &[u8]) -> Result<DeltaInfo, DeltaError> {
             delta_size: delta.len() as u64,
             signed: false,
             key_id: None,
+            exec: None,
+            in_place: None,
         })
     } else {
         Err(DeltaError::UnknownFormat)
@@ -554,7 +706,8 @@ pub fn apply(
             codec::decoder(h.compression, h.window, h.lzma_props, payload).map_err(decompress)?
         }
     };
-    let mut patcher = (h.method == Method::Bsdiff).then(|| Patcher::new(h.old_size, h.new_size));
+    let mut patcher = (h.method == Method::Bsdiff)
+        .then(|| StreamPatcher::new(Patcher::new(h.old_size, h.new_size), h.filter));
     let mut scratch = [0u8; 4096];
     let mut old_img = old;
     let mut stream_total = 0u64;
@@ -568,7 +721,9 @@ pub fn apply(
             return Err(DeltaError::StreamLength { expected: h.stream_len, actual: stream_total });
         }
         match &mut patcher {
-            Some(p) => p.feed(&buf[..n], &mut old_img, &mut scratch, &mut tee)?,
+            Some(p) => {
+                p.feed_until(&buf[..n], &mut old_img, &mut scratch, &mut tee, u64::MAX)?;
+            }
             None => tee(&buf[..n]).map_err(|e| DeltaError::Patch(PatchError::Io(e.to_string())))?,
         }
     }

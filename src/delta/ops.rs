@@ -10,7 +10,7 @@
 //! copy  bytes           the literals
 //! ```
 //!
-//! The [`Patcher`] is the low-RAM apply API: it keeps about 80 bytes of state, uses a scratch
+//! The [`Patcher`] is the low-RAM apply API: it keeps 96 bytes of state, uses a scratch
 //! buffer the caller provides (any size ≥ 1; 256 bytes is plenty on an MCU), reads old through
 //! [`OldImage::read_at`] at arbitrary offsets and hands new out strictly sequentially. Patch bytes
 //! can be fed in pieces of any size, as they arrive from a decompressor.
@@ -90,6 +90,21 @@ pub enum PatchError {
     /// A saved patcher state is damaged or belongs to another patch.
     #[error("the saved patcher state is unusable: {0}")]
     BadCheckpoint(&'static str),
+    /// The displacement table of an executable filter is malformed.
+    #[error("bad displacement table: {0}")]
+    BadTable(&'static str),
+    /// In place: an op reads old bytes whose flash segment has already been overwritten.
+    #[error(
+        "op at new offset {new_pos} reads old byte {start}, which in place is already overwritten (old bytes below {floor} are gone by then)"
+    )]
+    ReadsOverwritten {
+        /// Where the op starts in new.
+        new_pos: u64,
+        /// First old byte it reads.
+        start: u64,
+        /// The lowest old byte still intact when the op's last add byte is written.
+        floor: u64,
+    },
 }
 
 /// The size of a saved patcher state ([`Patcher::checkpoint`]).
@@ -123,6 +138,10 @@ pub struct Patcher {
     stream_pos: u64,
     fields: [u64; 3],
     state: State,
+    /// In place: log2 of the segment size (0 when not in place) and the shift (old bytes
+    /// live at slot address `shift + pos`).
+    segment_log2: u8,
+    shift: u64,
 }
 
 impl Patcher {
@@ -136,7 +155,19 @@ impl Patcher {
             stream_pos: 0,
             fields: [0; 3],
             state: State::Control { field: 0, value: 0, shift: 0 },
+            segment_log2: 0,
+            shift: 0,
         }
+    }
+
+    /// Applies the in-place rule of a delta made with `--in-place` (docs/delta-format.md, "In
+    /// place"): while new segment `k` is written, slot addresses below `(k + 1) * segment`
+    /// are erased, so every add must read old at `pos + shift` at or above that. A restored
+    /// patcher needs this again (a checkpoint does not carry it).
+    pub fn in_place(mut self, layout: super::InPlace) -> Self {
+        self.segment_log2 = layout.segment_log2.clamp(1, 62);
+        self.shift = layout.shift();
+        self
     }
 
     /// New bytes produced so far.
@@ -246,6 +277,8 @@ impl Patcher {
             stream_pos,
             fields: [word(5), word(6), word(7)],
             state,
+            segment_log2: 0,
+            shift: 0,
         })
     }
 
@@ -253,13 +286,42 @@ impl Patcher {
     /// `scratch` (any non-empty buffer) holds old bytes while corrections are added.
     pub fn feed<O: OldImage + ?Sized>(
         &mut self,
-        mut input: &[u8],
+        input: &[u8],
         old: &mut O,
         scratch: &mut [u8],
         out: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
     ) -> Result<(), PatchError> {
+        self.feed_until(input, old, scratch, out, None, u64::MAX).map(|_| ())
+    }
+
+    /// [`Patcher::feed`] for a delta with an executable filter: the old bytes of every add are
+    /// rewritten by `exec`'s prediction before the corrections apply. `input` is the op stream
+    /// after the displacement table ([`super::exec::TableReader`]).
+    pub fn feed_exec<O: OldImage + ?Sized>(
+        &mut self,
+        input: &[u8],
+        old: &mut O,
+        scratch: &mut [u8],
+        out: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+        exec: super::exec::Exec<'_>,
+    ) -> Result<(), PatchError> {
+        self.feed_until(input, old, scratch, out, Some(exec), u64::MAX).map(|_| ())
+    }
+
+    /// Feeds `input` until new reaches `stop` bytes (or the input ends) and returns how many
+    /// input bytes it took: an in-place device stops at each segment's end to save its state.
+    pub fn feed_until<O: OldImage + ?Sized>(
+        &mut self,
+        mut input: &[u8],
+        old: &mut O,
+        scratch: &mut [u8],
+        out: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+        exec: Option<super::exec::Exec<'_>>,
+        stop: u64,
+    ) -> Result<usize, PatchError> {
         let io = |e: std::io::Error| PatchError::Io(e.to_string());
-        while !input.is_empty() {
+        let given = input.len();
+        while !input.is_empty() && self.new_pos < stop {
             match self.state {
                 State::Control { field, mut value, mut shift } => {
                     if field == 0 && self.new_pos == self.new_len {
@@ -285,9 +347,16 @@ impl Patcher {
                     self.begin_op()?;
                 }
                 State::Add { left } => {
-                    let n = (left.min(input.len() as u64) as usize).min(scratch.len());
+                    let n = (left.min(input.len() as u64).min(stop - self.new_pos) as usize)
+                        .min(scratch.len());
                     let buf = &mut scratch[..n];
                     old.read_at(self.old_pos, buf).map_err(io)?;
+                    if let Some(exec) = exec {
+                        let start = self.old_pos - (self.fields[1] - left);
+                        let disp = self.new_pos as i64 - self.old_pos as i64;
+                        exec.predict(old, (start, start + self.fields[1]), disp, self.old_pos, buf)
+                            .map_err(io)?;
+                    }
                     for (o, d) in buf.iter_mut().zip(&input[..n]) {
                         *o = o.wrapping_add(*d);
                     }
@@ -297,7 +366,7 @@ impl Patcher {
                     self.state = self.after(left - n as u64, true);
                 }
                 State::Copy { left } => {
-                    let n = left.min(input.len() as u64) as usize;
+                    let n = left.min(input.len() as u64).min(stop - self.new_pos) as usize;
                     out(&input[..n]).map_err(io)?;
                     self.advance(n as u64, false);
                     input = &input[n..];
@@ -305,7 +374,7 @@ impl Patcher {
                 }
             }
         }
-        Ok(())
+        Ok(given - input.len())
     }
 
     /// Checks that the stream ended exactly at the end of the new file.
@@ -357,6 +426,19 @@ impl Patcher {
                 old_len: self.old_len,
             });
         }
+        if self.segment_log2 > 0 && add > 0 {
+            let (segment, shift) = (1u64 << self.segment_log2, self.shift);
+            // The segment of the add's last byte; everything below the next one is erased.
+            let last = (self.new_pos + add - 1) / segment;
+            let floor = (last + 1).saturating_mul(segment).saturating_sub(shift);
+            if (start as u64) < floor {
+                return Err(PatchError::ReadsOverwritten {
+                    new_pos: self.new_pos,
+                    start: start as u64,
+                    floor,
+                });
+            }
+        }
         self.old_pos = start as u64;
         self.state = if add > 0 {
             State::Add { left: add }
@@ -366,6 +448,75 @@ impl Patcher {
             State::Control { field: 0, value: 0, shift: 0 }
         };
         Ok(())
+    }
+}
+
+/// The consumer of a whole decompressed op stream: the displacement table first when the
+/// delta has an executable filter, then the [`Patcher`]. After a restore it skips the op bytes
+/// the saved patcher had consumed.
+#[derive(Debug, Clone)]
+pub struct StreamPatcher {
+    isa: Option<super::exec::Isa>,
+    reader: Option<super::exec::TableReader>,
+    table: super::exec::Table,
+    skip: u64,
+    patcher: Patcher,
+}
+
+impl StreamPatcher {
+    /// Wraps `patcher` (new, or restored from a checkpoint) for a stream with filter `isa`.
+    /// The stream is fed from its first byte; a restored patcher's consumed bytes are skipped
+    /// after the table.
+    pub fn new(patcher: Patcher, isa: Option<super::exec::Isa>) -> Self {
+        Self {
+            isa,
+            reader: isa.map(|_| super::exec::TableReader::new(patcher.old_len)),
+            table: Default::default(),
+            skip: patcher.consumed(),
+            patcher,
+        }
+    }
+
+    /// The patcher (for its checkpoint and counters; its `consumed` counts op bytes after the
+    /// table).
+    pub fn patcher(&self) -> &Patcher {
+        &self.patcher
+    }
+
+    /// Feeds stream bytes until new reaches `stop` bytes; returns how many it took.
+    pub fn feed_until<O: OldImage + ?Sized>(
+        &mut self,
+        input: &[u8],
+        old: &mut O,
+        scratch: &mut [u8],
+        out: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+        stop: u64,
+    ) -> Result<usize, PatchError> {
+        let mut used = 0;
+        if let Some(r) = &mut self.reader {
+            used = r.feed(input)?;
+            if !r.done() {
+                return Ok(used);
+            }
+            self.table = std::mem::replace(r, super::exec::TableReader::new(0)).into_table();
+            self.reader = None;
+        }
+        let skipped = self.skip.min((input.len() - used) as u64) as usize;
+        self.skip -= skipped as u64;
+        used += skipped;
+        if self.skip > 0 {
+            return Ok(used);
+        }
+        let exec = self.isa.map(|isa| super::exec::Exec { isa, table: &self.table });
+        Ok(used + self.patcher.feed_until(&input[used..], old, scratch, out, exec, stop)?)
+    }
+
+    /// Checks that the stream ended exactly at the end of the new file.
+    pub fn finish(&self) -> Result<(), PatchError> {
+        if self.reader.is_some() || self.skip > 0 {
+            return Err(PatchError::Truncated { produced: 0, expected: self.patcher.new_len });
+        }
+        self.patcher.finish()
     }
 }
 
@@ -391,12 +542,17 @@ pub(crate) fn write_stream(
     old: &[u8],
     new: &[u8],
     ops: &[Op],
+    exec: Option<super::exec::Exec<'_>>,
     sink: &mut dyn std::io::Write,
 ) -> std::io::Result<u64> {
     const PIECE: usize = 1 << 20;
     let mut buf = Vec::with_capacity(PIECE + 64);
+    if let Some(exec) = exec {
+        exec.table.encode(&mut buf);
+    }
     let mut total = 0u64;
     let mut cursor = 0i64;
+    let mut predicted = Vec::new();
     for op in ops {
         put_varint(&mut buf, zigzag(op.old_pos as i64 - cursor));
         put_varint(&mut buf, op.add as u64);
@@ -404,7 +560,15 @@ pub(crate) fn write_stream(
         let mut done = 0;
         while done < op.add {
             let n = (op.add - done).min(PIECE);
-            let (o, w) = (&old[op.old_pos + done..][..n], &new[op.new_pos + done..][..n]);
+            let (mut o, w) = (&old[op.old_pos + done..][..n], &new[op.new_pos + done..][..n]);
+            if let Some(exec) = exec {
+                predicted.clear();
+                predicted.extend_from_slice(o);
+                let (s, at) = ((op.old_pos) as u64, (op.old_pos + done) as u64);
+                let disp = op.new_pos as i64 - op.old_pos as i64;
+                exec.predict(&mut &old[..], (s, s + op.add as u64), disp, at, &mut predicted)?;
+                o = &predicted;
+            }
             buf.extend(o.iter().zip(w).map(|(o, n)| n.wrapping_sub(*o)));
             done += n;
             if buf.len() >= PIECE {
@@ -460,7 +624,7 @@ mod tests {
         let new = b"0123XX6789abcdefNEW".to_vec();
         let ops = [Op { new_pos: 0, old_pos: 0, add: 16, copy: 3 }];
         let mut s = Vec::new();
-        write_stream(&old, &new, &ops, &mut s).unwrap();
+        write_stream(&old, &new, &ops, None, &mut s).unwrap();
         for piece in [1, 2, 5, 100] {
             assert_eq!(run(&old, new.len() as u64, &s, piece).unwrap(), new);
         }
@@ -480,7 +644,7 @@ mod tests {
             Op { new_pos: 205, old_pos: 210, add: 90, copy: 15 },
         ];
         let mut stream = Vec::new();
-        write_stream(&old, &new, &ops, &mut stream).unwrap();
+        write_stream(&old, &new, &ops, None, &mut stream).unwrap();
         let (ol, nl) = (old.len() as u64, new.len() as u64);
         for cut in 0..=stream.len() {
             let mut out = Vec::new();

@@ -14,7 +14,7 @@ use crate::{otaforge, stdout_json};
 
 /// Deterministic bytes that look like firmware: 32-bit instruction words, some repeated
 /// sequences, a table of absolute pointers.
-fn firmware(seed: u64, len: usize) -> Vec<u8> {
+pub(crate) fn firmware(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed | 1;
     let mut next = move || {
         x ^= x << 13;
@@ -101,8 +101,13 @@ fn edit_strategy() -> impl Strategy<Value = Edit> {
     ]
 }
 
-fn opts(format: DeltaFormat, method: MethodChoice, profile: Profile) -> CreateOptions {
-    CreateOptions { format, method, profile, level: 6, threads: 2, compression: None }
+pub(crate) fn opts(format: DeltaFormat, method: MethodChoice, profile: Profile) -> CreateOptions {
+    CreateOptions { format, method, profile, level: 6, threads: 2, ..CreateOptions::default() }
+}
+
+fn with_exec(isa: delta::Isa, profile: Profile) -> CreateOptions {
+    let o = opts(DeltaFormat::Otadelta, MethodChoice::Bsdiff, profile);
+    CreateOptions { exec: delta::ExecChoice::Isa(isa), ..o }
 }
 
 fn round_trip(old: &[u8], new: &[u8], o: &CreateOptions) -> Vec<u8> {
@@ -125,7 +130,7 @@ proptest! {
         seed in any::<u64>(),
         len in 0usize..40_000,
         edits in proptest::collection::vec(edit_strategy(), 0..6),
-        which in 0u8..5,
+        which in 0u8..9,
     ) {
         let old = firmware(seed, len);
         let new = edit(old.clone(), &edits);
@@ -134,7 +139,16 @@ proptest! {
             1 => opts(DeltaFormat::Otadelta, MethodChoice::Bsdiff, Profile::Mcu),
             2 => opts(DeltaFormat::Bsdiff40, MethodChoice::Bsdiff, Profile::Linux),
             3 => CreateOptions { compression: Some(Compression::None), ..opts(DeltaFormat::Otadelta, MethodChoice::Bsdiff, Profile::Linux) },
-            _ => opts(DeltaFormat::Otadelta, MethodChoice::Zstd, Profile::Linux),
+            4 => opts(DeltaFormat::Otadelta, MethodChoice::Zstd, Profile::Linux),
+            // The executable transforms, forced on (firmware-like words hold many patterns).
+            5 => with_exec(delta::Isa::Thumb2, Profile::Mcu),
+            6 => with_exec(delta::Isa::Aarch64, Profile::Linux),
+            7 => with_exec(delta::Isa::X86_64, Profile::Linux),
+            // In place, applied out of place: the same op stream.
+            _ => CreateOptions {
+                in_place: Some(delta::InPlaceOptions { segment_size: 1024, memory_size: 64 << 10 }),
+                ..with_exec(delta::Isa::Thumb2, Profile::Mcu)
+            },
         };
         prop_assert_eq!(round_trip(&old, &new, &o), new);
     }

@@ -1,0 +1,57 @@
+//! The executable transforms: any old and new images, with each instruction set's prediction
+//! forced on, make a delta that rebuilds new; applied again through `StreamPatcher` with the
+//! fuzzer's piece and scratch sizes (as a device reads), it rebuilds the same bytes, so the
+//! prediction does not depend on how reads are split.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use otaforge::delta::{self, Compression, CreateOptions, ExecChoice, Isa, Patcher, StreamPatcher};
+
+fuzz_target!(|data: &[u8]| {
+    if data.len() < 4 {
+        return;
+    }
+    let isa = [Isa::Thumb2, Isa::Aarch64, Isa::X86_64][usize::from(data[0] % 3)];
+    let (piece, scratch_len) = (usize::from(data[1]).max(1), usize::from(data[2] % 16) + 1);
+    let rest = &data[3..];
+    let at = (rest.len() / 2 + usize::from(data[0] >> 2)).min(rest.len());
+    let (old, new) = rest.split_at(at);
+    let opts = CreateOptions {
+        exec: ExecChoice::Isa(isa),
+        compression: Some(Compression::None),
+        level: 1,
+        threads: 1,
+        ..CreateOptions::default()
+    };
+    let created = match delta::create(old, new, &opts, &otaforge::NoReporter) {
+        Ok(c) => c,
+        Err(delta::DeltaError::Index(_)) => return,
+        Err(e) => panic!("create failed: {e}"),
+    };
+    let h = delta::Header::decode(&created.bytes).unwrap();
+    assert_eq!(h.filter, Some(isa));
+    // Stored: the payload is the op stream itself.
+    let stream = &created.bytes[delta::format::HEADER_LEN..][..h.payload_len as usize];
+    let mut p = StreamPatcher::new(Patcher::new(h.old_size, h.new_size), h.filter);
+    let mut out = Vec::new();
+    let mut scratch = vec![0u8; scratch_len];
+    for chunk in stream.chunks(piece) {
+        let mut at = 0;
+        while at < chunk.len() {
+            at += p
+                .feed_until(
+                    &chunk[at..],
+                    &mut &old[..],
+                    &mut scratch,
+                    &mut |b| {
+                        out.extend_from_slice(b);
+                        Ok(())
+                    },
+                    u64::MAX,
+                )
+                .unwrap();
+        }
+    }
+    p.finish().unwrap();
+    assert!(out == new, "pieces of {piece}, scratch {scratch_len}");
+});
