@@ -10,7 +10,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use otaforge::delta::{self, Header, Patcher, StreamPatcher};
+use otaforge::delta::{self, Header, Patcher, StreamPatcher, lzma};
 
 /// System's allocator, counting the bytes in use and their peak.
 struct Counting;
@@ -75,8 +75,17 @@ struct Measured {
     covers: usize,
 }
 
+/// Which LZMA decoder the device loop runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Decoder {
+    /// liblzma's raw LZMA1 decoder (the host's).
+    Liblzma,
+    /// `delta::lzma`, with its tables sized from the stream and both buffers on the heap.
+    Ours,
+}
+
 /// Creates an MCU-profile delta with `exec` and applies it the way a device does, counting.
-fn measure(exec: delta::ExecChoice) -> Measured {
+fn measure(exec: delta::ExecChoice, decoder: Decoder) -> Measured {
     let (old, new) = images();
     let opts = delta::CreateOptions { profile: delta::Profile::Mcu, exec, ..Default::default() };
     let created = delta::create(&old, &new, &opts, &otaforge::reporter::NoReporter).unwrap();
@@ -98,37 +107,62 @@ fn measure(exec: delta::ExecChoice) -> Measured {
     let c_before = malloc_in_use();
     let mut c_peak = 0usize;
 
-    let (lc, lp, pb) = (h.lzma_props % 9, h.lzma_props / 9 % 5, h.lzma_props / 45);
-    let mut o = liblzma::stream::LzmaOptions::new_preset(6).unwrap();
-    o.dict_size(h.window)
-        .literal_context_bits(u32::from(lc))
-        .literal_position_bits(u32::from(lp))
-        .position_bits(u32::from(pb));
-    let mut filters = liblzma::stream::Filters::new();
-    filters.lzma1(&o);
-    let mut stream = liblzma::stream::Stream::new_raw_decoder(&filters).unwrap();
     let mut patcher = StreamPatcher::new(Patcher::new(h.old_size, h.new_size), h.filter);
-    let rust_with_decoder = IN_USE.load(Ordering::Relaxed);
-    assert!(rust_with_decoder - rust_before <= 256);
-    while patcher.patcher().produced() < h.new_size {
-        let end = (input_at + 64).min(payload.len());
-        let before_in = stream.total_in();
-        let before_out = stream.total_out();
-        stream.process(&payload[input_at..end], &mut output, liblzma::stream::Action::Run).unwrap();
-        input_at += (stream.total_in() - before_in) as usize;
-        let n = (stream.total_out() - before_out) as usize;
-        c_peak = c_peak.max(malloc_in_use().saturating_sub(c_before));
-        let mut sink = |b: &[u8]| {
-            same &= new.get(written..written + b.len()) == Some(b);
-            written += b.len();
-            Ok(())
-        };
-        patcher.feed_until(&output[..n], &mut &old[..], &mut scratch, &mut sink, u64::MAX).unwrap();
-        assert!(n > 0 || input_at < payload.len(), "the decoder stalled");
+    let mut sink = |b: &[u8]| {
+        same &= new.get(written..written + b.len()) == Some(b);
+        written += b.len();
+        Ok(())
+    };
+    match decoder {
+        Decoder::Liblzma => {
+            let (lc, lp, pb) = (h.lzma_props % 9, h.lzma_props / 9 % 5, h.lzma_props / 45);
+            let mut o = liblzma::stream::LzmaOptions::new_preset(6).unwrap();
+            o.dict_size(h.window)
+                .literal_context_bits(u32::from(lc))
+                .literal_position_bits(u32::from(lp))
+                .position_bits(u32::from(pb));
+            let mut filters = liblzma::stream::Filters::new();
+            filters.lzma1(&o);
+            let mut stream = liblzma::stream::Stream::new_raw_decoder(&filters).unwrap();
+            while patcher.patcher().produced() < h.new_size {
+                let end = (input_at + 64).min(payload.len());
+                let before_in = stream.total_in();
+                let before_out = stream.total_out();
+                stream
+                    .process(&payload[input_at..end], &mut output, liblzma::stream::Action::Run)
+                    .unwrap();
+                input_at += (stream.total_in() - before_in) as usize;
+                let n = (stream.total_out() - before_out) as usize;
+                c_peak = c_peak.max(malloc_in_use().saturating_sub(c_before));
+                patcher
+                    .feed_until(&output[..n], &mut &old[..], &mut scratch, &mut sink, u64::MAX)
+                    .unwrap();
+                assert!(n > 0 || input_at < payload.len(), "the decoder stalled");
+            }
+        }
+        Decoder::Ours => {
+            let mut dict = vec![0u8; h.window as usize];
+            let mut probs = vec![0u16; lzma::probs_len(h.lzma_props).unwrap()];
+            let mut dec = lzma::LzmaDecoder::new(h.lzma_props, &mut dict, &mut probs).unwrap();
+            let mut src = || {
+                let b = payload.get(input_at).copied();
+                input_at += 1;
+                b.ok_or_else(|| std::io::Error::other("the payload ended"))
+            };
+            loop {
+                let n = dec.read(&mut src, &mut output).unwrap();
+                if n == 0 {
+                    break;
+                }
+                patcher
+                    .feed_until(&output[..n], &mut &old[..], &mut scratch, &mut sink, u64::MAX)
+                    .unwrap();
+            }
+            c_peak = malloc_in_use().saturating_sub(c_before);
+        }
     }
     patcher.finish().unwrap();
     let rust_peak = PEAK.load(Ordering::Relaxed) - rust_before;
-    drop(stream);
     assert!(same && written == new.len(), "the rebuilt image is new");
     let covers = if h.filter.is_some() { table_len(&bytes) } else { 0 };
     Measured { rust_peak, c_peak, covers }
@@ -159,13 +193,13 @@ fn table_len(delta_bytes: &[u8]) -> usize {
 #[test]
 #[allow(clippy::print_stdout)] // the measured numbers, for docs/delta-format.md (--nocapture)
 fn an_mcu_delta_applies_within_the_measured_ram() {
-    let plain = measure(delta::ExecChoice::None);
+    // liblzma, as the host runs it.
+    let plain = measure(delta::ExecChoice::None, Decoder::Liblzma);
     // The patcher allocates nothing; Rust's heap grows only by liblzma's wrapper objects.
     assert!(plain.rust_peak <= 256, "Rust heap during apply: {} bytes", plain.rust_peak);
     // liblzma's raw LZMA1 decoder with a 4 KiB dictionary, on the host: its state and window
     // (measured 37,360 bytes: liblzma sizes its literal tables for lc + lp up to 4, 24 KiB,
-    // whatever the stream's lc/lp; a decoder sized for lc = lp = 0 needs 1.5 KiB for them).
-    // The stack buffers above are 64 + 256 + 64 bytes.
+    // whatever the stream's lc/lp).
     assert!(
         (4096..=48 * 1024).contains(&plain.c_peak),
         "liblzma's heap while applying: {} bytes",
@@ -175,19 +209,33 @@ fn an_mcu_delta_applies_within_the_measured_ram() {
     assert!(patcher_size <= 96, "Patcher is {patcher_size} bytes");
     let stream_size = std::mem::size_of::<StreamPatcher>();
 
+    // Our decoder, tables sized from the stream: everything on the Rust heap, nothing in C.
+    let ours = measure(delta::ExecChoice::None, Decoder::Ours);
+    let decoder_size = std::mem::size_of::<lzma::LzmaDecoder<'static>>();
+    let buffers = 256 + 64;
+    let total = ours.rust_peak + decoder_size + stream_size + buffers;
+    // Rust's allocator is malloc, so the C heap counts the same buffers (plus malloc's headers):
+    // nothing else is allocated.
+    assert!(ours.c_peak <= ours.rust_peak + 256, "C heap {} B", ours.c_peak);
+    assert!(total <= 16 * 1024, "the whole apply loop took {total} bytes");
+
     // With the Thumb-2 transform: the displacement table is the only addition, at most
     // MCU_COVERS covers (24 bytes each here; 12 in a device's u32/u32/i32 layout).
-    let exec = measure(delta::ExecChoice::Isa(delta::Isa::Thumb2));
+    let exec = measure(delta::ExecChoice::Isa(delta::Isa::Thumb2), Decoder::Ours);
     assert!((1..=delta::exec::MCU_COVERS).contains(&exec.covers), "{} covers", exec.covers);
-    let table_heap = exec.rust_peak.saturating_sub(plain.rust_peak);
+    let table_heap = exec.rust_peak.saturating_sub(ours.rust_peak);
     assert!(
-        exec.rust_peak <= 256 + exec.covers.next_power_of_two() * 24,
-        "Rust heap with the table: {} bytes for {} covers",
-        exec.rust_peak,
+        table_heap <= exec.covers.next_power_of_two() * 24 + 64,
+        "the table took {table_heap} bytes for {} covers",
         exec.covers
     );
+    // The most the MCU profile's table can take in this layout still fits.
+    let worst = total + delta::exec::MCU_COVERS * 24;
+    assert!(worst <= 16 * 1024 + 2048, "{worst}");
     println!(
-        "patcher {patcher_size} B, stream patcher {stream_size} B; plain: Rust heap {} B, liblzma {} B; thumb2: {} covers, Rust heap {} B (+{table_heap} B), liblzma {} B",
-        plain.rust_peak, plain.c_peak, exec.covers, exec.rust_peak, exec.c_peak
+        "patcher {patcher_size} B, stream patcher {stream_size} B, decoder {decoder_size} B; \
+         liblzma: Rust heap {} B, C heap {} B; ours: heap {} B (probabilities and dictionary), \
+         loop total {total} B; thumb2: {} covers, +{table_heap} B",
+        plain.rust_peak, plain.c_peak, ours.rust_peak, exec.covers
     );
 }

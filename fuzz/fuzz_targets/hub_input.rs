@@ -5,8 +5,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use otaforge::iothub::ConnectionString;
-use otaforge::iothub::sas::{Claims, SasKey};
 use otaforge::iothub::query::Query;
+use otaforge::iothub::sas::{Claims, SasKey};
 
 fuzz_target!(|data: &[u8]| {
     let _ = otaforge::finding::duplicate_keys(data);

@@ -418,17 +418,33 @@ impl Exec<'_> {
             return Ok(());
         }
         let wl = w as usize;
+        // The one byte that rules most positions out, and its offset in the instruction.
+        let (k, quick): (u64, fn(u8) -> bool) = match self.isa {
+            Isa::Thumb2 => (1, |b| b & 0xf8 == 0xf0),
+            Isa::Aarch64 => (3, |b| b & 0xfc == 0x94 || b & 0x9f == 0x90),
+            Isa::X86_64 => (0, |b| b == 0xe8 || b == 0xe9),
+        };
+        let byte = |q: u64, buf: &[u8]| -> u8 {
+            if q < at {
+                lo[(q - lo_start) as usize]
+            } else if q < end {
+                buf[(q - at) as usize]
+            } else {
+                hi[(q - end) as usize]
+            }
+        };
+        let is_branch = |p: u64, buf: &[u8]| -> bool {
+            quick(byte(p + k, buf)) && self.isa.is_branch(&get(p, buf)[..wl])
+        };
         // From the top down, so that a rewritten instruction is never read by a later check:
         // the checks for `p` read only `[p - w + 1, p + w)`, and a branch that counts has no
         // pattern in the `w - 1` positions below it, so the scan goes on from `p - w`.
         let mut p = last - last % a;
         while p >= first {
-            let here = get(p, buf);
-            let counts = self.isa.is_branch(&here[..wl])
-                && !(1..w)
-                    .filter(|k| k % a == 0 && p >= s + k)
-                    .any(|k| self.isa.is_branch(&get(p - k, buf)[..wl]));
+            let counts = is_branch(p, buf)
+                && !(1..w).filter(|k| k % a == 0 && p >= s + k).any(|k| is_branch(p - k, buf));
             if counts {
+                let here = get(p, buf);
                 let pi = p as i64;
                 if let Some(new) =
                     self.isa.rewrite(&here[..wl], pi, pi + disp, |t| self.table.map(t, disp))

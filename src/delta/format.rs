@@ -302,12 +302,10 @@ impl Header {
     }
 }
 
-/// RAM a minimal LZMA decoder needs: 2-byte probabilities (1984 fixed plus 0x300 per literal
-/// coder, `1 << (lc + lp)` coders) plus the dictionary.
+/// RAM a table-sizing LZMA decoder ([`super::lzma`]) needs: 2-byte probabilities (1,847 fixed
+/// plus 0x300 per literal coder, `1 << (lc + lp)` coders) plus the dictionary.
 pub fn lzma_decoder_ram(props: u8, dict: u32) -> u64 {
-    let lc = u32::from(props % 9);
-    let lp = u32::from(props / 9 % 5);
-    let probs = 1984u64 + (0x300u64 << (lc + lp));
+    let probs = super::lzma::probs_len(props).unwrap_or(0) as u64;
     probs * 2 + u64::from(dict)
 }
 
@@ -350,7 +348,7 @@ mod tests {
         let mut b = bytes;
         b[20] = 1;
         assert!(matches!(Header::decode(&b), Err(HeaderError::Field { field: "reserved", .. })));
-        assert_eq!(lzma_decoder_ram(0, 4096), (1984 + 768) * 2 + 4096);
+        assert_eq!(lzma_decoder_ram(0, 4096), (1847 + 768) * 2 + 4096);
         let mut b = bytes;
         b[11] = 9;
         assert!(matches!(Header::decode(&b), Err(HeaderError::Field { field: "filter", .. })));

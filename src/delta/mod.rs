@@ -23,6 +23,7 @@ mod diff;
 pub mod exec;
 pub mod format;
 pub mod inplace;
+pub mod lzma;
 pub mod ops;
 
 use std::io::{self, Read, Write};
@@ -341,6 +342,19 @@ pub fn create(
         _ => exec::Table::default(),
     };
     let filters: Vec<Option<Isa>> = match isa {
+        // Large streams: compressing twice would double the compressors' memory and time, so
+        // the prediction is kept when it leaves fewer non-zero corrections.
+        Some(i) if plain_too && use_ops && ops_stream_hint(&ops) > 4 << 20 => {
+            reporter.start("exec", None);
+            let exec = exec::Exec { isa: i, table: &table };
+            let (with, without) = std::thread::scope(|s| {
+                let h = s.spawn(|| ops::nonzero_corrections(old, new, &ops, Some(exec)));
+                let without = ops::nonzero_corrections(old, new, &ops, None);
+                (h.join().unwrap_or(u64::MAX), without)
+            });
+            reporter.finish("exec");
+            if with < without { vec![Some(i)] } else { vec![None] }
+        }
         Some(i) if plain_too => vec![None, Some(i)],
         Some(i) => vec![Some(i)],
         None => vec![None],
@@ -370,7 +384,7 @@ pub fn create(
     }
 
     // Candidate payloads: (method, encoder) pairs, compressed side by side.
-    let stream_len_hint: u64 = ops.iter().map(|o| (o.add + o.copy) as u64 + 6).sum();
+    let stream_len_hint = ops_stream_hint(&ops);
     let mut encoders: Vec<(Method, codec::Encoder)> = Vec::new();
     let jobs = &mut encoders;
     if use_ops {
@@ -478,6 +492,11 @@ pub fn create(
     reporter.finish("verify");
     let info = info(&bytes)?;
     Ok(Created { bytes, info, candidates })
+}
+
+/// About how long the op stream for `ops` is.
+fn ops_stream_hint(ops: &[diff::Op]) -> u64 {
+    ops.iter().map(|o| (o.add + o.copy) as u64 + 6).sum()
 }
 
 /// A compressed payload.

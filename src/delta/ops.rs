@@ -536,6 +536,35 @@ pub(crate) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
+/// How many correction bytes of `ops` are not zero, with or without `exec`'s prediction: a
+/// cheap stand-in for the compressed size when choosing whether to predict.
+pub(crate) fn nonzero_corrections(
+    old: &[u8],
+    new: &[u8],
+    ops: &[Op],
+    exec: Option<super::exec::Exec<'_>>,
+) -> u64 {
+    let mut buf = Vec::new();
+    let mut n = 0u64;
+    for op in ops.iter().filter(|o| o.add > 0) {
+        let (o, w) = (&old[op.old_pos..][..op.add], &new[op.new_pos..][..op.add]);
+        let o = match exec {
+            Some(exec) => {
+                buf.clear();
+                buf.extend_from_slice(o);
+                let s = op.old_pos as u64;
+                let disp = op.new_pos as i64 - op.old_pos as i64;
+                // Reads stay inside `old`, so they cannot fail.
+                let _ = exec.predict(&mut &old[..], (s, s + op.add as u64), disp, s, &mut buf);
+                &buf[..]
+            }
+            None => o,
+        };
+        n += o.iter().zip(w).filter(|(a, b)| a != b).count() as u64;
+    }
+    n
+}
+
 /// Writes the op stream for `ops` through `sink` in pieces of at most about 1 MiB.
 /// Returns the stream's length.
 pub(crate) fn write_stream(

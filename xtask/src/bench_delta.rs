@@ -101,6 +101,25 @@ fn otaforge_tool(name: &'static str, bin: &Path, extra: &'static [&'static str])
     }
 }
 
+/// `otaforge --profile mcu --in-place` with 4 KiB segments in a slot 64 KiB larger than the
+/// larger image (rounded to segments): the room old shifts up by.
+fn in_place_tool(bin: &Path) -> Tool {
+    let mut tool = otaforge_tool("otaforge --profile mcu --in-place", bin, &[]);
+    let create = tool.create;
+    tool.create = Box::new(move |o, n, d| {
+        let len = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        let memory = len(o).max(len(n)).next_multiple_of(4096) + (64 << 10);
+        let mut v = create(o, n, d);
+        v.extend(
+            ["--profile", "mcu", "--in-place", "--segment-size", "4096", "--memory-size"]
+                .map(String::from),
+        );
+        v.push(memory.to_string());
+        v
+    });
+    tool
+}
+
 /// A peer run by a Python script: `python3 SCRIPT diff|apply A B OUT [EXTRA…]`.
 fn python_tool(
     name: &'static str,
@@ -124,7 +143,14 @@ fn python_tool(
 fn tools(otaforge: PathBuf, python: &Path, hdp_script: PathBuf, dt_script: PathBuf) -> Vec<Tool> {
     vec![
         otaforge_tool("otaforge", &otaforge, &[]),
+        otaforge_tool("otaforge --exec none", &otaforge, &["--exec", "none"]),
         otaforge_tool("otaforge --profile mcu", &otaforge, &["--profile", "mcu"]),
+        otaforge_tool(
+            "otaforge --profile mcu --exec none",
+            &otaforge,
+            &["--profile", "mcu", "--exec", "none"],
+        ),
+        in_place_tool(&otaforge),
         Tool {
             name: "bsdiff 4.3",
             create: Box::new(|o, n, d| vec!["bsdiff".into(), s(o), s(n), s(d)]),
@@ -294,6 +320,11 @@ pub(crate) fn run(args: &[&str]) -> anyhow::Result<()> {
             if mcu_only && !name.starts_with("mcu-") {
                 continue;
             }
+            // Without the executable transform: only where there is machine code to predict.
+            let code = name.starts_with("mcu-") || name.starts_with("elf-");
+            if tool.name.contains("--exec none") && !code {
+                continue;
+            }
             if skip_tools.iter().any(|s| tool.name.starts_with(s.as_str())) {
                 continue;
             }
@@ -360,6 +391,32 @@ pub(crate) fn run(args: &[&str]) -> anyhow::Result<()> {
             let mbs = new_len as f64 / 1e6 / ours.4.max(1e-9);
             line.push_str(&format!("; apply {mbs:.0} MB/s (goal ≥ 200)"));
             summary.push(line);
+        }
+        // What the executable transform gave: with --exec auto (the default) against none.
+        for (with, without) in [
+            ("otaforge", "otaforge --exec none"),
+            ("otaforge --profile mcu", "otaforge --profile mcu --exec none"),
+        ] {
+            let find = |n: &str| results.iter().find(|r| r.0 == n);
+            if let (Some(a), Some(b)) = (find(with), find(without)) {
+                summary.push(format!(
+                    "{name} ({with}): exec auto / none = {:.4} ({} vs {} bytes)",
+                    a.1 as f64 / b.1 as f64,
+                    a.1,
+                    b.1
+                ));
+            }
+        }
+        let find = |n: &str| results.iter().find(|r| r.0 == n);
+        if let (Some(a), Some(b)) =
+            (find("otaforge --profile mcu --in-place"), find("otaforge --profile mcu"))
+        {
+            summary.push(format!(
+                "{name}: in place / A/B (mcu) = {:.4} ({} vs {} bytes)",
+                a.1 as f64 / b.1 as f64,
+                a.1,
+                b.1
+            ));
         }
     }
     println!();
