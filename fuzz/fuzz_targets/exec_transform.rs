@@ -23,6 +23,27 @@ fuzz_target!(|data: &[u8]| {
         threads: 1,
         ..CreateOptions::default()
     };
+    // Method 3 with the same prediction: the reader derives the table from the controls.
+    let split = CreateOptions {
+        exec: ExecChoice::Isa(isa),
+        method: delta::MethodChoice::Split,
+        level: 1,
+        threads: 1,
+        ..CreateOptions::default()
+    };
+    match delta::create(old, new, &split, &otaforge::NoReporter) {
+        Ok(c) => {
+            let mut out = Vec::new();
+            delta::apply(old, &c.bytes, None, &mut |b| {
+                out.extend_from_slice(b);
+                Ok(())
+            })
+            .unwrap();
+            assert!(out == new, "split round trip");
+        }
+        Err(delta::DeltaError::Index(_)) => {}
+        Err(e) => panic!("split create failed: {e}"),
+    }
     let created = match delta::create(old, new, &opts, &otaforge::NoReporter) {
         Ok(c) => c,
         Err(delta::DeltaError::Index(_)) => return,

@@ -31,8 +31,13 @@ enum FormatArg {
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum MethodArg {
+    /// Try what is promising, keep the smallest.
     Auto,
+    /// Suffix-array matching: the op stream, interleaved or in five parts.
     Bsdiff,
+    /// The op stream in five separately compressed parts (Linux).
+    Split,
+    /// zstd patch-from (Linux: the decoder holds old in memory).
     Zstd,
 }
 
@@ -174,6 +179,7 @@ fn create(a: CreateArgs, out: &Output) -> anyhow::Result<Outcome> {
         method: match a.method {
             MethodArg::Auto => MethodChoice::Auto,
             MethodArg::Bsdiff => MethodChoice::Bsdiff,
+            MethodArg::Split => MethodChoice::Split,
             MethodArg::Zstd => MethodChoice::Zstd,
         },
         profile: match a.profile {
@@ -370,6 +376,7 @@ fn error_kind(e: &DeltaError) -> &'static str {
         DeltaError::Signature(s) => s.kind(),
         DeltaError::UnsignableFormat => "unsignableFormat",
         DeltaError::InPlace(_) => "inPlace",
+        DeltaError::Unsupported(_) => "unsupported",
     }
 }
 

@@ -240,15 +240,17 @@ impl Table {
     }
 
     /// Appends the table's encoding: the count, then per cover the gap after the previous
-    /// cover's end, the length and the zigzag displacement, each LEB128.
+    /// cover's end, the length and the change of displacement from the previous cover's
+    /// (zigzag), each LEB128.
     pub(crate) fn encode(&self, out: &mut Vec<u8>) {
         put_varint(out, self.covers.len() as u64);
-        let mut end = 0;
+        let (mut end, mut disp) = (0, 0i64);
         for c in &self.covers {
             put_varint(out, c.old_start - end);
             put_varint(out, c.len);
-            put_varint(out, zigzag(c.disp));
+            put_varint(out, zigzag(c.disp.wrapping_sub(disp)));
             end = c.old_start + c.len;
+            disp = c.disp;
         }
     }
 
@@ -340,7 +342,8 @@ impl TableReader {
             if end > self.old_len || len == 0 {
                 return Err(PatchError::BadTable("a cover lies outside old or is empty"));
             }
-            let disp = ((disp >> 1) as i64) ^ -((disp & 1) as i64);
+            let change = ((disp >> 1) as i64) ^ -((disp & 1) as i64);
+            let disp = self.table.covers.last().map_or(0, |c| c.disp).wrapping_add(change);
             self.table.covers.push(Cover { old_start: start, len, disp });
             self.end = end;
             self.left = Some(left - 1);

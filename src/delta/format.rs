@@ -39,6 +39,9 @@ pub enum Method {
     Bsdiff,
     /// A zstd frame of new that references old as its prefix (patch-from).
     Zstd,
+    /// The op stream in five separately compressed parts ([`super::split`]).
+    #[serde(rename = "bsdiff-split")]
+    Split,
 }
 
 impl Method {
@@ -46,12 +49,14 @@ impl Method {
         match self {
             Method::Bsdiff => 1,
             Method::Zstd => 2,
+            Method::Split => 3,
         }
     }
     fn from_code(c: u8) -> Option<Self> {
         match c {
             1 => Some(Method::Bsdiff),
             2 => Some(Method::Zstd),
+            3 => Some(Method::Split),
             _ => None,
         }
     }
@@ -276,7 +281,10 @@ impl Header {
         if method == Method::Zstd && header.stream_len != header.new_size {
             return Err(HeaderError::Field { field: "stream_len", value: header.stream_len });
         }
-        if compression == Compression::None && header.stream_len != header.payload_len {
+        if compression == Compression::None
+            && method != Method::Split
+            && header.stream_len != header.payload_len
+        {
             return Err(HeaderError::Field { field: "stream_len", value: header.stream_len });
         }
         Ok(header)

@@ -22,7 +22,7 @@ use std::io;
 
 use super::format::{self, Header, InPlace};
 use super::ops::{CHECKPOINT_LEN, OldImage, Patcher, StreamPatcher};
-use super::{Applied, DeltaError, DeltaFormat, Method, codec};
+use super::{Applied, DeltaError, DeltaFormat, Method};
 use crate::Sha256;
 use crate::sign::TrustedKeys;
 
@@ -257,8 +257,8 @@ pub fn apply<F: Flash, J: Journal>(
         return Err(DeltaError::Digest { expected: h.digest, actual: digest });
     }
     let signed_by = super::check_signature(&h, &delta[payload_end..], keys)?;
-    if h.method != Method::Bsdiff {
-        return Err(DeltaError::InPlace("only the op method applies in place".into()));
+    if h.method == Method::Zstd {
+        return Err(DeltaError::InPlace("only the op methods apply in place".into()));
     }
     let needed = slot_needed(&h, &ip);
     if slot_len < needed {
@@ -330,8 +330,8 @@ pub fn apply<F: Flash, J: Journal>(
             return Err(DeltaError::InPlace("the journal's record is inconsistent".into()));
         }
         let mut sp = StreamPatcher::new(patcher, h.filter);
-        let mut reader = codec::decoder(h.compression, h.window, h.lzma_props, payload)
-            .map_err(|e| DeltaError::Decompress(e.to_string()))?;
+        let mut reader =
+            super::op_stream(&h, payload).map_err(|e| DeltaError::Decompress(e.to_string()))?;
         let cell = RefCell::new(&mut *flash);
         let mut old = SlotOld { flash: &cell, shift };
         let mut k = segment;

@@ -25,6 +25,7 @@ pub mod format;
 pub mod inplace;
 pub mod lzma;
 pub mod ops;
+pub mod split;
 
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -53,8 +54,10 @@ pub enum MethodChoice {
     /// Try what is promising and keep the smallest.
     #[default]
     Auto,
-    /// Suffix-array matching (the op stream).
+    /// Suffix-array matching (the op stream, interleaved or in parts, whichever is smaller).
     Bsdiff,
+    /// The op stream in five separately compressed parts only (method 3; Linux, LZMA).
+    Split,
     /// zstd patch-from.
     Zstd,
 }
@@ -277,6 +280,9 @@ pub enum DeltaError {
     /// The signature check refused the delta, or signing failed.
     #[error(transparent)]
     Signature(#[from] SignError),
+    /// The options ask for something this format or profile cannot do.
+    #[error("{0}")]
+    Unsupported(String),
     /// The in-place options or layout are refused, or applying in place failed.
     #[error("in place: {0}")]
     InPlace(String),
@@ -304,7 +310,7 @@ pub fn create(
         None => None,
     };
     let use_ops = opts.format == DeltaFormat::Bsdiff40
-        || matches!(opts.method, MethodChoice::Auto | MethodChoice::Bsdiff)
+        || matches!(opts.method, MethodChoice::Auto | MethodChoice::Bsdiff | MethodChoice::Split)
         || opts.profile == Profile::Mcu
         || in_place.is_some();
     let (old_sha, new_sha) = std::thread::scope(|s| {
@@ -403,12 +409,22 @@ pub fn create(
             (forced, Profile::Linux) => {
                 let dict = stream_len_hint.next_power_of_two().clamp(4096, 8 << 20) as u32;
                 if forced != Some(Compression::Zstd) {
+                    let lzma = codec::Encoder::Lzma {
+                        preset: level,
+                        params: codec::LzmaParams { dict, lc: 1, lp: 0, pb: 0 },
+                    };
+                    // The split method won on every corpus pair; for large streams the
+                    // interleaved one is not tried beside it (its compressor alone is ~100 MiB).
+                    if stream_len_hint <= 4 << 20 {
+                        jobs.push((Method::Bsdiff, lzma));
+                    }
+                    // The same, in five parts (each part's dictionary sized to it: up to 8 MiB
+                    // for the literals, 1 MiB for the others, which compressed as well or
+                    // better than 8 MiB on the corpus and take less memory on both sides).
+                    let split_params = codec::LzmaParams { dict: 8 << 20, lc: 1, lp: 0, pb: 0 };
                     jobs.push((
-                        Method::Bsdiff,
-                        codec::Encoder::Lzma {
-                            preset: level,
-                            params: codec::LzmaParams { dict, lc: 1, lp: 0, pb: 0 },
-                        },
+                        Method::Split,
+                        codec::Encoder::Lzma { preset: level, params: split_params },
                     ));
                 }
                 // zstd on the op stream lost to LZMA on every corpus pair; auto tries it only
@@ -435,11 +451,21 @@ pub fn create(
         jobs.push((Method::Zstd, codec::Encoder::Zstd { level: 0, window_log: 0 }));
     }
 
+    if opts.method == MethodChoice::Split {
+        encoders.retain(|(m, _)| *m == Method::Split);
+        if encoders.is_empty() {
+            return Err(DeltaError::Unsupported(
+                "--method split needs --profile linux and LZMA compression".into(),
+            ));
+        }
+    }
     // Every op-stream encoder with every filter; patch-from once.
     let jobs: Vec<(Method, codec::Encoder, Option<Isa>)> = encoders
         .iter()
         .flat_map(|&(m, e)| match m {
-            Method::Bsdiff => filters.iter().map(|&f| (m, e, f)).collect::<Vec<_>>(),
+            Method::Bsdiff | Method::Split => {
+                filters.iter().map(|&f| (m, e, f)).collect::<Vec<_>>()
+            }
             Method::Zstd => vec![(m, e, None)],
         })
         .collect();
@@ -447,7 +473,7 @@ pub fn create(
     let results: Vec<Result<Candidate, DeltaError>> =
         diff::run_limited(opts.threads.max(1), &jobs, |&(method, enc, filter)| {
             let exec = filter.map(|isa| exec::Exec { isa, table: &table });
-            compress_payload(old, new, &ops, method, enc, exec, level)
+            compress_payload(old, new, &ops, method, enc, exec, opts)
         });
     reporter.finish("compress");
     let mut done = results.into_iter().collect::<Result<Vec<_>, _>>()?;
@@ -548,8 +574,10 @@ fn compress_payload(
     method: Method,
     enc: codec::Encoder,
     exec: Option<exec::Exec<'_>>,
-    level: u32,
+    opts: &CreateOptions,
 ) -> Result<Candidate, DeltaError> {
+    let (level, threads) = (opts.level.clamp(1, 9), opts.threads.max(1));
+    let filter = exec.map(|e| e.isa);
     match method {
         Method::Bsdiff => {
             let mut stream_len = 0;
@@ -559,7 +587,32 @@ fn compress_payload(
                     Ok(stream_len)
                 })
                 .map_err(DeltaError::Compress)?;
-            let filter = exec.map(|e| e.isa);
+            Ok(Candidate { method, enc, filter, stream_len, payload })
+        }
+        Method::Split => {
+            let codec::Encoder::Lzma { preset, params } = enc else {
+                return Err(DeltaError::SelfCheck("the split method compresses with LZMA".into()));
+            };
+            // The reader derives the displacement table from the ops: all covers, not sent.
+            let full;
+            let exec = match exec {
+                Some(e) => {
+                    full = exec::Table::from_ops(ops, usize::MAX);
+                    Some(exec::Exec { isa: e.isa, table: &full })
+                }
+                None => None,
+            };
+            let parts = split::write_parts(old, new, ops, exec).map_err(DeltaError::Compress)?;
+            let mut table_len = Vec::new();
+            if let Some(e) = exec {
+                e.table.encode(&mut table_len);
+            }
+            let stream_len =
+                parts.iter().map(|p| p.len() as u64).sum::<u64>() + table_len.len() as u64;
+            let (payload, window) =
+                split::compress(&parts, preset, params, threads).map_err(DeltaError::Compress)?;
+            let params = codec::LzmaParams { dict: window, ..params };
+            let enc = codec::Encoder::Lzma { preset, params };
             Ok(Candidate { method, enc, filter, stream_len, payload })
         }
         Method::Zstd => {
@@ -591,7 +644,20 @@ pub fn info(delta: &[u8]) -> Result<DeltaInfo, DeltaError> {
                 .and_then(|v| v.as_str().map(str::to_owned))
                 .unwrap_or_default(),
             window: h.window,
-            decoder_ram: h.decoder_ram(),
+            decoder_ram: match h.method {
+                // One decoder per part, each with its own dictionary.
+                Method::Split => {
+                    let payload = delta.get(format::HEADER_LEN..).unwrap_or_default();
+                    let payload = &payload[..payload.len().min(h.payload_len as usize)];
+                    split::parts(&h, payload).map_or(h.decoder_ram(), |parts| {
+                        parts
+                            .iter()
+                            .map(|p| Header { window: p.dict, ..h.clone() }.decoder_ram())
+                            .sum()
+                    })
+                }
+                _ => h.decoder_ram(),
+            },
             old_size: Some(h.old_size),
             old_sha256: Some(h.old_sha256),
             new_size: h.new_size,
@@ -721,11 +787,9 @@ pub fn apply(
         Method::Zstd => {
             Box::new(codec::zstd_ref_decoder(old, h.window, payload).map_err(decompress)?)
         }
-        Method::Bsdiff => {
-            codec::decoder(h.compression, h.window, h.lzma_props, payload).map_err(decompress)?
-        }
+        Method::Bsdiff | Method::Split => op_stream(&h, payload).map_err(decompress)?,
     };
-    let mut patcher = (h.method == Method::Bsdiff)
+    let mut patcher = (h.method != Method::Zstd)
         .then(|| StreamPatcher::new(Patcher::new(h.old_size, h.new_size), h.filter));
     let mut scratch = [0u8; 4096];
     let mut old_img = old;
@@ -757,6 +821,15 @@ pub fn apply(
         return Err(DeltaError::WrongNew { expected: h.new_sha256, actual });
     }
     Ok(Applied { format: DeltaFormat::Otadelta, new_size: written, new_sha256: actual, signed_by })
+}
+
+/// The decompressed op stream of an op-method delta (method 1 as stored, method 3
+/// re-interleaved from its parts).
+fn op_stream<'a>(h: &Header, payload: &'a [u8]) -> io::Result<Box<dyn Read + 'a>> {
+    match h.method {
+        Method::Split => Ok(Box::new(split::SplitReader::new(h, payload)?)),
+        _ => codec::decoder(h.compression, h.window, h.lzma_props, payload),
+    }
 }
 
 /// The message a delta signature signs.

@@ -130,7 +130,7 @@ proptest! {
         seed in any::<u64>(),
         len in 0usize..40_000,
         edits in proptest::collection::vec(edit_strategy(), 0..6),
-        which in 0u8..9,
+        which in 0u8..11,
     ) {
         let old = firmware(seed, len);
         let new = edit(old.clone(), &edits);
@@ -144,6 +144,12 @@ proptest! {
             5 => with_exec(delta::Isa::Thumb2, Profile::Mcu),
             6 => with_exec(delta::Isa::Aarch64, Profile::Linux),
             7 => with_exec(delta::Isa::X86_64, Profile::Linux),
+            // The op stream in five parts, plain and with a derived displacement table.
+            9 => opts(DeltaFormat::Otadelta, MethodChoice::Split, Profile::Linux),
+            10 => CreateOptions {
+                exec: delta::ExecChoice::Isa(delta::Isa::X86_64),
+                ..opts(DeltaFormat::Otadelta, MethodChoice::Split, Profile::Linux)
+            },
             // In place, applied out of place: the same op stream.
             _ => CreateOptions {
                 in_place: Some(delta::InPlaceOptions { segment_size: 1024, memory_size: 64 << 10 }),
@@ -185,6 +191,12 @@ fn edge_cases_round_trip_in_every_mode() {
             opts(DeltaFormat::Otadelta, MethodChoice::Bsdiff, Profile::Mcu),
             opts(DeltaFormat::Otadelta, MethodChoice::Zstd, Profile::Linux),
             opts(DeltaFormat::Bsdiff40, MethodChoice::Bsdiff, Profile::Linux),
+            opts(DeltaFormat::Otadelta, MethodChoice::Split, Profile::Linux),
+            with_exec(delta::Isa::Thumb2, Profile::Mcu),
+            CreateOptions {
+                exec: delta::ExecChoice::Isa(delta::Isa::Aarch64),
+                ..opts(DeltaFormat::Otadelta, MethodChoice::Split, Profile::Linux)
+            },
         ] {
             assert_eq!(round_trip(&old, &new, &o), new, "{name} {o:?}");
         }

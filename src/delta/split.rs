@@ -1,0 +1,376 @@
+//! Method 3: the op stream in five separately compressed parts (docs/delta-format.md, "Method
+//! 3"). The op stream mixes four kinds of bytes with different statistics: control numbers,
+//! corrections (mostly zero), literals (new code and data) and, with a filter, the displacement
+//! table. Compressed apart, each gets a model of its own: on the ruff ELF pair the parts come to
+//! 12.5 % less than the interleaved stream.
+//!
+//! Parts: 0 the seeks (after the displacement table, when there is one), 1 the add lengths,
+//! 2 the copy lengths, 3 the corrections, 4 the literals. The payload starts with a table of
+//! [`PART_ENTRY`]-byte entries (compressed length, decompressed length, dictionary), then the
+//! parts. Applying re-interleaves them into exactly the op stream of method 1
+//! ([`SplitReader`]), so every check of the patcher applies unchanged. A device needs one
+//! decompressor per part, and reads the stored delta at five places: Linux only.
+
+use std::io::{self, BufRead, BufReader, Read};
+
+use super::codec::{self, Encoder, LzmaParams};
+use super::diff::Op;
+use super::format::{Compression, Header};
+use super::ops::{put_varint, zigzag};
+
+/// Number of parts.
+pub const PARTS: usize = 5;
+/// Bytes per entry of the part table: compressed length, decompressed length (u64 LE each) and
+/// dictionary size (u32 LE).
+pub const PART_ENTRY: usize = 20;
+/// The part table's size.
+pub const TABLE_LEN: usize = PARTS * PART_ENTRY;
+
+/// One part as the table describes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Part {
+    /// Compressed bytes.
+    pub packed: u64,
+    /// Decompressed bytes.
+    pub raw: u64,
+    /// Decoder dictionary (LZMA) or window (zstd); 0 when stored.
+    pub dict: u32,
+}
+
+/// Reads and checks the part table against the header.
+pub fn parts(h: &Header, payload: &[u8]) -> io::Result<[Part; PARTS]> {
+    let bad = |m: &str| io::Error::new(io::ErrorKind::InvalidData, m.to_owned());
+    if payload.len() < TABLE_LEN {
+        return Err(bad("the part table is truncated"));
+    }
+    let mut parts = [Part { packed: 0, raw: 0, dict: 0 }; PARTS];
+    let (mut packed, mut raw) = (TABLE_LEN as u64, 0u64);
+    for (i, p) in parts.iter_mut().enumerate() {
+        let e = &payload[i * PART_ENTRY..(i + 1) * PART_ENTRY];
+        let u = |r: std::ops::Range<usize>| u64::from_le_bytes(e[r].try_into().unwrap_or_default());
+        let dict = u32::from_le_bytes(e[16..20].try_into().unwrap_or_default());
+        *p = Part { packed: u(0..8), raw: u(8..16), dict };
+        packed = packed.checked_add(p.packed).ok_or_else(|| bad("part lengths overflow"))?;
+        raw = raw.checked_add(p.raw).ok_or_else(|| bad("part lengths overflow"))?;
+        let dict_ok = match h.compression {
+            Compression::None => p.dict == 0 && p.packed == p.raw,
+            Compression::Lzma => (4096..=h.window).contains(&p.dict),
+            Compression::Zstd => (1..=h.window).contains(&p.dict),
+        };
+        if !dict_ok {
+            return Err(bad("a part's dictionary or length does not fit the header"));
+        }
+    }
+    // With a filter the stream also holds the displacement table, which is not sent: the reader
+    // derives it from the controls ([`SplitReader::new`]).
+    let raw_fits = if h.filter.is_some() { raw <= h.stream_len } else { raw == h.stream_len };
+    if packed != payload.len() as u64 || !raw_fits {
+        return Err(bad("the part table does not add up to the payload and stream lengths"));
+    }
+    Ok(parts)
+}
+
+/// The five raw parts for `ops`. With a filter, `exec`'s table must be the one
+/// [`super::exec::Table::from_ops`] makes from `ops` with no limit: the reader derives it.
+pub(crate) fn write_parts(
+    old: &[u8],
+    new: &[u8],
+    ops: &[Op],
+    exec: Option<super::exec::Exec<'_>>,
+) -> io::Result<[Vec<u8>; PARTS]> {
+    let mut p: [Vec<u8>; PARTS] = Default::default();
+    let mut cursor = 0i64;
+    let mut predicted = Vec::new();
+    for op in ops {
+        put_varint(&mut p[0], zigzag(op.old_pos as i64 - cursor));
+        put_varint(&mut p[1], op.add as u64);
+        put_varint(&mut p[2], op.copy as u64);
+        let (mut o, w) = (&old[op.old_pos..][..op.add], &new[op.new_pos..][..op.add]);
+        if let Some(exec) = exec {
+            predicted.clear();
+            predicted.extend_from_slice(o);
+            let s = op.old_pos as u64;
+            let disp = op.new_pos as i64 - op.old_pos as i64;
+            exec.predict(&mut &old[..], (s, s + op.add as u64), disp, s, &mut predicted)?;
+            o = &predicted;
+        }
+        p[3].extend(o.iter().zip(w).map(|(o, n)| n.wrapping_sub(*o)));
+        p[4].extend_from_slice(op.extra(new));
+        cursor = (op.old_pos + op.add) as i64;
+    }
+    Ok(p)
+}
+
+/// Compresses the parts with LZMA (`props` shared, each dictionary sized to its part) on up to
+/// `threads` threads; returns the payload (part table, then parts) and the largest dictionary.
+pub(crate) fn compress(
+    parts: &[Vec<u8>; PARTS],
+    preset: u32,
+    props: LzmaParams,
+    threads: usize,
+) -> io::Result<(Vec<u8>, u32)> {
+    let indexed: Vec<(usize, &Vec<u8>)> = parts.iter().enumerate().collect();
+    let packed = super::diff::run_limited(threads, &indexed, |&(i, raw)| {
+        let cap = if i == 4 { props.dict } else { props.dict.min(1 << 20) };
+        let dict = (raw.len() as u64).next_power_of_two().clamp(4096, u64::from(cap)) as u32;
+        let enc = Encoder::Lzma { preset, params: LzmaParams { dict, ..props } };
+        enc.compress(&mut |w| {
+            w.write_all(raw)?;
+            Ok(raw.len() as u64)
+        })
+        .map(|b| (b, dict))
+    });
+    let mut out = Vec::with_capacity(TABLE_LEN);
+    let mut bodies = Vec::with_capacity(PARTS);
+    let mut window = 4096;
+    for (raw, r) in parts.iter().zip(packed) {
+        let (body, dict) = r?;
+        out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+        out.extend_from_slice(&(raw.len() as u64).to_le_bytes());
+        out.extend_from_slice(&dict.to_le_bytes());
+        window = window.max(dict);
+        bodies.push(body);
+    }
+    for b in bodies {
+        out.extend_from_slice(&b);
+    }
+    Ok((out, window))
+}
+
+/// The ops the three control parts describe, checked as the patcher will check them (bounds of
+/// old and new), so that a hostile delta cannot make the table derivation misbehave.
+fn ops_from_controls(c: &[Vec<u8>; 3], old_len: u64, new_len: u64) -> io::Result<Vec<Op>> {
+    let bad = || {
+        io::Error::new(io::ErrorKind::InvalidData, "the control parts describe an impossible op")
+    };
+    let mut at = [0usize; 3];
+    let mut num = |i: usize| -> io::Result<Option<u64>> {
+        let (mut v, mut shift) = (0u64, 0u32);
+        loop {
+            let Some(&b) = c[i].get(at[i]) else {
+                return if shift == 0 { Ok(None) } else { Err(bad()) };
+            };
+            at[i] += 1;
+            if shift > 63 || (shift == 63 && b > 1) {
+                return Err(bad());
+            }
+            v |= u64::from(b & 0x7f) << shift;
+            shift += 7;
+            if b & 0x80 == 0 {
+                return Ok(Some(v));
+            }
+        }
+    };
+    let (mut ops, mut new_pos, mut cursor) = (Vec::new(), 0u64, 0i128);
+    while let Some(seek) = num(0)? {
+        let (Some(add), Some(copy)) = (num(1)?, num(2)?) else { return Err(bad()) };
+        let seek = i128::from(((seek >> 1) as i64) ^ -((seek & 1) as i64));
+        let old_pos = cursor + seek;
+        let end = new_pos.checked_add(add).and_then(|e| e.checked_add(copy));
+        if old_pos < 0
+            || old_pos + i128::from(add) > i128::from(old_len)
+            || end.is_none_or(|e| e > new_len)
+        {
+            return Err(bad());
+        }
+        ops.push(Op {
+            new_pos: new_pos as usize,
+            old_pos: old_pos as usize,
+            add: add as usize,
+            copy: copy as usize,
+        });
+        cursor = old_pos + i128::from(add);
+        new_pos = end.unwrap_or(new_len);
+    }
+    Ok(ops)
+}
+
+/// Where the re-interleaving is.
+#[derive(Debug, Clone, Copy)]
+enum Phase {
+    /// Copying control number `field` (0 seek, 1 add, 2 copy) from its part.
+    Control(usize),
+    /// Copying `left` bytes from part 3 (corrections), then the op's copy from part 4.
+    Add(u64),
+    /// Copying `left` bytes from part 4.
+    Copy(u64),
+}
+
+/// The op stream of method 1, re-interleaved from the five parts as it is read.
+pub struct SplitReader<'a> {
+    parts: Vec<BufReader<Box<dyn Read + 'a>>>,
+    /// The encoded displacement table, emitted first (with a filter), and how much is out.
+    prefix: Vec<u8>,
+    prefix_at: usize,
+    raw: [u64; PARTS],
+    read: [u64; PARTS],
+    phase: Phase,
+    /// The current op's add and copy lengths, as read.
+    lens: [u64; 2],
+    /// A control number's bytes, copied whole.
+    number: [u8; 10],
+    number_len: usize,
+    number_at: usize,
+}
+
+impl<'a> SplitReader<'a> {
+    /// A reader over the parts of `payload` (header already checked). With a filter, the
+    /// control parts are read whole first to derive the displacement table from the ops.
+    pub fn new(h: &Header, payload: &'a [u8]) -> io::Result<Self> {
+        let table = parts(h, payload)?;
+        let mut at = TABLE_LEN;
+        let mut readers: Vec<Box<dyn Read + 'a>> = Vec::with_capacity(PARTS);
+        for p in &table {
+            let body = &payload[at..at + p.packed as usize];
+            at += p.packed as usize;
+            let window = if h.compression == Compression::None { 0 } else { p.dict };
+            readers.push(codec::decoder(h.compression, window, h.lzma_props, body)?);
+        }
+        let mut prefix = Vec::new();
+        if h.filter.is_some() {
+            let mut controls: [Vec<u8>; 3] = Default::default();
+            for (i, c) in controls.iter_mut().enumerate() {
+                // No more than the part table says (it is checked again at the end).
+                readers[i].by_ref().take(table[i].raw).read_to_end(c)?;
+            }
+            let ops = ops_from_controls(&controls, h.old_size, h.new_size)?;
+            super::exec::Table::from_ops(&ops, usize::MAX).encode(&mut prefix);
+            let raw: u64 = table.iter().map(|p| p.raw).sum();
+            if raw + prefix.len() as u64 != h.stream_len {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "the parts and the derived table do not add up to the stream length",
+                ));
+            }
+            for (i, c) in controls.into_iter().enumerate() {
+                readers[i] = Box::new(io::Cursor::new(c));
+            }
+        }
+        Ok(Self {
+            parts: readers.into_iter().map(|r| BufReader::with_capacity(4096, r)).collect(),
+            prefix,
+            prefix_at: 0,
+            raw: table.map(|p| p.raw),
+            read: [0; PARTS],
+            phase: Phase::Control(0),
+            lens: [0; 2],
+            number: [0; 10],
+            number_len: 0,
+            number_at: 0,
+        })
+    }
+
+    /// Reads one LEB128 number's bytes from `part` into `number`; `false` at the part's end.
+    fn load_number(&mut self, part: usize) -> io::Result<Option<u64>> {
+        let (mut v, mut shift, mut len) = (0u64, 0u32, 0usize);
+        loop {
+            let buf = self.parts[part].fill_buf()?;
+            let Some(&b) = buf.first() else {
+                if len == 0 {
+                    return Ok(None);
+                }
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "a part ends inside a number",
+                ));
+            };
+            self.parts[part].consume(1);
+            self.read[part] += 1;
+            self.number[len] = b;
+            len += 1;
+            if shift < 64 {
+                v |= u64::from(b & 0x7f) << shift;
+            }
+            shift += 7;
+            if b & 0x80 == 0 || len == self.number.len() {
+                self.number_len = len;
+                self.number_at = 0;
+                return Ok(Some(v));
+            }
+        }
+    }
+
+    /// Copies up to `out.len()` (and at most `left`) bytes from `part`.
+    fn copy_from(&mut self, part: usize, out: &mut [u8], left: u64) -> io::Result<usize> {
+        let want = (out.len() as u64).min(left) as usize;
+        let n = self.parts[part].read(&mut out[..want])?;
+        if n == 0 && want > 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "a part ends early"));
+        }
+        self.read[part] += n as u64;
+        Ok(n)
+    }
+
+    fn check_ends(&mut self) -> io::Result<()> {
+        for i in 0..PARTS {
+            if self.read[i] != self.raw[i] || !self.parts[i].fill_buf()?.is_empty() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("part {i} does not end where the part table says"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Read for SplitReader<'_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let mut n = 0;
+        if self.prefix_at < self.prefix.len() {
+            let k = (self.prefix.len() - self.prefix_at).min(out.len());
+            out[..k].copy_from_slice(&self.prefix[self.prefix_at..self.prefix_at + k]);
+            self.prefix_at += k;
+            n = k;
+        }
+        while n < out.len() {
+            // A number's bytes first, when one is loaded.
+            if self.number_at < self.number_len {
+                let k = (self.number_len - self.number_at).min(out.len() - n);
+                out[n..n + k].copy_from_slice(&self.number[self.number_at..self.number_at + k]);
+                self.number_at += k;
+                n += k;
+                continue;
+            }
+            match self.phase {
+                Phase::Control(field) => {
+                    let Some(v) = self.load_number(field)? else {
+                        if field == 0 {
+                            // The end of the ops: every part must be used up exactly.
+                            self.check_ends()?;
+                            return Ok(n);
+                        }
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "an op is cut short",
+                        ));
+                    };
+                    self.phase = match field {
+                        0 => Phase::Control(1),
+                        1 => {
+                            self.lens[0] = v;
+                            Phase::Control(2)
+                        }
+                        _ => {
+                            self.lens[1] = v;
+                            Phase::Add(self.lens[0])
+                        }
+                    };
+                }
+                Phase::Add(0) => self.phase = Phase::Copy(self.lens[1]),
+                Phase::Add(left) => {
+                    let k = self.copy_from(3, &mut out[n..], left)?;
+                    n += k;
+                    self.phase = Phase::Add(left - k as u64);
+                }
+                Phase::Copy(0) => self.phase = Phase::Control(0),
+                Phase::Copy(left) => {
+                    let k = self.copy_from(4, &mut out[n..], left)?;
+                    n += k;
+                    self.phase = Phase::Copy(left - k as u64);
+                }
+            }
+        }
+        Ok(n)
+    }
+}
