@@ -1,5 +1,5 @@
 //! Method 3 (the op stream in five parts) from hostile bytes: five stored parts cut from the
-//! input, with or without a filter (the reader then derives the displacement table from the
+//! input, the corrections run-length coded or not, with or without a filter (the reader then derives the displacement table from the
 //! controls), in a header whose digest is right, so every check behind the digest is reached.
 //! `delta::apply` must not panic, and succeeds only with the declared result.
 #![no_main]
@@ -32,6 +32,8 @@ fuzz_target!(|data: &[u8]| {
         payload.extend_from_slice(&(p.len() as u64).to_le_bytes());
         payload.extend_from_slice(&0u32.to_le_bytes());
     }
+    // The flags byte: part 3 run-length coded or not.
+    payload.push(data[0] >> 7);
     let raw: u64 = parts.iter().map(|p| p.len() as u64).sum();
     for p in &parts {
         payload.extend_from_slice(p);

@@ -602,15 +602,32 @@ fn compress_payload(
                 }
                 None => None,
             };
-            let parts = split::write_parts(old, new, ops, exec).map_err(DeltaError::Compress)?;
             let mut table_len = Vec::new();
             if let Some(e) = exec {
                 e.table.encode(&mut table_len);
             }
-            let stream_len =
-                parts.iter().map(|p| p.len() as u64).sum::<u64>() + table_len.len() as u64;
-            let (payload, window) =
-                split::compress(&parts, preset, params, threads).map_err(DeltaError::Compress)?;
+            // Run-length coding the corrections wins on large streams (LZMA's longest match
+            // is 273 bytes) and loses a little on small ones: small ones try both.
+            let adds: u64 = ops.iter().map(|o| o.add as u64).sum();
+            let variants: &[bool] = if adds <= 4 << 20 { &[true, false] } else { &[true] };
+            let mut best: Option<(Vec<u8>, u32, u64)> = None;
+            for &run_length in variants {
+                let parts = split::write_parts(old, new, ops, exec, run_length)
+                    .map_err(DeltaError::Compress)?;
+                // The re-interleaved stream: table, controls, corrections (counted from the
+                // ops, as part 3 may be run-length coded), literals.
+                let controls: u64 = parts[..3].iter().map(|p| p.len() as u64).sum();
+                let stream_len = table_len.len() as u64 + controls + adds + parts[4].len() as u64;
+                let (payload, window) =
+                    split::compress(&parts, run_length, preset, params, threads)
+                        .map_err(DeltaError::Compress)?;
+                if best.as_ref().is_none_or(|b| payload.len() < b.0.len()) {
+                    best = Some((payload, window, stream_len));
+                }
+            }
+            let Some((payload, window, stream_len)) = best else {
+                return Err(DeltaError::SelfCheck("no split payload".into()));
+            };
             let params = codec::LzmaParams { dict: window, ..params };
             let enc = codec::Encoder::Lzma { preset, params };
             Ok(Candidate { method, enc, filter, stream_len, payload })
@@ -649,7 +666,7 @@ pub fn info(delta: &[u8]) -> Result<DeltaInfo, DeltaError> {
                 Method::Split => {
                     let payload = delta.get(format::HEADER_LEN..).unwrap_or_default();
                     let payload = &payload[..payload.len().min(h.payload_len as usize)];
-                    split::parts(&h, payload).map_or(h.decoder_ram(), |parts| {
+                    split::parts(&h, payload).map_or(h.decoder_ram(), |(parts, _)| {
                         parts
                             .iter()
                             .map(|p| Header { window: p.dict, ..h.clone() }.decoder_ram())

@@ -23,8 +23,10 @@ pub const PARTS: usize = 5;
 /// Bytes per entry of the part table: compressed length, decompressed length (u64 LE each) and
 /// dictionary size (u32 LE).
 pub const PART_ENTRY: usize = 20;
-/// The part table's size.
-pub const TABLE_LEN: usize = PARTS * PART_ENTRY;
+/// The part table's size: the entries, then a flags byte.
+pub const TABLE_LEN: usize = PARTS * PART_ENTRY + 1;
+/// Part-table flag: part 3 (the corrections) is run-length coded.
+pub const FLAG_RLE: u8 = 1;
 
 /// One part as the table describes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,8 +39,9 @@ pub struct Part {
     pub dict: u32,
 }
 
-/// Reads and checks the part table against the header.
-pub fn parts(h: &Header, payload: &[u8]) -> io::Result<[Part; PARTS]> {
+/// Reads and checks the part table against the header; also says whether part 3 is
+/// run-length coded.
+pub fn parts(h: &Header, payload: &[u8]) -> io::Result<([Part; PARTS], bool)> {
     let bad = |m: &str| io::Error::new(io::ErrorKind::InvalidData, m.to_owned());
     if payload.len() < TABLE_LEN {
         return Err(bad("the part table is truncated"));
@@ -61,13 +64,18 @@ pub fn parts(h: &Header, payload: &[u8]) -> io::Result<[Part; PARTS]> {
             return Err(bad("a part's dictionary or length does not fit the header"));
         }
     }
-    // With a filter the stream also holds the displacement table, which is not sent: the reader
-    // derives it from the controls ([`SplitReader::new`]).
-    let raw_fits = if h.filter.is_some() { raw <= h.stream_len } else { raw == h.stream_len };
-    if packed != payload.len() as u64 || !raw_fits {
+    // The decompressed parts are not the stream's bytes one for one (the corrections are
+    // run-length coded, the table is derived), so only the packed lengths are checked here;
+    // the re-interleaved stream's length is checked against `stream_len` as it is read.
+    let _ = raw;
+    let flags = payload[TABLE_LEN - 1];
+    if flags & !FLAG_RLE != 0 {
+        return Err(bad("unknown part-table flags"));
+    }
+    if packed != payload.len() as u64 {
         return Err(bad("the part table does not add up to the payload and stream lengths"));
     }
-    Ok(parts)
+    Ok((parts, flags & FLAG_RLE != 0))
 }
 
 /// The five raw parts for `ops`. With a filter, `exec`'s table must be the one
@@ -77,10 +85,12 @@ pub(crate) fn write_parts(
     new: &[u8],
     ops: &[Op],
     exec: Option<super::exec::Exec<'_>>,
+    run_length: bool,
 ) -> io::Result<[Vec<u8>; PARTS]> {
     let mut p: [Vec<u8>; PARTS] = Default::default();
     let mut cursor = 0i64;
     let mut predicted = Vec::new();
+    let mut rle = Rle::default();
     for op in ops {
         put_varint(&mut p[0], zigzag(op.old_pos as i64 - cursor));
         put_varint(&mut p[1], op.add as u64);
@@ -94,17 +104,81 @@ pub(crate) fn write_parts(
             exec.predict(&mut &old[..], (s, s + op.add as u64), disp, s, &mut predicted)?;
             o = &predicted;
         }
-        p[3].extend(o.iter().zip(w).map(|(o, n)| n.wrapping_sub(*o)));
+        if run_length {
+            for (o, n) in o.iter().zip(w) {
+                rle.push(n.wrapping_sub(*o));
+            }
+        } else {
+            p[3].extend(o.iter().zip(w).map(|(o, n)| n.wrapping_sub(*o)));
+        }
         p[4].extend_from_slice(op.extra(new));
         cursor = (op.old_pos + op.add) as i64;
     }
+    if run_length {
+        p[3] = rle.finish();
+    }
     Ok(p)
+}
+
+/// Run-length coding of the corrections (part 3), which are mostly zero: LZMA's longest match
+/// is 273 bytes, so a 150 MB run of zeros alone would cost it over half a megabyte. Runs of
+/// `(zeros LEB128, n LEB128, n bytes)`; a literal run ends where two zeros start.
+#[derive(Default)]
+struct Rle {
+    out: Vec<u8>,
+    zeros: u64,
+    lit: Vec<u8>,
+    /// Zeros seen since the literal run's last non-zero byte (fewer than two).
+    tail: usize,
+}
+
+impl Rle {
+    fn push(&mut self, b: u8) {
+        if self.lit.is_empty() {
+            if b == 0 {
+                self.zeros += 1;
+            } else {
+                self.lit.push(b);
+            }
+        } else if b == 0 {
+            self.tail += 1;
+            if self.tail == 2 {
+                self.emit();
+                self.zeros = 2;
+                self.tail = 0;
+            }
+        } else {
+            self.lit.extend(std::iter::repeat_n(0, self.tail));
+            self.tail = 0;
+            self.lit.push(b);
+        }
+    }
+
+    fn emit(&mut self) {
+        put_varint(&mut self.out, self.zeros);
+        put_varint(&mut self.out, self.lit.len() as u64);
+        self.out.extend_from_slice(&self.lit);
+        self.lit.clear();
+        self.zeros = 0;
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        if !self.lit.is_empty() {
+            self.emit();
+            self.zeros = self.tail as u64;
+        }
+        if self.zeros > 0 {
+            self.emit();
+        }
+        self.out
+    }
 }
 
 /// Compresses the parts with LZMA (`props` shared, each dictionary sized to its part) on up to
 /// `threads` threads; returns the payload (part table, then parts) and the largest dictionary.
 pub(crate) fn compress(
     parts: &[Vec<u8>; PARTS],
+    run_length: bool,
     preset: u32,
     props: LzmaParams,
     threads: usize,
@@ -131,6 +205,7 @@ pub(crate) fn compress(
         window = window.max(dict);
         bodies.push(body);
     }
+    out.push(if run_length { FLAG_RLE } else { 0 });
     for b in bodies {
         out.extend_from_slice(&b);
     }
@@ -207,6 +282,10 @@ pub struct SplitReader<'a> {
     phase: Phase,
     /// The current op's add and copy lengths, as read.
     lens: [u64; 2],
+    /// Part 3's run-length decoding (when `run_length`): zeros, then literal bytes, left in
+    /// the current run.
+    run_length: bool,
+    run: [u64; 2],
     /// A control number's bytes, copied whole.
     number: [u8; 10],
     number_len: usize,
@@ -217,7 +296,7 @@ impl<'a> SplitReader<'a> {
     /// A reader over the parts of `payload` (header already checked). With a filter, the
     /// control parts are read whole first to derive the displacement table from the ops.
     pub fn new(h: &Header, payload: &'a [u8]) -> io::Result<Self> {
-        let table = parts(h, payload)?;
+        let (table, run_length) = parts(h, payload)?;
         let mut at = TABLE_LEN;
         let mut readers: Vec<Box<dyn Read + 'a>> = Vec::with_capacity(PARTS);
         for p in &table {
@@ -235,13 +314,6 @@ impl<'a> SplitReader<'a> {
             }
             let ops = ops_from_controls(&controls, h.old_size, h.new_size)?;
             super::exec::Table::from_ops(&ops, usize::MAX).encode(&mut prefix);
-            let raw: u64 = table.iter().map(|p| p.raw).sum();
-            if raw + prefix.len() as u64 != h.stream_len {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "the parts and the derived table do not add up to the stream length",
-                ));
-            }
             for (i, c) in controls.into_iter().enumerate() {
                 readers[i] = Box::new(io::Cursor::new(c));
             }
@@ -251,9 +323,11 @@ impl<'a> SplitReader<'a> {
             prefix,
             prefix_at: 0,
             raw: table.map(|p| p.raw),
+            run_length,
             read: [0; PARTS],
             phase: Phase::Control(0),
             lens: [0; 2],
+            run: [0; 2],
             number: [0; 10],
             number_len: 0,
             number_at: 0,
@@ -301,7 +375,40 @@ impl<'a> SplitReader<'a> {
         Ok(n)
     }
 
+    /// Up to `out.len()` (at most `left`) correction bytes, expanded from part 3's runs.
+    fn corrections(&mut self, out: &mut [u8], left: u64) -> io::Result<usize> {
+        let want = (out.len() as u64).min(left);
+        if !self.run_length {
+            return self.copy_from(3, out, want);
+        }
+        loop {
+            if self.run[0] > 0 {
+                let k = self.run[0].min(want) as usize;
+                out[..k].fill(0);
+                self.run[0] -= k as u64;
+                return Ok(k);
+            }
+            if self.run[1] > 0 {
+                let k = self.copy_from(3, out, self.run[1].min(want))?;
+                self.run[1] -= k as u64;
+                return Ok(k);
+            }
+            let eof = || io::Error::new(io::ErrorKind::UnexpectedEof, "the corrections end early");
+            let zeros = self.load_number(3)?.ok_or_else(eof)?;
+            let lits = self.load_number(3)?.ok_or_else(eof)?;
+            // The run headers are not stream bytes: drop them from the number buffer.
+            self.number_len = 0;
+            if zeros == 0 && lits == 0 {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "an empty correction run"));
+            }
+            self.run = [zeros, lits];
+        }
+    }
+
     fn check_ends(&mut self) -> io::Result<()> {
+        if self.run != [0, 0] {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "the corrections run on"));
+        }
         for i in 0..PARTS {
             if self.read[i] != self.raw[i] || !self.parts[i].fill_buf()?.is_empty() {
                 return Err(io::Error::new(
@@ -359,7 +466,7 @@ impl Read for SplitReader<'_> {
                 }
                 Phase::Add(0) => self.phase = Phase::Copy(self.lens[1]),
                 Phase::Add(left) => {
-                    let k = self.copy_from(3, &mut out[n..], left)?;
+                    let k = self.corrections(&mut out[n..], left)?;
                     n += k;
                     self.phase = Phase::Add(left - k as u64);
                 }
@@ -372,5 +479,51 @@ impl Read for SplitReader<'_> {
             }
         }
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_round_trip() {
+        let mut x = 7u32;
+        for len in [0usize, 1, 2, 3, 10, 1000, 70_000] {
+            let data: Vec<u8> = (0..len)
+                .map(|i| {
+                    x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                    if i % 97 < 90 || x.is_multiple_of(3) { 0 } else { (x >> 16) as u8 }
+                })
+                .collect();
+            let mut rle = Rle::default();
+            data.iter().for_each(|&b| rle.push(b));
+            let coded = rle.finish();
+            // Decode the runs by the format's rule.
+            let (mut out, mut at) = (Vec::new(), 0usize);
+            let num = |at: &mut usize| {
+                let (mut v, mut s) = (0u64, 0);
+                loop {
+                    let b = coded[*at];
+                    *at += 1;
+                    v |= u64::from(b & 0x7f) << s;
+                    s += 7;
+                    if b & 0x80 == 0 {
+                        return v;
+                    }
+                }
+            };
+            while at < coded.len() {
+                let (z, n) = (num(&mut at), num(&mut at));
+                assert!(z > 0 || n > 0, "an empty run");
+                out.extend(std::iter::repeat_n(0u8, z as usize));
+                out.extend_from_slice(&coded[at..at + n as usize]);
+                at += n as usize;
+            }
+            assert!(out == data, "length {len}");
+            if len == 70_000 {
+                assert!(coded.len() < len / 5, "{} bytes for {len}", coded.len());
+            }
+        }
     }
 }
