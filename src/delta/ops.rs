@@ -294,20 +294,6 @@ impl Patcher {
         self.feed_until(input, old, scratch, out, None, u64::MAX).map(|_| ())
     }
 
-    /// [`Patcher::feed`] for a delta with an executable filter: the old bytes of every add are
-    /// rewritten by `exec`'s prediction before the corrections apply. `input` is the op stream
-    /// after the displacement table ([`super::exec::TableReader`]).
-    pub fn feed_exec<O: OldImage + ?Sized>(
-        &mut self,
-        input: &[u8],
-        old: &mut O,
-        scratch: &mut [u8],
-        out: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
-        exec: super::exec::Exec<'_>,
-    ) -> Result<(), PatchError> {
-        self.feed_until(input, old, scratch, out, Some(exec), u64::MAX).map(|_| ())
-    }
-
     /// Feeds `input` until new reaches `stop` bytes (or the input ends) and returns how many
     /// input bytes it took: an in-place device stops at each segment's end to save its state.
     pub fn feed_until<O: OldImage + ?Sized>(
