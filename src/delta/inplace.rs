@@ -228,11 +228,56 @@ fn hash_flash<F: Flash>(flash: &mut F, len: u64) -> io::Result<Sha256> {
     Ok(Sha256::from_bytes(h.finalize().into()))
 }
 
+/// Runs the whole op stream against old where it lies now (unshifted), writing nothing: the
+/// in-place rule holds for every op and the result is new. Called before the first erase.
+fn rehearse<F: Flash>(
+    h: &Header,
+    ip: InPlace,
+    payload: &[u8],
+    flash: &mut F,
+) -> Result<(), DeltaError> {
+    use sha2::Digest as _;
+    let decompress = |e: io::Error| DeltaError::Decompress(e.to_string());
+    let mut sp = StreamPatcher::new(Patcher::new(h.old_size, h.new_size).in_place(ip), h.filter);
+    let mut reader = super::op_stream(h, payload).map_err(decompress)?;
+    let cell = RefCell::new(flash);
+    let mut old = SlotOld { flash: &cell, shift: 0 };
+    let mut hasher = sha2::Sha256::new();
+    let (mut buf, mut scratch) = ([0u8; 512], [0u8; 64]);
+    let mut stream_total = 0u64;
+    loop {
+        let n = super::read_some(&mut reader, &mut buf).map_err(decompress)?;
+        if n == 0 {
+            break;
+        }
+        stream_total += n as u64;
+        if stream_total > h.stream_len {
+            return Err(DeltaError::StreamLength { expected: h.stream_len, actual: stream_total });
+        }
+        let mut sink = |b: &[u8]| {
+            hasher.update(b);
+            Ok(())
+        };
+        sp.feed_until(&buf[..n], &mut old, &mut scratch, &mut sink, u64::MAX)?;
+    }
+    sp.finish()?;
+    if stream_total != h.stream_len {
+        return Err(DeltaError::StreamLength { expected: h.stream_len, actual: stream_total });
+    }
+    let actual = Sha256::from_bytes(hasher.finalize().into());
+    if actual != h.new_sha256 {
+        return Err(DeltaError::WrongNew { expected: h.new_sha256, actual });
+    }
+    Ok(())
+}
+
 /// Applies (or resumes applying) the in-place delta `delta` to the slot `flash` of `slot_len`
 /// bytes, saving progress in `journal` after every segment. Call it again after a power cut
 /// (or any flash error): it carries on from the journal. On success new occupies the slot's
 /// first `new_size` bytes and the journal says done; the caller clears the journal before the
-/// next update. Every check of [`super::apply`] is made first (digest, signature, old).
+/// next update. Every check of [`super::apply`] is made first (digest, signature, old), and
+/// the whole update is rehearsed without writing before the first erase, so a delta that
+/// would not rebuild new in place is refused with the slot untouched.
 pub fn apply<F: Flash, J: Journal>(
     delta: &[u8],
     flash: &mut F,
@@ -291,28 +336,29 @@ pub fn apply<F: Flash, J: Journal>(
                     actual,
                 });
             }
+            // Nothing is erased before the whole update has been rehearsed: every op checked
+            // against the in-place rule and new's digest computed, reading old where it is.
+            rehearse(&h, ip, payload, flash)?;
             Progress::Shift { moved: 0 }
         }
     };
     let save = |journal: &mut J, p: &Progress| journal.save(&p.encode(&h.digest)).map_err(ioe);
 
-    // Phase 1: move old up by `shift`, top segment first. Source and destination of one
+    // Phase 1 (when there is a shift): move old up by `shift`, top segment first. Source and destination of one
     // segment never overlap (the shift is whole segments), and a destination only covers
     // sources already moved, so an interrupted move is simply redone.
-    let old_segments = h.old_size.div_ceil(seg);
+    let old_segments = if shift > 0 { h.old_size.div_ceil(seg) } else { 0 };
     if let Progress::Shift { moved } = progress {
         let mut buf = [0u8; 256];
         for j in (0..old_segments.saturating_sub(moved)).rev() {
-            if shift > 0 {
-                let (src, len) = (j * seg, seg.min(h.old_size - j * seg));
-                flash.erase(src + shift, seg).map_err(ioe)?;
-                let mut at = 0;
-                while at < len {
-                    let n = (len - at).min(buf.len() as u64) as usize;
-                    flash.read(src + at, &mut buf[..n]).map_err(ioe)?;
-                    flash.write(src + shift + at, &buf[..n]).map_err(ioe)?;
-                    at += n as u64;
-                }
+            let (src, len) = (j * seg, seg.min(h.old_size - j * seg));
+            flash.erase(src + shift, seg).map_err(ioe)?;
+            let mut at = 0;
+            while at < len {
+                let n = (len - at).min(buf.len() as u64) as usize;
+                flash.read(src + at, &mut buf[..n]).map_err(ioe)?;
+                flash.write(src + shift + at, &buf[..n]).map_err(ioe)?;
+                at += n as u64;
             }
             save(journal, &Progress::Shift { moved: old_segments - j })?;
         }

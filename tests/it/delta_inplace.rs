@@ -255,6 +255,21 @@ fn in_place_deltas_refuse_what_would_brick_the_slot() {
     let second = in_place(&old, &firmware(3, 20_000), 1024, 32 * 1024);
     let e = dev.run(&second, None).unwrap_err();
     assert!(e.to_string().contains("another delta"), "{e}");
+    // A delta whose ops read old bytes that would be overwritten by then (here: made for a
+    // shift, relabelled as having none): refused by the rehearsal, before anything is erased.
+    let mut h = delta::Header::decode(&delta).unwrap();
+    let mut layout = h.in_place.unwrap();
+    layout.shift_segments = 0;
+    h.in_place = Some(layout);
+    let payload = &delta[delta::format::HEADER_LEN..];
+    h.digest = delta::format::digest(&h.encode(), payload);
+    let mut relabelled = h.encode().to_vec();
+    relabelled.extend_from_slice(payload);
+    let mut dev = Device::new(&old, 32 * 1024, 512, 1);
+    let e = dev.run(&relabelled, None).unwrap_err();
+    assert!(e.to_string().contains("overwritten"), "{e}");
+    assert!(dev.slot(32 * 1024)[..old.len()] == old[..], "the slot was changed");
+    assert_eq!(dev.nor.borrow().saves.len(), 0, "progress was saved");
     // A plain delta is not applied in place.
     let plain =
         delta::create(&old, &new, &CreateOptions::default(), &otaforge::NoReporter).unwrap().bytes;
