@@ -37,6 +37,16 @@ pub(crate) struct SuffixIndex<'o> {
     /// For each two-byte prefix `b0 << 8 | b1`: the suffix-array slots `[start, end)` holding it.
     /// (The one suffix of length one sits just before its first byte's buckets, in none.)
     bucket: Vec<(u32, u32)>,
+    /// A bit per hash of every 8-byte window of old: a clear bit proves that no match of 8
+    /// bytes or more starts with those bytes, so the suffix-array search can be skipped.
+    present: Vec<u64>,
+    present_shift: u32,
+}
+
+/// The presence hash of 8 bytes (little endian), to `64 - shift` bits.
+#[inline]
+fn window_hash(w: u64, shift: u32) -> usize {
+    (w.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> shift) as usize
 }
 
 /// Errors building the index.
@@ -82,7 +92,26 @@ impl<'o> SuffixIndex<'o> {
             }
         }
         debug_assert_eq!(at as usize, sa.len());
-        Ok(Self { old, sa, bucket })
+        // About four bits per old byte (at most 16 MiB), so that roughly a fifth are set.
+        let bits = (old.len().max(1) as u64 * 2).next_power_of_two().clamp(1 << 16, 1 << 26);
+        let present_shift = 64 - bits.trailing_zeros();
+        let mut present = vec![0u64; (bits / 64) as usize];
+        for w in old.windows(8) {
+            let h =
+                window_hash(u64::from_le_bytes(w.try_into().unwrap_or_default()), present_shift);
+            present[h / 64] |= 1 << (h % 64);
+        }
+        Ok(Self { old, sa, bucket, present, present_shift })
+    }
+
+    /// Whether a match of at least 8 bytes can start with `needle`'s first 8 bytes (false
+    /// means certainly not; needles shorter than 8 bytes always may).
+    #[inline]
+    pub fn may_match_8(&self, needle: &[u8]) -> bool {
+        let Some(w) = needle.get(..8) else { return true };
+        let h =
+            window_hash(u64::from_le_bytes(w.try_into().unwrap_or_default()), self.present_shift);
+        self.present[h / 64] & (1 << (h % 64)) != 0
     }
 
     /// The longest prefix of `needle` that occurs in old: `(length, old position)`.
@@ -276,7 +305,11 @@ fn scan(
         scan += len;
         let mut scsc = scan;
         while scan < nlen {
-            let (l, p) = index.longest_match(&new[scan as usize..]);
+            // Where no 8-byte match can start, the search is skipped: a shorter match could
+            // only ever replace the alignment when it equals its score, a case this gives up.
+            let needle = &new[scan as usize..];
+            let (l, p) =
+                if index.may_match_8(needle) { index.longest_match(needle) } else { (0, 0) };
             len = l as isize;
             pos = p as isize;
             while scsc < scan + len {
