@@ -22,7 +22,7 @@ use std::io;
 
 use super::format::{self, Header, InPlace};
 use super::ops::{CHECKPOINT_LEN, OldImage, Patcher, StreamPatcher};
-use super::{Applied, DeltaError, DeltaFormat, Method};
+use super::{Applied, Bounded, DeltaError, DeltaFormat, Method};
 use crate::Sha256;
 use crate::sign::TrustedKeys;
 
@@ -239,20 +239,15 @@ fn rehearse<F: Flash>(
     use sha2::Digest as _;
     let decompress = |e: io::Error| DeltaError::Decompress(e.to_string());
     let mut sp = StreamPatcher::new(Patcher::new(h.old_size, h.new_size).in_place(ip), h.filter);
-    let mut reader = super::op_stream(h, payload).map_err(decompress)?;
+    let mut stream = Bounded::new(super::op_stream(h, payload).map_err(decompress)?, h);
     let cell = RefCell::new(flash);
     let mut old = SlotOld { flash: &cell, shift: 0 };
     let mut hasher = sha2::Sha256::new();
     let (mut buf, mut scratch) = ([0u8; 512], [0u8; 64]);
-    let mut stream_total = 0u64;
     loop {
-        let n = super::read_some(&mut reader, &mut buf).map_err(decompress)?;
+        let n = stream.next(&mut buf)?;
         if n == 0 {
             break;
-        }
-        stream_total += n as u64;
-        if stream_total > h.stream_len {
-            return Err(DeltaError::StreamLength { expected: h.stream_len, actual: stream_total });
         }
         let mut sink = |b: &[u8]| {
             hasher.update(b);
@@ -261,9 +256,7 @@ fn rehearse<F: Flash>(
         sp.feed_until(&buf[..n], &mut old, &mut scratch, &mut sink, u64::MAX)?;
     }
     sp.finish()?;
-    if stream_total != h.stream_len {
-        return Err(DeltaError::StreamLength { expected: h.stream_len, actual: stream_total });
-    }
+    stream.finish()?;
     let actual = Sha256::from_bytes(hasher.finalize().into());
     if actual != h.new_sha256 {
         return Err(DeltaError::WrongNew { expected: h.new_sha256, actual });
@@ -376,8 +369,9 @@ pub fn apply<F: Flash, J: Journal>(
             return Err(DeltaError::InPlace("the journal's record is inconsistent".into()));
         }
         let mut sp = StreamPatcher::new(patcher, h.filter);
-        let mut reader =
+        let reader =
             super::op_stream(&h, payload).map_err(|e| DeltaError::Decompress(e.to_string()))?;
+        let mut stream = Bounded::new(reader, &h);
         let cell = RefCell::new(&mut *flash);
         let mut old = SlotOld { flash: &cell, shift };
         let mut k = segment;
@@ -386,19 +380,10 @@ pub fn apply<F: Flash, J: Journal>(
             cell.borrow_mut().erase(k * seg, seg).map_err(ioe)?;
         }
         let (mut buf, mut scratch) = ([0u8; 512], [0u8; 64]);
-        let mut stream_total = 0u64;
         loop {
-            let n = super::read_some(&mut reader, &mut buf)
-                .map_err(|e| DeltaError::Decompress(e.to_string()))?;
+            let n = stream.next(&mut buf)?;
             if n == 0 {
                 break;
-            }
-            stream_total += n as u64;
-            if stream_total > h.stream_len {
-                return Err(DeltaError::StreamLength {
-                    expected: h.stream_len,
-                    actual: stream_total,
-                });
             }
             let mut piece = &buf[..n];
             while !piece.is_empty() {
@@ -428,9 +413,7 @@ pub fn apply<F: Flash, J: Journal>(
             }
         }
         sp.finish()?;
-        if stream_total != h.stream_len {
-            return Err(DeltaError::StreamLength { expected: h.stream_len, actual: stream_total });
-        }
+        stream.finish()?;
     }
     // New is complete (now, or before this call): check what the slot holds.
     let actual = hash_flash(flash, h.new_size).map_err(ioe)?;

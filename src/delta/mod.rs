@@ -800,25 +800,21 @@ pub fn apply(
     let mut buf = vec![0u8; 1 << 16];
     // The zstd method decodes straight to new; the op method feeds the patcher. The header
     // guarantees `stream_len == new_size` for the zstd method, so one limit serves both.
-    let mut reader: Box<dyn Read + '_> = match h.method {
+    let reader: Box<dyn Read + '_> = match h.method {
         Method::Zstd => {
             Box::new(codec::zstd_ref_decoder(old, h.window, payload).map_err(decompress)?)
         }
         Method::Bsdiff | Method::Split => op_stream(&h, payload).map_err(decompress)?,
     };
+    let mut stream = Bounded::new(reader, &h);
     let mut patcher = (h.method != Method::Zstd)
         .then(|| StreamPatcher::new(Patcher::new(h.old_size, h.new_size), h.filter));
     let mut scratch = [0u8; 4096];
     let mut old_img = old;
-    let mut stream_total = 0u64;
     loop {
-        let n = read_some(&mut reader, &mut buf).map_err(decompress)?;
+        let n = stream.next(&mut buf)?;
         if n == 0 {
             break;
-        }
-        stream_total += n as u64;
-        if stream_total > h.stream_len {
-            return Err(DeltaError::StreamLength { expected: h.stream_len, actual: stream_total });
         }
         match &mut patcher {
             Some(p) => {
@@ -830,14 +826,45 @@ pub fn apply(
     if let Some(p) = &patcher {
         p.finish()?;
     }
-    if stream_total != h.stream_len {
-        return Err(DeltaError::StreamLength { expected: h.stream_len, actual: stream_total });
-    }
+    stream.finish()?;
     let actual = Sha256::from_bytes(hasher.finalize().into());
     if written != h.new_size || actual != h.new_sha256 {
         return Err(DeltaError::WrongNew { expected: h.new_sha256, actual });
     }
     Ok(Applied { format: DeltaFormat::Otadelta, new_size: written, new_sha256: actual, signed_by })
+}
+
+/// A decompressed payload read in pieces and held to the header's `stream_len`: a longer one is
+/// refused as soon as it shows, a shorter one by [`Bounded::finish`].
+struct Bounded<'a> {
+    reader: Box<dyn Read + 'a>,
+    expected: u64,
+    total: u64,
+}
+
+impl<'a> Bounded<'a> {
+    fn new(reader: Box<dyn Read + 'a>, h: &Header) -> Self {
+        Self { reader, expected: h.stream_len, total: 0 }
+    }
+
+    /// The next piece into `buf`; 0 at the end.
+    fn next(&mut self, buf: &mut [u8]) -> Result<usize, DeltaError> {
+        let n =
+            read_some(&mut self.reader, buf).map_err(|e| DeltaError::Decompress(e.to_string()))?;
+        self.total += n as u64;
+        if self.total > self.expected {
+            return Err(DeltaError::StreamLength { expected: self.expected, actual: self.total });
+        }
+        Ok(n)
+    }
+
+    /// Checks that the payload decompressed to exactly `stream_len` bytes.
+    fn finish(&self) -> Result<(), DeltaError> {
+        if self.total != self.expected {
+            return Err(DeltaError::StreamLength { expected: self.expected, actual: self.total });
+        }
+        Ok(())
+    }
 }
 
 /// The decompressed op stream of an op-method delta (method 1 as stored, method 3

@@ -522,6 +522,25 @@ pub(crate) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
+/// The old bytes `at..at + len` of `op`'s add as the corrections are taken against them: as
+/// they are, or rewritten by `exec`'s prediction (into `buf`).
+pub(crate) fn add_source<'b>(
+    old: &'b [u8],
+    op: &Op,
+    exec: Option<super::exec::Exec<'_>>,
+    (at, len): (usize, usize),
+    buf: &'b mut Vec<u8>,
+) -> std::io::Result<&'b [u8]> {
+    let raw = &old[at..at + len];
+    let Some(exec) = exec else { return Ok(raw) };
+    buf.clear();
+    buf.extend_from_slice(raw);
+    let s = op.old_pos as u64;
+    let disp = op.new_pos as i64 - op.old_pos as i64;
+    exec.predict(&mut &old[..], (s, s + op.add as u64), disp, at as u64, buf)?;
+    Ok(buf)
+}
+
 /// How many correction bytes of `ops` are not zero, with or without `exec`'s prediction: a
 /// cheap stand-in for the compressed size when choosing whether to predict.
 pub(crate) fn nonzero_corrections(
@@ -533,19 +552,9 @@ pub(crate) fn nonzero_corrections(
     let mut buf = Vec::new();
     let mut n = 0u64;
     for op in ops.iter().filter(|o| o.add > 0) {
-        let (o, w) = (&old[op.old_pos..][..op.add], &new[op.new_pos..][..op.add]);
-        let o = match exec {
-            Some(exec) => {
-                buf.clear();
-                buf.extend_from_slice(o);
-                let s = op.old_pos as u64;
-                let disp = op.new_pos as i64 - op.old_pos as i64;
-                // Reads stay inside `old`, so they cannot fail.
-                let _ = exec.predict(&mut &old[..], (s, s + op.add as u64), disp, s, &mut buf);
-                &buf[..]
-            }
-            None => o,
-        };
+        let w = &new[op.new_pos..][..op.add];
+        // Reads stay inside `old`, so they cannot fail.
+        let Ok(o) = add_source(old, op, exec, (op.old_pos, op.add), &mut buf) else { continue };
         n += o.iter().zip(w).filter(|(a, b)| a != b).count() as u64;
     }
     n
@@ -575,15 +584,8 @@ pub(crate) fn write_stream(
         let mut done = 0;
         while done < op.add {
             let n = (op.add - done).min(PIECE);
-            let (mut o, w) = (&old[op.old_pos + done..][..n], &new[op.new_pos + done..][..n]);
-            if let Some(exec) = exec {
-                predicted.clear();
-                predicted.extend_from_slice(o);
-                let (s, at) = ((op.old_pos) as u64, (op.old_pos + done) as u64);
-                let disp = op.new_pos as i64 - op.old_pos as i64;
-                exec.predict(&mut &old[..], (s, s + op.add as u64), disp, at, &mut predicted)?;
-                o = &predicted;
-            }
+            let w = &new[op.new_pos + done..][..n];
+            let o = add_source(old, op, exec, (op.old_pos + done, n), &mut predicted)?;
             buf.extend(o.iter().zip(w).map(|(o, n)| n.wrapping_sub(*o)));
             done += n;
             if buf.len() >= PIECE {

@@ -95,15 +95,8 @@ pub(crate) fn write_parts(
         put_varint(&mut p[0], zigzag(op.old_pos as i64 - cursor));
         put_varint(&mut p[1], op.add as u64);
         put_varint(&mut p[2], op.copy as u64);
-        let (mut o, w) = (&old[op.old_pos..][..op.add], &new[op.new_pos..][..op.add]);
-        if let Some(exec) = exec {
-            predicted.clear();
-            predicted.extend_from_slice(o);
-            let s = op.old_pos as u64;
-            let disp = op.new_pos as i64 - op.old_pos as i64;
-            exec.predict(&mut &old[..], (s, s + op.add as u64), disp, s, &mut predicted)?;
-            o = &predicted;
-        }
+        let w = &new[op.new_pos..][..op.add];
+        let o = super::ops::add_source(old, op, exec, (op.old_pos, op.add), &mut predicted)?;
         if run_length {
             for (o, n) in o.iter().zip(w) {
                 rle.push(n.wrapping_sub(*o));
