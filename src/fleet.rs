@@ -218,8 +218,12 @@ struct Device {
 }
 
 impl Device {
+    /// A device token valid for an hour, signed afresh for each request as the SDKs renew theirs.
     fn auth(&self, env: &Env) -> String {
-        token(&format!("{}/devices/{}", env.host, self.id), &self.key, None, 4_000_000_000)
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        token(&format!("{}/devices/{}", env.host, self.id), &self.key, None, now + 3600)
     }
 
     fn fail(&self, message: impl Into<String>) -> FleetError {

@@ -328,6 +328,18 @@ impl AtomicFile {
     }
 }
 
+/// The soft limit of open files this process has now.
+#[allow(unsafe_code)] // one libc call on a struct we own; std has no rlimit API
+#[allow(clippy::unnecessary_cast)] // rlim_t is u64 here, not on every target
+pub fn open_files_limit() -> std::io::Result<u64> {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(lim.rlim_cur as u64)
+}
+
 /// Makes sure this process may hold `want` open files: raises the soft limit (towards the hard
 /// limit) when it is lower, as servers holding a connection per client do. When the hard limit
 /// is lower than `want`, raises it that far and errors naming both, so the fix (`ulimit -n`)

@@ -1,6 +1,11 @@
 //! edgeHub routes and Edge deployment manifests from arbitrary bytes: a route parses or is
 //! refused with a position inside it (or just past its end); a manifest validates to findings
 //! or is refused as not JSON; neither panics.
+//!
+//! An input starting with `*` is a long flat chain: the next two bytes are a repeat count and
+//! the rest a fragment (` OR a = 1`, ` + 1`, ...) repeated after `FROM /* WHERE a = 1` and
+//! before `INTO $upstream`, parsed on a thread with a small stack, so any recursion that grows
+//! with the chain's length crashes the target.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -8,8 +13,27 @@ use otaforge::edge::manifest::{Kind, validate};
 use otaforge::edge::route::Route;
 
 fuzz_target!(|data: &[u8]| {
-    let text = String::from_utf8_lossy(data);
-    match Route::parse(&text) {
+    if let [b'*', hi, lo, fragment @ ..] = data {
+        let times = (usize::from(*hi) << 8 | usize::from(*lo)) * 4;
+        let fragment = String::from_utf8_lossy(fragment);
+        let times = times.min(1_000_000 / fragment.len().max(1));
+        let text = format!("FROM /* WHERE a = 1{} INTO $upstream", fragment.repeat(times));
+        std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(move || route(&text))
+            .expect("a thread")
+            .join()
+            .expect("no panic on a small stack");
+        return;
+    }
+    route(&String::from_utf8_lossy(data));
+    for kind in [Kind::Base, Kind::Layered] {
+        let _ = validate(data, kind);
+    }
+});
+
+fn route(text: &str) {
+    match Route::parse(text) {
         Ok(r) => {
             let _ = (r.source_module(), r.sink_module());
             for w in &r.warnings {
@@ -21,7 +45,4 @@ fuzz_target!(|data: &[u8]| {
             assert!(e.position >= 1 && e.position <= len + 1, "position {} of {len}", e.position);
         }
     }
-    for kind in [Kind::Base, Kind::Layered] {
-        let _ = validate(data, kind);
-    }
-});
+}

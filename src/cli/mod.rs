@@ -141,6 +141,11 @@ fn stall_duration(s: &str) -> Result<std::time::Duration, otaforge::time::TimeEr
     otaforge::time::parse_duration(s, std::time::Duration::from_secs(3_600))
 }
 
+/// `serve --header-timeout`: at most ten minutes.
+fn header_duration(s: &str) -> Result<std::time::Duration, otaforge::time::TimeError> {
+    otaforge::time::parse_duration(s, std::time::Duration::from_secs(600))
+}
+
 pub(crate) fn main(rt: &tokio::runtime::Runtime) -> ExitCode {
     // https://no-color.org: any value of NO_COLOR turns colour off (clap colours help and errors).
     let mut command = Cli::command();

@@ -34,6 +34,13 @@ pub(crate) struct ServeArgs {
     /// A fetch that makes no progress for this long fails (at most 9 minutes).
     #[arg(long, default_value = "30s", value_parser = super::stall_duration)]
     stall_timeout: std::time::Duration,
+    /// A connection that sends no complete request head for this long (or stays idle between
+    /// requests this long) is closed.
+    #[arg(long, default_value = "10s", value_parser = super::header_duration)]
+    header_timeout: std::time::Duration,
+    /// The most connections open at once (also kept 1024 below the open-file limit).
+    #[arg(long, default_value_t = 65_536, value_name = "N")]
+    max_connections: usize,
     /// Also run N simulated devices against this serve, in the same process, until it stops
     /// (as `otaforge fleet run` does; they trust this serve's root key).
     #[arg(long, value_name = "N", help_heading = "Simulated fleet")]
@@ -131,6 +138,8 @@ pub(crate) fn run(
             allow_fetch: a.allow_fetch.clone(),
             stall_timeout: a.stall_timeout,
             public_url: a.public_url.clone(),
+            header_timeout: a.header_timeout,
+            max_connections: a.max_connections,
         })
         .await?;
         let all_interfaces = a.listen.ip().is_unspecified();

@@ -106,7 +106,7 @@ fn required_equality(e: &Expr) -> Option<(&[String], &Value)> {
             }
             _ => None,
         },
-        Expr::Binary(Op::And, a, b) => required_equality(a).or_else(|| required_equality(b)),
+        Expr::And(items) => items.iter().find_map(required_equality),
         _ => None,
     }
 }

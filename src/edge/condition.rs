@@ -53,8 +53,16 @@ pub enum Expr {
     Not(Box<Expr>),
     /// `-e`.
     Neg(Box<Expr>),
-    /// A binary operator.
+    /// A comparison (`=`, `!=`, `<`, ...).
     Binary(Op, Box<Expr>, Box<Expr>),
+    /// `a AND b AND ...`: a chain is one node, so a long flat chain nests nothing (evaluating
+    /// or dropping it recurses no deeper than a single term).
+    And(Vec<Expr>),
+    /// `a OR b OR ...`, one node per chain like [`Expr::And`].
+    Or(Vec<Expr>),
+    /// Arithmetic evaluated left to right: `first op1 e1 op2 e2 ...` (`+ -` or `* / %`), one
+    /// node per chain like [`Expr::And`].
+    Arith(Box<Expr>, Vec<(Op, Expr)>),
     /// `e IN [..]` (`negated`: `NIN`).
     In {
         /// The value looked for.
@@ -71,10 +79,6 @@ pub enum Expr {
 /// Binary operators.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
-    /// `AND`
-    And,
-    /// `OR`
-    Or,
     /// `=`
     Eq,
     /// `!=`, `<>`
@@ -272,7 +276,14 @@ impl Expr {
                 Some(Value::Number(n)) => num(-n.as_f64().unwrap_or(f64::NAN)),
                 _ => V::Undefined,
             },
-            Expr::Binary(op, a, b) => binary(*op, a.eval(twin), || b.eval(twin)),
+            Expr::Binary(op, a, b) => binary(*op, a.eval(twin), b.eval(twin)),
+            // Three-valued logic: one false makes AND false and one true makes OR true,
+            // wherever it stands; otherwise an undefined term makes the chain undefined.
+            Expr::And(items) => logic(items, twin, false),
+            Expr::Or(items) => logic(items, twin, true),
+            Expr::Arith(first, rest) => {
+                rest.iter().fold(first.eval(twin), |acc, (op, e)| binary(*op, acc, e.eval(twin)))
+            }
             Expr::In { value, list, negated } => {
                 let v = value.eval(twin);
                 let Some(v) = v.value() else { return V::Undefined };
@@ -339,65 +350,57 @@ fn same(a: &Value, b: &Value) -> bool {
     }
 }
 
-fn binary<'a>(op: Op, a: V<'a>, b: impl FnOnce() -> V<'a>) -> V<'a> {
+/// An AND chain (`decisive` false) or an OR chain (`decisive` true): the decisive value as soon
+/// as a term has it, else undefined when a term was not a boolean, else the other value.
+fn logic<'a>(items: &'a [Expr], twin: &'a Value, decisive: bool) -> V<'a> {
+    let mut undefined = false;
+    for i in items {
+        match i.eval(twin).truth() {
+            Some(b) if b == decisive => return V::from_bool(decisive),
+            Some(_) => {}
+            None => undefined = true,
+        }
+    }
+    if undefined { V::Undefined } else { V::from_bool(!decisive) }
+}
+
+fn binary<'a>(op: Op, a: V<'a>, b: V<'a>) -> V<'a> {
+    let (Some(x), Some(y)) = (a.value(), b.value()) else { return V::Undefined };
+    if !primitive(x) || !primitive(y) {
+        return V::Undefined;
+    }
     match op {
-        // Three-valued logic: false AND anything is false, true OR anything is true.
-        Op::And => match a.truth() {
-            Some(false) => V::from_bool(false),
-            left => match (left, b().truth()) {
-                (_, Some(false)) => V::from_bool(false),
-                (Some(true), Some(true)) => V::from_bool(true),
-                _ => V::Undefined,
-            },
-        },
-        Op::Or => match a.truth() {
-            Some(true) => V::from_bool(true),
-            left => match (left, b().truth()) {
-                (_, Some(true)) => V::from_bool(true),
-                (Some(false), Some(false)) => V::from_bool(false),
-                _ => V::Undefined,
-            },
-        },
+        Op::Eq => V::from_bool(same(x, y)),
+        Op::Ne => V::from_bool(!same(x, y)),
+        Op::Lt | Op::Le | Op::Gt | Op::Ge => {
+            let ord = match (x, y) {
+                (Value::Number(p), Value::Number(q)) => {
+                    p.as_f64().and_then(|p| q.as_f64().and_then(|q| p.partial_cmp(&q)))
+                }
+                (Value::String(p), Value::String(q)) => Some(p.cmp(q)),
+                // Strict typing: no order across types, and none of booleans or null.
+                _ => None,
+            };
+            let Some(o) = ord else { return V::from_bool(false) };
+            V::from_bool(match op {
+                Op::Lt => o.is_lt(),
+                Op::Le => o.is_le(),
+                Op::Gt => o.is_gt(),
+                _ => o.is_ge(),
+            })
+        }
         _ => {
-            let b = b();
-            let (Some(x), Some(y)) = (a.value(), b.value()) else { return V::Undefined };
-            if !primitive(x) || !primitive(y) {
+            let (Some(p), Some(q)) = (x.as_f64(), y.as_f64()) else { return V::Undefined };
+            if !x.is_number() || !y.is_number() {
                 return V::Undefined;
             }
             match op {
-                Op::Eq => V::from_bool(same(x, y)),
-                Op::Ne => V::from_bool(!same(x, y)),
-                Op::Lt | Op::Le | Op::Gt | Op::Ge => {
-                    let ord = match (x, y) {
-                        (Value::Number(p), Value::Number(q)) => {
-                            p.as_f64().and_then(|p| q.as_f64().and_then(|q| p.partial_cmp(&q)))
-                        }
-                        (Value::String(p), Value::String(q)) => Some(p.cmp(q)),
-                        // Strict typing: no order across types, and none of booleans or null.
-                        _ => None,
-                    };
-                    let Some(o) = ord else { return V::from_bool(false) };
-                    V::from_bool(match op {
-                        Op::Lt => o.is_lt(),
-                        Op::Le => o.is_le(),
-                        Op::Gt => o.is_gt(),
-                        _ => o.is_ge(),
-                    })
-                }
-                _ => {
-                    let (Some(p), Some(q)) = (x.as_f64(), y.as_f64()) else { return V::Undefined };
-                    if !x.is_number() || !y.is_number() {
-                        return V::Undefined;
-                    }
-                    match op {
-                        Op::Add => num(p + q),
-                        Op::Sub => num(p - q),
-                        Op::Mul => num(p * q),
-                        Op::Div if q != 0.0 => num(p / q),
-                        Op::Rem if q != 0.0 => num(p % q),
-                        _ => V::Undefined,
-                    }
-                }
+                Op::Add => num(p + q),
+                Op::Sub => num(p - q),
+                Op::Mul => num(p * q),
+                Op::Div if q != 0.0 => num(p / q),
+                Op::Rem if q != 0.0 => num(p % q),
+                _ => V::Undefined,
             }
         }
     }
@@ -650,19 +653,19 @@ impl Parser {
     }
 
     fn or(&mut self) -> Result<Expr, ConditionError> {
-        let mut e = self.and()?;
+        let mut items = vec![self.and()?];
         while self.eat_keyword("OR") {
-            e = Expr::Binary(Op::Or, Box::new(e), Box::new(self.and()?));
+            items.push(self.and()?);
         }
-        Ok(e)
+        Ok(if items.len() == 1 { items.remove(0) } else { Expr::Or(items) })
     }
 
     fn and(&mut self) -> Result<Expr, ConditionError> {
-        let mut e = self.not()?;
+        let mut items = vec![self.not()?];
         while self.eat_keyword("AND") {
-            e = Expr::Binary(Op::And, Box::new(e), Box::new(self.not()?));
+            items.push(self.not()?);
         }
-        Ok(e)
+        Ok(if items.len() == 1 { items.remove(0) } else { Expr::And(items) })
     }
 
     fn not(&mut self) -> Result<Expr, ConditionError> {
@@ -724,21 +727,23 @@ impl Parser {
     }
 
     fn additive(&mut self) -> Result<Expr, ConditionError> {
-        let mut e = self.multiplicative()?;
+        let first = self.multiplicative()?;
+        let mut rest = Vec::new();
         loop {
             let op = if self.eat_sym("+") {
                 Op::Add
             } else if self.eat_sym("-") {
                 Op::Sub
             } else {
-                return Ok(e);
+                return Ok(arith(first, rest));
             };
-            e = Expr::Binary(op, Box::new(e), Box::new(self.multiplicative()?));
+            rest.push((op, self.multiplicative()?));
         }
     }
 
     fn multiplicative(&mut self) -> Result<Expr, ConditionError> {
-        let mut e = self.unary()?;
+        let first = self.unary()?;
+        let mut rest = Vec::new();
         loop {
             let op = if self.eat_sym("*") {
                 Op::Mul
@@ -747,9 +752,9 @@ impl Parser {
             } else if self.eat_sym("%") {
                 Op::Rem
             } else {
-                return Ok(e);
+                return Ok(arith(first, rest));
             };
-            e = Expr::Binary(op, Box::new(e), Box::new(self.unary()?));
+            rest.push((op, self.unary()?));
         }
     }
 
@@ -888,6 +893,11 @@ impl Parser {
     }
 }
 
+/// One arithmetic chain node, or the single term when there is no operator.
+fn arith(first: Expr, rest: Vec<(Op, Expr)>) -> Expr {
+    if rest.is_empty() { first } else { Expr::Arith(Box::new(first), rest) }
+}
+
 /// Literals of different JSON types compared with each other can never be true: refused, as
 /// IoT Hub's typing would make the condition target nothing.
 fn check_types(a: &Expr, b: &Expr, pos: usize) -> Result<(), ConditionError> {
@@ -982,6 +992,30 @@ mod tests {
 
     fn err(cond: &str) -> ConditionError {
         Target::parse(cond).expect_err(cond)
+    }
+
+    #[test]
+    fn long_flat_chains_are_evaluated_without_deep_recursion() {
+        // Found by an attacker's pass: 7,000 ORs in a twin query overflowed serve's stack.
+        crate::edge::route::tests::on_small_stack(|| {
+            let twin = twin();
+            let chain = |op: &str, term: &str, n: usize| vec![term; n].join(op);
+            let e = Expr::parse(&chain(" OR ", "tags.building = 8", 20_000)).unwrap();
+            assert!(!e.matches(&twin));
+            let e =
+                Expr::parse(&format!("{} OR tags.building = 9", chain(" OR ", "a = 1", 20_000)))
+                    .unwrap();
+            assert!(e.matches(&twin), "a true term anywhere makes an OR chain true");
+            let e = Expr::parse(&chain(" AND ", "tags.building = 9", 20_000)).unwrap();
+            assert!(e.matches(&twin));
+            let e = Expr::parse(&format!("{} = 20000", chain(" + ", "1", 20_000))).unwrap();
+            assert!(e.matches(&twin));
+            let e = Expr::parse(&format!("{} = 1", chain(" * ", "1", 20_000))).unwrap();
+            assert!(e.matches(&twin));
+            assert_eq!(e.clone(), e);
+            let t = Target::parse(&chain(" or ", "tags.x = 1", 20_000)).unwrap();
+            assert!(!t.matches(&twin));
+        });
     }
 
     #[test]

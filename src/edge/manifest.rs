@@ -56,10 +56,8 @@ pub const MAX_CHUNKS: usize = 100;
 const IOTEDGEDEV_CHUNKS: usize = 8;
 /// User modules per deployment.
 pub const MAX_MODULES: usize = 50;
-/// Desired properties of one twin, serialized.
-pub const MAX_TWIN_BYTES: usize = 32 * 1024;
-/// Nesting of twin objects.
-const MAX_TWIN_DEPTH: usize = 10;
+/// Desired properties of one twin, as IoT Hub counts them (`iothub::limits`).
+pub const MAX_TWIN_BYTES: usize = crate::iothub::limits::MAX_PROPERTIES_BYTES;
 
 /// Replaces `${VAR}` and `${MODULES.NAME[.PLATFORM]}` in the template text, then serializes and
 /// chunks every `createOptions` written as an object. `vars` gives variables; `images` gives the
@@ -908,46 +906,16 @@ fn module_twins(
     }
 }
 
-/// IoT Hub's twin rules: keys without `.`, `$`, spaces or control characters, at most 1 KB;
-/// strings at most 4 KB; at most 10 levels.
+/// IoT Hub's twin rules (`iothub::limits`): keys, strings and depth.
 fn twin_rules(f: &mut Findings, v: &Value, p: &JsonPath, depth: usize) {
-    if depth > MAX_TWIN_DEPTH {
-        f.error(
-            "twin-depth",
-            p,
-            format!("nests deeper than {MAX_TWIN_DEPTH} levels, which IoT Hub refuses"),
-        );
-        return;
-    }
-    match v {
-        Value::Object(o) => {
-            for (k, x) in o {
-                let kp = p.key(k);
-                if k.is_empty()
-                    || k.len() > 1024
-                    || k.chars().any(|c| c.is_control() || matches!(c, '.' | '$' | ' '))
-                {
-                    f.error("twin-key", &kp, format!("twin key `{k}` may not be empty, over 1 KB, or hold `.`, `$`, spaces or control characters"));
-                }
-                twin_rules(f, x, &kp, depth + 1);
-            }
-        }
-        Value::String(s) if s.len() > 4096 => f.error(
-            "twin-value",
-            p,
-            format!("is {} bytes; a twin string holds at most 4 KB", s.len()),
-        ),
-        Value::Array(a) => {
-            for (i, x) in a.iter().enumerate() {
-                twin_rules(f, x, &p.index(i), depth + 1);
-            }
-        }
-        _ => {}
+    for e in crate::iothub::limits::violations(v, p, depth) {
+        f.error(e.rule, &e.path, e.message);
     }
 }
 
+/// IoT Hub's size limit of a twin's desired properties, counted as IoT Hub counts it.
 fn twin_size(f: &mut Findings, d: &Map<String, Value>, p: &JsonPath) {
-    let n = serde_json::to_string(d).map_or(0, |t| t.len());
+    let n = crate::iothub::limits::size(d);
     if n > MAX_TWIN_BYTES {
         f.error_hint("twin-size", p, format!("is {n} bytes; a twin's desired properties hold at most 32 KB"), "move large settings out of the twin (a file the module downloads), or shorten createOptions");
     }

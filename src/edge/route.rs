@@ -90,8 +90,10 @@ pub enum Cond {
     App(String),
     /// A prefix operator (`NOT`, `-`).
     Unary(&'static str, Box<Cond>),
-    /// A binary operator.
-    Binary(&'static str, Box<Cond>, Box<Cond>),
+    /// Binary operators of one precedence level, left to right: `first op1 c1 op2 c2 ...`. A
+    /// chain is one node, so a long flat chain nests nothing (dropping or comparing it recurses
+    /// no deeper than a single term).
+    Chain(Box<Cond>, Vec<(&'static str, Cond)>),
     /// A built-in function.
     Call(String, Vec<Cond>),
 }
@@ -477,7 +479,8 @@ impl P {
         if level == LEVELS.len() {
             return self.unary();
         }
-        let mut left = self.binary(level + 1)?;
+        let first = self.binary(level + 1)?;
+        let mut rest: Vec<(&'static str, Cond)> = Vec::new();
         loop {
             let pos = self.pos();
             let op = LEVELS[level].iter().find(|op| match self.peek() {
@@ -487,16 +490,24 @@ impl P {
                 }
                 _ => false,
             });
-            let Some(op) = op else { return Ok(left) };
+            let Some(op) = op else {
+                return Ok(if rest.is_empty() {
+                    first
+                } else {
+                    Cond::Chain(Box::new(first), rest)
+                });
+            };
             self.at += 1;
             let right = self.binary(level + 1)?;
-            if level == 3 || level == 4 {
-                type_check(&left, &right).map_err(|m| self.err(pos, m))?;
-                if matches!(left, Cond::Unary("NOT", _)) {
+            // Only the first comparison of a chain has a plain left operand; later ones
+            // compare the result of the one before.
+            if (level == 3 || level == 4) && rest.is_empty() {
+                type_check(&first, &right).map_err(|m| self.err(pos, m))?;
+                if matches!(first, Cond::Unary("NOT", _)) {
                     self.warnings.push(self.err(pos, format!("NOT binds tighter than `{op}`: this compares (NOT …) with a value; write NOT (a {op} b) if that is what you mean")));
                 }
             }
-            left = Cond::Binary(op, Box::new(left), Box::new(right));
+            rest.push((op, right));
         }
     }
 
@@ -683,7 +694,7 @@ impl Route {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn ok(r: &str) -> Route {
@@ -767,5 +778,25 @@ mod tests {
         assert!(r.warnings[0].message.contains("NOT binds tighter"), "{:?}", r.warnings);
         let r = ok("FROM /* INTO BrokeredEndpoint('/mods/m/in/x')");
         assert!(r.warnings[0].message.contains("documented form"), "{:?}", r.warnings);
+    }
+
+    /// Runs `f` on a thread with a small stack: what a flat chain costs must not grow with it.
+    pub(crate) fn on_small_stack(f: impl FnOnce() + Send + 'static) {
+        std::thread::Builder::new().stack_size(256 * 1024).spawn(f).unwrap().join().unwrap();
+    }
+
+    #[test]
+    fn long_flat_chains_nest_nothing() {
+        on_small_stack(|| {
+            let n = 200_000;
+            for (op, term) in [("OR", "a = 1"), ("AND", "a = 1"), ("??", "a"), ("+", "1")] {
+                let cond = vec![term; n].join(&format!(" {op} "));
+                let r = ok(&format!("FROM /* WHERE {cond} INTO $upstream"));
+                let Some(Cond::Chain(_, chain)) = &r.condition else { panic!("{op}: not a chain") };
+                assert_eq!(chain.len(), n - 1, "{op}");
+                let copy = r.clone();
+                assert_eq!(copy, r);
+            }
+        });
     }
 }

@@ -7,6 +7,7 @@
 //! policy key ([`sas`]), renewed before it expires; the key never leaves this process.
 
 pub mod config;
+pub mod limits;
 pub mod query;
 pub mod sas;
 
@@ -204,6 +205,11 @@ impl Twin {
     /// The Device Update group the twin's `ADUGroup` tag names.
     pub fn group(&self) -> Option<&str> {
         self.tags.get(GROUP_TAG).and_then(Value::as_str)
+    }
+
+    /// Whether the twin is an IoT Edge device's (`capabilities.iotEdge`).
+    pub fn is_edge(&self) -> bool {
+        self.extra.get("capabilities").and_then(|c| c.get("iotEdge")) == Some(&Value::Bool(true))
     }
 }
 

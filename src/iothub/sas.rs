@@ -116,7 +116,8 @@ impl Claims {
         })
     }
 
-    /// Checks the signature with `key` and the expiry against `now` (Unix seconds).
+    /// Checks the signature with `key` and the expiry against `now` (Unix seconds): not past,
+    /// and not further than [`super::limits::MAX_SAS_LIFETIME_SECS`] ahead.
     pub fn verify(&self, key: &SasKey, now: u64) -> Result<(), IotHubError> {
         let want = key.sign(&format!("{}\n{}", self.sr, self.expiry));
         if !crate::storage::sas::constant_time_eq(want.as_bytes(), self.sig.as_bytes()) {
@@ -124,6 +125,14 @@ impl Claims {
         }
         if now >= self.expiry {
             return Err(IotHubError::Unauthorized("the SAS token has expired".into()));
+        }
+        let most = super::limits::MAX_SAS_LIFETIME_SECS;
+        if self.expiry - now > most {
+            return Err(IotHubError::Unauthorized(format!(
+                "the SAS token expires more than {} years from now; sign tokens that expire \
+                 within that (the SDKs renew theirs every hour)",
+                most / (365 * 86_400)
+            )));
         }
         Ok(())
     }
@@ -152,6 +161,10 @@ mod tests {
         assert!(c.verify(&key, 1_999_999_999).is_ok());
         assert!(c.verify(&key, 2_000_000_000).is_err());
         assert!(c.verify(&other, 1).is_err());
+        // A token that never expires (se near 2^64) is refused, signature and all.
+        let forever = Claims::parse(&token("hub/devices/d", &key, None, u64::MAX - 1)).unwrap();
+        let e = forever.verify(&key, 1_999_999_999).unwrap_err();
+        assert!(e.to_string().contains("more than 10 years"), "{e}");
         assert!(c.covers("hub.azure-devices.net/devices/dev-1"));
         assert!(!c.covers("hub.azure-devices.net/devices/dev-10"));
         let hub =

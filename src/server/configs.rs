@@ -23,10 +23,8 @@ use super::hub::{hub_error, service_auth};
 use super::store::ConfigPut;
 use crate::edge::condition::Target;
 use crate::iothub::config::{Configuration, MAX_CUSTOM_METRICS, check_id};
+use crate::iothub::limits::{self, MAX_CONFIGURATIONS};
 use crate::iothub::query::metric_condition;
-
-/// Configurations a hub holds (paid tiers; layered deployments count).
-pub const MAX_CONFIGURATIONS: usize = 100;
 
 pub(super) fn router() -> Router<Shared> {
     Router::new()
@@ -183,6 +181,7 @@ fn check(c: &Configuration, path_id: &str) -> Result<(), Response> {
     for (name, q) in &c.metrics.queries {
         metric_condition(q).map_err(|e| bad(format!("metric `{name}`: {e}")))?;
     }
+    check_sizes(c).map_err(bad)?;
     if let Some(mc) = c.content.get("modulesContent") {
         let layered = mc
             .get("$edgeAgent")
@@ -195,6 +194,42 @@ fn check(c: &Configuration, path_id: &str) -> Result<(), Response> {
         };
         if let Some(why) = invalid_content(mc, kind) {
             return Err(bad(format!("content: {why}")));
+        }
+    }
+    Ok(())
+}
+
+/// Labels and device content within IoT Hub's twin limits. Device content becomes desired
+/// properties, so it keeps their rules and their 32 KB; IoT Hub documents no limit for labels,
+/// so serve holds them to the rules and 8 KB of tags, which no real label set comes near.
+fn check_sizes(c: &Configuration) -> Result<(), String> {
+    let labels: serde_json::Map<String, Value> =
+        c.labels.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
+    let labels_path = crate::finding::JsonPath::root().key("labels");
+    if let Some(e) = limits::violations(&Value::Object(labels.clone()), &labels_path, 1).first() {
+        return Err(e.to_string());
+    }
+    if limits::size(&labels) > limits::MAX_TAGS_BYTES {
+        return Err(format!(
+            "labels are {} bytes; serve keeps at most 8 KB of labels, as of tags",
+            limits::size(&labels)
+        ));
+    }
+    if let Some(dc) = c.content.get("deviceContent") {
+        let path = crate::finding::JsonPath::root().key("content").key("deviceContent");
+        let Some(dc) = dc.as_object() else {
+            return Err("content.deviceContent must be an object".into());
+        };
+        for (k, v) in dc {
+            if let Some(e) = limits::violations(v, &path.key(k), 2).first() {
+                return Err(e.to_string());
+            }
+        }
+        if limits::size(dc) > limits::MAX_PROPERTIES_BYTES {
+            return Err(format!(
+                "content.deviceContent is {} bytes; desired properties hold at most 32 KB",
+                limits::size(dc)
+            ));
         }
     }
     Ok(())

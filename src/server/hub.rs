@@ -132,21 +132,15 @@ pub(super) async fn device_auth(
     Ok(row)
 }
 
-/// Device ids as IoT Hub has them: 1-128 ASCII letters, digits and `- : . + % _ # * ? ! ( ) , = @ ; $ '`.
+/// Device ids as IoT Hub has them (`iothub::limits::check_device_id`).
 fn check_device_id(id: &str) -> Result<(), Response> {
-    let ok = (1..=128).contains(&id.len())
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-:.+%_#*?!(),=@;$'".contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(hub_error(
-            StatusCode::BAD_REQUEST,
-            "ArgumentInvalid",
-            format!(
-                "device id `{id}` is not 1-128 letters, digits and - : . + % _ # * ? ! ( ) , = @ ; $ '"
-            ),
-        ))
-    }
+    crate::iothub::limits::check_device_id(id)
+        .map_err(|m| hub_error(StatusCode::BAD_REQUEST, "ArgumentInvalid", m))
+}
+
+/// A twin patch that breaks one of IoT Hub's twin rules: nothing was stored.
+pub(super) fn refused(e: &crate::iothub::limits::RuleError) -> Response {
+    hub_error(StatusCode::BAD_REQUEST, "ArgumentInvalid", e.to_string())
 }
 
 fn identity(row: &super::store::DeviceRow) -> Value {
@@ -321,6 +315,7 @@ async fn patch_twin(
             "PreconditionFailed",
             "the twin changed since it was read (If-Match names an older ETag); read it again",
         ),
+        Ok(TwinPatch::Refused(e)) => refused(&e),
         Err(e) => internal(e),
     }
 }
@@ -465,8 +460,7 @@ async fn device_report(
         );
     };
     // An Edge device's reported properties can be in deployments' target conditions.
-    if row.twin.extra.get("capabilities").and_then(|c| c.get("iotEdge")) == Some(&Value::Bool(true))
-    {
+    if row.twin.is_edge() {
         s.edge_changed.notify_one();
     }
     drop(row);
@@ -485,6 +479,7 @@ async fn device_report(
             }
             axum::Json(json!({"reported": t.properties.reported})).into_response()
         }
+        Ok(TwinPatch::Refused(e)) => refused(&e),
         Ok(_) => hub_error(StatusCode::NOT_FOUND, "DeviceNotFound", "no such device"),
         Err(e) => internal(e),
     }

@@ -29,9 +29,10 @@ use crate::service::{ErrorBody, ImportItem, Update, UpdateFile};
 /// An import that failed with an ADU error.
 pub type Failure = ErrorBody;
 
-/// Fetches a URL into memory with a size cap.
+/// Fetches a URL into memory with a size cap, read chunk by chunk: `Content-Length` is only a
+/// claim, and a chunked body that never ends must stop at the cap, not fill the memory.
 async fn fetch(http: &reqwest::Client, url: &str, cap: u64) -> Result<Vec<u8>, String> {
-    let resp = http.get(url).send().await.map_err(|e| redact_url(&e.to_string()))?;
+    let mut resp = http.get(url).send().await.map_err(|e| redact_url(&e.to_string()))?;
     let status = resp.status();
     if !status.is_success() {
         return Err(format!("the URL answered {status}"));
@@ -39,11 +40,14 @@ async fn fetch(http: &reqwest::Client, url: &str, cap: u64) -> Result<Vec<u8>, S
     if resp.content_length().is_some_and(|l| l > cap) {
         return Err(format!("it is larger than {cap} bytes"));
     }
-    let bytes = resp.bytes().await.map_err(|e| redact_url(&e.to_string()))?;
-    if bytes.len() as u64 > cap {
-        return Err(format!("it is larger than {cap} bytes"));
+    let mut bytes = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| redact_url(&e.to_string()))? {
+        if (bytes.len() + chunk.len()) as u64 > cap {
+            return Err(format!("it is larger than {cap} bytes"));
+        }
+        bytes.extend_from_slice(&chunk);
     }
-    Ok(bytes.to_vec())
+    Ok(bytes)
 }
 
 /// Streams a URL into a temp file in `dir`, hashing as it goes; at most `cap` bytes. Nothing

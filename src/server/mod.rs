@@ -21,6 +21,7 @@ pub mod fetch;
 mod guard;
 mod hub;
 mod import;
+pub mod listen;
 mod modules;
 mod routes;
 pub mod store;
@@ -73,11 +74,18 @@ pub struct Config {
     /// The base URL clients and devices reach this service at, when that is not the listen
     /// address (a host name on the LAN, a reverse proxy); read URLs of blobs start with it.
     pub public_url: Option<url::Url>,
+    /// A connection that sends no complete request head for this long is closed (also while
+    /// a kept-alive connection waits for its next request).
+    pub header_timeout: Duration,
+    /// The most connections open at once (lowered to leave [`listen::RESERVED_FILES`] of the
+    /// open-file limit free).
+    pub max_connections: usize,
 }
 
 impl Config {
     /// A loopback service at `listen` with its data in `data_dir`: instance `default`, no token,
-    /// fetching only from its own store, stall timeout 30 s.
+    /// fetching only from its own store, stall timeout 30 s, header timeout 10 s, as many
+    /// connections as the open-file limit leaves room for.
     pub fn local(listen: SocketAddr, data_dir: PathBuf) -> Self {
         Self {
             listen,
@@ -87,6 +95,8 @@ impl Config {
             allow_fetch: Vec::new(),
             stall_timeout: DEFAULT_STALL_TIMEOUT,
             public_url: None,
+            header_timeout: listen::HEADER_TIMEOUT,
+            max_connections: MAX_OPEN_FILES as usize,
         }
     }
 }
@@ -143,8 +153,9 @@ struct AppState {
     update_sjwk: String,
     /// Devices waiting for their twin to change (long-poll).
     twin_watch: Arc<watch::TwinWatch>,
-    /// Group views by group, with the store generation they were built at.
-    views: std::sync::Mutex<std::collections::HashMap<String, (u64, Arc<devices::View>)>>,
+    /// Device Update views by group (`""`: the whole registry), each with the store
+    /// generation it was built at, behind its own lock (see `routes::view_of`).
+    views: std::sync::Mutex<std::collections::HashMap<String, Arc<ViewSlot>>>,
     /// Something that can change which Edge deployments apply to which device happened.
     edge_changed: tokio::sync::Notify,
 }
@@ -154,6 +165,9 @@ type ManifestCache =
     std::collections::HashMap<String, (std::time::Instant, desired::DesiredUpdate)>;
 
 type Shared = Arc<AppState>;
+
+/// A kept view and the store generation it was read at.
+type ViewSlot = tokio::sync::Mutex<Option<(u64, Arc<devices::View>)>>;
 
 /// The current time as ADU writes it.
 pub fn now_string() -> String {
@@ -275,6 +289,11 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         fs_err::create_dir_all(d)?;
         remove_stray_temp_files(d)?;
     }
+    if config.header_timeout.is_zero() || config.max_connections == 0 {
+        return Err(ServerError::Config(
+            "the header timeout and the connection limit must be above zero".into(),
+        ));
+    }
     if config.stall_timeout.is_zero() || config.stall_timeout >= FETCH_TIMEOUT {
         return Err(ServerError::Config(format!(
             "the stall timeout must be between 1 s and {} s",
@@ -334,7 +353,9 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
             tokio::time::sleep(RECONCILE_EVERY).await;
         }
     });
-    let task = tokio::spawn(async move { axum::serve(listener, app).await });
+    let open_files = crate::fsutil::open_files_limit().unwrap_or(1024);
+    let cap = listen::connection_cap(config.max_connections, open_files);
+    let task = tokio::spawn(listen::serve(listener, app, config.header_timeout, cap));
     Ok(Running { addr, base_url, blob_dir, blob_url, iothub_connection_file, task })
 }
 

@@ -24,7 +24,7 @@ use axum::routing::{get, patch, post};
 use serde_json::{Map, Value, json};
 
 use super::Shared;
-use super::hub::{LongPoll, MAX_WAIT, device_auth, hub_error, service_auth};
+use super::hub::{LongPoll, MAX_WAIT, device_auth, hub_error, refused, service_auth};
 use super::store::ModulePatch;
 
 /// How long the pass waits after a change, so that a burst of changes makes one pass.
@@ -124,14 +124,13 @@ async fn patch_module(
             s.twin_watch.changed(&key, t.version.unwrap_or_default());
             with_etag(*t)
         }
-        Ok(ModulePatch::NotFound) => {
-            hub_error(StatusCode::NOT_FOUND, "DeviceNotFound", "no such device")
-        }
+        Ok(ModulePatch::NotFound) => not_found("module identity"),
         Ok(ModulePatch::Stale) => hub_error(
             StatusCode::PRECONDITION_FAILED,
             "PreconditionFailed",
             "the module twin changed since it was read (If-Match names an older ETag)",
         ),
+        Ok(ModulePatch::Refused(e)) => refused(&e),
         Err(e) => internal(e),
     }
 }
@@ -184,6 +183,18 @@ async fn apply_content(
     let mc = Value::Object(content.clone());
     if let Some(why) = super::configs::invalid_content(&mc, crate::edge::manifest::Kind::Base) {
         return bad(format!("modulesContent: {why}"));
+    }
+    // Module identities of the runtime belong to IoT Edge devices only.
+    let key = id.clone();
+    match s.db.read(move |st| st.device(&key)).await {
+        Ok(Some(row)) if row.twin.is_edge() => {}
+        Ok(Some(_)) => {
+            return bad(format!(
+                "`{id}` is not an IoT Edge device; modules content applies to IoT Edge devices only"
+            ));
+        }
+        Ok(None) => return hub_error(StatusCode::NOT_FOUND, "DeviceNotFound", "no such device"),
+        Err(e) => return internal(e),
     }
     match s.db.call(move |st| st.apply_modules_content(&id, &content)).await {
         Ok(Some(changed)) => {
@@ -253,7 +264,8 @@ async fn device_report(
         Ok(ModulePatch::Applied(t)) => {
             axum::Json(json!({"reported": t.properties.reported})).into_response()
         }
-        Ok(_) => hub_error(StatusCode::NOT_FOUND, "DeviceNotFound", "no such device"),
+        Ok(ModulePatch::Refused(e)) => refused(&e),
+        Ok(_) => not_found("module identity"),
         Err(e) => internal(e),
     }
 }

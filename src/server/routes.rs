@@ -163,23 +163,37 @@ async fn envelope(req: Request, next: Next) -> Response {
 
 // Device management: groups, devices and classes as Device Update sees the registry.
 
-async fn device_view(s: &Shared) -> Result<super::devices::View, Response> {
-    // The whole registry's view is not kept, so this unwraps without a copy.
-    view_of(s, None).await.map(Arc::unwrap_or_clone)
+/// The Device Update view of the whole registry ([`view_of`]).
+async fn device_view(s: &Shared) -> Result<Arc<super::devices::View>, Response> {
+    view_of(s, None).await
 }
 
-/// The Device Update view of one group's devices, or of the whole registry. A group's view is
-/// kept until the store is next written (its generation moves), so status and device-state
-/// queries of a large group at rest do not rebuild it; any write, a report or an import,
-/// makes the next query rebuild it from the store.
+/// Views kept by [`view_of`] beyond which stale, unused ones are dropped.
+const KEPT_VIEWS: usize = 256;
+
+/// The Device Update view of one group's devices, or of the whole registry. A view is kept
+/// until the store is next written (its generation moves), so lists, status and device-state
+/// queries at rest do not rebuild it. Each view has its own async lock: when many requests
+/// need a view that must be rebuilt, one builds it and the others wait for that one, so the
+/// work and the memory do not grow with the number of clients.
 async fn view_of(s: &Shared, group: Option<&str>) -> Result<Arc<super::devices::View>, Response> {
-    let generation = s.db.generation();
-    if let Some(g) = group
-        && let Some((at, view)) = s.views.lock().unwrap_or_else(|p| p.into_inner()).get(g)
-        && *at == generation
+    let wanted = s.db.generation();
+    let slot = {
+        let mut views = s.views.lock().unwrap_or_else(|p| p.into_inner());
+        if views.len() > KEPT_VIEWS {
+            views.retain(|_, v| Arc::strong_count(v) > 1);
+        }
+        views.entry(group.unwrap_or_default().to_owned()).or_default().clone()
+    };
+    let mut cached = slot.lock().await;
+    if let Some((at, view)) = cached.as_ref()
+        && *at >= wanted
     {
         return Ok(view.clone());
     }
+    // Read after noting the generation: a write that lands meanwhile makes the next request
+    // rebuild, never a stale view look current.
+    let at = s.db.generation();
     let twins = match group {
         Some(g) => {
             let g = g.to_owned();
@@ -194,12 +208,7 @@ async fn view_of(s: &Shared, group: Option<&str>) -> Result<Arc<super::devices::
         class.friendly_name = names.get(id).cloned();
     }
     let view = Arc::new(view);
-    if let Some(g) = group {
-        let mut views = s.views.lock().unwrap_or_else(|p| p.into_inner());
-        // Only the current generation is worth keeping.
-        views.retain(|_, (at, _)| *at == generation);
-        views.insert(g.to_owned(), (generation, view.clone()));
-    }
+    *cached = Some((at, view.clone()));
     Ok(view)
 }
 
@@ -457,8 +466,8 @@ async fn list_devices(State(s): State<Shared>, uri: axum::http::Uri, Query(q): Q
         Ok(v) => {
             let devices: Vec<_> = v
                 .devices
-                .into_iter()
-                .map(|d| d.device)
+                .iter()
+                .map(|d| &d.device)
                 .filter(|d| {
                     filter.iter().all(|(name, value)| match name.as_str() {
                         "groupid" => d.group_id.as_deref() == Some(value.as_str()),
@@ -474,8 +483,8 @@ async fn list_devices(State(s): State<Shared>, uri: axum::http::Uri, Query(q): Q
 
 async fn get_device(State(s): State<Shared>, Path((_, d)): Path<(String, String)>) -> Response {
     match device_view(&s).await {
-        Ok(v) => match v.devices.into_iter().find(|x| x.device.device_id == d) {
-            Some(x) => axum::Json(x.device).into_response(),
+        Ok(v) => match v.devices.iter().find(|x| x.device.device_id == d) {
+            Some(x) => axum::Json(&x.device).into_response(),
             None => not_found("device", &d),
         },
         Err(r) => r,
@@ -484,7 +493,7 @@ async fn get_device(State(s): State<Shared>, Path((_, d)): Path<(String, String)
 
 async fn list_classes(State(s): State<Shared>, uri: axum::http::Uri, Query(q): Q) -> Response {
     match device_view(&s).await {
-        Ok(v) => page(v.classes.into_values().collect(), &uri, &q),
+        Ok(v) => page(v.classes.values().collect(), &uri, &q),
         Err(r) => r,
     }
 }

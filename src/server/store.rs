@@ -231,6 +231,9 @@ pub enum TwinPatch {
     NotFound,
     /// `If-Match` named another ETag.
     Stale,
+    /// The patch breaks one of IoT Hub's twin rules (key, value, depth or size); nothing was
+    /// written.
+    Refused(crate::iothub::limits::RuleError),
 }
 
 /// Merges `patch` into `target` as JSON merge patch does (RFC 7396): `null` removes a key.
@@ -335,14 +338,28 @@ fn twin_row(
         .optional()?)
 }
 
-/// [`Store::patch_twin`] inside a transaction the caller commits.
+/// Who writes a twin, which decides how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Writer {
+    /// A client of the service API: its patch is merged (RFC 7396) and must keep IoT Hub's
+    /// twin rules.
+    Client,
+    /// serve itself, writing a deployment: each top-level desired property it gives replaces
+    /// the one before whole, so nothing of an earlier deployment (its file URLs, each a live
+    /// read grant) stays behind.
+    Serve,
+}
+
+/// [`Store::patch_twin`] inside a transaction the caller commits, as `by` writes.
 fn patch_twin_in(
     tx: &rusqlite::Transaction<'_>,
     device_id: &str,
     tags: Option<&serde_json::Map<String, Value>>,
     desired: Option<&serde_json::Map<String, Value>>,
     if_match: Option<&str>,
+    by: Writer,
 ) -> Result<TwinPatch, StoreError> {
+    use crate::iothub::limits::{Section, check_patch};
     let Some((version, text)) = twin_row(tx, device_id)? else {
         return Ok(TwinPatch::NotFound);
     };
@@ -354,9 +371,23 @@ fn patch_twin_in(
     let mut twin: crate::iothub::Twin = serde_json::from_str(&text)?;
     if let Some(t) = tags {
         merge_patch(&mut twin.tags, t);
+        if let Err(e) = check_patch(Section::Tags, t, &twin.tags) {
+            return Ok(TwinPatch::Refused(e));
+        }
     }
-    if let Some(d) = desired {
-        merge_patch(&mut twin.properties.desired, d);
+    match (desired, by) {
+        (Some(d), Writer::Client) => {
+            merge_patch(&mut twin.properties.desired, d);
+            if let Err(e) = check_patch(Section::Desired, d, &twin.properties.desired) {
+                return Ok(TwinPatch::Refused(e));
+            }
+        }
+        (Some(d), Writer::Serve) => {
+            for (k, v) in d {
+                twin.properties.desired.insert(k.clone(), v.clone());
+            }
+        }
+        (None, _) => {}
     }
     let version = version + 1;
     let text = serde_json::to_string(&twin)?;
@@ -690,7 +721,8 @@ impl Store {
     }
 
     /// Merges `tags` and `desired` into a twin (the back end's patch); with `if_match` other
-    /// than `*`, only when the twin's ETag is that one. Bumps the twin's version.
+    /// than `*`, only when the twin's ETag is that one; refused when the result would break
+    /// IoT Hub's twin rules. Bumps the twin's version.
     pub fn patch_twin(
         &mut self,
         device_id: &str,
@@ -699,16 +731,17 @@ impl Store {
         if_match: Option<&str>,
     ) -> Result<TwinPatch, StoreError> {
         let tx = self.conn.transaction()?;
-        let patched = patch_twin_in(&tx, device_id, tags, desired, if_match)?;
+        let patched = patch_twin_in(&tx, device_id, tags, desired, if_match, Writer::Client)?;
         if matches!(patched, TwinPatch::Applied(_)) {
             tx.commit()?;
         }
         Ok(patched)
     }
 
-    /// Merges each patch into its device's desired properties, all in one transaction (a
-    /// rollout writes a group's twins at once, not one commit per device); returns each
-    /// patched device with its twin's new version (devices gone meanwhile are left out).
+    /// Writes each device's desired properties as serve does for a deployment (each top-level
+    /// property given replaces the one before whole), all in one transaction (a rollout writes
+    /// a group's twins at once, not one commit per device); returns each written device with
+    /// its twin's new version (devices gone meanwhile are left out).
     pub fn patch_desired_many(
         &mut self,
         patches: &[(String, serde_json::Map<String, Value>)],
@@ -716,7 +749,8 @@ impl Store {
         let tx = self.conn.transaction()?;
         let mut done = Vec::with_capacity(patches.len());
         for (id, patch) in patches {
-            if let TwinPatch::Applied(t) = patch_twin_in(&tx, id, None, Some(patch), None)? {
+            let written = patch_twin_in(&tx, id, None, Some(patch), None, Writer::Serve)?;
+            if let TwinPatch::Applied(t) = written {
                 done.push((id.clone(), t.version.unwrap_or_default()));
             }
         }
@@ -725,7 +759,8 @@ impl Store {
     }
 
     /// Merges a device's own report into its reported properties (the version of tags and
-    /// desired properties, and so the ETag, does not change).
+    /// desired properties, and so the ETag, does not change); refused when the result would
+    /// break IoT Hub's twin rules.
     pub fn patch_reported(
         &mut self,
         device_id: &str,
@@ -737,6 +772,12 @@ impl Store {
         };
         let mut twin: crate::iothub::Twin = serde_json::from_str(&text)?;
         merge_patch(&mut twin.properties.reported, reported);
+        let section = crate::iothub::limits::Section::Reported;
+        if let Err(e) =
+            crate::iothub::limits::check_patch(section, reported, &twin.properties.reported)
+        {
+            return Ok(TwinPatch::Refused(e));
+        }
         let text = serde_json::to_string(&twin)?;
         let (_, slim) = derived(&twin)?;
         tx.execute(
@@ -1200,6 +1241,41 @@ mod tests {
         let left: Vec<String> =
             st.operations().unwrap().into_iter().map(|o| o.operation_id).collect();
         assert_eq!(left, ["new4", "new3", "new2", "old-running"]);
+    }
+
+    #[test]
+    fn a_deployment_replaces_the_file_urls_of_the_one_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut st = Store::open(&dir.path().join("s.sqlite"), "2026-12-01T00:00:00.000Z").unwrap();
+        st.create_device("d", "a2V5", "2026-12-01T00:00:00.000Z", false).unwrap();
+        let service = |urls: Value| {
+            let v =
+                serde_json::json!({"deviceUpdate": {"__t": "c", "service": {"fileUrls": urls}}});
+            v.as_object().unwrap().clone()
+        };
+        let first =
+            service(serde_json::json!({"f1": "http://x/1?sig=a", "f2": "http://x/2?sig=b"}));
+        st.patch_desired_many(&[("d".into(), first)]).unwrap();
+        st.patch_desired_many(&[("d".into(), service(serde_json::json!({"f3": "http://x/3"})))])
+            .unwrap();
+        let twin = st.device("d").unwrap().unwrap().twin;
+        let urls = &twin.properties.desired["deviceUpdate"]["service"]["fileUrls"];
+        // Each URL is a live read grant: the earlier deployment's must not stay.
+        assert_eq!(urls, &serde_json::json!({"f3": "http://x/3"}));
+        // A client's patch still merges, and keeps IoT Hub's twin rules.
+        let patch = serde_json::json!({"other": 1}).as_object().unwrap().clone();
+        assert!(matches!(
+            st.patch_twin("d", None, Some(&patch), None).unwrap(),
+            TwinPatch::Applied(_)
+        ));
+        let bad = serde_json::json!({"a.b": 1}).as_object().unwrap().clone();
+        assert!(matches!(
+            st.patch_twin("d", None, Some(&bad), None).unwrap(),
+            TwinPatch::Refused(_)
+        ));
+        let twin = st.device("d").unwrap().unwrap().twin;
+        assert_eq!(twin.properties.desired["other"], 1);
+        assert!(twin.properties.desired["deviceUpdate"]["service"]["fileUrls"].get("f3").is_some());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -879,3 +879,380 @@ fn serve_on_all_interfaces_prints_a_usable_url_and_the_token_variable() {
     assert!(banner.contains("OTAFORGE_ADU_TOKEN=<the token>"), "{banner}");
     assert!(!banner.contains(token), "the token was printed: {banner}");
 }
+
+// ---- Hardening, round 2 (issue 28): one request must not kill serve, and no input grows its
+// memory without bound. ----
+
+/// One request to serve with the `Authorization` header given verbatim (a device SAS token),
+/// or none: status and JSON body (Null when not JSON).
+fn call(
+    method: &str,
+    url: &str,
+    body: Option<&serde_json::Value>,
+    auth: Option<&str>,
+) -> (u16, serde_json::Value) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut req = reqwest::Client::new().request(method.parse().unwrap(), url);
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b.to_string());
+        }
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+    })
+}
+
+/// Creates a device on serve (an IoT Edge one with `edge`) and gives a SAS token for it.
+fn device(serve: &crate::service::Serve, id: &str, edge: bool) -> String {
+    let body = serde_json::json!({"deviceId": id, "capabilities": {"iotEdge": edge}});
+    let (status, v) = call("PUT", &format!("{}/devices/{id}", serve.endpoint), Some(&body), None);
+    assert_eq!(status, 200, "{v}");
+    let key = v["authentication"]["symmetricKey"]["primaryKey"].as_str().unwrap();
+    let key = otaforge::iothub::sas::SasKey::from_base64(key).unwrap();
+    let host = serve.endpoint.trim_start_matches("http://");
+    otaforge::iothub::sas::token(&format!("{host}/devices/{id}"), &key, None, crate::token_expiry())
+}
+
+fn chain(term: &str, op: &str, n: usize) -> String {
+    vec![term; n].join(op)
+}
+
+/// serve answers a trivial request (it is alive and not stuck).
+fn alive(serve: &crate::service::Serve) {
+    let (status, _) = call("GET", &format!("{}/configurations", serve.endpoint), None, None);
+    assert_eq!(status, 200, "serve stopped answering");
+}
+
+#[test]
+fn long_flat_conditions_and_routes_neither_kill_serve_nor_stay_to_kill_it_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut serve = crate::service::Serve::start(&data, None);
+    device(&serve, "edge-1", true);
+    let query = format!("{}/devices/query", serve.endpoint);
+    // 7,000 ORs once aborted serve with a stack overflow; 10,000 ANDs and 20,000 `+` too.
+    for cond in [
+        chain("tags.a = 1", " OR ", 7_000),
+        chain("tags.a = 1", " AND ", 10_000),
+        format!("{} = 3", chain("tags.a", " + ", 20_000)),
+    ] {
+        let body = serde_json::json!({"query": format!("SELECT * FROM devices WHERE {cond}")});
+        let (status, v) = call("POST", &query, Some(&body), None);
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v, serde_json::json!([]));
+    }
+    // Stored: an Edge deployment and an ADM configuration whose conditions are 20,000 terms,
+    // and an Edge route of 200,000. serve evaluates the first two in its Edge pass and on
+    // every read of the configurations.
+    let long = chain("tags.environment = 'x'", " or ", 20_000);
+    let mut routed = crate::edge::base_content(&[("m", "mcr.microsoft.com/a:1")]);
+    routed["modulesContent"]["$edgeHub"]["properties.desired"]["routes"]["long"] =
+        format!("FROM /messages/* WHERE {} INTO $upstream", chain("a=1", " OR ", 200_000)).into();
+    let body = serde_json::json!({"id": "route-long", "targetCondition": "*", "content": routed});
+    let url = format!("{}/configurations/route-long", serve.endpoint);
+    // Refused: a route is a twin value, and IoT Hub keeps those within 4 KB.
+    let (status, v) = call("PUT", &url, Some(&body), None);
+    assert_eq!(status, 400, "{v}");
+    alive(&serve);
+    let edge = crate::edge::base_content(&[("m", "mcr.microsoft.com/a:1")]);
+    for (id, content) in [
+        ("edge-long", edge),
+        ("adm-long", serde_json::json!({"deviceContent": {"properties.desired.x": 1}})),
+    ] {
+        let body = serde_json::json!({"id": id, "targetCondition": long, "priority": 1, "content": content});
+        let url = format!("{}/configurations/{id}", serve.endpoint);
+        let (status, v) = call("PUT", &url, Some(&body), None);
+        assert_eq!(status, 200, "{id}: {v}");
+    }
+    let (status, v) = call("GET", &format!("{}/configurations", serve.endpoint), None, None);
+    assert_eq!((status, v.as_array().map(Vec::len)), (200, Some(2)), "{v}");
+    // The Edge pass runs shortly after each change; then serve starts again on that store.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    alive(&serve);
+    serve.restart();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    alive(&serve);
+    for id in ["edge-long", "adm-long"] {
+        let url = format!("{}/configurations/{id}", serve.endpoint);
+        assert_eq!(call("DELETE", &url, None, None).0, 204);
+    }
+    // The same inputs through the CLI: what-if and manifest validation end with an exit code.
+    let twins =
+        serde_json::json!([{"deviceId": "d", "tags": {}, "capabilities": {"iotEdge": true}}]);
+    let configs = serde_json::json!([{"id": "c", "targetCondition": long, "priority": 1,
+        "createdTimeUtc": "2026-11-01T00:00:00Z",
+        "content": {"modulesContent": {"$edgeAgent": {"properties.desired": {}}}}}]);
+    fs_err::write(dir.path().join("twins.json"), twins.to_string()).unwrap();
+    fs_err::write(dir.path().join("configs.json"), configs.to_string()).unwrap();
+    let out = otaforge()
+        .current_dir(dir.path())
+        .args(["edge", "what-if", "--twins", "twins.json", "--configurations", "configs.json"])
+        .args(["--delete", "c"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut manifest = crate::edge::base_content(&[("m", "mcr.microsoft.com/a:1")]);
+    manifest["modulesContent"]["$edgeHub"]["properties.desired"]["routes"]["long"] =
+        format!("FROM /messages/* WHERE {} INTO $upstream", chain("a = 1", " OR ", 200_000)).into();
+    fs_err::write(dir.path().join("manifest.json"), manifest.to_string()).unwrap();
+    let out = otaforge()
+        .current_dir(dir.path())
+        .args(["edge", "manifest", "validate", "manifest.json"])
+        .output()
+        .unwrap();
+    assert!(matches!(out.status.code(), Some(0 | 1)), "{:?}", out.status);
+}
+
+/// Answers every request on a loopback port with a chunked body that never ends.
+fn endless_body_server() -> u16 {
+    use std::io::{Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut c) = conn else { continue };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let _ = c.read(&mut buf);
+                let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
+                if c.write_all(head.as_bytes()).is_err() {
+                    return;
+                }
+                let chunk = format!("{:x}\r\n{}\r\n", 65_536, " ".repeat(65_536));
+                while c.write_all(chunk.as_bytes()).is_ok() {}
+            });
+        }
+    });
+    port
+}
+
+fn vm_hwm_mib(pid: u32) -> u64 {
+    let status = fs_err::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() / 1024
+}
+
+#[test]
+fn an_import_manifest_that_never_ends_is_cut_at_its_cap() {
+    let port = endless_body_server();
+    let dir = tempfile::tempdir().unwrap();
+    let allow = format!("127.0.0.1:{port}");
+    let serve =
+        crate::service::Serve::start_with(&dir.path().join("data"), &["--allow-fetch", &allow]);
+    let url = format!("http://127.0.0.1:{port}/m.importmanifest.json");
+    let body = serde_json::json!([{"importManifest": {"url": url, "sizeInBytes": 100,
+        "hashes": {"sha256": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="}}, "files": []}]);
+    let op = crate::service::raw_import(&serve, &body);
+    assert_eq!(op["status"], "Failed", "{op:#}");
+    let text = op["error"].to_string();
+    assert!(text.contains("larger than"), "{text}");
+    // The cap is 2 MiB; before the fix serve read the body whole (13 GB in 26 s).
+    assert!(vm_hwm_mib(serve.pid()) < 300, "serve grew to {} MiB", vm_hwm_mib(serve.pid()));
+}
+
+#[test]
+fn twins_and_configurations_keep_iot_hubs_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = crate::service::Serve::start(&dir.path().join("data"), None);
+    let auth = device(&serve, "d1", false);
+    let report = format!("{}/devices/d1/twin/reported", serve.endpoint);
+    let refused = |(status, v): (u16, serde_json::Value), what: &str| {
+        assert_eq!(status, 400, "{what}: {v}");
+        assert!(
+            v["Message"].as_str().unwrap().starts_with("ErrorCode:ArgumentInvalid;"),
+            "{what}: {v}"
+        );
+    };
+    // One report over 32 KB, and a twin grown report by report past it.
+    refused(
+        call(
+            "PATCH",
+            &report,
+            Some(&serde_json::json!({"big": "x".repeat(4000), "more": "y".repeat(4097)})),
+            Some(&auth),
+        ),
+        "a 4 KB string",
+    );
+    let mut stopped = None;
+    for i in 0..60 {
+        let patch = serde_json::json!({format!("k{i}"): "v".repeat(1000)});
+        let (status, _) = call("PATCH", &report, Some(&patch), Some(&auth));
+        if status != 200 {
+            assert_eq!(status, 400);
+            stopped = Some(i);
+            break;
+        }
+    }
+    let stopped = stopped.expect("the reported properties grew past 32 KB");
+    assert!((30..=33).contains(&stopped), "refused at report {stopped}");
+    let (_, twin) = call("GET", &format!("{}/twins/d1", serve.endpoint), None, None);
+    let reported = twin["properties"]["reported"].as_object().unwrap();
+    assert!(otaforge::iothub::limits::size(reported) <= 32 * 1024);
+    // A small read of another twin is not held up by any of it.
+    let other = device(&serve, "d2", false);
+    let t = std::time::Instant::now();
+    assert_eq!(
+        call("GET", &format!("{}/devices/d2/twin", serve.endpoint), None, Some(&other)).0,
+        200
+    );
+    assert!(t.elapsed() < std::time::Duration::from_secs(2));
+    // The service side: 100,000 tags, 120 levels, keys IoT Hub refuses.
+    let twin_url = format!("{}/twins/d1", serve.endpoint);
+    let many: serde_json::Map<String, serde_json::Value> =
+        (0..100_000).map(|i| (format!("t{i}"), serde_json::json!(i))).collect();
+    refused(
+        call("PATCH", &twin_url, Some(&serde_json::json!({"tags": many})), None),
+        "100,000 tags",
+    );
+    let mut deep = serde_json::json!(1);
+    for _ in 0..120 {
+        deep = serde_json::json!({"d": deep});
+    }
+    refused(
+        call("PATCH", &twin_url, Some(&serde_json::json!({"properties": {"desired": deep}})), None),
+        "120 levels",
+    );
+    refused(
+        call("PATCH", &twin_url, Some(&serde_json::json!({"tags": {"a.b": 1}})), None),
+        "a dotted key",
+    );
+    let (status, v) = call("GET", &twin_url, None, None);
+    assert_eq!(
+        (status, v["tags"].as_object().map(serde_json::Map::len)),
+        (200, Some(0)),
+        "nothing was stored: {v}"
+    );
+    // Configurations: 1.6 MB of labels or of device content.
+    let labels: serde_json::Map<String, serde_json::Value> =
+        (0..400).map(|i| (format!("l{i}"), serde_json::json!("x".repeat(4000)))).collect();
+    let big_content: serde_json::Map<String, serde_json::Value> = (0..400)
+        .map(|i| (format!("properties.desired.p{i}"), serde_json::json!("x".repeat(4000))))
+        .collect();
+    for (what, body) in [
+        (
+            "labels",
+            serde_json::json!({"id": "c1", "targetCondition": "*", "labels": labels, "content": {"deviceContent": {"properties.desired.x": 1}}}),
+        ),
+        (
+            "device content",
+            serde_json::json!({"id": "c1", "targetCondition": "*", "content": {"deviceContent": big_content}}),
+        ),
+    ] {
+        refused(
+            call("PUT", &format!("{}/configurations/c1", serve.endpoint), Some(&body), None),
+            what,
+        );
+    }
+    // A device token that never expires is refused, however well signed.
+    let key = {
+        let (_, v) = call("GET", &format!("{}/devices/d2", serve.endpoint), None, None);
+        otaforge::iothub::sas::SasKey::from_base64(
+            v["authentication"]["symmetricKey"]["primaryKey"].as_str().unwrap(),
+        )
+        .unwrap()
+    };
+    let host = serve.endpoint.trim_start_matches("http://");
+    let forever =
+        otaforge::iothub::sas::token(&format!("{host}/devices/d2"), &key, None, u64::MAX - 1);
+    assert_eq!(
+        call("GET", &format!("{}/devices/d2/twin", serve.endpoint), None, Some(&forever)).0,
+        401
+    );
+}
+
+#[test]
+fn module_twins_exist_only_for_identities_the_hub_made() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = crate::service::Serve::start(&dir.path().join("data"), None);
+    let plain = device(&serve, "plain", false);
+    let edge = device(&serve, "gw", true);
+    let report = |dev: &str, module: &str, auth: &str| {
+        let url = format!("{}/devices/{dev}/modules/{module}/twin/reported", serve.endpoint);
+        call("PATCH", &url, Some(&serde_json::json!({"x": 1})), Some(auth))
+    };
+    let long = "m".repeat(3000);
+    for module in ["%24edgeHub", "%24edgeAgent", "%00", "a%0Ab", long.as_str(), "m1"] {
+        let (status, v) = report("plain", module, &plain);
+        assert_eq!(status, 404, "{module}: {v}");
+        assert!(v["Message"].as_str().unwrap().contains("ModuleNotFound"), "{v}");
+    }
+    // `..` as a module id, sent as it is (an HTTP client library would resolve it away).
+    let head = format!(
+        "PATCH /devices/plain/modules/../twin/reported HTTP/1.1\r\nHost: {}\r\nAuthorization: {plain}\r\nContent-Type: application/json",
+        serve.endpoint.trim_start_matches("http://")
+    );
+    let (status, body) = raw(&serve.endpoint, &head, "{\"x\": 1}");
+    assert_eq!(status, 404, "{body}");
+    for module in ["m1", "%00", long.as_str()] {
+        assert_eq!(report("gw", module, &edge).0, 404, "{module}");
+    }
+    assert_eq!(report("gw", "%24edgeAgent", &edge).0, 200);
+    // Nothing was created: the plain device has no modules, the Edge device the runtime's two.
+    let list = |dev: &str| {
+        let (_, v) = call("GET", &format!("{}/devices/{dev}/modules", serve.endpoint), None, None);
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["moduleId"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(list("plain"), Vec::<String>::new());
+    assert_eq!(list("gw"), ["$edgeAgent", "$edgeHub"]);
+    // The service cannot create one by patching, nor give a plain device the runtime's.
+    let url = format!("{}/twins/plain/modules/m1", serve.endpoint);
+    let patch = serde_json::json!({"properties": {"desired": {"a": 1}}});
+    assert_eq!(call("PATCH", &url, Some(&patch), None).0, 404);
+    let content = crate::edge::base_content(&[]);
+    let url = format!("{}/devices/plain/applyConfigurationContent", serve.endpoint);
+    assert_eq!(call("POST", &url, Some(&content), None).0, 400);
+    assert_eq!(list("plain"), Vec::<String>::new());
+}
+
+#[test]
+fn half_open_and_idle_connections_are_closed_and_their_number_capped() {
+    use std::io::{Read as _, Write as _};
+    let dir = tempfile::tempdir().unwrap();
+    let serve = crate::service::Serve::start_with(
+        &dir.path().join("data"),
+        &["--header-timeout", "1s", "--max-connections", "32"],
+    );
+    let addr = serve.endpoint.trim_start_matches("http://").to_owned();
+    // A slow-loris: 32 connections that send half a request head and wait.
+    let held: Vec<std::net::TcpStream> = (0..32)
+        .map(|_| {
+            let mut c = std::net::TcpStream::connect(&addr).unwrap();
+            c.write_all(b"GET /configurations HTTP/1.1\r\nHost: x\r\n").unwrap();
+            c
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    // Over the cap, a connection is closed at once rather than left to wait.
+    let mut extra = std::net::TcpStream::connect(&addr).unwrap();
+    extra.set_read_timeout(Some(std::time::Duration::from_millis(500))).unwrap();
+    let mut buf = [0u8; 64];
+    assert!(matches!(extra.read(&mut buf), Ok(0) | Err(_)), "a connection over the cap was kept");
+    // Within about the header timeout, each held connection is closed by serve.
+    let started = std::time::Instant::now();
+    for mut c in held {
+        c.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+        let n = c.read(&mut buf);
+        assert!(matches!(n, Ok(0) | Err(_)) || buf.starts_with(b"HTTP/1.1 408"), "{n:?}");
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(4), "{:?}", started.elapsed());
+    // Then clients are served; a kept-alive connection left idle is closed the same way.
+    alive(&serve);
+    let mut c = std::net::TcpStream::connect(&addr).unwrap();
+    c.write_all(b"GET /configurations HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    c.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+    let n = c.read(&mut buf).unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf[..n]));
+    let mut rest = Vec::new();
+    let t = std::time::Instant::now();
+    let _ = c.read_to_end(&mut rest);
+    assert!(t.elapsed() < std::time::Duration::from_secs(4), "idle for {:?}", t.elapsed());
+}

@@ -98,8 +98,9 @@ fn a_device_reads_and_reports_only_its_own_twin_and_never_sees_tags() {
     });
     let host = serve.endpoint.trim_start_matches("http://").to_owned();
     let key1 = SasKey::from_base64(&k1).unwrap();
-    let device_token =
-        |id: &str, key: &SasKey| token(&format!("{host}/devices/{id}"), key, None, 4_000_000_000);
+    let device_token = |id: &str, key: &SasKey| {
+        token(&format!("{host}/devices/{id}"), key, None, crate::token_expiry())
+    };
     let call = |method: reqwest::Method, id: &str, path: &str, auth: &str| -> (u16, Value) {
         rt().block_on(async {
             let mut req = reqwest::Client::new()
@@ -223,7 +224,7 @@ fn a_device_waiting_on_its_twin_wakes_for_a_desired_change_not_for_its_own_repor
     let key = identity["authentication"]["symmetricKey"]["primaryKey"].as_str().unwrap();
     let key = SasKey::from_base64(key).unwrap();
     let host = serve.endpoint.trim_start_matches("http://").to_owned();
-    let auth = token(&format!("{host}/devices/waiter"), &key, None, 4_000_000_000);
+    let auth = token(&format!("{host}/devices/waiter"), &key, None, crate::token_expiry());
     let endpoint = serve.endpoint.clone();
     let read = move |query: &str| -> (Value, std::time::Duration) {
         let t = std::time::Instant::now();
@@ -254,7 +255,8 @@ fn a_device_waiting_on_its_twin_wakes_for_a_desired_change_not_for_its_own_repor
                 .header("content-type", "application/json")
                 .body(body.to_owned());
             if path.ends_with("reported") {
-                let auth = token(&format!("{host}/devices/waiter"), &key, None, 4_000_000_000);
+                let auth =
+                    token(&format!("{host}/devices/waiter"), &key, None, crate::token_expiry());
                 req = req.header("authorization", auth);
             }
             req.send().await.unwrap().status().as_u16()

@@ -91,3 +91,9 @@ pub fn read_request_path(conn: &mut std::net::TcpStream) -> String {
     let head = String::from_utf8_lossy(&req);
     head.lines().next().and_then(|l| l.split_whitespace().nth(1)).unwrap_or("/").to_owned()
 }
+
+/// An expiry for device SAS tokens in tests: an hour from now (serve refuses tokens that
+/// expire further ahead than IoT Hub's limits allow).
+pub fn token_expiry() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 3600
+}

@@ -49,7 +49,10 @@ async fn report(serve: &Serve, data: &std::path::Path, id: &str, reported: &Valu
     .unwrap();
     let resp = reqwest::Client::new()
         .patch(format!("{}/devices/{id}/twin/reported", serve.endpoint))
-        .header("authorization", token(&format!("{host}/devices/{id}"), &key, None, 4_000_000_000))
+        .header(
+            "authorization",
+            token(&format!("{host}/devices/{id}"), &key, None, crate::token_expiry()),
+        )
         .header("content-type", "application/json")
         .body(reported.to_string())
         .send()

@@ -60,6 +60,11 @@ impl Serve {
         }
     }
 
+    /// The serve process's id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub(crate) fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

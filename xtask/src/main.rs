@@ -11,6 +11,7 @@
 //! - `bench hash`: otaforge hash vs openssl and sha256sum, side by side.
 //! - `bench fleet`: a rollout to 10 000 simulated devices and query latency with 100 000.
 //! - `bench edge`: target-condition evaluation in twins per second.
+//! - `bench lists`: the device-management lists with 100 clients at 10 000 devices.
 //! - `azurite [PORT]`: installs and runs Azurite for the storage tests.
 
 // xtask is a developer tool: it prints freely and adds its own context to std::fs errors.
@@ -26,6 +27,7 @@ mod bench;
 mod bench_delta;
 mod bench_edge;
 mod bench_fleet;
+mod bench_lists;
 mod bench_upload;
 mod demo;
 mod deny;
@@ -51,6 +53,7 @@ fn main() -> anyhow::Result<()> {
         ["bench", "upload", rest @ ..] => bench_upload::run(rest),
         ["bench", "fleet", rest @ ..] => bench_fleet::run(rest),
         ["bench", "edge", rest @ ..] => bench_edge::run(rest),
+        ["bench", "lists", rest @ ..] => bench_lists::run(rest),
         ["fuzz"] => fuzz(30),
         ["fuzz", secs] => fuzz(secs.parse().context("fuzz SECONDS")?),
         _ => {
@@ -65,6 +68,7 @@ fn main() -> anyhow::Result<()> {
                  bench upload [--size-mib N] [--runs N]\n                     otaforge upload vs the Python SDK and curl on Azurite\n  \
                  bench fleet [--devices N] [--registered N] [--runs N]\n                     a rollout to N simulated devices; query latency at scale\n  \
                  bench edge [--twins N] [--runs N]\n                     target-condition evaluation, twins per second\n  \
+                 bench lists [--devices N] [--clients N] [--requests N]\n                     device-management lists under concurrent load\n  \
                  fuzz [SECONDS]     every cargo-fuzz target for SECONDS each (default 30)\n  \
                  bench delta [--corpus DIR] [--pairs a,b] [--skip TOOL,...]\n                     otaforge delta vs bsdiff, xdelta3, zstd, HDiffPatch"
             );

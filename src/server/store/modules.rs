@@ -13,6 +13,7 @@ use serde_json::{Map, Value, json};
 use super::{Store, StoreError, TwinsPage, merge_patch};
 use crate::edge::assign::{Deployment, Plan, merged};
 use crate::iothub::Twin;
+use crate::iothub::limits::MAX_MODULES_PER_DEVICE;
 
 pub(super) fn migrate_8(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
     tx.execute_batch(
@@ -36,6 +37,8 @@ pub enum ModulePatch {
     NotFound,
     /// `If-Match` named another ETag.
     Stale,
+    /// The patch breaks one of IoT Hub's twin rules; nothing was written.
+    Refused(crate::iothub::limits::RuleError),
 }
 
 /// A module twin with its ids, version and ETag filled in.
@@ -61,6 +64,16 @@ fn module_row(
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .optional()?)
+}
+
+/// How many module identities of a device are not the runtime's own.
+fn user_modules(tx: &rusqlite::Transaction<'_>, device: &str) -> Result<usize, StoreError> {
+    let n: i64 = tx.query_row(
+        "SELECT COUNT(*) FROM modules WHERE device_id = ?1 AND module_id NOT LIKE '$%'",
+        [device],
+        |r| r.get(0),
+    )?;
+    Ok(usize::try_from(n).unwrap_or(usize::MAX))
 }
 
 fn device_exists(tx: &rusqlite::Transaction<'_>, device: &str) -> Result<bool, StoreError> {
@@ -96,6 +109,11 @@ fn change_module(
 ) -> Result<Option<Twin>, StoreError> {
     let (version, mut twin) = match module_row(tx, device, module)? {
         Some((v, text)) => (v, serde_json::from_str::<Twin>(&text)?),
+        // IoT Hub's cap on module identities (the runtime's two aside); deployments are
+        // validated within it, so this only guards against what validation let through.
+        None if !module.starts_with('$') && user_modules(tx, device)? >= MAX_MODULES_PER_DEVICE => {
+            return Ok(None);
+        }
         None => {
             let mut t = Twin::default();
             t.properties.desired.insert("$version".into(), json!(1));
@@ -213,9 +231,9 @@ impl Store {
         Ok((twins, more.then_some(last)))
     }
 
-    /// The back end's patch of a module twin's desired properties (merged; `null` removes),
-    /// creating the twin if the device has none of that name; with `if_match` other than `*`,
-    /// only when the twin's ETag is that one.
+    /// The back end's patch of a module twin's desired properties (merged; `null` removes) of a
+    /// module identity the device has; with `if_match` other than `*`, only when the twin's
+    /// ETag is that one; refused when the result would break IoT Hub's twin rules.
     pub fn patch_module_desired(
         &mut self,
         device: &str,
@@ -224,16 +242,22 @@ impl Store {
         if_match: Option<&str>,
     ) -> Result<ModulePatch, StoreError> {
         let tx = self.conn.transaction()?;
-        if !device_exists(&tx, device)? {
+        // Only identities the hub made have twins: a patch does not create one.
+        let Some((current, text)) = module_row(&tx, device, module)? else {
             return Ok(ModulePatch::NotFound);
-        }
-        if let Some(m) = if_match.filter(|m| *m != "*") {
-            let current = module_row(&tx, device, module)?.map(|(v, _)| v).unwrap_or(0);
-            if m != super::twin_etag(&format!("{device}/{module}"), current) {
-                return Ok(ModulePatch::Stale);
-            }
+        };
+        if let Some(m) = if_match.filter(|m| *m != "*")
+            && m != super::twin_etag(&format!("{device}/{module}"), current)
+        {
+            return Ok(ModulePatch::Stale);
         }
         let patch: Map<String, Value> = content_of(patch);
+        let mut desired = serde_json::from_str::<Twin>(&text)?.properties.desired;
+        merge_patch(&mut desired, &patch);
+        let section = crate::iothub::limits::Section::Desired;
+        if let Err(e) = crate::iothub::limits::check_patch(section, &patch, &desired) {
+            return Ok(ModulePatch::Refused(e));
+        }
         let changed = change_module(&tx, device, module, |t| {
             let before = content_of(&t.properties.desired);
             merge_patch(&mut t.properties.desired, &patch);
@@ -273,8 +297,10 @@ impl Store {
         Ok(Some(changed))
     }
 
-    /// A device's report for one of its modules (merged; `null` removes), which bumps
-    /// `properties.reported.$version`; the twin's version does not move.
+    /// A device's report for one of its module identities (merged; `null` removes), which bumps
+    /// `properties.reported.$version`; the twin's version does not move. A module the hub has
+    /// no identity for is `NotFound` (a report creates nothing), and a report that would break
+    /// IoT Hub's twin rules is refused.
     pub fn patch_module_reported(
         &mut self,
         device: &str,
@@ -282,20 +308,19 @@ impl Store {
         patch: &Map<String, Value>,
     ) -> Result<ModulePatch, StoreError> {
         let tx = self.conn.transaction()?;
-        if !device_exists(&tx, device)? {
-            return Ok(ModulePatch::NotFound);
-        }
-        if module_row(&tx, device, module)?.is_none() {
-            // The runtime creates module identities as it deploys them; a report is the first
-            // sign of a module no deployment named.
-            change_module(&tx, device, module, |_| false)?;
-        }
         let Some((version, text)) = module_row(&tx, device, module)? else {
             return Ok(ModulePatch::NotFound);
         };
         let mut twin: Twin = serde_json::from_str(&text)?;
         let n = counter(&twin.properties.reported) + 1;
-        merge_patch(&mut twin.properties.reported, &content_of(patch));
+        let patch = content_of(patch);
+        merge_patch(&mut twin.properties.reported, &patch);
+        let section = crate::iothub::limits::Section::Reported;
+        if let Err(e) =
+            crate::iothub::limits::check_patch(section, &patch, &twin.properties.reported)
+        {
+            return Ok(ModulePatch::Refused(e));
+        }
         twin.properties.reported.insert("$version".into(), json!(n));
         let text = serde_json::to_string(&twin)?;
         tx.execute(
