@@ -8,11 +8,6 @@
 //! finished and one failed, else `Active`; the deployment is `ActiveWithSubgroupFailures` when a
 //! subgroup failed, `Inactive` once superseded, and `Canceled` when canceled.
 
-// A refusal here is the HTTP answer itself (status and ADU error), built once on the failure
-// path: boxing it would buy nothing.
-#![allow(clippy::result_large_err)]
-
-use crate::service::ErrorBody;
 use crate::service::Update;
 use crate::service::model::{
     Deployment, DeploymentState, DeploymentStatus, DeviceDeploymentState, SubgroupDeploymentState,
@@ -46,8 +41,51 @@ pub fn check_deployment_id(id: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn invalid(code: &str, message: impl Into<String>, target: &str) -> ErrorBody {
-    ErrorBody::new(code, message).with_target(target)
+/// What is wrong with a deployment to create: ADU's error codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Problem {
+    /// The id breaks ADU's rules.
+    InvalidDeploymentId,
+    /// A field is wrong or disagrees with the path.
+    InvalidDeployment,
+    /// No device is in the group.
+    GroupNotFound,
+    /// The update (or the rollback's) is not imported.
+    UpdateNotFound,
+    /// The update is a child only its parent installs.
+    UpdateNotDeployable,
+    /// No device class of the group can install the update.
+    NoCompatibleSubgroup,
+}
+
+impl Problem {
+    /// ADU's error code.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::InvalidDeploymentId => "InvalidDeploymentId",
+            Self::InvalidDeployment => "InvalidDeployment",
+            Self::GroupNotFound => "GroupNotFound",
+            Self::UpdateNotFound => "UpdateNotFound",
+            Self::UpdateNotDeployable => "UpdateNotDeployable",
+            Self::NoCompatibleSubgroup => "NoCompatibleSubgroup",
+        }
+    }
+}
+
+/// A deployment ADU would refuse: the problem, the message and the field it is about.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Refused {
+    /// What is wrong.
+    pub problem: Problem,
+    /// Why, for people.
+    pub message: String,
+    /// The field (`deploymentId`, `groupId`, `update`, `rollbackPolicy.failure`, ...).
+    pub target: &'static str,
+}
+
+fn refused(problem: Problem, message: String, target: &'static str) -> Refused {
+    Refused { problem, message, target }
 }
 
 /// Checks a deployment to create against the path it was sent to, the devices and the updates;
@@ -58,13 +96,13 @@ pub fn prepare(
     deployment_id: &str,
     view: &View,
     updates: &[Update],
-) -> Result<Deployment, (u16, ErrorBody)> {
-    let bad = |code: &str, m: String, t: &str| (400, invalid(code, m, t));
-    check_deployment_id(deployment_id)
-        .map_err(|m| bad("InvalidDeploymentId", m, "deploymentId"))?;
+) -> Result<Deployment, Refused> {
+    use Problem::*;
+    let bad = refused;
+    check_deployment_id(deployment_id).map_err(|m| bad(InvalidDeploymentId, m, "deploymentId"))?;
     if d.deployment_id != deployment_id {
         return Err(bad(
-            "InvalidDeployment",
+            InvalidDeployment,
             format!(
                 "the body's deploymentId `{}` differs from the path's `{deployment_id}`",
                 d.deployment_id
@@ -74,7 +112,7 @@ pub fn prepare(
     }
     if d.group_id != group_id {
         return Err(bad(
-            "InvalidDeployment",
+            InvalidDeployment,
             format!("the body's groupId `{}` differs from the path's `{group_id}`", d.group_id),
             "groupId",
         ));
@@ -84,31 +122,28 @@ pub fn prepare(
         && !d.start_date_time.contains('+')
     {
         return Err(bad(
-            "InvalidDeployment",
+            InvalidDeployment,
             format!("startDateTime `{}` is not an ISO 8601 time", d.start_date_time),
             "startDateTime",
         ));
     }
     if !view.groups().iter().any(|g| g.group_id == group_id) {
-        return Err((
-            404,
-            invalid(
-                "GroupNotFound",
-                format!("group `{group_id}` does not exist (no device is in it)"),
-                "groupId",
-            ),
+        return Err(bad(
+            GroupNotFound,
+            format!("group `{group_id}` does not exist (no device is in it)"),
+            "groupId",
         ));
     }
     let Some(update) = updates.iter().find(|u| u.update_id == d.update.update_id) else {
         return Err(bad(
-            "UpdateNotFound",
+            UpdateNotFound,
             format!("update {} is not imported", d.update.update_id),
             "update",
         ));
     };
     if !update.deployable() {
         return Err(bad(
-            "UpdateNotDeployable",
+            UpdateNotDeployable,
             format!("update {} is a child that only its parent installs", update.update_id),
             "update",
         ));
@@ -116,15 +151,15 @@ pub fn prepare(
     if let Some(r) = &d.rollback_policy {
         if !updates.iter().any(|u| u.update_id == r.update.update_id) {
             return Err(bad(
-                "UpdateNotFound",
+                UpdateNotFound,
                 format!("rollback update {} is not imported", r.update.update_id),
                 "rollbackPolicy.update",
             ));
         }
         if r.failure.devices_failed_percentage > 100 {
             return Err(bad(
-                "InvalidDeployment",
-                "devicesFailedPercentage is at most 100".into(),
+                InvalidDeployment,
+                "devicesFailedPercentage is at most 100".to_owned(),
                 "rollbackPolicy.failure",
             ));
         }
@@ -143,7 +178,7 @@ pub fn prepare(
     }
     if subgroups.is_empty() {
         return Err(bad(
-            "NoCompatibleSubgroup",
+            NoCompatibleSubgroup,
             format!(
                 "no device class in group `{group_id}` is compatible with {}",
                 update.update_id
@@ -184,7 +219,7 @@ pub fn device_state(dev: &AduDevice, stored: &StoredDeployment) -> DeviceDeploym
 /// rolls back only when both are, so a single failure in a large group cannot trigger it.
 pub fn rollback_due(stored: &StoredDeployment, view: &View) -> bool {
     let Some(policy) = &stored.deployment.rollback_policy else { return false };
-    if stored.state != "Active" {
+    if stored.state != DeploymentState::Active {
         return false;
     }
     let s = status(stored, view);
@@ -243,10 +278,10 @@ pub fn status(stored: &StoredDeployment, view: &View) -> DeploymentStatus {
             count(DeviceDeploymentState::InProgress),
         );
         let canceled = stored.subgroups.get(class).is_some_and(|a| a.canceled);
-        let state = match stored.state.as_str() {
+        let state = match stored.state {
             _ if canceled => SubgroupDeploymentState::Canceled,
-            "Canceled" => SubgroupDeploymentState::Canceled,
-            "Inactive" => SubgroupDeploymentState::Inactive,
+            DeploymentState::Canceled => SubgroupDeploymentState::Canceled,
+            DeploymentState::Inactive => SubgroupDeploymentState::Inactive,
             _ if failed > 0 && busy == 0 => SubgroupDeploymentState::Failed,
             _ => SubgroupDeploymentState::Active,
         };
@@ -263,9 +298,9 @@ pub fn status(stored: &StoredDeployment, view: &View) -> DeploymentStatus {
             extra: Default::default(),
         });
     }
-    let deployment_state = match stored.state.as_str() {
-        "Canceled" => DeploymentState::Canceled,
-        "Inactive" => DeploymentState::Inactive,
+    let deployment_state = match stored.state {
+        DeploymentState::Canceled => DeploymentState::Canceled,
+        DeploymentState::Inactive => DeploymentState::Inactive,
         _ if subgroup_status
             .iter()
             .any(|s| s.deployment_state == SubgroupDeploymentState::Failed) =>

@@ -55,6 +55,11 @@ pub struct View {
     pub devices: Vec<AduDevice>,
     /// Classes by id.
     pub classes: BTreeMap<String, DeviceClass>,
+    /// The groups, counted once when first asked for (a view is shared by every request
+    /// until the store changes, and lists are asked for far more often than they change).
+    groups: std::sync::OnceLock<Vec<Group>>,
+    /// The compliance of every device, likewise.
+    compliance: std::sync::OnceLock<UpdateCompliance>,
 }
 
 /// The device class id of a contract model and compat properties.
@@ -172,7 +177,16 @@ impl View {
     }
 
     /// The groups, in order of creation, with their device counts.
-    pub fn groups(&self) -> Vec<Group> {
+    pub fn groups(&self) -> &[Group] {
+        self.groups.get_or_init(|| self.count_groups())
+    }
+
+    /// The compliance of every device.
+    pub fn compliance_of_all(&self) -> &UpdateCompliance {
+        self.compliance.get_or_init(|| self.compliance(|_| true))
+    }
+
+    fn count_groups(&self) -> Vec<Group> {
         let mut groups: Vec<Group> = Vec::new();
         for d in &self.devices {
             let id = d.device.group_id.clone().unwrap_or_else(|| DEFAULT_GROUP.to_owned());

@@ -17,7 +17,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 
 use super::Shared;
-use crate::service::ErrorBody;
+use super::error::ApiError;
 
 /// A host name (without port) that always means this machine.
 pub fn is_loopback_name(host: &str) -> bool {
@@ -75,7 +75,7 @@ fn body_types(method: &Method, path: &str) -> &'static [&'static str] {
 }
 
 fn refuse(status: StatusCode, code: &str, message: String) -> Response {
-    super::routes::api_error(status, ErrorBody::new(code, message))
+    axum::response::IntoResponse::into_response(ApiError::new(status, code, message))
 }
 
 /// Checks media type, `Host` and `Origin` as the module says.

@@ -11,23 +11,23 @@
 //! `ContentFileCannotDownload`); the limit errors, which the documentation gives only as
 //! messages, use the codes listed in `docs/serve.md`. Details name the file or JSON path.
 
-// Errors here are the ADU error document or the HTTP answer itself: built once, on the failure
-// path and handed straight to the client, so boxing them would buy nothing.
-#![allow(clippy::result_large_err)]
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+use std::time::{Duration, SystemTime};
+
 use super::store::NewUpdate;
+use super::{Shared, now_string};
 use crate::Sha256;
 use crate::hash::HashAlgorithm;
 use crate::limits;
 use crate::manifest::{self, FileName, ImportManifest, UpdateId};
 use crate::service::model::{DownloadHandler, Instructions, RelatedFile, Step};
 use crate::service::{ErrorBody, ImportItem, Update, UpdateFile};
+use crate::service::{OperationStatus, UpdateInfo, UpdateOperation};
 
-/// An import that failed with an ADU error.
-pub type Failure = ErrorBody;
+/// An import that failed with an ADU error (boxed: it travels through every stage's `?`).
+pub type Failure = Box<ErrorBody>;
 
 /// Fetches a URL into memory with a size cap, read chunk by chunk: `Content-Length` is only a
 /// claim, and a chunked body that never ends must stop at the cap, not fill the memory.
@@ -142,7 +142,8 @@ pub async fn fetch_manifests(
                 "HashMismatch",
                 &target,
                 "size or sha256 differs from importManifest",
-            )]));
+            )])
+            .into());
         }
         let source = PathBuf::from(format!("item{i}.importmanifest.json"));
         let checked = manifest::check_bytes(&source, &bytes);
@@ -168,7 +169,8 @@ pub async fn fetch_manifests(
                     ),
                 )
                 .with_target(&target)
-                .with_details(errors));
+                .with_details(errors)
+                .into());
             }
         }
     }
@@ -211,7 +213,8 @@ pub fn check_set(fetched: &[Fetched], existing: &BTreeSet<UpdateId>) -> Result<(
         "CannotProcessImportManifest",
         "the updates of this request do not fit together",
     )
-    .with_details(errors))
+    .with_details(errors)
+    .into())
 }
 
 /// Stage 3: duplicates, compatibility conflicts and the instance's limits.
@@ -225,7 +228,8 @@ pub fn check_instance(fetched: &[Fetched], existing: &[Update]) -> Result<(), Fa
                 "UpdateAlreadyExists",
                 format!("update {id} is already imported"),
             )
-            .with_target(id.to_string()));
+            .with_target(id.to_string())
+            .into());
         }
         for set in &m.compatibility {
             let other = existing.iter().find(|u| {
@@ -244,7 +248,7 @@ pub fn check_instance(fetched: &[Fetched], existing: &[Update]) -> Result<(), Fa
                         serde_json::Value::Object(set.clone())
                     ),
                 )
-                .with_target("compatibility"));
+                .with_target("compatibility").into());
             }
         }
         ids.insert(id.clone());
@@ -264,7 +268,8 @@ pub fn check_instance(fetched: &[Fetched], existing: &[Update]) -> Result<(), Fa
                 limits::UPDATES_PER_INSTANCE,
                 ids.len()
             ),
-        ));
+        )
+        .into());
     }
     if providers.len() > limits::PROVIDERS_PER_INSTANCE {
         return Err(ErrorBody::new(
@@ -273,7 +278,8 @@ pub fn check_instance(fetched: &[Fetched], existing: &[Update]) -> Result<(), Fa
                 "cannot import additional update provider: at most {}",
                 limits::PROVIDERS_PER_INSTANCE
             ),
-        ));
+        )
+        .into());
     }
     if let Some((p, ns)) = names.iter().find(|(_, ns)| ns.len() > limits::NAMES_PER_PROVIDER) {
         return Err(ErrorBody::new(
@@ -283,7 +289,8 @@ pub fn check_instance(fetched: &[Fetched], existing: &[Update]) -> Result<(), Fa
                 limits::NAMES_PER_PROVIDER,
                 ns.len()
             ),
-        ));
+        )
+        .into());
     }
     if let Some(((p, n), c)) = versions.iter().find(|(_, c)| **c > limits::VERSIONS_PER_NAME) {
         return Err(ErrorBody::new(
@@ -292,7 +299,8 @@ pub fn check_instance(fetched: &[Fetched], existing: &[Update]) -> Result<(), Fa
                 "cannot import additional update version for {p}/{n}: at most {} ({c})",
                 limits::VERSIONS_PER_NAME
             ),
-        ));
+        )
+        .into());
     }
     Ok(())
 }
@@ -314,7 +322,8 @@ pub async fn fetch_files(
                     "CannotProcessUpdateFile",
                     format!("item {i} lists {} twice", file.filename),
                 )
-                .with_target(file.filename.as_str()));
+                .with_target(file.filename.as_str())
+                .into());
             }
         }
         let needed: Vec<(&FileName, u64, &Sha256)> = f.manifest.all_files().collect();
@@ -323,7 +332,8 @@ pub async fn fetch_files(
                 "CannotProcessUpdateFile",
                 format!("item {i} lists {name}, which its manifest does not name"),
             )
-            .with_target(name.as_str()));
+            .with_target(name.as_str())
+            .into());
         }
         for (name, size, sha) in needed {
             let Some(url) = urls.get(name) else {
@@ -334,18 +344,16 @@ pub async fn fetch_files(
                     ),
                 )
                 .with_target(name.as_str())
-                .with_details(vec![detail(
-                    "MissingFile",
-                    name,
-                    "add it to files[] with a URL",
-                )]));
+                .with_details(vec![detail("MissingFile", name, "add it to files[] with a URL")])
+                .into());
             };
             if size > limits::MAX_FILE_BYTES {
                 return Err(ErrorBody::new(
                     "CannotProcessUpdateFile",
                     format!("{name} is larger than 2 GB"),
                 )
-                .with_target(name.as_str()));
+                .with_target(name.as_str())
+                .into());
             }
             let (file, got, actual) =
                 fetch_to_file(http, url, size, content_dir).await.map_err(|e| {
@@ -368,7 +376,8 @@ pub async fn fetch_files(
                     "HashMismatch",
                     name,
                     "the file at the URL is not the one the manifest describes",
-                )]));
+                )])
+                .into());
             }
             content.push((actual.to_hex(), file));
         }
@@ -477,4 +486,166 @@ pub async fn prepare(
 /// A stable file id (ADU's are opaque strings).
 fn file_id(update: &UpdateId, filename: &FileName) -> String {
     format!("f{}", &Sha256::digest(format!("{update}\n{filename}").as_bytes()).to_hex()[..20])
+}
+
+// ---- The operation an import runs as ----
+
+fn new_operation_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// A new operation with a fresh id, created now.
+pub(super) fn new_operation(
+    status: OperationStatus,
+    update: Option<UpdateInfo>,
+) -> UpdateOperation {
+    let id = new_operation_id();
+    let now = now_string();
+    UpdateOperation {
+        operation_id: id.clone(),
+        status,
+        update,
+        resource_location: None,
+        error: None,
+        trace_id: Some(id.replace('-', "")),
+        last_action_date_time: Some(now.clone()),
+        created_date_time: Some(now.clone()),
+        etag: Some(etag(&format!("{id}{now}"))),
+        extra: Default::default(),
+    }
+}
+
+/// Finished operations last acted on before this time are dropped.
+pub(super) fn retention_cutoff() -> String {
+    let days = Duration::from_secs(crate::limits::OPERATION_DAYS * 86_400);
+    let cutoff = SystemTime::now().checked_sub(days).unwrap_or(SystemTime::UNIX_EPOCH);
+    humantime::format_rfc3339_millis(cutoff).to_string()
+}
+
+/// An error as it is stored and listed: its message and each detail's cut to
+/// [`crate::limits::ERROR_MESSAGE_CHARS`], at most [`crate::limits::ERROR_DETAILS`] details
+/// (the last says how many more there were), so no request can make operations grow without
+/// bound.
+fn bounded(mut e: ErrorBody) -> ErrorBody {
+    use crate::limits::{ERROR_DETAILS, ERROR_MESSAGE_CHARS};
+    fn cut(s: &mut String) {
+        if let Some((i, _)) = s.char_indices().nth(ERROR_MESSAGE_CHARS) {
+            s.truncate(i);
+            s.push_str(" [cut]");
+        }
+    }
+    cut(&mut e.message);
+    let more = e.details.len().saturating_sub(ERROR_DETAILS);
+    e.details.truncate(ERROR_DETAILS);
+    for d in &mut e.details {
+        cut(&mut d.message);
+    }
+    if more > 0 {
+        e.details.push(ErrorBody::new("MoreDetails", format!("{more} more not shown")));
+    }
+    e
+}
+
+/// Runs an accepted import to its end and records the result, as one operation.
+pub(super) async fn run(s: Shared, mut op: UpdateOperation, items: Vec<ImportItem>) {
+    op.status = OperationStatus::Running;
+    op.last_action_date_time = Some(now_string());
+    let running = op.clone();
+    if s.db.call(move |st| st.put_operation(&running, None)).await.is_err() {
+        return;
+    }
+    let existing = s.db.read(|st| st.updates()).await.unwrap_or_default();
+    let now = now_string();
+    let result = prepare(&s.http, &items, &existing, &now, &s.content_dir).await;
+    op.last_action_date_time = Some(now_string());
+    let fail = |mut op: UpdateOperation, error: ErrorBody| {
+        op.status = OperationStatus::Failed;
+        op.update = None;
+        op.resource_location = None;
+        op.error = Some(bounded(error));
+        op
+    };
+    let prepared = match result {
+        Ok(p) => p,
+        Err(error) => {
+            let op = fail(op, *error);
+            let _ = s.db.call(move |st| st.put_operation(&op, None)).await;
+            return;
+        }
+    };
+    // Content first (content-addressed, invisible until the commit refers to it).
+    let content_dir = s.content_dir.clone();
+    let content = prepared.content;
+    let stored = tokio::task::spawn_blocking(move || {
+        content
+            .into_iter()
+            .try_for_each(|(hex, file)| file.commit_to(&content_dir.join(&hex), true))
+    })
+    .await
+    .map_err(|e| std::io::Error::other(e.to_string()))
+    .and_then(|r| r);
+    if let Err(e) = stored {
+        let op =
+            fail(op, ErrorBody::new("InternalServerError", format!("cannot store content: {e}")));
+        let _ = s.db.call(move |st| st.put_operation(&op, None)).await;
+        return;
+    }
+    let updates = prepared.updates;
+    let first = &updates[0].update;
+    op.status = OperationStatus::Succeeded;
+    op.update = Some(UpdateInfo {
+        update_id: first.update_id.clone(),
+        description: first.description.clone(),
+        friendly_name: first.friendly_name.clone(),
+        extra: Default::default(),
+    });
+    op.resource_location = Some(super::routes::update_location(&s.instance, &first.update_id));
+    let _ =
+        s.db.call(move |st| {
+            // The store may have changed while fetching: re-check duplicates in the same lock.
+            let mut dup = None;
+            for u in &updates {
+                if st.update(&u.update.update_id)?.is_some() {
+                    dup = Some(u.update.update_id.clone());
+                    break;
+                }
+            }
+            if let Some(id) = dup {
+                let op = fail(
+                    op,
+                    ErrorBody::new(
+                        "UpdateAlreadyExists",
+                        format!("update {id} is already imported"),
+                    ),
+                );
+                return st.put_operation(&op, None);
+            }
+            if let Err(e) = st.commit_import(&updates, &op) {
+                let op = fail(op, ErrorBody::new("InternalServerError", e.to_string()));
+                return st.put_operation(&op, None);
+            }
+            Ok(())
+        })
+        .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_errors_are_bounded() {
+        let mut e = ErrorBody::new("CannotProcessImportManifest", "x".repeat(10_000));
+        e.details =
+            (0..250).map(|i| ErrorBody::new("rule", format!("{i}{}", "y".repeat(5_000)))).collect();
+        let b = bounded(e);
+        assert!(b.message.chars().count() <= crate::limits::ERROR_MESSAGE_CHARS + 6);
+        assert_eq!(b.details.len(), crate::limits::ERROR_DETAILS + 1);
+        assert_eq!(b.details.last().unwrap().message, "150 more not shown");
+        assert!(
+            b.details
+                .iter()
+                .all(|d| d.message.chars().count() <= crate::limits::ERROR_MESSAGE_CHARS + 6)
+        );
+    }
 }

@@ -19,6 +19,7 @@ use rusqlite::{Connection, OptionalExtension as _, params};
 use serde_json::Value;
 
 use crate::manifest::UpdateId;
+use crate::service::model::DeploymentState;
 use crate::service::{ErrorBody, OperationStatus, Update, UpdateFile, UpdateOperation};
 
 /// Why the store failed.
@@ -88,18 +89,39 @@ fn migrate_7(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// What putting a configuration came to.
-#[derive(Debug)]
-pub enum ConfigPut {
-    /// Stored, with its new ETag and times.
-    Stored(Box<crate::iothub::config::Configuration>),
-    /// `If-Match` named another version.
-    Stale,
-    /// A replacement changed the content, which is immutable.
+/// Why the store refused a write: nothing of it was written.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    /// No such device.
+    #[error("no such device")]
+    NoDevice,
+    /// No module identity of that name on the device.
+    #[error("no such module identity")]
+    NoModule,
+    /// No such configuration.
+    #[error("no such configuration")]
+    NoConfiguration,
+    /// `If-Match` named another ETag than the document's now.
+    #[error("the {0} changed since it was read (If-Match names an older ETag); read it again")]
+    Stale(&'static str),
+    /// The write breaks one of IoT Hub's twin rules.
+    #[error(transparent)]
+    Rules(#[from] crate::iothub::limits::RuleError),
+    /// A replacement changed a configuration's content, which is immutable.
+    #[error(
+        "a configuration's content cannot change; create a new one (labels, metrics, priority and targetCondition may change)"
+    )]
     ContentChanged,
     /// The hub already holds the most configurations it may.
-    Full(usize),
+    #[error("the hub holds {0} configurations, its most")]
+    TooManyConfigurations(usize),
+    /// The instance already holds the most deployments it may.
+    #[error("the instance holds {0} deployments, the most it may; delete old ones")]
+    TooManyDeployments(usize),
 }
+
+/// What a write came to: done (with what it gives), or refused.
+pub type Outcome<T> = Result<T, Refusal>;
 
 /// Adds `group_id` (indexed) and `slim` to every device, filled from its twin.
 fn migrate_6(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
@@ -175,7 +197,7 @@ pub struct StoredDeployment {
     /// The `Deployment` document.
     pub deployment: crate::service::model::Deployment,
     /// `Active`, `Inactive` (superseded) or `Canceled`.
-    pub state: String,
+    pub state: DeploymentState,
     /// What was done to each subgroup: canceled, and when failed devices were last retried.
     pub subgroups: BTreeMap<String, SubgroupActions>,
 }
@@ -221,20 +243,6 @@ pub struct DeviceRow {
 
 /// Twins with their registry positions, and where to continue when there are more.
 pub type TwinsPage = (Vec<(i64, crate::iothub::Twin)>, Option<i64>);
-
-/// What a twin patch came to.
-#[derive(Debug)]
-pub enum TwinPatch {
-    /// Applied; the new twin.
-    Applied(Box<crate::iothub::Twin>),
-    /// No such device.
-    NotFound,
-    /// `If-Match` named another ETag.
-    Stale,
-    /// The patch breaks one of IoT Hub's twin rules (key, value, depth or size); nothing was
-    /// written.
-    Refused(crate::iothub::limits::RuleError),
-}
 
 /// Merges `patch` into `target` as JSON merge patch does (RFC 7396): `null` removes a key.
 pub fn merge_patch(
@@ -321,7 +329,7 @@ fn stored(
 ) -> Result<StoredDeployment, StoreError> {
     Ok(StoredDeployment {
         deployment: serde_json::from_str(&body)?,
-        state,
+        state: DeploymentState::from(state.as_str()),
         subgroups: serde_json::from_str(&subgroups)?,
     })
 }
@@ -358,28 +366,28 @@ fn patch_twin_in(
     desired: Option<&serde_json::Map<String, Value>>,
     if_match: Option<&str>,
     by: Writer,
-) -> Result<TwinPatch, StoreError> {
+) -> Result<Outcome<crate::iothub::Twin>, StoreError> {
     use crate::iothub::limits::{Section, check_patch};
     let Some((version, text)) = twin_row(tx, device_id)? else {
-        return Ok(TwinPatch::NotFound);
+        return Ok(Err(Refusal::NoDevice));
     };
     if let Some(m) = if_match.filter(|m| *m != "*")
         && m != twin_etag(device_id, version)
     {
-        return Ok(TwinPatch::Stale);
+        return Ok(Err(Refusal::Stale("twin")));
     }
     let mut twin: crate::iothub::Twin = serde_json::from_str(&text)?;
     if let Some(t) = tags {
         merge_patch(&mut twin.tags, t);
         if let Err(e) = check_patch(Section::Tags, t, &twin.tags) {
-            return Ok(TwinPatch::Refused(e));
+            return Ok(Err(e.into()));
         }
     }
     match (desired, by) {
         (Some(d), Writer::Client) => {
             merge_patch(&mut twin.properties.desired, d);
             if let Err(e) = check_patch(Section::Desired, d, &twin.properties.desired) {
-                return Ok(TwinPatch::Refused(e));
+                return Ok(Err(e.into()));
             }
         }
         (Some(d), Writer::Serve) => {
@@ -396,7 +404,7 @@ fn patch_twin_in(
         "UPDATE devices SET version = ?2, twin = ?3, group_id = ?4, slim = ?5 WHERE device_id = ?1",
         params![device_id, version, text, group, slim],
     )?;
-    Ok(TwinPatch::Applied(Box::new(twin_doc(device_id, version, &text)?)))
+    Ok(Ok(twin_doc(device_id, version, &text)?))
 }
 
 /// A stored twin with its id, version and ETag filled in.
@@ -434,7 +442,6 @@ fn id_params(id: &UpdateId) -> (String, String, String) {
 }
 
 mod modules;
-pub use modules::ModulePatch;
 
 /// The store.
 pub struct Store {
@@ -729,10 +736,10 @@ impl Store {
         tags: Option<&serde_json::Map<String, Value>>,
         desired: Option<&serde_json::Map<String, Value>>,
         if_match: Option<&str>,
-    ) -> Result<TwinPatch, StoreError> {
+    ) -> Result<Outcome<crate::iothub::Twin>, StoreError> {
         let tx = self.conn.transaction()?;
         let patched = patch_twin_in(&tx, device_id, tags, desired, if_match, Writer::Client)?;
-        if matches!(patched, TwinPatch::Applied(_)) {
+        if patched.is_ok() {
             tx.commit()?;
         }
         Ok(patched)
@@ -750,7 +757,7 @@ impl Store {
         let mut done = Vec::with_capacity(patches.len());
         for (id, patch) in patches {
             let written = patch_twin_in(&tx, id, None, Some(patch), None, Writer::Serve)?;
-            if let TwinPatch::Applied(t) = written {
+            if let Ok(t) = written {
                 done.push((id.clone(), t.version.unwrap_or_default()));
             }
         }
@@ -765,10 +772,10 @@ impl Store {
         &mut self,
         device_id: &str,
         reported: &serde_json::Map<String, Value>,
-    ) -> Result<TwinPatch, StoreError> {
+    ) -> Result<Outcome<crate::iothub::Twin>, StoreError> {
         let tx = self.conn.transaction()?;
         let Some((version, text)) = twin_row(&tx, device_id)? else {
-            return Ok(TwinPatch::NotFound);
+            return Ok(Err(Refusal::NoDevice));
         };
         let mut twin: crate::iothub::Twin = serde_json::from_str(&text)?;
         merge_patch(&mut twin.properties.reported, reported);
@@ -776,7 +783,7 @@ impl Store {
         if let Err(e) =
             crate::iothub::limits::check_patch(section, reported, &twin.properties.reported)
         {
-            return Ok(TwinPatch::Refused(e));
+            return Ok(Err(e.into()));
         }
         let text = serde_json::to_string(&twin)?;
         let (_, slim) = derived(&twin)?;
@@ -785,7 +792,7 @@ impl Store {
             params![device_id, text, slim],
         )?;
         tx.commit()?;
-        Ok(TwinPatch::Applied(Box::new(twin_doc(device_id, version, &text)?)))
+        Ok(Ok(twin_doc(device_id, version, &text)?))
     }
 
     /// Creates or replaces a deployment. A new one becomes its group's active deployment and
@@ -795,7 +802,7 @@ impl Store {
         &mut self,
         d: &crate::service::model::Deployment,
         max_total: usize,
-    ) -> Result<Result<bool, usize>, StoreError> {
+    ) -> Result<Outcome<bool>, StoreError> {
         let tx = self.conn.transaction()?;
         let exists: bool = tx
             .query_row(
@@ -814,7 +821,7 @@ impl Store {
         } else {
             let total: i64 = tx.query_row("SELECT COUNT(*) FROM deployments", [], |r| r.get(0))?;
             if usize::try_from(total).unwrap_or(usize::MAX) >= max_total {
-                return Ok(Err(max_total));
+                return Ok(Err(Refusal::TooManyDeployments(max_total)));
             }
             tx.execute(
                 "UPDATE deployments SET state = 'Inactive' WHERE group_id = ?1 AND state = 'Active'",
@@ -882,7 +889,7 @@ impl Store {
         if !classes.is_empty()
             && classes.iter().all(|c| d.subgroups.get(*c).is_some_and(|s| s.canceled))
         {
-            d.state = "Canceled".into();
+            d.state = DeploymentState::Canceled;
             d.deployment.is_canceled = Some(true);
         }
         if d.subgroups.values().any(|s| s.retry_count > 0) {
@@ -893,7 +900,7 @@ impl Store {
             params![
                 group_id,
                 deployment_id,
-                d.state,
+                d.state.as_str(),
                 serde_json::to_string(&d.deployment)?,
                 serde_json::to_string(&d.subgroups)?
             ],
@@ -954,7 +961,7 @@ impl Store {
         if_match: Option<&str>,
         now: &str,
         max: usize,
-    ) -> Result<ConfigPut, StoreError> {
+    ) -> Result<Outcome<crate::iothub::config::Configuration>, StoreError> {
         use crate::iothub::config::Configuration;
         let tx = self.conn.transaction()?;
         let old: Option<String> = tx
@@ -965,10 +972,10 @@ impl Store {
             Some(text) => {
                 let old: Configuration = serde_json::from_str(&text)?;
                 if if_match.is_some_and(|m| m != "*" && Some(m) != old.etag.as_deref()) {
-                    return Ok(ConfigPut::Stale);
+                    return Ok(Err(Refusal::Stale("configuration")));
                 }
                 if !c.content.is_empty() && c.content != old.content {
-                    return Ok(ConfigPut::ContentChanged);
+                    return Ok(Err(Refusal::ContentChanged));
                 }
                 c.content = old.content;
                 c.created_time_utc = old.created_time_utc;
@@ -978,7 +985,7 @@ impl Store {
                 let n: i64 =
                     tx.query_row("SELECT COUNT(*) FROM configurations", [], |r| r.get(0))?;
                 if n as usize >= max {
-                    return Ok(ConfigPut::Full(max));
+                    return Ok(Err(Refusal::TooManyConfigurations(max)));
                 }
                 c.created_time_utc = Some(now.to_owned());
             }
@@ -995,7 +1002,7 @@ impl Store {
             params![c.id, body],
         )?;
         tx.commit()?;
-        Ok(ConfigPut::Stored(Box::new(c)))
+        Ok(Ok(c))
     }
 
     /// One configuration.
@@ -1026,13 +1033,13 @@ impl Store {
         &mut self,
         id: &str,
         if_match: Option<&str>,
-    ) -> Result<Option<bool>, StoreError> {
-        let Some(c) = self.configuration(id)? else { return Ok(None) };
+    ) -> Result<Outcome<()>, StoreError> {
+        let Some(c) = self.configuration(id)? else { return Ok(Err(Refusal::NoConfiguration)) };
         if if_match.is_some_and(|m| m != "*" && Some(m) != c.etag.as_deref()) {
-            return Ok(Some(false));
+            return Ok(Err(Refusal::Stale("configuration")));
         }
         self.conn.execute("DELETE FROM configurations WHERE id = ?1", [id])?;
-        Ok(Some(true))
+        Ok(Ok(()))
     }
 
     /// Every twin, whole, in registry order (for target conditions and metric queries).
@@ -1264,14 +1271,11 @@ mod tests {
         assert_eq!(urls, &serde_json::json!({"f3": "http://x/3"}));
         // A client's patch still merges, and keeps IoT Hub's twin rules.
         let patch = serde_json::json!({"other": 1}).as_object().unwrap().clone();
-        assert!(matches!(
-            st.patch_twin("d", None, Some(&patch), None).unwrap(),
-            TwinPatch::Applied(_)
-        ));
+        assert!(st.patch_twin("d", None, Some(&patch), None).unwrap().is_ok());
         let bad = serde_json::json!({"a.b": 1}).as_object().unwrap().clone();
         assert!(matches!(
             st.patch_twin("d", None, Some(&bad), None).unwrap(),
-            TwinPatch::Refused(_)
+            Err(Refusal::Rules(_))
         ));
         let twin = st.device("d").unwrap().unwrap().twin;
         assert_eq!(twin.properties.desired["other"], 1);

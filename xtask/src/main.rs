@@ -68,7 +68,7 @@ fn main() -> anyhow::Result<()> {
                  bench upload [--size-mib N] [--runs N]\n                     otaforge upload vs the Python SDK and curl on Azurite\n  \
                  bench fleet [--devices N] [--registered N] [--runs N]\n                     a rollout to N simulated devices; query latency at scale\n  \
                  bench edge [--twins N] [--runs N]\n                     target-condition evaluation, twins per second\n  \
-                 bench lists [--devices N] [--clients N] [--requests N]\n                     device-management lists under concurrent load\n  \
+                 bench lists [--devices N] [--clients N] [--seconds S]\n                     device-management lists under concurrent load\n  \
                  fuzz [SECONDS]     every cargo-fuzz target for SECONDS each (default 30)\n  \
                  bench delta [--corpus DIR] [--pairs a,b] [--skip TOOL,...]\n                     otaforge delta vs bsdiff, xdelta3, zstd, HDiffPatch"
             );

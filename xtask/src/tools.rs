@@ -42,6 +42,9 @@ pub(crate) const BENCH_PYPI: &[(&str, &str)] =
 pub(crate) const BENCH_DEBIAN: &[(&str, &str)] =
     &[("bsdiff", "bsdiff"), ("bspatch", "bsdiff"), ("xdelta3", "xdelta3"), ("zstd", "zstd")];
 
+/// Commands `cargo xtask bench lists` runs, and the Debian package that has each.
+pub(crate) const LOAD_DEBIAN: &[(&str, &str)] = &[("wrk", "wrk")];
+
 /// Commands the tests run, and the Debian package that has each.
 pub(crate) const DEBIAN: &[(&str, &str)] =
     &[("bspatch", "bsdiff"), ("bsdiff", "bsdiff"), ("openssl", "openssl"), ("curl", "curl")];
@@ -173,6 +176,11 @@ pub(crate) fn provision_bench() -> anyhow::Result<PathBuf> {
     debian(BENCH_DEBIAN)?;
     pypi(BENCH_PYPI, false)?;
     Ok(venv().join("bin/python3"))
+}
+
+/// Provisions the HTTP load generator of `cargo xtask bench lists` (Debian `wrk`).
+pub(crate) fn provision_load() -> anyhow::Result<()> {
+    debian(LOAD_DEBIAN)
 }
 
 /// Fails, naming each, when a tool the tests need is missing.

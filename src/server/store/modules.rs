@@ -10,7 +10,7 @@
 use rusqlite::{OptionalExtension as _, params};
 use serde_json::{Map, Value, json};
 
-use super::{Store, StoreError, TwinsPage, merge_patch};
+use super::{Outcome, Refusal, Store, StoreError, TwinsPage, merge_patch};
 use crate::edge::assign::{Deployment, Plan, merged};
 use crate::iothub::Twin;
 use crate::iothub::limits::MAX_MODULES_PER_DEVICE;
@@ -26,19 +26,6 @@ pub(super) fn migrate_8(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError
             device_id TEXT PRIMARY KEY, assignment TEXT NOT NULL);",
     )?;
     Ok(())
-}
-
-/// What a change of a module twin came to.
-#[derive(Debug)]
-pub enum ModulePatch {
-    /// Applied; the new twin.
-    Applied(Box<Twin>),
-    /// No such device (or, for a report, no such module).
-    NotFound,
-    /// `If-Match` named another ETag.
-    Stale,
-    /// The patch breaks one of IoT Hub's twin rules; nothing was written.
-    Refused(crate::iothub::limits::RuleError),
 }
 
 /// A module twin with its ids, version and ETag filled in.
@@ -240,23 +227,23 @@ impl Store {
         module: &str,
         patch: &Map<String, Value>,
         if_match: Option<&str>,
-    ) -> Result<ModulePatch, StoreError> {
+    ) -> Result<Outcome<Twin>, StoreError> {
         let tx = self.conn.transaction()?;
         // Only identities the hub made have twins: a patch does not create one.
         let Some((current, text)) = module_row(&tx, device, module)? else {
-            return Ok(ModulePatch::NotFound);
+            return Ok(Err(Refusal::NoModule));
         };
         if let Some(m) = if_match.filter(|m| *m != "*")
             && m != super::twin_etag(&format!("{device}/{module}"), current)
         {
-            return Ok(ModulePatch::Stale);
+            return Ok(Err(Refusal::Stale("module twin")));
         }
         let patch: Map<String, Value> = content_of(patch);
         let mut desired = serde_json::from_str::<Twin>(&text)?.properties.desired;
         merge_patch(&mut desired, &patch);
         let section = crate::iothub::limits::Section::Desired;
         if let Err(e) = crate::iothub::limits::check_patch(section, &patch, &desired) {
-            return Ok(ModulePatch::Refused(e));
+            return Ok(Err(e.into()));
         }
         let changed = change_module(&tx, device, module, |t| {
             let before = content_of(&t.properties.desired);
@@ -267,11 +254,11 @@ impl Store {
             Some(t) => t,
             None => match module_row(&tx, device, module)? {
                 Some((v, text)) => module_doc(device, module, v, &text)?,
-                None => return Ok(ModulePatch::NotFound),
+                None => return Ok(Err(Refusal::NoModule)),
             },
         };
         tx.commit()?;
-        Ok(ModulePatch::Applied(Box::new(twin)))
+        Ok(Ok(twin))
     }
 
     /// `applyConfigurationContent`: each module twin `content` names gets that whole desired
@@ -306,10 +293,10 @@ impl Store {
         device: &str,
         module: &str,
         patch: &Map<String, Value>,
-    ) -> Result<ModulePatch, StoreError> {
+    ) -> Result<Outcome<Twin>, StoreError> {
         let tx = self.conn.transaction()?;
         let Some((version, text)) = module_row(&tx, device, module)? else {
-            return Ok(ModulePatch::NotFound);
+            return Ok(Err(Refusal::NoModule));
         };
         let mut twin: Twin = serde_json::from_str(&text)?;
         let n = counter(&twin.properties.reported) + 1;
@@ -319,7 +306,7 @@ impl Store {
         if let Err(e) =
             crate::iothub::limits::check_patch(section, &patch, &twin.properties.reported)
         {
-            return Ok(ModulePatch::Refused(e));
+            return Ok(Err(e.into()));
         }
         twin.properties.reported.insert("$version".into(), json!(n));
         let text = serde_json::to_string(&twin)?;
@@ -328,7 +315,7 @@ impl Store {
             params![device, module, text],
         )?;
         tx.commit()?;
-        Ok(ModulePatch::Applied(Box::new(module_doc(device, module, version, &text)?)))
+        Ok(Ok(module_doc(device, module, version, &text)?))
     }
 
     /// IoT Hub's pass over Edge deployments: for every IoT Edge device whose set of targeting

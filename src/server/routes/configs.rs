@@ -8,9 +8,6 @@
 //! on IoT Edge devices. Custom metrics (`SELECT deviceId FROM devices[.modules] WHERE …`) are
 //! counted over device or module twins.
 
-// Errors here are HTTP answers built once on the failure path.
-#![allow(clippy::result_large_err)]
-
 use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -18,13 +15,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 
-use super::Shared;
-use super::hub::{hub_error, service_auth};
-use super::store::ConfigPut;
+use super::hub::{if_match, json_body};
 use crate::edge::condition::Target;
 use crate::iothub::config::{Configuration, MAX_CUSTOM_METRICS, check_id};
 use crate::iothub::limits::{self, MAX_CONFIGURATIONS};
 use crate::iothub::query::metric_condition;
+use crate::server::Shared;
+use crate::server::auth::ServiceAuth;
+use crate::server::error::ApiError;
+use crate::server::store::Refusal;
 
 pub(super) fn router() -> Router<Shared> {
     Router::new()
@@ -33,18 +32,18 @@ pub(super) fn router() -> Router<Shared> {
         .route("/configurations/{id}", get(get_one).put(put).delete(delete))
 }
 
-fn bad(message: impl Into<String>) -> Response {
-    hub_error(StatusCode::BAD_REQUEST, "ArgumentInvalid", message)
+fn bad(message: impl Into<String>) -> ApiError {
+    ApiError::bad_request("ArgumentInvalid", message)
 }
 
-fn internal(e: impl std::fmt::Display) -> Response {
-    hub_error(StatusCode::INTERNAL_SERVER_ERROR, "ServerError", e.to_string())
-}
-
-fn etag_header(r: &mut Response, etag: Option<&str>) {
-    if let Some(v) = etag.and_then(|e| HeaderValue::from_str(e).ok()) {
+/// A configuration with its `ETag` header.
+fn with_etag(c: Configuration) -> Response {
+    let etag = c.etag.clone();
+    let mut r = axum::Json(c).into_response();
+    if let Some(v) = etag.and_then(|e| HeaderValue::from_str(&e).ok()) {
         r.headers_mut().insert(header::ETAG, v);
     }
+    r
 }
 
 /// Fills the metric results of `configs` from the twins: each system metric by its own
@@ -54,18 +53,18 @@ fn etag_header(r: &mut Response, etag: Option<&str>) {
 async fn with_metrics(
     s: &Shared,
     mut configs: Vec<Configuration>,
-) -> Result<Vec<Configuration>, Response> {
+) -> Result<Vec<Configuration>, ApiError> {
     let to_values = |twins: Vec<crate::iothub::Twin>| -> Vec<Value> {
         twins.iter().map(|t| serde_json::to_value(t).unwrap_or(Value::Null)).collect()
     };
-    let twins = to_values(s.db.read(|st| st.full_twins()).await.map_err(internal)?);
+    let twins = to_values(s.db.read(|st| st.full_twins()).await?);
     let reads_modules = configs
         .iter()
         .any(|c| c.metrics.queries.values().any(|q| matches!(metric_condition(q), Ok((_, true)))));
     let modules = if reads_modules {
-        s.db.read(|st| st.module_twins(None)).await.map_err(internal)?
+        s.db.read(|st| st.module_twins(None)).await?
     } else if configs.iter().any(Configuration::is_edge) {
-        s.db.read(|st| st.module_twins(Some("$edgeAgent"))).await.map_err(internal)?
+        s.db.read(|st| st.module_twins(Some("$edgeAgent"))).await?
     } else {
         Vec::new()
     };
@@ -98,31 +97,15 @@ async fn with_metrics(
     Ok(configs)
 }
 
-async fn get_one(State(s): State<Shared>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if let Err(r) = service_auth(&s, &headers) {
-        return r;
-    }
-    let found = match s.db.read(move |st| st.configuration(&id)).await {
-        Ok(Some(c)) => c,
-        Ok(None) => {
-            return hub_error(
-                StatusCode::NOT_FOUND,
-                "ConfigurationNotFound",
-                "no such configuration",
-            );
-        }
-        Err(e) => return internal(e),
-    };
-    match with_metrics(&s, vec![found]).await {
-        Ok(mut v) => {
-            let c = v.remove(0);
-            let etag = c.etag.clone();
-            let mut r = axum::Json(c).into_response();
-            etag_header(&mut r, etag.as_deref());
-            r
-        }
-        Err(r) => r,
-    }
+async fn get_one(
+    _: ServiceAuth,
+    State(s): State<Shared>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let found =
+        s.db.read(move |st| st.configuration(&id)).await?.ok_or(Refusal::NoConfiguration)?;
+    let mut v = with_metrics(&s, vec![found]).await?;
+    Ok(with_etag(v.remove(0)))
 }
 
 #[derive(serde::Deserialize)]
@@ -130,19 +113,15 @@ struct Top {
     top: Option<usize>,
 }
 
-async fn list(State(s): State<Shared>, headers: HeaderMap, Query(q): Query<Top>) -> Response {
-    if let Err(r) = service_auth(&s, &headers) {
-        return r;
-    }
-    let all = match s.db.read(|st| st.configurations()).await {
-        Ok(a) => a,
-        Err(e) => return internal(e),
-    };
+async fn list(
+    _: ServiceAuth,
+    State(s): State<Shared>,
+    Query(q): Query<Top>,
+) -> Result<Response, ApiError> {
+    let all = s.db.read(|st| st.configurations()).await?;
     let top = q.top.unwrap_or(MAX_CONFIGURATIONS).min(MAX_CONFIGURATIONS);
-    match with_metrics(&s, all.into_iter().take(top).collect()).await {
-        Ok(v) => axum::Json(v).into_response(),
-        Err(r) => r,
-    }
+    let configs = with_metrics(&s, all.into_iter().take(top).collect()).await?;
+    Ok(axum::Json(configs).into_response())
 }
 
 /// Why `modulesContent` is not a valid deployment of `kind` (its first five errors, with their
@@ -165,7 +144,7 @@ pub(super) fn invalid_content(mc: &Value, kind: crate::edge::manifest::Kind) -> 
 }
 
 /// What IoT Hub refuses in a configuration before storing it.
-fn check(c: &Configuration, path_id: &str) -> Result<(), Response> {
+fn check(c: &Configuration, path_id: &str) -> Result<(), ApiError> {
     check_id(path_id).map_err(bad)?;
     if c.id != path_id {
         return Err(bad(format!("the body's id `{}` is not the path's `{path_id}`", c.id)));
@@ -236,100 +215,68 @@ fn check_sizes(c: &Configuration) -> Result<(), String> {
 }
 
 async fn put(
+    _: ServiceAuth,
     State(s): State<Shared>,
-    headers: HeaderMap,
     Path(id): Path<String>,
-    body: axum::body::Bytes,
-) -> Response {
-    if let Err(r) = service_auth(&s, &headers) {
-        return r;
-    }
-    let c: Configuration = match serde_json::from_slice(&body) {
-        Ok(c) => c,
-        Err(e) => return bad(format!("the body is not a configuration: {e}")),
-    };
-    if let Err(r) = check(&c, &id) {
-        return r;
-    }
-    let if_match = headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let now = super::now_string();
-    match s
-        .db
-        .call(move |st| st.put_configuration(c, if_match.as_deref(), &now, MAX_CONFIGURATIONS))
-        .await
-    {
-        Ok(ConfigPut::Stored(c)) => {
-            s.edge_changed.notify_one();
-            let etag = c.etag.clone();
-            let mut r = axum::Json(*c).into_response();
-            etag_header(&mut r, etag.as_deref());
-            r
-        }
-        Ok(ConfigPut::Stale) => hub_error(
-            StatusCode::PRECONDITION_FAILED,
-            "PreconditionFailed",
-            "the configuration changed since it was read (If-Match names an older ETag)",
-        ),
-        Ok(ConfigPut::ContentChanged) => bad(
-            "a configuration's content cannot change; create a new one (labels, metrics, priority and targetCondition may change)",
-        ),
-        Ok(ConfigPut::Full(n)) => hub_error(
-            StatusCode::FORBIDDEN,
-            "IotHubQuotaExceeded",
-            format!("the hub holds {n} configurations, its most"),
-        ),
-        Err(e) => internal(e),
-    }
-}
-
-async fn delete(State(s): State<Shared>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if let Err(r) = service_auth(&s, &headers) {
-        return r;
-    }
-    let if_match = headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    match s.db.call(move |st| st.delete_configuration(&id, if_match.as_deref())).await {
-        Ok(Some(true)) => {
-            s.edge_changed.notify_one();
-            StatusCode::NO_CONTENT.into_response()
-        }
-        Ok(Some(false)) => hub_error(
-            StatusCode::PRECONDITION_FAILED,
-            "PreconditionFailed",
-            "the configuration changed since it was read",
-        ),
-        Ok(None) => {
-            hub_error(StatusCode::NOT_FOUND, "ConfigurationNotFound", "no such configuration")
-        }
-        Err(e) => internal(e),
-    }
-}
-
-async fn test_queries(
-    State(s): State<Shared>,
     headers: HeaderMap,
     body: axum::body::Bytes,
-) -> Response {
-    if let Err(r) = service_auth(&s, &headers) {
-        return r;
+) -> Result<Response, ApiError> {
+    let c: Configuration = serde_json::from_slice(&body)
+        .map_err(|e| bad(format!("the body is not a configuration: {e}")))?;
+    check(&c, &id)?;
+    let if_match = if_match(&headers);
+    let now = crate::server::now_string();
+    let stored =
+        s.db.call(move |st| st.put_configuration(c, if_match.as_deref(), &now, MAX_CONFIGURATIONS))
+            .await??;
+    s.edge_changed.notify_one();
+    Ok(with_etag(stored))
+}
+
+async fn delete(
+    _: ServiceAuth,
+    State(s): State<Shared>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let if_match = if_match(&headers);
+    s.db.call(move |st| st.delete_configuration(&id, if_match.as_deref())).await??;
+    s.edge_changed.notify_one();
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `POST /configurations/testQueries`: the hub's syntax check of a target condition and
+/// metric queries.
+async fn test_queries(
+    _: ServiceAuth,
+    State(_): State<Shared>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct TestQueries {
+        #[serde(default)]
+        target_condition: String,
+        #[serde(default)]
+        custom_metric_queries: serde_json::Map<String, Value>,
     }
-    let Ok(b) = serde_json::from_slice::<Value>(&body) else {
-        return bad("the body is not JSON");
-    };
-    let tc = b["targetCondition"].as_str().unwrap_or_default();
-    let target_error = Target::parse(tc)
+    let b: TestQueries = serde_json::from_value(json_body(&body)?).map_err(|e| {
+        bad(format!("the body is not {{targetCondition, customMetricQueries}}: {e}"))
+    })?;
+    let target_error = Target::parse(&b.target_condition)
         .err()
         .map(|e| format!("position {}: {}", e.position, e.message))
         .unwrap_or_default();
     let mut metric_errors = serde_json::Map::new();
-    for (name, q) in b["customMetricQueries"].as_object().into_iter().flatten() {
+    for (name, q) in &b.custom_metric_queries {
         let err = match q.as_str() {
             Some(q) => metric_condition(q).err().unwrap_or_default(),
             None => "a metric query is a string".into(),
         };
         metric_errors.insert(name.clone(), Value::String(err));
     }
-    axum::Json(
+    Ok(axum::Json(
         json!({"targetConditionError": target_error, "customMetricQueryErrors": metric_errors}),
     )
-    .into_response()
+    .into_response())
 }

@@ -1,0 +1,472 @@
+//! Device Update's device management on serve, under `/deviceUpdate/{instance}/management/`:
+//! groups, device classes, devices, compliance, deployments and their status, device states,
+//! and cancel and retry of a subgroup. What a view holds is `server::devices`'; the rules of a
+//! deployment are `server::deploy`'s.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+use super::{Q, page};
+use crate::server::Shared;
+use crate::server::devices::{DEFAULT_GROUP, View};
+use crate::server::error::ApiError;
+use crate::service::UpdateInfo;
+use crate::service::model::{DeploymentDeviceState, DeploymentState};
+
+type GroupPath = Path<(String, String)>;
+type DeploymentPath = Path<(String, String, String)>;
+type SubgroupPath = Path<(String, String, String, String)>;
+
+pub(super) fn router() -> Router<Shared> {
+    let m = "/deviceUpdate/{instance}/management";
+    let deployment = format!("{m}/groups/{{g}}/deployments/{{d}}");
+    let subgroup = format!("{m}/groups/{{g}}/deviceClassSubgroups/{{c}}/deployments/{{d}}");
+    Router::new()
+        .route(&format!("{m}/groups"), get(list_groups))
+        .route(&format!("{m}/groups/{{g}}"), get(get_group).delete(delete_group))
+        .route(&format!("{m}/groups/{{g}}/bestUpdates"), get(group_best_updates))
+        .route(&format!("{m}/groups/{{g}}/updateCompliance"), get(group_compliance))
+        .route(&format!("{m}/groups/{{g}}/deployments"), get(list_deployments))
+        .route(&deployment, get(get_deployment).put(put_deployment).delete(delete_deployment))
+        .route(&format!("{deployment}/status"), get(deployment_status))
+        .route(&format!("{subgroup}/devicestates"), get(device_states))
+        .route(&subgroup, axum::routing::post(subgroup_action))
+        .route(&format!("{m}/devices"), get(list_devices))
+        .route(&format!("{m}/devices/{{d}}"), get(get_device))
+        .route(&format!("{m}/deviceClasses"), get(list_classes))
+        .route(
+            &format!("{m}/deviceClasses/{{c}}"),
+            get(get_class).patch(patch_class).delete(delete_class),
+        )
+        .route(&format!("{m}/deviceClasses/{{c}}/installableUpdates"), get(installable_updates))
+        .route(&format!("{m}/updateCompliance"), get(instance_compliance))
+}
+
+/// The Device Update view of the whole registry ([`view_of`]).
+async fn device_view(s: &Shared) -> Result<Arc<View>, ApiError> {
+    view_of(s, None).await
+}
+
+/// Views kept by [`view_of`] beyond which stale, unused ones are dropped.
+const KEPT_VIEWS: usize = 256;
+
+/// The Device Update view of one group's devices, or of the whole registry. A view is kept
+/// until the store is next written (its generation moves), so lists, status and device-state
+/// queries at rest do not rebuild it. Each view has its own async lock: when many requests
+/// need a view that must be rebuilt, one builds it and the others wait for that one, so the
+/// work and the memory do not grow with the number of clients.
+async fn view_of(s: &Shared, group: Option<&str>) -> Result<Arc<View>, ApiError> {
+    let wanted = s.db.generation();
+    let slot = {
+        let mut views = s.views.lock().unwrap_or_else(|p| p.into_inner());
+        if views.len() > KEPT_VIEWS {
+            views.retain(|_, v| Arc::strong_count(v) > 1);
+        }
+        views.entry(group.unwrap_or_default().to_owned()).or_default().clone()
+    };
+    let mut cached = slot.lock().await;
+    if let Some((at, view)) = cached.as_ref()
+        && *at >= wanted
+    {
+        return Ok(view.clone());
+    }
+    // Read after noting the generation: a write that lands meanwhile makes the next request
+    // rebuild, never a stale view look current.
+    let at = s.db.generation();
+    let twins = match group {
+        Some(g) => {
+            let g = g.to_owned();
+            s.db.read(move |st| st.group_twins(&g)).await?
+        }
+        None => s.db.read(|st| st.twins_with_created()).await?,
+    };
+    let updates = s.db.read(|st| st.updates()).await?;
+    let names = s.db.read(|st| st.class_names()).await?;
+    let mut view = View::build(&twins, &updates);
+    for (id, class) in &mut view.classes {
+        class.friendly_name = names.get(id).cloned();
+    }
+    let view = Arc::new(view);
+    *cached = Some((at, view.clone()));
+    Ok(view)
+}
+
+fn not_found(what: &str, id: &str) -> ApiError {
+    ApiError::not_found("NotFound", format!("{what} `{id}` does not exist"))
+}
+
+async fn list_groups(
+    State(s): State<Shared>,
+    uri: axum::http::Uri,
+    axum::extract::Query(q): Q,
+) -> Result<Response, ApiError> {
+    Ok(page(device_view(&s).await?.groups().iter().collect(), &uri, &q))
+}
+
+async fn get_group(State(s): State<Shared>, Path((_, g)): GroupPath) -> Result<Response, ApiError> {
+    let view = device_view(&s).await?;
+    let group = view.groups().iter().find(|x| x.group_id == g);
+    Ok(axum::Json(group.ok_or_else(|| not_found("group", &g))?).into_response())
+}
+
+/// ADU's rules: a default group cannot be deleted, nor one with devices or a deployment that
+/// is not superseded. (A group here is its devices' tags, so one that can be deleted has no
+/// devices and is already gone: the answer is 404 unless a rule refuses first.)
+async fn delete_group(
+    State(s): State<Shared>,
+    Path((_, g)): GroupPath,
+) -> Result<Response, ApiError> {
+    if g == DEFAULT_GROUP {
+        return Err(ApiError::conflict(
+            "CannotDeleteDefaultGroup",
+            "the default group cannot be deleted",
+        ));
+    }
+    let view = device_view(&s).await?;
+    if let Some(group) = view.groups().iter().find(|x| x.group_id == g) {
+        return Err(ApiError::conflict(
+            "GroupNotEmpty",
+            format!(
+                "group `{g}` has {} devices; move them out (remove their ADUGroup tag) first",
+                group.device_count.unwrap_or(0)
+            ),
+        ));
+    }
+    let key = g.clone();
+    let list = s.db.read(move |st| st.deployments(&key)).await?;
+    if list.iter().any(|d| d.state != DeploymentState::Inactive) {
+        return Err(ApiError::conflict(
+            "GroupHasDeployments",
+            format!("group `{g}` has an active or canceled deployment; delete it first"),
+        ));
+    }
+    Err(not_found("group", &g))
+}
+
+/// The best update of each device class of a group (`bestUpdates`).
+async fn group_best_updates(
+    State(s): State<Shared>,
+    Path((_, g)): GroupPath,
+    uri: axum::http::Uri,
+    axum::extract::Query(q): Q,
+) -> Result<Response, ApiError> {
+    let view = device_view(&s).await?;
+    if !view.groups().iter().any(|x| x.group_id == g) {
+        return Err(not_found("group", &g));
+    }
+    let mut counts: Vec<(&String, usize)> = Vec::new();
+    for d in view.devices.iter().filter(|d| d.device.group_id.as_deref() == Some(g.as_str())) {
+        let class = &d.device.device_class_id;
+        match counts.iter_mut().find(|(c, _)| *c == class) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((class, 1)),
+        }
+    }
+    let best: Vec<serde_json::Value> = counts
+        .into_iter()
+        .map(|(class, count)| {
+            let update = view.classes.get(class).and_then(|c| c.best_compatible_update.clone());
+            serde_json::json!({"groupId": g, "deviceClassId": class, "update": update, "deviceCount": count})
+        })
+        .collect();
+    Ok(page(best, &uri, &q))
+}
+
+/// `PATCH /deviceClasses/{id}`: only `friendlyName` (1-100 letters, digits, `.` and `-`).
+async fn patch_class(
+    State(s): State<Shared>,
+    Path((_, c)): GroupPath,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let invalid = |m: String| ApiError::bad_request("InvalidDeviceClass", m);
+    if !device_view(&s).await?.classes.contains_key(&c) {
+        return Err(not_found("device class", &c));
+    }
+    let patch: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&body)
+        .map_err(|e| invalid(format!("the body is not a JSON object: {e}")))?;
+    let unknown: Vec<&String> = patch.keys().filter(|k| *k != "friendlyName").collect();
+    if !unknown.is_empty() {
+        return Err(invalid(format!("only friendlyName can be changed, not {unknown:?}")));
+    }
+    let Some(name) = patch.get("friendlyName").and_then(|n| n.as_str()).map(str::to_owned) else {
+        return Err(invalid("friendlyName must be a string".into()));
+    };
+    let ok = (1..=100).contains(&name.chars().count())
+        && name.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '.' || ch == '-');
+    if !ok {
+        return Err(invalid("friendlyName has 1-100 letters, digits, '.' and '-'".into()));
+    }
+    let key = c.clone();
+    s.db.call(move |st| st.set_class_name(&key, Some(&name))).await?;
+    let view = device_view(&s).await?;
+    let class = view.classes.get(&c).ok_or_else(|| not_found("device class", &c))?;
+    Ok(axum::Json(class).into_response())
+}
+
+/// `DELETE /deviceClasses/{id}`: refused while devices of the class exist; a class here is its
+/// devices' reports, so one without devices is already gone (404), and its name is forgotten.
+async fn delete_class(
+    State(s): State<Shared>,
+    Path((_, c)): GroupPath,
+) -> Result<Response, ApiError> {
+    let view = device_view(&s).await?;
+    let members = view.devices.iter().filter(|d| d.device.device_class_id == c).count();
+    if members > 0 {
+        return Err(ApiError::conflict(
+            "DeviceClassNotEmpty",
+            format!("device class `{c}` has {members} devices"),
+        ));
+    }
+    let key = c.clone();
+    s.db.call(move |st| st.set_class_name(&key, None)).await?;
+    Err(not_found("device class", &c))
+}
+
+/// The deployable updates a device class can install, newest first.
+async fn installable_updates(
+    State(s): State<Shared>,
+    Path((_, c)): GroupPath,
+    uri: axum::http::Uri,
+    axum::extract::Query(q): Q,
+) -> Result<Response, ApiError> {
+    let view = device_view(&s).await?;
+    let class = view.classes.get(&c).ok_or_else(|| not_found("device class", &c))?;
+    let updates = s.db.read(|st| st.updates()).await?;
+    let compat = &class.device_class_properties.compat_properties;
+    let mut fits: Vec<&crate::service::Update> = updates
+        .iter()
+        .filter(|u| crate::server::devices::best_update(std::slice::from_ref(*u), compat).is_some())
+        .collect();
+    fits.sort_by(|a, b| b.update_id.version().cmp(a.update_id.version()));
+    let infos: Vec<UpdateInfo> =
+        fits.into_iter().map(|u| UpdateInfo::new(u.update_id.clone())).collect();
+    Ok(page(infos, &uri, &q))
+}
+
+async fn group_compliance(
+    State(s): State<Shared>,
+    Path((_, g)): GroupPath,
+) -> Result<Response, ApiError> {
+    let v = device_view(&s).await?;
+    if !v.groups().iter().any(|x| x.group_id == g) {
+        return Err(not_found("group", &g));
+    }
+    Ok(axum::Json(v.compliance(|d| d.group_id.as_deref() == Some(g.as_str()))).into_response())
+}
+
+async fn instance_compliance(State(s): State<Shared>) -> Result<Response, ApiError> {
+    Ok(axum::Json(device_view(&s).await?.compliance_of_all()).into_response())
+}
+
+/// The `filter` of the device list: `groupId eq 'G'` and/or `deviceClassId eq 'C'`, joined by
+/// `and` (the spec's forms; names compared case-insensitively).
+fn device_filter(filter: &str) -> Result<Vec<(String, String)>, ApiError> {
+    let mut out = Vec::new();
+    for part in filter.split(" and ") {
+        let bad = || {
+            ApiError::bad_request(
+                "InvalidFilter",
+                format!("`{part}` is not `groupId eq '...'` or `deviceClassId eq '...'`"),
+            )
+        };
+        let (name, value) = part.trim().split_once(" eq ").ok_or_else(bad)?;
+        let value =
+            value.trim().strip_prefix('\'').and_then(|v| v.strip_suffix('\'')).ok_or_else(bad)?;
+        let name = name.trim().to_ascii_lowercase();
+        if name != "groupid" && name != "deviceclassid" {
+            return Err(bad());
+        }
+        out.push((name, value.to_owned()));
+    }
+    Ok(out)
+}
+
+async fn list_devices(
+    State(s): State<Shared>,
+    uri: axum::http::Uri,
+    axum::extract::Query(q): Q,
+) -> Result<Response, ApiError> {
+    let filter = q.get("filter").map(|f| device_filter(f)).transpose()?.unwrap_or_default();
+    let v = device_view(&s).await?;
+    let devices: Vec<_> = v
+        .devices
+        .iter()
+        .map(|d| &d.device)
+        .filter(|d| {
+            filter.iter().all(|(name, value)| match name.as_str() {
+                "groupid" => d.group_id.as_deref() == Some(value.as_str()),
+                _ => d.device_class_id == *value,
+            })
+        })
+        .collect();
+    Ok(page(devices, &uri, &q))
+}
+
+async fn get_device(
+    State(s): State<Shared>,
+    Path((_, d)): GroupPath,
+) -> Result<Response, ApiError> {
+    let v = device_view(&s).await?;
+    let x = v
+        .devices
+        .iter()
+        .find(|x| x.device.device_id == d)
+        .ok_or_else(|| not_found("device", &d))?;
+    Ok(axum::Json(&x.device).into_response())
+}
+
+async fn list_classes(
+    State(s): State<Shared>,
+    uri: axum::http::Uri,
+    axum::extract::Query(q): Q,
+) -> Result<Response, ApiError> {
+    Ok(page(device_view(&s).await?.classes.values().collect(), &uri, &q))
+}
+
+async fn get_class(State(s): State<Shared>, Path((_, c)): GroupPath) -> Result<Response, ApiError> {
+    let v = device_view(&s).await?;
+    Ok(axum::Json(v.classes.get(&c).ok_or_else(|| not_found("device class", &c))?).into_response())
+}
+
+async fn put_deployment(
+    State(s): State<Shared>,
+    Path((_, g, d)): DeploymentPath,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let deployment: crate::service::model::Deployment =
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::bad_request("InvalidDeployment", format!("the body is not a deployment: {e}"))
+        })?;
+    let view = device_view(&s).await?;
+    let updates = s.db.read(|st| st.updates()).await?;
+    let deployment = crate::server::deploy::prepare(deployment, &g, &d, &view, &updates)?;
+    let stored = deployment.clone();
+    let max = crate::server::deploy::MAX_DEPLOYMENTS;
+    s.db.call(move |st| st.put_deployment(&stored, max)).await??;
+    // Devices hear of it now (the background loop would within seconds).
+    let _ = crate::server::reconcile::reconcile(&s, &g).await;
+    Ok(axum::Json(deployment).into_response())
+}
+
+/// A stored deployment, or 404.
+async fn stored(
+    s: &Shared,
+    g: &str,
+    d: &str,
+) -> Result<crate::server::store::StoredDeployment, ApiError> {
+    let (group, key) = (g.to_owned(), d.to_owned());
+    s.db.read(move |st| st.deployment(&group, &key))
+        .await?
+        .ok_or_else(|| not_found("deployment", d))
+}
+
+async fn get_deployment(
+    State(s): State<Shared>,
+    Path((_, g, d)): DeploymentPath,
+) -> Result<Response, ApiError> {
+    Ok(axum::Json(stored(&s, &g, &d).await?.deployment).into_response())
+}
+
+async fn list_deployments(
+    State(s): State<Shared>,
+    Path((_, g)): GroupPath,
+    uri: axum::http::Uri,
+    axum::extract::Query(q): Q,
+) -> Result<Response, ApiError> {
+    let list = s.db.read(move |st| st.deployments(&g)).await?;
+    Ok(page(list.into_iter().map(|x| x.deployment).collect(), &uri, &q))
+}
+
+async fn delete_deployment(
+    State(s): State<Shared>,
+    Path((_, g, d)): DeploymentPath,
+) -> Result<Response, ApiError> {
+    let key = d.clone();
+    if !s.db.call(move |st| st.delete_deployment(&g, &key)).await? {
+        return Err(not_found("deployment", &d));
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn deployment_status(
+    State(s): State<Shared>,
+    Path((_, g, d)): DeploymentPath,
+) -> Result<Response, ApiError> {
+    let stored = stored(&s, &g, &d).await?;
+    let view = view_of(&s, Some(&stored.deployment.group_id)).await?;
+    Ok(axum::Json(crate::server::deploy::status(&stored, &view)).into_response())
+}
+
+/// `POST …/deviceClassSubgroups/{c}/deployments/{d}:cancel` and `…:retry` (the action is part
+/// of the last path segment, as ADU spells it).
+async fn subgroup_action(
+    State(s): State<Shared>,
+    Path((_, g, c, d)): SubgroupPath,
+) -> Result<Response, ApiError> {
+    let Some((id, action @ ("cancel" | "retry"))) = d.rsplit_once(':') else {
+        return Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            "POST takes `:cancel` or `:retry` after the deployment id",
+        ));
+    };
+    let (id, cancel) = (id.to_owned(), action == "cancel");
+    let existing = stored(&s, &g, &id).await?;
+    if !existing.deployment.device_class_subgroups.iter().flatten().any(|x| *x == c) {
+        return Err(not_found("device class subgroup of the deployment", &c));
+    }
+    let already_canceled = existing.subgroups.get(&c).is_some_and(|a| a.canceled);
+    if !cancel && (already_canceled || existing.state != DeploymentState::Active) {
+        return Err(ApiError::conflict(
+            "DeploymentNotActive",
+            "only an active, not canceled deployment can be retried",
+        ));
+    }
+    let now = crate::server::now_string();
+    let acted =
+        s.db.call(move |st| {
+            st.act_on_subgroup(&g, &id, &c, |a| {
+                if cancel {
+                    a.canceled = true;
+                } else {
+                    a.retry_count += 1;
+                    a.retry_timestamp = Some(now);
+                }
+            })
+        })
+        .await?
+        .ok_or_else(|| not_found("deployment", &d))?;
+    let _ = crate::server::reconcile::reconcile(&s, &acted.deployment.group_id).await;
+    Ok(axum::Json(acted.deployment).into_response())
+}
+
+async fn device_states(
+    State(s): State<Shared>,
+    Path((_, g, c, d)): SubgroupPath,
+    uri: axum::http::Uri,
+    axum::extract::Query(q): Q,
+) -> Result<Response, ApiError> {
+    let stored = stored(&s, &g, &d).await?;
+    let view = view_of(&s, Some(&g)).await?;
+    let states: Vec<DeploymentDeviceState> = view
+        .devices
+        .iter()
+        .filter(|x| {
+            x.device.group_id.as_deref() == Some(g.as_str()) && x.device.device_class_id == c
+        })
+        .map(|x| DeploymentDeviceState {
+            device_id: x.device.device_id.clone(),
+            module_id: x.device.module_id.clone(),
+            moved_on_to_new_deployment: stored.state == DeploymentState::Inactive,
+            retry_count: stored.subgroups.get(&c).map_or(0, |a| a.retry_count),
+            device_state: crate::server::deploy::device_state(x, &stored),
+            extra: Default::default(),
+        })
+        .collect();
+    Ok(page(states, &uri, &q))
+}
