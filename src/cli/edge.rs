@@ -715,16 +715,13 @@ fn device_show(a: IdArgs, rt: &tokio::runtime::Runtime, out: &Output) -> anyhow:
         );
     }
     let assignment = Plan::new(&deployments).assign(&twin);
-    let iot_edge = twin["capabilities"]["iotEdge"] == Value::Bool(true);
-    let targeted: Vec<Value> = deployments
-        .iter()
-        .filter(|d| iot_edge && d.target.matches(&twin))
-        .map(|d| {
-            let applied = assignment.base.as_deref() == Some(d.id.as_str())
-                || assignment.layers.contains(&d.id);
+    let iot_edge = otaforge::edge::assign::is_edge(&twin);
+    let targeted: Vec<Value> = otaforge::edge::assign::statuses(&deployments, &assignment, &twin)
+        .into_iter()
+        .map(|(d, status)| {
             serde_json::json!({
                 "id": d.id, "priority": d.priority, "layered": d.layered,
-                "status": if applied { "Applied" } else { "Targeted" },
+                "status": status.as_str(),
             })
         })
         .collect();

@@ -37,6 +37,9 @@ pub struct Deployment {
     pub created: String,
     /// A layered deployment.
     pub layered: bool,
+    /// Its `$edgeAgent` content is empty (`"$edgeAgent": {}`): a layer that adds no module,
+    /// which IoT Hub shows as targeted even where it applies (edge.md §3.4).
+    pub empty_agent: bool,
 }
 
 impl Deployment {
@@ -52,6 +55,7 @@ impl Deployment {
             priority: c["priority"].as_i64().unwrap_or(0),
             created: c["createdTimeUtc"].as_str().unwrap_or_default().to_owned(),
             layered,
+            empty_agent: agent.as_object().is_some_and(serde_json::Map::is_empty),
         })
     }
 }
@@ -72,6 +76,56 @@ impl Assignment {
     pub fn unmanaged(&self) -> bool {
         self.base.is_none() && self.layers.is_empty()
     }
+}
+
+/// A deployment's status on one device, as IoT Hub writes it into the `$edgeAgent` module
+/// twin's `configurations.[[id]].status` (and counts it in `appliedCount`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Status {
+    /// It applies: its content is (part of) the device's desired state.
+    Applied,
+    /// It targets the device but does not apply (a lower base, a layer without a base or not
+    /// above it, or a layer that adds nothing).
+    Targeted,
+}
+
+impl Status {
+    /// As IoT Hub writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Applied => "Applied",
+            Self::Targeted => "Targeted",
+        }
+    }
+}
+
+/// Whether a twin is an IoT Edge device's (`capabilities.iotEdge = true`): Edge deployments
+/// target no other.
+pub fn is_edge(twin: &Value) -> bool {
+    twin.get("capabilities").and_then(|c| c.get("iotEdge")) == Some(&Value::Bool(true))
+}
+
+/// IoT Hub's status of each deployment for one twin, in the order given: the deployments that
+/// target it (none unless it is an IoT Edge device), each `Applied` when `assignment` chose it
+/// and it gives the agent something, else `Targeted`. `otaforge edge device show` and serve's
+/// Edge pass both say what this says.
+pub fn statuses<'a>(
+    deployments: &'a [Deployment],
+    assignment: &Assignment,
+    twin: &Value,
+) -> Vec<(&'a Deployment, Status)> {
+    if !is_edge(twin) {
+        return Vec::new();
+    }
+    deployments
+        .iter()
+        .filter(|d| d.target.matches(twin))
+        .map(|d| {
+            let chosen = assignment.base.as_deref() == Some(d.id.as_str())
+                || assignment.layers.contains(&d.id);
+            (d, if chosen && !d.empty_agent { Status::Applied } else { Status::Targeted })
+        })
+        .collect()
 }
 
 /// Deployments prepared for assigning many twins.
@@ -366,6 +420,7 @@ mod tests {
             priority,
             created: created.into(),
             layered,
+            empty_agent: false,
         }
     }
 

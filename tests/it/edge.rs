@@ -675,3 +675,98 @@ fn simulated_edge_devices_follow_priority_layers_and_fallback_and_failures_move_
     let _ = fleet.wait();
     drop(serve);
 }
+
+/// The Edge status rule has one home (`edge::assign::statuses`): on random fleets and
+/// deployments, what `otaforge edge device show` says applies to each device is what serve's
+/// Edge pass wrote into its `$edgeAgent` twin.
+#[test]
+fn edge_device_show_and_serve_agree_on_random_fleets() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+    let dir = tempfile::tempdir().unwrap();
+    let (_serve, data, hub, rt) = hub_on_serve(dir.path());
+    let conn = data.join("iothub.connection-string");
+    // Devices: (environment, IoT Edge?); deployments: (condition, priority, layered, empty
+    // `$edgeAgent`, created second).
+    let devices = proptest::collection::vec((0..3u8, any::<bool>()), 1..5);
+    let conditions = ["*", "tags.env = 'e0'", "tags.env IN ['e1', 'e2']", "tags.env != 'e0'", ""];
+    let deployments = proptest::collection::vec(
+        (0..conditions.len(), 0..3i64, any::<bool>(), any::<bool>()),
+        0..5,
+    );
+    let mut runner = TestRunner::new(Config { cases: 16, ..Config::default() });
+    let cases = std::sync::atomic::AtomicUsize::new(0);
+    runner
+        .run(&(devices, deployments), |(devices, deployments)| {
+            let case = cases.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut edge_ids = Vec::new();
+            rt.block_on(async {
+                for c in hub.list_configurations(100).await.unwrap() {
+                    hub.delete_configuration(&c.id, None).await.unwrap();
+                }
+                for (i, (env, edge)) in devices.iter().enumerate() {
+                    let id = format!("c{case}-d{i}");
+                    hub.create_device_as(&id, *edge).await.unwrap();
+                    let mut tags = serde_json::Map::new();
+                    tags.insert("env".into(), json!(format!("e{env}")));
+                    hub.patch_tags(&id, tags, None).await.unwrap();
+                    if *edge {
+                        edge_ids.push(id);
+                    }
+                }
+                for (j, (cond, priority, layered, empty)) in deployments.iter().enumerate() {
+                    let content = match (layered, empty) {
+                        (true, true) => json!({"modulesContent": {"$edgeAgent": {}}}),
+                        (true, false) => layer_content(&format!("l{j}"), "mcr.microsoft.com/l:1"),
+                        _ => base_content(&[(&format!("m{j}"), "mcr.microsoft.com/m:1")]),
+                    };
+                    let c: otaforge::iothub::config::Configuration =
+                        serde_json::from_value(json!({
+                            "id": format!("c{case}-dep{j}"), "targetCondition": conditions[*cond],
+                            "priority": priority, "content": content,
+                        }))
+                        .unwrap();
+                    hub.put_configuration(&c, None).await.unwrap();
+                }
+            });
+            for id in &edge_ids {
+                let shown = || {
+                    let (code, out, err) = edge_cli(dir.path(), &conn, &["device", "show", id]);
+                    assert_eq!(code, 0, "{err}");
+                    let v: Value = serde_json::from_str(&out).unwrap();
+                    let mut pairs: Vec<(String, String)> = v["targeted"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|t| {
+                            (t["id"].as_str().unwrap().into(), t["status"].as_str().unwrap().into())
+                        })
+                        .collect();
+                    pairs.sort();
+                    pairs
+                };
+                let written = || {
+                    let agent = rt.block_on(hub.get_module_twin(id, "$edgeAgent")).unwrap();
+                    let mut pairs: Vec<(String, String)> = agent
+                        .extra
+                        .get("configurations")
+                        .and_then(Value::as_object)
+                        .into_iter()
+                        .flatten()
+                        .map(|(k, v)| {
+                            (k.clone(), v["status"].as_str().unwrap_or_default().to_owned())
+                        })
+                        .collect();
+                    pairs.sort();
+                    pairs
+                };
+                let want = shown();
+                // serve's pass runs within moments of the last change.
+                until(&format!("serve's pass to agree on {id}: {want:?}"), || {
+                    (written() == want).then_some(())
+                });
+            }
+            Ok(())
+        })
+        .unwrap();
+}

@@ -11,7 +11,7 @@ use rusqlite::{OptionalExtension as _, params};
 use serde_json::{Map, Value, json};
 
 use super::{Outcome, Refusal, Store, StoreError, TwinsPage, merge_patch};
-use crate::edge::assign::{Deployment, Plan, merged};
+use crate::edge::assign::{Deployment, Plan, merged, statuses};
 use crate::iothub::Twin;
 use crate::iothub::limits::MAX_MODULES_PER_DEVICE;
 
@@ -357,15 +357,9 @@ impl Store {
             let a = plan.assign(&twin);
             let mut now: Given = Vec::new();
             let mut sections = Map::new();
-            for d in deployments.iter().filter(|d| d.target.matches(&twin)) {
-                let applies = a.base.as_deref() == Some(d.id.as_str()) || a.layers.contains(&d.id);
-                // A layer with an empty `$edgeAgent` shows as targeted (edge.md §3.4).
-                let agent_empty = content(&d.id)
-                    .and_then(|c| c["$edgeAgent"].as_object())
-                    .is_some_and(Map::is_empty);
-                let status = if applies && !agent_empty { "Applied" } else { "Targeted" };
-                now.push((d.id.clone(), d.created.clone(), status));
-                sections.insert(d.id.clone(), json!({"status": status}));
+            for (d, status) in statuses(&deployments, &a, &twin) {
+                now.push((d.id.clone(), d.created.clone(), status.as_str()));
+                sections.insert(d.id.clone(), json!({"status": status.as_str()}));
             }
             now.sort();
             let key = serde_json::to_string(&now)?;
