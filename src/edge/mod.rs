@@ -2,6 +2,7 @@
 //! and validate), edgeHub routes, target conditions, which deployments apply to which device,
 //! and a device's state with its deployment.
 
+pub mod agent;
 pub mod assign;
 pub mod condition;
 pub mod manifest;

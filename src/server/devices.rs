@@ -20,18 +20,14 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value};
 
 use crate::iothub::Twin;
-use crate::manifest::UpdateId;
+use crate::service::agent::ReportedComponent;
 use crate::service::model::{
-    ContractModel, Device, DeviceClass, DeviceClassProperties, Group, GroupType, InstallResult,
-    UpdateCompliance,
+    ContractModel, Device, DeviceClass, DeviceClassProperties, Group, GroupType, UpdateCompliance,
 };
 use crate::service::{Update, UpdateInfo};
 
 /// The group of devices without an `ADUGroup` tag.
 pub const DEFAULT_GROUP: &str = "$default";
-
-/// The contract model a device that does not say reports.
-const DEFAULT_CONTRACT: &str = "dtmi:azure:iot:deviceUpdateContractModel;3";
 
 /// One Device Update device, as the management API shows it.
 #[derive(Debug, Clone)]
@@ -93,30 +89,16 @@ impl View {
     pub fn build(twins: &[(Twin, String)], updates: &[Update]) -> Self {
         let mut view = View::default();
         for (twin, created) in twins {
-            let Some(agent) = twin
-                .properties
-                .reported
-                .get("deviceUpdate")
-                .and_then(|d| d.get("agent"))
-                .and_then(Value::as_object)
+            let Some(agent) =
+                ReportedComponent::of(&twin.properties.reported).and_then(|c| c.agent)
             else {
                 continue;
             };
-            let Some(props) = agent.get("deviceProperties").and_then(Value::as_object) else {
+            if agent.device_properties.is_none() {
                 continue;
-            };
-            let contract =
-                props.get("contractModelId").and_then(Value::as_str).unwrap_or(DEFAULT_CONTRACT);
-            let names = agent
-                .get("compatPropertyNames")
-                .and_then(Value::as_str)
-                .unwrap_or("manufacturer,model");
-            let compat: Map<String, Value> = names
-                .split(',')
-                .map(str::trim)
-                .filter(|n| !n.is_empty())
-                .filter_map(|n| props.get(n).map(|v| (n.to_owned(), v.clone())))
-                .collect();
+            }
+            let contract = agent.contract_model();
+            let compat = agent.compat();
             let id = class_id(contract, &compat);
             let best = best_update(updates, &compat);
             view.classes.entry(id.clone()).or_insert_with(|| DeviceClass {
@@ -134,17 +116,12 @@ impl View {
                 best_compatible_update: best.map(|u| UpdateInfo::new(u.update_id.clone())),
                 extra: Default::default(),
             });
-            // `installedUpdateId` is the update id as a JSON string.
-            let installed: Option<UpdateId> = agent
-                .get("installedUpdateId")
-                .and_then(Value::as_str)
-                .and_then(|s| serde_json::from_str(s).ok());
+            let installed = agent.installed();
             let on_latest = match best {
                 None => true,
                 Some(b) => installed.as_ref() == Some(&b.update_id),
             };
-            let last_install_result: Option<InstallResult> =
-                agent.get("lastInstallResult").and_then(|v| serde_json::from_value(v.clone()).ok());
+            let workflow = agent.workflow.as_ref();
             view.devices.push(AduDevice {
                 device: Device {
                     device_id: twin.device_id.clone(),
@@ -156,21 +133,13 @@ impl View {
                     installed_update: installed.map(UpdateInfo::new),
                     on_latest_update: on_latest,
                     last_deployment_id: None,
-                    last_install_result,
+                    last_install_result: agent.install_result(),
                     extra: Default::default(),
                 },
                 created: created.clone(),
-                workflow_id: agent
-                    .get("workflow")
-                    .and_then(|w| w.get("id"))
-                    .and_then(Value::as_str)
-                    .map(str::to_owned),
-                agent_state: agent.get("state").and_then(Value::as_i64),
-                retry_timestamp: agent
-                    .get("workflow")
-                    .and_then(|w| w.get("retryTimestamp"))
-                    .and_then(Value::as_str)
-                    .map(str::to_owned),
+                workflow_id: workflow.map(|w| w.id.clone()),
+                agent_state: agent.state,
+                retry_timestamp: workflow.and_then(|w| w.retry_timestamp.clone()),
             });
         }
         view
@@ -239,10 +208,11 @@ mod tests {
             c.insert("model".into(), Value::String(m.into()));
             c
         };
-        let a = class_id(DEFAULT_CONTRACT, &compat("toaster"));
+        let contract = crate::service::agent::CONTRACT_MODEL_ID;
+        let a = class_id(contract, &compat("toaster"));
         assert_eq!(a.len(), 40);
-        assert_eq!(a, class_id(DEFAULT_CONTRACT, &compat("toaster")));
-        assert_ne!(a, class_id(DEFAULT_CONTRACT, &compat("kettle")));
+        assert_eq!(a, class_id(contract, &compat("toaster")));
+        assert_ne!(a, class_id(contract, &compat("kettle")));
         assert_ne!(a, class_id("dtmi:azure:iot:deviceUpdateContractModel;2", &compat("toaster")));
     }
 }

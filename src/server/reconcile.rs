@@ -10,6 +10,9 @@ use serde_json::{Map, Value};
 
 use super::store::StoreError;
 use super::{Shared, deploy, desired, devices, now_string};
+use crate::service::agent::{
+    ACTION_CANCEL, ACTION_PROCESS, DesiredComponent, ReportedComponent, STATE_FAILED,
+};
 use crate::service::model::DeploymentState;
 
 /// Why a pass could not finish (it runs again).
@@ -52,12 +55,7 @@ pub(super) fn spawn(s: &Shared) {
 
 /// Whether a device's report says its agent failed (`deviceUpdate.agent.state` 255).
 pub(super) fn reports_failure(patch: &Map<String, Value>) -> bool {
-    patch
-        .get("deviceUpdate")
-        .and_then(|d| d.get("agent"))
-        .and_then(|a| a.get("state"))
-        .and_then(Value::as_u64)
-        == Some(255)
+    ReportedComponent::of(patch).and_then(|c| c.agent).and_then(|a| a.state) == Some(STATE_FAILED)
 }
 
 /// How long the Edge pass waits after a change, so that a burst of changes makes one pass.
@@ -151,34 +149,32 @@ async fn reconcile_devices(
         }
         let actions = current.subgroups.get(class).cloned().unwrap_or_default();
         let action = if actions.canceled || current.state == DeploymentState::Canceled {
-            desired::ACTION_CANCEL
+            ACTION_CANCEL
         } else {
-            desired::ACTION_PROCESS
+            ACTION_PROCESS
         };
         let twin = by_id.get(dev.device.device_id.as_str());
-        let workflow = twin.and_then(|t| {
-            t.properties.desired.get("deviceUpdate")?.get("service")?.get("workflow").cloned()
-        });
-        let want = serde_json::json!({"action": action, "id": d.deployment_id});
-        let same = workflow.as_ref().is_some_and(|w| {
-            w.get("action") == want.get("action")
-                && w.get("id") == want.get("id")
-                && w.get("retryTimestamp").and_then(Value::as_str)
-                    == actions.retry_timestamp.as_deref()
+        let written = twin
+            .and_then(|t| DesiredComponent::of(&t.properties.desired))
+            .and_then(|c| c.service)
+            .map(|s| s.workflow);
+        let same = written.is_some_and(|w| {
+            w.action == Some(action)
+                && w.id == d.deployment_id
+                && w.retry_timestamp == actions.retry_timestamp
         });
         if same {
             continue;
         }
-        if action == desired::ACTION_PROCESS && manifest.is_none() {
+        if action == ACTION_PROCESS && manifest.is_none() {
             manifest = Some(cached_manifest(s, &d.update.update_id).await?);
         }
-        let property = desired::service_property(
+        let patch = desired::service_property(
             &d.deployment_id,
             action,
             actions.retry_timestamp.as_deref(),
-            manifest.as_ref().filter(|_| action == desired::ACTION_PROCESS),
+            manifest.as_ref().filter(|_| action == ACTION_PROCESS),
         );
-        let Value::Object(patch) = property else { continue };
         patches.push((dev.device.device_id.clone(), patch));
     }
     if patches.is_empty() {
@@ -233,15 +229,16 @@ async fn manifest_and_urls(
         return Err(ReconcileError::UpdateGone(id.clone()));
     };
     let (manifest, content) = desired::update_manifest(&update, &files);
+    let manifest = serde_json::to_string(&manifest).map_err(StoreError::from)?;
     let container: crate::storage::ContainerName =
         "content".parse().map_err(crate::storage::StorageError::from)?;
-    let mut urls = Map::new();
+    let mut urls = std::collections::BTreeMap::new();
     for (file_id, sha) in content {
         let hex = sha.parse::<crate::Sha256>().map(|h| h.to_hex()).unwrap_or_default();
         let blob: crate::storage::BlobName =
             hex.parse().map_err(crate::storage::StorageError::from)?;
         let url = s.files.read_url(&container, &blob, FILE_URL_TTL).await?;
-        urls.insert(file_id, Value::String(url));
+        urls.insert(file_id, url);
     }
     let signature =
         crate::sign::adu::sign_update_manifest(&manifest, &s.update_key, &s.update_sjwk)?;

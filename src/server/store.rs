@@ -155,20 +155,15 @@ fn derived(twin: &crate::iothub::Twin) -> Result<(Option<String>, String), Store
     if let Some(g) = &group {
         slim.tags.insert(crate::iothub::GROUP_TAG.into(), Value::String(g.clone()));
     }
-    let du = |m: &serde_json::Map<String, Value>, a: &str, b: Option<&str>| {
-        let x = m.get("deviceUpdate")?.get(a)?;
-        match b {
-            Some(b) => x.get(b).cloned(),
-            None => Some(x.clone()),
-        }
-    };
-    if let Some(agent) = du(&twin.properties.reported, "agent", None) {
-        slim.properties.reported.insert("deviceUpdate".into(), serde_json::json!({"agent": agent}));
+    use crate::service::agent::{DesiredComponent, ReportedComponent, ServiceProperty};
+    if let Some(agent) = ReportedComponent::of(&twin.properties.reported).and_then(|c| c.agent) {
+        slim.properties.reported = ReportedComponent::new(agent).to_patch();
     }
-    if let Some(w) = du(&twin.properties.desired, "service", Some("workflow")) {
-        slim.properties
-            .desired
-            .insert("deviceUpdate".into(), serde_json::json!({"service": {"workflow": w}}));
+    let workflow = DesiredComponent::of(&twin.properties.desired).and_then(|c| c.service);
+    if let Some(service) = workflow {
+        let only = ServiceProperty { workflow: service.workflow, ..ServiceProperty::default() };
+        let component = serde_json::to_value(DesiredComponent::new(only))?;
+        slim.properties.desired.insert(crate::service::agent::COMPONENT.into(), component);
     }
     Ok((group, serde_json::to_string(&slim)?))
 }

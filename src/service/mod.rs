@@ -1,12 +1,18 @@
-//! A typed client for the Azure Device Update data-plane REST API, api-version 2022-10-01
+//! A typed client for the Azure Device Update data-plane REST API
 //! (<https://learn.microsoft.com/rest/api/deviceupdate/>; the specification is
-//! `deviceupdate.json` in `../shared/specs/deviceupdate-2022-10-01`).
+//! `deviceupdate.json` in `../shared/specs/deviceupdate-2022-10-01`). It speaks api-version
+//! [`API_VERSION`]; [`SUPPORTED_API_VERSIONS`] are the versions whose documents these types
+//! read (the official SDK's default, 2026-06-01, has the same routes and keeps the fields it
+//! adds in `extra`).
 //!
-//! Covers update management: import (`POST .../updates:import` → 202 + `Operation-Location`),
-//! operations (get, list, wait with `Retry-After` and an overall timeout), updates (list with
-//! `nextLink` paging, get, delete as a long-running operation) and files. Errors keep the
-//! service's `error.code`, `message`, `details`, `innererror` and the trace id, because those
-//! are what ADU support asks for.
+//! Covers update management — import (`POST .../updates:import` → 202 +
+//! `Operation-Location`), operations (get, list, wait with `Retry-After` and an overall
+//! timeout), updates (list with `nextLink` paging, get, delete as a long-running operation) and
+//! files — and device management (groups, device classes, devices, compliance, deployments and
+//! their status, cancel and retry). Errors keep the service's `error.code`, `message`,
+//! `details`, `innererror` and the trace id, because those are what ADU support asks for.
+//! [`agent`] has the other side of a deployment: what the service writes into a device's twin
+//! and what the Device Update agent reports.
 //!
 //! Authentication: a Microsoft Entra ID bearer token for the scope [`SCOPE`] (Azure), a static
 //! token (`otaforge serve --token`), or none (`otaforge serve` on loopback without a token).
@@ -14,6 +20,7 @@
 //! Every document is typed ([`model`]); [`DeviceUpdate`] is the small trait the import pipeline
 //! (`crate::pipeline`) drives, implemented here by [`AduClient`].
 
+pub mod agent;
 pub mod model;
 
 use std::sync::Arc;

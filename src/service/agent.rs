@@ -1,0 +1,349 @@
+//! The Device Update agent's side of a device twin: the `deviceUpdate` component of the Plug
+//! and Play model `dtmi:azure:iot:deviceUpdateModel;3` (adu.md §5.1–5.2, iothub-device.md).
+//!
+//! - Desired, written by the service: [`ServiceProperty`] (`workflow`, `updateManifest` — the
+//!   [`UpdateManifest`] as a JSON string, exactly as signed — `updateManifestSignature`,
+//!   `fileUrls`).
+//! - Reported, written by the agent: [`AgentReport`] (`deviceProperties`,
+//!   `compatPropertyNames`, `state`, `workflow`, `installedUpdateId`, `lastInstallResult`).
+//!
+//! serve writes the desired side and reads the reported one; the simulated fleet does the
+//! reverse; both go through these types, so what one writes is what the other reads. These
+//! documents are Microsoft's: fields this version does not know are kept (`extra`).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::model::{Compatibility, Extra, Hashes};
+use crate::manifest::UpdateId;
+
+/// The twin component's name.
+pub const COMPONENT: &str = "deviceUpdate";
+/// The Plug and Play model id a Device Update agent connects with.
+pub const MODEL_ID: &str = "dtmi:azure:iot:deviceUpdateModel;3";
+/// The contract model the agent reports in its device properties.
+pub const CONTRACT_MODEL_ID: &str = "dtmi:azure:iot:deviceUpdateContractModel;3";
+/// A component's marker in a twin patch (`"__t": "c"`).
+pub const COMPONENT_MARKER: &str = "c";
+
+/// Workflow action: process the deployment.
+pub const ACTION_PROCESS: u64 = 3;
+/// Workflow action: cancel it.
+pub const ACTION_CANCEL: u64 = 255;
+
+/// Agent state: idle.
+pub const STATE_IDLE: i64 = 0;
+/// Agent state: a deployment is in progress.
+pub const STATE_IN_PROGRESS: i64 = 6;
+/// Agent state: the last deployment failed.
+pub const STATE_FAILED: i64 = 255;
+
+/// `workflow`: which deployment, what to do with it, and the retry it answers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Workflow {
+    /// [`ACTION_PROCESS`], [`ACTION_CANCEL`], or what the agent echoes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<u64>,
+    /// The deployment id.
+    #[serde(default)]
+    pub id: String,
+    /// Set after a retry; the agent echoes it with its result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_timestamp: Option<String>,
+    /// Fields this version does not know.
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// The desired `service` property the service writes for a deployment.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceProperty {
+    /// What to do.
+    pub workflow: Workflow,
+    /// The [`UpdateManifest`], as the JSON string its signature covers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_manifest: Option<String>,
+    /// ADU's RS256 JWS over the manifest's SHA-256 (`sign::adu`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_manifest_signature: Option<String>,
+    /// File id → a read URL (outside the signature: the agent checks each file's hash).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub file_urls: BTreeMap<String, String>,
+    /// Fields this version does not know.
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// The `deviceUpdate` component of a twin's desired properties.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DesiredComponent {
+    /// `"c"`: this is a component.
+    #[serde(rename = "__t", default, skip_serializing_if = "Option::is_none")]
+    pub marker: Option<String>,
+    /// The deployment, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServiceProperty>,
+    /// Fields this version does not know.
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+impl DesiredComponent {
+    /// The component holding `service`, marked as a component.
+    pub fn new(service: ServiceProperty) -> Self {
+        Self { marker: Some(COMPONENT_MARKER.into()), service: Some(service), extra: Extra::new() }
+    }
+
+    /// The component in a twin's desired properties, when it is there and well formed.
+    pub fn of(desired: &Map<String, Value>) -> Option<Self> {
+        serde_json::from_value(desired.get(COMPONENT)?.clone()).ok()
+    }
+}
+
+/// The update manifest the service makes from an imported update: what the agent installs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UpdateManifest {
+    /// `"4"` in the official schema (current agents' test data say `"5"`).
+    pub manifest_version: String,
+    /// The update.
+    pub update_id: UpdateId,
+    /// Which devices it is for.
+    pub compatibility: Vec<Compatibility>,
+    /// Its steps.
+    pub instructions: ManifestInstructions,
+    /// Its files by file id.
+    pub files: BTreeMap<String, ManifestFile>,
+    /// When the update was made.
+    pub created_date_time: String,
+    /// Fields this version does not know.
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+impl UpdateManifest {
+    /// Parses the `updateManifest` string of a [`ServiceProperty`].
+    pub fn parse(text: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+}
+
+/// `instructions`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ManifestInstructions {
+    /// The steps, in order.
+    pub steps: Vec<ManifestStep>,
+}
+
+/// One step: a handler and the file ids it installs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ManifestStep {
+    /// The step handler (`microsoft/swupdate:2`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handler: Option<String>,
+    /// File ids.
+    #[serde(default)]
+    pub files: Vec<String>,
+    /// The handler's settings (user content).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handler_properties: Option<Map<String, Value>>,
+    /// Fields this version does not know.
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// One file of the manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ManifestFile {
+    /// Its file name.
+    #[serde(rename = "filename")]
+    pub file_name: String,
+    /// Its size.
+    pub size_in_bytes: u64,
+    /// Its digests.
+    pub hashes: Hashes,
+    /// Files the download handler may use instead (deltas).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub related_files: Vec<ManifestRelatedFile>,
+    /// The download handler for the related files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub download_handler: Option<super::model::DownloadHandler>,
+    /// Its properties (user content).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub properties: Option<Map<String, Value>>,
+    /// Fields this version does not know.
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+impl ManifestFile {
+    /// The base64 SHA-256 the file must have.
+    pub fn sha256(&self) -> Option<&str> {
+        self.hashes.get(&crate::hash::HashAlgorithm::Sha256).map(String::as_str)
+    }
+}
+
+/// One related file (a delta), listed under its file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ManifestRelatedFile {
+    /// Its file name.
+    #[serde(rename = "filename")]
+    pub file_name: String,
+    /// Its size.
+    pub size_in_bytes: u64,
+    /// Its digests.
+    pub hashes: Hashes,
+    /// Its properties: `microsoft.sourceFileHash` and `microsoft.sourceFileHashAlgorithm` name
+    /// the file it applies to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub properties: Option<Map<String, Value>>,
+    /// Fields this version does not know.
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+impl ManifestRelatedFile {
+    /// The base64 SHA-256 the related file must have.
+    pub fn sha256(&self) -> Option<&str> {
+        self.hashes.get(&crate::hash::HashAlgorithm::Sha256).map(String::as_str)
+    }
+
+    /// The base64 SHA-256 of the file it applies to (`microsoft.sourceFileHash`).
+    pub fn source_sha256(&self) -> Option<&str> {
+        self.properties.as_ref()?.get("microsoft.sourceFileHash")?.as_str()
+    }
+}
+
+/// What the agent reports about itself (`agent`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentReport {
+    /// Its device properties: manufacturer, model, contract model, agent version, and any
+    /// other compat property (user content).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_properties: Option<Map<String, Value>>,
+    /// The device properties its class is made of, comma separated (default
+    /// `manufacturer,model`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compat_property_names: Option<String>,
+    /// [`STATE_IDLE`], [`STATE_IN_PROGRESS`], [`STATE_FAILED`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<i64>,
+    /// The workflow it last acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow: Option<Workflow>,
+    /// What it has installed: the update id as a JSON string.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub installed_update_id: Option<String>,
+    /// Its last install result, as the agent wrote it: agents before 1.1 write the REST API's
+    /// shape (`extendedResultCode` a number, `stepResults` a list), later ones a string of hex
+    /// codes and steps keyed `step_N`; [`AgentReport::install_result`] reads it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_install_result: Option<Value>,
+    /// Fields this version does not know.
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+impl AgentReport {
+    /// The installed update, parsed from its JSON string.
+    pub fn installed(&self) -> Option<UpdateId> {
+        serde_json::from_str(self.installed_update_id.as_deref()?).ok()
+    }
+
+    /// Its last install result in the REST API's shape, when it has one in that shape.
+    pub fn install_result(&self) -> Option<super::model::InstallResult> {
+        serde_json::from_value(self.last_install_result.clone()?).ok()
+    }
+
+    /// The contract model it reports, or the one an agent that does not say has.
+    pub fn contract_model(&self) -> &str {
+        self.device_properties
+            .as_ref()
+            .and_then(|p| p.get("contractModelId"))
+            .and_then(Value::as_str)
+            .unwrap_or(CONTRACT_MODEL_ID)
+    }
+
+    /// Its compat properties: the device properties `compatPropertyNames` names.
+    pub fn compat(&self) -> Map<String, Value> {
+        let Some(props) = &self.device_properties else { return Map::new() };
+        self.compat_property_names
+            .as_deref()
+            .unwrap_or("manufacturer,model")
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .filter_map(|n| props.get(n).map(|v| (n.to_owned(), v.clone())))
+            .collect()
+    }
+}
+
+/// The `deviceUpdate` component of a twin's reported properties.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReportedComponent {
+    /// `"c"`: this is a component.
+    #[serde(rename = "__t", default, skip_serializing_if = "Option::is_none")]
+    pub marker: Option<String>,
+    /// The agent's report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentReport>,
+    /// Fields this version does not know (the acknowledgement of `service`, ...).
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+impl ReportedComponent {
+    /// The component holding `agent`, marked as a component.
+    pub fn new(agent: AgentReport) -> Self {
+        Self { marker: Some(COMPONENT_MARKER.into()), agent: Some(agent), extra: Extra::new() }
+    }
+
+    /// The component in a twin's reported properties, when it is there and well formed.
+    pub fn of(reported: &Map<String, Value>) -> Option<Self> {
+        serde_json::from_value(reported.get(COMPONENT)?.clone()).ok()
+    }
+
+    /// The component as a reported-properties patch (`{"deviceUpdate": …}`).
+    pub fn to_patch(&self) -> Map<String, Value> {
+        let mut m = Map::new();
+        m.insert(COMPONENT.into(), serde_json::to_value(self).unwrap_or(Value::Null));
+        m
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_components_round_trip_and_keep_what_they_do_not_know() {
+        let desired = serde_json::json!({"deviceUpdate": {"__t": "c", "future": 1, "service": {
+            "workflow": {"action": 3, "id": "d1", "retryTimestamp": "t"},
+            "updateManifest": "{}", "updateManifestSignature": "jws",
+            "fileUrls": {"f1": "http://x"}, "more": true}}});
+        let d = DesiredComponent::of(desired.as_object().unwrap()).unwrap();
+        let service = d.service.as_ref().unwrap();
+        assert_eq!(service.workflow.action, Some(ACTION_PROCESS));
+        assert_eq!(service.file_urls["f1"], "http://x");
+        assert_eq!(serde_json::to_value(&d).unwrap(), desired["deviceUpdate"]);
+        let reported = serde_json::json!({"deviceUpdate": {"__t": "c", "agent": {
+            "deviceProperties": {"manufacturer": "contoso", "model": "m", "location": "lab"},
+            "compatPropertyNames": "manufacturer, model", "state": 0,
+            "installedUpdateId": "{\"provider\":\"contoso\",\"name\":\"m\",\"version\":\"1.0\"}"},
+            "service": {"ac": 200, "av": 4}}});
+        let r = ReportedComponent::of(reported.as_object().unwrap()).unwrap();
+        let agent = r.agent.as_ref().unwrap();
+        assert_eq!(agent.compat().len(), 2);
+        assert_eq!(agent.installed().unwrap().to_string(), "contoso/m/1.0");
+        assert_eq!(agent.contract_model(), CONTRACT_MODEL_ID);
+        assert_eq!(serde_json::to_value(&r).unwrap(), reported["deviceUpdate"]);
+    }
+}
