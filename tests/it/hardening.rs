@@ -1256,3 +1256,187 @@ fn half_open_and_idle_connections_are_closed_and_their_number_capped() {
     let _ = c.read_to_end(&mut rest);
     assert!(t.elapsed() < std::time::Duration::from_secs(4), "idle for {:?}", t.elapsed());
 }
+
+// ================================================================================================
+// Hardening, round 2 (issue 28, items 5 and 11 and the total deadline): what a simulated device
+// and the HTTP clients must survive. A device's `fileUrls` are outside the manifest signature,
+// so whoever can write a twin can point a device at an endless body; a garbled update manifest
+// must fail the deployment as the agent fails it, not leave it in progress; a service that
+// accepts the connection and never answers must fail a call within its deadline, naming the
+// host.
+// ================================================================================================
+
+mod round2 {
+    use std::io::Write as _;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Duration;
+
+    use otaforge::fleet::{Failures, Fleet, FleetSpec};
+    use otaforge::iothub::{ConnectionString, IotHubClient};
+    use serde_json::{Map, Value, json};
+
+    use crate::service::Serve;
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+    }
+
+    /// One simulated device (no group, no root keys: the manifest is not signature-checked).
+    fn one_device(serve: &Serve, hub: &ConnectionString, prefix: &str) -> FleetSpec {
+        let mut class = Map::new();
+        class.insert("manufacturer".into(), json!("contoso"));
+        class.insert("model".into(), json!("toaster"));
+        FleetSpec {
+            endpoint: serve.endpoint.clone(),
+            hub: hub.clone(),
+            prefix: prefix.into(),
+            devices: 1,
+            class,
+            group: None,
+            installed: None,
+            failures: Failures::default(),
+            seed: 1,
+            poll: Duration::from_secs(5),
+            parallel: 1,
+            trusted: None,
+            roots: None,
+            edge: false,
+        }
+    }
+
+    /// Writes the desired `deviceUpdate.service` property of a device's twin, as whoever holds
+    /// the hub's service credential can.
+    async fn desire(serve: &Serve, hub: &ConnectionString, device: &str, service: Value) {
+        let body =
+            json!({"properties": {"desired": {"deviceUpdate": {"__t": "c", "service": service}}}});
+        let resp = reqwest::Client::new()
+            .patch(format!("{}/twins/{device}?api-version=2021-04-12", serve.endpoint))
+            .header("authorization", hub.token(Duration::from_secs(600)))
+            .header("content-type", "application/json")
+            .header("if-match", "*")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success(), "{}", resp.status());
+    }
+
+    /// The agent properties a device reported.
+    async fn agent(hub: &ConnectionString, device: &str) -> Value {
+        let twin = IotHubClient::new(hub.clone()).unwrap().get_twin(device).await.unwrap();
+        twin.properties.reported["deviceUpdate"]["agent"].clone()
+    }
+
+    fn erc(bits: u32) -> i64 {
+        i64::from(bits as i32)
+    }
+
+    /// A loopback server that answers every request with an endless chunked body, 64 KiB at a
+    /// time, and stops after 64 MiB; counts what it sent.
+    struct Endless {
+        url: String,
+        sent: Arc<AtomicU64>,
+    }
+
+    impl Endless {
+        const CAP: u64 = 64 << 20;
+
+        fn start() -> Self {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let url = format!("http://{}/fw.bin", listener.local_addr().unwrap());
+            let sent = Arc::new(AtomicU64::new(0));
+            let count = sent.clone();
+            std::thread::spawn(move || {
+                for conn in listener.incoming() {
+                    let Ok(mut conn) = conn else { return };
+                    crate::read_request_path(&mut conn);
+                    let count = count.clone();
+                    std::thread::spawn(move || {
+                        let head = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
+                        if conn.write_all(head.as_bytes()).is_err() {
+                            return;
+                        }
+                        let chunk = vec![7u8; 64 << 10];
+                        while count.load(Ordering::SeqCst) < Self::CAP {
+                            let framed =
+                                [format!("{:x}\r\n", chunk.len()).as_bytes(), &chunk, b"\r\n"]
+                                    .concat();
+                            if conn.write_all(&framed).is_err() {
+                                return;
+                            }
+                            count.fetch_add(chunk.len() as u64, Ordering::SeqCst);
+                        }
+                    });
+                }
+            });
+            Endless { url, sent }
+        }
+    }
+
+    #[test]
+    fn a_device_stops_an_endless_download_at_size_in_bytes_and_reports_the_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let serve = Serve::start(&data, None);
+        let hub = crate::hub_connection(&data);
+        let endless = Endless::start();
+        let payload = vec![7u8; 1000];
+        let manifest = json!({
+            "manifestVersion": "5",
+            "updateId": {"provider": "contoso", "name": "toaster", "version": "6.6"},
+            "compatibility": [{"manufacturer": "contoso", "model": "toaster"}],
+            "files": {"f1": {"fileName": "fw.bin", "sizeInBytes": 1000,
+                             "hashes": {"sha256": otaforge::Sha256::digest(&payload).to_base64()}}},
+        });
+        runtime().block_on(async {
+            let fleet = Fleet::register(one_device(&serve, &hub, "endless")).await.unwrap();
+            let service = json!({
+                "workflow": {"action": 3, "id": "endless-1"},
+                "updateManifest": manifest.to_string(),
+                "fileUrls": {"f1": endless.url},
+            });
+            desire(&serve, &hub, "endless-0000", service).await;
+            let t = fleet.run(Duration::from_secs(30), &|t| t.installed + t.failed > 0).await;
+            assert_eq!((t.as_ref().unwrap().installed, t.unwrap().failed), (0, 1));
+            let agent = agent(&hub, "endless-0000").await;
+            assert_eq!(agent["state"], 255, "{agent}");
+            let last = &agent["lastInstallResult"];
+            assert_eq!(last["resultCode"], 0, "{agent}");
+            assert_eq!(last["extendedResultCode"], erc(0x8010_0001), "{agent}");
+            assert!(last["resultDetails"].as_str().unwrap().contains("sizeInBytes"), "{agent}");
+            assert_eq!(agent["workflow"]["id"], "endless-1");
+        });
+        // The device hung up after the first piece; only what the socket buffers held was sent.
+        let sent = endless.sent.load(Ordering::SeqCst);
+        assert!(sent < 16 << 20, "the device read {sent} bytes of a 1000-byte file");
+    }
+
+    #[test]
+    fn a_garbled_update_manifest_fails_the_deployment_with_the_agents_code() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let serve = Serve::start(&data, None);
+        let hub = crate::hub_connection(&data);
+        runtime().block_on(async {
+            let fleet = Fleet::register(one_device(&serve, &hub, "garbled")).await.unwrap();
+            let service = json!({
+                "workflow": {"action": 3, "id": "garbled-1"},
+                "updateManifest": "{\"updateId\": {\"provider\": \"contoso\", ",
+                "fileUrls": {},
+            });
+            desire(&serve, &hub, "garbled-0000", service).await;
+            let t = fleet.run(Duration::from_secs(20), &|t| t.installed + t.failed > 0).await;
+            let t = t.unwrap();
+            assert_eq!((t.installed, t.failed), (0, 1), "no report for a garbled manifest");
+            let agent = agent(&hub, "garbled-0000").await;
+            assert_eq!(agent["state"], 255, "{agent}");
+            let last = &agent["lastInstallResult"];
+            assert_eq!(last["resultCode"], 0, "{agent}");
+            // ADUC_ERC_UTILITIES_UPDATE_DATA_PARSER_BAD_UPDATE_MANIFEST.
+            assert_eq!(last["extendedResultCode"], erc(0x8030_0009), "{agent}");
+            assert!(last["resultDetails"].as_str().unwrap().contains("not JSON"), "{agent}");
+            assert_eq!(agent["workflow"]["id"], "garbled-1", "{agent}");
+        });
+    }
+}
