@@ -1270,7 +1270,7 @@ mod round2 {
     use std::io::Write as _;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU64, Ordering};
-    use std::time::Duration;
+    use std::time::{Duration, Instant};
 
     use otaforge::fleet::{Failures, Fleet, FleetSpec};
     use otaforge::iothub::{ConnectionString, IotHubClient};
@@ -1438,5 +1438,54 @@ mod round2 {
             assert!(last["resultDetails"].as_str().unwrap().contains("not JSON"), "{agent}");
             assert_eq!(agent["workflow"]["id"], "garbled-1", "{agent}");
         });
+    }
+
+    /// A loopback port that accepts connections and never answers.
+    fn silent_port() -> u16 {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for conn in listener.incoming() {
+                held.push(conn);
+            }
+        });
+        port
+    }
+
+    #[test]
+    fn a_service_that_never_answers_fails_each_call_within_its_deadline_naming_the_host() {
+        let port = silent_port();
+        let host = format!("127.0.0.1:{port}");
+        let rt = runtime();
+        // The Device Update client: every try is cut to what is left of the call's deadline.
+        let policy = otaforge::retry::RetryPolicy {
+            max_total: Duration::from_secs(2),
+            ..otaforge::retry::RetryPolicy::default()
+        };
+        let adu = otaforge::service::AduClient::new(
+            &format!("http://{host}"),
+            "default",
+            otaforge::service::Auth::None,
+        )
+        .unwrap()
+        .with_retry(policy);
+        let started = Instant::now();
+        let err = rt.block_on(adu.list_updates()).unwrap_err();
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(10), "the call took {took:?}");
+        let message = err.to_string();
+        assert!(message.contains(&host) && message.contains("within 2s"), "{message}");
+
+        // The IoT Hub client the same way, the answer's body included.
+        let key = otaforge::iothub::sas::SasKey::from_base64(&"A".repeat(44)).unwrap();
+        let conn = ConnectionString::new(&host, "iothubowner", key, true);
+        let hub = IotHubClient::new(conn).unwrap().with_deadline(Duration::from_secs(2));
+        let started = Instant::now();
+        let err = rt.block_on(hub.get_twin("d1")).unwrap_err();
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(10), "the call took {took:?}");
+        let message = err.to_string();
+        assert!(message.contains(&host) && message.contains("within 2s"), "{message}");
     }
 }
