@@ -732,6 +732,15 @@ impl Fleet {
     }
 }
 
+impl crate::error::ErrorCode for FleetError {
+    fn code(&self) -> String {
+        match self {
+            FleetError::Hub(h) => crate::error::ErrorCode::code(h),
+            FleetError::Device { .. } => "fleet".into(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

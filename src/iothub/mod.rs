@@ -509,3 +509,14 @@ pub fn related_file_id(sha256_b64: &str) -> String {
 fn encode(id: &str) -> String {
     url::form_urlencoded::byte_serialize(id.as_bytes()).collect::<String>().replace('+', "%20")
 }
+
+impl crate::error::ErrorCode for IotHubError {
+    fn code(&self) -> String {
+        match self {
+            IotHubError::Api { code, .. } => code.clone(),
+            IotHubError::Unauthorized(_) => "unauthorized".into(),
+            IotHubError::Config(_) => "invalidValue".into(),
+            IotHubError::Transport { .. } | IotHubError::Protocol { .. } => "iothub".into(),
+        }
+    }
+}

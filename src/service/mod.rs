@@ -799,3 +799,12 @@ fn operation_id_from(
     }
     Ok(id.to_owned())
 }
+
+impl crate::error::ErrorCode for ServiceError {
+    fn code(&self) -> String {
+        match self {
+            ServiceError::Api { error, .. } => error.code.clone(),
+            _ => "service".into(),
+        }
+    }
+}

@@ -27,7 +27,7 @@ use azure_storage_blob::{
 use futures::StreamExt as _;
 use md5::Digest as _;
 
-use super::sas::{self, AccountKey, Protocol, ServiceSas};
+use super::sas::{self, AccountKey, Protocol, SasUrl, ServiceSas};
 use super::{
     BlobName, BlobStore, ContainerName, Source, StorageError, UploadOptions, Uploaded, block_id,
 };
@@ -208,7 +208,7 @@ impl AzureStore {
                         .into(),
                 )
             })
-            .and_then(|k| AccountKey::from_base64(k).map_err(StorageError::Config))?;
+            .and_then(|k| AccountKey::from_base64(k))?;
         let endpoint = match fields.get("blobendpoint") {
             Some(e) => e.clone(),
             None => {
@@ -222,10 +222,10 @@ impl AzureStore {
     }
 
     /// From a container URL carrying a SAS (`https://ACCOUNT.blob.core.windows.net/C?sv=...`).
-    pub fn from_container_sas_url(url: &str, network: Network) -> Result<Self, StorageError> {
-        let parsed = url::Url::parse(url).map_err(|e| {
-            StorageError::Config(sas::redact(&format!("container SAS URL: {e}"), &[]))
-        })?;
+    pub fn from_container_sas_url(url: &SasUrl, network: Network) -> Result<Self, StorageError> {
+        // url's parse errors never quote the input, so no signature reaches the message.
+        let parsed = url::Url::parse(url.expose())
+            .map_err(|e| StorageError::Config(format!("container SAS URL: {e}")))?;
         let query = parsed.query().unwrap_or_default().to_owned();
         if !query.contains("sig=") {
             return Err(StorageError::Config(

@@ -857,6 +857,7 @@ fn serve_on_all_interfaces_prints_a_usable_url_and_the_token_variable() {
         .args(["serve", "--listen", "0.0.0.0:0", "--data-dir"])
         .arg(dir.path().join("data2"))
         .env("OTAFORGE_ADU_TOKEN", token)
+        .env("XDG_CONFIG_HOME", crate::config_home())
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -1487,5 +1488,36 @@ mod round2 {
         assert!(took < Duration::from_secs(10), "the call took {took:?}");
         let message = err.to_string();
         assert!(message.contains(&host) && message.contains("within 2s"), "{message}");
+    }
+
+    #[test]
+    fn the_command_line_gives_every_call_the_request_timeout() {
+        let port = silent_port();
+        let host = format!("127.0.0.1:{port}");
+        let dir = tempfile::tempdir().unwrap();
+        let conn = dir.path().join("hub");
+        let key = "A".repeat(44);
+        let text = format!(
+            "HostName={host};SharedAccessKeyName=iothubowner;SharedAccessKey={key};UseHttp=true"
+        );
+        fs_err::write(&conn, text).unwrap();
+        let conn = conn.display().to_string();
+        let endpoint = format!("http://{host}");
+        for args in [
+            &["update", "list", "--endpoint", &endpoint, "--instance", "i"][..],
+            &["group", "tag", "d1", "--group", "lab", "--iothub-connection-file", &conn],
+        ] {
+            let started = Instant::now();
+            let out = crate::otaforge()
+                .args(["--format", "json", "--request-timeout", "2s"])
+                .args(args)
+                .output()
+                .unwrap();
+            let took = started.elapsed();
+            assert!(took < Duration::from_secs(10), "{args:?} took {took:?}");
+            assert_eq!(out.status.code(), Some(2), "{args:?}");
+            let message = crate::stdout_json(&out)["message"].as_str().unwrap().to_owned();
+            assert!(message.contains(&host) && message.contains("within 2s"), "{message}");
+        }
     }
 }
