@@ -38,3 +38,15 @@ pub const OTAFORGE_ADU_TOKEN: &str = "OTAFORGE_ADU_TOKEN";
 /// An IoT Hub service connection string (`HostName=…;SharedAccessKeyName=…;SharedAccessKey=…`)
 /// for the commands that read or tag device twins; never printed.
 pub const IOTHUB_CONNECTION_STRING: &str = "IOTHUB_CONNECTION_STRING";
+
+/// The context (`otaforge context`) commands use when `--context` is not given, instead of the
+/// current one.
+pub const OTAFORGE_CONTEXT: &str = "OTAFORGE_CONTEXT";
+
+/// The user's configuration directory (<https://specifications.freedesktop.org/basedir-spec/>):
+/// contexts are kept in `$XDG_CONFIG_HOME/otaforge/`. Only an absolute path counts.
+pub const XDG_CONFIG_HOME: &str = "XDG_CONFIG_HOME";
+
+/// The user's home directory: contexts are kept in `$HOME/.config/otaforge/` when
+/// `XDG_CONFIG_HOME` is not set.
+pub const HOME: &str = "HOME";

@@ -1,12 +1,13 @@
 //! Simulated devices: each one an ADU agent in goal-state mode (adu.md §5.4) that talks to
 //! `otaforge serve`'s IoT Hub surface with its own credential. A device reports its agent
 //! properties, reads its twin, and on a new deployment checks the update manifest signature
-//! against its root keys (when given), reports `DeploymentInProgress`, downloads
-//! what it needs, checks every size and SHA-256, applies a real delta (`delta::apply`) when its
-//! installed image is the related file's source, else downloads the full file, and reports
-//! `Idle` with result 700 and the new `installedUpdateId`, or `Failed` with the result codes of
-//! what went wrong. Injected failures are drawn from the seed, the device and the deployment, so
-//! a run is reproducible.
+//! against its root keys (when given), reports `DeploymentInProgress`, downloads what it needs
+//! (streamed and hashed as it arrives, stopped as soon as it runs past the manifest's
+//! `sizeInBytes`), applies a real delta (`delta::apply`) when its installed image is the
+//! related file's source, else downloads the full file, and reports `Idle` with result 700 and
+//! the new `installedUpdateId`, or `Failed` with the result codes of what went wrong. A manifest
+//! it cannot read fails the deployment at once with the agent's parser codes. Injected failures
+//! are drawn from the seed, the device and the deployment, so a run is reproducible.
 //!
 //! Every device runs as its own task and long-polls its twin (serve answers when the twin
 //! changes), so a fleet of thousands costs serve one waiting request per device, not a poll
@@ -41,6 +42,53 @@ const IN_PROGRESS: u64 = 6;
 const FAILED: u64 = 255;
 /// `Apply_Success`.
 const APPLY_SUCCESS: i64 = 700;
+
+/// The extended result codes a simulated device reports with a failure: 32 bits of facility,
+/// component and code as the agent packs them (adu.md §5.4), as the signed number the twin
+/// carries.
+mod erc {
+    const fn code(bits: u32) -> i64 {
+        bits as i32 as i64
+    }
+    /// Delivery Optimization's "download failed" (injected download failures).
+    pub(super) const DOWNLOAD: i64 = code(0x80D0_2002);
+    /// A file that could not be fetched or does not match the manifest's size and SHA-256.
+    pub(super) const FILE: i64 = code(0x8010_0001);
+    /// The install failed after the download (injected install failures).
+    pub(super) const INSTALL: i64 = code(0x8030_0001);
+    /// The update manifest signature does not chain to a trusted root.
+    pub(super) const SIGNATURE: i64 = code(0x8040_0001);
+    /// `ADUC_ERC_UTILITIES_UPDATE_DATA_PARSER_NO_UPDATE_ID`: the manifest names no update.
+    pub(super) const NO_UPDATE_ID: i64 = code(0x8030_0003);
+    /// `ADUC_ERC_UTILITIES_UPDATE_DATA_PARSER_NO_UPDATE_MANIFEST`: the twin has no manifest.
+    pub(super) const NO_UPDATE_MANIFEST: i64 = code(0x8030_0008);
+    /// `ADUC_ERC_UTILITIES_UPDATE_DATA_PARSER_BAD_UPDATE_MANIFEST`: the manifest is not a JSON
+    /// object the agent can read.
+    pub(super) const BAD_UPDATE_MANIFEST: i64 = code(0x8030_0009);
+}
+
+/// Why a device did not install a deployment, as it reports it: the extended result code and
+/// words for `resultDetails`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Refusal {
+    code: i64,
+    why: String,
+}
+
+impl Refusal {
+    fn new(code: i64, why: impl Into<String>) -> Self {
+        Self { code, why: why.into() }
+    }
+
+    /// A file that could not be fetched or checked.
+    fn file(why: impl Into<String>) -> Self {
+        Self::new(erc::FILE, why)
+    }
+}
+
+/// The largest buffer reserved up front for a download: `sizeInBytes` comes from the twin, so a
+/// huge claim must not become a huge allocation before a byte has arrived.
+const MAX_RESERVE: u64 = 64 << 20;
 
 /// Why the fleet stopped.
 #[derive(Debug, thiserror::Error)]
@@ -306,20 +354,44 @@ impl Device {
         Ok(v["desired"]["deviceUpdate"]["service"].clone())
     }
 
+    /// Downloads `url`, streaming: the body is hashed as it arrives and the download stops
+    /// as soon as it runs past `size` (a twin's `fileUrls` are outside the manifest signature,
+    /// so whoever can write a twin could otherwise feed a device an endless body). The bytes
+    /// are returned only when they are exactly `size` long and their SHA-256 is `sha`.
     async fn download(
         &self,
         env: &Env,
         url: &str,
         size: u64,
         sha: &str,
-    ) -> Result<Vec<u8>, String> {
-        let resp = env.http.get(url).send().await.map_err(|e| e.to_string())?;
+    ) -> Result<Vec<u8>, Refusal> {
+        use sha2::Digest as _;
+        let mut resp = env.http.get(url).send().await.map_err(|e| Refusal::file(e.to_string()))?;
         if !resp.status().is_success() {
-            return Err(format!("download answered {}", resp.status()));
+            return Err(Refusal::file(format!("download answered {}", resp.status())));
         }
-        let bytes = resp.bytes().await.map_err(|e| e.to_string())?.to_vec();
-        if bytes.len() as u64 != size || Sha256::digest(&bytes).to_base64() != sha {
-            return Err("the downloaded file does not match the manifest's size and sha256".into());
+        let too_long = || {
+            Refusal::file(format!(
+                "the download runs past the manifest's sizeInBytes ({size}); stopped there"
+            ))
+        };
+        if resp.content_length().is_some_and(|n| n > size) {
+            return Err(too_long());
+        }
+        let mut bytes = Vec::with_capacity(size.min(MAX_RESERVE) as usize);
+        let mut hasher = sha2::Sha256::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| Refusal::file(e.to_string()))? {
+            if bytes.len() as u64 + chunk.len() as u64 > size {
+                return Err(too_long());
+            }
+            hasher.update(&chunk);
+            bytes.extend_from_slice(&chunk);
+        }
+        let digest = Sha256::from_bytes(hasher.finalize().into());
+        if bytes.len() as u64 != size || digest.to_base64() != sha {
+            return Err(Refusal::file(
+                "the downloaded file does not match the manifest's size and sha256",
+            ));
         }
         Ok(bytes)
     }
@@ -331,8 +403,9 @@ impl Device {
         env: &Env,
         manifest: &Value,
         urls: &Value,
-    ) -> Result<(Vec<u8>, String, bool), String> {
-        let files = manifest["files"].as_object().ok_or("the manifest has no files")?;
+    ) -> Result<(Vec<u8>, String, bool), Refusal> {
+        let no_files = || Refusal::file("the manifest has no files");
+        let files = manifest["files"].as_object().ok_or_else(no_files)?;
         let mut image: Option<(u64, Vec<u8>, String, bool)> = None;
         for (id, f) in files {
             let size = f["sizeInBytes"].as_u64().unwrap_or(0);
@@ -352,9 +425,14 @@ impl Device {
                     let Some(url) = urls[&rid].as_str() else { continue };
                     let rsize = r["sizeInBytes"].as_u64().unwrap_or(0);
                     let delta = self.download(env, url, rsize, rsha).await?;
-                    let mut out = Vec::with_capacity(size as usize);
+                    let mut out = Vec::with_capacity(size.min(MAX_RESERVE) as usize);
                     let old = &installed.image;
+                    // A delta that would build more than the manifest's size stops there (and
+                    // the full file is downloaded instead).
                     if crate::delta::apply(old, &delta, env.trusted.as_deref(), &mut |b| {
+                        if out.len() as u64 + b.len() as u64 > size {
+                            return Err(std::io::Error::other("longer than sizeInBytes"));
+                        }
                         out.extend_from_slice(b);
                         Ok(())
                     })
@@ -370,7 +448,9 @@ impl Device {
             let bytes = match bytes {
                 Some(b) => b,
                 None => {
-                    let url = urls[id.as_str()].as_str().ok_or("no URL for a file")?;
+                    let url = urls[id.as_str()]
+                        .as_str()
+                        .ok_or_else(|| Refusal::file(format!("no URL for file {id}")))?;
                     self.download(env, url, size, sha).await?
                 }
             };
@@ -379,7 +459,7 @@ impl Device {
                 image = Some((size, bytes, sha.to_owned(), by_delta));
             }
         }
-        let (_, bytes, sha, by_delta) = image.ok_or("the manifest has no files")?;
+        let (_, bytes, sha, by_delta) = image.ok_or_else(no_files)?;
         Ok((bytes, sha, by_delta))
     }
 
@@ -394,46 +474,53 @@ impl Device {
             .then_some(key)
     }
 
+    /// Tries what a deployment asks, after its manifest was read: the signature chain, the
+    /// downloads, the install. Returns the new image, its SHA-256 and whether a delta made it.
+    async fn attempt(
+        &self,
+        env: &Env,
+        service: &Value,
+        manifest: &Value,
+        stage: &str,
+    ) -> Result<(Vec<u8>, String, bool), Refusal> {
+        // The agent checks the signature chain before anything else (adu.md §5.3).
+        if let Some(roots) = &env.roots {
+            crate::sign::adu::verify_update_manifest(
+                service["updateManifest"].as_str().unwrap_or_default(),
+                service["updateManifestSignature"].as_str().unwrap_or_default(),
+                roots,
+            )
+            .map_err(|e| Refusal::new(erc::SIGNATURE, e.to_string()))?;
+        }
+        let (failures, seed) = (env.failures, env.seed);
+        if draw(seed, &self.id, stage, "download") < failures.download {
+            return Err(Refusal::new(erc::DOWNLOAD, "injected download failure"));
+        }
+        let installed = self.install(env, manifest, &service["fileUrls"]).await?;
+        if draw(seed, &self.id, stage, "install") < failures.install {
+            return Err(Refusal::new(erc::INSTALL, "injected install failure"));
+        }
+        Ok(installed)
+    }
+
     /// Acts on a new deployment (`key` from [`Device::work`]).
     async fn act(&mut self, env: &Env, service: &Value, key: String) -> Result<(), FleetError> {
         let workflow = &service["workflow"];
         let id = workflow["id"].as_str().unwrap_or_default().to_owned();
         let retry = workflow["retryTimestamp"].as_str().map(str::to_owned);
-        let manifest_text = service["updateManifest"].as_str().unwrap_or_default();
-        let Ok(manifest) = serde_json::from_str::<Value>(manifest_text) else {
-            return Ok(());
-        };
-        let update: Option<UpdateId> = serde_json::from_value(manifest["updateId"].clone()).ok();
         let flow = json!({"action": 3, "id": id, "retryTimestamp": retry});
-        self.report(env, self.agent(env, IN_PROGRESS, json!({"workflow": flow}))).await?;
-        let stage = format!("{id}{}", retry.as_deref().unwrap_or_default());
-        // The agent checks the signature chain before anything else (adu.md §5.3).
-        let signature = match &env.roots {
-            Some(roots) => crate::sign::adu::verify_update_manifest(
-                manifest_text,
-                service["updateManifestSignature"].as_str().unwrap_or_default(),
-                roots,
-            )
-            .map_err(|e| (0x8040_0001_u32 as i32 as i64, e.to_string())),
-            None => Ok(()),
-        };
-        let (failures, seed) = (env.failures, env.seed);
-        let result = if let Err(e) = signature {
-            Err(e)
-        } else if draw(seed, &self.id, &stage, "download") < failures.download {
-            // Delivery Optimization's "download failed" facility code.
-            Err((0x80D0_2002_u32 as i32 as i64, "injected download failure".to_owned()))
-        } else {
-            match self.install(env, &manifest, &service["fileUrls"]).await {
-                Err(e) => Err((0x8010_0001_u32 as i32 as i64, e)),
-                Ok(_) if draw(seed, &self.id, &stage, "install") < failures.install => {
-                    Err((0x8030_0001_u32 as i32 as i64, "injected install failure".to_owned()))
-                }
-                Ok(ok) => Ok(ok),
+        // A manifest the agent cannot read fails the deployment at once: there is nothing to
+        // start, and a device that said nothing would leave it in progress forever.
+        let outcome = match read_manifest(service) {
+            Err(refusal) => Err(refusal),
+            Ok((manifest, update)) => {
+                self.report(env, self.agent(env, IN_PROGRESS, json!({"workflow": flow}))).await?;
+                let stage = format!("{id}{}", retry.as_deref().unwrap_or_default());
+                self.attempt(env, service, &manifest, &stage).await.map(|done| (done, update))
             }
         };
-        match (result, update) {
-            (Ok((image, sha, by_delta)), Some(update)) => {
+        match outcome {
+            Ok(((image, sha, by_delta), update)) => {
                 let image = env.images.intern(&sha, image);
                 let before = self.installed.replace(Installed { id: update, image, sha });
                 let last = json!({"resultCode": APPLY_SUCCESS, "extendedResultCode": 0, "resultDetails": if by_delta { "delta" } else { "full" }});
@@ -446,11 +533,9 @@ impl Device {
                 env.counters.installed.fetch_add(1, Ordering::Relaxed);
                 env.counters.through_delta.fetch_add(u64::from(by_delta), Ordering::Relaxed);
             }
-            (result, _) => {
-                let (ext, why) =
-                    result.err().unwrap_or((0, "the manifest has no update id".into()));
+            Err(Refusal { code, why }) => {
                 let last =
-                    json!({"resultCode": 0, "extendedResultCode": ext, "resultDetails": why});
+                    json!({"resultCode": 0, "extendedResultCode": code, "resultDetails": why});
                 let done = json!({"workflow": flow, "lastInstallResult": last});
                 self.report(env, self.agent(env, FAILED, done)).await?;
                 env.counters.failed.fetch_add(1, Ordering::Relaxed);
@@ -505,6 +590,28 @@ impl Device {
             }
         }
     }
+}
+
+/// The update manifest of a desired `service` property and the update it names, or the
+/// agent's refusal when the twin carries none or one it cannot read (not JSON, not an object,
+/// no valid `updateId`).
+fn read_manifest(service: &Value) -> Result<(Value, UpdateId), Refusal> {
+    let text = service["updateManifest"].as_str().ok_or_else(|| {
+        Refusal::new(erc::NO_UPDATE_MANIFEST, "the deployment carries no updateManifest")
+    })?;
+    let manifest: Value = serde_json::from_str(text).map_err(|e| {
+        Refusal::new(erc::BAD_UPDATE_MANIFEST, format!("the update manifest is not JSON: {e}"))
+    })?;
+    if !manifest.is_object() {
+        return Err(Refusal::new(
+            erc::BAD_UPDATE_MANIFEST,
+            "the update manifest is not a JSON object",
+        ));
+    }
+    let update = serde_json::from_value(manifest["updateId"].clone()).map_err(|e| {
+        Refusal::new(erc::NO_UPDATE_ID, format!("the update manifest has no valid updateId: {e}"))
+    })?;
+    Ok((manifest, update))
 }
 
 /// A registered fleet, ready to run.
@@ -625,9 +732,31 @@ impl Fleet {
     }
 }
 
+impl crate::error::ErrorCode for FleetError {
+    fn code(&self) -> String {
+        match self {
+            FleetError::Hub(h) => crate::error::ErrorCode::code(h),
+            FleetError::Device { .. } => "fleet".into(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_manifest_the_agent_cannot_read_is_refused_with_the_agents_code() {
+        let refused = |service: Value| read_manifest(&service).unwrap_err().code;
+        assert_eq!(refused(json!({})), erc::NO_UPDATE_MANIFEST);
+        assert_eq!(refused(json!({"updateManifest": "{\"files\": "})), erc::BAD_UPDATE_MANIFEST);
+        assert_eq!(refused(json!({"updateManifest": "[1, 2]"})), erc::BAD_UPDATE_MANIFEST);
+        assert_eq!(refused(json!({"updateManifest": "{\"files\": {}}"})), erc::NO_UPDATE_ID);
+        let good = r#"{"updateId": {"provider": "c", "name": "t", "version": "1.0"}}"#;
+        let (_, id) = read_manifest(&json!({ "updateManifest": good })).unwrap();
+        assert_eq!(id.to_string(), "c/t/1.0");
+        assert_eq!(erc::BAD_UPDATE_MANIFEST, -2_144_337_911);
+    }
 
     #[test]
     fn draws_are_reproducible_and_spread() {

@@ -23,6 +23,7 @@ pub mod apt;
 pub mod delta;
 pub mod edge;
 pub mod env;
+pub mod error;
 pub mod finding;
 pub mod fleet;
 pub mod fsutil;
@@ -39,6 +40,7 @@ pub mod retry;
 pub mod server;
 pub mod service;
 pub mod sign;
+pub mod size;
 pub mod storage;
 pub mod time;
 

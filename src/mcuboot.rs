@@ -655,3 +655,9 @@ pub fn verify(b: &[u8], keys: &TrustedKeys) -> Result<Verified, McubootError> {
     }
     Err(SignError::BadSignature { what: what.into(), kid: key.id() }.into())
 }
+
+impl crate::error::ErrorCode for McubootError {
+    fn code(&self) -> String {
+        self.kind().into()
+    }
+}

@@ -323,8 +323,8 @@ pub struct UploadedFile {
     pub size_in_bytes: u64,
     /// SHA-256 (base64).
     pub sha256: String,
-    /// Read URL (contains a SAS: print only where the user asked for it).
-    pub url: String,
+    /// Read URL (with a SAS, which its `Display` hides; it serializes whole).
+    pub url: crate::storage::sas::SasUrl,
     /// The blob already held these bytes.
     pub already_present: bool,
     /// Blocks sent.
@@ -388,7 +388,7 @@ pub async fn upload_files(
             blob: blob.to_string(),
             size_in_bytes: done.size_in_bytes,
             sha256: done.sha256.to_base64(),
-            url,
+            url: url.into(),
             already_present: done.already_present,
             blocks_sent: done.blocks_sent,
             blocks_reused: done.blocks_reused,
@@ -437,7 +437,7 @@ pub async fn upload(
         let names = l.manifest.all_files().map(|(name, _, _)| name.clone());
         items.push(ImportItem {
             import_manifest: ImportManifestMetadata {
-                url: m.url.clone(),
+                url: m.url.expose().to_owned(),
                 size_in_bytes: m.size_in_bytes,
                 hashes: [(crate::hash::HashAlgorithm::Sha256, m.sha256.clone())].into(),
             },
@@ -446,7 +446,7 @@ pub async fn upload(
                 .zip(rest)
                 .map(|(filename, e): (FileName, _)| FileImportMetadata {
                     filename,
-                    url: e.url.clone(),
+                    url: e.url.expose().to_owned(),
                 })
                 .collect(),
         });

@@ -28,10 +28,30 @@ impl Default for RetryPolicy {
     }
 }
 
+/// The total deadline of one call of the Device Update and IoT Hub clients, retries included:
+/// a service that accepts the connection and never answers fails the call after this long,
+/// not after every try has waited out its own timeout.
+pub const DEFAULT_CALL_DEADLINE: Duration = Duration::from_secs(60);
+
+/// What a call that ran out of its total deadline says: the host, and how long it had.
+pub fn deadline_exceeded(host: &str, deadline: Duration) -> String {
+    format!(
+        "{host} did not answer within {} (the deadline of one call, retries included); check \
+         that the endpoint is right and the service is up",
+        humantime::format_duration(deadline)
+    )
+}
+
 impl RetryPolicy {
     /// No retries at all.
     pub fn none() -> Self {
         Self { max_retries: 0, ..Self::default() }
+    }
+
+    /// The time left of `max_total` for a call that started at `started`; none once it is
+    /// spent.
+    pub fn remaining(&self, started: std::time::Instant) -> Option<Duration> {
+        self.max_total.checked_sub(started.elapsed()).filter(|d| !d.is_zero())
     }
 
     /// Whether an HTTP status is worth another try: 408, 429 and 5xx but 501 and 505.

@@ -132,6 +132,12 @@ impl<'de> Deserialize<'de> for Timestamp {
     }
 }
 
+impl crate::error::ErrorCode for TimeError {
+    fn code(&self) -> String {
+        "invalidValue".into()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

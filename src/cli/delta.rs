@@ -108,11 +108,11 @@ pub(crate) struct CreateArgs {
     in_place: bool,
     /// In place: the segment size, a power of two and a multiple of the flash erase unit
     /// (e.g. 4096, 4K, 0x20000).
-    #[arg(long, value_parser = parse_size, requires = "in_place")]
+    #[arg(long, value_parser = otaforge::size::parse_size, requires = "in_place")]
     segment_size: Option<u64>,
     /// In place: the slot's size; old moves up by the whole segments that fit beside it,
     /// which lets new grow without overwriting old bytes it still needs.
-    #[arg(long, value_parser = parse_size, requires = "in_place")]
+    #[arg(long, value_parser = otaforge::size::parse_size, requires = "in_place")]
     memory_size: Option<u64>,
     /// Sign the delta (its header and payload digest) with this private key: a PEM file or
     /// env:VAR.
@@ -212,7 +212,7 @@ fn create(a: CreateArgs, out: &Output) -> anyhow::Result<Outcome> {
             "--method zstd needs the old image in RAM; it is not available with --profile mcu"
         );
     }
-    let signer = a.sign_key.as_deref().map(super::key::key_signer).transpose()?;
+    let signer = a.sign_key.as_deref().map(super::args::key_signer).transpose()?;
     if signer.is_some() && opts.format == DeltaFormat::Bsdiff40 {
         anyhow::bail!("{}", DeltaError::UnsignableFormat);
     }
@@ -270,7 +270,7 @@ fn apply(a: ApplyArgs, out: &Output) -> anyhow::Result<Outcome> {
         .map(|s| if Sha256::looks_like_hex(s) { Sha256::from_hex(s) } else { s.parse() })
         .transpose()
         .context("--expect-sha256")?;
-    let trust = super::key::TrustArgs {
+    let trust = super::args::TrustArgs {
         public: a.verify_key.clone(),
         trusted_keys: a.trusted_keys.clone(),
     };
@@ -378,26 +378,6 @@ fn error_kind(e: &DeltaError) -> &'static str {
         DeltaError::InPlace(_) => "inPlace",
         DeltaError::Unsupported(_) => "unsupported",
     }
-}
-
-/// A byte count: decimal, `0x` hex, or with a K/M suffix (KiB, MiB).
-fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let (num, mul) = match t.to_ascii_lowercase() {
-        l if l.ends_with("kib") || l.ends_with('k') => {
-            (t.trim_end_matches(|c: char| c.is_ascii_alphabetic()).to_owned(), 1 << 10)
-        }
-        l if l.ends_with("mib") || l.ends_with('m') => {
-            (t.trim_end_matches(|c: char| c.is_ascii_alphabetic()).to_owned(), 1 << 20)
-        }
-        _ => (t.to_owned(), 1),
-    };
-    let v = match num.strip_prefix("0x").or_else(|| num.strip_prefix("0X")) {
-        Some(hex) => u64::from_str_radix(hex, 16),
-        None => num.parse(),
-    }
-    .map_err(|_| format!("{s:?} is not a size (e.g. 4096, 0x1000, 4K, 1M)"))?;
-    v.checked_mul(mul).ok_or_else(|| format!("{s:?} is too large"))
 }
 
 /// The serialized (lower-case) name of an enum value.

@@ -3,7 +3,8 @@
 use otaforge::service::UpdateInfo;
 use otaforge::service::model::{Deployment, RollbackFailure, RollbackPolicy};
 
-use super::update::{AduArgs, parse_update_id, service_failure};
+use super::args::AduArgs;
+use super::update::{parse_update_id, service_failure};
 use super::{Failure, Outcome, Output};
 
 /// `otaforge deploy ...`.
@@ -106,11 +107,11 @@ pub(crate) fn run(
         DeployCommand::Cancel(a) => act(a, true, rt, out),
         DeployCommand::Retry(a) => act(a, false, rt, out),
         DeployCommand::Status(a) if a.watch => {
-            let client = a.adu.client()?;
+            let client = a.adu.client(out)?;
             watch(&client, &a.group, &a.deployment, a.timeout, rt, out)
         }
         DeployCommand::Status(a) => {
-            let client = a.adu.client()?;
+            let client = a.adu.client(out)?;
             let s = match rt.block_on(client.deployment_status(&a.group, &a.deployment)) {
                 Ok(s) => s,
                 Err(e) => return service_failure(out, "read the deployment's status", e),
@@ -139,7 +140,7 @@ pub(crate) fn run(
             Ok(Outcome::Ok)
         }
         DeployCommand::List(a) => {
-            let client = a.adu.client()?;
+            let client = a.adu.client(out)?;
             let list = match rt.block_on(client.list_deployments(&a.group)) {
                 Ok(l) => l,
                 Err(e) => return service_failure(out, "list deployments", e),
@@ -157,7 +158,7 @@ pub(crate) fn run(
             Ok(Outcome::Ok)
         }
         DeployCommand::Delete(a) => {
-            let client = a.adu.client()?;
+            let client = a.adu.client(out)?;
             if let Err(e) = rt.block_on(client.delete_deployment(&a.group, &a.deployment)) {
                 return service_failure(out, "delete the deployment", e);
             }
@@ -260,7 +261,7 @@ fn act(
     rt: &tokio::runtime::Runtime,
     out: &Output,
 ) -> anyhow::Result<Outcome> {
-    let client = a.adu.client()?;
+    let client = a.adu.client(out)?;
     let verb = if cancel { "cancel" } else { "retry" };
     let result = rt.block_on(async {
         let Some(d) = client.get_deployment(&a.group, &a.deployment).await? else {
@@ -344,7 +345,7 @@ fn create(a: CreateArgs, rt: &tokio::runtime::Runtime, out: &Output) -> anyhow::
         is_cloud_initiated_rollback: None,
         extra: Default::default(),
     };
-    let client = a.adu.client()?;
+    let client = a.adu.client(out)?;
     let created = match rt.block_on(client.create_or_update_deployment(&d)) {
         Ok(c) => c,
         Err(e) => return service_failure(out, "create the deployment", e),

@@ -2,7 +2,8 @@
 
 use otaforge::service::model::Device;
 
-use super::update::{AduArgs, service_failure};
+use super::args::AduArgs;
+use super::update::service_failure;
 use super::{Failure, Outcome, Output};
 
 /// `otaforge device ...`.
@@ -59,7 +60,7 @@ pub(crate) fn run(
 ) -> anyhow::Result<Outcome> {
     match cmd {
         DeviceCommand::List(a) => {
-            let client = a.adu.client()?;
+            let client = a.adu.client(out)?;
             let mut filter: Vec<String> = Vec::new();
             if let Some(g) = &a.group {
                 filter.push(format!("groupId eq '{g}'"));
@@ -88,7 +89,7 @@ pub(crate) fn run(
             Ok(Outcome::Ok)
         }
         DeviceCommand::Show(a) => {
-            let client = a.adu.client()?;
+            let client = a.adu.client(out)?;
             let d = match rt.block_on(client.get_device(&a.device)) {
                 Ok(Some(d)) => d,
                 Ok(None) => {
@@ -129,7 +130,7 @@ pub(crate) fn compliance(
     rt: &tokio::runtime::Runtime,
     out: &Output,
 ) -> anyhow::Result<Outcome> {
-    let client = a.adu.client()?;
+    let client = a.adu.client(out)?;
     let c = match rt.block_on(client.update_compliance(a.group.as_deref())) {
         Ok(c) => c,
         Err(e) => return service_failure(out, "read compliance", e),

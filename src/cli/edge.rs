@@ -13,7 +13,7 @@ use otaforge::fsutil::Privacy;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::group::HubArgs;
+use super::args::HubArgs;
 use super::{Outcome, Output};
 
 mod status;
@@ -466,7 +466,7 @@ fn what_if(a: WhatIfArgs, rt: &tokio::runtime::Runtime, out: &Output) -> anyhow:
         (Some(t), Some(c)) => (json_list(t)?, json_list(c)?, c.display().to_string()),
         _ => {
             // Read, never write: twins and configurations as the hub has them.
-            let hub = a.hub.client()?;
+            let hub = a.hub.client(out)?;
             let (twins, configs) = rt.block_on(async {
                 let twins = hub.query_twins("SELECT * FROM devices").await?;
                 let configs = hub.list_configurations(100).await?;
@@ -628,12 +628,12 @@ fn deploy(
                 },
                 ..Default::default()
             };
-            let hub = a.hub.client()?;
+            let hub = a.hub.client(out)?;
             let made = rt.block_on(hub.put_configuration(&c, None))?;
             show_config(out, &made)?;
         }
         DeployCommand::List(a) => {
-            let hub = a.hub.client()?;
+            let hub = a.hub.client(out)?;
             let all = rt.block_on(hub.list_configurations(100))?;
             let edge: Vec<_> = all.into_iter().filter(Configuration::is_edge).collect();
             if out.json() {
@@ -646,14 +646,14 @@ fn deploy(
         }
         DeployCommand::Status(a) => return status::run(a, rt, out),
         DeployCommand::Show(a) => {
-            let hub = a.hub.client()?;
+            let hub = a.hub.client(out)?;
             show_config(out, &rt.block_on(hub.get_configuration(&a.id))?)?;
         }
         DeployCommand::Update(a) => {
             if let Some(t) = &a.target_condition {
                 condition_ok(t)?;
             }
-            let hub = a.hub.client()?;
+            let hub = a.hub.client(out)?;
             let mut c = rt.block_on(hub.get_configuration(&a.id))?;
             if let Some(t) = a.target_condition {
                 c.target_condition = t;
@@ -669,7 +669,7 @@ fn deploy(
             show_config(out, &made)?;
         }
         DeployCommand::Delete(a) => {
-            let hub = a.hub.client()?;
+            let hub = a.hub.client(out)?;
             rt.block_on(hub.delete_configuration(&a.id, None))?;
             out.notice(format!("deleted {}", a.id));
             if out.json() {
@@ -682,7 +682,7 @@ fn deploy(
 
 fn device_show(a: IdArgs, rt: &tokio::runtime::Runtime, out: &Output) -> anyhow::Result<Outcome> {
     use otaforge::edge::assign::{Deployment, Plan, merged};
-    let hub = a.hub.client()?;
+    let hub = a.hub.client(out)?;
     let (twin, configs, agent) = rt.block_on(async {
         let twin = hub.get_twin(&a.id).await?;
         let configs = hub.list_configurations(100).await?;
@@ -812,7 +812,7 @@ fn set_modules(
     let doc: Value = serde_json::from_slice(&bytes)?;
     let content = doc.get("content").unwrap_or(&doc);
     let modules = content.get("modulesContent").cloned().unwrap_or(Value::Null);
-    let hub = a.hub.client()?;
+    let hub = a.hub.client(out)?;
     rt.block_on(hub.apply_configuration_content(&a.device, &modules))?;
     out.notice(format!("set the modules of {}", a.device));
     if out.json() {

@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use otaforge::fleet::{Failures, Fleet, FleetSpec};
 use serde_json::{Map, Value};
 
-use super::group::HubArgs;
+use super::args::HubArgs;
 use super::update::parse_update_id;
 use super::{Outcome, Output};
 
@@ -23,9 +23,9 @@ pub(crate) enum FleetCommand {
 /// `otaforge fleet run`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct RunArgs {
-    /// serve's URL.
+    /// serve's URL (default: the context's).
     #[arg(long)]
-    endpoint: String,
+    endpoint: Option<String>,
     /// How many devices.
     #[arg(long, default_value_t = 10)]
     devices: usize,
@@ -60,8 +60,8 @@ pub(crate) struct RunArgs {
     #[arg(long, value_name = "FILE")]
     verify_key: Option<PathBuf>,
     /// Root key(s) the update manifest signature must chain to: a JWK or a list of JWKs
-    /// (`otaforge serve` writes its root's to `update-root.jwk.json` in its data dir). Without
-    /// it, signatures are not checked.
+    /// (`otaforge serve` writes its root's to `update-root.jwk.json` in its data dir; default:
+    /// the context's). Without one, signatures are not checked.
     #[arg(long, value_name = "FILE")]
     root_key: Option<PathBuf>,
     /// Devices that install at once (the others wait their turn; each holds its image and
@@ -121,9 +121,16 @@ pub(crate) fn run(
         }
         _ => None,
     };
+    // serve's endpoint, hub and root key: the flags, or the context's (see `super::args`).
+    let chosen = super::context::choose(out, a.endpoint.is_some())?;
+    let ctx = chosen.as_ref().map(|c| &c.context);
+    let endpoint = a.endpoint.clone().or_else(|| ctx?.endpoint.clone()).context(
+        "no serve endpoint: pass --endpoint URL, or use a context (`otaforge serve` records one)",
+    )?;
+    let root_key = a.root_key.clone().or_else(|| ctx?.root_key.clone());
     let spec = FleetSpec {
-        endpoint: a.endpoint.trim_end_matches('/').to_owned(),
-        hub: a.hub.connection()?,
+        endpoint: endpoint.trim_end_matches('/').to_owned(),
+        hub: a.hub.connection(out, a.endpoint.is_some())?,
         prefix: a.prefix.clone(),
         devices: a.devices,
         class: a.class.clone().unwrap_or_default(),
@@ -134,7 +141,7 @@ pub(crate) fn run(
         seed: a.seed,
         poll: Duration::from_secs(20),
         parallel: a.parallel,
-        roots: match &a.root_key {
+        roots: match &root_key {
             Some(p) => {
                 let v: Value = serde_json::from_slice(&fs_err::read(p)?)
                     .with_context(|| format!("{} is not JSON", p.display()))?;

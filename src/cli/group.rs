@@ -1,16 +1,14 @@
 //! `otaforge group`: Device Update groups through IoT Hub twin tags (`ADUGroup`).
 
-use std::path::PathBuf;
-
-use anyhow::Context as _;
-use otaforge::iothub::{ConnectionString, GROUP_TAG, IotHubClient, IotHubError, check_group_id};
+use otaforge::iothub::{GROUP_TAG, IotHubError, check_group_id};
 use serde_json::{Map, Value};
 
-use super::update::{AduArgs, service_failure};
+use super::args::{AduArgs, HubArgs};
+use super::update::service_failure;
 use super::{Failure, Outcome, Output};
 
 fn list(a: &ListArgs, rt: &tokio::runtime::Runtime, out: &Output) -> anyhow::Result<Outcome> {
-    let client = a.adu.client()?;
+    let client = a.adu.client(out)?;
     let groups = match rt.block_on(client.list_groups()) {
         Ok(g) => g,
         Err(e) => return service_failure(out, "list groups", e),
@@ -32,7 +30,7 @@ fn list(a: &ListArgs, rt: &tokio::runtime::Runtime, out: &Output) -> anyhow::Res
 }
 
 fn show(a: &ShowArgs, rt: &tokio::runtime::Runtime, out: &Output) -> anyhow::Result<Outcome> {
-    let client = a.adu.client()?;
+    let client = a.adu.client(out)?;
     let found = rt.block_on(async {
         let Some(group) = client.get_group(&a.group).await? else { return Ok(None) };
         let compliance = client.update_compliance(Some(&a.group)).await?;
@@ -88,48 +86,6 @@ pub(crate) struct ShowArgs {
     adu: AduArgs,
 }
 
-/// Where the IoT Hub is.
-#[derive(Debug, clap::Args)]
-pub(crate) struct HubArgs {
-    /// A file holding the hub's service connection string (`otaforge serve` writes
-    /// `iothub.connection-string` in its data dir); default: $IOTHUB_CONNECTION_STRING.
-    #[arg(long, value_name = "FILE")]
-    iothub_connection_file: Option<PathBuf>,
-    /// Authenticate to the hub with Microsoft Entra ID instead of a connection string (needs
-    /// --iothub-host and an IoT Hub data role).
-    #[arg(long, value_enum, value_name = "SOURCE", requires = "iothub_host")]
-    iothub_entra: Option<super::upload::EntraArg>,
-    /// The hub's host name (myhub.azure-devices.net), with --iothub-entra.
-    #[arg(long, value_name = "HOST", requires = "iothub_entra")]
-    iothub_host: Option<String>,
-}
-
-impl HubArgs {
-    /// The client for the configured hub.
-    pub(crate) fn client(&self) -> anyhow::Result<IotHubClient> {
-        if let (Some(src), Some(host)) = (self.iothub_entra, &self.iothub_host) {
-            let credential = otaforge::storage::azure::entra_credential(src.into())?;
-            return Ok(IotHubClient::with_entra(host, credential)?);
-        }
-        Ok(IotHubClient::new(self.connection()?)?)
-    }
-
-    /// The configured hub's connection string.
-    pub(crate) fn connection(&self) -> anyhow::Result<ConnectionString> {
-        let text = match &self.iothub_connection_file {
-            Some(f) => fs_err::read_to_string(f)?,
-            None => std::env::var(otaforge::env::IOTHUB_CONNECTION_STRING)
-                .ok()
-                .filter(|v| !v.is_empty())
-                .context(
-                    "no IoT Hub given: pass --iothub-connection-file FILE or set \
-                     IOTHUB_CONNECTION_STRING (the hub's service connection string)",
-                )?,
-        };
-        Ok(text.parse()?)
-    }
-}
-
 /// `otaforge group tag`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct TagArgs {
@@ -167,7 +123,7 @@ pub(crate) fn run(
         GroupCommand::List(a) => return list(a, rt, out),
         GroupCommand::Show(a) => return show(a, rt, out),
     };
-    let client = hub.client()?;
+    let client = hub.client(out)?;
     let mut tags = Map::new();
     tags.insert(GROUP_TAG.into(), group.map_or(Value::Null, |g| Value::String(g.to_owned())));
     rt.block_on(async {

@@ -9,8 +9,9 @@ use otaforge::service::AduClient;
 use otaforge::storage::{AnyStore, ContainerName, parse_ttl};
 use serde_json::json;
 
-use super::update::{AduArgs, service_failure};
-use super::upload::StorageArgs;
+use super::args::AduArgs;
+use super::args::StorageArgs;
+use super::update::service_failure;
 use super::{Failure, Outcome, Output};
 
 /// Arguments of `otaforge import`.
@@ -86,9 +87,13 @@ fn failure(out: &Output, e: PipelineError, secrets: &[String]) -> anyhow::Result
 
 /// The store `import` uploads to: the one the storage options name, or, with none, the
 /// service's own (`otaforge serve`).
-async fn open_store(storage: &StorageArgs, client: &AduClient) -> anyhow::Result<AnyStore> {
+async fn open_store(
+    storage: &StorageArgs,
+    client: &AduClient,
+    out: &Output,
+) -> anyhow::Result<AnyStore> {
     if storage.is_configured() {
-        return storage.open();
+        return storage.open(out);
     }
     Ok(AnyStore::Embedded(otaforge::storage::embedded::EmbeddedStore::discover(client).await?))
 }
@@ -106,7 +111,7 @@ pub(crate) fn run(
         Ok(c) => c,
         Err(e) => return failure(out, e, &[]),
     };
-    let client = a.adu.client()?;
+    let client = a.adu.client(out)?;
     rt.block_on(async {
         let planned = match pipeline::plan(checked, &client).await {
             Ok(p) => p,
@@ -123,7 +128,7 @@ pub(crate) fn run(
             }
             return Ok(Outcome::Ok);
         }
-        let store = open_store(&a.storage, &client).await?;
+        let store = open_store(&a.storage, &client, out).await?;
         let secrets = store.secrets();
         let plan = UploadPlan {
             container: a.container.clone(),

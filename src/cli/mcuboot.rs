@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use otaforge::mcuboot::{self, ImageVersion, McubootError, SecurityCounter, SignOptions};
 
-use super::key::{SignerArgs, TrustArgs};
+use super::args::{SignerArgs, TrustArgs};
 use super::{Failure, Outcome, Output};
 
 /// `otaforge mcuboot` subcommands.

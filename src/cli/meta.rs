@@ -9,7 +9,8 @@ use otaforge::manifest::Version;
 use otaforge::sign::meta::{self, Policy};
 use otaforge::time::{self, Timestamp};
 
-use super::key::{SignerArgs, TrustArgs, refused};
+use super::args::{SignerArgs, TrustArgs};
+use super::key::refused;
 use super::{Outcome, Output};
 
 /// `otaforge meta` subcommands.

@@ -1,6 +1,8 @@
 //! Command-line interface: one module per verb. Compiled only into the binary.
 
 mod apt;
+mod args;
+mod context;
 mod delta;
 mod deploy;
 mod device;
@@ -28,7 +30,8 @@ use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 pub(crate) use output::{Failure, Format, Output};
 
-/// Environment variables otaforge reads, shown at the end of `--help`.
+/// Environment variables otaforge reads (every name in `otaforge::env`), shown at the end of
+/// `--help`; `cargo xtask tidy` checks that none is missing.
 const ENV_HELP: &str = "\
 Environment:
   SOURCE_DATE_EPOCH     Unix seconds for createdDateTime (reproducible builds)
@@ -40,6 +43,12 @@ Environment:
   AZURE_STORAGE_ACCOUNT, AZURE_STORAGE_KEY
                         storage account and key for upload (never printed)
   OTAFORGE_ADU_TOKEN    bearer token for import, update and serve (--token)
+  IOTHUB_CONNECTION_STRING
+                        IoT Hub service connection string for group, fleet
+                        and edge (never printed)
+  OTAFORGE_CONTEXT      the context to use instead of the current one
+  XDG_CONFIG_HOME, HOME contexts are kept in $XDG_CONFIG_HOME/otaforge, else
+                        in $HOME/.config/otaforge
 
 Exit codes: 0 ok; 1 a check failed (invalid manifest, bad signature);
 2 usage or unexpected error";
@@ -57,6 +66,20 @@ pub(crate) struct Cli {
     /// No progress bars or notices on stderr (errors are still printed).
     #[arg(long, short, global = true, help_heading = GLOBAL)]
     quiet: bool,
+    /// Use this context for what the flags leave out (see `otaforge context`; default:
+    /// $OTAFORGE_CONTEXT, else the current one).
+    #[arg(long, global = true, value_name = "NAME", help_heading = GLOBAL)]
+    context: Option<String>,
+    /// Give up on one Device Update or IoT Hub request after this long, retries included.
+    #[arg(
+        long,
+        global = true,
+        value_name = "DURATION",
+        default_value = "60s",
+        value_parser = stall_duration,
+        help_heading = GLOBAL
+    )]
+    request_timeout: std::time::Duration,
     #[command(subcommand)]
     command: Command,
 }
@@ -119,6 +142,10 @@ enum Command {
     /// Start a release description in a firmware repository: a commented otaforge.toml (MCU,
     /// Linux or APT), its folders, a make fragment and a CI workflow.
     New(new::NewArgs),
+    /// Named connection settings (endpoint, instance, IoT Hub, root key) commands use for
+    /// what their flags leave out; `otaforge serve` records one.
+    #[command(subcommand)]
+    Context(context::ContextCommand),
 }
 
 /// How a command ended when it did not fail unexpectedly.
@@ -130,13 +157,12 @@ pub(crate) enum Outcome {
     CheckFailed,
 }
 
-/// Parses arguments, runs the command and maps the outcome to an exit code.
 /// `--timeout` values: at most a week (longer waits belong to a scheduler, not a command).
 fn wait_duration(s: &str) -> Result<std::time::Duration, otaforge::time::TimeError> {
     otaforge::time::parse_duration(s, std::time::Duration::from_secs(7 * 86_400))
 }
 
-/// `--io-timeout` values: at most an hour without progress.
+/// `--io-timeout` and `--request-timeout` values: at most an hour.
 fn stall_duration(s: &str) -> Result<std::time::Duration, otaforge::time::TimeError> {
     otaforge::time::parse_duration(s, std::time::Duration::from_secs(3_600))
 }
@@ -146,6 +172,7 @@ fn header_duration(s: &str) -> Result<std::time::Duration, otaforge::time::TimeE
     otaforge::time::parse_duration(s, std::time::Duration::from_secs(600))
 }
 
+/// Parses arguments, runs the command and maps the outcome to an exit code.
 pub(crate) fn main(rt: &tokio::runtime::Runtime) -> ExitCode {
     // https://no-color.org: any value of NO_COLOR turns colour off (clap colours help and errors).
     let mut command = Cli::command();
@@ -165,7 +192,8 @@ pub(crate) fn main(rt: &tokio::runtime::Runtime) -> ExitCode {
         Ok(c) => c,
         Err(e) => return usage_error(&e),
     };
-    let out = Output::new(cli.format, cli.quiet);
+    let globals = output::Globals { context: cli.context, request_timeout: cli.request_timeout };
+    let out = Output::new(cli.format, cli.quiet).with_globals(globals);
     let result = match cli.command {
         Command::Hash(args) => hash::run(args, &out),
         Command::Manifest(cmd) => manifest::run(cmd, sub_matches(&matches, &["manifest"]), &out),
@@ -188,6 +216,7 @@ pub(crate) fn main(rt: &tokio::runtime::Runtime) -> ExitCode {
         Command::Edge(cmd) => edge::run(cmd, rt, &out),
         Command::Release(args) => release::run(args, rt, &out),
         Command::New(args) => new::run(args, &out),
+        Command::Context(cmd) => context::run(cmd, &out),
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,
@@ -226,59 +255,21 @@ fn usage_error(e: &clap::Error) -> ExitCode {
 }
 
 /// A stable code for an unexpected error: what the file system said about a file that is
-/// missing or unreadable, else the library error's own kind where it has one.
+/// missing or unreadable, whichever layer met it; else the code of the first cause that has
+/// one (`otaforge::error::ErrorCode`).
 fn error_code(e: &anyhow::Error) -> String {
-    for cause in e.chain() {
-        let io = cause.downcast_ref::<std::io::Error>().map(std::io::Error::kind).or_else(|| {
-            match cause.downcast_ref::<otaforge::sign::SignError>() {
-                Some(otaforge::sign::SignError::Io(io)) => Some(io.kind()),
-                _ => None,
-            }
-        });
-        match io {
-            Some(std::io::ErrorKind::NotFound) => return "notFound".into(),
-            Some(std::io::ErrorKind::PermissionDenied) => return "permissionDenied".into(),
-            _ => {}
-        }
+    use otaforge::error::{ErrorCode, code_of};
+    let coded: Vec<&dyn ErrorCode> = e.chain().filter_map(code_of).collect();
+    let file = coded.iter().find_map(|c| {
+        c.io_kind().filter(|k| {
+            matches!(k, std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied)
+        })
+    });
+    match file {
+        Some(std::io::ErrorKind::NotFound) => "notFound".into(),
+        Some(_) => "permissionDenied".into(),
+        None => coded.first().map_or_else(|| "error".into(), |c| c.code()),
     }
-    for cause in e.chain() {
-        if let Some(s) = cause.downcast_ref::<otaforge::sign::SignError>() {
-            return s.kind().to_owned();
-        }
-        if let Some(s) = cause.downcast_ref::<otaforge::storage::StorageError>() {
-            return s.kind().to_owned();
-        }
-        if let Some(s) = cause.downcast_ref::<otaforge::mcuboot::McubootError>() {
-            return s.kind().to_owned();
-        }
-        if let Some(h) = cause.downcast_ref::<otaforge::iothub::IotHubError>() {
-            return match h {
-                otaforge::iothub::IotHubError::Api { code, .. } => code.clone(),
-                otaforge::iothub::IotHubError::Unauthorized(_) => "unauthorized".into(),
-                otaforge::iothub::IotHubError::Config(_) => "invalidValue".into(),
-                _ => "iothub".into(),
-            };
-        }
-        if cause.downcast_ref::<otaforge::time::TimeError>().is_some() {
-            return "invalidValue".into();
-        }
-        if let Some(s) = cause.downcast_ref::<otaforge::service::ServiceError>() {
-            return match s {
-                otaforge::service::ServiceError::Api { error, .. } => error.code.clone(),
-                _ => "service".into(),
-            };
-        }
-        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
-            return match io.kind() {
-                std::io::ErrorKind::NotFound => "notFound",
-                std::io::ErrorKind::PermissionDenied => "permissionDenied",
-                std::io::ErrorKind::AlreadyExists => "alreadyExists",
-                _ => "io",
-            }
-            .into();
-        }
-    }
-    "error".into()
 }
 
 /// The matches of a nested subcommand, for reading the order of repeated options.

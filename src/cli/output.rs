@@ -73,7 +73,22 @@ pub(crate) enum Format {
     Json,
 }
 
-/// Where and how a command writes.
+/// The global options that are not about output, which every command that connects reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Globals {
+    /// `--context NAME`.
+    pub(crate) context: Option<String>,
+    /// `--request-timeout`: one Device Update or IoT Hub call, retries included.
+    pub(crate) request_timeout: Duration,
+}
+
+impl Default for Globals {
+    fn default() -> Self {
+        Self { context: None, request_timeout: otaforge::retry::DEFAULT_CALL_DEADLINE }
+    }
+}
+
+/// Where and how a command writes, and the global options it was given.
 #[derive(Debug, Clone)]
 pub(crate) struct Output {
     /// The requested data format.
@@ -82,6 +97,7 @@ pub(crate) struct Output {
     progress: bool,
     /// stdout carries a command's payload (`-o -`), so data lines go to stderr.
     data_to_stderr: bool,
+    globals: Globals,
 }
 
 impl Output {
@@ -90,7 +106,17 @@ impl Output {
         let progress = !quiet
             && std::io::stderr().is_terminal()
             && std::env::var_os(otaforge::env::CI).is_none();
-        Self { format, quiet, progress, data_to_stderr: false }
+        Self { format, quiet, progress, data_to_stderr: false, globals: Globals::default() }
+    }
+
+    /// This output, for a command given these global options.
+    pub(crate) fn with_globals(self, globals: Globals) -> Self {
+        Self { globals, ..self }
+    }
+
+    /// The global options.
+    pub(crate) fn globals(&self) -> &Globals {
+        &self.globals
     }
 
     /// This output for a command whose `-o` is `output`: when that is `-` (stdout), the

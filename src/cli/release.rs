@@ -8,7 +8,7 @@ use otaforge::service::{AduClient, Auth};
 use otaforge::storage::AnyStore;
 use serde_json::json;
 
-use super::upload::StorageArgs;
+use super::args::StorageArgs;
 use super::{Failure, Outcome, Output};
 
 /// `otaforge release`.
@@ -34,7 +34,7 @@ pub(crate) struct ReleaseArgs {
     /// Authenticate to Device Update with Microsoft Entra ID (Azure); without it,
     /// $OTAFORGE_ADU_TOKEN or no token (serve on loopback).
     #[arg(long, value_enum, value_name = "SOURCE")]
-    adu_entra: Option<super::upload::EntraArg>,
+    adu_entra: Option<super::args::EntraArg>,
     /// How often a stage's deployment status is read.
     #[arg(long, default_value = "2s", value_parser = super::wait_duration)]
     poll: Duration,
@@ -168,7 +168,7 @@ pub(crate) fn run(
     }
     print_plan(out, &c);
     let opts = Options {
-        source_date_epoch: std::env::var("SOURCE_DATE_EPOCH").ok().filter(|v| !v.is_empty()),
+        source_date_epoch: otaforge::env::source_date_epoch(),
         until: a.until.clone(),
         jobs: otaforge::hash::default_jobs(),
         poll: Some(a.poll),
@@ -194,7 +194,7 @@ pub(crate) fn run(
                 &c.root.join(dir),
                 c.config.storage.base_url.as_deref().unwrap_or("http://127.0.0.1:8080/blobs"),
             )?),
-            (_, true) => storage.open()?,
+            (_, true) => storage.open(out)?,
             (None, false) => AnyStore::Embedded(
                 rt.block_on(otaforge::storage::embedded::EmbeddedStore::discover(&client))?,
             ),

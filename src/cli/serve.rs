@@ -3,8 +3,9 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use otaforge::server::{Config, start};
+use otaforge::server::{Config, Running, start};
 
+use super::context::{self, Context};
 use super::{Outcome, Output};
 
 /// Arguments of `otaforge serve`.
@@ -118,6 +119,38 @@ fn fleet_spec(
     })
 }
 
+/// Records this serve as a context (`--context NAME`, default `local`) and makes it current,
+/// so the commands that follow need no `--endpoint`, `--instance`, `--iothub-connection-file`
+/// or `--root-key`; returns its name. A config directory that cannot be written costs a
+/// notice, not the service.
+fn record_context(
+    a: &ServeArgs,
+    running: &Running,
+    token: Option<&str>,
+    out: &Output,
+) -> Option<String> {
+    let name = out.globals().context.clone().unwrap_or_else(|| context::SERVE_DEFAULT.into());
+    let root = a.data_dir.join("update-root.jwk.json");
+    let recorded = (|| {
+        let c = Context {
+            endpoint: Some(running.base_url.clone()),
+            instance: Some(a.instance.clone()),
+            adu_token: token.map(str::to_owned),
+            iothub_connection_file: Some(context::absolute(&running.iothub_connection_file)?),
+            root_key: if root.is_file() { Some(context::absolute(&root)?) } else { None },
+            ..Context::default()
+        };
+        context::record(&name, c)
+    })();
+    match recorded {
+        Ok(_) => Some(name),
+        Err(e) => {
+            out.notice(format!("  no context recorded: {e:#}"));
+            None
+        }
+    }
+}
+
 pub(crate) fn run(
     a: ServeArgs,
     rt: &tokio::runtime::Runtime,
@@ -143,7 +176,9 @@ pub(crate) fn run(
         })
         .await?;
         let all_interfaces = a.listen.ip().is_unspecified();
+        let recorded = record_context(&a, &running, token.as_deref(), out);
         let info = serde_json::json!({
+            "context": recorded,
             "endpoint": running.base_url,
             "instance": a.instance,
             "blobDir": running.blob_dir.display().to_string(),
@@ -192,6 +227,12 @@ pub(crate) fn run(
                 "  import with: {token_hint}otaforge import MANIFEST --endpoint {} --instance {}",
                 running.base_url, a.instance
             ))?;
+            if let Some(name) = &recorded {
+                out.line(format!(
+                    "  context {name} recorded and current: on this machine, commands need no \
+                     --endpoint, --instance, --iothub-connection-file or --root-key"
+                ))?;
+            }
         }
         if let Some(n) = a.fleet {
             let spec = fleet_spec(&a, n, &running)?;

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use otaforge::sign::{SignError, jws};
 use serde::Serialize;
 
-use super::key::{SignerArgs, TrustArgs};
+use super::args::{SignerArgs, TrustArgs};
 use super::{Failure, Outcome, Output};
 
 /// Arguments of `otaforge sign`.

@@ -1,48 +1,13 @@
-//! `otaforge update list|show|delete|operation`: the updates of a Device Update instance, and the
-//! connection options `import` shares.
+//! `otaforge update list|show|delete|operation`: the updates of a Device Update instance.
 
 use std::time::Duration;
 
 use anyhow::Context as _;
 use otaforge::manifest::UpdateId;
-use otaforge::service::{AduClient, Auth, OperationStatus, ServiceError};
+use otaforge::service::{OperationStatus, ServiceError};
 
-use super::upload::EntraArg;
+use super::args::AduArgs;
 use super::{Failure, Outcome, Output};
-
-/// Where the Device Update service is and how to authenticate.
-#[derive(Debug, Clone, clap::Args)]
-pub(crate) struct AduArgs {
-    /// Device Update endpoint: https://ACCOUNT.api.adu.microsoft.com, or otaforge serve's URL.
-    #[arg(long)]
-    pub(crate) endpoint: String,
-    /// Instance name.
-    #[arg(long)]
-    pub(crate) instance: String,
-    /// Authenticate with Microsoft Entra ID (Azure).
-    #[arg(long, value_enum, value_name = "SOURCE")]
-    pub(crate) adu_entra: Option<EntraArg>,
-}
-
-impl AduArgs {
-    /// A client: Entra when asked, else $OTAFORGE_ADU_TOKEN, else no token (serve on loopback).
-    pub(crate) fn client(&self) -> anyhow::Result<AduClient> {
-        let auth = if let Some(src) = self.adu_entra {
-            Auth::Entra(otaforge::storage::azure::entra_credential(src.into())?)
-        } else if let Some(t) =
-            std::env::var(otaforge::env::OTAFORGE_ADU_TOKEN).ok().filter(|t| !t.is_empty())
-        {
-            Auth::Static(t)
-        } else {
-            Auth::None
-        };
-        let notice = otaforge::retry::RetryNotice(std::sync::Arc::new(|m: &str| {
-            let _ =
-                std::io::Write::write_fmt(&mut std::io::stderr(), format_args!("service: {m}\n"));
-        }));
-        Ok(AduClient::new(&self.endpoint, &self.instance, auth)?.with_retry_notice(notice))
-    }
-}
 
 /// `otaforge update` subcommands.
 #[derive(Debug, clap::Subcommand)]
@@ -137,7 +102,7 @@ pub(crate) fn run(
     rt.block_on(async {
         match cmd {
             UpdateCommand::List(a) => {
-                let c = a.adu.client()?;
+                let c = a.adu.client(out)?;
                 match c.list_updates().await {
                     Ok(list) => {
                         if out.json() {
@@ -160,7 +125,7 @@ pub(crate) fn run(
             }
             UpdateCommand::Show(a) => {
                 let id = parse_update_id(&a.update)?;
-                let c = a.adu.client()?;
+                let c = a.adu.client(out)?;
                 match c.get_update(&id).await {
                     Ok(Some(u)) => {
                         if a.files {
@@ -190,7 +155,7 @@ pub(crate) fn run(
             }
             UpdateCommand::Delete(a) => {
                 let id = parse_update_id(&a.update)?;
-                let c = a.adu.client()?;
+                let c = a.adu.client(out)?;
                 let op = match c.delete_update(&id).await {
                     Ok(op) => op,
                     Err(e) => return service_failure(out, "delete update", e),
@@ -213,7 +178,7 @@ pub(crate) fn run(
                 }
             }
             UpdateCommand::Operation(a) => {
-                let c = a.adu.client()?;
+                let c = a.adu.client(out)?;
                 match &a.id {
                     Some(id) => match c.get_operation(id).await {
                         Ok((op, _)) => {

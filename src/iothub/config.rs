@@ -133,7 +133,7 @@ impl IotHubClient {
             req = req.header(reqwest::header::IF_MATCH, e);
         }
         let resp = self.send(&op, req).await?;
-        Self::json(&op, resp).await
+        self.json(&op, resp).await
     }
 
     /// One configuration, with its metrics.
@@ -141,7 +141,7 @@ impl IotHubClient {
         let op = format!("get configuration {id}");
         let url = self.url(&format!("/configurations/{}", encode(id)))?;
         let resp = self.send(&op, self.http.get(url)).await?;
-        Self::json(&op, resp).await
+        self.json(&op, resp).await
     }
 
     /// Up to `top` configurations (the hub does not page them).
@@ -150,7 +150,7 @@ impl IotHubClient {
         let mut url = self.url("/configurations")?;
         url.query_pairs_mut().append_pair("top", &top.to_string());
         let resp = self.send(&op, self.http.get(url)).await?;
-        Self::json(&op, resp).await
+        self.json(&op, resp).await
     }
 
     /// `applyConfigurationContent` (`az iot edge set-modules`): the whole desired state of a
@@ -177,7 +177,7 @@ impl IotHubClient {
         let url =
             self.url(&format!("/twins/{}/modules/{}", encode(device_id), encode(module_id)))?;
         let resp = self.send(&op, self.http.get(url)).await?;
-        Self::json(&op, resp).await
+        self.json(&op, resp).await
     }
 
     /// Deletes a configuration (`etag`: only if it is still that version).
@@ -205,6 +205,6 @@ impl IotHubClient {
             "targetCondition": target_condition, "customMetricQueries": metrics,
         });
         let resp = self.send(&op, json_body(self.http.post(url), &body)).await?;
-        Self::json(&op, resp).await
+        self.json(&op, resp).await
     }
 }

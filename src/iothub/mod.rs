@@ -249,6 +249,8 @@ pub struct IotHubClient {
     scheme: &'static str,
     auth: HubAuth,
     http: reqwest::Client,
+    /// The total deadline of one call, the answer's body included.
+    deadline: Duration,
 }
 
 impl std::fmt::Debug for IotHubClient {
@@ -277,6 +279,7 @@ impl IotHubClient {
             scheme: conn.scheme,
             auth: HubAuth::Sas(conn),
             http: http_client()?,
+            deadline: crate::retry::DEFAULT_CALL_DEADLINE,
         })
     }
 
@@ -302,7 +305,26 @@ impl IotHubClient {
             scheme,
             auth: HubAuth::Entra(credential),
             http: http_client()?,
+            deadline: crate::retry::DEFAULT_CALL_DEADLINE,
         })
+    }
+
+    /// The same client with another total deadline per call
+    /// ([`crate::retry::DEFAULT_CALL_DEADLINE`] unless set).
+    pub fn with_deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    /// A request that did not get through: the deadline's message when the call ran out of
+    /// time, else the cause, naming the host.
+    fn transport(&self, operation: &str, e: &reqwest::Error) -> IotHubError {
+        let message = if e.is_timeout() {
+            crate::retry::deadline_exceeded(&self.host, self.deadline)
+        } else {
+            crate::retry::TransportCause::of(e).describe(&self.host)
+        };
+        IotHubError::Transport { operation: operation.to_owned(), message }
     }
 
     /// The `Authorization` header value of a request.
@@ -331,17 +353,14 @@ impl IotHubClient {
         operation: &str,
         req: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, IotHubError> {
+        // One deadline for the whole call: connecting, the answer and its body (read in
+        // `json`), so a hub that accepts the connection and never answers fails in time.
         let resp = req
             .header(reqwest::header::AUTHORIZATION, self.authorization(operation).await?)
+            .timeout(self.deadline)
             .send()
             .await
-            .map_err(|e| {
-                let host = self.host.clone();
-                IotHubError::Transport {
-                    operation: operation.to_owned(),
-                    message: crate::retry::TransportCause::of(&e).describe(&host),
-                }
-            })?;
+            .map_err(|e| self.transport(operation, &e))?;
         if resp.status().is_success() {
             return Ok(resp);
         }
@@ -369,12 +388,15 @@ impl IotHubClient {
     }
 
     async fn json<T: serde::de::DeserializeOwned>(
+        &self,
         operation: &str,
         resp: reqwest::Response,
     ) -> Result<T, IotHubError> {
         let protocol =
             |message: String| IotHubError::Protocol { operation: operation.to_owned(), message };
-        let bytes = resp.bytes().await.map_err(|e| protocol(e.to_string()))?;
+        let bytes = resp.bytes().await.map_err(|e| {
+            if e.is_timeout() { self.transport(operation, &e) } else { protocol(e.to_string()) }
+        })?;
         serde_json::from_slice(&bytes).map_err(|e| protocol(e.to_string()))
     }
 
@@ -383,7 +405,7 @@ impl IotHubClient {
         let op = format!("get the twin of {device_id}");
         let url = self.url(&format!("/twins/{}", encode(device_id)))?;
         let resp = self.send(&op, self.http.get(url)).await?;
-        Self::json(&op, resp).await
+        self.json(&op, resp).await
     }
 
     /// Merges `tags` into a twin's tags (a `null` value removes a tag). With `etag`, the hub
@@ -399,7 +421,7 @@ impl IotHubClient {
         let mut req = json_body(self.http.patch(url), &serde_json::json!({ "tags": tags }));
         req = req.header(reqwest::header::IF_MATCH, etag.unwrap_or("*"));
         let resp = self.send(&op, req).await?;
-        Self::json(&op, resp).await
+        self.json(&op, resp).await
     }
 
     /// Every twin a query (`SELECT * FROM devices WHERE …`) returns, following
@@ -431,7 +453,7 @@ impl IotHubClient {
                 .and_then(|v| v.to_str().ok())
                 .filter(|c| !c.is_empty())
                 .map(str::to_owned);
-            let page: Vec<Twin> = Self::json(&op, resp).await?;
+            let page: Vec<Twin> = self.json(&op, resp).await?;
             out.extend(page);
             if continuation.is_none() {
                 return Ok(out);
@@ -444,7 +466,7 @@ impl IotHubClient {
         let op = format!("read device {device_id}");
         let url = self.url(&format!("/devices/{}", encode(device_id)))?;
         let resp = self.send(&op, self.http.get(url)).await?;
-        Self::json(&op, resp).await
+        self.json(&op, resp).await
     }
 
     /// Creates a device identity with generated symmetric keys (409 when it exists).
@@ -467,7 +489,7 @@ impl IotHubClient {
             "capabilities": {"iotEdge": iot_edge},
         });
         let resp = self.send(&op, json_body(self.http.put(url), &body)).await?;
-        Self::json(&op, resp).await
+        self.json(&op, resp).await
     }
 }
 
@@ -486,4 +508,15 @@ pub fn related_file_id(sha256_b64: &str) -> String {
 /// A device id as one path segment.
 fn encode(id: &str) -> String {
     url::form_urlencoded::byte_serialize(id.as_bytes()).collect::<String>().replace('+', "%20")
+}
+
+impl crate::error::ErrorCode for IotHubError {
+    fn code(&self) -> String {
+        match self {
+            IotHubError::Api { code, .. } => code.clone(),
+            IotHubError::Unauthorized(_) => "unauthorized".into(),
+            IotHubError::Config(_) => "invalidValue".into(),
+            IotHubError::Transport { .. } | IotHubError::Protocol { .. } => "iothub".into(),
+        }
+    }
 }

@@ -146,9 +146,41 @@ pub fn build(spec: ManifestSpec, reporter: &dyn Reporter) -> Result<Built, Manif
         }
         None => spec.steps.clone(),
     };
+    check_file_use(&spec, &file_names, &steps)?;
+    let digests = hash_all(&spec, reporter)?;
+    let out_steps = manifest_steps(steps, &spec, &version, &mut notices)?;
+    let files = manifest_files(&spec, &digests)?;
 
-    // File names must be unique across payload and related files, since the import request
-    // maps each name to one URL.
+    let manifest = ImportManifest {
+        schema: None,
+        update_id: spec.update_id,
+        description,
+        is_deployable: (!spec.deployable).then_some(false),
+        compatibility: spec.compatibility,
+        instructions: Instructions { steps: out_steps },
+        files,
+        manifest_version: MANIFEST_VERSION.to_owned(),
+        created_date_time: spec.created,
+        extra: Map::new(),
+    };
+
+    let value = serde_json::to_value(&manifest).unwrap_or(Value::Null);
+    let findings = validate::validate_value(&value);
+    if findings.has_errors() {
+        return Err(ManifestError::Invalid(findings));
+    }
+    notices.extend(findings.iter().map(|f| f.to_string()));
+    Ok(Built { manifest, notices })
+}
+
+/// Checks how the steps use the files: names unique across payload and related files (the
+/// import request maps each name to one URL), every step file given, every file in a step,
+/// every related file's target a payload file.
+fn check_file_use(
+    spec: &ManifestSpec,
+    file_names: &[String],
+    steps: &[StepSpec],
+) -> Result<(), ManifestError> {
     let mut all_names = BTreeSet::new();
     for name in file_names.iter().cloned().chain(spec.related.iter().map(|r| base_name(&r.path))) {
         if !all_names.insert(name.clone()) {
@@ -177,8 +209,15 @@ pub fn build(spec: ManifestSpec, reporter: &dyn Reporter) -> Result<Built, Manif
             });
         }
     }
+    Ok(())
+}
 
-    // Hash every distinct path once, all in parallel.
+/// Hashes every distinct path the spec names (files, related files, delta sources) once, all
+/// in parallel.
+fn hash_all(
+    spec: &ManifestSpec,
+    reporter: &dyn Reporter,
+) -> Result<HashMap<PathBuf, FileDigest>, ManifestError> {
     let mut paths: Vec<PathBuf> = Vec::new();
     for p in spec
         .files
@@ -196,8 +235,17 @@ pub fn build(spec: ManifestSpec, reporter: &dyn Reporter) -> Result<Built, Manif
         let d = result?;
         digests.insert(d.path.clone(), d);
     }
-    let digest = |p: &PathBuf| &digests[p];
+    Ok(digests)
+}
 
+/// The manifest's steps, with the `installedCriteria` a handler needs filled in where the spec
+/// left it out (each such default is a notice).
+fn manifest_steps(
+    steps: Vec<StepSpec>,
+    spec: &ManifestSpec,
+    version: &str,
+    notices: &mut Vec<String>,
+) -> Result<Vec<Step>, ManifestError> {
     let mut out_steps = Vec::new();
     for (i, step) in steps.into_iter().enumerate() {
         match step {
@@ -223,8 +271,10 @@ pub fn build(spec: ManifestSpec, reporter: &dyn Reporter) -> Result<Built, Manif
                                  (set properties={{\"installedCriteria\":\"...\"}} to choose)",
                                 i + 1
                             ));
-                            props
-                                .insert("installedCriteria".into(), Value::String(version.clone()));
+                            props.insert(
+                                "installedCriteria".into(),
+                                Value::String(version.to_owned()),
+                            );
                         }
                         _ => {}
                     }
@@ -239,7 +289,16 @@ pub fn build(spec: ManifestSpec, reporter: &dyn Reporter) -> Result<Built, Manif
             }
         }
     }
+    Ok(out_steps)
+}
 
+/// The manifest's files with their sizes, digests and related files (a delta's source named by
+/// its hash).
+fn manifest_files(
+    spec: &ManifestSpec,
+    digests: &HashMap<PathBuf, FileDigest>,
+) -> Result<Vec<File>, ManifestError> {
+    let digest = |p: &PathBuf| &digests[p];
     let mut files = Vec::new();
     for f in &spec.files {
         let d = digest(&f.path);
@@ -273,27 +332,7 @@ pub fn build(spec: ManifestSpec, reporter: &dyn Reporter) -> Result<Built, Manif
             extra: Map::new(),
         });
     }
-
-    let manifest = ImportManifest {
-        schema: None,
-        update_id: spec.update_id,
-        description,
-        is_deployable: (!spec.deployable).then_some(false),
-        compatibility: spec.compatibility,
-        instructions: Instructions { steps: out_steps },
-        files,
-        manifest_version: MANIFEST_VERSION.to_owned(),
-        created_date_time: spec.created,
-        extra: Map::new(),
-    };
-
-    let value = serde_json::to_value(&manifest).unwrap_or(Value::Null);
-    let findings = validate::validate_value(&value);
-    if findings.has_errors() {
-        return Err(ManifestError::Invalid(findings));
-    }
-    notices.extend(findings.iter().map(|f| f.to_string()));
-    Ok(Built { manifest, notices })
+    Ok(files)
 }
 
 /// Reads the APT manifest among a step's files and returns `<name>-<version>`.

@@ -50,6 +50,8 @@ pub const SCOPE: &str = "https://api.adu.microsoft.com/.default";
 pub const MAX_IMPORT_ITEMS: usize = crate::limits::MAX_IMPORT_ITEMS;
 /// The most pages a list follows before it suspects a `nextLink` loop.
 const MAX_PAGES: usize = 10_000;
+/// The longest one try of a request may take (a call's deadline may cut it shorter).
+const PER_TRY_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// How requests are authenticated.
 #[derive(Clone)]
@@ -199,7 +201,7 @@ impl AduClient {
         })?;
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(120))
+            .timeout(PER_TRY_TIMEOUT)
             .build()
             .map_err(|e| ServiceError::Transport {
                 url: endpoint.to_owned(),
@@ -208,6 +210,7 @@ impl AduClient {
         let retry = RetryPolicy {
             max_retries: 3,
             initial_delay: Duration::from_secs(1),
+            max_total: crate::retry::DEFAULT_CALL_DEADLINE,
             ..RetryPolicy::default()
         };
         Ok(Self { base, instance: instance.to_owned(), auth, http, retry, notice: None })
@@ -216,6 +219,13 @@ impl AduClient {
     /// The same client with another retry policy.
     pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
         self.retry = retry;
+        self
+    }
+
+    /// The same client with another total deadline per call, retries included
+    /// ([`crate::retry::DEFAULT_CALL_DEADLINE`] unless set).
+    pub fn with_deadline(mut self, deadline: Duration) -> Self {
+        self.retry.max_total = deadline;
         self
     }
 
@@ -273,6 +283,7 @@ impl AduClient {
 
     /// Sends a request, retrying connection failures, 408, 429 and 5xx as the retry policy says
     /// (honouring `Retry-After`); returns status, headers and body, or the service's error.
+    /// The whole call, every try and the body included, ends by the policy's `max_total`.
     async fn send(
         &self,
         method: reqwest::Method,
@@ -281,9 +292,17 @@ impl AduClient {
     ) -> Result<(u16, reqwest::header::HeaderMap, Vec<u8>), ServiceError> {
         let mut attempt = 0u32;
         let started = Instant::now();
+        let host = crate::retry::host_of(&url);
+        let out_of_time = || ServiceError::Transport {
+            url: url.to_string(),
+            message: crate::retry::deadline_exceeded(&host, self.retry.max_total),
+        };
         loop {
             attempt += 1;
-            let mut req = self.http.request(method.clone(), url.clone());
+            // Each try gets what is left of the call's deadline (at most a try's own timeout).
+            let Some(left) = self.retry.remaining(started) else { return Err(out_of_time()) };
+            let mut req =
+                self.http.request(method.clone(), url.clone()).timeout(left.min(PER_TRY_TIMEOUT));
             match &body {
                 Some(b) => {
                     // ADU's PATCH routes take JSON merge patch.
@@ -300,6 +319,9 @@ impl AduClient {
             }
             let req = self.authorize(req).await?;
             let transport = |e: reqwest::Error| {
+                if e.is_timeout() && self.retry.remaining(started).is_none() {
+                    return out_of_time();
+                }
                 let cause = crate::retry::TransportCause::of(&e);
                 ServiceError::Transport {
                     url: url.to_string(),
@@ -783,4 +805,13 @@ fn operation_id_from(
         });
     }
     Ok(id.to_owned())
+}
+
+impl crate::error::ErrorCode for ServiceError {
+    fn code(&self) -> String {
+        match self {
+            ServiceError::Api { error, .. } => error.code.clone(),
+            _ => "service".into(),
+        }
+    }
 }

@@ -201,3 +201,16 @@ impl SignError {
         )
     }
 }
+
+impl crate::error::ErrorCode for SignError {
+    fn code(&self) -> String {
+        self.kind().into()
+    }
+
+    fn io_kind(&self) -> Option<std::io::ErrorKind> {
+        match self {
+            SignError::Io(e) => Some(e.kind()),
+            _ => None,
+        }
+    }
+}

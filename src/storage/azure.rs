@@ -22,12 +22,13 @@ use azure_storage_blob::models::{
     BlockBlobClientStageBlockOptions, BlockListType, BlockLookupList,
 };
 use azure_storage_blob::{
-    BlobContainerClient, BlobContainerClientOptions, BlobServiceClient, BlobServiceClientOptions,
+    BlobClient, BlobContainerClient, BlobContainerClientOptions, BlobServiceClient,
+    BlobServiceClientOptions, BlockBlobClient,
 };
 use futures::StreamExt as _;
 use md5::Digest as _;
 
-use super::sas::{self, AccountKey, Protocol, ServiceSas};
+use super::sas::{self, AccountKey, Protocol, SasUrl, ServiceSas};
 use super::{
     BlobName, BlobStore, ContainerName, Source, StorageError, UploadOptions, Uploaded, block_id,
 };
@@ -208,7 +209,7 @@ impl AzureStore {
                         .into(),
                 )
             })
-            .and_then(|k| AccountKey::from_base64(k).map_err(StorageError::Config))?;
+            .and_then(|k| AccountKey::from_base64(k))?;
         let endpoint = match fields.get("blobendpoint") {
             Some(e) => e.clone(),
             None => {
@@ -222,10 +223,10 @@ impl AzureStore {
     }
 
     /// From a container URL carrying a SAS (`https://ACCOUNT.blob.core.windows.net/C?sv=...`).
-    pub fn from_container_sas_url(url: &str, network: Network) -> Result<Self, StorageError> {
-        let parsed = url::Url::parse(url).map_err(|e| {
-            StorageError::Config(sas::redact(&format!("container SAS URL: {e}"), &[]))
-        })?;
+    pub fn from_container_sas_url(url: &SasUrl, network: Network) -> Result<Self, StorageError> {
+        // url's parse errors never quote the input, so no signature reaches the message.
+        let parsed = url::Url::parse(url.expose())
+            .map_err(|e| StorageError::Config(format!("container SAS URL: {e}")))?;
         let query = parsed.query().unwrap_or_default().to_owned();
         if !query.contains("sig=") {
             return Err(StorageError::Config(
@@ -326,6 +327,69 @@ impl AzureStore {
         };
         BlobContainerClient::new(url, token, Some(options))
             .map_err(|e| self.fail("connect to the container", e))
+    }
+
+    /// The blocks an interrupted upload left staged (uncommitted), by id, with their sizes.
+    async fn staged_blocks(
+        &self,
+        block_blob: &BlockBlobClient,
+        operation: &str,
+    ) -> Result<HashMap<Vec<u8>, u64>, StorageError> {
+        let mut staged = HashMap::new();
+        match block_blob.get_block_list(BlockListType::Uncommitted, None).await {
+            Ok(r) => {
+                let list = r.into_model().map_err(|e| self.fail(operation, e))?;
+                for b in list.uncommitted_blocks.unwrap_or_default() {
+                    if let (Some(name), Some(size)) = (b.name, b.size) {
+                        staged.insert(name, size as u64);
+                    }
+                }
+            }
+            Err(e) if e.http_status().map(u16::from) == Some(404) => {}
+            Err(e) => return Err(self.fail(operation, e)),
+        }
+        Ok(staged)
+    }
+
+    /// Commits the staged blocks in order, with the digest as metadata, then reads back what
+    /// the service holds and refuses anything but `source`'s size and digest.
+    async fn commit_and_check(
+        &self,
+        client: &BlobClient,
+        block_blob: &BlockBlobClient,
+        ids: Vec<Vec<u8>>,
+        blob: &BlobName,
+        source: &Source,
+        op: &(dyn Fn(&str) -> String + Sync),
+    ) -> Result<(), StorageError> {
+        let mut metadata = HashMap::new();
+        metadata.insert("sha256".to_owned(), source.sha256.to_base64());
+        let list = BlockLookupList { latest: Some(ids), ..Default::default() };
+        let body: RequestContent<_, _> =
+            list.try_into().map_err(|e| self.fail(&op("commit"), e))?;
+        let opts = BlockBlobClientCommitBlockListOptions {
+            metadata: Some(metadata),
+            ..Default::default()
+        };
+        block_blob
+            .commit_block_list(body, Some(opts))
+            .await
+            .map_err(|e| self.fail(&op("commit the block list of"), e))?;
+        let p = client
+            .get_properties(None)
+            .await
+            .map_err(|e| self.fail(&op("read the properties of"), e))?;
+        let now = stored(&p);
+        if !now.holds(source) {
+            return Err(StorageError::Integrity {
+                blob: blob.to_string(),
+                reason: format!(
+                    "after commit the blob has {:?} bytes and sha256 {:?}, expected {} bytes and {}",
+                    now.size, now.sha256, source.size, source.sha256
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// Turns an SDK error into a [`StorageError`], naming the missing permission on 403 and
@@ -518,19 +582,7 @@ impl BlobStore for AzureStore {
         let count = source.size.div_ceil(bs);
         let ids: Vec<Vec<u8>> = (0..count).map(|i| block_id(&source.sha256, bs, i)).collect();
         // Blocks an interrupted run staged with the same ids and sizes are kept.
-        let mut staged: HashMap<Vec<u8>, u64> = HashMap::new();
-        match block_blob.get_block_list(BlockListType::Uncommitted, None).await {
-            Ok(r) => {
-                let list = r.into_model().map_err(|e| self.fail(&op("list the blocks of"), e))?;
-                for b in list.uncommitted_blocks.unwrap_or_default() {
-                    if let (Some(name), Some(size)) = (b.name, b.size) {
-                        staged.insert(name, size as u64);
-                    }
-                }
-            }
-            Err(e) if e.http_status().map(u16::from) == Some(404) => {}
-            Err(e) => return Err(self.fail(&op("list the blocks of"), e)),
-        }
+        let staged = self.staged_blocks(&block_blob, &op("list the blocks of")).await?;
         let label = blob.to_string();
         reporter.start(&label, Some(source.size));
         // The file is mapped once: blocks are checksummed and sent straight from the page cache,
@@ -603,36 +655,8 @@ impl BlobStore for AzureStore {
         }
         drop(running);
         source.check_unchanged()?;
-        // Every block is staged: commit them in order, with the digest as metadata.
-        let mut metadata = HashMap::new();
-        metadata.insert("sha256".to_owned(), source.sha256.to_base64());
-        let list = BlockLookupList { latest: Some(ids), ..Default::default() };
-        let body: RequestContent<_, _> =
-            list.try_into().map_err(|e| self.fail(&op("commit"), e))?;
-        let opts = BlockBlobClientCommitBlockListOptions {
-            metadata: Some(metadata),
-            ..Default::default()
-        };
-        block_blob
-            .commit_block_list(body, Some(opts))
-            .await
-            .map_err(|e| self.fail(&op("commit the block list of"), e))?;
+        self.commit_and_check(&client, &block_blob, ids, blob, source, &op).await?;
         reporter.finish(&label);
-        // Read back what the service now holds.
-        let p = client
-            .get_properties(None)
-            .await
-            .map_err(|e| self.fail(&op("read the properties of"), e))?;
-        let now = stored(&p);
-        if !now.holds(source) {
-            return Err(StorageError::Integrity {
-                blob: blob.to_string(),
-                reason: format!(
-                    "after commit the blob has {:?} bytes and sha256 {:?}, expected {} bytes and {}",
-                    now.size, now.sha256, source.size, source.sha256
-                ),
-            });
-        }
         Ok(result)
     }
 

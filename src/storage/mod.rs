@@ -266,6 +266,9 @@ pub const DEFAULT_BLOCK_SIZE: u64 = 8 << 20;
 pub const DEFAULT_CONCURRENCY: usize = 8;
 /// At most this many blocks per blob (Azure's committed-block limit).
 pub const MAX_BLOCKS: u64 = 50_000;
+/// The block sizes otaforge uploads with: 64 KiB (smaller blocks only multiply requests) to
+/// 4000 MiB, Azure's largest block (Put Block, service version 2019-12-12 and later).
+pub const BLOCK_SIZES: std::ops::RangeInclusive<u64> = (64 << 10)..=(4000 << 20);
 
 impl Default for UploadOptions {
     fn default() -> Self {
@@ -422,6 +425,12 @@ pub fn parse_ttl(s: &str) -> Result<Duration, NameError> {
         return Err(err("must be between 1 second and 7 days".to_owned()));
     }
     Ok(d)
+}
+
+impl crate::error::ErrorCode for StorageError {
+    fn code(&self) -> String {
+        self.kind().into()
+    }
 }
 
 #[cfg(test)]

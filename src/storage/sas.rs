@@ -32,12 +32,13 @@ pub struct AccountKey(Vec<u8>);
 
 impl AccountKey {
     /// Decodes a base64 account key.
-    pub fn from_base64(s: &str) -> Result<Self, String> {
+    pub fn from_base64(s: &str) -> Result<Self, super::StorageError> {
+        let bad = |why: &str| super::StorageError::Config(format!("the account key is {why}"));
         let key = base64::engine::general_purpose::STANDARD
             .decode(s.trim())
-            .map_err(|_| "the account key is not base64".to_owned())?;
+            .map_err(|_| bad("not base64"))?;
         if key.is_empty() {
-            return Err("the account key is empty".into());
+            return Err(bad("empty"));
         }
         Ok(Self(key))
     }
@@ -297,6 +298,56 @@ impl ServiceSas {
     }
 }
 
+/// A URL that may carry a SAS: `Display` and `Debug` show it with its `sig` replaced by
+/// `REDACTED`, so it can go into logs, errors and text output as it is; the signed URL itself
+/// comes out only through [`SasUrl::expose`] and `Serialize` (the one place a SAS is printed is
+/// the JSON a user asked for).
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct SasUrl(String);
+
+impl SasUrl {
+    /// The whole URL, signature included: for a request or a document that needs it, never for
+    /// a message.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether the URL carries a SAS signature (a `sig` query parameter).
+    pub fn is_signed(&self) -> bool {
+        url::Url::parse(&self.0).is_ok_and(|u| u.query_pairs().any(|(k, _)| k == "sig"))
+    }
+}
+
+impl From<String> for SasUrl {
+    fn from(url: String) -> Self {
+        Self(url)
+    }
+}
+
+impl std::str::FromStr for SasUrl {
+    type Err = super::StorageError;
+
+    /// An absolute URL (the parse error never quotes it, so no signature leaks through it).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        url::Url::parse(s.trim())
+            .map(|_| Self(s.trim().to_owned()))
+            .map_err(|e| super::StorageError::Config(format!("not a URL: {e}")))
+    }
+}
+
+impl fmt::Display for SasUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&redact(&self.0, &[]))
+    }
+}
+
+impl fmt::Debug for SasUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SasUrl({})", redact(&self.0, &[]))
+    }
+}
+
 /// Compares two secrets (signatures, tokens) without stopping at the first difference.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -356,6 +407,23 @@ mod tests {
         let r = redact(t, &["Eby8vdM02xNOcqFl"]);
         assert_eq!(r, "GET http://h/c/b?sv=1&sig=REDACTED&sp=r failed; key REDACTED");
         assert_eq!(redact("design=x", &[]), "design=x");
+    }
+
+    #[test]
+    fn a_sas_url_shows_no_signature_but_serializes_whole() {
+        let text = "https://a.blob.core.windows.net/c/b?sv=2022-11-02&sp=r&sig=abc%2Bdef%3D";
+        let url: SasUrl = text.parse().unwrap();
+        assert!(url.is_signed());
+        assert_eq!(
+            url.to_string(),
+            "https://a.blob.core.windows.net/c/b?sv=2022-11-02&sp=r&sig=REDACTED"
+        );
+        assert!(!format!("{url:?}").contains("abc"));
+        assert_eq!(serde_json::to_value(&url).unwrap(), text);
+        assert_eq!(url.expose(), text);
+        let e = "not a url?sig=secret".parse::<SasUrl>().unwrap_err();
+        assert!(!e.to_string().contains("secret"), "{e}");
+        assert!(!"https://h/c".parse::<SasUrl>().unwrap().is_signed());
     }
 
     #[test]

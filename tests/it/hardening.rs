@@ -857,6 +857,7 @@ fn serve_on_all_interfaces_prints_a_usable_url_and_the_token_variable() {
         .args(["serve", "--listen", "0.0.0.0:0", "--data-dir"])
         .arg(dir.path().join("data2"))
         .env("OTAFORGE_ADU_TOKEN", token)
+        .env("XDG_CONFIG_HOME", crate::config_home())
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -1255,4 +1256,268 @@ fn half_open_and_idle_connections_are_closed_and_their_number_capped() {
     let t = std::time::Instant::now();
     let _ = c.read_to_end(&mut rest);
     assert!(t.elapsed() < std::time::Duration::from_secs(4), "idle for {:?}", t.elapsed());
+}
+
+// ================================================================================================
+// Hardening, round 2 (issue 28, items 5 and 11 and the total deadline): what a simulated device
+// and the HTTP clients must survive. A device's `fileUrls` are outside the manifest signature,
+// so whoever can write a twin can point a device at an endless body; a garbled update manifest
+// must fail the deployment as the agent fails it, not leave it in progress; a service that
+// accepts the connection and never answers must fail a call within its deadline, naming the
+// host.
+// ================================================================================================
+
+mod round2 {
+    use std::io::Write as _;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::{Duration, Instant};
+
+    use otaforge::fleet::{Failures, Fleet, FleetSpec};
+    use otaforge::iothub::{ConnectionString, IotHubClient};
+    use serde_json::{Map, Value, json};
+
+    use crate::service::Serve;
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+    }
+
+    /// One simulated device (no group, no root keys: the manifest is not signature-checked).
+    fn one_device(serve: &Serve, hub: &ConnectionString, prefix: &str) -> FleetSpec {
+        let mut class = Map::new();
+        class.insert("manufacturer".into(), json!("contoso"));
+        class.insert("model".into(), json!("toaster"));
+        FleetSpec {
+            endpoint: serve.endpoint.clone(),
+            hub: hub.clone(),
+            prefix: prefix.into(),
+            devices: 1,
+            class,
+            group: None,
+            installed: None,
+            failures: Failures::default(),
+            seed: 1,
+            poll: Duration::from_secs(5),
+            parallel: 1,
+            trusted: None,
+            roots: None,
+            edge: false,
+        }
+    }
+
+    /// Writes the desired `deviceUpdate.service` property of a device's twin, as whoever holds
+    /// the hub's service credential can.
+    async fn desire(serve: &Serve, hub: &ConnectionString, device: &str, service: Value) {
+        let body =
+            json!({"properties": {"desired": {"deviceUpdate": {"__t": "c", "service": service}}}});
+        let resp = reqwest::Client::new()
+            .patch(format!("{}/twins/{device}?api-version=2021-04-12", serve.endpoint))
+            .header("authorization", hub.token(Duration::from_secs(600)))
+            .header("content-type", "application/json")
+            .header("if-match", "*")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success(), "{}", resp.status());
+    }
+
+    /// The agent properties a device reported.
+    async fn agent(hub: &ConnectionString, device: &str) -> Value {
+        let twin = IotHubClient::new(hub.clone()).unwrap().get_twin(device).await.unwrap();
+        twin.properties.reported["deviceUpdate"]["agent"].clone()
+    }
+
+    fn erc(bits: u32) -> i64 {
+        i64::from(bits as i32)
+    }
+
+    /// A loopback server that answers every request with an endless chunked body, 64 KiB at a
+    /// time, and stops after 64 MiB; counts what it sent.
+    struct Endless {
+        url: String,
+        sent: Arc<AtomicU64>,
+    }
+
+    impl Endless {
+        const CAP: u64 = 64 << 20;
+
+        fn start() -> Self {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let url = format!("http://{}/fw.bin", listener.local_addr().unwrap());
+            let sent = Arc::new(AtomicU64::new(0));
+            let count = sent.clone();
+            std::thread::spawn(move || {
+                for conn in listener.incoming() {
+                    let Ok(mut conn) = conn else { return };
+                    crate::read_request_path(&mut conn);
+                    let count = count.clone();
+                    std::thread::spawn(move || {
+                        let head = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
+                        if conn.write_all(head.as_bytes()).is_err() {
+                            return;
+                        }
+                        let chunk = vec![7u8; 64 << 10];
+                        while count.load(Ordering::SeqCst) < Self::CAP {
+                            let framed =
+                                [format!("{:x}\r\n", chunk.len()).as_bytes(), &chunk, b"\r\n"]
+                                    .concat();
+                            if conn.write_all(&framed).is_err() {
+                                return;
+                            }
+                            count.fetch_add(chunk.len() as u64, Ordering::SeqCst);
+                        }
+                    });
+                }
+            });
+            Endless { url, sent }
+        }
+    }
+
+    #[test]
+    fn a_device_stops_an_endless_download_at_size_in_bytes_and_reports_the_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let serve = Serve::start(&data, None);
+        let hub = crate::hub_connection(&data);
+        let endless = Endless::start();
+        let payload = vec![7u8; 1000];
+        let manifest = json!({
+            "manifestVersion": "5",
+            "updateId": {"provider": "contoso", "name": "toaster", "version": "6.6"},
+            "compatibility": [{"manufacturer": "contoso", "model": "toaster"}],
+            "files": {"f1": {"fileName": "fw.bin", "sizeInBytes": 1000,
+                             "hashes": {"sha256": otaforge::Sha256::digest(&payload).to_base64()}}},
+        });
+        runtime().block_on(async {
+            let fleet = Fleet::register(one_device(&serve, &hub, "endless")).await.unwrap();
+            let service = json!({
+                "workflow": {"action": 3, "id": "endless-1"},
+                "updateManifest": manifest.to_string(),
+                "fileUrls": {"f1": endless.url},
+            });
+            desire(&serve, &hub, "endless-0000", service).await;
+            let t = fleet.run(Duration::from_secs(30), &|t| t.installed + t.failed > 0).await;
+            assert_eq!((t.as_ref().unwrap().installed, t.unwrap().failed), (0, 1));
+            let agent = agent(&hub, "endless-0000").await;
+            assert_eq!(agent["state"], 255, "{agent}");
+            let last = &agent["lastInstallResult"];
+            assert_eq!(last["resultCode"], 0, "{agent}");
+            assert_eq!(last["extendedResultCode"], erc(0x8010_0001), "{agent}");
+            assert!(last["resultDetails"].as_str().unwrap().contains("sizeInBytes"), "{agent}");
+            assert_eq!(agent["workflow"]["id"], "endless-1");
+        });
+        // The device hung up after the first piece; only what the socket buffers held was sent.
+        let sent = endless.sent.load(Ordering::SeqCst);
+        assert!(sent < 16 << 20, "the device read {sent} bytes of a 1000-byte file");
+    }
+
+    #[test]
+    fn a_garbled_update_manifest_fails_the_deployment_with_the_agents_code() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let serve = Serve::start(&data, None);
+        let hub = crate::hub_connection(&data);
+        runtime().block_on(async {
+            let fleet = Fleet::register(one_device(&serve, &hub, "garbled")).await.unwrap();
+            let service = json!({
+                "workflow": {"action": 3, "id": "garbled-1"},
+                "updateManifest": "{\"updateId\": {\"provider\": \"contoso\", ",
+                "fileUrls": {},
+            });
+            desire(&serve, &hub, "garbled-0000", service).await;
+            let t = fleet.run(Duration::from_secs(20), &|t| t.installed + t.failed > 0).await;
+            let t = t.unwrap();
+            assert_eq!((t.installed, t.failed), (0, 1), "no report for a garbled manifest");
+            let agent = agent(&hub, "garbled-0000").await;
+            assert_eq!(agent["state"], 255, "{agent}");
+            let last = &agent["lastInstallResult"];
+            assert_eq!(last["resultCode"], 0, "{agent}");
+            // ADUC_ERC_UTILITIES_UPDATE_DATA_PARSER_BAD_UPDATE_MANIFEST.
+            assert_eq!(last["extendedResultCode"], erc(0x8030_0009), "{agent}");
+            assert!(last["resultDetails"].as_str().unwrap().contains("not JSON"), "{agent}");
+            assert_eq!(agent["workflow"]["id"], "garbled-1", "{agent}");
+        });
+    }
+
+    /// A loopback port that accepts connections and never answers.
+    fn silent_port() -> u16 {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for conn in listener.incoming() {
+                held.push(conn);
+            }
+        });
+        port
+    }
+
+    #[test]
+    fn a_service_that_never_answers_fails_each_call_within_its_deadline_naming_the_host() {
+        let port = silent_port();
+        let host = format!("127.0.0.1:{port}");
+        let rt = runtime();
+        // The Device Update client: every try is cut to what is left of the call's deadline.
+        let policy = otaforge::retry::RetryPolicy {
+            max_total: Duration::from_secs(2),
+            ..otaforge::retry::RetryPolicy::default()
+        };
+        let adu = otaforge::service::AduClient::new(
+            &format!("http://{host}"),
+            "default",
+            otaforge::service::Auth::None,
+        )
+        .unwrap()
+        .with_retry(policy);
+        let started = Instant::now();
+        let err = rt.block_on(adu.list_updates()).unwrap_err();
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(10), "the call took {took:?}");
+        let message = err.to_string();
+        assert!(message.contains(&host) && message.contains("within 2s"), "{message}");
+
+        // The IoT Hub client the same way, the answer's body included.
+        let key = otaforge::iothub::sas::SasKey::from_base64(&"A".repeat(44)).unwrap();
+        let conn = ConnectionString::new(&host, "iothubowner", key, true);
+        let hub = IotHubClient::new(conn).unwrap().with_deadline(Duration::from_secs(2));
+        let started = Instant::now();
+        let err = rt.block_on(hub.get_twin("d1")).unwrap_err();
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(10), "the call took {took:?}");
+        let message = err.to_string();
+        assert!(message.contains(&host) && message.contains("within 2s"), "{message}");
+    }
+
+    #[test]
+    fn the_command_line_gives_every_call_the_request_timeout() {
+        let port = silent_port();
+        let host = format!("127.0.0.1:{port}");
+        let dir = tempfile::tempdir().unwrap();
+        let conn = dir.path().join("hub");
+        let key = "A".repeat(44);
+        let text = format!(
+            "HostName={host};SharedAccessKeyName=iothubowner;SharedAccessKey={key};UseHttp=true"
+        );
+        fs_err::write(&conn, text).unwrap();
+        let conn = conn.display().to_string();
+        let endpoint = format!("http://{host}");
+        for args in [
+            &["update", "list", "--endpoint", &endpoint, "--instance", "i"][..],
+            &["group", "tag", "d1", "--group", "lab", "--iothub-connection-file", &conn],
+        ] {
+            let started = Instant::now();
+            let out = crate::otaforge()
+                .args(["--format", "json", "--request-timeout", "2s"])
+                .args(args)
+                .output()
+                .unwrap();
+            let took = started.elapsed();
+            assert!(took < Duration::from_secs(10), "{args:?} took {took:?}");
+            assert_eq!(out.status.code(), Some(2), "{args:?}");
+            let message = crate::stdout_json(&out)["message"].as_str().unwrap().to_owned();
+            assert!(message.contains(&host) && message.contains("within 2s"), "{message}");
+        }
+    }
 }

@@ -23,11 +23,25 @@ mod storage;
 
 use std::path::{Path, PathBuf};
 
-/// The `otaforge` binary with a clean, deterministic environment.
+/// The `otaforge` binary with a clean, deterministic environment: a config directory of its
+/// own (see [`config_home`]) and no context named by the environment.
 pub fn otaforge() -> assert_cmd::Command {
     let mut cmd = assert_cmd::Command::cargo_bin("otaforge").expect("otaforge binary");
     cmd.env("CI", "1").env_remove("SOURCE_DATE_EPOCH").env_remove("NO_COLOR");
+    cmd.env("XDG_CONFIG_HOME", config_home()).env_remove("OTAFORGE_CONTEXT");
     cmd
+}
+
+/// A config directory for one `otaforge` process (`XDG_CONFIG_HOME`): a fresh path under the
+/// test target's temp dir, created only if the process writes a context (`serve` does). Tests
+/// never touch the user's own contexts, and a serve started by one test never becomes the
+/// current context of a command in another.
+pub fn config_home() -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("config-homes")
+        .join(format!("{}-{n}", std::process::id()))
 }
 
 /// Runs `tests/python/SCRIPT` with `args` (an official SDK driving serve), fails the test with

@@ -109,6 +109,7 @@ impl Serve {
             .args(["--format", "json", "serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data)
             .env_remove("OTAFORGE_ADU_TOKEN")
+            .env("XDG_CONFIG_HOME", crate::config_home())
             .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap();

@@ -42,7 +42,7 @@ impl Serve {
         let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("otaforge"));
         cmd.args(["--format", "json", "serve", "--listen", listen, "--data-dir"]).arg(data);
         cmd.args(extra);
-        cmd.env_remove("OTAFORGE_ADU_TOKEN");
+        cmd.env_remove("OTAFORGE_ADU_TOKEN").env("XDG_CONFIG_HOME", crate::config_home());
         if let Some(t) = token {
             cmd.args(["--token", t]);
         }

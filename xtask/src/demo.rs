@@ -14,7 +14,15 @@ use std::process::Command;
 
 use anyhow::{Context as _, bail};
 
-/// `otaforge serve` in the background, stopped when dropped.
+/// Where the demo's commands keep their contexts (`XDG_CONFIG_HOME`): beside their data, never
+/// in the user's config directory, so a demo's serve does not stay the user's current context
+/// after the demo has stopped it.
+pub(crate) fn config_home() -> std::path::PathBuf {
+    crate::target_dir().join("demo").join("config")
+}
+
+/// `otaforge serve` in the background, stopped when dropped. It records itself as the current
+/// context (in `config/` beside its data dir), so the commands that follow name no endpoint.
 pub(crate) struct Serve {
     pub(crate) child: std::process::Child,
     pub(crate) endpoint: String,
@@ -25,9 +33,11 @@ impl Serve {
     pub(crate) fn start(bin: &Path, data: &Path) -> anyhow::Result<Self> {
         use std::io::BufRead as _;
         println!("\n$ otaforge serve --listen 127.0.0.1:0 --data-dir {} &", data.display());
+        let config = data.parent().map_or_else(config_home, |p| p.join("config"));
         let mut child = Command::new(bin)
             .args(["--format", "json", "serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data)
+            .env("XDG_CONFIG_HOME", config)
             .stdout(std::process::Stdio::piped())
             .spawn()
             .context("starting otaforge serve")?;
@@ -53,6 +63,7 @@ pub(crate) fn otaforge(bin: &Path, args: &[&str], expect: i32) -> anyhow::Result
     let status = Command::new(bin)
         .args(args)
         .env("SOURCE_DATE_EPOCH", "1700000000")
+        .env("XDG_CONFIG_HOME", config_home())
         .status()
         .with_context(|| format!("cannot run {}", bin.display()))?;
     if status.code() != Some(expect) {
@@ -63,8 +74,9 @@ pub(crate) fn otaforge(bin: &Path, args: &[&str], expect: i32) -> anyhow::Result
 
 /// Past import: the toaster release deployed to a simulated fleet in two groups. `kitchen`
 /// (150 devices on 1.1) takes 1.2 through the signed delta; `canary` (100 devices) has injected
-/// install failures, so its cloud rollback to 1.1 starts; then compliance.
-fn deploy(bin: &Path, serve: &Serve, w: &dyn Fn(&str) -> String, out: &str) -> anyhow::Result<()> {
+/// install failures, so its cloud rollback to 1.1 starts; then compliance. `_serve` runs, and
+/// its context is current: no command names an endpoint.
+fn deploy(bin: &Path, _serve: &Serve, w: &dyn Fn(&str) -> String, out: &str) -> anyhow::Result<()> {
     println!("\n# The release before (1.1), to roll back to:");
     otaforge(
         bin,
@@ -90,24 +102,16 @@ fn deploy(bin: &Path, serve: &Serve, w: &dyn Fn(&str) -> String, out: &str) -> a
         ],
         0,
     )?;
-    let adu = ["--endpoint", serve.endpoint.as_str(), "--instance", "default"];
+    // serve's context gives every command below its endpoint, instance, IoT Hub and root key.
     let v11 = w("contoso.toaster.1.1.importmanifest.json");
-    let mut import = vec!["import", v11.as_str()];
-    import.extend(adu);
-    otaforge(bin, &import, 0)?;
+    otaforge(bin, &["import", v11.as_str()], 0)?;
 
     println!("\n# A simulated fleet: 150 devices in group kitchen, 100 in canary, all on 1.1:");
-    let hub = serve.data.join("iothub.connection-string").display().to_string();
     let (image, key) = (w("image-1.1.swu"), w("release.pub.pem"));
-    let root = serve.data.join("update-root.jwk.json").display().to_string();
     let fleet = |group: &str, devices: &str, fail: &str, run_for: &str| -> Vec<String> {
         [
             "fleet",
             "run",
-            "--endpoint",
-            &serve.endpoint,
-            "--iothub-connection-file",
-            &hub,
             "--devices",
             devices,
             "--prefix",
@@ -122,8 +126,6 @@ fn deploy(bin: &Path, serve: &Serve, w: &dyn Fn(&str) -> String, out: &str) -> a
             &image,
             "--verify-key",
             &key,
-            "--root-key",
-            &root,
             "--fail",
             fail,
             "--seed",
@@ -140,16 +142,15 @@ fn deploy(bin: &Path, serve: &Serve, w: &dyn Fn(&str) -> String, out: &str) -> a
     };
     run(fleet("kitchen", "150", "install=0", "1s"))?;
     run(fleet("canary", "100", "install=0.5", "1s"))?;
-    let mut groups = vec!["group", "list"];
-    groups.extend(adu);
-    otaforge(bin, &groups, 0)?;
+    otaforge(bin, &["group", "list"], 0)?;
 
     println!("\n# Deploy 1.2 to both; canary rolls back to 1.1 when 10 devices and 20 % failed:");
-    let mut create =
-        vec!["deploy", "create", "kitchen", "contoso/toaster/1.2", "--id", "kitchen-1-2"];
-    create.extend(adu);
-    otaforge(bin, &create, 0)?;
-    let mut create = vec![
+    otaforge(
+        bin,
+        &["deploy", "create", "kitchen", "contoso/toaster/1.2", "--id", "kitchen-1-2"],
+        0,
+    )?;
+    let create = [
         "deploy",
         "create",
         "canary",
@@ -163,22 +164,15 @@ fn deploy(bin: &Path, serve: &Serve, w: &dyn Fn(&str) -> String, out: &str) -> a
         "--rollback-failed-count",
         "10",
     ];
-    create.extend(adu);
     otaforge(bin, &create, 0)?;
     run(fleet("kitchen", "150", "install=0", "6s"))?;
     run(fleet("canary", "100", "install=0.5", "6s"))?;
     for (group, id) in [("kitchen", "kitchen-1-2"), ("canary", "canary-1-2")] {
-        let mut status = vec!["deploy", "status", group, id];
-        status.extend(adu);
-        otaforge(bin, &status, 0)?;
+        otaforge(bin, &["deploy", "status", group, id], 0)?;
     }
-    let mut list = vec!["deploy", "list", "canary"];
-    list.extend(adu);
-    otaforge(bin, &list, 0)?;
+    otaforge(bin, &["deploy", "list", "canary"], 0)?;
     for group in ["kitchen", "canary"] {
-        let mut compliance = vec!["compliance", "--group", group];
-        compliance.extend(adu);
-        otaforge(bin, &compliance, 0)?;
+        otaforge(bin, &["compliance", "--group", group], 0)?;
     }
     Ok(())
 }
@@ -200,10 +194,11 @@ fn firmware(len: usize, edits: &[(usize, usize)]) -> Vec<u8> {
     v
 }
 
-/// A simulated fleet in the background: `n` devices in `group` running 1.1.0.
+/// A simulated fleet in the background: `n` devices in `group` running 1.1.0, against `_serve`
+/// (its context is current).
 fn fleet(
     bin: &Path,
-    serve: &Serve,
+    _serve: &Serve,
     group: &str,
     n: &str,
     image: &Path,
@@ -213,13 +208,14 @@ fn fleet(
         "
 $ otaforge fleet run --group {group} --devices {n} --installed contoso/toaster/1.1.0 --fail {fail} ... &"
     );
+    // serve's context names the endpoint, the hub and the root key.
     Ok(Command::new(bin)
-        .args(["fleet", "run", "--endpoint", &serve.endpoint, "--devices", n, "--prefix", group])
+        .args(["fleet", "run", "--devices", n, "--prefix", group])
         .args(["--group", group, "--class", "manufacturer=contoso,model=toaster"])
         .args(["--installed", "contoso/toaster/1.1.0", "--image"])
         .arg(image)
-        .args(["--fail", fail, "--for", "300s", "--iothub-connection-file"])
-        .arg(serve.data.join("iothub.connection-string"))
+        .args(["--fail", fail, "--for", "300s"])
+        .env("XDG_CONFIG_HOME", config_home())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()?)
@@ -250,6 +246,7 @@ $ otaforge {}",
             .current_dir(&repo)
             .args(args)
             .env("SOURCE_DATE_EPOCH", "1700000000")
+            .env("XDG_CONFIG_HOME", config_home())
             .status()?;
         if status.code() != Some(expect) {
             bail!("otaforge {} exited with {status}, expected {expect}", args.join(" "));
@@ -278,16 +275,8 @@ $ otaforge {}",
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
         let out = Command::new(bin)
-            .args([
-                "--format",
-                "json",
-                "group",
-                "list",
-                "--endpoint",
-                &serve.endpoint,
-                "--instance",
-                "default",
-            ])
+            .args(["--format", "json", "group", "list"])
+            .env("XDG_CONFIG_HOME", config_home())
             .output()?;
         let text = String::from_utf8_lossy(&out.stdout);
         if text.contains("\"canary\"") && text.contains("\"fleet\"") {
@@ -562,20 +551,14 @@ pub(crate) fn run() -> anyhow::Result<()> {
 
     println!("\n# The embedded Device Update service: start it, import, wait, list (no cloud):");
     let serve = Serve::start(&bin, &work.join("serve"))?;
-    // No storage options: import uploads into serve's own store.
-    let adu = ["--endpoint", serve.endpoint.as_str(), "--instance", "default"];
-    let mut import = vec!["import", manifests[0].as_str()];
-    import.extend(adu);
-    otaforge(&bin, &import, 0)?;
-    let mut import =
-        vec!["import", manifests[1].as_str(), manifests[2].as_str(), manifests[3].as_str()];
-    import.extend(adu);
+    // No storage options: import uploads into serve's own store; no --endpoint or --instance:
+    // serve recorded itself as the current context.
+    otaforge(&bin, &["import", manifests[0].as_str()], 0)?;
+    let import = ["import", manifests[1].as_str(), manifests[2].as_str(), manifests[3].as_str()];
     otaforge(&bin, &import, 0)?;
     println!("\n# Importing the same release again is reported, not failed:");
     otaforge(&bin, &import, 0)?;
-    let mut list = vec!["update", "list"];
-    list.extend(adu);
-    otaforge(&bin, &list, 0)?;
+    otaforge(&bin, &["update", "list"], 0)?;
     deploy(&bin, &serve, &w, &out)?;
     drop(serve);
 

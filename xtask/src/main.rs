@@ -6,6 +6,9 @@
 //!   ones `#[ignore]`d for needing a tool, the official-schema check of every manifest the tests
 //!   produced, and hash interop with openssl and sha256sum.
 //! - `demo`: the README's run command, a walkthrough on the payloads in `testdata/`.
+//! - `tidy`: house rules read from the source (environment names, the help's environment
+//!   list, `Result<_, String>` in the library, function length, `#[ignore]` reasons); `ci`
+//!   runs it after clippy.
 //! - `schema [DIR...]`: checks import manifests against the official JSON schemas in
 //!   `../shared/schemas` (or `$OTAFORGE_SHARED/schemas`).
 //! - `bench hash`: otaforge hash vs openssl and sha256sum, side by side.
@@ -32,6 +35,7 @@ mod bench_upload;
 mod demo;
 mod deny;
 mod schema;
+mod tidy;
 mod tools;
 
 use std::path::{Path, PathBuf};
@@ -44,6 +48,7 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     match args.as_slice() {
         ["ci"] => ci(),
+        ["tidy"] => tidy::run(),
         ["azurite", rest @ ..] => azurite::serve(rest),
         ["demo"] => demo::run(),
         ["deny"] => tools::provision().and_then(|()| deny::run()).map(drop),
@@ -60,6 +65,7 @@ fn main() -> anyhow::Result<()> {
             eprintln!(
                 "usage: cargo xtask <task>\n\n\
                  tasks:\n  ci                 format, clippy, tests, official-schema and interop checks\n  \
+                 tidy               house rules: env names, help, error types, function length, #[ignore]\n  \
                  deny               cargo deny: licences, duplicate versions, sources, advisories\n  \
                  demo               build and validate sample updates from testdata (no cloud)\n  \
                  azurite [PORT]     install (npm, pinned) and run Azurite for the storage tests\n  \
@@ -135,6 +141,7 @@ fn ci() -> anyhow::Result<()> {
     let mut clippy = cargo();
     clippy.args(["clippy", "--workspace", "--all-targets", "--quiet", "--", "-D", "warnings"]);
     run(clippy)?;
+    tidy::run()?;
     let advisories = deny::run()?;
 
     // The tests write every manifest they produce here, so the schema step sees real output.

@@ -13,7 +13,7 @@ use otaforge::iothub::config::Configuration;
 use otaforge::iothub::query::metric_condition;
 use serde_json::{Value, json};
 
-use super::super::group::HubArgs;
+use super::super::args::HubArgs;
 use super::super::output::Failure;
 use super::super::{Outcome, Output};
 
@@ -185,7 +185,7 @@ pub(super) fn run(
     rt: &tokio::runtime::Runtime,
     out: &Output,
 ) -> anyhow::Result<Outcome> {
-    let hub = a.hub.client()?;
+    let hub = a.hub.client(out)?;
     if !a.watch {
         let s = rt.block_on(snapshot(&hub, &a.id))?;
         if out.json() {
