@@ -14,6 +14,7 @@ mod hardening;
 mod hash;
 mod iothub;
 mod management;
+mod management_sdk;
 mod manifest;
 mod pipeline;
 mod release;

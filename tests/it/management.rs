@@ -10,14 +10,14 @@ use serde_json::{Map, Value, json};
 
 use crate::service::{Serve, import, make_update};
 
-const TOKEN: &str = "management-token-0123456";
+pub(crate) const TOKEN: &str = "management-token-0123456";
 
-fn rt() -> tokio::runtime::Runtime {
+pub(crate) fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
 }
 
 /// A device's agent reporting itself as ADU agents do (adu.md §5.1).
-fn agent_report(model: &str, installed: Option<&str>) -> Value {
+pub(crate) fn agent_report(model: &str, installed: Option<&str>) -> Value {
     let mut agent = json!({
         "deviceProperties": {
             "manufacturer": "contoso", "model": model,
@@ -34,13 +34,13 @@ fn agent_report(model: &str, installed: Option<&str>) -> Value {
 }
 
 /// `serve`'s IoT Hub client.
-fn hub(data: &std::path::Path) -> IotHubClient {
+pub(crate) fn hub(data: &std::path::Path) -> IotHubClient {
     let conn: ConnectionString = crate::hub_connection(data);
     IotHubClient::new(conn).unwrap()
 }
 
 /// A device's own report (with its own key), as its agent would send it.
-async fn report(serve: &Serve, data: &std::path::Path, id: &str, reported: &Value) {
+pub(crate) async fn report(serve: &Serve, data: &std::path::Path, id: &str, reported: &Value) {
     let host = serve.endpoint.trim_start_matches("http://").to_owned();
     let identity = hub(data).get_device(id).await.unwrap();
     let key = SasKey::from_base64(
@@ -62,7 +62,7 @@ async fn report(serve: &Serve, data: &std::path::Path, id: &str, reported: &Valu
 }
 
 /// Registers devices (id, model, installed version, group) in `serve`, each reporting as an agent.
-fn register(
+pub(crate) fn register(
     serve: &Serve,
     data: &std::path::Path,
     devices: &[(&str, &str, Option<&str>, Option<&str>)],
@@ -83,7 +83,7 @@ fn register(
     });
 }
 
-fn fleet(serve: &Serve, data: &std::path::Path) {
+pub(crate) fn fleet(serve: &Serve, data: &std::path::Path) {
     register(
         serve,
         data,
