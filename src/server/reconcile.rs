@@ -144,11 +144,14 @@ async fn reconcile_devices(
     let mut patches = Vec::new();
     for dev in view.devices.iter().filter(|x| x.device.group_id.as_deref() == Some(group)) {
         let class = &dev.device.device_class_id;
-        if !d.device_class_subgroups.iter().flatten().any(|c| c == class) {
+        let actions = current.subgroups.get(class).cloned().unwrap_or_default();
+        // A deleted subgroup is no longer the deployment's, but its devices are still told
+        // to stop.
+        if !actions.deleted && !d.device_class_subgroups.iter().flatten().any(|c| c == class) {
             continue;
         }
-        let actions = current.subgroups.get(class).cloned().unwrap_or_default();
-        let action = if actions.canceled || current.state == DeploymentState::Canceled {
+        let stop = actions.canceled || actions.deleted;
+        let action = if stop || current.state == DeploymentState::Canceled {
             ACTION_CANCEL
         } else {
             ACTION_PROCESS

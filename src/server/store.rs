@@ -79,6 +79,11 @@ pub const MIGRATIONS: &[Migration] = &[
         what: "module twins, and the Edge deployments each device was last given",
         apply: modules::migrate_8,
     },
+    Migration {
+        version: 9,
+        what: "device import operations and log collections",
+        apply: management::migrate_9,
+    },
 ];
 
 fn migrate_7(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
@@ -211,6 +216,10 @@ pub struct SubgroupActions {
     /// How many times it was retried.
     #[serde(default)]
     pub retry_count: u64,
+    /// Deleted (`DELETE …/deviceClassSubgroups/{c}/deployments/{d}`): gone from the
+    /// deployment's subgroups, and its devices told to stop, as when canceled.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
 }
 
 fn migrate_3(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
@@ -436,6 +445,7 @@ fn id_params(id: &UpdateId) -> (String, String, String) {
     (id.provider().to_owned(), id.name().to_owned(), id.version().to_string())
 }
 
+mod management;
 mod modules;
 
 /// The store.
@@ -880,10 +890,18 @@ impl Store {
         let Some(row) = row else { return Ok(None) };
         let mut d = stored(row)?;
         act(d.subgroups.entry(class_id.to_owned()).or_default());
+        let gone = |c: &String| d.subgroups.get(c).is_some_and(|s| s.deleted);
+        let kept: Vec<String> = d
+            .deployment
+            .device_class_subgroups
+            .iter()
+            .flatten()
+            .filter(|c| !gone(c))
+            .cloned()
+            .collect();
+        d.deployment.device_class_subgroups = Some(kept);
         let classes: Vec<&String> = d.deployment.device_class_subgroups.iter().flatten().collect();
-        if !classes.is_empty()
-            && classes.iter().all(|c| d.subgroups.get(*c).is_some_and(|s| s.canceled))
-        {
+        if classes.iter().all(|c| d.subgroups.get(*c).is_some_and(|s| s.canceled)) {
             d.state = DeploymentState::Canceled;
             d.deployment.is_canceled = Some(true);
         }

@@ -21,6 +21,8 @@
 //! (`crate::pipeline`) drives, implemented here by [`AduClient`].
 
 pub mod agent;
+pub mod diagnostics;
+mod management;
 pub mod model;
 
 use std::sync::Arc;
@@ -713,11 +715,11 @@ impl AduClient {
             .map(drop)
     }
 
-    /// The best update of each device class of a group, with how many devices it has.
+    /// The best update of each device-class subgroup of a group, with how many devices it has.
     pub async fn best_updates(
         &self,
         group_id: &str,
-    ) -> Result<Vec<serde_json::Value>, ServiceError> {
+    ) -> Result<Vec<model::SubgroupBestUpdate>, ServiceError> {
         self.list_paged(self.management(&["groups", group_id, "bestUpdates"])).await
     }
 

@@ -73,6 +73,8 @@ macro_rules! string_enum {
     };
 }
 
+pub(crate) use string_enum;
+
 /// One page of a list (`value` + `nextLink`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -697,6 +699,24 @@ pub struct DeviceClassSubgroup {
     /// Its active deployment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deployment_id: Option<String>,
+    /// Fields this version does not know.
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// `DeviceClassSubgroupUpdatableDevices`: the best update of a subgroup (a group's devices of
+/// one class) and how many devices it is applicable to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SubgroupBestUpdate {
+    /// Group id.
+    pub group_id: String,
+    /// Class id.
+    pub device_class_id: String,
+    /// The update.
+    pub update: UpdateInfo,
+    /// Devices of the subgroup (the update fits their class).
+    pub device_count: u64,
     /// Fields this version does not know.
     #[serde(flatten)]
     pub extra: Extra,

@@ -36,16 +36,18 @@ fn fixture(serve: &Serve, dir: &std::path::Path) -> std::path::PathBuf {
 #[test]
 #[ignore = "needs PyPI azure-iot-deviceupdate: cargo xtask ci provisions it"]
 fn the_official_python_sdk_reaches_every_route_in_both_api_versions() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let serve = Serve::start(&data, Some(TOKEN));
-    fleet(&serve, &data);
-    let m = make_update(dir.path(), "toaster", "1.1", b"1.1");
-    let (code, out, err) = import(&serve, &[&m], Some(TOKEN));
-    assert_eq!(code, 0, "{out} {err}");
-    let fixture = fixture(&serve, dir.path());
-    let host = serve.endpoint.trim_start_matches("http://").to_owned();
+    // A serve of its own per api-version: the script deletes what it made, and each run
+    // should find the same fixture.
     for version in otaforge::service::SUPPORTED_API_VERSIONS {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let serve = Serve::start(&data, Some(TOKEN));
+        fleet(&serve, &data);
+        let m = make_update(dir.path(), "toaster", "1.1", b"1.1");
+        let (code, out, err) = import(&serve, &[&m], Some(TOKEN));
+        assert_eq!(code, 0, "{out} {err}");
+        let fixture = fixture(&serve, dir.path());
+        let host = serve.endpoint.trim_start_matches("http://").to_owned();
         let got: Value = crate::python_json(
             "adu_sdk_coverage.py",
             &[
@@ -61,4 +63,288 @@ fn the_official_python_sdk_reaches_every_route_in_both_api_versions() {
         assert_eq!((got["covered"].as_u64(), got["total"].as_u64()), (Some(50), Some(50)), "{got}");
         assert_eq!(got["missing"], json!([]), "{version}");
     }
+}
+
+/// A device's own request (its SAS token) to `path` under serve, as its agent would send it.
+async fn as_device(
+    serve: &Serve,
+    data: &std::path::Path,
+    id: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<&Value>,
+) -> reqwest::Response {
+    use otaforge::iothub::sas::{SasKey, token};
+    let host = serve.endpoint.trim_start_matches("http://").to_owned();
+    let identity = crate::management::hub(data).get_device(id).await.unwrap();
+    let key = SasKey::from_base64(
+        identity["authentication"]["symmetricKey"]["primaryKey"].as_str().unwrap(),
+    )
+    .unwrap();
+    let auth = token(&format!("{host}/devices/{id}"), &key, None, crate::token_expiry());
+    let mut req = reqwest::Client::new()
+        .request(method, format!("{}{path}", serve.endpoint))
+        .header("authorization", auth);
+    if let Some(b) = body {
+        req = req.header("content-type", "application/json").body(b.to_string());
+    }
+    req.send().await.unwrap()
+}
+
+fn client(serve: &Serve) -> AduClient {
+    AduClient::new(&serve.endpoint, "default", Auth::Static(TOKEN.into())).unwrap()
+}
+
+/// `(status, code)` of a refusal.
+fn refused(e: otaforge::service::ServiceError) -> (u16, String) {
+    match e {
+        otaforge::service::ServiceError::Api { status, error, .. } => (status, error.code.clone()),
+        other => panic!("{other}"),
+    }
+}
+
+#[test]
+fn subgroups_follow_their_devices_and_deployments_and_keep_history_until_deleted() {
+    use otaforge::service::model::{Deployment, SubgroupDeploymentState};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let serve = Serve::start(&data, Some(TOKEN));
+    fleet(&serve, &data);
+    for v in ["1.0", "1.1"] {
+        let m = make_update(dir.path(), "toaster", v, v.as_bytes());
+        assert_eq!(import(&serve, &[&m], Some(TOKEN)).0, 0);
+    }
+    let c = client(&serve);
+    let hub = crate::management::hub(&data);
+    rt().block_on(async {
+        let subgroups = c.list_subgroups("kitchen").await.unwrap();
+        let counts: Vec<Option<u64>> = subgroups.iter().map(|s| s.device_count).collect();
+        assert_eq!(counts, [Some(2), Some(1)], "toasters t1 t2, then the kettle");
+        let toaster = subgroups[0].device_class_id.clone();
+        let kettle = subgroups[1].device_class_id.clone();
+        let filtered = c.list_paged::<Value>({
+            let mut u = c.url(&["management", "groups", "kitchen", "deviceClassSubgroups"]);
+            u.query_pairs_mut().append_pair("filter", "compatProperties/model eq 'kettle'");
+            u
+        });
+        let filtered = filtered.await.unwrap();
+        assert_eq!(filtered.len(), 1);
+        assert_eq!(filtered[0]["deviceClassId"], kettle.as_str());
+        let compliance = c.subgroup_compliance("kitchen", &toaster).await.unwrap();
+        assert_eq!(
+            (compliance.total_device_count, compliance.on_latest_update_device_count),
+            (2, 1)
+        );
+        let best = c.subgroup_best_update("kitchen", &toaster).await.unwrap().unwrap();
+        assert_eq!(
+            (best.update.update_id.to_string(), best.device_count),
+            ("contoso/toaster/1.1".to_owned(), 2)
+        );
+        assert!(
+            c.subgroup_best_update("kitchen", &kettle).await.unwrap().is_none(),
+            "nothing fits the kettle"
+        );
+        assert!(c.get_subgroup("kitchen", "no-such-class").await.unwrap().is_none());
+        assert!(c.get_subgroup("garage", &toaster).await.unwrap().is_none());
+
+        // A deployment: the subgroup names it, lists it, and has its own status.
+        let d: Deployment = serde_json::from_value(json!({
+            "deploymentId": "d1", "groupId": "kitchen", "startDateTime": "2026-11-29T00:00:00Z",
+            "update": {"updateId": {"provider": "contoso", "name": "toaster", "version": "1.1"}}}))
+        .unwrap();
+        c.create_or_update_deployment(&d).await.unwrap();
+        let sg = c.get_subgroup("kitchen", &toaster).await.unwrap().unwrap();
+        assert_eq!(sg.deployment_id.as_deref(), Some("d1"));
+        assert_eq!(c.get_subgroup("kitchen", &kettle).await.unwrap().unwrap().deployment_id, None);
+        let ids: Vec<String> = c
+            .subgroup_deployments("kitchen", &toaster)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|d| d.deployment_id)
+            .collect();
+        assert_eq!(ids, ["d1"]);
+        assert!(c.subgroup_deployments("kitchen", &kettle).await.unwrap().is_empty());
+        let st = c.subgroup_deployment_status("kitchen", &toaster, "d1").await.unwrap();
+        assert_eq!(
+            (st.deployment_state, st.total_devices),
+            (SubgroupDeploymentState::Active, Some(2))
+        );
+        let e = c.subgroup_deployment_status("kitchen", &kettle, "d1").await.unwrap_err();
+        assert_eq!(refused(e).0, 404);
+        let e = c.delete_subgroup("kitchen", &toaster).await.unwrap_err();
+        assert_eq!(refused(e), (400, "NotEmptySubgroupCannotBeDeleted".to_owned()));
+
+        // Deleting the subgroup's deployment: the deployment no longer names it, its devices
+        // are told to stop, and the deployment (it had no other subgroup) is canceled.
+        c.delete_subgroup_deployment("kitchen", &toaster, "d1").await.unwrap();
+        let after = c.get_deployment("kitchen", "d1").await.unwrap().unwrap();
+        assert_eq!(after.device_class_subgroups, Some(vec![]));
+        let twin = hub.get_twin("t2").await.unwrap();
+        assert_eq!(twin.properties.desired["deviceUpdate"]["service"]["workflow"]["action"], 255);
+        let status = c.deployment_status("kitchen", "d1").await.unwrap();
+        assert_eq!(status.deployment_state.as_str(), "Canceled");
+
+        // History: a second deployment names the toasters; once they leave the group the
+        // subgroup has no devices but is kept, until deleted.
+        let mut d2 = d.clone();
+        d2.deployment_id = "d2".into();
+        c.create_or_update_deployment(&d2).await.unwrap();
+        for t in ["t1", "t2"] {
+            let mut tags = serde_json::Map::new();
+            tags.insert("ADUGroup".into(), Value::Null);
+            hub.patch_tags(t, tags, None).await.unwrap();
+        }
+        let kept = c.get_subgroup("kitchen", &toaster).await.unwrap().unwrap();
+        assert_eq!((kept.device_count, kept.deployment_id.as_deref()), (Some(0), Some("d2")));
+        c.delete_subgroup("kitchen", &toaster).await.unwrap();
+        assert!(c.get_subgroup("kitchen", &toaster).await.unwrap().is_none());
+        assert_eq!(
+            c.get_deployment("kitchen", "d2").await.unwrap().unwrap().device_class_subgroups,
+            Some(vec![])
+        );
+    });
+}
+
+#[test]
+fn device_import_operations_module_agents_and_health() {
+    use otaforge::service::diagnostics::{HealthState, ImportType};
+    use otaforge::service::model::OperationStatus;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let serve = Serve::start(&data, Some(TOKEN));
+    fleet(&serve, &data);
+    let c = client(&serve);
+    let hub = crate::management::hub(&data);
+    rt().block_on(async {
+        // An IoT Edge device whose Device Update agent runs as the module `adu`.
+        hub.create_device_as("gw", true).await.unwrap();
+        let mut content = crate::edge::base_content(&[("adu", "contoso/adu-agent:1.1")]);
+        // Naming the module's twin in the content makes its identity (as the runtime would).
+        content["modulesContent"]["adu"] = json!({"properties.desired": {}});
+        hub.apply_configuration_content("gw", &content["modulesContent"]).await.unwrap();
+        let agent = crate::management::agent_report("toaster", Some("1.0"));
+        let r = as_device(
+            &serve,
+            &data,
+            "gw",
+            reqwest::Method::PATCH,
+            "/devices/gw/modules/adu/twin/reported",
+            Some(&agent),
+        )
+        .await;
+        assert_eq!(r.status(), 200);
+
+        let module = c
+            .list_devices(None)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|d| d.module_id.is_some())
+            .unwrap();
+        assert_eq!((module.device_id.as_str(), module.module_id.as_deref()), ("gw", Some("adu")));
+        let url = c.url(&["management", "devices", "gw", "modules", "adu"]);
+        let resp = reqwest::Client::new().get(url).bearer_auth(TOKEN).send().await.unwrap();
+        let got: Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
+        assert_eq!((got["deviceId"].as_str(), got["moduleId"].as_str()), (Some("gw"), Some("adu")));
+        assert!(c.get_device("gw").await.unwrap().is_none(), "the device identity has no agent");
+
+        // devices:import: an operation that reads the registry again and says what it found.
+        let id = c.import_devices(&ImportType::All).await.unwrap();
+        let op = c.device_operation(&id).await.unwrap().unwrap();
+        assert_eq!(op.status, OperationStatus::Succeeded);
+        assert_eq!(op.extra["imported"], json!({"devices": 4, "modules": 1}));
+        assert!(c.device_operation("nope").await.unwrap().is_none());
+        let bad = c.import_devices(&ImportType::Other("Everything".into())).await.unwrap_err();
+        assert_eq!(refused(bad), (400, "InvalidImportType".to_owned()));
+        let mut list = c.url(&["management", "operations"]);
+        list.query_pairs_mut()
+            .append_pair("filter", "status eq 'NotStarted' or status eq 'Running'");
+        assert!(c.list_paged::<Value>(list).await.unwrap().is_empty(), "the import finished");
+
+        // Health: these agents connected without a model id (serve's HTTP device routes carry
+        // none), so the model id check fails, and it says so.
+        let unhealthy = c.device_health("state eq 'unhealthy'").await.unwrap();
+        assert_eq!(unhealthy.len(), 5, "four device agents and the module agent");
+        let t1 = c.device_health("deviceId eq 't1'").await.unwrap();
+        assert_eq!(t1.len(), 1);
+        assert_eq!(t1[0].state, HealthState::Unhealthy);
+        let failed: Vec<_> = t1[0]
+            .health_checks
+            .iter()
+            .filter(|h| h.result.as_ref().map(|r| r.as_str()) == Some("userError"))
+            .map(|h| h.name.clone().unwrap())
+            .collect();
+        assert_eq!(failed, ["PnP model id", "Interface id"]);
+        let module = c.device_health("deviceId eq 'gw' and moduleId eq 'adu'").await.unwrap();
+        assert_eq!(module.len(), 1);
+        let e = c.device_health("color eq 'red'").await.unwrap_err();
+        assert_eq!(refused(e), (400, "InvalidFilter".to_owned()));
+    });
+}
+
+/// A log collection against agents played here: serve writes the request into each twin's
+/// `diagnosticInformation`, an agent uploads with the container grant and reports, and the
+/// detailed status follows.
+#[test]
+fn a_log_collection_asks_each_agent_through_its_twin_and_follows_their_reports() {
+    use otaforge::service::diagnostics::{DiagnosticsComponent, DiagnosticsResult, LogCollection};
+    use otaforge::service::model::OperationStatus;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let serve = Serve::start(&data, Some(TOKEN));
+    fleet(&serve, &data);
+    let c = client(&serve);
+    let hub = crate::management::hub(&data);
+    rt().block_on(async {
+        let request: LogCollection = serde_json::from_value(json!({
+            "deviceList": [{"deviceId": "t1"}, {"deviceId": "t2"}], "description": "why t2 failed"}))
+        .unwrap();
+        let created = c.start_log_collection("logs-1", &request).await.unwrap();
+        assert_eq!((created.operation_id.as_deref(), created.status), (Some("logs-1"), Some(OperationStatus::NotStarted)));
+        let again = c.start_log_collection("logs-1", &request).await.unwrap_err();
+        assert_eq!(refused(again), (409, "LogCollectionAlreadyExists".to_owned()));
+        let nobody: LogCollection = serde_json::from_value(json!({"deviceList": [{"deviceId": "ghost"}]})).unwrap();
+        assert_eq!(refused(c.start_log_collection("logs-2", &nobody).await.unwrap_err()).1, "DeviceNotFound");
+
+        // What the agent reads: the collection id and a container grant.
+        let twin = hub.get_twin("t1").await.unwrap();
+        let asked = DiagnosticsComponent::of(&twin.properties.desired).unwrap();
+        assert_eq!(asked.marker.as_deref(), Some("c"));
+        let service = asked.service.unwrap();
+        assert_eq!(service.operation_id, "logs-1");
+        let (base, query) = service.storage_sas_url.split_once('?').unwrap();
+        assert!(base.ends_with("/blobs/default"), "{base}");
+        // t1 uploads as the agent does (Put Blob) and reports success; the grant does not read.
+        let put = |name: &str, blob_type: Option<&str>| {
+            let mut r = reqwest::Client::new().put(format!("{base}/t1/logs-1/adu/{name}?{query}")).body("log line\n");
+            if let Some(t) = blob_type {
+                r = r.header("x-ms-blob-type", t);
+            }
+            r.send()
+        };
+        assert_eq!(put("aduc.log", Some("BlockBlob")).await.unwrap().status(), 201);
+        assert_eq!(put("aduc.log", None).await.unwrap().status(), 400, "Azure requires the blob type");
+        let read = reqwest::get(format!("{base}/t1/logs-1/adu/aduc.log?{query}")).await.unwrap();
+        assert_eq!(read.status(), 403);
+        let on_disk = data.join("blobs/default/t1/logs-1/adu/aduc.log");
+        assert_eq!(fs_err::read_to_string(on_disk).unwrap(), "log line\n");
+        let report = Value::Object(DiagnosticsComponent::report("logs-1", DiagnosticsResult::Success).to_patch());
+        let r = as_device(&serve, &data, "t1", reqwest::Method::PATCH, "/devices/t1/twin/reported", Some(&report)).await;
+        assert_eq!(r.status(), 200);
+        let status = c.log_collection_status("logs-1").await.unwrap();
+        assert_eq!(status.status, Some(OperationStatus::Running));
+        let t1 = &status.device_status[0];
+        assert_eq!((t1.status, t1.result_code.as_deref(), t1.log_location.as_deref()),
+            (OperationStatus::Succeeded, Some("200"), Some("/blobs/default/t1/logs-1")));
+        assert_eq!(status.device_status[1].status, OperationStatus::NotStarted);
+        // t2 finds no logs: the collection has failed, and says who.
+        let report = Value::Object(DiagnosticsComponent::report("logs-1", DiagnosticsResult::NoLogsFound).to_patch());
+        as_device(&serve, &data, "t2", reqwest::Method::PATCH, "/devices/t2/twin/reported", Some(&report)).await;
+        let done = c.log_collection("logs-1").await.unwrap().unwrap();
+        assert_eq!(done.status, Some(OperationStatus::Failed));
+        let status = c.log_collection_status("logs-1").await.unwrap();
+        assert_eq!(status.device_status[1].result_code.as_deref(), Some("-1"));
+        assert_eq!(c.list_log_collections().await.unwrap().len(), 1);
+    });
 }

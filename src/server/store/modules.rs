@@ -29,7 +29,12 @@ pub(super) fn migrate_8(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError
 }
 
 /// A module twin with its ids, version and ETag filled in.
-fn module_doc(device: &str, module: &str, version: i64, text: &str) -> Result<Twin, StoreError> {
+pub(super) fn module_doc(
+    device: &str,
+    module: &str,
+    version: i64,
+    text: &str,
+) -> Result<Twin, StoreError> {
     let mut twin: Twin = serde_json::from_str(text)?;
     twin.device_id = device.to_owned();
     twin.module_id = Some(module.to_owned());
