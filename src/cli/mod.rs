@@ -12,12 +12,14 @@ mod group;
 mod hash;
 mod import;
 mod key;
+mod logs;
 mod manifest;
 mod mcuboot;
 mod meta;
 mod new;
 mod output;
 mod release;
+mod results;
 mod serve;
 mod sign;
 mod update;
@@ -130,6 +132,9 @@ enum Command {
     /// Deploy an update to a group; read, list and delete deployments.
     #[command(subcommand)]
     Deploy(deploy::DeployCommand),
+    /// Device Update log collections: ask devices for their logs, and see how each did.
+    #[command(subcommand)]
+    Logs(logs::LogsCommand),
     /// Simulated devices that install deployments from `otaforge serve`.
     #[command(subcommand)]
     Fleet(fleet::FleetCommand),
@@ -212,6 +217,7 @@ pub(crate) fn main(rt: &tokio::runtime::Runtime) -> ExitCode {
         Command::Device(cmd) => device::run(cmd, rt, &out),
         Command::Compliance(args) => device::compliance(args, rt, &out),
         Command::Deploy(cmd) => deploy::run(cmd, rt, &out),
+        Command::Logs(cmd) => logs::run(cmd, rt, &out),
         Command::Fleet(cmd) => fleet::run(cmd, rt, &out),
         Command::Edge(cmd) => edge::run(cmd, rt, &out),
         Command::Release(args) => release::run(args, rt, &out),

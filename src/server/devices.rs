@@ -148,7 +148,7 @@ impl View {
                     installed_update: installed.map(UpdateInfo::new),
                     on_latest_update: on_latest,
                     last_deployment_id: None,
-                    last_install_result: agent.install_result(),
+                    last_install_result: agent.last_install_result(),
                     extra: Default::default(),
                 },
                 created: created.clone(),

@@ -24,6 +24,7 @@ pub mod agent;
 pub mod diagnostics;
 mod management;
 pub mod model;
+pub mod result_code;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

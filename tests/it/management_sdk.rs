@@ -348,3 +348,128 @@ fn a_log_collection_asks_each_agent_through_its_twin_and_follows_their_reports()
         assert_eq!(c.list_log_collections().await.unwrap().len(), 1);
     });
 }
+
+/// `otaforge` against serve with the token, `--format json` unless `text`.
+fn cli(serve: &Serve, args: &[&str], text: bool) -> (Option<i32>, String) {
+    let out = crate::otaforge()
+        .env("OTAFORGE_ADU_TOKEN", TOKEN)
+        .args(["--format", if text { "text" } else { "json" }])
+        .args(args)
+        .args(["--endpoint", &serve.endpoint, "--instance", "default"])
+        .output()
+        .unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A failed install, as agent 1.1 reports it (hex codes, steps keyed `step_N`), read back
+/// decoded by `device show`, `device list` and `deploy status` (text and JSON), and the
+/// subgroup and log collection commands.
+#[test]
+fn the_cli_decodes_result_codes_and_reads_subgroups_and_log_collections() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let serve = Serve::start(&data, Some(TOKEN));
+    fleet(&serve, &data);
+    let m = make_update(dir.path(), "toaster", "1.1", b"1.1");
+    assert_eq!(import(&serve, &[&m], Some(TOKEN)).0, 0);
+    let (code, _) =
+        cli(&serve, &["deploy", "create", "kitchen", "contoso/toaster/1.1", "--id", "r1"], false);
+    assert_eq!(code, Some(0));
+    let failed = json!({"deviceUpdate": {"__t": "c", "agent": {
+        "state": 255, "workflow": {"action": 3, "id": "r1"},
+        "lastInstallResult": {"resultCode": 0, "extendedResultCodes": "30501001",
+            "resultDetails": "install.sh exited 1",
+            "stepResults": {"step_0": {"resultCode": 0, "extendedResultCodes": "30501001"}}}}}});
+    rt().block_on(async {
+        let r = as_device(
+            &serve,
+            &data,
+            "t2",
+            reqwest::Method::PATCH,
+            "/devices/t2/twin/reported",
+            Some(&failed),
+        )
+        .await;
+        assert_eq!(r.status(), 200);
+    });
+    let name = "ADUC_ERC_SCRIPT_HANDLER_CHILD_PROCESS_FAILURE_EXITCODE(1)";
+
+    let (code, show) = cli(&serve, &["device", "show", "t2"], true);
+    assert_eq!(code, Some(0));
+    assert!(show.contains("result      0 (ADUC_Result_Failure)"), "{show}");
+    assert!(
+        show.contains(&format!("0x30501001 {name}: the update's script exited with 1")),
+        "{show}"
+    );
+    assert!(show.contains("step_0"), "{show}");
+    let (_, json_show) = cli(&serve, &["device", "show", "t2"], false);
+    let d: Value = serde_json::from_str(&json_show).unwrap();
+    let r = &d["lastInstallResult"];
+    assert_eq!(
+        (r["extendedResultCode"].as_i64(), r["extendedResultCodes"].as_str()),
+        (Some(0x3050_1001), Some("30501001"))
+    );
+    assert_eq!(r["decoded"][0]["name"], name);
+    assert_eq!(
+        r["decoded"][0]["facility"]["name"],
+        "ADUC_FACILITY_EXTENSION_UPDATE_CONTENT_HANDLER"
+    );
+    assert_eq!(r["decoded"][0]["component"]["name"], "ADUC_CONTENT_HANDLER_SCRIPT");
+    assert_eq!(r["stepResults"][0]["decoded"][0]["hex"], "30501001");
+    let (_, list) = cli(&serve, &["device", "list", "--group", "kitchen"], true);
+    assert!(list.contains(&format!("last install failed: 0x30501001 {name}")), "{list}");
+
+    let (code, status) = cli(&serve, &["deploy", "status", "kitchen", "r1"], true);
+    assert_eq!(code, Some(0));
+    assert!(status.contains(&format!("t2 failed: 0x30501001 {name}")), "{status}");
+    let (_, status) = cli(&serve, &["deploy", "status", "kitchen", "r1"], false);
+    let s: Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(s["failedDevices"][0]["deviceId"], "t2");
+    assert_eq!(s["failedDevices"][0]["lastInstallResult"]["decoded"][0]["name"], name);
+    let class = s["subgroupStatus"][0]["deviceClassId"].as_str().unwrap().to_owned();
+    // One subgroup: its status from the subgroup route.
+    let (code, one) = cli(&serve, &["deploy", "status", "kitchen", "r1", "--class", &class], false);
+    assert_eq!(code, Some(0));
+    let one: Value = serde_json::from_str(&one).unwrap();
+    assert_eq!(
+        (one["deviceClassId"].as_str(), one["devicesCompletedFailedCount"].as_u64()),
+        (Some(class.as_str()), Some(1))
+    );
+    let (code, _) = cli(&serve, &["deploy", "status", "kitchen", "r1", "--class", "nope"], false);
+    assert_eq!(code, Some(1));
+
+    let (code, subgroups) = cli(&serve, &["group", "subgroups", "kitchen"], true);
+    assert_eq!(code, Some(0));
+    assert!(subgroups.contains(&format!("{class}  2 devices  manufacturer=contoso,model=toaster  deployment r1  best contoso/toaster/1.1")), "{subgroups}");
+    let (code, _) = cli(&serve, &["group", "subgroups", "garage"], false);
+    assert_eq!(code, Some(1));
+
+    let (code, started) = cli(&serve, &["logs", "collect", "t1", "--id", "cli-logs"], false);
+    assert_eq!(code, Some(0), "{started}");
+    let report = Value::Object(
+        otaforge::service::diagnostics::DiagnosticsComponent::report(
+            "cli-logs",
+            otaforge::service::diagnostics::DiagnosticsResult::NoLogsFound,
+        )
+        .to_patch(),
+    );
+    rt().block_on(as_device(
+        &serve,
+        &data,
+        "t1",
+        reqwest::Method::PATCH,
+        "/devices/t1/twin/reported",
+        Some(&report),
+    ));
+    let (code, shown) = cli(&serve, &["logs", "show", "cli-logs"], true);
+    assert_eq!(code, Some(0));
+    assert!(shown.contains("cli-logs  Failed"), "{shown}");
+    assert!(shown.contains("t1  Failed  -1 (NoLogsFound)  /blobs/default/t1/cli-logs"), "{shown}");
+    let (code, _) = cli(&serve, &["logs", "collect", "t1", "--id", "cli-logs"], false);
+    assert_eq!(code, Some(1), "an id used before is refused");
+    let (code, list) = cli(&serve, &["logs", "list"], false);
+    assert_eq!(
+        (code, serde_json::from_str::<Value>(&list).unwrap().as_array().map(Vec::len)),
+        (Some(0), Some(1))
+    );
+}
