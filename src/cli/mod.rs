@@ -10,6 +10,7 @@ mod edge;
 mod fleet;
 mod group;
 mod hash;
+mod hub;
 mod import;
 mod key;
 mod logs;
@@ -138,6 +139,9 @@ enum Command {
     /// Simulated devices that install deployments from `otaforge serve`.
     #[command(subcommand)]
     Fleet(fleet::FleetCommand),
+    /// IoT Hub: automatic device management configurations (`hub config`).
+    #[command(subcommand)]
+    Hub(hub::HubCommand),
     /// IoT Edge: manifests, routes, target conditions, deployments on IoT Hub, what-if.
     #[command(subcommand)]
     Edge(edge::EdgeCommand),
@@ -219,6 +223,7 @@ pub(crate) fn main(rt: &tokio::runtime::Runtime) -> ExitCode {
         Command::Deploy(cmd) => deploy::run(cmd, rt, &out),
         Command::Logs(cmd) => logs::run(cmd, rt, &out),
         Command::Fleet(cmd) => fleet::run(cmd, rt, &out),
+        Command::Hub(cmd) => hub::run(cmd, rt, &out),
         Command::Edge(cmd) => edge::run(cmd, rt, &out),
         Command::Release(args) => release::run(args, rt, &out),
         Command::New(args) => new::run(args, &out),

@@ -128,6 +128,14 @@ pub fn statuses<'a>(
         .collect()
 }
 
+/// IoT Hub's order of configurations that compete for a device (Edge bases, and ADM
+/// configurations for a path), the winner first: the higher priority; on equal priority the
+/// more recently created; on equal creation time the smaller id (IoT Hub does not say;
+/// otaforge's choice, so results are reproducible). Each is `(priority, created, id)`.
+pub fn precedence(a: (i64, &str, &str), b: (i64, &str, &str)) -> std::cmp::Ordering {
+    b.0.cmp(&a.0).then_with(|| b.1.cmp(a.1)).then_with(|| a.2.cmp(b.2))
+}
+
 /// Deployments prepared for assigning many twins.
 pub struct Plan<'a> {
     /// Bases, highest priority (then newest, then smallest id) first.
@@ -182,10 +190,7 @@ impl<'a> Plan<'a> {
     pub fn new(deployments: &'a [Deployment]) -> Self {
         let mut bases: Vec<&Deployment> = deployments.iter().filter(|d| !d.layered).collect();
         bases.sort_by(|a, b| {
-            b.priority
-                .cmp(&a.priority)
-                .then_with(|| b.created.cmp(&a.created))
-                .then_with(|| a.id.cmp(&b.id))
+            precedence((a.priority, &a.created, &a.id), (b.priority, &b.created, &b.id))
         });
         let mut layers: Vec<&Deployment> = deployments.iter().filter(|d| d.layered).collect();
         layers.sort_by(|a, b| {

@@ -74,7 +74,23 @@ impl Configuration {
     /// The system metric queries IoT Hub generates for an Edge deployment, word for word
     /// (edge.md §3.7): `targetedCount` (empty for an empty target condition),
     /// `appliedCount`, `reportedSuccessfulCount` and `reportedFailedCount`.
+    /// For an ADM configuration (`deviceContent`), the two IoT Hub generates for it:
+    /// `targetedCount` over device twins and `appliedCount` by the twins' `configurations`.
     pub fn system_queries(&self) -> BTreeMap<String, String> {
+        if !self.is_edge() {
+            let targeted = match self.target_condition.trim() {
+                "" => String::new(),
+                "*" => "select deviceId from devices".to_owned(),
+                t => format!("select deviceId from devices where {t}"),
+            };
+            let applied = format!(
+                "select deviceId from devices where configurations.[[{}]].status = 'Applied'",
+                self.id
+            );
+            return [("targetedCount".to_owned(), targeted), ("appliedCount".to_owned(), applied)]
+                .into_iter()
+                .collect();
+        }
         let targeted = match self.target_condition.trim() {
             "" => String::new(),
             "*" => "select deviceId from devices where capabilities.iotEdge = true".to_owned(),

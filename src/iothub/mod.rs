@@ -6,6 +6,7 @@
 //! Authentication: a SAS token signed by otaforge from a connection string's shared access
 //! policy key ([`sas`]), renewed before it expires; the key never leaves this process.
 
+pub mod adm;
 pub mod config;
 pub mod limits;
 pub mod query;
@@ -420,6 +421,23 @@ impl IotHubClient {
         let url = self.url(&format!("/twins/{}", encode(device_id)))?;
         let mut req = json_body(self.http.patch(url), &serde_json::json!({ "tags": tags }));
         req = req.header(reqwest::header::IF_MATCH, etag.unwrap_or("*"));
+        let resp = self.send(&op, req).await?;
+        self.json(&op, resp).await
+    }
+
+    /// Merges `desired` into a twin's desired properties (a `null` value removes one); `etag`
+    /// as for [`IotHubClient::patch_tags`].
+    pub async fn patch_desired(
+        &self,
+        device_id: &str,
+        desired: Map<String, Value>,
+        etag: Option<&str>,
+    ) -> Result<Twin, IotHubError> {
+        let op = format!("set desired properties of {device_id}");
+        let url = self.url(&format!("/twins/{}", encode(device_id)))?;
+        let body = serde_json::json!({ "properties": { "desired": desired } });
+        let req = json_body(self.http.patch(url), &body)
+            .header(reqwest::header::IF_MATCH, etag.unwrap_or("*"));
         let resp = self.send(&op, req).await?;
         self.json(&op, resp).await
     }

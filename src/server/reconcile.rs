@@ -1,8 +1,8 @@
 //! What serve does on its own, beside answering requests: writing each group's deployment into
 //! its devices' twins ([`reconcile`], after every change and every [`RECONCILE_EVERY`]),
 //! rolling a deployment back when its failures reach its policy ([`after_report`]), and IoT
-//! Hub's pass over Edge deployments ([`edge_pass`]). Each runs from the store, so a restart or
-//! a missed event only delays it.
+//! Hub's passes over Edge deployments and automatic device management ([`edge_pass`]). Each
+//! runs from the store, so a restart or a missed event only delays it.
 
 use std::time::{Duration, SystemTime};
 
@@ -61,12 +61,26 @@ pub(super) fn reports_failure(patch: &Map<String, Value>) -> bool {
 /// How long the Edge pass waits after a change, so that a burst of changes makes one pass.
 const SETTLE: Duration = Duration::from_millis(100);
 
-/// Runs the Edge deployment pass whenever `s.edge_changed` is signalled, forever.
+/// How often IoT Hub's configuration passes run without a change that signals them (a
+/// reported property a target condition reads changes no configuration; IoT Hub itself
+/// reruns automatic configurations every five minutes).
+const CONFIGURATIONS_EVERY: Duration = Duration::from_secs(60);
+
+/// Runs IoT Hub's configuration passes — Edge deployments into module twins, automatic device
+/// management into device twins — whenever `s.edge_changed` is signalled, and every
+/// [`CONFIGURATIONS_EVERY`], forever.
 async fn edge_pass(s: Shared) {
     loop {
-        s.edge_changed.notified().await;
+        let _ = tokio::time::timeout(CONFIGURATIONS_EVERY, s.edge_changed.notified()).await;
         tokio::time::sleep(SETTLE).await;
-        match s.db.call(|st| st.reconcile_edge()).await {
+        let passes =
+            s.db.call(|st| {
+                let mut changed = st.reconcile_edge()?;
+                changed.extend(st.reconcile_adm()?);
+                Ok(changed)
+            })
+            .await;
+        match passes {
             Ok(changed) => {
                 for (key, version) in changed {
                     s.twin_watch.changed(&key, version);

@@ -84,6 +84,11 @@ pub const MIGRATIONS: &[Migration] = &[
         what: "device import operations and log collections",
         apply: management::migrate_9,
     },
+    Migration {
+        version: 10,
+        what: "what automatic device management configurations last set on each twin",
+        apply: adm::migrate_10,
+    },
 ];
 
 fn migrate_7(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
@@ -445,6 +450,7 @@ fn id_params(id: &UpdateId) -> (String, String, String) {
     (id.provider().to_owned(), id.name().to_owned(), id.version().to_string())
 }
 
+mod adm;
 mod management;
 mod modules;
 

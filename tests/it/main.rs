@@ -4,6 +4,7 @@
 //! When `OTAFORGE_MANIFEST_OUT` is set, every import manifest a test produces is copied there, so
 //! `cargo xtask ci` can check them against the official JSON schemas.
 
+mod adm;
 mod apt;
 mod cli;
 mod delta;

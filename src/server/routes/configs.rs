@@ -1,6 +1,8 @@
-//! serve's IoT Hub configurations (Edge deployments): the REST routes of the IoT Hub service API
-//! (`/configurations/...`), stored in SQLite; which deployment applies to which device is
-//! `edge::assign`'s, metrics are counted over the twins when a configuration is read.
+//! serve's IoT Hub configurations (Edge deployments and automatic device management): the REST
+//! routes of the IoT Hub service API (`/configurations/...`), stored in SQLite; which
+//! deployment applies to which device is `edge::assign`'s, what an automatic configuration
+//! sets on which twin `iothub::adm`'s, and metrics are counted over the twins when a
+//! configuration is read.
 //!
 //! System metrics carry the exact queries IoT Hub generates (edge.md §3.7), and are counted
 //! with them over the `$edgeAgent` module twins (which the Edge deployment pass of
@@ -78,8 +80,9 @@ async fn with_metrics(
         c.system_metrics.queries = c.system_queries();
         c.system_metrics.results.clear();
         if let Ok(target) = Target::parse(&c.target_condition) {
-            let edge = |t: &Value| t["capabilities"]["iotEdge"] == Value::Bool(true);
-            let targeted = twins.iter().filter(|t| edge(t) && target.matches(t)).count();
+            // An Edge deployment targets IoT Edge devices; an automatic configuration any.
+            let kind = |t: &Value| !c.is_edge() || crate::edge::assign::is_edge(t);
+            let targeted = twins.iter().filter(|t| kind(t) && target.matches(t)).count();
             c.system_metrics.results.insert("targetedCount".into(), targeted as i64);
         }
         for name in ["appliedCount", "reportedSuccessfulCount", "reportedFailedCount"] {
@@ -161,6 +164,19 @@ fn check(c: &Configuration, path_id: &str) -> Result<(), ApiError> {
         metric_condition(q).map_err(|e| bad(format!("metric `{name}`: {e}")))?;
     }
     check_sizes(c).map_err(bad)?;
+    if c.content.contains_key("modulesContent") && c.content.contains_key("deviceContent") {
+        return Err(bad("a configuration has modulesContent or deviceContent, not both"));
+    }
+    if c.content.contains_key("moduleContent") {
+        return Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "NotImplemented",
+            "serve applies deviceContent (device twins) and modulesContent (IoT Edge), not moduleContent",
+        ));
+    }
+    // Device content: paths below properties.desired (`iothub::adm`).
+    crate::iothub::adm::DeviceConfiguration::from_configuration(c)
+        .map_err(|e| bad(e.to_string()))?;
     if let Some(mc) = c.content.get("modulesContent") {
         let layered = mc
             .get("$edgeAgent")

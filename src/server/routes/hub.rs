@@ -97,9 +97,8 @@ async fn put_device(
     let Some(row) = created else {
         return Err(ApiError::conflict("DeviceAlreadyExists", "a device with this id exists"));
     };
-    if iot_edge {
-        s.edge_changed.notify_one();
-    }
+    // A new device can be what an Edge deployment or an automatic configuration targets.
+    s.edge_changed.notify_one();
     Ok(axum::Json(identity(&row)).into_response())
 }
 
