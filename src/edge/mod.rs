@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod assign;
 pub mod condition;
+pub mod image;
 pub mod manifest;
 pub mod route;
 pub mod state;
