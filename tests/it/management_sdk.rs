@@ -473,3 +473,31 @@ fn the_cli_decodes_result_codes_and_reads_subgroups_and_log_collections() {
         (Some(0), Some(1))
     );
 }
+
+/// serve's import warns about what the devices the update is for would refuse: here a step
+/// handler their agent (1.1, as they report it) does not register.
+#[test]
+fn an_import_warns_about_handlers_the_devices_agent_does_not_register() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let serve = Serve::start(&data, Some(TOKEN));
+    fleet(&serve, &data);
+    let m = make_update(dir.path(), "toaster", "2.0", b"2.0");
+    let mut doc: Value = serde_json::from_slice(&fs_err::read(&m).unwrap()).unwrap();
+    doc["instructions"]["steps"][0]["handler"] = json!("microsoft/swupdate:1");
+    doc["instructions"]["steps"][0]["handlerProperties"] = json!({"installedCriteria": "2.0"});
+    fs_err::write(&m, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
+    let (code, out, err) = import(&serve, &[&m], Some(TOKEN));
+    assert_eq!(code, 0, "a warning does not refuse the import: {out} {err}");
+    let ops = rt().block_on(client(&serve).list_operations()).unwrap();
+    let warnings = ops[0].extra["warnings"].as_array().unwrap();
+    let codes: Vec<&str> = warnings.iter().filter_map(|w| w["code"].as_str()).collect();
+    assert_eq!(codes, ["handler-removed", "handler-not-registered"], "{warnings:?}");
+    let registry = warnings[1]["message"].as_str().unwrap();
+    assert!(
+        registry.starts_with(
+            "3 device(s) run agent 1.1: agent 1.1 registers no step handler microsoft/swupdate:1"
+        ),
+        "{registry}"
+    );
+}
