@@ -934,7 +934,7 @@ async fn stage_counts(
             // Devices: the hub's targeted count. Each device the deployment applies to is
             // judged from its `$edgeAgent` twin (edge.md §5.3), so a crash-looping module is a
             // failure even though IoT Hub's reportedSuccessfulCount counts it.
-            use crate::edge::state::{DeviceState, device_state};
+            use crate::edge::state::{DeviceState, of_twin};
             let hub = hub.ok_or_else(|| ReleaseError::Refused("no IoT Hub".into()))?;
             let refused = |e: crate::iothub::IotHubError| {
                 ReleaseError::Refused(format!("Edge deployment {id}: {e}"))
@@ -947,8 +947,7 @@ async fn stage_counts(
             let agents = hub.query_twins(&query).await.map_err(refused)?;
             let (mut ok, mut bad) = (0, 0);
             for a in &agents {
-                let v = serde_json::to_value(a).unwrap_or_default();
-                match device_state(&v).0 {
+                match of_twin(a).0 {
                     DeviceState::Succeeded => ok += 1,
                     DeviceState::Pending => {}
                     DeviceState::Failed | DeviceState::ModuleFailed | DeviceState::Invalid => {
