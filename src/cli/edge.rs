@@ -580,8 +580,10 @@ fn show_config(out: &Output, c: &otaforge::iothub::config::Configuration) -> any
     if out.json() {
         return out.json_value(c);
     }
-    let layered = c.content["modulesContent"]["$edgeAgent"]
-        .as_object()
+    let layered = c
+        .modules_content()
+        .and_then(|m| m.get("$edgeAgent"))
+        .and_then(Value::as_object)
         .is_some_and(|a| !a.contains_key("properties.desired"));
     out.line(format!(
         "{}  priority {}{}  target: {}",

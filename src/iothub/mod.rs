@@ -458,10 +458,15 @@ impl IotHubClient {
         let header_code =
             resp.headers().get("iothub-errorcode").and_then(|v| v.to_str().ok()).map(str::to_owned);
         let bytes = resp.bytes().await.unwrap_or_default();
-        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        // The hub's errors are `{"Message": "ErrorCode:X;text", "ExceptionMessage": …}`; serve's
-        // are the same, plus `iothub-errorcode`.
-        let message = body["Message"].as_str().or(body["message"].as_str()).unwrap_or_default();
+        /// The hub's errors are `{"Message": "ErrorCode:X;text", "ExceptionMessage": …}` (some
+        /// answers spell it `message`); serve's are the same, plus `iothub-errorcode`.
+        #[derive(Default, Deserialize)]
+        struct HubErrorBody {
+            #[serde(rename = "Message", alias = "message", default)]
+            message: String,
+        }
+        let body: HubErrorBody = serde_json::from_slice(&bytes).unwrap_or_default();
+        let message = body.message.as_str();
         let code = header_code
             .or_else(|| {
                 message
