@@ -101,6 +101,10 @@ pub struct UpdateSection {
     /// A command (run with `sh -c` in the file's folder) that prints the version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version_command: Option<At<String>>,
+    /// How long `version-command` may run, e.g. `2m` (default `60s`); it may print at most
+    /// 4 KiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version_command_timeout: Option<At<String>>,
     /// What the update is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
@@ -153,6 +157,10 @@ pub struct Artifact {
     /// Make deltas of this file from the bases (default true).
     #[serde(default = "yes")]
     pub delta: bool,
+    /// Allow the file to resolve outside the repository (the folder of otaforge.toml): a
+    /// `../` path, an absolute path, or a symlink leading out (default false).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub outside_repository: bool,
 }
 
 fn yes() -> bool {
@@ -279,6 +287,10 @@ pub struct EdgeSection {
     /// a failed stage's deployment lets its devices fall back to it.
     #[serde(default = "default_priority")]
     pub priority: i64,
+    /// Allow the manifest to resolve outside the repository (the folder of otaforge.toml)
+    /// (default false).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub outside_repository: bool,
 }
 
 fn default_priority() -> i64 {
@@ -507,6 +519,28 @@ impl Problems<'_> {
     }
 }
 
+/// Whether the artifact file `file` may be shipped: inside the repository (unless the artifact
+/// allows otherwise) and not the signing key.
+fn shippable(
+    root: &Path,
+    a: &Artifact,
+    file: &Path,
+    signing_key: Option<&Path>,
+) -> Result<(), String> {
+    let resolved = if a.outside_repository {
+        fs_err::canonicalize(file).map_err(|e| e.to_string())?
+    } else {
+        super::inputs::inside(root, &a.path.value, file).map_err(|e| e.to_string())?
+    };
+    if Some(resolved.as_path()) == signing_key {
+        return Err(format!(
+            "`{}` is the signing key ([signing] key); a release never ships a private key",
+            a.path.value
+        ));
+    }
+    Ok(())
+}
+
 /// A duration like `30m`, `10s`, `365d`.
 pub fn duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text.trim())
@@ -533,6 +567,9 @@ fn check(
     let mut p = Problems { file: path, text, list: Vec::new() };
     let u = &config.update;
     // The version: written, from a file, or from a command.
+    if let (Some(t), None) = (&u.version_command_timeout, &u.version_command) {
+        p.add(&t.span, "update.version-command-timeout", "only with version-command");
+    }
     let sources = [u.version.is_some(), u.version_file.is_some(), u.version_command.is_some()];
     let version = match (&u.version, &u.version_file, &u.version_command) {
         _ if sources.iter().filter(|s| **s).count() > 1 => {
@@ -552,23 +589,15 @@ fn check(
             }
         },
         (_, _, Some(c)) => {
-            let out =
-                std::process::Command::new("sh").arg("-c").arg(&c.value).current_dir(root).output();
-            match out {
-                Ok(o) if o.status.success() => Some((
-                    String::from_utf8_lossy(&o.stdout).trim().to_owned(),
-                    c.span.clone(),
-                    "update.version-command",
-                )),
-                Ok(o) => {
-                    let why = String::from_utf8_lossy(&o.stderr).trim().to_owned();
-                    p.add(
-                        &c.span,
-                        "update.version-command",
-                        format!("failed ({}): {why}", o.status),
-                    );
-                    None
-                }
+            let timeout = match &u.version_command_timeout {
+                Some(t) => duration(&t.value).unwrap_or_else(|m| {
+                    p.add(&t.span, "update.version-command-timeout", m);
+                    super::version::DEFAULT_TIMEOUT
+                }),
+                None => super::version::DEFAULT_TIMEOUT,
+            };
+            match super::version::run(&c.value, root, timeout) {
+                Ok(v) => Some((v, c.span.clone(), "update.version-command")),
                 Err(e) => {
                     p.add(&c.span, "update.version-command", e.to_string());
                     None
@@ -632,8 +661,15 @@ fn check(
     let mut edge_manifest = None;
     if let Some(e) = &config.edge {
         let path = root.join(&e.manifest.value);
-        match fs_err::read(&path) {
-            Err(err) => p.add(&e.manifest.span, "edge.manifest", err.to_string()),
+        let written = e.manifest.value.to_string_lossy();
+        let outside = match super::inputs::inside(root, &written, &path) {
+            Err(err @ super::inputs::InputError::Outside { .. }) if !e.outside_repository => {
+                Some(err.to_string())
+            }
+            _ => None,
+        };
+        match outside.map_or_else(|| fs_err::read(&path).map_err(|e| e.to_string()), Err) {
+            Err(err) => p.add(&e.manifest.span, "edge.manifest", err),
             Ok(bytes) => {
                 match crate::edge::manifest::validate(&bytes, crate::edge::manifest::Kind::Base) {
                     Err(err) => p.add(&e.manifest.span, "edge.manifest", err.to_string()),
@@ -656,18 +692,26 @@ fn check(
         }
     }
     let mut files = Vec::new();
+    let signing_key = config
+        .signing
+        .as_ref()
+        .and_then(|s| s.key.as_ref())
+        .filter(|k| !k.value.starts_with("env:"))
+        .and_then(|k| fs_err::canonicalize(root.join(&k.value)).ok());
     for (i, a) in config.artifacts.iter().enumerate() {
         let field = format!("artifact[{i}].path");
-        let pattern = root.join(&a.path.value);
-        let matches: Vec<PathBuf> = match glob::glob(&pattern.to_string_lossy()) {
-            Ok(g) => g.filter_map(Result::ok).filter(|f| f.is_file()).collect(),
+        let matches = match super::inputs::expand(root, &a.path.value) {
+            Ok(m) => m,
             Err(e) => {
-                p.add(&a.path.span, &field, format!("not a valid glob: {e}"));
+                p.add(&a.path.span, &field, e.to_string());
                 continue;
             }
         };
         match matches.as_slice() {
-            [one] => files.push(one.clone()),
+            [one] => match shippable(root, a, one, signing_key.as_deref()) {
+                Ok(()) => files.push(one.clone()),
+                Err(m) => p.add(&a.path.span, &field, m),
+            },
             [] => p.add(
                 &a.path.span,
                 &field,

@@ -17,6 +17,8 @@
 //! the first run's time is recorded and reused.
 
 pub mod config;
+pub mod inputs;
+pub mod version;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -79,6 +81,17 @@ pub enum ReleaseError {
     /// The service refused the import, or a stage cannot start.
     #[error("{0}")]
     Refused(String),
+    /// An artifact holds a private key.
+    #[error(
+        "{}: holds {key}; a release never ships a private key: take it out of [[artifact]]",
+        path.display()
+    )]
+    PrivateKey {
+        /// The artifact's file.
+        path: PathBuf,
+        /// What was found.
+        key: inputs::PrivateKey,
+    },
     /// A base's state file is unreadable.
     #[error("{path}: {message}")]
     Base {
@@ -269,20 +282,32 @@ fn signer(c: &Checked) -> Result<Option<Box<dyn crate::sign::Signer>>, ReleaseEr
     Ok(Some(Box::new(signer)))
 }
 
+/// The SHA-256 of each input (the artifacts' files, then the Edge manifest), each refused when
+/// it holds a private key.
+fn read_inputs(c: &Checked) -> Result<Vec<String>, ReleaseError> {
+    c.files
+        .iter()
+        .chain(c.edge_manifest.iter())
+        .map(|f| {
+            let bytes = fs_err::read(f).map_err(io(f))?;
+            if let Some(key) = inputs::private_key(&bytes) {
+                return Err(ReleaseError::PrivateKey { path: f.clone(), key });
+            }
+            Ok(Sha256::digest(&bytes).to_base64())
+        })
+        .collect()
+}
+
 /// Step 2: the files, deltas, manifest and metadata, offline.
 pub fn build(c: &Checked, opts: &Options, reporter: &dyn Reporter) -> Result<Built, ReleaseError> {
     let dir = c.output.join(c.update_id.version().as_str());
     let files = dir.join("files");
+    // Read before anything is written: an input that is a private key stops the release here.
+    let inputs = read_inputs(c)?;
     fs_err::create_dir_all(&files).map_err(io(&files))?;
     let mut state = State::read(&dir).unwrap_or_default();
     let mut made = Vec::new();
     let id = c.update_id.to_string();
-    let inputs: Vec<String> = c
-        .files
-        .iter()
-        .chain(c.edge_manifest.iter())
-        .map(|f| Output::of(f).map(|o| o.sha256))
-        .collect::<Result<_, _>>()?;
     if state.update_id != id || state.inputs != inputs {
         // A new release, or its inputs were rebuilt: nothing recorded holds.
         let created = crate::manifest::created_date_time(None, opts.source_date_epoch.as_deref())?;

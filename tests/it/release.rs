@@ -915,3 +915,196 @@ fn a_failed_gate_stops_or_cancels_as_the_plan_says() {
         let _ = f.wait();
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Issue 28, hardening round 2: what a release must refuse or bound.
+// ---------------------------------------------------------------------------------------------
+
+/// `otaforge --format json release --dry-run` (offline) in `root`, killed after `secs`.
+fn dry_run_within(root: &Path, secs: u64) -> (Option<i32>, Value, String, std::time::Duration) {
+    let started = std::time::Instant::now();
+    let out = otaforge()
+        .current_dir(root)
+        .env("SOURCE_DATE_EPOCH", "1764460800")
+        .args(["--format", "json", "release", "--endpoint", "http://127.0.0.1:9", "--dry-run"])
+        .timeout(std::time::Duration::from_secs(secs))
+        .output()
+        .unwrap();
+    let v = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out.status.code(), v, err, started.elapsed())
+}
+
+/// Item 10: the signing key named as an artifact, and files that resolve outside the
+/// repository (`../x`, an absolute path, a symlink to a file or through a folder leading out)
+/// are refused with the artifact's line and field; any other private key (PKCS#8 PEM, the same
+/// key as DER, an OpenSSH key in PEM and binary, a key inside a firmware image) is refused by
+/// its content. Nothing is written. `outside-repository = true` lets a file outside be shipped.
+#[test]
+fn a_release_ships_no_private_key_and_nothing_from_outside_the_repository() {
+    use base64::Engine as _;
+    let dir = tempfile::tempdir().unwrap();
+    let root = repo(dir.path());
+    without_delta(&root);
+    set_version(&root, "1.2.0", &firmware(4096, &[]));
+    let good = fs_err::read_to_string(root.join("otaforge.toml")).unwrap();
+    let with_path = |path: &str, extra: &str| {
+        let toml =
+            good.replace("path = \"build/firmware.bin\"", &format!("path = \"{path}\"{extra}"));
+        fs_err::write(root.join("otaforge.toml"), toml).unwrap();
+    };
+    let outside = dir.path().join("outside.bin");
+    fs_err::write(&outside, firmware(2048, &[(5, 5)])).unwrap();
+    std::os::unix::fs::symlink("../../outside.bin", root.join("build/link.bin")).unwrap();
+    std::os::unix::fs::symlink(dir.path(), root.join("build/linked-dir")).unwrap();
+    let real_root = fs_err::canonicalize(&root).unwrap();
+    let real_outside = fs_err::canonicalize(&outside).unwrap();
+    let outside_text = outside.display().to_string();
+    let cases = [
+        ("keys/release.pem", "`keys/release.pem` is the signing key ([signing] key); a release never ships a private key".to_owned()),
+        ("../outside.bin", format!("`../outside.bin` resolves to {}, outside the repository {}; move the file into it, or set outside-repository = true", real_outside.display(), real_root.display())),
+        (&outside_text, format!("`{outside_text}` resolves to {}, outside the repository", real_outside.display())),
+        ("build/link.bin", format!("`build/link.bin` resolves to {}, outside the repository", real_outside.display())),
+        ("build/linked-dir/outside.bin", format!("`build/linked-dir/outside.bin` resolves to {}, outside", real_outside.display())),
+        ("build/*/outside.bin", format!("`build/*/outside.bin` resolves to {}, outside", real_outside.display())),
+    ];
+    for (path, want) in &cases {
+        with_path(path, "");
+        let (code, v, err) =
+            release(&root, None, &["--endpoint", "http://127.0.0.1:9", "--dry-run"]);
+        assert_eq!(code, 1, "{path}: {err}");
+        let want = format!("otaforge.toml:12: artifact[0].path: {want}");
+        assert!(err.contains(&want), "{path}: wanted `{want}` in:\n{err}");
+        assert_eq!(v["error"], "invalidConfig", "{path}: {v}");
+        assert!(!root.join("out").exists(), "{path}: nothing is written");
+    }
+
+    // Private keys by their content, wherever they are in the file.
+    let k = otaforge()
+        .current_dir(&root)
+        .args(["key", "generate", "-o", "keys/other"])
+        .output()
+        .unwrap();
+    assert_eq!(k.status.code(), Some(0));
+    let pem = fs_err::read_to_string(root.join("keys/other.pem")).unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    fs_err::write(root.join("build/other.der"), b64.decode(&body).unwrap()).unwrap();
+    let mut openssh = b"openssh-key-v1\0".to_vec();
+    openssh.extend_from_slice(&[
+        0, 0, 0, 4, b'n', b'o', b'n', b'e', 0, 0, 0, 4, b'n', b'o', b'n', b'e',
+    ]);
+    openssh.extend_from_slice(&[0x11; 80]);
+    fs_err::write(root.join("build/id_raw"), &openssh).unwrap();
+    let wrapped: Vec<String> = b64
+        .encode(&openssh)
+        .as_bytes()
+        .chunks(70)
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect();
+    fs_err::write(
+        root.join("build/id_ed25519"),
+        format!(
+            "-----BEGIN OPENSSH PRIVATE KEY-----\n{}\n-----END OPENSSH PRIVATE KEY-----\n",
+            wrapped.join("\n")
+        ),
+    )
+    .unwrap();
+    let mut bundle = firmware(3000, &[]);
+    bundle.extend_from_slice(pem.as_bytes());
+    bundle.extend_from_slice(&firmware(1000, &[]));
+    fs_err::write(root.join("build/bundle.bin"), bundle).unwrap();
+    for (path, what) in [
+        ("keys/other.pem", "a PEM \"PRIVATE KEY\" block"),
+        ("build/other.der", "a PKCS#8 private key (DER)"),
+        ("build/id_ed25519", "a PEM \"OPENSSH PRIVATE KEY\" block"),
+        ("build/id_raw", "an OpenSSH private key"),
+        ("build/bundle.bin", "a PEM \"PRIVATE KEY\" block"),
+    ] {
+        with_path(path, "");
+        let (code, v, err) =
+            release(&root, None, &["--endpoint", "http://127.0.0.1:9", "--dry-run"]);
+        assert_eq!(code, 1, "{path}: {err}");
+        // Paths are shown as otaforge.toml's folder (`.`, as the release runs there) joins them.
+        let want = format!(
+            "./{path}: holds {what}; a release never ships a private key: take it out of [[artifact]]"
+        );
+        assert!(err.contains(&want), "{path}: wanted `{want}` in:\n{err}");
+        assert_eq!(v["error"], "buildFailed", "{path}: {v}");
+        assert!(!root.join("out").exists(), "{path}: nothing is written");
+    }
+
+    // An explicit opt-in ships a file from outside.
+    with_path("../outside.bin", "\noutside-repository = true");
+    let (code, v, err) = release(&root, None, &["--endpoint", "http://127.0.0.1:9", "--dry-run"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(v["artifacts"][0]["name"], "outside.bin", "{v:#}");
+    assert_eq!(
+        fs_err::read(root.join("out/release/1.2.0/files/outside.bin")).unwrap(),
+        fs_err::read(&outside).unwrap()
+    );
+}
+
+/// Low: a `**` glob through folders that link back to themselves ends (each folder is read
+/// once) and matches the one file; before, it followed the links until the path was too long,
+/// 2^40 times.
+#[test]
+fn a_double_star_glob_does_not_follow_a_symlink_loop() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = repo(dir.path());
+    without_delta(&root);
+    set_version(&root, "1.2.0", &firmware(4096, &[]));
+    fs_err::create_dir_all(root.join("build/zephyr")).unwrap();
+    fs_err::rename(root.join("build/firmware.bin"), root.join("build/zephyr/firmware.bin"))
+        .unwrap();
+    std::os::unix::fs::symlink(".", root.join("build/again")).unwrap();
+    std::os::unix::fs::symlink("..", root.join("build/zephyr/up")).unwrap();
+    let toml = fs_err::read_to_string(root.join("otaforge.toml")).unwrap();
+    fs_err::write(
+        root.join("otaforge.toml"),
+        toml.replace("build/firmware.bin", "build/**/firmware.bin"),
+    )
+    .unwrap();
+    let (code, v, err, took) = dry_run_within(&root, 60);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(v["artifacts"][0]["name"], "firmware.bin", "{v:#}");
+    assert!(took < std::time::Duration::from_secs(30), "took {took:?}");
+}
+
+/// Low: `version-command` may print at most 4 KiB and run at most `version-command-timeout`
+/// (its children included); either is an error with the line and field, and nothing is built.
+#[test]
+fn a_version_command_is_bounded_in_time_and_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = repo(dir.path());
+    without_delta(&root);
+    set_version(&root, "1.2.0", &firmware(4096, &[]));
+    let good = fs_err::read_to_string(root.join("otaforge.toml")).unwrap();
+    let too_long = "otaforge.toml:7: update.version-command: printed more than 4096 bytes; it must print only the version";
+    for (command, extra, want, max_secs) in [
+        (r#"head -c 50000000 /dev/zero | tr "\0" 7"#, "", too_long, 30),
+        ("yes 1.2.3", "", too_long, 30),
+        (
+            "sleep 30; echo 1.2.3",
+            "\nversion-command-timeout = \"1s\"",
+            "otaforge.toml:7: update.version-command: did not finish within 1s; it must print the version and exit",
+            20,
+        ),
+    ] {
+        let toml = good.replace(
+            "version-file = \"VERSION\"",
+            &format!("version-command = '{command}'{extra}"),
+        );
+        fs_err::write(root.join("otaforge.toml"), toml).unwrap();
+        let (code, v, err, took) = dry_run_within(&root, 60);
+        assert_eq!(code, Some(1), "{command}: {err}");
+        assert!(err.contains(want), "{command}: wanted `{want}` in:\n{err}");
+        assert_eq!(v["error"], "invalidConfig");
+        assert!(took < std::time::Duration::from_secs(max_secs), "{command}: took {took:?}");
+        assert!(!root.join("out").exists(), "{command}: nothing is built");
+    }
+    let toml = good.replace("version-file = \"VERSION\"", "version-command = 'cat VERSION'");
+    fs_err::write(root.join("otaforge.toml"), toml).unwrap();
+    let (code, v, err, _) = dry_run_within(&root, 60);
+    assert_eq!((code, &v["updateId"]), (Some(0), &Value::from("contoso/toaster/1.2.0")), "{err}");
+}
