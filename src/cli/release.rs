@@ -77,6 +77,20 @@ fn hub_client(c: &release::Checked) -> anyhow::Result<Option<otaforge::iothub::I
     Ok(Some(otaforge::iothub::IotHubClient::new(text.parse()?)?))
 }
 
+/// The release's progress as notices on stderr.
+struct Progress<'a>(&'a Output);
+
+impl release::ReleaseReporter for Progress<'_> {
+    fn stage(&self, stage: &StageOutput) {
+        self.0.notice(stage_line(stage));
+    }
+    fn record_not_confirmed(&self, stage: &str, result: &str, why: &str) {
+        self.0.notice(format!(
+            "stage {stage}: the state file says {result}, but {why}; running the stage"
+        ));
+    }
+}
+
 fn stage_line(s: &StageOutput) -> String {
     let mut line = format!(
         "stage {} ({}): {} — {} of {} succeeded, {} failed",
@@ -271,10 +285,17 @@ pub(crate) fn run(
         } else {
             out.notice(format!("{}: already imported", c.update_id));
         }
-        let progress = |s: &StageOutput| out.notice(stage_line(s));
         let hub = hub_client(&c)?;
+        let services = release::Services { client: &client, hub: hub.as_ref() };
         let rollout =
-            release::roll_out(&c, &mut built, &client, hub.as_ref(), &opts, &progress).await?;
+            match release::roll_out(&c, &mut built, &services, &opts, &Progress(out)).await {
+                Ok(r) => r,
+                Err(e @ release::ReleaseError::DeploymentConflict { .. }) => {
+                    out.failure(&Failure::new("deploymentConflict", e.to_string()))?;
+                    return Ok(Outcome::CheckFailed);
+                }
+                Err(e) => return Err(e.into()),
+            };
         if out.json() {
             out.json_value(&report(&c, &built, Some(&rollout)))?;
         } else {

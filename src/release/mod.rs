@@ -18,6 +18,8 @@
 
 pub mod config;
 pub mod inputs;
+pub mod report;
+pub mod rollout;
 pub mod version;
 
 use std::path::{Path, PathBuf};
@@ -29,10 +31,11 @@ use crate::Sha256;
 use crate::manifest::{FileSpec, ManifestSpec, RelatedSpec, StepSpec, UpdateId};
 use crate::reporter::Reporter;
 use crate::service::AduClient;
-use crate::service::model::{Deployment, UpdateInfo};
 use crate::storage::{AnyStore, ContainerName};
 
 pub use config::{Checked, ConfigError};
+pub use report::{NoReleaseReporter, ReleaseReporter};
+pub use rollout::{Rollout, Services, deployment_id, edge_deployment_id, roll_out};
 
 /// The state file in each release's output folder.
 pub const STATE_FILE: &str = "release-state.json";
@@ -91,6 +94,18 @@ pub enum ReleaseError {
         path: PathBuf,
         /// What was found.
         key: inputs::PrivateKey,
+    },
+    /// A stage's deployment id is taken by a deployment of something else.
+    #[error(
+        "deployment {id} already exists and deploys {holds}, not {update}; delete it or rename the stage"
+    )]
+    DeploymentConflict {
+        /// The deployment id.
+        id: String,
+        /// What it deploys.
+        holds: String,
+        /// This release's update.
+        update: String,
     },
     /// A base's state file is unreadable.
     #[error("{path}: {message}")]
@@ -788,356 +803,4 @@ pub async fn check_groups(
         })
         .collect();
     Ok(if missing.is_empty() { Ok(()) } else { Err(missing) })
-}
-
-/// How a rollout ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Rollout {
-    /// Every stage passed (or the last one asked for with `--until`).
-    Passed,
-    /// A gate failed; the stage's record says which and what was done.
-    GateFailed(String),
-}
-
-/// The deployment id of a stage: `VERSION-STAGE`, dots as dashes.
-pub fn deployment_id(id: &UpdateId, stage: &str) -> String {
-    let raw = format!("{}-{}", id.version().as_str().replace('.', "-"), stage);
-    raw.chars().map(|ch| if ch.is_ascii_alphanumeric() || ch == '-' { ch } else { '-' }).collect()
-}
-
-/// The newest earlier version of the update the service holds.
-async fn previous(client: &AduClient, id: &UpdateId) -> Result<Option<UpdateId>, ReleaseError> {
-    let all = client.list_updates().await.map_err(service("list updates"))?;
-    Ok(all
-        .into_iter()
-        .map(|u| u.update_id)
-        .filter(|u| u.provider() == id.provider() && u.name() == id.name())
-        .filter(|u| u.version().parts() < id.version().parts())
-        .max_by(|a, b| a.version().parts().cmp(b.version().parts())))
-}
-
-/// An ADU deployment of `update` to `group`, starting now.
-fn adu_deployment(id: &str, update: &UpdateId, group: &str) -> Result<Deployment, ReleaseError> {
-    Ok(Deployment {
-        deployment_id: id.to_owned(),
-        start_date_time: crate::manifest::created_date_time(None, None)?,
-        update: UpdateInfo {
-            update_id: update.clone(),
-            description: None,
-            friendly_name: None,
-            extra: Default::default(),
-        },
-        group_id: group.to_owned(),
-        device_class_subgroups: None,
-        is_canceled: None,
-        is_retried: None,
-        rollback_policy: None,
-        is_cloud_initiated_rollback: None,
-        extra: Default::default(),
-    })
-}
-
-/// The IoT Hub configuration id of an Edge stage: `NAME-VERSION-STAGE`, lower case, with
-/// characters IoT Hub does not take as `-` (edge.md §3.2).
-pub fn edge_deployment_id(id: &UpdateId, stage: &str) -> String {
-    let raw = format!("{}-{}-{}", id.name(), id.version().as_str(), stage).to_lowercase();
-    let id: String = raw
-        .chars()
-        .map(
-            |ch| if ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-' { ch } else { '-' },
-        )
-        .collect();
-    id.chars().take(128).collect()
-}
-
-/// Where a stage deploys.
-enum Target<'a> {
-    /// A Device Update group.
-    Group(&'a str),
-    /// An IoT Edge target condition.
-    Edge(&'a str),
-}
-
-/// Creates a stage's deployment unless it exists; returns its id.
-async fn deploy_stage(
-    c: &Checked,
-    built: &Built,
-    target: &Target<'_>,
-    name: &str,
-    client: &AduClient,
-    hub: Option<&crate::iothub::IotHubClient>,
-) -> Result<String, ReleaseError> {
-    match target {
-        Target::Group(group) => {
-            let id = deployment_id(&c.update_id, name);
-            if client
-                .get_group(group)
-                .await
-                .map_err(service(format!("read group {group}")))?
-                .is_none()
-            {
-                return Err(ReleaseError::Refused(format!(
-                    "stage {name}: group {group} does not exist on the service (tag devices with ADUGroup={group} first)"
-                )));
-            }
-            if client
-                .get_deployment(group, &id)
-                .await
-                .map_err(service("read deployment"))?
-                .is_none()
-            {
-                let d = adu_deployment(&id, &c.update_id, group)?;
-                client
-                    .create_or_update_deployment(&d)
-                    .await
-                    .map_err(service(format!("deploy to {group}")))?;
-            }
-            Ok(id)
-        }
-        Target::Edge(condition) => {
-            let hub = hub.ok_or_else(|| ReleaseError::Refused("an Edge stage needs the IoT Hub (service.iothub-connection-file or IOTHUB_CONNECTION_STRING)".into()))?;
-            let id = edge_deployment_id(&c.update_id, name);
-            let exists = match hub.get_configuration(&id).await {
-                Ok(_) => true,
-                Err(crate::iothub::IotHubError::Api { status: 404, .. }) => false,
-                Err(e) => {
-                    return Err(ReleaseError::Refused(format!("read Edge deployment {id}: {e}")));
-                }
-            };
-            if !exists {
-                let m = built.state.edge_manifest.as_ref().ok_or_else(|| {
-                    ReleaseError::Refused("the build made no Edge manifest".into())
-                })?;
-                let path = built.files_dir().join(&m.name);
-                let doc: serde_json::Value =
-                    serde_json::from_slice(&fs_err::read(&path).map_err(io(&path))?)
-                        .map_err(|e| ReleaseError::Refused(format!("{}: {e}", path.display())))?;
-                let content = doc.get("content").cloned().unwrap_or(doc);
-                let mut labels = std::collections::BTreeMap::new();
-                labels.insert("release".to_owned(), c.update_id.version().as_str().to_owned());
-                let config = crate::iothub::config::Configuration {
-                    id: id.clone(),
-                    schema_version: Some("1.0".into()),
-                    labels,
-                    content: content.as_object().cloned().unwrap_or_default(),
-                    target_condition: (*condition).to_owned(),
-                    priority: c.config.edge.as_ref().map_or(10, |e| e.priority),
-                    ..Default::default()
-                };
-                hub.put_configuration(&config, None).await.map_err(|e| {
-                    ReleaseError::Refused(format!("create Edge deployment {id}: {e}"))
-                })?;
-            }
-            Ok(id)
-        }
-    }
-}
-
-/// A stage's counts now: devices, succeeded, failed.
-async fn stage_counts(
-    target: &Target<'_>,
-    id: &str,
-    client: &AduClient,
-    hub: Option<&crate::iothub::IotHubClient>,
-) -> Result<(u64, u64, u64), ReleaseError> {
-    match target {
-        Target::Group(group) => {
-            let s = client
-                .deployment_status(group, id)
-                .await
-                .map_err(service("read the deployment's status"))?;
-            let sum = |f: fn(&crate::service::model::SubgroupDeploymentStatus) -> Option<u64>| {
-                s.subgroup_status.iter().map(|g| f(g).unwrap_or(0)).sum::<u64>()
-            };
-            Ok((
-                sum(|g| g.total_devices),
-                sum(|g| g.devices_completed_succeeded_count),
-                sum(|g| g.devices_completed_failed_count),
-            ))
-        }
-        Target::Edge(_) => {
-            // Devices: the hub's targeted count. Each device the deployment applies to is
-            // judged from its `$edgeAgent` twin (edge.md §5.3), so a crash-looping module is a
-            // failure even though IoT Hub's reportedSuccessfulCount counts it.
-            use crate::edge::state::{DeviceState, device_state};
-            let hub = hub.ok_or_else(|| ReleaseError::Refused("no IoT Hub".into()))?;
-            let refused = |e: crate::iothub::IotHubError| {
-                ReleaseError::Refused(format!("Edge deployment {id}: {e}"))
-            };
-            let config = hub.get_configuration(id).await.map_err(refused)?;
-            let devices = config.system_metrics.results.get("targetedCount").copied().unwrap_or(0);
-            let query = format!(
-                "SELECT * FROM devices.modules WHERE moduleId = '$edgeAgent' AND configurations.[[{id}]].status = 'Applied'"
-            );
-            let agents = hub.query_twins(&query).await.map_err(refused)?;
-            let (mut ok, mut bad) = (0, 0);
-            for a in &agents {
-                let v = serde_json::to_value(a).unwrap_or_default();
-                match device_state(&v).0 {
-                    DeviceState::Succeeded => ok += 1,
-                    DeviceState::Pending => {}
-                    DeviceState::Failed | DeviceState::ModuleFailed | DeviceState::Invalid => {
-                        bad += 1
-                    }
-                }
-            }
-            Ok((u64::try_from(devices).unwrap_or(0), ok, bad))
-        }
-    }
-}
-
-/// Step 4: the stages, in order; each deploys to its group (or its Edge devices) and waits on
-/// its gates.
-pub async fn roll_out(
-    c: &Checked,
-    built: &mut Built,
-    client: &AduClient,
-    hub: Option<&crate::iothub::IotHubClient>,
-    opts: &Options,
-    progress: &(dyn Fn(&StageOutput) + Sync),
-) -> Result<Rollout, ReleaseError> {
-    let poll = opts.poll.unwrap_or(Duration::from_secs(2));
-    for (i, stage) in c.config.stages.iter().enumerate() {
-        let name = stage.name.value.clone();
-        if let Some(done) = built.state.stages.iter().find(|s| s.name == name) {
-            if done.result != "passed" {
-                return Ok(Rollout::GateFailed(name));
-            }
-            if opts.until.as_deref() == Some(name.as_str()) {
-                return Ok(Rollout::Passed);
-            }
-            continue;
-        }
-        let target = match (&stage.group, &stage.edge_target) {
-            (Some(g), _) => Target::Group(&g.value),
-            (None, Some(t)) => Target::Edge(&t.value),
-            (None, None) => {
-                return Err(ReleaseError::Refused(format!("stage {name} has no target")));
-            }
-        };
-        let shown = match &target {
-            Target::Group(g) => (*g).to_owned(),
-            Target::Edge(t) => format!("edge: {t}"),
-        };
-        let id = deploy_stage(c, built, &target, &name, client, hub).await?;
-        let (timeout, soak) = c.stage_times[i];
-        let started = tokio::time::Instant::now();
-        let mut passed_at: Option<tokio::time::Instant> = None;
-        let out = loop {
-            let (devices, succeeded, failed) = stage_counts(&target, &id, client, hub).await?;
-            let mut o = StageOutput {
-                name: name.clone(),
-                group: shown.clone(),
-                deployment_id: id.clone(),
-                result: "running".into(),
-                devices,
-                succeeded,
-                failed,
-                action: None,
-                reason: None,
-            };
-            let share_failed = stage
-                .max_failed_share
-                .as_ref()
-                .is_some_and(|m| devices > 0 && failed as f64 / devices as f64 > m.value);
-            if failed > stage.max_failed || share_failed {
-                o.result = "failed".into();
-                o.reason = Some(format!(
-                    "{failed} of {devices} devices failed (at most {} allowed{})",
-                    stage.max_failed,
-                    stage
-                        .max_failed_share
-                        .as_ref()
-                        .map(|m| format!(", or {:.0} %", m.value * 100.0))
-                        .unwrap_or_default()
-                ));
-                break o;
-            }
-            let ok = devices > 0 && succeeded as f64 / devices as f64 >= stage.min_succeeded.value;
-            if ok && passed_at.is_none() {
-                passed_at = Some(tokio::time::Instant::now());
-            }
-            if passed_at.is_some_and(|t| t.elapsed() >= soak) {
-                o.result = "passed".into();
-                break o;
-            }
-            if passed_at.is_none() && started.elapsed() >= timeout {
-                o.result = "timeout".into();
-                o.reason = Some(format!(
-                    "{succeeded} of {devices} devices succeeded after {timeout:?}; {:.0} % needed",
-                    stage.min_succeeded.value * 100.0
-                ));
-                break o;
-            }
-            progress(&o);
-            tokio::time::sleep(poll).await;
-        };
-        let mut out = out;
-        if out.result != "passed" {
-            out.action = Some(on_failure(c, stage, &target, &id, client, hub).await?);
-        }
-        progress(&out);
-        let failed = out.result != "passed";
-        built.state.stages.push(out);
-        built.state.write(&built.dir)?;
-        if failed {
-            return Ok(Rollout::GateFailed(name));
-        }
-        if opts.until.as_deref() == Some(name.as_str()) {
-            break;
-        }
-    }
-    Ok(Rollout::Passed)
-}
-
-/// What a failed gate does; returns what was done, for the report.
-async fn on_failure(
-    c: &Checked,
-    stage: &config::Stage,
-    target: &Target<'_>,
-    id: &str,
-    client: &AduClient,
-    hub: Option<&crate::iothub::IotHubClient>,
-) -> Result<String, ReleaseError> {
-    use config::OnFailure;
-    match (stage.on_failure, target) {
-        (OnFailure::Stop, _) => Ok("stopped".to_owned()),
-        (OnFailure::Cancel | OnFailure::Rollback, Target::Edge(_)) => {
-            // Edge: deleting the deployment makes its devices fall back to their next one
-            // (edge.md §3.5); with none, they keep their modules.
-            let hub = hub.ok_or_else(|| ReleaseError::Refused("no IoT Hub".into()))?;
-            hub.delete_configuration(id, None)
-                .await
-                .map_err(|e| ReleaseError::Refused(format!("delete Edge deployment {id}: {e}")))?;
-            Ok("deleted (its devices fall back to their next deployment)".to_owned())
-        }
-        (OnFailure::Cancel, Target::Group(group)) => {
-            let s = client
-                .deployment_status(group, id)
-                .await
-                .map_err(service("read the deployment's status"))?;
-            for g in &s.subgroup_status {
-                client
-                    .cancel_subgroup(group, &g.device_class_id, id)
-                    .await
-                    .map_err(service("cancel"))?;
-            }
-            Ok("canceled".to_owned())
-        }
-        (OnFailure::Rollback, Target::Group(group)) => {
-            let to = match &stage.rollback_to {
-                Some(v) => Some(
-                    UpdateId::new(c.update_id.provider(), c.update_id.name(), &v.value)
-                        .map_err(|e| ReleaseError::Refused(e.to_string()))?,
-                ),
-                None => previous(client, &c.update_id).await?,
-            };
-            let Some(to) = to else {
-                return Ok("stopped (no earlier version to roll back to)".to_owned());
-            };
-            let d = adu_deployment(&format!("{id}-rollback"), &to, group)?;
-            client.create_or_update_deployment(&d).await.map_err(service("deploy the rollback"))?;
-            Ok(format!("rolledBack to {}", to.version().as_str()))
-        }
-    }
 }

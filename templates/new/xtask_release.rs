@@ -12,7 +12,7 @@
 
 use std::path::Path;
 
-use otaforge::release::{self, Options, Rollout, StageOutput};
+use otaforge::release::{self, Options, Rollout};
 use otaforge::reporter::NoReporter;
 use otaforge::service::{AduClient, Auth};
 use otaforge::storage::AnyStore;
@@ -49,12 +49,11 @@ pub fn run(config: &Path, endpoint: Option<&str>) -> Result<bool, String> {
         let mut built = release::publish(&checked, built, &client, &store, &NoReporter)
             .await
             .map_err(|e| e.to_string())?;
-        let show = |s: &StageOutput| {
-            let _ = (s.name.as_str(), s.result.as_str(), s.succeeded, s.devices);
-        };
-        let rollout = release::roll_out(&checked, &mut built, &client, None, &opts, &show)
-            .await
-            .map_err(|e| e.to_string())?;
+        let services = release::Services { client: &client, hub: None };
+        let rollout =
+            release::roll_out(&checked, &mut built, &services, &opts, &release::NoReleaseReporter)
+                .await
+                .map_err(|e| e.to_string())?;
         Ok(rollout == Rollout::Passed)
     })
 }

@@ -1108,3 +1108,89 @@ fn a_version_command_is_bounded_in_time_and_output() {
     let (code, v, err, _) = dry_run_within(&root, 60);
     assert_eq!((code, &v["updateId"]), (Some(0), &Value::from("contoso/toaster/1.2.0")), "{err}");
 }
+
+/// Item 9: a recorded stage result is believed only when the service confirms it. A
+/// hand-edited state file saying the canary stage passed (5 of 5) while the service has no
+/// canary deployment does not skip the stage: it deploys and waits on its own devices. One of
+/// the same id that deploys another update is not this release's either: refused (exit 1),
+/// and the record is dropped.
+#[test]
+fn a_stage_recorded_as_passed_runs_unless_the_service_confirms_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = repo(dir.path());
+    let data = dir.path().join("data");
+    let serve = Serve::start(&data, None);
+    without_delta(&root);
+    let toml = fs_err::read_to_string(root.join("otaforge.toml")).unwrap();
+    fs_err::write(root.join("otaforge.toml"), &toml[..toml.find("[[stage]]").unwrap()]).unwrap();
+    set_version(&root, "1.1.0", &firmware(16 * 1024, &[]));
+    assert_eq!(release(&root, Some(&serve), &[]).0, 0);
+    let image = root.join("out/release/1.1.0/files/firmware.bin");
+    let mut canary = fleet(&serve, &data, "canary", 3, &image, "install=0");
+    let ready = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !group_exists(&serve, "canary") {
+        assert!(std::time::Instant::now() < ready, "the canary group never appeared");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    fs_err::write(root.join("otaforge.toml"), &toml).unwrap();
+    let forge = |version: &str| {
+        set_version(&root, version, &firmware(16 * 1024, &[(100, version.len() * 10)]));
+        let (code, _, err) = release(&root, Some(&serve), &["--dry-run"]);
+        assert_eq!(code, 0, "{err}");
+        let path = root.join(format!("out/release/{version}/release-state.json"));
+        let mut state: Value = serde_json::from_slice(&fs_err::read(&path).unwrap()).unwrap();
+        state["stages"] = serde_json::json!([{
+            "name": "canary", "group": "canary",
+            "deploymentId": format!("{}-canary", version.replace('.', "-")),
+            "result": "passed", "devices": 5, "succeeded": 5, "failed": 0
+        }]);
+        fs_err::write(&path, serde_json::to_vec_pretty(&state).unwrap()).unwrap();
+        path
+    };
+
+    // No deployment: the stage runs against the three real canaries.
+    forge("1.2.0");
+    let (code, v, err) = release(&root, Some(&serve), &["--until", "canary"]);
+    assert_eq!(code, 0, "{err}\n{v:#}");
+    assert!(
+        err.contains("stage canary: the state file says passed, but the service has no deployment 1-2-0-canary; running the stage"),
+        "{err}"
+    );
+    let stage = &v["stages"][0];
+    assert_eq!(
+        (&stage["result"], stage["devices"].as_u64(), stage["succeeded"].as_u64()),
+        (&Value::from("passed"), Some(3), Some(3)),
+        "{v:#}"
+    );
+    let list = adu_json(&serve, &["deploy", "list", "canary"]);
+    assert!(list.to_string().contains("1-2-0-canary"), "{list:#}");
+    // Confirmed now: a re-run reports the same and says nothing about the record.
+    let (code, again, err) = release(&root, Some(&serve), &["--until", "canary"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(again, v);
+    assert!(!err.contains("state file says"), "{err}");
+
+    // The stage's id taken by a deployment of 1.1.0: not this release's, and refused.
+    let state_path = forge("1.3.0");
+    let taken = otaforge()
+        .args(["deploy", "create", "canary", "contoso/toaster/1.1.0", "--id", "1-3-0-canary"])
+        .args(["--endpoint", &serve.endpoint, "--instance", "default"])
+        .output()
+        .unwrap();
+    assert_eq!(taken.status.code(), Some(0), "{}", String::from_utf8_lossy(&taken.stderr));
+    let (code, v, err) = release(&root, Some(&serve), &["--until", "canary"]);
+    assert_eq!(code, 1, "{err}\n{v:#}");
+    assert!(
+        err.contains("stage canary: the state file says passed, but deployment 1-3-0-canary deploys contoso/toaster/1.1.0, not contoso/toaster/1.3.0; running the stage"),
+        "{err}"
+    );
+    assert_eq!(v["error"], "deploymentConflict", "{v:#}");
+    assert!(
+        err.contains("deployment 1-3-0-canary already exists and deploys contoso/toaster/1.1.0, not contoso/toaster/1.3.0"),
+        "{err}"
+    );
+    let state: Value = serde_json::from_slice(&fs_err::read(&state_path).unwrap()).unwrap();
+    assert_eq!(state["stages"], serde_json::json!([]), "the unconfirmed record is gone");
+    let _ = canary.kill();
+    let _ = canary.wait();
+}
