@@ -59,9 +59,7 @@ impl<'a> Target<'a> {
         match (&stage.group, &stage.edge_target) {
             (Some(g), _) => Ok(Target::Group(&g.value)),
             (None, Some(t)) => Ok(Target::Edge(&t.value)),
-            (None, None) => {
-                Err(ReleaseError::Refused(format!("stage {} has no target", stage.name.value)))
-            }
+            (None, None) => Err(ReleaseError::NoTarget { stage: stage.name.value.clone() }),
         }
     }
 
@@ -82,6 +80,11 @@ impl<'a> Target<'a> {
     }
 }
 
+/// An IoT Hub error while doing `what`.
+fn hub_error(what: String) -> impl FnOnce(crate::iothub::IotHubError) -> ReleaseError {
+    move |source| ReleaseError::Hub { what, source: Box::new(source) }
+}
+
 /// The service side of a rollout: Device Update, and the IoT Hub for Edge stages.
 pub struct Services<'a> {
     /// Device Update.
@@ -92,12 +95,7 @@ pub struct Services<'a> {
 
 impl Services<'_> {
     fn hub(&self) -> Result<&IotHubClient, ReleaseError> {
-        self.hub.ok_or_else(|| {
-            ReleaseError::Refused(
-                "an Edge stage needs the IoT Hub (service.iothub-connection-file or IOTHUB_CONNECTION_STRING)"
-                    .into(),
-            )
-        })
+        self.hub.ok_or(ReleaseError::NoHub)
     }
 }
 
@@ -203,7 +201,7 @@ async fn existing(
                 })
             }
             Err(crate::iothub::IotHubError::Api { status: 404, .. }) => Ok(Existing::None),
-            Err(e) => Err(ReleaseError::Refused(format!("read Edge deployment {id}: {e}"))),
+            Err(e) => Err(hub_error(format!("read Edge deployment {id}"))(e)),
         },
     }
 }
@@ -224,9 +222,7 @@ async fn deploy_stage(
             .map_err(service(format!("read group {group}")))?
             .is_none()
     {
-        return Err(ReleaseError::Refused(format!(
-            "group {group} does not exist on the service (tag devices with ADUGroup={group} first)"
-        )));
+        return Err(ReleaseError::MissingGroup { group: (*group).to_owned() });
     }
     match existing(c, target, id, s).await? {
         Existing::Ours => return Ok(()),
@@ -260,15 +256,11 @@ async fn create_edge_deployment(
     id: &str,
     s: &Services<'_>,
 ) -> Result<(), ReleaseError> {
-    let m = built
-        .state
-        .edge_manifest
-        .as_ref()
-        .ok_or_else(|| ReleaseError::Refused("the build made no Edge manifest".into()))?;
+    let m = built.state.edge_manifest.as_ref().ok_or(ReleaseError::NoEdgeManifest)?;
     let path = built.files_dir().join(&m.name);
     let doc: serde_json::Value =
         serde_json::from_slice(&fs_err::read(&path).map_err(io(&path))?)
-            .map_err(|e| ReleaseError::Refused(format!("{}: {e}", path.display())))?;
+            .map_err(|source| ReleaseError::EdgeManifest { path: path.clone(), source })?;
     let content = doc.get("content").cloned().unwrap_or(doc);
     let mut labels = std::collections::BTreeMap::new();
     labels.insert("release".to_owned(), c.update_id.version().as_str().to_owned());
@@ -284,7 +276,7 @@ async fn create_edge_deployment(
     s.hub()?
         .put_configuration(&config, None)
         .await
-        .map_err(|e| ReleaseError::Refused(format!("create Edge deployment {id}: {e}")))?;
+        .map_err(hub_error(format!("create Edge deployment {id}")))?;
     Ok(())
 }
 
@@ -319,14 +311,13 @@ async fn stage_counts(
 /// a failure even though IoT Hub's reportedSuccessfulCount counts it.
 async fn edge_counts(id: &str, hub: &IotHubClient) -> Result<Counts, ReleaseError> {
     use crate::edge::state::{DeviceState, device_state};
-    let refused =
-        |e: crate::iothub::IotHubError| ReleaseError::Refused(format!("Edge deployment {id}: {e}"));
-    let config = hub.get_configuration(id).await.map_err(refused)?;
+    let refused = |what: &str| hub_error(format!("{what} of Edge deployment {id}"));
+    let config = hub.get_configuration(id).await.map_err(refused("read"))?;
     let devices = config.system_metrics.results.get("targetedCount").copied().unwrap_or(0);
     let query = format!(
         "SELECT * FROM devices.modules WHERE moduleId = '$edgeAgent' AND configurations.[[{id}]].status = 'Applied'"
     );
-    let agents = hub.query_twins(&query).await.map_err(refused)?;
+    let agents = hub.query_twins(&query).await.map_err(refused("query the devices"))?;
     let (mut succeeded, mut failed) = (0, 0);
     for a in &agents {
         let v = serde_json::to_value(a).unwrap_or_default();
@@ -523,7 +514,7 @@ async fn on_failure(
             s.hub()?
                 .delete_configuration(id, None)
                 .await
-                .map_err(|e| ReleaseError::Refused(format!("delete Edge deployment {id}: {e}")))?;
+                .map_err(hub_error(format!("delete Edge deployment {id}")))?;
             Ok("deleted (its devices fall back to their next deployment)".to_owned())
         }
         (OnFailure::Cancel, Target::Group(group)) => {
@@ -542,10 +533,9 @@ async fn on_failure(
         }
         (OnFailure::Rollback, Target::Group(group)) => {
             let to = match &stage.rollback_to {
-                Some(v) => Some(
-                    UpdateId::new(c.update_id.provider(), c.update_id.name(), &v.value)
-                        .map_err(|e| ReleaseError::Refused(e.to_string()))?,
-                ),
+                Some(v) => {
+                    Some(UpdateId::new(c.update_id.provider(), c.update_id.name(), &v.value)?)
+                }
                 None => previous(s.client, &c.update_id).await?,
             };
             let Some(to) = to else {
