@@ -23,6 +23,8 @@ struct Build<'a> {
     dir: PathBuf,
     /// `OUTPUT/VERSION/files`.
     files: PathBuf,
+    /// The SHA-256 of each input: the artifacts' files, then the Edge manifest.
+    inputs: Vec<String>,
     signer: Option<Box<dyn Signer>>,
     state: State,
     made: Vec<String>,
@@ -42,16 +44,18 @@ pub fn build(c: &Checked, opts: &Options, reporter: &dyn Reporter) -> Result<Bui
         }
     }
     let signer = signer(c)?;
-    let mut b = Build { c, opts, reporter, dir, files, signer, state, made: Vec::new() };
+    let mut b = Build { c, opts, reporter, dir, files, inputs, signer, state, made: Vec::new() };
     b.artifacts()?;
     b.deltas()?;
     b.edge_manifest()?;
     // An IoT Edge-only release has no update to import.
+    let mut checked = None;
     if !b.state.artifacts.is_empty() {
         b.manifest()?;
         b.metadata()?;
+        checked = Some(b.verify()?);
     }
-    Ok(Built { dir: b.dir, state: b.state, made: b.made })
+    Ok(Built { dir: b.dir, state: b.state, made: b.made, checked })
 }
 
 /// The SHA-256 of each input (the artifacts' files, then the Edge manifest), each refused when
@@ -120,15 +124,19 @@ impl Build<'_> {
     fn artifacts(&mut self) -> Result<(), ReleaseError> {
         let c = self.c;
         let current = self.state.artifacts.len() == c.files.len()
-            && self.state.artifacts.iter().all(|a| a.verifies(&self.files));
+            && self.state.artifacts.iter().enumerate().all(|(i, a)| self.derives(i, a));
         if current {
             return Ok(());
         }
         self.state.artifacts.clear();
-        for (a, input) in c.config.artifacts.iter().zip(&c.files) {
+        for (i, (a, input)) in c.config.artifacts.iter().zip(&c.files).enumerate() {
             let name =
                 input.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             let bytes = fs_err::read(input).map_err(io(input))?;
+            // What is shipped is what was checked for private keys.
+            if self.inputs.get(i) != Some(&Sha256::digest(&bytes).to_base64()) {
+                return Err(ReleaseError::InputChanged { path: input.clone() });
+            }
             let bytes = self.ship(a, &name, bytes)?;
             let out = self.write(&self.files.join(&name), &bytes)?;
             self.state.artifacts.push(out);
@@ -137,6 +145,30 @@ impl Build<'_> {
         self.state.manifest = None;
         self.state.metadata = None;
         self.done("artifacts")
+    }
+
+    /// Whether the recorded artifact `i` is in `files/` with its recorded content and is what
+    /// its input makes: the input itself, or an MCUboot image of it the signer's key verifies.
+    /// An output folder changed by hand (file and state file alike) is made again.
+    fn derives(&self, i: usize, art: &Output) -> bool {
+        let (Some(a), Some(input)) = (self.c.config.artifacts.get(i), self.inputs.get(i)) else {
+            return false;
+        };
+        if !art.verifies(&self.files) {
+            return false;
+        }
+        let signed = a.kind == config::ArtifactKind::Mcuboot
+            && self.c.config.signing.as_ref().is_some_and(|s| s.mcuboot.is_some());
+        let Some(signer) = self.signer.as_ref().filter(|_| signed) else {
+            return art.sha256 == *input;
+        };
+        let Ok(image) = fs_err::read(self.files.join(&art.name)) else { return false };
+        let mut keys = crate::sign::TrustedKeys::new();
+        keys.add(signer.public_key().clone());
+        let Ok(v) = crate::mcuboot::verify(&image, &keys) else { return false };
+        let start = usize::from(v.info.header_size);
+        let end = start.saturating_add(v.info.image_size as usize);
+        image.get(start..end).is_some_and(|body| Sha256::digest(body).to_base64() == *input)
     }
 
     /// What is shipped of an artifact's `bytes`: an MCUboot image signed when `[signing]`
@@ -408,5 +440,27 @@ impl Build<'_> {
         self.state.metadata =
             Some(self.write(&self.dir.join("release.meta.json"), text.as_bytes())?);
         self.done("metadata")
+    }
+
+    /// The check the real run makes before uploading (`pipeline::check`: the import manifest
+    /// against every file it names, in its folder), made here so that a dry run refuses what
+    /// the real run would.
+    fn verify(&self) -> Result<crate::pipeline::Checked, ReleaseError> {
+        let manifest = self.state.manifest.as_ref().ok_or(ReleaseError::NoManifest)?;
+        let path = self.files.join(&manifest.name);
+        let jobs = self.opts.jobs.max(1);
+        match crate::pipeline::check(std::slice::from_ref(&path), jobs, self.reporter) {
+            Err(crate::pipeline::PipelineError::Invalid(reports)) => {
+                let problems = reports
+                    .iter()
+                    .flat_map(|r| r.findings.iter())
+                    .filter(|f| f.severity == crate::finding::Severity::Error)
+                    .map(|f| format!("{}: {}", f.path, f.message))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                Err(ReleaseError::Tampered { dir: self.dir.clone(), problems })
+            }
+            r => Ok(r?),
+        }
     }
 }

@@ -147,6 +147,23 @@ pub enum ReleaseError {
         /// Why.
         source: serde_json::Error,
     },
+    /// An input changed while the release ran.
+    #[error("{}: changed while the release ran; run it again", path.display())]
+    InputChanged {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The output folder does not match its import manifest.
+    #[error(
+        "{}: the output folder was changed after it was built ({problems}); delete it and run otaforge release again",
+        dir.display()
+    )]
+    Tampered {
+        /// `OUTPUT/VERSION`.
+        dir: PathBuf,
+        /// What does not match.
+        problems: String,
+    },
     /// An artifact holds a private key.
     #[error(
         "{}: holds {key}; a release never ships a private key: take it out of [[artifact]]",
@@ -366,6 +383,9 @@ pub struct Built {
     pub state: State,
     /// What was made now (the rest was there and verified).
     pub made: Vec<String>,
+    /// The import manifest checked against its files, as publishing checks it (none for an
+    /// IoT Edge-only release).
+    pub checked: Option<crate::pipeline::Checked>,
 }
 
 impl Built {

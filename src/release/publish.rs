@@ -169,7 +169,10 @@ pub async fn publish(
     let manifest = built.manifest_path().ok_or(ReleaseError::NoManifest)?;
     wait_for_imports_under_way(c, client).await?;
     let jobs = crate::hash::default_jobs();
-    let checked = crate::pipeline::check(std::slice::from_ref(&manifest), jobs, reporter)?;
+    let checked = match built.checked.take() {
+        Some(c) => c,
+        None => crate::pipeline::check(std::slice::from_ref(&manifest), jobs, reporter)?,
+    };
     let planned = crate::pipeline::plan(checked, client).await?;
     if !planned.todo.is_empty() {
         let plan = crate::pipeline::UploadPlan {

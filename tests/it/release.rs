@@ -1194,3 +1194,79 @@ fn a_stage_recorded_as_passed_runs_unless_the_service_confirms_it() {
     let _ = canary.kill();
     let _ = canary.wait();
 }
+
+/// Low: `--dry-run` refuses a tampered output folder as the real run does, with the same
+/// check (the import manifest against every file it names) and the same error; nothing is
+/// imported. An artifact changed by hand together with its record is made again from its
+/// input, in both.
+#[test]
+fn a_dry_run_refuses_a_tampered_output_folder_as_the_real_run_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = repo(dir.path());
+    let serve = Serve::start(&dir.path().join("data"), None);
+    let toml = fs_err::read_to_string(root.join("otaforge.toml")).unwrap();
+    without_delta(&root);
+    set_version(&root, "1.1.0", &firmware(32 * 1024, &[]));
+    let (code, _, err) = release(&root, None, &["--endpoint", "http://127.0.0.1:9", "--dry-run"]);
+    assert_eq!(code, 0, "{err}");
+    fs_err::write(root.join("otaforge.toml"), &toml).unwrap();
+    let v12 = firmware(32 * 1024, &[(500, 100)]);
+    set_version(&root, "1.2.0", &v12);
+    let (code, v, err) = release(&root, None, &["--endpoint", "http://127.0.0.1:9", "--dry-run"]);
+    assert_eq!(code, 0, "{err}");
+    let out = root.join("out/release/1.2.0");
+    let state_path = out.join("release-state.json");
+    let pristine = fs_err::read(&state_path).unwrap();
+    let edit_state = |edit: &dyn Fn(&mut Value)| {
+        let mut state: Value = serde_json::from_slice(&fs_err::read(&state_path).unwrap()).unwrap();
+        edit(&mut state);
+        fs_err::write(&state_path, serde_json::to_vec_pretty(&state).unwrap()).unwrap();
+    };
+    let record = |bytes: &[u8]| {
+        let sha = otaforge::Sha256::digest(bytes).to_base64();
+        serde_json::json!({"sizeInBytes": bytes.len(), "sha256": sha})
+    };
+
+    // The delta replaced, and its record with it.
+    let delta = out.join("files").join(v["deltas"][0]["file"]["name"].as_str().unwrap());
+    let mut tampered = fs_err::read(&delta).unwrap();
+    tampered.extend_from_slice(b"tampered");
+    fs_err::write(&delta, &tampered).unwrap();
+    let r = record(&tampered);
+    edit_state(&|s| {
+        s["deltas"][0]["file"]["sizeInBytes"] = r["sizeInBytes"].clone();
+        s["deltas"][0]["file"]["sha256"] = r["sha256"].clone();
+    });
+    let dry = release(&root, None, &["--endpoint", "http://127.0.0.1:9", "--dry-run"]);
+    let real = release(&root, Some(&serve), &[]);
+    for (what, (code, v, err)) in [("dry run", &dry), ("real run", &real)] {
+        assert_eq!(*code, 1, "{what}: {err}\n{v:#}");
+        assert_eq!(v["error"], "buildFailed", "{what}: {v:#}");
+        let want = "out/release/1.2.0: the output folder was changed after it was built (";
+        assert!(err.contains(want), "{what}: wanted `{want}` in:\n{err}");
+        assert!(err.contains("delete it and run otaforge release again"), "{what}: {err}");
+    }
+    assert_eq!(dry.1["message"], real.1["message"], "one check, one error");
+    let listed = adu_json(&serve, &["update", "list"]);
+    assert!(!listed.to_string().contains("1.2.0"), "nothing imported: {listed}");
+
+    // The artifact replaced with its record, and the manifest record dropped so that a new
+    // manifest would list it: made again from the input instead.
+    fs_err::write(&state_path, &pristine).unwrap();
+    fs_err::write(&delta, fs_err::read(&delta).unwrap().strip_suffix(b"tampered").unwrap())
+        .unwrap();
+    let shipped = out.join("files/firmware.bin");
+    let evil = firmware(32 * 1024, &[(0, 64)]);
+    fs_err::write(&shipped, &evil).unwrap();
+    let r = record(&evil);
+    edit_state(&|s| {
+        s["artifacts"][0]["sizeInBytes"] = r["sizeInBytes"].clone();
+        s["artifacts"][0]["sha256"] = r["sha256"].clone();
+        s["manifest"] = Value::Null;
+    });
+    let (code, again, err) =
+        release(&root, None, &["--endpoint", "http://127.0.0.1:9", "--dry-run"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(fs_err::read(&shipped).unwrap(), v12, "the input is shipped, not the edit");
+    assert_eq!(again, v, "the same outputs as before the edit");
+}
