@@ -17,6 +17,7 @@
 //! the first run's time is recorded and reused.
 
 pub mod build;
+pub mod check;
 pub mod config;
 pub mod inputs;
 pub mod publish;

@@ -9,6 +9,10 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use super::check::Problems;
+use super::config::UpdateSection;
+use crate::manifest::UpdateId;
+
 /// What a version command may print on stdout, and what of its stderr is kept for an error: a
 /// version is a few characters; 4 KiB leaves room for a banner a wrapper prints first.
 pub const MAX_OUTPUT: usize = 4096;
@@ -40,6 +44,53 @@ pub enum VersionError {
         /// The start of what it printed on stderr.
         stderr: String,
     },
+}
+
+/// The update id of `[update]`: its version written, the first line of `version-file`, or
+/// what `version-command` prints (run here, with `timeout`). Each problem is added to `p` with
+/// the line and field it is about.
+pub(super) fn resolve(
+    p: &mut Problems<'_>,
+    u: &UpdateSection,
+    root: &Path,
+    timeout: Duration,
+) -> Option<UpdateId> {
+    let (version, span, field) = match (&u.version, &u.version_file, &u.version_command) {
+        (Some(v), _, _) => (v.value.trim().to_owned(), &v.span, "update.version"),
+        (_, Some(f), _) => match fs_err::read_to_string(root.join(&f.value)) {
+            Ok(t) => {
+                let first = t.lines().next().unwrap_or_default().trim().to_owned();
+                (first, &f.span, "update.version-file")
+            }
+            Err(e) => {
+                p.add(&f.span, "update.version-file", e.to_string());
+                return None;
+            }
+        },
+        (_, _, Some(c)) => match run(&c.value, root, timeout) {
+            Ok(v) => (v, &c.span, "update.version-command"),
+            Err(e) => {
+                p.add(&c.span, "update.version-command", e.to_string());
+                return None;
+            }
+        },
+        (None, None, None) => return None,
+    };
+    match UpdateId::new(&u.provider.value, &u.name.value, &version) {
+        Ok(id) => Some(id),
+        Err(e) => {
+            use crate::manifest::IdError;
+            let (span, field) = match &e {
+                IdError::BadVersion { .. } => (span, field),
+                IdError::BadPart { what: "name", .. } | IdError::DotsOnly { what: "name", .. } => {
+                    (&u.name.span, "update.name")
+                }
+                _ => (&u.provider.span, "update.provider"),
+            };
+            p.add(span, field, e.to_string());
+            None
+        }
+    }
 }
 
 /// Runs `command` in `dir` and returns what it printed, trimmed.
