@@ -1,7 +1,7 @@
 //! The rules of `otaforge.toml` beyond its types (`docs/release.md`, field by field), one
 //! function per section. Each adds every problem it finds, with the line and field, and returns
 //! what it worked out (files, bases, durations). Nothing here runs a command or writes: the
-//! version is found afterwards ([`super::version::resolve`]), and only for a description that
+//! version is found afterwards (`version::resolve`), and only for a description that
 //! passed.
 
 use std::ops::Range;

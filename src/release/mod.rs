@@ -1,20 +1,28 @@
 //! `otaforge release`: one `otaforge.toml` → the update's files (MCUboot images signed),
 //! deltas from earlier releases, the import manifest, signed release metadata, upload, import,
-//! and a staged rollout whose gates stop it. The pipeline as typed steps:
+//! and a staged rollout whose gates stop it (`docs/release.md`). The pipeline as typed steps,
+//! like `otaforge import`'s ([`crate::pipeline`]):
 //!
-//! 1. [`config::load`]: the file, checked → [`config::Checked`].
-//! 2. [`build`]: files copied (or signed) into `OUTPUT/VERSION/files/`, one delta per base
-//!    (kept when smaller than `max-share` of the file), the import manifest, the metadata →
-//!    [`Built`]. Offline; `--dry-run` stops here and writes only inside the output folder.
-//! 3. [`publish`]: upload and import through `pipeline` (an update already imported with the
-//!    same content is not imported again).
-//! 4. [`roll_out`]: each stage deploys to its group and waits on its gates.
+//! 1. [`config::load`]: the file, checked section by section ([`check`]), its version found
+//!    ([`version`]) → [`Checked`].
+//! 2. [`Settings::resolve`]: what the caller decides ([`Overrides`]) and the [`Environment`],
+//!    settled before anything runs: Device Update endpoint and authentication, storage
+//!    backend, IoT Hub → [`Settings`].
+//! 3. [`run`], step by step ([`Step`]), telling a [`ReleaseReporter`] as it goes, → [`Report`]:
+//!    - [`fetch_bases`]: `storage:VERSION` delta bases read back from the storage container;
+//!    - [`build()`]: files copied (or signed) into `OUTPUT/VERSION/files/` (never a private key,
+//!      never a file from outside the repository unless allowed: [`inputs`]), one delta per
+//!      base, the import manifest, the metadata, checked as publishing checks them →
+//!      [`Built`]. Offline; a dry run stops here and writes only inside the output folder;
+//!    - [`check_groups`], then [`publish()`]: upload and import through `pipeline` (an update
+//!      already imported with the same content is not imported again);
+//!    - [`roll_out`]: each stage deploys to its group and waits on its gates.
 //!
 //! Every step records what it made in `OUTPUT/VERSION/release-state.json` (written through a
 //! temp file and renamed) with the SHA-256 of each output; a re-run skips a step whose outputs
-//! are there and verify, so a release killed at any moment finishes with the same outputs.
-//! With `SOURCE_DATE_EPOCH` the manifest and deltas are byte-identical run to run; without it
-//! the first run's time is recorded and reused.
+//! are there and verify (and, for a stage, that the service confirms), so a release killed at
+//! any moment finishes with the same outputs. With `SOURCE_DATE_EPOCH` the manifest and deltas
+//! are byte-identical run to run; without it the first run's time is recorded and reused.
 
 pub mod build;
 pub mod check;
@@ -23,6 +31,7 @@ pub mod inputs;
 pub mod publish;
 pub mod report;
 pub mod rollout;
+pub mod settings;
 pub mod version;
 
 use std::path::{Path, PathBuf};
@@ -35,8 +44,9 @@ use crate::Sha256;
 pub use build::build;
 pub use config::{Checked, ConfigError};
 pub use publish::{check_groups, fetch_bases, publish};
-pub use report::{NoReleaseReporter, ReleaseReporter};
+pub use report::{NoReleaseReporter, Outcome, ReleaseReporter, Report, Step};
 pub use rollout::{Rollout, Services, deployment_id, edge_deployment_id, roll_out};
+pub use settings::{Environment, Overrides, Settings};
 
 /// The state file in each release's output folder.
 pub const STATE_FILE: &str = "release-state.json";
@@ -44,6 +54,30 @@ pub const STATE_FILE: &str = "release-state.json";
 /// Why a release stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ReleaseError {
+    /// A step of [`run`] failed (the error says why; [`ReleaseError::code`] gives the stable
+    /// code of the failures a user can fix).
+    #[error("{source}")]
+    Stopped {
+        /// The step.
+        step: Step,
+        /// What failed.
+        source: Box<ReleaseError>,
+    },
+    /// `--resume` and nothing to resume.
+    #[error("--resume: {} holds no release to resume", dir.display())]
+    NothingToResume {
+        /// `OUTPUT/VERSION`.
+        dir: PathBuf,
+    },
+    /// `--until` names no stage.
+    #[error("--until {name}: otaforge.toml has no stage of that name")]
+    UnknownStage {
+        /// The name given.
+        name: String,
+    },
+    /// The blob store failed.
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
     /// otaforge.toml is wrong.
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
     Config(Vec<ConfigError>),
@@ -235,6 +269,35 @@ pub enum ReleaseError {
     ImportFailed(String),
 }
 
+impl ReleaseError {
+    /// The stable code of a failure the user can act on (exit 1): `invalidConfig`,
+    /// `baseFailed`, `buildFailed`, `publishFailed`, `deploymentConflict`. None for the
+    /// unexpected (exit 2).
+    pub fn code(&self) -> Option<&'static str> {
+        match self {
+            Self::Config(_) => Some("invalidConfig"),
+            Self::DeploymentConflict { .. } => Some("deploymentConflict"),
+            Self::Stopped { step, source } => source.code().or(match step {
+                Step::Bases => Some("baseFailed"),
+                Step::Build => Some("buildFailed"),
+                Step::Publish => Some("publishFailed"),
+                Step::Groups | Step::Rollout => None,
+            }),
+            _ => None,
+        }
+    }
+
+    /// The same error, as stopping `step`.
+    fn at(step: Step) -> impl FnOnce(Self) -> Self {
+        move |e| Self::Stopped { step, source: Box::new(e) }
+    }
+}
+
+/// An IoT Hub error while doing `what`.
+fn hub_error(what: String) -> impl FnOnce(crate::iothub::IotHubError) -> ReleaseError {
+    move |source| ReleaseError::Hub { what, source: Box::new(source) }
+}
+
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ReleaseError + '_ {
     move |source| ReleaseError::Io { path: path.to_owned(), source }
 }
@@ -375,7 +438,7 @@ pub struct Options {
     pub poll: Option<Duration>,
 }
 
-/// The output of [`build`].
+/// The output of [`build()`].
 #[derive(Debug, Clone)]
 pub struct Built {
     /// `OUTPUT/VERSION`.
@@ -399,4 +462,68 @@ impl Built {
     pub fn manifest_path(&self) -> Option<PathBuf> {
         self.state.manifest.as_ref().map(|m| self.files_dir().join(&m.name))
     }
+}
+
+/// Runs the release `settings` describe, step by step: the delta bases kept in the storage
+/// container read back, the build (a dry run stops there), every stage's group checked, upload
+/// and import, the stages. `reporter` hears of each as it happens, and of every request to
+/// Device Update that is tried again. A failed gate is a report whose result is
+/// [`Outcome::GateFailed`]; an error says which [`Step`] it stopped.
+pub async fn run(
+    settings: Settings,
+    reporter: std::sync::Arc<dyn ReleaseReporter>,
+) -> Result<Report, ReleaseError> {
+    let Settings { checked: c, options, remote } = settings;
+    reporter.plan(&c);
+    let Some(remote) = remote else {
+        let built = build_step(&c, &options, reporter.as_ref())?;
+        return Ok(Report::new(&c, &built, None));
+    };
+    let notice = std::sync::Arc::clone(&reporter);
+    let client = remote.client.with_retry_notice(crate::retry::RetryNotice(std::sync::Arc::new(
+        move |m: &str| notice.retrying(m),
+    )));
+    let store = match remote.store {
+        Some(s) => s,
+        None => crate::storage::AnyStore::Embedded(
+            crate::storage::embedded::EmbeddedStore::discover(&client).await?,
+        ),
+    };
+    if !c.remote_bases.is_empty() {
+        let fetched = fetch_bases(&c, &store).await.map_err(ReleaseError::at(Step::Bases))?;
+        fetched.iter().for_each(|v| reporter.base_fetched(v));
+    }
+    let built = build_step(&c, &options, reporter.as_ref())?;
+    let until = options.until.as_deref();
+    if let Err(missing) = check_groups(&c, &client, until).await? {
+        return Err(ReleaseError::at(Step::Groups)(ReleaseError::Config(missing)));
+    }
+    let mut built = {
+        let progress = reporter.progress(Step::Publish);
+        publish(&c, built, &client, &store, progress.as_ref())
+            .await
+            .map_err(ReleaseError::at(Step::Publish))?
+    };
+    if !built.state.artifacts.is_empty() {
+        reporter.imported(&c.update_id, built.made.iter().any(|m| m == "import"));
+    }
+    let services = Services { client: &client, hub: remote.hub.as_ref() };
+    let rollout = roll_out(&c, &mut built, &services, &options, reporter.as_ref())
+        .await
+        .map_err(ReleaseError::at(Step::Rollout))?;
+    Ok(Report::new(&c, &built, Some(&rollout)))
+}
+
+/// The build, with its progress, and the deltas it did not keep told.
+fn build_step(
+    c: &Checked,
+    options: &Options,
+    reporter: &dyn ReleaseReporter,
+) -> Result<Built, ReleaseError> {
+    let built = {
+        let progress = reporter.progress(Step::Build);
+        build(c, options, progress.as_ref()).map_err(ReleaseError::at(Step::Build))?
+    };
+    built.state.skipped_deltas.iter().for_each(|s| reporter.delta_skipped(s));
+    Ok(built)
 }

@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use super::config::{self, Checked, OnFailure};
-use super::{Built, Options, ReleaseError, ReleaseReporter, StageOutput, io, service};
+use super::{Built, Options, ReleaseError, ReleaseReporter, StageOutput, hub_error, io, service};
 use crate::iothub::IotHubClient;
 use crate::manifest::UpdateId;
 use crate::service::AduClient;
@@ -78,11 +78,6 @@ impl<'a> Target<'a> {
             Target::Edge(_) => edge_deployment_id(&c.update_id, stage),
         }
     }
-}
-
-/// An IoT Hub error while doing `what`.
-fn hub_error(what: String) -> impl FnOnce(crate::iothub::IotHubError) -> ReleaseError {
-    move |source| ReleaseError::Hub { what, source: Box::new(source) }
 }
 
 /// The service side of a rollout: Device Update, and the IoT Hub for Edge stages.

@@ -193,6 +193,13 @@ fn the_quickstart_releases_through_a_canary_and_a_failed_gate_rolls_the_fleet_ba
     );
     assert_eq!(stages[1]["result"], "failed");
     assert_eq!(stages[1]["action"], "rolledBack to 1.1.0");
+    assert_eq!(
+        (&v["result"], &v["failedStage"]),
+        (&Value::from("gateFailed"), &Value::from("fleet"))
+    );
+    // What is printed is the library's report, field for field.
+    let report: otaforge::release::Report = serde_json::from_value(v.clone()).unwrap();
+    assert_eq!(serde_json::to_value(&report).unwrap(), v);
     assert!(stages[1]["reason"].as_str().unwrap().contains("of 4 devices failed"), "{v:#}");
     assert!(v["metadata"]["sha256"].is_string(), "signed release metadata: {v:#}");
     let uploaded = walk(&data);
