@@ -88,9 +88,10 @@ impl release::ReleaseReporter for Progress {
     fn stage(&self, stage: &StageOutput) {
         self.0.notice(stage_line(stage));
     }
-    fn record_not_confirmed(&self, stage: &str, result: &str, why: &str) {
+    fn record_not_confirmed(&self, record: &StageOutput, why: &release::rollout::Unconfirmed) {
         self.0.notice(format!(
-            "stage {stage}: the state file says {result}, but {why}; running the stage"
+            "stage {}: the state file says {}, but {why}; running the stage",
+            record.name, record.result
         ));
     }
     fn retrying(&self, message: &str) {

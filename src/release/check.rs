@@ -182,7 +182,7 @@ fn artifacts(p: &mut Problems<'_>, root: &Path, config: &Config) -> Vec<PathBuf>
         match matches.as_slice() {
             [one] => match shippable(root, a, one, signing_key.as_deref()) {
                 Ok(()) => files.push(one.clone()),
-                Err(m) => p.add(&a.path.span, &field, m),
+                Err(e) => p.add(&a.path.span, &field, e.to_string()),
             },
             [] => p.add(
                 &a.path.span,
@@ -241,17 +241,15 @@ fn shippable(
     a: &Artifact,
     file: &Path,
     signing_key: Option<&Path>,
-) -> Result<(), String> {
+) -> Result<(), inputs::InputError> {
     let resolved = if a.outside_repository {
-        fs_err::canonicalize(file).map_err(|e| e.to_string())?
+        fs_err::canonicalize(file)
+            .map_err(|source| inputs::InputError::Io { path: file.to_owned(), source })?
     } else {
-        inputs::inside(root, &a.path.value, file).map_err(|e| e.to_string())?
+        inputs::inside(root, &a.path.value, file)?
     };
     if Some(resolved.as_path()) == signing_key {
-        return Err(format!(
-            "`{}` is the signing key ([signing] key); a release never ships a private key",
-            a.path.value
-        ));
+        return Err(inputs::InputError::SigningKey { written: a.path.value.clone() });
     }
     Ok(())
 }

@@ -51,6 +51,12 @@ pub enum InputError {
         /// The repository (the folder of otaforge.toml).
         root: PathBuf,
     },
+    /// The file is the signing key.
+    #[error("`{written}` is the signing key ([signing] key); a release never ships a private key")]
+    SigningKey {
+        /// The path as written.
+        written: String,
+    },
     /// A file could not be read.
     #[error("{}: {source}", path.display())]
     Io {

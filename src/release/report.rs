@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::rollout::Unconfirmed;
 use super::{Built, Checked, DeltaOutput, Output, Rollout, StageOutput};
 use crate::manifest::UpdateId;
 use crate::reporter::{NoReporter, Reporter};
@@ -65,10 +66,10 @@ pub trait ReleaseReporter: Send + Sync {
     fn stage(&self, stage: &StageOutput) {
         let _ = stage;
     }
-    /// The state file records `result` for `stage` but the service does not confirm it
+    /// The state file holds `record` for a stage but the service does not confirm it
     /// (`why`); the stage runs again.
-    fn record_not_confirmed(&self, stage: &str, result: &str, why: &str) {
-        let _ = (stage, result, why);
+    fn record_not_confirmed(&self, record: &StageOutput, why: &Unconfirmed) {
+        let _ = (record, why);
     }
     /// A request to Device Update failed and is tried again (`message` says why).
     fn retrying(&self, message: &str) {

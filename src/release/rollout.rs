@@ -325,14 +325,59 @@ async fn edge_counts(id: &str, hub: &IotHubClient) -> Result<Counts, ReleaseErro
     Ok(Counts { devices: u64::try_from(devices).unwrap_or(0), succeeded, failed })
 }
 
-/// Whether the service confirms a recorded stage result; `Err` says why not.
+/// Why the service does not confirm a stage's record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unconfirmed {
+    /// The stage's deployment does not exist.
+    NoDeployment {
+        /// Its id.
+        id: String,
+    },
+    /// A deployment of that id deploys something else.
+    OtherUpdate {
+        /// Its id.
+        id: String,
+        /// What it deploys.
+        holds: String,
+        /// This release's update.
+        update: String,
+    },
+    /// Its counts now give another verdict.
+    Counts {
+        /// Its id.
+        id: String,
+        /// Devices in the stage.
+        devices: u64,
+        /// Succeeded.
+        succeeded: u64,
+        /// Failed.
+        failed: u64,
+    },
+}
+
+impl std::fmt::Display for Unconfirmed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NoDeployment { id } => write!(f, "the service has no deployment {id}"),
+            Self::OtherUpdate { id, holds, update } => {
+                write!(f, "deployment {id} deploys {holds}, not {update}")
+            }
+            Self::Counts { id, devices, succeeded, failed } => write!(
+                f,
+                "deployment {id} has {succeeded} of {devices} devices succeeded and {failed} failed"
+            ),
+        }
+    }
+}
+
+/// Whether the service confirms a recorded stage result: None when it does, else why not.
 async fn confirm(
     c: &Checked,
     stage: &config::Stage,
     target: &Target<'_>,
     record: &StageOutput,
     s: &Services<'_>,
-) -> Result<Result<(), String>, ReleaseError> {
+) -> Result<Option<Unconfirmed>, ReleaseError> {
     let id = target.deployment_id(c, &stage.name.value);
     let passed = record.result == "passed";
     match existing(c, target, &id, s).await? {
@@ -343,21 +388,27 @@ async fn confirm(
                 && matches!(target, Target::Edge(_))
                 && record.action.as_deref().is_some_and(|a| a.starts_with("deleted")) =>
         {
-            return Ok(Ok(()));
+            return Ok(None);
         }
-        Existing::None => return Ok(Err(format!("the service has no deployment {id}"))),
-        Existing::Other(what) => {
-            return Ok(Err(format!("deployment {id} deploys {what}, not {}", c.update_id)));
+        Existing::None => return Ok(Some(Unconfirmed::NoDeployment { id })),
+        Existing::Other(holds) => {
+            return Ok(Some(Unconfirmed::OtherUpdate {
+                id,
+                holds,
+                update: c.update_id.to_string(),
+            }));
         }
     }
     let n = stage_counts(target, &id, s).await?;
     if passed == (judge(stage, n) == Verdict::Met) {
-        return Ok(Ok(()));
+        return Ok(None);
     }
-    Ok(Err(format!(
-        "deployment {id} has {} of {} devices succeeded and {} failed",
-        n.succeeded, n.devices, n.failed
-    )))
+    Ok(Some(Unconfirmed::Counts {
+        id,
+        devices: n.devices,
+        succeeded: n.succeeded,
+        failed: n.failed,
+    }))
 }
 
 /// Step 4: the stages, in order; each deploys to its group (or its Edge devices) and waits on
@@ -378,9 +429,9 @@ pub async fn roll_out(
             Some(at) => {
                 let record = built.state.stages[at].clone();
                 match confirm(c, stage, &target, &record, services).await? {
-                    Ok(()) => Some(record.result),
-                    Err(why) => {
-                        reporter.record_not_confirmed(name, &record.result, &why);
+                    None => Some(record.result),
+                    Some(why) => {
+                        reporter.record_not_confirmed(&record, &why);
                         built.state.stages.remove(at);
                         built.state.write(&built.dir)?;
                         None
