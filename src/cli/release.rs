@@ -171,7 +171,7 @@ fn show(out: &Output, report: &Report) -> anyhow::Result<Outcome> {
 
 /// A release error: the ones a user can fix with their code (exit 1), the rest exit 2.
 fn failure(out: &Output, e: release::ReleaseError, secrets: &[String]) -> anyhow::Result<Outcome> {
-    let Some(code) = e.code() else { return Err(e.into()) };
+    let Some(code) = e.failure_code() else { return Err(e.into()) };
     let source = match e {
         release::ReleaseError::Stopped { step, source } => (step, *source),
         e => (Step::Build, e),

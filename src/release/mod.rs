@@ -272,12 +272,12 @@ pub enum ReleaseError {
 impl ReleaseError {
     /// The stable code of a failure the user can act on (exit 1): `invalidConfig`,
     /// `baseFailed`, `buildFailed`, `publishFailed`, `deploymentConflict`. None for the
-    /// unexpected (exit 2).
-    pub fn code(&self) -> Option<&'static str> {
+    /// unexpected (exit 2), whose code is [`ErrorCode::code`](crate::error::ErrorCode).
+    pub fn failure_code(&self) -> Option<&'static str> {
         match self {
             Self::Config(_) => Some("invalidConfig"),
             Self::DeploymentConflict { .. } => Some("deploymentConflict"),
-            Self::Stopped { step, source } => source.code().or(match step {
+            Self::Stopped { step, source } => source.failure_code().or(match step {
                 Step::Bases => Some("baseFailed"),
                 Step::Build => Some("buildFailed"),
                 Step::Publish => Some("publishFailed"),
@@ -290,6 +290,37 @@ impl ReleaseError {
     /// The same error, as stopping `step`.
     fn at(step: Step) -> impl FnOnce(Self) -> Self {
         move |e| Self::Stopped { step, source: Box::new(e) }
+    }
+}
+
+impl crate::error::ErrorCode for ReleaseError {
+    fn code(&self) -> String {
+        if let Some(c) = self.failure_code() {
+            return c.into();
+        }
+        match self {
+            Self::Stopped { source, .. } => source.code(),
+            Self::Io { source, .. } => source.code(),
+            Self::Service { source, .. } => crate::error::ErrorCode::code(source.as_ref()),
+            Self::Hub { source, .. } => source.code(),
+            Self::Storage(e) => e.code(),
+            Self::Sign(e) => e.code(),
+            Self::Mcuboot { source, .. } => source.code(),
+            Self::Time(e) => e.code(),
+            Self::NothingToResume { .. } => "nothingToResume".into(),
+            Self::UnknownStage { .. } => "unknownStage".into(),
+            _ => "releaseFailed".into(),
+        }
+    }
+
+    fn io_kind(&self) -> Option<std::io::ErrorKind> {
+        match self {
+            Self::Stopped { source, .. } => source.io_kind(),
+            Self::Io { source, .. } => Some(source.kind()),
+            Self::Storage(e) => e.io_kind(),
+            Self::Sign(e) => e.io_kind(),
+            _ => None,
+        }
     }
 }
 
@@ -526,4 +557,38 @@ fn build_step(
     };
     built.state.skipped_deltas.iter().for_each(|s| reporter.delta_skipped(s));
     Ok(built)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::{ErrorCode, code_of};
+
+    #[test]
+    fn the_step_decides_a_failures_code_and_the_rest_keep_their_causes() {
+        let at = |step, e| ReleaseError::Stopped { step, source: Box::new(e) };
+        let key = ReleaseError::PrivateKey {
+            path: "k.pem".into(),
+            key: inputs::PrivateKey::Pem("PRIVATE KEY".into()),
+        };
+        let missing = ReleaseError::Io {
+            path: "x".into(),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        };
+        let cases = [
+            (at(Step::Build, key), Some("buildFailed"), "buildFailed"),
+            (
+                at(Step::Groups, ReleaseError::Config(Vec::new())),
+                Some("invalidConfig"),
+                "invalidConfig",
+            ),
+            (at(Step::Publish, ReleaseError::NoManifest), Some("publishFailed"), "publishFailed"),
+            (at(Step::Rollout, missing), None, "notFound"),
+            (ReleaseError::NothingToResume { dir: "out".into() }, None, "nothingToResume"),
+        ];
+        for (e, failure, code) in cases {
+            assert_eq!(e.failure_code(), failure, "{e}");
+            assert_eq!(code_of(&e).map(ErrorCode::code).as_deref(), Some(code), "{e}");
+        }
+    }
 }
