@@ -35,6 +35,7 @@ pub fn code_of<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a dyn E
         crate::size::SizeError,
         crate::service::ServiceError,
         crate::fleet::FleetError,
+        crate::release::ReleaseError,
     );
     None
 }
