@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use otaforge::delta::{self, Compression, CreateOptions, ExecChoice, Isa, Patcher, StreamPatcher};
+use otaforge::delta::{self, Compression, CreateOptions, ExecChoice, Isa, Patcher};
 
 fuzz_target!(|data: &[u8]| {
     if data.len() < 4 {
@@ -53,7 +53,7 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(h.filter, Some(isa));
     // Stored: the payload is the op stream itself.
     let stream = &created.bytes[delta::format::HEADER_LEN..][..h.payload_len as usize];
-    let mut p = StreamPatcher::new(Patcher::new(h.old_size, h.new_size), h.filter);
+    let mut p = delta::stream_patcher(Patcher::new(h.old_size, h.new_size), h.filter);
     let mut out = Vec::new();
     let mut scratch = vec![0u8; scratch_len];
     for chunk in stream.chunks(piece) {

@@ -238,7 +238,8 @@ fn create(a: CreateArgs, out: &Output) -> anyhow::Result<Outcome> {
                 .candidates
                 .iter()
                 .map(|(m, c, f, s)| {
-                    serde_json::json!({"method": m, "compression": c, "exec": f, "size": s})
+                    let exec = f.map(|i| i.name());
+                    serde_json::json!({"method": m, "compression": c, "exec": exec, "size": s})
                 })
                 .collect(),
         })?;
@@ -363,7 +364,7 @@ fn info(a: InfoArgs, out: &Output) -> anyhow::Result<Outcome> {
 /// A stable name for each refusal, for `--format json`.
 fn error_kind(e: &DeltaError) -> &'static str {
     match e {
-        DeltaError::Io { .. } => "io",
+        DeltaError::Io { .. } | DeltaError::Write(_) => "io",
         DeltaError::UnknownFormat => "unknownFormat",
         DeltaError::Header(_) | DeltaError::Bsdiff40(_) => "badHeader",
         DeltaError::Length { .. } => "badLength",
@@ -375,7 +376,7 @@ fn error_kind(e: &DeltaError) -> &'static str {
         DeltaError::Index(_) | DeltaError::Compress(_) | DeltaError::SelfCheck(_) => "internal",
         DeltaError::Signature(s) => s.kind(),
         DeltaError::UnsignableFormat => "unsignableFormat",
-        DeltaError::InPlace(_) => "inPlace",
+        DeltaError::InPlace(_) | DeltaError::Flash(_) => "inPlace",
         DeltaError::Unsupported(_) => "unsupported",
     }
 }

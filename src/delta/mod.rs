@@ -26,6 +26,7 @@ pub mod inplace;
 pub mod lzma;
 pub mod ops;
 pub mod split;
+mod wire;
 
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -36,7 +37,8 @@ use crate::sign::{KeyId, Message, SignError, Signer, TrustedKeys};
 use crate::{Reporter, Sha256};
 pub use exec::Isa;
 pub use format::{Compression, Header, InPlace, Method};
-pub use ops::{OldImage, PatchError, Patcher, StreamPatcher};
+pub use ops::{OldImage, PatchError, Patcher, StreamPatcher, stream_patcher};
+pub use otaforge_applier::IoError;
 
 /// The two file formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -162,6 +164,7 @@ pub struct DeltaInfo {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key_id: Option<KeyId>,
     /// The executable transform (otadelta only).
+    #[serde(serialize_with = "exec::serialize_isa")]
     pub exec: Option<Isa>,
     /// The in-place layout (otadelta made with `--in-place` only).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -286,6 +289,12 @@ pub enum DeltaError {
     /// The in-place options or layout are refused, or applying in place failed.
     #[error("in place: {0}")]
     InPlace(String),
+    /// Writing the new image failed.
+    #[error("writing the new image: {0}")]
+    Write(io::Error),
+    /// The device's flash (or journal) failed while applying in place.
+    #[error("flash: {0}")]
+    Flash(IoError),
     /// Only otadelta files can carry a signature.
     #[error(
         "BSDIFF40 patches have no room for a signature; use --delta-format otadelta, or sign the file with `otaforge sign`"
@@ -352,7 +361,7 @@ pub fn create(
         // the prediction is kept when it leaves fewer non-zero corrections.
         Some(i) if plain_too && use_ops && ops_stream_hint(&ops) > 4 << 20 => {
             reporter.start("exec", None);
-            let exec = exec::Exec { isa: i, table: &table };
+            let exec = table.exec(i);
             let (with, without) = std::thread::scope(|s| {
                 let h = s.spawn(|| ops::nonzero_corrections(old, new, &ops, Some(exec)));
                 let without = ops::nonzero_corrections(old, new, &ops, None);
@@ -472,7 +481,7 @@ pub fn create(
     reporter.start("compress", None);
     let results: Vec<Result<Candidate, DeltaError>> =
         diff::run_limited(opts.threads.max(1), &jobs, |&(method, enc, filter)| {
-            let exec = filter.map(|isa| exec::Exec { isa, table: &table });
+            let exec = filter.map(|isa| table.exec(isa));
             compress_payload(old, new, &ops, method, enc, exec, opts)
         });
     reporter.finish("compress");
@@ -594,17 +603,11 @@ fn compress_payload(
                 return Err(DeltaError::SelfCheck("the split method compresses with LZMA".into()));
             };
             // The reader derives the displacement table from the ops: all covers, not sent.
-            let full;
-            let exec = match exec {
-                Some(e) => {
-                    full = exec::Table::from_ops(ops, usize::MAX);
-                    Some(exec::Exec { isa: e.isa, table: &full })
-                }
-                None => None,
-            };
+            let full = exec.map(|_| exec::Table::from_ops(ops, usize::MAX));
+            let exec = exec.zip(full.as_ref()).map(|(e, t)| t.exec(e.isa));
             let mut table_len = Vec::new();
-            if let Some(e) = exec {
-                e.table.encode(&mut table_len);
+            if let Some(t) = &full {
+                t.encode(&mut table_len);
             }
             // Run-length coding the corrections wins on large streams (LZMA's longest match
             // is 273 bytes) and loses a little on small ones: small ones try both.
@@ -689,7 +692,7 @@ pub fn info(delta: &[u8]) -> Result<DeltaInfo, DeltaError> {
             in_place: h.in_place.map(|ip| InPlaceInfo {
                 segment: ip.segment(),
                 shift: ip.shift(),
-                slot_needed: inplace::slot_needed(&h, &ip),
+                slot_needed: inplace::slot_needed(&h),
             }),
         })
     } else if delta.starts_with(bsdiff40::MAGIC) {
@@ -742,31 +745,62 @@ pub fn apply(
 ) -> Result<Applied, DeltaError> {
     let mut hasher = sha2::Sha256::new();
     let mut written = 0u64;
+    // The patcher's sink reports a code; the output's own error is kept here for the caller.
+    let mut failed: Option<io::Error> = None;
     let mut tee = |b: &[u8]| {
         hasher.update(b);
         written += b.len() as u64;
-        out(b)
+        out(b).map_err(|e| {
+            failed = Some(e);
+            IoError { code: -1 }
+        })
     };
-    if delta.starts_with(bsdiff40::MAGIC) {
-        if keys.is_some() {
-            return Err(SignError::SignatureMissing {
-                what: "the delta is BSDIFF40, which cannot carry a signature".into(),
-            }
-            .into());
-        }
-        let mut old_img = old;
-        bsdiff40::apply(delta, old.len() as u64, &mut old_img, &mut tee).map_err(|e| match e {
-            bsdiff40::ApplyError::Header(h) => DeltaError::Bsdiff40(h),
-            bsdiff40::ApplyError::Patch(p) => DeltaError::Patch(p),
-            other => DeltaError::Bsdiff40Apply(other.to_string()),
-        })?;
-        return Ok(Applied {
-            format: DeltaFormat::Bsdiff40,
-            new_size: written,
-            new_sha256: Sha256::from_bytes(hasher.finalize().into()),
-            signed_by: None,
-        });
+    let result = if delta.starts_with(bsdiff40::MAGIC) {
+        apply_bsdiff40(old, delta, keys, &mut tee).map(|()| (DeltaFormat::Bsdiff40, None, None))
+    } else {
+        apply_otadelta(old, delta, keys, &mut tee).map(|(h, k)| (DeltaFormat::Otadelta, Some(h), k))
+    };
+    if let Some(e) = failed {
+        return Err(DeltaError::Write(e));
     }
+    let (format, h, signed_by) = result?;
+    let actual = Sha256::from_bytes(hasher.finalize().into());
+    if let Some(h) = h
+        && (written != h.new_size || actual != h.new_sha256)
+    {
+        return Err(DeltaError::WrongNew { expected: h.new_sha256, actual });
+    }
+    Ok(Applied { format, new_size: written, new_sha256: actual, signed_by })
+}
+
+fn apply_bsdiff40(
+    old: &[u8],
+    delta: &[u8],
+    keys: Option<&TrustedKeys>,
+    out: &mut ops::Sink<'_>,
+) -> Result<(), DeltaError> {
+    if keys.is_some() {
+        return Err(SignError::SignatureMissing {
+            what: "the delta is BSDIFF40, which cannot carry a signature".into(),
+        }
+        .into());
+    }
+    let mut old_img = old;
+    bsdiff40::apply(delta, old.len() as u64, &mut old_img, out).map_err(|e| match e {
+        bsdiff40::ApplyError::Header(h) => DeltaError::Bsdiff40(h),
+        bsdiff40::ApplyError::Patch(p) => DeltaError::Patch(p),
+        other => DeltaError::Bsdiff40Apply(other.to_string()),
+    })
+}
+
+/// Checks an otadelta (length, digest, signature, old) and streams new through `out`; the
+/// caller checks new's digest.
+fn apply_otadelta(
+    old: &[u8],
+    delta: &[u8],
+    keys: Option<&TrustedKeys>,
+    out: &mut ops::Sink<'_>,
+) -> Result<(Header, Option<KeyId>), DeltaError> {
     if !delta.starts_with(format::MAGIC) {
         return Err(DeltaError::UnknownFormat);
     }
@@ -808,7 +842,7 @@ pub fn apply(
     };
     let mut stream = Bounded::new(reader, &h);
     let mut patcher = (h.method != Method::Zstd)
-        .then(|| StreamPatcher::new(Patcher::new(h.old_size, h.new_size), h.filter));
+        .then(|| stream_patcher(Patcher::new(h.old_size, h.new_size), h.filter));
     let mut scratch = [0u8; 4096];
     let mut old_img = old;
     loop {
@@ -818,25 +852,21 @@ pub fn apply(
         }
         match &mut patcher {
             Some(p) => {
-                p.feed_until(&buf[..n], &mut old_img, &mut scratch, &mut tee, u64::MAX)?;
+                p.feed_until(&buf[..n], &mut old_img, &mut scratch, out, u64::MAX)?;
             }
-            None => tee(&buf[..n]).map_err(|e| DeltaError::Patch(PatchError::Io(e.to_string())))?,
+            None => out(&buf[..n]).map_err(|e| DeltaError::Patch(PatchError::Io(e)))?,
         }
     }
     if let Some(p) = &patcher {
         p.finish()?;
     }
     stream.finish()?;
-    let actual = Sha256::from_bytes(hasher.finalize().into());
-    if written != h.new_size || actual != h.new_sha256 {
-        return Err(DeltaError::WrongNew { expected: h.new_sha256, actual });
-    }
-    Ok(Applied { format: DeltaFormat::Otadelta, new_size: written, new_sha256: actual, signed_by })
+    Ok((h, signed_by))
 }
 
 /// A decompressed payload read in pieces and held to the header's `stream_len`: a longer one is
 /// refused as soon as it shows, a shorter one by [`Bounded::finish`].
-struct Bounded<'a> {
+pub(crate) struct Bounded<'a> {
     reader: Box<dyn Read + 'a>,
     expected: u64,
     total: u64,
@@ -869,7 +899,7 @@ impl<'a> Bounded<'a> {
 
 /// The decompressed op stream of an op-method delta (method 1 as stored, method 3
 /// re-interleaved from its parts).
-fn op_stream<'a>(h: &Header, payload: &'a [u8]) -> io::Result<Box<dyn Read + 'a>> {
+pub(crate) fn op_stream<'a>(h: &Header, payload: &'a [u8]) -> io::Result<Box<dyn Read + 'a>> {
     match h.method {
         Method::Split => Ok(Box::new(split::SplitReader::new(h, payload)?)),
         _ => codec::decoder(h.compression, h.window, h.lzma_props, payload),
@@ -952,7 +982,7 @@ pub fn sign(delta: &[u8], signer: &dyn Signer) -> Result<Vec<u8>, DeltaError> {
     Ok(out)
 }
 
-fn read_some(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+pub(crate) fn read_some(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
     loop {
         match r.read(buf) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
