@@ -2,7 +2,7 @@
 //! on a fresh machine (cargo, git, gcc, python3 with pip and venv, node and npm) runs every test,
 //! the `#[ignore]`d ones included:
 //!
-//! - Debian packages (`bsdiff` for bsdiff/bspatch, `openssl`, `curl`) through `apt-get` when a
+//! - Debian packages (`bsdiff` for bsdiff/bspatch, `openssl`, `curl`, `cbindgen`) through `apt-get` when a
 //!   command is missing (as root; otherwise a clear message says what to install);
 //! - PyPI packages, pinned, in a virtual environment under `target/pyenv` (Debian's Python
 //!   refuses system-wide `pip install`, PEP 668), whose `bin/` goes first on the tests' `PATH`;
@@ -43,8 +43,14 @@ pub(crate) const BENCH_DEBIAN: &[(&str, &str)] =
     &[("bsdiff", "bsdiff"), ("bspatch", "bsdiff"), ("xdelta3", "xdelta3"), ("zstd", "zstd")];
 
 /// Commands the tests run, and the Debian package that has each.
-pub(crate) const DEBIAN: &[(&str, &str)] =
-    &[("bspatch", "bsdiff"), ("bsdiff", "bsdiff"), ("openssl", "openssl"), ("curl", "curl")];
+pub(crate) const DEBIAN: &[(&str, &str)] = &[
+    ("bspatch", "bsdiff"),
+    ("bsdiff", "bsdiff"),
+    ("openssl", "openssl"),
+    ("curl", "curl"),
+    // The applier's C header is checked against what cbindgen generates (tests/it/delta_capi.rs).
+    ("cbindgen", "cbindgen"),
+];
 
 fn on_path(cmd: &str) -> bool {
     Command::new("sh")

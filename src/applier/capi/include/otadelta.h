@@ -199,8 +199,8 @@ int32_t otadelta_apply_ab(const OtadeltaReader *delta,
                           const OtadeltaFlash *new_slot,
                           uint64_t slot_len,
                           uint64_t segment,
-                          const OtadeltaJournal *journal_,
-                          const OtadeltaWork *work_);
+                          const OtadeltaJournal *journal,
+                          const OtadeltaWork *work);
 
 // Applies (or resumes) an in-place delta inside `slot` (`slot_len` bytes), which holds old
 // at address 0. Call again after any error: it carries on from `journal`. Clear the journal
@@ -212,14 +212,14 @@ int32_t otadelta_apply_in_place(const OtadeltaReader *delta,
                                 const OtadeltaVerifier *verifier,
                                 const OtadeltaFlash *slot,
                                 uint64_t slot_len,
-                                const OtadeltaJournal *journal_,
-                                const OtadeltaWork *work_);
+                                const OtadeltaJournal *journal,
+                                const OtadeltaWork *work);
 
 // Forgets the journal's records (erases both units): after an update, before the next.
 //
 // # Safety
 // `journal` points to a valid `OtadeltaJournal` whose callbacks honour their contracts.
-int32_t otadelta_journal_clear(const OtadeltaJournal *journal_);
+int32_t otadelta_journal_clear(const OtadeltaJournal *journal);
 
 // A short English description of a return code (a static, NUL-terminated string).
 const char *otadelta_error_message(int32_t code);
