@@ -12,6 +12,7 @@
 //! - `bench fleet`: a rollout to 10 000 simulated devices and query latency with 100 000.
 //! - `bench edge`: target-condition evaluation in twins per second.
 //! - `azurite [PORT]`: installs and runs Azurite for the storage tests.
+//! - `applier-mcu`: the device applier built for a Cortex-M4 and its C harness run on QEMU.
 
 // xtask is a developer tool: it prints freely and adds its own context to std::fs errors.
 #![allow(
@@ -21,6 +22,7 @@
     clippy::disallowed_types
 )]
 
+mod applier_mcu;
 mod azurite;
 mod bench;
 mod bench_delta;
@@ -43,6 +45,7 @@ fn main() -> anyhow::Result<()> {
     match args.as_slice() {
         ["ci"] => ci(),
         ["azurite", rest @ ..] => azurite::serve(rest),
+        ["applier-mcu", rest @ ..] => applier_mcu::run(rest),
         ["demo"] => demo::run(),
         ["deny"] => tools::provision().and_then(|()| deny::run()).map(drop),
         ["schema", dirs @ ..] => schema::run(&dirs.iter().map(PathBuf::from).collect::<Vec<_>>()),
@@ -66,6 +69,7 @@ fn main() -> anyhow::Result<()> {
                  bench fleet [--devices N] [--registered N] [--runs N]\n                     a rollout to N simulated devices; query latency at scale\n  \
                  bench edge [--twins N] [--runs N]\n                     target-condition evaluation, twins per second\n  \
                  fuzz [SECONDS]     every cargo-fuzz target for SECONDS each (default 30)\n  \
+                 applier-mcu [--pair DIR] [--plans N]\n                     the device applier on an emulated Cortex-M4: size, RAM, stack\n  \
                  bench delta [--corpus DIR] [--pairs a,b] [--skip TOOL,...]\n                     otaforge delta vs bsdiff, xdelta3, zstd, HDiffPatch"
             );
             bail!("unknown task {:?}", args)

@@ -66,8 +66,13 @@ pub(crate) fn venv() -> PathBuf {
 
 /// Installs the missing Debian packages of `list` (command, package).
 fn debian(list: &[(&str, &str)]) -> anyhow::Result<()> {
-    let mut missing: Vec<&str> =
+    let missing: Vec<&str> =
         list.iter().filter(|(cmd, _)| !on_path(cmd)).map(|(_, pkg)| *pkg).collect();
+    apt_install(missing)
+}
+
+/// Installs the Debian packages `missing` (none when empty).
+pub(crate) fn apt_install(mut missing: Vec<&str>) -> anyhow::Result<()> {
     missing.dedup();
     if missing.is_empty() {
         return Ok(());
