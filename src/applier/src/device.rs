@@ -45,6 +45,7 @@ pub type Verify<'v> = dyn FnMut(&[u8; 32], &[u8; 64], &[u8; 54]) -> bool + 'v;
 /// length, the digest over header and payload, the signature policy (with `verify`, a signed
 /// delta whose signature it accepts; without, an unsigned delta), and that this applier
 /// handles the method and compression.
+#[inline(never)]
 pub fn check<R: OldImage + ?Sized>(
     delta: &mut R,
     len: u64,
@@ -62,7 +63,7 @@ pub fn check<R: OldImage + ?Sized>(
     }
     let mut hasher = Sha256::new();
     hasher.update(&head[..DIGESTED_LEN]);
-    let mut buf = [0u8; 256];
+    let mut buf = [0u8; 128];
     let mut at = 0;
     while at < h.payload_len {
         let n = (h.payload_len - at).min(buf.len() as u64) as usize;

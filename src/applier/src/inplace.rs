@@ -154,7 +154,14 @@ pub struct FlashJournal<F> {
 pub const FRAME_LEN: usize = 8 + RECORD_LEN + 8;
 
 impl<F: Flash> FlashJournal<F> {
-    fn read_unit(&mut self, i: u64) -> Result<Option<(u64, [u8; RECORD_LEN])>, ApplyError> {
+    /// The sequence number of unit `i`'s record (`None` when it holds no intact one),
+    /// copying the record into `out` when given.
+    #[inline(never)]
+    fn read_unit(
+        &mut self,
+        i: u64,
+        out: Option<&mut [u8; RECORD_LEN]>,
+    ) -> Result<Option<u64>, ApplyError> {
         if self.unit < FRAME_LEN as u64 {
             return Err(ApplyError::Unsupported("a journal unit is smaller than one record"));
         }
@@ -163,16 +170,18 @@ impl<F: Flash> FlashJournal<F> {
         if Sha256::digest(&b[..8 + RECORD_LEN])[..8] != b[8 + RECORD_LEN..] {
             return Ok(None);
         }
+        if let Some(out) = out {
+            out.copy_from_slice(&b[8..8 + RECORD_LEN]);
+        }
         let mut seq = [0u8; 8];
         seq.copy_from_slice(&b[..8]);
-        let mut r = [0u8; RECORD_LEN];
-        r.copy_from_slice(&b[8..8 + RECORD_LEN]);
-        Ok(Some((u64::from_le_bytes(seq), r)))
+        Ok(Some(u64::from_le_bytes(seq)))
     }
 
-    fn newest(&mut self) -> Result<Option<(u64, u64, [u8; RECORD_LEN])>, ApplyError> {
-        let a = self.read_unit(0)?.map(|(s, r)| (s, 0, r));
-        let b = self.read_unit(1)?.map(|(s, r)| (s, 1, r));
+    /// The unit holding the newest record, and its sequence number.
+    fn newest(&mut self) -> Result<Option<(u64, u64)>, ApplyError> {
+        let a = self.read_unit(0, None)?.map(|s| (s, 0));
+        let b = self.read_unit(1, None)?.map(|s| (s, 1));
         Ok(match (a, b) {
             (Some(a), Some(b)) => Some(if b.0 > a.0 { b } else { a }),
             (a, b) => a.or(b),
@@ -187,12 +196,18 @@ impl<F: Flash> FlashJournal<F> {
 
 impl<F: Flash> Journal for FlashJournal<F> {
     fn load(&mut self) -> Result<Option<[u8; RECORD_LEN]>, ApplyError> {
-        Ok(self.newest()?.map(|(_, _, r)| r))
+        let unit = match self.newest()? {
+            Some((_, unit)) => unit,
+            None => return Ok(None),
+        };
+        let mut r = [0u8; RECORD_LEN];
+        Ok(self.read_unit(unit, Some(&mut r))?.map(|_| r))
     }
 
+    #[inline(never)]
     fn save(&mut self, record: &[u8; RECORD_LEN]) -> Result<(), ApplyError> {
         let (seq, unit) = match self.newest()? {
-            Some((seq, unit, _)) => (seq + 1, 1 - unit),
+            Some((seq, unit)) => (seq + 1, 1 - unit),
             None => (1, 0),
         };
         let mut b = [0u8; FRAME_LEN];
@@ -219,9 +234,10 @@ impl<F: Flash> OldImage for FlashOld<'_, F> {
 }
 
 /// SHA-256 of the first `len` bytes of `old`.
+#[inline(never)]
 fn hash_image<O: OldImage + ?Sized>(old: &mut O, len: u64) -> Result<[u8; 32], IoError> {
     let mut h = Sha256::new();
-    let mut buf = [0u8; 256];
+    let mut buf = [0u8; 128];
     let mut at = 0;
     while at < len {
         let n = (len - at).min(buf.len() as u64) as usize;
@@ -254,6 +270,7 @@ impl<P: OpSource + ?Sized, J: Journal + ?Sized, S: CoverStore> Job<'_, P, J, S> 
 
     /// Runs the whole op stream against `old`, writing nothing: every op passes the patcher's
     /// checks (and `rule`) and the result is new.
+    #[inline(never)]
     fn rehearse<O: OldImage>(
         &mut self,
         old: &mut O,
@@ -267,7 +284,7 @@ impl<P: OpSource + ?Sized, J: Journal + ?Sized, S: CoverStore> Job<'_, P, J, S> 
         let mut sp = StreamPatcher::new(patcher, h.filter, &mut self.covers);
         self.source.restart()?;
         let mut hasher = Sha256::new();
-        let (mut buf, mut scratch, mut total) = ([0u8; 256], [0u8; 64], 0);
+        let (mut buf, mut scratch, mut total) = ([0u8; 128], [0u8; 64], 0);
         loop {
             let n = {
                 let s = &mut *self.source;
@@ -298,6 +315,7 @@ impl<P: OpSource + ?Sized, J: Journal + ?Sized, S: CoverStore> Job<'_, P, J, S> 
 
     /// Writes new into `new` from segment `segment` on (its patcher state is `checkpoint`),
     /// erasing each segment of `seg` bytes before writing it and saving progress after it.
+    #[inline(never)]
     fn write_segments<O: OldImage, F: Flash>(
         &mut self,
         old: &mut O,
@@ -320,7 +338,7 @@ impl<P: OpSource + ?Sized, J: Journal + ?Sized, S: CoverStore> Job<'_, P, J, S> 
         if k < segments {
             new.borrow_mut().erase(k * seg, seg).map_err(ApplyError::Flash)?;
         }
-        let (mut buf, mut scratch, mut total) = ([0u8; 256], [0u8; 64], 0);
+        let (mut buf, mut scratch, mut total) = ([0u8; 128], [0u8; 64], 0);
         loop {
             let n = {
                 let s = &mut *self.source;
@@ -454,6 +472,7 @@ fn flash_err_apply(e: ApplyError) -> ApplyError {
 /// Phase 1: moves old up by `shift`, top segment first. Source and destination of one segment
 /// never overlap (the shift is whole segments), and a destination only covers sources already
 /// moved, so an interrupted move is simply redone.
+#[inline(never)]
 fn shift_old<P, J, S, F>(
     job: &mut Job<'_, P, J, S>,
     flash: &RefCell<F>,
@@ -486,6 +505,7 @@ where
 }
 
 /// New is complete (now, or before this call): checks what the flash holds and records done.
+#[inline(never)]
 fn finish<P, J, S, F>(
     job: &mut Job<'_, P, J, S>,
     new: &mut F,

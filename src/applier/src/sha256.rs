@@ -58,15 +58,12 @@ impl Sha256 {
             if self.filled < 64 {
                 return;
             }
-            let block = self.block;
-            self.compress(&block);
+            Self::compress(&mut self.state, &self.block);
             self.filled = 0;
         }
         let mut blocks = data.chunks_exact(64);
         for b in &mut blocks {
-            let mut block = [0u8; 64];
-            block.copy_from_slice(b);
-            self.compress(&block);
+            Self::compress(&mut self.state, b);
         }
         let rest = blocks.remainder();
         self.block[..rest.len()].copy_from_slice(rest);
@@ -88,21 +85,25 @@ impl Sha256 {
         out
     }
 
-    fn compress(&mut self, block: &[u8; 64]) {
-        let mut w = [0u32; 64];
+    /// One 64-byte block. The message schedule is kept as a ring of 16 words (64 bytes of
+    /// stack instead of 256: a device's stack is small).
+    fn compress(state: &mut [u32; 8], block: &[u8]) {
+        let mut w = [0u32; 16];
         for (i, c) in block.chunks_exact(4).enumerate() {
             w[i] = u32::from_be_bytes([c[0], c[1], c[2], c[3]]);
         }
-        for i in 16..64 {
-            let s0 = w[i - 15].rotate_right(7) ^ w[i - 15].rotate_right(18) ^ (w[i - 15] >> 3);
-            let s1 = w[i - 2].rotate_right(17) ^ w[i - 2].rotate_right(19) ^ (w[i - 2] >> 10);
-            w[i] = w[i - 16].wrapping_add(s0).wrapping_add(w[i - 7]).wrapping_add(s1);
-        }
-        let [mut a, mut b, mut c, mut d, mut e, mut f, mut g, mut h] = self.state;
-        for i in 0..64 {
+        let [mut a, mut b, mut c, mut d, mut e, mut f, mut g, mut h] = *state;
+        for (i, k) in K.iter().enumerate() {
+            if i >= 16 {
+                let (w15, w2) = (w[(i + 1) & 15], w[(i + 14) & 15]);
+                let s0 = w15.rotate_right(7) ^ w15.rotate_right(18) ^ (w15 >> 3);
+                let s1 = w2.rotate_right(17) ^ w2.rotate_right(19) ^ (w2 >> 10);
+                w[i & 15] =
+                    w[i & 15].wrapping_add(s0).wrapping_add(w[(i + 9) & 15]).wrapping_add(s1);
+            }
             let s1 = e.rotate_right(6) ^ e.rotate_right(11) ^ e.rotate_right(25);
             let ch = (e & f) ^ (!e & g);
-            let t1 = h.wrapping_add(s1).wrapping_add(ch).wrapping_add(K[i]).wrapping_add(w[i]);
+            let t1 = h.wrapping_add(s1).wrapping_add(ch).wrapping_add(*k).wrapping_add(w[i & 15]);
             let s0 = a.rotate_right(2) ^ a.rotate_right(13) ^ a.rotate_right(22);
             let maj = (a & b) ^ (a & c) ^ (b & c);
             let t2 = s0.wrapping_add(maj);
@@ -115,7 +116,7 @@ impl Sha256 {
             b = a;
             a = t1.wrapping_add(t2);
         }
-        for (s, v) in self.state.iter_mut().zip([a, b, c, d, e, f, g, h]) {
+        for (s, v) in state.iter_mut().zip([a, b, c, d, e, f, g, h]) {
             *s = s.wrapping_add(v);
         }
     }

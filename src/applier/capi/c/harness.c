@@ -286,20 +286,26 @@ int main(int argc, char **argv) {
     if (otadelta_inspect(&r, &info) || !info.in_place) FAIL("the in-place delta is not one");
     uint64_t ab_slot = (new_.len + 1023) / 1024 * 1024;
 
-    /* One uninterrupted A/B apply with the stack painted. */
+    /* One uninterrupted apply of each delta with the stack painted. */
     device d = {0};
     boot(&d, &old, ab_slot, 0, 1);
     paint();
     int rc = run(&d, &old, &ab, -1);
-    size_t stack = touched();
+    size_t stack_ab = touched();
     if (rc) FAIL("A/B apply: %s", otadelta_error_message(rc));
+    boot(&d, &old, info.slot_needed, 1, 1);
+    paint();
+    rc = run(&d, &old, &ip, -1);
+    size_t stack_ip = touched();
+    if (rc) FAIL("in-place apply: %s", otadelta_error_message(rc));
     OtadeltaWork w = work_for(&ab);
     printf("work memory: %lu B probabilities + %lu B dictionary + %lu B table (%u covers); "
-           "stack high-water of one apply: %lu B\n",
+           "stack high-water of one apply: A/B %lu B, in place %lu B\n",
            (unsigned long)(w.probs_len * 2), (unsigned long)w.dict_len,
            (unsigned long)(12 * OTADELTA_MCU_COVERS), (unsigned)OTADELTA_MCU_COVERS,
-           (unsigned long)stack);
+           (unsigned long)stack_ab, (unsigned long)stack_ip);
     free(d.f.mem);
+    d.f.mem = NULL;
 
     unsigned cuts = plans("A/B", &old, &new_, &ab, ab_slot, 0);
     cuts += plans("in place", &old, &new_, &ip, info.slot_needed, 1);
