@@ -34,8 +34,8 @@ use std::path::{Path, PathBuf};
 
 use sha2::Digest;
 
-use crate::sign::{KeyId, Message, SignError, Signer, TrustedKeys};
 use crate::Sha256;
+use crate::sign::{KeyId, Message, SignError, Signer, TrustedKeys};
 pub use create::create;
 pub use exec::Isa;
 pub use format::{Compression, Header, InPlace, Method};
