@@ -140,7 +140,8 @@ fuzz_target!(|data: &[u8]| {
     let in_place = data[0] & 2 != 0;
     let layout = InPlace { segment_log2: 6 + data[1] % 3, shift_segments: u32::from(data[2] % 4) };
     let filter =
-        [None, Some(Isa::Thumb2), Some(Isa::Aarch64), Some(Isa::X86_64)][usize::from(data[3] % 4)];
+        [None, Some(Isa::Thumb2), Some(Isa::Aarch64), Some(Isa::X86_64), Some(Isa::A32)]
+            [usize::from(data[3] % 5)];
     let new_len = u64::from(data[4]) * 4;
     let budget = u64::from(u16::from_le_bytes([data[5], data[6]]));
     let old_len = (usize::from(data[7]) * 4).min(data.len() - 9);

@@ -11,7 +11,7 @@ fuzz_target!(|data: &[u8]| {
     if data.len() < 4 {
         return;
     }
-    let isa = [Isa::Thumb2, Isa::Aarch64, Isa::X86_64][usize::from(data[0] % 3)];
+    let isa = [Isa::Thumb2, Isa::Aarch64, Isa::X86_64, Isa::A32][usize::from(data[0] % 4)];
     let (piece, scratch_len) = (usize::from(data[1]).max(1), usize::from(data[2] % 16) + 1);
     let rest = &data[3..];
     let at = (rest.len() / 2 + usize::from(data[0] >> 2)).min(rest.len());

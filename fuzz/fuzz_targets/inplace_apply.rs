@@ -89,7 +89,8 @@ fuzz_target!(|data: &[u8]| {
     }
     let layout = InPlace { segment_log2: 6 + data[0] % 3, shift_segments: u32::from(data[1] % 4) };
     let filter =
-        [None, Some(Isa::Thumb2), Some(Isa::Aarch64), Some(Isa::X86_64)][usize::from(data[2] % 4)];
+        [None, Some(Isa::Thumb2), Some(Isa::Aarch64), Some(Isa::X86_64), Some(Isa::A32)]
+            [usize::from(data[2] % 5)];
     let new_len = u64::from(data[3]) * 4;
     let budget = u64::from(u16::from_le_bytes([data[4], data[5]]));
     let old_len = (usize::from(data[6]) * 4).min(data.len() - 7);

@@ -29,6 +29,10 @@ pub enum Isa {
     Aarch64,
     /// x86-64: CALL rel32 (E8) and JMP rel32 (E9).
     X86_64,
+    /// ARM state (A32: ARM7, ARM9, ARM11, Cortex-A in ARM mode): BL (imm24 words, any
+    /// condition) and BLX immediate (to Thumb, imm24 words plus a halfword bit), relative to
+    /// the address + 8.
+    A32,
 }
 
 impl Isa {
@@ -38,6 +42,7 @@ impl Isa {
             Isa::Thumb2 => 1,
             Isa::Aarch64 => 2,
             Isa::X86_64 => 3,
+            Isa::A32 => 4,
         }
     }
 
@@ -47,6 +52,7 @@ impl Isa {
             1 => Some(Isa::Thumb2),
             2 => Some(Isa::Aarch64),
             3 => Some(Isa::X86_64),
+            4 => Some(Isa::A32),
             _ => None,
         }
     }
@@ -57,12 +63,13 @@ impl Isa {
             Isa::Thumb2 => "thumb2",
             Isa::Aarch64 => "aarch64",
             Isa::X86_64 => "x86-64",
+            Isa::A32 => "a32",
         }
     }
 
-    /// Guesses the instruction set of an image: an ELF file's `e_machine`, or a Cortex-M
-    /// vector table (an initial stack pointer in SRAM at 0x2000_0000 and an odd, Thumb,
-    /// reset handler address).
+    /// Guesses the instruction set of an image: an ELF file's `e_machine`, a Cortex-M vector
+    /// table (an initial stack pointer in SRAM at 0x2000_0000 and an odd, Thumb, reset handler
+    /// address), or an ARM-state exception vector table (eight branches or `ldr pc, [pc, #n]`).
     pub fn detect(image: &[u8]) -> Option<Isa> {
         let u32_at =
             |o: usize| image.get(o..o + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
@@ -75,13 +82,19 @@ impl Isa {
             };
         }
         let (sp, reset) = (u32_at(0)?, u32_at(4)?);
-        (sp & 0xff00_0000 == 0x2000_0000 && sp & 3 == 0 && reset & 1 == 1).then_some(Isa::Thumb2)
+        if sp & 0xff00_0000 == 0x2000_0000 && sp & 3 == 0 && reset & 1 == 1 {
+            return Some(Isa::Thumb2);
+        }
+        // B (always) or LDR PC, [PC, #imm] in each of the eight vectors.
+        let vector = |w: u32| w & 0xff00_0000 == 0xea00_0000 || w & 0xffff_f000 == 0xe59f_f000;
+        let all = (0..8).all(|i| u32_at(4 * i).map_or(false, vector));
+        all.then_some(Isa::A32)
     }
 
     /// Instruction width in bytes.
     fn width(self) -> u64 {
         match self {
-            Isa::Thumb2 | Isa::Aarch64 => 4,
+            Isa::Thumb2 | Isa::Aarch64 | Isa::A32 => 4,
             Isa::X86_64 => 5,
         }
     }
@@ -90,7 +103,7 @@ impl Isa {
     fn align(self) -> u64 {
         match self {
             Isa::Thumb2 => 2,
-            Isa::Aarch64 => 4,
+            Isa::Aarch64 | Isa::A32 => 4,
             Isa::X86_64 => 1,
         }
     }
@@ -107,6 +120,8 @@ impl Isa {
                 i & 0xfc00_0000 == 0x9400_0000 || i & 0x9f00_0000 == 0x9000_0000
             }
             Isa::X86_64 => matches!(w[0], 0xe8 | 0xe9) && matches!(w[4], 0x00 | 0xff),
+            // BL with a condition (not 0b1111), or BLX immediate (0b1111101H).
+            Isa::A32 => w[3] & 0x0f == 0x0b || w[3] & 0xfe == 0xfa,
         }
     }
 
@@ -173,6 +188,22 @@ impl Isa {
                 let rel = i64::from(i32::from_le_bytes([w[1], w[2], w[3], w[4]]));
                 let new_rel = i32::try_from(map(p + 5 + rel) - (new_p + 5)).ok()?;
                 out[1..5].copy_from_slice(&new_rel.to_le_bytes());
+            }
+            Isa::A32 => {
+                let i = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
+                let blx = i >> 25 == 0b111_1101;
+                // imm24 words, and for BLX the H bit (bit 24) as the halfword.
+                let half = if blx { i64::from(i >> 24 & 1) << 1 } else { 0 };
+                let off = (i64::from(((i & 0x00ff_ffff) << 8) as i32) >> 6) + half;
+                let new_off = map(p + 8 + off) - (new_p + 8);
+                let align = if blx { 1 } else { 3 };
+                if new_off & align != 0 || !(-(1 << 25)..1 << 25).contains(&new_off) {
+                    return None;
+                }
+                let v = new_off as u32;
+                let h = if blx { (v >> 1 & 1) << 24 } else { 0 };
+                let top = if blx { 0xfa00_0000 } else { i & 0xff00_0000 };
+                out[..4].copy_from_slice(&(top | h | (v >> 2 & 0x00ff_ffff)).to_le_bytes());
             }
         }
         Some(out)
@@ -533,6 +564,7 @@ impl Exec<'_> {
             Isa::Thumb2 => (1, |b| b & 0xf8 == 0xf0),
             Isa::Aarch64 => (3, |b| b & 0xfc == 0x94 || b & 0x9f == 0x90),
             Isa::X86_64 => (0, |b| b == 0xe8 || b == 0xe9),
+            Isa::A32 => (3, |b| b & 0x0f == 0x0b || b & 0xfe == 0xfa),
         };
         let is_branch = |p: u64, buf: &[u8]| -> bool {
             quick(win.byte(p + k, buf)) && self.isa.is_branch(&win.get(p, w, buf)[..wl])
@@ -613,6 +645,25 @@ mod tests {
             t - 21
         });
         assert_eq!(out.unwrap(), [0xe8, 0xfb, 0xff, 0xff, 0xff]);
+        // A32 BL (conditional too) and BLX, forward and back.
+        for (word, from, to) in [
+            (0xeb00_0010u32, 0x100i64, 0x100 + 8 + 64),
+            (0x0bff_fffeu32, 0x100, 0x100),
+            (0xfb00_0001u32, 0x200, 0x200 + 8 + 4 + 2),
+            (0xfaff_fff0u32, 0x400, 0x400 + 8 - 64),
+        ] {
+            let w = word.to_le_bytes();
+            assert!(Isa::A32.is_branch(&w), "{word:#x}");
+            let back = Isa::A32.rewrite(&w, from, from, |t| {
+                assert_eq!(t, to, "{word:#x} decoded");
+                t
+            });
+            assert_eq!(back.unwrap()[..4], w, "{word:#x} re-encoded");
+            // Moved by 6 bytes: a BL cannot reach it (not word aligned); a BLX can.
+            let moved = Isa::A32.rewrite(&w, from, from, |t| t + 6);
+            assert_eq!(moved.is_some(), word >> 25 == 0x7d, "{word:#x}");
+        }
+        assert!(!Isa::A32.is_branch(&0xea00_0010u32.to_le_bytes()), "B is not a call");
     }
 
     #[test]
