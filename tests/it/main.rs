@@ -7,6 +7,7 @@
 mod apt;
 mod cli;
 mod delta;
+mod delta_capi;
 mod delta_inplace;
 mod edge;
 mod fleet;
