@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use otaforge::edge::condition::Target;
 use otaforge::edge::manifest::{self, Kind};
 use otaforge::edge::route::Route;
 use otaforge::fsutil::Privacy;
+use otaforge::iothub::condition::Target;
 use serde::Serialize;
 use serde_json::Value;
 

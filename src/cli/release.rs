@@ -203,7 +203,7 @@ pub(crate) fn run(
         out.line(serde_json::to_string_pretty(&release::config::schema())?)?;
         return Ok(Outcome::Ok);
     }
-    let checked = match release::config::load(&a.config) {
+    let checked = match release::load(&a.config) {
         Ok(c) => c,
         Err(errors) => return config_failure(out, &errors, "nothing was built or sent"),
     };

@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::condition::{ConditionError, Expr, Op, Target};
+use crate::iothub::condition::{ConditionError, Expr, Op, Target};
 use crate::iothub::config::Configuration;
 
 /// One deployment, as far as targeting goes.
@@ -175,7 +175,7 @@ fn key(v: &Value) -> String {
 }
 
 fn lookup<'v>(twin: &'v Value, path: &[String]) -> Option<&'v Value> {
-    path.iter().try_fold(twin, |at, s| super::condition::field(at, s))
+    path.iter().try_fold(twin, |at, s| crate::iothub::condition::field(at, s))
 }
 
 impl<'a> Plan<'a> {

@@ -121,7 +121,7 @@ pub fn metric_devices(
     };
     let (twin_docs, module_docs) = (json(twins), json(modules));
     let mut out = BTreeMap::new();
-    if let Ok(target) = crate::edge::condition::Target::parse(&c.target_condition) {
+    if let Ok(target) = crate::iothub::condition::Target::parse(&c.target_condition) {
         let targeted = twins
             .iter()
             .zip(&twin_docs)

@@ -6,6 +6,7 @@
 //! Authentication: a SAS token signed by otaforge from a connection string's shared access
 //! policy key ([`sas`]), renewed before it expires; the key never leaves this process.
 
+pub mod condition;
 pub mod config;
 pub mod limits;
 pub mod query;

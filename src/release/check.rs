@@ -150,7 +150,7 @@ fn update(p: &mut Problems<'_>, config: &Config) -> Duration {
         }
     }
     let timeout = u.version_command_timeout.as_ref();
-    p.duration(timeout, "update.version-command-timeout", super::version::DEFAULT_TIMEOUT)
+    p.duration(timeout, "update.version-command-timeout", super::config::DEFAULT_VERSION_TIMEOUT)
 }
 
 /// `[[artifact]]`: each path matches one file, which may be shipped; handlers. Returns the
@@ -440,7 +440,7 @@ fn stage_target(p: &mut Problems<'_>, config: &Config, i: usize, s: &super::conf
         }
         (None, Some(t)) => {
             let field = format!("stage[{i}].edge-target");
-            if let Err(e) = crate::edge::condition::Target::parse(&t.value) {
+            if let Err(e) = crate::iothub::condition::Target::parse(&t.value) {
                 p.add(&t.span, &field, format!("position {}: {}", e.position, e.message));
             }
             if config.edge.is_none() {

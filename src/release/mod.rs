@@ -3,7 +3,7 @@
 //! and a staged rollout whose gates stop it (`docs/release.md`). The pipeline as typed steps,
 //! like `otaforge import`'s ([`crate::pipeline`]):
 //!
-//! 1. [`config::load`]: the file, checked section by section ([`check`]), its version found
+//! 1. [`load`]: the file, checked section by section ([`check`]), its version found
 //!    ([`version`]) → [`Checked`].
 //! 2. [`Settings::resolve`]: what the caller decides ([`Overrides`]) and the [`Environment`],
 //!    settled before anything runs: Device Update endpoint and authentication, storage
@@ -28,11 +28,14 @@ pub mod build;
 pub mod check;
 pub mod config;
 pub mod inputs;
+mod load;
 pub mod publish;
 pub mod report;
 pub mod rollout;
 pub mod settings;
 pub mod version;
+
+pub use load::load;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -562,7 +565,7 @@ fn build_step(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::{ErrorCode, code_of};
+    use crate::error::ErrorCode;
 
     #[test]
     fn the_step_decides_a_failures_code_and_the_rest_keep_their_causes() {
@@ -588,7 +591,7 @@ mod tests {
         ];
         for (e, failure, code) in cases {
             assert_eq!(e.failure_code(), failure, "{e}");
-            assert_eq!(code_of(&e).map(ErrorCode::code).as_deref(), Some(code), "{e}");
+            assert_eq!(e.code(), code, "{e}");
         }
     }
 }

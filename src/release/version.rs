@@ -17,10 +17,6 @@ use crate::manifest::UpdateId;
 /// version is a few characters; 4 KiB leaves room for a banner a wrapper prints first.
 pub const MAX_OUTPUT: usize = 4096;
 
-/// How long a version command may run unless `version-command-timeout` says otherwise (`git
-/// describe` takes milliseconds; a build-system query on a cold cache, seconds).
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
-
 /// Why a version command gave no version.
 #[derive(Debug, thiserror::Error)]
 pub enum VersionError {
@@ -179,14 +175,21 @@ mod tests {
     #[test]
     fn a_version_command_is_bounded_in_time_and_output() {
         let dir = std::env::temp_dir();
-        assert_eq!(run("echo ' 1.2.3 '", &dir, DEFAULT_TIMEOUT).unwrap(), "1.2.3");
-        assert!(matches!(run("yes 1.2.3", &dir, DEFAULT_TIMEOUT), Err(VersionError::TooLong)));
+        assert_eq!(
+            run("echo ' 1.2.3 '", &dir, crate::release::config::DEFAULT_VERSION_TIMEOUT).unwrap(),
+            "1.2.3"
+        );
+        assert!(matches!(
+            run("yes 1.2.3", &dir, crate::release::config::DEFAULT_VERSION_TIMEOUT),
+            Err(VersionError::TooLong)
+        ));
         // A child of the shell holding the pipe is killed with it.
         let t = Instant::now();
         let e = run("sleep 30; echo 1.2.3", &dir, Duration::from_millis(300)).unwrap_err();
         assert!(matches!(e, VersionError::Timeout(_)), "{e}");
         assert!(t.elapsed() < Duration::from_secs(10));
-        let e = run("echo oops >&2; exit 3", &dir, DEFAULT_TIMEOUT).unwrap_err();
+        let e = run("echo oops >&2; exit 3", &dir, crate::release::config::DEFAULT_VERSION_TIMEOUT)
+            .unwrap_err();
         assert!(e.to_string().starts_with("failed (exit status: 3): oops"), "{e}");
     }
 }

@@ -19,7 +19,7 @@ use otaforge::release::{self, Environment, NoReleaseReporter, Outcome, Overrides
 /// file's); `Ok(true)` when every stage passed, `Ok(false)` when a gate failed.
 pub fn run(config: &Path, endpoint: Option<&str>) -> Result<bool, String> {
     // Every problem of otaforge.toml at once, each with its line and field.
-    let checked = release::config::load(config)
+    let checked = release::load(config)
         .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))?;
     // Authentication ($OTAFORGE_ADU_TOKEN), storage ([storage], else the service's own) and
     // SOURCE_DATE_EPOCH are resolved here, before anything runs.

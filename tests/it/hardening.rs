@@ -1387,8 +1387,10 @@ mod round2 {
             "manifestVersion": "5",
             "updateId": {"provider": "contoso", "name": "toaster", "version": "6.6"},
             "compatibility": [{"manufacturer": "contoso", "model": "toaster"}],
-            "files": {"f1": {"fileName": "fw.bin", "sizeInBytes": 1000,
+            "instructions": {"steps": [{"handler": "microsoft/swupdate:2", "files": ["f1"]}]},
+            "files": {"f1": {"filename": "fw.bin", "sizeInBytes": 1000,
                              "hashes": {"sha256": otaforge::Sha256::digest(&payload).to_base64()}}},
+            "createdDateTime": "2026-12-01T00:00:00Z",
         });
         runtime().block_on(async {
             let fleet = Fleet::register(one_device(&serve, &hub, "endless")).await.unwrap();

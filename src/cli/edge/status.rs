@@ -6,9 +6,9 @@
 
 use std::collections::BTreeMap;
 
-use otaforge::edge::condition::Target;
 use otaforge::edge::state::{DeviceState, of_twin};
 use otaforge::iothub::IotHubClient;
+use otaforge::iothub::condition::Target;
 use otaforge::iothub::config::{Configuration, metric_devices};
 use otaforge::iothub::query::metric_condition;
 use serde_json::{Value, json};

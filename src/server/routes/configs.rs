@@ -16,7 +16,7 @@ use axum::routing::{get, post};
 use serde_json::{Value, json};
 
 use super::hub::{if_match, json_body};
-use crate::edge::condition::Target;
+use crate::iothub::condition::Target;
 use crate::iothub::config::{Configuration, MAX_CUSTOM_METRICS, check_id, metric_devices};
 use crate::iothub::limits::{self, MAX_CONFIGURATIONS};
 use crate::iothub::query::metric_condition;
