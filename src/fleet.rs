@@ -32,14 +32,15 @@ use crate::Sha256;
 use crate::iothub::sas::{SasKey, token};
 use crate::iothub::{ConnectionString, GROUP_TAG, IotHubClient, IotHubError};
 use crate::manifest::UpdateId;
+use crate::service::agent::{
+    AgentReport, CONTRACT_MODEL_ID, DesiredComponent, ReportedComponent, STATE_FAILED, STATE_IDLE,
+    STATE_IN_PROGRESS, ServiceProperty, UpdateManifest, Workflow,
+};
+use crate::service::model::InstallResult;
 
 /// The longest one twin read waits (serve's limit).
 const MAX_WAIT: Duration = Duration::from_secs(120);
 
-/// Agent states (adu.md §5.1).
-const IDLE: u64 = 0;
-const IN_PROGRESS: u64 = 6;
-const FAILED: u64 = 255;
 /// `Apply_Success`.
 const APPLY_SUCCESS: i64 = 700;
 
@@ -317,41 +318,55 @@ impl Device {
         Ok(())
     }
 
-    async fn report(&self, env: &Env, reported: Value) -> Result<(), FleetError> {
+    /// Reports the agent's `deviceUpdate` component.
+    async fn report(&self, env: &Env, agent: AgentReport) -> Result<(), FleetError> {
         let url = format!("{}/devices/{}/twin/reported", env.endpoint, self.id);
-        self.patch_json(env, url, &reported, "report").await
+        let patch = Value::Object(ReportedComponent::new(agent).to_patch());
+        self.patch_json(env, url, &patch, "report").await
     }
 
-    fn agent(&self, env: &Env, state: u64, extra: Value) -> Value {
+    /// What the agent reports about itself in `state`, with what it last worked on.
+    fn agent(
+        &self,
+        env: &Env,
+        state: i64,
+        workflow: Option<Workflow>,
+        result: Option<InstallResult>,
+    ) -> AgentReport {
         let mut props = env.class.clone();
-        props.insert("contractModelId".into(), json!("dtmi:azure:iot:deviceUpdateContractModel;3"));
+        props.insert("contractModelId".into(), json!(CONTRACT_MODEL_ID));
         props.insert("aduVer".into(), json!("DU;agent/otaforge-fleet"));
         let names: Vec<&str> = env.class.keys().map(String::as_str).collect();
-        let mut agent = json!({
-            "deviceProperties": props,
-            "compatPropertyNames": names.join(","),
-            "state": state,
-        });
-        if let Some(i) = &self.installed {
-            agent["installedUpdateId"] = json!(serde_json::to_string(&i.id).unwrap_or_default());
+        AgentReport {
+            device_properties: Some(props),
+            compat_property_names: Some(names.join(",")),
+            state: Some(state),
+            workflow,
+            installed_update_id: self
+                .installed
+                .as_ref()
+                .and_then(|i| serde_json::to_string(&i.id).ok()),
+            last_install_result: result.and_then(|r| serde_json::to_value(r).ok()),
+            extra: Map::new(),
         }
-        if let (Value::Object(a), Value::Object(e)) = (&mut agent, extra) {
-            a.extend(e);
-        }
-        json!({"deviceUpdate": {"__t": "c", "agent": agent}})
     }
 
-    /// The desired `service` property: at once the first time, then once the twin has moved
-    /// past the version last read, or after `wait` (long-poll; serve answers with the twin as
-    /// it is when the wait runs out).
-    async fn desired(&mut self, env: &Env, wait: Duration) -> Result<Value, FleetError> {
+    /// The desired `service` property (`None` when there is no deployment): at once the first
+    /// time, then once the twin has moved past the version last read, or after `wait`
+    /// (long-poll; serve answers with the twin as it is when the wait runs out).
+    async fn desired(
+        &mut self,
+        env: &Env,
+        wait: Duration,
+    ) -> Result<Option<ServiceProperty>, FleetError> {
         let mut url = format!("{}/devices/{}/twin", env.endpoint, self.id);
         if let Some(v) = self.version {
             url.push_str(&format!("?after={v}&wait={}", wait.as_secs().max(1)));
         }
-        let v = self.get_json(env, url, "twin read").await?;
-        self.version = v["$version"].as_i64();
-        Ok(v["desired"]["deviceUpdate"]["service"].clone())
+        let twin: DeviceTwin = serde_json::from_value(self.get_json(env, url, "twin read").await?)
+            .map_err(|e| self.fail(format!("the twin read is not a twin: {e}")))?;
+        self.version = twin.version;
+        Ok(DesiredComponent::of(&twin.desired).and_then(|c| c.service))
     }
 
     /// Downloads `url`, streaming: the body is hashed as it arrives and the download stops
@@ -401,29 +416,26 @@ impl Device {
     async fn install(
         &self,
         env: &Env,
-        manifest: &Value,
-        urls: &Value,
+        manifest: &UpdateManifest,
+        urls: &std::collections::BTreeMap<String, String>,
     ) -> Result<(Vec<u8>, String, bool), Refusal> {
         let no_files = || Refusal::file("the manifest has no files");
-        let files = manifest["files"].as_object().ok_or_else(no_files)?;
         let mut image: Option<(u64, Vec<u8>, String, bool)> = None;
-        for (id, f) in files {
-            let size = f["sizeInBytes"].as_u64().unwrap_or(0);
-            let sha = f["hashes"]["sha256"].as_str().unwrap_or_default();
+        for (id, f) in &manifest.files {
+            let size = f.size_in_bytes;
+            let sha = f.sha256().unwrap_or_default();
             let mut bytes = None;
             let mut by_delta = false;
             // A delta whose source is the installed image.
             if let Some(installed) = &self.installed {
-                for r in f["relatedFiles"].as_array().into_iter().flatten() {
-                    if r["properties"]["microsoft.sourceFileHash"].as_str()
-                        != Some(installed.sha.as_str())
-                    {
+                for r in &f.related_files {
+                    if r.source_sha256() != Some(installed.sha.as_str()) {
                         continue;
                     }
-                    let rsha = r["hashes"]["sha256"].as_str().unwrap_or_default();
+                    let rsha = r.sha256().unwrap_or_default();
                     let rid = crate::iothub::related_file_id(rsha);
-                    let Some(url) = urls[&rid].as_str() else { continue };
-                    let rsize = r["sizeInBytes"].as_u64().unwrap_or(0);
+                    let Some(url) = urls.get(&rid) else { continue };
+                    let rsize = r.size_in_bytes;
                     let delta = self.download(env, url, rsize, rsha).await?;
                     let mut out = Vec::with_capacity(size.min(MAX_RESERVE) as usize);
                     let old = &installed.image;
@@ -448,8 +460,8 @@ impl Device {
             let bytes = match bytes {
                 Some(b) => b,
                 None => {
-                    let url = urls[id.as_str()]
-                        .as_str()
+                    let url = urls
+                        .get(id)
                         .ok_or_else(|| Refusal::file(format!("no URL for file {id}")))?;
                     self.download(env, url, size, sha).await?
                 }
@@ -465,12 +477,12 @@ impl Device {
 
     /// The deployment (and retry) the desired `service` property asks the device to install,
     /// when it has not acted on it yet.
-    fn work(&self, service: &Value) -> Option<String> {
-        let workflow = &service["workflow"];
-        let id = workflow["id"].as_str()?;
-        let retry = workflow["retryTimestamp"].as_str().unwrap_or_default();
-        let key = format!("{id}\n{retry}");
-        (self.done.as_deref() != Some(key.as_str()) && workflow["action"].as_u64() == Some(3))
+    fn work(&self, service: &ServiceProperty) -> Option<String> {
+        let workflow = &service.workflow;
+        let retry = workflow.retry_timestamp.as_deref().unwrap_or_default();
+        let key = format!("{}\n{retry}", workflow.id);
+        let process = workflow.action == Some(crate::service::agent::ACTION_PROCESS);
+        (!workflow.id.is_empty() && process && self.done.as_deref() != Some(key.as_str()))
             .then_some(key)
     }
 
@@ -479,15 +491,15 @@ impl Device {
     async fn attempt(
         &self,
         env: &Env,
-        service: &Value,
-        manifest: &Value,
+        service: &ServiceProperty,
+        manifest: &UpdateManifest,
         stage: &str,
     ) -> Result<(Vec<u8>, String, bool), Refusal> {
         // The agent checks the signature chain before anything else (adu.md §5.3).
         if let Some(roots) = &env.roots {
             crate::sign::adu::verify_update_manifest(
-                service["updateManifest"].as_str().unwrap_or_default(),
-                service["updateManifestSignature"].as_str().unwrap_or_default(),
+                service.update_manifest.as_deref().unwrap_or_default(),
+                service.update_manifest_signature.as_deref().unwrap_or_default(),
                 roots,
             )
             .map_err(|e| Refusal::new(erc::SIGNATURE, e.to_string()))?;
@@ -496,7 +508,7 @@ impl Device {
         if draw(seed, &self.id, stage, "download") < failures.download {
             return Err(Refusal::new(erc::DOWNLOAD, "injected download failure"));
         }
-        let installed = self.install(env, manifest, &service["fileUrls"]).await?;
+        let installed = self.install(env, manifest, &service.file_urls).await?;
         if draw(seed, &self.id, stage, "install") < failures.install {
             return Err(Refusal::new(erc::INSTALL, "injected install failure"));
         }
@@ -504,17 +516,21 @@ impl Device {
     }
 
     /// Acts on a new deployment (`key` from [`Device::work`]).
-    async fn act(&mut self, env: &Env, service: &Value, key: String) -> Result<(), FleetError> {
-        let workflow = &service["workflow"];
-        let id = workflow["id"].as_str().unwrap_or_default().to_owned();
-        let retry = workflow["retryTimestamp"].as_str().map(str::to_owned);
-        let flow = json!({"action": 3, "id": id, "retryTimestamp": retry});
+    async fn act(
+        &mut self,
+        env: &Env,
+        service: &ServiceProperty,
+        key: String,
+    ) -> Result<(), FleetError> {
+        let flow = Workflow { extra: Map::new(), ..service.workflow.clone() };
+        let (id, retry) = (flow.id.clone(), flow.retry_timestamp.clone());
         // A manifest the agent cannot read fails the deployment at once: there is nothing to
         // start, and a device that said nothing would leave it in progress forever.
         let outcome = match read_manifest(service) {
             Err(refusal) => Err(refusal),
             Ok((manifest, update)) => {
-                self.report(env, self.agent(env, IN_PROGRESS, json!({"workflow": flow}))).await?;
+                let busy = self.agent(env, STATE_IN_PROGRESS, Some(flow.clone()), None);
+                self.report(env, busy).await?;
                 let stage = format!("{id}{}", retry.as_deref().unwrap_or_default());
                 self.attempt(env, service, &manifest, &stage).await.map(|done| (done, update))
             }
@@ -523,9 +539,9 @@ impl Device {
             Ok(((image, sha, by_delta), update)) => {
                 let image = env.images.intern(&sha, image);
                 let before = self.installed.replace(Installed { id: update, image, sha });
-                let last = json!({"resultCode": APPLY_SUCCESS, "extendedResultCode": 0, "resultDetails": if by_delta { "delta" } else { "full" }});
-                let done = json!({"workflow": flow, "lastInstallResult": last});
-                if let Err(e) = self.report(env, self.agent(env, IDLE, done)).await {
+                let last = result(APPLY_SUCCESS, 0, if by_delta { "delta" } else { "full" });
+                let done = self.agent(env, STATE_IDLE, Some(flow), Some(last));
+                if let Err(e) = self.report(env, done).await {
                     // Not reported: as after a crash, the device still runs what it ran.
                     self.installed = before;
                     return Err(e);
@@ -534,10 +550,8 @@ impl Device {
                 env.counters.through_delta.fetch_add(u64::from(by_delta), Ordering::Relaxed);
             }
             Err(Refusal { code, why }) => {
-                let last =
-                    json!({"resultCode": 0, "extendedResultCode": code, "resultDetails": why});
-                let done = json!({"workflow": flow, "lastInstallResult": last});
-                self.report(env, self.agent(env, FAILED, done)).await?;
+                let done = self.agent(env, STATE_FAILED, Some(flow), Some(result(0, code, &why)));
+                self.report(env, done).await?;
                 env.counters.failed.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -564,7 +578,7 @@ impl Device {
                 if env.edge {
                     return self.edge_turn(&env, wait).await;
                 }
-                let service = self.desired(&env, wait).await?;
+                let Some(service) = self.desired(&env, wait).await? else { return Ok(()) };
                 let Some(key) = self.work(&service) else { return Ok(()) };
                 // Installs take turns; waiting for the twin does not.
                 let _slot = env.slots.acquire().await;
@@ -594,9 +608,16 @@ impl Device {
 
 /// The update manifest of a desired `service` property and the update it names, or the
 /// agent's refusal when the twin carries none or one it cannot read (not JSON, not an object,
-/// no valid `updateId`).
-fn read_manifest(service: &Value) -> Result<(Value, UpdateId), Refusal> {
-    let text = service["updateManifest"].as_str().ok_or_else(|| {
+/// no valid `updateId`, not an update manifest).
+fn read_manifest(service: &ServiceProperty) -> Result<(UpdateManifest, UpdateId), Refusal> {
+    /// Only the part of a manifest that names its update, to tell a manifest without a valid
+    /// `updateId` from one that is otherwise malformed, as the agent's parser does.
+    #[derive(serde::Deserialize)]
+    struct Names {
+        #[serde(rename = "updateId")]
+        update_id: UpdateId,
+    }
+    let text = service.update_manifest.as_deref().ok_or_else(|| {
         Refusal::new(erc::NO_UPDATE_MANIFEST, "the deployment carries no updateManifest")
     })?;
     let manifest: Value = serde_json::from_str(text).map_err(|e| {
@@ -608,10 +629,35 @@ fn read_manifest(service: &Value) -> Result<(Value, UpdateId), Refusal> {
             "the update manifest is not a JSON object",
         ));
     }
-    let update = serde_json::from_value(manifest["updateId"].clone()).map_err(|e| {
+    let Names { update_id } = serde_json::from_value(manifest.clone()).map_err(|e| {
         Refusal::new(erc::NO_UPDATE_ID, format!("the update manifest has no valid updateId: {e}"))
     })?;
-    Ok((manifest, update))
+    let manifest = serde_json::from_value(manifest).map_err(|e| {
+        Refusal::new(erc::BAD_UPDATE_MANIFEST, format!("the update manifest is not readable: {e}"))
+    })?;
+    Ok((manifest, update_id))
+}
+
+/// An install result as the agent reports it.
+fn result(code: i64, extended: i64, details: &str) -> InstallResult {
+    InstallResult {
+        result_code: code,
+        extended_result_code: extended,
+        result_details: Some(details.to_owned()),
+        step_results: None,
+        extra: Map::new(),
+    }
+}
+
+/// A twin as a device reads it.
+#[derive(Debug, serde::Deserialize)]
+struct DeviceTwin {
+    /// What the back end wants.
+    #[serde(default)]
+    desired: Map<String, Value>,
+    /// The twin's version, which the next read waits past.
+    #[serde(rename = "$version", default)]
+    version: Option<i64>,
 }
 
 /// A registered fleet, ready to run.
@@ -668,10 +714,7 @@ impl Fleet {
                     Err(IotHubError::Api { status: 409, .. }) => hub.get_device(&id).await?,
                     Err(e) => return Err(e.into()),
                 };
-                let key = identity["authentication"]["symmetricKey"]["primaryKey"]
-                    .as_str()
-                    .unwrap_or_default();
-                let key = SasKey::from_base64(key)?;
+                let key = SasKey::from_base64(identity.primary_key().unwrap_or_default())?;
                 if let Some(g) = group {
                     let mut tags = Map::new();
                     tags.insert(GROUP_TAG.into(), json!(g));
@@ -679,7 +722,7 @@ impl Fleet {
                 }
                 let d = Device { id, key, installed, done: None, version: None };
                 if !env.edge {
-                    d.report(&env, d.agent(&env, IDLE, json!({}))).await?;
+                    d.report(&env, d.agent(&env, STATE_IDLE, None, None)).await?;
                 }
                 Ok::<_, FleetError>(d)
             }
@@ -747,13 +790,22 @@ mod tests {
 
     #[test]
     fn a_manifest_the_agent_cannot_read_is_refused_with_the_agents_code() {
-        let refused = |service: Value| read_manifest(&service).unwrap_err().code;
-        assert_eq!(refused(json!({})), erc::NO_UPDATE_MANIFEST);
-        assert_eq!(refused(json!({"updateManifest": "{\"files\": "})), erc::BAD_UPDATE_MANIFEST);
-        assert_eq!(refused(json!({"updateManifest": "[1, 2]"})), erc::BAD_UPDATE_MANIFEST);
-        assert_eq!(refused(json!({"updateManifest": "{\"files\": {}}"})), erc::NO_UPDATE_ID);
-        let good = r#"{"updateId": {"provider": "c", "name": "t", "version": "1.0"}}"#;
-        let (_, id) = read_manifest(&json!({ "updateManifest": good })).unwrap();
+        let service = |manifest: Option<&str>| ServiceProperty {
+            update_manifest: manifest.map(str::to_owned),
+            ..ServiceProperty::default()
+        };
+        let refused = |manifest: Option<&str>| read_manifest(&service(manifest)).unwrap_err().code;
+        assert_eq!(refused(None), erc::NO_UPDATE_MANIFEST);
+        assert_eq!(refused(Some("{\"files\": ")), erc::BAD_UPDATE_MANIFEST);
+        assert_eq!(refused(Some("[1, 2]")), erc::BAD_UPDATE_MANIFEST);
+        assert_eq!(refused(Some("{\"files\": {}}")), erc::NO_UPDATE_ID);
+        let id = r#""updateId": {"provider": "c", "name": "t", "version": "1.0"}"#;
+        assert_eq!(refused(Some(&format!("{{{id}}}"))), erc::BAD_UPDATE_MANIFEST, "no files");
+        let good = format!(
+            r#"{{"manifestVersion": "4", {id}, "compatibility": [], "instructions": {{"steps": []}},
+                "files": {{}}, "createdDateTime": "2026-12-01T00:00:00Z"}}"#
+        );
+        let (_, id) = read_manifest(&service(Some(&good))).unwrap();
         assert_eq!(id.to_string(), "c/t/1.0");
         assert_eq!(erc::BAD_UPDATE_MANIFEST, -2_144_337_911);
     }

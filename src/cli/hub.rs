@@ -141,7 +141,7 @@ pub(crate) fn run(
     let done = match cmd {
         ConfigCommand::Create(a) => {
             check_id(&a.id).map_err(anyhow::Error::msg)?;
-            otaforge::edge::condition::Target::parse(&a.target_condition)
+            otaforge::iothub::condition::Target::parse(&a.target_condition)
                 .map_err(|e| anyhow::anyhow!("--target-condition: {e}"))?;
             let metrics = pairs(&a.metric, "metric")?;
             let mut content = serde_json::Map::new();

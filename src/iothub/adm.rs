@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value};
 
 use crate::edge::assign::{Status, precedence};
-use crate::edge::condition::{ConditionError, Target};
+use crate::iothub::condition::{ConditionError, Target};
 
 /// The prefix every `deviceContent` path has.
 pub const DESIRED_PREFIX: &str = "properties.desired.";

@@ -503,6 +503,17 @@ fn file_id(update: &UpdateId, filename: &FileName) -> String {
 
 // ---- The operation an import runs as ----
 
+/// Where an update is (an operation's `resourceLocation`).
+pub(super) fn update_location(instance: &str, id: &UpdateId) -> String {
+    format!(
+        "/deviceUpdate/{instance}/updates/providers/{}/names/{}/versions/{}?api-version={}",
+        id.provider(),
+        id.name(),
+        id.version(),
+        crate::service::API_VERSION
+    )
+}
+
 fn new_operation_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }
@@ -680,7 +691,7 @@ pub(super) async fn run(s: Shared, mut op: UpdateOperation, items: Vec<ImportIte
         friendly_name: first.friendly_name.clone(),
         extra: Default::default(),
     });
-    op.resource_location = Some(super::routes::update_location(&s.instance, &first.update_id));
+    op.resource_location = Some(update_location(&s.instance, &first.update_id));
     let _ =
         s.db.call(move |st| {
             // The store may have changed while fetching: re-check duplicates in the same lock.

@@ -689,7 +689,7 @@ impl Store {
             version: Some(1),
             ..Default::default()
         };
-        twin.extra.insert("capabilities".into(), serde_json::json!({"iotEdge": iot_edge}));
+        twin.capabilities = Some(crate::iothub::Capabilities { iot_edge });
         let (group, slim) = derived(&twin)?;
         let tx = self.conn.transaction()?;
         let inserted = tx.execute(

@@ -114,7 +114,10 @@ fn automatic_configurations_set_what_they_win_and_fall_back_when_retargeted_or_d
     );
     // The twin says which configuration applied (what appliedCount counts).
     let twin = rt().block_on(hub.get_twin("d1")).unwrap();
-    assert_eq!(twin.extra["configurations"], json!({"low": {"status": "Applied"}}));
+    assert_eq!(
+        serde_json::to_value(&twin.configurations).unwrap(),
+        json!({"low": {"status": "Applied"}})
+    );
 
     // A higher priority on d2 takes the chiller path over, whole; low still sets d2's fan.
     let (code, _) = cli(
@@ -150,7 +153,7 @@ fn automatic_configurations_set_what_they_win_and_fall_back_when_retargeted_or_d
     until("low gone", || desired(&hub, "d1") == json!({"mine": 1}));
     assert_eq!(desired(&hub, "d2"), json!({}));
     let twin = rt().block_on(hub.get_twin("d1")).unwrap();
-    assert!(!twin.extra.contains_key("configurations"));
+    assert!(twin.configurations.is_none());
 
     let (code, list) = cli(dir.path(), &data, &["list"]);
     assert_eq!((code, list.as_array().map(Vec::len)), (Some(0), Some(1)));

@@ -8,6 +8,7 @@ mod adm;
 mod apt;
 mod cli;
 mod delta;
+mod delta_capi;
 mod delta_inplace;
 mod edge;
 mod fleet;

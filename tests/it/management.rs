@@ -43,10 +43,7 @@ pub(crate) fn hub(data: &std::path::Path) -> IotHubClient {
 pub(crate) async fn report(serve: &Serve, data: &std::path::Path, id: &str, reported: &Value) {
     let host = serve.endpoint.trim_start_matches("http://").to_owned();
     let identity = hub(data).get_device(id).await.unwrap();
-    let key = SasKey::from_base64(
-        identity["authentication"]["symmetricKey"]["primaryKey"].as_str().unwrap(),
-    )
-    .unwrap();
+    let key = SasKey::from_base64(identity.primary_key().unwrap()).unwrap();
     let resp = reqwest::Client::new()
         .patch(format!("{}/devices/{id}/twin/reported", serve.endpoint))
         .header(

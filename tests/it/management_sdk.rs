@@ -77,10 +77,7 @@ async fn as_device(
     use otaforge::iothub::sas::{SasKey, token};
     let host = serve.endpoint.trim_start_matches("http://").to_owned();
     let identity = crate::management::hub(data).get_device(id).await.unwrap();
-    let key = SasKey::from_base64(
-        identity["authentication"]["symmetricKey"]["primaryKey"].as_str().unwrap(),
-    )
-    .unwrap();
+    let key = SasKey::from_base64(identity.primary_key().unwrap()).unwrap();
     let auth = token(&format!("{host}/devices/{id}"), &key, None, crate::token_expiry());
     let mut req = reqwest::Client::new()
         .request(method, format!("{}{path}", serve.endpoint))

@@ -18,6 +18,7 @@
 //! - `bench edge`: target-condition evaluation in twins per second.
 //! - `bench lists`: the device-management lists with 100 clients at 10 000 devices.
 //! - `azurite [PORT]`: installs and runs Azurite for the storage tests.
+//! - `applier-mcu`: the device applier built for a Cortex-M4 and its C harness run on QEMU.
 
 // xtask is a developer tool: it prints freely and adds its own context to std::fs errors.
 #![allow(
@@ -27,6 +28,7 @@
     clippy::disallowed_types
 )]
 
+mod applier_mcu;
 mod azurite;
 mod bench;
 mod bench_delta;
@@ -54,6 +56,7 @@ fn main() -> anyhow::Result<()> {
         ["tidy"] => tidy::run(),
         ["result-codes", rest @ ..] => result_codes::run(rest),
         ["azurite", rest @ ..] => azurite::serve(rest),
+        ["applier-mcu", rest @ ..] => applier_mcu::run(rest),
         ["demo"] => demo::run(),
         ["deny"] => tools::provision().and_then(|()| deny::run()).map(drop),
         ["schema", dirs @ ..] => schema::run(&dirs.iter().map(PathBuf::from).collect::<Vec<_>>()),
@@ -81,6 +84,7 @@ fn main() -> anyhow::Result<()> {
                  bench edge [--twins N] [--runs N]\n                     target-condition evaluation, twins per second\n  \
                  bench lists [--devices N] [--clients N] [--seconds S]\n                     device-management lists under concurrent load\n  \
                  fuzz [SECONDS]     every cargo-fuzz target for SECONDS each (default 30)\n  \
+                 applier-mcu [--pair DIR] [--plans N]\n                     the device applier on an emulated Cortex-M4: size, RAM, stack\n  \
                  bench delta [--corpus DIR] [--pairs a,b] [--skip TOOL,...]\n                     otaforge delta vs bsdiff, xdelta3, zstd, HDiffPatch"
             );
             bail!("unknown task {:?}", args)

@@ -47,19 +47,25 @@ fn check_device_id(id: &str) -> Result<(), ApiError> {
     crate::iothub::limits::check_device_id(id).map_err(bad)
 }
 
-fn identity(row: &crate::server::store::DeviceRow) -> Value {
-    json!({
-        "deviceId": row.device_id,
-        "generationId": row.created,
-        "etag": row.twin.etag,
-        "status": "enabled",
-        "connectionState": "Disconnected",
-        "capabilities": row.twin.extra.get("capabilities").cloned().unwrap_or(json!({"iotEdge": false})),
-        "authentication": {
-            "type": "sas",
-            "symmetricKey": {"primaryKey": row.device_key, "secondaryKey": Value::Null},
+fn identity(row: &crate::server::store::DeviceRow) -> crate::iothub::DeviceIdentity {
+    use crate::iothub::{Authentication, Capabilities, DeviceIdentity, SymmetricKey};
+    DeviceIdentity {
+        device_id: row.device_id.clone(),
+        generation_id: Some(row.created.clone()),
+        etag: row.twin.etag.clone(),
+        status: Some("enabled".into()),
+        connection_state: Some("Disconnected".into()),
+        capabilities: Capabilities { iot_edge: row.twin.is_edge() },
+        authentication: Authentication {
+            kind: Some("sas".into()),
+            symmetric_key: Some(SymmetricKey {
+                primary_key: Some(row.device_key.clone()),
+                secondary_key: None,
+            }),
+            extra: Map::new(),
         },
-    })
+        extra: Map::new(),
+    }
 }
 
 /// A device's row, or 404 `DeviceNotFound`.
@@ -87,10 +93,8 @@ async fn put_device(
 ) -> Result<Response, ApiError> {
     check_device_id(&id)?;
     // `capabilities.iotEdge` makes an IoT Edge device (Edge deployments target only those).
-    let iot_edge = serde_json::from_slice::<Value>(&body)
-        .ok()
-        .and_then(|b| b.get("capabilities")?.get("iotEdge")?.as_bool())
-        .unwrap_or(false);
+    let iot_edge = serde_json::from_slice::<crate::iothub::DeviceIdentity>(&body)
+        .is_ok_and(|identity| identity.capabilities.iot_edge);
     let key = crate::iothub::sas::SasKey::generate().map_err(ApiError::internal)?.to_base64();
     let now = crate::server::now_string();
     let created = s.db.call(move |st| st.create_device(&id, &key, &now, iot_edge)).await?;

@@ -32,8 +32,6 @@ use axum::middleware::{Next, from_fn, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-pub(super) use updates::update_location;
-
 use super::Shared;
 use super::error::{ApiError, Surface, render};
 use crate::service::{API_VERSION, Page, SUPPORTED_API_VERSIONS};

@@ -7,7 +7,6 @@
 use std::collections::HashMap;
 
 use rusqlite::params;
-use serde_json::{Map, Value, json};
 
 use super::{Store, StoreError, derived, twin_doc};
 use crate::iothub::adm::{self, Applied, DeviceConfiguration};
@@ -65,7 +64,7 @@ impl Store {
             )?;
             let mut twin: crate::iothub::Twin = serde_json::from_str(&text)?;
             let desired_changed = adm::change(&mut twin.properties.desired, &before, &now);
-            let sections_changed = set_statuses(&mut twin.extra, &before, &now);
+            let sections_changed = set_statuses(&mut twin, &before, &now);
             if !desired_changed && !sections_changed {
                 continue;
             }
@@ -84,24 +83,18 @@ impl Store {
     }
 }
 
-/// Writes each configuration's status into the twin's `configurations` section (keeping the
-/// entries of configurations this pass does not manage); returns whether it changed.
-fn set_statuses(extra: &mut Map<String, Value>, before: &Applied, now: &Applied) -> bool {
-    let section = extra.entry("configurations").or_insert_with(|| json!({}));
-    if !section.is_object() {
-        *section = json!({});
-    }
-    let Some(map) = section.as_object_mut() else { return false };
-    let old = map.clone();
+/// Writes each configuration's status into the twin's `configurations` (keeping the entries
+/// of configurations this pass does not manage); returns whether it changed.
+fn set_statuses(twin: &mut crate::iothub::Twin, before: &Applied, now: &Applied) -> bool {
+    use crate::iothub::ConfigurationStatus;
+    let old = twin.configurations.clone();
+    let mut map = old.clone().unwrap_or_default();
     for id in before.statuses.keys() {
         map.remove(id);
     }
     for (id, status) in &now.statuses {
-        map.insert(id.clone(), json!({"status": status}));
+        map.insert(id.clone(), ConfigurationStatus { status: status.clone() });
     }
-    let changed = *map != old;
-    if map.is_empty() {
-        extra.remove("configurations");
-    }
-    changed
+    twin.configurations = (!map.is_empty()).then_some(map);
+    twin.configurations != old
 }
