@@ -5,7 +5,8 @@
 //! (streamed and hashed as it arrives, stopped as soon as it runs past the manifest's
 //! `sizeInBytes`), applies a real delta (`delta::apply`) when its installed image is the
 //! related file's source, else downloads the full file, and reports `Idle` with result 700 and
-//! the new `installedUpdateId`, or `Failed` with the result codes of what went wrong. A manifest
+//! the new `installedUpdateId`, or `Failed` with the result codes the agent reports for what
+//! went wrong (module `erc`). It answers log collections (`logs`). A manifest
 //! it cannot read fails the deployment at once with the agent's parser codes. Injected failures
 //! are drawn from the seed, the device and the deployment, so a run is reproducible.
 //!
@@ -21,6 +22,7 @@
 //! Not yet: cancel handling beyond not starting.
 
 mod edge;
+mod logs;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,21 +46,54 @@ const MAX_WAIT: Duration = Duration::from_secs(120);
 /// `Apply_Success`.
 const APPLY_SUCCESS: i64 = 700;
 
-/// The extended result codes a simulated device reports with a failure: 32 bits of facility,
-/// component and code as the agent packs them (adu.md §5.4), as the signed number the twin
+/// The extended result codes a simulated device reports, each the one the Device Update agent
+/// reports for the same failure (facility, component and code as `result.h` packs them; see
+/// `service::result_code` and the adu-coverage notes §4.5), as the signed number the twin
 /// carries.
 mod erc {
     const fn code(bits: u32) -> i64 {
         bits as i32 as i64
     }
-    /// Delivery Optimization's "download failed" (injected download failures).
-    pub(super) const DOWNLOAD: i64 = code(0x80D0_2002);
-    /// A file that could not be fetched or does not match the manifest's size and SHA-256.
-    pub(super) const FILE: i64 = code(0x8010_0001);
-    /// The install failed after the download (injected install failures).
-    pub(super) const INSTALL: i64 = code(0x8030_0001);
-    /// The update manifest signature does not chain to a trusted root.
-    pub(super) const SIGNATURE: i64 = code(0x8040_0001);
+    /// `DO_E_DOWNLOAD_NO_PROGRESS` through Delivery Optimization (facility 0xD): injected
+    /// download failures, and a download that broke off.
+    pub(super) const DOWNLOAD: i64 = code(0xD0D0_2002);
+    /// `ADUC_ERC_VALIDATION_FILE_HASH_INVALID_HASH`: a file whose size or SHA-256 is not the
+    /// manifest's.
+    pub(super) const FILE: i64 = code(0x0010_0003);
+    /// `ADUC_ERC_CONTENT_DOWNLOADER_INVALID_DOWNLOAD_URI`: no URL for a file.
+    pub(super) const NO_URL: i64 = code(0x4000_0007);
+    /// `ADUC_ERC_UPDATE_CONTENT_HANDLER_INSTALL_FAILURE_MISSING_PRIMARY_FILE`.
+    pub(super) const NO_FILES: i64 = code(0x3000_012E);
+    /// An injected install failure, as the step's handler reports it: the script exiting
+    /// with 1 (`ADUC_ERC_SCRIPT_HANDLER_CHILD_PROCESS_FAILURE_EXITCODE(1)`), apt-get failing
+    /// (`ADUC_ERC_APT_HANDLER_PACKAGE_INSTALL_FAILURE`), swupdate's child exiting with 1,
+    /// else `ADUC_ERC_UPDATE_CONTENT_HANDLER_INSTALL_FAILURE_UNKNOWNEXCEPTION`.
+    pub(super) fn install(handler: Option<&str>) -> i64 {
+        code(match handler {
+            Some("microsoft/script:1") => 0x3050_1001,
+            Some("microsoft/apt:1") => 0x3020_0200,
+            Some("microsoft/swupdate:1" | "microsoft/swupdate:2") => 0x3010_1001,
+            _ => 0x3000_0130,
+        })
+    }
+    /// A download answered an HTTP error, as Delivery Optimization maps it
+    /// (`HTTP_E_STATUS_*`, facility 0xD).
+    pub(super) fn http(status: u16) -> i64 {
+        code(match status {
+            401 => 0xD019_0191,
+            403 => 0xD019_0193,
+            404 | 410 => 0xD019_0194,
+            408 => 0xD019_0198,
+            500 | 503 => 0xD019_01F4,
+            _ => 0xD019_0001,
+        })
+    }
+    /// A delta that did not apply (the delta processor's error, component 0x90A), reported
+    /// beside a success when the full file was downloaded instead.
+    pub(super) const DELTA: i64 = code(0x90A0_7530);
+    /// `JWSResult_InvalidSignature` of the update manifest's check
+    /// (`ADUC_COMPONENT_JWS_UPDATE_MANIFEST_VALIDATION`).
+    pub(super) const SIGNATURE: i64 = code(0xA020_0004);
     /// `ADUC_ERC_UTILITIES_UPDATE_DATA_PARSER_NO_UPDATE_ID`: the manifest names no update.
     pub(super) const NO_UPDATE_ID: i64 = code(0x8030_0003);
     /// `ADUC_ERC_UTILITIES_UPDATE_DATA_PARSER_NO_UPDATE_MANIFEST`: the twin has no manifest.
@@ -66,6 +101,15 @@ mod erc {
     /// `ADUC_ERC_UTILITIES_UPDATE_DATA_PARSER_BAD_UPDATE_MANIFEST`: the manifest is not a JSON
     /// object the agent can read.
     pub(super) const BAD_UPDATE_MANIFEST: i64 = code(0x8030_0009);
+}
+
+/// How an image was made: downloaded whole, rebuilt from a delta, or downloaded whole after
+/// a delta failed to apply (which the agent reports beside its success).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    Full,
+    Delta,
+    FullAfterDelta,
 }
 
 /// Why a device did not install a deployment, as it reports it: the extended result code and
@@ -264,6 +308,10 @@ struct Device {
     done: Option<String>,
     /// The twin version last read; the next read waits for a later one.
     version: Option<i64>,
+    /// The log collection the twin asks for (`diagnosticInformation.service`), as last read.
+    log_request: Option<crate::service::diagnostics::DiagnosticsRequest>,
+    /// The log collection last answered.
+    logs_answered: Option<String>,
 }
 
 impl Device {
@@ -366,6 +414,8 @@ impl Device {
         let twin: DeviceTwin = serde_json::from_value(self.get_json(env, url, "twin read").await?)
             .map_err(|e| self.fail(format!("the twin read is not a twin: {e}")))?;
         self.version = twin.version;
+        self.log_request = crate::service::diagnostics::DiagnosticsComponent::of(&twin.desired)
+            .and_then(|c| c.service);
         Ok(DesiredComponent::of(&twin.desired).and_then(|c| c.service))
     }
 
@@ -381,9 +431,14 @@ impl Device {
         sha: &str,
     ) -> Result<Vec<u8>, Refusal> {
         use sha2::Digest as _;
-        let mut resp = env.http.get(url).send().await.map_err(|e| Refusal::file(e.to_string()))?;
+        let broke = |e: reqwest::Error| Refusal::new(erc::DOWNLOAD, e.to_string());
+        let mut resp = env.http.get(url).send().await.map_err(broke)?;
         if !resp.status().is_success() {
-            return Err(Refusal::file(format!("download answered {}", resp.status())));
+            let status = resp.status();
+            return Err(Refusal::new(
+                erc::http(status.as_u16()),
+                format!("download answered {status}"),
+            ));
         }
         let too_long = || {
             Refusal::file(format!(
@@ -395,7 +450,7 @@ impl Device {
         }
         let mut bytes = Vec::with_capacity(size.min(MAX_RESERVE) as usize);
         let mut hasher = sha2::Sha256::new();
-        while let Some(chunk) = resp.chunk().await.map_err(|e| Refusal::file(e.to_string()))? {
+        while let Some(chunk) = resp.chunk().await.map_err(broke)? {
             if bytes.len() as u64 + chunk.len() as u64 > size {
                 return Err(too_long());
             }
@@ -418,14 +473,14 @@ impl Device {
         env: &Env,
         manifest: &UpdateManifest,
         urls: &std::collections::BTreeMap<String, String>,
-    ) -> Result<(Vec<u8>, String, bool), Refusal> {
-        let no_files = || Refusal::file("the manifest has no files");
-        let mut image: Option<(u64, Vec<u8>, String, bool)> = None;
+    ) -> Result<(Vec<u8>, String, Via), Refusal> {
+        let no_files = || Refusal::new(erc::NO_FILES, "the manifest has no files");
+        let mut image: Option<(u64, Vec<u8>, String, Via)> = None;
         for (id, f) in &manifest.files {
             let size = f.size_in_bytes;
             let sha = f.sha256().unwrap_or_default();
             let mut bytes = None;
-            let mut by_delta = false;
+            let mut via = Via::Full;
             // A delta whose source is the installed image.
             if let Some(installed) = &self.installed {
                 for r in &f.related_files {
@@ -452,7 +507,9 @@ impl Device {
                         && Sha256::digest(&out).to_base64() == sha
                     {
                         bytes = Some(out);
-                        by_delta = true;
+                        via = Via::Delta;
+                    } else {
+                        via = Via::FullAfterDelta;
                     }
                     break;
                 }
@@ -460,19 +517,19 @@ impl Device {
             let bytes = match bytes {
                 Some(b) => b,
                 None => {
-                    let url = urls
-                        .get(id)
-                        .ok_or_else(|| Refusal::file(format!("no URL for file {id}")))?;
+                    let url = urls.get(id).ok_or_else(|| {
+                        Refusal::new(erc::NO_URL, format!("no URL for file {id}"))
+                    })?;
                     self.download(env, url, size, sha).await?
                 }
             };
             // The largest file is the device's image.
             if image.as_ref().is_none_or(|(s, ..)| size > *s) {
-                image = Some((size, bytes, sha.to_owned(), by_delta));
+                image = Some((size, bytes, sha.to_owned(), via));
             }
         }
-        let (_, bytes, sha, by_delta) = image.ok_or_else(no_files)?;
-        Ok((bytes, sha, by_delta))
+        let (_, bytes, sha, via) = image.ok_or_else(no_files)?;
+        Ok((bytes, sha, via))
     }
 
     /// The deployment (and retry) the desired `service` property asks the device to install,
@@ -494,7 +551,7 @@ impl Device {
         service: &ServiceProperty,
         manifest: &UpdateManifest,
         stage: &str,
-    ) -> Result<(Vec<u8>, String, bool), Refusal> {
+    ) -> Result<(Vec<u8>, String, Via), Refusal> {
         // The agent checks the signature chain before anything else (adu.md §5.3).
         if let Some(roots) = &env.roots {
             crate::sign::adu::verify_update_manifest(
@@ -510,7 +567,8 @@ impl Device {
         }
         let installed = self.install(env, manifest, &service.file_urls).await?;
         if draw(seed, &self.id, stage, "install") < failures.install {
-            return Err(Refusal::new(erc::INSTALL, "injected install failure"));
+            let handler = manifest.instructions.steps.first().and_then(|s| s.handler.as_deref());
+            return Err(Refusal::new(erc::install(handler), "injected install failure"));
         }
         Ok(installed)
     }
@@ -536,10 +594,17 @@ impl Device {
             }
         };
         match outcome {
-            Ok(((image, sha, by_delta), update)) => {
+            Ok(((image, sha, via), update)) => {
                 let image = env.images.intern(&sha, image);
                 let before = self.installed.replace(Installed { id: update, image, sha });
-                let last = result(APPLY_SUCCESS, 0, if by_delta { "delta" } else { "full" });
+                let last = match via {
+                    Via::Delta => result(APPLY_SUCCESS, 0, "delta"),
+                    Via::Full => result(APPLY_SUCCESS, 0, "full"),
+                    // The agent reports the delta's failure beside its success.
+                    Via::FullAfterDelta => {
+                        result(APPLY_SUCCESS, erc::DELTA, "full (the delta did not apply)")
+                    }
+                };
                 let done = self.agent(env, STATE_IDLE, Some(flow), Some(last));
                 if let Err(e) = self.report(env, done).await {
                     // Not reported: as after a crash, the device still runs what it ran.
@@ -547,7 +612,9 @@ impl Device {
                     return Err(e);
                 }
                 env.counters.installed.fetch_add(1, Ordering::Relaxed);
-                env.counters.through_delta.fetch_add(u64::from(by_delta), Ordering::Relaxed);
+                env.counters
+                    .through_delta
+                    .fetch_add(u64::from(via == Via::Delta), Ordering::Relaxed);
             }
             Err(Refusal { code, why }) => {
                 let done = self.agent(env, STATE_FAILED, Some(flow), Some(result(0, code, &why)));
@@ -578,7 +645,9 @@ impl Device {
                 if env.edge {
                     return self.edge_turn(&env, wait).await;
                 }
-                let Some(service) = self.desired(&env, wait).await? else { return Ok(()) };
+                let service = self.desired(&env, wait).await?;
+                self.answer_log_request(&env).await?;
+                let Some(service) = service else { return Ok(()) };
                 let Some(key) = self.work(&service) else { return Ok(()) };
                 // Installs take turns; waiting for the twin does not.
                 let _slot = env.slots.acquire().await;
@@ -720,7 +789,16 @@ impl Fleet {
                     tags.insert(GROUP_TAG.into(), json!(g));
                     hub.patch_tags(&id, tags, None).await?;
                 }
-                let d = Device { id, key, installed, done: None, version: None };
+                let (log_request, logs_answered) = (None, None);
+                let d = Device {
+                    id,
+                    key,
+                    installed,
+                    done: None,
+                    version: None,
+                    log_request,
+                    logs_answered,
+                };
                 if !env.edge {
                     d.report(&env, d.agent(&env, STATE_IDLE, None, None)).await?;
                 }

@@ -1406,7 +1406,7 @@ mod round2 {
             assert_eq!(agent["state"], 255, "{agent}");
             let last = &agent["lastInstallResult"];
             assert_eq!(last["resultCode"], 0, "{agent}");
-            assert_eq!(last["extendedResultCode"], erc(0x8010_0001), "{agent}");
+            assert_eq!(last["extendedResultCode"], erc(0x0010_0003), "{agent}");
             assert!(last["resultDetails"].as_str().unwrap().contains("sizeInBytes"), "{agent}");
             assert_eq!(agent["workflow"]["id"], "endless-1");
         });
