@@ -4,7 +4,8 @@
 //!
 //! - [`updates`]: Device Update's update management (import, updates, files, operations);
 //! - [`management`]: Device Update's device management (groups, classes, devices, compliance,
-//!   deployments);
+//!   deployments); [`subgroups`]: device-class subgroups and their deployments;
+//!   [`diagnostics`]: log collections, agent health, device import and its operations;
 //! - [`blobs`]: otaforge's own upload and read-URL routes, and the signed blob and content
 //!   URLs devices and imports read;
 //! - [`hub`], [`configs`], [`modules`]: IoT Hub's twins, identities, queries, configurations
