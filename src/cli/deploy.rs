@@ -44,12 +44,12 @@ pub(crate) struct ActionArgs {
 #[derive(Debug, clap::Args)]
 pub(crate) struct CreateArgs {
     /// The group.
-    group: String,
+    group: otaforge::service::model::GroupId,
     /// provider/name/version of an imported update.
     update: String,
     /// Deployment id (default: `UPDATENAME-VERSION-UNIXTIME`).
     #[arg(long)]
-    id: Option<String>,
+    id: Option<otaforge::service::model::DeploymentId>,
     /// When it starts (RFC 3339; default now).
     #[arg(long)]
     start: Option<String>,
@@ -460,7 +460,7 @@ fn create(a: CreateArgs, rt: &tokio::runtime::Runtime, out: &Output) -> anyhow::
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        format!("{}-{}-{secs}", update.name().to_lowercase(), update.version())
+        otaforge::service::model::DeploymentId::generated(&update, secs)
     });
     let rollback_policy = match (&a.rollback_to, a.rollback_failed_percent, a.rollback_failed_count)
     {
@@ -475,18 +475,8 @@ fn create(a: CreateArgs, rt: &tokio::runtime::Runtime, out: &Output) -> anyhow::
         }),
         _ => None,
     };
-    let d = Deployment {
-        deployment_id: id,
-        start_date_time: start.to_string(),
-        update: UpdateInfo::new(update),
-        group_id: a.group.clone(),
-        device_class_subgroups: None,
-        is_canceled: None,
-        is_retried: None,
-        rollback_policy,
-        is_cloud_initiated_rollback: None,
-        extra: Default::default(),
-    };
+    let mut d = Deployment::new(id, a.group.clone(), update, &start.to_string());
+    d.rollback_policy = rollback_policy;
     let client = a.adu.client(out)?;
     let created = match rt.block_on(client.create_or_update_deployment(&d)) {
         Ok(c) => c,

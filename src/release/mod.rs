@@ -78,6 +78,9 @@ pub enum ReleaseError {
         /// The name given.
         name: String,
     },
+    /// A deployment or group id that Device Update would refuse.
+    #[error(transparent)]
+    DeploymentId(#[from] crate::service::model::IdError),
     /// The blob store failed.
     #[error(transparent)]
     Storage(#[from] crate::storage::StorageError),
@@ -312,6 +315,7 @@ impl crate::error::ErrorCode for ReleaseError {
             Self::Time(e) => e.code(),
             Self::NothingToResume { .. } => "nothingToResume".into(),
             Self::UnknownStage { .. } => "unknownStage".into(),
+            Self::DeploymentId(_) => "invalidId".into(),
             _ => "releaseFailed".into(),
         }
     }

@@ -16,7 +16,7 @@ use super::{Built, Options, ReleaseError, ReleaseReporter, StageOutput, hub_erro
 use crate::iothub::IotHubClient;
 use crate::manifest::UpdateId;
 use crate::service::AduClient;
-use crate::service::model::{Deployment, UpdateInfo};
+use crate::service::model::{Deployment, DeploymentId, GroupId};
 
 /// How a rollout ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,8 +29,7 @@ pub enum Rollout {
 
 /// The deployment id of a stage: `VERSION-STAGE`, dots as dashes.
 pub fn deployment_id(id: &UpdateId, stage: &str) -> String {
-    let raw = format!("{}-{}", id.version().as_str().replace('.', "-"), stage);
-    raw.chars().map(|ch| if ch.is_ascii_alphanumeric() || ch == '-' { ch } else { '-' }).collect()
+    DeploymentId::for_stage(id, stage).to_string()
 }
 
 /// The IoT Hub configuration id of an Edge stage: `NAME-VERSION-STAGE`, lower case, with
@@ -138,23 +137,8 @@ fn judge(stage: &config::Stage, n: Counts) -> Verdict {
 
 /// An ADU deployment of `update` to `group`, starting now.
 fn adu_deployment(id: &str, update: &UpdateId, group: &str) -> Result<Deployment, ReleaseError> {
-    Ok(Deployment {
-        deployment_id: id.to_owned(),
-        start_date_time: crate::manifest::created_date_time(None, None)?,
-        update: UpdateInfo {
-            update_id: update.clone(),
-            description: None,
-            friendly_name: None,
-            extra: Default::default(),
-        },
-        group_id: group.to_owned(),
-        device_class_subgroups: None,
-        is_canceled: None,
-        is_retried: None,
-        rollback_policy: None,
-        is_cloud_initiated_rollback: None,
-        extra: Default::default(),
-    })
+    let start = crate::manifest::created_date_time(None, None)?;
+    Ok(Deployment::new(DeploymentId::new(id)?, GroupId::new(group)?, update.clone(), &start))
 }
 
 /// What the service holds under a stage's deployment id.

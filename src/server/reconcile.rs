@@ -294,8 +294,8 @@ pub(super) async fn after_report(
         return Ok(());
     }
     let Some(rollback) = deploy::rollback_of(&active, &now_string()) else { return Ok(()) };
-    let id = rollback.deployment_id.clone();
-    let rollback = match deploy::prepare(rollback, &group, &id, &view, &updates) {
+    let (id, group_id) = (rollback.deployment_id.clone(), rollback.group_id.clone());
+    let rollback = match deploy::prepare(rollback, &group_id, &id, &view, &updates) {
         Ok(r) => r,
         // The rollback update fits no subgroup any more: nothing to roll back to.
         Err(_) => return Ok(()),

@@ -818,7 +818,7 @@ impl Store {
         let exists: bool = tx
             .query_row(
                 "SELECT 1 FROM deployments WHERE group_id = ?1 AND deployment_id = ?2",
-                params![d.group_id, d.deployment_id],
+                params![d.group_id.as_str(), d.deployment_id.as_str()],
                 |_| Ok(()),
             )
             .optional()?
@@ -827,7 +827,7 @@ impl Store {
         if exists {
             tx.execute(
                 "UPDATE deployments SET body = ?3 WHERE group_id = ?1 AND deployment_id = ?2",
-                params![d.group_id, d.deployment_id, body],
+                params![d.group_id.as_str(), d.deployment_id.as_str(), body],
             )?;
         } else {
             let total: i64 = tx.query_row("SELECT COUNT(*) FROM deployments", [], |r| r.get(0))?;
@@ -836,12 +836,12 @@ impl Store {
             }
             tx.execute(
                 "UPDATE deployments SET state = 'Inactive' WHERE group_id = ?1 AND state = 'Active'",
-                [&d.group_id],
+                [d.group_id.as_str()],
             )?;
             tx.execute(
                 "INSERT INTO deployments (group_id, deployment_id, seq, state, body)
                  VALUES (?1, ?2, (SELECT COALESCE(MAX(seq), 0) + 1 FROM deployments), 'Active', ?3)",
-                params![d.group_id, d.deployment_id, body],
+                params![d.group_id.as_str(), d.deployment_id.as_str(), body],
             )?;
         }
         tx.commit()?;

@@ -102,14 +102,15 @@ fn spec(serve: &Serve, data: &Path, prefix: &str, devices: usize, group: &str) -
 }
 
 fn deployment(id: &str, group: &str, version: &str, rollback: Option<Value>) -> Deployment {
-    let mut d = json!({
-        "deploymentId": id, "groupId": group, "startDateTime": "2026-11-29T00:00:00Z",
-        "update": {"updateId": {"provider": "contoso", "name": "toaster", "version": version}},
-    });
-    if let Some(r) = rollback {
-        d["rollbackPolicy"] = r;
-    }
-    serde_json::from_value(d).unwrap()
+    let update = otaforge::manifest::UpdateId::new("contoso", "toaster", version).unwrap();
+    let mut d = Deployment::new(
+        id.parse().unwrap(),
+        group.parse().unwrap(),
+        update,
+        "2026-11-29T00:00:00Z",
+    );
+    d.rollback_policy = rollback.map(|r| serde_json::from_value(r).unwrap());
+    d
 }
 
 #[test]

@@ -342,11 +342,12 @@ fn deployments_fan_out_to_compatible_subgroups_supersede_and_report_device_state
     }
     let client = AduClient::new(&serve.endpoint, "default", Auth::Static(TOKEN.into())).unwrap();
     let deployment = |id: &str, group: &str, version: &str| -> Deployment {
-        serde_json::from_value(json!({
-            "deploymentId": id, "groupId": group, "startDateTime": "2026-11-29T00:00:00Z",
-            "update": {"updateId": {"provider": "contoso", "name": "toaster", "version": version}},
-        }))
-        .unwrap()
+        Deployment::new(
+            id.parse().unwrap(),
+            group.parse().unwrap(),
+            otaforge::manifest::UpdateId::new("contoso", "toaster", version).unwrap(),
+            "2026-11-29T00:00:00Z",
+        )
     };
     rt().block_on(async {
         let created = client.create_or_update_deployment(&deployment("d1", "kitchen", "1.1")).await.unwrap();
@@ -409,7 +410,7 @@ fn deployments_fan_out_to_compatible_subgroups_supersede_and_report_device_state
         client.create_or_update_deployment(&deployment("d2", "kitchen", "1.0")).await.unwrap();
         assert_eq!(client.deployment_status("kitchen", "d1").await.unwrap().deployment_state, DeploymentState::Inactive);
         assert_eq!(client.deployment_status("kitchen", "d2").await.unwrap().deployment_state, DeploymentState::Active);
-        let ids: Vec<String> = client.list_deployments("kitchen").await.unwrap().into_iter().map(|d| d.deployment_id).collect();
+        let ids: Vec<String> = client.list_deployments("kitchen").await.unwrap().into_iter().map(|d| d.deployment_id.to_string()).collect();
         assert_eq!(ids, ["d2", "d1"]);
 
         // Refusals, each with its code; nothing is stored.
@@ -421,8 +422,26 @@ fn deployments_fan_out_to_compatible_subgroups_supersede_and_report_device_state
         assert_eq!(code(e), (404, "GroupNotFound".to_owned()));
         let e = client.create_or_update_deployment(&deployment("d3", "kitchen", "9.9")).await.unwrap_err();
         assert_eq!(code(e), (400, "UpdateNotFound".to_owned()));
-        let e = client.create_or_update_deployment(&deployment("d 3", "kitchen", "1.1")).await.unwrap_err();
-        assert_eq!(code(e), (400, "InvalidDeploymentId".to_owned()));
+        // An id the rule refuses cannot even be made (DeploymentId), so it is sent as text.
+        assert!("d 3".parse::<otaforge::service::model::DeploymentId>().is_err());
+        let body = json!({"deploymentId": "d 3", "groupId": "kitchen",
+            "startDateTime": "2026-11-29T00:00:00Z",
+            "update": {"updateId": {"provider": "contoso", "name": "toaster", "version": "1.1"}}});
+        let url = format!(
+            "{}/deviceUpdate/default/management/groups/kitchen/deployments/d%203?api-version=2022-10-01",
+            serve.endpoint
+        );
+        let resp = reqwest::Client::new()
+            .put(&url)
+            .bearer_auth(TOKEN)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let v: Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
+        assert_eq!((status, v["error"]["code"].as_str()), (400, Some("InvalidDeploymentId")), "{v}");
         // A group of kettles only: the toaster update fits no subgroup.
         let mut tags = Map::new();
         tags.insert("ADUGroup".into(), json!("kettles"));

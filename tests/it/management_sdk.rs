@@ -158,7 +158,7 @@ fn subgroups_follow_their_devices_and_deployments_and_keep_history_until_deleted
             .await
             .unwrap()
             .into_iter()
-            .map(|d| d.deployment_id)
+            .map(|d| d.deployment_id.as_str().to_owned())
             .collect();
         assert_eq!(ids, ["d1"]);
         assert!(c.subgroup_deployments("kitchen", &kettle).await.unwrap().is_empty());
@@ -185,7 +185,7 @@ fn subgroups_follow_their_devices_and_deployments_and_keep_history_until_deleted
         // History: a second deployment names the toasters; once they leave the group the
         // subgroup has no devices but is kept, until deleted.
         let mut d2 = d.clone();
-        d2.deployment_id = "d2".into();
+        d2.deployment_id = "d2".parse().unwrap();
         c.create_or_update_deployment(&d2).await.unwrap();
         for t in ["t1", "t2"] {
             let mut tags = serde_json::Map::new();

@@ -16,7 +16,7 @@ use crate::server::Shared;
 use crate::server::devices::{DEFAULT_GROUP, View};
 use crate::server::error::ApiError;
 use crate::service::UpdateInfo;
-use crate::service::model::DeploymentState;
+use crate::service::model::{DeploymentId, DeploymentState, GroupId};
 
 type GroupPath = Path<(String, String)>;
 type DeploymentPath = Path<(String, String, String)>;
@@ -330,13 +330,17 @@ async fn put_deployment(
     Path((_, g, d)): DeploymentPath,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
+    let id = DeploymentId::new(&d).map_err(|e| {
+        ApiError::bad_request("InvalidDeploymentId", e.to_string()).with_target("deploymentId")
+    })?;
+    let group = GroupId::new(&g).map_err(|_| not_found("group", &g))?;
     let deployment: crate::service::model::Deployment =
         serde_json::from_slice(&body).map_err(|e| {
             ApiError::bad_request("InvalidDeployment", format!("the body is not a deployment: {e}"))
         })?;
     let view = device_view(&s).await?;
     let updates = s.db.read(|st| st.updates()).await?;
-    let deployment = crate::server::deploy::prepare(deployment, &g, &d, &view, &updates)?;
+    let deployment = crate::server::deploy::prepare(deployment, &group, &id, &view, &updates)?;
     let stored = deployment.clone();
     let max = crate::server::deploy::MAX_DEPLOYMENTS;
     s.db.call(move |st| st.put_deployment(&stored, max)).await??;

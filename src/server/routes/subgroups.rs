@@ -59,7 +59,7 @@ fn subgroups(g: &str, view: &View, history: &[StoredDeployment]) -> Vec<DeviceCl
         history
             .iter()
             .find(|d| d.state != DeploymentState::Inactive && covers(d, c))
-            .map(|d| d.deployment.deployment_id.clone())
+            .map(|d| d.deployment.deployment_id.as_str().to_owned())
     };
     let mut out: Vec<DeviceClassSubgroup> = view
         .subgroups(g)
