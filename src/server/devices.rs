@@ -71,6 +71,45 @@ pub struct View {
     groups: std::sync::OnceLock<Vec<Group>>,
     /// The compliance of every device, likewise.
     compliance: std::sync::OnceLock<UpdateCompliance>,
+    /// Answers rendered from this view, by request.
+    pub answers: Answers,
+}
+
+/// Answers at most kept per view; past it, answers are rendered per request and not kept, so
+/// requests with ever new query strings cannot grow memory.
+const KEPT_ANSWERS: usize = 256;
+
+/// JSON answers rendered from one view, by request (path and query). A view lives until the
+/// store is next written, and at rest the same pages are asked for again and again: they are
+/// then served without filtering, paging or serializing again. A clone starts empty.
+#[derive(Debug, Default)]
+pub struct Answers(std::sync::Mutex<std::collections::HashMap<String, axum::body::Bytes>>);
+
+impl Clone for Answers {
+    fn clone(&self) -> Self {
+        Answers::default()
+    }
+}
+
+impl Answers {
+    /// The answer to `request`, rendered by `render` unless it was already.
+    pub fn get_or_render(
+        &self,
+        request: &str,
+        render: impl FnOnce() -> Vec<u8>,
+    ) -> axum::body::Bytes {
+        let lock = || self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(found) = lock().get(request) {
+            return found.clone();
+        }
+        // Rendered outside the lock: two first requests may both render; both answers are equal.
+        let answer = axum::body::Bytes::from(render());
+        let mut kept = lock();
+        if kept.len() < KEPT_ANSWERS {
+            kept.insert(request.to_owned(), answer.clone());
+        }
+        answer
+    }
 }
 
 /// The device class id of a contract model and compat properties.
@@ -257,6 +296,35 @@ impl View {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn answers_are_rendered_once_and_kept_within_bounds() {
+        let answers = Answers::default();
+        let mut renders = 0;
+        for _ in 0..3 {
+            let got = answers.get_or_render("/a?x=1", || {
+                renders += 1;
+                b"one".to_vec()
+            });
+            assert_eq!(&got[..], b"one");
+        }
+        assert_eq!(renders, 1);
+        for i in 0..KEPT_ANSWERS * 2 {
+            answers.get_or_render(&format!("/b?{i}"), Vec::new);
+        }
+        assert_eq!(answers.0.lock().unwrap().len(), KEPT_ANSWERS);
+        // Past the bound an answer is still given, rendered each time.
+        let mut late = 0;
+        for _ in 0..2 {
+            let got = answers.get_or_render("/late", || {
+                late += 1;
+                b"late".to_vec()
+            });
+            assert_eq!(&got[..], b"late");
+        }
+        assert_eq!(late, 2);
+        assert!(answers.clone().0.lock().unwrap().is_empty(), "a clone starts empty");
+    }
 
     #[test]
     fn class_ids_depend_on_the_model_and_every_compat_value_only() {

@@ -106,7 +106,11 @@ async fn list_groups(
     uri: axum::http::Uri,
     axum::extract::Query(q): Q,
 ) -> Result<Response, ApiError> {
-    Ok(page(device_view(&s).await?.groups().iter().collect(), &uri, &q))
+    let v = device_view(&s).await?;
+    let body = v.answers.get_or_render(&uri.to_string(), || {
+        super::page_json(v.groups().iter().collect(), &uri, &q)
+    });
+    Ok(super::json_answer(body))
 }
 
 async fn get_group(State(s): State<Shared>, Path((_, g)): GroupPath) -> Result<Response, ApiError> {
@@ -252,8 +256,14 @@ async fn group_compliance(
     Ok(axum::Json(v.compliance(|d| d.group_id.as_deref() == Some(g.as_str()))).into_response())
 }
 
-async fn instance_compliance(State(s): State<Shared>) -> Result<Response, ApiError> {
-    Ok(axum::Json(device_view(&s).await?.compliance_of_all()).into_response())
+async fn instance_compliance(
+    State(s): State<Shared>,
+    uri: axum::http::Uri,
+) -> Result<Response, ApiError> {
+    let v = device_view(&s).await?;
+    let body =
+        v.answers.get_or_render(&uri.to_string(), || super::json_text(v.compliance_of_all()));
+    Ok(super::json_answer(body))
 }
 
 async fn list_devices(
@@ -270,19 +280,22 @@ async fn list_devices(
         None => Vec::new(),
     };
     let v = device_view(&s).await?;
-    let devices: Vec<_> = v
-        .devices
-        .iter()
-        .chain(&v.modules)
-        .map(|d| &d.device)
-        .filter(|d| {
-            filter.iter().all(|(name, value)| match *name {
-                "groupId" => d.group_id.as_deref() == Some(value.as_str()),
-                _ => d.device_class_id == *value,
+    let body = v.answers.get_or_render(&uri.to_string(), || {
+        let devices: Vec<_> = v
+            .devices
+            .iter()
+            .chain(&v.modules)
+            .map(|d| &d.device)
+            .filter(|d| {
+                filter.iter().all(|(name, value)| match *name {
+                    "groupId" => d.group_id.as_deref() == Some(value.as_str()),
+                    _ => d.device_class_id == *value,
+                })
             })
-        })
-        .collect();
-    Ok(page(devices, &uri, &q))
+            .collect();
+        super::page_json(devices, &uri, &q)
+    });
+    Ok(super::json_answer(body))
 }
 
 async fn get_device(
@@ -317,7 +330,11 @@ async fn list_classes(
     uri: axum::http::Uri,
     axum::extract::Query(q): Q,
 ) -> Result<Response, ApiError> {
-    Ok(page(device_view(&s).await?.classes.values().collect(), &uri, &q))
+    let v = device_view(&s).await?;
+    let body = v.answers.get_or_render(&uri.to_string(), || {
+        super::page_json(v.classes.values().collect(), &uri, &q)
+    });
+    Ok(super::json_answer(body))
 }
 
 async fn get_class(State(s): State<Shared>, Path((_, c)): GroupPath) -> Result<Response, ApiError> {

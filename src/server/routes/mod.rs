@@ -73,6 +73,15 @@ fn page<T: Serialize>(
     uri: &axum::http::Uri,
     query: &HashMap<String, String>,
 ) -> Response {
+    json_answer(page_json(items, uri, query).into())
+}
+
+/// The JSON text of [`page`].
+fn page_json<T: Serialize>(
+    items: Vec<T>,
+    uri: &axum::http::Uri,
+    query: &HashMap<String, String>,
+) -> Vec<u8> {
     let skip = query.get("skip").and_then(|v| v.parse::<usize>().ok()).unwrap_or(0);
     let total = items.len();
     let value: Vec<T> = items.into_iter().skip(skip).take(PAGE).collect();
@@ -88,7 +97,18 @@ fn page<T: Serialize>(
         let qs = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(q).finish();
         next_link = Some(format!("{}?{qs}", uri.path()));
     }
-    axum::Json(Page { value, next_link }).into_response()
+    json_text(&Page { value, next_link })
+}
+
+/// `value` as JSON text.
+fn json_text<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
+    // Serializing our own model types to a Vec cannot fail (string keys, no custom errors).
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+/// A 200 answer whose body is JSON text already rendered.
+fn json_answer(body: axum::body::Bytes) -> Response {
+    ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
 }
 
 /// The terms of an OData-like `filter` made of `NAME eq 'VALUE'` joined by `and`, as the
