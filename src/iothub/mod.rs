@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod limits;
+pub mod mqtt;
 pub mod query;
 pub mod sas;
 
@@ -161,6 +162,12 @@ impl ConnectionString {
         let se = expiry.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         sas::token(&self.host, &self.key, Some(&self.key_name), se)
     }
+}
+
+/// Whether an `If-Match` value matches any ETag: `*`, or `"*"` as the service SDKs send it
+/// (azure-iot-hub quotes every ETag it is given, the wildcard included).
+pub fn if_match_any(value: &str) -> bool {
+    value == "*" || value == "\"*\""
 }
 
 /// A device twin: the back end's `tags`, and `desired`/`reported` properties. Defined by IoT

@@ -366,7 +366,7 @@ fn patch_twin_in(
     let Some((version, text)) = twin_row(tx, device_id)? else {
         return Ok(Err(Refusal::NoDevice));
     };
-    if let Some(m) = if_match.filter(|m| *m != "*")
+    if let Some(m) = if_match.filter(|m| !crate::iothub::if_match_any(m))
         && m != twin_etag(device_id, version)
     {
         return Ok(Err(Refusal::Stale("twin")));
@@ -966,7 +966,9 @@ impl Store {
         match old {
             Some(text) => {
                 let old: Configuration = serde_json::from_str(&text)?;
-                if if_match.is_some_and(|m| m != "*" && Some(m) != old.etag.as_deref()) {
+                if if_match.is_some_and(|m| {
+                    !crate::iothub::if_match_any(m) && Some(m) != old.etag.as_deref()
+                }) {
                     return Ok(Err(Refusal::Stale("configuration")));
                 }
                 if !c.content.is_empty() && c.content != old.content {
@@ -1030,7 +1032,8 @@ impl Store {
         if_match: Option<&str>,
     ) -> Result<Outcome<()>, StoreError> {
         let Some(c) = self.configuration(id)? else { return Ok(Err(Refusal::NoConfiguration)) };
-        if if_match.is_some_and(|m| m != "*" && Some(m) != c.etag.as_deref()) {
+        if if_match.is_some_and(|m| !crate::iothub::if_match_any(m) && Some(m) != c.etag.as_deref())
+        {
             return Ok(Err(Refusal::Stale("configuration")));
         }
         self.conn.execute("DELETE FROM configurations WHERE id = ?1", [id])?;

@@ -233,7 +233,7 @@ impl Store {
         let Some((current, text)) = module_row(&tx, device, module)? else {
             return Ok(Err(Refusal::NoModule));
         };
-        if let Some(m) = if_match.filter(|m| *m != "*")
+        if let Some(m) = if_match.filter(|m| !crate::iothub::if_match_any(m))
             && m != super::twin_etag(&format!("{device}/{module}"), current)
         {
             return Ok(Err(Refusal::Stale("module twin")));
