@@ -7,6 +7,7 @@
 //! policy key ([`sas`]), renewed before it expires; the key never leaves this process.
 
 pub mod config;
+pub mod identity;
 pub mod limits;
 pub mod mqtt;
 pub mod query;
@@ -77,6 +78,9 @@ pub struct ConnectionString {
     key: SasKey,
     /// `http` for `otaforge serve` on loopback (`UseHttp=true` in the string), else `https`.
     pub scheme: &'static str,
+    /// Where devices connect when not to `host` (`GatewayHostName`: an IoT Edge gateway, or
+    /// `otaforge serve`'s MQTT endpoint as `host[:port]`, the port only when not 8883).
+    pub gateway: Option<String>,
 }
 
 impl std::fmt::Debug for ConnectionString {
@@ -96,6 +100,7 @@ impl std::str::FromStr for ConnectionString {
         let mut key_name = None;
         let mut key = None;
         let mut http = false;
+        let mut gateway = None;
         for part in s.trim().split(';').filter(|p| !p.is_empty()) {
             let (k, v) = part.split_once('=').ok_or_else(|| {
                 IotHubError::Config(format!(
@@ -109,6 +114,7 @@ impl std::str::FromStr for ConnectionString {
                 // The key's own `=` padding stays in the value.
                 "SharedAccessKey" => key = Some(SasKey::from_base64(v)?),
                 "UseHttp" => http = v.eq_ignore_ascii_case("true"),
+                "GatewayHostName" => gateway = Some(v.to_owned()),
                 "DeviceId" => {
                     return Err(IotHubError::Config(
                         "this is a device connection string; the service API needs the hub's \
@@ -127,6 +133,7 @@ impl std::str::FromStr for ConnectionString {
             key_name: key_name.ok_or_else(|| missing("SharedAccessKeyName"))?,
             key: key.ok_or_else(|| missing("SharedAccessKey"))?,
             scheme: if http { "http" } else { "https" },
+            gateway,
         })
     }
 }
@@ -139,7 +146,19 @@ impl ConnectionString {
             key_name: key_name.to_owned(),
             key,
             scheme: if use_http { "http" } else { "https" },
+            gateway: None,
         }
+    }
+
+    /// The same string naming `gateway` (`host[:port]`) as where devices connect.
+    pub fn with_gateway(mut self, gateway: Option<String>) -> Self {
+        self.gateway = gateway;
+        self
+    }
+
+    /// The hub's shared access key (a secret: for signing, never for output).
+    pub fn key(&self) -> &SasKey {
+        &self.key
     }
 
     /// The string itself, key included: for a file only this user can read, never for output.
@@ -150,6 +169,10 @@ impl ConnectionString {
             self.key_name,
             self.key.to_base64()
         );
+        if let Some(g) = &self.gateway {
+            s.push_str(";GatewayHostName=");
+            s.push_str(g);
+        }
         if self.scheme == "http" {
             s.push_str(";UseHttp=true");
         }

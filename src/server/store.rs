@@ -79,6 +79,11 @@ pub const MIGRATIONS: &[Migration] = &[
         what: "module twins, and the Edge deployments each device was last given",
         apply: modules::migrate_8,
     },
+    Migration {
+        version: 9,
+        what: "identities' own keys (module keys, secondary keys) and MQTT sessions",
+        apply: identities::migrate_9,
+    },
 ];
 
 fn migrate_7(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
@@ -118,6 +123,9 @@ pub enum Refusal {
     /// The instance already holds the most deployments it may.
     #[error("the instance holds {0} deployments, the most it may; delete old ones")]
     TooManyDeployments(usize),
+    /// The device already has the most module identities it may.
+    #[error("the device has {0} module identities, the most IoT Hub allows")]
+    TooManyModules(usize),
 }
 
 /// What a write came to: done (with what it gives), or refused.
@@ -436,7 +444,10 @@ fn id_params(id: &UpdateId) -> (String, String, String) {
     (id.provider().to_owned(), id.name().to_owned(), id.version().to_string())
 }
 
+mod identities;
 mod modules;
+
+pub use identities::Keys;
 
 /// The store.
 pub struct Store {
@@ -719,6 +730,7 @@ impl Store {
         tx.execute("DELETE FROM modules WHERE device_id = ?1", [device_id])?;
         tx.execute("DELETE FROM edge_assignments WHERE device_id = ?1", [device_id])?;
         tx.commit()?;
+        self.forget_identities(device_id)?;
         Ok(gone)
     }
 
@@ -761,8 +773,9 @@ impl Store {
     }
 
     /// Merges a device's own report into its reported properties (the version of tags and
-    /// desired properties, and so the ETag, does not change); refused when the result would
-    /// break IoT Hub's twin rules.
+    /// desired properties, and so the ETag, does not change) and bumps
+    /// `properties.reported.$version` (what the MQTT answer to a report names); refused when
+    /// the result would break IoT Hub's twin rules.
     pub fn patch_reported(
         &mut self,
         device_id: &str,
@@ -773,6 +786,8 @@ impl Store {
             return Ok(Err(Refusal::NoDevice));
         };
         let mut twin: crate::iothub::Twin = serde_json::from_str(&text)?;
+        let reported_version =
+            twin.properties.reported.get("$version").and_then(Value::as_i64).unwrap_or(1);
         merge_patch(&mut twin.properties.reported, reported);
         let section = crate::iothub::limits::Section::Reported;
         if let Err(e) =
@@ -780,6 +795,7 @@ impl Store {
         {
             return Ok(Err(e.into()));
         }
+        twin.properties.reported.insert("$version".into(), (reported_version + 1).into());
         let text = serde_json::to_string(&twin)?;
         let (_, slim) = derived(&twin)?;
         tx.execute(

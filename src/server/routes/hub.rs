@@ -47,19 +47,37 @@ fn check_device_id(id: &str) -> Result<(), ApiError> {
     crate::iothub::limits::check_device_id(id).map_err(bad)
 }
 
-fn identity(row: &crate::server::store::DeviceRow) -> Value {
+/// A device identity as the registry answers it; `secondary`: its secondary key, when it has
+/// one; `connected`: whether it is connected over MQTT now.
+fn identity(row: &crate::server::store::DeviceRow, secondary: Option<String>, connected: bool) -> Value {
     json!({
         "deviceId": row.device_id,
         "generationId": row.created,
         "etag": row.twin.etag,
         "status": "enabled",
-        "connectionState": "Disconnected",
+        "connectionState": if connected { "Connected" } else { "Disconnected" },
         "capabilities": row.twin.extra.get("capabilities").cloned().unwrap_or(json!({"iotEdge": false})),
         "authentication": {
             "type": "sas",
-            "symmetricKey": {"primaryKey": row.device_key, "secondaryKey": Value::Null},
+            "symmetricKey": {"primaryKey": row.device_key, "secondaryKey": secondary},
         },
     })
+}
+
+/// A key a caller gave on create: used as it is (as IoT Hub does), once checked to be base64.
+pub(super) fn given_key(key: Option<&str>) -> Result<Option<String>, ApiError> {
+    match key.filter(|k| !k.is_empty()) {
+        Some(k) => {
+            crate::iothub::sas::SasKey::from_base64(k).map_err(|e| bad(e.to_string()))?;
+            Ok(Some(k.to_owned()))
+        }
+        None => Ok(None),
+    }
+}
+
+/// A new random key, base64.
+pub(super) fn new_key() -> Result<String, ApiError> {
+    Ok(crate::iothub::sas::SasKey::generate().map_err(ApiError::internal)?.to_base64())
 }
 
 /// A device's row, or 404 `DeviceNotFound`.
@@ -76,7 +94,11 @@ async fn get_device(
     State(s): State<Shared>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    Ok(axum::Json(identity(&device_row(&s, &id).await?)).into_response())
+    let row = device_row(&s, &id).await?;
+    let key_id = id.clone();
+    let keys = s.db.read(move |st| st.identity_keys(&key_id, None)).await?;
+    let connected = s.live.is_connected(&id);
+    Ok(axum::Json(identity(&row, keys.and_then(|k| k.secondary), connected)).into_response())
 }
 
 async fn put_device(
@@ -86,21 +108,37 @@ async fn put_device(
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     check_device_id(&id)?;
+    let given: crate::iothub::identity::Identity = if body.is_empty() {
+        Default::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| bad(format!("the body is not a device identity: {e}")))?
+    };
     // `capabilities.iotEdge` makes an IoT Edge device (Edge deployments target only those).
-    let iot_edge = serde_json::from_slice::<Value>(&body)
-        .ok()
-        .and_then(|b| b.get("capabilities")?.get("iotEdge")?.as_bool())
-        .unwrap_or(false);
-    let key = crate::iothub::sas::SasKey::generate().map_err(ApiError::internal)?.to_base64();
+    let iot_edge = given.is_edge();
+    let key = match given_key(given.primary_key())? {
+        Some(k) => k,
+        None => new_key()?,
+    };
+    let secondary = given_key(given.secondary_key())?;
     let now = crate::server::now_string();
-    let created = s.db.call(move |st| st.create_device(&id, &key, &now, iot_edge)).await?;
+    let second = secondary.clone();
+    let created = s
+        .db
+        .call(move |st| {
+            let row = st.create_device(&id, &key, &now, iot_edge)?;
+            if let (Some(_), Some(k)) = (&row, &second) {
+                st.set_secondary_key(&id, k)?;
+            }
+            Ok(row)
+        })
+        .await?;
     let Some(row) = created else {
         return Err(ApiError::conflict("DeviceAlreadyExists", "a device with this id exists"));
     };
     if iot_edge {
         s.edge_changed.notify_one();
     }
-    Ok(axum::Json(identity(&row)).into_response())
+    Ok(axum::Json(identity(&row, secondary, false)).into_response())
 }
 
 async fn delete_device(
@@ -113,6 +151,7 @@ async fn delete_device(
         return Err(Refusal::NoDevice.into());
     }
     s.twin_watch.changed(&gone, i64::MAX);
+    s.live.forget_device(&gone);
     s.edge_changed.notify_one();
     Ok(axum::http::StatusCode::NO_CONTENT.into_response())
 }
@@ -172,11 +211,16 @@ async fn patch_twin(
         check_tags(t)?;
     }
     let if_match = if_match(&headers);
+    let patch = desired.clone();
     let twin = s
         .db
         .call(move |st| st.patch_twin(&id, tags.as_ref(), desired.as_ref(), if_match.as_deref()))
         .await??;
-    s.twin_watch.changed(&twin.device_id, twin.version.unwrap_or_default());
+    if let Some(p) = &patch {
+        s.desired_changed(&twin.device_id, twin.version.unwrap_or_default(), Some(p));
+    } else {
+        s.twin_watch.changed(&twin.device_id, twin.version.unwrap_or_default());
+    }
     // Tags can move the device in or out of Edge deployments' target conditions.
     s.edge_changed.notify_one();
     Ok(with_etag(twin))
