@@ -10,6 +10,7 @@ mod edge;
 mod fleet;
 mod group;
 mod hash;
+mod hub;
 mod import;
 mod key;
 mod manifest;
@@ -133,6 +134,9 @@ enum Command {
     /// Simulated devices that install deployments from `otaforge serve`.
     #[command(subcommand)]
     Fleet(fleet::FleetCommand),
+    /// IoT Hub: device and module identities, connection strings, direct methods, telemetry.
+    #[command(subcommand)]
+    Hub(hub::HubCommand),
     /// IoT Edge: manifests, routes, target conditions, deployments on IoT Hub, what-if.
     #[command(subcommand)]
     Edge(edge::EdgeCommand),
@@ -213,6 +217,7 @@ pub(crate) fn main(rt: &tokio::runtime::Runtime) -> ExitCode {
         Command::Compliance(args) => device::compliance(args, rt, &out),
         Command::Deploy(cmd) => deploy::run(cmd, rt, &out),
         Command::Fleet(cmd) => fleet::run(cmd, rt, &out),
+        Command::Hub(cmd) => hub::run(cmd, rt, &out),
         Command::Edge(cmd) => edge::run(cmd, rt, &out),
         Command::Release(args) => release::run(args, rt, &out),
         Command::New(args) => new::run(args, &out),

@@ -101,7 +101,9 @@ fn parse_mqtt_listen(s: &str) -> Result<MqttListen, String> {
     if s.eq_ignore_ascii_case("off") {
         return Ok(MqttListen::Off);
     }
-    s.parse().map(MqttListen::At).map_err(|e| format!("`{s}`: {e} (an address like 127.0.0.1:8883, or off)"))
+    s.parse()
+        .map(MqttListen::At)
+        .map_err(|e| format!("`{s}`: {e} (an address like 127.0.0.1:8883, or off)"))
 }
 
 /// Where the MQTT endpoint listens: as given, else 127.0.0.1:8883, else (with --listen on

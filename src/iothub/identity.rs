@@ -88,13 +88,21 @@ impl Identity {
     }
 
     /// A `sas` identity with `keys` (primary, secondary; `None`: the hub makes them).
-    pub fn with_keys(device: &str, module: Option<&str>, primary: Option<String>, secondary: Option<String>) -> Self {
+    pub fn with_keys(
+        device: &str,
+        module: Option<&str>,
+        primary: Option<String>,
+        secondary: Option<String>,
+    ) -> Self {
         Self {
             device_id: device.to_owned(),
             module_id: module.map(str::to_owned),
             authentication: Some(Authentication {
                 kind: Some("sas".into()),
-                symmetric_key: Some(SymmetricKey { primary_key: primary, secondary_key: secondary }),
+                symmetric_key: Some(SymmetricKey {
+                    primary_key: primary,
+                    secondary_key: secondary,
+                }),
                 extra: Map::new(),
             }),
             ..Self::default()

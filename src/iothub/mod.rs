@@ -11,6 +11,7 @@ pub mod identity;
 pub mod limits;
 pub mod mqtt;
 pub mod query;
+pub mod registry;
 pub mod sas;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -383,11 +384,22 @@ impl IotHubClient {
         operation: &str,
         req: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, IotHubError> {
+        self.send_within(operation, req, self.deadline).await
+    }
+
+    /// [`IotHubClient::send`] with its own deadline (a call the hub holds on purpose, such
+    /// as a direct method or a long-poll, may take longer than the usual deadline).
+    async fn send_within(
+        &self,
+        operation: &str,
+        req: reqwest::RequestBuilder,
+        deadline: Duration,
+    ) -> Result<reqwest::Response, IotHubError> {
         // One deadline for the whole call: connecting, the answer and its body (read in
         // `json`), so a hub that accepts the connection and never answers fails in time.
         let resp = req
             .header(reqwest::header::AUTHORIZATION, self.authorization(operation).await?)
-            .timeout(self.deadline)
+            .timeout(deadline.max(self.deadline))
             .send()
             .await
             .map_err(|e| self.transport(operation, &e))?;

@@ -4,7 +4,8 @@
 //! `text/plain`, form and multipart bodies without a preflight, which this service never grants.
 //!
 //! Rules, for every route:
-//! - POST, PUT and PATCH carry `application/json` (blob uploads `application/octet-stream`);
+//! - POST, PUT and PATCH carry `application/json` (blob uploads and cloud-to-device messages
+//!   `application/octet-stream`);
 //!   DELETE carries no body. Anything else is 415.
 //! - Without a token (loopback only): `Host` must be a loopback name (`localhost`, `*.localhost`,
 //!   `127.0.0.0/8`, `[::1]`), and an `Origin`, when sent, must be this service's own
@@ -66,6 +67,12 @@ pub fn origin_allowed(origin: &str, port: u16) -> bool {
 fn body_types(method: &Method, path: &str) -> &'static [&'static str] {
     if *method == Method::PUT && path.contains("/otaforge/blobs/") {
         &["application/octet-stream"]
+    } else if *method == Method::POST
+        && path.starts_with("/otaforge/devices/")
+        && path.ends_with("/messages/devicebound")
+    {
+        // A cloud-to-device message's body is the application's bytes.
+        &["application/octet-stream", "application/json"]
     } else if *method == Method::PATCH {
         // ADU documents JSON merge patch for its PATCH routes.
         &["application/merge-patch+json", "application/json"]

@@ -15,6 +15,7 @@ mod hash;
 mod iothub;
 mod management;
 mod manifest;
+mod mqtt;
 mod pipeline;
 mod release;
 mod service;

@@ -15,6 +15,8 @@ use crate::{otaforge, stdout_json};
 pub(crate) struct Serve {
     child: Child,
     pub(crate) endpoint: String,
+    /// What serve printed at start (`mqttListen`, `mqttCaFile`, `gatewayHostName`, …).
+    pub(crate) info: Value,
     data: PathBuf,
     extra: Vec<String>,
 }
@@ -55,6 +57,7 @@ impl Serve {
         Serve {
             child,
             endpoint: info["endpoint"].as_str().unwrap().to_owned(),
+            info,
             data: data.to_path_buf(),
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
         }

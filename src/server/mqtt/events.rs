@@ -184,7 +184,8 @@ mod tests {
         let r = ring.clone();
         let reader = tokio::spawn(async move { r.after(last, 10, Duration::from_secs(5)).await });
         tokio::time::sleep(Duration::from_millis(20)).await;
-        let props = [("$.ct".to_owned(), Some("application/json".to_owned())), ("k".to_owned(), None)];
+        let props =
+            [("$.ct".to_owned(), Some("application/json".to_owned())), ("k".to_owned(), None)];
         ring.push(Event::new("d", Some("m"), &props, br#"{"t":1}"#), 7);
         let got = reader.await.unwrap();
         assert_eq!(got.len(), 1);

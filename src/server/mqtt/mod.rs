@@ -94,6 +94,8 @@ struct Conn {
     id: u64,
     tx: mpsc::Sender<Out>,
     kick: Arc<Notify>,
+    /// Whether it was told to close because its queue overflowed (logged once).
+    overflowed: Arc<std::sync::atomic::AtomicBool>,
     subs: Arc<AtomicU8>,
 }
 
@@ -196,7 +198,8 @@ impl Live {
         let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
         let kick = Arc::new(Notify::new());
         let bits = Arc::new(AtomicU8::new(subs));
-        let conn = Conn { id, tx, kick: kick.clone(), subs: bits.clone() };
+        let overflowed = Arc::default();
+        let conn = Conn { id, tx, kick: kick.clone(), overflowed, subs: bits.clone() };
         if let Some(old) = lock(&self.conns).insert(identity.to_owned(), conn) {
             old.kick.notify_one();
         }
@@ -237,9 +240,11 @@ impl Live {
         match c.tx.try_send(out) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
-                self.log(format!(
-                    "mqtt: {identity}: closed: its outbound queue is full (it does not read)"
-                ));
+                if !c.overflowed.swap(true, Ordering::Relaxed) {
+                    self.log(format!(
+                        "mqtt: {identity}: closing: its outbound queue is full (it does not read)"
+                    ));
+                }
                 c.kick.notify_one();
                 false
             }
@@ -344,7 +349,12 @@ impl Live {
     }
 
     /// Notes what a connection changed for its store write ([`save_loop`]).
-    fn save_later(&self, identity: &str, subs: Option<Option<u8>>, model: Option<(&str, Option<&str>, &str)>) {
+    fn save_later(
+        &self,
+        identity: &str,
+        subs: Option<Option<u8>>,
+        model: Option<(&str, Option<&str>, &str)>,
+    ) {
         let mut s = lock(&self.saves);
         if let Some(subs) = subs {
             s.sessions.insert(identity.to_owned(), subs);

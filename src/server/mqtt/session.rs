@@ -69,6 +69,15 @@ async fn read_packet(stream: &mut Stream, buf: &mut BytesMut) -> Result<Option<P
     }
 }
 
+/// Writes one packet within [`WRITE_TIMEOUT`], or until `kick` says the connection is to
+/// close (a write blocked on a device that does not read must not keep it open).
+async fn write_or_kick(stream: &mut Stream, p: Packet, kick: &Notify) -> Result<(), Close> {
+    tokio::select! {
+        r = write(stream, p) => r,
+        _ = kick.notified() => Err(close("told to close while writing (another connection, a full queue or a deletion)")),
+    }
+}
+
 /// Writes one packet within [`WRITE_TIMEOUT`].
 async fn write(stream: &mut Stream, p: Packet) -> Result<(), Close> {
     let mut out = BytesMut::with_capacity(p.size() + 8);
@@ -97,7 +106,8 @@ async fn authenticate(
         return Err((R::RefusedProtocolVersion, "MQTT 5 is not IoT Hub's protocol".into()));
     }
     let identity = Identity::parse(&c.client_id).map_err(|e| (R::BadClientId, e.to_string()))?;
-    let login = c.login.as_ref().ok_or((R::BadUserNamePassword, "no user name and password".into()))?;
+    let login =
+        c.login.as_ref().ok_or((R::BadUserNamePassword, "no user name and password".into()))?;
     let user = Username::parse(&login.username).map_err(|e| (R::NotAuthorized, e.to_string()))?;
     if user.identity != identity {
         return Err((R::NotAuthorized, "the user name names another identity".into()));
@@ -127,12 +137,11 @@ async fn authenticate(
                 return Err(refused("the token's resource is not this identity"));
             }
             let (d, m) = (identity.device.clone(), identity.module.clone());
-            let found = s
-                .db
-                .read(move |st| st.identity_keys(&d, m.as_deref()))
-                .await
-                .map_err(|e| (R::ServiceUnavailable, e.to_string()))?
-                .ok_or_else(|| refused("no such identity, or it has no keys"))?;
+            let found =
+                s.db.read(move |st| st.identity_keys(&d, m.as_deref()))
+                    .await
+                    .map_err(|e| (R::ServiceUnavailable, e.to_string()))?
+                    .ok_or_else(|| refused("no such identity, or it has no keys"))?;
             found.all().filter_map(|k| SasKey::from_base64(k).ok()).collect()
         }
     };
@@ -160,7 +169,11 @@ pub(super) async fn run(s: Shared, tls: tokio_rustls::TlsAcceptor, tcp: tokio::n
     let connect = match timeout_at(deadline, read_packet(&mut stream, &mut buf)).await {
         Ok(Ok(Some(Packet::Connect(c)))) => c,
         Ok(Err(Close(why))) if why.contains("protocol level") => {
-            let _ = write(&mut stream, Packet::ConnAck(ConnAck::new(ConnectReturnCode::RefusedProtocolVersion, false))).await;
+            let _ = write(
+                &mut stream,
+                Packet::ConnAck(ConnAck::new(ConnectReturnCode::RefusedProtocolVersion, false)),
+            )
+            .await;
             s.live.log(format!("mqtt: {peer}: refused: {why}"));
             return;
         }
@@ -194,7 +207,11 @@ pub(super) async fn run(s: Shared, tls: tokio_rustls::TlsAcceptor, tcp: tokio::n
         match session_of(&s, &key).await {
             Ok(subs) => subs,
             Err(why) => {
-                let _ = write(&mut stream, Packet::ConnAck(ConnAck::new(ConnectReturnCode::ServiceUnavailable, false))).await;
+                let _ = write(
+                    &mut stream,
+                    Packet::ConnAck(ConnAck::new(ConnectReturnCode::ServiceUnavailable, false)),
+                )
+                .await;
                 s.live.log(format!("mqtt: {key}: refused (CONNACK 3): {why}"));
                 return;
             }
@@ -215,13 +232,14 @@ pub(super) async fn run(s: Shared, tls: tokio_rustls::TlsAcceptor, tcp: tokio::n
         next_pkid: 0,
         stream,
         buf,
+        kick: kick.clone(),
     };
     let keepalive = keepalive_wait(connect.keep_alive);
     let ack = ConnAck::new(ConnectReturnCode::Success, restored.is_some());
     let ended = match write(&mut session.stream, Packet::ConnAck(ack)).await {
         Ok(()) => {
             session.s.live.flush_c2d(&session.identity.device);
-            session.serve(rx, &kick, keepalive, authed.expiry).await
+            session.serve(rx, keepalive, authed.expiry).await
         }
         Err(e) => e,
     };
@@ -281,6 +299,8 @@ struct Session {
     next_pkid: u16,
     stream: Stream,
     buf: BytesMut,
+    /// Told to close (another connection of the identity, a full queue, a deletion).
+    kick: Arc<Notify>,
 }
 
 impl Session {
@@ -288,12 +308,12 @@ impl Session {
     async fn serve(
         &mut self,
         mut rx: mpsc::Receiver<Out>,
-        kick: &Notify,
         keepalive: Duration,
         expiry: u64,
     ) -> Close {
         let expires = Instant::now() + Duration::from_secs(expiry.saturating_sub(now_secs()));
         let mut silent_until = Instant::now() + keepalive;
+        let kick = self.kick.clone();
         loop {
             // Every complete packet already buffered, before reading more.
             loop {
@@ -335,6 +355,11 @@ impl Session {
         }
     }
 
+    /// Writes one packet to the device ([`write_or_kick`]).
+    async fn send(&mut self, p: Packet) -> Result<(), Close> {
+        write_or_kick(&mut self.stream, p, &self.kick).await
+    }
+
     fn subscriptions(&self) -> Subscriptions {
         Subscriptions(self.subs.load(Ordering::Relaxed))
     }
@@ -356,7 +381,11 @@ impl Session {
                             if Subscriptions(bits | filter.bit()).len() <= MAX_SUBSCRIPTIONS =>
                         {
                             bits |= filter.bit();
-                            let qos = if f.qos == QoS::AtMostOnce { QoS::AtMostOnce } else { QoS::AtLeastOnce };
+                            let qos = if f.qos == QoS::AtMostOnce {
+                                QoS::AtMostOnce
+                            } else {
+                                QoS::AtLeastOnce
+                            };
                             codes.push(SubscribeReasonCode::Success(qos));
                         }
                         _ => {
@@ -370,7 +399,7 @@ impl Session {
                     }
                 }
                 self.set_subscriptions(bits);
-                write(&mut self.stream, Packet::SubAck(SubAck::new(sub.pkid, codes))).await?;
+                self.send(Packet::SubAck(SubAck::new(sub.pkid, codes))).await?;
                 if Subscriptions(bits).has(Filter::Devicebound) {
                     self.s.live.flush_c2d(&self.identity.device);
                 }
@@ -384,9 +413,9 @@ impl Session {
                     }
                 }
                 self.set_subscriptions(bits);
-                write(&mut self.stream, Packet::UnsubAck(UnsubAck::new(u.pkid))).await
+                self.send(Packet::UnsubAck(UnsubAck::new(u.pkid))).await
             }
-            Packet::PingReq => write(&mut self.stream, Packet::PingResp).await,
+            Packet::PingReq => self.send(Packet::PingResp).await,
             // Cloud-to-device messages are done with once sent; their PUBACK changes nothing.
             Packet::PubAck(_) => Ok(()),
             Packet::Disconnect => Err(close("")),
@@ -406,7 +435,8 @@ impl Session {
         if p.qos == QoS::ExactlyOnce {
             return Err(self.refuse("QoS 2, which IoT Hub does not support".into()));
         }
-        let inbound = Inbound::parse(&p.topic, &self.identity).map_err(|e| self.refuse(e.to_string()))?;
+        let inbound =
+            Inbound::parse(&p.topic, &self.identity).map_err(|e| self.refuse(e.to_string()))?;
         let answer = match inbound {
             Inbound::TwinGet { rid } => Some(self.twin_get(&rid).await),
             Inbound::TwinReport { rid } => Some(self.twin_report(&rid, &p.payload).await),
@@ -415,23 +445,30 @@ impl Session {
                     Value::String(String::from_utf8_lossy(&p.payload).into_owned())
                 });
                 if !self.s.live.answer(&self.key, &rid, MethodReply { status, payload }) {
-                    self.s.live.log(format!("mqtt: {}: an answer to no waiting call ({rid})", self.key));
+                    self.s
+                        .live
+                        .log(format!("mqtt: {}: an answer to no waiting call ({rid})", self.key));
                 }
                 None
             }
             Inbound::Telemetry { properties } => {
                 let id = &self.identity;
-                let e = super::events::Event::new(&id.device, id.module.as_deref(), &properties, &p.payload);
+                let e = super::events::Event::new(
+                    &id.device,
+                    id.module.as_deref(),
+                    &properties,
+                    &p.payload,
+                );
                 self.s.live.events.push(e, p.payload.len());
                 None
             }
         };
         if p.qos == QoS::AtLeastOnce {
-            write(&mut self.stream, Packet::PubAck(PubAck::new(p.pkid))).await?;
+            self.send(Packet::PubAck(PubAck::new(p.pkid))).await?;
         }
         if let Some((topic, body)) = answer {
             let reply = Publish::from_bytes(topic, QoS::AtMostOnce, body);
-            write(&mut self.stream, Packet::Publish(reply)).await?;
+            self.send(Packet::Publish(reply)).await?;
         }
         Ok(())
     }
@@ -466,14 +503,19 @@ impl Session {
                 self.last_desired = self.last_desired.max(version);
                 (mqtt::twin_response(200, rid, None), Bytes::from(doc.to_string()))
             }
-            Ok(None) => (mqtt::twin_response(404, rid, None), error_body("the identity was deleted")),
+            Ok(None) => {
+                (mqtt::twin_response(404, rid, None), error_body("the identity was deleted"))
+            }
             Err(e) => (mqtt::twin_response(500, rid, None), error_body(&e)),
         }
     }
 
     async fn twin_report(&mut self, rid: &str, body: &[u8]) -> (String, Bytes) {
         let Ok(Value::Object(patch)) = serde_json::from_slice::<Value>(body) else {
-            return (mqtt::twin_response(400, rid, None), error_body("reported properties must be a JSON object"));
+            return (
+                mqtt::twin_response(400, rid, None),
+                error_body("reported properties must be a JSON object"),
+            );
         };
         let failed = crate::server::reconcile::reports_failure(&patch);
         let (d, m) = (self.identity.device.clone(), self.identity.module.clone());
@@ -487,7 +529,9 @@ impl Session {
             .await;
         let twin = match written {
             Ok(Ok(t)) => t,
-            Ok(Err(Refusal::Rules(e))) => return (mqtt::twin_response(400, rid, None), error_body(&e.to_string())),
+            Ok(Err(Refusal::Rules(e))) => {
+                return (mqtt::twin_response(400, rid, None), error_body(&e.to_string()));
+            }
             Ok(Err(r)) => return (mqtt::twin_response(404, rid, None), error_body(&r.to_string())),
             Err(e) => return (mqtt::twin_response(500, rid, None), error_body(&e.to_string())),
         };
@@ -497,7 +541,9 @@ impl Session {
                 self.s.edge_changed.notify_one();
             }
             // The device gets its deployment; a failure can complete a rollback threshold.
-            if let Err(e) = crate::server::reconcile::after_report(&self.s, &self.identity.device, failed).await {
+            if let Err(e) =
+                crate::server::reconcile::after_report(&self.s, &self.identity.device, failed).await
+            {
                 self.s.live.log(format!("mqtt: {}: after its report: {e}", self.key));
             }
         }
@@ -518,20 +564,28 @@ impl Session {
                     None => desired_of(doc),
                 };
                 body.insert("$version".into(), json!(version));
-                Publish::from_bytes(mqtt::desired_patch(version), QoS::AtMostOnce, Bytes::from(Value::Object(body).to_string()))
+                Publish::from_bytes(
+                    mqtt::desired_patch(version),
+                    QoS::AtMostOnce,
+                    Bytes::from(Value::Object(body).to_string()),
+                )
             }
             Out::Method { name, rid, payload } => {
                 Publish::from_bytes(mqtt::method_request(&name, &rid), QoS::AtMostOnce, payload)
             }
             Out::Devicebound(C2d { properties, body }) => {
                 self.next_pkid = self.next_pkid.checked_add(1).unwrap_or(1);
-                let topic = format!("{}{}", self.identity.devicebound_prefix(), mqtt::format_bag(&properties));
+                let topic = format!(
+                    "{}{}",
+                    self.identity.devicebound_prefix(),
+                    mqtt::format_bag(&properties)
+                );
                 let mut p = Publish::from_bytes(topic, QoS::AtLeastOnce, body);
                 p.pkid = self.next_pkid;
                 p
             }
         };
-        write(&mut self.stream, Packet::Publish(publish)).await
+        self.send(Packet::Publish(publish)).await
     }
 }
 

@@ -49,7 +49,11 @@ fn check_device_id(id: &str) -> Result<(), ApiError> {
 
 /// A device identity as the registry answers it; `secondary`: its secondary key, when it has
 /// one; `connected`: whether it is connected over MQTT now.
-fn identity(row: &crate::server::store::DeviceRow, secondary: Option<String>, connected: bool) -> Value {
+fn identity(
+    row: &crate::server::store::DeviceRow,
+    secondary: Option<String>,
+    connected: bool,
+) -> Value {
     json!({
         "deviceId": row.device_id,
         "generationId": row.created,
@@ -111,7 +115,8 @@ async fn put_device(
     let given: crate::iothub::identity::Identity = if body.is_empty() {
         Default::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| bad(format!("the body is not a device identity: {e}")))?
+        serde_json::from_slice(&body)
+            .map_err(|e| bad(format!("the body is not a device identity: {e}")))?
     };
     // `capabilities.iotEdge` makes an IoT Edge device (Edge deployments target only those).
     let iot_edge = given.is_edge();
@@ -122,9 +127,8 @@ async fn put_device(
     let secondary = given_key(given.secondary_key())?;
     let now = crate::server::now_string();
     let second = secondary.clone();
-    let created = s
-        .db
-        .call(move |st| {
+    let created =
+        s.db.call(move |st| {
             let row = st.create_device(&id, &key, &now, iot_edge)?;
             if let (Some(_), Some(k)) = (&row, &second) {
                 st.set_secondary_key(&id, k)?;

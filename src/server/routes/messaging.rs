@@ -84,8 +84,9 @@ async fn module_method(
 
 /// Calls a method on `identity` within IoT Hub's timeouts.
 async fn invoke(s: &Shared, identity: &str, body: &[u8]) -> Result<Response, ApiError> {
-    let call: MethodCall = serde_json::from_slice(body)
-        .map_err(|e| bad(format!("the body is not a method call ({{\"methodName\", \"payload\"}}): {e}")))?;
+    let call: MethodCall = serde_json::from_slice(body).map_err(|e| {
+        bad(format!("the body is not a method call ({{\"methodName\", \"payload\"}}): {e}"))
+    })?;
     if call.method_name.is_empty() || call.method_name.len() > 128 {
         return Err(bad("methodName must be 1 to 128 characters"));
     }
@@ -115,7 +116,9 @@ async fn invoke(s: &Shared, identity: &str, body: &[u8]) -> Result<Response, Api
         .await;
     match reply {
         Ok(r) => Ok(axum::Json(json!({"status": r.status, "payload": r.payload})).into_response()),
-        Err(e @ MethodError::NotOnline) => Err(ApiError::not_found("DeviceNotOnline", e.to_string())),
+        Err(e @ MethodError::NotOnline) => {
+            Err(ApiError::not_found("DeviceNotOnline", e.to_string()))
+        }
         Err(e @ MethodError::Timeout(_)) => {
             Err(ApiError::new(StatusCode::GATEWAY_TIMEOUT, "GatewayTimeout", e.to_string()))
         }
@@ -144,7 +147,8 @@ async fn put_module(
     let given: Identity = if body.is_empty() {
         Identity::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| bad(format!("the body is not a module identity: {e}")))?
+        serde_json::from_slice(&body)
+            .map_err(|e| bad(format!("the body is not a module identity: {e}")))?
     };
     let keys = Keys {
         primary: match given_key(given.primary_key())? {
@@ -159,7 +163,10 @@ async fn put_module(
     let (d, m, k) = (id.clone(), mid.clone(), keys.clone());
     let made = s.db.call(move |st| st.create_module(&d, &m, &k)).await??;
     if made.is_none() {
-        return Err(ApiError::conflict("ModuleAlreadyExistsOnDevice", "a module with this id exists on the device"));
+        return Err(ApiError::conflict(
+            "ModuleAlreadyExistsOnDevice",
+            "a module with this id exists on the device",
+        ));
     }
     Ok(axum::Json(module_identity(&id, &mid, &keys, false)).into_response())
 }
@@ -173,7 +180,8 @@ async fn get_module(
     // The runtime's modules of an Edge device get their keys on first read, as IoT Hub
     // gives them keys of their own.
     let make = || -> Keys {
-        let k = || crate::iothub::sas::SasKey::generate().map(|k| k.to_base64()).unwrap_or_default();
+        let k =
+            || crate::iothub::sas::SasKey::generate().map(|k| k.to_base64()).unwrap_or_default();
         Keys { primary: k(), secondary: Some(k()) }
     };
     let keys = s.db.call(move |st| st.module_keys(&d, &m, make)).await??;
@@ -214,7 +222,8 @@ async fn events(
     let found = s.live.events.after(q.after, limit, wait).await;
     let next = found.last().map_or(q.after, |e| e.sequence);
     let events: Vec<&crate::server::mqtt::events::Event> = found.iter().map(|e| &**e).collect();
-    Ok(axum::Json(json!({"events": events, "next": next, "last": s.live.events.last()})).into_response())
+    Ok(axum::Json(json!({"events": events, "next": next, "last": s.live.events.last()}))
+        .into_response())
 }
 
 async fn send_c2d(
@@ -226,7 +235,10 @@ async fn send_c2d(
 ) -> Result<Response, ApiError> {
     device_row(&s, &id).await?;
     if body.len() > MAX_C2D_BYTES {
-        return Err(bad(format!("a cloud-to-device message holds at most {} KB", MAX_C2D_BYTES / 1024)));
+        return Err(bad(format!(
+            "a cloud-to-device message holds at most {} KB",
+            MAX_C2D_BYTES / 1024
+        )));
     }
     let mut properties: Vec<(String, Option<String>)> =
         props.into_iter().map(|(k, v)| (k, Some(v))).collect();

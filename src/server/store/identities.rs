@@ -38,7 +38,11 @@ impl Keys {
     }
 }
 
-fn module_exists(conn: &rusqlite::Connection, device: &str, module: &str) -> Result<bool, StoreError> {
+fn module_exists(
+    conn: &rusqlite::Connection,
+    device: &str,
+    module: &str,
+) -> Result<bool, StoreError> {
     Ok(conn
         .query_row(
             "SELECT 1 FROM modules WHERE device_id = ?1 AND module_id = ?2",
@@ -71,9 +75,11 @@ impl Store {
             None => {
                 let primary: Option<String> = self
                     .conn
-                    .query_row("SELECT device_key FROM devices WHERE device_id = ?1", [device], |r| {
-                        r.get(0)
-                    })
+                    .query_row(
+                        "SELECT device_key FROM devices WHERE device_id = ?1",
+                        [device],
+                        |r| r.get(0),
+                    )
                     .optional()?;
                 let Some(primary) = primary else { return Ok(None) };
                 let secondary = stored_keys(&self.conn, device)?.and_then(|k| k.secondary);
@@ -90,10 +96,11 @@ impl Store {
 
     /// A device's secondary key, as the caller gave it on create.
     pub fn set_secondary_key(&mut self, device: &str, key: &str) -> Result<(), StoreError> {
-        let primary: String =
-            self.conn.query_row("SELECT device_key FROM devices WHERE device_id = ?1", [device], |r| {
-                r.get(0)
-            })?;
+        let primary: String = self.conn.query_row(
+            "SELECT device_key FROM devices WHERE device_id = ?1",
+            [device],
+            |r| r.get(0),
+        )?;
         self.conn.execute(
             "INSERT OR REPLACE INTO identity_keys (identity, primary_key, secondary_key)
              VALUES (?1, ?2, ?3)",
@@ -150,7 +157,8 @@ impl Store {
             [device],
             |r| r.get(0),
         )?;
-        if !module.starts_with('$') && usize::try_from(users).unwrap_or(usize::MAX) >= MAX_MODULES_PER_DEVICE
+        if !module.starts_with('$')
+            && usize::try_from(users).unwrap_or(usize::MAX) >= MAX_MODULES_PER_DEVICE
         {
             return Ok(Err(Refusal::TooManyModules(MAX_MODULES_PER_DEVICE)));
         }
@@ -191,9 +199,7 @@ impl Store {
         let prefix = format!("{}/%", device.replace('%', "\\%").replace('_', "\\_"));
         for table in ["identity_keys", "mqtt_sessions"] {
             self.conn.execute(
-                &format!(
-                    "DELETE FROM {table} WHERE identity = ?1 OR identity LIKE ?2 ESCAPE '\\'"
-                ),
+                &format!("DELETE FROM {table} WHERE identity = ?1 OR identity LIKE ?2 ESCAPE '\\'"),
                 params![device, prefix],
             )?;
         }

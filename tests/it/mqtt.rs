@@ -1,0 +1,170 @@
+//! serve's MQTT endpoint (IoT Hub's device protocol) with clients nobody here wrote: the
+//! official Python device SDK, driven by the official service SDK, and a raw MQTT client
+//! (paho-mqtt and hand-made packets) trying what an SDK never sends.
+
+use std::path::Path;
+
+use serde_json::{Value, json};
+
+use crate::service::Serve;
+
+/// A loopback address nobody else here uses, on port 8883: the official device SDKs dial
+/// 8883 and cannot be told another port, so tests that run side by side each take their own
+/// address in 127.0.0.0/8.
+fn own_8883() -> String {
+    let n = std::process::id() as u64
+        ^ std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos()
+            as u64;
+    format!("127.{}.{}.{}:8883", 10 + n % 200, (n >> 8) % 250, 2 + (n >> 16) % 250)
+}
+
+fn start(data: &Path, mqtt: &str) -> Serve {
+    Serve::start_with(data, &["--mqtt-listen", mqtt])
+}
+
+fn info(serve: &Serve, key: &str) -> String {
+    serve.info[key].as_str().unwrap_or_else(|| panic!("serve printed no {key}")).to_owned()
+}
+
+fn conn_file(data: &Path) -> std::path::PathBuf {
+    data.join("iothub.connection-string")
+}
+
+#[test]
+#[ignore = "needs azure-iot-device: cargo xtask ci provisions it"]
+fn the_official_python_device_sdk_talks_to_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let at = own_8883();
+    let serve = start(&data, &at);
+    let gateway = info(&serve, "gatewayHostName");
+    assert_eq!(format!("{gateway}:8883"), at);
+    let conn = fs_err::read_to_string(conn_file(&data)).unwrap();
+    let host = serve.endpoint.trim_start_matches("http://").to_owned();
+    let ca = info(&serve, "mqttCaFile");
+    let seen = crate::python_json(
+        "iothub_device_sdk.py",
+        &[conn.trim().as_ref(), host.as_ref(), ca.as_ref(), gateway.as_ref()],
+    );
+    let exercised = |by: &str| {
+        json!({
+            "twinVersions": [1, 1],
+            "patch": {"interval": 7, "mode": {"fast": true}},
+            "patchVersionNewer": true,
+            "reportedByService": "1.2.3",
+            "method": {"status": 200, "payload": {"echo": {"delay": 2}, "by": by}, "name": "reboot"},
+        })
+    };
+    assert_eq!(seen["device"], exercised("device"), "{seen}");
+    assert_eq!(seen["module"], exercised("module"), "{seen}");
+    assert_eq!(seen["keptGivenKey"], true, "serve must use the key the caller gives");
+    assert_eq!(seen["c2d"], json!({"body": "hello device", "color": "blue"}));
+    assert_eq!(seen["offline"], 404, "a device that is not connected is DeviceNotOnline");
+    assert_eq!(seen["connectionState"], "Connected");
+
+    // The model id the device connected with is on its twin.
+    let twin = crate::otaforge()
+        .env("XDG_CONFIG_HOME", crate::config_home())
+        .args(["--format", "json", "hub", "device", "show", "Py-Dev*1", "--iothub-connection-file"])
+        .arg(conn_file(&data))
+        .output()
+        .unwrap();
+    assert!(twin.status.success(), "{}", String::from_utf8_lossy(&twin.stderr));
+    let hub = crate::hub_connection(&data);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let t = rt
+        .block_on(otaforge::iothub::IotHubClient::new(hub).unwrap().get_twin("Py-Dev*1"))
+        .unwrap();
+    assert_eq!(t.extra.get("modelId"), Some(&json!("dtmi:azure:iot:deviceUpdateModel;3")));
+
+    // `hub monitor` shows the telemetry of both, as sent.
+    let out = crate::otaforge()
+        .env("XDG_CONFIG_HOME", crate::config_home())
+        .args(["hub", "monitor", "--from-start", "--count", "2", "--timeout", "20s"])
+        .arg("--iothub-connection-file")
+        .arg(conn_file(&data))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let events: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events.len(), 2, "{events:?}");
+    for (e, by) in events.iter().zip(["device", "module"]) {
+        assert_eq!(e["deviceId"], "Py-Dev*1");
+        assert_eq!(e["payload"], json!({"temp": 21.5, "by": by}));
+        assert_eq!(e["properties"]["system"]["content-type"], "application/json");
+    }
+    assert_eq!(events[1]["moduleId"], "Sensor-1");
+}
+
+#[test]
+#[ignore = "needs paho-mqtt: cargo xtask ci provisions it"]
+fn what_an_sdk_never_sends_is_refused_and_serve_keeps_answering() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let serve = start(&data, "127.0.0.1:0");
+    let at: std::net::SocketAddr = info(&serve, "mqttListen").parse().unwrap();
+    let conn = fs_err::read_to_string(conn_file(&data)).unwrap();
+    let host = serve.endpoint.trim_start_matches("http://").to_owned();
+    let ca = info(&serve, "mqttCaFile");
+    let seen = crate::python_json(
+        "mqtt_hostile.py",
+        &[
+            conn.trim().as_ref(),
+            host.as_ref(),
+            ca.as_ref(),
+            at.ip().to_string().as_ref(),
+            at.port().to_string().as_ref(),
+        ],
+    );
+    for case in ["foreignSas", "wrongKey", "expired", "garbagePassword", "otherUser"] {
+        assert_eq!(seen[case], json!({"connack": 5, "closed": true}), "{case}: {seen}");
+    }
+    assert_eq!(
+        (&seen["level3"], &seen["level5"], &seen["emptyClientId"]),
+        (&json!(1), &json!(1), &json!(2))
+    );
+    assert_eq!(
+        seen["forbiddenSubscriptions"],
+        json!({"granted": [128, 128, 128, 128], "delivered": []}),
+        "{seen}"
+    );
+    for case in [
+        "otherDevicesEvents",
+        "desiredFromDevice",
+        "qos2",
+        "oversize300KiB",
+        "oversize256MiB",
+        "fiveByteLength",
+        "topicPastFrame",
+        "invalidUtf8Topic",
+        "subscribeNoFilter",
+        "secondConnect",
+        "type0",
+        "type15",
+        "publishBeforeConnect",
+        "garbageInsteadOfTls",
+    ] {
+        assert_eq!(seen[case], true, "{case} was not disconnected: {seen}");
+    }
+    assert_eq!(seen["badReports"], json!({"notJson": "400", "over32KB": "400"}));
+    let slow = &seen["slow"];
+    for (case, most) in [
+        ("keepalive2", 4),
+        ("expiresIn3", 5),
+        ("tcpOnly", 12),
+        ("tlsNoConnect", 12),
+        ("dripConnect", 12),
+    ] {
+        assert_eq!(slow[case]["closed"], true, "{case}: {slow}");
+        assert!(slow[case]["after"].as_u64().unwrap() <= most, "{case} closed late: {slow}");
+    }
+    assert_eq!(seen["secondConnection"], json!({"firstClosed": true, "secondAnswers": true}));
+    let lazy = seen["neverReads"]["closedAfter"].as_u64();
+    assert!(lazy.is_some_and(|s| s <= 30), "a client that never reads stayed connected: {seen}");
+    assert!(seen["goodClient"]["answers"].as_u64().unwrap() > 10, "{seen}");
+    assert!(seen["goodClient"]["slowestSeconds"].as_f64().unwrap() < 2.0, "{seen}");
+    assert_eq!(seen["nothingStored"], json!({"events": true, "reported": true}));
+}
