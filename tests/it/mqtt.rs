@@ -168,3 +168,63 @@ fn what_an_sdk_never_sends_is_refused_and_serve_keeps_answering() {
     assert!(seen["goodClient"]["slowestSeconds"].as_f64().unwrap() < 2.0, "{seen}");
     assert_eq!(seen["nothingStored"], json!({"events": true, "reported": true}));
 }
+
+/// otaforge's own device client (the fleet's) against serve: CONNECT, the twin, a report the
+/// hub acknowledges with its `$version`, a desired change as it happens, the session (its
+/// subscriptions) kept across connections, a wrong key refused with CONNACK 5.
+#[test]
+fn our_device_client_reads_reports_and_hears_desired_changes() {
+    use otaforge::iothub::identity::Identity as Registered;
+    use otaforge::iothub::mqtt::Identity;
+    use otaforge::iothub::mqtt::client::{
+        ClientError, Connection, Credentials, Gateway, tls_config,
+    };
+    use otaforge::iothub::sas::SasKey;
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let serve = start(&data, "127.0.0.1:0");
+    let ca = fs_err::read(info(&serve, "mqttCaFile")).unwrap();
+    let gateway = Gateway::new(&info(&serve, "mqttListen"), tls_config(Some(&ca)).unwrap());
+    let conn = crate::hub_connection(&data);
+    let hub = otaforge::iothub::IotHubClient::new(conn.clone()).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let made =
+            hub.create_identity(&Registered::with_keys("Cli-1", None, None, None)).await.unwrap();
+        let key = SasKey::from_base64(made.primary_key().unwrap()).unwrap();
+        let who = Credentials {
+            hub: conn.host.clone(),
+            identity: Identity::device("Cli-1"),
+            key,
+            model_id: Some("dtmi:azure:iot:deviceUpdateModel;3".into()),
+        };
+        let mut c = Connection::open(&gateway, &who).await.unwrap();
+        assert!(!c.session_present);
+        let twin = c.twin().await.unwrap();
+        assert_eq!(twin.desired.get("$version"), Some(&json!(1)));
+        let patch = json!({"agent": {"state": 0}}).as_object().unwrap().clone();
+        assert_eq!(c.report(&patch).await.unwrap(), Some(2));
+        let mut want = serde_json::Map::new();
+        want.insert("interval".into(), json!(5));
+        hub.patch_desired("Cli-1", None, want.clone(), None).await.unwrap();
+        let got = c.next_desired(std::time::Duration::from_secs(10)).await.unwrap().unwrap();
+        assert_eq!(got.get("interval"), Some(&json!(5)));
+        assert!(got.get("$version").and_then(Value::as_i64).unwrap() > 1);
+        c.close().await;
+        // A new connection finds its session: no SUBSCRIBE, and changes still arrive.
+        let mut c = Connection::open(&gateway, &who).await.unwrap();
+        assert!(c.session_present, "the subscriptions were not kept");
+        want.insert("interval".into(), json!(6));
+        hub.patch_desired("Cli-1", None, want, None).await.unwrap();
+        let got = c.next_desired(std::time::Duration::from_secs(10)).await.unwrap().unwrap();
+        assert_eq!(got.get("interval"), Some(&json!(6)));
+        assert_eq!(
+            hub.get_twin("Cli-1").await.unwrap().properties.reported.get("agent"),
+            Some(&json!({"state": 0}))
+        );
+        let wrong = Credentials { key: SasKey::generate().unwrap(), ..who.clone() };
+        let e = Connection::open(&gateway, &wrong).await.unwrap_err();
+        assert!(matches!(e, ClientError::Refused(5)), "{e}");
+    });
+}

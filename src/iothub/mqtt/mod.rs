@@ -7,6 +7,8 @@
 //! fleet's device client ([`client`]). Every parser takes untrusted text and returns a typed
 //! value or a [`TopicError`]; nothing here allocates more than its input.
 
+pub mod client;
+
 use crate::iothub::limits::{check_device_id, check_module_id};
 
 /// Why a client id, user name, topic or filter is not one IoT Hub accepts.
