@@ -1,5 +1,9 @@
-//! Simulated devices: each one an ADU agent in goal-state mode (adu.md §5.4) that talks to
-//! `otaforge serve`'s IoT Hub surface with its own credential. A device reports its agent
+//! Simulated devices: each one an ADU agent in goal-state mode (adu.md §5.4) that talks to its
+//! IoT Hub — `otaforge serve`, or Azure IoT Hub given its connection string — over IoT Hub's
+//! device protocol (MQTT/TLS, [`link`]) with its own credential, as the Device Update agent
+//! does: model id `dtmi:azure:iot:deviceUpdateModel;3`, the `deviceUpdate` component with its
+//! agent properties, the acknowledgement of each desired `service` (`value`, `ac`, `ad`,
+//! `av`), and install results as agent 1.1 writes them (`extendedResultCodes`, `stepResults`). A device reports its agent
 //! properties, reads its twin, and on a new deployment checks the update manifest signature
 //! against its root keys (when given), reports `DeploymentInProgress`, downloads what it needs
 //! (streamed and hashed as it arrives, stopped as soon as it runs past the manifest's
@@ -9,18 +13,20 @@
 //! it cannot read fails the deployment at once with the agent's parser codes. Injected failures
 //! are drawn from the seed, the device and the deployment, so a run is reproducible.
 //!
-//! Every device runs as its own task and long-polls its twin (serve answers when the twin
-//! changes), so a fleet of thousands costs serve one waiting request per device, not a poll
-//! loop; `parallel` bounds how many install at once. Devices that install the same image
+//! Every device runs as its own task and holds one MQTT connection, on which the hub publishes
+//! its desired-property changes, so a fleet of thousands costs the hub one idle connection per
+//! device, not a poll loop; `parallel` bounds how many install at once. Devices that install the same image
 //! share its bytes.
 //!
 //! With `edge`, the devices are IoT Edge devices instead (`capabilities.iotEdge`), each the
-//! edgeAgent of [`edge`]: they deploy what their `$edgeAgent` module twin asks for and report
-//! the runtime's reported properties, with injected image pull failures and crash loops.
+//! edgeAgent of [`edge`]: connected as its `$edgeAgent` and `$edgeHub` module identities, they
+//! deploy what the `$edgeAgent` module twin asks for and report the runtime's reported
+//! properties, with injected image pull failures and crash loops.
 //!
 //! Not yet: cancel handling beyond not starting.
 
 mod edge;
+mod link;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,17 +35,22 @@ use std::time::Duration;
 use serde_json::{Map, Value, json};
 
 use crate::Sha256;
-use crate::iothub::sas::{SasKey, token};
+use crate::iothub::mqtt::client::{Connection, Gateway};
+use crate::iothub::sas::SasKey;
 use crate::iothub::{ConnectionString, GROUP_TAG, IotHubClient, IotHubError};
 use crate::manifest::UpdateId;
+use crate::service::agent::{
+    AgentInstallResult, AgentReport, AgentStepResult, DesiredComponent, ReportedComponent,
+    ServiceProperty, Workflow,
+};
 
-/// The longest one twin read waits (serve's limit).
+/// The longest a device waits for a change before it looks again.
 const MAX_WAIT: Duration = Duration::from_secs(120);
 
 /// Agent states (adu.md §5.1).
-const IDLE: u64 = 0;
-const IN_PROGRESS: u64 = 6;
-const FAILED: u64 = 255;
+const IDLE: i64 = crate::service::agent::STATE_IDLE;
+const IN_PROGRESS: i64 = crate::service::agent::STATE_IN_PROGRESS;
+const FAILED: i64 = crate::service::agent::STATE_FAILED;
 /// `Apply_Success`.
 const APPLY_SUCCESS: i64 = 700;
 
@@ -122,10 +133,12 @@ pub struct Failures {
 /// What the fleet looks like.
 #[derive(Debug, Clone)]
 pub struct FleetSpec {
-    /// serve's base URL.
-    pub endpoint: String,
-    /// The hub's service connection string (to register the devices).
+    /// The hub's service connection string: to register the devices, and where they connect
+    /// (its `GatewayHostName`, which serve writes, else its host on port 8883).
     pub hub: ConnectionString,
+    /// The CA certificate(s) (PEM) the devices trust for their MQTT connection: serve's
+    /// `mqtt-ca.pem`; none: the platform's roots, as for Azure IoT Hub.
+    pub ca: Option<Arc<Vec<u8>>>,
     /// Device ids are `PREFIX-0000`, `PREFIX-0001`, ….
     pub prefix: String,
     /// How many devices.
@@ -140,8 +153,8 @@ pub struct FleetSpec {
     pub failures: Failures,
     /// Seed of the injected failures.
     pub seed: u64,
-    /// The longest one read of a device's twin waits for it to change (long-poll; at most
-    /// two minutes).
+    /// The longest a device waits for its twin to change before it looks again (at most two
+    /// minutes).
     pub poll: Duration,
     /// Devices that install at once (download, apply, verify: each holds its image and the
     /// download in memory); the others wait their turn. Waiting for the twin is not limited:
@@ -238,8 +251,11 @@ impl Counters {
 
 /// What the devices of a fleet share.
 struct Env {
-    host: String,
-    endpoint: String,
+    /// Where the devices connect.
+    gateway: Gateway,
+    /// The hub's name in their credentials (the connection string's `HostName`).
+    hub_name: String,
+    /// Downloads.
     http: reqwest::Client,
     class: Map<String, Value>,
     trusted: Option<Arc<crate::sign::TrustedKeys>>,
@@ -261,97 +277,68 @@ struct Device {
     installed: Option<Installed>,
     /// The last deployment (and retry) acted on.
     done: Option<String>,
-    /// The twin version last read; the next read waits for a later one.
-    version: Option<i64>,
+    /// Its desired properties as last read or changed, `$version` included.
+    desired: Map<String, Value>,
+    /// The reported `$version` the hub last acknowledged.
+    reported_version: Option<i64>,
+    /// Its reported properties as last read, with what it reported since (Edge devices
+    /// report relative to them).
+    last_reported: Map<String, Value>,
+    /// Its MQTT connection (an Edge device's `$edgeAgent`'s), when connected.
+    link: Option<Connection>,
+    /// The desired properties were read afresh (on connecting) and not acted on yet.
+    fresh: bool,
+    /// An Edge device's `$edgeHub` connection.
+    hub_link: Option<Connection>,
+    /// An Edge device's runtime module keys.
+    modules: Option<link::ModuleKeys>,
 }
 
 impl Device {
-    /// A device token valid for an hour, signed afresh for each request as the SDKs renew theirs.
-    fn auth(&self, env: &Env) -> String {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        token(&format!("{}/devices/{}", env.host, self.id), &self.key, None, now + 3600)
-    }
-
     fn fail(&self, message: impl Into<String>) -> FleetError {
         FleetError::Device { device: self.id.clone(), message: message.into() }
     }
 
-    /// A device request (with its credential): `GET` the JSON at `url`.
-    async fn get_json(&self, env: &Env, url: String, what: &str) -> Result<Value, FleetError> {
-        let resp = env
-            .http
-            .get(url)
-            .header("authorization", self.auth(env))
-            .send()
-            .await
-            .map_err(|e| self.fail(e.to_string()))?;
-        if !resp.status().is_success() {
-            return Err(self.fail(format!("{what} answered {}", resp.status())));
-        }
-        let bytes = resp.bytes().await.map_err(|e| self.fail(e.to_string()))?;
-        serde_json::from_slice(&bytes).map_err(|e| self.fail(e.to_string()))
-    }
-
-    /// A device request: `PATCH` `body` to `url`.
-    async fn patch_json(
-        &self,
-        env: &Env,
-        url: String,
-        body: &Value,
-        what: &str,
-    ) -> Result<(), FleetError> {
-        let resp = env
-            .http
-            .patch(url)
-            .header("authorization", self.auth(env))
-            .header("content-type", "application/json")
-            .body(body.to_string())
-            .send()
-            .await
-            .map_err(|e| self.fail(e.to_string()))?;
-        if !resp.status().is_success() {
-            return Err(self.fail(format!("{what} answered {}", resp.status())));
-        }
-        Ok(())
-    }
-
-    async fn report(&self, env: &Env, reported: Value) -> Result<(), FleetError> {
-        let url = format!("{}/devices/{}/twin/reported", env.endpoint, self.id);
-        self.patch_json(env, url, &reported, "report").await
-    }
-
-    fn agent(&self, env: &Env, state: u64, extra: Value) -> Value {
+    /// The agent's report as a patch: its device properties as the Device Update agent 1.1
+    /// sends them (the compat properties, then `interfaceId` null, `contractModelId`,
+    /// `aduVer`), `compatPropertyNames`, `state`, what it has installed, and `more` (workflow,
+    /// lastInstallResult).
+    fn agent(&self, env: &Env, state: i64, more: Map<String, Value>) -> Map<String, Value> {
         let mut props = env.class.clone();
-        props.insert("contractModelId".into(), json!("dtmi:azure:iot:deviceUpdateContractModel;3"));
-        props.insert("aduVer".into(), json!("DU;agent/otaforge-fleet"));
+        props.insert("interfaceId".into(), Value::Null);
+        props.insert("contractModelId".into(), json!(crate::service::agent::CONTRACT_MODEL_ID));
+        props.insert("aduVer".into(), json!(ADU_VERSION));
         let names: Vec<&str> = env.class.keys().map(String::as_str).collect();
-        let mut agent = json!({
-            "deviceProperties": props,
-            "compatPropertyNames": names.join(","),
-            "state": state,
-        });
+        let mut agent = AgentReport {
+            device_properties: Some(props),
+            compat_property_names: Some(names.join(",")),
+            state: Some(state),
+            ..AgentReport::default()
+        };
         if let Some(i) = &self.installed {
-            agent["installedUpdateId"] = json!(serde_json::to_string(&i.id).unwrap_or_default());
+            agent.installed_update_id = serde_json::to_string(&i.id).ok();
         }
-        if let (Value::Object(a), Value::Object(e)) = (&mut agent, extra) {
-            a.extend(e);
-        }
-        json!({"deviceUpdate": {"__t": "c", "agent": agent}})
+        agent.extra.extend(more);
+        ReportedComponent::new(agent).to_patch()
     }
 
-    /// The desired `service` property: at once the first time, then once the twin has moved
-    /// past the version last read, or after `wait` (long-poll; serve answers with the twin as
-    /// it is when the wait runs out).
-    async fn desired(&mut self, env: &Env, wait: Duration) -> Result<Value, FleetError> {
-        let mut url = format!("{}/devices/{}/twin", env.endpoint, self.id);
-        if let Some(v) = self.version {
-            url.push_str(&format!("?after={v}&wait={}", wait.as_secs().max(1)));
-        }
-        let v = self.get_json(env, url, "twin read").await?;
-        self.version = v["$version"].as_i64();
-        Ok(v["desired"]["deviceUpdate"]["service"].clone())
+    /// The acknowledgement of the desired `service` property the device read, as the agent
+    /// sends it (`{"value", "ac", "ad", "av"}`).
+    fn acknowledge(&self, service: &ServiceProperty) -> Map<String, Value> {
+        let mut component = ReportedComponent {
+            marker: Some(crate::service::agent::COMPONENT_MARKER.into()),
+            ..ReportedComponent::default()
+        };
+        component.extra.insert(
+            "service".into(),
+            crate::service::agent::acknowledgement(service, self.desired_version()),
+        );
+        component.to_patch()
+    }
+
+    /// The desired `service` property, when the twin has one the agent can read.
+    fn service(&self) -> Option<ServiceProperty> {
+        DesiredComponent::of(&self.desired).and_then(|c| c.service)
     }
 
     /// Downloads `url`, streaming: the body is hashed as it arrives and the download stops
@@ -465,13 +452,16 @@ impl Device {
 
     /// The deployment (and retry) the desired `service` property asks the device to install,
     /// when it has not acted on it yet.
-    fn work(&self, service: &Value) -> Option<String> {
-        let workflow = &service["workflow"];
-        let id = workflow["id"].as_str()?;
-        let retry = workflow["retryTimestamp"].as_str().unwrap_or_default();
-        let key = format!("{id}\n{retry}");
-        (self.done.as_deref() != Some(key.as_str()) && workflow["action"].as_u64() == Some(3))
-            .then_some(key)
+    fn work(&self, service: &ServiceProperty) -> Option<String> {
+        let workflow = &service.workflow;
+        if workflow.id.is_empty() {
+            return None;
+        }
+        let retry = workflow.retry_timestamp.as_deref().unwrap_or_default();
+        let key = format!("{}\n{retry}", workflow.id);
+        (self.done.as_deref() != Some(key.as_str())
+            && workflow.action == Some(crate::service::agent::ACTION_PROCESS))
+        .then_some(key)
     }
 
     /// Tries what a deployment asks, after its manifest was read: the signature chain, the
@@ -479,15 +469,15 @@ impl Device {
     async fn attempt(
         &self,
         env: &Env,
-        service: &Value,
+        service: &ServiceProperty,
         manifest: &Value,
         stage: &str,
     ) -> Result<(Vec<u8>, String, bool), Refusal> {
         // The agent checks the signature chain before anything else (adu.md §5.3).
         if let Some(roots) = &env.roots {
             crate::sign::adu::verify_update_manifest(
-                service["updateManifest"].as_str().unwrap_or_default(),
-                service["updateManifestSignature"].as_str().unwrap_or_default(),
+                service.update_manifest.as_deref().unwrap_or_default(),
+                service.update_manifest_signature.as_deref().unwrap_or_default(),
                 roots,
             )
             .map_err(|e| Refusal::new(erc::SIGNATURE, e.to_string()))?;
@@ -496,26 +486,45 @@ impl Device {
         if draw(seed, &self.id, stage, "download") < failures.download {
             return Err(Refusal::new(erc::DOWNLOAD, "injected download failure"));
         }
-        let installed = self.install(env, manifest, &service["fileUrls"]).await?;
+        let urls = serde_json::to_value(&service.file_urls).unwrap_or_default();
+        let installed = self.install(env, manifest, &urls).await?;
         if draw(seed, &self.id, stage, "install") < failures.install {
             return Err(Refusal::new(erc::INSTALL, "injected install failure"));
         }
         Ok(installed)
     }
 
-    /// Acts on a new deployment (`key` from [`Device::work`]).
-    async fn act(&mut self, env: &Env, service: &Value, key: String) -> Result<(), FleetError> {
-        let workflow = &service["workflow"];
-        let id = workflow["id"].as_str().unwrap_or_default().to_owned();
-        let retry = workflow["retryTimestamp"].as_str().map(str::to_owned);
-        let flow = json!({"action": 3, "id": id, "retryTimestamp": retry});
+    /// Acts on a new deployment (`key` from [`Device::work`]): reports it in progress,
+    /// acknowledges the `service` property, tries it, and reports the result.
+    async fn act(
+        &mut self,
+        env: &Env,
+        service: &ServiceProperty,
+        key: String,
+    ) -> Result<(), FleetError> {
+        let flow = Workflow {
+            action: Some(crate::service::agent::ACTION_PROCESS),
+            id: service.workflow.id.clone(),
+            retry_timestamp: service.workflow.retry_timestamp.clone(),
+            extra: Default::default(),
+        };
+        let with_flow = |last: Option<AgentInstallResult>| {
+            let mut m = Map::new();
+            m.insert("workflow".into(), serde_json::to_value(&flow).unwrap_or_default());
+            if let Some(l) = last {
+                m.insert("lastInstallResult".into(), serde_json::to_value(l).unwrap_or_default());
+            }
+            m
+        };
         // A manifest the agent cannot read fails the deployment at once: there is nothing to
         // start, and a device that said nothing would leave it in progress forever.
-        let outcome = match read_manifest(service) {
+        let outcome = match read_manifest(service.update_manifest.as_deref()) {
             Err(refusal) => Err(refusal),
             Ok((manifest, update)) => {
-                self.report(env, self.agent(env, IN_PROGRESS, json!({"workflow": flow}))).await?;
-                let stage = format!("{id}{}", retry.as_deref().unwrap_or_default());
+                self.report(self.agent(env, IN_PROGRESS, with_flow(None))).await?;
+                self.report(self.acknowledge(service)).await?;
+                let retry = flow.retry_timestamp.as_deref().unwrap_or_default();
+                let stage = format!("{}{retry}", flow.id);
                 self.attempt(env, service, &manifest, &stage).await.map(|done| (done, update))
             }
         };
@@ -523,9 +532,9 @@ impl Device {
             Ok(((image, sha, by_delta), update)) => {
                 let image = env.images.intern(&sha, image);
                 let before = self.installed.replace(Installed { id: update, image, sha });
-                let last = json!({"resultCode": APPLY_SUCCESS, "extendedResultCode": 0, "resultDetails": if by_delta { "delta" } else { "full" }});
-                let done = json!({"workflow": flow, "lastInstallResult": last});
-                if let Err(e) = self.report(env, self.agent(env, IDLE, done)).await {
+                let details = if by_delta { "delta" } else { "full" };
+                let last = install_result(APPLY_SUCCESS, 0, details);
+                if let Err(e) = self.report(self.agent(env, IDLE, with_flow(Some(last)))).await {
                     // Not reported: as after a crash, the device still runs what it ran.
                     self.installed = before;
                     return Err(e);
@@ -534,10 +543,8 @@ impl Device {
                 env.counters.through_delta.fetch_add(u64::from(by_delta), Ordering::Relaxed);
             }
             Err(Refusal { code, why }) => {
-                let last =
-                    json!({"resultCode": 0, "extendedResultCode": code, "resultDetails": why});
-                let done = json!({"workflow": flow, "lastInstallResult": last});
-                self.report(env, self.agent(env, FAILED, done)).await?;
+                let last = install_result(0, code, &why);
+                self.report(self.agent(env, FAILED, with_flow(Some(last)))).await?;
                 env.counters.failed.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -557,6 +564,7 @@ impl Device {
         loop {
             let now = tokio::time::Instant::now();
             if *stop.borrow() || now >= deadline {
+                self.disconnect().await;
                 return;
             }
             let wait = env.poll.min(deadline - now);
@@ -564,7 +572,10 @@ impl Device {
                 if env.edge {
                     return self.edge_turn(&env, wait).await;
                 }
-                let service = self.desired(&env, wait).await?;
+                if !self.desired_changed(&env, wait).await? {
+                    return Ok(());
+                }
+                let Some(service) = self.service() else { return Ok(()) };
                 let Some(key) = self.work(&service) else { return Ok(()) };
                 // Installs take turns; waiting for the twin does not.
                 let _slot = env.slots.acquire().await;
@@ -572,15 +583,20 @@ impl Device {
             };
             let result = tokio::select! {
                 r = step => r,
-                _ = stop.changed() => return,
+                _ = stop.changed() => {
+                    self.disconnect().await;
+                    return;
+                }
             };
             if result.is_ok() {
                 backoff = Duration::from_millis(100);
                 continue;
             }
             env.counters.unreachable.fetch_add(1, Ordering::Relaxed);
-            // Whatever was read is not trusted to have been acted on.
-            self.version = None;
+            // Connect again and read the twin whole: whatever was read is not trusted to have
+            // been acted on.
+            self.link = None;
+            self.hub_link = None;
             let jitter = draw(env.seed, &self.id, "backoff", &backoff.as_millis().to_string());
             let pause = backoff.mul_f64(0.5 + jitter);
             backoff = (backoff * 2).min(Duration::from_secs(2));
@@ -595,8 +611,8 @@ impl Device {
 /// The update manifest of a desired `service` property and the update it names, or the
 /// agent's refusal when the twin carries none or one it cannot read (not JSON, not an object,
 /// no valid `updateId`).
-fn read_manifest(service: &Value) -> Result<(Value, UpdateId), Refusal> {
-    let text = service["updateManifest"].as_str().ok_or_else(|| {
+fn read_manifest(text: Option<&str>) -> Result<(Value, UpdateId), Refusal> {
+    let text = text.ok_or_else(|| {
         Refusal::new(erc::NO_UPDATE_MANIFEST, "the deployment carries no updateManifest")
     })?;
     let manifest: Value = serde_json::from_str(text).map_err(|e| {
@@ -608,10 +624,61 @@ fn read_manifest(service: &Value) -> Result<(Value, UpdateId), Refusal> {
             "the update manifest is not a JSON object",
         ));
     }
-    let update = serde_json::from_value(manifest["updateId"].clone()).map_err(|e| {
-        Refusal::new(erc::NO_UPDATE_ID, format!("the update manifest has no valid updateId: {e}"))
-    })?;
+    let update = serde_json::from_value(manifest.get("updateId").cloned().unwrap_or_default())
+        .map_err(|e| {
+            Refusal::new(
+                erc::NO_UPDATE_ID,
+                format!("the update manifest has no valid updateId: {e}"),
+            )
+        })?;
     Ok((manifest, update))
+}
+
+/// Registers one device (or finds it registered): its key and, for an Edge device, its
+/// runtime modules' keys.
+async fn register_one(
+    hub: &IotHubClient,
+    id: &str,
+    edge: bool,
+) -> Result<(SasKey, Option<link::ModuleKeys>), FleetError> {
+    use crate::iothub::identity::{Capabilities, Identity};
+    let mut want = Identity::with_keys(id, None, None, None);
+    want.capabilities = Some(Capabilities { iot_edge: edge });
+    let identity = match hub.create_identity(&want).await {
+        Ok(v) => v,
+        Err(IotHubError::Api { status: 409, .. }) => hub.identity(id, None).await?,
+        Err(e) => return Err(e.into()),
+    };
+    let key_of = |i: &Identity| {
+        SasKey::from_base64(i.primary_key().unwrap_or_default()).map_err(FleetError::from)
+    };
+    let key = key_of(&identity)?;
+    if !edge {
+        return Ok((key, None));
+    }
+    let agent = key_of(&hub.identity(id, Some(link::EDGE_AGENT)).await?)?;
+    let hub_key = key_of(&hub.identity(id, Some(link::EDGE_HUB)).await?)?;
+    Ok((key, Some(link::ModuleKeys { agent, hub: hub_key })))
+}
+
+/// The `aduVer` the simulated agents report.
+const ADU_VERSION: &str = "DU;agent/1.1.0;otaforge-fleet";
+
+/// An install result as agent 1.1 writes it: one step, with the same code.
+fn install_result(code: i64, extended: i64, details: &str) -> AgentInstallResult {
+    let codes = crate::service::agent::format_result_codes(&[extended]);
+    let step = AgentStepResult {
+        result_code: code,
+        extended_result_codes: Some(codes.clone()),
+        result_details: Some(details.to_owned()),
+    };
+    AgentInstallResult {
+        result_code: code,
+        extended_result_codes: Some(codes),
+        result_details: Some(details.to_owned()),
+        step_results: Some(std::iter::once(("step_0".to_owned(), step)).collect()),
+        extra: Default::default(),
+    }
 }
 
 /// A registered fleet, ready to run.
@@ -636,14 +703,22 @@ impl Fleet {
             device: String::new(),
             message: e.to_string(),
         })?;
-        let host = spec
-            .endpoint
-            .trim_start_matches("http://")
-            .trim_start_matches("https://")
-            .to_lowercase();
+        let tls = crate::iothub::mqtt::client::tls_config(spec.ca.as_deref().map(Vec::as_slice))
+            .map_err(|e| FleetError::Device { device: String::new(), message: e.to_string() })?;
+        let gateway_address = spec.hub.gateway.clone().unwrap_or_else(|| spec.hub.host.clone());
+        // Each device holds its connection from here on (an Edge device two), and downloads
+        // need some more.
+        let per_device = if spec.edge { 2 } else { 1 };
+        let want = (spec.devices * per_device + spec.parallel + 64) as u64;
+        crate::fsutil::raise_open_files(want).map_err(|e| FleetError::Device {
+            device: String::new(),
+            message: format!("{} devices need {want} open files: {e}", spec.devices),
+        })?;
         let env = Arc::new(Env {
-            host,
-            endpoint: spec.endpoint.clone(),
+            gateway: Gateway::new(&gateway_address, tls),
+            // The hub's name without serve's HTTP port: what the device SDKs put in their
+            // user name and SAS resource.
+            hub_name: spec.hub.host.clone(),
             http,
             class: spec.class.clone(),
             trusted: spec.trusted.clone(),
@@ -663,24 +738,27 @@ impl Fleet {
             let installed = installed.clone();
             async move {
                 let id = format!("{prefix}-{i:04}");
-                let identity = match hub.create_device_as(&id, env.edge).await {
-                    Ok(v) => v,
-                    Err(IotHubError::Api { status: 409, .. }) => hub.get_device(&id).await?,
-                    Err(e) => return Err(e.into()),
-                };
-                let key = identity["authentication"]["symmetricKey"]["primaryKey"]
-                    .as_str()
-                    .unwrap_or_default();
-                let key = SasKey::from_base64(key)?;
+                let (key, modules) = register_one(hub, &id, env.edge).await?;
                 if let Some(g) = group {
                     let mut tags = Map::new();
                     tags.insert(GROUP_TAG.into(), json!(g));
                     hub.patch_tags(&id, tags, None).await?;
                 }
-                let d = Device { id, key, installed, done: None, version: None };
-                if !env.edge {
-                    d.report(&env, d.agent(&env, IDLE, json!({}))).await?;
-                }
+                let mut d = Device {
+                    id,
+                    key,
+                    installed,
+                    done: None,
+                    desired: Map::new(),
+                    reported_version: None,
+                    last_reported: Map::new(),
+                    link: None,
+                    fresh: false,
+                    hub_link: None,
+                    modules,
+                };
+                // Connected, with its agent properties reported, before the run starts.
+                d.connect(&env).await?;
                 Ok::<_, FleetError>(d)
             }
         };
@@ -707,13 +785,6 @@ impl Fleet {
         if duration.is_zero() {
             return Ok(self.env.counters.tally());
         }
-        // One connection per running device, and some for downloads.
-        let devices = self.devices.len() as u64;
-        let want = devices + self.env.slots.available_permits() as u64 + 64;
-        crate::fsutil::raise_open_files(want).map_err(|e| FleetError::Device {
-            device: String::new(),
-            message: format!("{devices} running devices need {want} open files: {e}"),
-        })?;
         let deadline = tokio::time::Instant::now() + duration;
         let (tell, told) = tokio::sync::watch::channel(false);
         let mut tasks = tokio::task::JoinSet::new();
@@ -747,13 +818,13 @@ mod tests {
 
     #[test]
     fn a_manifest_the_agent_cannot_read_is_refused_with_the_agents_code() {
-        let refused = |service: Value| read_manifest(&service).unwrap_err().code;
-        assert_eq!(refused(json!({})), erc::NO_UPDATE_MANIFEST);
-        assert_eq!(refused(json!({"updateManifest": "{\"files\": "})), erc::BAD_UPDATE_MANIFEST);
-        assert_eq!(refused(json!({"updateManifest": "[1, 2]"})), erc::BAD_UPDATE_MANIFEST);
-        assert_eq!(refused(json!({"updateManifest": "{\"files\": {}}"})), erc::NO_UPDATE_ID);
+        let refused = |text: Option<&str>| read_manifest(text).unwrap_err().code;
+        assert_eq!(refused(None), erc::NO_UPDATE_MANIFEST);
+        assert_eq!(refused(Some("{\"files\": ")), erc::BAD_UPDATE_MANIFEST);
+        assert_eq!(refused(Some("[1, 2]")), erc::BAD_UPDATE_MANIFEST);
+        assert_eq!(refused(Some("{\"files\": {}}")), erc::NO_UPDATE_ID);
         let good = r#"{"updateId": {"provider": "c", "name": "t", "version": "1.0"}}"#;
-        let (_, id) = read_manifest(&json!({ "updateManifest": good })).unwrap();
+        let (_, id) = read_manifest(Some(good)).unwrap();
         assert_eq!(id.to_string(), "c/t/1.0");
         assert_eq!(erc::BAD_UPDATE_MANIFEST, -2_144_337_911);
     }

@@ -135,9 +135,13 @@ fn fleet_spec(
         )),
         _ => None,
     };
+    let ca = running
+        .mqtt_ca_file
+        .as_ref()
+        .context("--fleet needs the MQTT endpoint (not --mqtt-listen off)")?;
     Ok(otaforge::fleet::FleetSpec {
-        endpoint: running.base_url.clone(),
         hub,
+        ca: Some(std::sync::Arc::new(fs_err::read(ca)?)),
         prefix: a.fleet_prefix.clone(),
         devices: n,
         class: a.fleet_class.clone().unwrap_or_default(),
@@ -172,6 +176,10 @@ fn record_context(
             adu_token: token.map(str::to_owned),
             iothub_connection_file: Some(context::absolute(&running.iothub_connection_file)?),
             root_key: if root.is_file() { Some(context::absolute(&root)?) } else { None },
+            mqtt_ca: match &running.mqtt_ca_file {
+                Some(f) => Some(context::absolute(f)?),
+                None => None,
+            },
             ..Context::default()
         };
         context::record(&name, c)

@@ -103,37 +103,20 @@ pub(super) fn agent_report(
     }
 }
 
+/// What edgeHub reports for its module twin's desired `$version`.
+pub(super) fn hub_report(desired_version: Option<i64>) -> Map<String, Value> {
+    let report = json!({
+        "schemaVersion": "1.1", "lastDesiredVersion": desired_version,
+        "lastDesiredStatus": {"code": 200, "description": ""},
+        "clients": {},
+    });
+    match report {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    }
+}
+
 impl Device {
-    fn module_url(&self, env: &Env, module: &str) -> String {
-        format!("{}/devices/{}/modules/{}/twin", env.endpoint, self.id, module.replace('$', "%24"))
-    }
-
-    /// A module twin as the device sees it (`desired`, `reported`, `$version`); with `after`,
-    /// once its version is past it or `wait` has passed.
-    async fn module_twin(
-        &self,
-        env: &Env,
-        module: &str,
-        after: Option<i64>,
-        wait: std::time::Duration,
-    ) -> Result<Value, FleetError> {
-        let mut url = self.module_url(env, module);
-        if let Some(v) = after {
-            url.push_str(&format!("?after={v}&wait={}", wait.as_secs().max(1)));
-        }
-        self.get_json(env, url, &format!("{module} twin read")).await
-    }
-
-    async fn module_report(
-        &self,
-        env: &Env,
-        module: &str,
-        patch: &Value,
-    ) -> Result<(), FleetError> {
-        let url = format!("{}/reported", self.module_url(env, module));
-        self.patch_json(env, url, patch, &format!("{module} report")).await
-    }
-
     /// One turn of an Edge device: wait for its `$edgeAgent` twin to change, and when its
     /// desired properties are new, deploy them and report (`$edgeAgent`, then `$edgeHub`).
     pub(super) async fn edge_turn(
@@ -141,30 +124,25 @@ impl Device {
         env: &Env,
         wait: std::time::Duration,
     ) -> Result<(), FleetError> {
-        let twin = self.module_twin(env, "$edgeAgent", self.version, wait).await?;
-        self.version = twin["$version"].as_i64();
-        let desired = &twin["desired"];
-        let key = desired["$version"].to_string();
+        self.desired_changed(env, wait).await?;
+        let key = self.desired_version().to_string();
         if self.done.as_deref() == Some(key.as_str()) {
             return Ok(());
         }
+        let desired = Value::Object(self.desired.clone());
+        let reported = Value::Object(self.last_reported.clone());
         let (seed, failures, id) = (env.seed, env.failures, self.id.clone());
         let fails = |image: &str, what: &str| {
             let share = if what == "pull" { failures.pull } else { failures.crash };
             share > 0.0 && draw(seed, &id, image, what) < share
         };
-        let (report, ok) = agent_report(desired, &twin["reported"], &fails);
-        self.module_report(env, "$edgeAgent", &report).await?;
-        let hub = self.module_twin(env, "$edgeHub", None, wait).await?;
-        let hub_version = hub["desired"]["$version"].clone();
-        let hub_report = json!({
-            "schemaVersion": "1.1", "lastDesiredVersion": hub_version,
-            "lastDesiredStatus": {"code": 200, "description": ""},
-            "clients": {},
-        });
-        self.module_report(env, "$edgeHub", &hub_report).await?;
+        let (report, ok) = agent_report(&desired, &reported, &fails);
+        let Value::Object(report) = report else { return Ok(()) };
+        self.report(report.clone()).await?;
+        crate::iothub::merge_patch(&mut self.last_reported, &report);
+        self.edge_hub_report(env).await?;
         // An empty deployment (the device before its first) is not a deployment.
-        if !desired["modules"].is_null() || !desired["systemModules"].is_null() {
+        if self.desired.contains_key("modules") || self.desired.contains_key("systemModules") {
             let counter = if ok { &env.counters.installed } else { &env.counters.failed };
             counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }

@@ -69,7 +69,7 @@ async fn edge_pass(s: Shared) {
         match s.db.call(|st| st.reconcile_edge()).await {
             Ok(changed) => {
                 for (key, version) in changed {
-                    s.desired_changed(&key, version, None);
+                    s.desired_changed(&key, version);
                 }
             }
             // The store is busy or failing: try again shortly (nothing was half-written: the
@@ -182,7 +182,7 @@ async fn reconcile_devices(
     }
     let patched = s.db.call(move |st| st.patch_desired_many(&patches)).await?;
     for (id, version) in patched {
-        s.desired_changed(&id, version, None);
+        s.desired_changed(&id, version);
     }
     Ok(())
 }

@@ -52,16 +52,11 @@ pub(super) struct AppState {
 }
 
 impl AppState {
-    /// A twin's desired properties changed (`identity`: `device` or `device/module`; `patch`:
-    /// what changed, when the writer knows): wakes its long-polls and tells it over MQTT.
-    pub(super) fn desired_changed(
-        &self,
-        identity: &str,
-        version: i64,
-        patch: Option<&serde_json::Map<String, serde_json::Value>>,
-    ) {
+    /// A twin's desired properties changed (`identity`: `device` or `device/module`): wakes
+    /// its long-polls and tells it over MQTT.
+    pub(super) fn desired_changed(&self, identity: &str, version: i64) {
         self.twin_watch.changed(identity, version);
-        self.live.desired_changed(identity, patch);
+        self.live.desired_changed(identity);
     }
 }
 

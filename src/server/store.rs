@@ -247,32 +247,7 @@ pub struct DeviceRow {
 /// Twins with their registry positions, and where to continue when there are more.
 pub type TwinsPage = (Vec<(i64, crate::iothub::Twin)>, Option<i64>);
 
-/// Merges `patch` into `target` as JSON merge patch does (RFC 7396): `null` removes a key.
-pub fn merge_patch(
-    target: &mut serde_json::Map<String, Value>,
-    patch: &serde_json::Map<String, Value>,
-) {
-    for (k, v) in patch {
-        match v {
-            Value::Null => {
-                target.remove(k);
-            }
-            Value::Object(p) => {
-                let entry =
-                    target.entry(k.clone()).or_insert_with(|| Value::Object(Default::default()));
-                if !entry.is_object() {
-                    *entry = Value::Object(Default::default());
-                }
-                if let Some(t) = entry.as_object_mut() {
-                    merge_patch(t, p);
-                }
-            }
-            other => {
-                target.insert(k.clone(), other.clone());
-            }
-        }
-    }
-}
+pub use crate::iothub::merge_patch;
 
 /// The ETag of a twin version (tags and desired properties).
 fn twin_etag(device_id: &str, version: i64) -> String {

@@ -258,9 +258,14 @@ impl AgentReport {
         serde_json::from_str(self.installed_update_id.as_deref()?).ok()
     }
 
-    /// Its last install result in the REST API's shape, when it has one in that shape.
+    /// Its last install result in the REST API's shape: as written by an agent before 1.1,
+    /// or read from a later agent's [`AgentInstallResult`].
     pub fn install_result(&self) -> Option<super::model::InstallResult> {
-        serde_json::from_value(self.last_install_result.clone()?).ok()
+        let written = self.last_install_result.clone()?;
+        if let Ok(r) = serde_json::from_value(written.clone()) {
+            return Some(r);
+        }
+        serde_json::from_value::<AgentInstallResult>(written).ok().map(|r| r.to_model())
     }
 
     /// The contract model it reports, or the one an agent that does not say has.
@@ -284,6 +289,103 @@ impl AgentReport {
             .filter_map(|n| props.get(n).map(|v| (n.to_owned(), v.clone())))
             .collect()
     }
+}
+
+/// `lastInstallResult` as Device Update agents 1.1 and later write it
+/// (`reporting_utils.c`): `extendedResultCodes` a string of `%08X` codes, the root first,
+/// comma-joined; `stepResults` keyed `step_N` (twin keys cannot hold `:` or `-`), present
+/// only when the update has steps, `null` while a deployment is in progress.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentInstallResult {
+    /// 700 applied, 600 installed, 500 downloaded, 400 in progress, 0 failed, -1 cancelled.
+    pub result_code: i64,
+    /// The extended result codes, `%08X` each, comma-joined.
+    #[serde(default)]
+    pub extended_result_codes: Option<String>,
+    /// Details, when there are any.
+    #[serde(default)]
+    pub result_details: Option<String>,
+    /// Each step's result, keyed `step_N`.
+    #[serde(default)]
+    pub step_results: Option<BTreeMap<String, AgentStepResult>>,
+    /// Fields this version does not know.
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// One step's result in an [`AgentInstallResult`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentStepResult {
+    /// Its result code.
+    pub result_code: i64,
+    /// Its extended result codes, as [`AgentInstallResult::extended_result_codes`].
+    #[serde(default)]
+    pub extended_result_codes: Option<String>,
+    /// Details.
+    #[serde(default)]
+    pub result_details: Option<String>,
+}
+
+/// Extended result codes as the agent writes them (`%08X`, comma-joined), from the codes as
+/// the REST API carries them (signed 32-bit numbers).
+pub fn format_result_codes(codes: &[i64]) -> String {
+    let hex: Vec<String> = codes.iter().map(|c| format!("{:08X}", *c as i32 as u32)).collect();
+    hex.join(",")
+}
+
+/// The root (first) code of an agent's `extendedResultCodes`, as the REST API's signed number
+/// (0 when there is none or it is not hex).
+pub fn root_result_code(codes: Option<&str>) -> i64 {
+    codes
+        .and_then(|c| c.split(',').next())
+        .and_then(|c| u32::from_str_radix(c.trim(), 16).ok())
+        .map_or(0, |c| i64::from(c as i32))
+}
+
+impl AgentInstallResult {
+    /// The result in the REST API's shape (the root code; steps in index order).
+    pub fn to_model(&self) -> super::model::InstallResult {
+        let step_results = self.step_results.as_ref().map(|steps| {
+            let mut ordered: Vec<(u64, &AgentStepResult)> = steps
+                .iter()
+                .filter_map(|(k, v)| Some((k.strip_prefix("step_")?.parse().ok()?, v)))
+                .collect();
+            ordered.sort_by_key(|(i, _)| *i);
+            ordered
+                .into_iter()
+                .map(|(_, s)| super::model::StepResult {
+                    update: None,
+                    description: None,
+                    result_code: s.result_code,
+                    extended_result_code: root_result_code(s.extended_result_codes.as_deref()),
+                    result_details: s.result_details.clone(),
+                    extra: Extra::new(),
+                })
+                .collect()
+        });
+        super::model::InstallResult {
+            result_code: self.result_code,
+            extended_result_code: root_result_code(self.extended_result_codes.as_deref()),
+            result_details: self.result_details.clone(),
+            step_results,
+            extra: Extra::new(),
+        }
+    }
+}
+
+/// The agent's acknowledgement of a desired `service` property, as the Plug and Play
+/// convention writes it (`PnP_CreateReportedPropertyWithStatus`): the property's value with
+/// `updateManifestSignature` and `fileUrls` left out ("to reduce twin size"), status `ac`
+/// 200, no description, and `av` the desired `$version` it answers.
+pub fn acknowledgement(service: &ServiceProperty, desired_version: i64) -> Value {
+    let mut value = serde_json::to_value(service).unwrap_or(Value::Null);
+    if let Value::Object(m) = &mut value {
+        m.insert("updateManifestSignature".into(), Value::Null);
+        m.insert("fileUrls".into(), Value::Null);
+    }
+    serde_json::json!({"value": value, "ac": 200, "ad": "", "av": desired_version})
 }
 
 /// The `deviceUpdate` component of a twin's reported properties.
@@ -322,6 +424,29 @@ impl ReportedComponent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_agent_1_1_install_result_reads_in_the_rest_apis_shape() {
+        let report: AgentReport = serde_json::from_value(serde_json::json!({
+            "lastInstallResult": {"resultCode": 0, "extendedResultCodes": "80D02002,00000001",
+                "resultDetails": "download failed",
+                "stepResults": {"step_1": {"resultCode": 0, "extendedResultCodes": "80D02002"},
+                                "step_0": {"resultCode": 700, "extendedResultCodes": "00000000"}}}
+        }))
+        .unwrap();
+        let r = report.install_result().unwrap();
+        assert_eq!(r.extended_result_code, 0x80D0_2002_u32 as i32 as i64);
+        let steps = r.step_results.unwrap();
+        assert_eq!((steps[0].result_code, steps[1].result_code), (700, 0));
+        assert_eq!(format_result_codes(&[r.extended_result_code, 1]), "80D02002,00000001");
+        let ack = acknowledgement(
+            &ServiceProperty { update_manifest: Some("{}".into()), ..Default::default() },
+            7,
+        );
+        assert_eq!(ack["av"], 7);
+        assert_eq!(ack["value"]["fileUrls"], Value::Null);
+        assert_eq!(ack["value"]["updateManifest"], "{}");
+    }
 
     #[test]
     fn the_components_round_trip_and_keep_what_they_do_not_know() {

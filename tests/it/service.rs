@@ -31,11 +31,17 @@ impl Serve {
         Self::start_on(data, None, "127.0.0.1:0", extra)
     }
 
-    /// The same address again after a restart, so URLs handed out before stay valid.
+    /// The same addresses again after a restart (HTTP and MQTT), so URLs handed out before
+    /// stay valid and devices find it where it was.
     pub(crate) fn restart(&mut self) {
         self.kill();
         let addr = self.endpoint.trim_start_matches("http://").to_owned();
-        let extra = self.extra.clone();
+        let mut extra = self.extra.clone();
+        if let Some(mqtt) = self.info["mqttListen"].as_str()
+            && !extra.iter().any(|e| e == "--mqtt-listen")
+        {
+            extra.extend(["--mqtt-listen".to_owned(), mqtt.to_owned()]);
+        }
         let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
         *self = Self::start_on(&self.data.clone(), None, &addr, &extra);
     }

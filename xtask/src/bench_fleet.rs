@@ -73,7 +73,7 @@ struct FleetChild {
 fn fleet(bin: &Path, serve: &Serve, root: &str, args: &[&str]) -> anyhow::Result<FleetChild> {
     let hub = serve.data.join("iothub.connection-string");
     let mut child = Command::new(bin)
-        .args(["--format", "json", "fleet", "run", "--endpoint", &serve.endpoint])
+        .args(["--format", "json", "fleet", "run"])
         .arg("--iothub-connection-file")
         .arg(&hub)
         .args(["--root-key", root, "--class", "manufacturer=contoso,model=bench"])

@@ -63,9 +63,9 @@ impl Default for LogSink {
 /// Something for a connected device, queued on its connection.
 #[derive(Debug)]
 pub(super) enum Out {
-    /// Its desired properties changed: `patch` when the writer knows what changed, else the
-    /// session sends the whole desired section.
-    Desired(Option<Arc<Map<String, Value>>>),
+    /// Its desired properties changed: the session sends what changed since the device last
+    /// saw them.
+    Desired,
     /// A direct method call.
     Method {
         /// The method.
@@ -252,11 +252,10 @@ impl Live {
         }
     }
 
-    /// A twin's desired properties changed (`patch`: what changed, when known): the identity
-    /// (`device` or `device/module`) hears of it if it is connected and subscribed.
-    pub(super) fn desired_changed(&self, identity: &str, patch: Option<&Map<String, Value>>) {
-        let patch = patch.map(|p| Arc::new(p.clone()));
-        self.offer(identity, Filter::DesiredPatches, Out::Desired(patch));
+    /// A twin's desired properties changed: the identity (`device` or `device/module`) hears
+    /// of it if it is connected and subscribed.
+    pub(super) fn desired_changed(&self, identity: &str) {
+        self.offer(identity, Filter::DesiredPatches, Out::Desired);
     }
 
     /// Closes every connection of a device and its modules (it was deleted).

@@ -84,7 +84,8 @@ async fn write(stream: &mut Stream, p: Packet) -> Result<(), Close> {
     p.write(&mut out, usize::MAX).map_err(|e| close(format!("encoding: {e}")))?;
     match timeout(WRITE_TIMEOUT, stream.write_all(&out)).await {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(close(format!("write failed: {e}"))),
+        // The device went away (reset, broken pipe): nothing to log.
+        Ok(Err(_)) => Err(close("")),
         Err(_) => Err(close("a write did not finish in time (the device does not read)")),
     }
 }
@@ -229,6 +230,7 @@ pub(super) async fn run(s: Shared, tls: tokio_rustls::TlsAcceptor, tcp: tokio::n
         clean: connect.clean_session,
         subs,
         last_desired: 0,
+        seen_desired: None,
         next_pkid: 0,
         stream,
         buf,
@@ -296,6 +298,10 @@ struct Session {
     subs: Arc<AtomicU8>,
     /// The newest desired `$version` this connection was sent.
     last_desired: i64,
+    /// The desired properties as this connection last gave them to the device (without
+    /// `$version`): a change is sent as the merge patch from them to the new ones, so that
+    /// what serve replaced or removed is replaced or removed on the device too.
+    seen_desired: Option<Map<String, Value>>,
     next_pkid: u16,
     stream: Stream,
     buf: BytesMut,
@@ -501,7 +507,9 @@ impl Session {
         match self.twin().await {
             Ok(Some((doc, version))) => {
                 self.last_desired = self.last_desired.max(version);
-                (mqtt::twin_response(200, rid, None), Bytes::from(doc.to_string()))
+                let body = Bytes::from(doc.to_string());
+                self.seen_desired = Some(without_version(desired_of(doc)));
+                (mqtt::twin_response(200, rid, None), body)
             }
             Ok(None) => {
                 (mqtt::twin_response(404, rid, None), error_body("the identity was deleted"))
@@ -553,16 +561,22 @@ impl Session {
     /// Something queued for the device.
     async fn outbound(&mut self, out: Out) -> Result<(), Close> {
         let publish = match out {
-            Out::Desired(patch) => {
+            Out::Desired => {
                 let Ok(Some((doc, version))) = self.twin().await else { return Ok(()) };
                 if version <= self.last_desired {
                     return Ok(());
                 }
-                self.last_desired = version;
-                let mut body = match patch {
-                    Some(p) => (*p).clone(),
-                    None => desired_of(doc),
+                let now = without_version(desired_of(doc));
+                let mut body = match &self.seen_desired {
+                    Some(before) => crate::iothub::merge_patch_diff(before, &now),
+                    None => now.clone(),
                 };
+                if body.is_empty() {
+                    // Tags changed, not desired properties: nothing to tell.
+                    return Ok(());
+                }
+                self.last_desired = version;
+                self.seen_desired = Some(now);
                 body.insert("$version".into(), json!(version));
                 Publish::from_bytes(
                     mqtt::desired_patch(version),
@@ -598,6 +612,12 @@ fn desired_of(doc: Value) -> Map<String, Value> {
         },
         _ => Map::new(),
     }
+}
+
+/// A desired section without its `$version`.
+fn without_version(mut desired: Map<String, Value>) -> Map<String, Value> {
+    desired.remove("$version");
+    desired
 }
 
 /// An error answer's body, as IoT Hub writes them.

@@ -215,13 +215,13 @@ async fn patch_twin(
         check_tags(t)?;
     }
     let if_match = if_match(&headers);
-    let patch = desired.clone();
+    let desired_given = desired.is_some();
     let twin = s
         .db
         .call(move |st| st.patch_twin(&id, tags.as_ref(), desired.as_ref(), if_match.as_deref()))
         .await??;
-    if let Some(p) = &patch {
-        s.desired_changed(&twin.device_id, twin.version.unwrap_or_default(), Some(p));
+    if desired_given {
+        s.desired_changed(&twin.device_id, twin.version.unwrap_or_default());
     } else {
         s.twin_watch.changed(&twin.device_id, twin.version.unwrap_or_default());
     }
