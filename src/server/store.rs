@@ -419,10 +419,39 @@ fn id_params(id: &UpdateId) -> (String, String, String) {
     (id.provider().to_owned(), id.name().to_owned(), id.version().to_string())
 }
 
+/// [`Store::patch_reported`] inside a transaction the caller commits (nothing is written
+/// when it is refused).
+fn patch_reported_in(
+    tx: &rusqlite::Transaction<'_>,
+    device_id: &str,
+    reported: &serde_json::Map<String, Value>,
+) -> Result<Outcome<crate::iothub::Twin>, StoreError> {
+    let Some((version, text)) = twin_row(tx, device_id)? else {
+        return Ok(Err(Refusal::NoDevice));
+    };
+    let mut twin: crate::iothub::Twin = serde_json::from_str(&text)?;
+    let reported_version =
+        twin.properties.reported.get("$version").and_then(Value::as_i64).unwrap_or(1);
+    merge_patch(&mut twin.properties.reported, reported);
+    let section = crate::iothub::limits::Section::Reported;
+    if let Err(e) = crate::iothub::limits::check_patch(section, reported, &twin.properties.reported)
+    {
+        return Ok(Err(e.into()));
+    }
+    twin.properties.reported.insert("$version".into(), (reported_version + 1).into());
+    let text = serde_json::to_string(&twin)?;
+    let (_, slim) = derived(&twin)?;
+    tx.execute(
+        "UPDATE devices SET twin = ?2, slim = ?3 WHERE device_id = ?1",
+        params![device_id, text, slim],
+    )?;
+    Ok(Ok(twin_doc(device_id, version, &text)?))
+}
+
 mod identities;
 mod modules;
 
-pub use identities::Keys;
+pub use identities::{Keys, Report};
 
 /// The store.
 pub struct Store {
@@ -757,28 +786,11 @@ impl Store {
         reported: &serde_json::Map<String, Value>,
     ) -> Result<Outcome<crate::iothub::Twin>, StoreError> {
         let tx = self.conn.transaction()?;
-        let Some((version, text)) = twin_row(&tx, device_id)? else {
-            return Ok(Err(Refusal::NoDevice));
-        };
-        let mut twin: crate::iothub::Twin = serde_json::from_str(&text)?;
-        let reported_version =
-            twin.properties.reported.get("$version").and_then(Value::as_i64).unwrap_or(1);
-        merge_patch(&mut twin.properties.reported, reported);
-        let section = crate::iothub::limits::Section::Reported;
-        if let Err(e) =
-            crate::iothub::limits::check_patch(section, reported, &twin.properties.reported)
-        {
-            return Ok(Err(e.into()));
+        let patched = patch_reported_in(&tx, device_id, reported)?;
+        if patched.is_ok() {
+            tx.commit()?;
         }
-        twin.properties.reported.insert("$version".into(), (reported_version + 1).into());
-        let text = serde_json::to_string(&twin)?;
-        let (_, slim) = derived(&twin)?;
-        tx.execute(
-            "UPDATE devices SET twin = ?2, slim = ?3 WHERE device_id = ?1",
-            params![device_id, text, slim],
-        )?;
-        tx.commit()?;
-        Ok(Ok(twin_doc(device_id, version, &text)?))
+        Ok(patched)
     }
 
     /// Creates or replaces a deployment. A new one becomes its group's active deployment and

@@ -228,3 +228,84 @@ fn our_device_client_reads_reports_and_hears_desired_changes() {
         assert!(matches!(e, ClientError::Refused(5)), "{e}");
     });
 }
+
+/// serve killed (SIGKILL) with devices connected: every report the hub acknowledged before the
+/// kill is in the twin after the restart, and the devices connect again with their sessions
+/// (subscriptions) kept.
+#[test]
+fn acknowledged_reports_survive_a_kill_9_and_devices_reconnect_to_their_sessions() {
+    use otaforge::iothub::identity::Identity as Registered;
+    use otaforge::iothub::mqtt::Identity;
+    use otaforge::iothub::mqtt::client::{Connection, Credentials, Gateway, tls_config};
+    use otaforge::iothub::sas::SasKey;
+    const DEVICES: usize = 50;
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut serve = start(&data, "127.0.0.1:0");
+    let ca = fs_err::read(info(&serve, "mqttCaFile")).unwrap();
+    let gateway = Gateway::new(&info(&serve, "mqttListen"), tls_config(Some(&ca)).unwrap());
+    let conn = crate::hub_connection(&data);
+    let hub = otaforge::iothub::IotHubClient::new(conn.clone()).unwrap();
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let who: Vec<Credentials> = rt.block_on(async {
+        let mut out = Vec::new();
+        for i in 0..DEVICES {
+            let id = format!("k-{i:03}");
+            let made =
+                hub.create_identity(&Registered::with_keys(&id, None, None, None)).await.unwrap();
+            out.push(Credentials {
+                hub: conn.host.clone(),
+                identity: Identity::device(&id),
+                key: SasKey::from_base64(made.primary_key().unwrap()).unwrap(),
+                model_id: None,
+            });
+        }
+        out
+    });
+    // Every device reports in a loop; the reports acknowledged when serve dies are noted.
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(vec![0u64; DEVICES]));
+    let tasks: Vec<_> = who
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            let (w, gateway, acked) = (w.clone(), gateway.clone(), acked.clone());
+            rt.spawn(async move {
+                let mut c = Connection::open(&gateway, &w).await.unwrap();
+                for n in 1u64.. {
+                    let patch = json!({"counter": n}).as_object().unwrap().clone();
+                    if c.report(&patch).await.is_err() {
+                        break;
+                    }
+                    acked.lock().unwrap()[i] = n;
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    serve.kill();
+    let at_kill = acked.lock().unwrap().clone();
+    rt.block_on(async {
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    assert!(at_kill.iter().all(|n| *n > 0), "some devices never reported: {at_kill:?}");
+    serve.restart();
+    rt.block_on(async {
+        for (i, w) in who.iter().enumerate() {
+            let twin = hub.get_twin(&w.identity.device).await.unwrap();
+            let stored = twin.properties.reported.get("counter").and_then(Value::as_u64).unwrap();
+            assert!(
+                stored >= at_kill[i],
+                "{}: acknowledged {} but stored {stored}",
+                w.identity,
+                at_kill[i]
+            );
+            let c = Connection::open(&gateway, w).await.unwrap();
+            assert!(c.session_present, "{}: the session was lost", w.identity);
+            c.close().await;
+        }
+    });
+}

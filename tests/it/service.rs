@@ -37,10 +37,12 @@ impl Serve {
         self.kill();
         let addr = self.endpoint.trim_start_matches("http://").to_owned();
         let mut extra = self.extra.clone();
-        if let Some(mqtt) = self.info["mqttListen"].as_str()
-            && !extra.iter().any(|e| e == "--mqtt-listen")
-        {
-            extra.extend(["--mqtt-listen".to_owned(), mqtt.to_owned()]);
+        if let Some(mqtt) = self.info["mqttListen"].as_str() {
+            // Where it listened, not `:0` again.
+            match extra.iter().position(|e| e == "--mqtt-listen") {
+                Some(i) if i + 1 < extra.len() => extra[i + 1] = mqtt.to_owned(),
+                _ => extra.extend(["--mqtt-listen".to_owned(), mqtt.to_owned()]),
+            }
         }
         let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
         *self = Self::start_on(&self.data.clone(), None, &addr, &extra);

@@ -42,6 +42,17 @@ pub const CONNECT_DEADLINE: Duration = Duration::from_secs(10);
 /// all in one transaction (thousands of devices connecting make a few writes, not one each).
 const SAVE_EVERY: Duration = Duration::from_millis(250);
 
+/// Reports written in one transaction at most.
+const REPORT_BATCH: usize = 512;
+/// Reports waiting for the writer at most (a device whose report cannot be queued waits).
+const REPORT_QUEUE: usize = 8192;
+
+/// A report waiting for the writer, and who waits for its outcome.
+type ReportJob = (
+    crate::server::store::Report,
+    oneshot::Sender<Result<crate::server::store::Outcome<crate::iothub::Twin>, String>>,
+);
+
 /// Where serve's MQTT endpoint writes its log lines (what a device was refused, why a
 /// connection closed); the library never prints, so the CLI gives one that does.
 #[derive(Clone)]
@@ -133,6 +144,8 @@ pub(super) struct Live {
     calls: Mutex<HashMap<String, (String, oneshot::Sender<MethodReply>)>>,
     c2d: Mutex<HashMap<String, VecDeque<C2d>>>,
     saves: Mutex<Saves>,
+    reports: mpsc::Sender<ReportJob>,
+    reports_rx: Mutex<Option<mpsc::Receiver<ReportJob>>>,
     /// Telemetry.
     pub(super) events: events::Ring,
     /// The hub names a device's user name and SAS resource may give, lower case, without a
@@ -154,7 +167,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Live {
     /// A registry accepting `hub_names`, logging to `log`.
     pub(super) fn new(hub_names: Vec<String>, log: LogSink) -> Self {
+        let (reports, rx) = mpsc::channel(REPORT_QUEUE);
         Self {
+            reports,
+            reports_rx: Mutex::new(Some(rx)),
             conns: Mutex::default(),
             next_conn: AtomicU64::new(1),
             next_rid: AtomicU64::new(1),
@@ -347,6 +363,20 @@ impl Live {
         }
     }
 
+    /// Stores a device's report with the others that came meanwhile ([`report_writer`]);
+    /// returns once it is committed (or refused).
+    pub(super) async fn report(
+        &self,
+        report: crate::server::store::Report,
+    ) -> Result<crate::server::store::Outcome<crate::iothub::Twin>, String> {
+        let (tx, rx) = oneshot::channel();
+        self.reports
+            .send((report, tx))
+            .await
+            .map_err(|_| "the report writer stopped".to_owned())?;
+        rx.await.map_err(|_| "the report writer stopped".to_owned())?
+    }
+
     /// Notes what a connection changed for its store write ([`save_loop`]).
     fn save_later(
         &self,
@@ -382,6 +412,33 @@ async fn save_loop(s: Shared) {
     }
 }
 
+/// Writes reports as they come, every report queued meanwhile in the same transaction (group
+/// commit: a rollout's thousands of reports cost a few hundred commits, not one each).
+async fn report_writer(s: Shared, mut rx: mpsc::Receiver<ReportJob>) {
+    while let Some(first) = rx.recv().await {
+        let mut jobs = vec![first];
+        while jobs.len() < REPORT_BATCH {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        let (reports, waiting): (Vec<_>, Vec<_>) = jobs.into_iter().unzip();
+        match s.db.call(move |st| st.patch_reported_batch(&reports)).await {
+            Ok(outcomes) => {
+                for (done, outcome) in waiting.into_iter().zip(outcomes) {
+                    let _ = done.send(Ok(outcome));
+                }
+            }
+            Err(e) => {
+                for done in waiting {
+                    let _ = done.send(Err(e.to_string()));
+                }
+            }
+        }
+    }
+}
+
 /// The MQTT listener, bound.
 pub(super) struct Listener {
     tcp: tokio::net::TcpListener,
@@ -407,6 +464,9 @@ impl Listener {
     /// Accepts devices until the process ends (at most `cap` at once).
     pub(super) async fn serve(self, s: Shared, cap: usize) {
         tokio::spawn(save_loop(s.clone()));
+        if let Some(rx) = lock(&s.live.reports_rx).take() {
+            tokio::spawn(report_writer(s.clone(), rx));
+        }
         let open = Arc::new(tokio::sync::Semaphore::new(cap));
         loop {
             let stream = match self.tcp.accept().await {

@@ -526,22 +526,18 @@ impl Session {
             );
         };
         let failed = crate::server::reconcile::reports_failure(&patch);
-        let (d, m) = (self.identity.device.clone(), self.identity.module.clone());
-        let written = self
-            .s
-            .db
-            .call(move |st| match &m {
-                Some(m) => st.patch_module_reported(&d, m, &patch),
-                None => st.patch_reported(&d, &patch),
-            })
-            .await;
-        let twin = match written {
+        let report = crate::server::store::Report {
+            device: self.identity.device.clone(),
+            module: self.identity.module.clone(),
+            patch,
+        };
+        let twin = match self.s.live.report(report).await {
             Ok(Ok(t)) => t,
             Ok(Err(Refusal::Rules(e))) => {
                 return (mqtt::twin_response(400, rid, None), error_body(&e.to_string()));
             }
             Ok(Err(r)) => return (mqtt::twin_response(404, rid, None), error_body(&r.to_string())),
-            Err(e) => return (mqtt::twin_response(500, rid, None), error_body(&e.to_string())),
+            Err(e) => return (mqtt::twin_response(500, rid, None), error_body(&e)),
         };
         let version = twin.properties.reported.get("$version").and_then(Value::as_i64);
         if self.identity.module.is_none() {

@@ -63,7 +63,37 @@ fn stored_keys(conn: &rusqlite::Connection, identity: &str) -> Result<Option<Key
         .optional()?)
 }
 
+/// One device's (or module's) report, for [`Store::patch_reported_batch`].
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// The device.
+    pub device: String,
+    /// The module, for a module's report.
+    pub module: Option<String>,
+    /// Its reported properties (a merge patch).
+    pub patch: serde_json::Map<String, Value>,
+}
+
 impl Store {
+    /// Many reports in one transaction (one commit for every device that reported meanwhile,
+    /// not one each): each merged as [`Store::patch_reported`] or
+    /// [`Store::patch_module_reported`] does, each refused on its own.
+    pub fn patch_reported_batch(
+        &mut self,
+        reports: &[Report],
+    ) -> Result<Vec<Outcome<Twin>>, StoreError> {
+        let tx = self.conn.transaction()?;
+        let mut out = Vec::with_capacity(reports.len());
+        for r in reports {
+            out.push(match &r.module {
+                Some(m) => super::modules::module_reported_in(&tx, &r.device, m, &r.patch)?,
+                None => super::patch_reported_in(&tx, &r.device, &r.patch)?,
+            });
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
     /// The keys of a device (`module` None) or module identity; `None` when there is no such
     /// identity, or a module has no keys yet ([`Store::module_keys`] makes them).
     pub fn identity_keys(
