@@ -1,7 +1,7 @@
 //! One stable code per library error, for the command line's failure object
-//! (`{"error": CODE, "message": ...}`): each module's error enum implements [`ErrorCode`], and
-//! [`code_of`] finds it behind a `dyn Error`, so a caller holding a chain of causes needs no
-//! list of error types of its own.
+//! (`{"error": CODE, "message": ...}`): each module's error enum implements [`ErrorCode`]. This
+//! module names no error type of the others (they depend on it, never the reverse); the command
+//! line finds the code behind a `dyn Error` with the one list of error types it keeps.
 
 use std::io::ErrorKind;
 
@@ -18,27 +18,6 @@ pub trait ErrorCode {
     }
 }
 
-/// The [`ErrorCode`] of `e` when it is one of the library's errors or an I/O error.
-pub fn code_of<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a dyn ErrorCode> {
-    macro_rules! first_of {
-        ($($t:ty),* $(,)?) => {
-            $( if let Some(x) = e.downcast_ref::<$t>() { return Some(x); } )*
-        };
-    }
-    first_of!(
-        std::io::Error,
-        crate::sign::SignError,
-        crate::storage::StorageError,
-        crate::mcuboot::McubootError,
-        crate::iothub::IotHubError,
-        crate::time::TimeError,
-        crate::size::SizeError,
-        crate::service::ServiceError,
-        crate::fleet::FleetError,
-    );
-    None
-}
-
 impl ErrorCode for std::io::Error {
     fn code(&self) -> String {
         match self.kind() {
@@ -52,32 +31,5 @@ impl ErrorCode for std::io::Error {
 
     fn io_kind(&self) -> Option<ErrorKind> {
         Some(self.kind())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_library_error_has_its_code_behind_dyn_error() {
-        let code = |e: &(dyn std::error::Error + 'static)| code_of(e).map(|c| c.code());
-        let io = std::io::Error::new(ErrorKind::NotFound, "gone");
-        assert_eq!(code(&io).as_deref(), Some("notFound"));
-        let hub = crate::iothub::IotHubError::Api {
-            operation: "read".into(),
-            status: 404,
-            code: "DeviceNotFound".into(),
-            message: "no such device".into(),
-        };
-        assert_eq!(code(&hub).as_deref(), Some("DeviceNotFound"));
-        let fleet = crate::fleet::FleetError::Hub(hub);
-        assert_eq!(code(&fleet).as_deref(), Some("DeviceNotFound"));
-        let size = crate::size::parse_size("x").unwrap_err();
-        assert_eq!(code(&size).as_deref(), Some("invalidValue"));
-        let sign = crate::sign::SignError::Io(std::io::Error::from(ErrorKind::PermissionDenied));
-        assert_eq!(code_of(&sign).and_then(ErrorCode::io_kind), Some(ErrorKind::PermissionDenied));
-        let other: Box<dyn std::error::Error> = "plain".into();
-        assert!(code_of(other.as_ref()).is_none());
     }
 }

@@ -185,6 +185,11 @@ impl Findings {
         self.0.iter()
     }
 
+    /// Keeps only the findings `keep` says yes to.
+    pub fn retain(&mut self, keep: impl FnMut(&Finding) -> bool) {
+        self.0.retain(keep);
+    }
+
     /// Moves all findings of `other` to the end of this collection.
     pub fn extend(&mut self, other: Findings) {
         self.0.extend(other.0);

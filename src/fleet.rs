@@ -3,13 +3,15 @@
 //! device protocol (MQTT/TLS, [`link`]) with its own credential, as the Device Update agent
 //! does: model id `dtmi:azure:iot:deviceUpdateModel;3`, the `deviceUpdate` component with its
 //! agent properties, the acknowledgement of each desired `service` (`value`, `ac`, `ad`,
-//! `av`), and install results as agent 1.1 writes them (`extendedResultCodes`, `stepResults`). A device reports its agent
+//! `av`), and install results as agent 1.1 writes them (`extendedResultCodes`,
+//! `stepResults`). A device reports its agent
 //! properties, reads its twin, and on a new deployment checks the update manifest signature
 //! against its root keys (when given), reports `DeploymentInProgress`, downloads what it needs
 //! (streamed and hashed as it arrives, stopped as soon as it runs past the manifest's
 //! `sizeInBytes`), applies a real delta (`delta::apply`) when its installed image is the
 //! related file's source, else downloads the full file, and reports `Idle` with result 700 and
-//! the new `installedUpdateId`, or `Failed` with the result codes of what went wrong. A manifest
+//! the new `installedUpdateId`, or `Failed` with the result codes the agent reports for what
+//! went wrong (module `erc`). It answers log collections (`logs`). A manifest
 //! it cannot read fails the deployment at once with the agent's parser codes. Injected failures
 //! are drawn from the seed, the device and the deployment, so a run is reproducible.
 //!
@@ -27,6 +29,7 @@
 
 mod edge;
 mod link;
+mod logs;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,35 +43,65 @@ use crate::iothub::sas::SasKey;
 use crate::iothub::{ConnectionString, GROUP_TAG, IotHubClient, IotHubError};
 use crate::manifest::UpdateId;
 use crate::service::agent::{
-    AgentInstallResult, AgentReport, AgentStepResult, DesiredComponent, ReportedComponent,
-    ServiceProperty, Workflow,
+    AgentReport, CONTRACT_MODEL_ID, DesiredComponent, ReportedComponent, STATE_FAILED, STATE_IDLE,
+    STATE_IN_PROGRESS, ServiceProperty, UpdateManifest, Workflow,
 };
+use crate::service::model::InstallResult;
 
 /// The longest a device waits for a change before it looks again.
 const MAX_WAIT: Duration = Duration::from_secs(120);
 
-/// Agent states (adu.md §5.1).
-const IDLE: i64 = crate::service::agent::STATE_IDLE;
-const IN_PROGRESS: i64 = crate::service::agent::STATE_IN_PROGRESS;
-const FAILED: i64 = crate::service::agent::STATE_FAILED;
 /// `Apply_Success`.
 const APPLY_SUCCESS: i64 = 700;
 
-/// The extended result codes a simulated device reports with a failure: 32 bits of facility,
-/// component and code as the agent packs them (adu.md §5.4), as the signed number the twin
+/// The extended result codes a simulated device reports, each the one the Device Update agent
+/// reports for the same failure (facility, component and code as `result.h` packs them; see
+/// `service::result_code` and the adu-coverage notes §4.5), as the signed number the twin
 /// carries.
 mod erc {
     const fn code(bits: u32) -> i64 {
         bits as i32 as i64
     }
-    /// Delivery Optimization's "download failed" (injected download failures).
-    pub(super) const DOWNLOAD: i64 = code(0x80D0_2002);
-    /// A file that could not be fetched or does not match the manifest's size and SHA-256.
-    pub(super) const FILE: i64 = code(0x8010_0001);
-    /// The install failed after the download (injected install failures).
-    pub(super) const INSTALL: i64 = code(0x8030_0001);
-    /// The update manifest signature does not chain to a trusted root.
-    pub(super) const SIGNATURE: i64 = code(0x8040_0001);
+    /// `DO_E_DOWNLOAD_NO_PROGRESS` through Delivery Optimization (facility 0xD): injected
+    /// download failures, and a download that broke off.
+    pub(super) const DOWNLOAD: i64 = code(0xD0D0_2002);
+    /// `ADUC_ERC_VALIDATION_FILE_HASH_INVALID_HASH`: a file whose size or SHA-256 is not the
+    /// manifest's.
+    pub(super) const FILE: i64 = code(0x0010_0003);
+    /// `ADUC_ERC_CONTENT_DOWNLOADER_INVALID_DOWNLOAD_URI`: no URL for a file.
+    pub(super) const NO_URL: i64 = code(0x4000_0007);
+    /// `ADUC_ERC_UPDATE_CONTENT_HANDLER_INSTALL_FAILURE_MISSING_PRIMARY_FILE`.
+    pub(super) const NO_FILES: i64 = code(0x3000_012E);
+    /// An injected install failure, as the step's handler reports it: the script exiting
+    /// with 1 (`ADUC_ERC_SCRIPT_HANDLER_CHILD_PROCESS_FAILURE_EXITCODE(1)`), apt-get failing
+    /// (`ADUC_ERC_APT_HANDLER_PACKAGE_INSTALL_FAILURE`), swupdate's child exiting with 1,
+    /// else `ADUC_ERC_UPDATE_CONTENT_HANDLER_INSTALL_FAILURE_UNKNOWNEXCEPTION`.
+    pub(super) fn install(handler: Option<&str>) -> i64 {
+        code(match handler {
+            Some("microsoft/script:1") => 0x3050_1001,
+            Some("microsoft/apt:1") => 0x3020_0200,
+            Some("microsoft/swupdate:1" | "microsoft/swupdate:2") => 0x3010_1001,
+            _ => 0x3000_0130,
+        })
+    }
+    /// A download answered an HTTP error, as Delivery Optimization maps it
+    /// (`HTTP_E_STATUS_*`, facility 0xD).
+    pub(super) fn http(status: u16) -> i64 {
+        code(match status {
+            401 => 0xD019_0191,
+            403 => 0xD019_0193,
+            404 | 410 => 0xD019_0194,
+            408 => 0xD019_0198,
+            500 | 503 => 0xD019_01F4,
+            _ => 0xD019_0001,
+        })
+    }
+    /// A delta that did not apply (the delta processor's error, component 0x90A), reported
+    /// beside a success when the full file was downloaded instead.
+    pub(super) const DELTA: i64 = code(0x90A0_7530);
+    /// `JWSResult_InvalidSignature` of the update manifest's check
+    /// (`ADUC_COMPONENT_JWS_UPDATE_MANIFEST_VALIDATION`).
+    pub(super) const SIGNATURE: i64 = code(0xA020_0004);
     /// `ADUC_ERC_UTILITIES_UPDATE_DATA_PARSER_NO_UPDATE_ID`: the manifest names no update.
     pub(super) const NO_UPDATE_ID: i64 = code(0x8030_0003);
     /// `ADUC_ERC_UTILITIES_UPDATE_DATA_PARSER_NO_UPDATE_MANIFEST`: the twin has no manifest.
@@ -76,6 +109,15 @@ mod erc {
     /// `ADUC_ERC_UTILITIES_UPDATE_DATA_PARSER_BAD_UPDATE_MANIFEST`: the manifest is not a JSON
     /// object the agent can read.
     pub(super) const BAD_UPDATE_MANIFEST: i64 = code(0x8030_0009);
+}
+
+/// How an image was made: downloaded whole, rebuilt from a delta, or downloaded whole after
+/// a delta failed to apply (which the agent reports beside its success).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    Full,
+    Delta,
+    FullAfterDelta,
 }
 
 /// Why a device did not install a deployment, as it reports it: the extended result code and
@@ -153,8 +195,8 @@ pub struct FleetSpec {
     pub failures: Failures,
     /// Seed of the injected failures.
     pub seed: u64,
-    /// The longest a device waits for its twin to change before it looks again (at most two
-    /// minutes).
+    /// The longest one read of a device's twin waits for it to change (long-poll; at most
+    /// two minutes).
     pub poll: Duration,
     /// Devices that install at once (download, apply, verify: each holds its image and the
     /// download in memory); the others wait their turn. Waiting for the twin is not limited:
@@ -292,6 +334,10 @@ struct Device {
     hub_link: Option<Connection>,
     /// An Edge device's runtime module keys.
     modules: Option<link::ModuleKeys>,
+    /// The log collection the twin asks for (`diagnosticInformation.service`), as last read.
+    log_request: Option<crate::service::diagnostics::DiagnosticsRequest>,
+    /// The log collection last answered.
+    logs_answered: Option<String>,
 }
 
 impl Device {
@@ -299,27 +345,9 @@ impl Device {
         FleetError::Device { device: self.id.clone(), message: message.into() }
     }
 
-    /// The agent's report as a patch: its device properties as the Device Update agent 1.1
-    /// sends them (the compat properties, then `interfaceId` null, `contractModelId`,
-    /// `aduVer`), `compatPropertyNames`, `state`, what it has installed, and `more` (workflow,
-    /// lastInstallResult).
-    fn agent(&self, env: &Env, state: i64, more: Map<String, Value>) -> Map<String, Value> {
-        let mut props = env.class.clone();
-        props.insert("interfaceId".into(), Value::Null);
-        props.insert("contractModelId".into(), json!(crate::service::agent::CONTRACT_MODEL_ID));
-        props.insert("aduVer".into(), json!(ADU_VERSION));
-        let names: Vec<&str> = env.class.keys().map(String::as_str).collect();
-        let mut agent = AgentReport {
-            device_properties: Some(props),
-            compat_property_names: Some(names.join(",")),
-            state: Some(state),
-            ..AgentReport::default()
-        };
-        if let Some(i) = &self.installed {
-            agent.installed_update_id = serde_json::to_string(&i.id).ok();
-        }
-        agent.extra.extend(more);
-        ReportedComponent::new(agent).to_patch()
+    /// Reports the agent's `deviceUpdate` component on the device's connection.
+    async fn report_agent(&mut self, agent: AgentReport) -> Result<(), FleetError> {
+        self.report(ReportedComponent::new(agent).to_patch()).await
     }
 
     /// The acknowledgement of the desired `service` property the device read, as the agent
@@ -336,8 +364,40 @@ impl Device {
         component.to_patch()
     }
 
-    /// The desired `service` property, when the twin has one the agent can read.
-    fn service(&self) -> Option<ServiceProperty> {
+    /// What the agent reports about itself in `state`, with what it last worked on.
+    fn agent(
+        &self,
+        env: &Env,
+        state: i64,
+        workflow: Option<Workflow>,
+        result: Option<InstallResult>,
+    ) -> AgentReport {
+        // As agent 1.1 orders them: the compat properties, `interfaceId` null, the contract
+        // model, the agent's version.
+        let mut props = env.class.clone();
+        props.insert("interfaceId".into(), Value::Null);
+        props.insert("contractModelId".into(), json!(CONTRACT_MODEL_ID));
+        props.insert("aduVer".into(), json!(ADU_VERSION));
+        let names: Vec<&str> = env.class.keys().map(String::as_str).collect();
+        AgentReport {
+            device_properties: Some(props),
+            compat_property_names: Some(names.join(",")),
+            state: Some(state),
+            workflow,
+            installed_update_id: self
+                .installed
+                .as_ref()
+                .and_then(|i| serde_json::to_string(&i.id).ok()),
+            last_install_result: result.as_ref().map(agent_result),
+            extra: Map::new(),
+        }
+    }
+
+    /// The desired `service` property (`None` when there is no deployment), and the log
+    /// collection the twin asks for, from the desired properties as last read or changed.
+    fn service(&mut self) -> Option<ServiceProperty> {
+        self.log_request = crate::service::diagnostics::DiagnosticsComponent::of(&self.desired)
+            .and_then(|c| c.service);
         DesiredComponent::of(&self.desired).and_then(|c| c.service)
     }
 
@@ -353,9 +413,14 @@ impl Device {
         sha: &str,
     ) -> Result<Vec<u8>, Refusal> {
         use sha2::Digest as _;
-        let mut resp = env.http.get(url).send().await.map_err(|e| Refusal::file(e.to_string()))?;
+        let broke = |e: reqwest::Error| Refusal::new(erc::DOWNLOAD, e.to_string());
+        let mut resp = env.http.get(url).send().await.map_err(broke)?;
         if !resp.status().is_success() {
-            return Err(Refusal::file(format!("download answered {}", resp.status())));
+            let status = resp.status();
+            return Err(Refusal::new(
+                erc::http(status.as_u16()),
+                format!("download answered {status}"),
+            ));
         }
         let too_long = || {
             Refusal::file(format!(
@@ -367,7 +432,7 @@ impl Device {
         }
         let mut bytes = Vec::with_capacity(size.min(MAX_RESERVE) as usize);
         let mut hasher = sha2::Sha256::new();
-        while let Some(chunk) = resp.chunk().await.map_err(|e| Refusal::file(e.to_string()))? {
+        while let Some(chunk) = resp.chunk().await.map_err(broke)? {
             if bytes.len() as u64 + chunk.len() as u64 > size {
                 return Err(too_long());
             }
@@ -388,29 +453,26 @@ impl Device {
     async fn install(
         &self,
         env: &Env,
-        manifest: &Value,
-        urls: &Value,
-    ) -> Result<(Vec<u8>, String, bool), Refusal> {
-        let no_files = || Refusal::file("the manifest has no files");
-        let files = manifest["files"].as_object().ok_or_else(no_files)?;
-        let mut image: Option<(u64, Vec<u8>, String, bool)> = None;
-        for (id, f) in files {
-            let size = f["sizeInBytes"].as_u64().unwrap_or(0);
-            let sha = f["hashes"]["sha256"].as_str().unwrap_or_default();
+        manifest: &UpdateManifest,
+        urls: &std::collections::BTreeMap<String, String>,
+    ) -> Result<(Vec<u8>, String, Via), Refusal> {
+        let no_files = || Refusal::new(erc::NO_FILES, "the manifest has no files");
+        let mut image: Option<(u64, Vec<u8>, String, Via)> = None;
+        for (id, f) in &manifest.files {
+            let size = f.size_in_bytes;
+            let sha = f.sha256().unwrap_or_default();
             let mut bytes = None;
-            let mut by_delta = false;
+            let mut via = Via::Full;
             // A delta whose source is the installed image.
             if let Some(installed) = &self.installed {
-                for r in f["relatedFiles"].as_array().into_iter().flatten() {
-                    if r["properties"]["microsoft.sourceFileHash"].as_str()
-                        != Some(installed.sha.as_str())
-                    {
+                for r in &f.related_files {
+                    if r.source_sha256() != Some(installed.sha.as_str()) {
                         continue;
                     }
-                    let rsha = r["hashes"]["sha256"].as_str().unwrap_or_default();
+                    let rsha = r.sha256().unwrap_or_default();
                     let rid = crate::iothub::related_file_id(rsha);
-                    let Some(url) = urls[&rid].as_str() else { continue };
-                    let rsize = r["sizeInBytes"].as_u64().unwrap_or(0);
+                    let Some(url) = urls.get(&rid) else { continue };
+                    let rsize = r.size_in_bytes;
                     let delta = self.download(env, url, rsize, rsha).await?;
                     let mut out = Vec::with_capacity(size.min(MAX_RESERVE) as usize);
                     let old = &installed.image;
@@ -427,7 +489,9 @@ impl Device {
                         && Sha256::digest(&out).to_base64() == sha
                     {
                         bytes = Some(out);
-                        by_delta = true;
+                        via = Via::Delta;
+                    } else {
+                        via = Via::FullAfterDelta;
                     }
                     break;
                 }
@@ -435,33 +499,30 @@ impl Device {
             let bytes = match bytes {
                 Some(b) => b,
                 None => {
-                    let url = urls[id.as_str()]
-                        .as_str()
-                        .ok_or_else(|| Refusal::file(format!("no URL for file {id}")))?;
+                    let url = urls.get(id).ok_or_else(|| {
+                        Refusal::new(erc::NO_URL, format!("no URL for file {id}"))
+                    })?;
                     self.download(env, url, size, sha).await?
                 }
             };
             // The largest file is the device's image.
             if image.as_ref().is_none_or(|(s, ..)| size > *s) {
-                image = Some((size, bytes, sha.to_owned(), by_delta));
+                image = Some((size, bytes, sha.to_owned(), via));
             }
         }
-        let (_, bytes, sha, by_delta) = image.ok_or_else(no_files)?;
-        Ok((bytes, sha, by_delta))
+        let (_, bytes, sha, via) = image.ok_or_else(no_files)?;
+        Ok((bytes, sha, via))
     }
 
     /// The deployment (and retry) the desired `service` property asks the device to install,
     /// when it has not acted on it yet.
     fn work(&self, service: &ServiceProperty) -> Option<String> {
         let workflow = &service.workflow;
-        if workflow.id.is_empty() {
-            return None;
-        }
         let retry = workflow.retry_timestamp.as_deref().unwrap_or_default();
         let key = format!("{}\n{retry}", workflow.id);
-        (self.done.as_deref() != Some(key.as_str())
-            && workflow.action == Some(crate::service::agent::ACTION_PROCESS))
-        .then_some(key)
+        let process = workflow.action == Some(crate::service::agent::ACTION_PROCESS);
+        (!workflow.id.is_empty() && process && self.done.as_deref() != Some(key.as_str()))
+            .then_some(key)
     }
 
     /// Tries what a deployment asks, after its manifest was read: the signature chain, the
@@ -470,9 +531,9 @@ impl Device {
         &self,
         env: &Env,
         service: &ServiceProperty,
-        manifest: &Value,
+        manifest: &UpdateManifest,
         stage: &str,
-    ) -> Result<(Vec<u8>, String, bool), Refusal> {
+    ) -> Result<(Vec<u8>, String, Via), Refusal> {
         // The agent checks the signature chain before anything else (adu.md §5.3).
         if let Some(roots) = &env.roots {
             crate::sign::adu::verify_update_manifest(
@@ -486,65 +547,61 @@ impl Device {
         if draw(seed, &self.id, stage, "download") < failures.download {
             return Err(Refusal::new(erc::DOWNLOAD, "injected download failure"));
         }
-        let urls = serde_json::to_value(&service.file_urls).unwrap_or_default();
-        let installed = self.install(env, manifest, &urls).await?;
+        let installed = self.install(env, manifest, &service.file_urls).await?;
         if draw(seed, &self.id, stage, "install") < failures.install {
-            return Err(Refusal::new(erc::INSTALL, "injected install failure"));
+            let handler = manifest.instructions.steps.first().and_then(|s| s.handler.as_deref());
+            return Err(Refusal::new(erc::install(handler), "injected install failure"));
         }
         Ok(installed)
     }
 
-    /// Acts on a new deployment (`key` from [`Device::work`]): reports it in progress,
-    /// acknowledges the `service` property, tries it, and reports the result.
+    /// Acts on a new deployment (`key` from [`Device::work`]).
     async fn act(
         &mut self,
         env: &Env,
         service: &ServiceProperty,
         key: String,
     ) -> Result<(), FleetError> {
-        let flow = Workflow {
-            action: Some(crate::service::agent::ACTION_PROCESS),
-            id: service.workflow.id.clone(),
-            retry_timestamp: service.workflow.retry_timestamp.clone(),
-            extra: Default::default(),
-        };
-        let with_flow = |last: Option<AgentInstallResult>| {
-            let mut m = Map::new();
-            m.insert("workflow".into(), serde_json::to_value(&flow).unwrap_or_default());
-            if let Some(l) = last {
-                m.insert("lastInstallResult".into(), serde_json::to_value(l).unwrap_or_default());
-            }
-            m
-        };
+        let flow = Workflow { extra: Map::new(), ..service.workflow.clone() };
+        let (id, retry) = (flow.id.clone(), flow.retry_timestamp.clone());
         // A manifest the agent cannot read fails the deployment at once: there is nothing to
         // start, and a device that said nothing would leave it in progress forever.
-        let outcome = match read_manifest(service.update_manifest.as_deref()) {
+        let outcome = match read_manifest(service) {
             Err(refusal) => Err(refusal),
             Ok((manifest, update)) => {
-                self.report(self.agent(env, IN_PROGRESS, with_flow(None))).await?;
+                let busy = self.agent(env, STATE_IN_PROGRESS, Some(flow.clone()), None);
+                self.report_agent(busy).await?;
                 self.report(self.acknowledge(service)).await?;
-                let retry = flow.retry_timestamp.as_deref().unwrap_or_default();
-                let stage = format!("{}{retry}", flow.id);
+                let stage = format!("{id}{}", retry.as_deref().unwrap_or_default());
                 self.attempt(env, service, &manifest, &stage).await.map(|done| (done, update))
             }
         };
         match outcome {
-            Ok(((image, sha, by_delta), update)) => {
+            Ok(((image, sha, via), update)) => {
                 let image = env.images.intern(&sha, image);
                 let before = self.installed.replace(Installed { id: update, image, sha });
-                let details = if by_delta { "delta" } else { "full" };
-                let last = install_result(APPLY_SUCCESS, 0, details);
-                if let Err(e) = self.report(self.agent(env, IDLE, with_flow(Some(last)))).await {
+                let last = match via {
+                    Via::Delta => result(APPLY_SUCCESS, 0, "delta"),
+                    Via::Full => result(APPLY_SUCCESS, 0, "full"),
+                    // The agent reports the delta's failure beside its success.
+                    Via::FullAfterDelta => {
+                        result(APPLY_SUCCESS, erc::DELTA, "full (the delta did not apply)")
+                    }
+                };
+                let done = self.agent(env, STATE_IDLE, Some(flow), Some(last));
+                if let Err(e) = self.report_agent(done).await {
                     // Not reported: as after a crash, the device still runs what it ran.
                     self.installed = before;
                     return Err(e);
                 }
                 env.counters.installed.fetch_add(1, Ordering::Relaxed);
-                env.counters.through_delta.fetch_add(u64::from(by_delta), Ordering::Relaxed);
+                env.counters
+                    .through_delta
+                    .fetch_add(u64::from(via == Via::Delta), Ordering::Relaxed);
             }
             Err(Refusal { code, why }) => {
-                let last = install_result(0, code, &why);
-                self.report(self.agent(env, FAILED, with_flow(Some(last)))).await?;
+                let done = self.agent(env, STATE_FAILED, Some(flow), Some(result(0, code, &why)));
+                self.report_agent(done).await?;
                 env.counters.failed.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -575,7 +632,9 @@ impl Device {
                 if !self.desired_changed(&env, wait).await? {
                     return Ok(());
                 }
-                let Some(service) = self.service() else { return Ok(()) };
+                let service = self.service();
+                self.answer_log_request(&env).await?;
+                let Some(service) = service else { return Ok(()) };
                 let Some(key) = self.work(&service) else { return Ok(()) };
                 // Installs take turns; waiting for the twin does not.
                 let _slot = env.slots.acquire().await;
@@ -610,9 +669,16 @@ impl Device {
 
 /// The update manifest of a desired `service` property and the update it names, or the
 /// agent's refusal when the twin carries none or one it cannot read (not JSON, not an object,
-/// no valid `updateId`).
-fn read_manifest(text: Option<&str>) -> Result<(Value, UpdateId), Refusal> {
-    let text = text.ok_or_else(|| {
+/// no valid `updateId`, not an update manifest).
+fn read_manifest(service: &ServiceProperty) -> Result<(UpdateManifest, UpdateId), Refusal> {
+    /// Only the part of a manifest that names its update, to tell a manifest without a valid
+    /// `updateId` from one that is otherwise malformed, as the agent's parser does.
+    #[derive(serde::Deserialize)]
+    struct Names {
+        #[serde(rename = "updateId")]
+        update_id: UpdateId,
+    }
+    let text = service.update_manifest.as_deref().ok_or_else(|| {
         Refusal::new(erc::NO_UPDATE_MANIFEST, "the deployment carries no updateManifest")
     })?;
     let manifest: Value = serde_json::from_str(text).map_err(|e| {
@@ -624,14 +690,47 @@ fn read_manifest(text: Option<&str>) -> Result<(Value, UpdateId), Refusal> {
             "the update manifest is not a JSON object",
         ));
     }
-    let update = serde_json::from_value(manifest.get("updateId").cloned().unwrap_or_default())
-        .map_err(|e| {
-            Refusal::new(
-                erc::NO_UPDATE_ID,
-                format!("the update manifest has no valid updateId: {e}"),
-            )
-        })?;
-    Ok((manifest, update))
+    let Names { update_id } = serde_json::from_value(manifest.clone()).map_err(|e| {
+        Refusal::new(erc::NO_UPDATE_ID, format!("the update manifest has no valid updateId: {e}"))
+    })?;
+    let manifest = serde_json::from_value(manifest).map_err(|e| {
+        Refusal::new(erc::BAD_UPDATE_MANIFEST, format!("the update manifest is not readable: {e}"))
+    })?;
+    Ok((manifest, update_id))
+}
+
+/// An install result as the agent reports it.
+fn result(code: i64, extended: i64, details: &str) -> InstallResult {
+    InstallResult {
+        result_code: code,
+        extended_result_code: extended,
+        result_details: Some(details.to_owned()),
+        step_results: None,
+        extra: Map::new(),
+    }
+}
+
+/// The `aduVer` the simulated agents report.
+const ADU_VERSION: &str = "DU;agent/1.1.0;otaforge-fleet";
+
+/// An install result as agent 1.1 writes it into the twin: `extendedResultCodes` as `%08X`
+/// text, one step (`step_0`) with the same result.
+fn agent_result(r: &InstallResult) -> Value {
+    use crate::service::agent::{AgentInstallResult, AgentStepResult, format_result_codes};
+    let codes = format_result_codes(&[r.extended_result_code]);
+    let step = AgentStepResult {
+        result_code: r.result_code,
+        extended_result_codes: Some(codes.clone()),
+        result_details: r.result_details.clone(),
+    };
+    let written = AgentInstallResult {
+        result_code: r.result_code,
+        extended_result_codes: Some(codes),
+        result_details: r.result_details.clone(),
+        step_results: Some(std::iter::once(("step_0".to_owned(), step)).collect()),
+        extra: Map::new(),
+    };
+    serde_json::to_value(written).unwrap_or(Value::Null)
 }
 
 /// Registers one device (or finds it registered): its key and, for an Edge device, its
@@ -659,26 +758,6 @@ async fn register_one(
     let agent = key_of(&hub.identity(id, Some(link::EDGE_AGENT)).await?)?;
     let hub_key = key_of(&hub.identity(id, Some(link::EDGE_HUB)).await?)?;
     Ok((key, Some(link::ModuleKeys { agent, hub: hub_key })))
-}
-
-/// The `aduVer` the simulated agents report.
-const ADU_VERSION: &str = "DU;agent/1.1.0;otaforge-fleet";
-
-/// An install result as agent 1.1 writes it: one step, with the same code.
-fn install_result(code: i64, extended: i64, details: &str) -> AgentInstallResult {
-    let codes = crate::service::agent::format_result_codes(&[extended]);
-    let step = AgentStepResult {
-        result_code: code,
-        extended_result_codes: Some(codes.clone()),
-        result_details: Some(details.to_owned()),
-    };
-    AgentInstallResult {
-        result_code: code,
-        extended_result_codes: Some(codes),
-        result_details: Some(details.to_owned()),
-        step_results: Some(std::iter::once(("step_0".to_owned(), step)).collect()),
-        extra: Default::default(),
-    }
 }
 
 /// A registered fleet, ready to run.
@@ -716,8 +795,7 @@ impl Fleet {
         })?;
         let env = Arc::new(Env {
             gateway: Gateway::new(&gateway_address, tls),
-            // The hub's name without serve's HTTP port: what the device SDKs put in their
-            // user name and SAS resource.
+            // What the device SDKs put in their user name and SAS resource.
             hub_name: spec.hub.host.clone(),
             http,
             class: spec.class.clone(),
@@ -756,6 +834,8 @@ impl Fleet {
                     fresh: false,
                     hub_link: None,
                     modules,
+                    log_request: None,
+                    logs_answered: None,
                 };
                 // Connected, with its agent properties reported, before the run starts.
                 d.connect(&env).await?;
@@ -818,13 +898,22 @@ mod tests {
 
     #[test]
     fn a_manifest_the_agent_cannot_read_is_refused_with_the_agents_code() {
-        let refused = |text: Option<&str>| read_manifest(text).unwrap_err().code;
+        let service = |manifest: Option<&str>| ServiceProperty {
+            update_manifest: manifest.map(str::to_owned),
+            ..ServiceProperty::default()
+        };
+        let refused = |manifest: Option<&str>| read_manifest(&service(manifest)).unwrap_err().code;
         assert_eq!(refused(None), erc::NO_UPDATE_MANIFEST);
         assert_eq!(refused(Some("{\"files\": ")), erc::BAD_UPDATE_MANIFEST);
         assert_eq!(refused(Some("[1, 2]")), erc::BAD_UPDATE_MANIFEST);
         assert_eq!(refused(Some("{\"files\": {}}")), erc::NO_UPDATE_ID);
-        let good = r#"{"updateId": {"provider": "c", "name": "t", "version": "1.0"}}"#;
-        let (_, id) = read_manifest(Some(good)).unwrap();
+        let id = r#""updateId": {"provider": "c", "name": "t", "version": "1.0"}"#;
+        assert_eq!(refused(Some(&format!("{{{id}}}"))), erc::BAD_UPDATE_MANIFEST, "no files");
+        let good = format!(
+            r#"{{"manifestVersion": "4", {id}, "compatibility": [], "instructions": {{"steps": []}},
+                "files": {{}}, "createdDateTime": "2026-12-01T00:00:00Z"}}"#
+        );
+        let (_, id) = read_manifest(&service(Some(&good))).unwrap();
         assert_eq!(id.to_string(), "c/t/1.0");
         assert_eq!(erc::BAD_UPDATE_MANIFEST, -2_144_337_911);
     }

@@ -80,7 +80,7 @@ impl OutputFile {
         }
         let target = follow_symlinks(path)?;
         let sink = match fs_err::metadata(&target) {
-            Ok(meta) => Self::existing(&target, &meta)?,
+            Ok(meta) => Self::existing(&target, &meta, privacy)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 Sink::Replace(AtomicFile::new_with_mode(&target, privacy.new_mode())?)
             }
@@ -89,7 +89,11 @@ impl OutputFile {
         Ok(Self { sink, path: target })
     }
 
-    fn existing(target: &Path, meta: &std::fs::Metadata) -> std::io::Result<Sink> {
+    fn existing(
+        target: &Path,
+        meta: &std::fs::Metadata,
+        privacy: Privacy,
+    ) -> std::io::Result<Sink> {
         let refuse = |what: &str| {
             std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
@@ -117,7 +121,7 @@ impl OutputFile {
                 return Err(refuse("a socket"));
             }
             let mut tmp = AtomicFile::new(target)?;
-            tmp.set_mode(meta.permissions().mode() & 0o7777)?;
+            tmp.set_mode(privacy.mode_of_existing(meta.permissions().mode() & 0o7777))?;
             // Keep the owner where this process may (as root, or the same user); otherwise the
             // new file is ours, as after any editor's save.
             let (uid, gid) = (meta.uid(), meta.gid());
@@ -154,6 +158,15 @@ impl OutputFile {
 }
 
 impl Privacy {
+    /// The mode a replaced file keeps: its own, except that a private one loses whatever
+    /// group and others could do (a key file that existed with a loose mode becomes 0600).
+    fn mode_of_existing(self, mode: u32) -> u32 {
+        match self {
+            Privacy::Public => mode,
+            Privacy::Private => mode & !0o077,
+        }
+    }
+
     fn new_mode(self) -> Option<u32> {
         match self {
             Privacy::Public => Some(0o666),
@@ -177,6 +190,26 @@ impl Write for OutputFile {
             Sink::Stdout(s) => s.flush(),
         }
     }
+}
+
+/// Reads a secret file (a key, a connection string) and takes away whatever group and others
+/// may do with it, so a file that existed before with a loose mode is 0600 (or tighter) from
+/// then on. A file this process may not change (another user's) is read and left as it is.
+pub fn read_private(path: &Path) -> std::io::Result<Vec<u8>> {
+    let bytes = fs_err::read(path)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = fs_err::metadata(path)?.permissions().mode() & 0o7777;
+        if mode & 0o077 != 0 {
+            match fs_err::set_permissions(path, std::fs::Permissions::from_mode(mode & !0o077)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(bytes)
 }
 
 /// `path` with every symlink along its last component followed; a dangling link gives the path
@@ -368,4 +401,31 @@ pub fn raise_open_files(want: u64) -> std::io::Result<()> {
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod private_tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    fn mode(p: &std::path::Path) -> u32 {
+        fs_err::metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn a_private_file_that_existed_with_a_loose_mode_is_tightened() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("k.key");
+        fs_err::write(&key, b"secret").unwrap();
+        fs_err::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(super::read_private(&key).unwrap(), b"secret");
+        assert_eq!(mode(&key), 0o600);
+        fs_err::set_permissions(&key, std::fs::Permissions::from_mode(0o664)).unwrap();
+        super::write_output(&key, b"new", super::Privacy::Private).unwrap();
+        assert_eq!(mode(&key), 0o600, "a replaced private output");
+        let public = dir.path().join("p.txt");
+        fs_err::write(&public, b"x").unwrap();
+        fs_err::set_permissions(&public, std::fs::Permissions::from_mode(0o664)).unwrap();
+        super::write_output(&public, b"y", super::Privacy::Public).unwrap();
+        assert_eq!(mode(&public), 0o664, "a public one keeps its mode");
+    }
 }

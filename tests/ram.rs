@@ -107,7 +107,7 @@ fn measure(exec: delta::ExecChoice, decoder: Decoder) -> Measured {
     let c_before = malloc_in_use();
     let mut c_peak = 0usize;
 
-    let mut patcher = StreamPatcher::new(Patcher::new(h.old_size, h.new_size), h.filter);
+    let mut patcher = delta::stream_patcher(Patcher::new(h.old_size, h.new_size), h.filter);
     let mut sink = |b: &[u8]| {
         same &= new.get(written..written + b.len()) == Some(b);
         written += b.len();
@@ -147,7 +147,7 @@ fn measure(exec: delta::ExecChoice, decoder: Decoder) -> Measured {
             let mut src = || {
                 let b = payload.get(input_at).copied();
                 input_at += 1;
-                b.ok_or_else(|| std::io::Error::other("the payload ended"))
+                b.ok_or(delta::IoError { code: -1 })
             };
             loop {
                 let n = dec.read(&mut src, &mut output).unwrap();

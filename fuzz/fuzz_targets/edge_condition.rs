@@ -9,7 +9,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use otaforge::edge::condition::Target;
+use otaforge::iothub::condition::Target;
 
 fuzz_target!(|data: &[u8]| {
     if let [b'*', hi, lo, fragment @ ..] = data {

@@ -5,13 +5,13 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use otaforge::delta::{self, Compression, CreateOptions, ExecChoice, Isa, Patcher, StreamPatcher};
+use otaforge::delta::{self, Compression, CreateOptions, ExecChoice, Isa, Patcher};
 
 fuzz_target!(|data: &[u8]| {
     if data.len() < 4 {
         return;
     }
-    let isa = [Isa::Thumb2, Isa::Aarch64, Isa::X86_64][usize::from(data[0] % 3)];
+    let isa = [Isa::Thumb2, Isa::Aarch64, Isa::X86_64, Isa::A32][usize::from(data[0] % 4)];
     let (piece, scratch_len) = (usize::from(data[1]).max(1), usize::from(data[2] % 16) + 1);
     let rest = &data[3..];
     let at = (rest.len() / 2 + usize::from(data[0] >> 2)).min(rest.len());
@@ -53,7 +53,7 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(h.filter, Some(isa));
     // Stored: the payload is the op stream itself.
     let stream = &created.bytes[delta::format::HEADER_LEN..][..h.payload_len as usize];
-    let mut p = StreamPatcher::new(Patcher::new(h.old_size, h.new_size), h.filter);
+    let mut p = delta::stream_patcher(Patcher::new(h.old_size, h.new_size), h.filter);
     let mut out = Vec::new();
     let mut scratch = vec![0u8; scratch_len];
     for chunk in stream.chunks(piece) {

@@ -6,13 +6,12 @@
 #![no_main]
 
 use std::cell::RefCell;
-use std::io;
 use std::rc::Rc;
 
 use libfuzzer_sys::fuzz_target;
 use otaforge::Sha256;
 use otaforge::delta::inplace::{self, Flash, FlashJournal};
-use otaforge::delta::{self, Compression, Header, InPlace, Isa, Method, Patcher, StreamPatcher};
+use otaforge::delta::{self, Compression, DeltaError, Header, InPlace, IoError, Isa, Method, Patcher};
 
 struct Nor {
     mem: Vec<u8>,
@@ -23,19 +22,19 @@ struct Nor {
 #[derive(Clone)]
 struct H(Rc<RefCell<Nor>>);
 
-fn cut() -> io::Error {
-    io::Error::other("power cut")
+fn cut() -> IoError {
+    IoError { code: -77 }
 }
 
 impl Flash for H {
-    fn read(&mut self, addr: u64, buf: &mut [u8]) -> io::Result<()> {
+    fn read(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), IoError> {
         let f = self.0.borrow();
         let end = addr as usize + buf.len();
         assert!(end <= f.mem.len(), "read past the flash");
         buf.copy_from_slice(&f.mem[addr as usize..end]);
         Ok(())
     }
-    fn erase(&mut self, addr: u64, len: u64) -> io::Result<()> {
+    fn erase(&mut self, addr: u64, len: u64) -> Result<(), IoError> {
         let mut f = self.0.borrow_mut();
         assert!(addr % f.unit == 0 && len % f.unit == 0 && addr + len <= f.mem.len() as u64);
         if let Some(b) = &mut f.budget {
@@ -47,7 +46,7 @@ impl Flash for H {
         f.mem[addr as usize..(addr + len) as usize].fill(0xff);
         Ok(())
     }
-    fn write(&mut self, addr: u64, data: &[u8]) -> io::Result<()> {
+    fn write(&mut self, addr: u64, data: &[u8]) -> Result<(), IoError> {
         let mut f = self.0.borrow_mut();
         assert!(addr as usize + data.len() <= f.mem.len(), "write past the flash");
         for (i, &b) in data.iter().enumerate() {
@@ -76,7 +75,7 @@ fn run(delta: &[u8], old: &[u8], slot_len: u64, unit: u64, budget: Option<u64>) 
     let mut slot = H(nor.clone());
     let mut journal = FlashJournal { flash: slot.clone(), addr: journal_at, unit: 256 };
     let mut r = inplace::apply(delta, &mut slot, slot_len, &mut journal, None);
-    if budget.is_some() && r.as_ref().is_err_and(|e| e.to_string().contains("power cut")) {
+    if budget.is_some() && matches!(r, Err(DeltaError::Flash(c)) if c == cut()) {
         nor.borrow_mut().budget = None;
         r = inplace::apply(delta, &mut slot, slot_len, &mut journal, None);
     }
@@ -90,14 +89,15 @@ fuzz_target!(|data: &[u8]| {
     }
     let layout = InPlace { segment_log2: 6 + data[0] % 3, shift_segments: u32::from(data[1] % 4) };
     let filter =
-        [None, Some(Isa::Thumb2), Some(Isa::Aarch64), Some(Isa::X86_64)][usize::from(data[2] % 4)];
+        [None, Some(Isa::Thumb2), Some(Isa::Aarch64), Some(Isa::X86_64), Some(Isa::A32)]
+            [usize::from(data[2] % 5)];
     let new_len = u64::from(data[3]) * 4;
     let budget = u64::from(u16::from_le_bytes([data[4], data[5]]));
     let old_len = (usize::from(data[6]) * 4).min(data.len() - 7);
     let (old, stream) = data[7..].split_at(old_len);
 
     // Out of place, the same stream: the reference result.
-    let mut sp = StreamPatcher::new(Patcher::new(old_len as u64, new_len), filter);
+    let mut sp = delta::stream_patcher(Patcher::new(old_len as u64, new_len), filter);
     let mut out = Vec::new();
     let ok = sp
         .feed_until(
@@ -133,7 +133,7 @@ fuzz_target!(|data: &[u8]| {
     d.extend_from_slice(stream);
 
     let unit = layout.segment() / 2;
-    let slot_len = inplace::slot_needed(&h, &layout);
+    let slot_len = inplace::slot_needed(&h);
     let (ok_in_place, slot) = run(&d, old, slot_len, unit, None);
     if ok_in_place {
         assert!(ok, "in place succeeded where out of place failed");

@@ -23,7 +23,7 @@ fn ours(props: u8, dict: u32, input: &[u8]) -> Option<Vec<u8>> {
     let mut probs = vec![0u16; probs_len(props)?];
     let mut dec = LzmaDecoder::new(props, &mut d, &mut probs).ok()?;
     let mut it = input.iter();
-    let mut src = || it.next().copied().ok_or_else(|| std::io::Error::other("end"));
+    let mut src = || it.next().copied().ok_or(otaforge::delta::IoError { code: -1 });
     let mut out = Vec::new();
     let mut buf = [0u8; 97];
     loop {

@@ -15,37 +15,14 @@ use anyhow::{Context as _, bail};
 use otaforge::iothub::{ConnectionString, IotHubClient};
 use otaforge::service::{AduClient, Auth};
 use otaforge::sign::{CommandSigner, KeySigner, PublicKey, Signer, TrustedKeys};
-use otaforge::storage::azure::{AzureStore, Credential, EntraSource, Network};
+use otaforge::storage::azure::{AzureStore, Credential, Network};
 use otaforge::storage::dir::DirStore;
 use otaforge::storage::sas::{AccountKey, SasUrl};
 use otaforge::storage::{AnyStore, UploadOptions};
 
 use super::Output;
+pub(crate) use super::context::EntraArg;
 use super::context::{self, Chosen};
-
-/// Where a Microsoft Entra ID credential comes from.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "kebab-case")]
-pub(crate) enum EntraArg {
-    /// `az login` / `azd auth login`.
-    Cli,
-    /// The machine's managed identity.
-    ManagedIdentity,
-    /// Workload identity federation (AZURE_CLIENT_ID, AZURE_TENANT_ID, AZURE_FEDERATED_TOKEN_FILE).
-    WorkloadIdentity,
-}
-
-impl From<EntraArg> for EntraSource {
-    fn from(e: EntraArg) -> Self {
-        match e {
-            EntraArg::Cli => EntraSource::DeveloperTools,
-            EntraArg::ManagedIdentity => EntraSource::ManagedIdentity,
-            EntraArg::WorkloadIdentity => EntraSource::WorkloadIdentity,
-        }
-    }
-}
 
 /// A non-empty environment variable.
 fn env_value(name: &str) -> Option<String> {

@@ -16,8 +16,32 @@ use anyhow::{Context as _, bail};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::args::EntraArg;
 use super::{Failure, Outcome, Output};
+use otaforge::storage::azure::EntraSource;
+
+/// Where a Microsoft Entra ID credential comes from.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum EntraArg {
+    /// `az login` / `azd auth login`.
+    Cli,
+    /// The machine's managed identity.
+    ManagedIdentity,
+    /// Workload identity federation (AZURE_CLIENT_ID, AZURE_TENANT_ID, AZURE_FEDERATED_TOKEN_FILE).
+    WorkloadIdentity,
+}
+
+impl From<EntraArg> for EntraSource {
+    fn from(e: EntraArg) -> Self {
+        match e {
+            EntraArg::Cli => EntraSource::DeveloperTools,
+            EntraArg::ManagedIdentity => EntraSource::ManagedIdentity,
+            EntraArg::WorkloadIdentity => EntraSource::WorkloadIdentity,
+        }
+    }
+}
 
 /// The file, in the config directory.
 const FILE: &str = "contexts.json";

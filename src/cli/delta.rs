@@ -51,7 +51,8 @@ enum ProfileArg {
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum ExecArg {
-    /// Detect from NEW (ELF header, Cortex-M vector table); keep the smaller of with and without.
+    /// Detect from NEW (ELF header, Cortex-M or ARM vector table); keep the smaller of with and
+    /// without.
     Auto,
     /// ARM Thumb-2 BL.
     Thumb2,
@@ -60,6 +61,8 @@ enum ExecArg {
     /// x86-64 CALL/JMP rel32.
     #[value(name = "x86-64")]
     X86_64,
+    /// ARM-state (A32) BL and BLX.
+    A32,
     /// No transform.
     None,
 }
@@ -199,6 +202,7 @@ fn create(a: CreateArgs, out: &Output) -> anyhow::Result<Outcome> {
             ExecArg::Thumb2 => delta::ExecChoice::Isa(delta::Isa::Thumb2),
             ExecArg::Aarch64 => delta::ExecChoice::Isa(delta::Isa::Aarch64),
             ExecArg::X86_64 => delta::ExecChoice::Isa(delta::Isa::X86_64),
+            ExecArg::A32 => delta::ExecChoice::Isa(delta::Isa::A32),
         },
         in_place: match (a.in_place, a.segment_size, a.memory_size) {
             (true, Some(segment_size), Some(memory_size)) => {
@@ -238,7 +242,8 @@ fn create(a: CreateArgs, out: &Output) -> anyhow::Result<Outcome> {
                 .candidates
                 .iter()
                 .map(|(m, c, f, s)| {
-                    serde_json::json!({"method": m, "compression": c, "exec": f, "size": s})
+                    let exec = f.map(|i| i.name());
+                    serde_json::json!({"method": m, "compression": c, "exec": exec, "size": s})
                 })
                 .collect(),
         })?;
@@ -363,7 +368,7 @@ fn info(a: InfoArgs, out: &Output) -> anyhow::Result<Outcome> {
 /// A stable name for each refusal, for `--format json`.
 fn error_kind(e: &DeltaError) -> &'static str {
     match e {
-        DeltaError::Io { .. } => "io",
+        DeltaError::Io { .. } | DeltaError::Write(_) => "io",
         DeltaError::UnknownFormat => "unknownFormat",
         DeltaError::Header(_) | DeltaError::Bsdiff40(_) => "badHeader",
         DeltaError::Length { .. } => "badLength",
@@ -375,7 +380,7 @@ fn error_kind(e: &DeltaError) -> &'static str {
         DeltaError::Index(_) | DeltaError::Compress(_) | DeltaError::SelfCheck(_) => "internal",
         DeltaError::Signature(s) => s.kind(),
         DeltaError::UnsignableFormat => "unsignableFormat",
-        DeltaError::InPlace(_) => "inPlace",
+        DeltaError::InPlace(_) | DeltaError::Flash(_) => "inPlace",
         DeltaError::Unsupported(_) => "unsupported",
     }
 }

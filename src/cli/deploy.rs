@@ -4,6 +4,7 @@ use otaforge::service::UpdateInfo;
 use otaforge::service::model::{Deployment, RollbackFailure, RollbackPolicy};
 
 use super::args::AduArgs;
+use super::results;
 use super::update::{parse_update_id, service_failure};
 use super::{Failure, Outcome, Output};
 
@@ -12,7 +13,8 @@ use super::{Failure, Outcome, Output};
 pub(crate) enum DeployCommand {
     /// Deploy an imported update to a group (superseding the group's active deployment).
     Create(CreateArgs),
-    /// A deployment's state, per device-class subgroup.
+    /// A deployment's state, per device-class subgroup (or of one, `--class`), and each
+    /// failed device's last install result with its result codes decoded.
     Status(StatusArgs),
     /// The deployments of a group, newest first.
     List(ListArgs),
@@ -42,12 +44,12 @@ pub(crate) struct ActionArgs {
 #[derive(Debug, clap::Args)]
 pub(crate) struct CreateArgs {
     /// The group.
-    group: String,
+    group: otaforge::service::model::GroupId,
     /// provider/name/version of an imported update.
     update: String,
     /// Deployment id (default: `UPDATENAME-VERSION-UNIXTIME`).
     #[arg(long)]
-    id: Option<String>,
+    id: Option<otaforge::service::model::DeploymentId>,
     /// When it starts (RFC 3339; default now).
     #[arg(long)]
     start: Option<String>,
@@ -77,6 +79,10 @@ pub(crate) struct StatusArgs {
     group: String,
     /// The deployment id.
     deployment: String,
+    /// Only this device-class subgroup (`status`: its status; `delete`: take it out of the
+    /// deployment, its devices told to stop).
+    #[arg(long)]
+    class: Option<String>,
     /// Follow it: a line per change (one JSON object per line with --format json); exit 0 when
     /// every device succeeded, 1 when it failed, was canceled or rolled back.
     #[arg(long)]
@@ -108,37 +114,10 @@ pub(crate) fn run(
         DeployCommand::Retry(a) => act(a, false, rt, out),
         DeployCommand::Status(a) if a.watch => {
             let client = a.adu.client(out)?;
-            watch(&client, &a.group, &a.deployment, a.timeout, rt, out)
+            let target = Target { group: &a.group, id: &a.deployment, class: a.class.as_deref() };
+            watch(&client, &target, a.timeout, rt, out)
         }
-        DeployCommand::Status(a) => {
-            let client = a.adu.client(out)?;
-            let s = match rt.block_on(client.deployment_status(&a.group, &a.deployment)) {
-                Ok(s) => s,
-                Err(e) => return service_failure(out, "read the deployment's status", e),
-            };
-            if out.json() {
-                out.json_value(&s)?;
-            } else {
-                out.line(format!(
-                    "{} in {}: {}",
-                    a.deployment,
-                    s.group_id,
-                    s.deployment_state.as_str()
-                ))?;
-                for g in &s.subgroup_status {
-                    out.line(format!(
-                        "  {}  {}  {} devices: {} succeeded, {} failed, {} in progress",
-                        g.device_class_id,
-                        g.deployment_state.as_str(),
-                        g.total_devices.unwrap_or(0),
-                        g.devices_completed_succeeded_count.unwrap_or(0),
-                        g.devices_completed_failed_count.unwrap_or(0),
-                        g.devices_in_progress_count.unwrap_or(0)
-                    ))?;
-                }
-            }
-            Ok(Outcome::Ok)
-        }
+        DeployCommand::Status(a) => status(&a, rt, out),
         DeployCommand::List(a) => {
             let client = a.adu.client(out)?;
             let list = match rt.block_on(client.list_deployments(&a.group)) {
@@ -159,13 +138,22 @@ pub(crate) fn run(
         }
         DeployCommand::Delete(a) => {
             let client = a.adu.client(out)?;
-            if let Err(e) = rt.block_on(client.delete_deployment(&a.group, &a.deployment)) {
+            let deleted = match &a.class {
+                Some(c) => {
+                    rt.block_on(client.delete_subgroup_deployment(&a.group, c, &a.deployment))
+                }
+                None => rt.block_on(client.delete_deployment(&a.group, &a.deployment)),
+            };
+            if let Err(e) = deleted {
                 return service_failure(out, "delete the deployment", e);
             }
             if out.json() {
-                out.json_value(&serde_json::json!({"deleted": a.deployment, "groupId": a.group}))?;
+                out.json_value(&serde_json::json!({
+                    "deleted": a.deployment, "groupId": a.group, "deviceClassId": a.class,
+                }))?;
             } else {
-                out.line(format!("deleted {} of {}", a.deployment, a.group))?;
+                let of = a.class.as_ref().map(|c| format!(" (subgroup {c})")).unwrap_or_default();
+                out.line(format!("deleted {} of {}{of}", a.deployment, a.group))?;
             }
             Ok(Outcome::Ok)
         }
@@ -188,11 +176,154 @@ fn verdict(s: &otaforge::service::model::DeploymentStatus, rolled_back: bool) ->
     }
 }
 
-/// Follows a deployment until it ends; a line per change.
+/// Which deployment a status is of: a group's deployment, or one subgroup of it.
+struct Target<'a> {
+    group: &'a str,
+    id: &'a str,
+    class: Option<&'a str>,
+}
+
+/// A device that failed a deployment, with its last install result decoded.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct FailedDevice {
+    device_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    module_id: Option<String>,
+    device_class_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_install_result: Option<otaforge::service::model::InstallResult>,
+}
+
+/// A status with the devices that failed (`failedDevices`).
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct WithFailures<S> {
+    #[serde(flatten)]
+    status: S,
+    failed_devices: Vec<FailedDevice>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rolled_back: Option<bool>,
+}
+
+/// The devices that failed in the subgroups with failures.
+async fn failures(
+    client: &otaforge::service::AduClient,
+    t: &Target<'_>,
+    subgroups: &[otaforge::service::model::SubgroupDeploymentStatus],
+) -> Result<Vec<FailedDevice>, otaforge::service::ServiceError> {
+    use otaforge::service::model::DeviceDeploymentState;
+    let mut out = Vec::new();
+    for sg in subgroups.iter().filter(|g| g.devices_completed_failed_count.unwrap_or(0) > 0) {
+        let class = &sg.device_class_id;
+        let states = client.device_states(t.group, class, t.id).await?;
+        let failed: Vec<&str> = states
+            .iter()
+            .filter(|s| s.device_state == DeviceDeploymentState::Failed)
+            .map(|s| s.device_id.as_str())
+            .collect();
+        let filter = format!("groupId eq '{}' and deviceClassId eq '{class}'", t.group);
+        for d in client.list_devices(Some(&filter)).await? {
+            if d.module_id.is_none() && failed.contains(&d.device_id.as_str()) {
+                let d = results::annotate(d);
+                out.push(FailedDevice {
+                    device_id: d.device_id,
+                    module_id: d.module_id,
+                    device_class_id: d.device_class_id,
+                    last_install_result: d.last_install_result,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The text lines of failed devices.
+fn failure_lines(failed: &[FailedDevice]) -> Vec<String> {
+    failed
+        .iter()
+        .map(|f| {
+            let why = f.last_install_result.as_ref().map_or_else(
+                || "failed (no install result reported)".to_owned(),
+                |r| format!("failed: {}", results::short(r)),
+            );
+            format!("    {} {why}", f.device_id)
+        })
+        .collect()
+}
+
+/// The text line of one subgroup's status.
+fn subgroup_line(g: &otaforge::service::model::SubgroupDeploymentStatus) -> String {
+    format!(
+        "  {}  {}  {} devices: {} succeeded, {} failed, {} in progress",
+        g.device_class_id,
+        g.deployment_state.as_str(),
+        g.total_devices.unwrap_or(0),
+        g.devices_completed_succeeded_count.unwrap_or(0),
+        g.devices_completed_failed_count.unwrap_or(0),
+        g.devices_in_progress_count.unwrap_or(0)
+    )
+}
+
+/// `deploy status`: the deployment's status (or one subgroup's, `--class`) and each failed
+/// device's last install result, decoded.
+fn status(a: &StatusArgs, rt: &tokio::runtime::Runtime, out: &Output) -> anyhow::Result<Outcome> {
+    let client = a.adu.client(out)?;
+    let t = Target { group: &a.group, id: &a.deployment, class: a.class.as_deref() };
+    let got = rt.block_on(async {
+        match t.class {
+            Some(c) => {
+                let s = client.subgroup_deployment_status(t.group, c, t.id).await?;
+                let failed = failures(&client, &t, std::slice::from_ref(&s)).await?;
+                Ok::<_, otaforge::service::ServiceError>((None, Some(s), failed))
+            }
+            None => {
+                let s = client.deployment_status(t.group, t.id).await?;
+                let failed = failures(&client, &t, &s.subgroup_status).await?;
+                Ok((Some(s), None, failed))
+            }
+        }
+    });
+    let (whole, one, failed) = match got {
+        Ok(x) => x,
+        Err(e) => return service_failure(out, "read the deployment's status", e),
+    };
+    if out.json() {
+        match (whole, one) {
+            (Some(s), _) => out.json_value(&WithFailures {
+                status: s,
+                failed_devices: failed,
+                rolled_back: None,
+            })?,
+            (_, Some(s)) => out.json_value(&WithFailures {
+                status: s,
+                failed_devices: failed,
+                rolled_back: None,
+            })?,
+            _ => {}
+        }
+        return Ok(Outcome::Ok);
+    }
+    if let Some(s) = &whole {
+        out.line(format!("{} in {}: {}", a.deployment, s.group_id, s.deployment_state.as_str()))?;
+    }
+    let subgroups = whole.map(|s| s.subgroup_status).or(one.map(|s| vec![s])).unwrap_or_default();
+    for g in &subgroups {
+        out.line(subgroup_line(g))?;
+        for f in failed.iter().filter(|f| f.device_class_id == g.device_class_id) {
+            for line in failure_lines(std::slice::from_ref(f)) {
+                out.line(line)?;
+            }
+        }
+    }
+    Ok(Outcome::Ok)
+}
+
+/// Follows a deployment (or one subgroup of it) until it ends; a line per change, with the
+/// devices that failed.
 fn watch(
     client: &otaforge::service::AduClient,
-    group: &str,
-    id: &str,
+    t: &Target<'_>,
     timeout: std::time::Duration,
     rt: &tokio::runtime::Runtime,
     out: &Output,
@@ -201,14 +332,18 @@ fn watch(
     let mut last = String::new();
     loop {
         let step = rt.block_on(async {
-            let s = client.deployment_status(group, id).await?;
-            let list = client.list_deployments(group).await?;
+            let mut s = client.deployment_status(t.group, t.id).await?;
+            if let Some(c) = t.class {
+                s.subgroup_status.retain(|g| g.device_class_id == c);
+            }
+            let list = client.list_deployments(t.group).await?;
             let rolled_back = list.iter().any(|d| {
-                d.is_cloud_initiated_rollback == Some(true) && d.deployment_id.starts_with(id)
+                d.is_cloud_initiated_rollback == Some(true) && d.deployment_id.starts_with(t.id)
             });
-            Ok::<_, otaforge::service::ServiceError>((s, rolled_back))
+            let failed = failures(client, t, &s.subgroup_status).await?;
+            Ok::<_, otaforge::service::ServiceError>((s, rolled_back, failed))
         });
-        let (s, rolled_back) = match step {
+        let (s, rolled_back, failed) = match step {
             Ok(x) => x,
             Err(e) => return service_failure(out, "follow the deployment", e),
         };
@@ -231,23 +366,30 @@ fn watch(
             counts.join("; "),
             if rolled_back { " (rolled back)" } else { "" }
         );
+        let outcome = verdict(&s, rolled_back);
         if line != last {
             if out.json() {
-                let mut v = serde_json::to_value(&s)?;
-                v["rolledBack"] = serde_json::json!(rolled_back);
+                let v = WithFailures {
+                    status: s,
+                    failed_devices: failed,
+                    rolled_back: Some(rolled_back),
+                };
                 out.line(serde_json::to_string(&v)?)?;
             } else {
                 out.line(&line)?;
+                for l in failure_lines(&failed) {
+                    out.line(l)?;
+                }
             }
             last = line;
         }
-        if let Some(outcome) = verdict(&s, rolled_back) {
+        if let Some(outcome) = outcome {
             return Ok(outcome);
         }
         if std::time::Instant::now() >= deadline {
             out.failure(&Failure::new(
                 "timeout",
-                format!("{id} had not finished after {timeout:?}"),
+                format!("{} had not finished after {timeout:?}", t.id),
             ))?;
             return Ok(Outcome::CheckFailed);
         }
@@ -318,7 +460,7 @@ fn create(a: CreateArgs, rt: &tokio::runtime::Runtime, out: &Output) -> anyhow::
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        format!("{}-{}-{secs}", update.name().to_lowercase(), update.version())
+        otaforge::service::model::DeploymentId::generated(&update, secs)
     });
     let rollback_policy = match (&a.rollback_to, a.rollback_failed_percent, a.rollback_failed_count)
     {
@@ -333,18 +475,8 @@ fn create(a: CreateArgs, rt: &tokio::runtime::Runtime, out: &Output) -> anyhow::
         }),
         _ => None,
     };
-    let d = Deployment {
-        deployment_id: id,
-        start_date_time: start.to_string(),
-        update: UpdateInfo::new(update),
-        group_id: a.group.clone(),
-        device_class_subgroups: None,
-        is_canceled: None,
-        is_retried: None,
-        rollback_policy,
-        is_cloud_initiated_rollback: None,
-        extra: Default::default(),
-    };
+    let mut d = Deployment::new(id, a.group.clone(), update, &start.to_string());
+    d.rollback_policy = rollback_policy;
     let client = a.adu.client(out)?;
     let created = match rt.block_on(client.create_or_update_deployment(&d)) {
         Ok(c) => c,
@@ -357,7 +489,8 @@ fn create(a: CreateArgs, rt: &tokio::runtime::Runtime, out: &Output) -> anyhow::
                 created.deployment_id, created.update.update_id, created.group_id
             ))?;
         }
-        return watch(&client, &a.group, &created.deployment_id, a.timeout, rt, out);
+        let t = Target { group: &a.group, id: &created.deployment_id, class: None };
+        return watch(&client, &t, a.timeout, rt, out);
     }
     if out.json() {
         out.json_value(&created)?;

@@ -3,6 +3,7 @@
 use otaforge::service::model::Device;
 
 use super::args::AduArgs;
+use super::results;
 use super::update::service_failure;
 use super::{Failure, Outcome, Output};
 
@@ -11,7 +12,8 @@ use super::{Failure, Outcome, Output};
 pub(crate) enum DeviceCommand {
     /// List Device Update devices (all, or of a group or class).
     List(ListArgs),
-    /// Show one device: class, group, installed update, last install result.
+    /// Show one device: class, group, installed update, last install result with its
+    /// extended result codes decoded.
     Show(ShowArgs),
 }
 
@@ -74,12 +76,22 @@ pub(crate) fn run(
                 Err(e) => return service_failure(out, "list devices", e),
             };
             if out.json() {
+                let devices: Vec<Device> = devices.into_iter().map(results::annotate).collect();
                 out.json_value(&devices)?;
             } else {
                 for d in &devices {
+                    let failure = d
+                        .last_install_result
+                        .as_ref()
+                        .filter(|r| results::failed(r))
+                        .map(|r| format!("  last install failed: {}", results::short(r)))
+                        .unwrap_or_default();
+                    let id = match &d.module_id {
+                        Some(m) => format!("{}/{m}", d.device_id),
+                        None => d.device_id.clone(),
+                    };
                     out.line(format!(
-                        "{}  group {}  {}{}",
-                        d.device_id,
+                        "{id}  group {}  {}{}{failure}",
                         d.group_id.as_deref().unwrap_or("-"),
                         installed(d),
                         if d.on_latest_update { "" } else { "  (newer update available)" }
@@ -106,7 +118,7 @@ pub(crate) fn run(
                 Err(e) => return service_failure(out, "show the device", e),
             };
             if out.json() {
-                out.json_value(&d)?;
+                out.json_value(&results::annotate(d))?;
             } else {
                 out.line(format!("device      {}", d.device_id))?;
                 out.line(format!("class       {}", d.device_class_id))?;
@@ -114,10 +126,9 @@ pub(crate) fn run(
                 out.line(format!("installed   {}", installed(&d)))?;
                 out.line(format!("on latest   {}", if d.on_latest_update { "yes" } else { "no" }))?;
                 if let Some(r) = &d.last_install_result {
-                    out.line(format!(
-                        "last result {} (extended {:#x})",
-                        r.result_code, r.extended_result_code
-                    ))?;
+                    for line in results::lines(r) {
+                        out.line(line)?;
+                    }
                 }
             }
             Ok(Outcome::Ok)

@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use otaforge::edge::condition::Target;
 use otaforge::edge::manifest::{self, Kind};
 use otaforge::edge::route::Route;
 use otaforge::fsutil::Privacy;
+use otaforge::iothub::condition::Target;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -460,10 +460,23 @@ fn json_list(path: &std::path::Path) -> anyhow::Result<Vec<Value>> {
     })
 }
 
+/// Configurations from a file: one, or a list.
+fn configurations(
+    path: &std::path::Path,
+) -> anyhow::Result<Vec<otaforge::iothub::config::Configuration>> {
+    json_list(path)?
+        .into_iter()
+        .map(|c| {
+            serde_json::from_value(c)
+                .with_context(|| format!("{}: not a list of configurations", path.display()))
+        })
+        .collect()
+}
+
 fn what_if(a: WhatIfArgs, rt: &tokio::runtime::Runtime, out: &Output) -> anyhow::Result<Outcome> {
     use otaforge::edge::assign::{self, Change, Deployment};
     let (twins, configs, source) = match (&a.twins, &a.configurations) {
-        (Some(t), Some(c)) => (json_list(t)?, json_list(c)?, c.display().to_string()),
+        (Some(t), Some(c)) => (json_list(t)?, configurations(c)?, c.display().to_string()),
         _ => {
             // Read, never write: twins and configurations as the hub has them.
             let hub = a.hub.client(out)?;
@@ -473,23 +486,19 @@ fn what_if(a: WhatIfArgs, rt: &tokio::runtime::Runtime, out: &Output) -> anyhow:
                 Ok::<_, otaforge::iothub::IotHubError>((twins, configs))
             })?;
             let twins = twins.iter().map(serde_json::to_value).collect::<Result<Vec<_>, _>>()?;
-            let configs = configs
-                .iter()
-                .filter(|c| c.is_edge())
-                .map(serde_json::to_value)
-                .collect::<Result<Vec<_>, _>>()?;
+            let configs = configs.into_iter().filter(|c| c.is_edge()).collect();
             (twins, configs, "the hub".to_owned())
         }
     };
     let mut deployments = Vec::new();
     for c in configs {
         let d = Deployment::from_configuration(&c)
-            .with_context(|| format!("{source}: deployment {}: target condition", c["id"]))?;
+            .with_context(|| format!("{source}: deployment {}: target condition", c.id))?;
         deployments.push(d);
     }
     let change = if let Some(f) = &a.create {
-        let c: Value = serde_json::from_slice(&fs_err::read(f)?)
-            .with_context(|| format!("{} is not JSON", f.display()))?;
+        let c: otaforge::iothub::config::Configuration = serde_json::from_slice(&fs_err::read(f)?)
+            .with_context(|| format!("{} is not a configuration", f.display()))?;
         let mut d = Deployment::from_configuration(&c)
             .with_context(|| format!("{}: targetCondition", f.display()))?;
         if d.created.is_empty() {
@@ -571,8 +580,10 @@ fn show_config(out: &Output, c: &otaforge::iothub::config::Configuration) -> any
     if out.json() {
         return out.json_value(c);
     }
-    let layered = c.content["modulesContent"]["$edgeAgent"]
-        .as_object()
+    let layered = c
+        .modules_content()
+        .and_then(|m| m.get("$edgeAgent"))
+        .and_then(Value::as_object)
         .is_some_and(|a| !a.contains_key("properties.desired"));
     out.line(format!(
         "{}  priority {}{}  target: {}",
@@ -681,6 +692,7 @@ fn deploy(
 }
 
 fn device_show(a: IdArgs, rt: &tokio::runtime::Runtime, out: &Output) -> anyhow::Result<Outcome> {
+    use otaforge::edge::agent::{AgentDesired, AgentReported, HubDesired};
     use otaforge::edge::assign::{Deployment, Plan, merged};
     let hub = a.hub.client(out)?;
     let (twin, configs, agent) = rt.block_on(async {
@@ -690,32 +702,26 @@ fn device_show(a: IdArgs, rt: &tokio::runtime::Runtime, out: &Output) -> anyhow:
         let agent = hub.get_module_twin(&a.id, "$edgeAgent").await.ok();
         Ok::<_, otaforge::iothub::IotHubError>((twin, configs, agent))
     })?;
-    let agent = agent.map(|t| serde_json::to_value(&t)).transpose()?;
     let (state, problems) = match &agent {
         Some(t) => {
-            let (s, p) = otaforge::edge::state::device_state(t);
+            let (s, p) = otaforge::edge::state::of_twin(t);
             (Some(s), p)
         }
         None => (None, Vec::new()),
     };
-    let reported = |name: &str| -> Value {
-        agent.as_ref().map_or(Value::Null, |t| t["properties"]["reported"]["modules"][name].clone())
-    };
-    let twin = serde_json::to_value(&twin)?;
-    let edge: Vec<Value> = configs
-        .iter()
-        .filter(|c| c.is_edge())
-        .map(serde_json::to_value)
-        .collect::<Result<_, _>>()?;
+    let reported = agent.as_ref().map(|t| AgentReported::of(&t.properties.reported));
+    let edge: Vec<&otaforge::iothub::config::Configuration> =
+        configs.iter().filter(|c| c.is_edge()).collect();
     let mut deployments = Vec::new();
     for c in &edge {
         deployments.push(
             Deployment::from_configuration(c)
-                .with_context(|| format!("deployment {}: target condition", c["id"]))?,
+                .with_context(|| format!("deployment {}: target condition", c.id))?,
         );
     }
+    let iot_edge = twin.is_edge();
+    let twin = serde_json::to_value(&twin)?;
     let assignment = Plan::new(&deployments).assign(&twin);
-    let iot_edge = otaforge::edge::assign::is_edge(&twin);
     let targeted: Vec<Value> = otaforge::edge::assign::statuses(&deployments, &assignment, &twin)
         .into_iter()
         .map(|(d, status)| {
@@ -725,25 +731,25 @@ fn device_show(a: IdArgs, rt: &tokio::runtime::Runtime, out: &Output) -> anyhow:
             })
         })
         .collect();
-    let content =
-        |id: &str| edge.iter().find(|c| c["id"] == id).map(|c| &c["content"]["modulesContent"]);
+    let contents: Vec<(&str, Value)> = edge
+        .iter()
+        .filter_map(|c| Some((c.id.as_str(), Value::Object(c.modules_content()?.clone()))))
+        .collect();
     let order: Vec<&Value> = assignment
         .base
         .iter()
         .chain(assignment.layers.iter())
-        .filter_map(|id| content(id))
+        .filter_map(|id| contents.iter().find(|(c, _)| c == id).map(|(_, mc)| mc))
         .collect();
     let desired = merged(&order);
     if out.json() {
-        let reported_modules =
-            agent.as_ref().map_or(Value::Null, |t| t["properties"]["reported"]["modules"].clone());
         let problems: Vec<Value> =
             problems.iter().map(|(m, w)| serde_json::json!({"module": m, "why": w})).collect();
         out.json_value(&serde_json::json!({
             "deviceId": a.id, "iotEdge": iot_edge, "base": assignment.base,
             "layers": assignment.layers, "targeted": targeted, "desired": desired,
             "state": state.map(otaforge::edge::state::DeviceState::name),
-            "reported": reported_modules, "problems": problems,
+            "reported": reported.as_ref().map(|r| &r.modules), "problems": problems,
         }))?;
         return Ok(Outcome::Ok);
     }
@@ -761,26 +767,30 @@ fn device_show(a: IdArgs, rt: &tokio::runtime::Runtime, out: &Output) -> anyhow:
             out.line(format!("{}: unmanaged (no deployment applies; it keeps its modules)", a.id))?
         }
     }
-    for t in &targeted {
+    for (d, status) in otaforge::edge::assign::statuses(&deployments, &assignment, &twin) {
         out.line(format!(
             "  {:<10} {} (priority {}{})",
-            t["status"].as_str().unwrap_or(""),
-            t["id"].as_str().unwrap_or(""),
-            t["priority"],
-            if t["layered"] == true { ", layered" } else { "" }
+            status.as_str(),
+            d.id,
+            d.priority,
+            if d.layered { ", layered" } else { "" }
         ))?;
     }
-    let agent = &desired.get("$edgeAgent").cloned().unwrap_or(Value::Null);
-    for (name, m) in agent["modules"].as_object().into_iter().flatten() {
-        let r = reported(name);
-        let now = match (r["runtimeStatus"].as_str(), r["settings"]["image"].as_str()) {
-            (Some(status), Some(image)) => format!("; reported {status}, {image}"),
-            _ => "; not reported".to_owned(),
+    let section = |module: &str| desired.get(module).and_then(Value::as_object).cloned();
+    let agent = AgentDesired::of(&section("$edgeAgent").unwrap_or_default());
+    for (name, m) in agent.user_modules() {
+        let now = match reported.as_ref().and_then(|r| r.module(name)) {
+            Some(r) => format!(
+                "; reported {}, {}",
+                r.runtime_status(),
+                r.settings.image.as_deref().unwrap_or("?")
+            ),
+            None => "; not reported".to_owned(),
         };
         out.line(format!(
             "  module {name}: {} ({}{now})",
-            m["settings"]["image"].as_str().unwrap_or("?"),
-            m["status"].as_str().unwrap_or("?")
+            m.settings.image.as_deref().unwrap_or("?"),
+            m.desired_status()
         ))?;
     }
     if let Some(s) = state {
@@ -789,10 +799,8 @@ fn device_show(a: IdArgs, rt: &tokio::runtime::Runtime, out: &Output) -> anyhow:
             out.line(format!("    {m}: {why}"))?;
         }
     }
-    let hub_desired = &desired.get("$edgeHub").cloned().unwrap_or(Value::Null);
-    for (name, r) in hub_desired["routes"].as_object().into_iter().flatten() {
-        let text = r.as_str().or(r["route"].as_str()).unwrap_or("?");
-        out.line(format!("  route {name}: {text}"))?;
+    for (name, r) in HubDesired::of(&section("$edgeHub").unwrap_or_default()).routes {
+        out.line(format!("  route {name}: {}", r.text()))?;
     }
     Ok(Outcome::Ok)
 }

@@ -56,6 +56,70 @@ fn show(a: &ShowArgs, rt: &tokio::runtime::Runtime, out: &Output) -> anyhow::Res
     Ok(Outcome::Ok)
 }
 
+/// One subgroup as `group subgroups` shows it: the service's document, its class's compat
+/// properties and its best update.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SubgroupView {
+    #[serde(flatten)]
+    subgroup: otaforge::service::model::DeviceClassSubgroup,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    compat_properties: Option<Map<String, Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    best_update: Option<otaforge::service::UpdateInfo>,
+}
+
+fn subgroups(a: &ShowArgs, rt: &tokio::runtime::Runtime, out: &Output) -> anyhow::Result<Outcome> {
+    let client = a.adu.client(out)?;
+    let found = rt.block_on(async {
+        let list = client.list_subgroups(&a.group).await?;
+        let classes = client.list_device_classes().await?;
+        let mut views = Vec::new();
+        for sg in list {
+            let class = classes.iter().find(|c| c.device_class_id == sg.device_class_id);
+            let best = client.subgroup_best_update(&a.group, &sg.device_class_id).await?;
+            views.push(SubgroupView {
+                compat_properties: class
+                    .map(|c| c.device_class_properties.compat_properties.clone()),
+                best_update: best.map(|b| b.update),
+                subgroup: sg,
+            });
+        }
+        Ok::<_, otaforge::service::ServiceError>(views)
+    });
+    let views = match found {
+        Ok(v) => v,
+        Err(otaforge::service::ServiceError::Api { status: 404, .. }) => {
+            out.failure(&Failure::new("NotFound", format!("group `{}` does not exist", a.group)))?;
+            return Ok(Outcome::CheckFailed);
+        }
+        Err(e) => return service_failure(out, "list the subgroups", e),
+    };
+    if out.json() {
+        out.json_value(&views)?;
+        return Ok(Outcome::Ok);
+    }
+    for v in &views {
+        let compat: Vec<String> = v
+            .compat_properties
+            .iter()
+            .flatten()
+            .map(|(k, val)| {
+                format!("{k}={}", val.as_str().map_or_else(|| val.to_string(), str::to_owned))
+            })
+            .collect();
+        out.line(format!(
+            "{}  {} devices  {}  deployment {}  best {}",
+            v.subgroup.device_class_id,
+            v.subgroup.device_count.unwrap_or(0),
+            compat.join(","),
+            v.subgroup.deployment_id.as_deref().unwrap_or("-"),
+            v.best_update.as_ref().map_or_else(|| "-".to_owned(), |u| u.update_id.to_string())
+        ))?;
+    }
+    Ok(Outcome::Ok)
+}
+
 /// `otaforge group ...`.
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum GroupCommand {
@@ -68,6 +132,9 @@ pub(crate) enum GroupCommand {
     List(ListArgs),
     /// Show one group with its compliance.
     Show(ShowArgs),
+    /// The device-class subgroups of a group: devices, compat properties, active deployment
+    /// and best update of each.
+    Subgroups(ShowArgs),
 }
 
 /// `otaforge group list`.
@@ -122,6 +189,7 @@ pub(crate) fn run(
         GroupCommand::Untag(a) => (&a.devices, None, &a.hub),
         GroupCommand::List(a) => return list(a, rt, out),
         GroupCommand::Show(a) => return show(a, rt, out),
+        GroupCommand::Subgroups(a) => return subgroups(a, rt, out),
     };
     let client = hub.client(out)?;
     let mut tags = Map::new();

@@ -1,7 +1,9 @@
 //! `otaforge hub`: IoT Hub identities (devices and modules, with their keys and connection
 //! strings), direct methods and telemetry, against Azure IoT Hub or `otaforge serve` alike
 //! (telemetry from serve only: Azure sends it to Event Hubs, read it with `az iot hub
-//! monitor-events`).
+//! monitor-events`); automatic device management configurations are [`config`].
+
+mod config;
 
 use std::time::Duration;
 
@@ -26,6 +28,9 @@ pub(crate) enum HubCommand {
     /// Call a direct method on a device (or `DEVICE/MODULE`) and print its answer (exit 1
     /// when the device answers with a status of 300 or more).
     InvokeMethod(InvokeArgs),
+    /// Automatic device management configurations (device twins' desired properties).
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
 }
 
 /// What `hub device` and `hub module` do.
@@ -144,6 +149,7 @@ pub(crate) fn run(
         HubCommand::Module(c) => identity(c, true, rt, out),
         HubCommand::Monitor(a) => rt.block_on(monitor(a, out)),
         HubCommand::InvokeMethod(a) => rt.block_on(invoke(a, out)),
+        HubCommand::Config(c) => config::run(c, rt, out),
     }
 }
 

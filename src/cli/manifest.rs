@@ -98,6 +98,11 @@ pub(crate) struct ValidateArgs {
     /// Recompute sizes and hashes of the payload files found in DIR.
     #[arg(long)]
     payload_dir: Option<PathBuf>,
+    /// The Device Update agent the devices run (`1.1`, `1.0.2`, `DU;agent/1.1.0`): a step
+    /// handler that release does not register becomes an error (every device would fail the
+    /// step), not a warning.
+    #[arg(long, value_name = "VERSION")]
+    agent_version: Option<otaforge::manifest::validate::AgentVersion>,
 }
 
 pub(crate) fn run(
@@ -363,6 +368,22 @@ struct Report {
     findings: Findings,
 }
 
+/// Replaces the version-less agent findings of a manifest with those for agent `v`.
+fn agent_findings(
+    findings: &mut otaforge::Findings,
+    path: &std::path::Path,
+    v: otaforge::manifest::validate::AgentVersion,
+) {
+    use otaforge::manifest::validate::{AGENT_RULES, check_agent_support};
+    let Ok(doc) = fs_err::read(path).map(|b| serde_json::from_slice::<serde_json::Value>(&b))
+    else {
+        return;
+    };
+    let Ok(doc) = doc else { return };
+    findings.retain(|f| !AGENT_RULES.contains(&f.rule));
+    findings.extend(check_agent_support(&doc, Some(v)));
+}
+
 fn validate(args: ValidateArgs, out: &Output) -> anyhow::Result<Outcome> {
     let checked = match &args.payload_dir {
         Some(_) => {
@@ -385,7 +406,10 @@ fn validate(args: ValidateArgs, out: &Output) -> anyhow::Result<Outcome> {
     };
     let mut reports = Vec::new();
     for c in checked {
-        let findings = c.findings();
+        let mut findings = c.findings();
+        if let Some(v) = args.agent_version {
+            agent_findings(&mut findings, &c.checked.path, v);
+        }
         let errors = findings.error_count();
         reports.push(Report {
             file: c.checked.path.display().to_string(),

@@ -13,12 +13,14 @@ mod hash;
 mod hub;
 mod import;
 mod key;
+mod logs;
 mod manifest;
 mod mcuboot;
 mod meta;
 mod new;
 mod output;
 mod release;
+mod results;
 mod serve;
 mod sign;
 mod update;
@@ -131,10 +133,14 @@ enum Command {
     /// Deploy an update to a group; read, list and delete deployments.
     #[command(subcommand)]
     Deploy(deploy::DeployCommand),
+    /// Device Update log collections: ask devices for their logs, and see how each did.
+    #[command(subcommand)]
+    Logs(logs::LogsCommand),
     /// Simulated devices that install deployments from `otaforge serve`.
     #[command(subcommand)]
     Fleet(fleet::FleetCommand),
-    /// IoT Hub: device and module identities, connection strings, direct methods, telemetry.
+    /// IoT Hub: device and module identities, connection strings, direct methods, telemetry,
+    /// and automatic device management configurations (`hub config`).
     #[command(subcommand)]
     Hub(hub::HubCommand),
     /// IoT Edge: manifests, routes, target conditions, deployments on IoT Hub, what-if.
@@ -216,6 +222,7 @@ pub(crate) fn main(rt: &tokio::runtime::Runtime) -> ExitCode {
         Command::Device(cmd) => device::run(cmd, rt, &out),
         Command::Compliance(args) => device::compliance(args, rt, &out),
         Command::Deploy(cmd) => deploy::run(cmd, rt, &out),
+        Command::Logs(cmd) => logs::run(cmd, rt, &out),
         Command::Fleet(cmd) => fleet::run(cmd, rt, &out),
         Command::Hub(cmd) => hub::run(cmd, rt, &out),
         Command::Edge(cmd) => edge::run(cmd, rt, &out),
@@ -263,7 +270,7 @@ fn usage_error(e: &clap::Error) -> ExitCode {
 /// missing or unreadable, whichever layer met it; else the code of the first cause that has
 /// one (`otaforge::error::ErrorCode`).
 fn error_code(e: &anyhow::Error) -> String {
-    use otaforge::error::{ErrorCode, code_of};
+    use otaforge::error::ErrorCode;
     let coded: Vec<&dyn ErrorCode> = e.chain().filter_map(code_of).collect();
     let file = coded.iter().find_map(|c| {
         c.io_kind().filter(|k| {
@@ -275,6 +282,31 @@ fn error_code(e: &anyhow::Error) -> String {
         Some(_) => "permissionDenied".into(),
         None => coded.first().map_or_else(|| "error".into(), |c| c.code()),
     }
+}
+
+/// The `ErrorCode` of `e` when it is one of the library's errors or an I/O error: the one list
+/// of the library's error types, kept by the one caller that holds errors as `dyn Error`.
+fn code_of<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a dyn otaforge::error::ErrorCode> {
+    macro_rules! first_of {
+        ($($t:ty),* $(,)?) => {
+            $( if let Some(x) = e.downcast_ref::<$t>() { return Some(x); } )*
+        };
+    }
+    first_of!(
+        std::io::Error,
+        otaforge::sign::SignError,
+        otaforge::storage::StorageError,
+        otaforge::mcuboot::McubootError,
+        otaforge::iothub::IotHubError,
+        otaforge::time::TimeError,
+        otaforge::size::SizeError,
+        otaforge::service::ServiceError,
+        otaforge::fleet::FleetError,
+        otaforge::release::ReleaseError,
+    );
+    None
 }
 
 /// The matches of a nested subcommand, for reading the order of repeated options.
@@ -293,5 +325,32 @@ mod tests {
     #[test]
     fn clap_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_library_error_has_its_code_behind_dyn_error() {
+        let code = |e: &(dyn std::error::Error + 'static)| code_of(e).map(|c| c.code());
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "gone");
+        assert_eq!(code(&io).as_deref(), Some("notFound"));
+        let hub = otaforge::iothub::IotHubError::Api {
+            operation: "read".into(),
+            status: 404,
+            code: "DeviceNotFound".into(),
+            message: "no such device".into(),
+        };
+        assert_eq!(code(&hub).as_deref(), Some("DeviceNotFound"));
+        let fleet = otaforge::fleet::FleetError::Hub(hub);
+        assert_eq!(code(&fleet).as_deref(), Some("DeviceNotFound"));
+        let size = otaforge::size::parse_size("x").unwrap_err();
+        assert_eq!(code(&size).as_deref(), Some("invalidValue"));
+        let sign = otaforge::sign::SignError::Io(std::io::Error::from(
+            std::io::ErrorKind::PermissionDenied,
+        ));
+        assert_eq!(
+            code_of(&sign).and_then(otaforge::error::ErrorCode::io_kind),
+            Some(std::io::ErrorKind::PermissionDenied)
+        );
+        let other: Box<dyn std::error::Error> = "plain".into();
+        assert!(code_of(other.as_ref()).is_none());
     }
 }

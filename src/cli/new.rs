@@ -2,7 +2,10 @@
 //! it expects, a make fragment and a CI workflow (and with `--xtask` a `cargo xtask release`);
 //! never overwrites a file.
 
-use std::path::PathBuf;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use otaforge::fsutil::AtomicFile;
 
 use super::{Outcome, Output};
 
@@ -58,14 +61,19 @@ pub(crate) fn run(a: NewArgs, out: &Output) -> anyhow::Result<Outcome> {
     if a.xtask {
         files.push(("xtask/src/release.rs", include_str!("../../templates/new/xtask_release.rs")));
     }
-    let existing: Vec<String> = files
-        .iter()
-        .map(|(name, _)| a.dir.join(name))
-        .filter(|p| p.exists())
-        .map(|p| p.display().to_string())
-        .collect();
+    // Everything is checked before anything is written: a file that exists (a dangling
+    // symlink included) or a symlink on the way to one stops `new` with nothing written.
+    let mut existing = Vec::new();
+    for (name, _) in &files {
+        if let Some(p) = blocked(&a.dir, Path::new(name))? {
+            existing.push(p.display().to_string());
+        }
+    }
     if !existing.is_empty() {
         anyhow::bail!("{} already exist(s); otaforge new never overwrites", existing.join(", "));
+    }
+    for f in folders {
+        no_dangling_link(&a.dir, Path::new(f))?;
     }
     for f in folders {
         fs_err::create_dir_all(a.dir.join(f))?;
@@ -76,7 +84,17 @@ pub(crate) fn run(a: NewArgs, out: &Output) -> anyhow::Result<Outcome> {
         if let Some(parent) = path.parent() {
             fs_err::create_dir_all(parent)?;
         }
-        otaforge::fsutil::write_output(&path, text.as_bytes(), otaforge::fsutil::Privacy::Public)?;
+        // A new file only: the umask's mode, and never a rename over something that appeared
+        // since the check.
+        let mut file = AtomicFile::new_with_mode(&path, Some(0o666))?;
+        file.write_all(text.as_bytes())?;
+        file.commit(false).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                anyhow::anyhow!("{} already exists; otaforge new never overwrites", path.display())
+            } else {
+                e.into()
+            }
+        })?;
         written.push(path.display().to_string());
     }
     let key_step = matches!(a.template, Template::Mcu | Template::Apt);
@@ -93,4 +111,51 @@ pub(crate) fn run(a: NewArgs, out: &Output) -> anyhow::Result<Outcome> {
         out.line(format!("next: {next}"))?;
     }
     Ok(Outcome::Ok)
+}
+
+/// Where `new` must not write `rel` (a path below `dir`): `Some(path)` when the file exists; an
+/// error when it or a folder on the way is a symlink, dangling or not (writing through it would
+/// put the file somewhere else), or a folder on the way is not one.
+fn blocked(dir: &Path, rel: &Path) -> anyhow::Result<Option<PathBuf>> {
+    let mut path = dir.to_path_buf();
+    let parts: Vec<_> = rel.components().collect();
+    for (i, part) in parts.iter().enumerate() {
+        path.push(part);
+        let meta = match fs_err::symlink_metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        if meta.file_type().is_symlink() {
+            anyhow::bail!(
+                "{} is a symlink; otaforge new never writes through one (remove it, or give another folder)",
+                path.display()
+            );
+        }
+        if i + 1 == parts.len() {
+            return Ok(Some(path));
+        }
+        if !meta.is_dir() {
+            anyhow::bail!("{} is not a folder", path.display());
+        }
+    }
+    Ok(None)
+}
+
+/// Refuses a dangling symlink among the folders of `rel` below `dir` (creating the folder would
+/// create its target somewhere else).
+fn no_dangling_link(dir: &Path, rel: &Path) -> anyhow::Result<()> {
+    let mut path = dir.to_path_buf();
+    for part in rel.components() {
+        path.push(part);
+        match fs_err::symlink_metadata(&path) {
+            Ok(m) if m.file_type().is_symlink() && !path.exists() => anyhow::bail!(
+                "{} is a symlink to nothing; otaforge new never creates through one (remove it, or give another folder)",
+                path.display()
+            ),
+            Ok(_) => {}
+            Err(_) => return Ok(()),
+        }
+    }
+    Ok(())
 }

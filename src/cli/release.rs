@@ -1,11 +1,11 @@
 //! `otaforge release`: arguments and display only; the work is `otaforge::release`.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use otaforge::release::{self, Options, Rollout, StageOutput};
-use otaforge::service::{AduClient, Auth};
-use otaforge::storage::AnyStore;
+use otaforge::release::{self, Checked, Outcome as Ended, Report, StageOutput, Step};
+use otaforge::service::Auth;
 use serde_json::json;
 
 use super::args::StorageArgs;
@@ -62,19 +62,41 @@ fn config_failure(
     Ok(Outcome::CheckFailed)
 }
 
-/// The IoT Hub, when a stage is an Edge stage: `service.iothub-connection-file`, else
-/// `$IOTHUB_CONNECTION_STRING`.
-fn hub_client(c: &release::Checked) -> anyhow::Result<Option<otaforge::iothub::IotHubClient>> {
-    if !c.config.stages.iter().any(|s| s.edge_target.is_some()) {
-        return Ok(None);
+/// The release's progress on stderr: the plan, byte progress bars, notices.
+struct Progress(Output);
+
+impl release::ReleaseReporter for Progress {
+    fn plan(&self, c: &Checked) {
+        print_plan(&self.0, c);
     }
-    let text = match &c.config.service.iothub_connection_file {
-        Some(f) => fs_err::read_to_string(c.root.join(f))?,
-        None => std::env::var(otaforge::env::IOTHUB_CONNECTION_STRING).ok().filter(|v| !v.is_empty()).ok_or_else(|| {
-            anyhow::anyhow!("Edge stages need the IoT Hub: set service.iothub-connection-file or IOTHUB_CONNECTION_STRING")
-        })?,
-    };
-    Ok(Some(otaforge::iothub::IotHubClient::new(text.parse()?)?))
+    fn progress(&self, step: Step) -> Box<dyn otaforge::Reporter + '_> {
+        Box::new(self.0.progress(&step.to_string()))
+    }
+    fn base_fetched(&self, version: &str) {
+        self.0.notice(format!("  delta base {version} read from the storage container"));
+    }
+    fn delta_skipped(&self, why: &str) {
+        self.0.notice(format!("  delta skipped: {why}"));
+    }
+    fn imported(&self, id: &otaforge::manifest::UpdateId, now: bool) {
+        self.0.notice(if now {
+            format!("imported {id}")
+        } else {
+            format!("{id}: already imported")
+        });
+    }
+    fn stage(&self, stage: &StageOutput) {
+        self.0.notice(stage_line(stage));
+    }
+    fn record_not_confirmed(&self, record: &StageOutput, why: &release::rollout::Unconfirmed) {
+        self.0.notice(format!(
+            "stage {}: the state file says {}, but {why}; running the stage",
+            record.name, record.result
+        ));
+    }
+    fn retrying(&self, message: &str) {
+        self.0.notice(format!("service: {message}"));
+    }
 }
 
 fn stage_line(s: &StageOutput) -> String {
@@ -91,32 +113,7 @@ fn stage_line(s: &StageOutput) -> String {
     line
 }
 
-fn report(
-    c: &release::Checked,
-    built: &release::Built,
-    rollout: Option<&Rollout>,
-) -> serde_json::Value {
-    let files = built.files_dir();
-    json!({
-        "updateId": c.update_id.to_string(),
-        "output": built.dir.display().to_string(),
-        "files": files.display().to_string(),
-        "artifacts": built.state.artifacts,
-        "deltas": built.state.deltas,
-        "skippedDeltas": built.state.skipped_deltas,
-        "manifest": built.state.manifest,
-        "metadata": built.state.metadata,
-        "imported": built.state.imported,
-        "stages": built.state.stages,
-        "result": match rollout {
-            None => "built",
-            Some(Rollout::Passed) => "passed",
-            Some(Rollout::GateFailed(_)) => "gateFailed",
-        },
-    })
-}
-
-fn print_plan(out: &Output, c: &release::Checked) {
+fn print_plan(out: &Output, c: &Checked) {
     out.notice(format!(
         "release {} → {}",
         c.update_id,
@@ -144,6 +141,59 @@ fn print_plan(out: &Output, c: &release::Checked) {
     }
 }
 
+/// The report: as it is with `--format json`, else a line per file and stage.
+fn show(out: &Output, report: &Report) -> anyhow::Result<Outcome> {
+    if out.json() {
+        out.json_value(report)?;
+    } else if report.result == Ended::Built {
+        let dir = report.output.display();
+        out.line(format!("built {} in {dir} (dry run: nothing sent)", report.update_id))?;
+    } else {
+        for a in &report.artifacts {
+            out.line(format!("{}  {} bytes  sha256 {}", a.name, a.size_in_bytes, a.sha256))?;
+        }
+        for d in &report.deltas {
+            let f = &d.file;
+            out.line(format!("{}  {} bytes  from {}", f.name, f.size_in_bytes, d.base_version))?;
+        }
+        for s in &report.stages {
+            out.line(stage_line(s))?;
+        }
+    }
+    let Some(stage) = &report.failed_stage else { return Ok(Outcome::Ok) };
+    let why = report.failed().and_then(|s| s.reason.as_ref());
+    out.notice(format!(
+        "stage {stage}: gate failed{}",
+        why.map(|r| format!(": {r}")).unwrap_or_default()
+    ));
+    Ok(Outcome::CheckFailed)
+}
+
+/// A release error: the ones a user can fix with their code (exit 1), the rest exit 2.
+fn failure(out: &Output, e: release::ReleaseError, secrets: &[String]) -> anyhow::Result<Outcome> {
+    let Some(code) = e.failure_code() else { return Err(e.into()) };
+    let source = match e {
+        release::ReleaseError::Stopped { step, source } => (step, *source),
+        e => (Step::Build, e),
+    };
+    match source {
+        (step, release::ReleaseError::Config(errors)) => {
+            let what = if step == Step::Groups {
+                "nothing was uploaded or imported"
+            } else {
+                "nothing was built or sent"
+            };
+            config_failure(out, &errors, what)
+        }
+        (_, e) => {
+            let refs: Vec<&str> = secrets.iter().map(String::as_str).collect();
+            let message = otaforge::storage::sas::redact(&e.to_string(), &refs);
+            out.failure(&Failure::new(code, message))?;
+            Ok(Outcome::CheckFailed)
+        }
+    }
+}
+
 pub(crate) fn run(
     a: ReleaseArgs,
     rt: &tokio::runtime::Runtime,
@@ -153,155 +203,35 @@ pub(crate) fn run(
         out.line(serde_json::to_string_pretty(&release::config::schema())?)?;
         return Ok(Outcome::Ok);
     }
-    let c = match release::config::load(&a.config) {
+    let checked = match release::load(&a.config) {
         Ok(c) => c,
         Err(errors) => return config_failure(out, &errors, "nothing was built or sent"),
     };
-    let dir = c.output.join(c.update_id.version().as_str());
-    if a.resume && !dir.join(release::STATE_FILE).is_file() {
-        anyhow::bail!("--resume: {} holds no release to resume", dir.display());
+    let mut storage = a.storage;
+    if let Some(account) = &checked.config.storage.account {
+        storage.default_account(account);
     }
-    if let Some(u) = &a.until
-        && !c.config.stages.iter().any(|s| &s.name.value == u)
-    {
-        anyhow::bail!("--until {u}: otaforge.toml has no stage of that name");
-    }
-    print_plan(out, &c);
-    let opts = Options {
-        source_date_epoch: otaforge::env::source_date_epoch(),
-        until: a.until.clone(),
-        jobs: otaforge::hash::default_jobs(),
+    let dry_run = a.dry_run;
+    let overrides = release::Overrides {
+        dry_run,
+        resume: a.resume,
+        until: a.until,
         poll: Some(a.poll),
-    };
-    // The service and the store; none for a dry run, which makes no network call.
-    let service = if a.dry_run {
-        None
-    } else {
-        let endpoint = a.endpoint.clone().unwrap_or_else(|| c.config.service.endpoint.clone());
-        let token = std::env::var(otaforge::env::OTAFORGE_ADU_TOKEN).ok().filter(|t| !t.is_empty());
-        let auth = match (a.adu_entra, token) {
-            (Some(src), _) => Auth::Entra(otaforge::storage::azure::entra_credential(src.into())?),
-            (None, Some(t)) => Auth::Static(t),
-            (None, None) => Auth::None,
-        };
-        let client = AduClient::new(&endpoint, &c.config.service.instance, auth)?;
-        let mut storage = a.storage;
-        if let Some(account) = &c.config.storage.account {
-            storage.default_account(account);
-        }
-        let store = match (&c.config.storage.dir, storage.is_configured()) {
-            (Some(dir), false) => AnyStore::Dir(otaforge::storage::dir::DirStore::open(
-                &c.root.join(dir),
-                c.config.storage.base_url.as_deref().unwrap_or("http://127.0.0.1:8080/blobs"),
-            )?),
-            (_, true) => storage.open(out)?,
-            (None, false) => AnyStore::Embedded(
-                rt.block_on(otaforge::storage::embedded::EmbeddedStore::discover(&client))?,
-            ),
-        };
-        Some((client, store))
-    };
-    // Delta bases kept in the storage container, read back once.
-    if let Some((_, store)) = &service
-        && !c.remote_bases.is_empty()
-    {
-        match rt.block_on(release::fetch_bases(&c, store)) {
-            Ok(fetched) => {
-                for v in fetched {
-                    out.notice(format!("  delta base {v} read from the storage container"));
-                }
+        jobs: Some(otaforge::hash::default_jobs()),
+        endpoint: a.endpoint,
+        auth: match a.adu_entra {
+            Some(src) if !dry_run => {
+                Some(Auth::Entra(otaforge::storage::azure::entra_credential(src.into())?))
             }
-            Err(e) => {
-                out.failure(&Failure::new("baseFailed", e.to_string()))?;
-                return Ok(Outcome::CheckFailed);
-            }
-        }
+            _ => None,
+        },
+        store: if storage.is_configured() && !dry_run { Some(storage.open(out)?) } else { None },
+    };
+    let settings =
+        release::Settings::resolve(checked, overrides, &release::Environment::from_process())?;
+    let secrets = settings.secrets();
+    match rt.block_on(release::run(settings, Arc::new(Progress(out.clone())))) {
+        Ok(report) => show(out, &report),
+        Err(e) => failure(out, e, &secrets),
     }
-    let built = {
-        let reporter = out.progress("build");
-        release::build(&c, &opts, &reporter)
-    };
-    let mut built = match built {
-        Ok(b) => b,
-        Err(e) => {
-            out.failure(&Failure::new("buildFailed", e.to_string()))?;
-            return Ok(Outcome::CheckFailed);
-        }
-    };
-    for s in &built.state.skipped_deltas {
-        out.notice(format!("  delta skipped: {s}"));
-    }
-    if a.dry_run {
-        if out.json() {
-            out.json_value(&report(&c, &built, None))?;
-        } else {
-            out.line(format!(
-                "built {} in {} (dry run: nothing sent)",
-                c.update_id,
-                built.dir.display()
-            ))?;
-        }
-        return Ok(Outcome::Ok);
-    }
-    let Some((client, store)) = service else {
-        anyhow::bail!("no service to release to");
-    };
-    rt.block_on(async {
-        if let Err(missing) = release::check_groups(&c, &client, a.until.as_deref()).await? {
-            return config_failure(out, &missing, "nothing was uploaded or imported");
-        }
-        let published = {
-            let reporter = out.progress("upload");
-            release::publish(&c, built, &client, &store, &reporter).await
-        };
-        built = match published {
-            Ok(b) => b,
-            Err(e) => {
-                let refs: Vec<String> = store.secrets();
-                let refs: Vec<&str> = refs.iter().map(String::as_str).collect();
-                let message = otaforge::storage::sas::redact(&e.to_string(), &refs);
-                out.failure(&Failure::new("publishFailed", message))?;
-                return Ok(Outcome::CheckFailed);
-            }
-        };
-        if built.state.artifacts.is_empty() {
-            // An IoT Edge-only release imports nothing.
-        } else if built.made.iter().any(|m| m == "import") {
-            out.notice(format!("imported {}", c.update_id));
-        } else {
-            out.notice(format!("{}: already imported", c.update_id));
-        }
-        let progress = |s: &StageOutput| out.notice(stage_line(s));
-        let hub = hub_client(&c)?;
-        let rollout =
-            release::roll_out(&c, &mut built, &client, hub.as_ref(), &opts, &progress).await?;
-        if out.json() {
-            out.json_value(&report(&c, &built, Some(&rollout)))?;
-        } else {
-            for a in &built.state.artifacts {
-                out.line(format!("{}  {} bytes  sha256 {}", a.name, a.size_in_bytes, a.sha256))?;
-            }
-            for d in &built.state.deltas {
-                out.line(format!(
-                    "{}  {} bytes  from {}",
-                    d.file.name, d.file.size_in_bytes, d.base_version
-                ))?;
-            }
-            for s in &built.state.stages {
-                out.line(stage_line(s))?;
-            }
-        }
-        Ok(match rollout {
-            Rollout::Passed => Outcome::Ok,
-            Rollout::GateFailed(stage) => {
-                let s = built.state.stages.iter().find(|s| s.name == stage);
-                let message = format!(
-                    "stage {stage}: gate failed{}",
-                    s.and_then(|s| s.reason.as_ref()).map(|r| format!(": {r}")).unwrap_or_default()
-                );
-                out.notice(message);
-                Outcome::CheckFailed
-            }
-        })
-    })
 }

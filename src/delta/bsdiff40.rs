@@ -6,7 +6,8 @@
 use std::io::{self, Read, Write};
 
 use super::diff::Op;
-use super::ops::{OldImage, PatchError, Patcher, put_varint, zigzag};
+use super::ops::{OldImage, PatchError, Patcher, Sink};
+use super::wire::{put_varint, zigzag};
 
 /// The magic at offset 0.
 pub const MAGIC: &[u8; 8] = b"BSDIFF40";
@@ -154,7 +155,7 @@ pub fn apply<O: OldImage + ?Sized>(
     patch: &[u8],
     old_len: u64,
     old: &mut O,
-    out: &mut dyn FnMut(&[u8]) -> io::Result<()>,
+    out: &mut Sink<'_>,
 ) -> Result<(), ApplyError> {
     let l = layout(patch)?;
     let body = &patch[HEADER..];

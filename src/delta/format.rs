@@ -2,25 +2,11 @@
 
 use crate::Sha256;
 
-/// First eight bytes of every otadelta file.
-pub const MAGIC: &[u8; 8] = b"OTADELTA";
-/// The format version this code writes and reads.
-pub const VERSION: u8 = 1;
-/// Size of the header in bytes.
-pub const HEADER_LEN: usize = 152;
-/// The header bytes covered by [`Header::digest`] (everything before the digest itself).
-pub const DIGESTED_LEN: usize = 120;
-/// Header `flags` bit: a signature block follows the payload.
-pub const FLAG_SIGNED: u8 = 1;
-/// Header `flags` bit: the delta is applied inside the old image's own flash slot
-/// ([`InPlace`]); bytes 18..23 hold its segment size and shift.
-pub const FLAG_IN_PLACE: u8 = 2;
-/// Size of the signature block of a signed delta: key id (32) and Ed25519 signature (64).
-pub const SIGNATURE_LEN: usize = 96;
-/// What a delta signature signs: this context string, then the 32-byte digest. The context keeps
-/// a delta signature from being valid as any other otaforge signature (JWS signing input starts
-/// with base64url text, never with this).
-pub const SIGNATURE_CONTEXT: &[u8; 22] = b"otadelta signature v1\0";
+pub use otaforge_applier::HeaderError;
+pub use otaforge_applier::header::{
+    DIGESTED_LEN, FLAG_IN_PLACE, FLAG_SIGNED, HEADER_LEN, InPlace, MAGIC, SIGNATURE_CONTEXT,
+    SIGNATURE_LEN, VERSION,
+};
 
 /// The digest of a delta: SHA-256 of `header[..DIGESTED_LEN]` followed by `payload`.
 pub fn digest(header_prefix: &[u8], payload: &[u8]) -> Sha256 {
@@ -44,20 +30,22 @@ pub enum Method {
     Split,
 }
 
-impl Method {
-    fn code(self) -> u8 {
-        match self {
-            Method::Bsdiff => 1,
-            Method::Zstd => 2,
-            Method::Split => 3,
+impl From<otaforge_applier::Method> for Method {
+    fn from(m: otaforge_applier::Method) -> Self {
+        match m {
+            otaforge_applier::Method::Bsdiff => Method::Bsdiff,
+            otaforge_applier::Method::Zstd => Method::Zstd,
+            otaforge_applier::Method::Split => Method::Split,
         }
     }
-    fn from_code(c: u8) -> Option<Self> {
-        match c {
-            1 => Some(Method::Bsdiff),
-            2 => Some(Method::Zstd),
-            3 => Some(Method::Split),
-            _ => None,
+}
+
+impl From<Method> for otaforge_applier::Method {
+    fn from(m: Method) -> Self {
+        match m {
+            Method::Bsdiff => otaforge_applier::Method::Bsdiff,
+            Method::Zstd => otaforge_applier::Method::Zstd,
+            Method::Split => otaforge_applier::Method::Split,
         }
     }
 }
@@ -74,20 +62,22 @@ pub enum Compression {
     Lzma,
 }
 
-impl Compression {
-    fn code(self) -> u8 {
-        match self {
-            Compression::None => 0,
-            Compression::Zstd => 1,
-            Compression::Lzma => 2,
+impl From<otaforge_applier::Compression> for Compression {
+    fn from(c: otaforge_applier::Compression) -> Self {
+        match c {
+            otaforge_applier::Compression::None => Compression::None,
+            otaforge_applier::Compression::Zstd => Compression::Zstd,
+            otaforge_applier::Compression::Lzma => Compression::Lzma,
         }
     }
-    fn from_code(c: u8) -> Option<Self> {
+}
+
+impl From<Compression> for otaforge_applier::Compression {
+    fn from(c: Compression) -> Self {
         match c {
-            0 => Some(Compression::None),
-            1 => Some(Compression::Zstd),
-            2 => Some(Compression::Lzma),
-            _ => None,
+            Compression::None => otaforge_applier::Compression::None,
+            Compression::Zstd => otaforge_applier::Compression::Zstd,
+            Compression::Lzma => otaforge_applier::Compression::Lzma,
         }
     }
 }
@@ -126,63 +116,14 @@ pub struct Header {
     pub in_place: Option<InPlace>,
 }
 
-/// How an in-place delta uses the flash slot (docs/delta-format.md, "In place").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct InPlace {
-    /// log2 of the segment size: new is written one segment at a time, and a segment is the
-    /// unit of erase and of progress saved.
-    pub segment_log2: u8,
-    /// How many segments old is first moved up the slot, to leave room for new to grow
-    /// without overwriting old bytes it still needs.
-    pub shift_segments: u32,
-}
-
-impl InPlace {
-    /// The smallest and largest segment sizes (64 B and 16 MiB, as log2).
-    pub const SEGMENT_LOG2: std::ops::RangeInclusive<u8> = 6..=24;
-
-    /// Segment size in bytes.
-    pub fn segment(&self) -> u64 {
-        1 << self.segment_log2
-    }
-
-    /// Shift in bytes.
-    pub fn shift(&self) -> u64 {
-        u64::from(self.shift_segments) << self.segment_log2
-    }
-}
-
-/// Why a header is refused.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum HeaderError {
-    /// Not an otadelta file at all.
-    #[error("not an otadelta file (magic is not OTADELTA)")]
-    Magic,
-    /// Shorter than the header.
-    #[error("truncated: {0} bytes, the header alone is {HEADER_LEN}")]
-    Short(usize),
-    /// A version this build does not read.
-    #[error("otadelta format version {0} is not supported (this build reads version {VERSION})")]
-    Version(u8),
-    /// A field holds a value no writer produces.
-    #[error("header field {field} has the invalid value {value}")]
-    Field {
-        /// Field name as in docs/delta-format.md.
-        field: &'static str,
-        /// The value found.
-        value: u64,
-    },
-}
-
 impl Header {
     /// Encodes the header.
     pub fn encode(&self) -> [u8; HEADER_LEN] {
         let mut h = [0u8; HEADER_LEN];
         h[0..8].copy_from_slice(MAGIC);
         h[8] = VERSION;
-        h[9] = self.method.code();
-        h[10] = self.compression.code();
+        h[9] = otaforge_applier::Method::from(self.method).code();
+        h[10] = otaforge_applier::Compression::from(self.compression).code();
         h[11] = self.filter.map_or(0, |f| f.code());
         h[12..16].copy_from_slice(&self.window.to_le_bytes());
         h[16] = self.lzma_props;
@@ -203,91 +144,30 @@ impl Header {
         h
     }
 
-    /// Decodes and checks a header from the start of `bytes`.
+    /// Decodes and checks a header from the start of `bytes` (by the device's reader,
+    /// `otaforge_applier::header`).
     pub fn decode(bytes: &[u8]) -> Result<Self, HeaderError> {
-        if bytes.len() < 8 || &bytes[..8] != MAGIC {
-            return Err(HeaderError::Magic);
+        Ok(otaforge_applier::Header::decode(bytes)?.into())
+    }
+
+    /// The header as the device's applier reads it.
+    pub fn to_applier(&self) -> otaforge_applier::Header {
+        otaforge_applier::Header {
+            method: self.method.into(),
+            compression: self.compression.into(),
+            window: self.window,
+            lzma_props: self.lzma_props,
+            old_size: self.old_size,
+            old_sha256: *self.old_sha256.as_bytes(),
+            new_size: self.new_size,
+            new_sha256: *self.new_sha256.as_bytes(),
+            stream_len: self.stream_len,
+            payload_len: self.payload_len,
+            digest: *self.digest.as_bytes(),
+            signed: self.signed,
+            filter: self.filter,
+            in_place: self.in_place,
         }
-        if bytes.len() < HEADER_LEN {
-            return Err(HeaderError::Short(bytes.len()));
-        }
-        let h = &bytes[..HEADER_LEN];
-        if h[8] != VERSION {
-            return Err(HeaderError::Version(h[8]));
-        }
-        let field = |field, value: u8| HeaderError::Field { field, value: value.into() };
-        let method = Method::from_code(h[9]).ok_or(field("method", h[9]))?;
-        let compression = Compression::from_code(h[10]).ok_or(field("compression", h[10]))?;
-        let filter = match h[11] {
-            0 => None,
-            c => Some(super::exec::Isa::from_code(c).ok_or(field("filter", c))?),
-        };
-        if h[17] & !(FLAG_SIGNED | FLAG_IN_PLACE) != 0 {
-            return Err(field("flags", h[17]));
-        }
-        let in_place = if h[17] & FLAG_IN_PLACE != 0 {
-            if !InPlace::SEGMENT_LOG2.contains(&h[18]) {
-                return Err(field("segment_log2", h[18]));
-            }
-            let shift_segments = u32::from_le_bytes(h[19..23].try_into().unwrap_or_default());
-            Some(InPlace { segment_log2: h[18], shift_segments })
-        } else {
-            if let Some(&b) = h[18..23].iter().find(|b| **b != 0) {
-                return Err(field("reserved", b));
-            }
-            None
-        };
-        if h[23] != 0 {
-            return Err(field("reserved", h[23]));
-        }
-        let u64_at = |o: usize| u64::from_le_bytes(h[o..o + 8].try_into().unwrap_or_default());
-        let sha_at = |o: usize| Sha256::from_bytes(h[o..o + 32].try_into().unwrap_or_default());
-        let window = u32::from_le_bytes(h[12..16].try_into().unwrap_or_default());
-        let lzma_props = h[16];
-        match compression {
-            Compression::Lzma if lzma_props >= 9 * 5 * 5 => {
-                return Err(field("lzma_props", lzma_props));
-            }
-            Compression::Lzma if window < 4096 => {
-                return Err(HeaderError::Field { field: "window", value: window.into() });
-            }
-            Compression::Zstd | Compression::None if lzma_props != 0 => {
-                return Err(field("lzma_props", lzma_props));
-            }
-            _ => {}
-        }
-        if method == Method::Zstd && compression != Compression::Zstd {
-            return Err(field("compression", h[10]));
-        }
-        if method == Method::Zstd && (filter.is_some() || in_place.is_some()) {
-            return Err(field("method", h[9]));
-        }
-        let header = Header {
-            method,
-            compression,
-            window,
-            lzma_props,
-            old_size: u64_at(24),
-            old_sha256: sha_at(32),
-            new_size: u64_at(64),
-            new_sha256: sha_at(72),
-            stream_len: u64_at(104),
-            payload_len: u64_at(112),
-            digest: sha_at(120),
-            signed: h[17] & FLAG_SIGNED != 0,
-            filter,
-            in_place,
-        };
-        if method == Method::Zstd && header.stream_len != header.new_size {
-            return Err(HeaderError::Field { field: "stream_len", value: header.stream_len });
-        }
-        if compression == Compression::None
-            && method != Method::Split
-            && header.stream_len != header.payload_len
-        {
-            return Err(HeaderError::Field { field: "stream_len", value: header.stream_len });
-        }
-        Ok(header)
     }
 
     /// Total file length the header declares: header, payload, and the signature block when
@@ -306,6 +186,27 @@ impl Header {
             Compression::Lzma => lzma_decoder_ram(self.lzma_props, self.window),
             // ZSTD_estimateDCtxSize is about 95 KiB plus the window for zstd 1.5.
             Compression::Zstd => 95 * 1024 + u64::from(self.window),
+        }
+    }
+}
+
+impl From<otaforge_applier::Header> for Header {
+    fn from(h: otaforge_applier::Header) -> Self {
+        Self {
+            method: h.method.into(),
+            compression: h.compression.into(),
+            window: h.window,
+            lzma_props: h.lzma_props,
+            old_size: h.old_size,
+            old_sha256: Sha256::from_bytes(h.old_sha256),
+            new_size: h.new_size,
+            new_sha256: Sha256::from_bytes(h.new_sha256),
+            stream_len: h.stream_len,
+            payload_len: h.payload_len,
+            digest: Sha256::from_bytes(h.digest),
+            signed: h.signed,
+            filter: h.filter,
+            in_place: h.in_place,
         }
     }
 }

@@ -19,6 +19,7 @@
 
 pub mod bsdiff40;
 mod codec;
+mod create;
 mod diff;
 pub mod exec;
 pub mod format;
@@ -26,17 +27,20 @@ pub mod inplace;
 pub mod lzma;
 pub mod ops;
 pub mod split;
+mod wire;
 
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use sha2::Digest;
 
+use crate::Sha256;
 use crate::sign::{KeyId, Message, SignError, Signer, TrustedKeys};
-use crate::{Reporter, Sha256};
+pub use create::create;
 pub use exec::Isa;
 pub use format::{Compression, Header, InPlace, Method};
-pub use ops::{OldImage, PatchError, Patcher, StreamPatcher};
+pub use ops::{OldImage, PatchError, Patcher, StreamPatcher, stream_patcher};
+pub use otaforge_applier::IoError;
 
 /// The two file formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -162,6 +166,7 @@ pub struct DeltaInfo {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key_id: Option<KeyId>,
     /// The executable transform (otadelta only).
+    #[serde(serialize_with = "exec::serialize_isa")]
     pub exec: Option<Isa>,
     /// The in-place layout (otadelta made with `--in-place` only).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -286,6 +291,12 @@ pub enum DeltaError {
     /// The in-place options or layout are refused, or applying in place failed.
     #[error("in place: {0}")]
     InPlace(String),
+    /// Writing the new image failed.
+    #[error("writing the new image: {0}")]
+    Write(io::Error),
+    /// The device's flash (or journal) failed while applying in place.
+    #[error("flash: {0}")]
+    Flash(IoError),
     /// Only otadelta files can carry a signature.
     #[error(
         "BSDIFF40 patches have no room for a signature; use --delta-format otadelta, or sign the file with `otaforge sign`"
@@ -295,358 +306,6 @@ pub enum DeltaError {
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> DeltaError + '_ {
     move |source| DeltaError::Io { path: path.to_path_buf(), source }
-}
-
-/// Creates a delta rebuilding `new` from `old`.
-pub fn create(
-    old: &[u8],
-    new: &[u8],
-    opts: &CreateOptions,
-    reporter: &dyn Reporter,
-) -> Result<Created, DeltaError> {
-    let level = opts.level.clamp(1, 9);
-    let in_place = match opts.in_place {
-        Some(ip) => Some(in_place_layout(old, new, opts, ip)?),
-        None => None,
-    };
-    let use_ops = opts.format == DeltaFormat::Bsdiff40
-        || matches!(opts.method, MethodChoice::Auto | MethodChoice::Bsdiff | MethodChoice::Split)
-        || opts.profile == Profile::Mcu
-        || in_place.is_some();
-    let (old_sha, new_sha) = std::thread::scope(|s| {
-        let h = s.spawn(|| Sha256::digest(old));
-        (h.join().unwrap_or_else(|_| Sha256::digest(old)), Sha256::digest(new))
-    });
-    let index_err = |e: diff::IndexError| DeltaError::Index(e.to_string());
-    let params = diff::ScanParams { threads: opts.threads.max(1), ..Default::default() };
-    let ops = if let Some(ip) = in_place {
-        reporter.start("match", Some(new.len() as u64));
-        let (seg, shift) = (ip.segment() as usize, ip.shift() as usize);
-        let ops = diff::diff_in_place(old, new, seg, shift, params).map_err(index_err)?;
-        reporter.finish("match");
-        ops
-    } else if use_ops {
-        reporter.start("index", Some(old.len() as u64));
-        let index = diff::SuffixIndex::build(old).map_err(index_err)?;
-        reporter.finish("index");
-        reporter.start("match", Some(new.len() as u64));
-        let ops = diff::diff(&index, new, params);
-        reporter.finish("match");
-        ops
-    } else {
-        Vec::new()
-    };
-    // The executable transform: which instruction set, and whether plain is tried as well.
-    let (isa, plain_too) = match opts.exec {
-        ExecChoice::None => (None, true),
-        ExecChoice::Isa(i) => (Some(i), false),
-        ExecChoice::Auto => (Isa::detect(new), true),
-    };
-    let covers = if opts.profile == Profile::Mcu { exec::MCU_COVERS } else { usize::MAX };
-    let table = match isa {
-        Some(_) if use_ops => exec::Table::from_ops(&ops, covers),
-        _ => exec::Table::default(),
-    };
-    let filters: Vec<Option<Isa>> = match isa {
-        // Large streams: compressing twice would double the compressors' memory and time, so
-        // the prediction is kept when it leaves fewer non-zero corrections.
-        Some(i) if plain_too && use_ops && ops_stream_hint(&ops) > 4 << 20 => {
-            reporter.start("exec", None);
-            let exec = exec::Exec { isa: i, table: &table };
-            let (with, without) = std::thread::scope(|s| {
-                let h = s.spawn(|| ops::nonzero_corrections(old, new, &ops, Some(exec)));
-                let without = ops::nonzero_corrections(old, new, &ops, None);
-                (h.join().unwrap_or(u64::MAX), without)
-            });
-            reporter.finish("exec");
-            if with < without { vec![Some(i)] } else { vec![None] }
-        }
-        Some(i) if plain_too => vec![None, Some(i)],
-        Some(i) => vec![Some(i)],
-        None => vec![None],
-    };
-
-    if opts.format == DeltaFormat::Bsdiff40 {
-        if in_place.is_some() || isa.is_some() && !plain_too {
-            return Err(DeltaError::InPlace(
-                "BSDIFF40 has no room for --in-place or --exec; use --delta-format otadelta".into(),
-            ));
-        }
-        reporter.start("compress", None);
-        let bytes = bsdiff40::write(old, new, &ops).map_err(DeltaError::Compress)?;
-        reporter.finish("compress");
-        let applied = apply(old, &bytes, None, &mut |_| Ok(()))
-            .map_err(|e| DeltaError::SelfCheck(e.to_string()))?;
-        if applied.new_sha256 != new_sha {
-            return Err(DeltaError::SelfCheck("BSDIFF40 output differs".into()));
-        }
-        let info = info(&bytes)?;
-        let size = bytes.len() as u64;
-        return Ok(Created {
-            bytes,
-            info,
-            candidates: vec![(Method::Bsdiff, Compression::None, None, size)],
-        });
-    }
-
-    // Candidate payloads: (method, encoder) pairs, compressed side by side.
-    let stream_len_hint = ops_stream_hint(&ops);
-    let mut encoders: Vec<(Method, codec::Encoder)> = Vec::new();
-    let jobs = &mut encoders;
-    if use_ops {
-        let mcu_lzma = codec::Encoder::Lzma {
-            preset: level,
-            params: codec::LzmaParams { dict: 4096, lc: 0, lp: 0, pb: 0 },
-        };
-        match (opts.compression, opts.profile) {
-            (Some(Compression::None), _) => jobs.push((Method::Bsdiff, codec::Encoder::None)),
-            (Some(Compression::Lzma), Profile::Mcu) | (None, Profile::Mcu) => {
-                jobs.push((Method::Bsdiff, mcu_lzma));
-            }
-            (Some(Compression::Zstd), Profile::Mcu) => {
-                jobs.push((Method::Bsdiff, codec::Encoder::Zstd { level: 19, window_log: 10 }));
-            }
-            (forced, Profile::Linux) => {
-                let dict = stream_len_hint.next_power_of_two().clamp(4096, 8 << 20) as u32;
-                if forced != Some(Compression::Zstd) {
-                    let lzma = codec::Encoder::Lzma {
-                        preset: level,
-                        params: codec::LzmaParams { dict, lc: 1, lp: 0, pb: 0 },
-                    };
-                    // The split method won on every corpus pair; for large streams the
-                    // interleaved one is not tried beside it (its compressor alone is ~100 MiB).
-                    if stream_len_hint <= 4 << 20 {
-                        jobs.push((Method::Bsdiff, lzma));
-                    }
-                    // The same, in five parts (each part's dictionary sized to it: up to 8 MiB
-                    // for the literals, 1 MiB for the others, which compressed as well or
-                    // better than 8 MiB on the corpus and take less memory on both sides).
-                    let split_params = codec::LzmaParams { dict: 8 << 20, lc: 1, lp: 0, pb: 0 };
-                    jobs.push((
-                        Method::Split,
-                        codec::Encoder::Lzma { preset: level, params: split_params },
-                    ));
-                }
-                // zstd on the op stream lost to LZMA on every corpus pair; auto tries it only
-                // where it is cheap (streams up to 8 MiB).
-                if forced == Some(Compression::Zstd)
-                    || (forced.is_none() && stream_len_hint <= 8 << 20)
-                {
-                    let window_log = codec::window_log_for(stream_len_hint.min(1 << 27) as u32);
-                    let zlevel = [1, 3, 6, 9, 12, 15, 17, 19, 19][level as usize - 1];
-                    jobs.push((Method::Bsdiff, codec::Encoder::Zstd { level: zlevel, window_log }));
-                }
-            }
-        }
-    }
-    let want_zstd = opts.profile == Profile::Linux
-        && in_place.is_none()
-        && (isa.is_none() || plain_too)
-        && matches!(opts.compression, None | Some(Compression::Zstd))
-        && (opts.method == MethodChoice::Zstd
-            // patch-from at level 19 runs at about 1 MB/s; auto tries it on MCU-sized images,
-            // where it sometimes wins.
-            || (opts.method == MethodChoice::Auto && old.len() + new.len() <= 8 << 20));
-    if want_zstd {
-        jobs.push((Method::Zstd, codec::Encoder::Zstd { level: 0, window_log: 0 }));
-    }
-
-    if opts.method == MethodChoice::Split {
-        encoders.retain(|(m, _)| *m == Method::Split);
-        if encoders.is_empty() {
-            return Err(DeltaError::Unsupported(
-                "--method split needs --profile linux and LZMA compression".into(),
-            ));
-        }
-    }
-    // Every op-stream encoder with every filter; patch-from once.
-    let jobs: Vec<(Method, codec::Encoder, Option<Isa>)> = encoders
-        .iter()
-        .flat_map(|&(m, e)| match m {
-            Method::Bsdiff | Method::Split => {
-                filters.iter().map(|&f| (m, e, f)).collect::<Vec<_>>()
-            }
-            Method::Zstd => vec![(m, e, None)],
-        })
-        .collect();
-    reporter.start("compress", None);
-    let results: Vec<Result<Candidate, DeltaError>> =
-        diff::run_limited(opts.threads.max(1), &jobs, |&(method, enc, filter)| {
-            let exec = filter.map(|isa| exec::Exec { isa, table: &table });
-            compress_payload(old, new, &ops, method, enc, exec, opts)
-        });
-    reporter.finish("compress");
-    let mut done = results.into_iter().collect::<Result<Vec<_>, _>>()?;
-    done.sort_by_key(|c| c.payload.len());
-    let candidates = done
-        .iter()
-        .map(|c| {
-            let size = (c.payload.len() + format::HEADER_LEN) as u64;
-            (c.method, c.enc.compression(), c.filter, size)
-        })
-        .collect();
-    let Some(Candidate { method, enc, filter, stream_len, payload }) = done.into_iter().next()
-    else {
-        return Err(DeltaError::SelfCheck("no candidate method".into()));
-    };
-    let header = Header {
-        method,
-        compression: enc.compression(),
-        window: enc.window(),
-        lzma_props: enc.lzma_props(),
-        old_size: old.len() as u64,
-        old_sha256: old_sha,
-        new_size: new.len() as u64,
-        new_sha256: new_sha,
-        stream_len,
-        payload_len: payload.len() as u64,
-        digest: Sha256::from_bytes([0; 32]),
-        signed: false,
-        filter,
-        in_place,
-    };
-    let mut encoded = header.encode();
-    let digest = format::digest(&encoded, &payload);
-    encoded[format::DIGESTED_LEN..].copy_from_slice(digest.as_bytes());
-    let mut bytes = Vec::with_capacity(format::HEADER_LEN + payload.len());
-    bytes.extend_from_slice(&encoded);
-    bytes.extend_from_slice(&payload);
-    drop(payload);
-    reporter.start("verify", Some(new.len() as u64));
-    // `apply` checks new's size and digest against the header.
-    apply(old, &bytes, None, &mut |_| Ok(())).map_err(|e| DeltaError::SelfCheck(e.to_string()))?;
-    reporter.finish("verify");
-    let info = info(&bytes)?;
-    Ok(Created { bytes, info, candidates })
-}
-
-/// About how long the op stream for `ops` is.
-fn ops_stream_hint(ops: &[diff::Op]) -> u64 {
-    ops.iter().map(|o| (o.add + o.copy) as u64 + 6).sum()
-}
-
-/// A compressed payload.
-struct Candidate {
-    method: Method,
-    enc: codec::Encoder,
-    filter: Option<Isa>,
-    /// Decompressed length.
-    stream_len: u64,
-    payload: Vec<u8>,
-}
-
-/// The in-place layout for `ip`: the segment size, and the largest shift of whole segments
-/// that leaves old inside the slot.
-fn in_place_layout(
-    old: &[u8],
-    new: &[u8],
-    opts: &CreateOptions,
-    ip: InPlaceOptions,
-) -> Result<InPlace, DeltaError> {
-    let bad = |m: String| Err(DeltaError::InPlace(m));
-    if opts.format != DeltaFormat::Otadelta {
-        return bad("BSDIFF40 cannot be applied in place; use --delta-format otadelta".into());
-    }
-    let seg = ip.segment_size;
-    let log2 = seg.trailing_zeros();
-    if !seg.is_power_of_two() || !InPlace::SEGMENT_LOG2.contains(&(log2 as u8)) {
-        return bad(format!(
-            "--segment-size {seg} must be a power of two from 64 B to 16 MiB (a multiple of the flash's erase unit)"
-        ));
-    }
-    let whole = |n: usize| (n as u64).div_ceil(seg) * seg;
-    let (old_room, new_room) = (whole(old.len()), whole(new.len()));
-    if ip.memory_size < old_room || ip.memory_size < new_room {
-        return bad(format!(
-            "--memory-size {} is smaller than old ({old_room} bytes) or new ({new_room} bytes) in whole {seg}-byte segments",
-            ip.memory_size
-        ));
-    }
-    let shift_segments = u32::try_from((ip.memory_size - old_room) / seg)
-        .map_err(|_| DeltaError::InPlace("the slot is more than 2^32 segments".into()))?;
-    Ok(InPlace { segment_log2: log2 as u8, shift_segments })
-}
-
-fn compress_payload(
-    old: &[u8],
-    new: &[u8],
-    ops: &[diff::Op],
-    method: Method,
-    enc: codec::Encoder,
-    exec: Option<exec::Exec<'_>>,
-    opts: &CreateOptions,
-) -> Result<Candidate, DeltaError> {
-    let (level, threads) = (opts.level.clamp(1, 9), opts.threads.max(1));
-    let filter = exec.map(|e| e.isa);
-    match method {
-        Method::Bsdiff => {
-            let mut stream_len = 0;
-            let payload = enc
-                .compress(&mut |w| {
-                    stream_len = ops::write_stream(old, new, ops, exec, w)?;
-                    Ok(stream_len)
-                })
-                .map_err(DeltaError::Compress)?;
-            Ok(Candidate { method, enc, filter, stream_len, payload })
-        }
-        Method::Split => {
-            let codec::Encoder::Lzma { preset, params } = enc else {
-                return Err(DeltaError::SelfCheck("the split method compresses with LZMA".into()));
-            };
-            // The reader derives the displacement table from the ops: all covers, not sent.
-            let full;
-            let exec = match exec {
-                Some(e) => {
-                    full = exec::Table::from_ops(ops, usize::MAX);
-                    Some(exec::Exec { isa: e.isa, table: &full })
-                }
-                None => None,
-            };
-            let mut table_len = Vec::new();
-            if let Some(e) = exec {
-                e.table.encode(&mut table_len);
-            }
-            // Run-length coding the corrections wins on large streams (LZMA's longest match
-            // is 273 bytes) and loses a little on small ones: small ones try both.
-            let adds: u64 = ops.iter().map(|o| o.add as u64).sum();
-            let variants: &[bool] = if adds <= 4 << 20 { &[true, false] } else { &[true] };
-            let mut best: Option<(Vec<u8>, u32, u64)> = None;
-            for &run_length in variants {
-                let parts = split::write_parts(old, new, ops, exec, run_length)
-                    .map_err(DeltaError::Compress)?;
-                // The re-interleaved stream: table, controls, corrections (counted from the
-                // ops, as part 3 may be run-length coded), literals.
-                let controls: u64 = parts[..3].iter().map(|p| p.len() as u64).sum();
-                let stream_len = table_len.len() as u64 + controls + adds + parts[4].len() as u64;
-                let (payload, window) =
-                    split::compress(&parts, run_length, preset, params, threads)
-                        .map_err(DeltaError::Compress)?;
-                if best.as_ref().is_none_or(|b| payload.len() < b.0.len()) {
-                    best = Some((payload, window, stream_len));
-                }
-            }
-            let Some((payload, window, stream_len)) = best else {
-                return Err(DeltaError::SelfCheck("no split payload".into()));
-            };
-            let params = codec::LzmaParams { dict: window, ..params };
-            let enc = codec::Encoder::Lzma { preset, params };
-            Ok(Candidate { method, enc, filter, stream_len, payload })
-        }
-        Method::Zstd => {
-            let total = (old.len() + new.len()).max(1) as u64;
-            let window_log = codec::window_log_for(total.min(1 << 31) as u32);
-            let zlevel = [3, 6, 9, 12, 15, 17, 19, 19, 19][level as usize - 1];
-            let payload = codec::zstd_ref_compress(old, new, zlevel, window_log)
-                .map_err(DeltaError::Compress)?;
-            Ok(Candidate {
-                method,
-                enc: codec::Encoder::Zstd { level: zlevel, window_log },
-                filter: None,
-                stream_len: new.len() as u64,
-                payload,
-            })
-        }
-    }
 }
 
 /// Describes a delta from its bytes (the header suffices for otadelta).
@@ -689,7 +348,7 @@ pub fn info(delta: &[u8]) -> Result<DeltaInfo, DeltaError> {
             in_place: h.in_place.map(|ip| InPlaceInfo {
                 segment: ip.segment(),
                 shift: ip.shift(),
-                slot_needed: inplace::slot_needed(&h, &ip),
+                slot_needed: inplace::slot_needed(&h),
             }),
         })
     } else if delta.starts_with(bsdiff40::MAGIC) {
@@ -742,31 +401,62 @@ pub fn apply(
 ) -> Result<Applied, DeltaError> {
     let mut hasher = sha2::Sha256::new();
     let mut written = 0u64;
+    // The patcher's sink reports a code; the output's own error is kept here for the caller.
+    let mut failed: Option<io::Error> = None;
     let mut tee = |b: &[u8]| {
         hasher.update(b);
         written += b.len() as u64;
-        out(b)
+        out(b).map_err(|e| {
+            failed = Some(e);
+            IoError { code: -1 }
+        })
     };
-    if delta.starts_with(bsdiff40::MAGIC) {
-        if keys.is_some() {
-            return Err(SignError::SignatureMissing {
-                what: "the delta is BSDIFF40, which cannot carry a signature".into(),
-            }
-            .into());
-        }
-        let mut old_img = old;
-        bsdiff40::apply(delta, old.len() as u64, &mut old_img, &mut tee).map_err(|e| match e {
-            bsdiff40::ApplyError::Header(h) => DeltaError::Bsdiff40(h),
-            bsdiff40::ApplyError::Patch(p) => DeltaError::Patch(p),
-            other => DeltaError::Bsdiff40Apply(other.to_string()),
-        })?;
-        return Ok(Applied {
-            format: DeltaFormat::Bsdiff40,
-            new_size: written,
-            new_sha256: Sha256::from_bytes(hasher.finalize().into()),
-            signed_by: None,
-        });
+    let result = if delta.starts_with(bsdiff40::MAGIC) {
+        apply_bsdiff40(old, delta, keys, &mut tee).map(|()| (DeltaFormat::Bsdiff40, None, None))
+    } else {
+        apply_otadelta(old, delta, keys, &mut tee).map(|(h, k)| (DeltaFormat::Otadelta, Some(h), k))
+    };
+    if let Some(e) = failed {
+        return Err(DeltaError::Write(e));
     }
+    let (format, h, signed_by) = result?;
+    let actual = Sha256::from_bytes(hasher.finalize().into());
+    if let Some(h) = h
+        && (written != h.new_size || actual != h.new_sha256)
+    {
+        return Err(DeltaError::WrongNew { expected: h.new_sha256, actual });
+    }
+    Ok(Applied { format, new_size: written, new_sha256: actual, signed_by })
+}
+
+fn apply_bsdiff40(
+    old: &[u8],
+    delta: &[u8],
+    keys: Option<&TrustedKeys>,
+    out: &mut ops::Sink<'_>,
+) -> Result<(), DeltaError> {
+    if keys.is_some() {
+        return Err(SignError::SignatureMissing {
+            what: "the delta is BSDIFF40, which cannot carry a signature".into(),
+        }
+        .into());
+    }
+    let mut old_img = old;
+    bsdiff40::apply(delta, old.len() as u64, &mut old_img, out).map_err(|e| match e {
+        bsdiff40::ApplyError::Header(h) => DeltaError::Bsdiff40(h),
+        bsdiff40::ApplyError::Patch(p) => DeltaError::Patch(p),
+        other => DeltaError::Bsdiff40Apply(other.to_string()),
+    })
+}
+
+/// Checks an otadelta (length, digest, signature, old) and streams new through `out`; the
+/// caller checks new's digest.
+fn apply_otadelta(
+    old: &[u8],
+    delta: &[u8],
+    keys: Option<&TrustedKeys>,
+    out: &mut ops::Sink<'_>,
+) -> Result<(Header, Option<KeyId>), DeltaError> {
     if !delta.starts_with(format::MAGIC) {
         return Err(DeltaError::UnknownFormat);
     }
@@ -808,7 +498,7 @@ pub fn apply(
     };
     let mut stream = Bounded::new(reader, &h);
     let mut patcher = (h.method != Method::Zstd)
-        .then(|| StreamPatcher::new(Patcher::new(h.old_size, h.new_size), h.filter));
+        .then(|| stream_patcher(Patcher::new(h.old_size, h.new_size), h.filter));
     let mut scratch = [0u8; 4096];
     let mut old_img = old;
     loop {
@@ -818,25 +508,21 @@ pub fn apply(
         }
         match &mut patcher {
             Some(p) => {
-                p.feed_until(&buf[..n], &mut old_img, &mut scratch, &mut tee, u64::MAX)?;
+                p.feed_until(&buf[..n], &mut old_img, &mut scratch, out, u64::MAX)?;
             }
-            None => tee(&buf[..n]).map_err(|e| DeltaError::Patch(PatchError::Io(e.to_string())))?,
+            None => out(&buf[..n]).map_err(|e| DeltaError::Patch(PatchError::Io(e)))?,
         }
     }
     if let Some(p) = &patcher {
         p.finish()?;
     }
     stream.finish()?;
-    let actual = Sha256::from_bytes(hasher.finalize().into());
-    if written != h.new_size || actual != h.new_sha256 {
-        return Err(DeltaError::WrongNew { expected: h.new_sha256, actual });
-    }
-    Ok(Applied { format: DeltaFormat::Otadelta, new_size: written, new_sha256: actual, signed_by })
+    Ok((h, signed_by))
 }
 
 /// A decompressed payload read in pieces and held to the header's `stream_len`: a longer one is
 /// refused as soon as it shows, a shorter one by [`Bounded::finish`].
-struct Bounded<'a> {
+pub(crate) struct Bounded<'a> {
     reader: Box<dyn Read + 'a>,
     expected: u64,
     total: u64,
@@ -869,7 +555,7 @@ impl<'a> Bounded<'a> {
 
 /// The decompressed op stream of an op-method delta (method 1 as stored, method 3
 /// re-interleaved from its parts).
-fn op_stream<'a>(h: &Header, payload: &'a [u8]) -> io::Result<Box<dyn Read + 'a>> {
+pub(crate) fn op_stream<'a>(h: &Header, payload: &'a [u8]) -> io::Result<Box<dyn Read + 'a>> {
     match h.method {
         Method::Split => Ok(Box::new(split::SplitReader::new(h, payload)?)),
         _ => codec::decoder(h.compression, h.window, h.lzma_props, payload),
@@ -952,7 +638,7 @@ pub fn sign(delta: &[u8], signer: &dyn Signer) -> Result<Vec<u8>, DeltaError> {
     Ok(out)
 }
 
-fn read_some(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+pub(crate) fn read_some(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
     loop {
         match r.read(buf) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

@@ -1,4 +1,5 @@
-//! The otadelta op stream: writing it, and a push-style patcher with fixed memory that applies it.
+//! The otadelta op stream: writing it (this module), and applying it with the device's
+//! patcher, `otaforge_applier::patcher`, which the host uses as it is.
 //!
 //! Stream layout (after decompression), repeated until the new file is complete:
 //!
@@ -16,510 +17,17 @@
 //! can be fed in pieces of any size, as they arrive from a decompressor.
 
 use super::diff::Op;
+use super::wire::{put_varint, zigzag};
+pub use otaforge_applier::patcher::{CHECKPOINT_LEN, OldImage, Patcher, Sink};
+pub use otaforge_applier::{IoError, PatchError};
 
-/// Random read access to the old image (flash, a file, a memory map).
-pub trait OldImage {
-    /// Fills `buf` with the old image's bytes at `pos..pos + buf.len()` (always in range).
-    fn read_at(&mut self, pos: u64, buf: &mut [u8]) -> std::io::Result<()>;
-}
+/// The consumer of a whole decompressed op stream on a host: the device's, with the
+/// displacement table in a `Vec`.
+pub type StreamPatcher = otaforge_applier::StreamPatcher<Vec<otaforge_applier::Cover>>;
 
-impl OldImage for &[u8] {
-    fn read_at(&mut self, pos: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        let start = usize::try_from(pos).map_err(std::io::Error::other)?;
-        buf.copy_from_slice(&self[start..start + buf.len()]);
-        Ok(())
-    }
-}
-
-/// What is wrong with a patch stream. Every check happens before the op it guards produces a
-/// single byte of output.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum PatchError {
-    /// A control number has more than 10 LEB128 bytes or overflows 64 bits.
-    #[error("malformed control number at patch stream offset {offset}")]
-    BadVarint {
-        /// Offset in the decompressed stream.
-        offset: u64,
-    },
-    /// An op would write beyond the declared new size.
-    #[error("op at new offset {new_pos} writes {len} bytes, past the declared new size {new_len}")]
-    WritePastNew {
-        /// Where the op starts in new.
-        new_pos: u64,
-        /// Bytes it would write.
-        len: u64,
-        /// The declared new size.
-        new_len: u64,
-    },
-    /// An op would read old outside `[0, old size)`.
-    #[error(
-        "op at new offset {new_pos} reads old bytes {start}..{end}, outside the old file's {old_len} bytes"
-    )]
-    ReadOutsideOld {
-        /// Where the op starts in new.
-        new_pos: u64,
-        /// First old byte read (may be negative).
-        start: i128,
-        /// One past the last old byte read.
-        end: i128,
-        /// The old file's size.
-        old_len: u64,
-    },
-    /// A control value is negative where only lengths are allowed (BSDIFF40 controls are signed).
-    #[error("op at new offset {new_pos} has the negative length {value}")]
-    NegativeLength {
-        /// Where the op starts in new.
-        new_pos: u64,
-        /// The value found.
-        value: i64,
-    },
-    /// Patch bytes remain after the new file is complete.
-    #[error("the patch stream continues after the new file is complete")]
-    TrailingData,
-    /// The stream ended before the new file was complete.
-    #[error("the patch stream ends after {produced} of {expected} new bytes")]
-    Truncated {
-        /// Bytes produced.
-        produced: u64,
-        /// The declared new size.
-        expected: u64,
-    },
-    /// Reading old or writing new failed.
-    #[error("{0}")]
-    Io(String),
-    /// A saved patcher state is damaged or belongs to another patch.
-    #[error("the saved patcher state is unusable: {0}")]
-    BadCheckpoint(&'static str),
-    /// The displacement table of an executable filter is malformed.
-    #[error("bad displacement table: {0}")]
-    BadTable(&'static str),
-    /// In place: an op reads old bytes whose flash segment has already been overwritten.
-    #[error(
-        "op at new offset {new_pos} reads old byte {start}, which in place is already overwritten (old bytes below {floor} are gone by then)"
-    )]
-    ReadsOverwritten {
-        /// Where the op starts in new.
-        new_pos: u64,
-        /// First old byte it reads.
-        start: u64,
-        /// The lowest old byte still intact when the op's last add byte is written.
-        floor: u64,
-    },
-}
-
-/// The size of a saved patcher state ([`Patcher::checkpoint`]).
-pub const CHECKPOINT_LEN: usize = 4 + 8 * 8 + 1 + 8 + 8 + 8;
-
-const CHECKPOINT_MAGIC: &[u8; 4] = b"OPC1";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
-    /// Reading control number `field` (0 seek, 1 add, 2 copy).
-    Control {
-        field: u8,
-        value: u64,
-        shift: u32,
-    },
-    Add {
-        left: u64,
-    },
-    Copy {
-        left: u64,
-    },
-}
-
-/// Applies an op stream with fixed memory. See the module docs.
-#[derive(Debug, Clone)]
-pub struct Patcher {
-    old_len: u64,
-    new_len: u64,
-    old_pos: u64,
-    new_pos: u64,
-    stream_pos: u64,
-    fields: [u64; 3],
-    state: State,
-    /// In place: log2 of the segment size (0 when not in place) and the shift (old bytes
-    /// live at slot address `shift + pos`).
-    segment_log2: u8,
-    shift: u64,
-}
-
-impl Patcher {
-    /// A patcher for an old image of `old_len` bytes producing `new_len` bytes.
-    pub fn new(old_len: u64, new_len: u64) -> Self {
-        Self {
-            old_len,
-            new_len,
-            old_pos: 0,
-            new_pos: 0,
-            stream_pos: 0,
-            fields: [0; 3],
-            state: State::Control { field: 0, value: 0, shift: 0 },
-            segment_log2: 0,
-            shift: 0,
-        }
-    }
-
-    /// Applies the in-place rule of a delta made with `--in-place` (docs/delta-format.md, "In
-    /// place"): while new segment `k` is written, slot addresses below `(k + 1) * segment`
-    /// are erased, so every add must read old at `pos + shift` at or above that. A restored
-    /// patcher needs this again (a checkpoint does not carry it).
-    pub fn in_place(mut self, layout: super::InPlace) -> Self {
-        self.segment_log2 = layout.segment_log2.clamp(1, 62);
-        self.shift = layout.shift();
-        self
-    }
-
-    /// New bytes produced so far.
-    pub fn produced(&self) -> u64 {
-        self.new_pos
-    }
-
-    /// Bytes of the (decompressed) patch stream consumed so far.
-    pub fn consumed(&self) -> u64 {
-        self.stream_pos
-    }
-
-    /// The patcher's whole state in [`CHECKPOINT_LEN`] bytes (little endian, with a digest),
-    /// for a device to keep in flash beside the new image's first [`Patcher::produced`] bytes.
-    /// After a power cut, [`Patcher::restore`] brings it back; the device then feeds the patch
-    /// stream from byte [`Patcher::consumed`] on (it decompresses the delta again from the
-    /// start and drops what comes before: the decompressor keeps no state to save).
-    pub fn checkpoint(&self) -> [u8; CHECKPOINT_LEN] {
-        let mut b = [0u8; CHECKPOINT_LEN];
-        b[..4].copy_from_slice(CHECKPOINT_MAGIC);
-        let (tag, x, y) = match self.state {
-            State::Control { field, value, shift } => (field, value, u64::from(shift)),
-            State::Add { left } => (3, left, 0),
-            State::Copy { left } => (4, left, 0),
-        };
-        let words = [
-            self.old_len,
-            self.new_len,
-            self.old_pos,
-            self.new_pos,
-            self.stream_pos,
-            self.fields[0],
-            self.fields[1],
-            self.fields[2],
-        ];
-        for (i, w) in words.iter().enumerate() {
-            b[4 + 8 * i..12 + 8 * i].copy_from_slice(&w.to_le_bytes());
-        }
-        b[68] = tag;
-        b[69..77].copy_from_slice(&x.to_le_bytes());
-        b[77..85].copy_from_slice(&y.to_le_bytes());
-        let digest = crate::Sha256::digest(&b[..85]);
-        b[85..].copy_from_slice(&digest.as_bytes()[..8]);
-        b
-    }
-
-    /// A patcher from a [`Patcher::checkpoint`], refused when the bytes are damaged (a write
-    /// torn by the power cut), belong to a patch between images of other sizes, or describe
-    /// an impossible state.
-    pub fn restore(saved: &[u8], old_len: u64, new_len: u64) -> Result<Self, PatchError> {
-        let bad = PatchError::BadCheckpoint;
-        if saved.len() != CHECKPOINT_LEN || &saved[..4] != CHECKPOINT_MAGIC {
-            return Err(bad("not a patcher state"));
-        }
-        if crate::Sha256::digest(&saved[..85]).as_bytes()[..8] != saved[85..] {
-            return Err(bad("its digest does not match (a torn write?)"));
-        }
-        let word = |i: usize| {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(&saved[4 + 8 * i..12 + 8 * i]);
-            u64::from_le_bytes(w)
-        };
-        let le = |r: std::ops::Range<usize>| {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(&saved[r]);
-            u64::from_le_bytes(w)
-        };
-        if (word(0), word(1)) != (old_len, new_len) {
-            return Err(bad("it is for images of other sizes"));
-        }
-        let (old_pos, new_pos, stream_pos) = (word(2), word(3), word(4));
-        let (x, y) = (le(69..77), le(77..85));
-        let state = match saved[68] {
-            field @ 0..=2 if y <= 63 && y % 7 == 0 => {
-                State::Control { field, value: x, shift: y as u32 }
-            }
-            3 if y == 0 => State::Add { left: x },
-            4 if y == 0 => State::Copy { left: x },
-            _ => return Err(bad("its state is not one a patcher has")),
-        };
-        // A stream this long does not exist; the bound keeps every later sum in range.
-        let in_range = old_pos <= old_len
-            && new_pos <= new_len
-            && stream_pos >= new_pos
-            && stream_pos <= 1 << 62
-            && match state {
-                // An add is followed by the op's copy (`fields[2]`): both must fit, as
-                // `begin_op` checked when the op started.
-                State::Add { left } => {
-                    old_pos.checked_add(left).is_some_and(|e| e <= old_len)
-                        && new_pos
-                            .checked_add(left)
-                            .and_then(|e| e.checked_add(word(7)))
-                            .is_some_and(|e| e <= new_len)
-                }
-                State::Copy { left } => new_pos.checked_add(left).is_some_and(|e| e <= new_len),
-                State::Control { .. } => true,
-            };
-        if !in_range {
-            return Err(bad("its positions are out of range"));
-        }
-        Ok(Self {
-            old_len,
-            new_len,
-            old_pos,
-            new_pos,
-            stream_pos,
-            fields: [word(5), word(6), word(7)],
-            state,
-            segment_log2: 0,
-            shift: 0,
-        })
-    }
-
-    /// Feeds the next piece of the decompressed patch stream. New bytes go to `out` in order;
-    /// `scratch` (any non-empty buffer) holds old bytes while corrections are added.
-    pub fn feed<O: OldImage + ?Sized>(
-        &mut self,
-        input: &[u8],
-        old: &mut O,
-        scratch: &mut [u8],
-        out: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
-    ) -> Result<(), PatchError> {
-        self.feed_until(input, old, scratch, out, None, u64::MAX).map(|_| ())
-    }
-
-    /// Feeds `input` until new reaches `stop` bytes (or the input ends) and returns how many
-    /// input bytes it took: an in-place device stops at each segment's end to save its state.
-    pub fn feed_until<O: OldImage + ?Sized>(
-        &mut self,
-        mut input: &[u8],
-        old: &mut O,
-        scratch: &mut [u8],
-        out: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
-        exec: Option<super::exec::Exec<'_>>,
-        stop: u64,
-    ) -> Result<usize, PatchError> {
-        let io = |e: std::io::Error| PatchError::Io(e.to_string());
-        let given = input.len();
-        while !input.is_empty() && self.new_pos < stop {
-            match self.state {
-                State::Control { field, mut value, mut shift } => {
-                    if field == 0 && self.new_pos == self.new_len {
-                        return Err(PatchError::TrailingData);
-                    }
-                    let b = input[0];
-                    input = &input[1..];
-                    self.stream_pos += 1;
-                    if shift == 63 && b > 1 || shift > 63 {
-                        return Err(PatchError::BadVarint { offset: self.stream_pos - 1 });
-                    }
-                    value |= u64::from(b & 0x7f) << shift;
-                    shift += 7;
-                    if b & 0x80 != 0 {
-                        self.state = State::Control { field, value, shift };
-                        continue;
-                    }
-                    self.fields[usize::from(field)] = value;
-                    if field < 2 {
-                        self.state = State::Control { field: field + 1, value: 0, shift: 0 };
-                        continue;
-                    }
-                    self.begin_op()?;
-                }
-                State::Add { left } => {
-                    let n = (left.min(input.len() as u64).min(stop - self.new_pos) as usize)
-                        .min(scratch.len());
-                    let buf = &mut scratch[..n];
-                    old.read_at(self.old_pos, buf).map_err(io)?;
-                    if let Some(exec) = exec {
-                        let start = self.old_pos - (self.fields[1] - left);
-                        let disp = self.new_pos as i64 - self.old_pos as i64;
-                        exec.predict(old, (start, start + self.fields[1]), disp, self.old_pos, buf)
-                            .map_err(io)?;
-                    }
-                    for (o, d) in buf.iter_mut().zip(&input[..n]) {
-                        *o = o.wrapping_add(*d);
-                    }
-                    out(buf).map_err(io)?;
-                    self.advance(n as u64, true);
-                    input = &input[n..];
-                    self.state = self.after(left - n as u64, true);
-                }
-                State::Copy { left } => {
-                    let n = left.min(input.len() as u64).min(stop - self.new_pos) as usize;
-                    out(&input[..n]).map_err(io)?;
-                    self.advance(n as u64, false);
-                    input = &input[n..];
-                    self.state = self.after(left - n as u64, false);
-                }
-            }
-        }
-        Ok(given - input.len())
-    }
-
-    /// Checks that the stream ended exactly at the end of the new file.
-    pub fn finish(&self) -> Result<(), PatchError> {
-        let at_boundary = matches!(self.state, State::Control { field: 0, shift: 0, .. });
-        if self.new_pos == self.new_len && at_boundary {
-            Ok(())
-        } else {
-            Err(PatchError::Truncated { produced: self.new_pos, expected: self.new_len })
-        }
-    }
-
-    fn advance(&mut self, n: u64, add: bool) {
-        self.stream_pos += n;
-        self.new_pos += n;
-        if add {
-            self.old_pos += n;
-        }
-    }
-
-    fn after(&self, left: u64, add: bool) -> State {
-        match (left, add) {
-            (0, true) if self.fields[2] > 0 => State::Copy { left: self.fields[2] },
-            (0, _) => State::Control { field: 0, value: 0, shift: 0 },
-            (l, true) => State::Add { left: l },
-            (l, false) => State::Copy { left: l },
-        }
-    }
-
-    /// Validates a complete control triple before any of its output exists.
-    fn begin_op(&mut self) -> Result<(), PatchError> {
-        let [seek, add, copy] = self.fields;
-        let seek = unzigzag(seek);
-        let total = add.checked_add(copy);
-        if total.is_none_or(|t| t > self.new_len - self.new_pos) {
-            return Err(PatchError::WritePastNew {
-                new_pos: self.new_pos,
-                len: total.unwrap_or(u64::MAX),
-                new_len: self.new_len,
-            });
-        }
-        let start = i128::from(self.old_pos) + i128::from(seek);
-        let end = start + i128::from(add);
-        if start < 0 || end > i128::from(self.old_len) {
-            return Err(PatchError::ReadOutsideOld {
-                new_pos: self.new_pos,
-                start,
-                end,
-                old_len: self.old_len,
-            });
-        }
-        if self.segment_log2 > 0 && add > 0 {
-            let (segment, shift) = (1u64 << self.segment_log2, self.shift);
-            // The segment of the add's last byte; everything below the next one is erased.
-            let last = (self.new_pos + add - 1) / segment;
-            let floor = (last + 1).saturating_mul(segment).saturating_sub(shift);
-            if (start as u64) < floor {
-                return Err(PatchError::ReadsOverwritten {
-                    new_pos: self.new_pos,
-                    start: start as u64,
-                    floor,
-                });
-            }
-        }
-        self.old_pos = start as u64;
-        self.state = if add > 0 {
-            State::Add { left: add }
-        } else if copy > 0 {
-            State::Copy { left: copy }
-        } else {
-            State::Control { field: 0, value: 0, shift: 0 }
-        };
-        Ok(())
-    }
-}
-
-/// The consumer of a whole decompressed op stream: the displacement table first when the
-/// delta has an executable filter, then the [`Patcher`]. After a restore it skips the op bytes
-/// the saved patcher had consumed.
-#[derive(Debug, Clone)]
-pub struct StreamPatcher {
-    isa: Option<super::exec::Isa>,
-    reader: Option<super::exec::TableReader>,
-    table: super::exec::Table,
-    skip: u64,
-    patcher: Patcher,
-}
-
-impl StreamPatcher {
-    /// Wraps `patcher` (new, or restored from a checkpoint) for a stream with filter `isa`.
-    /// The stream is fed from its first byte; a restored patcher's consumed bytes are skipped
-    /// after the table.
-    pub fn new(patcher: Patcher, isa: Option<super::exec::Isa>) -> Self {
-        Self {
-            isa,
-            reader: isa.map(|_| super::exec::TableReader::new(patcher.old_len)),
-            table: Default::default(),
-            skip: patcher.consumed(),
-            patcher,
-        }
-    }
-
-    /// The patcher (for its checkpoint and counters; its `consumed` counts op bytes after the
-    /// table).
-    pub fn patcher(&self) -> &Patcher {
-        &self.patcher
-    }
-
-    /// Feeds stream bytes until new reaches `stop` bytes; returns how many it took.
-    pub fn feed_until<O: OldImage + ?Sized>(
-        &mut self,
-        input: &[u8],
-        old: &mut O,
-        scratch: &mut [u8],
-        out: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
-        stop: u64,
-    ) -> Result<usize, PatchError> {
-        let mut used = 0;
-        if let Some(r) = &mut self.reader {
-            used = r.feed(input)?;
-            if !r.done() {
-                return Ok(used);
-            }
-            self.table = std::mem::replace(r, super::exec::TableReader::new(0)).into_table();
-            self.reader = None;
-        }
-        let skipped = self.skip.min((input.len() - used) as u64) as usize;
-        self.skip -= skipped as u64;
-        used += skipped;
-        if self.skip > 0 {
-            return Ok(used);
-        }
-        let exec = self.isa.map(|isa| super::exec::Exec { isa, table: &self.table });
-        Ok(used + self.patcher.feed_until(&input[used..], old, scratch, out, exec, stop)?)
-    }
-
-    /// Checks that the stream ended exactly at the end of the new file.
-    pub fn finish(&self) -> Result<(), PatchError> {
-        if self.reader.is_some() || self.skip > 0 {
-            return Err(PatchError::Truncated { produced: 0, expected: self.patcher.new_len });
-        }
-        self.patcher.finish()
-    }
-}
-
-fn unzigzag(v: u64) -> i64 {
-    ((v >> 1) as i64) ^ -((v & 1) as i64)
-}
-
-pub(crate) fn zigzag(v: i64) -> u64 {
-    ((v << 1) ^ (v >> 63)) as u64
-}
-
-pub(crate) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
+/// A [`StreamPatcher`] for a delta with filter `isa`, from `patcher` (new, or restored).
+pub fn stream_patcher(patcher: Patcher, isa: Option<super::Isa>) -> StreamPatcher {
+    StreamPatcher::new(patcher, isa, Vec::new())
 }
 
 /// The old bytes `at..at + len` of `op`'s add as the corrections are taken against them: as
@@ -527,7 +35,7 @@ pub(crate) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
 pub(crate) fn add_source<'b>(
     old: &'b [u8],
     op: &Op,
-    exec: Option<super::exec::Exec<'_>>,
+    exec: Option<otaforge_applier::Exec<'_>>,
     (at, len): (usize, usize),
     buf: &'b mut Vec<u8>,
 ) -> std::io::Result<&'b [u8]> {
@@ -537,7 +45,8 @@ pub(crate) fn add_source<'b>(
     buf.extend_from_slice(raw);
     let s = op.old_pos as u64;
     let disp = op.new_pos as i64 - op.old_pos as i64;
-    exec.predict(&mut &old[..], (s, s + op.add as u64), disp, at as u64, buf)?;
+    exec.predict(&mut &old[..], (s, s + op.add as u64), disp, at as u64, buf)
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
     Ok(buf)
 }
 
@@ -547,7 +56,7 @@ pub(crate) fn nonzero_corrections(
     old: &[u8],
     new: &[u8],
     ops: &[Op],
-    exec: Option<super::exec::Exec<'_>>,
+    exec: Option<otaforge_applier::Exec<'_>>,
 ) -> u64 {
     let mut buf = Vec::new();
     let mut n = 0u64;
@@ -566,13 +75,13 @@ pub(crate) fn write_stream(
     old: &[u8],
     new: &[u8],
     ops: &[Op],
-    exec: Option<super::exec::Exec<'_>>,
+    exec: Option<otaforge_applier::Exec<'_>>,
     sink: &mut dyn std::io::Write,
 ) -> std::io::Result<u64> {
     const PIECE: usize = 1 << 20;
     let mut buf = Vec::with_capacity(PIECE + 64);
     if let Some(exec) = exec {
-        exec.table.encode(&mut buf);
+        super::exec::encode(exec.table, &mut buf);
     }
     let mut total = 0u64;
     let mut cursor = 0i64;
@@ -623,16 +132,6 @@ mod tests {
         }
         p.finish()?;
         Ok(out)
-    }
-
-    #[test]
-    fn varints_and_zigzag_round_trip() {
-        for v in [0i64, 1, -1, 63, -64, 1 << 40, i64::MIN, i64::MAX] {
-            assert_eq!(unzigzag(zigzag(v)), v);
-        }
-        let mut b = Vec::new();
-        put_varint(&mut b, u64::MAX);
-        assert_eq!(b.len(), 10);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::io::{self, BufRead, BufReader, Read};
 use super::codec::{self, Encoder, LzmaParams};
 use super::diff::Op;
 use super::format::{Compression, Header};
-use super::ops::{put_varint, zigzag};
+use super::wire::{put_varint, zigzag};
 
 /// Number of parts.
 pub const PARTS: usize = 5;
@@ -84,7 +84,7 @@ pub(crate) fn write_parts(
     old: &[u8],
     new: &[u8],
     ops: &[Op],
-    exec: Option<super::exec::Exec<'_>>,
+    exec: Option<otaforge_applier::Exec<'_>>,
     run_length: bool,
 ) -> io::Result<[Vec<u8>; PARTS]> {
     let mut p: [Vec<u8>; PARTS] = Default::default();

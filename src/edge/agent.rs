@@ -232,6 +232,56 @@ pub struct HubReported {
     pub extra: Extra,
 }
 
+/// The desired properties of `$edgeHub`: its routes (and settings this version keeps as given).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HubDesired {
+    /// The schema version (`1.0` ... `1.3`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_version: Option<String>,
+    /// Routes by name.
+    #[serde(default)]
+    pub routes: BTreeMap<String, RouteSpec>,
+    /// Fields this version does not know (`storeAndForwardConfiguration`, ...).
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+impl HubDesired {
+    /// The desired properties of a module twin, read as `$edgeHub`'s.
+    pub fn of(desired: &Map<String, Value>) -> Self {
+        serde_json::from_value(Value::Object(desired.clone())).unwrap_or_default()
+    }
+}
+
+/// A route: its text (schema 1.0), or the text with a priority and time to live (1.1 on).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RouteSpec {
+    /// `FROM ... INTO ...`.
+    Text(String),
+    /// `{route, priority, timeToLiveSecs}`.
+    Detailed {
+        /// The route's text.
+        route: String,
+        /// Its priority (0 highest).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        priority: Option<u64>,
+        /// How long messages wait for it.
+        #[serde(rename = "timeToLiveSecs", default, skip_serializing_if = "Option::is_none")]
+        time_to_live_secs: Option<u64>,
+    },
+}
+
+impl RouteSpec {
+    /// The route's text.
+    pub fn text(&self) -> &str {
+        match self {
+            Self::Text(t) | Self::Detailed { route: t, .. } => t,
+        }
+    }
+}
+
 /// The `$version` counter of a module twin's properties section.
 pub fn section_version(section: &Map<String, Value>) -> Option<i64> {
     section.get("$version").and_then(Value::as_i64)

@@ -22,7 +22,8 @@ use std::collections::HashMap;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::condition::{ConditionError, Expr, Op, Target};
+use crate::iothub::condition::{ConditionError, Expr, Op, Target};
+use crate::iothub::config::Configuration;
 
 /// One deployment, as far as targeting goes.
 #[derive(Debug, Clone)]
@@ -43,19 +44,19 @@ pub struct Deployment {
 }
 
 impl Deployment {
-    /// A deployment from an IoT Hub configuration document (`id`, `targetCondition`,
-    /// `priority`, `createdTimeUtc`, `content.modulesContent`); layered when its `$edgeAgent`
-    /// content uses dot paths instead of `properties.desired`.
-    pub fn from_configuration(c: &Value) -> Result<Self, ConditionError> {
-        let agent = &c["content"]["modulesContent"]["$edgeAgent"];
-        let layered = agent.as_object().is_some_and(|a| !a.contains_key("properties.desired"));
+    /// A deployment from an IoT Hub configuration (`id`, `targetCondition`, `priority`,
+    /// `createdTimeUtc`, `content.modulesContent`); layered when its `$edgeAgent` content
+    /// uses dot paths instead of `properties.desired`.
+    pub fn from_configuration(c: &Configuration) -> Result<Self, ConditionError> {
+        let agent =
+            c.modules_content().and_then(|m| m.get("$edgeAgent")).and_then(Value::as_object);
         Ok(Self {
-            id: c["id"].as_str().unwrap_or_default().to_owned(),
-            target: Target::parse(c["targetCondition"].as_str().unwrap_or_default())?,
-            priority: c["priority"].as_i64().unwrap_or(0),
-            created: c["createdTimeUtc"].as_str().unwrap_or_default().to_owned(),
-            layered,
-            empty_agent: agent.as_object().is_some_and(serde_json::Map::is_empty),
+            id: c.id.clone(),
+            target: Target::parse(&c.target_condition)?,
+            priority: c.priority,
+            created: c.created_time_utc.clone().unwrap_or_default(),
+            layered: agent.is_some_and(|a| !a.contains_key("properties.desired")),
+            empty_agent: agent.is_some_and(serde_json::Map::is_empty),
         })
     }
 }
@@ -128,6 +129,14 @@ pub fn statuses<'a>(
         .collect()
 }
 
+/// IoT Hub's order of configurations that compete for a device (Edge bases, and ADM
+/// configurations for a path), the winner first: the higher priority; on equal priority the
+/// more recently created; on equal creation time the smaller id (IoT Hub does not say;
+/// otaforge's choice, so results are reproducible). Each is `(priority, created, id)`.
+pub fn precedence(a: (i64, &str, &str), b: (i64, &str, &str)) -> std::cmp::Ordering {
+    b.0.cmp(&a.0).then_with(|| b.1.cmp(a.1)).then_with(|| a.2.cmp(b.2))
+}
+
 /// Deployments prepared for assigning many twins.
 pub struct Plan<'a> {
     /// Bases, highest priority (then newest, then smallest id) first.
@@ -174,7 +183,7 @@ fn key(v: &Value) -> String {
 }
 
 fn lookup<'v>(twin: &'v Value, path: &[String]) -> Option<&'v Value> {
-    path.iter().try_fold(twin, |at, s| super::condition::field(at, s))
+    path.iter().try_fold(twin, |at, s| crate::iothub::condition::field(at, s))
 }
 
 impl<'a> Plan<'a> {
@@ -182,10 +191,7 @@ impl<'a> Plan<'a> {
     pub fn new(deployments: &'a [Deployment]) -> Self {
         let mut bases: Vec<&Deployment> = deployments.iter().filter(|d| !d.layered).collect();
         bases.sort_by(|a, b| {
-            b.priority
-                .cmp(&a.priority)
-                .then_with(|| b.created.cmp(&a.created))
-                .then_with(|| a.id.cmp(&b.id))
+            precedence((a.priority, &a.created, &a.id), (b.priority, &b.created, &b.id))
         });
         let mut layers: Vec<&Deployment> = deployments.iter().filter(|d| d.layered).collect();
         layers.sort_by(|a, b| {

@@ -446,24 +446,9 @@ fn registry(f: &mut Findings, name: &str, c: &Value, p: &JsonPath) {
     }
 }
 
-/// The runtime's image rule: non-blank, `[repo/…/]image[:tag]`, or a `$upstream` parent URI.
+/// Whether the runtime's container engine can pull `image` (`edge::image`'s grammar).
 pub fn image_ok(image: &str) -> bool {
-    let t = image.trim();
-    if t.is_empty() {
-        return false;
-    }
-    if t.starts_with('$') {
-        return true;
-    }
-    // Only what follows the last `/` has the name and tag (a registry may have a port).
-    let last = t.rsplit_once('/').map_or(t, |(_, x)| x);
-    let (img, tag) = match last.split_once(':') {
-        Some((i, tg)) => (i, Some(tg)),
-        None => (last, None),
-    };
-    !img.is_empty()
-        && !img.contains(':')
-        && tag.is_none_or(|tg| !tg.is_empty() && !tg.contains(':'))
+    super::image::parse(image).is_ok()
 }
 
 fn module(f: &mut Findings, name: &str, m: &Value, p: &JsonPath, ver: (u64, u64), system: bool) {
@@ -570,13 +555,16 @@ fn module(f: &mut Findings, name: &str, m: &Value, p: &JsonPath, ver: (u64, u64)
     };
     match settings.get("image") {
         None => f.error("required", &sp.key("image"), format!("module `{name}` needs an image")),
-        Some(Value::String(img)) if !image_ok(img) => f.error_hint(
-            "image",
-            &sp.key("image"),
-            format!("image `{img}` is not in the form the runtime accepts"),
-            "[registry/][repository/]name[:tag], e.g. mcr.microsoft.com/azureiotedge-agent:1.5",
-        ),
-        Some(Value::String(_)) => {}
+        Some(Value::String(img)) => {
+            if let Err(e) = super::image::parse(img) {
+                f.error_hint(
+                    "image",
+                    &sp.key("image"),
+                    format!("image `{img}` is not a reference the container engine pulls: {e}"),
+                    "[registry[:port]/]repository[:tag][@digest], the repository in lower case, e.g. mcr.microsoft.com/azureiotedge-agent:1.5",
+                );
+            }
+        }
         Some(v) => {
             f.error("type", &sp.key("image"), format!("must be a string, not {}", json_kind(v)))
         }

@@ -208,7 +208,7 @@ fn lex(text: &str) -> Result<Vec<(Tok, usize)>, RouteError> {
             continue;
         }
         if c == '\'' || c == '"' {
-            let (s, next) = super::scan_string(&chars, i, false)
+            let (s, next) = crate::iothub::condition::scan_string(&chars, i, false)
                 .map_err(|(at, m)| RouteError { position: at + 1, message: m })?;
             out.push((Tok::Str(s), i + 1));
             i = next;

@@ -3,7 +3,8 @@
 //! the desired properties the service wrote against what edgeAgent reported.
 
 use serde::Serialize;
-use serde_json::Value;
+
+use super::agent::{AgentDesired, AgentReported, DesiredModule, ReportedModule};
 
 /// A device's state with its desired deployment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -40,51 +41,52 @@ impl DeviceState {
 /// Modules that are not as desired: `(name, why)`, for the report.
 pub type Problems = Vec<(String, String)>;
 
-/// The state of a device from its `$edgeAgent` module twin (`properties.desired` with
-/// `$version`, `properties.reported`), and the modules that are not as desired.
-pub fn device_state(agent_twin: &Value) -> (DeviceState, Problems) {
-    let desired = &agent_twin["properties"]["desired"];
-    let reported = &agent_twin["properties"]["reported"];
-    if desired["$version"].is_null() || desired["$version"] != reported["lastDesiredVersion"] {
+/// The state of a device from its `$edgeAgent` module twin's desired properties (with
+/// `$version`) and reported properties, and the modules that are not as desired.
+pub fn device_state(desired: &AgentDesired, reported: &AgentReported) -> (DeviceState, Problems) {
+    if desired.version.is_none() || desired.version != reported.last_desired_version {
         return (DeviceState::Pending, Vec::new());
     }
-    let code = reported["lastDesiredStatus"]["code"].as_i64().unwrap_or(0);
+    let (code, why) = reported
+        .last_desired_status
+        .as_ref()
+        .map_or((0, ""), |s| (s.code, s.description.as_deref().unwrap_or_default()));
     if matches!(code, 400 | 412) {
-        let why = reported["lastDesiredStatus"]["description"].as_str().unwrap_or_default();
         return (DeviceState::Invalid, vec![("$edgeAgent".into(), format!("code {code}: {why}"))]);
     }
     let mut images_differ = Vec::new();
     let mut status_differs = Vec::new();
-    let mut check = |name: &str, want: &Value, got: &Value, image_too: bool| {
-        let want_status = want["status"].as_str().unwrap_or("running");
-        let image = want["settings"]["image"].as_str().unwrap_or_default();
-        if got.is_null() {
-            images_differ.push((name.to_owned(), format!("not created yet ({image})")));
-            return;
-        }
-        if image_too && got["settings"]["image"].as_str().unwrap_or_default() != image {
-            let running = got["settings"]["image"].as_str().unwrap_or("?");
-            images_differ.push((name.to_owned(), format!("runs {running}, not {image}")));
-            return;
-        }
-        let status = got["runtimeStatus"].as_str().unwrap_or("unknown");
-        if status != want_status {
-            let exit =
-                got["exitCode"].as_i64().map(|c| format!(", exit code {c}")).unwrap_or_default();
-            status_differs.push((name.to_owned(), format!("{status}, not {want_status}{exit}")));
-        }
-    };
+    let mut check =
+        |name: &str, want: &DesiredModule, got: Option<&ReportedModule>, image_too: bool| {
+            let want_status = want.desired_status();
+            let image = want.settings.image.as_deref().unwrap_or_default();
+            let Some(got) = got else {
+                images_differ.push((name.to_owned(), format!("not created yet ({image})")));
+                return;
+            };
+            if image_too && got.settings.image.as_deref().unwrap_or_default() != image {
+                let running = got.settings.image.as_deref().unwrap_or("?");
+                images_differ.push((name.to_owned(), format!("runs {running}, not {image}")));
+                return;
+            }
+            let status = got.runtime_status();
+            if status != want_status {
+                let exit = got.exit_code.map(|c| format!(", exit code {c}")).unwrap_or_default();
+                status_differs
+                    .push((name.to_owned(), format!("{status}, not {want_status}{exit}")));
+            }
+        };
+    let no_module = DesiredModule::default();
     check(
         "edgeHub",
-        &desired["systemModules"]["edgeHub"],
-        &reported["systemModules"]["edgeHub"],
+        desired.system_module("edgeHub").unwrap_or(&no_module),
+        reported.system_module("edgeHub"),
         false,
     );
-    for (name, want) in desired["modules"].as_object().into_iter().flatten() {
-        check(name, want, &reported["modules"][name], true);
+    for (name, want) in desired.user_modules() {
+        check(name, want, reported.module(name), true);
     }
     if code != 200 {
-        let why = reported["lastDesiredStatus"]["description"].as_str().unwrap_or_default();
         let mut problems = vec![("$edgeAgent".to_owned(), format!("code {code}: {why}"))];
         problems.extend(images_differ);
         problems.extend(status_differs);
@@ -100,17 +102,30 @@ pub fn device_state(agent_twin: &Value) -> (DeviceState, Problems) {
     (DeviceState::Succeeded, Vec::new())
 }
 
+/// [`device_state`] of a `$edgeAgent` module twin.
+pub fn of_twin(agent: &crate::iothub::Twin) -> (DeviceState, Problems) {
+    device_state(
+        &AgentDesired::of(&agent.properties.desired),
+        &AgentReported::of(&agent.properties.reported),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
-    fn twin(desired_v: i64, reported: Value) -> Value {
-        json!({"properties": {
+    fn twin(desired_v: i64, reported: Value) -> crate::iothub::Twin {
+        serde_json::from_value(json!({"deviceId": "d", "properties": {
             "desired": {"$version": desired_v,
                 "systemModules": {"edgeHub": {"status": "running", "settings": {"image": "hub:1.5"}}},
                 "modules": {"sensor": {"status": "running", "settings": {"image": "sensor:2"}}}},
-            "reported": reported}})
+            "reported": reported}}))
+        .unwrap()
+    }
+
+    fn device_state(twin: &crate::iothub::Twin) -> (DeviceState, Problems) {
+        of_twin(twin)
     }
 
     #[test]

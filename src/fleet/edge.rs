@@ -11,12 +11,30 @@
 //! and a crash-looping image reports `backoff` with a non-zero exit code. A new image tag draws
 //! again, as a fixed release would.
 
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use super::{Device, Env, FleetError, draw};
+use crate::edge::agent::{
+    AgentDesired, AgentReported, DesiredStatus, HubReported, ModuleSettings, ReportedModule,
+};
 
 /// The edgeAgent `schemaVersion`s the simulated runtime accepts (1.5 accepts up to 1.1).
 const SCHEMAS: [&str; 2] = ["1.0", "1.1"];
+
+fn status(code: i64, description: &str) -> Option<DesiredStatus> {
+    Some(DesiredStatus { code, description: Some(description.to_owned()) })
+}
+
+/// A module running `image` in `runtime_status`.
+fn running(image: Option<String>, runtime_status: &str) -> ReportedModule {
+    ReportedModule {
+        runtime_status: Some(runtime_status.to_owned()),
+        exit_code: Some(0),
+        restart_count: Some(0),
+        settings: ModuleSettings { image, ..ModuleSettings::default() },
+        ..ReportedModule::default()
+    }
+}
 
 /// What edgeAgent reports for `desired` (its module twin's desired properties, with
 /// `$version`), given what it reported before; `fails(image, what)` says whether an injected
@@ -24,94 +42,94 @@ const SCHEMAS: [&str; 2] = ["1.0", "1.1"];
 /// (removed). Returns the report and whether the deployment succeeded (code 200 and every
 /// module in its desired status).
 pub(super) fn agent_report(
-    desired: &Value,
-    before: &Value,
+    desired: &AgentDesired,
+    before: &AgentReported,
     fails: &dyn Fn(&str, &str) -> bool,
-) -> (Value, bool) {
-    let version = desired["$version"].clone();
-    let schema = desired["schemaVersion"].as_str().unwrap_or_default();
-    let mut report = json!({
-        "schemaVersion": "1.1",
-        "version": {"version": "1.5.0", "build": "otaforge-fleet", "commit": ""},
-        "lastDesiredVersion": version,
-        "runtime": {"type": "docker", "platform": {"os": "linux", "architecture": "x86_64"}},
-    });
-    let status = |code: i64, description: &str| json!({"code": code, "description": description});
-    if desired["modules"].is_null() && desired["systemModules"].is_null() {
-        report["lastDesiredStatus"] = status(417, "the device has no deployment");
+) -> (AgentReported, bool) {
+    let schema = desired.schema_version.as_deref().unwrap_or_default();
+    let mut report = AgentReported {
+        schema_version: Some("1.1".into()),
+        version: Some(
+            serde_json::json!({"version": "1.5.0", "build": "otaforge-fleet", "commit": ""}),
+        ),
+        last_desired_version: desired.version,
+        runtime: Some(
+            serde_json::json!({"type": "docker", "platform": {"os": "linux", "architecture": "x86_64"}}),
+        ),
+        ..AgentReported::default()
+    };
+    if !desired.has_deployment() {
+        report.last_desired_status = status(417, "the device has no deployment");
         return (report, false);
     }
     if !SCHEMAS.contains(&schema) {
         let why = format!("schemaVersion {schema:?} is not one this edgeAgent accepts (1.0, 1.1)");
-        report["lastDesiredStatus"] = status(412, &why);
+        report.last_desired_status = status(412, &why);
         return (report, false);
     }
-    let system = |name: &str| {
-        let want = &desired["systemModules"][name];
-        json!({"runtimeStatus": "running", "exitCode": 0, "restartCount": 0,
-               "settings": {"image": want["settings"]["image"].clone()}})
-    };
-    report["systemModules"] =
-        json!({"edgeAgent": system("edgeAgent"), "edgeHub": system("edgeHub")});
-    let mut modules = Map::new();
+    for name in ["edgeAgent", "edgeHub"] {
+        let image = desired.system_module(name).and_then(|m| m.settings.image.clone());
+        report.system_modules.insert(name.into(), Some(running(image, "running")));
+    }
     let mut pull_failed = Vec::new();
     let mut healthy = true;
-    for (name, want) in desired["modules"].as_object().into_iter().flatten() {
-        let image = want["settings"]["image"].as_str().unwrap_or_default();
-        let want_status = want["status"].as_str().unwrap_or("running");
-        if fails(image, "pull") {
+    for (name, want) in desired.user_modules() {
+        let image = want.settings.image.clone().unwrap_or_default();
+        let want_status = want.desired_status();
+        if fails(&image, "pull") {
             // The module keeps what it ran (or is not created): edge.md §5.3.
-            pull_failed.push(image.to_owned());
-            if let Some(old) = before["modules"].get(name).filter(|m| !m.is_null()) {
-                modules.insert(name.clone(), old.clone());
+            pull_failed.push(image);
+            if let Some(old) = before.module(name) {
+                report.modules.insert(name.clone(), Some(old.clone()));
             }
             continue;
         }
-        let crashed = want_status == "running" && fails(image, "crash");
+        let crashed = want_status == "running" && fails(&image, "crash");
         healthy &= !crashed;
-        let mut m = json!({
-            "runtimeStatus": if crashed { "backoff" } else { want_status },
-            "exitCode": if crashed { 139 } else { 0 },
-            "restartCount": if crashed { 5 } else { 0 },
-            "status": want_status,
-            "restartPolicy": want["restartPolicy"].clone(),
-            "version": want["version"].clone(),
-            "settings": {"image": image, "createOptions": want["settings"]["createOptions"].clone()},
-        });
+        let mut m = running(Some(image), if crashed { "backoff" } else { want_status });
+        m.status = Some(want_status.to_owned());
+        m.restart_policy = want.restart_policy.clone();
+        m.version = want.version.clone();
+        m.settings.create_options = want.settings.create_options.clone();
         if crashed {
-            m["statusDescription"] = json!("the module exited with code 139 and is backing off");
+            m.exit_code = Some(139);
+            m.restart_count = Some(5);
+            m.status_description =
+                Some("the module exited with code 139 and is backing off".into());
         }
-        modules.insert(name.clone(), m);
+        report.modules.insert(name.clone(), Some(m));
     }
     // Modules no longer desired are removed.
-    for name in before["modules"].as_object().into_iter().flatten().map(|(k, _)| k) {
-        if desired["modules"].get(name).is_none_or(Value::is_null) && !modules.contains_key(name) {
-            modules.insert(name.clone(), Value::Null);
+    let wanted: Vec<&String> = desired.user_modules().map(|(n, _)| n).collect();
+    for name in before.modules.keys() {
+        if !wanted.contains(&name) && !report.modules.contains_key(name) {
+            report.modules.insert(name.clone(), None);
         }
     }
-    report["modules"] = Value::Object(modules);
     if pull_failed.is_empty() {
-        report["lastDesiredStatus"] = status(200, "");
+        report.last_desired_status = status(200, "");
         (report, healthy)
     } else {
         let why = format!(
             "Error pulling {}: manifest unknown. The operation was canceled.",
             pull_failed.join(", ")
         );
-        report["lastDesiredStatus"] = status(500, &why);
+        report.last_desired_status = status(500, &why);
         (report, false)
     }
 }
 
 /// What edgeHub reports for its module twin's desired `$version`.
 pub(super) fn hub_report(desired_version: Option<i64>) -> Map<String, Value> {
-    let report = json!({
-        "schemaVersion": "1.1", "lastDesiredVersion": desired_version,
-        "lastDesiredStatus": {"code": 200, "description": ""},
-        "clients": {},
-    });
-    match report {
-        Value::Object(m) => m,
+    let mut report = HubReported {
+        last_desired_version: desired_version,
+        last_desired_status: status(200, ""),
+        extra: Map::new(),
+    };
+    report.extra.insert("schemaVersion".into(), Value::String("1.1".into()));
+    report.extra.insert("clients".into(), Value::Object(Map::new()));
+    match serde_json::to_value(report) {
+        Ok(Value::Object(m)) => m,
         _ => Map::new(),
     }
 }
@@ -125,24 +143,26 @@ impl Device {
         wait: std::time::Duration,
     ) -> Result<(), FleetError> {
         self.desired_changed(env, wait).await?;
-        let key = self.desired_version().to_string();
+        let desired = AgentDesired::of(&self.desired);
+        let key = format!("{:?}", desired.version);
         if self.done.as_deref() == Some(key.as_str()) {
             return Ok(());
         }
-        let desired = Value::Object(self.desired.clone());
-        let reported = Value::Object(self.last_reported.clone());
         let (seed, failures, id) = (env.seed, env.failures, self.id.clone());
         let fails = |image: &str, what: &str| {
             let share = if what == "pull" { failures.pull } else { failures.crash };
             share > 0.0 && draw(seed, &id, image, what) < share
         };
-        let (report, ok) = agent_report(&desired, &reported, &fails);
-        let Value::Object(report) = report else { return Ok(()) };
+        let (report, ok) = agent_report(&desired, &AgentReported::of(&self.last_reported), &fails);
+        let report = match serde_json::to_value(&report) {
+            Ok(Value::Object(m)) => m,
+            _ => Map::new(),
+        };
         self.report(report.clone()).await?;
         crate::iothub::merge_patch(&mut self.last_reported, &report);
         self.edge_hub_report(env).await?;
         // An empty deployment (the device before its first) is not a deployment.
-        if self.desired.contains_key("modules") || self.desired.contains_key("systemModules") {
+        if desired.has_deployment() {
             let counter = if ok { &env.counters.installed } else { &env.counters.failed };
             counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
@@ -157,44 +177,50 @@ mod tests {
 
     #[test]
     fn the_report_follows_what_failed() {
-        let desired = json!({"$version": 4, "schemaVersion": "1.1",
+        use serde_json::json;
+        let desired_doc = json!({"$version": 4, "schemaVersion": "1.1",
             "systemModules": {"edgeAgent": {"settings": {"image": "agent:1.5"}},
                               "edgeHub": {"status": "running", "settings": {"image": "hub:1.5"}}},
             "modules": {"a": {"status": "running", "settings": {"image": "a:2"}},
                         "b": {"status": "running", "settings": {"image": "b:2"}}}});
-        let before = json!({"modules": {"a": {"runtimeStatus": "running", "settings": {"image": "a:1"}},
-                                        "gone": {"runtimeStatus": "running"}}});
+        let desired = AgentDesired::of(desired_doc.as_object().unwrap());
+        let before: AgentReported = serde_json::from_value(json!({"modules": {
+            "a": {"runtimeStatus": "running", "settings": {"image": "a:1"}},
+            "gone": {"runtimeStatus": "running"}}}))
+        .unwrap();
         let (r, ok) = agent_report(&desired, &before, &|_, _| false);
         assert!(ok);
-        assert_eq!(r["lastDesiredVersion"], 4);
-        assert_eq!(r["lastDesiredStatus"]["code"], 200);
-        assert_eq!(r["modules"]["a"]["settings"]["image"], "a:2");
-        assert_eq!(r["modules"]["gone"], Value::Null, "removed");
-        let twin = json!({"properties": {"desired": desired, "reported": r}});
+        assert_eq!(r.last_desired_version, Some(4));
+        assert_eq!(r.last_desired_status.as_ref().map(|s| s.code), Some(200));
+        assert_eq!(r.module("a").unwrap().settings.image.as_deref(), Some("a:2"));
+        assert_eq!(r.modules.get("gone"), Some(&None), "removed");
+        assert_eq!(r.to_patch()["modules"]["gone"], Value::Null, "written as null");
         assert_eq!(
-            crate::edge::state::device_state(&twin).0,
+            crate::edge::state::device_state(&desired, &r).0,
             crate::edge::state::DeviceState::Succeeded
         );
 
+        let code = |r: &AgentReported| r.last_desired_status.as_ref().map(|s| s.code);
         let (r, ok) =
             agent_report(&desired, &before, &|image, what| image == "a:2" && what == "pull");
         assert!(!ok);
-        assert_eq!(r["lastDesiredStatus"]["code"], 500);
-        assert_eq!(r["modules"]["a"]["settings"]["image"], "a:1", "keeps the old image");
+        assert_eq!(code(&r), Some(500));
+        assert_eq!(
+            r.module("a").unwrap().settings.image.as_deref(),
+            Some("a:1"),
+            "keeps the old image"
+        );
         let (r, ok) =
             agent_report(&desired, &before, &|image, what| image == "b:2" && what == "crash");
         assert!(!ok);
-        assert_eq!(
-            (r["lastDesiredStatus"]["code"].as_i64(), r["modules"]["b"]["runtimeStatus"].as_str()),
-            (Some(200), Some("backoff"))
-        );
+        assert_eq!((code(&r), r.module("b").unwrap().runtime_status()), (Some(200), "backoff"));
         let mut old = desired.clone();
-        old["schemaVersion"] = json!("1.3");
-        assert_eq!(agent_report(&old, &before, &|_, _| false).0["lastDesiredStatus"]["code"], 412);
-        let empty = json!({"$version": 1});
+        old.schema_version = Some("1.3".into());
+        assert_eq!(code(&agent_report(&old, &before, &|_, _| false).0), Some(412));
+        let empty = AgentDesired { version: Some(1), ..AgentDesired::default() };
         assert_eq!(
-            agent_report(&empty, &json!({}), &|_, _| false).0["lastDesiredStatus"]["code"],
-            417
+            code(&agent_report(&empty, &AgentReported::default(), &|_, _| false).0),
+            Some(417)
         );
     }
 }

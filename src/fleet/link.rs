@@ -59,8 +59,8 @@ impl Device {
         self.fresh = true;
         self.link = Some(c);
         if self.modules.is_none() {
-            let startup = self.agent(env, super::IDLE, Map::new());
-            self.report(startup).await?;
+            let startup = self.agent(env, crate::service::agent::STATE_IDLE, None, None);
+            self.report_agent(startup).await?;
         }
         Ok(())
     }

@@ -71,10 +71,31 @@ impl Configuration {
         self.content.contains_key("modulesContent")
     }
 
+    /// An Edge deployment's `modulesContent` (module id → its twin content; the user's).
+    pub fn modules_content(&self) -> Option<&Map<String, Value>> {
+        self.content.get("modulesContent")?.as_object()
+    }
+
     /// The system metric queries IoT Hub generates for an Edge deployment, word for word
     /// (edge.md §3.7): `targetedCount` (empty for an empty target condition),
     /// `appliedCount`, `reportedSuccessfulCount` and `reportedFailedCount`.
+    /// For an ADM configuration (`deviceContent`), the two IoT Hub generates for it:
+    /// `targetedCount` over device twins and `appliedCount` by the twins' `configurations`.
     pub fn system_queries(&self) -> BTreeMap<String, String> {
+        if !self.is_edge() {
+            let targeted = match self.target_condition.trim() {
+                "" => String::new(),
+                "*" => "select deviceId from devices".to_owned(),
+                t => format!("select deviceId from devices where {t}"),
+            };
+            let applied = format!(
+                "select deviceId from devices where configurations.[[{}]].status = 'Applied'",
+                self.id
+            );
+            return [("targetedCount".to_owned(), targeted), ("appliedCount".to_owned(), applied)]
+                .into_iter()
+                .collect();
+        }
         let targeted = match self.target_condition.trim() {
             "" => String::new(),
             "*" => "select deviceId from devices where capabilities.iotEdge = true".to_owned(),
@@ -97,6 +118,46 @@ impl Configuration {
         .map(|(k, v)| (k.to_owned(), v))
         .collect()
     }
+}
+
+/// Which devices each metric of a configuration counts, by metric name: `targetedCount` (the
+/// target condition, for an Edge deployment on IoT Edge devices only), the other system
+/// metrics by the exact queries IoT Hub generates ([`Configuration::system_queries`], over
+/// the module twins), and each custom metric by its query over device or module twins. serve
+/// counts these for `GET /configurations`; `otaforge edge deploy status` lists them.
+pub fn metric_devices(
+    c: &Configuration,
+    twins: &[super::Twin],
+    modules: &[super::Twin],
+) -> BTreeMap<String, Vec<String>> {
+    let json = |ts: &[super::Twin]| -> Vec<(String, Value)> {
+        ts.iter()
+            .map(|t| (t.device_id.clone(), serde_json::to_value(t).unwrap_or(Value::Null)))
+            .collect()
+    };
+    let (twin_docs, module_docs) = (json(twins), json(modules));
+    let mut out = BTreeMap::new();
+    if let Ok(target) = crate::iothub::condition::Target::parse(&c.target_condition) {
+        let targeted = twins
+            .iter()
+            .zip(&twin_docs)
+            .filter(|(t, (_, doc))| (!c.is_edge() || t.is_edge()) && target.matches(doc))
+            .map(|(t, _)| t.device_id.clone())
+            .collect();
+        out.insert("targetedCount".to_owned(), targeted);
+    }
+    let system = c.system_queries();
+    let queries = system
+        .iter()
+        .filter(|(name, _)| name.as_str() != "targetedCount")
+        .chain(&c.metrics.queries);
+    for (name, q) in queries {
+        let Ok((cond, on_modules)) = super::query::metric_condition(q) else { continue };
+        let rows = if on_modules { &module_docs } else { &twin_docs };
+        let ids = rows.iter().filter(|(_, doc)| cond.matches(doc)).map(|(id, _)| id.clone());
+        out.insert(name.clone(), ids.collect());
+    }
+    out
 }
 
 /// A configuration id as IoT Hub and az CLI take it: 1-128 of lower-case letters, digits and

@@ -6,6 +6,8 @@
 //! Authentication: a SAS token signed by otaforge from a connection string's shared access
 //! policy key ([`sas`]), renewed before it expires; the key never leaves this process.
 
+pub mod adm;
+pub mod condition;
 pub mod config;
 pub mod identity;
 pub mod limits;
@@ -266,6 +268,13 @@ pub struct Twin {
     /// Desired and reported properties.
     #[serde(default)]
     pub properties: TwinProperties,
+    /// A device twin's `capabilities` (`iotEdge`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<Capabilities>,
+    /// IoT Hub's record, on a twin, of each configuration that targets it and its status
+    /// (`Targeted` or `Applied`), by configuration id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub configurations: Option<std::collections::BTreeMap<String, ConfigurationStatus>>,
     /// Everything else the hub sends (status, connection state, …).
     #[serde(flatten)]
     pub extra: Map<String, Value>,
@@ -290,8 +299,91 @@ impl Twin {
 
     /// Whether the twin is an IoT Edge device's (`capabilities.iotEdge`).
     pub fn is_edge(&self) -> bool {
-        self.extra.get("capabilities").and_then(|c| c.get("iotEdge")) == Some(&Value::Bool(true))
+        self.capabilities.is_some_and(|c| c.iot_edge)
     }
+
+    /// The status of configuration `id` on this twin, when it targets it.
+    pub fn configuration_status(&self, id: &str) -> Option<&str> {
+        Some(self.configurations.as_ref()?.get(id)?.status.as_str())
+    }
+}
+
+/// One configuration's entry in a twin's `configurations`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigurationStatus {
+    /// `Targeted` or `Applied`.
+    pub status: String,
+}
+
+/// A device identity of the registry (`PUT`/`GET /devices/{id}`): its id, generation, status,
+/// capabilities and credentials. It holds the device's keys: handle it as a secret.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceIdentity {
+    /// The device.
+    pub device_id: String,
+    /// Which identity of that id (a deleted and re-created device has another).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation_id: Option<String>,
+    /// Its ETag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
+    /// `enabled` or `disabled`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// `Connected` or `Disconnected`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_state: Option<String>,
+    /// `iotEdge`.
+    #[serde(default)]
+    pub capabilities: Capabilities,
+    /// How it authenticates.
+    #[serde(default)]
+    pub authentication: Authentication,
+    /// Fields this version does not know.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl DeviceIdentity {
+    /// The primary symmetric key, when the identity has one.
+    pub fn primary_key(&self) -> Option<&str> {
+        self.authentication.symmetric_key.as_ref()?.primary_key.as_deref()
+    }
+}
+
+/// A device's `capabilities`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Capabilities {
+    /// An IoT Edge device (Edge deployments target only those).
+    #[serde(default)]
+    pub iot_edge: bool,
+}
+
+/// An identity's `authentication`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Authentication {
+    /// `sas`, `selfSigned`, `certificateAuthority`, `none`.
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// The symmetric keys of a `sas` identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub symmetric_key: Option<SymmetricKey>,
+    /// Fields this version does not know (`x509Thumbprint`, ...).
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// The two keys of a `sas` identity (base64).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SymmetricKey {
+    /// The primary key.
+    pub primary_key: Option<String>,
+    /// The secondary key.
+    pub secondary_key: Option<String>,
 }
 
 /// Checks an `ADUGroup` value as ADU does: 1-200 characters of letters, digits and `. - _ ~`,
@@ -460,10 +552,15 @@ impl IotHubClient {
         let header_code =
             resp.headers().get("iothub-errorcode").and_then(|v| v.to_str().ok()).map(str::to_owned);
         let bytes = resp.bytes().await.unwrap_or_default();
-        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        // The hub's errors are `{"Message": "ErrorCode:X;text", "ExceptionMessage": …}`; serve's
-        // are the same, plus `iothub-errorcode`.
-        let message = body["Message"].as_str().or(body["message"].as_str()).unwrap_or_default();
+        /// The hub's errors are `{"Message": "ErrorCode:X;text", "ExceptionMessage": …}` (some
+        /// answers spell it `message`); serve's are the same, plus `iothub-errorcode`.
+        #[derive(Default, Deserialize)]
+        struct HubErrorBody {
+            #[serde(rename = "Message", alias = "message", default)]
+            message: String,
+        }
+        let body: HubErrorBody = serde_json::from_slice(&bytes).unwrap_or_default();
+        let message = body.message.as_str();
         let code = header_code
             .or_else(|| {
                 message
@@ -516,6 +613,23 @@ impl IotHubClient {
         self.json(&op, resp).await
     }
 
+    /// Merges `desired` into a twin's desired properties (a `null` value removes one); `etag`
+    /// as for [`IotHubClient::patch_tags`].
+    pub async fn patch_desired(
+        &self,
+        device_id: &str,
+        desired: Map<String, Value>,
+        etag: Option<&str>,
+    ) -> Result<Twin, IotHubError> {
+        let op = format!("set desired properties of {device_id}");
+        let url = self.url(&format!("/twins/{}", encode(device_id)))?;
+        let body = serde_json::json!({ "properties": { "desired": desired } });
+        let req = json_body(self.http.patch(url), &body)
+            .header(reqwest::header::IF_MATCH, etag.unwrap_or("*"));
+        let resp = self.send(&op, req).await?;
+        self.json(&op, resp).await
+    }
+
     /// Every twin a query (`SELECT * FROM devices WHERE …`) returns, following
     /// `x-ms-continuation` through every page.
     pub async fn query_twins(&self, query: &str) -> Result<Vec<Twin>, IotHubError> {
@@ -554,7 +668,7 @@ impl IotHubClient {
     }
 
     /// A device identity (with its keys: handle as a secret).
-    pub async fn get_device(&self, device_id: &str) -> Result<Value, IotHubError> {
+    pub async fn get_device(&self, device_id: &str) -> Result<DeviceIdentity, IotHubError> {
         let op = format!("read device {device_id}");
         let url = self.url(&format!("/devices/{}", encode(device_id)))?;
         let resp = self.send(&op, self.http.get(url)).await?;
@@ -562,7 +676,7 @@ impl IotHubClient {
     }
 
     /// Creates a device identity with generated symmetric keys (409 when it exists).
-    pub async fn create_device(&self, device_id: &str) -> Result<Value, IotHubError> {
+    pub async fn create_device(&self, device_id: &str) -> Result<DeviceIdentity, IotHubError> {
         self.create_device_as(device_id, false).await
     }
 
@@ -572,14 +686,21 @@ impl IotHubClient {
         &self,
         device_id: &str,
         iot_edge: bool,
-    ) -> Result<Value, IotHubError> {
+    ) -> Result<DeviceIdentity, IotHubError> {
         let op = format!("create device {device_id}");
         let url = self.url(&format!("/devices/{}", encode(device_id)))?;
-        let body = serde_json::json!({
-            "deviceId": device_id,
-            "authentication": {"type": "sas", "symmetricKey": {"primaryKey": null, "secondaryKey": null}},
-            "capabilities": {"iotEdge": iot_edge},
-        });
+        let identity = DeviceIdentity {
+            device_id: device_id.to_owned(),
+            capabilities: Capabilities { iot_edge },
+            authentication: Authentication {
+                kind: Some("sas".into()),
+                symmetric_key: Some(SymmetricKey::default()),
+                extra: Map::new(),
+            },
+            ..DeviceIdentity::default()
+        };
+        let body =
+            serde_json::to_value(&identity).map_err(|e| IotHubError::Config(e.to_string()))?;
         let resp = self.send(&op, json_body(self.http.put(url), &body)).await?;
         self.json(&op, resp).await
     }

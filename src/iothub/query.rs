@@ -1,13 +1,13 @@
 //! The IoT Hub twin queries otaforge evaluates (serve answers them on `POST /devices/query`):
 //! `SELECT * FROM devices [WHERE condition]`, the condition in the full twin-query condition
-//! language of target conditions (`edge::condition`: paths with `[[ ]]`, comparisons,
+//! language of target conditions (`iothub::condition`: paths with `[[ ]]`, comparisons,
 //! `AND`/`OR`/`NOT`, `IN`/`NIN`, `IS_DEFINED`, `STARTSWITH`, …, strictly typed, undefined never
 //! true); `SELECT * FROM devices.modules …` reads module twins. Projections other than `*` and
 //! `GROUP BY` are refused with the reason, never silently answered.
 
 use serde_json::Value;
 
-use crate::edge::condition::Expr;
+use super::condition::Expr;
 use crate::iothub::Twin;
 
 /// A parsed query.

@@ -106,27 +106,6 @@ impl IotHubClient {
         Ok(())
     }
 
-    /// Merges `desired` into a device's (or module's) desired properties; with `etag`, only
-    /// when the twin still has it.
-    pub async fn patch_desired(
-        &self,
-        device: &str,
-        module: Option<&str>,
-        desired: serde_json::Map<String, Value>,
-        etag: Option<&str>,
-    ) -> Result<super::Twin, IotHubError> {
-        let twin = match module {
-            Some(m) => format!("/twins/{}/modules/{}", encode(device), encode(m)),
-            None => format!("/twins/{}", encode(device)),
-        };
-        let op = format!("patch the desired properties of {}", twin.trim_start_matches("/twins/"));
-        let body = serde_json::json!({"properties": {"desired": desired}});
-        let req = json_body(self.http.patch(self.url(&twin)?), &body)
-            .header(reqwest::header::IF_MATCH, etag.unwrap_or("*"));
-        let resp = self.send(&op, req).await?;
-        self.json(&op, resp).await
-    }
-
     /// Calls a direct method on a device or module and waits for its answer.
     pub async fn invoke_method(
         &self,

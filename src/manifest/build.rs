@@ -16,34 +16,12 @@ use super::model::{
     DownloadHandler, File, Hashes, ImportManifest, InlineStep, Instructions, MANIFEST_VERSION,
     ReferenceStep, ReferenceType, RelatedFile, Step,
 };
+pub use super::template::StepSpec;
 use super::template::Template;
 use super::validate::{self, SOURCE_HASH, SOURCE_HASH_ALGORITHM};
 use crate::apt::AptManifest;
 use crate::hash::{FileDigest, hash_files};
 use crate::reporter::Reporter;
-
-/// One step as the user describes it.
-#[derive(Debug, Clone, PartialEq)]
-pub enum StepSpec {
-    /// A handler run with some payload files.
-    Inline {
-        /// Handler id, e.g. `microsoft/swupdate:2`.
-        handler: String,
-        /// Base names of payload files, in order.
-        files: Vec<String>,
-        /// Handler properties.
-        properties: Option<Map<String, Value>>,
-        /// Step description.
-        description: Option<String>,
-    },
-    /// A child update.
-    Reference {
-        /// The child's id.
-        update_id: UpdateId,
-        /// Step description.
-        description: Option<String>,
-    },
-}
 
 /// A payload file to include.
 #[derive(Debug, Clone, PartialEq)]

@@ -6,11 +6,34 @@
 //! name). A `{"slot": "steps"}` entry marks where the command line's own steps go; without one
 //! they follow the template's steps.
 
+use super::UpdateId;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::ManifestError;
-use super::build::StepSpec;
+
+/// One step as the user describes it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StepSpec {
+    /// A handler run with some payload files.
+    Inline {
+        /// Handler id, e.g. `microsoft/swupdate:2`.
+        handler: String,
+        /// Base names of payload files, in order.
+        files: Vec<String>,
+        /// Handler properties.
+        properties: Option<Map<String, Value>>,
+        /// Step description.
+        description: Option<String>,
+    },
+    /// A child update.
+    Reference {
+        /// The child's id.
+        update_id: UpdateId,
+        /// Step description.
+        description: Option<String>,
+    },
+}
 
 /// A template, as stored in `templates/NAME.json`. Our own format: unknown fields are refused.
 #[derive(Debug, Clone, Deserialize)]

@@ -5,7 +5,7 @@
 
 use std::borrow::Cow;
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use schemars::JsonSchema;
@@ -16,6 +16,10 @@ use crate::manifest::UpdateId;
 /// At most this many earlier releases a delta is made from (ADU takes 4 related files per
 /// file).
 pub const MAX_BASES: usize = 4;
+
+/// How long a version command may run unless `version-command-timeout` says otherwise (`git
+/// describe` takes milliseconds; a build-system query on a cold cache, seconds).
+pub const DEFAULT_VERSION_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A value with where it was written (byte range in the file), for error lines.
 #[derive(Debug, Clone, PartialEq)]
@@ -101,6 +105,10 @@ pub struct UpdateSection {
     /// A command (run with `sh -c` in the file's folder) that prints the version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version_command: Option<At<String>>,
+    /// How long `version-command` may run, e.g. `2m` (default `60s`); it may print at most
+    /// 4 KiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version_command_timeout: Option<At<String>>,
     /// What the update is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
@@ -153,6 +161,10 @@ pub struct Artifact {
     /// Make deltas of this file from the bases (default true).
     #[serde(default = "yes")]
     pub delta: bool,
+    /// Allow the file to resolve outside the repository (the folder of otaforge.toml): a
+    /// `../` path, an absolute path, or a symlink leading out (default false).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub outside_repository: bool,
 }
 
 fn yes() -> bool {
@@ -279,6 +291,10 @@ pub struct EdgeSection {
     /// a failed stage's deployment lets its devices fall back to it.
     #[serde(default = "default_priority")]
     pub priority: i64,
+    /// Allow the manifest to resolve outside the repository (the folder of otaforge.toml)
+    /// (default false).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub outside_repository: bool,
 }
 
 fn default_priority() -> i64 {
@@ -430,508 +446,8 @@ pub struct Checked {
 }
 
 /// The 1-based line of a byte offset.
-fn line_of(text: &str, offset: usize) -> usize {
+pub(super) fn line_of(text: &str, offset: usize) -> usize {
     text.get(..offset.min(text.len())).map_or(0, |t| t.bytes().filter(|b| *b == b'\n').count()) + 1
-}
-
-/// A table header line's name and whether it is an array of tables (`[[x]]`).
-fn header(line: &str) -> Option<(String, bool)> {
-    let t = line.trim();
-    if let Some(rest) = t.strip_prefix("[[") {
-        return Some((rest.split("]]").next()?.trim().to_owned(), true));
-    }
-    let rest = t.strip_prefix('[')?;
-    Some((rest.split(']').next()?.trim().to_owned(), false))
-}
-
-/// The field path (`stage[1].on-failure`) of the key written on 1-based `line`.
-fn path_at(text: &str, line: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    let Some(this) = line.checked_sub(1).and_then(|i| lines.get(i)) else { return "(file)".into() };
-    if this.trim().is_empty() || this.trim_start().starts_with('#') {
-        return "(file)".into();
-    }
-    if let Some((name, _)) = header(this) {
-        return name;
-    }
-    let key = this.split('=').next().unwrap_or_default().trim().to_owned();
-    for i in (0..line - 1).rev() {
-        if let Some((name, array)) = header(lines[i]) {
-            if array {
-                let index = lines[..i]
-                    .iter()
-                    .filter(|l| header(l).is_some_and(|(n, a)| a && n == name))
-                    .count();
-                return format!("{name}[{index}].{key}");
-            }
-            return format!("{name}.{key}");
-        }
-    }
-    key
-}
-
-/// A parse or type error, with its line and field path.
-fn parse_error(file: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
-    let mut line = e.span().map_or(0, |s| line_of(text, s.start));
-    let message = e.message().trim().to_owned();
-    let mut field = path_at(text, line);
-    // A missing field is reported at its table (a top-level one has no line).
-    if let Some(missing) = message.strip_prefix("missing field `").and_then(|m| m.split('`').next())
-    {
-        if field == "(file)" {
-            field = missing.to_owned();
-            line = 0;
-        } else {
-            field = format!("{field}.{missing}");
-        }
-    }
-    ConfigError { file: file.to_owned(), line, field, message }
-}
-
-/// Every problem of a parsed file, each with its line.
-struct Problems<'a> {
-    file: &'a Path,
-    text: &'a str,
-    list: Vec<ConfigError>,
-}
-
-impl Problems<'_> {
-    fn add(&mut self, span: &Range<usize>, field: impl Into<String>, message: impl Into<String>) {
-        let line = if span.end == 0 { 0 } else { line_of(self.text, span.start) };
-        self.list.push(ConfigError {
-            file: self.file.to_owned(),
-            line,
-            field: field.into(),
-            message: message.into(),
-        });
-    }
-}
-
-/// A duration like `30m`, `10s`, `365d`.
-pub fn duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim())
-        .map_err(|e| format!("`{text}` is not a duration like 30s, 10m, 2h or 365d ({e})"))
-}
-
-/// Reads and checks `path`: every problem at once.
-pub fn load(path: &Path) -> Result<Checked, Vec<ConfigError>> {
-    let one = |line, field: &str, message: String| {
-        vec![ConfigError { file: path.to_owned(), line, field: field.into(), message }]
-    };
-    let text = fs_err::read_to_string(path).map_err(|e| one(0, "(file)", e.to_string()))?;
-    let config: Config = toml::from_str(&text).map_err(|e| vec![parse_error(path, &text, &e)])?;
-    let root = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    check(path, &text, root, config)
-}
-
-fn check(
-    path: &Path,
-    text: &str,
-    root: &Path,
-    config: Config,
-) -> Result<Checked, Vec<ConfigError>> {
-    let mut p = Problems { file: path, text, list: Vec::new() };
-    let u = &config.update;
-    // The version: written, from a file, or from a command.
-    let sources = [u.version.is_some(), u.version_file.is_some(), u.version_command.is_some()];
-    let version = match (&u.version, &u.version_file, &u.version_command) {
-        _ if sources.iter().filter(|s| **s).count() > 1 => {
-            p.add(&u.name.span, "update", "give one of version, version-file and version-command");
-            None
-        }
-        (Some(v), _, _) => Some((v.value.trim().to_owned(), v.span.clone(), "update.version")),
-        (_, Some(f), _) => match fs_err::read_to_string(root.join(&f.value)) {
-            Ok(t) => Some((
-                t.lines().next().unwrap_or_default().trim().to_owned(),
-                f.span.clone(),
-                "update.version-file",
-            )),
-            Err(e) => {
-                p.add(&f.span, "update.version-file", e.to_string());
-                None
-            }
-        },
-        (_, _, Some(c)) => {
-            let out =
-                std::process::Command::new("sh").arg("-c").arg(&c.value).current_dir(root).output();
-            match out {
-                Ok(o) if o.status.success() => Some((
-                    String::from_utf8_lossy(&o.stdout).trim().to_owned(),
-                    c.span.clone(),
-                    "update.version-command",
-                )),
-                Ok(o) => {
-                    let why = String::from_utf8_lossy(&o.stderr).trim().to_owned();
-                    p.add(
-                        &c.span,
-                        "update.version-command",
-                        format!("failed ({}): {why}", o.status),
-                    );
-                    None
-                }
-                Err(e) => {
-                    p.add(&c.span, "update.version-command", e.to_string());
-                    None
-                }
-            }
-        }
-        (None, None, None) => {
-            p.add(
-                &u.name.span,
-                "update",
-                "no version: give version, version-file or version-command",
-            );
-            None
-        }
-    };
-    let mut update_id = None;
-    if let Some((v, span, field)) = &version {
-        match UpdateId::new(&u.provider.value, &u.name.value, v) {
-            Ok(id) => update_id = Some(id),
-            Err(e) => {
-                let field: &str = match &e {
-                    crate::manifest::IdError::BadVersion { .. } => field,
-                    crate::manifest::IdError::BadPart { what: "name", .. }
-                    | crate::manifest::IdError::DotsOnly { what: "name", .. } => "update.name",
-                    _ => "update.provider",
-                };
-                let span = match field {
-                    "update.provider" => &u.provider.span,
-                    "update.name" => &u.name.span,
-                    _ => span,
-                };
-                p.add(span, field, e.to_string());
-            }
-        }
-    }
-    if u.compatibility.value.is_empty() {
-        p.add(
-            &u.compatibility.span,
-            "update.compatibility",
-            "give at least one set, e.g. [{ manufacturer = \"contoso\", model = \"toaster\" }]",
-        );
-    }
-    for (i, set) in u.compatibility.value.iter().enumerate() {
-        if set.is_empty() {
-            p.add(
-                &u.compatibility.span,
-                format!("update.compatibility[{i}]"),
-                "an empty set matches no device",
-            );
-        }
-    }
-    // Artifacts.
-    if config.artifacts.is_empty() && config.edge.is_none() {
-        p.add(
-            &(0..0),
-            "artifact",
-            "no [[artifact]]: a release needs at least one file (or an [edge] manifest)",
-        );
-    }
-    // The IoT Edge manifest.
-    let mut edge_manifest = None;
-    if let Some(e) = &config.edge {
-        let path = root.join(&e.manifest.value);
-        match fs_err::read(&path) {
-            Err(err) => p.add(&e.manifest.span, "edge.manifest", err.to_string()),
-            Ok(bytes) => {
-                match crate::edge::manifest::validate(&bytes, crate::edge::manifest::Kind::Base) {
-                    Err(err) => p.add(&e.manifest.span, "edge.manifest", err.to_string()),
-                    Ok(f) if f.has_errors() => {
-                        for x in f
-                            .iter()
-                            .filter(|x| x.severity == crate::finding::Severity::Error)
-                            .take(5)
-                        {
-                            p.add(
-                                &e.manifest.span,
-                                "edge.manifest",
-                                format!("{}: {x}", path.display()),
-                            );
-                        }
-                    }
-                    Ok(_) => edge_manifest = Some(path),
-                }
-            }
-        }
-    }
-    let mut files = Vec::new();
-    for (i, a) in config.artifacts.iter().enumerate() {
-        let field = format!("artifact[{i}].path");
-        let pattern = root.join(&a.path.value);
-        let matches: Vec<PathBuf> = match glob::glob(&pattern.to_string_lossy()) {
-            Ok(g) => g.filter_map(Result::ok).filter(|f| f.is_file()).collect(),
-            Err(e) => {
-                p.add(&a.path.span, &field, format!("not a valid glob: {e}"));
-                continue;
-            }
-        };
-        match matches.as_slice() {
-            [one] => files.push(one.clone()),
-            [] => p.add(
-                &a.path.span,
-                &field,
-                format!(
-                    "`{}` matches no file (relative to {}); build it first",
-                    a.path.value,
-                    root.display()
-                ),
-            ),
-            many => p.add(
-                &a.path.span,
-                &field,
-                format!("`{}` matches {} files; it must name one", a.path.value, many.len()),
-            ),
-        }
-        if a.handler.is_none() && a.kind.default_handler().is_none() {
-            p.add(&a.path.span, format!("artifact[{i}].handler"), format!("a {:?} artifact needs handler = \"vendor/name:1\" (the step handler on the device)", a.kind).to_lowercase());
-        }
-        if let Some(h) = &a.handler
-            && !h.value.contains('/')
-        {
-            p.add(
-                &h.span,
-                format!("artifact[{i}].handler"),
-                "a handler id is vendor/name:version, e.g. microsoft/swupdate:2",
-            );
-        }
-        if a.kind == ArtifactKind::Mcuboot
-            && config.signing.as_ref().is_some_and(|s| s.mcuboot.is_some())
-            && config.signing.is_none()
-        {
-            p.add(
-                &a.path.span,
-                format!("artifact[{i}]"),
-                "signing an MCUboot image needs [signing] key",
-            );
-        }
-    }
-    // Deltas.
-    let mut bases = Vec::new();
-    let mut remote_bases = Vec::new();
-    if let Some(d) = &config.delta {
-        if d.bases.value.len() > MAX_BASES {
-            p.add(
-                &d.bases.span,
-                "delta.bases",
-                format!(
-                    "{} bases; ADU takes at most {MAX_BASES} related files per file",
-                    d.bases.value.len()
-                ),
-            );
-        }
-        let out_root =
-            root.join(config.output.clone().unwrap_or_else(|| PathBuf::from("out/release")));
-        for (i, b) in d.bases.value.iter().enumerate() {
-            // `storage:VERSION`: an earlier release read back from the storage container.
-            if let Some(version) = b.to_str().and_then(|t| t.strip_prefix("storage:")) {
-                if !crate::manifest::Version::problems(version).is_empty() {
-                    p.add(
-                        &d.bases.span,
-                        format!("delta.bases[{i}]"),
-                        format!("`{version}` is not a version of 2 to 4 numbers"),
-                    );
-                    continue;
-                }
-                let dir = out_root.join("bases").join(version);
-                remote_bases.push((version.to_owned(), dir.clone()));
-                bases.push(dir);
-                continue;
-            }
-            let dir = root.join(b);
-            if !dir.join(super::STATE_FILE).is_file() {
-                p.add(
-                    &d.bases.span,
-                    format!("delta.bases[{i}]"),
-                    format!(
-                        "{} holds no {} (an earlier release's output folder)",
-                        dir.display(),
-                        super::STATE_FILE
-                    ),
-                );
-            }
-            bases.push(dir);
-        }
-        if !(0.0..=1.0).contains(&d.max_share.value) {
-            p.add(&d.max_share.span, "delta.max-share", "a share from 0 to 1");
-        }
-    }
-    // Signing.
-    let mut expires_in = Duration::from_secs(365 * 86_400);
-    if let Some(s) = &config.signing {
-        if let Some(e) = &s.expires_in {
-            match duration(&e.value) {
-                Ok(d) => expires_in = d,
-                Err(m) => p.add(&e.span, "signing.expires-in", m),
-            }
-        }
-        match (&s.key, &s.command, &s.public_key) {
-            (Some(k), None, None) => {
-                if !k.value.starts_with("env:") && !root.join(&k.value).is_file() {
-                    p.add(
-                        &k.span,
-                        "signing.key",
-                        format!(
-                            "{} does not exist (a PEM file, or env:VAR)",
-                            root.join(&k.value).display()
-                        ),
-                    );
-                }
-            }
-            (None, Some(_), Some(pk)) => {
-                if let Err(e) = crate::sign::PublicKey::from_file(&root.join(&pk.value)) {
-                    p.add(&pk.span, "signing.public-key", e.to_string());
-                }
-            }
-            (None, Some(c), None) => {
-                p.add(
-                    &c.span,
-                    "signing.public-key",
-                    "an external signer needs public-key (its PEM), to check each signature",
-                );
-            }
-            _ => p.add(
-                &(0..0),
-                "signing",
-                "give key (a PEM file or env:VAR), or command and public-key",
-            ),
-        }
-        if let Some(m) = &s.mcuboot
-            && ![1, 2, 4, 8].contains(&m.align.value)
-        {
-            p.add(&m.align.span, "signing.mcuboot.align", "1, 2, 4 or 8");
-        }
-    }
-    if let Some(container) = &config.storage.container
-        && let Err(e) = container.value.parse::<crate::storage::ContainerName>()
-    {
-        p.add(&container.span, "storage.container", e.to_string());
-    }
-    let mut import_timeout = Duration::from_secs(30 * 60);
-    if let Some(t) = &config.service.import_timeout {
-        match duration(&t.value) {
-            Ok(d) => import_timeout = d,
-            Err(m) => p.add(&t.span, "service.import-timeout", m),
-        }
-    }
-    // Stages.
-    let mut names = std::collections::HashSet::new();
-    let mut stage_times = Vec::new();
-    for (i, s) in config.stages.iter().enumerate() {
-        if !names.insert(s.name.value.clone()) {
-            p.add(
-                &s.name.span,
-                format!("stage[{i}].name"),
-                format!("`{}` names an earlier stage too", s.name.value),
-            );
-        }
-        match (&s.group, &s.edge_target) {
-            (Some(g), None) => {
-                if let Err(e) = crate::iothub::check_group_id(&g.value) {
-                    p.add(&g.span, format!("stage[{i}].group"), e.to_string());
-                }
-            }
-            (None, Some(t)) => {
-                if let Err(e) = crate::edge::condition::Target::parse(&t.value) {
-                    p.add(
-                        &t.span,
-                        format!("stage[{i}].edge-target"),
-                        format!("position {}: {}", e.position, e.message),
-                    );
-                }
-                if config.edge.is_none() {
-                    p.add(
-                        &t.span,
-                        format!("stage[{i}].edge-target"),
-                        "an Edge stage needs [edge] manifest",
-                    );
-                }
-                if let Some(r) = &s.rollback_to {
-                    p.add(
-                        &r.span,
-                        format!("stage[{i}].rollback-to"),
-                        "an Edge stage rolls back by deleting its deployment (devices fall back to their next one)",
-                    );
-                }
-            }
-            _ => p.add(
-                &s.name.span,
-                format!("stage[{i}]"),
-                "give one of group (Device Update) and edge-target (IoT Edge)",
-            ),
-        }
-        if s.group.is_some() && config.artifacts.is_empty() {
-            p.add(
-                &s.name.span,
-                format!("stage[{i}].group"),
-                "a Device Update stage needs an [[artifact]]",
-            );
-        }
-        for (share, field) in [
-            (Some(&s.min_succeeded), "min-succeeded"),
-            (s.max_failed_share.as_ref(), "max-failed-share"),
-        ] {
-            if let Some(x) = share
-                && !(0.0..=1.0).contains(&x.value)
-            {
-                p.add(&x.span, format!("stage[{i}].{field}"), "a share from 0 to 1");
-            }
-        }
-        let mut time = |t: &Option<At<String>>, field: &str, default: Duration| match t {
-            Some(t) => duration(&t.value).unwrap_or_else(|m| {
-                p.add(&t.span, format!("stage[{i}].{field}"), m);
-                default
-            }),
-            None => default,
-        };
-        let timeout = time(&s.timeout, "timeout", Duration::from_secs(30 * 60));
-        let soak = time(&s.soak, "soak", Duration::ZERO);
-        stage_times.push((timeout, soak));
-        if let Some(r) = &s.rollback_to {
-            if s.on_failure != OnFailure::Rollback {
-                p.add(
-                    &r.span,
-                    format!("stage[{i}].rollback-to"),
-                    "only with on-failure = \"rollback\"",
-                );
-            }
-            if !crate::manifest::Version::problems(&r.value).is_empty() {
-                p.add(
-                    &r.span,
-                    format!("stage[{i}].rollback-to"),
-                    format!("`{}` is not a version of 2 to 4 numbers", r.value),
-                );
-            }
-        }
-    }
-    if !p.list.is_empty() {
-        return Err(p.list);
-    }
-    let Some(update_id) = update_id else { return Err(p.list) };
-    let output = root.join(config.output.clone().unwrap_or_else(|| PathBuf::from("out/release")));
-    let group_lines = config
-        .stages
-        .iter()
-        .map(|s| {
-            let span = s.group.as_ref().or(s.edge_target.as_ref()).map_or(0, |g| g.span.start);
-            line_of(text, span)
-        })
-        .collect();
-    Ok(Checked {
-        remote_bases,
-        edge_manifest,
-        file: path.to_owned(),
-        group_lines,
-        root: root.to_owned(),
-        config,
-        update_id,
-        files,
-        output,
-        bases,
-        import_timeout,
-        stage_times,
-        expires_in,
-    })
 }
 
 /// The JSON Schema of `otaforge.toml`.

@@ -1,22 +1,41 @@
 //! `otaforge release`: one `otaforge.toml` → the update's files (MCUboot images signed),
 //! deltas from earlier releases, the import manifest, signed release metadata, upload, import,
-//! and a staged rollout whose gates stop it. The pipeline as typed steps:
+//! and a staged rollout whose gates stop it (`docs/release.md`). The pipeline as typed steps,
+//! like `otaforge import`'s ([`crate::pipeline`]):
 //!
-//! 1. [`config::load`]: the file, checked → [`config::Checked`].
-//! 2. [`build`]: files copied (or signed) into `OUTPUT/VERSION/files/`, one delta per base
-//!    (kept when smaller than `max-share` of the file), the import manifest, the metadata →
-//!    [`Built`]. Offline; `--dry-run` stops here and writes only inside the output folder.
-//! 3. [`publish`]: upload and import through `pipeline` (an update already imported with the
-//!    same content is not imported again).
-//! 4. [`roll_out`]: each stage deploys to its group and waits on its gates.
+//! 1. [`load`]: the file, checked section by section ([`check`]), its version found
+//!    ([`version`]) → [`Checked`].
+//! 2. [`Settings::resolve`]: what the caller decides ([`Overrides`]) and the [`Environment`],
+//!    settled before anything runs: Device Update endpoint and authentication, storage
+//!    backend, IoT Hub → [`Settings`].
+//! 3. [`run`], step by step ([`Step`]), telling a [`ReleaseReporter`] as it goes, → [`Report`]:
+//!    - [`fetch_bases`]: `storage:VERSION` delta bases read back from the storage container;
+//!    - [`build()`]: files copied (or signed) into `OUTPUT/VERSION/files/` (never a private key,
+//!      never a file from outside the repository unless allowed: [`inputs`]), one delta per
+//!      base, the import manifest, the metadata, checked as publishing checks them →
+//!      [`Built`]. Offline; a dry run stops here and writes only inside the output folder;
+//!    - [`check_groups`], then [`publish()`]: upload and import through `pipeline` (an update
+//!      already imported with the same content is not imported again);
+//!    - [`roll_out`]: each stage deploys to its group and waits on its gates.
 //!
 //! Every step records what it made in `OUTPUT/VERSION/release-state.json` (written through a
 //! temp file and renamed) with the SHA-256 of each output; a re-run skips a step whose outputs
-//! are there and verify, so a release killed at any moment finishes with the same outputs.
-//! With `SOURCE_DATE_EPOCH` the manifest and deltas are byte-identical run to run; without it
-//! the first run's time is recorded and reused.
+//! are there and verify (and, for a stage, that the service confirms), so a release killed at
+//! any moment finishes with the same outputs. With `SOURCE_DATE_EPOCH` the manifest and deltas
+//! are byte-identical run to run; without it the first run's time is recorded and reused.
 
+pub mod build;
+pub mod check;
 pub mod config;
+pub mod inputs;
+mod load;
+pub mod publish;
+pub mod report;
+pub mod rollout;
+pub mod settings;
+pub mod version;
+
+pub use load::load;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -24,13 +43,13 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::Sha256;
-use crate::manifest::{FileSpec, ManifestSpec, RelatedSpec, StepSpec, UpdateId};
-use crate::reporter::Reporter;
-use crate::service::AduClient;
-use crate::service::model::{Deployment, UpdateInfo};
-use crate::storage::{AnyStore, ContainerName};
 
+pub use build::build;
 pub use config::{Checked, ConfigError};
+pub use publish::{check_groups, fetch_bases, publish};
+pub use report::{NoReleaseReporter, Outcome, ReleaseReporter, Report, Step};
+pub use rollout::{Rollout, Services, deployment_id, edge_deployment_id, roll_out};
+pub use settings::{Environment, Overrides, Settings};
 
 /// The state file in each release's output folder.
 pub const STATE_FILE: &str = "release-state.json";
@@ -38,6 +57,33 @@ pub const STATE_FILE: &str = "release-state.json";
 /// Why a release stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ReleaseError {
+    /// A step of [`run`] failed (the error says why; [`ReleaseError::code`] gives the stable
+    /// code of the failures a user can fix).
+    #[error("{source}")]
+    Stopped {
+        /// The step.
+        step: Step,
+        /// What failed.
+        source: Box<ReleaseError>,
+    },
+    /// `--resume` and nothing to resume.
+    #[error("--resume: {} holds no release to resume", dir.display())]
+    NothingToResume {
+        /// `OUTPUT/VERSION`.
+        dir: PathBuf,
+    },
+    /// `--until` names no stage.
+    #[error("--until {name}: otaforge.toml has no stage of that name")]
+    UnknownStage {
+        /// The name given.
+        name: String,
+    },
+    /// A deployment or group id that Device Update would refuse.
+    #[error(transparent)]
+    DeploymentId(#[from] crate::service::model::IdError),
+    /// The blob store failed.
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
     /// otaforge.toml is wrong.
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
     Config(Vec<ConfigError>),
@@ -61,7 +107,35 @@ pub enum ReleaseError {
     },
     /// Signing failed.
     #[error("signing: {0}")]
-    Sign(String),
+    Sign(#[from] crate::sign::SignError),
+    /// An MCUboot image could not be signed.
+    #[error("signing {artifact} as an MCUboot image: {source}")]
+    Mcuboot {
+        /// The artifact.
+        artifact: String,
+        /// Why.
+        source: crate::mcuboot::McubootError,
+    },
+    /// The update's version is no MCUboot image version.
+    #[error("version {version} cannot be an MCUboot image version: {message}")]
+    McubootVersion {
+        /// The version's first three numbers.
+        version: String,
+        /// Why.
+        message: String,
+    },
+    /// Signed release metadata needs a signer.
+    #[error("signed release metadata needs [signing] key, or command and public-key")]
+    NoSigner,
+    /// The metadata's expiry is past what a timestamp holds.
+    #[error("signing.expires-in takes the metadata's expiry out of range")]
+    ExpiryOutOfRange,
+    /// The release's time does not parse.
+    #[error("the state file's created time: {0}")]
+    Time(#[from] crate::time::TimeError),
+    /// The import manifest could not be serialized.
+    #[error("the import manifest: {0}")]
+    ManifestJson(serde_json::Error),
     /// The manifest could not be built.
     #[error(transparent)]
     Manifest(#[from] crate::manifest::ManifestError),
@@ -76,17 +150,190 @@ pub enum ReleaseError {
         /// Why.
         source: Box<crate::service::ServiceError>,
     },
-    /// The service refused the import, or a stage cannot start.
-    #[error("{0}")]
-    Refused(String),
-    /// A base's state file is unreadable.
-    #[error("{path}: {message}")]
-    Base {
-        /// The state file.
+    /// The IoT Hub refused or failed.
+    #[error("{what}: {source}")]
+    Hub {
+        /// What was being done.
+        what: String,
+        /// Why.
+        source: Box<crate::iothub::IotHubError>,
+    },
+    /// An Edge stage and no IoT Hub.
+    #[error(
+        "an Edge stage needs the IoT Hub (service.iothub-connection-file or IOTHUB_CONNECTION_STRING)"
+    )]
+    NoHub,
+    /// A stage names neither a group nor an Edge target.
+    #[error("stage {stage} has no target")]
+    NoTarget {
+        /// The stage.
+        stage: String,
+    },
+    /// A stage's group does not exist on the service.
+    #[error(
+        "group {group} does not exist on the service (tag devices with ADUGroup={group} first)"
+    )]
+    MissingGroup {
+        /// The group.
+        group: String,
+    },
+    /// An Edge stage and no Edge manifest built.
+    #[error("the build made no Edge manifest")]
+    NoEdgeManifest,
+    /// The built Edge manifest does not parse.
+    #[error("{}: {source}", path.display())]
+    EdgeManifest {
+        /// The file.
         path: PathBuf,
         /// Why.
-        message: String,
+        source: serde_json::Error,
     },
+    /// An input changed while the release ran.
+    #[error("{}: changed while the release ran; run it again", path.display())]
+    InputChanged {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The output folder does not match its import manifest.
+    #[error(
+        "{}: the output folder was changed after it was built ({problems}); delete it and run otaforge release again",
+        dir.display()
+    )]
+    Tampered {
+        /// `OUTPUT/VERSION`.
+        dir: PathBuf,
+        /// What does not match.
+        problems: String,
+    },
+    /// An artifact holds a private key.
+    #[error(
+        "{}: holds {key}; a release never ships a private key: take it out of [[artifact]]",
+        path.display()
+    )]
+    PrivateKey {
+        /// The artifact's file.
+        path: PathBuf,
+        /// What was found.
+        key: inputs::PrivateKey,
+    },
+    /// A stage's deployment id is taken by a deployment of something else.
+    #[error(
+        "deployment {id} already exists and deploys {holds}, not {update}; delete it or rename the stage"
+    )]
+    DeploymentConflict {
+        /// The deployment id.
+        id: String,
+        /// What it deploys.
+        holds: String,
+        /// This release's update.
+        update: String,
+    },
+    /// A delta base is not a release's output folder.
+    #[error("{}: not a release state file", path.display())]
+    NotAState {
+        /// The state file.
+        path: PathBuf,
+    },
+    /// A `storage:VERSION` base was not read back yet (a dry run cannot).
+    #[error(
+        "{}: delta base storage:{version} is not read yet: run otaforge release without --dry-run, which reads it from the storage container",
+        path.display()
+    )]
+    BaseNotRead {
+        /// Where it is kept.
+        path: PathBuf,
+        /// Its version.
+        version: String,
+    },
+    /// An earlier release could not be read back from the storage container.
+    #[error("{}: release {version} from the storage container: {source}", path.display())]
+    Fetch {
+        /// Where it was to be kept.
+        path: PathBuf,
+        /// Its version.
+        version: String,
+        /// Why.
+        source: Box<publish::FetchError>,
+    },
+    /// The storage container's name is not one.
+    #[error("storage.container: {0}")]
+    Container(crate::storage::NameError),
+    /// An update id could not be made (a base's or a rollback's version).
+    #[error(transparent)]
+    Id(#[from] crate::manifest::IdError),
+    /// The build made no import manifest to publish.
+    #[error("the build made no import manifest")]
+    NoManifest,
+    /// The signed release metadata file is not one.
+    #[error("{}: not signed release metadata", path.display())]
+    NotMetadata {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The service failed the import.
+    #[error("import failed: {0}")]
+    ImportFailed(String),
+}
+
+impl ReleaseError {
+    /// The stable code of a failure the user can act on (exit 1): `invalidConfig`,
+    /// `baseFailed`, `buildFailed`, `publishFailed`, `deploymentConflict`. None for the
+    /// unexpected (exit 2), whose code is [`ErrorCode::code`](crate::error::ErrorCode).
+    pub fn failure_code(&self) -> Option<&'static str> {
+        match self {
+            Self::Config(_) => Some("invalidConfig"),
+            Self::DeploymentConflict { .. } => Some("deploymentConflict"),
+            Self::Stopped { step, source } => source.failure_code().or(match step {
+                Step::Bases => Some("baseFailed"),
+                Step::Build => Some("buildFailed"),
+                Step::Publish => Some("publishFailed"),
+                Step::Groups | Step::Rollout => None,
+            }),
+            _ => None,
+        }
+    }
+
+    /// The same error, as stopping `step`.
+    fn at(step: Step) -> impl FnOnce(Self) -> Self {
+        move |e| Self::Stopped { step, source: Box::new(e) }
+    }
+}
+
+impl crate::error::ErrorCode for ReleaseError {
+    fn code(&self) -> String {
+        if let Some(c) = self.failure_code() {
+            return c.into();
+        }
+        match self {
+            Self::Stopped { source, .. } => source.code(),
+            Self::Io { source, .. } => source.code(),
+            Self::Service { source, .. } => crate::error::ErrorCode::code(source.as_ref()),
+            Self::Hub { source, .. } => source.code(),
+            Self::Storage(e) => e.code(),
+            Self::Sign(e) => e.code(),
+            Self::Mcuboot { source, .. } => source.code(),
+            Self::Time(e) => e.code(),
+            Self::NothingToResume { .. } => "nothingToResume".into(),
+            Self::UnknownStage { .. } => "unknownStage".into(),
+            Self::DeploymentId(_) => "invalidId".into(),
+            _ => "releaseFailed".into(),
+        }
+    }
+
+    fn io_kind(&self) -> Option<std::io::ErrorKind> {
+        match self {
+            Self::Stopped { source, .. } => source.io_kind(),
+            Self::Io { source, .. } => Some(source.kind()),
+            Self::Storage(e) => e.io_kind(),
+            Self::Sign(e) => e.io_kind(),
+            _ => None,
+        }
+    }
+}
+
+/// An IoT Hub error while doing `what`.
+fn hub_error(what: String) -> impl FnOnce(crate::iothub::IotHubError) -> ReleaseError {
+    move |source| ReleaseError::Hub { what, source: Box::new(source) }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ReleaseError + '_ {
@@ -229,7 +476,7 @@ pub struct Options {
     pub poll: Option<Duration>,
 }
 
-/// The output of [`build`].
+/// The output of [`build()`].
 #[derive(Debug, Clone)]
 pub struct Built {
     /// `OUTPUT/VERSION`.
@@ -238,6 +485,9 @@ pub struct Built {
     pub state: State,
     /// What was made now (the rest was there and verified).
     pub made: Vec<String>,
+    /// The import manifest checked against its files, as publishing checks it (none for an
+    /// IoT Edge-only release).
+    pub checked: Option<crate::pipeline::Checked>,
 }
 
 impl Built {
@@ -252,867 +502,100 @@ impl Built {
     }
 }
 
-fn signer(c: &Checked) -> Result<Option<Box<dyn crate::sign::Signer>>, ReleaseError> {
-    let Some(s) = &c.config.signing else { return Ok(None) };
-    let sign_err = |e: crate::sign::SignError| ReleaseError::Sign(e.to_string());
-    if let (Some(command), Some(public)) = (&s.command, &s.public_key) {
-        let public =
-            crate::sign::PublicKey::from_file(&c.root.join(&public.value)).map_err(sign_err)?;
-        return Ok(Some(Box::new(crate::sign::CommandSigner::new(command.value.clone(), public))));
+/// Runs the release `settings` describe, step by step: the delta bases kept in the storage
+/// container read back, the build (a dry run stops there), every stage's group checked, upload
+/// and import, the stages. `reporter` hears of each as it happens, and of every request to
+/// Device Update that is tried again. A failed gate is a report whose result is
+/// [`Outcome::GateFailed`]; an error says which [`Step`] it stopped.
+pub async fn run(
+    settings: Settings,
+    reporter: std::sync::Arc<dyn ReleaseReporter>,
+) -> Result<Report, ReleaseError> {
+    let Settings { checked: c, options, remote } = settings;
+    reporter.plan(&c);
+    let Some(remote) = remote else {
+        let built = build_step(&c, &options, reporter.as_ref())?;
+        return Ok(Report::new(&c, &built, None));
+    };
+    let notice = std::sync::Arc::clone(&reporter);
+    let client = remote.client.with_retry_notice(crate::retry::RetryNotice(std::sync::Arc::new(
+        move |m: &str| notice.retrying(m),
+    )));
+    let store = match remote.store {
+        Some(s) => s,
+        None => crate::storage::AnyStore::Embedded(
+            crate::storage::embedded::EmbeddedStore::discover(&client).await?,
+        ),
+    };
+    if !c.remote_bases.is_empty() {
+        let fetched = fetch_bases(&c, &store).await.map_err(ReleaseError::at(Step::Bases))?;
+        fetched.iter().for_each(|v| reporter.base_fetched(v));
     }
-    let Some(key) = &s.key else { return Ok(None) };
-    let signer = match key.value.strip_prefix("env:") {
-        Some(var) => crate::sign::KeySigner::from_env(var),
-        None => crate::sign::KeySigner::from_file(&c.root.join(&key.value)),
+    let built = build_step(&c, &options, reporter.as_ref())?;
+    let until = options.until.as_deref();
+    if let Err(missing) = check_groups(&c, &client, until).await? {
+        return Err(ReleaseError::at(Step::Groups)(ReleaseError::Config(missing)));
     }
-    .map_err(sign_err)?;
-    Ok(Some(Box::new(signer)))
-}
-
-/// Step 2: the files, deltas, manifest and metadata, offline.
-pub fn build(c: &Checked, opts: &Options, reporter: &dyn Reporter) -> Result<Built, ReleaseError> {
-    let dir = c.output.join(c.update_id.version().as_str());
-    let files = dir.join("files");
-    fs_err::create_dir_all(&files).map_err(io(&files))?;
-    let mut state = State::read(&dir).unwrap_or_default();
-    let mut made = Vec::new();
-    let id = c.update_id.to_string();
-    let inputs: Vec<String> = c
-        .files
-        .iter()
-        .chain(c.edge_manifest.iter())
-        .map(|f| Output::of(f).map(|o| o.sha256))
-        .collect::<Result<_, _>>()?;
-    if state.update_id != id || state.inputs != inputs {
-        // A new release, or its inputs were rebuilt: nothing recorded holds.
-        let created = crate::manifest::created_date_time(None, opts.source_date_epoch.as_deref())?;
-        state = State { update_id: id.clone(), created, inputs, ..State::default() };
-    }
-    for (version, base) in &c.remote_bases {
-        if !base.join(STATE_FILE).is_file() {
-            return Err(ReleaseError::Base {
-                path: base.clone(),
-                message: format!(
-                    "delta base storage:{version} is not read yet: run otaforge release without --dry-run, which reads it from the storage container"
-                ),
-            });
-        }
-    }
-    let signer = signer(c)?;
-    // The artifacts, as shipped.
-    if state.artifacts.len() != c.files.len() || !state.artifacts.iter().all(|a| a.verifies(&files))
-    {
-        state.artifacts.clear();
-        for (a, input) in c.config.artifacts.iter().zip(&c.files) {
-            let name =
-                input.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            let bytes = fs_err::read(input).map_err(io(input))?;
-            let bytes =
-                match (a.kind, c.config.signing.as_ref().and_then(|s| s.mcuboot.as_ref()), &signer)
-                {
-                    (config::ArtifactKind::Mcuboot, Some(m), Some(signer)) => {
-                        let parts = c.update_id.version().parts();
-                        let version = format!(
-                            "{}.{}.{}",
-                            parts[0],
-                            parts.get(1).unwrap_or(&0),
-                            parts.get(2).unwrap_or(&0)
-                        );
-                        let opts = crate::mcuboot::SignOptions {
-                            version: version.parse().map_err(ReleaseError::Sign)?,
-                            header_size: m.header_size,
-                            pad_header: true,
-                            slot_size: m.slot_size,
-                            align: m.align.value,
-                            ..Default::default()
-                        };
-                        crate::mcuboot::sign(&bytes, &opts, signer.as_ref())
-                            .map_err(|e| ReleaseError::Sign(format!("{name}: {e}")))?
-                    }
-                    _ => bytes,
-                };
-            let out = files.join(&name);
-            crate::fsutil::write_output(&out, &bytes, crate::fsutil::Privacy::Public)
-                .map_err(io(&out))?;
-            state.artifacts.push(Output::of(&out)?);
-        }
-        state.deltas.clear();
-        state.manifest = None;
-        state.metadata = None;
-        made.push("artifacts".to_owned());
-        state.write(&dir)?;
-    }
-    // Deltas, one per artifact and base.
-    let deltas_ok =
-        !state.deltas.is_empty() || !state.skipped_deltas.is_empty() || c.bases.is_empty();
-    if !deltas_ok || !state.deltas.iter().all(|d| d.file.verifies(&files)) {
-        state.deltas.clear();
-        state.skipped_deltas.clear();
-        let (share, profile) = c
-            .config
-            .delta
-            .as_ref()
-            .map_or((0.8, config::DeltaProfile::Linux), |d| (d.max_share.value, d.profile));
-        for base in &c.bases {
-            let path = base.join(STATE_FILE);
-            let b = State::read(base).ok_or_else(|| ReleaseError::Base {
-                path: path.clone(),
-                message: "not a release state file".into(),
-            })?;
-            let base_version = b.update_id.rsplit('/').next().unwrap_or_default().to_owned();
-            for (i, (a, art)) in c.config.artifacts.iter().zip(state.artifacts.clone()).enumerate()
-            {
-                let Some(old) = b.artifacts.get(i).filter(|_| a.delta) else { continue };
-                let old_path = base.join("files").join(&old.name);
-                let old_bytes = fs_err::read(&old_path).map_err(io(&old_path))?;
-                let new_path = files.join(&art.name);
-                let new_bytes = fs_err::read(&new_path).map_err(io(&new_path))?;
-                let delta_opts = crate::delta::CreateOptions {
-                    profile: match profile {
-                        config::DeltaProfile::Mcu => crate::delta::Profile::Mcu,
-                        config::DeltaProfile::Linux => crate::delta::Profile::Linux,
-                    },
-                    threads: opts.jobs.max(1),
-                    ..Default::default()
-                };
-                let created = crate::delta::create(&old_bytes, &new_bytes, &delta_opts, reporter)
-                    .map_err(|source| ReleaseError::Delta {
-                    artifact: art.name.clone(),
-                    base: base_version.clone(),
-                    source: Box::new(source),
-                })?;
-                let limit = (new_bytes.len() as f64 * share) as usize;
-                if created.bytes.len() >= limit {
-                    state.skipped_deltas.push(format!(
-                        "{} from {base_version}: {} bytes is not below {:.0} % of {} bytes",
-                        art.name,
-                        created.bytes.len(),
-                        share * 100.0,
-                        new_bytes.len()
-                    ));
-                    continue;
-                }
-                let name = format!("{}.from-{base_version}.delta", art.name);
-                let out = files.join(&name);
-                crate::fsutil::write_output(&out, &created.bytes, crate::fsutil::Privacy::Public)
-                    .map_err(io(&out))?;
-                state.deltas.push(DeltaOutput {
-                    artifact: art.name.clone(),
-                    base_version: base_version.clone(),
-                    file: Output::of(&out)?,
-                    source_sha256: old.sha256.clone(),
-                });
-                // The base file goes beside the manifest for the source hash (not uploaded).
-            }
-        }
-        state.manifest = None;
-        state.metadata = None;
-        made.push("deltas".to_owned());
-        state.write(&dir)?;
-    }
-    // The IoT Edge deployment manifest, as the Edge stages deploy it.
-    if let Some(m) = &c.edge_manifest
-        && !state.edge_manifest.as_ref().is_some_and(|o| o.verifies(&files))
-    {
-        let bytes = fs_err::read(m).map_err(io(m))?;
-        let out = files.join("deployment.edge.json");
-        crate::fsutil::write_output(&out, &bytes, crate::fsutil::Privacy::Public)
-            .map_err(io(&out))?;
-        state.edge_manifest = Some(Output::of(&out)?);
-        made.push("edge manifest".to_owned());
-        state.write(&dir)?;
-    }
-    // An IoT Edge-only release has no update to import.
-    if state.artifacts.is_empty() {
-        return Ok(Built { dir, state, made });
-    }
-    // The import manifest.
-    if !state.manifest.as_ref().is_some_and(|m| m.verifies(&files)) {
-        let steps = c
-            .config
-            .artifacts
-            .iter()
-            .zip(&state.artifacts)
-            .map(|(a, art)| {
-                let handler = a
-                    .handler
-                    .as_ref()
-                    .map(|h| h.value.clone())
-                    .or(a.kind.default_handler().map(str::to_owned))
-                    .unwrap_or_default();
-                let mut props = serde_json::Map::new();
-                let criteria = a
-                    .installed_criteria
-                    .clone()
-                    .unwrap_or_else(|| c.update_id.version().as_str().to_owned());
-                props.insert("installedCriteria".into(), serde_json::Value::String(criteria));
-                if a.kind == config::ArtifactKind::Script {
-                    props.insert(
-                        "scriptFileName".into(),
-                        serde_json::Value::String(art.name.clone()),
-                    );
-                }
-                StepSpec::Inline {
-                    handler,
-                    files: vec![art.name.clone()],
-                    properties: Some(props),
-                    description: None,
-                }
-            })
-            .collect();
-        let file_specs = state
-            .artifacts
-            .iter()
-            .map(|art| FileSpec {
-                path: files.join(&art.name),
-                download_handler: state
-                    .deltas
-                    .iter()
-                    .any(|d| d.artifact == art.name)
-                    .then(|| "microsoft/delta:1".to_owned()),
-            })
-            .collect();
-        let mut related = Vec::new();
-        for d in &state.deltas {
-            let base = c.bases.iter().find(|b| {
-                State::read(b)
-                    .is_some_and(|s| s.update_id.ends_with(&format!("/{}", d.base_version)))
-            });
-            let source = base.and_then(|b| {
-                let s = State::read(b)?;
-                let old = s.artifacts.iter().find(|o| o.sha256 == d.source_sha256)?;
-                Some(b.join("files").join(&old.name))
-            });
-            related.push(RelatedSpec {
-                target: d.artifact.clone(),
-                path: files.join(&d.file.name),
-                properties: Vec::new(),
-                source,
-            });
-        }
-        let u = &c.config.update;
-        let spec = ManifestSpec {
-            update_id: c.update_id.clone(),
-            description: u.description.clone(),
-            deployable: true,
-            compatibility: u
-                .compatibility
-                .value
-                .iter()
-                .map(|set| {
-                    set.iter()
-                        .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
-                        .collect()
-                })
-                .collect(),
-            steps,
-            files: file_specs,
-            related,
-            created: state.created.clone(),
-            template: None,
-            jobs: opts.jobs.max(1),
-        };
-        let built = crate::manifest::build(spec, reporter)?;
-        let name = built.manifest.default_file_name();
-        let bytes = built
-            .manifest
-            .to_json_bytes()
-            .map_err(|e| ReleaseError::Refused(format!("the manifest: {e}")))?;
-        let out = files.join(&name);
-        crate::fsutil::write_output(&out, &bytes, crate::fsutil::Privacy::Public)
-            .map_err(io(&out))?;
-        state.manifest = Some(Output::of(&out)?);
-        state.metadata = None;
-        made.push("manifest".to_owned());
-        state.write(&dir)?;
-    }
-    // Signed release metadata over the manifest and files.
-    let wants_meta = c.config.signing.as_ref().is_some_and(|s| s.metadata);
-    if wants_meta && !state.metadata.as_ref().is_some_and(|m| m.verifies(&dir)) {
-        let Some(signer) = &signer else { return Err(ReleaseError::Sign("no key".into())) };
-        let created = crate::time::Timestamp::parse(&state.created)
-            .map_err(|e| ReleaseError::Sign(e.to_string()))?;
-        let expires = created
-            .checked_add(c.expires_in)
-            .ok_or_else(|| ReleaseError::Sign("expiry out of range".into()))?;
-        let mut paths: Vec<PathBuf> = state.artifacts.iter().map(|a| files.join(&a.name)).collect();
-        paths.extend(state.deltas.iter().map(|d| files.join(&d.file.name)));
-        let path_refs: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
-        let counter = c.config.signing.as_ref().map_or(0, |s| s.security_counter);
-        let release = crate::sign::meta::describe(
-            &path_refs,
-            c.update_id.version(),
-            counter,
-            created,
-            expires,
-            &[signer.as_ref()],
-        )
-        .map_err(|e| ReleaseError::Sign(e.to_string()))?;
-        let text = crate::sign::meta::sign(&release, &[signer.as_ref()])
-            .map_err(|e| ReleaseError::Sign(e.to_string()))?;
-        let out = dir.join("release.meta.json");
-        crate::fsutil::write_output(&out, text.as_bytes(), crate::fsutil::Privacy::Public)
-            .map_err(io(&out))?;
-        state.metadata = Some(Output::of(&out)?);
-        made.push("metadata".to_owned());
-        state.write(&dir)?;
-    }
-    Ok(Built { dir, state, made })
-}
-
-/// The release document inside a signed metadata file (its JWS payload).
-fn release_of(text: &str) -> Option<crate::sign::meta::Release> {
-    use base64::Engine as _;
-    let doc: serde_json::Value = serde_json::from_str(text).ok()?;
-    let payload =
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(doc["payload"].as_str()?).ok()?;
-    serde_json::from_slice(&payload).ok()
-}
-
-/// Delta bases named `storage:VERSION`: the earlier release's files read back from the
-/// container it was uploaded to (its import manifest names them, with their sizes and hashes,
-/// which are checked), into `OUTPUT/bases/VERSION` with a state file, once. Returns the
-/// versions fetched now.
-pub async fn fetch_bases(
-    c: &Checked,
-    store: &impl crate::storage::BlobStore,
-) -> Result<Vec<String>, ReleaseError> {
-    let mut fetched = Vec::new();
-    let container = c
-        .config
-        .storage
-        .container
-        .as_ref()
-        .map_or_else(|| "adu-imports".to_owned(), |x| x.value.clone())
-        .parse::<ContainerName>()
-        .map_err(|e| ReleaseError::Refused(e.to_string()))?;
-    let http = reqwest::Client::new();
-    for (version, dir) in &c.remote_bases {
-        if dir.join(STATE_FILE).is_file() {
-            continue;
-        }
-        let id = UpdateId::new(c.update_id.provider(), c.update_id.name(), version)
-            .map_err(|e| ReleaseError::Refused(e.to_string()))?;
-        let prefix = format!("{}/{}/{}", id.provider(), id.name(), id.version());
-        let base_err = |message: String| ReleaseError::Base { path: dir.clone(), message };
-        let get = |name: String| {
-            let http = http.clone();
-            let container = container.clone();
-            let prefix = prefix.clone();
-            async move {
-                let blob = format!("{prefix}/{name}")
-                    .parse::<crate::storage::BlobName>()
-                    .map_err(|e| e.to_string())?;
-                let url = store
-                    .read_url(&container, &blob, Duration::from_secs(3600))
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let resp = http.get(url).send().await.map_err(|e| e.to_string())?;
-                if !resp.status().is_success() {
-                    return Err(format!("{blob}: {}", resp.status()));
-                }
-                resp.bytes().await.map(|b| b.to_vec()).map_err(|e| e.to_string())
-            }
-        };
-        let manifest_name =
-            format!("{}.{}.{}.importmanifest.json", id.provider(), id.name(), id.version());
-        let bytes = get(manifest_name.clone())
+    let mut built = {
+        let progress = reporter.progress(Step::Publish);
+        publish(&c, built, &client, &store, progress.as_ref())
             .await
-            .map_err(|e| base_err(format!("release {version} from the storage container: {e}")))?;
-        let manifest: crate::manifest::ImportManifest = serde_json::from_slice(&bytes)
-            .map_err(|e| base_err(format!("{manifest_name}: {e}")))?;
-        let files_dir = dir.join("files");
-        fs_err::create_dir_all(&files_dir).map_err(io(&files_dir))?;
-        let mut artifacts = Vec::new();
-        for f in &manifest.files {
-            let name = f.filename.as_str().to_owned();
-            let bytes = get(name.clone()).await.map_err(base_err)?;
-            if bytes.len() as u64 != f.size_in_bytes || Sha256::digest(&bytes) != f.hashes.sha256 {
-                return Err(base_err(format!(
-                    "{name} does not match release {version}'s manifest"
-                )));
-            }
-            let out = files_dir.join(&name);
-            crate::fsutil::write_output(&out, &bytes, crate::fsutil::Privacy::Public)
-                .map_err(io(&out))?;
-            artifacts.push(Output::of(&out)?);
-        }
-        let state = State { update_id: id.to_string(), artifacts, ..State::default() };
-        state.write(dir)?;
-        fetched.push(version.clone());
+            .map_err(ReleaseError::at(Step::Publish))?
+    };
+    if !built.state.artifacts.is_empty() {
+        reporter.imported(&c.update_id, built.made.iter().any(|m| m == "import"));
     }
-    Ok(fetched)
+    let services = Services { client: &client, hub: remote.hub.as_ref() };
+    let rollout = roll_out(&c, &mut built, &services, &options, reporter.as_ref())
+        .await
+        .map_err(ReleaseError::at(Step::Rollout))?;
+    Ok(Report::new(&c, &built, Some(&rollout)))
 }
 
-/// Step 3: upload and import (skipped when recorded, or when the service already holds the
-/// update with this content).
-pub async fn publish(
+/// The build, with its progress, and the deltas it did not keep told.
+fn build_step(
     c: &Checked,
-    mut built: Built,
-    client: &AduClient,
-    store: &AnyStore,
-    reporter: &dyn Reporter,
+    options: &Options,
+    reporter: &dyn ReleaseReporter,
 ) -> Result<Built, ReleaseError> {
-    if built.state.imported || built.state.artifacts.is_empty() {
-        return Ok(built);
-    }
-    let manifest = built
-        .manifest_path()
-        .ok_or_else(|| ReleaseError::Refused("the build made no manifest".into()))?;
-    // An import a killed run started may still be running: wait for it before looking, so it
-    // is not started a second time.
-    let ops = client.list_operations().await.map_err(service("list import operations"))?;
-    for op in ops.iter().filter(|o| {
-        matches!(
-            o.status,
-            crate::service::OperationStatus::NotStarted | crate::service::OperationStatus::Running
-        )
-    }) {
-        client
-            .wait_operation(&op.operation_id, c.import_timeout, &mut |_| {})
-            .await
-            .map_err(service("wait for an import already under way"))?;
-    }
-    let checked = crate::pipeline::check(
-        std::slice::from_ref(&manifest),
-        crate::hash::default_jobs(),
-        reporter,
-    )?;
-    let planned = crate::pipeline::plan(checked, client).await?;
-    if !planned.todo.is_empty() {
-        let container = c
-            .config
-            .storage
-            .container
-            .as_ref()
-            .map_or_else(|| "adu-imports".to_owned(), |x| x.value.clone());
-        let plan = crate::pipeline::UploadPlan {
-            container: container
-                .parse::<ContainerName>()
-                .map_err(|e| ReleaseError::Refused(e.to_string()))?,
-            options: crate::storage::UploadOptions::default(),
-            url_ttl: Duration::from_secs(4 * 3600),
-        };
-        // The signed release metadata goes beside the update's files.
-        let mut releases = Vec::new();
-        if let Some(m) = &built.state.metadata {
-            let path = built.dir.join(&m.name);
-            let text = fs_err::read_to_string(&path).map_err(io(&path))?;
-            let release = release_of(&text).ok_or_else(|| ReleaseError::Base {
-                path: path.clone(),
-                message: "not signed release metadata".into(),
-            })?;
-            releases.push(crate::pipeline::SignedRelease {
-                id: c.update_id.clone(),
-                path,
-                release,
-            });
-        }
-        let signed = crate::pipeline::Signed { planned, releases };
-        let uploaded = crate::pipeline::upload(signed, store, &plan, reporter).await?;
-        let started = crate::pipeline::start(uploaded, client).await?;
-        let done = crate::pipeline::wait(started, client, c.import_timeout, &mut |_| {}).await?;
-        // Another run imported the same content meanwhile: that is this release imported.
-        let raced = !done.succeeded()
-            && done.operation.error.as_ref().is_some_and(|e| e.code == "UpdateAlreadyExists")
-            && {
-                let checked =
-                    crate::pipeline::check(&[manifest], crate::hash::default_jobs(), reporter)?;
-                crate::pipeline::plan(checked, client).await?.todo.is_empty()
-            };
-        if !done.succeeded() && !raced {
-            let why = done.operation.error.as_ref().map(|e| e.describe()).unwrap_or_default();
-            return Err(ReleaseError::Refused(format!("import failed: {why}")));
-        }
-    }
-    built.state.imported = true;
-    built.made.push("import".to_owned());
-    built.state.write(&built.dir)?;
+    let built = {
+        let progress = reporter.progress(Step::Build);
+        build(c, options, progress.as_ref()).map_err(ReleaseError::at(Step::Build))?
+    };
+    built.state.skipped_deltas.iter().for_each(|s| reporter.delta_skipped(s));
     Ok(built)
 }
 
-/// Every stage's group exists on the service (a group exists once a device is tagged into it
-/// and has connected), up to the `until` stage: checked before anything is uploaded. `Ok(Err(..))` lists the stages
-/// naming a missing group, with their lines.
-pub async fn check_groups(
-    c: &Checked,
-    client: &AduClient,
-    until: Option<&str>,
-) -> Result<Result<(), Vec<ConfigError>>, ReleaseError> {
-    let groups = client.list_groups().await.map_err(service("list groups"))?;
-    // With `--until STAGE`, the later stages' groups need not exist yet.
-    let last = until
-        .and_then(|u| c.config.stages.iter().position(|s| s.name.value == u))
-        .unwrap_or(usize::MAX);
-    let missing: Vec<ConfigError> = c
-        .config
-        .stages
-        .iter()
-        .enumerate()
-        .take(last.saturating_add(1))
-        .filter_map(|(i, s)| Some((i, s.group.as_ref()?)))
-        .filter(|(_, g)| !groups.iter().any(|x| x.group_id == g.value))
-        .map(|(i, g)| ConfigError {
-            file: c.file.clone(),
-            line: c.group_lines.get(i).copied().unwrap_or(0),
-            field: format!("stage[{i}].group"),
-            message: format!(
-                "group `{}` does not exist on the service (tag devices with ADUGroup={} first)",
-                g.value, g.value
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorCode;
+
+    #[test]
+    fn the_step_decides_a_failures_code_and_the_rest_keep_their_causes() {
+        let at = |step, e| ReleaseError::Stopped { step, source: Box::new(e) };
+        let key = ReleaseError::PrivateKey {
+            path: "k.pem".into(),
+            key: inputs::PrivateKey::Pem("PRIVATE KEY".into()),
+        };
+        let missing = ReleaseError::Io {
+            path: "x".into(),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        };
+        let cases = [
+            (at(Step::Build, key), Some("buildFailed"), "buildFailed"),
+            (
+                at(Step::Groups, ReleaseError::Config(Vec::new())),
+                Some("invalidConfig"),
+                "invalidConfig",
             ),
-        })
-        .collect();
-    Ok(if missing.is_empty() { Ok(()) } else { Err(missing) })
-}
-
-/// How a rollout ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Rollout {
-    /// Every stage passed (or the last one asked for with `--until`).
-    Passed,
-    /// A gate failed; the stage's record says which and what was done.
-    GateFailed(String),
-}
-
-/// The deployment id of a stage: `VERSION-STAGE`, dots as dashes.
-pub fn deployment_id(id: &UpdateId, stage: &str) -> String {
-    let raw = format!("{}-{}", id.version().as_str().replace('.', "-"), stage);
-    raw.chars().map(|ch| if ch.is_ascii_alphanumeric() || ch == '-' { ch } else { '-' }).collect()
-}
-
-/// The newest earlier version of the update the service holds.
-async fn previous(client: &AduClient, id: &UpdateId) -> Result<Option<UpdateId>, ReleaseError> {
-    let all = client.list_updates().await.map_err(service("list updates"))?;
-    Ok(all
-        .into_iter()
-        .map(|u| u.update_id)
-        .filter(|u| u.provider() == id.provider() && u.name() == id.name())
-        .filter(|u| u.version().parts() < id.version().parts())
-        .max_by(|a, b| a.version().parts().cmp(b.version().parts())))
-}
-
-/// An ADU deployment of `update` to `group`, starting now.
-fn adu_deployment(id: &str, update: &UpdateId, group: &str) -> Result<Deployment, ReleaseError> {
-    Ok(Deployment {
-        deployment_id: id.to_owned(),
-        start_date_time: crate::manifest::created_date_time(None, None)?,
-        update: UpdateInfo {
-            update_id: update.clone(),
-            description: None,
-            friendly_name: None,
-            extra: Default::default(),
-        },
-        group_id: group.to_owned(),
-        device_class_subgroups: None,
-        is_canceled: None,
-        is_retried: None,
-        rollback_policy: None,
-        is_cloud_initiated_rollback: None,
-        extra: Default::default(),
-    })
-}
-
-/// The IoT Hub configuration id of an Edge stage: `NAME-VERSION-STAGE`, lower case, with
-/// characters IoT Hub does not take as `-` (edge.md §3.2).
-pub fn edge_deployment_id(id: &UpdateId, stage: &str) -> String {
-    let raw = format!("{}-{}-{}", id.name(), id.version().as_str(), stage).to_lowercase();
-    let id: String = raw
-        .chars()
-        .map(
-            |ch| if ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-' { ch } else { '-' },
-        )
-        .collect();
-    id.chars().take(128).collect()
-}
-
-/// Where a stage deploys.
-enum Target<'a> {
-    /// A Device Update group.
-    Group(&'a str),
-    /// An IoT Edge target condition.
-    Edge(&'a str),
-}
-
-/// Creates a stage's deployment unless it exists; returns its id.
-async fn deploy_stage(
-    c: &Checked,
-    built: &Built,
-    target: &Target<'_>,
-    name: &str,
-    client: &AduClient,
-    hub: Option<&crate::iothub::IotHubClient>,
-) -> Result<String, ReleaseError> {
-    match target {
-        Target::Group(group) => {
-            let id = deployment_id(&c.update_id, name);
-            if client
-                .get_group(group)
-                .await
-                .map_err(service(format!("read group {group}")))?
-                .is_none()
-            {
-                return Err(ReleaseError::Refused(format!(
-                    "stage {name}: group {group} does not exist on the service (tag devices with ADUGroup={group} first)"
-                )));
-            }
-            if client
-                .get_deployment(group, &id)
-                .await
-                .map_err(service("read deployment"))?
-                .is_none()
-            {
-                let d = adu_deployment(&id, &c.update_id, group)?;
-                client
-                    .create_or_update_deployment(&d)
-                    .await
-                    .map_err(service(format!("deploy to {group}")))?;
-            }
-            Ok(id)
-        }
-        Target::Edge(condition) => {
-            let hub = hub.ok_or_else(|| ReleaseError::Refused("an Edge stage needs the IoT Hub (service.iothub-connection-file or IOTHUB_CONNECTION_STRING)".into()))?;
-            let id = edge_deployment_id(&c.update_id, name);
-            let exists = match hub.get_configuration(&id).await {
-                Ok(_) => true,
-                Err(crate::iothub::IotHubError::Api { status: 404, .. }) => false,
-                Err(e) => {
-                    return Err(ReleaseError::Refused(format!("read Edge deployment {id}: {e}")));
-                }
-            };
-            if !exists {
-                let m = built.state.edge_manifest.as_ref().ok_or_else(|| {
-                    ReleaseError::Refused("the build made no Edge manifest".into())
-                })?;
-                let path = built.files_dir().join(&m.name);
-                let doc: serde_json::Value =
-                    serde_json::from_slice(&fs_err::read(&path).map_err(io(&path))?)
-                        .map_err(|e| ReleaseError::Refused(format!("{}: {e}", path.display())))?;
-                let content = doc.get("content").cloned().unwrap_or(doc);
-                let mut labels = std::collections::BTreeMap::new();
-                labels.insert("release".to_owned(), c.update_id.version().as_str().to_owned());
-                let config = crate::iothub::config::Configuration {
-                    id: id.clone(),
-                    schema_version: Some("1.0".into()),
-                    labels,
-                    content: content.as_object().cloned().unwrap_or_default(),
-                    target_condition: (*condition).to_owned(),
-                    priority: c.config.edge.as_ref().map_or(10, |e| e.priority),
-                    ..Default::default()
-                };
-                hub.put_configuration(&config, None).await.map_err(|e| {
-                    ReleaseError::Refused(format!("create Edge deployment {id}: {e}"))
-                })?;
-            }
-            Ok(id)
-        }
-    }
-}
-
-/// A stage's counts now: devices, succeeded, failed.
-async fn stage_counts(
-    target: &Target<'_>,
-    id: &str,
-    client: &AduClient,
-    hub: Option<&crate::iothub::IotHubClient>,
-) -> Result<(u64, u64, u64), ReleaseError> {
-    match target {
-        Target::Group(group) => {
-            let s = client
-                .deployment_status(group, id)
-                .await
-                .map_err(service("read the deployment's status"))?;
-            let sum = |f: fn(&crate::service::model::SubgroupDeploymentStatus) -> Option<u64>| {
-                s.subgroup_status.iter().map(|g| f(g).unwrap_or(0)).sum::<u64>()
-            };
-            Ok((
-                sum(|g| g.total_devices),
-                sum(|g| g.devices_completed_succeeded_count),
-                sum(|g| g.devices_completed_failed_count),
-            ))
-        }
-        Target::Edge(_) => {
-            // Devices: the hub's targeted count. Each device the deployment applies to is
-            // judged from its `$edgeAgent` twin (edge.md §5.3), so a crash-looping module is a
-            // failure even though IoT Hub's reportedSuccessfulCount counts it.
-            use crate::edge::state::{DeviceState, device_state};
-            let hub = hub.ok_or_else(|| ReleaseError::Refused("no IoT Hub".into()))?;
-            let refused = |e: crate::iothub::IotHubError| {
-                ReleaseError::Refused(format!("Edge deployment {id}: {e}"))
-            };
-            let config = hub.get_configuration(id).await.map_err(refused)?;
-            let devices = config.system_metrics.results.get("targetedCount").copied().unwrap_or(0);
-            let query = format!(
-                "SELECT * FROM devices.modules WHERE moduleId = '$edgeAgent' AND configurations.[[{id}]].status = 'Applied'"
-            );
-            let agents = hub.query_twins(&query).await.map_err(refused)?;
-            let (mut ok, mut bad) = (0, 0);
-            for a in &agents {
-                let v = serde_json::to_value(a).unwrap_or_default();
-                match device_state(&v).0 {
-                    DeviceState::Succeeded => ok += 1,
-                    DeviceState::Pending => {}
-                    DeviceState::Failed | DeviceState::ModuleFailed | DeviceState::Invalid => {
-                        bad += 1
-                    }
-                }
-            }
-            Ok((u64::try_from(devices).unwrap_or(0), ok, bad))
-        }
-    }
-}
-
-/// Step 4: the stages, in order; each deploys to its group (or its Edge devices) and waits on
-/// its gates.
-pub async fn roll_out(
-    c: &Checked,
-    built: &mut Built,
-    client: &AduClient,
-    hub: Option<&crate::iothub::IotHubClient>,
-    opts: &Options,
-    progress: &(dyn Fn(&StageOutput) + Sync),
-) -> Result<Rollout, ReleaseError> {
-    let poll = opts.poll.unwrap_or(Duration::from_secs(2));
-    for (i, stage) in c.config.stages.iter().enumerate() {
-        let name = stage.name.value.clone();
-        if let Some(done) = built.state.stages.iter().find(|s| s.name == name) {
-            if done.result != "passed" {
-                return Ok(Rollout::GateFailed(name));
-            }
-            if opts.until.as_deref() == Some(name.as_str()) {
-                return Ok(Rollout::Passed);
-            }
-            continue;
-        }
-        let target = match (&stage.group, &stage.edge_target) {
-            (Some(g), _) => Target::Group(&g.value),
-            (None, Some(t)) => Target::Edge(&t.value),
-            (None, None) => {
-                return Err(ReleaseError::Refused(format!("stage {name} has no target")));
-            }
-        };
-        let shown = match &target {
-            Target::Group(g) => (*g).to_owned(),
-            Target::Edge(t) => format!("edge: {t}"),
-        };
-        let id = deploy_stage(c, built, &target, &name, client, hub).await?;
-        let (timeout, soak) = c.stage_times[i];
-        let started = tokio::time::Instant::now();
-        let mut passed_at: Option<tokio::time::Instant> = None;
-        let out = loop {
-            let (devices, succeeded, failed) = stage_counts(&target, &id, client, hub).await?;
-            let mut o = StageOutput {
-                name: name.clone(),
-                group: shown.clone(),
-                deployment_id: id.clone(),
-                result: "running".into(),
-                devices,
-                succeeded,
-                failed,
-                action: None,
-                reason: None,
-            };
-            let share_failed = stage
-                .max_failed_share
-                .as_ref()
-                .is_some_and(|m| devices > 0 && failed as f64 / devices as f64 > m.value);
-            if failed > stage.max_failed || share_failed {
-                o.result = "failed".into();
-                o.reason = Some(format!(
-                    "{failed} of {devices} devices failed (at most {} allowed{})",
-                    stage.max_failed,
-                    stage
-                        .max_failed_share
-                        .as_ref()
-                        .map(|m| format!(", or {:.0} %", m.value * 100.0))
-                        .unwrap_or_default()
-                ));
-                break o;
-            }
-            let ok = devices > 0 && succeeded as f64 / devices as f64 >= stage.min_succeeded.value;
-            if ok && passed_at.is_none() {
-                passed_at = Some(tokio::time::Instant::now());
-            }
-            if passed_at.is_some_and(|t| t.elapsed() >= soak) {
-                o.result = "passed".into();
-                break o;
-            }
-            if passed_at.is_none() && started.elapsed() >= timeout {
-                o.result = "timeout".into();
-                o.reason = Some(format!(
-                    "{succeeded} of {devices} devices succeeded after {timeout:?}; {:.0} % needed",
-                    stage.min_succeeded.value * 100.0
-                ));
-                break o;
-            }
-            progress(&o);
-            tokio::time::sleep(poll).await;
-        };
-        let mut out = out;
-        if out.result != "passed" {
-            out.action = Some(on_failure(c, stage, &target, &id, client, hub).await?);
-        }
-        progress(&out);
-        let failed = out.result != "passed";
-        built.state.stages.push(out);
-        built.state.write(&built.dir)?;
-        if failed {
-            return Ok(Rollout::GateFailed(name));
-        }
-        if opts.until.as_deref() == Some(name.as_str()) {
-            break;
-        }
-    }
-    Ok(Rollout::Passed)
-}
-
-/// What a failed gate does; returns what was done, for the report.
-async fn on_failure(
-    c: &Checked,
-    stage: &config::Stage,
-    target: &Target<'_>,
-    id: &str,
-    client: &AduClient,
-    hub: Option<&crate::iothub::IotHubClient>,
-) -> Result<String, ReleaseError> {
-    use config::OnFailure;
-    match (stage.on_failure, target) {
-        (OnFailure::Stop, _) => Ok("stopped".to_owned()),
-        (OnFailure::Cancel | OnFailure::Rollback, Target::Edge(_)) => {
-            // Edge: deleting the deployment makes its devices fall back to their next one
-            // (edge.md §3.5); with none, they keep their modules.
-            let hub = hub.ok_or_else(|| ReleaseError::Refused("no IoT Hub".into()))?;
-            hub.delete_configuration(id, None)
-                .await
-                .map_err(|e| ReleaseError::Refused(format!("delete Edge deployment {id}: {e}")))?;
-            Ok("deleted (its devices fall back to their next deployment)".to_owned())
-        }
-        (OnFailure::Cancel, Target::Group(group)) => {
-            let s = client
-                .deployment_status(group, id)
-                .await
-                .map_err(service("read the deployment's status"))?;
-            for g in &s.subgroup_status {
-                client
-                    .cancel_subgroup(group, &g.device_class_id, id)
-                    .await
-                    .map_err(service("cancel"))?;
-            }
-            Ok("canceled".to_owned())
-        }
-        (OnFailure::Rollback, Target::Group(group)) => {
-            let to = match &stage.rollback_to {
-                Some(v) => Some(
-                    UpdateId::new(c.update_id.provider(), c.update_id.name(), &v.value)
-                        .map_err(|e| ReleaseError::Refused(e.to_string()))?,
-                ),
-                None => previous(client, &c.update_id).await?,
-            };
-            let Some(to) = to else {
-                return Ok("stopped (no earlier version to roll back to)".to_owned());
-            };
-            let d = adu_deployment(&format!("{id}-rollback"), &to, group)?;
-            client.create_or_update_deployment(&d).await.map_err(service("deploy the rollback"))?;
-            Ok(format!("rolledBack to {}", to.version().as_str()))
+            (at(Step::Publish, ReleaseError::NoManifest), Some("publishFailed"), "publishFailed"),
+            (at(Step::Rollout, missing), None, "notFound"),
+            (ReleaseError::NothingToResume { dir: "out".into() }, None, "nothingToResume"),
+        ];
+        for (e, failure, code) in cases {
+            assert_eq!(e.failure_code(), failure, "{e}");
+            assert_eq!(e.code(), code, "{e}");
         }
     }
 }

@@ -10,8 +10,8 @@
 
 use crate::service::Update;
 use crate::service::model::{
-    Deployment, DeploymentState, DeploymentStatus, DeviceDeploymentState, SubgroupDeploymentState,
-    SubgroupDeploymentStatus,
+    Deployment, DeploymentId, DeploymentState, DeploymentStatus, DeviceDeploymentState, GroupId,
+    SubgroupDeploymentState, SubgroupDeploymentStatus,
 };
 
 use super::devices::{AduDevice, View, best_update};
@@ -20,32 +20,9 @@ use super::store::StoredDeployment;
 /// Deployments an instance holds at most (active, inactive and canceled; adu.md §7.1).
 pub const MAX_DEPLOYMENTS: usize = 100;
 
-/// The characters a deployment id must not contain (adu.md §4.3).
-const FORBIDDEN: &[char] = &['&', '^', '[', ']', '{', '}', '|', '<', '>', '/', '\\', '"'];
-
-/// Checks a deployment id: 1-73 characters, none of `& ^ [ ] { } | < > / \ "`, no whitespace
-/// or control characters. (adu.md says lower case too; the official spec's own example uses
-/// `deploymentId`, so case is not checked.)
-pub fn check_deployment_id(id: &str) -> Result<(), String> {
-    let n = id.chars().count();
-    if !(1..=73).contains(&n) {
-        return Err(format!("deployment id `{id}` must have 1 to 73 characters, not {n}"));
-    }
-    if let Some(c) =
-        id.chars().find(|c| FORBIDDEN.contains(c) || c.is_whitespace() || c.is_control())
-    {
-        return Err(format!(
-            "deployment id `{id}` contains `{c}`; & ^ [ ] {{ }} | < > / \\ \" and spaces are not allowed"
-        ));
-    }
-    Ok(())
-}
-
 /// What is wrong with a deployment to create: ADU's error codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Problem {
-    /// The id breaks ADU's rules.
-    InvalidDeploymentId,
     /// A field is wrong or disagrees with the path.
     InvalidDeployment,
     /// No device is in the group.
@@ -62,7 +39,6 @@ impl Problem {
     /// ADU's error code.
     pub fn code(self) -> &'static str {
         match self {
-            Self::InvalidDeploymentId => "InvalidDeploymentId",
             Self::InvalidDeployment => "InvalidDeployment",
             Self::GroupNotFound => "GroupNotFound",
             Self::UpdateNotFound => "UpdateNotFound",
@@ -92,15 +68,14 @@ fn refused(problem: Problem, message: String, target: &'static str) -> Refused {
 /// returns it with the subgroups it fans out to filled in.
 pub fn prepare(
     mut d: Deployment,
-    group_id: &str,
-    deployment_id: &str,
+    group_id: &GroupId,
+    deployment_id: &DeploymentId,
     view: &View,
     updates: &[Update],
 ) -> Result<Deployment, Refused> {
     use Problem::*;
     let bad = refused;
-    check_deployment_id(deployment_id).map_err(|m| bad(InvalidDeploymentId, m, "deploymentId"))?;
-    if d.deployment_id != deployment_id {
+    if d.deployment_id != *deployment_id {
         return Err(bad(
             InvalidDeployment,
             format!(
@@ -110,7 +85,7 @@ pub fn prepare(
             "deploymentId",
         ));
     }
-    if d.group_id != group_id {
+    if d.group_id != *group_id {
         return Err(bad(
             InvalidDeployment,
             format!("the body's groupId `{}` differs from the path's `{group_id}`", d.group_id),
@@ -127,7 +102,7 @@ pub fn prepare(
             "startDateTime",
         ));
     }
-    if !view.groups().iter().any(|g| g.group_id == group_id) {
+    if !view.groups().iter().any(|g| g.group_id == group_id.as_str()) {
         return Err(bad(
             GroupNotFound,
             format!("group `{group_id}` does not exist (no device is in it)"),
@@ -235,25 +210,14 @@ pub fn rollback_due(stored: &StoredDeployment, view: &View) -> bool {
 pub fn rollback_of(stored: &StoredDeployment, now: &str) -> Option<Deployment> {
     let d = &stored.deployment;
     let policy = d.rollback_policy.as_ref()?;
-    let mut id = format!("{}-rollback", d.deployment_id);
-    if id.chars().count() > 73 {
-        id = format!(
-            "rollback-{}",
-            &crate::Sha256::digest(d.deployment_id.as_bytes()).to_hex()[..16]
-        );
-    }
-    Some(Deployment {
-        deployment_id: id,
-        start_date_time: now.to_owned(),
-        update: policy.update.clone(),
-        group_id: d.group_id.clone(),
-        device_class_subgroups: None,
-        is_canceled: None,
-        is_retried: None,
-        rollback_policy: None,
-        is_cloud_initiated_rollback: Some(true),
-        extra: Default::default(),
-    })
+    let mut rollback = Deployment::new(
+        d.deployment_id.rollback(),
+        d.group_id.clone(),
+        policy.update.update_id.clone(),
+        now,
+    );
+    rollback.is_cloud_initiated_rollback = Some(true);
+    Some(rollback)
 }
 
 /// The status of a deployment.
@@ -286,7 +250,7 @@ pub fn status(stored: &StoredDeployment, view: &View) -> DeploymentStatus {
             _ => SubgroupDeploymentState::Active,
         };
         subgroup_status.push(SubgroupDeploymentStatus {
-            group_id: d.group_id.clone(),
+            group_id: d.group_id.to_string(),
             device_class_id: class.clone(),
             deployment_state: state,
             error: None,
@@ -310,25 +274,10 @@ pub fn status(stored: &StoredDeployment, view: &View) -> DeploymentStatus {
         _ => DeploymentState::Active,
     };
     DeploymentStatus {
-        group_id: d.group_id.clone(),
+        group_id: d.group_id.to_string(),
         deployment_state,
         error: None,
         subgroup_status,
         extra: Default::default(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn deployment_ids_follow_adus_rules() {
-        for ok in ["deploymentId", "rollout-2026-11-29", "a", &"x".repeat(73)] {
-            assert!(check_deployment_id(ok).is_ok(), "{ok}");
-        }
-        for bad in ["", "a/b", "a b", "a{b", "quote\"d", &"x".repeat(74)] {
-            assert!(check_deployment_id(bad).is_err(), "{bad}");
-        }
     }
 }

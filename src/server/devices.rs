@@ -22,7 +22,8 @@ use serde_json::{Map, Value};
 use crate::iothub::Twin;
 use crate::service::agent::ReportedComponent;
 use crate::service::model::{
-    ContractModel, Device, DeviceClass, DeviceClassProperties, Group, GroupType, UpdateCompliance,
+    ContractModel, Device, DeviceClass, DeviceClassProperties, Group, GroupType,
+    SubgroupBestUpdate, UpdateCompliance,
 };
 use crate::service::{Update, UpdateInfo};
 
@@ -44,11 +45,25 @@ pub struct AduDevice {
     pub retry_timestamp: Option<String>,
 }
 
+/// A device-class subgroup as the view sees it: the devices of one group and class.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subgroup {
+    /// The class.
+    pub device_class_id: String,
+    /// Its devices in the group.
+    pub device_count: u64,
+    /// When its first device's identity was created.
+    pub created: String,
+}
+
 /// Every Device Update device, class and group of the registry.
 #[derive(Debug, Clone, Default)]
 pub struct View {
     /// Devices in registry order.
     pub devices: Vec<AduDevice>,
+    /// Agents that run as module identities, in creation order (only in the view of the whole
+    /// registry; serve lists and reads them, and deploys to device identities only).
+    pub modules: Vec<AduDevice>,
     /// Classes by id.
     pub classes: BTreeMap<String, DeviceClass>,
     /// The groups, counted once when first asked for (a view is shared by every request
@@ -133,7 +148,7 @@ impl View {
                     installed_update: installed.map(UpdateInfo::new),
                     on_latest_update: on_latest,
                     last_deployment_id: None,
-                    last_install_result: agent.install_result(),
+                    last_install_result: agent.last_install_result(),
                     extra: Default::default(),
                 },
                 created: created.clone(),
@@ -179,6 +194,49 @@ impl View {
             }
         }
         groups
+    }
+
+    /// The device-class subgroups of `group` that have devices, in order of their first device.
+    pub fn subgroups(&self, group: &str) -> Vec<Subgroup> {
+        let mut out: Vec<Subgroup> = Vec::new();
+        for d in self.devices.iter().filter(|d| d.device.group_id.as_deref() == Some(group)) {
+            let class = &d.device.device_class_id;
+            match out.iter_mut().find(|s| s.device_class_id == *class) {
+                Some(s) => {
+                    s.device_count += 1;
+                    if d.created < s.created {
+                        s.created = d.created.clone();
+                    }
+                }
+                None => out.push(Subgroup {
+                    device_class_id: class.clone(),
+                    device_count: 1,
+                    created: d.created.clone(),
+                }),
+            }
+        }
+        out
+    }
+
+    /// The best update of a subgroup (a group's devices of one class) with its device count;
+    /// `None` when the subgroup has no devices or no update fits its class. The one rule of
+    /// both `bestUpdates` routes.
+    pub fn subgroup_best_update(&self, group: &str, class: &str) -> Option<SubgroupBestUpdate> {
+        let update = self.classes.get(class)?.best_compatible_update.clone()?;
+        let count = self
+            .devices
+            .iter()
+            .filter(|d| {
+                d.device.group_id.as_deref() == Some(group) && d.device.device_class_id == class
+            })
+            .count() as u64;
+        (count > 0).then(|| SubgroupBestUpdate {
+            group_id: group.to_owned(),
+            device_class_id: class.to_owned(),
+            update,
+            device_count: count,
+            extra: Default::default(),
+        })
     }
 
     /// Compliance of the devices `keep` selects.

@@ -5,8 +5,9 @@
 //!
 //! Rules, for every route:
 //! - POST, PUT and PATCH carry `application/json` (blob uploads and cloud-to-device messages
-//!   `application/octet-stream`);
-//!   DELETE carries no body. Anything else is 415.
+//!   `application/octet-stream`); DELETE carries no body. Anything else is 415. A Put Blob
+//!   under a signed write grant (`PUT /blobs/…?sig=…`, a device uploading its logs) may have
+//!   any media type, as Azure's does: the signature is its defence.
 //! - Without a token (loopback only): `Host` must be a loopback name (`localhost`, `*.localhost`,
 //!   `127.0.0.0/8`, `[::1]`), and an `Origin`, when sent, must be this service's own
 //!   (`http://` + a loopback name + its port). Anything else is 403.
@@ -63,9 +64,11 @@ pub fn origin_allowed(origin: &str, port: u16) -> bool {
     }
 }
 
-/// The media types a body may have on `method` to `path`.
+/// The media types a body may have on `method` to `path` (empty: any).
 fn body_types(method: &Method, path: &str) -> &'static [&'static str] {
-    if *method == Method::PUT && path.contains("/otaforge/blobs/") {
+    if *method == Method::PUT && path.starts_with("/blobs/") {
+        &[]
+    } else if *method == Method::PUT && path.contains("/otaforge/blobs/") {
         &["application/octet-stream"]
     } else if *method == Method::POST
         && path.starts_with("/otaforge/devices/")
@@ -114,7 +117,7 @@ fn check(
         let allowed = body_types(method, path);
         let given = text(header::CONTENT_TYPE).unwrap_or_default();
         let essence = given.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
-        if !allowed.contains(&essence.as_str()) {
+        if !allowed.is_empty() && !allowed.contains(&essence.as_str()) {
             return Some(refuse(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "UnsupportedMediaType",
@@ -232,5 +235,12 @@ mod tests {
             None
         );
         assert_eq!(status(Method::PUT, blob, &[local, json], false), Some(415));
+        // A device's Put Blob under a signed grant may have any media type; a foreign page
+        // still cannot reach a tokenless service.
+        let granted = "/blobs/default/d1/logs-1/adu/aduc.log";
+        let text = ("content-type", "text/plain");
+        assert_eq!(status(Method::PUT, granted, &[local, text], false), None);
+        let evil = ("origin", "https://evil.example");
+        assert_eq!(status(Method::PUT, granted, &[local, text, evil], false), Some(403));
     }
 }

@@ -90,6 +90,8 @@ pub struct Prepared {
     pub updates: Vec<NewUpdate>,
     /// Content to keep: `(sha256 hex, fetched file)`; committed before the store commit.
     pub content: Vec<(String, crate::fsutil::AtomicFile)>,
+    /// What `manifest validate` warns about, for the operation to show.
+    pub warnings: Vec<ErrorBody>,
 }
 
 fn detail(code: &str, target: &str, message: impl Into<String>) -> ErrorBody {
@@ -102,6 +104,8 @@ pub struct Fetched {
     pub manifest: ImportManifest,
     /// The name findings refer to (`itemN.importmanifest.json`).
     pub source: PathBuf,
+    /// Its warnings (`[i].importManifest` + JSON path as the target).
+    pub warnings: Vec<ErrorBody>,
 }
 
 /// Stage 1: fetches each item's manifest, checks size and SHA-256 against the request, and
@@ -153,8 +157,16 @@ pub async fn fetch_manifests(
             .filter(|f| f.severity == crate::Severity::Error)
             .map(|f| detail(f.rule, &f.path.to_string(), f.message.clone()))
             .collect();
+        let warnings = checked
+            .findings
+            .iter()
+            .filter(|f| f.severity == crate::Severity::Warning)
+            .map(|f| {
+                detail(f.rule, &format!("{target}{}", &f.path.to_string()[1..]), f.message.clone())
+            })
+            .collect();
         match checked.manifest {
-            Some(manifest) if errors.is_empty() => out.push(Fetched { manifest, source }),
+            Some(manifest) if errors.is_empty() => out.push(Fetched { manifest, source, warnings }),
             _ => {
                 let code = if errors.iter().any(|e| e.code == "json-syntax") {
                     "CannotParse"
@@ -480,7 +492,8 @@ pub async fn prepare(
         .zip(items)
         .map(|(f, item)| documents(&f.manifest, item.friendly_name.as_deref(), now))
         .collect();
-    Ok(Prepared { updates, content })
+    let warnings = fetched.into_iter().flat_map(|f| f.warnings).collect();
+    Ok(Prepared { updates, content, warnings })
 }
 
 /// A stable file id (ADU's are opaque strings).
@@ -489,6 +502,17 @@ fn file_id(update: &UpdateId, filename: &FileName) -> String {
 }
 
 // ---- The operation an import runs as ----
+
+/// Where an update is (an operation's `resourceLocation`).
+pub(super) fn update_location(instance: &str, id: &UpdateId) -> String {
+    format!(
+        "/deviceUpdate/{instance}/updates/providers/{}/names/{}/versions/{}?api-version={}",
+        id.provider(),
+        id.name(),
+        id.version(),
+        crate::service::API_VERSION
+    )
+}
 
 fn new_operation_id() -> String {
     uuid::Uuid::new_v4().to_string()
@@ -546,6 +570,66 @@ fn bounded(mut e: ErrorBody) -> ErrorBody {
     e
 }
 
+/// What the agents the registry holds would refuse of the imported updates: for each update,
+/// the agent versions (`deviceProperties.aduVer`) of the devices one of its compatibility sets
+/// fits, each checked with `manifest validate --agent-version`'s rules; an error there (every
+/// such device would fail) is a warning here, naming how many devices run that agent (a
+/// device builder may have registered the handler themselves, and devices change agents).
+pub fn agent_warnings(
+    updates: &[NewUpdate],
+    twins: &[(crate::iothub::Twin, String)],
+) -> Vec<ErrorBody> {
+    use crate::manifest::validate::{AgentVersion, check_agent_support};
+    use crate::service::agent::ReportedComponent;
+    let agents: Vec<(AgentVersion, serde_json::Map<String, serde_json::Value>)> = twins
+        .iter()
+        .filter_map(|(t, _)| ReportedComponent::of(&t.properties.reported)?.agent)
+        .filter_map(|a| {
+            let version = a.device_properties.as_ref()?.get("aduVer")?.as_str()?.parse().ok()?;
+            Some((version, a.compat()))
+        })
+        .collect();
+    let mut out = Vec::new();
+    for u in updates {
+        let fits = |compat: &serde_json::Map<String, serde_json::Value>| {
+            u.update
+                .compatibility
+                .iter()
+                .any(|set| set.iter().all(|(k, v)| compat.get(k) == Some(v)))
+        };
+        let mut versions: BTreeMap<AgentVersion, usize> = BTreeMap::new();
+        for (v, compat) in &agents {
+            if fits(compat) {
+                *versions.entry(*v).or_default() += 1;
+            }
+        }
+        let doc = serde_json::to_value(import_shape(&u.update)).unwrap_or_default();
+        for (v, n) in versions {
+            for f in check_agent_support(&doc, Some(v)).iter() {
+                if f.severity == crate::Severity::Error {
+                    out.push(detail(
+                        f.rule,
+                        &format!("{}{}", u.update.update_id, &f.path.to_string()[1..]),
+                        format!("{n} device(s) run agent {v}: {}", f.message),
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The parts of an update the agent checks read, in the import manifest's shape.
+fn import_shape(u: &Update) -> serde_json::Value {
+    let steps: Vec<serde_json::Value> = u
+        .instructions
+        .iter()
+        .flat_map(|i| &i.steps)
+        .map(|s| serde_json::json!({"handler": s.handler}))
+        .collect();
+    serde_json::json!({"instructions": {"steps": steps}})
+}
+
 /// Runs an accepted import to its end and records the result, as one operation.
 pub(super) async fn run(s: Shared, mut op: UpdateOperation, items: Vec<ImportItem>) {
     op.status = OperationStatus::Running;
@@ -591,6 +675,14 @@ pub(super) async fn run(s: Shared, mut op: UpdateOperation, items: Vec<ImportIte
         return;
     }
     let updates = prepared.updates;
+    let mut warnings = prepared.warnings;
+    if let Ok(twins) = s.db.read(|st| st.twins_with_created()).await {
+        warnings.extend(agent_warnings(&updates, &twins));
+    }
+    if !warnings.is_empty() {
+        let list = warnings.into_iter().map(bounded).collect::<Vec<_>>();
+        op.extra.insert("warnings".into(), serde_json::to_value(list).unwrap_or_default());
+    }
     let first = &updates[0].update;
     op.status = OperationStatus::Succeeded;
     op.update = Some(UpdateInfo {
@@ -599,7 +691,7 @@ pub(super) async fn run(s: Shared, mut op: UpdateOperation, items: Vec<ImportIte
         friendly_name: first.friendly_name.clone(),
         extra: Default::default(),
     });
-    op.resource_location = Some(super::routes::update_location(&s.instance, &first.update_id));
+    op.resource_location = Some(update_location(&s.instance, &first.update_id));
     let _ =
         s.db.call(move |st| {
             // The store may have changed while fetching: re-check duplicates in the same lock.

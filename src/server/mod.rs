@@ -27,6 +27,7 @@ mod auth;
 mod deploy;
 mod desired;
 mod devices;
+mod diagnostics;
 mod error;
 pub mod fetch;
 mod guard;

@@ -1,8 +1,8 @@
 //! What serve does on its own, beside answering requests: writing each group's deployment into
 //! its devices' twins ([`reconcile`], after every change and every [`RECONCILE_EVERY`]),
 //! rolling a deployment back when its failures reach its policy ([`after_report`]), and IoT
-//! Hub's pass over Edge deployments ([`edge_pass`]). Each runs from the store, so a restart or
-//! a missed event only delays it.
+//! Hub's passes over Edge deployments and automatic device management ([`edge_pass`]). Each
+//! runs from the store, so a restart or a missed event only delays it.
 
 use std::time::{Duration, SystemTime};
 
@@ -61,12 +61,26 @@ pub(super) fn reports_failure(patch: &Map<String, Value>) -> bool {
 /// How long the Edge pass waits after a change, so that a burst of changes makes one pass.
 const SETTLE: Duration = Duration::from_millis(100);
 
-/// Runs the Edge deployment pass whenever `s.edge_changed` is signalled, forever.
+/// How often IoT Hub's configuration passes run without a change that signals them (a
+/// reported property a target condition reads changes no configuration; IoT Hub itself
+/// reruns automatic configurations every five minutes).
+const CONFIGURATIONS_EVERY: Duration = Duration::from_secs(60);
+
+/// Runs IoT Hub's configuration passes — Edge deployments into module twins, automatic device
+/// management into device twins — whenever `s.edge_changed` is signalled, and every
+/// [`CONFIGURATIONS_EVERY`], forever.
 async fn edge_pass(s: Shared) {
     loop {
-        s.edge_changed.notified().await;
+        let _ = tokio::time::timeout(CONFIGURATIONS_EVERY, s.edge_changed.notified()).await;
         tokio::time::sleep(SETTLE).await;
-        match s.db.call(|st| st.reconcile_edge()).await {
+        let passes =
+            s.db.call(|st| {
+                let mut changed = st.reconcile_edge()?;
+                changed.extend(st.reconcile_adm()?);
+                Ok(changed)
+            })
+            .await;
+        match passes {
             Ok(changed) => {
                 for (key, version) in changed {
                     s.desired_changed(&key, version);
@@ -144,11 +158,14 @@ async fn reconcile_devices(
     let mut patches = Vec::new();
     for dev in view.devices.iter().filter(|x| x.device.group_id.as_deref() == Some(group)) {
         let class = &dev.device.device_class_id;
-        if !d.device_class_subgroups.iter().flatten().any(|c| c == class) {
+        let actions = current.subgroups.get(class).cloned().unwrap_or_default();
+        // A deleted subgroup is no longer the deployment's, but its devices are still told
+        // to stop.
+        if !actions.deleted && !d.device_class_subgroups.iter().flatten().any(|c| c == class) {
             continue;
         }
-        let actions = current.subgroups.get(class).cloned().unwrap_or_default();
-        let action = if actions.canceled || current.state == DeploymentState::Canceled {
+        let stop = actions.canceled || actions.deleted;
+        let action = if stop || current.state == DeploymentState::Canceled {
             ACTION_CANCEL
         } else {
             ACTION_PROCESS
@@ -277,8 +294,8 @@ pub(super) async fn after_report(
         return Ok(());
     }
     let Some(rollback) = deploy::rollback_of(&active, &now_string()) else { return Ok(()) };
-    let id = rollback.deployment_id.clone();
-    let rollback = match deploy::prepare(rollback, &group, &id, &view, &updates) {
+    let (id, group_id) = (rollback.deployment_id.clone(), rollback.group_id.clone());
+    let rollback = match deploy::prepare(rollback, &group_id, &id, &view, &updates) {
         Ok(r) => r,
         // The rollback update fits no subgroup any more: nothing to roll back to.
         Err(_) => return Ok(()),

@@ -81,8 +81,18 @@ pub const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 9,
+        what: "device import operations and log collections",
+        apply: management::migrate_9,
+    },
+    Migration {
+        version: 10,
+        what: "what automatic device management configurations last set on each twin",
+        apply: adm::migrate_10,
+    },
+    Migration {
+        version: 11,
         what: "identities' own keys (module keys, secondary keys) and MQTT sessions",
-        apply: identities::migrate_9,
+        apply: identities::migrate_11,
     },
 ];
 
@@ -219,6 +229,10 @@ pub struct SubgroupActions {
     /// How many times it was retried.
     #[serde(default)]
     pub retry_count: u64,
+    /// Deleted (`DELETE …/deviceClassSubgroups/{c}/deployments/{d}`): gone from the
+    /// deployment's subgroups, and its devices told to stop, as when canceled.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
 }
 
 fn migrate_3(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
@@ -448,7 +462,9 @@ fn patch_reported_in(
     Ok(Ok(twin_doc(device_id, version, &text)?))
 }
 
+mod adm;
 mod identities;
+mod management;
 mod modules;
 
 pub use identities::{Keys, Report};
@@ -688,7 +704,7 @@ impl Store {
             version: Some(1),
             ..Default::default()
         };
-        twin.extra.insert("capabilities".into(), serde_json::json!({"iotEdge": iot_edge}));
+        twin.capabilities = Some(crate::iothub::Capabilities { iot_edge });
         let (group, slim) = derived(&twin)?;
         let tx = self.conn.transaction()?;
         let inserted = tx.execute(
@@ -805,7 +821,7 @@ impl Store {
         let exists: bool = tx
             .query_row(
                 "SELECT 1 FROM deployments WHERE group_id = ?1 AND deployment_id = ?2",
-                params![d.group_id, d.deployment_id],
+                params![d.group_id.as_str(), d.deployment_id.as_str()],
                 |_| Ok(()),
             )
             .optional()?
@@ -814,7 +830,7 @@ impl Store {
         if exists {
             tx.execute(
                 "UPDATE deployments SET body = ?3 WHERE group_id = ?1 AND deployment_id = ?2",
-                params![d.group_id, d.deployment_id, body],
+                params![d.group_id.as_str(), d.deployment_id.as_str(), body],
             )?;
         } else {
             let total: i64 = tx.query_row("SELECT COUNT(*) FROM deployments", [], |r| r.get(0))?;
@@ -823,12 +839,12 @@ impl Store {
             }
             tx.execute(
                 "UPDATE deployments SET state = 'Inactive' WHERE group_id = ?1 AND state = 'Active'",
-                [&d.group_id],
+                [d.group_id.as_str()],
             )?;
             tx.execute(
                 "INSERT INTO deployments (group_id, deployment_id, seq, state, body)
                  VALUES (?1, ?2, (SELECT COALESCE(MAX(seq), 0) + 1 FROM deployments), 'Active', ?3)",
-                params![d.group_id, d.deployment_id, body],
+                params![d.group_id.as_str(), d.deployment_id.as_str(), body],
             )?;
         }
         tx.commit()?;
@@ -883,10 +899,18 @@ impl Store {
         let Some(row) = row else { return Ok(None) };
         let mut d = stored(row)?;
         act(d.subgroups.entry(class_id.to_owned()).or_default());
+        let gone = |c: &String| d.subgroups.get(c).is_some_and(|s| s.deleted);
+        let kept: Vec<String> = d
+            .deployment
+            .device_class_subgroups
+            .iter()
+            .flatten()
+            .filter(|c| !gone(c))
+            .cloned()
+            .collect();
+        d.deployment.device_class_subgroups = Some(kept);
         let classes: Vec<&String> = d.deployment.device_class_subgroups.iter().flatten().collect();
-        if !classes.is_empty()
-            && classes.iter().all(|c| d.subgroups.get(*c).is_some_and(|s| s.canceled))
-        {
+        if classes.iter().all(|c| d.subgroups.get(*c).is_some_and(|s| s.canceled)) {
             d.state = DeploymentState::Canceled;
             d.deployment.is_canceled = Some(true);
         }

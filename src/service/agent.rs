@@ -244,7 +244,7 @@ pub struct AgentReport {
     pub installed_update_id: Option<String>,
     /// Its last install result, as the agent wrote it: agents before 1.1 write the REST API's
     /// shape (`extendedResultCode` a number, `stepResults` a list), later ones a string of hex
-    /// codes and steps keyed `step_N`; [`AgentReport::install_result`] reads it.
+    /// codes and steps keyed `step_N`; [`AgentReport::last_install_result`] reads it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_install_result: Option<Value>,
     /// Fields this version does not know.
@@ -258,14 +258,16 @@ impl AgentReport {
         serde_json::from_str(self.installed_update_id.as_deref()?).ok()
     }
 
-    /// Its last install result in the REST API's shape: as written by an agent before 1.1,
-    /// or read from a later agent's [`AgentInstallResult`].
-    pub fn install_result(&self) -> Option<super::model::InstallResult> {
-        let written = self.last_install_result.clone()?;
-        if let Ok(r) = serde_json::from_value(written.clone()) {
-            return Some(r);
-        }
-        serde_json::from_value::<AgentInstallResult>(written).ok().map(|r| r.to_model())
+    /// Its last install result in the REST API's shape. An agent before 1.1 writes that shape;
+    /// a later one writes `extendedResultCodes`, comma-separated `%08X` codes, and
+    /// `stepResults` keyed `step_N`: those become `extendedResultCode` (the first code, as the
+    /// API's signed int32) and a list in step order, and what the agent wrote stays beside them
+    /// (`extendedResultCodes` as given, each step's `step` key). `None` when there is none or
+    /// it is malformed.
+    pub fn last_install_result(&self) -> Option<super::model::InstallResult> {
+        let reported: ReportedResult =
+            serde_json::from_value(self.last_install_result.clone()?).ok()?;
+        reported.into_rest()
     }
 
     /// The contract model it reports, or the one an agent that does not say has.
@@ -335,46 +337,6 @@ pub fn format_result_codes(codes: &[i64]) -> String {
     hex.join(",")
 }
 
-/// The root (first) code of an agent's `extendedResultCodes`, as the REST API's signed number
-/// (0 when there is none or it is not hex).
-pub fn root_result_code(codes: Option<&str>) -> i64 {
-    codes
-        .and_then(|c| c.split(',').next())
-        .and_then(|c| u32::from_str_radix(c.trim(), 16).ok())
-        .map_or(0, |c| i64::from(c as i32))
-}
-
-impl AgentInstallResult {
-    /// The result in the REST API's shape (the root code; steps in index order).
-    pub fn to_model(&self) -> super::model::InstallResult {
-        let step_results = self.step_results.as_ref().map(|steps| {
-            let mut ordered: Vec<(u64, &AgentStepResult)> = steps
-                .iter()
-                .filter_map(|(k, v)| Some((k.strip_prefix("step_")?.parse().ok()?, v)))
-                .collect();
-            ordered.sort_by_key(|(i, _)| *i);
-            ordered
-                .into_iter()
-                .map(|(_, s)| super::model::StepResult {
-                    update: None,
-                    description: None,
-                    result_code: s.result_code,
-                    extended_result_code: root_result_code(s.extended_result_codes.as_deref()),
-                    result_details: s.result_details.clone(),
-                    extra: Extra::new(),
-                })
-                .collect()
-        });
-        super::model::InstallResult {
-            result_code: self.result_code,
-            extended_result_code: root_result_code(self.extended_result_codes.as_deref()),
-            result_details: self.result_details.clone(),
-            step_results,
-            extra: Extra::new(),
-        }
-    }
-}
-
 /// The agent's acknowledgement of a desired `service` property, as the Plug and Play
 /// convention writes it (`PnP_CreateReportedPropertyWithStatus`): the property's value with
 /// `updateManifestSignature` and `fileUrls` left out ("to reduce twin size"), status `ac`
@@ -386,6 +348,94 @@ pub fn acknowledgement(service: &ServiceProperty, desired_version: i64) -> Value
         m.insert("fileUrls".into(), Value::Null);
     }
     serde_json::json!({"value": value, "ac": 200, "ad": "", "av": desired_version})
+}
+
+/// `lastInstallResult` (or one of its steps) as any agent writes it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ReportedResult {
+    result_code: i64,
+    /// Agents before 1.1: one signed integer.
+    #[serde(default)]
+    extended_result_code: Option<i64>,
+    /// Agents from 1.1: `%08X` codes, comma separated.
+    #[serde(default)]
+    extended_result_codes: Option<String>,
+    #[serde(default)]
+    result_details: Option<String>,
+    /// A list (before 1.1) or an object keyed `step_N` (from 1.1).
+    #[serde(default)]
+    step_results: Option<Value>,
+    /// A step's update (reference steps).
+    #[serde(default)]
+    update_id: Option<Value>,
+    #[serde(flatten)]
+    extra: Extra,
+}
+
+impl ReportedResult {
+    /// The first code, as the REST API's signed int32.
+    fn code(&self) -> Option<i64> {
+        if let Some(c) = self.extended_result_code {
+            return Some(c);
+        }
+        let text = Value::String(self.extended_result_codes.clone()?);
+        let codes = super::result_code::parse_codes(&text).ok()?;
+        Some(codes.first().map_or(0, |c| super::result_code::as_signed(*c)))
+    }
+
+    fn into_rest(self) -> Option<super::model::InstallResult> {
+        let code = self.code().unwrap_or(0);
+        let steps = match &self.step_results {
+            None | Some(Value::Null) => None,
+            Some(Value::Array(list)) => {
+                Some(list.iter().filter_map(|s| serde_json::from_value(s.clone()).ok()).collect())
+            }
+            Some(Value::Object(map)) => {
+                let mut keyed: Vec<(u64, &String, &Value)> = map
+                    .iter()
+                    .map(|(k, v)| (k.trim_start_matches("step_").parse().unwrap_or(u64::MAX), k, v))
+                    .collect();
+                keyed.sort_by_key(|(n, _, _)| *n);
+                Some(keyed.into_iter().filter_map(|(_, k, v)| step(k, v)).collect())
+            }
+            Some(_) => return None,
+        };
+        let mut extra = self.extra;
+        if let Some(codes) = self.extended_result_codes {
+            extra.insert("extendedResultCodes".into(), Value::String(codes));
+        }
+        Some(super::model::InstallResult {
+            result_code: self.result_code,
+            extended_result_code: code,
+            result_details: self.result_details,
+            step_results: steps,
+            extra,
+        })
+    }
+}
+
+/// One step of a 1.1 agent's `stepResults` object as the REST API's `StepResult`.
+fn step(key: &str, v: &Value) -> Option<super::model::StepResult> {
+    let r: ReportedResult = serde_json::from_value(v.clone()).ok()?;
+    let code = r.code().unwrap_or(0);
+    let mut extra = r.extra;
+    extra.insert("step".into(), Value::String(key.to_owned()));
+    if let Some(codes) = r.extended_result_codes {
+        extra.insert("extendedResultCodes".into(), Value::String(codes));
+    }
+    let update = r
+        .update_id
+        .and_then(|u| serde_json::from_value::<UpdateId>(u).ok())
+        .map(super::model::UpdateInfo::new);
+    Some(super::model::StepResult {
+        update,
+        description: None,
+        result_code: r.result_code,
+        extended_result_code: code,
+        result_details: r.result_details,
+        extra,
+    })
 }
 
 /// The `deviceUpdate` component of a twin's reported properties.
@@ -426,19 +476,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_agent_1_1_install_result_reads_in_the_rest_apis_shape() {
-        let report: AgentReport = serde_json::from_value(serde_json::json!({
-            "lastInstallResult": {"resultCode": 0, "extendedResultCodes": "80D02002,00000001",
-                "resultDetails": "download failed",
-                "stepResults": {"step_1": {"resultCode": 0, "extendedResultCodes": "80D02002"},
-                                "step_0": {"resultCode": 700, "extendedResultCodes": "00000000"}}}
-        }))
-        .unwrap();
-        let r = report.install_result().unwrap();
+    fn what_the_fleet_writes_as_agent_1_1_reads_back_and_the_service_is_acknowledged() {
+        let step = |code, codes: &str| AgentStepResult {
+            result_code: code,
+            extended_result_codes: Some(codes.into()),
+            result_details: None,
+        };
+        let written = AgentInstallResult {
+            result_code: 0,
+            extended_result_codes: Some(format_result_codes(&[0x80D0_2002_u32 as i32 as i64, 1])),
+            result_details: Some("download failed".into()),
+            step_results: Some(
+                [
+                    ("step_1".to_owned(), step(0, "80D02002")),
+                    ("step_0".to_owned(), step(700, "00000000")),
+                ]
+                .into_iter()
+                .collect(),
+            ),
+            extra: Extra::new(),
+        };
+        assert_eq!(written.extended_result_codes.as_deref(), Some("80D02002,00000001"));
+        let report = AgentReport {
+            last_install_result: Some(serde_json::to_value(&written).unwrap()),
+            ..AgentReport::default()
+        };
+        let r = report.last_install_result().unwrap();
         assert_eq!(r.extended_result_code, 0x80D0_2002_u32 as i32 as i64);
         let steps = r.step_results.unwrap();
         assert_eq!((steps[0].result_code, steps[1].result_code), (700, 0));
-        assert_eq!(format_result_codes(&[r.extended_result_code, 1]), "80D02002,00000001");
         let ack = acknowledgement(
             &ServiceProperty { update_manifest: Some("{}".into()), ..Default::default() },
             7,
@@ -470,5 +536,33 @@ mod tests {
         assert_eq!(agent.installed().unwrap().to_string(), "contoso/m/1.0");
         assert_eq!(agent.contract_model(), CONTRACT_MODEL_ID);
         assert_eq!(serde_json::to_value(&r).unwrap(), reported["deviceUpdate"]);
+    }
+
+    #[test]
+    fn install_results_of_every_agent_version_read_in_the_rest_shape() {
+        let agent = |r: Value| AgentReport { last_install_result: Some(r), ..Default::default() };
+        // Agent 1.0: the REST shape itself.
+        let old = agent(serde_json::json!({"resultCode": 0, "extendedResultCode": -791666686,
+            "resultDetails": "", "stepResults": [{"resultCode": 0, "extendedResultCode": 1048579}]}));
+        let r = old.last_install_result().unwrap();
+        assert_eq!((r.result_code, r.extended_result_code), (0, -791666686));
+        assert_eq!(r.step_results.unwrap()[0].extended_result_code, 1048579);
+        // Agent 1.1: hex codes and steps keyed step_N (step_10 after step_2).
+        let new = agent(serde_json::json!({"resultCode": 700,
+            "extendedResultCodes": "00000000,90A07530", "resultDetails": null,
+            "stepResults": {"step_10": {"resultCode": 0, "extendedResultCodes": "30501001"},
+                            "step_2": {"resultCode": 700, "extendedResultCodes": "00000000"}}}));
+        let r = new.last_install_result().unwrap();
+        assert_eq!((r.result_code, r.extended_result_code), (700, 0));
+        assert_eq!(r.extra["extendedResultCodes"], "00000000,90A07530");
+        let steps = r.step_results.unwrap();
+        assert_eq!(
+            steps.iter().map(|s| s.extra["step"].as_str().unwrap()).collect::<Vec<_>>(),
+            ["step_2", "step_10"]
+        );
+        assert_eq!(steps[1].extended_result_code, 0x3050_1001);
+        let fail = agent(serde_json::json!({"resultCode": 0, "extendedResultCodes": "D0D02002"}));
+        assert_eq!(fail.last_install_result().unwrap().extended_result_code, -791666686);
+        assert!(agent(serde_json::json!({"resultCode": "x"})).last_install_result().is_none());
     }
 }

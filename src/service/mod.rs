@@ -21,7 +21,10 @@
 //! (`crate::pipeline`) drives, implemented here by [`AduClient`].
 
 pub mod agent;
+pub mod diagnostics;
+mod management;
 pub mod model;
+pub mod result_code;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -713,11 +716,11 @@ impl AduClient {
             .map(drop)
     }
 
-    /// The best update of each device class of a group, with how many devices it has.
+    /// The best update of each device-class subgroup of a group, with how many devices it has.
     pub async fn best_updates(
         &self,
         group_id: &str,
-    ) -> Result<Vec<serde_json::Value>, ServiceError> {
+    ) -> Result<Vec<model::SubgroupBestUpdate>, ServiceError> {
         self.list_paged(self.management(&["groups", group_id, "bestUpdates"])).await
     }
 

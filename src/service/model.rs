@@ -73,6 +73,8 @@ macro_rules! string_enum {
     };
 }
 
+pub(crate) use string_enum;
+
 /// One page of a list (`value` + `nextLink`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -702,6 +704,24 @@ pub struct DeviceClassSubgroup {
     pub extra: Extra,
 }
 
+/// `DeviceClassSubgroupUpdatableDevices`: the best update of a subgroup (a group's devices of
+/// one class) and how many devices it is applicable to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SubgroupBestUpdate {
+    /// Group id.
+    pub group_id: String,
+    /// Class id.
+    pub device_class_id: String,
+    /// The update.
+    pub update: UpdateInfo,
+    /// Devices of the subgroup (the update fits their class).
+    pub device_count: u64,
+    /// Fields this version does not know.
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
 /// `CloudInitiatedRollbackPolicyFailure`: both thresholds are required.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -727,18 +747,252 @@ pub struct RollbackPolicy {
     pub extra: Extra,
 }
 
+/// An id of the device-management API that breaks its rules.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what} `{id}` {why}")]
+pub struct IdError {
+    /// `deployment id`, `group id`.
+    pub what: &'static str,
+    /// The id as given.
+    pub id: String,
+    /// What is wrong, with the rule.
+    pub why: String,
+}
+
+/// Characters a deployment id must not hold (adu.md §4.3).
+const DEPLOYMENT_ID_FORBIDDEN: &[char] =
+    &['&', '^', '[', ']', '{', '}', '|', '<', '>', '/', '\\', '"'];
+
+/// A deployment id as Device Update takes it: 1-73 characters, none of `& ^ [ ] { } | < > / \ "`,
+/// no white space or control characters (adu.md §4.3; adu.md says lower case too, but the
+/// official specification's own example is `deploymentId`, so case is not checked). Made only
+/// through [`DeploymentId::new`] and the constructors below, so every one is valid.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct DeploymentId(String);
+
+impl DeploymentId {
+    /// The longest id.
+    pub const MAX_CHARS: usize = 73;
+
+    /// Checks `id`.
+    pub fn new(id: &str) -> Result<Self, IdError> {
+        let n = id.chars().count();
+        let bad = |why: String| IdError { what: "deployment id", id: id.to_owned(), why };
+        if !(1..=Self::MAX_CHARS).contains(&n) {
+            return Err(bad(format!("must have 1 to 73 characters, not {n}")));
+        }
+        if let Some(c) = id
+            .chars()
+            .find(|c| DEPLOYMENT_ID_FORBIDDEN.contains(c) || c.is_whitespace() || c.is_control())
+        {
+            return Err(bad(format!(
+                "contains `{}`; & ^ [ ] {{ }} | < > / \\ \" and spaces are not allowed",
+                c.escape_debug()
+            )));
+        }
+        Ok(Self(id.to_owned()))
+    }
+
+    /// An id made from text that may hold anything: each character the rule refuses becomes
+    /// `-`, and the text is cut to the longest id (an empty text gives `deployment`).
+    pub fn sanitized(text: &str) -> Self {
+        let mut id: String = text
+            .chars()
+            .map(|c| {
+                if DEPLOYMENT_ID_FORBIDDEN.contains(&c) || c.is_whitespace() || c.is_control() {
+                    '-'
+                } else {
+                    c
+                }
+            })
+            .take(Self::MAX_CHARS)
+            .collect();
+        if id.is_empty() {
+            id = "deployment".into();
+        }
+        Self(id)
+    }
+
+    /// A new deployment's id when none is given: `NAME-VERSION-SECONDS`, lower case.
+    pub fn generated(update: &UpdateId, unix_seconds: u64) -> Self {
+        Self::sanitized(
+            &format!("{}-{}-{unix_seconds}", update.name(), update.version()).to_lowercase(),
+        )
+    }
+
+    /// A release stage's deployment id: `VERSION-STAGE`, with anything but letters, digits and
+    /// `-` as `-`.
+    pub fn for_stage(update: &UpdateId, stage: &str) -> Self {
+        let raw = format!("{}-{}", update.version().as_str().replace('.', "-"), stage);
+        Self::sanitized(
+            &raw.chars()
+                .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' })
+                .collect::<String>(),
+        )
+    }
+
+    /// The id of the cloud-initiated rollback of this deployment: `ID-rollback`, or
+    /// `rollback-` and 16 hex digits of its SHA-256 when that would be too long.
+    pub fn rollback(&self) -> Self {
+        let id = format!("{}-rollback", self.0);
+        if id.chars().count() <= Self::MAX_CHARS {
+            return Self(id);
+        }
+        Self(format!("rollback-{}", &crate::Sha256::digest(self.0.as_bytes()).to_hex()[..16]))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for DeploymentId {
+    type Err = IdError;
+    fn from_str(s: &str) -> Result<Self, IdError> {
+        Self::new(s)
+    }
+}
+
+impl std::fmt::Display for DeploymentId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for DeploymentId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Self::new(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+impl std::ops::Deref for DeploymentId {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl PartialEq<String> for DeploymentId {
+    fn eq(&self, other: &String) -> bool {
+        self.0 == *other
+    }
+}
+
+impl PartialEq<DeploymentId> for String {
+    fn eq(&self, other: &DeploymentId) -> bool {
+        *self == other.0
+    }
+}
+
+impl PartialEq<&str> for DeploymentId {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+impl PartialEq<str> for DeploymentId {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+/// A Device Update group id: the `ADUGroup` tag of its devices (1-200 letters, digits and
+/// `. - _ ~`), or `$default` for the devices without one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct GroupId(String);
+
+impl GroupId {
+    /// The group of devices without an `ADUGroup` tag.
+    pub const DEFAULT: &str = "$default";
+
+    /// Checks `id`.
+    pub fn new(id: &str) -> Result<Self, IdError> {
+        let ok = id == Self::DEFAULT
+            || ((1..=200).contains(&id.chars().count())
+                && id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '~')));
+        if !ok {
+            return Err(IdError {
+                what: "group id",
+                id: id.to_owned(),
+                why: "is not 1-200 letters, digits and . - _ ~ (or $default)".into(),
+            });
+        }
+        Ok(Self(id.to_owned()))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for GroupId {
+    type Err = IdError;
+    fn from_str(s: &str) -> Result<Self, IdError> {
+        Self::new(s)
+    }
+}
+
+impl std::fmt::Display for GroupId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for GroupId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Self::new(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+impl std::ops::Deref for GroupId {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl PartialEq<String> for GroupId {
+    fn eq(&self, other: &String) -> bool {
+        self.0 == *other
+    }
+}
+
+impl PartialEq<GroupId> for String {
+    fn eq(&self, other: &GroupId) -> bool {
+        *self == other.0
+    }
+}
+
+impl PartialEq<&str> for GroupId {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+impl PartialEq<str> for GroupId {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
 /// `Deployment`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Deployment {
     /// Deployment id.
-    pub deployment_id: String,
+    pub deployment_id: DeploymentId,
     /// When it starts.
     pub start_date_time: String,
     /// What it deploys.
     pub update: UpdateInfo,
     /// To which group.
-    pub group_id: String,
+    pub group_id: GroupId,
     /// The subgroups it covers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_class_subgroups: Option<Vec<String>>,
@@ -757,6 +1011,25 @@ pub struct Deployment {
     /// Fields this version does not know.
     #[serde(flatten)]
     pub extra: Extra,
+}
+
+impl Deployment {
+    /// A deployment of `update` to `group` under `id`, starting at `start`: the one way
+    /// otaforge makes one (the CLI, a release stage, serve's cloud rollback).
+    pub fn new(id: DeploymentId, group: GroupId, update: UpdateId, start: &str) -> Self {
+        Self {
+            deployment_id: id,
+            start_date_time: start.to_owned(),
+            update: UpdateInfo::new(update),
+            group_id: group,
+            device_class_subgroups: None,
+            is_canceled: None,
+            is_retried: None,
+            rollback_policy: None,
+            is_cloud_initiated_rollback: None,
+            extra: Extra::new(),
+        }
+    }
 }
 
 string_enum! {
@@ -846,4 +1119,43 @@ pub struct DeploymentDeviceState {
     /// Fields this version does not know.
     #[serde(flatten)]
     pub extra: Extra,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deployment_and_group_ids_follow_adus_rules() {
+        for ok in ["deploymentId", "rollout-2026-11-29", "a", &"x".repeat(73)] {
+            assert!(DeploymentId::new(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "a/b", "a b", "a{b", "quote\"d", "tab\t", &"x".repeat(74)] {
+            let e = DeploymentId::new(bad).unwrap_err();
+            assert!(e.to_string().starts_with("deployment id"), "{e}");
+        }
+        // What otaforge makes is valid by construction, whatever it is made from.
+        let id: UpdateId = "contoso/Toaster Pro/1.2.3"
+            .parse()
+            .unwrap_or_else(|_| UpdateId::new("contoso", "toaster", "1.2.3").unwrap());
+        for made in [
+            DeploymentId::for_stage(&id, "canary ring/1"),
+            DeploymentId::generated(&id, 1_700_000_000),
+            DeploymentId::sanitized(&"a b/c".repeat(40)),
+            DeploymentId::sanitized(""),
+            DeploymentId::new(&"x".repeat(73)).unwrap().rollback(),
+            DeploymentId::new("d1").unwrap().rollback(),
+        ] {
+            assert_eq!(DeploymentId::new(made.as_str()).as_ref(), Ok(&made), "{made}");
+        }
+        assert_eq!(DeploymentId::for_stage(&id, "canary").as_str(), "1-2-3-canary");
+        assert_eq!(DeploymentId::new("d1").unwrap().rollback().as_str(), "d1-rollback");
+        assert!(serde_json::from_str::<DeploymentId>("\"a b\"").is_err());
+        for ok in ["prod", "$default", "a.b-c_d~e"] {
+            assert!(GroupId::new(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "a b", "$other", &"g".repeat(201)] {
+            assert!(GroupId::new(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -134,32 +134,55 @@ pub fn sign_update_manifest(
     signing.jws(&json!({"alg": "RS256", "sjwk": sjwk}), payload.to_string().as_bytes())
 }
 
+/// The protected header of ADU's JWS: the algorithm, the signing key's JWS (`sjwk`, on the
+/// manifest signature) and the key id (on `sjwk` itself).
+#[derive(Debug, serde::Deserialize)]
+struct Header {
+    alg: String,
+    #[serde(default)]
+    sjwk: Option<String>,
+    #[serde(default)]
+    kid: Option<String>,
+}
+
+/// The parts of an RSA JWK a verifier reads.
+#[derive(Debug, serde::Deserialize)]
+struct RsaJwk {
+    #[serde(default)]
+    kid: Option<String>,
+    n: String,
+    e: String,
+}
+
+/// The claim of the manifest signature: the manifest's SHA-256, base64.
+#[derive(Debug, serde::Deserialize)]
+struct Claim {
+    sha256: String,
+}
+
 /// A compact JWS split and decoded: (header, payload, signed input, signature).
-fn split(jws: &str) -> Result<(Value, Vec<u8>, String, Vec<u8>), SignError> {
+fn split(jws: &str) -> Result<(Header, Vec<u8>, String, Vec<u8>), SignError> {
     let mut parts = jws.split('.');
     let (Some(h), Some(p), Some(s), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(malformed("not three dot-separated parts"));
     };
-    let header: Value = B64URL
+    let header: Header = B64URL
         .decode(h)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
-        .ok_or_else(|| malformed("the header is not base64url JSON"))?;
-    if header["alg"] != "RS256" {
-        return Err(malformed(format!("alg is {}, not RS256", header["alg"])));
+        .ok_or_else(|| malformed("the header is not base64url JSON with an alg"))?;
+    if header.alg != "RS256" {
+        return Err(malformed(format!("alg is {:?}, not RS256", header.alg)));
     }
     let payload = B64URL.decode(p).map_err(|_| malformed("the payload is not base64url"))?;
     let sig = B64URL.decode(s).map_err(|_| malformed("the signature is not base64url"))?;
     Ok((header, payload, format!("{h}.{p}"), sig))
 }
 
-fn verify_with(jwk: &Value, input: &str, sig: &[u8]) -> bool {
-    let (Some(n), Some(e)) = (
-        jwk["n"].as_str().and_then(|n| B64URL.decode(n).ok()),
-        jwk["e"].as_str().and_then(|e| B64URL.decode(e).ok()),
-    ) else {
+fn verify_with(jwk: &RsaJwk, input: &str, sig: &[u8]) -> bool {
+    let (Ok(n), Ok(e)) = (B64URL.decode(&jwk.n), B64URL.decode(&jwk.e)) else {
         return false;
     };
     PublicKeyComponents { n: n.as_slice(), e: e.as_slice() }
@@ -171,12 +194,17 @@ fn verify_with(jwk: &Value, input: &str, sig: &[u8]) -> bool {
 /// `sjwk`, the signing key signed the JWS, and the JWS's `sha256` is the manifest's.
 pub fn verify_update_manifest(manifest: &str, jws: &str, roots: &[Value]) -> Result<(), SignError> {
     let (header, payload, input, sig) = split(jws)?;
-    let sjwk = header["sjwk"].as_str().ok_or_else(|| malformed("no sjwk in the header"))?;
-    let (sj_header, sj_payload, sj_input, sj_sig) = split(sjwk)?;
-    let kid = sj_header["kid"].as_str().unwrap_or_default();
-    let root = roots.iter().find(|r| r["kid"] == kid).ok_or_else(|| SignError::UnknownKey {
-        kid: kid.to_owned(),
-        trusted: roots.iter().filter_map(|r| r["kid"].as_str()).collect::<Vec<_>>().join(", "),
+    let sjwk = header.sjwk.ok_or_else(|| malformed("no sjwk in the header"))?;
+    let (sj_header, sj_payload, sj_input, sj_sig) = split(&sjwk)?;
+    let kid = sj_header.kid.unwrap_or_default();
+    // Roots that are not RSA JWKs cannot have signed anything here.
+    let roots: Vec<RsaJwk> =
+        roots.iter().filter_map(|r| serde_json::from_value(r.clone()).ok()).collect();
+    let root = roots.iter().find(|r| r.kid.as_deref() == Some(kid.as_str())).ok_or_else(|| {
+        SignError::UnknownKey {
+            kid: kid.clone(),
+            trusted: roots.iter().filter_map(|r| r.kid.as_deref()).collect::<Vec<_>>().join(", "),
+        }
     })?;
     let bad = |what: &str| SignError::Malformed {
         what: "update manifest signature".into(),
@@ -185,15 +213,15 @@ pub fn verify_update_manifest(manifest: &str, jws: &str, roots: &[Value]) -> Res
     if !verify_with(root, &sj_input, &sj_sig) {
         return Err(bad("the signing key (sjwk) was not signed by the root key"));
     }
-    let signing: Value = serde_json::from_slice(&sj_payload)
-        .map_err(|_| malformed("sjwk's payload is not a JWK"))?;
+    let signing: RsaJwk = serde_json::from_slice(&sj_payload)
+        .map_err(|_| malformed("sjwk's payload is not an RSA JWK"))?;
     if !verify_with(&signing, &input, &sig) {
         return Err(bad("the update manifest signature"));
     }
-    let claimed: Value =
-        serde_json::from_slice(&payload).map_err(|_| malformed("the payload is not JSON"))?;
+    let claimed: Claim = serde_json::from_slice(&payload)
+        .map_err(|_| malformed("the payload is not JSON with a sha256"))?;
     let digest = B64.encode(crate::Sha256::digest(manifest.as_bytes()).as_bytes());
-    if claimed["sha256"].as_str() != Some(digest.as_str()) {
+    if claimed.sha256 != digest {
         return Err(bad("the update manifest (its sha256 differs from the signed one)"));
     }
     Ok(())

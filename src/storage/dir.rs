@@ -221,6 +221,80 @@ impl DirStore {
     }
 }
 
+impl DirStore {
+    fn sign_container(&self, expiry: &str, container: &str) -> String {
+        let Ok(mut mac) = hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.key) else {
+            return String::new();
+        };
+        // `cw` first: never the same text as a read grant's (`r\n…`).
+        mac.update(format!("cw\n{expiry}\n/{container}").as_bytes());
+        B64.encode(mac.finalize().into_bytes())
+    }
+
+    /// A container URL that lets its holder create and write blobs in `container` (Azure's
+    /// Put Blob under a container SAS, `sr=c&sp=cw`) for `ttl`: what a device is given to
+    /// upload its logs to (`BASE/CONTAINER?se=…&sr=c&sp=cw&sig=…`).
+    pub fn write_url(&self, container: &ContainerName, ttl: Duration) -> String {
+        let se = super::sas::sas_time(SystemTime::now() + ttl.min(super::MAX_URL_TTL));
+        let sig = self.sign_container(&se, container.as_str());
+        let mut q = url::form_urlencoded::Serializer::new(String::new());
+        q.append_pair("se", &se);
+        q.append_pair("sr", "c");
+        q.append_pair("sp", "cw");
+        q.append_pair("sig", &sig);
+        format!("{}/{}?{}", self.base_url, container, q.finish())
+    }
+
+    /// Checks a Put Blob request's path (`/CONTAINER/BLOB`, percent-encoded) and query (a
+    /// [`DirStore::write_url`]'s) at time `now`, and returns the blob it may write.
+    pub fn resolve_write(
+        &self,
+        path: &str,
+        query: &str,
+        now: SystemTime,
+    ) -> Result<(ContainerName, BlobName), StorageError> {
+        let decoded: String = percent_decode(path)
+            .ok_or_else(|| StorageError::BadUrl("the path is not valid UTF-8".into()))?;
+        let (c, b) = decoded
+            .trim_start_matches('/')
+            .split_once('/')
+            .ok_or_else(|| StorageError::BadUrl("the path names no blob".into()))?;
+        let container: ContainerName =
+            c.parse().map_err(|e: NameError| StorageError::BadUrl(e.to_string()))?;
+        let blob: BlobName =
+            b.parse().map_err(|e: NameError| StorageError::BadUrl(e.to_string()))?;
+        let (mut se, mut sig, mut sp, mut sr) = (None, None, None, None);
+        for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+            let v = Some(v.into_owned());
+            match k.as_ref() {
+                "se" => se = v,
+                "sig" => sig = v,
+                "sp" => sp = v,
+                "sr" => sr = v,
+                _ => {}
+            }
+        }
+        let (Some(se), Some(sig)) = (se, sig) else {
+            return Err(StorageError::BadUrl("the URL has no se and sig parameters".into()));
+        };
+        if sr.as_deref() != Some("c") || sp.as_deref() != Some("cw") {
+            return Err(StorageError::BadUrl(
+                "the URL does not grant writing to the container (sr=c, sp=cw)".into(),
+            ));
+        }
+        let expected = self.sign_container(&se, container.as_str());
+        if !super::sas::constant_time_eq(expected.as_bytes(), sig.as_bytes()) {
+            return Err(StorageError::BadUrl("the signature does not match".into()));
+        }
+        let expiry = humantime::parse_rfc3339(&se)
+            .map_err(|_| StorageError::BadUrl("se is not an RFC 3339 time".into()))?;
+        if now >= expiry {
+            return Err(StorageError::BadUrl(format!("the URL expired at {se}")));
+        }
+        Ok((container, blob))
+    }
+}
+
 fn percent_decode(s: &str) -> Option<String> {
     let mut out = Vec::with_capacity(s.len());
     let b = s.as_bytes();
@@ -314,5 +388,33 @@ impl BlobStore for DirStore {
         q.append_pair("sp", "r");
         q.append_pair("sig", &sig);
         Ok(format!("{}/{}/{}?{}", self.base_url, container, blob.url_path(), q.finish()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_write_grant_writes_only_its_container_and_a_read_grant_never_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DirStore::open(dir.path(), "http://h/blobs").unwrap();
+        let logs: ContainerName = "logs".parse().unwrap();
+        let url = store.write_url(&logs, Duration::from_secs(60));
+        let query = url.split_once('?').unwrap().1;
+        let now = SystemTime::now();
+        let (c, b) = store.resolve_write("/logs/d1/op/adu/aduc.log", query, now).unwrap();
+        assert_eq!((c.as_str(), b.as_str()), ("logs", "d1/op/adu/aduc.log"));
+        // Another container, a later time, a changed signature: refused.
+        assert!(store.resolve_write("/other/d1/x", query, now).is_err());
+        let later = now + Duration::from_secs(120);
+        assert!(store.resolve_write("/logs/d1/x", query, later).is_err());
+        assert!(store.resolve_write("/logs/d1/x", &query.replace("sig=", "sig=x"), now).is_err());
+        // A read URL of a blob in the container grants no write, and a write grant no read.
+        let blob: BlobName = "d1/x".parse().unwrap();
+        let read = store.read_url(&logs, &blob, Duration::from_secs(60)).await.unwrap();
+        let read_query = read.split_once('?').unwrap().1;
+        assert!(store.resolve_write("/logs/d1/x", read_query, now).is_err());
+        assert!(store.resolve("/logs/d1/x", query, now).is_err());
     }
 }

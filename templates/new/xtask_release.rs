@@ -11,50 +11,29 @@
 //! of otaforge compile this very file and run it against `otaforge serve`.
 
 use std::path::Path;
+use std::sync::Arc;
 
-use otaforge::release::{self, Options, Rollout, StageOutput};
-use otaforge::reporter::NoReporter;
-use otaforge::service::{AduClient, Auth};
-use otaforge::storage::AnyStore;
-use otaforge::storage::embedded::EmbeddedStore;
+use otaforge::release::{self, Environment, NoReleaseReporter, Outcome, Overrides, Settings};
 
 /// Builds, publishes and rolls out the release `config` describes, against `endpoint` (or the
 /// file's); `Ok(true)` when every stage passed, `Ok(false)` when a gate failed.
 pub fn run(config: &Path, endpoint: Option<&str>) -> Result<bool, String> {
-    let checked = release::config::load(config)
+    // Every problem of otaforge.toml at once, each with its line and field.
+    let checked = release::load(config)
         .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))?;
-    let opts = Options {
-        source_date_epoch: std::env::var("SOURCE_DATE_EPOCH").ok(),
-        jobs: 2,
-        ..Options::default()
-    };
-    let built = release::build(&checked, &opts, &NoReporter).map_err(|e| e.to_string())?;
+    // Authentication ($OTAFORGE_ADU_TOKEN), storage ([storage], else the service's own) and
+    // SOURCE_DATE_EPOCH are resolved here, before anything runs.
+    let overrides =
+        Overrides { endpoint: endpoint.map(str::to_owned), jobs: Some(2), ..Overrides::default() };
+    let settings = Settings::resolve(checked, overrides, &Environment::from_process())
+        .map_err(|e| e.to_string())?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    rt.block_on(async {
-        let endpoint = endpoint.unwrap_or(&checked.config.service.endpoint);
-        let token = std::env::var("OTAFORGE_ADU_TOKEN").ok().filter(|t| !t.is_empty());
-        let auth = token.map_or(Auth::None, Auth::Static);
-        let client = AduClient::new(endpoint, &checked.config.service.instance, auth)
-            .map_err(|e| e.to_string())?;
-        if let Err(missing) =
-            release::check_groups(&checked, &client, None).await.map_err(|e| e.to_string())?
-        {
-            return Err(missing.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"));
-        }
-        let store =
-            AnyStore::Embedded(EmbeddedStore::discover(&client).await.map_err(|e| e.to_string())?);
-        let mut built = release::publish(&checked, built, &client, &store, &NoReporter)
-            .await
-            .map_err(|e| e.to_string())?;
-        let show = |s: &StageOutput| {
-            let _ = (s.name.as_str(), s.result.as_str(), s.succeeded, s.devices);
-        };
-        let rollout = release::roll_out(&checked, &mut built, &client, None, &opts, &show)
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(rollout == Rollout::Passed)
-    })
+    // Progress could be shown by implementing `release::ReleaseReporter`; the report has it all.
+    let report = rt
+        .block_on(release::run(settings, Arc::new(NoReleaseReporter)))
+        .map_err(|e| e.to_string())?;
+    Ok(report.result == Outcome::Passed)
 }

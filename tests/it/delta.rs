@@ -130,7 +130,7 @@ proptest! {
         seed in any::<u64>(),
         len in 0usize..40_000,
         edits in proptest::collection::vec(edit_strategy(), 0..6),
-        which in 0u8..11,
+        which in 0u8..12,
     ) {
         let old = firmware(seed, len);
         let new = edit(old.clone(), &edits);
@@ -144,6 +144,7 @@ proptest! {
             5 => with_exec(delta::Isa::Thumb2, Profile::Mcu),
             6 => with_exec(delta::Isa::Aarch64, Profile::Linux),
             7 => with_exec(delta::Isa::X86_64, Profile::Linux),
+            11 => with_exec(delta::Isa::A32, Profile::Mcu),
             // The op stream in five parts, plain and with a derived displacement table.
             9 => opts(DeltaFormat::Otadelta, MethodChoice::Split, Profile::Linux),
             10 => CreateOptions {

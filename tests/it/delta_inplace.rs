@@ -5,11 +5,10 @@
 //! to new, every time.
 
 use std::cell::RefCell;
-use std::io;
 use std::rc::Rc;
 
 use otaforge::delta::inplace::{self, Flash, FlashJournal, Journal};
-use otaforge::delta::{self, CreateOptions, DeltaError, InPlaceOptions, Profile};
+use otaforge::delta::{self, CreateOptions, DeltaError, InPlaceOptions, IoError, Profile};
 
 use crate::delta::firmware;
 
@@ -30,13 +29,14 @@ struct Nor {
     seed: u64,
 }
 
-const CUT: &str = "power cut";
+/// The code the simulated flash returns once the power is gone.
+const CUT: IoError = IoError { code: -77 };
 
 impl Nor {
-    fn step(&mut self) -> io::Result<()> {
+    fn step(&mut self) -> Result<(), IoError> {
         if let Some(b) = &mut self.budget {
             if *b == 0 {
-                return Err(io::Error::other(CUT));
+                return Err(CUT);
             }
             *b -= 1;
         }
@@ -56,16 +56,16 @@ impl Nor {
 struct Handle(Rc<RefCell<Nor>>);
 
 impl Flash for Handle {
-    fn read(&mut self, addr: u64, buf: &mut [u8]) -> io::Result<()> {
+    fn read(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), IoError> {
         let f = self.0.borrow();
         if f.budget == Some(0) {
-            return Err(io::Error::other(CUT));
+            return Err(CUT);
         }
         buf.copy_from_slice(&f.mem[addr as usize..addr as usize + buf.len()]);
         Ok(())
     }
 
-    fn erase(&mut self, addr: u64, len: u64) -> io::Result<()> {
+    fn erase(&mut self, addr: u64, len: u64) -> Result<(), IoError> {
         let mut f = self.0.borrow_mut();
         assert!(
             addr.is_multiple_of(f.unit) && len.is_multiple_of(f.unit),
@@ -92,7 +92,7 @@ impl Flash for Handle {
         Ok(())
     }
 
-    fn write(&mut self, addr: u64, data: &[u8]) -> io::Result<()> {
+    fn write(&mut self, addr: u64, data: &[u8]) -> Result<(), IoError> {
         let mut f = self.0.borrow_mut();
         if addr >= f.journal_at {
             let s = f.steps;
@@ -153,7 +153,7 @@ impl Device {
 }
 
 fn is_cut(e: &DeltaError) -> bool {
-    e.to_string().contains(CUT)
+    matches!(e, DeltaError::Flash(c) if *c == CUT)
 }
 
 /// A firmware update: code inserted early (everything after it moves up), a block deleted,

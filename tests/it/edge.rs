@@ -748,14 +748,10 @@ fn edge_device_show_and_serve_agree_on_random_fleets() {
                 let written = || {
                     let agent = rt.block_on(hub.get_module_twin(id, "$edgeAgent")).unwrap();
                     let mut pairs: Vec<(String, String)> = agent
-                        .extra
-                        .get("configurations")
-                        .and_then(Value::as_object)
+                        .configurations
                         .into_iter()
                         .flatten()
-                        .map(|(k, v)| {
-                            (k.clone(), v["status"].as_str().unwrap_or_default().to_owned())
-                        })
+                        .map(|(k, v)| (k, v.status))
                         .collect();
                     pairs.sort();
                     pairs

@@ -102,14 +102,15 @@ fn spec(serve: &Serve, data: &Path, prefix: &str, devices: usize, group: &str) -
 }
 
 fn deployment(id: &str, group: &str, version: &str, rollback: Option<Value>) -> Deployment {
-    let mut d = json!({
-        "deploymentId": id, "groupId": group, "startDateTime": "2026-11-29T00:00:00Z",
-        "update": {"updateId": {"provider": "contoso", "name": "toaster", "version": version}},
-    });
-    if let Some(r) = rollback {
-        d["rollbackPolicy"] = r;
-    }
-    serde_json::from_value(d).unwrap()
+    let update = otaforge::manifest::UpdateId::new("contoso", "toaster", version).unwrap();
+    let mut d = Deployment::new(
+        id.parse().unwrap(),
+        group.parse().unwrap(),
+        update,
+        "2026-11-29T00:00:00Z",
+    );
+    d.rollback_policy = rollback.map(|r| serde_json::from_value(r).unwrap());
+    d
 }
 
 #[test]
@@ -288,7 +289,8 @@ fn a_corrupted_blob_fails_the_device_with_a_hash_error() {
         let result = device.last_install_result.unwrap();
         assert_eq!(
             (result.result_code, result.extended_result_code),
-            (0, 0x8010_0001_u32 as i32 as i64)
+            (0, 0x0010_0003),
+            "ADUC_ERC_VALIDATION_FILE_HASH_INVALID_HASH, as the agent reports a hash mismatch"
         );
         assert!(result.result_details.unwrap_or_default().contains("sha256"));
         let s = client.deployment_status("corrupt", "bad-blob").await.unwrap();
@@ -405,7 +407,8 @@ fn devices_that_trust_another_root_refuse_the_update_manifest() {
         assert_eq!((t.installed, t.failed), (0, 2));
         let d = client.get_device("wary-0000").await.unwrap().unwrap();
         let r = d.last_install_result.unwrap();
-        assert_eq!(r.extended_result_code, 0x8040_0001_u32 as i32 as i64);
+        // JWSResult_InvalidSignature, packed as the agent packs it.
+        assert_eq!(r.extended_result_code, 0xA020_0004_u32 as i32 as i64);
         assert!(
             r.result_details.unwrap_or_default().contains("root key"),
             "signature refusal named"

@@ -1388,8 +1388,10 @@ mod round2 {
             "manifestVersion": "5",
             "updateId": {"provider": "contoso", "name": "toaster", "version": "6.6"},
             "compatibility": [{"manufacturer": "contoso", "model": "toaster"}],
-            "files": {"f1": {"fileName": "fw.bin", "sizeInBytes": 1000,
+            "instructions": {"steps": [{"handler": "microsoft/swupdate:2", "files": ["f1"]}]},
+            "files": {"f1": {"filename": "fw.bin", "sizeInBytes": 1000,
                              "hashes": {"sha256": otaforge::Sha256::digest(&payload).to_base64()}}},
+            "createdDateTime": "2026-12-01T00:00:00Z",
         });
         runtime().block_on(async {
             let fleet = Fleet::register(one_device(&serve, &hub, "endless")).await.unwrap();
@@ -1405,7 +1407,7 @@ mod round2 {
             assert_eq!(agent["state"], 255, "{agent}");
             let last = &agent["lastInstallResult"];
             assert_eq!(last["resultCode"], 0, "{agent}");
-            assert_eq!(last["extendedResultCode"], erc(0x8010_0001), "{agent}");
+            assert_eq!(last["extendedResultCode"], erc(0x0010_0003), "{agent}");
             assert!(last["resultDetails"].as_str().unwrap().contains("sizeInBytes"), "{agent}");
             assert_eq!(agent["workflow"]["id"], "endless-1");
         });
@@ -1520,5 +1522,77 @@ mod round2 {
             let message = crate::stdout_json(&out)["message"].as_str().unwrap().to_owned();
             assert!(message.contains(&host) && message.contains("within 2s"), "{message}");
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Issue 28, round 2 (release area): `otaforge new` and private files.
+// ---------------------------------------------------------------------------------------------
+
+/// `otaforge new` writes nothing through a symlink: a dangling link where a file goes, a link
+/// to a folder elsewhere on the way to one, a dangling link where a folder is created; each is
+/// refused (exit 2) before anything is written, here or where the link points.
+#[test]
+fn new_writes_nothing_through_a_symlink() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let elsewhere = dir.path().join("elsewhere");
+    fs_err::create_dir_all(&repo).unwrap();
+    fs_err::create_dir_all(&elsewhere).unwrap();
+    let new = || otaforge().args(["new", "--template", "mcu"]).arg(&repo).output().unwrap();
+    let cases: [(&str, PathBuf, &str); 3] = [
+        (
+            "otaforge.toml",
+            elsewhere.join("otaforge.toml"),
+            "is a symlink; otaforge new never writes through one",
+        ),
+        (".github", elsewhere.clone(), "is a symlink; otaforge new never writes through one"),
+        (
+            "keys",
+            elsewhere.join("keys"),
+            "is a symlink to nothing; otaforge new never creates through one",
+        ),
+    ];
+    for (name, target, want) in &cases {
+        std::os::unix::fs::symlink(target, repo.join(name)).unwrap();
+        let out = new();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{name}: {err}");
+        assert!(err.contains(&format!("{}/{name} {want}", repo.display())), "{name}: {err}");
+        let mut left: Vec<_> =
+            fs_err::read_dir(&repo).unwrap().map(|e| e.unwrap().file_name()).collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [std::ffi::OsString::from(*name)],
+            "{name}: nothing written in the repository"
+        );
+        assert!(
+            fs_err::read_dir(&elsewhere).unwrap().next().is_none(),
+            "{name}: nothing written elsewhere"
+        );
+        fs_err::remove_file(repo.join(name)).unwrap();
+    }
+    let out = new();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(repo.join(".github/workflows/otaforge-release.yml").is_file());
+}
+
+/// A private file otaforge writes again keeps no loose mode it had: serve's IoT Hub connection
+/// string and root JWK, found 0644 in the data dir at a restart (restored from a backup, say),
+/// are 0600 once it runs.
+#[test]
+fn private_files_found_with_a_loose_mode_are_written_0600() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut serve = crate::service::Serve::start(&data, None);
+    let files = ["iothub.connection-string", "update-root.jwk.json"];
+    for f in files {
+        assert_eq!(mode(&data.join(f)), 0o600, "{f} when made");
+        fs_err::set_permissions(data.join(f), std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    serve.restart();
+    for f in files {
+        assert_eq!(mode(&data.join(f)), 0o600, "{f} after a start that found it 0644");
     }
 }

@@ -91,9 +91,7 @@ fn a_device_reads_and_reports_only_its_own_twin_and_never_sees_tags() {
         let a = hub.create_device("sensor-1").await.unwrap();
         let b = hub.create_device("sensor-10").await.unwrap();
         hub.patch_tags("sensor-1", tag("prod"), None).await.unwrap();
-        let key = |v: &Value| {
-            v["authentication"]["symmetricKey"]["primaryKey"].as_str().unwrap().to_owned()
-        };
+        let key = |v: &otaforge::iothub::DeviceIdentity| v.primary_key().unwrap().to_owned();
         (key(&a), key(&b))
     });
     let host = serve.endpoint.trim_start_matches("http://").to_owned();
@@ -221,7 +219,7 @@ fn a_device_waiting_on_its_twin_wakes_for_a_desired_change_not_for_its_own_repor
     let serve = Serve::start(&data, None);
     let hub = IotHubClient::new(connection(&data)).unwrap();
     let identity = rt().block_on(hub.create_device("waiter")).unwrap();
-    let key = identity["authentication"]["symmetricKey"]["primaryKey"].as_str().unwrap();
+    let key = identity.primary_key().unwrap();
     let key = SasKey::from_base64(key).unwrap();
     let host = serve.endpoint.trim_start_matches("http://").to_owned();
     let auth = token(&format!("{host}/devices/waiter"), &key, None, crate::token_expiry());

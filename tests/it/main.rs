@@ -4,9 +4,11 @@
 //! When `OTAFORGE_MANIFEST_OUT` is set, every import manifest a test produces is copied there, so
 //! `cargo xtask ci` can check them against the official JSON schemas.
 
+mod adm;
 mod apt;
 mod cli;
 mod delta;
+mod delta_capi;
 mod delta_inplace;
 mod edge;
 mod fleet;
@@ -14,6 +16,7 @@ mod hardening;
 mod hash;
 mod iothub;
 mod management;
+mod management_sdk;
 mod manifest;
 mod mqtt;
 mod pipeline;

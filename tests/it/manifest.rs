@@ -5,7 +5,7 @@ use std::path::Path;
 
 use otaforge::manifest::{self, ImportManifest};
 use proptest::prelude::*;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::{export_manifest, otaforge, stdout_json, testdata};
 
@@ -560,4 +560,56 @@ proptest! {
         let checked = manifest::check_bytes(Path::new("x"), &bytes);
         prop_assert!(checked.manifest.is_none() || !checked.findings.has_errors());
     }
+}
+
+/// What the agent on the device would refuse is caught when the manifest is checked: a step
+/// handler agent 1.1 no longer registers is a warning, and an error once the devices' agent
+/// is given (every device would fail the step); a delta no smaller than its file is a warning.
+#[test]
+fn handlers_the_devices_agent_does_not_register_are_caught_before_import() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut doc: Value = serde_json::from_slice(
+        &fs_err::read(td("manifests/valid/minimal.importmanifest.json")).unwrap(),
+    )
+    .unwrap();
+    doc["instructions"]["steps"][0]["handler"] = json!("microsoft/swupdate:1");
+    doc["instructions"]["steps"][0]["handlerProperties"] = json!({"installedCriteria": "1.0"});
+    let path = dir.path().join("old-handler.importmanifest.json");
+    fs_err::write(&path, doc.to_string()).unwrap();
+    let validate = |extra: &[&str]| {
+        let out = otaforge()
+            .args(["--format", "json", "manifest", "validate"])
+            .args(extra)
+            .arg(&path)
+            .output()
+            .unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let rules: Vec<(String, String)> = v[0]["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| {
+                (f["severity"].as_str().unwrap().to_owned(), f["rule"].as_str().unwrap().to_owned())
+            })
+            .collect();
+        (out.status.code(), rules)
+    };
+    let warn = ("warning".to_owned(), "handler-removed".to_owned());
+    assert_eq!(validate(&[]), (Some(0), vec![warn]));
+    let (code, rules) = validate(&["--agent-version", "DU;agent/1.1.0"]);
+    assert_eq!(
+        (code, rules),
+        (Some(1), vec![("error".to_owned(), "handler-not-registered".to_owned())])
+    );
+    assert_eq!(validate(&["--agent-version", "1.0.2"]), (Some(0), vec![]));
+    let out = otaforge()
+        .args(["manifest", "validate", "--agent-version", "1.1"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("ADUC_ERC_UPDATE_CONTENT_HANDLER_CREATE_FAILURE_NOT_FOUND (0x30000003)"),
+        "{text}"
+    );
 }

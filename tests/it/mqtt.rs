@@ -207,7 +207,7 @@ fn our_device_client_reads_reports_and_hears_desired_changes() {
         assert_eq!(c.report(&patch).await.unwrap(), Some(2));
         let mut want = serde_json::Map::new();
         want.insert("interval".into(), json!(5));
-        hub.patch_desired("Cli-1", None, want.clone(), None).await.unwrap();
+        hub.patch_desired("Cli-1", want.clone(), None).await.unwrap();
         let got = c.next_desired(std::time::Duration::from_secs(10)).await.unwrap().unwrap();
         assert_eq!(got.get("interval"), Some(&json!(5)));
         assert!(got.get("$version").and_then(Value::as_i64).unwrap() > 1);
@@ -216,7 +216,7 @@ fn our_device_client_reads_reports_and_hears_desired_changes() {
         let mut c = Connection::open(&gateway, &who).await.unwrap();
         assert!(c.session_present, "the subscriptions were not kept");
         want.insert("interval".into(), json!(6));
-        hub.patch_desired("Cli-1", None, want, None).await.unwrap();
+        hub.patch_desired("Cli-1", want, None).await.unwrap();
         let got = c.next_desired(std::time::Duration::from_secs(10)).await.unwrap().unwrap();
         assert_eq!(got.get("interval"), Some(&json!(6)));
         assert_eq!(

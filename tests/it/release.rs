@@ -194,6 +194,13 @@ fn the_quickstart_releases_through_a_canary_and_a_failed_gate_rolls_the_fleet_ba
     );
     assert_eq!(stages[1]["result"], "failed");
     assert_eq!(stages[1]["action"], "rolledBack to 1.1.0");
+    assert_eq!(
+        (&v["result"], &v["failedStage"]),
+        (&Value::from("gateFailed"), &Value::from("fleet"))
+    );
+    // What is printed is the library's report, field for field.
+    let report: otaforge::release::Report = serde_json::from_value(v.clone()).unwrap();
+    assert_eq!(serde_json::to_value(&report).unwrap(), v);
     assert!(stages[1]["reason"].as_str().unwrap().contains("of 4 devices failed"), "{v:#}");
     assert!(v["metadata"]["sha256"].is_string(), "signed release metadata: {v:#}");
     let uploaded = walk(&data);
@@ -915,4 +922,359 @@ fn a_failed_gate_stops_or_cancels_as_the_plan_says() {
         let _ = f.kill();
         let _ = f.wait();
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Issue 28, hardening round 2: what a release must refuse or bound.
+// ---------------------------------------------------------------------------------------------
+
+/// `otaforge --format json release --dry-run` (offline) in `root`, killed after `secs`.
+fn dry_run_within(root: &Path, secs: u64) -> (Option<i32>, Value, String, std::time::Duration) {
+    let started = std::time::Instant::now();
+    let out = otaforge()
+        .current_dir(root)
+        .env("SOURCE_DATE_EPOCH", "1764460800")
+        .args(["--format", "json", "release", "--endpoint", "http://127.0.0.1:9", "--dry-run"])
+        .timeout(std::time::Duration::from_secs(secs))
+        .output()
+        .unwrap();
+    let v = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out.status.code(), v, err, started.elapsed())
+}
+
+/// Item 10: the signing key named as an artifact, and files that resolve outside the
+/// repository (`../x`, an absolute path, a symlink to a file or through a folder leading out)
+/// are refused with the artifact's line and field; any other private key (PKCS#8 PEM, the same
+/// key as DER, an OpenSSH key in PEM and binary, a key inside a firmware image) is refused by
+/// its content. Nothing is written. `outside-repository = true` lets a file outside be shipped.
+#[test]
+fn a_release_ships_no_private_key_and_nothing_from_outside_the_repository() {
+    use base64::Engine as _;
+    let dir = tempfile::tempdir().unwrap();
+    let root = repo(dir.path());
+    without_delta(&root);
+    set_version(&root, "1.2.0", &firmware(4096, &[]));
+    let good = fs_err::read_to_string(root.join("otaforge.toml")).unwrap();
+    let with_path = |path: &str, extra: &str| {
+        let toml =
+            good.replace("path = \"build/firmware.bin\"", &format!("path = \"{path}\"{extra}"));
+        fs_err::write(root.join("otaforge.toml"), toml).unwrap();
+    };
+    let outside = dir.path().join("outside.bin");
+    fs_err::write(&outside, firmware(2048, &[(5, 5)])).unwrap();
+    std::os::unix::fs::symlink("../../outside.bin", root.join("build/link.bin")).unwrap();
+    std::os::unix::fs::symlink(dir.path(), root.join("build/linked-dir")).unwrap();
+    let real_root = fs_err::canonicalize(&root).unwrap();
+    let real_outside = fs_err::canonicalize(&outside).unwrap();
+    let outside_text = outside.display().to_string();
+    let cases = [
+        ("keys/release.pem", "`keys/release.pem` is the signing key ([signing] key); a release never ships a private key".to_owned()),
+        ("../outside.bin", format!("`../outside.bin` resolves to {}, outside the repository {}; move the file into it, or set outside-repository = true", real_outside.display(), real_root.display())),
+        (&outside_text, format!("`{outside_text}` resolves to {}, outside the repository", real_outside.display())),
+        ("build/link.bin", format!("`build/link.bin` resolves to {}, outside the repository", real_outside.display())),
+        ("build/linked-dir/outside.bin", format!("`build/linked-dir/outside.bin` resolves to {}, outside", real_outside.display())),
+        ("build/*/outside.bin", format!("`build/*/outside.bin` resolves to {}, outside", real_outside.display())),
+    ];
+    for (path, want) in &cases {
+        with_path(path, "");
+        let (code, v, err) =
+            release(&root, None, &["--endpoint", "http://127.0.0.1:9", "--dry-run"]);
+        assert_eq!(code, 1, "{path}: {err}");
+        let want = format!("otaforge.toml:12: artifact[0].path: {want}");
+        assert!(err.contains(&want), "{path}: wanted `{want}` in:\n{err}");
+        assert_eq!(v["error"], "invalidConfig", "{path}: {v}");
+        assert!(!root.join("out").exists(), "{path}: nothing is written");
+    }
+
+    // Private keys by their content, wherever they are in the file.
+    let k = otaforge()
+        .current_dir(&root)
+        .args(["key", "generate", "-o", "keys/other"])
+        .output()
+        .unwrap();
+    assert_eq!(k.status.code(), Some(0));
+    let pem = fs_err::read_to_string(root.join("keys/other.pem")).unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    fs_err::write(root.join("build/other.der"), b64.decode(&body).unwrap()).unwrap();
+    let mut openssh = b"openssh-key-v1\0".to_vec();
+    openssh.extend_from_slice(&[
+        0, 0, 0, 4, b'n', b'o', b'n', b'e', 0, 0, 0, 4, b'n', b'o', b'n', b'e',
+    ]);
+    openssh.extend_from_slice(&[0x11; 80]);
+    fs_err::write(root.join("build/id_raw"), &openssh).unwrap();
+    let wrapped: Vec<String> = b64
+        .encode(&openssh)
+        .as_bytes()
+        .chunks(70)
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect();
+    fs_err::write(
+        root.join("build/id_ed25519"),
+        format!(
+            "-----BEGIN OPENSSH PRIVATE KEY-----\n{}\n-----END OPENSSH PRIVATE KEY-----\n",
+            wrapped.join("\n")
+        ),
+    )
+    .unwrap();
+    let mut bundle = firmware(3000, &[]);
+    bundle.extend_from_slice(pem.as_bytes());
+    bundle.extend_from_slice(&firmware(1000, &[]));
+    fs_err::write(root.join("build/bundle.bin"), bundle).unwrap();
+    for (path, what) in [
+        ("keys/other.pem", "a PEM \"PRIVATE KEY\" block"),
+        ("build/other.der", "a PKCS#8 private key (DER)"),
+        ("build/id_ed25519", "a PEM \"OPENSSH PRIVATE KEY\" block"),
+        ("build/id_raw", "an OpenSSH private key"),
+        ("build/bundle.bin", "a PEM \"PRIVATE KEY\" block"),
+    ] {
+        with_path(path, "");
+        let (code, v, err) =
+            release(&root, None, &["--endpoint", "http://127.0.0.1:9", "--dry-run"]);
+        assert_eq!(code, 1, "{path}: {err}");
+        // Paths are shown as otaforge.toml's folder (`.`, as the release runs there) joins them.
+        let want = format!(
+            "./{path}: holds {what}; a release never ships a private key: take it out of [[artifact]]"
+        );
+        assert!(err.contains(&want), "{path}: wanted `{want}` in:\n{err}");
+        assert_eq!(v["error"], "buildFailed", "{path}: {v}");
+        assert!(!root.join("out").exists(), "{path}: nothing is written");
+    }
+
+    // An explicit opt-in ships a file from outside.
+    with_path("../outside.bin", "\noutside-repository = true");
+    let (code, v, err) = release(&root, None, &["--endpoint", "http://127.0.0.1:9", "--dry-run"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(v["artifacts"][0]["name"], "outside.bin", "{v:#}");
+    assert_eq!(
+        fs_err::read(root.join("out/release/1.2.0/files/outside.bin")).unwrap(),
+        fs_err::read(&outside).unwrap()
+    );
+}
+
+/// Low: a `**` glob through folders that link back to themselves ends (each folder is read
+/// once) and matches the one file; before, it followed the links until the path was too long,
+/// 2^40 times.
+#[test]
+fn a_double_star_glob_does_not_follow_a_symlink_loop() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = repo(dir.path());
+    without_delta(&root);
+    set_version(&root, "1.2.0", &firmware(4096, &[]));
+    fs_err::create_dir_all(root.join("build/zephyr")).unwrap();
+    fs_err::rename(root.join("build/firmware.bin"), root.join("build/zephyr/firmware.bin"))
+        .unwrap();
+    std::os::unix::fs::symlink(".", root.join("build/again")).unwrap();
+    std::os::unix::fs::symlink("..", root.join("build/zephyr/up")).unwrap();
+    let toml = fs_err::read_to_string(root.join("otaforge.toml")).unwrap();
+    fs_err::write(
+        root.join("otaforge.toml"),
+        toml.replace("build/firmware.bin", "build/**/firmware.bin"),
+    )
+    .unwrap();
+    let (code, v, err, took) = dry_run_within(&root, 60);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(v["artifacts"][0]["name"], "firmware.bin", "{v:#}");
+    assert!(took < std::time::Duration::from_secs(30), "took {took:?}");
+}
+
+/// Low: `version-command` may print at most 4 KiB and run at most `version-command-timeout`
+/// (its children included); either is an error with the line and field, and nothing is built.
+#[test]
+fn a_version_command_is_bounded_in_time_and_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = repo(dir.path());
+    without_delta(&root);
+    set_version(&root, "1.2.0", &firmware(4096, &[]));
+    let good = fs_err::read_to_string(root.join("otaforge.toml")).unwrap();
+    let too_long = "otaforge.toml:7: update.version-command: printed more than 4096 bytes; it must print only the version";
+    for (command, extra, want, max_secs) in [
+        (r#"head -c 50000000 /dev/zero | tr "\0" 7"#, "", too_long, 30),
+        ("yes 1.2.3", "", too_long, 30),
+        (
+            "sleep 30; echo 1.2.3",
+            "\nversion-command-timeout = \"1s\"",
+            "otaforge.toml:7: update.version-command: did not finish within 1s; it must print the version and exit",
+            20,
+        ),
+    ] {
+        let toml = good.replace(
+            "version-file = \"VERSION\"",
+            &format!("version-command = '{command}'{extra}"),
+        );
+        fs_err::write(root.join("otaforge.toml"), toml).unwrap();
+        let (code, v, err, took) = dry_run_within(&root, 60);
+        assert_eq!(code, Some(1), "{command}: {err}");
+        assert!(err.contains(want), "{command}: wanted `{want}` in:\n{err}");
+        assert_eq!(v["error"], "invalidConfig");
+        assert!(took < std::time::Duration::from_secs(max_secs), "{command}: took {took:?}");
+        assert!(!root.join("out").exists(), "{command}: nothing is built");
+    }
+    let toml = good.replace("version-file = \"VERSION\"", "version-command = 'cat VERSION'");
+    fs_err::write(root.join("otaforge.toml"), toml).unwrap();
+    let (code, v, err, _) = dry_run_within(&root, 60);
+    assert_eq!((code, &v["updateId"]), (Some(0), &Value::from("contoso/toaster/1.2.0")), "{err}");
+}
+
+/// Item 9: a recorded stage result is believed only when the service confirms it. A
+/// hand-edited state file saying the canary stage passed (5 of 5) while the service has no
+/// canary deployment does not skip the stage: it deploys and waits on its own devices. One of
+/// the same id that deploys another update is not this release's either: refused (exit 1),
+/// and the record is dropped.
+#[test]
+fn a_stage_recorded_as_passed_runs_unless_the_service_confirms_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = repo(dir.path());
+    let data = dir.path().join("data");
+    let serve = Serve::start(&data, None);
+    without_delta(&root);
+    let toml = fs_err::read_to_string(root.join("otaforge.toml")).unwrap();
+    fs_err::write(root.join("otaforge.toml"), &toml[..toml.find("[[stage]]").unwrap()]).unwrap();
+    set_version(&root, "1.1.0", &firmware(16 * 1024, &[]));
+    assert_eq!(release(&root, Some(&serve), &[]).0, 0);
+    let image = root.join("out/release/1.1.0/files/firmware.bin");
+    let mut canary = fleet(&serve, &data, "canary", 3, &image, "install=0");
+    let ready = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !group_exists(&serve, "canary") {
+        assert!(std::time::Instant::now() < ready, "the canary group never appeared");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    fs_err::write(root.join("otaforge.toml"), &toml).unwrap();
+    let forge = |version: &str| {
+        set_version(&root, version, &firmware(16 * 1024, &[(100, version.len() * 10)]));
+        let (code, _, err) = release(&root, Some(&serve), &["--dry-run"]);
+        assert_eq!(code, 0, "{err}");
+        let path = root.join(format!("out/release/{version}/release-state.json"));
+        let mut state: Value = serde_json::from_slice(&fs_err::read(&path).unwrap()).unwrap();
+        state["stages"] = serde_json::json!([{
+            "name": "canary", "group": "canary",
+            "deploymentId": format!("{}-canary", version.replace('.', "-")),
+            "result": "passed", "devices": 5, "succeeded": 5, "failed": 0
+        }]);
+        fs_err::write(&path, serde_json::to_vec_pretty(&state).unwrap()).unwrap();
+        path
+    };
+
+    // No deployment: the stage runs against the three real canaries.
+    forge("1.2.0");
+    let (code, v, err) = release(&root, Some(&serve), &["--until", "canary"]);
+    assert_eq!(code, 0, "{err}\n{v:#}");
+    assert!(
+        err.contains("stage canary: the state file says passed, but the service has no deployment 1-2-0-canary; running the stage"),
+        "{err}"
+    );
+    let stage = &v["stages"][0];
+    assert_eq!(
+        (&stage["result"], stage["devices"].as_u64(), stage["succeeded"].as_u64()),
+        (&Value::from("passed"), Some(3), Some(3)),
+        "{v:#}"
+    );
+    let list = adu_json(&serve, &["deploy", "list", "canary"]);
+    assert!(list.to_string().contains("1-2-0-canary"), "{list:#}");
+    // Confirmed now: a re-run reports the same and says nothing about the record.
+    let (code, again, err) = release(&root, Some(&serve), &["--until", "canary"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(again, v);
+    assert!(!err.contains("state file says"), "{err}");
+
+    // The stage's id taken by a deployment of 1.1.0: not this release's, and refused.
+    let state_path = forge("1.3.0");
+    let taken = otaforge()
+        .args(["deploy", "create", "canary", "contoso/toaster/1.1.0", "--id", "1-3-0-canary"])
+        .args(["--endpoint", &serve.endpoint, "--instance", "default"])
+        .output()
+        .unwrap();
+    assert_eq!(taken.status.code(), Some(0), "{}", String::from_utf8_lossy(&taken.stderr));
+    let (code, v, err) = release(&root, Some(&serve), &["--until", "canary"]);
+    assert_eq!(code, 1, "{err}\n{v:#}");
+    assert!(
+        err.contains("stage canary: the state file says passed, but deployment 1-3-0-canary deploys contoso/toaster/1.1.0, not contoso/toaster/1.3.0; running the stage"),
+        "{err}"
+    );
+    assert_eq!(v["error"], "deploymentConflict", "{v:#}");
+    assert!(
+        err.contains("deployment 1-3-0-canary already exists and deploys contoso/toaster/1.1.0, not contoso/toaster/1.3.0"),
+        "{err}"
+    );
+    let state: Value = serde_json::from_slice(&fs_err::read(&state_path).unwrap()).unwrap();
+    assert_eq!(state["stages"], serde_json::json!([]), "the unconfirmed record is gone");
+    let _ = canary.kill();
+    let _ = canary.wait();
+}
+
+/// Low: `--dry-run` refuses a tampered output folder as the real run does, with the same
+/// check (the import manifest against every file it names) and the same error; nothing is
+/// imported. An artifact changed by hand together with its record is made again from its
+/// input, in both.
+#[test]
+fn a_dry_run_refuses_a_tampered_output_folder_as_the_real_run_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = repo(dir.path());
+    let serve = Serve::start(&dir.path().join("data"), None);
+    let toml = fs_err::read_to_string(root.join("otaforge.toml")).unwrap();
+    without_delta(&root);
+    set_version(&root, "1.1.0", &firmware(32 * 1024, &[]));
+    let (code, _, err) = release(&root, None, &["--endpoint", "http://127.0.0.1:9", "--dry-run"]);
+    assert_eq!(code, 0, "{err}");
+    fs_err::write(root.join("otaforge.toml"), &toml).unwrap();
+    let v12 = firmware(32 * 1024, &[(500, 100)]);
+    set_version(&root, "1.2.0", &v12);
+    let (code, v, err) = release(&root, None, &["--endpoint", "http://127.0.0.1:9", "--dry-run"]);
+    assert_eq!(code, 0, "{err}");
+    let out = root.join("out/release/1.2.0");
+    let state_path = out.join("release-state.json");
+    let pristine = fs_err::read(&state_path).unwrap();
+    let edit_state = |edit: &dyn Fn(&mut Value)| {
+        let mut state: Value = serde_json::from_slice(&fs_err::read(&state_path).unwrap()).unwrap();
+        edit(&mut state);
+        fs_err::write(&state_path, serde_json::to_vec_pretty(&state).unwrap()).unwrap();
+    };
+    let record = |bytes: &[u8]| {
+        let sha = otaforge::Sha256::digest(bytes).to_base64();
+        serde_json::json!({"sizeInBytes": bytes.len(), "sha256": sha})
+    };
+
+    // The delta replaced, and its record with it.
+    let delta = out.join("files").join(v["deltas"][0]["file"]["name"].as_str().unwrap());
+    let mut tampered = fs_err::read(&delta).unwrap();
+    tampered.extend_from_slice(b"tampered");
+    fs_err::write(&delta, &tampered).unwrap();
+    let r = record(&tampered);
+    edit_state(&|s| {
+        s["deltas"][0]["file"]["sizeInBytes"] = r["sizeInBytes"].clone();
+        s["deltas"][0]["file"]["sha256"] = r["sha256"].clone();
+    });
+    let dry = release(&root, None, &["--endpoint", "http://127.0.0.1:9", "--dry-run"]);
+    let real = release(&root, Some(&serve), &[]);
+    for (what, (code, v, err)) in [("dry run", &dry), ("real run", &real)] {
+        assert_eq!(*code, 1, "{what}: {err}\n{v:#}");
+        assert_eq!(v["error"], "buildFailed", "{what}: {v:#}");
+        let want = "out/release/1.2.0: the output folder was changed after it was built (";
+        assert!(err.contains(want), "{what}: wanted `{want}` in:\n{err}");
+        assert!(err.contains("delete it and run otaforge release again"), "{what}: {err}");
+    }
+    assert_eq!(dry.1["message"], real.1["message"], "one check, one error");
+    let listed = adu_json(&serve, &["update", "list"]);
+    assert!(!listed.to_string().contains("1.2.0"), "nothing imported: {listed}");
+
+    // The artifact replaced with its record, and the manifest record dropped so that a new
+    // manifest would list it: made again from the input instead.
+    fs_err::write(&state_path, &pristine).unwrap();
+    fs_err::write(&delta, fs_err::read(&delta).unwrap().strip_suffix(b"tampered").unwrap())
+        .unwrap();
+    let shipped = out.join("files/firmware.bin");
+    let evil = firmware(32 * 1024, &[(0, 64)]);
+    fs_err::write(&shipped, &evil).unwrap();
+    let r = record(&evil);
+    edit_state(&|s| {
+        s["artifacts"][0]["sizeInBytes"] = r["sizeInBytes"].clone();
+        s["artifacts"][0]["sha256"] = r["sha256"].clone();
+        s["manifest"] = Value::Null;
+    });
+    let (code, again, err) =
+        release(&root, None, &["--endpoint", "http://127.0.0.1:9", "--dry-run"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(fs_err::read(&shipped).unwrap(), v12, "the input is shipped, not the edit");
+    assert_eq!(again, v, "the same outputs as before the edit");
 }

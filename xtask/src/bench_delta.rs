@@ -1,10 +1,13 @@
 //! `bench delta`: otaforge against bsdiff 4.3, xdelta3, zstd patch-from, HDiffPatch (PyPI
-//! `hdiffpatch`) and detools (PyPI; its sequential LZMA patch, and on the Cortex-M images its
-//! `arm-cortex-m4` data format) on the corpus fetched by `../shared/bench/fetch-corpus.sh`, side
+//! `hdiffpatch`) and detools (PyPI; its sequential LZMA patch, and its data formats where it has
+//! one: `arm-cortex-m4` on the Thumb-2 images, `aarch64` on the AArch64 ELF) on the corpus
+//! fetched by `../shared/bench/fetch-corpus.sh` plus the pairs [`EXTRA`] fetches (adjacent
+//! Pybricks releases: two Thumb-2 hubs and the EV3's ARM926 image, A32; ruff's AArch64 ELF), side
 //! by side. The peers are provisioned first (Debian packages, a pinned virtual environment).
 //!
 //! Per pair and tool: delta size (bytes and % of new), create wall time and peak RSS, apply wall
-//! time; every delta is applied and compared with new. Then otaforge / best peer.
+//! time; every delta is applied and compared with new. Then, per pair, otaforge / best peer for
+//! the default profile and, on device images, for the MCU profile, against the goals.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -140,6 +143,89 @@ fn python_tool(
     }
 }
 
+/// Pairs beyond the shared corpus, fetched from npm and PyPI (which keep every version):
+/// adjacent Pybricks releases 7.27.0 → 7.28.0 of two Thumb-2 hubs (`mcu-*-next`) and of the
+/// EV3 (an ARM926 image, A32: `a32-ev3`), and ruff 0.17.3 → 0.17.4 for Linux on AArch64
+/// (`elf-ruff-aarch64`). Pairs already present are skipped.
+const EXTRA: &str = r#"
+set -euo pipefail
+dir=$1
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+have() { [ -s "$dir/$1/old" ] && [ -s "$dir/$1/new" ]; }
+pybricks() { # version -> unpacks the npm package under $work/pb-$1
+  [ -d "$work/pb-$1" ] && return 0
+  mkdir -p "$work/pb-$1" && (cd "$work/pb-$1" && npm pack --silent "@pybricks/firmware@$1" >/dev/null 2>&1 && tar xzf ./*.tgz)
+}
+for pair in mcu-primehub-next:primehub mcu-movehub-next:movehub a32-ev3:ev3; do
+  name=${pair%%:*}; hub=${pair##*:}
+  have "$name" && continue
+  pybricks 7.27.0; pybricks 7.28.0
+  mkdir -p "$dir/$name"
+  unzip -p "$work/pb-7.27.0/package/build/$hub.zip" firmware-base.bin > "$dir/$name/old"
+  unzip -p "$work/pb-7.28.0/package/build/$hub.zip" firmware-base.bin > "$dir/$name/new"
+done
+if ! have elf-ruff-aarch64; then
+  mkdir -p "$dir/elf-ruff-aarch64"
+  for v in 0.17.3:old 0.17.4:new; do
+    d="$work/ruff-${v%%:*}"; mkdir -p "$d"
+    python3 -m pip download -q --no-deps --only-binary=:all: --platform manylinux_2_17_aarch64 \
+      --python-version 3.11 -d "$d" "ruff==${v%%:*}" >/dev/null
+    unzip -p "$d"/*.whl "ruff-${v%%:*}.data/scripts/ruff" > "$dir/elf-ruff-aarch64/${v##*:}"
+  done
+fi
+"#;
+
+/// What a pair holds, which decides the rows run on it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Cortex-M firmware (Thumb-2).
+    Thumb2,
+    /// ARM-state firmware (A32).
+    A32,
+    /// An ELF executable (x86-64 or AArch64).
+    Elf,
+    /// Anything else (tar images).
+    Other,
+}
+
+impl Kind {
+    fn of(pair: &str) -> Self {
+        if pair.starts_with("mcu-") {
+            Kind::Thumb2
+        } else if pair.starts_with("a32-") {
+            Kind::A32
+        } else if pair.starts_with("elf-") {
+            Kind::Elf
+        } else {
+            Kind::Other
+        }
+    }
+
+    /// Device firmware: the MCU profile's rows apply.
+    fn device(self) -> bool {
+        matches!(self, Kind::Thumb2 | Kind::A32)
+    }
+}
+
+/// Whether `tool` runs on pair `name`.
+fn runs_on(tool: &str, name: &str) -> bool {
+    let kind = Kind::of(name);
+    if (tool.contains("--profile mcu") || tool.contains("--in-place")) && !kind.device() {
+        return false;
+    }
+    if tool.contains("--exec none") && kind == Kind::Other {
+        return false;
+    }
+    if tool.contains("arm-cortex-m4") {
+        return kind == Kind::Thumb2;
+    }
+    if tool.contains("detools aarch64") {
+        return name.contains("aarch64");
+    }
+    true
+}
+
 fn tools(otaforge: PathBuf, python: &Path, hdp_script: PathBuf, dt_script: PathBuf) -> Vec<Tool> {
     vec![
         otaforge_tool("otaforge", &otaforge, &[]),
@@ -222,6 +308,7 @@ fn tools(otaforge: PathBuf, python: &Path, hdp_script: PathBuf, dt_script: PathB
         python_tool("HDiffPatch lzma2 (PyPI hdiffpatch)", python, &hdp_script, &[]),
         python_tool("detools sequential lzma", python, &dt_script, &[]),
         python_tool("detools arm-cortex-m4 lzma", python, &dt_script, &["arm-cortex-m4"]),
+        python_tool("detools aarch64 lzma", python, &dt_script, &["aarch64"]),
     ]
 }
 
@@ -260,6 +347,68 @@ else:
         detools.apply_patch(fa, fp, fo)
 ";
 
+/// One tool's measurements on a pair: (tool, delta bytes, create s, create peak RSS KiB,
+/// apply s).
+type Measured = (&'static str, u64, f64, u64, f64);
+
+/// The pair's ratios against the goals of the delta issues: size ≤ 0.9 × the best peer (the
+/// default profile's smallest otaforge delta, and on device images the MCU profile's A/B
+/// delta); create ≥ 5 × faster than bsdiff and no slower than HDiffPatch; create RSS ≤ 6 × old;
+/// apply ≥ 200 MB/s; and what detools' data format gave over its sequential patch.
+fn goal_lines(name: &str, results: &[Measured], old_len: u64, new_len: u64) -> Vec<String> {
+    let mut lines = Vec::new();
+    let best_peer = results.iter().filter(|r| !r.0.starts_with("otaforge")).min_by_key(|r| r.1);
+    let peer = |prefix: &str| results.iter().find(|r| r.0.starts_with(prefix));
+    let default = results
+        .iter()
+        .filter(|r| r.0.starts_with("otaforge") && !r.0.contains("--profile mcu"))
+        .min_by_key(|r| r.1);
+    let mcu = results.iter().find(|r| r.0 == "otaforge --profile mcu");
+    let Some(best) = best_peer else { return lines };
+    if let Some(ours) = default {
+        let mut line = format!(
+            "{name} (default profile, {}): size / best peer ({}) = {:.3} (goal ≤ 0.9)",
+            ours.0,
+            best.0,
+            ours.1 as f64 / best.1 as f64
+        );
+        if let Some(b) = peer("bsdiff") {
+            line.push_str(&format!("; bsdiff create time / ours = {:.2} (goal ≥ 5)", b.2 / ours.2));
+        }
+        if let Some(h) = peer("HDiffPatch") {
+            let r = ours.2 / h.2;
+            line.push_str(&format!("; ours / HDiffPatch create time = {r:.2} (goal ≤ 1)"));
+        }
+        let rss_ratio = ours.3 as f64 * 1024.0 / old_len.max(1) as f64;
+        line.push_str(&format!("; create RSS / old = {rss_ratio:.1} (goal ≤ 6)"));
+        let mbs = new_len as f64 / 1e6 / ours.4.max(1e-9);
+        line.push_str(&format!("; apply {mbs:.0} MB/s (goal ≥ 200)"));
+        lines.push(line);
+    }
+    if let Some(m) = mcu {
+        lines.push(format!(
+            "{name} (MCU profile): size / best peer ({}) = {:.3} (goal ≤ 0.9)",
+            best.0,
+            m.1 as f64 / best.1 as f64
+        ));
+    }
+    let seq = results.iter().find(|r| r.0 == "detools sequential lzma");
+    for df in
+        results.iter().filter(|r| r.0.starts_with("detools") && r.0 != "detools sequential lzma")
+    {
+        if let Some(seq) = seq {
+            lines.push(format!(
+                "{name}: {} / detools sequential = {:.3} ({} vs {} bytes)",
+                df.0,
+                df.1 as f64 / seq.1 as f64,
+                df.1,
+                seq.1
+            ));
+        }
+    }
+    lines
+}
+
 pub(crate) fn run(args: &[&str]) -> anyhow::Result<()> {
     let mut corpus = crate::target_dir().join("delta-corpus");
     let mut only: Option<Vec<String>> = None;
@@ -285,6 +434,9 @@ pub(crate) fn run(args: &[&str]) -> anyhow::Result<()> {
     let mut cmd = Command::new("bash");
     cmd.arg(&fetch).arg(&corpus);
     crate::run(cmd).context("fetching the corpus")?;
+    let mut extra = Command::new("bash");
+    extra.args(["-c", EXTRA, "extra"]).arg(&corpus);
+    crate::run(extra).context("fetching the extra pairs")?;
     let bin = crate::bench::release_binary()?;
     let work = crate::target_dir().join("bench-delta");
     std::fs::create_dir_all(&work)?;
@@ -308,120 +460,72 @@ pub(crate) fn run(args: &[&str]) -> anyhow::Result<()> {
         if only.as_ref().is_some_and(|o| !o.contains(&name)) {
             continue;
         }
-        let (old, new) = (pair.join("old"), pair.join("new"));
-        // Never the whole file in memory: a measured child's peak RSS starts from this
-        // process's own (Linux counts the parent's pages a spawned child shared until exec).
-        let new_len = std::fs::metadata(&new)?.len();
-        let old_len = std::fs::metadata(&old)?.len();
-        // (tool, delta bytes, create s, create peak RSS KiB, apply s)
-        let mut results: Vec<(&'static str, u64, f64, u64, f64)> = Vec::new();
-        for tool in tools(bin.clone(), &python, hdp.clone(), dt.clone()) {
-            let mcu_only = tool.name.contains("mcu") || tool.name.contains("cortex");
-            if mcu_only && !name.starts_with("mcu-") {
-                continue;
-            }
-            // Without the executable transform: only where there is machine code to predict.
-            let code = name.starts_with("mcu-") || name.starts_with("elf-");
-            if tool.name.contains("--exec none") && !code {
-                continue;
-            }
-            if skip_tools.iter().any(|s| tool.name.starts_with(s.as_str())) {
-                continue;
-            }
-            let delta = work.join(format!("{name}.delta"));
-            let rebuilt = work.join(format!("{name}.rebuilt"));
-            let _ = std::fs::remove_file(&delta);
-            let _ = std::fs::remove_file(&rebuilt);
-            let c = match run_measured(&(tool.create)(&old, &new, &delta)) {
-                Ok(c) => c,
-                Err(e) => {
-                    println!("| {name} | {} | failed: {e} | | | | | |", tool.name);
-                    continue;
-                }
-            };
-            let size = std::fs::metadata(&delta)?.len();
-            let a = run_measured(&(tool.apply)(&old, &delta, &rebuilt))?;
-            if !same_file(&rebuilt, &new)? {
-                bail!("{} on {name}: the applied delta does not rebuild new", tool.name);
-            }
-            let pct = 100.0 * size as f64 / new_len.max(1) as f64;
-            println!(
-                "| {name} | {} | {size} | {pct:.2} | {:.2} | {:.0} | {:.2} | {:.0} |",
-                tool.name,
-                c.wall.as_secs_f64(),
-                c.max_rss_kib as f64 / 1024.0,
-                a.wall.as_secs_f64(),
-                a.max_rss_kib as f64 / 1024.0
-            );
-            results.push((
-                tool.name,
-                size,
-                c.wall.as_secs_f64(),
-                c.max_rss_kib,
-                a.wall.as_secs_f64(),
-            ));
-        }
-        let ours = results.iter().filter(|r| r.0.starts_with("otaforge")).min_by_key(|r| r.1);
-        let best_peer = results.iter().filter(|r| !r.0.starts_with("otaforge")).min_by_key(|r| r.1);
-        let peer = |prefix: &str| results.iter().find(|r| r.0.starts_with(prefix));
-        if let (Some(ours), Some(best)) = (ours, best_peer) {
-            // The goals of the delta issue, as ratios: size ≤ 0.9 × the best peer; create ≥ 5×
-            // faster than bsdiff and no slower than HDiffPatch; create RSS ≤ 6 × old; apply
-            // ≥ 200 MB/s.
-            let mut line = format!(
-                "{name} ({}): size / best peer ({}) = {:.3} (goal ≤ 0.9)",
-                ours.0,
-                best.0,
-                ours.1 as f64 / best.1 as f64
-            );
-            if let Some(b) = peer("bsdiff") {
-                line.push_str(&format!(
-                    "; bsdiff create time / ours = {:.2} (goal ≥ 5)",
-                    b.2 / ours.2
-                ));
-            }
-            if let Some(h) = peer("HDiffPatch") {
-                line.push_str(&format!(
-                    "; ours / HDiffPatch create time = {:.2} (goal ≤ 1)",
-                    ours.2 / h.2
-                ));
-            }
-            let rss_ratio = ours.3 as f64 * 1024.0 / old_len.max(1) as f64;
-            line.push_str(&format!("; create RSS / old = {rss_ratio:.1} (goal ≤ 6)"));
-            let mbs = new_len as f64 / 1e6 / ours.4.max(1e-9);
-            line.push_str(&format!("; apply {mbs:.0} MB/s (goal ≥ 200)"));
-            summary.push(line);
-        }
-        // What the executable transform gave: with --exec auto (the default) against none.
-        for (with, without) in [
-            ("otaforge", "otaforge --exec none"),
-            ("otaforge --profile mcu", "otaforge --profile mcu --exec none"),
-        ] {
-            let find = |n: &str| results.iter().find(|r| r.0 == n);
-            if let (Some(a), Some(b)) = (find(with), find(without)) {
-                summary.push(format!(
-                    "{name} ({with}): exec auto / none = {:.4} ({} vs {} bytes)",
-                    a.1 as f64 / b.1 as f64,
-                    a.1,
-                    b.1
-                ));
-            }
-        }
-        let find = |n: &str| results.iter().find(|r| r.0 == n);
-        if let (Some(a), Some(b)) =
-            (find("otaforge --profile mcu --in-place"), find("otaforge --profile mcu"))
-        {
-            summary.push(format!(
-                "{name}: in place / A/B (mcu) = {:.4} ({} vs {} bytes)",
-                a.1 as f64 / b.1 as f64,
-                a.1,
-                b.1
-            ));
-        }
+        let tools: Vec<Tool> = tools(bin.clone(), &python, hdp.clone(), dt.clone())
+            .into_iter()
+            .filter(|t| runs_on(t.name, &name))
+            .filter(|t| !skip_tools.iter().any(|s| t.name.starts_with(s.as_str())))
+            .collect();
+        summary.extend(bench_pair(&pair, &name, &tools, &work)?);
     }
     println!();
     for line in summary {
         println!("{line}");
     }
     Ok(())
+}
+
+/// Runs every tool on one pair, printing a table row each; returns the pair's summary lines.
+fn bench_pair(pair: &Path, name: &str, tools: &[Tool], work: &Path) -> anyhow::Result<Vec<String>> {
+    let (old, new) = (pair.join("old"), pair.join("new"));
+    // Never the whole file in memory: a measured child's peak RSS starts from this
+    // process's own (Linux counts the parent's pages a spawned child shared until exec).
+    let new_len = std::fs::metadata(&new)?.len();
+    let old_len = std::fs::metadata(&old)?.len();
+    let mut results: Vec<Measured> = Vec::new();
+    for tool in tools {
+        let delta = work.join(format!("{name}.delta"));
+        let rebuilt = work.join(format!("{name}.rebuilt"));
+        let _ = std::fs::remove_file(&delta);
+        let _ = std::fs::remove_file(&rebuilt);
+        let c = match run_measured(&(tool.create)(&old, &new, &delta)) {
+            Ok(c) => c,
+            Err(e) => {
+                println!("| {name} | {} | failed: {e} | | | | | |", tool.name);
+                continue;
+            }
+        };
+        let size = std::fs::metadata(&delta)?.len();
+        let a = run_measured(&(tool.apply)(&old, &delta, &rebuilt))?;
+        if !same_file(&rebuilt, &new)? {
+            bail!("{} on {name}: the applied delta does not rebuild new", tool.name);
+        }
+        let pct = 100.0 * size as f64 / new_len.max(1) as f64;
+        println!(
+            "| {name} | {} | {size} | {pct:.2} | {:.2} | {:.0} | {:.2} | {:.0} |",
+            tool.name,
+            c.wall.as_secs_f64(),
+            c.max_rss_kib as f64 / 1024.0,
+            a.wall.as_secs_f64(),
+            a.max_rss_kib as f64 / 1024.0
+        );
+        results.push((tool.name, size, c.wall.as_secs_f64(), c.max_rss_kib, a.wall.as_secs_f64()));
+    }
+    let mut summary = goal_lines(name, &results, old_len, new_len);
+    let find = |n: &str| results.iter().find(|r| r.0 == n);
+    // What the executable transform gave (auto against none), and in place against A/B.
+    for (with, without, what) in [
+        ("otaforge", "otaforge --exec none", "exec auto / none"),
+        ("otaforge --profile mcu", "otaforge --profile mcu --exec none", "exec auto / none"),
+        ("otaforge --profile mcu --in-place", "otaforge --profile mcu", "in place / A/B"),
+    ] {
+        if let (Some(a), Some(b)) = (find(with), find(without)) {
+            summary.push(format!(
+                "{name} ({with}): {what} = {:.4} ({} vs {} bytes)",
+                a.1 as f64 / b.1 as f64,
+                a.1,
+                b.1
+            ));
+        }
+    }
+    Ok(summary)
 }

@@ -4,9 +4,11 @@
 //!
 //! The advisory database is a git repository on github.com. Where that host cannot be reached
 //! (this project's CI network reaches the package registries only), a local copy is used: the one
-//! `OTAFORGE_ADVISORY_DB` names, or a mirror beside the project at
-//! `../.mirror/rustsec+advisory-db/repo`. With neither, the advisory check is reported as not run,
-//! loudly, and the other three checks still gate the build.
+//! `OTAFORGE_ADVISORY_DB` names, a mirror beside the project at
+//! `../.mirror/rustsec+advisory-db/repo`, or the snapshot in the shared folder
+//! (`../shared/advisory-db`, files without git metadata, dated by its `SNAPSHOT` file; it is
+//! made a one-commit repository under target/ for cargo-deny). With none, the advisory check is
+//! reported as not run, loudly, and the other three checks still gate the build.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -73,7 +75,60 @@ fn local_copy() -> Option<PathBuf> {
         return Some(PathBuf::from(p));
     }
     let beside = crate::root().parent()?.join(".mirror/rustsec+advisory-db/repo");
-    beside.exists().then_some(beside)
+    if beside.exists() {
+        return Some(beside);
+    }
+    let snapshot = crate::shared().ok()?.join("advisory-db");
+    snapshot.join("crates").is_dir().then_some(snapshot)
+}
+
+/// Puts the database at `copy` into `dest` as a git repository: a clone of a repository, or a
+/// copy of a files-only snapshot committed once.
+fn materialize(copy: &Path, dest: &Path) -> anyhow::Result<()> {
+    if copy.join(".git").exists() || copy.join("HEAD").exists() {
+        let mut clone = Command::new("git");
+        clone.args(["clone", "--quiet"]).arg(copy).arg(dest);
+        return crate::run(clone).with_context(|| format!("cannot clone {}", copy.display()));
+    }
+    let mut cp = Command::new("cp");
+    cp.arg("-a").arg(copy).arg(dest);
+    crate::run(cp).with_context(|| format!("cannot copy {}", copy.display()))?;
+    for args in [
+        &["init", "--quiet"][..],
+        &["add", "-A"],
+        &[
+            "-c",
+            "user.name=otaforge",
+            "-c",
+            "user.email=ci@otaforge.invalid",
+            "commit",
+            "--quiet",
+            "-m",
+            "snapshot",
+        ],
+    ] {
+        let mut git = Command::new("git");
+        git.arg("-C").arg(dest).args(args);
+        crate::run(git).with_context(|| format!("cannot make {} a repository", dest.display()))?;
+    }
+    Ok(())
+}
+
+/// The date of a database copy: its last commit's, or the snapshot's as its `SNAPSHOT` says.
+fn copy_date(copy: &Path) -> String {
+    if let Ok(text) = std::fs::read_to_string(copy.join("SNAPSHOT")) {
+        let date = text.split(['(', ')']).nth(1).unwrap_or_default().trim().to_owned();
+        if !date.is_empty() {
+            return format!("{date} (snapshot)");
+        }
+    }
+    Command::new("git")
+        .arg("-C")
+        .arg(copy)
+        .args(["log", "-1", "--format=%cs"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
 }
 
 /// Clones `copy` into a database directory under target/ and checks against it offline; returns
@@ -110,18 +165,10 @@ fn check_with_local(copy: &Path) -> anyhow::Result<String> {
         if dest.exists() {
             std::fs::remove_dir_all(&dest)?;
         }
-        let mut clone = Command::new("git");
-        clone.args(["clone", "--quiet"]).arg(copy).arg(&dest);
-        crate::run(clone).with_context(|| format!("cannot clone {}", copy.display()))?;
+        materialize(copy, &dest)?;
         crate::run(offline()).context("cargo deny check advisories (local database)")?;
     }
-    let date = Command::new("git")
-        .arg("-C")
-        .arg(copy)
-        .args(["log", "-1", "--format=%cs"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default();
+    let date = copy_date(copy);
     eprintln!("cargo deny: advisories checked against a local RustSec copy of {date}");
     Ok(date)
 }

@@ -6,6 +6,8 @@
 //!   ones `#[ignore]`d for needing a tool, the official-schema check of every manifest the tests
 //!   produced, and hash interop with openssl and sha256sum.
 //! - `demo`: the README's run command, a walkthrough on the payloads in `testdata/`.
+//! - `result-codes [--check] [--header FILE]`: the Device Update agent's extended result codes
+//!   table (`src/service/result_codes/adu.tsv`) from the agent's `result.h`; `ci` runs `--check`.
 //! - `tidy`: house rules read from the source (environment names, the help's environment
 //!   list, `Result<_, String>` in the library, function length, `#[ignore]` reasons); `ci`
 //!   runs it after clippy.
@@ -16,6 +18,7 @@
 //! - `bench edge`: target-condition evaluation in twins per second.
 //! - `bench lists`: the device-management lists with 100 clients at 10 000 devices.
 //! - `azurite [PORT]`: installs and runs Azurite for the storage tests.
+//! - `applier-mcu`: the device applier built for a Cortex-M4 and its C harness run on QEMU.
 
 // xtask is a developer tool: it prints freely and adds its own context to std::fs errors.
 #![allow(
@@ -25,6 +28,7 @@
     clippy::disallowed_types
 )]
 
+mod applier_mcu;
 mod azurite;
 mod bench;
 mod bench_delta;
@@ -34,6 +38,7 @@ mod bench_lists;
 mod bench_upload;
 mod demo;
 mod deny;
+mod result_codes;
 mod schema;
 mod tidy;
 mod tools;
@@ -49,7 +54,9 @@ fn main() -> anyhow::Result<()> {
     match args.as_slice() {
         ["ci"] => ci(),
         ["tidy"] => tidy::run(),
+        ["result-codes", rest @ ..] => result_codes::run(rest),
         ["azurite", rest @ ..] => azurite::serve(rest),
+        ["applier-mcu", rest @ ..] => applier_mcu::run(rest),
         ["demo"] => demo::run(),
         ["deny"] => tools::provision().and_then(|()| deny::run()).map(drop),
         ["schema", dirs @ ..] => schema::run(&dirs.iter().map(PathBuf::from).collect::<Vec<_>>()),
@@ -67,6 +74,7 @@ fn main() -> anyhow::Result<()> {
                  tasks:\n  ci                 format, clippy, tests, official-schema and interop checks\n  \
                  tidy               house rules: env names, help, error types, function length, #[ignore]\n  \
                  deny               cargo deny: licences, duplicate versions, sources, advisories\n  \
+                 result-codes [--check] [--header FILE]\n                     the agent's result codes table from its result.h\n  \
                  demo               build and validate sample updates from testdata (no cloud)\n  \
                  azurite [PORT]     install (npm, pinned) and run Azurite for the storage tests\n  \
                  schema [DIR...]    check manifests against ../shared/schemas\n  \
@@ -76,6 +84,7 @@ fn main() -> anyhow::Result<()> {
                  bench edge [--twins N] [--runs N]\n                     target-condition evaluation, twins per second\n  \
                  bench lists [--devices N] [--clients N] [--seconds S]\n                     device-management lists under concurrent load\n  \
                  fuzz [SECONDS]     every cargo-fuzz target for SECONDS each (default 30)\n  \
+                 applier-mcu [--pair DIR] [--plans N]\n                     the device applier on an emulated Cortex-M4: size, RAM, stack\n  \
                  bench delta [--corpus DIR] [--pairs a,b] [--skip TOOL,...]\n                     otaforge delta vs bsdiff, xdelta3, zstd, HDiffPatch"
             );
             bail!("unknown task {:?}", args)
@@ -172,6 +181,7 @@ fn ci() -> anyhow::Result<()> {
     let (passed, failed) = run_tests(test)?;
 
     schema::check(&shared, &[out, root().join("testdata")])?;
+    let result_codes = result_codes::check_in_ci()?;
     bench::interop()?;
     eprintln!("xtask ci: all checks passed");
     // One plain closing line with the totals of every test binary, for whoever reads the log.
@@ -182,6 +192,12 @@ fn ci() -> anyhow::Result<()> {
             println!("ci: advisories checked against a local RustSec copy of {date}")
         }
         deny::Advisories::NotRun => println!("ci: ADVISORIES NOT CHECKED (no RustSec database)"),
+    }
+    match result_codes {
+        result_codes::Checked::Yes => println!("ci: result codes table checked against result.h"),
+        result_codes::Checked::NotRun(why) => {
+            println!("ci: RESULT CODES TABLE NOT CHECKED (result.h unavailable: {why})")
+        }
     }
     Ok(())
 }

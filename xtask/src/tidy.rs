@@ -25,6 +25,7 @@ pub(crate) const MAX_FN_LINES: usize = 120;
 const LONG_FUNCTIONS: &str = "xtask/tidy/long-functions.txt";
 /// The committed count of `Result<_, String>` in the library.
 const RESULT_STRING_BASELINE: &str = "xtask/tidy/result-string-baseline.txt";
+const VALUE_INDEX_BASELINE: &str = "xtask/tidy/value-index-baseline.txt";
 
 pub(crate) fn run() -> anyhow::Result<()> {
     let root = crate::root();
@@ -57,11 +58,7 @@ pub(crate) fn run() -> anyhow::Result<()> {
 
     let library = src.iter().filter(|(p, _)| !is_cli(&root, p));
     let count: usize = library.map(|(_, t)| result_strings(t)).sum();
-    let baseline: usize = read(&root.join(RESULT_STRING_BASELINE))?
-        .lines()
-        .find(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
-        .and_then(|l| l.trim().parse().ok())
-        .with_context(|| format!("{RESULT_STRING_BASELINE} holds no number"))?;
+    let baseline = baseline_number(&root, RESULT_STRING_BASELINE)?;
     if count > baseline {
         problems.push(format!(
             "the library has {count} `Result<_, String>`, more than the baseline {baseline}: \
@@ -71,6 +68,32 @@ pub(crate) fn run() -> anyhow::Result<()> {
         notes.push(format!(
             "the library has {count} `Result<_, String>`, fewer than the baseline {baseline}: \
              lower the number in {RESULT_STRING_BASELINE} to {count}"
+        ));
+    }
+
+    // Documents of known shape are typed; a string-key index (`v["key"]`) is for user content
+    // only (conventions: "Nobody indexes serde_json::Value with string keys outside a
+    // parser"), and the count may only go down.
+    // Test modules in files of their own (`tests.rs`) build documents as they like.
+    let code = || src.iter().filter(|(p, _)| !p.ends_with("tests.rs"));
+    let indexed: usize = code().map(|(_, t)| string_indexings(t).len()).sum();
+    let allowed_index = baseline_number(&root, VALUE_INDEX_BASELINE)?;
+    if indexed > allowed_index {
+        let mut at = Vec::new();
+        for (path, text) in code() {
+            at.extend(
+                string_indexings(text).into_iter().map(|l| format!("{}:{l}", rel(&root, path))),
+            );
+        }
+        problems.push(format!(
+            "src has {indexed} string-key indexings (`x[\"key\"]`), more than the baseline \
+             {allowed_index}: give the document a type (serde), keep Value for user content only ({})",
+            at.join(", ")
+        ));
+    } else if indexed < allowed_index {
+        notes.push(format!(
+            "src has {indexed} string-key indexings, fewer than the baseline {allowed_index}: \
+             lower the number in {VALUE_INDEX_BASELINE} to {indexed}"
         ));
     }
 
@@ -123,6 +146,35 @@ pub(crate) fn run() -> anyhow::Result<()> {
     }
     eprintln!("tidy: ok ({count} Result<_, String> in the library, baseline {baseline})");
     Ok(())
+}
+
+/// The number a baseline file holds (its first line that is not a comment).
+fn baseline_number(root: &Path, file: &str) -> anyhow::Result<usize> {
+    read(&root.join(file))?
+        .lines()
+        .find(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+        .and_then(|l| l.trim().parse().ok())
+        .with_context(|| format!("{file} holds no number"))
+}
+
+/// The lines of `text` (before its `#[cfg(test)]` module) that index a value with a string
+/// key: an expression's end (a name, `)` or `]`) followed by `["..."]`. Slice patterns and
+/// array literals (`["*"] =>`, `&["a"]`, `vec!["a"]`) are not indexing.
+fn string_indexings(text: &str) -> Vec<usize> {
+    let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+    let toks = lex(code);
+    let mut lines = Vec::new();
+    for w in toks.windows(4) {
+        let ends_expression = matches!(&w[0].0, Tok::Ident(_) | Tok::Punct(')' | ']'));
+        if ends_expression
+            && w[1].0 == Tok::Punct('[')
+            && matches!(w[2].0, Tok::Str(_))
+            && w[3].0 == Tok::Punct(']')
+        {
+            lines.push(w[1].1);
+        }
+    }
+    lines
 }
 
 fn read(path: &Path) -> anyhow::Result<String> {
@@ -500,6 +552,12 @@ mod tests {
     fn result_string_counts_only_a_string_error() {
         let text = "fn a() -> Result<(), String> {}\nfn b() -> Result<Vec<String>, E> {}\nfn c() -> std::result::Result<HashMap<String, u8>, String> {}\n// Result<(), String>\ntype R = Result<String, Error>;";
         assert_eq!(result_strings(text), 2);
+    }
+
+    #[test]
+    fn string_indexings_are_told_from_patterns_and_literals() {
+        let text = "let a = v[\"k\"];\nlet b = f()[\"x\"][\"y\"];\nmatch s { [\"*\"] => 1 }\nlet c = &[\"a\"];\nlet d = vec![\"a\"];\n#[cfg(test)]\nmod tests { let e = v[\"t\"]; }";
+        assert_eq!(string_indexings(text), [1, 2, 2]);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! on a fresh machine (cargo, git, gcc, python3 with pip and venv, node and npm) runs every test,
 //! the `#[ignore]`d ones included:
 //!
-//! - Debian packages (`bsdiff` for bsdiff/bspatch, `openssl`, `curl`) through `apt-get` when a
+//! - Debian packages (`bsdiff` for bsdiff/bspatch, `openssl`, `curl`, `cbindgen`) through `apt-get` when a
 //!   command is missing (as root; otherwise a clear message says what to install);
 //! - PyPI packages, pinned, in a virtual environment under `target/pyenv` (Debian's Python
 //!   refuses system-wide `pip install`, PEP 668), whose `bin/` goes first on the tests' `PATH`;
@@ -50,8 +50,14 @@ pub(crate) const BENCH_DEBIAN: &[(&str, &str)] =
 pub(crate) const LOAD_DEBIAN: &[(&str, &str)] = &[("wrk", "wrk")];
 
 /// Commands the tests run, and the Debian package that has each.
-pub(crate) const DEBIAN: &[(&str, &str)] =
-    &[("bspatch", "bsdiff"), ("bsdiff", "bsdiff"), ("openssl", "openssl"), ("curl", "curl")];
+pub(crate) const DEBIAN: &[(&str, &str)] = &[
+    ("bspatch", "bsdiff"),
+    ("bsdiff", "bsdiff"),
+    ("openssl", "openssl"),
+    ("curl", "curl"),
+    // The applier's C header is checked against what cbindgen generates (tests/it/delta_capi.rs).
+    ("cbindgen", "cbindgen"),
+];
 
 fn on_path(cmd: &str) -> bool {
     Command::new("sh")
@@ -67,8 +73,13 @@ pub(crate) fn venv() -> PathBuf {
 
 /// Installs the missing Debian packages of `list` (command, package).
 fn debian(list: &[(&str, &str)]) -> anyhow::Result<()> {
-    let mut missing: Vec<&str> =
+    let missing: Vec<&str> =
         list.iter().filter(|(cmd, _)| !on_path(cmd)).map(|(_, pkg)| *pkg).collect();
+    apt_install(missing)
+}
+
+/// Installs the Debian packages `missing` (none when empty).
+pub(crate) fn apt_install(mut missing: Vec<&str>) -> anyhow::Result<()> {
     missing.dedup();
     if missing.is_empty() {
         return Ok(());

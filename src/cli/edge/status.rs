@@ -6,10 +6,10 @@
 
 use std::collections::BTreeMap;
 
-use otaforge::edge::condition::Target;
-use otaforge::edge::state::{DeviceState, device_state};
+use otaforge::edge::state::{DeviceState, of_twin};
 use otaforge::iothub::IotHubClient;
-use otaforge::iothub::config::Configuration;
+use otaforge::iothub::condition::Target;
+use otaforge::iothub::config::{Configuration, metric_devices};
 use otaforge::iothub::query::metric_condition;
 use serde_json::{Value, json};
 
@@ -100,59 +100,32 @@ impl Snapshot {
     }
 }
 
-/// The `deviceId` a metric query selects (of a device or module twin).
-fn id_of(t: &Value) -> String {
-    t["deviceId"].as_str().unwrap_or("?").to_owned()
-}
-
 async fn snapshot(hub: &IotHubClient, id: &str) -> anyhow::Result<Snapshot> {
     let config = hub.get_configuration(id).await?;
-    let to_values = |twins: Vec<otaforge::iothub::Twin>| -> anyhow::Result<Vec<Value>> {
-        Ok(twins.iter().map(serde_json::to_value).collect::<Result<_, _>>()?)
-    };
-    let twins = to_values(hub.query_twins("SELECT * FROM devices").await?)?;
+    let twins = hub.query_twins("SELECT * FROM devices").await?;
     let reads_modules =
         config.metrics.queries.values().any(|q| matches!(metric_condition(q), Ok((_, true))));
     let modules = if reads_modules {
-        to_values(hub.query_twins("SELECT * FROM devices.modules").await?)?
+        hub.query_twins("SELECT * FROM devices.modules").await?
     } else {
-        to_values(
-            hub.query_twins("SELECT * FROM devices.modules WHERE moduleId = '$edgeAgent'").await?,
-        )?
+        hub.query_twins("SELECT * FROM devices.modules WHERE moduleId = '$edgeAgent'").await?
     };
-    let target = Target::parse(&config.target_condition)
+    Target::parse(&config.target_condition)
         .map_err(|e| anyhow::anyhow!("deployment {}: target condition: {e}", config.id))?;
-    let edge = |t: &Value| t["capabilities"]["iotEdge"] == Value::Bool(true);
-    let mut devices: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    devices.insert(
-        "targetedCount".to_owned(),
-        twins.iter().filter(|t| edge(t) && target.matches(t)).map(id_of).collect(),
-    );
-    let system = config.system_queries();
-    let queries = system
-        .iter()
-        .filter(|(name, _)| name.as_str() != "targetedCount")
-        .chain(config.metrics.queries.iter());
-    for (name, q) in queries {
-        let Ok((cond, on_modules)) = metric_condition(q) else { continue };
-        let rows = if on_modules { &modules } else { &twins };
-        devices.insert(name.clone(), rows.iter().filter(|t| cond.matches(t)).map(id_of).collect());
-    }
-    let applied = format!("configurations.[[{}]].status = 'Applied'", config.id);
-    let applied = otaforge::edge::condition::Expr::parse(&applied)
-        .map_err(|e| anyhow::anyhow!("deployment id in a query: {e}"))?;
-    let states = modules
-        .iter()
-        .filter(|t| t["moduleId"] == "$edgeAgent" && applied.matches(t))
-        .map(|t| (t["deviceId"].as_str().unwrap_or("?").to_owned(), device_state(t)))
+    let devices = metric_devices(&config, &twins, &modules);
+    let agents = || modules.iter().filter(|t| t.module_id.as_deref() == Some("$edgeAgent"));
+    let states = agents()
+        .filter(|t| t.configuration_status(&config.id) == Some("Applied"))
+        .map(|t| (t.device_id.clone(), of_twin(t)))
         .collect();
-    let mentioned: std::collections::HashSet<&str> = modules
-        .iter()
-        .filter(|t| t["moduleId"] == "$edgeAgent" && !t["configurations"][&config.id].is_null())
-        .filter_map(|t| t["deviceId"].as_str())
+    let mentioned: std::collections::HashSet<&str> = agents()
+        .filter(|t| t.configuration_status(&config.id).is_some())
+        .map(|t| t.device_id.as_str())
         .collect();
-    let unprocessed = devices["targetedCount"]
-        .iter()
+    let unprocessed = devices
+        .get("targetedCount")
+        .into_iter()
+        .flatten()
         .filter(|d| !mentioned.contains(d.as_str()))
         .cloned()
         .collect();

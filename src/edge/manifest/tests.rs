@@ -92,7 +92,8 @@ fn images_are_checked_as_the_runtime_does() {
     ] {
         assert!(image_ok(ok), "{ok}");
     }
-    for bad in ["", "  ", "a:", "a:b:c", "r.io/a/", "r.io/:1"] {
+    for bad in ["", "  ", "a:", "a:b:c", "r.io/a/", "r.io/:1", "contoso/My Image:1", "r.io/Image:1"]
+    {
         assert!(!image_ok(bad), "{bad}");
     }
 }

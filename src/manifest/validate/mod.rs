@@ -8,8 +8,11 @@
 //!
 //! The rules live by concern: `ids` (update ids, versions, handler ids, compatibility), `files`
 //! (payload and related files, sizes, hashes, delta properties), `steps` (instructions and handler
-//! properties) and `set` (a parent with its children, and payloads on disk).
+//! properties), `set` (a parent with its children, and payloads on disk) and `agent` (what the
+//! agent on the device would refuse: handlers its release does not register, deltas that save
+//! nothing).
 
+mod agent;
 mod files;
 mod ids;
 mod set;
@@ -24,6 +27,7 @@ use files::check_files;
 use ids::{check_compatibility, check_update_id};
 use steps::check_instructions;
 
+pub use agent::{AGENT_RULES, AgentVersion, check_agent_support};
 pub use ids::is_handler_id;
 pub use set::{Loaded, check_payloads, validate_set};
 
@@ -164,6 +168,8 @@ pub fn validate_value(doc: &Value) -> Findings {
             }
         }
     }
+    // What the agent would refuse later, for any agent version (`agent`).
+    f.extend(check_agent_support(doc, None));
     f
 }
 

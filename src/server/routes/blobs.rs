@@ -3,9 +3,11 @@
 //! - `PUT /deviceUpdate/{instance}/otaforge/blobs/{container}/{blob}` (`x-otaforge-sha256`)
 //! - `GET /deviceUpdate/{instance}/otaforge/urls/{container}/{blob}?ttl=SECONDS` → a read URL
 //!
-//! guarded like the Device Update API; and the signed read URLs themselves, which carry their
-//! own signature: `GET /blobs/{container}/{blob}?se=...&sp=r&sig=...` (uploads) and `GET
-//! /files/content/SHA256HEX?...` (imported content, as deployments hand it to devices).
+//! guarded like the Device Update API; and the signed URLs themselves, which carry their own
+//! signature: `GET /blobs/{container}/{blob}?se=...&sp=r&sig=...` (uploads), `GET
+//! /files/content/SHA256HEX?...` (imported content, as deployments hand it to devices), and
+//! Azure's Put Blob under a container grant, `PUT /blobs/{container}/{blob}?se=...&sr=c&sp=cw&sig=...`
+//! with `x-ms-blob-type: BlockBlob` (how a device uploads its logs for a log collection).
 
 use std::time::{Duration, SystemTime};
 
@@ -34,13 +36,72 @@ pub(super) fn storage_router() -> Router<Shared> {
 /// The signed read URLs.
 pub(super) fn read_router() -> Router<Shared> {
     Router::new()
-        .route("/blobs/{*path}", get(get_blob))
+        .route("/blobs/{*path}", get(get_blob).put(put_granted))
         .route("/files/content/{*path}", get(get_content))
 }
 
 async fn get_blob(State(s): State<Shared>, uri: axum::http::Uri) -> Result<Response, ApiError> {
     let path = uri.path().strip_prefix("/blobs").unwrap_or_default();
     serve_file(&s.blobs, path, uri.query().unwrap_or_default()).await
+}
+
+/// The most a device may upload as one blob through a write grant (log files: the agent's
+/// default is 50 KB per log folder).
+const MAX_GRANTED_BLOB: u64 = 64 << 20;
+
+/// Azure's Put Blob under a container grant ([`crate::storage::dir::DirStore::write_url`]):
+/// the body becomes the blob (201), replacing one of the same name.
+async fn put_granted(
+    State(s): State<Shared>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    use std::io::Write as _;
+    let path = uri.path().strip_prefix("/blobs").unwrap_or_default();
+    let (c, b) = s
+        .blobs
+        .resolve_write(path, uri.query().unwrap_or_default(), SystemTime::now())
+        .map_err(|e| ApiError::new(StatusCode::FORBIDDEN, "AuthenticationFailed", e.to_string()))?;
+    // Azure requires the blob type of a Put Blob.
+    if headers.get("x-ms-blob-type").and_then(|v| v.to_str().ok()) != Some("BlockBlob") {
+        return Err(ApiError::bad_request(
+            "MissingRequiredHeader",
+            "x-ms-blob-type: BlockBlob is required",
+        ));
+    }
+    let mut tmp = crate::fsutil::AtomicFile::new(&s.incoming_dir.join("granted"))
+        .map_err(ApiError::internal)?;
+    let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
+    let mut total = 0u64;
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::bad_request("IncompleteBody", format!("the upload broke off: {e}"))
+        })?;
+        total += chunk.len() as u64;
+        if total > MAX_GRANTED_BLOB {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "RequestBodyTooLarge",
+                format!("a blob uploaded with a write grant is at most {MAX_GRANTED_BLOB} bytes"),
+            ));
+        }
+        sha2::Digest::update(&mut hasher, &chunk);
+        tmp.write_all(&chunk).map_err(ApiError::internal)?;
+    }
+    let sha = crate::Sha256::from_bytes(sha2::Digest::finalize(hasher).into());
+    let blobs = s.blobs.clone();
+    tokio::task::spawn_blocking(move || blobs.put_received(&c, &b, tmp, total, sha))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    let mut r = StatusCode::CREATED.into_response();
+    let etag = format!("\"0x{}\"", &sha.to_hex()[..16].to_uppercase());
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        r.headers_mut().insert(header::ETAG, v);
+    }
+    Ok(r)
 }
 
 /// Imported content, by the signed URLs a deployment writes into device twins.

@@ -1,6 +1,8 @@
-//! serve's IoT Hub configurations (Edge deployments): the REST routes of the IoT Hub service API
-//! (`/configurations/...`), stored in SQLite; which deployment applies to which device is
-//! `edge::assign`'s, metrics are counted over the twins when a configuration is read.
+//! serve's IoT Hub configurations (Edge deployments and automatic device management): the REST
+//! routes of the IoT Hub service API (`/configurations/...`), stored in SQLite; which
+//! deployment applies to which device is `edge::assign`'s, what an automatic configuration
+//! sets on which twin `iothub::adm`'s, and metrics are counted over the twins when a
+//! configuration is read.
 //!
 //! System metrics carry the exact queries IoT Hub generates (edge.md §3.7), and are counted
 //! with them over the `$edgeAgent` module twins (which the Edge deployment pass of
@@ -16,8 +18,8 @@ use axum::routing::{get, post};
 use serde_json::{Value, json};
 
 use super::hub::{if_match, json_body};
-use crate::edge::condition::Target;
-use crate::iothub::config::{Configuration, MAX_CUSTOM_METRICS, check_id};
+use crate::iothub::condition::Target;
+use crate::iothub::config::{Configuration, MAX_CUSTOM_METRICS, check_id, metric_devices};
 use crate::iothub::limits::{self, MAX_CONFIGURATIONS};
 use crate::iothub::query::metric_condition;
 use crate::server::Shared;
@@ -46,18 +48,14 @@ fn with_etag(c: Configuration) -> Response {
     r
 }
 
-/// Fills the metric results of `configs` from the twins: each system metric by its own
-/// query (targeting is the target condition on IoT Edge devices; the others read the
-/// `$edgeAgent` module twins the Edge deployment pass wrote and the devices reported to), and
-/// each custom metric by its query over device or module twins.
+/// Fills the metric results of `configs` from the twins ([`metric_devices`]): the system
+/// metrics by IoT Hub's own queries over the `$edgeAgent` module twins the Edge pass wrote and
+/// the devices reported to, and each custom metric by its query.
 async fn with_metrics(
     s: &Shared,
     mut configs: Vec<Configuration>,
 ) -> Result<Vec<Configuration>, ApiError> {
-    let to_values = |twins: Vec<crate::iothub::Twin>| -> Vec<Value> {
-        twins.iter().map(|t| serde_json::to_value(t).unwrap_or(Value::Null)).collect()
-    };
-    let twins = to_values(s.db.read(|st| st.full_twins()).await?);
+    let twins = s.db.read(|st| st.full_twins()).await?;
     let reads_modules = configs
         .iter()
         .any(|c| c.metrics.queries.values().any(|q| matches!(metric_condition(q), Ok((_, true)))));
@@ -68,29 +66,17 @@ async fn with_metrics(
     } else {
         Vec::new()
     };
-    let modules = to_values(modules);
-    let count = |query: &str| -> Option<i64> {
-        let (cond, on_modules) = metric_condition(query).ok()?;
-        let rows = if on_modules { &modules } else { &twins };
-        Some(rows.iter().filter(|t| cond.matches(t)).count() as i64)
-    };
     for c in &mut configs {
+        let counts = metric_devices(c, &twins, &modules);
         c.system_metrics.queries = c.system_queries();
         c.system_metrics.results.clear();
-        if let Ok(target) = Target::parse(&c.target_condition) {
-            let edge = |t: &Value| t["capabilities"]["iotEdge"] == Value::Bool(true);
-            let targeted = twins.iter().filter(|t| edge(t) && target.matches(t)).count();
-            c.system_metrics.results.insert("targetedCount".into(), targeted as i64);
-        }
-        for name in ["appliedCount", "reportedSuccessfulCount", "reportedFailedCount"] {
-            if let Some(n) = c.system_metrics.queries.get(name).and_then(|q| count(q)) {
-                c.system_metrics.results.insert(name.into(), n);
-            }
-        }
         c.metrics.results.clear();
-        for (name, q) in &c.metrics.queries {
-            if let Some(n) = count(q) {
-                c.metrics.results.insert(name.clone(), n);
+        for (name, ids) in counts {
+            let n = i64::try_from(ids.len()).unwrap_or(i64::MAX);
+            if c.metrics.queries.contains_key(&name) {
+                c.metrics.results.insert(name, n);
+            } else {
+                c.system_metrics.results.insert(name, n);
             }
         }
     }
@@ -161,6 +147,19 @@ fn check(c: &Configuration, path_id: &str) -> Result<(), ApiError> {
         metric_condition(q).map_err(|e| bad(format!("metric `{name}`: {e}")))?;
     }
     check_sizes(c).map_err(bad)?;
+    if c.content.contains_key("modulesContent") && c.content.contains_key("deviceContent") {
+        return Err(bad("a configuration has modulesContent or deviceContent, not both"));
+    }
+    if c.content.contains_key("moduleContent") {
+        return Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "NotImplemented",
+            "serve applies deviceContent (device twins) and modulesContent (IoT Edge), not moduleContent",
+        ));
+    }
+    // Device content: paths below properties.desired (`iothub::adm`).
+    crate::iothub::adm::DeviceConfiguration::from_configuration(c)
+        .map_err(|e| bad(e.to_string()))?;
     if let Some(mc) = c.content.get("modulesContent") {
         let layered = mc
             .get("$edgeAgent")

@@ -53,19 +53,25 @@ fn identity(
     row: &crate::server::store::DeviceRow,
     secondary: Option<String>,
     connected: bool,
-) -> Value {
-    json!({
-        "deviceId": row.device_id,
-        "generationId": row.created,
-        "etag": row.twin.etag,
-        "status": "enabled",
-        "connectionState": if connected { "Connected" } else { "Disconnected" },
-        "capabilities": row.twin.extra.get("capabilities").cloned().unwrap_or(json!({"iotEdge": false})),
-        "authentication": {
-            "type": "sas",
-            "symmetricKey": {"primaryKey": row.device_key, "secondaryKey": secondary},
+) -> crate::iothub::DeviceIdentity {
+    use crate::iothub::{Authentication, Capabilities, DeviceIdentity, SymmetricKey};
+    DeviceIdentity {
+        device_id: row.device_id.clone(),
+        generation_id: Some(row.created.clone()),
+        etag: row.twin.etag.clone(),
+        status: Some("enabled".into()),
+        connection_state: Some(if connected { "Connected" } else { "Disconnected" }.into()),
+        capabilities: Capabilities { iot_edge: row.twin.is_edge() },
+        authentication: Authentication {
+            kind: Some("sas".into()),
+            symmetric_key: Some(SymmetricKey {
+                primary_key: Some(row.device_key.clone()),
+                secondary_key: secondary,
+            }),
+            extra: Map::new(),
         },
-    })
+        extra: Map::new(),
+    }
 }
 
 /// A key a caller gave on create: used as it is (as IoT Hub does), once checked to be base64.
@@ -112,19 +118,20 @@ async fn put_device(
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     check_device_id(&id)?;
-    let given: crate::iothub::identity::Identity = if body.is_empty() {
+    // `capabilities.iotEdge` makes an IoT Edge device (Edge deployments target only those).
+    let given: crate::iothub::DeviceIdentity = if body.is_empty() {
         Default::default()
     } else {
         serde_json::from_slice(&body)
             .map_err(|e| bad(format!("the body is not a device identity: {e}")))?
     };
-    // `capabilities.iotEdge` makes an IoT Edge device (Edge deployments target only those).
-    let iot_edge = given.is_edge();
-    let key = match given_key(given.primary_key())? {
+    let iot_edge = given.capabilities.iot_edge;
+    let keys = given.authentication.symmetric_key.unwrap_or_default();
+    let key = match given_key(keys.primary_key.as_deref())? {
         Some(k) => k,
         None => new_key()?,
     };
-    let secondary = given_key(given.secondary_key())?;
+    let secondary = given_key(keys.secondary_key.as_deref())?;
     let now = crate::server::now_string();
     let second = secondary.clone();
     let created =
@@ -139,9 +146,8 @@ async fn put_device(
     let Some(row) = created else {
         return Err(ApiError::conflict("DeviceAlreadyExists", "a device with this id exists"));
     };
-    if iot_edge {
-        s.edge_changed.notify_one();
-    }
+    // A new device can be what an Edge deployment or an automatic configuration targets.
+    s.edge_changed.notify_one();
     Ok(axum::Json(identity(&row, secondary, false)).into_response())
 }
 

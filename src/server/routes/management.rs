@@ -16,16 +16,14 @@ use crate::server::Shared;
 use crate::server::devices::{DEFAULT_GROUP, View};
 use crate::server::error::ApiError;
 use crate::service::UpdateInfo;
-use crate::service::model::{DeploymentDeviceState, DeploymentState};
+use crate::service::model::{DeploymentId, DeploymentState, GroupId};
 
 type GroupPath = Path<(String, String)>;
 type DeploymentPath = Path<(String, String, String)>;
-type SubgroupPath = Path<(String, String, String, String)>;
 
 pub(super) fn router() -> Router<Shared> {
     let m = "/deviceUpdate/{instance}/management";
     let deployment = format!("{m}/groups/{{g}}/deployments/{{d}}");
-    let subgroup = format!("{m}/groups/{{g}}/deviceClassSubgroups/{{c}}/deployments/{{d}}");
     Router::new()
         .route(&format!("{m}/groups"), get(list_groups))
         .route(&format!("{m}/groups/{{g}}"), get(get_group).delete(delete_group))
@@ -34,10 +32,9 @@ pub(super) fn router() -> Router<Shared> {
         .route(&format!("{m}/groups/{{g}}/deployments"), get(list_deployments))
         .route(&deployment, get(get_deployment).put(put_deployment).delete(delete_deployment))
         .route(&format!("{deployment}/status"), get(deployment_status))
-        .route(&format!("{subgroup}/devicestates"), get(device_states))
-        .route(&subgroup, axum::routing::post(subgroup_action))
         .route(&format!("{m}/devices"), get(list_devices))
         .route(&format!("{m}/devices/{{d}}"), get(get_device))
+        .route(&format!("{m}/devices/{{d}}/modules/{{mid}}"), get(get_module))
         .route(&format!("{m}/deviceClasses"), get(list_classes))
         .route(
             &format!("{m}/deviceClasses/{{c}}"),
@@ -48,7 +45,7 @@ pub(super) fn router() -> Router<Shared> {
 }
 
 /// The Device Update view of the whole registry ([`view_of`]).
-async fn device_view(s: &Shared) -> Result<Arc<View>, ApiError> {
+pub(super) async fn device_view(s: &Shared) -> Result<Arc<View>, ApiError> {
     view_of(s, None).await
 }
 
@@ -60,7 +57,7 @@ const KEPT_VIEWS: usize = 256;
 /// queries at rest do not rebuild it. Each view has its own async lock: when many requests
 /// need a view that must be rebuilt, one builds it and the others wait for that one, so the
 /// work and the memory do not grow with the number of clients.
-async fn view_of(s: &Shared, group: Option<&str>) -> Result<Arc<View>, ApiError> {
+pub(super) async fn view_of(s: &Shared, group: Option<&str>) -> Result<Arc<View>, ApiError> {
     let wanted = s.db.generation();
     let slot = {
         let mut views = s.views.lock().unwrap_or_else(|p| p.into_inner());
@@ -88,6 +85,10 @@ async fn view_of(s: &Shared, group: Option<&str>) -> Result<Arc<View>, ApiError>
     let updates = s.db.read(|st| st.updates()).await?;
     let names = s.db.read(|st| st.class_names()).await?;
     let mut view = View::build(&twins, &updates);
+    if group.is_none() {
+        let modules = s.db.read(|st| st.module_agents()).await?;
+        view.modules = View::build(&modules, &updates).devices;
+    }
     for (id, class) in &mut view.classes {
         class.friendly_name = names.get(id).cloned();
     }
@@ -96,7 +97,7 @@ async fn view_of(s: &Shared, group: Option<&str>) -> Result<Arc<View>, ApiError>
     Ok(view)
 }
 
-fn not_found(what: &str, id: &str) -> ApiError {
+pub(super) fn not_found(what: &str, id: &str) -> ApiError {
     ApiError::not_found("NotFound", format!("{what} `{id}` does not exist"))
 }
 
@@ -114,8 +115,9 @@ async fn get_group(State(s): State<Shared>, Path((_, g)): GroupPath) -> Result<R
     Ok(axum::Json(group.ok_or_else(|| not_found("group", &g))?).into_response())
 }
 
-/// ADU's rules: a default group cannot be deleted, nor one with devices or a deployment that
-/// is not superseded. (A group here is its devices' tags, so one that can be deleted has no
+/// ADU's rules: a default group cannot be deleted, nor one with devices (400
+/// `NotEmptyGroupCannotBeDeleted`, as ADU answers: Azure/iot-hub-device-update#261) or a
+/// deployment that is not superseded. (A group here is its devices' tags, so one that can be deleted has no
 /// devices and is already gone: the answer is 404 unless a rule refuses first.)
 async fn delete_group(
     State(s): State<Shared>,
@@ -129,8 +131,8 @@ async fn delete_group(
     }
     let view = device_view(&s).await?;
     if let Some(group) = view.groups().iter().find(|x| x.group_id == g) {
-        return Err(ApiError::conflict(
-            "GroupNotEmpty",
+        return Err(ApiError::bad_request(
+            "NotEmptyGroupCannotBeDeleted",
             format!(
                 "group `{g}` has {} devices; move them out (remove their ADUGroup tag) first",
                 group.device_count.unwrap_or(0)
@@ -148,7 +150,8 @@ async fn delete_group(
     Err(not_found("group", &g))
 }
 
-/// The best update of each device class of a group (`bestUpdates`).
+/// The best update of each device-class subgroup of a group that an update fits (`bestUpdates`;
+/// a subgroup no update fits is not listed: the document's `update` is required).
 async fn group_best_updates(
     State(s): State<Shared>,
     Path((_, g)): GroupPath,
@@ -159,20 +162,10 @@ async fn group_best_updates(
     if !view.groups().iter().any(|x| x.group_id == g) {
         return Err(not_found("group", &g));
     }
-    let mut counts: Vec<(&String, usize)> = Vec::new();
-    for d in view.devices.iter().filter(|d| d.device.group_id.as_deref() == Some(g.as_str())) {
-        let class = &d.device.device_class_id;
-        match counts.iter_mut().find(|(c, _)| *c == class) {
-            Some((_, n)) => *n += 1,
-            None => counts.push((class, 1)),
-        }
-    }
-    let best: Vec<serde_json::Value> = counts
-        .into_iter()
-        .map(|(class, count)| {
-            let update = view.classes.get(class).and_then(|c| c.best_compatible_update.clone());
-            serde_json::json!({"groupId": g, "deviceClassId": class, "update": update, "deviceCount": count})
-        })
+    let best: Vec<_> = view
+        .subgroups(&g)
+        .iter()
+        .filter_map(|sg| view.subgroup_best_update(&g, &sg.device_class_id))
         .collect();
     Ok(page(best, &uri, &q))
 }
@@ -263,43 +256,28 @@ async fn instance_compliance(State(s): State<Shared>) -> Result<Response, ApiErr
     Ok(axum::Json(device_view(&s).await?.compliance_of_all()).into_response())
 }
 
-/// The `filter` of the device list: `groupId eq 'G'` and/or `deviceClassId eq 'C'`, joined by
-/// `and` (the spec's forms; names compared case-insensitively).
-fn device_filter(filter: &str) -> Result<Vec<(String, String)>, ApiError> {
-    let mut out = Vec::new();
-    for part in filter.split(" and ") {
-        let bad = || {
-            ApiError::bad_request(
-                "InvalidFilter",
-                format!("`{part}` is not `groupId eq '...'` or `deviceClassId eq '...'`"),
-            )
-        };
-        let (name, value) = part.trim().split_once(" eq ").ok_or_else(bad)?;
-        let value =
-            value.trim().strip_prefix('\'').and_then(|v| v.strip_suffix('\'')).ok_or_else(bad)?;
-        let name = name.trim().to_ascii_lowercase();
-        if name != "groupid" && name != "deviceclassid" {
-            return Err(bad());
-        }
-        out.push((name, value.to_owned()));
-    }
-    Ok(out)
-}
-
 async fn list_devices(
     State(s): State<Shared>,
     uri: axum::http::Uri,
     axum::extract::Query(q): Q,
 ) -> Result<Response, ApiError> {
-    let filter = q.get("filter").map(|f| device_filter(f)).transpose()?.unwrap_or_default();
+    let filter = match q.get("filter") {
+        Some(f) => super::eq_filter(
+            f,
+            &["groupId", "deviceClassId"],
+            "`groupId eq '...'` or `deviceClassId eq '...'`",
+        )?,
+        None => Vec::new(),
+    };
     let v = device_view(&s).await?;
     let devices: Vec<_> = v
         .devices
         .iter()
+        .chain(&v.modules)
         .map(|d| &d.device)
         .filter(|d| {
-            filter.iter().all(|(name, value)| match name.as_str() {
-                "groupid" => d.group_id.as_deref() == Some(value.as_str()),
+            filter.iter().all(|(name, value)| match *name {
+                "groupId" => d.group_id.as_deref() == Some(value.as_str()),
                 _ => d.device_class_id == *value,
             })
         })
@@ -317,6 +295,20 @@ async fn get_device(
         .iter()
         .find(|x| x.device.device_id == d)
         .ok_or_else(|| not_found("device", &d))?;
+    Ok(axum::Json(&x.device).into_response())
+}
+
+/// An agent that runs as a module identity of a device.
+async fn get_module(
+    State(s): State<Shared>,
+    Path((_, d, m)): DeploymentPath,
+) -> Result<Response, ApiError> {
+    let v = device_view(&s).await?;
+    let x = v
+        .modules
+        .iter()
+        .find(|x| x.device.device_id == d && x.device.module_id.as_deref() == Some(m.as_str()))
+        .ok_or_else(|| not_found("module", &format!("{d}/{m}")))?;
     Ok(axum::Json(&x.device).into_response())
 }
 
@@ -338,13 +330,17 @@ async fn put_deployment(
     Path((_, g, d)): DeploymentPath,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
+    let id = DeploymentId::new(&d).map_err(|e| {
+        ApiError::bad_request("InvalidDeploymentId", e.to_string()).with_target("deploymentId")
+    })?;
+    let group = GroupId::new(&g).map_err(|_| not_found("group", &g))?;
     let deployment: crate::service::model::Deployment =
         serde_json::from_slice(&body).map_err(|e| {
             ApiError::bad_request("InvalidDeployment", format!("the body is not a deployment: {e}"))
         })?;
     let view = device_view(&s).await?;
     let updates = s.db.read(|st| st.updates()).await?;
-    let deployment = crate::server::deploy::prepare(deployment, &g, &d, &view, &updates)?;
+    let deployment = crate::server::deploy::prepare(deployment, &group, &id, &view, &updates)?;
     let stored = deployment.clone();
     let max = crate::server::deploy::MAX_DEPLOYMENTS;
     s.db.call(move |st| st.put_deployment(&stored, max)).await??;
@@ -354,7 +350,7 @@ async fn put_deployment(
 }
 
 /// A stored deployment, or 404.
-async fn stored(
+pub(super) async fn stored(
     s: &Shared,
     g: &str,
     d: &str,
@@ -378,8 +374,13 @@ async fn list_deployments(
     uri: axum::http::Uri,
     axum::extract::Query(q): Q,
 ) -> Result<Response, ApiError> {
+    let order = super::deployment_order(&q)?;
     let list = s.db.read(move |st| st.deployments(&g)).await?;
-    Ok(page(list.into_iter().map(|x| x.deployment).collect(), &uri, &q))
+    let mut list: Vec<_> = list.into_iter().map(|x| x.deployment).collect();
+    if let Some(ascending) = order {
+        super::sort_by_start(&mut list, ascending);
+    }
+    Ok(page(list, &uri, &q))
 }
 
 async fn delete_deployment(
@@ -400,73 +401,4 @@ async fn deployment_status(
     let stored = stored(&s, &g, &d).await?;
     let view = view_of(&s, Some(&stored.deployment.group_id)).await?;
     Ok(axum::Json(crate::server::deploy::status(&stored, &view)).into_response())
-}
-
-/// `POST …/deviceClassSubgroups/{c}/deployments/{d}:cancel` and `…:retry` (the action is part
-/// of the last path segment, as ADU spells it).
-async fn subgroup_action(
-    State(s): State<Shared>,
-    Path((_, g, c, d)): SubgroupPath,
-) -> Result<Response, ApiError> {
-    let Some((id, action @ ("cancel" | "retry"))) = d.rsplit_once(':') else {
-        return Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "MethodNotAllowed",
-            "POST takes `:cancel` or `:retry` after the deployment id",
-        ));
-    };
-    let (id, cancel) = (id.to_owned(), action == "cancel");
-    let existing = stored(&s, &g, &id).await?;
-    if !existing.deployment.device_class_subgroups.iter().flatten().any(|x| *x == c) {
-        return Err(not_found("device class subgroup of the deployment", &c));
-    }
-    let already_canceled = existing.subgroups.get(&c).is_some_and(|a| a.canceled);
-    if !cancel && (already_canceled || existing.state != DeploymentState::Active) {
-        return Err(ApiError::conflict(
-            "DeploymentNotActive",
-            "only an active, not canceled deployment can be retried",
-        ));
-    }
-    let now = crate::server::now_string();
-    let acted =
-        s.db.call(move |st| {
-            st.act_on_subgroup(&g, &id, &c, |a| {
-                if cancel {
-                    a.canceled = true;
-                } else {
-                    a.retry_count += 1;
-                    a.retry_timestamp = Some(now);
-                }
-            })
-        })
-        .await?
-        .ok_or_else(|| not_found("deployment", &d))?;
-    let _ = crate::server::reconcile::reconcile(&s, &acted.deployment.group_id).await;
-    Ok(axum::Json(acted.deployment).into_response())
-}
-
-async fn device_states(
-    State(s): State<Shared>,
-    Path((_, g, c, d)): SubgroupPath,
-    uri: axum::http::Uri,
-    axum::extract::Query(q): Q,
-) -> Result<Response, ApiError> {
-    let stored = stored(&s, &g, &d).await?;
-    let view = view_of(&s, Some(&g)).await?;
-    let states: Vec<DeploymentDeviceState> = view
-        .devices
-        .iter()
-        .filter(|x| {
-            x.device.group_id.as_deref() == Some(g.as_str()) && x.device.device_class_id == c
-        })
-        .map(|x| DeploymentDeviceState {
-            device_id: x.device.device_id.clone(),
-            module_id: x.device.module_id.clone(),
-            moved_on_to_new_deployment: stored.state == DeploymentState::Inactive,
-            retry_count: stored.subgroups.get(&c).map_or(0, |a| a.retry_count),
-            device_state: crate::server::deploy::device_state(x, &stored),
-            extra: Default::default(),
-        })
-        .collect();
-    Ok(page(states, &uri, &q))
 }

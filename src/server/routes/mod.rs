@@ -4,7 +4,8 @@
 //!
 //! - [`updates`]: Device Update's update management (import, updates, files, operations);
 //! - [`management`]: Device Update's device management (groups, classes, devices, compliance,
-//!   deployments);
+//!   deployments); [`subgroups`]: device-class subgroups and their deployments;
+//!   [`diagnostics`]: log collections, agent health, device import and its operations;
 //! - [`blobs`]: otaforge's own upload and read-URL routes, and the signed blob and content
 //!   URLs devices and imports read;
 //! - [`hub`], [`configs`], [`modules`]: IoT Hub's twins, identities, queries, configurations
@@ -18,10 +19,12 @@
 
 mod blobs;
 mod configs;
+mod diagnostics;
 mod hub;
 mod management;
 mod messaging;
 mod modules;
+mod subgroups;
 mod updates;
 
 use std::collections::HashMap;
@@ -32,8 +35,6 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{Next, from_fn, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-
-pub(super) use updates::update_location;
 
 use super::Shared;
 use super::error::{ApiError, Surface, render};
@@ -47,6 +48,8 @@ pub(super) fn router(state: Shared) -> Router {
     let adu = Router::new()
         .merge(updates::router())
         .merge(management::router())
+        .merge(subgroups::router())
+        .merge(diagnostics::router())
         .merge(blobs::storage_router())
         .layer(from_fn_with_state(state.clone(), api_guard));
     let hub = Router::new()
@@ -90,6 +93,76 @@ fn page<T: Serialize>(
         next_link = Some(format!("{}?{qs}", uri.path()));
     }
     axum::Json(Page { value, next_link }).into_response()
+}
+
+/// The terms of an OData-like `filter` made of `NAME eq 'VALUE'` joined by `and`, as the
+/// management lists take it; `names` says which names a list knows (compared without case;
+/// returned as `known` spells them). Anything else is 400 `InvalidFilter`, whose message lists
+/// what the list accepts.
+fn eq_filter(
+    filter: &str,
+    known: &[&'static str],
+    accepts: &str,
+) -> Result<Vec<(&'static str, String)>, ApiError> {
+    let mut out = Vec::new();
+    for part in filter.split(" and ") {
+        let bad = || {
+            ApiError::bad_request("InvalidFilter", format!("`{}` is not {accepts}", part.trim()))
+        };
+        let (name, value) = part.trim().split_once(" eq ").ok_or_else(bad)?;
+        let value =
+            value.trim().strip_prefix('\'').and_then(|v| v.strip_suffix('\'')).ok_or_else(bad)?;
+        let name = name.trim();
+        let known = known.iter().find(|k| {
+            k.eq_ignore_ascii_case(name)
+                || (k.ends_with('/')
+                    && name.len() > k.len()
+                    && name[..k.len()].eq_ignore_ascii_case(k))
+        });
+        let Some(k) = known else { return Err(bad()) };
+        // A prefix (`compatProperties/`) keeps the rest of the name.
+        let value = if k.ends_with('/') {
+            format!("{}={value}", &name[k.len()..])
+        } else {
+            value.to_owned()
+        };
+        out.push((*k, value));
+    }
+    Ok(out)
+}
+
+/// `orderby` of the deployment lists: `startDateTime` (ADU: "you can order by start date"),
+/// optionally `asc` or `desc` (`Some(true)` for ascending); without it `None` (the lists
+/// are then newest first).
+fn deployment_order(query: &HashMap<String, String>) -> Result<Option<bool>, ApiError> {
+    let Some(o) = query.get("orderby").or_else(|| query.get("$orderby")) else {
+        return Ok(None);
+    };
+    let mut words = o.split_whitespace();
+    let field = words.next().unwrap_or_default();
+    let dir = words.next().unwrap_or("asc");
+    if !field.eq_ignore_ascii_case("startDateTime") || words.next().is_some() {
+        return Err(ApiError::bad_request(
+            "InvalidOrderBy",
+            format!("`{o}`: deployments are ordered by `startDateTime [asc|desc]`"),
+        ));
+    }
+    match dir.to_ascii_lowercase().as_str() {
+        "asc" => Ok(Some(true)),
+        "desc" => Ok(Some(false)),
+        _ => Err(ApiError::bad_request("InvalidOrderBy", format!("`{o}`: asc or desc"))),
+    }
+}
+
+/// Orders deployments by `startDateTime` (ascending or descending).
+fn sort_by_start(list: &mut [crate::service::model::Deployment], ascending: bool) {
+    let at = |d: &crate::service::model::Deployment| {
+        crate::time::Timestamp::parse(&d.start_date_time).ok().map(|t| t.system_time())
+    };
+    list.sort_by(|a, b| {
+        let o = at(a).cmp(&at(b));
+        if ascending { o } else { o.reverse() }
+    });
 }
 
 /// Bearer token, api-version and instance checks for every Device Update route.

@@ -48,16 +48,6 @@ fn op_location(instance: &str, id: &str) -> String {
     format!("/deviceUpdate/{instance}/updates/operations/{id}?api-version={API_VERSION}")
 }
 
-/// Where an update is (an operation's `resourceLocation`).
-pub(crate) fn update_location(instance: &str, id: &UpdateId) -> String {
-    format!(
-        "/deviceUpdate/{instance}/updates/providers/{}/names/{}/versions/{}?api-version={API_VERSION}",
-        id.provider(),
-        id.name(),
-        id.version()
-    )
-}
-
 /// 202 with the `Operation-Location` of operation `id`.
 fn accepted(instance: &str, id: &str) -> Response {
     let mut r = StatusCode::ACCEPTED.into_response();

@@ -12,7 +12,7 @@ use super::{Outcome, Refusal, Store, StoreError};
 use crate::iothub::Twin;
 use crate::iothub::limits::MAX_MODULES_PER_DEVICE;
 
-pub(super) fn migrate_9(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
+pub(super) fn migrate_11(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
     tx.execute_batch(
         "CREATE TABLE IF NOT EXISTS identity_keys (
             identity TEXT PRIMARY KEY, primary_key TEXT NOT NULL, secondary_key TEXT);

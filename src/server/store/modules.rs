@@ -29,7 +29,12 @@ pub(super) fn migrate_8(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError
 }
 
 /// A module twin with its ids, version and ETag filled in.
-fn module_doc(device: &str, module: &str, version: i64, text: &str) -> Result<Twin, StoreError> {
+pub(super) fn module_doc(
+    device: &str,
+    module: &str,
+    version: i64,
+    text: &str,
+) -> Result<Twin, StoreError> {
     let mut twin: Twin = serde_json::from_str(text)?;
     twin.device_id = device.to_owned();
     twin.module_id = Some(module.to_owned());
@@ -319,13 +324,14 @@ impl Store {
         if configs.is_empty() && given.is_empty() {
             return Ok(Vec::new());
         }
-        let docs: Vec<Value> =
-            configs.iter().map(serde_json::to_value).collect::<Result<_, _>>()?;
         let deployments: Vec<Deployment> =
-            docs.iter().filter_map(|c| Deployment::from_configuration(c).ok()).collect();
+            configs.iter().filter_map(|c| Deployment::from_configuration(c).ok()).collect();
         let plan = Plan::new(&deployments);
-        let content =
-            |id: &str| docs.iter().find(|c| c["id"] == id).map(|c| &c["content"]["modulesContent"]);
+        let contents: Vec<(&str, Value)> = configs
+            .iter()
+            .filter_map(|c| Some((c.id.as_str(), Value::Object(c.modules_content()?.clone()))))
+            .collect();
+        let content = |id: &str| contents.iter().find(|(c, _)| *c == id).map(|(_, mc)| mc);
         let twins: Vec<(String, i64, String)> = self
             .conn
             .prepare_cached(
@@ -340,10 +346,11 @@ impl Store {
             let twin = serde_json::to_value(super::twin_doc(&device, version, &text)?)?;
             let a = plan.assign(&twin);
             let mut now: Given = Vec::new();
-            let mut sections = Map::new();
+            let mut sections = std::collections::BTreeMap::new();
             for (d, status) in statuses(&deployments, &a, &twin) {
                 now.push((d.id.clone(), d.created.clone(), status.as_str()));
-                sections.insert(d.id.clone(), json!({"status": status.as_str()}));
+                let status = crate::iothub::ConfigurationStatus { status: status.as_str().into() };
+                sections.insert(d.id.clone(), status);
             }
             now.sort();
             let key = serde_json::to_string(&now)?;
@@ -363,7 +370,7 @@ impl Store {
             }
             let agent = desired.remove("$edgeAgent");
             let agent_twin = change_module(&tx, &device, "$edgeAgent", |t| {
-                t.extra.insert("configurations".into(), Value::Object(sections));
+                t.configurations = Some(sections);
                 agent.is_some_and(|d| {
                     set_desired(t, &content_of(d.as_object().unwrap_or(&Map::new())))
                 })

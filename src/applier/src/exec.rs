@@ -1,0 +1,681 @@
+//! Executable-aware prediction (the header's `filter`): relative branches in machine code are
+//! predicted to reach the same target in new, wherever that target moved
+//! (docs/delta-format.md, "Executable-aware prediction").
+//!
+//! Between two builds, code moves: every call from one moved block into another block that
+//! moved by a different amount changes its relative offset, and costs correction bytes. With a
+//! filter, the op stream starts with a **displacement table**: for ranges of old, how far they
+//! moved in new. While applying an add, each branch in the old bytes read is rewritten to
+//! point at its old target's new place, and the correction is taken against that prediction.
+//!
+//! The rewrite uses only old bytes inside the op's add range and does not depend on how reads
+//! are split: a device reads old at random in pieces of any size and writes new in order. An
+//! instruction counts only when all its bytes lie in the add range and no instruction pattern
+//! starts fewer than its width before it (in the same range).
+//!
+//! The table lives in a [`CoverStore`] the caller provides: a fixed array of 12-byte entries
+//! on a device ([`FixedCovers`]), a `Vec` on a host (feature `alloc`).
+
+use crate::error::{IoError, PatchError};
+use crate::patcher::OldImage;
+use crate::wire::{unzigzag, Varint};
+
+/// The instruction sets with a transform.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    /// ARM Thumb-2 (Cortex-M): 32-bit BL, `imm` in halfwords, relative to the address + 4.
+    Thumb2,
+    /// AArch64: BL (imm26 words) and ADRP (imm21 pages).
+    Aarch64,
+    /// x86-64: CALL rel32 (E8) and JMP rel32 (E9).
+    X86_64,
+    /// ARM state (A32: ARM7, ARM9, ARM11, Cortex-A in ARM mode): BL (imm24 words, any
+    /// condition) and BLX immediate (to Thumb, imm24 words plus a halfword bit), relative to
+    /// the address + 8.
+    A32,
+}
+
+impl Isa {
+    /// The header's `filter` code.
+    pub fn code(self) -> u8 {
+        match self {
+            Isa::Thumb2 => 1,
+            Isa::Aarch64 => 2,
+            Isa::X86_64 => 3,
+            Isa::A32 => 4,
+        }
+    }
+
+    /// The instruction set of a `filter` code.
+    pub fn from_code(c: u8) -> Option<Self> {
+        match c {
+            1 => Some(Isa::Thumb2),
+            2 => Some(Isa::Aarch64),
+            3 => Some(Isa::X86_64),
+            4 => Some(Isa::A32),
+            _ => None,
+        }
+    }
+
+    /// The name `--exec` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Thumb2 => "thumb2",
+            Isa::Aarch64 => "aarch64",
+            Isa::X86_64 => "x86-64",
+            Isa::A32 => "a32",
+        }
+    }
+
+    /// Guesses the instruction set of an image: an ELF file's `e_machine`, a Cortex-M vector
+    /// table (an initial stack pointer in SRAM at 0x2000_0000 and an odd, Thumb, reset handler
+    /// address), or an ARM-state exception vector table (eight branches or `ldr pc, [pc, #n]`).
+    pub fn detect(image: &[u8]) -> Option<Isa> {
+        let u32_at =
+            |o: usize| image.get(o..o + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+        if image.starts_with(b"\x7fELF") && image.len() >= 20 && image[5] == 1 {
+            return match u16::from_le_bytes([image[18], image[19]]) {
+                40 => Some(Isa::Thumb2),
+                183 => Some(Isa::Aarch64),
+                62 => Some(Isa::X86_64),
+                _ => None,
+            };
+        }
+        let (sp, reset) = (u32_at(0)?, u32_at(4)?);
+        if sp & 0xff00_0000 == 0x2000_0000 && sp & 3 == 0 && reset & 1 == 1 {
+            return Some(Isa::Thumb2);
+        }
+        // B (always) or LDR PC, [PC, #imm] in each of the eight vectors.
+        let vector = |w: u32| w & 0xff00_0000 == 0xea00_0000 || w & 0xffff_f000 == 0xe59f_f000;
+        let all = (0..8).all(|i| u32_at(4 * i).map_or(false, vector));
+        all.then_some(Isa::A32)
+    }
+
+    /// Instruction width in bytes.
+    fn width(self) -> u64 {
+        match self {
+            Isa::Thumb2 | Isa::Aarch64 | Isa::A32 => 4,
+            Isa::X86_64 => 5,
+        }
+    }
+
+    /// Instruction alignment in the image.
+    fn align(self) -> u64 {
+        match self {
+            Isa::Thumb2 => 2,
+            Isa::Aarch64 | Isa::A32 => 4,
+            Isa::X86_64 => 1,
+        }
+    }
+
+    /// Whether `w` (the instruction's bytes) is a branch this transform rewrites.
+    pub fn is_branch(self, w: &[u8]) -> bool {
+        match self {
+            Isa::Thumb2 => {
+                let (h1, h2) = (u16::from_le_bytes([w[0], w[1]]), u16::from_le_bytes([w[2], w[3]]));
+                h1 & 0xf800 == 0xf000 && h2 & 0xd000 == 0xd000
+            }
+            Isa::Aarch64 => {
+                let i = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
+                i & 0xfc00_0000 == 0x9400_0000 || i & 0x9f00_0000 == 0x9000_0000
+            }
+            Isa::X86_64 => matches!(w[0], 0xe8 | 0xe9) && matches!(w[4], 0x00 | 0xff),
+            // BL with a condition (not 0b1111), or BLX immediate (0b1111101H).
+            Isa::A32 => w[3] & 0x0f == 0x0b || w[3] & 0xfe == 0xfa,
+        }
+    }
+
+    /// The instruction at old position `p` (bytes `w`) rewritten for new position `new_p`,
+    /// its target mapped through `map`; `None` when the result does not encode.
+    pub fn rewrite(
+        self,
+        w: &[u8],
+        p: i64,
+        new_p: i64,
+        map: impl Fn(i64) -> i64,
+    ) -> Option<[u8; 5]> {
+        let mut out = [0u8; 5];
+        out[..w.len()].copy_from_slice(w);
+        match self {
+            Isa::Thumb2 => {
+                let (h1, h2) = (u16::from_le_bytes([w[0], w[1]]), u16::from_le_bytes([w[2], w[3]]));
+                let s = u32::from(h1 >> 10 & 1);
+                let (j1, j2) = (u32::from(h2 >> 13 & 1), u32::from(h2 >> 11 & 1));
+                let (i1, i2) = (1 ^ j1 ^ s, 1 ^ j2 ^ s);
+                let raw = s << 24
+                    | i1 << 23
+                    | i2 << 22
+                    | u32::from(h1 & 0x3ff) << 12
+                    | u32::from(h2 & 0x7ff) << 1;
+                let off = i64::from((raw << 7) as i32 >> 7);
+                let new_off = map(p + 4 + off) - (new_p + 4);
+                if new_off & 1 != 0 || !(-(1 << 24)..1 << 24).contains(&new_off) {
+                    return None;
+                }
+                let v = new_off as u32;
+                let s = v >> 24 & 1;
+                let (j1, j2) = (1 ^ (v >> 23 & 1) ^ s, 1 ^ (v >> 22 & 1) ^ s);
+                let h1 = (h1 & 0xf800) | (s << 10 | (v >> 12 & 0x3ff)) as u16;
+                let h2 = (h2 & 0xd000) | (j1 << 13 | j2 << 11 | (v >> 1 & 0x7ff)) as u16;
+                out[..2].copy_from_slice(&h1.to_le_bytes());
+                out[2..4].copy_from_slice(&h2.to_le_bytes());
+            }
+            Isa::Aarch64 => {
+                let i = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
+                let new = if i & 0xfc00_0000 == 0x9400_0000 {
+                    let off = i64::from(((i & 0x03ff_ffff) << 6) as i32 >> 4);
+                    let new_off = map(p + off) - new_p;
+                    if new_off & 3 != 0 || !(-(1 << 27)..1 << 27).contains(&new_off) {
+                        return None;
+                    }
+                    0x9400_0000 | ((new_off >> 2) as u32 & 0x03ff_ffff)
+                } else {
+                    let imm = (i >> 3 & 0x1f_fffc) | (i >> 29 & 3);
+                    let pages = i64::from((imm << 11) as i32 >> 11);
+                    let target = (p & !0xfff) + (pages << 12);
+                    // The page that holds the target's new place, to the nearest page.
+                    let new_page = (map(target) + 0x800) & !0xfff;
+                    let new_pages = (new_page - (new_p & !0xfff)) >> 12;
+                    if !(-(1 << 20)..1 << 20).contains(&new_pages) {
+                        return None;
+                    }
+                    let v = new_pages as u32;
+                    (i & 0x9f00_001f) | (v & 3) << 29 | (v >> 2 & 0x7_ffff) << 5
+                };
+                out[..4].copy_from_slice(&new.to_le_bytes());
+            }
+            Isa::X86_64 => {
+                let rel = i64::from(i32::from_le_bytes([w[1], w[2], w[3], w[4]]));
+                let new_rel = i32::try_from(map(p + 5 + rel) - (new_p + 5)).ok()?;
+                out[1..5].copy_from_slice(&new_rel.to_le_bytes());
+            }
+            Isa::A32 => {
+                let i = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
+                let blx = i >> 25 == 0b111_1101;
+                // imm24 words, and for BLX the H bit (bit 24) as the halfword.
+                let half = if blx { i64::from(i >> 24 & 1) << 1 } else { 0 };
+                let off = (i64::from(((i & 0x00ff_ffff) << 8) as i32) >> 6) + half;
+                let new_off = map(p + 8 + off) - (new_p + 8);
+                let align = if blx { 1 } else { 3 };
+                if new_off & align != 0 || !(-(1 << 25)..1 << 25).contains(&new_off) {
+                    return None;
+                }
+                let v = new_off as u32;
+                let h = if blx { (v >> 1 & 1) << 24 } else { 0 };
+                let top = if blx { 0xfa00_0000 } else { i & 0xff00_0000 };
+                out[..4].copy_from_slice(&(top | h | (v >> 2 & 0x00ff_ffff)).to_le_bytes());
+            }
+        }
+        Some(out)
+    }
+}
+
+/// Where a range of old went in new: old `[old_start, old_start + len)` is at `+ disp`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cover {
+    /// First old byte.
+    pub old_start: u64,
+    /// Bytes.
+    pub len: u64,
+    /// New position minus old position.
+    pub disp: i64,
+}
+
+/// The most covers a table may hold, so that a hostile delta cannot make a host allocate
+/// without bound. The MCU profile writes at most [`MCU_COVERS`].
+pub const MAX_COVERS: u64 = 1 << 20;
+
+/// Covers the MCU profile keeps (12 bytes each in [`FixedCovers`]: 3 KiB).
+pub const MCU_COVERS: usize = 256;
+
+/// A displacement table: covers sorted by `old_start`, not overlapping. (`Sync` so that a host
+/// can predict on several threads.)
+pub trait Covers: Sync {
+    /// How many covers.
+    fn count(&self) -> usize;
+    /// Cover `i` (`i < count()`).
+    fn cover(&self, i: usize) -> Cover;
+
+    /// Where old position `target` is in new: by its cover, or by `default` when none holds it.
+    fn map(&self, target: i64, default: i64) -> i64 {
+        if target >= 0 {
+            // The last cover starting at or before `target`.
+            let (mut lo, mut hi) = (0, self.count());
+            while lo < hi {
+                let mid = lo + (hi - lo) / 2;
+                if self.cover(mid).old_start as i64 <= target {
+                    lo = mid + 1;
+                } else {
+                    hi = mid;
+                }
+            }
+            if lo > 0 {
+                let c = self.cover(lo - 1);
+                if target < (c.old_start + c.len) as i64 {
+                    return target + c.disp;
+                }
+            }
+        }
+        target + default
+    }
+}
+
+impl Covers for [Cover] {
+    fn count(&self) -> usize {
+        self.len()
+    }
+    fn cover(&self, i: usize) -> Cover {
+        self[i]
+    }
+}
+
+/// Somewhere to put a table read from a stream.
+pub trait CoverStore: Covers {
+    /// Forgets every cover and makes room for `n`; refuses a table it cannot hold.
+    fn start(&mut self, n: u64) -> Result<(), PatchError>;
+    /// Appends a cover (at most the `n` of [`CoverStore::start`]).
+    fn push(&mut self, c: Cover) -> Result<(), PatchError>;
+}
+
+impl<S: Covers + ?Sized> Covers for &mut S {
+    fn count(&self) -> usize {
+        (**self).count()
+    }
+    fn cover(&self, i: usize) -> Cover {
+        (**self).cover(i)
+    }
+}
+
+impl<S: CoverStore + ?Sized> CoverStore for &mut S {
+    fn start(&mut self, n: u64) -> Result<(), PatchError> {
+        (**self).start(n)
+    }
+    fn push(&mut self, c: Cover) -> Result<(), PatchError> {
+        (**self).push(c)
+    }
+}
+
+/// A table in a fixed array of 12-byte entries (old start, length, displacement as 32-bit
+/// numbers): what a device gives the applier.
+#[derive(Debug)]
+pub struct FixedCovers<'a> {
+    slots: &'a mut [[u32; 3]],
+    len: usize,
+}
+
+impl<'a> FixedCovers<'a> {
+    /// A store holding at most `slots.len()` covers.
+    pub fn new(slots: &'a mut [[u32; 3]]) -> Self {
+        Self { slots, len: 0 }
+    }
+}
+
+impl Covers for FixedCovers<'_> {
+    fn count(&self) -> usize {
+        self.len
+    }
+    fn cover(&self, i: usize) -> Cover {
+        let [s, l, d] = self.slots[i];
+        Cover { old_start: u64::from(s), len: u64::from(l), disp: i64::from(d as i32) }
+    }
+}
+
+impl CoverStore for FixedCovers<'_> {
+    fn start(&mut self, n: u64) -> Result<(), PatchError> {
+        self.len = 0;
+        if n > self.slots.len() as u64 {
+            return Err(PatchError::BadTable("more covers than the device's table holds"));
+        }
+        Ok(())
+    }
+    fn push(&mut self, c: Cover) -> Result<(), PatchError> {
+        let too_big = PatchError::BadTable("a cover does not fit a 32-bit device");
+        let s = u32::try_from(c.old_start).map_err(|_| too_big)?;
+        let l = u32::try_from(c.len).map_err(|_| too_big)?;
+        let d = i32::try_from(c.disp).map_err(|_| too_big)?;
+        let slot = self.slots.get_mut(self.len).ok_or(PatchError::BadTable("too many covers"))?;
+        *slot = [s, l, d as u32];
+        self.len += 1;
+        Ok(())
+    }
+}
+
+#[cfg(feature = "alloc")]
+impl Covers for alloc::vec::Vec<Cover> {
+    fn count(&self) -> usize {
+        self.len()
+    }
+    fn cover(&self, i: usize) -> Cover {
+        self[i]
+    }
+}
+
+#[cfg(feature = "alloc")]
+impl CoverStore for alloc::vec::Vec<Cover> {
+    fn start(&mut self, n: u64) -> Result<(), PatchError> {
+        self.clear();
+        if n > MAX_COVERS {
+            return Err(PatchError::BadTable("more covers than any writer makes"));
+        }
+        // Room for what a small table needs; a large one grows as it proves real.
+        self.reserve(n.min(MCU_COVERS as u64) as usize);
+        Ok(())
+    }
+    fn push(&mut self, c: Cover) -> Result<(), PatchError> {
+        alloc::vec::Vec::push(self, c);
+        Ok(())
+    }
+}
+
+/// Reads a table from the front of a decompressed op stream, in pieces of any size, into a
+/// [`CoverStore`].
+#[derive(Debug, Clone)]
+pub struct TableReader {
+    old_len: u64,
+    left: Option<u64>,
+    field: u8,
+    number: Varint,
+    parts: [u64; 3],
+    end: u64,
+    disp: i64,
+    consumed: u64,
+}
+
+impl TableReader {
+    /// A reader for a delta whose old image is `old_len` bytes.
+    pub fn new(old_len: u64) -> Self {
+        Self {
+            old_len,
+            left: None,
+            field: 0,
+            number: Varint::default(),
+            parts: [0; 3],
+            end: 0,
+            disp: 0,
+            consumed: 0,
+        }
+    }
+
+    /// Takes table bytes from the front of `input` into `store` and returns how many it took;
+    /// the rest of `input` is op stream once [`TableReader::done`] says so.
+    pub fn feed<S: CoverStore + ?Sized>(
+        &mut self,
+        input: &[u8],
+        store: &mut S,
+    ) -> Result<usize, PatchError> {
+        let mut used = 0;
+        for &b in input {
+            if self.done() {
+                break;
+            }
+            used += 1;
+            self.consumed += 1;
+            let v = match self.number.push(b) {
+                Err(_) => return Err(PatchError::BadVarint { offset: self.consumed - 1 }),
+                Ok(None) => continue,
+                Ok(Some(v)) => v,
+            };
+            match self.left {
+                None => {
+                    if v > MAX_COVERS {
+                        return Err(PatchError::BadTable("more covers than any writer makes"));
+                    }
+                    store.start(v)?;
+                    self.left = Some(v);
+                }
+                Some(left) => {
+                    self.parts[usize::from(self.field)] = v;
+                    self.field += 1;
+                    if self.field == 3 {
+                        self.field = 0;
+                        self.cover(store)?;
+                        self.left = Some(left - 1);
+                    }
+                }
+            }
+        }
+        Ok(used)
+    }
+
+    /// Checks and stores the cover whose three numbers are complete.
+    fn cover<S: CoverStore + ?Sized>(&mut self, store: &mut S) -> Result<(), PatchError> {
+        let [gap, len, disp] = self.parts;
+        let start = self.end.checked_add(gap);
+        let (start, end) = match (start, start.and_then(|s| s.checked_add(len))) {
+            (Some(s), Some(e)) => (s, e),
+            _ => return Err(PatchError::BadTable("a cover overflows")),
+        };
+        if end > self.old_len || len == 0 {
+            return Err(PatchError::BadTable("a cover lies outside old or is empty"));
+        }
+        self.disp = self.disp.wrapping_add(unzigzag(disp));
+        store.push(Cover { old_start: start, len, disp: self.disp })?;
+        self.end = end;
+        Ok(())
+    }
+
+    /// Whether the whole table has been read.
+    pub fn done(&self) -> bool {
+        self.left == Some(0)
+    }
+
+    /// Bytes of the stream the table took.
+    pub fn consumed(&self) -> u64 {
+        self.consumed
+    }
+}
+
+/// A filter in use while applying: the instruction set and the delta's table.
+#[derive(Clone, Copy)]
+pub struct Exec<'t> {
+    /// Instruction set.
+    pub isa: Isa,
+    /// The displacement table.
+    pub table: &'t dyn Covers,
+}
+
+impl core::fmt::Debug for Exec<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Exec").field("isa", &self.isa).field("covers", &self.table.count()).finish()
+    }
+}
+
+/// Old bytes around a buffer being predicted: `lo` just before it, the buffer, `hi` after.
+struct Window<'w> {
+    lo: &'w [u8],
+    lo_start: u64,
+    at: u64,
+    end: u64,
+    hi: &'w [u8],
+}
+
+impl Window<'_> {
+    fn byte(&self, q: u64, buf: &[u8]) -> u8 {
+        if q < self.at {
+            self.lo[(q - self.lo_start) as usize]
+        } else if q < self.end {
+            buf[(q - self.at) as usize]
+        } else {
+            self.hi[(q - self.end) as usize]
+        }
+    }
+
+    fn get(&self, p: u64, w: u64, buf: &[u8]) -> [u8; 5] {
+        let mut bytes = [0u8; 5];
+        for (i, q) in (p..p + w).enumerate() {
+            bytes[i] = self.byte(q, buf);
+        }
+        bytes
+    }
+}
+
+impl Exec<'_> {
+    /// Rewrites the branches in `buf`, which holds old bytes `at..at + buf.len()` inside the add
+    /// range `[s, e)` of an op writing new at old position + `disp`, into their predicted new
+    /// form. Other bytes of old in `[s, e)` may be read through `old`; nothing outside.
+    pub fn predict<O: OldImage + ?Sized>(
+        &self,
+        old: &mut O,
+        (s, e): (u64, u64),
+        disp: i64,
+        at: u64,
+        buf: &mut [u8],
+    ) -> Result<(), IoError> {
+        let (w, a) = (self.isa.width(), self.isa.align());
+        let end = at + buf.len() as u64;
+        // Old bytes just before and after `buf` that the pattern checks can look at.
+        let lo_start = s.max(at.saturating_sub(2 * w));
+        let hi_end = e.min(end + w);
+        let (mut lo, mut hi) = ([0u8; 10], [0u8; 5]);
+        old.read_at(lo_start, &mut lo[..(at - lo_start) as usize])?;
+        old.read_at(end, &mut hi[..(hi_end - end) as usize])?;
+        let win = Window {
+            lo: &lo[..(at - lo_start) as usize],
+            lo_start,
+            at,
+            end,
+            hi: &hi[..(hi_end - end) as usize],
+        };
+        let first = at.saturating_sub(w - 1).max(s);
+        let first = (first + a - 1) / a * a;
+        if e < w || buf.is_empty() {
+            return Ok(());
+        }
+        let last = (e - w).min(end - 1);
+        if first > last {
+            return Ok(());
+        }
+        self.rewrite_range(&win, (s, first, last), disp, buf);
+        Ok(())
+    }
+
+    /// The scan of [`Exec::predict`] over aligned positions `first..=last`.
+    fn rewrite_range(
+        &self,
+        win: &Window<'_>,
+        (s, first, last): (u64, u64, u64),
+        disp: i64,
+        buf: &mut [u8],
+    ) {
+        let (w, a) = (self.isa.width(), self.isa.align());
+        let wl = w as usize;
+        // The one byte that rules most positions out, and its offset in the instruction.
+        let (k, quick): (u64, fn(u8) -> bool) = match self.isa {
+            Isa::Thumb2 => (1, |b| b & 0xf8 == 0xf0),
+            Isa::Aarch64 => (3, |b| b & 0xfc == 0x94 || b & 0x9f == 0x90),
+            Isa::X86_64 => (0, |b| b == 0xe8 || b == 0xe9),
+            Isa::A32 => (3, |b| b & 0x0f == 0x0b || b & 0xfe == 0xfa),
+        };
+        let is_branch = |p: u64, buf: &[u8]| -> bool {
+            quick(win.byte(p + k, buf)) && self.isa.is_branch(&win.get(p, w, buf)[..wl])
+        };
+        // From the top down, so that a rewritten instruction is never read by a later check:
+        // the checks for `p` read only `[p - w + 1, p + w)`, and a branch that counts has no
+        // pattern in the `w - 1` positions below it, so the scan goes on from `p - w`.
+        let mut p = last - last % a;
+        while p >= first {
+            let counts = is_branch(p, buf)
+                && !(1..w).filter(|k| k % a == 0 && p >= s + k).any(|k| is_branch(p - k, buf));
+            let step = if counts {
+                let here = win.get(p, w, buf);
+                let pi = p as i64;
+                if let Some(new) =
+                    self.isa.rewrite(&here[..wl], pi, pi + disp, |t| self.table.map(t, disp))
+                {
+                    for (i, q) in (p..p + w).enumerate() {
+                        if (win.at..win.end).contains(&q) {
+                            buf[(q - win.at) as usize] = new[i];
+                        }
+                    }
+                }
+                w
+            } else {
+                a
+            };
+            match p.checked_sub(step) {
+                Some(next) => p = next,
+                None => break,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A Thumb-2 BL at `from` to `to`, encoded through `rewrite` (a BL pointed elsewhere).
+    fn thumb_bl(from: i64, to: i64) -> [u8; 4] {
+        let zero = [0x00, 0xf0, 0x00, 0xf8];
+        let out = Isa::Thumb2.rewrite(&zero, from, from, |_| to).unwrap();
+        [out[0], out[1], out[2], out[3]]
+    }
+
+    #[test]
+    fn branches_decode_and_encode_for_every_isa() {
+        // Thumb-2: forward and backward, near the ±16 MiB limits.
+        for (from, to) in [(0x100, 0x2000), (0x8000, 0x40), (0, (1 << 24) - 2), (1 << 24, 6)] {
+            let bl = thumb_bl(from, to);
+            assert!(Isa::Thumb2.is_branch(&bl));
+            let back = Isa::Thumb2.rewrite(&bl, from, from, |t| {
+                assert_eq!(t, to, "decoded target");
+                t
+            });
+            assert_eq!(back.unwrap()[..4], bl);
+        }
+        // AArch64 BL and ADRP.
+        let bl = 0x9400_0010u32.to_le_bytes(); // BL +64
+        Isa::Aarch64.rewrite(&bl, 0x1000, 0x1000, |t| {
+            assert_eq!(t, 0x1040);
+            t
+        });
+        let adrp = (0x9000_0000u32 | 1 << 29).to_le_bytes(); // ADRP x0, +1 page
+        let moved = Isa::Aarch64.rewrite(&adrp, 0x1000, 0x1000, |t| {
+            assert_eq!(t, 0x2000);
+            t + 0x3000
+        });
+        let m = moved.unwrap();
+        let v = u32::from_le_bytes([m[0], m[1], m[2], m[3]]);
+        assert_eq!((v >> 29 & 3) | (v >> 5 & 0x7ffff) << 2, 4);
+        // x86-64 CALL rel32.
+        let call = [0xe8, 0x10, 0, 0, 0];
+        assert!(Isa::X86_64.is_branch(&call));
+        let out = Isa::X86_64.rewrite(&call, 100, 100, |t| {
+            assert_eq!(t, 121);
+            t - 21
+        });
+        assert_eq!(out.unwrap(), [0xe8, 0xfb, 0xff, 0xff, 0xff]);
+        // A32 BL (conditional too) and BLX, forward and back.
+        for (word, from, to) in [
+            (0xeb00_0010u32, 0x100i64, 0x100 + 8 + 64),
+            (0x0bff_fffeu32, 0x100, 0x100),
+            (0xfb00_0001u32, 0x200, 0x200 + 8 + 4 + 2),
+            (0xfaff_fff0u32, 0x400, 0x400 + 8 - 64),
+        ] {
+            let w = word.to_le_bytes();
+            assert!(Isa::A32.is_branch(&w), "{word:#x}");
+            let back = Isa::A32.rewrite(&w, from, from, |t| {
+                assert_eq!(t, to, "{word:#x} decoded");
+                t
+            });
+            assert_eq!(back.unwrap()[..4], w, "{word:#x} re-encoded");
+            // Moved by 6 bytes: a BL cannot reach it (not word aligned); a BLX can.
+            let moved = Isa::A32.rewrite(&w, from, from, |t| t + 6);
+            assert_eq!(moved.is_some(), word >> 25 == 0x7d, "{word:#x}");
+        }
+        assert!(!Isa::A32.is_branch(&0xea00_0010u32.to_le_bytes()), "B is not a call");
+    }
+
+    #[test]
+    fn a_fixed_store_holds_what_fits_and_refuses_the_rest() {
+        let mut slots = [[0u32; 3]; 2];
+        let mut store = FixedCovers::new(&mut slots);
+        assert!(store.start(3).is_err());
+        store.start(2).unwrap();
+        store.push(Cover { old_start: 10, len: 5, disp: -4 }).unwrap();
+        assert_eq!(store.cover(0), Cover { old_start: 10, len: 5, disp: -4 });
+        assert!(store.push(Cover { old_start: 1 << 33, len: 1, disp: 0 }).is_err());
+        assert_eq!(store.map(12, 100), 8);
+        assert_eq!(store.map(15, 100), 115);
+    }
+}

@@ -1,0 +1,269 @@
+//! Reading the otadelta header (152 bytes, little endian): the one reader of its rules, which
+//! the host's `otaforge::delta::format` uses too. `docs/delta-format.md` is the specification.
+
+use crate::error::HeaderError;
+use crate::exec::Isa;
+
+/// First eight bytes of every otadelta file.
+pub const MAGIC: &[u8; 8] = b"OTADELTA";
+/// The format version this code reads.
+pub const VERSION: u8 = 1;
+/// Size of the header in bytes.
+pub const HEADER_LEN: usize = 152;
+/// The header bytes covered by the digest (everything before the digest itself).
+pub const DIGESTED_LEN: usize = 120;
+/// Header `flags` bit: a signature block follows the payload.
+pub const FLAG_SIGNED: u8 = 1;
+/// Header `flags` bit: the delta is applied inside the old image's own flash slot
+/// ([`InPlace`]); bytes 18..23 hold its segment size and shift.
+pub const FLAG_IN_PLACE: u8 = 2;
+/// Size of the signature block of a signed delta: key id (32) and Ed25519 signature (64).
+pub const SIGNATURE_LEN: usize = 96;
+/// What a delta signature signs: this context string, then the 32-byte digest.
+pub const SIGNATURE_CONTEXT: &[u8; 22] = b"otadelta signature v1\0";
+
+/// How the payload rebuilds new.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// The op stream (1).
+    Bsdiff,
+    /// A zstd patch-from frame of new (2).
+    Zstd,
+    /// The op stream in five separately compressed parts (3).
+    Split,
+}
+
+impl Method {
+    /// The header's code.
+    pub fn code(self) -> u8 {
+        match self {
+            Method::Bsdiff => 1,
+            Method::Zstd => 2,
+            Method::Split => 3,
+        }
+    }
+
+    /// The method of a header code.
+    pub fn from_code(c: u8) -> Option<Self> {
+        match c {
+            1 => Some(Method::Bsdiff),
+            2 => Some(Method::Zstd),
+            3 => Some(Method::Split),
+            _ => None,
+        }
+    }
+}
+
+/// How the payload is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// Stored as is (0).
+    None,
+    /// One zstd frame (1).
+    Zstd,
+    /// Raw LZMA1 with an end marker; properties in the header (2).
+    Lzma,
+}
+
+impl Compression {
+    /// The header's code.
+    pub fn code(self) -> u8 {
+        match self {
+            Compression::None => 0,
+            Compression::Zstd => 1,
+            Compression::Lzma => 2,
+        }
+    }
+
+    /// The compression of a header code.
+    pub fn from_code(c: u8) -> Option<Self> {
+        match c {
+            0 => Some(Compression::None),
+            1 => Some(Compression::Zstd),
+            2 => Some(Compression::Lzma),
+            _ => None,
+        }
+    }
+}
+
+/// How an in-place delta uses the flash slot (docs/delta-format.md, "In place").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InPlace {
+    /// log2 of the segment size: new is written one segment at a time, and a segment is the
+    /// unit of erase and of progress saved.
+    pub segment_log2: u8,
+    /// How many segments old is first moved up the slot.
+    pub shift_segments: u32,
+}
+
+impl InPlace {
+    /// The smallest and largest segment sizes (64 B and 16 MiB, as log2).
+    pub const SEGMENT_LOG2: core::ops::RangeInclusive<u8> = 6..=24;
+
+    /// Segment size in bytes.
+    pub fn segment(&self) -> u64 {
+        1 << self.segment_log2
+    }
+
+    /// Shift in bytes.
+    pub fn shift(&self) -> u64 {
+        u64::from(self.shift_segments) << self.segment_log2
+    }
+}
+
+/// Everything the header declares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    /// How the payload rebuilds new.
+    pub method: Method,
+    /// How the payload is compressed.
+    pub compression: Compression,
+    /// Decoder window in bytes: the zstd window or the LZMA dictionary size; 0 when stored.
+    pub window: u32,
+    /// LZMA properties byte `(pb * 5 + lp) * 9 + lc`; 0 otherwise.
+    pub lzma_props: u8,
+    /// Old image size.
+    pub old_size: u64,
+    /// Old image SHA-256.
+    pub old_sha256: [u8; 32],
+    /// New image size.
+    pub new_size: u64,
+    /// New image SHA-256.
+    pub new_sha256: [u8; 32],
+    /// Length of the decompressed payload.
+    pub stream_len: u64,
+    /// Length of the payload that follows the header.
+    pub payload_len: u64,
+    /// SHA-256 over the header's first 120 bytes followed by the payload.
+    pub digest: [u8; 32],
+    /// A signature block follows the payload.
+    pub signed: bool,
+    /// The executable transform the corrections are relative to.
+    pub filter: Option<Isa>,
+    /// Segment size and shift of a delta applied in place.
+    pub in_place: Option<InPlace>,
+}
+
+fn u64_at(h: &[u8], o: usize) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&h[o..o + 8]);
+    u64::from_le_bytes(b)
+}
+
+fn sha_at(h: &[u8], o: usize) -> [u8; 32] {
+    let mut b = [0u8; 32];
+    b.copy_from_slice(&h[o..o + 32]);
+    b
+}
+
+impl Header {
+    /// Decodes and checks a header from the start of `bytes` (rule 1 of the format).
+    pub fn decode(bytes: &[u8]) -> Result<Self, HeaderError> {
+        if bytes.len() < 8 || &bytes[..8] != MAGIC {
+            return Err(HeaderError::Magic);
+        }
+        if bytes.len() < HEADER_LEN {
+            return Err(HeaderError::Short(bytes.len()));
+        }
+        let h = &bytes[..HEADER_LEN];
+        if h[8] != VERSION {
+            return Err(HeaderError::Version(h[8]));
+        }
+        let field = |field, value: u8| HeaderError::Field { field, value: value.into() };
+        let method = Method::from_code(h[9]).ok_or_else(|| field("method", h[9]))?;
+        let compression =
+            Compression::from_code(h[10]).ok_or_else(|| field("compression", h[10]))?;
+        let filter = match h[11] {
+            0 => None,
+            c => Some(Isa::from_code(c).ok_or_else(|| field("filter", c))?),
+        };
+        let in_place = Self::decode_flags(h)?;
+        let window = u32::from_le_bytes([h[12], h[13], h[14], h[15]]);
+        let lzma_props = h[16];
+        match compression {
+            Compression::Lzma if lzma_props >= 9 * 5 * 5 => {
+                return Err(field("lzma_props", lzma_props));
+            }
+            Compression::Lzma if window < 4096 => {
+                return Err(HeaderError::Field { field: "window", value: window.into() });
+            }
+            Compression::Zstd | Compression::None if lzma_props != 0 => {
+                return Err(field("lzma_props", lzma_props));
+            }
+            _ => {}
+        }
+        if method == Method::Zstd && compression != Compression::Zstd {
+            return Err(field("compression", h[10]));
+        }
+        if method == Method::Zstd && (filter.is_some() || in_place.is_some()) {
+            return Err(field("method", h[9]));
+        }
+        let header = Header {
+            method,
+            compression,
+            window,
+            lzma_props,
+            old_size: u64_at(h, 24),
+            old_sha256: sha_at(h, 32),
+            new_size: u64_at(h, 64),
+            new_sha256: sha_at(h, 72),
+            stream_len: u64_at(h, 104),
+            payload_len: u64_at(h, 112),
+            digest: sha_at(h, 120),
+            signed: h[17] & FLAG_SIGNED != 0,
+            filter,
+            in_place,
+        };
+        let stored_mismatch = compression == Compression::None
+            && method != Method::Split
+            && header.stream_len != header.payload_len;
+        if method == Method::Zstd && header.stream_len != header.new_size || stored_mismatch {
+            return Err(HeaderError::Field { field: "stream_len", value: header.stream_len });
+        }
+        Ok(header)
+    }
+
+    /// The flags byte, the in-place layout and the reserved bytes.
+    fn decode_flags(h: &[u8]) -> Result<Option<InPlace>, HeaderError> {
+        let field = |field, value: u8| HeaderError::Field { field, value: value.into() };
+        if h[17] & !(FLAG_SIGNED | FLAG_IN_PLACE) != 0 {
+            return Err(field("flags", h[17]));
+        }
+        let in_place = if h[17] & FLAG_IN_PLACE != 0 {
+            if !InPlace::SEGMENT_LOG2.contains(&h[18]) {
+                return Err(field("segment_log2", h[18]));
+            }
+            let shift_segments = u32::from_le_bytes([h[19], h[20], h[21], h[22]]);
+            Some(InPlace { segment_log2: h[18], shift_segments })
+        } else {
+            if let Some(&b) = h[18..23].iter().find(|b| **b != 0) {
+                return Err(field("reserved", b));
+            }
+            None
+        };
+        if h[23] != 0 {
+            return Err(field("reserved", h[23]));
+        }
+        Ok(in_place)
+    }
+
+    /// Total file length the header declares: header, payload, and the signature block when
+    /// signed.
+    pub fn file_len(&self) -> u64 {
+        let sig = if self.signed { SIGNATURE_LEN as u64 } else { 0 };
+        (HEADER_LEN as u64).saturating_add(self.payload_len).saturating_add(sig)
+    }
+
+    /// The smallest slot an in-place delta needs: old after the shift, and new, each rounded
+    /// up to whole segments (0 for a delta not made in place).
+    pub fn slot_needed(&self) -> u64 {
+        match self.in_place {
+            Some(ip) => {
+                let seg = ip.segment();
+                let whole = |n: u64| n.saturating_add(seg - 1) / seg * seg;
+                ip.shift().saturating_add(whole(self.old_size)).max(whole(self.new_size))
+            }
+            None => 0,
+        }
+    }
+}

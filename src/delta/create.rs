@@ -1,0 +1,437 @@
+//! Creating a delta ([`create`]), as a sequence of named steps: the in-place layout, the
+//! ops (suffix-array matching), the executable prediction's plan, the candidate encoders, the
+//! candidates compressed side by side, and the smallest assembled into a file and checked by
+//! applying it. `docs/delta-format.md`, "Generation", describes the method.
+
+use super::{Compression, Header, InPlace, Isa, Method};
+use super::{
+    CreateOptions, Created, DeltaError, DeltaFormat, ExecChoice, InPlaceOptions, MethodChoice,
+    Profile, apply, bsdiff40, codec, diff, exec, format, info, ops, split,
+};
+use crate::{Reporter, Sha256};
+
+/// Creates a delta rebuilding `new` from `old`.
+pub fn create(
+    old: &[u8],
+    new: &[u8],
+    opts: &CreateOptions,
+    reporter: &dyn Reporter,
+) -> Result<Created, DeltaError> {
+    let in_place = opts.in_place.map(|ip| in_place_layout(old, new, opts, ip)).transpose()?;
+    let use_ops = opts.format == DeltaFormat::Bsdiff40
+        || matches!(opts.method, MethodChoice::Auto | MethodChoice::Bsdiff | MethodChoice::Split)
+        || opts.profile == Profile::Mcu
+        || in_place.is_some();
+    let digests = std::thread::scope(|s| {
+        let h = s.spawn(|| Sha256::digest(old));
+        (h.join().unwrap_or_else(|_| Sha256::digest(old)), Sha256::digest(new))
+    });
+    let ops = if use_ops { find_ops(old, new, opts, in_place, reporter)? } else { Vec::new() };
+    let plan = ExecPlan::choose(old, new, &ops, opts, use_ops, reporter);
+    if opts.format == DeltaFormat::Bsdiff40 {
+        return create_bsdiff40(old, new, &ops, digests.1, (in_place, &plan), reporter);
+    }
+    let encoders = encoders(old, &ops, opts, (use_ops, in_place.is_some()), &plan, new.len())?;
+    let candidates = compress_all(old, new, &ops, &encoders, &plan, opts, reporter)?;
+    assemble(old, new, digests, in_place, candidates, reporter)
+}
+
+/// The ops rebuilding new: matched against the whole of old, or per segment for in place.
+fn find_ops(
+    old: &[u8],
+    new: &[u8],
+    opts: &CreateOptions,
+    in_place: Option<InPlace>,
+    reporter: &dyn Reporter,
+) -> Result<Vec<diff::Op>, DeltaError> {
+    let index_err = |e: diff::IndexError| DeltaError::Index(e.to_string());
+    let params = diff::ScanParams { threads: opts.threads.max(1), ..Default::default() };
+    if let Some(ip) = in_place {
+        reporter.start("match", Some(new.len() as u64));
+        let (seg, shift) = (ip.segment() as usize, ip.shift() as usize);
+        let ops = diff::diff_in_place(old, new, seg, shift, params).map_err(index_err)?;
+        reporter.finish("match");
+        return Ok(ops);
+    }
+    reporter.start("index", Some(old.len() as u64));
+    let index = diff::SuffixIndex::build(old).map_err(index_err)?;
+    reporter.finish("index");
+    reporter.start("match", Some(new.len() as u64));
+    let ops = diff::diff(&index, new, params);
+    reporter.finish("match");
+    Ok(ops)
+}
+
+/// The executable transform: which instruction set, whether plain is tried as well, its
+/// table, and the filters each op-stream encoder is tried with.
+struct ExecPlan {
+    isa: Option<Isa>,
+    plain_too: bool,
+    table: exec::Table,
+    filters: Vec<Option<Isa>>,
+}
+
+impl ExecPlan {
+    fn choose(
+        old: &[u8],
+        new: &[u8],
+        ops: &[diff::Op],
+        opts: &CreateOptions,
+        use_ops: bool,
+        reporter: &dyn Reporter,
+    ) -> Self {
+        let (isa, plain_too) = match opts.exec {
+            ExecChoice::None => (None, true),
+            ExecChoice::Isa(i) => (Some(i), false),
+            ExecChoice::Auto => (Isa::detect(new), true),
+        };
+        let covers = if opts.profile == Profile::Mcu { exec::MCU_COVERS } else { usize::MAX };
+        let table = match isa {
+            Some(_) if use_ops => exec::Table::from_ops(ops, covers),
+            _ => exec::Table::default(),
+        };
+        let filters: Vec<Option<Isa>> = match isa {
+            // Large streams: compressing twice would double the compressors' memory and time,
+            // so the prediction is kept when it leaves fewer non-zero corrections.
+            Some(i) if plain_too && use_ops && ops_stream_hint(ops) > 4 << 20 => {
+                reporter.start("exec", None);
+                let exec = table.exec(i);
+                let (with, without) = std::thread::scope(|s| {
+                    let h = s.spawn(|| ops::nonzero_corrections(old, new, ops, Some(exec)));
+                    let without = ops::nonzero_corrections(old, new, ops, None);
+                    (h.join().unwrap_or(u64::MAX), without)
+                });
+                reporter.finish("exec");
+                if with < without { vec![Some(i)] } else { vec![None] }
+            }
+            Some(i) if plain_too => vec![None, Some(i)],
+            Some(i) => vec![Some(i)],
+            None => vec![None],
+        };
+        Self { isa, plain_too, table, filters }
+    }
+}
+
+/// A BSDIFF40 file of `ops`, checked by applying it.
+fn create_bsdiff40(
+    old: &[u8],
+    new: &[u8],
+    ops: &[diff::Op],
+    new_sha: Sha256,
+    (in_place, plan): (Option<InPlace>, &ExecPlan),
+    reporter: &dyn Reporter,
+) -> Result<Created, DeltaError> {
+    if in_place.is_some() || plan.isa.is_some() && !plan.plain_too {
+        return Err(DeltaError::InPlace(
+            "BSDIFF40 has no room for --in-place or --exec; use --delta-format otadelta".into(),
+        ));
+    }
+    reporter.start("compress", None);
+    let bytes = bsdiff40::write(old, new, ops).map_err(DeltaError::Compress)?;
+    reporter.finish("compress");
+    let applied = apply(old, &bytes, None, &mut |_| Ok(()))
+        .map_err(|e| DeltaError::SelfCheck(e.to_string()))?;
+    if applied.new_sha256 != new_sha {
+        return Err(DeltaError::SelfCheck("BSDIFF40 output differs".into()));
+    }
+    let info = info(&bytes)?;
+    let size = bytes.len() as u64;
+    Ok(Created { bytes, info, candidates: vec![(Method::Bsdiff, Compression::None, None, size)] })
+}
+
+/// The candidate (method, encoder) pairs for the options and the profile.
+fn encoders(
+    old: &[u8],
+    ops: &[diff::Op],
+    opts: &CreateOptions,
+    (use_ops, in_place): (bool, bool),
+    plan: &ExecPlan,
+    new_len: usize,
+) -> Result<Vec<(Method, codec::Encoder)>, DeltaError> {
+    let level = opts.level.clamp(1, 9);
+    let mut jobs: Vec<(Method, codec::Encoder)> = Vec::new();
+    if use_ops {
+        op_stream_encoders(&mut jobs, ops_stream_hint(ops), opts.compression, opts.profile, level);
+    }
+    let want_zstd = opts.profile == Profile::Linux
+        && !in_place
+        && (plan.isa.is_none() || plan.plain_too)
+        && matches!(opts.compression, None | Some(Compression::Zstd))
+        && (opts.method == MethodChoice::Zstd
+            // patch-from at level 19 runs at about 1 MB/s; auto tries it on MCU-sized images,
+            // where it sometimes wins.
+            || (opts.method == MethodChoice::Auto && old.len() + new_len <= 8 << 20));
+    if want_zstd {
+        jobs.push((Method::Zstd, codec::Encoder::Zstd { level: 0, window_log: 0 }));
+    }
+    if opts.method == MethodChoice::Split {
+        jobs.retain(|(m, _)| *m == Method::Split);
+        if jobs.is_empty() {
+            return Err(DeltaError::Unsupported(
+                "--method split needs --profile linux and LZMA compression".into(),
+            ));
+        }
+    }
+    Ok(jobs)
+}
+
+/// The op stream's encoders: the MCU profile's small LZMA; for Linux, LZMA interleaved and in
+/// parts, and zstd where it is cheap.
+fn op_stream_encoders(
+    jobs: &mut Vec<(Method, codec::Encoder)>,
+    stream_len_hint: u64,
+    compression: Option<Compression>,
+    profile: Profile,
+    level: u32,
+) {
+    let mcu_lzma = codec::Encoder::Lzma {
+        preset: level,
+        params: codec::LzmaParams { dict: 4096, lc: 0, lp: 0, pb: 0 },
+    };
+    match (compression, profile) {
+        (Some(Compression::None), _) => jobs.push((Method::Bsdiff, codec::Encoder::None)),
+        (Some(Compression::Lzma), Profile::Mcu) | (None, Profile::Mcu) => {
+            jobs.push((Method::Bsdiff, mcu_lzma));
+        }
+        (Some(Compression::Zstd), Profile::Mcu) => {
+            jobs.push((Method::Bsdiff, codec::Encoder::Zstd { level: 19, window_log: 10 }));
+        }
+        (forced, Profile::Linux) => {
+            let dict = stream_len_hint.next_power_of_two().clamp(4096, 8 << 20) as u32;
+            if forced != Some(Compression::Zstd) {
+                let lzma = codec::Encoder::Lzma {
+                    preset: level,
+                    params: codec::LzmaParams { dict, lc: 1, lp: 0, pb: 0 },
+                };
+                // The split method won on every corpus pair; for large streams the
+                // interleaved one is not tried beside it (its compressor alone is ~100 MiB).
+                if stream_len_hint <= 4 << 20 {
+                    jobs.push((Method::Bsdiff, lzma));
+                }
+                // The same, in five parts (each part's dictionary sized to it: up to 8 MiB
+                // for the literals, 1 MiB for the others, which compressed as well or
+                // better than 8 MiB on the corpus and take less memory on both sides).
+                let split_params = codec::LzmaParams { dict: 8 << 20, lc: 1, lp: 0, pb: 0 };
+                jobs.push((
+                    Method::Split,
+                    codec::Encoder::Lzma { preset: level, params: split_params },
+                ));
+            }
+            // zstd on the op stream lost to LZMA on every corpus pair; auto tries it only
+            // where it is cheap (streams up to 8 MiB).
+            if forced == Some(Compression::Zstd) || (forced.is_none() && stream_len_hint <= 8 << 20)
+            {
+                let window_log = codec::window_log_for(stream_len_hint.min(1 << 27) as u32);
+                let zlevel = [1, 3, 6, 9, 12, 15, 17, 19, 19][level as usize - 1];
+                jobs.push((Method::Bsdiff, codec::Encoder::Zstd { level: zlevel, window_log }));
+            }
+        }
+    }
+}
+
+/// Every op-stream encoder with every filter, patch-from once, compressed side by side;
+/// smallest first.
+fn compress_all(
+    old: &[u8],
+    new: &[u8],
+    ops: &[diff::Op],
+    encoders: &[(Method, codec::Encoder)],
+    plan: &ExecPlan,
+    opts: &CreateOptions,
+    reporter: &dyn Reporter,
+) -> Result<Vec<Candidate>, DeltaError> {
+    let jobs: Vec<(Method, codec::Encoder, Option<Isa>)> = encoders
+        .iter()
+        .flat_map(|&(m, e)| match m {
+            Method::Bsdiff | Method::Split => {
+                plan.filters.iter().map(|&f| (m, e, f)).collect::<Vec<_>>()
+            }
+            Method::Zstd => vec![(m, e, None)],
+        })
+        .collect();
+    reporter.start("compress", None);
+    let results: Vec<Result<Candidate, DeltaError>> =
+        diff::run_limited(opts.threads.max(1), &jobs, |&(method, enc, filter)| {
+            let exec = filter.map(|isa| plan.table.exec(isa));
+            compress_payload(old, new, ops, method, enc, exec, opts)
+        });
+    reporter.finish("compress");
+    let mut done = results.into_iter().collect::<Result<Vec<_>, _>>()?;
+    done.sort_by_key(|c| c.payload.len());
+    Ok(done)
+}
+
+/// The smallest candidate as a delta file (header with its digest, then the payload),
+/// checked by applying it.
+fn assemble(
+    old: &[u8],
+    new: &[u8],
+    (old_sha, new_sha): (Sha256, Sha256),
+    in_place: Option<InPlace>,
+    done: Vec<Candidate>,
+    reporter: &dyn Reporter,
+) -> Result<Created, DeltaError> {
+    let candidates = done
+        .iter()
+        .map(|c| {
+            let size = (c.payload.len() + format::HEADER_LEN) as u64;
+            (c.method, c.enc.compression(), c.filter, size)
+        })
+        .collect();
+    let Some(Candidate { method, enc, filter, stream_len, payload }) = done.into_iter().next()
+    else {
+        return Err(DeltaError::SelfCheck("no candidate method".into()));
+    };
+    let header = Header {
+        method,
+        compression: enc.compression(),
+        window: enc.window(),
+        lzma_props: enc.lzma_props(),
+        old_size: old.len() as u64,
+        old_sha256: old_sha,
+        new_size: new.len() as u64,
+        new_sha256: new_sha,
+        stream_len,
+        payload_len: payload.len() as u64,
+        digest: Sha256::from_bytes([0; 32]),
+        signed: false,
+        filter,
+        in_place,
+    };
+    let mut encoded = header.encode();
+    let digest = format::digest(&encoded, &payload);
+    encoded[format::DIGESTED_LEN..].copy_from_slice(digest.as_bytes());
+    let mut bytes = Vec::with_capacity(format::HEADER_LEN + payload.len());
+    bytes.extend_from_slice(&encoded);
+    bytes.extend_from_slice(&payload);
+    drop(payload);
+    reporter.start("verify", Some(new.len() as u64));
+    // `apply` checks new's size and digest against the header.
+    apply(old, &bytes, None, &mut |_| Ok(())).map_err(|e| DeltaError::SelfCheck(e.to_string()))?;
+    reporter.finish("verify");
+    let info = info(&bytes)?;
+    Ok(Created { bytes, info, candidates })
+}
+
+/// About how long the op stream for `ops` is.
+fn ops_stream_hint(ops: &[diff::Op]) -> u64 {
+    ops.iter().map(|o| (o.add + o.copy) as u64 + 6).sum()
+}
+
+/// A compressed payload.
+struct Candidate {
+    method: Method,
+    enc: codec::Encoder,
+    filter: Option<Isa>,
+    /// Decompressed length.
+    stream_len: u64,
+    payload: Vec<u8>,
+}
+
+/// The in-place layout for `ip`: the segment size, and the largest shift of whole segments
+/// that leaves old inside the slot.
+fn in_place_layout(
+    old: &[u8],
+    new: &[u8],
+    opts: &CreateOptions,
+    ip: InPlaceOptions,
+) -> Result<InPlace, DeltaError> {
+    let bad = |m: String| Err(DeltaError::InPlace(m));
+    if opts.format != DeltaFormat::Otadelta {
+        return bad("BSDIFF40 cannot be applied in place; use --delta-format otadelta".into());
+    }
+    let seg = ip.segment_size;
+    let log2 = seg.trailing_zeros();
+    if !seg.is_power_of_two() || !InPlace::SEGMENT_LOG2.contains(&(log2 as u8)) {
+        return bad(format!(
+            "--segment-size {seg} must be a power of two from 64 B to 16 MiB (a multiple of the flash's erase unit)"
+        ));
+    }
+    let whole = |n: usize| (n as u64).div_ceil(seg) * seg;
+    let (old_room, new_room) = (whole(old.len()), whole(new.len()));
+    if ip.memory_size < old_room || ip.memory_size < new_room {
+        return bad(format!(
+            "--memory-size {} is smaller than old ({old_room} bytes) or new ({new_room} bytes) in whole {seg}-byte segments",
+            ip.memory_size
+        ));
+    }
+    let shift_segments = u32::try_from((ip.memory_size - old_room) / seg)
+        .map_err(|_| DeltaError::InPlace("the slot is more than 2^32 segments".into()))?;
+    Ok(InPlace { segment_log2: log2 as u8, shift_segments })
+}
+
+fn compress_payload(
+    old: &[u8],
+    new: &[u8],
+    ops: &[diff::Op],
+    method: Method,
+    enc: codec::Encoder,
+    exec: Option<exec::Exec<'_>>,
+    opts: &CreateOptions,
+) -> Result<Candidate, DeltaError> {
+    let (level, threads) = (opts.level.clamp(1, 9), opts.threads.max(1));
+    let filter = exec.map(|e| e.isa);
+    match method {
+        Method::Bsdiff => {
+            let mut stream_len = 0;
+            let payload = enc
+                .compress(&mut |w| {
+                    stream_len = ops::write_stream(old, new, ops, exec, w)?;
+                    Ok(stream_len)
+                })
+                .map_err(DeltaError::Compress)?;
+            Ok(Candidate { method, enc, filter, stream_len, payload })
+        }
+        Method::Split => {
+            let codec::Encoder::Lzma { preset, params } = enc else {
+                return Err(DeltaError::SelfCheck("the split method compresses with LZMA".into()));
+            };
+            // The reader derives the displacement table from the ops: all covers, not sent.
+            let full = exec.map(|_| exec::Table::from_ops(ops, usize::MAX));
+            let exec = exec.zip(full.as_ref()).map(|(e, t)| t.exec(e.isa));
+            let mut table_len = Vec::new();
+            if let Some(t) = &full {
+                t.encode(&mut table_len);
+            }
+            // Run-length coding the corrections wins on large streams (LZMA's longest match
+            // is 273 bytes) and loses a little on small ones: small ones try both.
+            let adds: u64 = ops.iter().map(|o| o.add as u64).sum();
+            let variants: &[bool] = if adds <= 4 << 20 { &[true, false] } else { &[true] };
+            let mut best: Option<(Vec<u8>, u32, u64)> = None;
+            for &run_length in variants {
+                let parts = split::write_parts(old, new, ops, exec, run_length)
+                    .map_err(DeltaError::Compress)?;
+                // The re-interleaved stream: table, controls, corrections (counted from the
+                // ops, as part 3 may be run-length coded), literals.
+                let controls: u64 = parts[..3].iter().map(|p| p.len() as u64).sum();
+                let stream_len = table_len.len() as u64 + controls + adds + parts[4].len() as u64;
+                let (payload, window) =
+                    split::compress(&parts, run_length, preset, params, threads)
+                        .map_err(DeltaError::Compress)?;
+                if best.as_ref().is_none_or(|b| payload.len() < b.0.len()) {
+                    best = Some((payload, window, stream_len));
+                }
+            }
+            let Some((payload, window, stream_len)) = best else {
+                return Err(DeltaError::SelfCheck("no split payload".into()));
+            };
+            let params = codec::LzmaParams { dict: window, ..params };
+            let enc = codec::Encoder::Lzma { preset, params };
+            Ok(Candidate { method, enc, filter, stream_len, payload })
+        }
+        Method::Zstd => {
+            let total = (old.len() + new.len()).max(1) as u64;
+            let window_log = codec::window_log_for(total.min(1 << 31) as u32);
+            let zlevel = [3, 6, 9, 12, 15, 17, 19, 19, 19][level as usize - 1];
+            let payload = codec::zstd_ref_compress(old, new, zlevel, window_log)
+                .map_err(DeltaError::Compress)?;
+            Ok(Candidate {
+                method,
+                enc: codec::Encoder::Zstd { level: zlevel, window_log },
+                filter: None,
+                stream_len: new.len() as u64,
+                payload,
+            })
+        }
+    }
+}
