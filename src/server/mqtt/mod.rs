@@ -50,8 +50,18 @@ const REPORT_QUEUE: usize = 8192;
 /// A report waiting for the writer, and who waits for its outcome.
 type ReportJob = (
     crate::server::store::Report,
-    oneshot::Sender<Result<crate::server::store::Outcome<crate::iothub::Twin>, String>>,
+    oneshot::Sender<Result<crate::server::store::Outcome<crate::iothub::Twin>, ReportError>>,
 );
+
+/// Why a device's report was not stored: the store failed (one error, shared by every report
+/// of its batch), or the writer stopped.
+#[derive(Debug, Clone, thiserror::Error)]
+pub(super) enum ReportError {
+    #[error("the report writer stopped")]
+    WriterStopped,
+    #[error(transparent)]
+    Store(Arc<crate::server::store::StoreError>),
+}
 
 /// Where serve's MQTT endpoint writes its log lines (what a device was refused, why a
 /// connection closed); the library never prints, so the CLI gives one that does.
@@ -368,13 +378,10 @@ impl Live {
     pub(super) async fn report(
         &self,
         report: crate::server::store::Report,
-    ) -> Result<crate::server::store::Outcome<crate::iothub::Twin>, String> {
+    ) -> Result<crate::server::store::Outcome<crate::iothub::Twin>, ReportError> {
         let (tx, rx) = oneshot::channel();
-        self.reports
-            .send((report, tx))
-            .await
-            .map_err(|_| "the report writer stopped".to_owned())?;
-        rx.await.map_err(|_| "the report writer stopped".to_owned())?
+        self.reports.send((report, tx)).await.map_err(|_| ReportError::WriterStopped)?;
+        rx.await.map_err(|_| ReportError::WriterStopped)?
     }
 
     /// Notes what a connection changed for its store write ([`save_loop`]).
@@ -431,8 +438,9 @@ async fn report_writer(s: Shared, mut rx: mpsc::Receiver<ReportJob>) {
                 }
             }
             Err(e) => {
+                let e = ReportError::Store(Arc::new(e));
                 for done in waiting {
-                    let _ = done.send(Err(e.to_string()));
+                    let _ = done.send(Err(e.clone()));
                 }
             }
         }

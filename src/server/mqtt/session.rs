@@ -35,7 +35,7 @@ use crate::iothub::limits::{MAX_KEEPALIVE_WAIT_SECS, MAX_MQTT_PACKET, MAX_SUBSCR
 use crate::iothub::mqtt::{self, Filter, Identity, Inbound, Subscriptions, Username};
 use crate::iothub::sas::{Claims, SasKey};
 use crate::server::Shared;
-use crate::server::store::Refusal;
+use crate::server::store::{Refusal, StoreError};
 
 type Stream = TlsStream<tokio::net::TcpStream>;
 
@@ -262,12 +262,12 @@ fn keepalive_wait(keep_alive: u16) -> Duration {
 }
 
 /// The subscriptions an identity's session keeps: a change not yet written first.
-async fn session_of(s: &Shared, key: &str) -> Result<Option<u8>, String> {
+async fn session_of(s: &Shared, key: &str) -> Result<Option<u8>, StoreError> {
     if let Some(pending) = super::lock(&s.live.saves).sessions.get(key) {
         return Ok(*pending);
     }
     let k = key.to_owned();
-    s.db.read(move |st| st.mqtt_session(&k)).await.map_err(|e| e.to_string())
+    s.db.read(move |st| st.mqtt_session(&k)).await
 }
 
 fn kind(p: &Packet) -> &'static str {
@@ -480,7 +480,7 @@ impl Session {
     }
 
     /// The identity's twin as the device sees it, with the `$version`s of its sections.
-    async fn twin(&self) -> Result<Option<(Value, i64)>, String> {
+    async fn twin(&self) -> Result<Option<(Value, i64)>, StoreError> {
         let (d, m) = (self.identity.device.clone(), self.identity.module.clone());
         let twin = self
             .s
@@ -489,8 +489,7 @@ impl Session {
                 Some(m) => st.module_twin(&d, m),
                 None => st.device(&d).map(|r| r.map(|r| r.twin)),
             })
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         let Some(twin) = twin else { return Ok(None) };
         let mut desired = twin.properties.desired;
         let version = match self.identity.module {
@@ -514,7 +513,7 @@ impl Session {
             Ok(None) => {
                 (mqtt::twin_response(404, rid, None), error_body("the identity was deleted"))
             }
-            Err(e) => (mqtt::twin_response(500, rid, None), error_body(&e)),
+            Err(e) => (mqtt::twin_response(500, rid, None), error_body(&e.to_string())),
         }
     }
 
@@ -537,7 +536,7 @@ impl Session {
                 return (mqtt::twin_response(400, rid, None), error_body(&e.to_string()));
             }
             Ok(Err(r)) => return (mqtt::twin_response(404, rid, None), error_body(&r.to_string())),
-            Err(e) => return (mqtt::twin_response(500, rid, None), error_body(&e)),
+            Err(e) => return (mqtt::twin_response(500, rid, None), error_body(&e.to_string())),
         };
         let version = twin.properties.reported.get("$version").and_then(Value::as_i64);
         if self.identity.module.is_none() {
