@@ -1,5 +1,10 @@
-//! Simulated devices: each one an ADU agent in goal-state mode (adu.md §5.4) that talks to
-//! `otaforge serve`'s IoT Hub surface with its own credential. A device reports its agent
+//! Simulated devices: each one an ADU agent in goal-state mode (adu.md §5.4) that talks to its
+//! IoT Hub — `otaforge serve`, or Azure IoT Hub given its connection string — over IoT Hub's
+//! device protocol (MQTT/TLS, [`link`]) with its own credential, as the Device Update agent
+//! does: model id `dtmi:azure:iot:deviceUpdateModel;3`, the `deviceUpdate` component with its
+//! agent properties, the acknowledgement of each desired `service` (`value`, `ac`, `ad`,
+//! `av`), and install results as agent 1.1 writes them (`extendedResultCodes`,
+//! `stepResults`). A device reports its agent
 //! properties, reads its twin, and on a new deployment checks the update manifest signature
 //! against its root keys (when given), reports `DeploymentInProgress`, downloads what it needs
 //! (streamed and hashed as it arrives, stopped as soon as it runs past the manifest's
@@ -10,18 +15,20 @@
 //! it cannot read fails the deployment at once with the agent's parser codes. Injected failures
 //! are drawn from the seed, the device and the deployment, so a run is reproducible.
 //!
-//! Every device runs as its own task and long-polls its twin (serve answers when the twin
-//! changes), so a fleet of thousands costs serve one waiting request per device, not a poll
-//! loop; `parallel` bounds how many install at once. Devices that install the same image
+//! Every device runs as its own task and holds one MQTT connection, on which the hub publishes
+//! its desired-property changes, so a fleet of thousands costs the hub one idle connection per
+//! device, not a poll loop; `parallel` bounds how many install at once. Devices that install the same image
 //! share its bytes.
 //!
 //! With `edge`, the devices are IoT Edge devices instead (`capabilities.iotEdge`), each the
-//! edgeAgent of [`edge`]: they deploy what their `$edgeAgent` module twin asks for and report
-//! the runtime's reported properties, with injected image pull failures and crash loops.
+//! edgeAgent of [`edge`]: connected as its `$edgeAgent` and `$edgeHub` module identities, they
+//! deploy what the `$edgeAgent` module twin asks for and report the runtime's reported
+//! properties, with injected image pull failures and crash loops.
 //!
 //! Not yet: cancel handling beyond not starting.
 
 mod edge;
+mod link;
 mod logs;
 
 use std::sync::Arc;
@@ -31,7 +38,8 @@ use std::time::Duration;
 use serde_json::{Map, Value, json};
 
 use crate::Sha256;
-use crate::iothub::sas::{SasKey, token};
+use crate::iothub::mqtt::client::{Connection, Gateway};
+use crate::iothub::sas::SasKey;
 use crate::iothub::{ConnectionString, GROUP_TAG, IotHubClient, IotHubError};
 use crate::manifest::UpdateId;
 use crate::service::agent::{
@@ -40,7 +48,7 @@ use crate::service::agent::{
 };
 use crate::service::model::InstallResult;
 
-/// The longest one twin read waits (serve's limit).
+/// The longest a device waits for a change before it looks again.
 const MAX_WAIT: Duration = Duration::from_secs(120);
 
 /// `Apply_Success`.
@@ -167,10 +175,12 @@ pub struct Failures {
 /// What the fleet looks like.
 #[derive(Debug, Clone)]
 pub struct FleetSpec {
-    /// serve's base URL.
-    pub endpoint: String,
-    /// The hub's service connection string (to register the devices).
+    /// The hub's service connection string: to register the devices, and where they connect
+    /// (its `GatewayHostName`, which serve writes, else its host on port 8883).
     pub hub: ConnectionString,
+    /// The CA certificate(s) (PEM) the devices trust for their MQTT connection: serve's
+    /// `mqtt-ca.pem`; none: the platform's roots, as for Azure IoT Hub.
+    pub ca: Option<Arc<Vec<u8>>>,
     /// Device ids are `PREFIX-0000`, `PREFIX-0001`, ….
     pub prefix: String,
     /// How many devices.
@@ -283,8 +293,11 @@ impl Counters {
 
 /// What the devices of a fleet share.
 struct Env {
-    host: String,
-    endpoint: String,
+    /// Where the devices connect.
+    gateway: Gateway,
+    /// The hub's name in their credentials (the connection string's `HostName`).
+    hub_name: String,
+    /// Downloads.
     http: reqwest::Client,
     class: Map<String, Value>,
     trusted: Option<Arc<crate::sign::TrustedKeys>>,
@@ -306,8 +319,21 @@ struct Device {
     installed: Option<Installed>,
     /// The last deployment (and retry) acted on.
     done: Option<String>,
-    /// The twin version last read; the next read waits for a later one.
-    version: Option<i64>,
+    /// Its desired properties as last read or changed, `$version` included.
+    desired: Map<String, Value>,
+    /// The reported `$version` the hub last acknowledged.
+    reported_version: Option<i64>,
+    /// Its reported properties as last read, with what it reported since (Edge devices
+    /// report relative to them).
+    last_reported: Map<String, Value>,
+    /// Its MQTT connection (an Edge device's `$edgeAgent`'s), when connected.
+    link: Option<Connection>,
+    /// The desired properties were read afresh (on connecting) and not acted on yet.
+    fresh: bool,
+    /// An Edge device's `$edgeHub` connection.
+    hub_link: Option<Connection>,
+    /// An Edge device's runtime module keys.
+    modules: Option<link::ModuleKeys>,
     /// The log collection the twin asks for (`diagnosticInformation.service`), as last read.
     log_request: Option<crate::service::diagnostics::DiagnosticsRequest>,
     /// The log collection last answered.
@@ -315,62 +341,27 @@ struct Device {
 }
 
 impl Device {
-    /// A device token valid for an hour, signed afresh for each request as the SDKs renew theirs.
-    fn auth(&self, env: &Env) -> String {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        token(&format!("{}/devices/{}", env.host, self.id), &self.key, None, now + 3600)
-    }
-
     fn fail(&self, message: impl Into<String>) -> FleetError {
         FleetError::Device { device: self.id.clone(), message: message.into() }
     }
 
-    /// A device request (with its credential): `GET` the JSON at `url`.
-    async fn get_json(&self, env: &Env, url: String, what: &str) -> Result<Value, FleetError> {
-        let resp = env
-            .http
-            .get(url)
-            .header("authorization", self.auth(env))
-            .send()
-            .await
-            .map_err(|e| self.fail(e.to_string()))?;
-        if !resp.status().is_success() {
-            return Err(self.fail(format!("{what} answered {}", resp.status())));
-        }
-        let bytes = resp.bytes().await.map_err(|e| self.fail(e.to_string()))?;
-        serde_json::from_slice(&bytes).map_err(|e| self.fail(e.to_string()))
+    /// Reports the agent's `deviceUpdate` component on the device's connection.
+    async fn report_agent(&mut self, agent: AgentReport) -> Result<(), FleetError> {
+        self.report(ReportedComponent::new(agent).to_patch()).await
     }
 
-    /// A device request: `PATCH` `body` to `url`.
-    async fn patch_json(
-        &self,
-        env: &Env,
-        url: String,
-        body: &Value,
-        what: &str,
-    ) -> Result<(), FleetError> {
-        let resp = env
-            .http
-            .patch(url)
-            .header("authorization", self.auth(env))
-            .header("content-type", "application/json")
-            .body(body.to_string())
-            .send()
-            .await
-            .map_err(|e| self.fail(e.to_string()))?;
-        if !resp.status().is_success() {
-            return Err(self.fail(format!("{what} answered {}", resp.status())));
-        }
-        Ok(())
-    }
-
-    /// Reports the agent's `deviceUpdate` component.
-    async fn report(&self, env: &Env, agent: AgentReport) -> Result<(), FleetError> {
-        let url = format!("{}/devices/{}/twin/reported", env.endpoint, self.id);
-        let patch = Value::Object(ReportedComponent::new(agent).to_patch());
-        self.patch_json(env, url, &patch, "report").await
+    /// The acknowledgement of the desired `service` property the device read, as the agent
+    /// sends it (`{"value", "ac", "ad", "av"}`).
+    fn acknowledge(&self, service: &ServiceProperty) -> Map<String, Value> {
+        let mut component = ReportedComponent {
+            marker: Some(crate::service::agent::COMPONENT_MARKER.into()),
+            ..ReportedComponent::default()
+        };
+        component.extra.insert(
+            "service".into(),
+            crate::service::agent::acknowledgement(service, self.desired_version()),
+        );
+        component.to_patch()
     }
 
     /// What the agent reports about itself in `state`, with what it last worked on.
@@ -381,9 +372,12 @@ impl Device {
         workflow: Option<Workflow>,
         result: Option<InstallResult>,
     ) -> AgentReport {
+        // As agent 1.1 orders them: the compat properties, `interfaceId` null, the contract
+        // model, the agent's version.
         let mut props = env.class.clone();
+        props.insert("interfaceId".into(), Value::Null);
         props.insert("contractModelId".into(), json!(CONTRACT_MODEL_ID));
-        props.insert("aduVer".into(), json!("DU;agent/otaforge-fleet"));
+        props.insert("aduVer".into(), json!(ADU_VERSION));
         let names: Vec<&str> = env.class.keys().map(String::as_str).collect();
         AgentReport {
             device_properties: Some(props),
@@ -394,29 +388,17 @@ impl Device {
                 .installed
                 .as_ref()
                 .and_then(|i| serde_json::to_string(&i.id).ok()),
-            last_install_result: result.and_then(|r| serde_json::to_value(r).ok()),
+            last_install_result: result.as_ref().map(agent_result),
             extra: Map::new(),
         }
     }
 
-    /// The desired `service` property (`None` when there is no deployment): at once the first
-    /// time, then once the twin has moved past the version last read, or after `wait`
-    /// (long-poll; serve answers with the twin as it is when the wait runs out).
-    async fn desired(
-        &mut self,
-        env: &Env,
-        wait: Duration,
-    ) -> Result<Option<ServiceProperty>, FleetError> {
-        let mut url = format!("{}/devices/{}/twin", env.endpoint, self.id);
-        if let Some(v) = self.version {
-            url.push_str(&format!("?after={v}&wait={}", wait.as_secs().max(1)));
-        }
-        let twin: DeviceTwin = serde_json::from_value(self.get_json(env, url, "twin read").await?)
-            .map_err(|e| self.fail(format!("the twin read is not a twin: {e}")))?;
-        self.version = twin.version;
-        self.log_request = crate::service::diagnostics::DiagnosticsComponent::of(&twin.desired)
+    /// The desired `service` property (`None` when there is no deployment), and the log
+    /// collection the twin asks for, from the desired properties as last read or changed.
+    fn service(&mut self) -> Option<ServiceProperty> {
+        self.log_request = crate::service::diagnostics::DiagnosticsComponent::of(&self.desired)
             .and_then(|c| c.service);
-        Ok(DesiredComponent::of(&twin.desired).and_then(|c| c.service))
+        DesiredComponent::of(&self.desired).and_then(|c| c.service)
     }
 
     /// Downloads `url`, streaming: the body is hashed as it arrives and the download stops
@@ -588,7 +570,8 @@ impl Device {
             Err(refusal) => Err(refusal),
             Ok((manifest, update)) => {
                 let busy = self.agent(env, STATE_IN_PROGRESS, Some(flow.clone()), None);
-                self.report(env, busy).await?;
+                self.report_agent(busy).await?;
+                self.report(self.acknowledge(service)).await?;
                 let stage = format!("{id}{}", retry.as_deref().unwrap_or_default());
                 self.attempt(env, service, &manifest, &stage).await.map(|done| (done, update))
             }
@@ -606,7 +589,7 @@ impl Device {
                     }
                 };
                 let done = self.agent(env, STATE_IDLE, Some(flow), Some(last));
-                if let Err(e) = self.report(env, done).await {
+                if let Err(e) = self.report_agent(done).await {
                     // Not reported: as after a crash, the device still runs what it ran.
                     self.installed = before;
                     return Err(e);
@@ -618,7 +601,7 @@ impl Device {
             }
             Err(Refusal { code, why }) => {
                 let done = self.agent(env, STATE_FAILED, Some(flow), Some(result(0, code, &why)));
-                self.report(env, done).await?;
+                self.report_agent(done).await?;
                 env.counters.failed.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -638,6 +621,7 @@ impl Device {
         loop {
             let now = tokio::time::Instant::now();
             if *stop.borrow() || now >= deadline {
+                self.disconnect().await;
                 return;
             }
             let wait = env.poll.min(deadline - now);
@@ -645,7 +629,10 @@ impl Device {
                 if env.edge {
                     return self.edge_turn(&env, wait).await;
                 }
-                let service = self.desired(&env, wait).await?;
+                if !self.desired_changed(&env, wait).await? {
+                    return Ok(());
+                }
+                let service = self.service();
                 self.answer_log_request(&env).await?;
                 let Some(service) = service else { return Ok(()) };
                 let Some(key) = self.work(&service) else { return Ok(()) };
@@ -655,15 +642,20 @@ impl Device {
             };
             let result = tokio::select! {
                 r = step => r,
-                _ = stop.changed() => return,
+                _ = stop.changed() => {
+                    self.disconnect().await;
+                    return;
+                }
             };
             if result.is_ok() {
                 backoff = Duration::from_millis(100);
                 continue;
             }
             env.counters.unreachable.fetch_add(1, Ordering::Relaxed);
-            // Whatever was read is not trusted to have been acted on.
-            self.version = None;
+            // Connect again and read the twin whole: whatever was read is not trusted to have
+            // been acted on.
+            self.link = None;
+            self.hub_link = None;
             let jitter = draw(env.seed, &self.id, "backoff", &backoff.as_millis().to_string());
             let pause = backoff.mul_f64(0.5 + jitter);
             backoff = (backoff * 2).min(Duration::from_secs(2));
@@ -718,15 +710,54 @@ fn result(code: i64, extended: i64, details: &str) -> InstallResult {
     }
 }
 
-/// A twin as a device reads it.
-#[derive(Debug, serde::Deserialize)]
-struct DeviceTwin {
-    /// What the back end wants.
-    #[serde(default)]
-    desired: Map<String, Value>,
-    /// The twin's version, which the next read waits past.
-    #[serde(rename = "$version", default)]
-    version: Option<i64>,
+/// The `aduVer` the simulated agents report.
+const ADU_VERSION: &str = "DU;agent/1.1.0;otaforge-fleet";
+
+/// An install result as agent 1.1 writes it into the twin: `extendedResultCodes` as `%08X`
+/// text, one step (`step_0`) with the same result.
+fn agent_result(r: &InstallResult) -> Value {
+    use crate::service::agent::{AgentInstallResult, AgentStepResult, format_result_codes};
+    let codes = format_result_codes(&[r.extended_result_code]);
+    let step = AgentStepResult {
+        result_code: r.result_code,
+        extended_result_codes: Some(codes.clone()),
+        result_details: r.result_details.clone(),
+    };
+    let written = AgentInstallResult {
+        result_code: r.result_code,
+        extended_result_codes: Some(codes),
+        result_details: r.result_details.clone(),
+        step_results: Some(std::iter::once(("step_0".to_owned(), step)).collect()),
+        extra: Map::new(),
+    };
+    serde_json::to_value(written).unwrap_or(Value::Null)
+}
+
+/// Registers one device (or finds it registered): its key and, for an Edge device, its
+/// runtime modules' keys.
+async fn register_one(
+    hub: &IotHubClient,
+    id: &str,
+    edge: bool,
+) -> Result<(SasKey, Option<link::ModuleKeys>), FleetError> {
+    use crate::iothub::identity::{Capabilities, Identity};
+    let mut want = Identity::with_keys(id, None, None, None);
+    want.capabilities = Some(Capabilities { iot_edge: edge });
+    let identity = match hub.create_identity(&want).await {
+        Ok(v) => v,
+        Err(IotHubError::Api { status: 409, .. }) => hub.identity(id, None).await?,
+        Err(e) => return Err(e.into()),
+    };
+    let key_of = |i: &Identity| {
+        SasKey::from_base64(i.primary_key().unwrap_or_default()).map_err(FleetError::from)
+    };
+    let key = key_of(&identity)?;
+    if !edge {
+        return Ok((key, None));
+    }
+    let agent = key_of(&hub.identity(id, Some(link::EDGE_AGENT)).await?)?;
+    let hub_key = key_of(&hub.identity(id, Some(link::EDGE_HUB)).await?)?;
+    Ok((key, Some(link::ModuleKeys { agent, hub: hub_key })))
 }
 
 /// A registered fleet, ready to run.
@@ -751,14 +782,21 @@ impl Fleet {
             device: String::new(),
             message: e.to_string(),
         })?;
-        let host = spec
-            .endpoint
-            .trim_start_matches("http://")
-            .trim_start_matches("https://")
-            .to_lowercase();
+        let tls = crate::iothub::mqtt::client::tls_config(spec.ca.as_deref().map(Vec::as_slice))
+            .map_err(|e| FleetError::Device { device: String::new(), message: e.to_string() })?;
+        let gateway_address = spec.hub.gateway.clone().unwrap_or_else(|| spec.hub.host.clone());
+        // Each device holds its connection from here on (an Edge device two), and downloads
+        // need some more.
+        let per_device = if spec.edge { 2 } else { 1 };
+        let want = (spec.devices * per_device + spec.parallel + 64) as u64;
+        crate::fsutil::raise_open_files(want).map_err(|e| FleetError::Device {
+            device: String::new(),
+            message: format!("{} devices need {want} open files: {e}", spec.devices),
+        })?;
         let env = Arc::new(Env {
-            host,
-            endpoint: spec.endpoint.clone(),
+            gateway: Gateway::new(&gateway_address, tls),
+            // What the device SDKs put in their user name and SAS resource.
+            hub_name: spec.hub.host.clone(),
             http,
             class: spec.class.clone(),
             trusted: spec.trusted.clone(),
@@ -778,30 +816,29 @@ impl Fleet {
             let installed = installed.clone();
             async move {
                 let id = format!("{prefix}-{i:04}");
-                let identity = match hub.create_device_as(&id, env.edge).await {
-                    Ok(v) => v,
-                    Err(IotHubError::Api { status: 409, .. }) => hub.get_device(&id).await?,
-                    Err(e) => return Err(e.into()),
-                };
-                let key = SasKey::from_base64(identity.primary_key().unwrap_or_default())?;
+                let (key, modules) = register_one(hub, &id, env.edge).await?;
                 if let Some(g) = group {
                     let mut tags = Map::new();
                     tags.insert(GROUP_TAG.into(), json!(g));
                     hub.patch_tags(&id, tags, None).await?;
                 }
-                let (log_request, logs_answered) = (None, None);
-                let d = Device {
+                let mut d = Device {
                     id,
                     key,
                     installed,
                     done: None,
-                    version: None,
-                    log_request,
-                    logs_answered,
+                    desired: Map::new(),
+                    reported_version: None,
+                    last_reported: Map::new(),
+                    link: None,
+                    fresh: false,
+                    hub_link: None,
+                    modules,
+                    log_request: None,
+                    logs_answered: None,
                 };
-                if !env.edge {
-                    d.report(&env, d.agent(&env, STATE_IDLE, None, None)).await?;
-                }
+                // Connected, with its agent properties reported, before the run starts.
+                d.connect(&env).await?;
                 Ok::<_, FleetError>(d)
             }
         };
@@ -828,13 +865,6 @@ impl Fleet {
         if duration.is_zero() {
             return Ok(self.env.counters.tally());
         }
-        // One connection per running device, and some for downloads.
-        let devices = self.devices.len() as u64;
-        let want = devices + self.env.slots.available_permits() as u64 + 64;
-        crate::fsutil::raise_open_files(want).map_err(|e| FleetError::Device {
-            device: String::new(),
-            message: format!("{devices} running devices need {want} open files: {e}"),
-        })?;
         let deadline = tokio::time::Instant::now() + duration;
         let (tell, told) = tokio::sync::watch::channel(false);
         let mut tasks = tokio::task::JoinSet::new();

@@ -92,6 +92,9 @@ pub(crate) struct Context {
     /// The update root key(s) (JWK) simulated devices trust.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) root_key: Option<PathBuf>,
+    /// The CA certificate of serve's MQTT endpoint, which simulated devices trust.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) mqtt_ca: Option<PathBuf>,
     /// Fields a later version wrote, kept.
     #[serde(flatten)]
     pub(crate) extra: Map<String, Value>,

@@ -23,9 +23,13 @@ pub(crate) enum FleetCommand {
 /// `otaforge fleet run`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct RunArgs {
-    /// serve's URL (default: the context's).
-    #[arg(long)]
-    endpoint: Option<String>,
+    /// The CA certificate the devices trust for their MQTT/TLS connection (serve's
+    /// `mqtt-ca.pem` in its data dir; default: the context's, else the `mqtt-ca.pem` beside
+    /// --iothub-connection-file, as serve writes them; none: the platform's roots, as for
+    /// Azure IoT Hub). Devices connect to the hub connection string's GatewayHostName
+    /// (serve writes its MQTT endpoint there), else its HostName on port 8883.
+    #[arg(long, value_name = "FILE")]
+    mqtt_ca: Option<PathBuf>,
     /// How many devices.
     #[arg(long, default_value_t = 10)]
     devices: usize,
@@ -121,16 +125,24 @@ pub(crate) fn run(
         }
         _ => None,
     };
-    // serve's endpoint, hub and root key: the flags, or the context's (see `super::args`).
-    let chosen = super::context::choose(out, a.endpoint.is_some())?;
+    // The hub, its CA and the root key: the flags, or the context's (see `super::args`).
+    let named = a.hub.iothub_connection_file.is_some();
+    let chosen = super::context::choose(out, named)?;
     let ctx = chosen.as_ref().map(|c| &c.context);
-    let endpoint = a.endpoint.clone().or_else(|| ctx?.endpoint.clone()).context(
-        "no serve endpoint: pass --endpoint URL, or use a context (`otaforge serve` records one)",
-    )?;
     let root_key = a.root_key.clone().or_else(|| ctx?.root_key.clone());
+    let beside = a
+        .hub
+        .iothub_connection_file
+        .as_ref()
+        .and_then(|f| Some(f.parent()?.join(otaforge::server::MQTT_CA_FILE)))
+        .filter(|f| f.is_file());
+    let mqtt_ca = a.mqtt_ca.clone().or(beside).or_else(|| ctx?.mqtt_ca.clone());
     let spec = FleetSpec {
-        endpoint: endpoint.trim_end_matches('/').to_owned(),
-        hub: a.hub.connection(out, a.endpoint.is_some())?,
+        hub: a.hub.connection(out, named)?,
+        ca: match &mqtt_ca {
+            Some(p) => Some(Arc::new(fs_err::read(p).context("--mqtt-ca")?)),
+            None => None,
+        },
         prefix: a.prefix.clone(),
         devices: a.devices,
         class: a.class.clone().unwrap_or_default(),

@@ -1,15 +1,15 @@
-//! `otaforge hub config create|list|show|delete`: IoT Hub automatic device management (ADM)
-//! configurations — `content.deviceContent` set into the desired properties of the device
-//! twins a target condition selects, the highest priority winning each path — against a real
-//! hub or `otaforge serve` (which applies them). Edge deployments are `otaforge edge deploy`.
+//! `otaforge hub`: IoT Hub identities (devices and modules, with their keys and connection
+//! strings), direct methods and telemetry, against Azure IoT Hub or `otaforge serve` alike
+//! (telemetry from serve only: Azure sends it to Event Hubs, read it with `az iot hub
+//! monitor-events`); automatic device management configurations are [`config`].
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+mod config;
 
-use anyhow::Context as _;
+use std::time::Duration;
+
 use otaforge::iothub::IotHubError;
-use otaforge::iothub::config::{Configuration, Metrics, check_id};
-use serde_json::Value;
+use otaforge::iothub::identity::{Capabilities, Identity};
+use otaforge::iothub::registry::MethodCall;
 
 use super::args::HubArgs;
 use super::{Failure, Outcome, Output};
@@ -17,119 +17,126 @@ use super::{Failure, Outcome, Output};
 /// `otaforge hub ...`.
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum HubCommand {
+    /// Device identities: create, show, delete, and a device's connection string.
+    #[command(subcommand)]
+    Device(IdentityCommand),
+    /// Module identities of a device (`DEVICE/MODULE`): create, show, delete, connection string.
+    #[command(subcommand)]
+    Module(IdentityCommand),
+    /// Print telemetry devices send, as it arrives (serve only).
+    Monitor(MonitorArgs),
+    /// Call a direct method on a device (or `DEVICE/MODULE`) and print its answer (exit 1
+    /// when the device answers with a status of 300 or more).
+    InvokeMethod(InvokeArgs),
     /// Automatic device management configurations (device twins' desired properties).
     #[command(subcommand)]
-    Config(ConfigCommand),
+    Config(config::ConfigCommand),
 }
 
-/// `otaforge hub config ...`.
+/// What `hub device` and `hub module` do.
 #[derive(Debug, clap::Subcommand)]
-pub(crate) enum ConfigCommand {
-    /// Create a configuration: its device content set into the desired properties of the
-    /// twins it targets and wins.
+pub(crate) enum IdentityCommand {
+    /// Create an identity (keys made by the hub unless given).
     Create(CreateArgs),
-    /// The hub's automatic device configurations with their metrics (Edge deployments are
-    /// left out).
-    List(HubOnly),
-    /// One configuration: content, target condition, priority, metrics (targeted, applied).
+    /// Show an identity (keys left out).
     Show(IdArgs),
-    /// Delete a configuration: the paths it set leave its twins, or go to the next in line.
+    /// Delete an identity (a device with its modules).
     Delete(IdArgs),
+    /// Print the identity's connection string, key included (a secret).
+    ConnectionString(IdArgs),
 }
 
-/// Only the hub.
-#[derive(Debug, clap::Args)]
-pub(crate) struct HubOnly {
-    #[command(flatten)]
-    hub: HubArgs,
-}
-
-/// A configuration id and the hub.
-#[derive(Debug, clap::Args)]
-pub(crate) struct IdArgs {
-    /// The configuration id.
-    id: String,
-    #[command(flatten)]
-    hub: HubArgs,
-}
-
-/// `otaforge hub config create`.
+/// `hub device|module create`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct CreateArgs {
-    /// The id (1-128 lower-case letters, digits and - : + % _ # * ? ! ( ) , = @ ; ').
+    /// The device id (for a module: DEVICE/MODULE).
     id: String,
-    /// The content: `{"deviceContent": {"properties.desired.PATH": VALUE, …}}` (also accepted:
-    /// the whole `{"content": …}` of az CLI's file, or the bare path map). A `null` value
-    /// removes the property.
-    #[arg(long, value_name = "FILE")]
-    content: PathBuf,
-    /// Which devices: a target condition (`tags.env='prod'`), `*` for every device.
+    /// An IoT Edge device (devices only).
     #[arg(long)]
-    target_condition: String,
-    /// Higher wins each path it shares with another configuration.
-    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
-    priority: i64,
-    /// A custom metric: NAME=SELECT deviceId FROM devices WHERE … (at most 5).
-    #[arg(long, value_name = "NAME=QUERY")]
-    metric: Vec<String>,
-    /// A label: KEY=VALUE.
-    #[arg(long, value_name = "KEY=VALUE")]
-    label: Vec<String>,
+    edge: bool,
+    /// Use this primary key (base64) instead of one the hub makes.
+    #[arg(long, value_name = "BASE64")]
+    primary_key: Option<String>,
+    /// Use this secondary key (base64).
+    #[arg(long, value_name = "BASE64")]
+    secondary_key: Option<String>,
     #[command(flatten)]
     hub: HubArgs,
 }
 
-fn pairs(list: &[String], what: &str) -> anyhow::Result<BTreeMap<String, String>> {
-    list.iter()
-        .map(|p| {
-            let (k, v) =
-                p.split_once('=').with_context(|| format!("--{what} `{p}` is not NAME=VALUE"))?;
-            Ok((k.trim().to_owned(), v.trim().to_owned()))
-        })
-        .collect()
+/// An identity to act on.
+#[derive(Debug, clap::Args)]
+pub(crate) struct IdArgs {
+    /// The device id (for a module: DEVICE/MODULE).
+    id: String,
+    #[command(flatten)]
+    hub: HubArgs,
 }
 
-/// The device content of a `--content` file, in any of the shapes it may have.
-fn device_content(path: &std::path::Path) -> anyhow::Result<serde_json::Map<String, Value>> {
-    let doc: Value = serde_json::from_slice(&fs_err::read(path)?)
-        .with_context(|| format!("{} is not JSON", path.display()))?;
-    let Value::Object(mut doc) = doc else {
-        anyhow::bail!("{} is not a JSON object", path.display());
-    };
-    if let Some(Value::Object(content)) = doc.remove("content") {
-        doc = content;
-    }
-    let content = match doc.remove("deviceContent") {
-        Some(Value::Object(dc)) => dc,
-        Some(_) => anyhow::bail!("deviceContent in {} is not an object", path.display()),
-        None => doc,
-    };
-    for k in content.keys() {
-        otaforge::iothub::adm::path(k)?;
-    }
-    Ok(content)
+/// `hub monitor`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct MonitorArgs {
+    /// Only messages of this device.
+    #[arg(long)]
+    device: Option<String>,
+    /// Stop after this many messages.
+    #[arg(long, value_name = "N")]
+    count: Option<usize>,
+    /// Stop after this long (default: run until interrupted).
+    #[arg(long, value_parser = super::wait_duration)]
+    timeout: Option<Duration>,
+    /// Also print the messages kept from before the monitor started.
+    #[arg(long)]
+    from_start: bool,
+    #[command(flatten)]
+    hub: HubArgs,
 }
 
-fn show(out: &Output, c: &Configuration) -> anyhow::Result<()> {
-    if out.json() {
-        return out.json_value(c);
+/// `hub invoke-method`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct InvokeArgs {
+    /// The device (or DEVICE/MODULE).
+    device: String,
+    /// The method's name.
+    method: String,
+    /// Its payload (JSON).
+    #[arg(long, default_value = "null", value_parser = parse_json)]
+    payload: serde_json::Value,
+    /// How long the hub waits for the answer, in seconds (5 to 300).
+    #[arg(long, default_value_t = 30)]
+    response_timeout: u64,
+    /// How long the hub waits for the device to come online, in seconds (0 to 300).
+    #[arg(long, default_value_t = 0)]
+    connect_timeout: u64,
+    #[command(flatten)]
+    hub: HubArgs,
+}
+
+fn parse_json(s: &str) -> Result<serde_json::Value, String> {
+    serde_json::from_str(s).map_err(|e| format!("not JSON: {e}"))
+}
+
+/// `DEVICE` or `DEVICE/MODULE`, as the command wants it.
+fn split(id: &str, module: bool) -> anyhow::Result<(String, Option<String>)> {
+    match (id.split_once('/'), module) {
+        (Some((d, m)), true) => Ok((d.to_owned(), Some(m.to_owned()))),
+        (None, false) => Ok((id.to_owned(), None)),
+        (None, true) => anyhow::bail!("`{id}`: a module is named DEVICE/MODULE"),
+        (Some(_), false) => anyhow::bail!("`{id}`: a device id has no `/` (modules: `hub module`)"),
     }
-    out.line(format!(
-        "{}  priority {}  target: {}",
-        c.id,
-        c.priority,
-        if c.target_condition.is_empty() { "(none)" } else { &c.target_condition }
-    ))?;
-    for (k, v) in c.content.get("deviceContent").and_then(Value::as_object).into_iter().flatten() {
-        out.line(format!("  {k} = {v}"))?;
+}
+
+/// Prints what the hub refused (exit 1); transport and setup problems are errors.
+fn hub_failure(out: &Output, what: &str, e: IotHubError) -> anyhow::Result<Outcome> {
+    match e {
+        IotHubError::Api { status, code, message, .. } => {
+            let f = Failure::new(code, format!("{what}: {status} {message}"))
+                .details(serde_json::json!({"status": status}));
+            out.failure(&f)?;
+            Ok(Outcome::CheckFailed)
+        }
+        other => Err(anyhow::Error::new(other).context(what.to_owned())),
     }
-    for (k, v) in &c.system_metrics.results {
-        out.line(format!("  {k:<24} {v}"))?;
-    }
-    for (k, v) in &c.metrics.results {
-        out.line(format!("  {k:<24} {v}  (custom)"))?;
-    }
-    Ok(())
 }
 
 pub(crate) fn run(
@@ -137,59 +144,181 @@ pub(crate) fn run(
     rt: &tokio::runtime::Runtime,
     out: &Output,
 ) -> anyhow::Result<Outcome> {
-    let HubCommand::Config(cmd) = cmd;
-    let done = match cmd {
-        ConfigCommand::Create(a) => {
-            check_id(&a.id).map_err(anyhow::Error::msg)?;
-            otaforge::iothub::condition::Target::parse(&a.target_condition)
-                .map_err(|e| anyhow::anyhow!("--target-condition: {e}"))?;
-            let metrics = pairs(&a.metric, "metric")?;
-            let mut content = serde_json::Map::new();
-            content.insert("deviceContent".into(), Value::Object(device_content(&a.content)?));
-            let c = Configuration {
-                id: a.id.clone(),
-                schema_version: Some("1.0".into()),
-                labels: pairs(&a.label, "label")?,
-                content,
-                target_condition: a.target_condition.clone(),
-                priority: a.priority,
-                metrics: Metrics { queries: metrics, results: BTreeMap::new() },
-                ..Default::default()
-            };
-            let hub = a.hub.client(out)?;
-            rt.block_on(hub.put_configuration(&c, None)).map(|made| show(out, &made))
-        }
-        ConfigCommand::List(a) => {
-            let hub = a.hub.client(out)?;
-            rt.block_on(hub.list_configurations(100)).map(|all| {
-                let adm: Vec<Configuration> = all.into_iter().filter(|c| !c.is_edge()).collect();
-                if out.json() {
-                    return out.json_value(&adm);
+    match cmd {
+        HubCommand::Device(c) => identity(c, false, rt, out),
+        HubCommand::Module(c) => identity(c, true, rt, out),
+        HubCommand::Monitor(a) => rt.block_on(monitor(a, out)),
+        HubCommand::InvokeMethod(a) => rt.block_on(invoke(a, out)),
+        HubCommand::Config(c) => config::run(c, rt, out),
+    }
+}
+
+/// An identity without its keys, for showing.
+fn redacted(mut id: Identity) -> Identity {
+    if let Some(a) = id.authentication.as_mut() {
+        a.symmetric_key = None;
+    }
+    id
+}
+
+fn identity(
+    cmd: IdentityCommand,
+    module: bool,
+    rt: &tokio::runtime::Runtime,
+    out: &Output,
+) -> anyhow::Result<Outcome> {
+    rt.block_on(async {
+        match cmd {
+            IdentityCommand::Create(a) => {
+                let (d, m) = split(&a.id, module)?;
+                if a.edge && module {
+                    anyhow::bail!("--edge is for devices");
                 }
-                adm.iter().try_for_each(|c| show(out, c))
-            })
-        }
-        ConfigCommand::Show(a) => {
-            let hub = a.hub.client(out)?;
-            rt.block_on(hub.get_configuration(&a.id)).map(|c| show(out, &c))
-        }
-        ConfigCommand::Delete(a) => {
-            let hub = a.hub.client(out)?;
-            rt.block_on(hub.delete_configuration(&a.id, None)).map(|()| {
-                if out.json() {
-                    return out.json_value(&serde_json::json!({"deleted": a.id}));
+                let mut want =
+                    Identity::with_keys(&d, m.as_deref(), a.primary_key, a.secondary_key);
+                if !module {
+                    want.capabilities = Some(Capabilities { iot_edge: a.edge });
                 }
-                out.line(format!("deleted {}", a.id))
-            })
+                let client = a.hub.client(out)?;
+                match client.create_identity(&want).await {
+                    Ok(made) => show_identity(out, &redacted(made)),
+                    Err(e) => hub_failure(out, &format!("create {}", a.id), e),
+                }
+            }
+            IdentityCommand::Show(a) => {
+                let (d, m) = split(&a.id, module)?;
+                match a.hub.client(out)?.identity(&d, m.as_deref()).await {
+                    Ok(found) => show_identity(out, &redacted(found)),
+                    Err(e) => hub_failure(out, &format!("show {}", a.id), e),
+                }
+            }
+            IdentityCommand::Delete(a) => {
+                let (d, m) = split(&a.id, module)?;
+                match a.hub.client(out)?.delete_identity(&d, m.as_deref()).await {
+                    Ok(()) if out.json() => {
+                        out.json_value(&serde_json::json!({"deleted": a.id}))?;
+                        Ok(Outcome::Ok)
+                    }
+                    Ok(()) => {
+                        out.line(format!("deleted {}", a.id))?;
+                        Ok(Outcome::Ok)
+                    }
+                    Err(e) => hub_failure(out, &format!("delete {}", a.id), e),
+                }
+            }
+            IdentityCommand::ConnectionString(a) => connection_string(a, module, out).await,
+        }
+    })
+}
+
+fn show_identity(out: &Output, id: &Identity) -> anyhow::Result<Outcome> {
+    if out.json() {
+        out.json_value(id)?;
+    } else {
+        let who = match &id.module_id {
+            Some(m) => format!("{}/{m}", id.device_id),
+            None => id.device_id.clone(),
+        };
+        out.line(format!("identity   {who}"))?;
+        if id.module_id.is_none() {
+            out.line(format!("iot edge   {}", id.is_edge()))?;
+        }
+        out.line(format!("connection {}", id.connection_state.as_deref().unwrap_or("unknown")))?;
+    }
+    Ok(Outcome::Ok)
+}
+
+async fn connection_string(a: IdArgs, module: bool, out: &Output) -> anyhow::Result<Outcome> {
+    let (d, m) = split(&a.id, module)?;
+    let hub = a.hub.connection(out, false)?;
+    let client = otaforge::iothub::IotHubClient::new(hub.clone())?
+        .with_deadline(out.globals().request_timeout);
+    let found = match client.identity(&d, m.as_deref()).await {
+        Ok(f) => f,
+        Err(e) => return hub_failure(out, &format!("read {}", a.id), e),
+    };
+    // Devices dial the gateway's host; the official SDKs always dial port 8883.
+    let (gateway, port) =
+        match hub.gateway.as_deref().map(|g| g.rsplit_once(':').unwrap_or((g, "8883"))) {
+            Some((h, p)) => (Some(h.to_owned()), p.to_owned()),
+            None => (None, "8883".to_owned()),
+        };
+    if port != "8883" {
+        out.notice(format!(
+            "  note: the MQTT endpoint is on port {port}; the official device SDKs dial 8883 \
+             (start serve with --mqtt-listen ADDR:8883 for them)"
+        ));
+    }
+    let Some(text) = found.connection_string(&hub.host, gateway.as_deref()) else {
+        out.failure(&Failure::new("NoKey", format!("{} has no symmetric key", a.id)))?;
+        return Ok(Outcome::CheckFailed);
+    };
+    if out.json() {
+        out.json_value(&serde_json::json!({"connectionString": text, "port": port}))?;
+    } else {
+        out.line(text)?;
+    }
+    Ok(Outcome::Ok)
+}
+
+async fn monitor(a: MonitorArgs, out: &Output) -> anyhow::Result<Outcome> {
+    let client = a.hub.client(out)?;
+    let until = a.timeout.map(|t| tokio::time::Instant::now() + t);
+    let mut after = if a.from_start {
+        0
+    } else {
+        match client.events(u64::MAX, 0).await {
+            Ok(p) => p.last,
+            Err(e) => return hub_failure(out, "read telemetry", e),
         }
     };
-    match done {
-        Ok(shown) => shown.map(|()| Outcome::Ok),
-        // What the hub refused (no such configuration, a bad condition) is a failed check.
-        Err(IotHubError::Api { code, message, .. }) => {
-            out.failure(&Failure::new(code, message))?;
-            Ok(Outcome::CheckFailed)
+    let mut shown = 0usize;
+    loop {
+        let left = until.map(|u| u.saturating_duration_since(tokio::time::Instant::now()));
+        if left.is_some_and(|l| l.is_zero()) || a.count.is_some_and(|c| shown >= c) {
+            return Ok(Outcome::Ok);
         }
-        Err(e) => Err(e.into()),
+        let wait = left.map_or(20, |l| l.as_secs().clamp(1, 20));
+        let page = match client.events(after, wait).await {
+            Ok(p) => p,
+            Err(e) => return hub_failure(out, "read telemetry", e),
+        };
+        after = page.next;
+        for e in page.events {
+            if a.device.as_deref().is_some_and(|d| d != e.device_id) {
+                continue;
+            }
+            // One JSON object a line (the shape `az iot hub monitor-events` prints).
+            out.line(serde_json::to_string(&e)?)?;
+            shown += 1;
+            if a.count.is_some_and(|c| shown >= c) {
+                return Ok(Outcome::Ok);
+            }
+        }
     }
+}
+
+async fn invoke(a: InvokeArgs, out: &Output) -> anyhow::Result<Outcome> {
+    let (d, m) = match a.device.split_once('/') {
+        Some((d, m)) => (d.to_owned(), Some(m.to_owned())),
+        None => (a.device.clone(), None),
+    };
+    let call = MethodCall {
+        method_name: a.method.clone(),
+        payload: a.payload,
+        response_timeout_in_seconds: Some(a.response_timeout),
+        connect_timeout_in_seconds: Some(a.connect_timeout),
+    };
+    let client = a.hub.client(out)?;
+    let result = match client.invoke_method(&d, m.as_deref(), &call).await {
+        Ok(r) => r,
+        Err(e) => return hub_failure(out, &format!("call {} on {}", a.method, a.device), e),
+    };
+    if out.json() {
+        out.json_value(&result)?;
+    } else {
+        out.line(format!("status  {}", result.status))?;
+        out.line(format!("payload {}", result.payload))?;
+    }
+    Ok(if result.status >= 300 { Outcome::CheckFailed } else { Outcome::Ok })
 }

@@ -139,7 +139,8 @@ enum Command {
     /// Simulated devices that install deployments from `otaforge serve`.
     #[command(subcommand)]
     Fleet(fleet::FleetCommand),
-    /// IoT Hub: automatic device management configurations (`hub config`).
+    /// IoT Hub: device and module identities, connection strings, direct methods, telemetry,
+    /// and automatic device management configurations (`hub config`).
     #[command(subcommand)]
     Hub(hub::HubCommand),
     /// IoT Edge: manifests, routes, target conditions, deployments on IoT Hub, what-if.

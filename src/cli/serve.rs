@@ -42,6 +42,11 @@ pub(crate) struct ServeArgs {
     /// The most connections open at once (also kept 1024 below the open-file limit).
     #[arg(long, default_value_t = 65_536, value_name = "N")]
     max_connections: usize,
+    /// Where devices connect over MQTT/TLS, IoT Hub's device protocol (default
+    /// 127.0.0.1:8883, the port the official device SDKs dial; any free port of --listen's
+    /// address when --listen's port is 0; `off`: no MQTT endpoint).
+    #[arg(long, value_name = "ADDR|off", value_parser = parse_mqtt_listen)]
+    mqtt_listen: Option<MqttListen>,
     /// Also run N simulated devices against this serve, in the same process, until it stops
     /// (as `otaforge fleet run` does; they trust this serve's root key).
     #[arg(long, value_name = "N", help_heading = "Simulated fleet")]
@@ -83,6 +88,35 @@ pub(crate) struct ServeArgs {
     fleet_edge: bool,
 }
 
+/// `--mqtt-listen`: an address, or `off`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum MqttListen {
+    /// Listen here.
+    At(SocketAddr),
+    /// No MQTT endpoint.
+    Off,
+}
+
+fn parse_mqtt_listen(s: &str) -> Result<MqttListen, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(MqttListen::Off);
+    }
+    s.parse()
+        .map(MqttListen::At)
+        .map_err(|e| format!("`{s}`: {e} (an address like 127.0.0.1:8883, or off)"))
+}
+
+/// Where the MQTT endpoint listens: as given, else 127.0.0.1:8883, else (with --listen on
+/// port 0, as tests start serve) any free port of --listen's address.
+fn mqtt_listen(a: &ServeArgs) -> Option<SocketAddr> {
+    match a.mqtt_listen {
+        Some(MqttListen::At(at)) => Some(at),
+        Some(MqttListen::Off) => None,
+        None if a.listen.port() == 0 => Some(SocketAddr::new(a.listen.ip(), 0)),
+        None => Some(SocketAddr::from(([127, 0, 0, 1], 8883))),
+    }
+}
+
 /// The fleet `--fleet` asks for, against the serve that just started.
 fn fleet_spec(
     a: &ServeArgs,
@@ -101,9 +135,13 @@ fn fleet_spec(
         )),
         _ => None,
     };
+    let ca = running
+        .mqtt_ca_file
+        .as_ref()
+        .context("--fleet needs the MQTT endpoint (not --mqtt-listen off)")?;
     Ok(otaforge::fleet::FleetSpec {
-        endpoint: running.base_url.clone(),
         hub,
+        ca: Some(std::sync::Arc::new(fs_err::read(ca)?)),
         prefix: a.fleet_prefix.clone(),
         devices: n,
         class: a.fleet_class.clone().unwrap_or_default(),
@@ -138,6 +176,10 @@ fn record_context(
             adu_token: token.map(str::to_owned),
             iothub_connection_file: Some(context::absolute(&running.iothub_connection_file)?),
             root_key: if root.is_file() { Some(context::absolute(&root)?) } else { None },
+            mqtt_ca: match &running.mqtt_ca_file {
+                Some(f) => Some(context::absolute(f)?),
+                None => None,
+            },
             ..Context::default()
         };
         context::record(&name, c)
@@ -173,6 +215,12 @@ pub(crate) fn run(
             public_url: a.public_url.clone(),
             header_timeout: a.header_timeout,
             max_connections: a.max_connections,
+            mqtt_listen: mqtt_listen(&a),
+            log: otaforge::server::LogSink(std::sync::Arc::new(|line| {
+                // serve's log: stderr, one line each (stdout carries the start JSON).
+                use std::io::Write as _;
+                let _ = writeln!(std::io::stderr(), "{line}");
+            })),
         })
         .await?;
         let all_interfaces = a.listen.ip().is_unspecified();
@@ -186,6 +234,9 @@ pub(crate) fn run(
             "auth": if token.is_some() { "bearer token" } else { "none (loopback)" },
             "listen": running.addr.to_string(),
             "iothubConnectionStringFile": running.iothub_connection_file.display().to_string(),
+            "mqttListen": running.mqtt_addr.map(|a| a.to_string()),
+            "mqttCaFile": running.mqtt_ca_file.as_ref().map(|f| f.display().to_string()),
+            "gatewayHostName": running.gateway,
         });
         if out.json() {
             // One line, so a script can read it and go on.
@@ -205,6 +256,14 @@ pub(crate) fn run(
                  string is in {} (keep it secret)",
                 running.iothub_connection_file.display()
             ))?;
+            if let (Some(at), Some(ca)) = (running.mqtt_addr, &running.mqtt_ca_file) {
+                out.line(format!(
+                    "  devices connect over MQTT/TLS (IoT Hub's device protocol) at {at}; they trust \
+                     the CA {} (`otaforge hub device connection-string ID` gives a device its \
+                     connection string)",
+                    ca.display()
+                ))?;
+            }
             if all_interfaces {
                 out.line(format!(
                     "  listening on all interfaces ({}); other machines use this host's name or \

@@ -119,54 +119,22 @@ pub(super) fn agent_report(
     }
 }
 
-/// A module twin as a device reads it.
-#[derive(Debug, Default, serde::Deserialize)]
-struct ModuleTwin {
-    /// What the back end wants.
-    #[serde(default)]
-    desired: Map<String, Value>,
-    /// What the device said.
-    #[serde(default)]
-    reported: Map<String, Value>,
-    /// The twin's version, which the next read waits past.
-    #[serde(rename = "$version", default)]
-    version: Option<i64>,
+/// What edgeHub reports for its module twin's desired `$version`.
+pub(super) fn hub_report(desired_version: Option<i64>) -> Map<String, Value> {
+    let mut report = HubReported {
+        last_desired_version: desired_version,
+        last_desired_status: status(200, ""),
+        extra: Map::new(),
+    };
+    report.extra.insert("schemaVersion".into(), Value::String("1.1".into()));
+    report.extra.insert("clients".into(), Value::Object(Map::new()));
+    match serde_json::to_value(report) {
+        Ok(Value::Object(m)) => m,
+        _ => Map::new(),
+    }
 }
 
 impl Device {
-    fn module_url(&self, env: &Env, module: &str) -> String {
-        format!("{}/devices/{}/modules/{}/twin", env.endpoint, self.id, module.replace('$', "%24"))
-    }
-
-    /// A module twin as the device sees it (`desired`, `reported`, `$version`); with `after`,
-    /// once its version is past it or `wait` has passed.
-    async fn module_twin(
-        &self,
-        env: &Env,
-        module: &str,
-        after: Option<i64>,
-        wait: std::time::Duration,
-    ) -> Result<ModuleTwin, FleetError> {
-        let mut url = self.module_url(env, module);
-        if let Some(v) = after {
-            url.push_str(&format!("?after={v}&wait={}", wait.as_secs().max(1)));
-        }
-        let twin = self.get_json(env, url, &format!("{module} twin read")).await?;
-        serde_json::from_value(twin)
-            .map_err(|e| self.fail(format!("the {module} twin read is not a twin: {e}")))
-    }
-
-    async fn module_report(
-        &self,
-        env: &Env,
-        module: &str,
-        patch: &impl serde::Serialize,
-    ) -> Result<(), FleetError> {
-        let url = format!("{}/reported", self.module_url(env, module));
-        let patch = serde_json::to_value(patch).map_err(|e| self.fail(e.to_string()))?;
-        self.patch_json(env, url, &patch, &format!("{module} report")).await
-    }
-
     /// One turn of an Edge device: wait for its `$edgeAgent` twin to change, and when its
     /// desired properties are new, deploy them and report (`$edgeAgent`, then `$edgeHub`).
     pub(super) async fn edge_turn(
@@ -174,9 +142,8 @@ impl Device {
         env: &Env,
         wait: std::time::Duration,
     ) -> Result<(), FleetError> {
-        let twin = self.module_twin(env, "$edgeAgent", self.version, wait).await?;
-        self.version = twin.version;
-        let desired = AgentDesired::of(&twin.desired);
+        self.desired_changed(env, wait).await?;
+        let desired = AgentDesired::of(&self.desired);
         let key = format!("{:?}", desired.version);
         if self.done.as_deref() == Some(key.as_str()) {
             return Ok(());
@@ -186,17 +153,14 @@ impl Device {
             let share = if what == "pull" { failures.pull } else { failures.crash };
             share > 0.0 && draw(seed, &id, image, what) < share
         };
-        let (report, ok) = agent_report(&desired, &AgentReported::of(&twin.reported), &fails);
-        self.module_report(env, "$edgeAgent", &report).await?;
-        let hub = self.module_twin(env, "$edgeHub", None, wait).await?;
-        let mut hub_report = HubReported {
-            last_desired_version: crate::edge::agent::section_version(&hub.desired),
-            last_desired_status: status(200, ""),
-            extra: Map::new(),
+        let (report, ok) = agent_report(&desired, &AgentReported::of(&self.last_reported), &fails);
+        let report = match serde_json::to_value(&report) {
+            Ok(Value::Object(m)) => m,
+            _ => Map::new(),
         };
-        hub_report.extra.insert("schemaVersion".into(), Value::String("1.1".into()));
-        hub_report.extra.insert("clients".into(), Value::Object(Map::new()));
-        self.module_report(env, "$edgeHub", &hub_report).await?;
+        self.report(report.clone()).await?;
+        crate::iothub::merge_patch(&mut self.last_reported, &report);
+        self.edge_hub_report(env).await?;
         // An empty deployment (the device before its first) is not a deployment.
         if desired.has_deployment() {
             let counter = if ok { &env.counters.installed } else { &env.counters.failed };

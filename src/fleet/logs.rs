@@ -5,8 +5,6 @@
 //! `diagnosticInformation.agent = {resultCode, operationId}` (200, or the agent's failure
 //! code). The device calls [`Device::answer_log_request`] after every twin read.
 
-use serde_json::Value;
-
 use super::{Device, Env, FleetError};
 use crate::service::diagnostics::{DiagnosticsComponent, DiagnosticsRequest, DiagnosticsResult};
 
@@ -21,9 +19,7 @@ impl Device {
             return Ok(());
         }
         let result = self.upload_log(env, &request).await;
-        let url = format!("{}/devices/{}/twin/reported", env.endpoint, self.id);
-        let patch = Value::Object(DiagnosticsComponent::report(&id, result).to_patch());
-        self.patch_json(env, url, &patch, "log collection report").await?;
+        self.report(DiagnosticsComponent::report(&id, result).to_patch()).await?;
         self.logs_answered = Some(id);
         Ok(())
     }

@@ -34,6 +34,28 @@ pub const MAX_CONFIGURATIONS: usize = 100;
 /// `se` near `2^64` (a token that never expires) is refused.
 pub const MAX_SAS_LIFETIME_SECS: u64 = 10 * 365 * 86_400;
 
+/// The largest MQTT packet serve reads (its remaining length): a device-to-cloud message of
+/// 256 KB (the quotas page) and its topic with properties.
+pub const MAX_MQTT_PACKET: usize = 256 * 1024 + 2 * 1024;
+/// Most topic filters one device or module subscribes to at once ("A device can only
+/// subscribe to five topics at a time", iot-mqtt-connect-to-iot-hub.md).
+pub const MAX_SUBSCRIPTIONS: usize = 5;
+/// The longest the hub waits for the next packet: 1.5 × the client's keep-alive, at most
+/// 1,767 s (iot-mqtt-connect-to-iot-hub.md, "Default keep-alive timeout").
+pub const MAX_KEEPALIVE_WAIT_SECS: u64 = 1767;
+/// A direct method's payload, either way (iot-hub-devguide-direct-methods.md).
+pub const MAX_METHOD_PAYLOAD: usize = 128 * 1024;
+/// `responseTimeoutInSeconds` of a direct method: at least, default and at most (the service
+/// SDKs' `CloudToDeviceMethod`).
+pub const METHOD_RESPONSE_TIMEOUT_SECS: (u64, u64, u64) = (5, 30, 300);
+/// `connectTimeoutInSeconds` of a direct method: default and at most.
+pub const METHOD_CONNECT_TIMEOUT_SECS: (u64, u64) = (0, 300);
+/// A cloud-to-device message's body, and the most messages waiting for one device
+/// (the quotas page).
+pub const MAX_C2D_BYTES: usize = 64 * 1024;
+/// See [`MAX_C2D_BYTES`].
+pub const MAX_C2D_PENDING: usize = 50;
+
 /// Characters an id may hold besides ASCII letters and digits (device and module ids alike).
 const ID_SYMBOLS: &[u8] = b"-:.+%_#*?!(),=@;$'";
 

@@ -9,8 +9,11 @@
 pub mod adm;
 pub mod condition;
 pub mod config;
+pub mod identity;
 pub mod limits;
+pub mod mqtt;
 pub mod query;
+pub mod registry;
 pub mod sas;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -78,6 +81,9 @@ pub struct ConnectionString {
     key: SasKey,
     /// `http` for `otaforge serve` on loopback (`UseHttp=true` in the string), else `https`.
     pub scheme: &'static str,
+    /// Where devices connect when not to `host` (`GatewayHostName`: an IoT Edge gateway, or
+    /// `otaforge serve`'s MQTT endpoint as `host[:port]`, the port only when not 8883).
+    pub gateway: Option<String>,
 }
 
 impl std::fmt::Debug for ConnectionString {
@@ -97,6 +103,7 @@ impl std::str::FromStr for ConnectionString {
         let mut key_name = None;
         let mut key = None;
         let mut http = false;
+        let mut gateway = None;
         for part in s.trim().split(';').filter(|p| !p.is_empty()) {
             let (k, v) = part.split_once('=').ok_or_else(|| {
                 IotHubError::Config(format!(
@@ -110,6 +117,7 @@ impl std::str::FromStr for ConnectionString {
                 // The key's own `=` padding stays in the value.
                 "SharedAccessKey" => key = Some(SasKey::from_base64(v)?),
                 "UseHttp" => http = v.eq_ignore_ascii_case("true"),
+                "GatewayHostName" => gateway = Some(v.to_owned()),
                 "DeviceId" => {
                     return Err(IotHubError::Config(
                         "this is a device connection string; the service API needs the hub's \
@@ -128,6 +136,7 @@ impl std::str::FromStr for ConnectionString {
             key_name: key_name.ok_or_else(|| missing("SharedAccessKeyName"))?,
             key: key.ok_or_else(|| missing("SharedAccessKey"))?,
             scheme: if http { "http" } else { "https" },
+            gateway,
         })
     }
 }
@@ -140,7 +149,19 @@ impl ConnectionString {
             key_name: key_name.to_owned(),
             key,
             scheme: if use_http { "http" } else { "https" },
+            gateway: None,
         }
+    }
+
+    /// The same string naming `gateway` (`host[:port]`) as where devices connect.
+    pub fn with_gateway(mut self, gateway: Option<String>) -> Self {
+        self.gateway = gateway;
+        self
+    }
+
+    /// The hub's shared access key (a secret: for signing, never for output).
+    pub fn key(&self) -> &SasKey {
+        &self.key
     }
 
     /// The string itself, key included: for a file only this user can read, never for output.
@@ -151,6 +172,10 @@ impl ConnectionString {
             self.key_name,
             self.key.to_base64()
         );
+        if let Some(g) = &self.gateway {
+            s.push_str(";GatewayHostName=");
+            s.push_str(g);
+        }
         if self.scheme == "http" {
             s.push_str(";UseHttp=true");
         }
@@ -163,6 +188,62 @@ impl ConnectionString {
         let se = expiry.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         sas::token(&self.host, &self.key, Some(&self.key_name), se)
     }
+}
+
+/// Merges `patch` into `target` as JSON merge patch does (RFC 7396): `null` removes a key.
+/// How IoT Hub applies a twin patch, on the hub and on the device.
+pub fn merge_patch(target: &mut Map<String, Value>, patch: &Map<String, Value>) {
+    for (k, v) in patch {
+        match v {
+            Value::Null => {
+                target.remove(k);
+            }
+            Value::Object(p) => {
+                let entry =
+                    target.entry(k.clone()).or_insert_with(|| Value::Object(Default::default()));
+                if !entry.is_object() {
+                    *entry = Value::Object(Default::default());
+                }
+                if let Some(t) = entry.as_object_mut() {
+                    merge_patch(t, p);
+                }
+            }
+            other => {
+                target.insert(k.clone(), other.clone());
+            }
+        }
+    }
+}
+
+/// The merge patch (RFC 7396) that turns `old` into `new`: removed keys as `null`, changed
+/// values whole, objects compared member by member; empty when they are equal. What IoT
+/// Hub tells a device when its desired properties change.
+pub fn merge_patch_diff(old: &Map<String, Value>, new: &Map<String, Value>) -> Map<String, Value> {
+    let mut out = Map::new();
+    for k in old.keys().filter(|k| !new.contains_key(*k)) {
+        out.insert(k.clone(), Value::Null);
+    }
+    for (k, v) in new {
+        match (old.get(k), v) {
+            (Some(Value::Object(a)), Value::Object(b)) => {
+                let inner = merge_patch_diff(a, b);
+                if !inner.is_empty() {
+                    out.insert(k.clone(), Value::Object(inner));
+                }
+            }
+            (Some(before), now) if before == now => {}
+            (_, now) => {
+                out.insert(k.clone(), now.clone());
+            }
+        }
+    }
+    out
+}
+
+/// Whether an `If-Match` value matches any ETag: `*`, or `"*"` as the service SDKs send it
+/// (azure-iot-hub quotes every ETag it is given, the wildcard included).
+pub fn if_match_any(value: &str) -> bool {
+    value == "*" || value == "\"*\""
 }
 
 /// A device twin: the back end's `tags`, and `desired`/`reported` properties. Defined by IoT
@@ -445,11 +526,22 @@ impl IotHubClient {
         operation: &str,
         req: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, IotHubError> {
+        self.send_within(operation, req, self.deadline).await
+    }
+
+    /// [`IotHubClient::send`] with its own deadline (a call the hub holds on purpose, such
+    /// as a direct method or a long-poll, may take longer than the usual deadline).
+    async fn send_within(
+        &self,
+        operation: &str,
+        req: reqwest::RequestBuilder,
+        deadline: Duration,
+    ) -> Result<reqwest::Response, IotHubError> {
         // One deadline for the whole call: connecting, the answer and its body (read in
         // `json`), so a hub that accepts the connection and never answers fails in time.
         let resp = req
             .header(reqwest::header::AUTHORIZATION, self.authorization(operation).await?)
-            .timeout(self.deadline)
+            .timeout(deadline.max(self.deadline))
             .send()
             .await
             .map_err(|e| self.transport(operation, &e))?;
@@ -639,5 +731,44 @@ impl crate::error::ErrorCode for IotHubError {
             IotHubError::Config(_) => "invalidValue".into(),
             IotHubError::Transport { .. } | IotHubError::Protocol { .. } => "iothub".into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Small twin sections: nested objects of numbers and strings (twins hold no nulls).
+    fn section() -> impl Strategy<Value = Map<String, Value>> {
+        let leaf =
+            prop_oneof![any::<i8>().prop_map(Value::from), "[ab]{0,2}".prop_map(Value::from)];
+        let value = leaf.prop_recursive(3, 16, 3, |inner| {
+            prop::collection::btree_map("[abc]", inner, 0..3)
+                .prop_map(|m| Value::Object(m.into_iter().collect()))
+        });
+        prop::collection::btree_map("[abcd]", value, 0..4).prop_map(|m| m.into_iter().collect())
+    }
+
+    proptest! {
+        /// The diff applied to the old section gives the new one, whatever they hold.
+        #[test]
+        fn a_diff_applied_as_a_merge_patch_gives_the_new_section(old in section(), new in section()) {
+            let mut patched = old.clone();
+            merge_patch(&mut patched, &merge_patch_diff(&old, &new));
+            prop_assert_eq!(patched, new);
+        }
+    }
+
+    #[test]
+    fn a_diff_removes_replaces_and_keeps() {
+        let old = serde_json::json!({"a": 1, "b": {"x": 1, "y": 2}, "c": "same"});
+        let new = serde_json::json!({"b": {"x": 1, "z": 3}, "c": "same", "d": [1]});
+        let diff = merge_patch_diff(old.as_object().unwrap(), new.as_object().unwrap());
+        assert_eq!(
+            Value::Object(diff),
+            serde_json::json!({"a": null, "b": {"y": null, "z": 3}, "d": [1]})
+        );
+        assert!(merge_patch_diff(new.as_object().unwrap(), new.as_object().unwrap()).is_empty());
     }
 }

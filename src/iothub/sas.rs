@@ -1,8 +1,12 @@
 //! IoT Hub shared access signatures: `SharedAccessSignature sr=…&sig=…&se=…[&skn=…]`.
 //!
-//! The string signed is the URL-encoded resource URI (lower case), a newline, and the expiry in
-//! Unix seconds; the signature is HMAC-SHA256 with the base64-decoded key, base64-encoded and then
-//! URL-encoded in the token (<https://learn.microsoft.com/azure/iot-hub/authenticate-authorize-sas>).
+//! The string signed is the URL-encoded resource URI, a newline, and the expiry in Unix seconds;
+//! the signature is HMAC-SHA256 with the base64-decoded key, base64-encoded and then URL-encoded
+//! in the token (<https://learn.microsoft.com/azure/iot-hub/authenticate-authorize-sas>). The
+//! docs ask for the lower-cased URI, but the official SDKs sign the `sr` text as they send it
+//! (Python's keeps the case of the hub and device names and escapes `*`, `:`, `$`, `+`), and the
+//! hub accepts that: a token is checked against its own `sr` text, and its resource compared
+//! decoded and ignoring case.
 //! Keys never reach `Debug`, `Display` or an error message.
 
 use base64::Engine as _;
@@ -75,10 +79,18 @@ pub fn token(resource_uri: &str, key: &SasKey, key_name: Option<&str>, expiry: u
     t
 }
 
+/// A token field percent-decoded (`+` as a space, as form encoding writes it).
+fn decoded(v: &str) -> String {
+    url::form_urlencoded::parse(format!("v={v}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
+}
+
 /// What a token claims, read before its signature is checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claims {
-    /// The resource URI, decoded and lower case.
+    /// The resource URI, percent-decoded and lower case.
     pub resource: String,
     /// Expiry, Unix seconds.
     pub expiry: u64,
@@ -96,22 +108,24 @@ impl Claims {
             .strip_prefix("SharedAccessSignature ")
             .ok_or_else(|| bad("it must start with `SharedAccessSignature `"))?;
         let (mut sr, mut sig, mut se, mut skn) = (None, None, None, None);
-        for (k, v) in url::form_urlencoded::parse(rest.as_bytes()) {
-            match k.as_ref() {
-                "sr" => sr = Some(v.into_owned()),
-                "sig" => sig = Some(v.into_owned()),
-                "se" => se = Some(v.into_owned()),
-                "skn" => skn = Some(v.into_owned()),
+        // Fields as sent (`sr` is signed as it is written), in any order.
+        for part in rest.split('&') {
+            let (k, v) = part.split_once('=').unwrap_or((part, ""));
+            match k {
+                "sr" => sr = Some(v),
+                "sig" => sig = Some(decoded(v)),
+                "se" => se = Some(v),
+                "skn" => skn = Some(decoded(v)),
                 _ => {}
             }
         }
         let sr = sr.ok_or_else(|| bad("no sr"))?;
         let expiry = se.and_then(|s| s.parse().ok()).ok_or_else(|| bad("no numeric se"))?;
         Ok(Self {
-            resource: sr.to_lowercase(),
+            resource: decoded(sr).to_lowercase(),
             expiry,
             key_name: skn,
-            sr: resource(&sr),
+            sr: sr.to_owned(),
             sig: sig.ok_or_else(|| bad("no sig"))?,
         })
     }
@@ -172,5 +186,23 @@ mod tests {
         assert_eq!(hub.key_name.as_deref(), Some("iothubowner"));
         assert!(hub.covers("hub.azure-devices.net/devices/anything"));
         assert!(!format!("{key:?}").contains("c2Vj"));
+    }
+
+    /// The Python device SDK signs `sr` as it sends it: case kept, `*`, `:`, `$` escaped
+    /// (`urllib.parse.quote(uri, safe="")`).
+    #[test]
+    fn a_token_signed_over_the_sr_as_sent_verifies() {
+        let key = SasKey::generate().unwrap();
+        let sr = "Hub.Local%3A8883%2Fdevices%2FDev%2A1%2Fmodules%2F%24edgeAgent";
+        let sig = key.sign(&format!("{sr}\n2000000000"));
+        let sig: String = url::form_urlencoded::byte_serialize(sig.as_bytes()).collect();
+        let t = format!("SharedAccessSignature sr={sr}&sig={sig}&se=2000000000");
+        let c = Claims::parse(&t).unwrap();
+        assert_eq!(c.resource, "hub.local:8883/devices/dev*1/modules/$edgeagent");
+        assert!(c.verify(&key, 1_999_999_000).is_ok());
+        // The same resource written otherwise is another signed text.
+        let lower = t.replace("Hub.Local", "hub.local");
+        let e = Claims::parse(&lower).unwrap().verify(&key, 1_999_999_000).unwrap_err();
+        assert!(e.to_string().contains("signature is not valid"), "{e}");
     }
 }

@@ -174,6 +174,7 @@ impl From<super::store::Refusal> for ApiError {
             R::Rules(_) | R::ContentChanged => (StatusCode::BAD_REQUEST, "ArgumentInvalid"),
             R::TooManyConfigurations(_) => (StatusCode::FORBIDDEN, "IotHubQuotaExceeded"),
             R::TooManyDeployments(_) => (StatusCode::CONFLICT, "ExceedsMaxDeployments"),
+            R::TooManyModules(_) => (StatusCode::FORBIDDEN, "IotHubQuotaExceeded"),
         };
         Self::new(status, code, r.to_string())
     }

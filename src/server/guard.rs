@@ -4,10 +4,10 @@
 //! `text/plain`, form and multipart bodies without a preflight, which this service never grants.
 //!
 //! Rules, for every route:
-//! - POST, PUT and PATCH carry `application/json` (blob uploads `application/octet-stream`);
-//!   DELETE carries no body. Anything else is 415. A Put Blob under a signed write grant
-//!   (`PUT /blobs/…?sig=…`, a device uploading its logs) may have any media type, as Azure's
-//!   does: the signature is its defence.
+//! - POST, PUT and PATCH carry `application/json` (blob uploads and cloud-to-device messages
+//!   `application/octet-stream`); DELETE carries no body. Anything else is 415. A Put Blob
+//!   under a signed write grant (`PUT /blobs/…?sig=…`, a device uploading its logs) may have
+//!   any media type, as Azure's does: the signature is its defence.
 //! - Without a token (loopback only): `Host` must be a loopback name (`localhost`, `*.localhost`,
 //!   `127.0.0.0/8`, `[::1]`), and an `Origin`, when sent, must be this service's own
 //!   (`http://` + a loopback name + its port). Anything else is 403.
@@ -70,6 +70,12 @@ fn body_types(method: &Method, path: &str) -> &'static [&'static str] {
         &[]
     } else if *method == Method::PUT && path.contains("/otaforge/blobs/") {
         &["application/octet-stream"]
+    } else if *method == Method::POST
+        && path.starts_with("/otaforge/devices/")
+        && path.ends_with("/messages/devicebound")
+    {
+        // A cloud-to-device message's body is the application's bytes.
+        &["application/octet-stream", "application/json"]
     } else if *method == Method::PATCH {
         // ADU documents JSON merge patch for its PATCH routes.
         &["application/merge-patch+json", "application/json"]

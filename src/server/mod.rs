@@ -33,6 +33,7 @@ pub mod fetch;
 mod guard;
 mod import;
 pub mod listen;
+mod mqtt;
 mod reconcile;
 mod routes;
 mod state;
@@ -45,6 +46,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use fetch::{AllowedHost, FetchPolicy};
+pub use mqtt::LogSink;
+pub use mqtt::tls::CA_FILE as MQTT_CA_FILE;
 pub use state::HUB_KEY_NAME;
 use state::{
     AppState, Shared, hub_key, private_dir, private_file, remove_stray_temp_files, update_keys,
@@ -92,12 +95,18 @@ pub struct Config {
     /// The most connections open at once (lowered to leave [`listen::RESERVED_FILES`] of the
     /// open-file limit free).
     pub max_connections: usize,
+    /// Where devices connect over MQTT/TLS (IoT Hub's device protocol; port 0: any free
+    /// port); None: no MQTT endpoint.
+    pub mqtt_listen: Option<SocketAddr>,
+    /// Where the MQTT endpoint's log lines go.
+    pub log: LogSink,
 }
 
 impl Config {
     /// A loopback service at `listen` with its data in `data_dir`: instance `default`, no token,
     /// fetching only from its own store, stall timeout 30 s, header timeout 10 s, as many
-    /// connections as the open-file limit leaves room for.
+    /// connections as the open-file limit leaves room for, and an MQTT endpoint on any free
+    /// port of the same address.
     pub fn local(listen: SocketAddr, data_dir: PathBuf) -> Self {
         Self {
             listen,
@@ -109,6 +118,8 @@ impl Config {
             public_url: None,
             header_timeout: listen::HEADER_TIMEOUT,
             max_connections: MAX_OPEN_FILES as usize,
+            mqtt_listen: Some(SocketAddr::new(listen.ip(), 0)),
+            log: LogSink::default(),
         }
     }
 }
@@ -131,6 +142,13 @@ pub struct Running {
     pub blob_url: String,
     /// The file holding the IoT Hub service connection string (mode 0600).
     pub iothub_connection_file: PathBuf,
+    /// The MQTT endpoint's bound address, when it has one.
+    pub mqtt_addr: Option<SocketAddr>,
+    /// The CA certificate devices trust for the MQTT endpoint (`server_verification_cert`).
+    pub mqtt_ca_file: Option<PathBuf>,
+    /// Where devices connect (`GatewayHostName` of their connection strings: `host[:port]`,
+    /// the port only when it is not 8883).
+    pub gateway: Option<String>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
@@ -230,11 +248,13 @@ fn base_url(public_url: Option<&url::Url>, addr: SocketAddr) -> String {
     }
 }
 
-/// Writes the IoT Hub service connection string for `base_url` (mode 0600); returns its file.
+/// Writes the IoT Hub service connection string for `base_url` (mode 0600), naming the MQTT
+/// endpoint as its gateway; returns its file.
 fn write_connection_string(
     data_dir: &std::path::Path,
     base_url: &str,
     hub_key: &crate::iothub::sas::SasKey,
+    gateway: Option<String>,
 ) -> Result<PathBuf, ServerError> {
     let hub_host = base_url.trim_start_matches("http://").trim_start_matches("https://");
     let conn = crate::iothub::ConnectionString::new(
@@ -242,7 +262,8 @@ fn write_connection_string(
         HUB_KEY_NAME,
         hub_key.clone(),
         base_url.starts_with("http://"),
-    );
+    )
+    .with_gateway(gateway);
     let file = data_dir.join("iothub.connection-string");
     crate::fsutil::write_output(
         &file,
@@ -279,7 +300,13 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         .map_err(|e| ServerError::Config(e.to_string()))?;
     let hub_key = hub_key(&config.data_dir)?;
     let (update_key, update_sjwk) = update_keys(&config.data_dir)?;
-    let iothub_connection_file = write_connection_string(&config.data_dir, &base_url, &hub_key)?;
+    let mqtt = match config.mqtt_listen {
+        Some(at) => Some(bind_mqtt(&config, at).await?),
+        None => None,
+    };
+    let gateway = mqtt.as_ref().map(|(_, addr, _)| gateway(config.public_url.as_ref(), *addr));
+    let iothub_connection_file =
+        write_connection_string(&config.data_dir, &base_url, &hub_key, gateway.clone())?;
     let state: Shared = Arc::new(AppState {
         db,
         instance: config.instance.clone(),
@@ -299,13 +326,72 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         twin_watch: Arc::default(),
         views: std::sync::Mutex::default(),
         edge_changed: tokio::sync::Notify::new(),
+        live: mqtt::Live::new(hub_names(&base_url, config.public_url.as_ref()), config.log.clone()),
     });
     reconcile::spawn(&state);
+    let state_for_mqtt = state.clone();
     let app = routes::router(state);
     let open_files = crate::fsutil::open_files_limit().unwrap_or(1024);
     let cap = listen::connection_cap(config.max_connections, open_files);
+    let (mqtt_addr, mqtt_ca_file) = match mqtt {
+        Some((listener, at, ca)) => {
+            tokio::spawn(listener.serve(state_for_mqtt, cap));
+            (Some(at), Some(ca))
+        }
+        None => (None, None),
+    };
     let task = tokio::spawn(listen::serve(listener, app, config.header_timeout, cap));
-    Ok(Running { addr, base_url, blob_dir, blob_url, iothub_connection_file, task })
+    Ok(Running {
+        addr,
+        base_url,
+        blob_dir,
+        blob_url,
+        iothub_connection_file,
+        mqtt_addr,
+        mqtt_ca_file,
+        gateway,
+        task,
+    })
+}
+
+/// Binds the MQTT endpoint at `at`, with a server certificate for the names devices reach it
+/// by.
+async fn bind_mqtt(
+    config: &Config,
+    at: SocketAddr,
+) -> Result<(mqtt::Listener, SocketAddr, PathBuf), ServerError> {
+    let mut extra = vec![at.ip().to_string()];
+    if let Some(h) = config.public_url.as_ref().and_then(url::Url::host_str) {
+        extra.push(h.to_owned());
+    }
+    mqtt::Listener::bind(at, &config.data_dir, &mqtt::tls::names(&extra)).await
+}
+
+/// The host (and port, when not 8883) devices dial: the public URL's host when listening on
+/// every interface, else the listen address.
+fn gateway(public_url: Option<&url::Url>, at: SocketAddr) -> String {
+    let host = match public_url.and_then(url::Url::host_str) {
+        Some(h) if at.ip().is_unspecified() => h.to_owned(),
+        _ if at.ip().is_unspecified() || at.ip().is_loopback() && at.is_ipv6() => {
+            "localhost".to_owned()
+        }
+        _ => at.ip().to_string(),
+    };
+    if at.port() == 8883 { host } else { format!("{host}:{}", at.port()) }
+}
+
+/// The hub names devices may give in their user name and SAS resource, lower case, without
+/// a port.
+fn hub_names(base_url: &str, public_url: Option<&url::Url>) -> Vec<String> {
+    let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+    let extra = [url::Url::parse(base_url).ok(), public_url.cloned()];
+    for u in extra.iter().flatten() {
+        if let Some(h) = u.host_str() {
+            names.push(h.trim_start_matches('[').trim_end_matches(']').to_lowercase());
+        }
+    }
+    names.dedup();
+    names
 }
 
 /// The open files serve asks for (connections, mostly devices waiting for their twin).

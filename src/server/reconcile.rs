@@ -83,7 +83,7 @@ async fn edge_pass(s: Shared) {
         match passes {
             Ok(changed) => {
                 for (key, version) in changed {
-                    s.twin_watch.changed(&key, version);
+                    s.desired_changed(&key, version);
                 }
             }
             // The store is busy or failing: try again shortly (nothing was half-written: the
@@ -199,7 +199,7 @@ async fn reconcile_devices(
     }
     let patched = s.db.call(move |st| st.patch_desired_many(&patches)).await?;
     for (id, version) in patched {
-        s.twin_watch.changed(&id, version);
+        s.desired_changed(&id, version);
     }
     Ok(())
 }

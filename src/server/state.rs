@@ -47,6 +47,17 @@ pub(super) struct AppState {
     pub(super) views: std::sync::Mutex<std::collections::HashMap<String, Arc<ViewSlot>>>,
     /// Something that can change which Edge deployments apply to which device happened.
     pub(super) edge_changed: tokio::sync::Notify,
+    /// The devices and modules connected over MQTT, and what serve keeps for them.
+    pub(super) live: super::mqtt::Live,
+}
+
+impl AppState {
+    /// A twin's desired properties changed (`identity`: `device` or `device/module`): wakes
+    /// its long-polls and tells it over MQTT.
+    pub(super) fn desired_changed(&self, identity: &str, version: i64) {
+        self.twin_watch.changed(identity, version);
+        self.live.desired_changed(identity);
+    }
 }
 
 /// Update manifests with file URLs, by update id, with when they were made.

@@ -89,6 +89,11 @@ pub const MIGRATIONS: &[Migration] = &[
         what: "what automatic device management configurations last set on each twin",
         apply: adm::migrate_10,
     },
+    Migration {
+        version: 11,
+        what: "identities' own keys (module keys, secondary keys) and MQTT sessions",
+        apply: identities::migrate_11,
+    },
 ];
 
 fn migrate_7(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
@@ -128,6 +133,9 @@ pub enum Refusal {
     /// The instance already holds the most deployments it may.
     #[error("the instance holds {0} deployments, the most it may; delete old ones")]
     TooManyDeployments(usize),
+    /// The device already has the most module identities it may.
+    #[error("the device has {0} module identities, the most IoT Hub allows")]
+    TooManyModules(usize),
 }
 
 /// What a write came to: done (with what it gives), or refused.
@@ -253,32 +261,7 @@ pub struct DeviceRow {
 /// Twins with their registry positions, and where to continue when there are more.
 pub type TwinsPage = (Vec<(i64, crate::iothub::Twin)>, Option<i64>);
 
-/// Merges `patch` into `target` as JSON merge patch does (RFC 7396): `null` removes a key.
-pub fn merge_patch(
-    target: &mut serde_json::Map<String, Value>,
-    patch: &serde_json::Map<String, Value>,
-) {
-    for (k, v) in patch {
-        match v {
-            Value::Null => {
-                target.remove(k);
-            }
-            Value::Object(p) => {
-                let entry =
-                    target.entry(k.clone()).or_insert_with(|| Value::Object(Default::default()));
-                if !entry.is_object() {
-                    *entry = Value::Object(Default::default());
-                }
-                if let Some(t) = entry.as_object_mut() {
-                    merge_patch(t, p);
-                }
-            }
-            other => {
-                target.insert(k.clone(), other.clone());
-            }
-        }
-    }
-}
+pub use crate::iothub::merge_patch;
 
 /// The ETag of a twin version (tags and desired properties).
 fn twin_etag(device_id: &str, version: i64) -> String {
@@ -380,7 +363,7 @@ fn patch_twin_in(
     let Some((version, text)) = twin_row(tx, device_id)? else {
         return Ok(Err(Refusal::NoDevice));
     };
-    if let Some(m) = if_match.filter(|m| *m != "*")
+    if let Some(m) = if_match.filter(|m| !crate::iothub::if_match_any(m))
         && m != twin_etag(device_id, version)
     {
         return Ok(Err(Refusal::Stale("twin")));
@@ -450,9 +433,41 @@ fn id_params(id: &UpdateId) -> (String, String, String) {
     (id.provider().to_owned(), id.name().to_owned(), id.version().to_string())
 }
 
+/// [`Store::patch_reported`] inside a transaction the caller commits (nothing is written
+/// when it is refused).
+fn patch_reported_in(
+    tx: &rusqlite::Transaction<'_>,
+    device_id: &str,
+    reported: &serde_json::Map<String, Value>,
+) -> Result<Outcome<crate::iothub::Twin>, StoreError> {
+    let Some((version, text)) = twin_row(tx, device_id)? else {
+        return Ok(Err(Refusal::NoDevice));
+    };
+    let mut twin: crate::iothub::Twin = serde_json::from_str(&text)?;
+    let reported_version =
+        twin.properties.reported.get("$version").and_then(Value::as_i64).unwrap_or(1);
+    merge_patch(&mut twin.properties.reported, reported);
+    let section = crate::iothub::limits::Section::Reported;
+    if let Err(e) = crate::iothub::limits::check_patch(section, reported, &twin.properties.reported)
+    {
+        return Ok(Err(e.into()));
+    }
+    twin.properties.reported.insert("$version".into(), (reported_version + 1).into());
+    let text = serde_json::to_string(&twin)?;
+    let (_, slim) = derived(&twin)?;
+    tx.execute(
+        "UPDATE devices SET twin = ?2, slim = ?3 WHERE device_id = ?1",
+        params![device_id, text, slim],
+    )?;
+    Ok(Ok(twin_doc(device_id, version, &text)?))
+}
+
 mod adm;
+mod identities;
 mod management;
 mod modules;
+
+pub use identities::{Keys, Report};
 
 /// The store.
 pub struct Store {
@@ -735,6 +750,7 @@ impl Store {
         tx.execute("DELETE FROM modules WHERE device_id = ?1", [device_id])?;
         tx.execute("DELETE FROM edge_assignments WHERE device_id = ?1", [device_id])?;
         tx.commit()?;
+        self.forget_identities(device_id)?;
         Ok(gone)
     }
 
@@ -777,33 +793,20 @@ impl Store {
     }
 
     /// Merges a device's own report into its reported properties (the version of tags and
-    /// desired properties, and so the ETag, does not change); refused when the result would
-    /// break IoT Hub's twin rules.
+    /// desired properties, and so the ETag, does not change) and bumps
+    /// `properties.reported.$version` (what the MQTT answer to a report names); refused when
+    /// the result would break IoT Hub's twin rules.
     pub fn patch_reported(
         &mut self,
         device_id: &str,
         reported: &serde_json::Map<String, Value>,
     ) -> Result<Outcome<crate::iothub::Twin>, StoreError> {
         let tx = self.conn.transaction()?;
-        let Some((version, text)) = twin_row(&tx, device_id)? else {
-            return Ok(Err(Refusal::NoDevice));
-        };
-        let mut twin: crate::iothub::Twin = serde_json::from_str(&text)?;
-        merge_patch(&mut twin.properties.reported, reported);
-        let section = crate::iothub::limits::Section::Reported;
-        if let Err(e) =
-            crate::iothub::limits::check_patch(section, reported, &twin.properties.reported)
-        {
-            return Ok(Err(e.into()));
+        let patched = patch_reported_in(&tx, device_id, reported)?;
+        if patched.is_ok() {
+            tx.commit()?;
         }
-        let text = serde_json::to_string(&twin)?;
-        let (_, slim) = derived(&twin)?;
-        tx.execute(
-            "UPDATE devices SET twin = ?2, slim = ?3 WHERE device_id = ?1",
-            params![device_id, text, slim],
-        )?;
-        tx.commit()?;
-        Ok(Ok(twin_doc(device_id, version, &text)?))
+        Ok(patched)
     }
 
     /// Creates or replaces a deployment. A new one becomes its group's active deployment and
@@ -990,7 +993,9 @@ impl Store {
         match old {
             Some(text) => {
                 let old: Configuration = serde_json::from_str(&text)?;
-                if if_match.is_some_and(|m| m != "*" && Some(m) != old.etag.as_deref()) {
+                if if_match.is_some_and(|m| {
+                    !crate::iothub::if_match_any(m) && Some(m) != old.etag.as_deref()
+                }) {
                     return Ok(Err(Refusal::Stale("configuration")));
                 }
                 if !c.content.is_empty() && c.content != old.content {
@@ -1054,7 +1059,8 @@ impl Store {
         if_match: Option<&str>,
     ) -> Result<Outcome<()>, StoreError> {
         let Some(c) = self.configuration(id)? else { return Ok(Err(Refusal::NoConfiguration)) };
-        if if_match.is_some_and(|m| m != "*" && Some(m) != c.etag.as_deref()) {
+        if if_match.is_some_and(|m| !crate::iothub::if_match_any(m) && Some(m) != c.etag.as_deref())
+        {
             return Ok(Err(Refusal::Stale("configuration")));
         }
         self.conn.execute("DELETE FROM configurations WHERE id = ?1", [id])?;

@@ -293,6 +293,63 @@ impl AgentReport {
     }
 }
 
+/// `lastInstallResult` as Device Update agents 1.1 and later write it
+/// (`reporting_utils.c`): `extendedResultCodes` a string of `%08X` codes, the root first,
+/// comma-joined; `stepResults` keyed `step_N` (twin keys cannot hold `:` or `-`), present
+/// only when the update has steps, `null` while a deployment is in progress.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentInstallResult {
+    /// 700 applied, 600 installed, 500 downloaded, 400 in progress, 0 failed, -1 cancelled.
+    pub result_code: i64,
+    /// The extended result codes, `%08X` each, comma-joined.
+    #[serde(default)]
+    pub extended_result_codes: Option<String>,
+    /// Details, when there are any.
+    #[serde(default)]
+    pub result_details: Option<String>,
+    /// Each step's result, keyed `step_N`.
+    #[serde(default)]
+    pub step_results: Option<BTreeMap<String, AgentStepResult>>,
+    /// Fields this version does not know.
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// One step's result in an [`AgentInstallResult`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentStepResult {
+    /// Its result code.
+    pub result_code: i64,
+    /// Its extended result codes, as [`AgentInstallResult::extended_result_codes`].
+    #[serde(default)]
+    pub extended_result_codes: Option<String>,
+    /// Details.
+    #[serde(default)]
+    pub result_details: Option<String>,
+}
+
+/// Extended result codes as the agent writes them (`%08X`, comma-joined), from the codes as
+/// the REST API carries them (signed 32-bit numbers).
+pub fn format_result_codes(codes: &[i64]) -> String {
+    let hex: Vec<String> = codes.iter().map(|c| format!("{:08X}", *c as i32 as u32)).collect();
+    hex.join(",")
+}
+
+/// The agent's acknowledgement of a desired `service` property, as the Plug and Play
+/// convention writes it (`PnP_CreateReportedPropertyWithStatus`): the property's value with
+/// `updateManifestSignature` and `fileUrls` left out ("to reduce twin size"), status `ac`
+/// 200, no description, and `av` the desired `$version` it answers.
+pub fn acknowledgement(service: &ServiceProperty, desired_version: i64) -> Value {
+    let mut value = serde_json::to_value(service).unwrap_or(Value::Null);
+    if let Value::Object(m) = &mut value {
+        m.insert("updateManifestSignature".into(), Value::Null);
+        m.insert("fileUrls".into(), Value::Null);
+    }
+    serde_json::json!({"value": value, "ac": 200, "ad": "", "av": desired_version})
+}
+
 /// `lastInstallResult` (or one of its steps) as any agent writes it.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -417,6 +474,45 @@ impl ReportedComponent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_the_fleet_writes_as_agent_1_1_reads_back_and_the_service_is_acknowledged() {
+        let step = |code, codes: &str| AgentStepResult {
+            result_code: code,
+            extended_result_codes: Some(codes.into()),
+            result_details: None,
+        };
+        let written = AgentInstallResult {
+            result_code: 0,
+            extended_result_codes: Some(format_result_codes(&[0x80D0_2002_u32 as i32 as i64, 1])),
+            result_details: Some("download failed".into()),
+            step_results: Some(
+                [
+                    ("step_1".to_owned(), step(0, "80D02002")),
+                    ("step_0".to_owned(), step(700, "00000000")),
+                ]
+                .into_iter()
+                .collect(),
+            ),
+            extra: Extra::new(),
+        };
+        assert_eq!(written.extended_result_codes.as_deref(), Some("80D02002,00000001"));
+        let report = AgentReport {
+            last_install_result: Some(serde_json::to_value(&written).unwrap()),
+            ..AgentReport::default()
+        };
+        let r = report.last_install_result().unwrap();
+        assert_eq!(r.extended_result_code, 0x80D0_2002_u32 as i32 as i64);
+        let steps = r.step_results.unwrap();
+        assert_eq!((steps[0].result_code, steps[1].result_code), (700, 0));
+        let ack = acknowledgement(
+            &ServiceProperty { update_manifest: Some("{}".into()), ..Default::default() },
+            7,
+        );
+        assert_eq!(ack["av"], 7);
+        assert_eq!(ack["value"]["fileUrls"], Value::Null);
+        assert_eq!(ack["value"]["updateManifest"], "{}");
+    }
 
     #[test]
     fn the_components_round_trip_and_keep_what_they_do_not_know() {

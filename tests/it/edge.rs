@@ -487,7 +487,7 @@ fn simulated_edge_devices_follow_priority_layers_and_fallback_and_failures_move_
     let (serve, data, hub, rt) = hub_on_serve(dir.path());
     let conn = data.join("iothub.connection-string");
     let mut fleet = std::process::Command::new(assert_cmd::cargo::cargo_bin("otaforge"))
-        .args(["fleet", "run", "--edge", "--endpoint", &serve.endpoint, "--devices", "12"])
+        .args(["fleet", "run", "--edge", "--devices", "12"])
         .args(["--prefix", "gw", "--group", "line-1", "--fail", "pull=0.2,crash=0.2"])
         .args(["--seed", "3", "--for", "300s", "--iothub-connection-file"])
         .arg(&conn)

@@ -81,7 +81,7 @@ fn spec(serve: &Serve, data: &Path, prefix: &str, devices: usize, group: &str) -
     class.insert("manufacturer".into(), json!("contoso"));
     class.insert("model".into(), json!("toaster"));
     FleetSpec {
-        endpoint: serve.endpoint.clone(),
+        ca: Some(Arc::new(fs_err::read(serve.info["mqttCaFile"].as_str().unwrap()).unwrap())),
         hub,
         prefix: prefix.into(),
         devices,
@@ -192,7 +192,7 @@ fn fleet_run_from_the_command_line_installs_what_is_deployed() {
     assert_eq!(import(&serve, &[&m], Some(TOKEN)).0, 0);
     let fleet = |run_for: &str| {
         otaforge()
-            .args(["--format", "json", "fleet", "run", "--endpoint", &serve.endpoint])
+            .args(["--format", "json", "fleet", "run"])
             .arg("--iothub-connection-file")
             .arg(data.join("iothub.connection-string"))
             .args(["--devices", "3", "--prefix", "cli", "--group", "cli"])
@@ -216,16 +216,7 @@ fn fleet_run_from_the_command_line_installs_what_is_deployed() {
     assert_eq!(c.on_latest_update_device_count, 3);
     // A share outside 0..1 is a usage error.
     let out = otaforge()
-        .args([
-            "fleet",
-            "run",
-            "--endpoint",
-            &serve.endpoint,
-            "--class",
-            "model=x",
-            "--fail",
-            "install=2",
-        ])
+        .args(["fleet", "run", "--class", "model=x", "--fail", "install=2"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));

@@ -1288,8 +1288,9 @@ mod round2 {
         let mut class = Map::new();
         class.insert("manufacturer".into(), json!("contoso"));
         class.insert("model".into(), json!("toaster"));
+        let ca = fs_err::read(serve.info["mqttCaFile"].as_str().unwrap()).unwrap();
         FleetSpec {
-            endpoint: serve.endpoint.clone(),
+            ca: Some(std::sync::Arc::new(ca)),
             hub: hub.clone(),
             prefix: prefix.into(),
             devices: 1,

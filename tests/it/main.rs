@@ -18,6 +18,7 @@ mod iothub;
 mod management;
 mod management_sdk;
 mod manifest;
+mod mqtt;
 mod pipeline;
 mod release;
 mod service;

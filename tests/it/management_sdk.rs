@@ -509,7 +509,8 @@ fn run_fleet(
     fail: &str,
 ) -> std::process::Child {
     std::process::Command::new(assert_cmd::cargo::cargo_bin("otaforge"))
-        .args(["fleet", "run", "--endpoint", &serve.endpoint, "--devices", "2", "--prefix", prefix])
+        .args(["fleet", "run", "--devices", "2", "--prefix", prefix, "--mqtt-ca"])
+        .arg(serve.info["mqttCaFile"].as_str().unwrap())
         .args(["--class", "manufacturer=contoso,model=toaster", "--group", group, "--fail", fail])
         .args(["--for", "120s", "--iothub-connection-file"])
         .arg(data.join("iothub.connection-string"))

@@ -78,7 +78,8 @@ fn adu_json(serve: &Serve, args: &[&str]) -> Value {
 /// `otaforge fleet run ARGS` against serve in the background (300 s at most).
 fn spawn_fleet(serve: &Serve, data: &Path, args: &[&str]) -> Child {
     Command::new(assert_cmd::cargo::cargo_bin("otaforge"))
-        .args(["fleet", "run", "--endpoint", &serve.endpoint, "--for", "300s"])
+        .args(["fleet", "run", "--for", "300s", "--mqtt-ca"])
+        .arg(serve.info["mqttCaFile"].as_str().unwrap())
         .args(args)
         .arg("--iothub-connection-file")
         .arg(data.join("iothub.connection-string"))

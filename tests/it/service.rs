@@ -15,6 +15,8 @@ use crate::{otaforge, stdout_json};
 pub(crate) struct Serve {
     child: Child,
     pub(crate) endpoint: String,
+    /// What serve printed at start (`mqttListen`, `mqttCaFile`, `gatewayHostName`, …).
+    pub(crate) info: Value,
     data: PathBuf,
     extra: Vec<String>,
 }
@@ -29,11 +31,19 @@ impl Serve {
         Self::start_on(data, None, "127.0.0.1:0", extra)
     }
 
-    /// The same address again after a restart, so URLs handed out before stay valid.
+    /// The same addresses again after a restart (HTTP and MQTT), so URLs handed out before
+    /// stay valid and devices find it where it was.
     pub(crate) fn restart(&mut self) {
         self.kill();
         let addr = self.endpoint.trim_start_matches("http://").to_owned();
-        let extra = self.extra.clone();
+        let mut extra = self.extra.clone();
+        if let Some(mqtt) = self.info["mqttListen"].as_str() {
+            // Where it listened, not `:0` again.
+            match extra.iter().position(|e| e == "--mqtt-listen") {
+                Some(i) if i + 1 < extra.len() => extra[i + 1] = mqtt.to_owned(),
+                _ => extra.extend(["--mqtt-listen".to_owned(), mqtt.to_owned()]),
+            }
+        }
         let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
         *self = Self::start_on(&self.data.clone(), None, &addr, &extra);
     }
@@ -55,6 +65,7 @@ impl Serve {
         Serve {
             child,
             endpoint: info["endpoint"].as_str().unwrap().to_owned(),
+            info,
             data: data.to_path_buf(),
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
         }

@@ -1,14 +1,16 @@
 //! `bench fleet`: the deployment engine at fleet scale, on the release build. serve runs on a
 //! fresh data dir; 1.0 and 1.1 of a 1 MiB image are imported, 1.1 with an otadelta from 1.0.
 //! Two `otaforge fleet run` processes register N devices in one group, half running 1.0 (they
-//! install through the delta), half with nothing (full download); once every device is
-//! registered and waiting on its twin, `deploy create --watch` is timed from the deployment's
+//! install through the delta), half with nothing (full download), each device connected over
+//! MQTT/TLS (serve's RSS before and after gives the bytes a connection costs); once every
+//! device is registered and waiting on its connection, `deploy create --watch` is timed from the deployment's
 //! creation to every device having reported. Then the registry grows to the `--registered`
 //! total (devices in other groups) and the deployment status and device-state queries are timed
 //! from Python over one kept-alive connection (p50/p99/max). serve's peak RSS (VmHWM) is read
 //! from /proc at the end.
 //!
-//! Goals (issue 13): N = 10 000 in ≤ 60 s; both queries ≤ 50 ms p99 with 100 000 devices.
+//! Goals (issues 13, 24): N = 10 000 over MQTT/TLS in ≤ 60 s with serve ≤ 1.5 GiB; both
+//! queries ≤ 50 ms p99 with 100 000 devices.
 
 use std::io::BufRead as _;
 use std::path::Path;
@@ -73,7 +75,7 @@ struct FleetChild {
 fn fleet(bin: &Path, serve: &Serve, root: &str, args: &[&str]) -> anyhow::Result<FleetChild> {
     let hub = serve.data.join("iothub.connection-string");
     let mut child = Command::new(bin)
-        .args(["--format", "json", "fleet", "run", "--endpoint", &serve.endpoint])
+        .args(["--format", "json", "fleet", "run"])
         .arg("--iothub-connection-file")
         .arg(&hub)
         .args(["--root-key", root, "--class", "manufacturer=contoso,model=bench"])
@@ -116,10 +118,14 @@ impl FleetChild {
 }
 
 fn vm_hwm_mib(pid: u32) -> Option<u64> {
+    proc_status_kib(pid, "VmHWM:").map(|k| k / 1024)
+}
+
+/// A line of `/proc/PID/status` in KiB (`VmHWM:`, `VmRSS:`).
+fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024)
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 pub(crate) fn run(args: &[&str]) -> anyhow::Result<()> {
@@ -208,8 +214,11 @@ pub(crate) fn run(args: &[&str]) -> anyhow::Result<()> {
     let root = serve.data.join("update-root.jwk.json").display().to_string();
     let half = (devices / 2).to_string();
     let rest = (devices - devices / 2).to_string();
+    let rss_idle = proc_status_kib(serve.child.id(), "VmRSS:");
     let started = Instant::now();
-    println!("\n# registering {devices} devices in group `bench` (half on 1.0)");
+    println!(
+        "\n# registering {devices} devices in group `bench` (half on 1.0), each connected over MQTT/TLS"
+    );
     let common = |n: &str| -> Vec<String> {
         ["--devices", n, "--group", "bench", "--for", "600s", "--until", n]
             .map(str::to_owned)
@@ -227,7 +236,9 @@ pub(crate) fn run(args: &[&str]) -> anyhow::Result<()> {
     let b: Vec<&str> = b.iter().map(String::as_str).collect();
     let fresh = fleet(&bin, &serve, &root, &b)?;
     let registration = started.elapsed();
-    println!("registered in {:.1} s", registration.as_secs_f64());
+    // Every device is connected now (a fleet reports "registered" once its devices are).
+    let rss_connected = proc_status_kib(serve.child.id(), "VmRSS:");
+    println!("registered and connected in {:.1} s", registration.as_secs_f64());
 
     let t0 = Instant::now();
     let mut create = vec![
@@ -284,6 +295,11 @@ pub(crate) fn run(args: &[&str]) -> anyhow::Result<()> {
         bail!("latency probe failed: {}", String::from_utf8_lossy(&latency.stderr));
     }
     let rss_end = vm_hwm_mib(serve.child.id());
+    let goal = |mib: Option<u64>| match mib {
+        Some(m) if m <= 1536 => "met",
+        Some(_) => "NOT met",
+        None => "?",
+    };
     drop(serve);
 
     println!("\n## bench fleet (release build, {} cores)", std::thread::available_parallelism()?);
@@ -292,9 +308,17 @@ pub(crate) fn run(args: &[&str]) -> anyhow::Result<()> {
         std::fs::metadata(work.join("new.delta"))?.len()
     );
     println!(
-        "registration of {devices} devices (2 fleet processes): {:.1} s",
+        "registration of {devices} devices, each connected over MQTT/TLS (2 fleet processes): {:.1} s",
         registration.as_secs_f64()
     );
+    if let (Some(idle), Some(connected)) = (rss_idle, rss_connected) {
+        println!(
+            "serve RSS {} MiB idle, {} MiB with {devices} connections: {} bytes per connection",
+            idle / 1024,
+            connected / 1024,
+            connected.saturating_sub(idle) * 1024 / devices.max(1) as u64
+        );
+    }
     println!(
         "rollout to {devices} devices (deploy create → all reported): {:.1} s  (goal ≤ 60 s: {})",
         rollout.as_secs_f64(),
@@ -306,8 +330,9 @@ pub(crate) fn run(args: &[&str]) -> anyhow::Result<()> {
     }
     print!("{}", String::from_utf8_lossy(&latency.stdout));
     println!(
-        "serve peak RSS: {} MiB after the rollout, {} MiB at the end",
+        "serve peak RSS: {} MiB after the rollout (goal ≤ 1.5 GiB: {}), {} MiB at the end",
         rss_rollout.map_or("?".into(), |m| m.to_string()),
+        goal(rss_rollout),
         rss_end.map_or("?".into(), |m| m.to_string())
     );
     if installed != devices as u64 {

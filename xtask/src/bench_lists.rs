@@ -119,7 +119,7 @@ pub(crate) fn run(args: &[&str]) -> anyhow::Result<()> {
             break;
         }
         let status = Command::new(&bin)
-            .args(["--format", "json", "--quiet", "fleet", "run", "--endpoint", &serve.endpoint])
+            .args(["--format", "json", "--quiet", "fleet", "run"])
             .arg("--iothub-connection-file")
             .arg(&hub)
             .arg("--root-key")

@@ -26,6 +26,10 @@ pub(crate) const PYPI: &[(&str, &str)] = &[
     ("azure-iot-hub==2.6.1", "azure.iot.hub"),
     // azure-iot-hub imports six without declaring it.
     ("six==1.17.0", "six"),
+    // The official IoT Hub device SDK, and a raw MQTT client for what an SDK never sends
+    // (azure-iot-device needs paho-mqtt below 2).
+    ("azure-iot-device==2.14.0", "azure.iot.device"),
+    ("paho-mqtt==1.6.1", "paho.mqtt.client"),
 ];
 
 /// PyPI packages that ship a command (a prebuilt binary) rather than a module, pinned, with the

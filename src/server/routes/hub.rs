@@ -47,25 +47,47 @@ fn check_device_id(id: &str) -> Result<(), ApiError> {
     crate::iothub::limits::check_device_id(id).map_err(bad)
 }
 
-fn identity(row: &crate::server::store::DeviceRow) -> crate::iothub::DeviceIdentity {
+/// A device identity as the registry answers it; `secondary`: its secondary key, when it has
+/// one; `connected`: whether it is connected over MQTT now.
+fn identity(
+    row: &crate::server::store::DeviceRow,
+    secondary: Option<String>,
+    connected: bool,
+) -> crate::iothub::DeviceIdentity {
     use crate::iothub::{Authentication, Capabilities, DeviceIdentity, SymmetricKey};
     DeviceIdentity {
         device_id: row.device_id.clone(),
         generation_id: Some(row.created.clone()),
         etag: row.twin.etag.clone(),
         status: Some("enabled".into()),
-        connection_state: Some("Disconnected".into()),
+        connection_state: Some(if connected { "Connected" } else { "Disconnected" }.into()),
         capabilities: Capabilities { iot_edge: row.twin.is_edge() },
         authentication: Authentication {
             kind: Some("sas".into()),
             symmetric_key: Some(SymmetricKey {
                 primary_key: Some(row.device_key.clone()),
-                secondary_key: None,
+                secondary_key: secondary,
             }),
             extra: Map::new(),
         },
         extra: Map::new(),
     }
+}
+
+/// A key a caller gave on create: used as it is (as IoT Hub does), once checked to be base64.
+pub(super) fn given_key(key: Option<&str>) -> Result<Option<String>, ApiError> {
+    match key.filter(|k| !k.is_empty()) {
+        Some(k) => {
+            crate::iothub::sas::SasKey::from_base64(k).map_err(|e| bad(e.to_string()))?;
+            Ok(Some(k.to_owned()))
+        }
+        None => Ok(None),
+    }
+}
+
+/// A new random key, base64.
+pub(super) fn new_key() -> Result<String, ApiError> {
+    Ok(crate::iothub::sas::SasKey::generate().map_err(ApiError::internal)?.to_base64())
 }
 
 /// A device's row, or 404 `DeviceNotFound`.
@@ -82,7 +104,11 @@ async fn get_device(
     State(s): State<Shared>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    Ok(axum::Json(identity(&device_row(&s, &id).await?)).into_response())
+    let row = device_row(&s, &id).await?;
+    let key_id = id.clone();
+    let keys = s.db.read(move |st| st.identity_keys(&key_id, None)).await?;
+    let connected = s.live.is_connected(&id);
+    Ok(axum::Json(identity(&row, keys.and_then(|k| k.secondary), connected)).into_response())
 }
 
 async fn put_device(
@@ -93,17 +119,36 @@ async fn put_device(
 ) -> Result<Response, ApiError> {
     check_device_id(&id)?;
     // `capabilities.iotEdge` makes an IoT Edge device (Edge deployments target only those).
-    let iot_edge = serde_json::from_slice::<crate::iothub::DeviceIdentity>(&body)
-        .is_ok_and(|identity| identity.capabilities.iot_edge);
-    let key = crate::iothub::sas::SasKey::generate().map_err(ApiError::internal)?.to_base64();
+    let given: crate::iothub::DeviceIdentity = if body.is_empty() {
+        Default::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| bad(format!("the body is not a device identity: {e}")))?
+    };
+    let iot_edge = given.capabilities.iot_edge;
+    let keys = given.authentication.symmetric_key.unwrap_or_default();
+    let key = match given_key(keys.primary_key.as_deref())? {
+        Some(k) => k,
+        None => new_key()?,
+    };
+    let secondary = given_key(keys.secondary_key.as_deref())?;
     let now = crate::server::now_string();
-    let created = s.db.call(move |st| st.create_device(&id, &key, &now, iot_edge)).await?;
+    let second = secondary.clone();
+    let created =
+        s.db.call(move |st| {
+            let row = st.create_device(&id, &key, &now, iot_edge)?;
+            if let (Some(_), Some(k)) = (&row, &second) {
+                st.set_secondary_key(&id, k)?;
+            }
+            Ok(row)
+        })
+        .await?;
     let Some(row) = created else {
         return Err(ApiError::conflict("DeviceAlreadyExists", "a device with this id exists"));
     };
     // A new device can be what an Edge deployment or an automatic configuration targets.
     s.edge_changed.notify_one();
-    Ok(axum::Json(identity(&row)).into_response())
+    Ok(axum::Json(identity(&row, secondary, false)).into_response())
 }
 
 async fn delete_device(
@@ -116,6 +161,7 @@ async fn delete_device(
         return Err(Refusal::NoDevice.into());
     }
     s.twin_watch.changed(&gone, i64::MAX);
+    s.live.forget_device(&gone);
     s.edge_changed.notify_one();
     Ok(axum::http::StatusCode::NO_CONTENT.into_response())
 }
@@ -175,11 +221,16 @@ async fn patch_twin(
         check_tags(t)?;
     }
     let if_match = if_match(&headers);
+    let desired_given = desired.is_some();
     let twin = s
         .db
         .call(move |st| st.patch_twin(&id, tags.as_ref(), desired.as_ref(), if_match.as_deref()))
         .await??;
-    s.twin_watch.changed(&twin.device_id, twin.version.unwrap_or_default());
+    if desired_given {
+        s.desired_changed(&twin.device_id, twin.version.unwrap_or_default());
+    } else {
+        s.twin_watch.changed(&twin.device_id, twin.version.unwrap_or_default());
+    }
     // Tags can move the device in or out of Edge deployments' target conditions.
     s.edge_changed.notify_one();
     Ok(with_etag(twin))

@@ -9,7 +9,9 @@
 //! - [`blobs`]: otaforge's own upload and read-URL routes, and the signed blob and content
 //!   URLs devices and imports read;
 //! - [`hub`], [`configs`], [`modules`]: IoT Hub's twins, identities, queries, configurations
-//!   and module twins.
+//!   and module twins;
+//! - [`messaging`]: the service side of the device protocol (direct methods, telemetry,
+//!   cloud-to-device messages) and module identities.
 //!
 //! Every Device Update route needs `?api-version=2022-10-01` or `2026-06-01` and, when serve
 //! has a token, `Authorization: Bearer TOKEN` ([`api_guard`]). Every route passes the browser
@@ -20,6 +22,7 @@ mod configs;
 mod diagnostics;
 mod hub;
 mod management;
+mod messaging;
 mod modules;
 mod subgroups;
 mod updates;
@@ -53,6 +56,7 @@ pub(super) fn router(state: Shared) -> Router {
         .merge(hub::router())
         .merge(configs::router())
         .merge(modules::router())
+        .merge(messaging::router())
         .layer(from_fn(|req, next| render(Surface::Hub, req, next)));
     Router::new()
         .merge(adu)

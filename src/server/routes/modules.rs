@@ -63,7 +63,7 @@ async fn patch_module(
     let twin =
         s.db.call(move |st| st.patch_module_desired(&id, &mid, &desired, if_match.as_deref()))
             .await??;
-    s.twin_watch.changed(&key, twin.version.unwrap_or_default());
+    s.desired_changed(&key, twin.version.unwrap_or_default());
     Ok(with_etag(twin))
 }
 
@@ -116,7 +116,7 @@ async fn apply_content(
             .ok_or(Refusal::NoDevice)?;
     for t in changed {
         let key = format!("{}/{}", t.device_id, t.module_id.unwrap_or_default());
-        s.twin_watch.changed(&key, t.version.unwrap_or_default());
+        s.desired_changed(&key, t.version.unwrap_or_default());
     }
     Ok(StatusCode::NO_CONTENT.into_response())
 }

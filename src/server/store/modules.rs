@@ -238,7 +238,7 @@ impl Store {
         let Some((current, text)) = module_row(&tx, device, module)? else {
             return Ok(Err(Refusal::NoModule));
         };
-        if let Some(m) = if_match.filter(|m| *m != "*")
+        if let Some(m) = if_match.filter(|m| !crate::iothub::if_match_any(m))
             && m != super::twin_etag(&format!("{device}/{module}"), current)
         {
             return Ok(Err(Refusal::Stale("module twin")));
@@ -300,27 +300,11 @@ impl Store {
         patch: &Map<String, Value>,
     ) -> Result<Outcome<Twin>, StoreError> {
         let tx = self.conn.transaction()?;
-        let Some((version, text)) = module_row(&tx, device, module)? else {
-            return Ok(Err(Refusal::NoModule));
-        };
-        let mut twin: Twin = serde_json::from_str(&text)?;
-        let n = counter(&twin.properties.reported) + 1;
-        let patch = content_of(patch);
-        merge_patch(&mut twin.properties.reported, &patch);
-        let section = crate::iothub::limits::Section::Reported;
-        if let Err(e) =
-            crate::iothub::limits::check_patch(section, &patch, &twin.properties.reported)
-        {
-            return Ok(Err(e.into()));
+        let patched = module_reported_in(&tx, device, module, patch)?;
+        if patched.is_ok() {
+            tx.commit()?;
         }
-        twin.properties.reported.insert("$version".into(), json!(n));
-        let text = serde_json::to_string(&twin)?;
-        tx.execute(
-            "UPDATE modules SET twin = ?3 WHERE device_id = ?1 AND module_id = ?2",
-            params![device, module, text],
-        )?;
-        tx.commit()?;
-        Ok(Ok(module_doc(device, module, version, &text)?))
+        Ok(patched)
     }
 
     /// IoT Hub's pass over Edge deployments: for every IoT Edge device whose set of targeting
@@ -404,4 +388,32 @@ impl Store {
         tx.commit()?;
         Ok(changed)
     }
+}
+
+/// [`Store::patch_module_reported`] inside a transaction the caller commits (nothing is
+/// written when it is refused).
+pub(super) fn module_reported_in(
+    tx: &rusqlite::Transaction<'_>,
+    device: &str,
+    module: &str,
+    patch: &Map<String, Value>,
+) -> Result<Outcome<Twin>, StoreError> {
+    let Some((version, text)) = module_row(tx, device, module)? else {
+        return Ok(Err(Refusal::NoModule));
+    };
+    let mut twin: Twin = serde_json::from_str(&text)?;
+    let n = counter(&twin.properties.reported) + 1;
+    let patch = content_of(patch);
+    merge_patch(&mut twin.properties.reported, &patch);
+    let section = crate::iothub::limits::Section::Reported;
+    if let Err(e) = crate::iothub::limits::check_patch(section, &patch, &twin.properties.reported) {
+        return Ok(Err(e.into()));
+    }
+    twin.properties.reported.insert("$version".into(), json!(n));
+    let text = serde_json::to_string(&twin)?;
+    tx.execute(
+        "UPDATE modules SET twin = ?3 WHERE device_id = ?1 AND module_id = ?2",
+        params![device, module, text],
+    )?;
+    Ok(Ok(module_doc(device, module, version, &text)?))
 }
