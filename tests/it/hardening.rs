@@ -1330,10 +1330,6 @@ mod round2 {
         twin.properties.reported["deviceUpdate"]["agent"].clone()
     }
 
-    fn erc(bits: u32) -> i64 {
-        i64::from(bits as i32)
-    }
-
     /// A loopback server that answers every request with an endless chunked body, 64 KiB at a
     /// time, and stops after 64 MiB; counts what it sent.
     struct Endless {
@@ -1407,7 +1403,8 @@ mod round2 {
             assert_eq!(agent["state"], 255, "{agent}");
             let last = &agent["lastInstallResult"];
             assert_eq!(last["resultCode"], 0, "{agent}");
-            assert_eq!(last["extendedResultCode"], erc(0x0010_0003), "{agent}");
+            // As agents from 1.1 report it: hex, in a string.
+            assert_eq!(last["extendedResultCodes"], "00100003", "{agent}");
             assert!(last["resultDetails"].as_str().unwrap().contains("sizeInBytes"), "{agent}");
             assert_eq!(agent["workflow"]["id"], "endless-1");
         });
@@ -1438,7 +1435,7 @@ mod round2 {
             let last = &agent["lastInstallResult"];
             assert_eq!(last["resultCode"], 0, "{agent}");
             // ADUC_ERC_UTILITIES_UPDATE_DATA_PARSER_BAD_UPDATE_MANIFEST.
-            assert_eq!(last["extendedResultCode"], erc(0x8030_0009), "{agent}");
+            assert_eq!(last["extendedResultCodes"], "80300009", "{agent}");
             assert!(last["resultDetails"].as_str().unwrap().contains("not JSON"), "{agent}");
             assert_eq!(agent["workflow"]["id"], "garbled-1", "{agent}");
         });

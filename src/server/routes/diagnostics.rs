@@ -117,13 +117,13 @@ async fn ask_agents(s: &Shared, id: &str, agents: &[AgentId]) -> Result<(), ApiE
         .collect();
     let written = s.db.call(move |st| st.patch_desired_many(&devices)).await?;
     for (device, version) in written {
-        s.twin_watch.changed(&device, version);
+        s.desired_changed(&device, version);
     }
     for a in agents {
         let Some(m) = a.module_id.clone() else { continue };
         let (d, p) = (a.device_id.clone(), patch.clone());
         let twin = s.db.call(move |st| st.patch_module_desired(&d, &m, &p, None)).await??;
-        s.twin_watch.changed(&a.path(), twin.version.unwrap_or_default());
+        s.desired_changed(&a.path(), twin.version.unwrap_or_default());
     }
     Ok(())
 }
