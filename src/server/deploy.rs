@@ -232,6 +232,7 @@ pub fn status(stored: &StoredDeployment, view: &View) -> DeploymentStatus {
                 x.device.group_id.as_deref() == Some(d.group_id.as_str())
                     && x.device.device_class_id == *class
             })
+            .map(|x| &**x)
             .collect();
         let states: Vec<DeviceDeploymentState> =
             members.iter().map(|m| device_state(m, stored)).collect();

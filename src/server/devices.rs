@@ -16,10 +16,12 @@
 //!   update when its `installedUpdateId` is that update (or when no update fits it).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
 use crate::iothub::Twin;
+use crate::server::store::Registered;
 use crate::service::agent::ReportedComponent;
 use crate::service::model::{
     ContractModel, Device, DeviceClass, DeviceClassProperties, Group, GroupType,
@@ -43,6 +45,8 @@ pub struct AduDevice {
     pub agent_state: Option<i64>,
     /// The retry the agent last worked on (`agent.workflow.retryTimestamp`).
     pub retry_timestamp: Option<String>,
+    /// Its position in the registry (the view's order).
+    pub seq: i64,
 }
 
 /// A device-class subgroup as the view sees it: the devices of one group and class.
@@ -59,11 +63,12 @@ pub struct Subgroup {
 /// Every Device Update device, class and group of the registry.
 #[derive(Debug, Clone, Default)]
 pub struct View {
-    /// Devices in registry order.
-    pub devices: Vec<AduDevice>,
+    /// Devices in registry order (shared between a view and the next, which a write made
+    /// from it: see [`View::with_changes`]).
+    pub devices: Vec<Arc<AduDevice>>,
     /// Agents that run as module identities, in creation order (only in the view of the whole
     /// registry; serve lists and reads them, and deploys to device identities only).
-    pub modules: Vec<AduDevice>,
+    pub modules: Vec<Arc<AduDevice>>,
     /// Classes by id.
     pub classes: BTreeMap<String, DeviceClass>,
     /// The groups, counted once when first asked for (a view is shared by every request
@@ -112,6 +117,64 @@ impl Answers {
     }
 }
 
+/// A twin's Device Update device and its class, when its agent has reported its device
+/// properties.
+fn entry(
+    seq: i64,
+    twin: &Twin,
+    created: &str,
+    updates: &[Update],
+) -> Option<(AduDevice, DeviceClass)> {
+    let agent = ReportedComponent::of(&twin.properties.reported).and_then(|c| c.agent)?;
+    agent.device_properties.as_ref()?;
+    let contract = agent.contract_model();
+    let compat = agent.compat();
+    let id = class_id(contract, &compat);
+    let best = best_update(updates, &compat);
+    let class = DeviceClass {
+        device_class_id: id.clone(),
+        friendly_name: None,
+        device_class_properties: DeviceClassProperties {
+            contract_model: Some(ContractModel {
+                id: contract.to_owned(),
+                name: "Device Update Model".to_owned(),
+                extra: Default::default(),
+            }),
+            compat_properties: compat.clone(),
+            extra: Default::default(),
+        },
+        best_compatible_update: best.map(|u| UpdateInfo::new(u.update_id.clone())),
+        extra: Default::default(),
+    };
+    let installed = agent.installed();
+    let on_latest = match best {
+        None => true,
+        Some(b) => installed.as_ref() == Some(&b.update_id),
+    };
+    let workflow = agent.workflow.as_ref();
+    let device = AduDevice {
+        device: Device {
+            device_id: twin.device_id.clone(),
+            module_id: twin.module_id.clone(),
+            device_class_id: id,
+            group_id: Some(twin.group().unwrap_or(DEFAULT_GROUP).to_owned()),
+            last_attempted_update: None,
+            deployment_status: None,
+            installed_update: installed.map(UpdateInfo::new),
+            on_latest_update: on_latest,
+            last_deployment_id: None,
+            last_install_result: agent.last_install_result(),
+            extra: Default::default(),
+        },
+        created: created.to_owned(),
+        workflow_id: workflow.map(|w| w.id.clone()),
+        agent_state: agent.state,
+        retry_timestamp: workflow.and_then(|w| w.retry_timestamp.clone()),
+        seq,
+    };
+    Some((device, class))
+}
+
 /// The device class id of a contract model and compat properties.
 pub fn class_id(contract: &str, compat: &Map<String, Value>) -> String {
     let mut text = format!("{contract}\n");
@@ -139,62 +202,85 @@ pub fn best_update<'a>(updates: &'a [Update], compat: &Map<String, Value>) -> Op
 }
 
 impl View {
-    /// Builds the view from `(twin, created)` pairs and the imported updates.
+    /// Builds the view from `(twin, created)` pairs in registry order and the imported updates.
     pub fn build(twins: &[(Twin, String)], updates: &[Update]) -> Self {
         let mut view = View::default();
-        for (twin, created) in twins {
-            let Some(agent) =
-                ReportedComponent::of(&twin.properties.reported).and_then(|c| c.agent)
-            else {
-                continue;
-            };
-            if agent.device_properties.is_none() {
-                continue;
+        for (seq, (twin, created)) in twins.iter().enumerate() {
+            if let Some((device, class)) = entry(seq as i64, twin, created, updates) {
+                view.classes.entry(device.device.device_class_id.clone()).or_insert(class);
+                view.devices.push(Arc::new(device));
             }
-            let contract = agent.contract_model();
-            let compat = agent.compat();
-            let id = class_id(contract, &compat);
-            let best = best_update(updates, &compat);
-            view.classes.entry(id.clone()).or_insert_with(|| DeviceClass {
-                device_class_id: id.clone(),
-                friendly_name: None,
-                device_class_properties: DeviceClassProperties {
-                    contract_model: Some(ContractModel {
-                        id: contract.to_owned(),
-                        name: "Device Update Model".to_owned(),
-                        extra: Default::default(),
-                    }),
-                    compat_properties: compat.clone(),
-                    extra: Default::default(),
-                },
-                best_compatible_update: best.map(|u| UpdateInfo::new(u.update_id.clone())),
-                extra: Default::default(),
-            });
-            let installed = agent.installed();
-            let on_latest = match best {
-                None => true,
-                Some(b) => installed.as_ref() == Some(&b.update_id),
-            };
-            let workflow = agent.workflow.as_ref();
-            view.devices.push(AduDevice {
-                device: Device {
-                    device_id: twin.device_id.clone(),
-                    module_id: twin.module_id.clone(),
-                    device_class_id: id,
-                    group_id: Some(twin.group().unwrap_or(DEFAULT_GROUP).to_owned()),
-                    last_attempted_update: None,
-                    deployment_status: None,
-                    installed_update: installed.map(UpdateInfo::new),
-                    on_latest_update: on_latest,
-                    last_deployment_id: None,
-                    last_install_result: agent.last_install_result(),
-                    extra: Default::default(),
-                },
-                created: created.clone(),
-                workflow_id: workflow.map(|w| w.id.clone()),
-                agent_state: agent.state,
-                retry_timestamp: workflow.and_then(|w| w.retry_timestamp.clone()),
-            });
+        }
+        view
+    }
+
+    /// Builds the view from the registry's slim twins (in registry order).
+    pub fn build_registered(twins: &[Registered], updates: &[Update]) -> Self {
+        let mut view = View::default();
+        for r in twins {
+            if let Some((device, class)) = entry(r.seq, &r.twin, &r.created, updates) {
+                view.classes.entry(device.device.device_class_id.clone()).or_insert(class);
+                view.devices.push(Arc::new(device));
+            }
+        }
+        view
+    }
+
+    /// This view after the devices named in `changed` were written: each is now as given
+    /// (`None`: gone, or no longer in this view), computed against the same `updates` this
+    /// view was built from. Devices keep registry order; modules and friendly names are
+    /// carried over. Costs the view's length in pointer copies, not a rebuild.
+    pub fn with_changes(
+        &self,
+        changed: &[(String, Option<Registered>)],
+        updates: &[Update],
+    ) -> Self {
+        let mut now: std::collections::HashMap<&str, Option<(AduDevice, DeviceClass)>> = changed
+            .iter()
+            .map(|(id, r)| {
+                let e = r.as_ref().and_then(|r| entry(r.seq, &r.twin, &r.created, updates));
+                (id.as_str(), e)
+            })
+            .collect();
+        let mut view = View {
+            modules: self.modules.clone(),
+            classes: self.classes.clone(),
+            ..View::default()
+        };
+        view.devices.reserve(self.devices.len() + now.len());
+        let mut left_class = false;
+        for d in &self.devices {
+            match now.remove(d.device.device_id.as_str()) {
+                None => view.devices.push(d.clone()),
+                Some(e) => {
+                    let class_kept = e
+                        .as_ref()
+                        .is_some_and(|(n, _)| n.device.device_class_id == d.device.device_class_id);
+                    left_class |= !class_kept;
+                    if let Some((device, class)) = e {
+                        view.classes.entry(device.device.device_class_id.clone()).or_insert(class);
+                        view.devices.push(Arc::new(device));
+                    }
+                }
+            }
+        }
+        // Devices new to this view go to their registry positions.
+        let mut fresh: Vec<(AduDevice, DeviceClass)> = now.into_values().flatten().collect();
+        if !fresh.is_empty() {
+            fresh.sort_by_key(|(d, _)| d.seq);
+            let appended = view.devices.last().is_none_or(|l| l.seq < fresh[0].0.seq);
+            for (device, class) in fresh {
+                view.classes.entry(device.device.device_class_id.clone()).or_insert(class);
+                view.devices.push(Arc::new(device));
+            }
+            if !appended {
+                view.devices.sort_by_key(|d| d.seq);
+            }
+        }
+        if left_class {
+            let used: std::collections::HashSet<&str> =
+                view.devices.iter().map(|d| d.device.device_class_id.as_str()).collect();
+            view.classes.retain(|id, _| used.contains(id.as_str()));
         }
         view
     }
@@ -296,6 +382,95 @@ impl View {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// A device's slim twin as the store keeps it: `group` its tag (`None`: untagged),
+    /// `model` its compat property (`None`: no agent yet).
+    fn registered(seq: i64, group: Option<&str>, model: Option<u8>) -> Registered {
+        let mut twin = serde_json::json!({"deviceId": format!("d{seq}")});
+        if let Some(g) = group {
+            twin["tags"] = serde_json::json!({"ADUGroup": g});
+        }
+        if let Some(m) = model {
+            twin["properties"] = serde_json::json!({"reported": {"deviceUpdate": {"__t": "c",
+                "agent": {"deviceProperties": {"manufacturer": "contoso", "model": format!("m{m}"),
+                    "contractModelId": "dtmi:azure:iot:deviceUpdateContractModel;3"},
+                  "compatPropertyNames": "manufacturer,model",
+                  "installedUpdateId": "{\"provider\":\"contoso\",\"name\":\"fw\",\"version\":\"1.0\"}"}}}});
+        }
+        Registered {
+            seq,
+            twin: serde_json::from_value(twin).unwrap(),
+            created: format!("2026-12-06T00:00:{:02}Z", seq % 60),
+        }
+    }
+
+    /// What a view shows, to compare two views.
+    fn shown(v: &View) -> (Vec<String>, Vec<String>, Vec<String>) {
+        let devices = v
+            .devices
+            .iter()
+            .map(|d| {
+                format!("{} {} {}", d.seq, serde_json::to_string(&d.device).unwrap(), d.created)
+            })
+            .collect();
+        let classes = v.classes.values().map(|c| serde_json::to_string(c).unwrap()).collect();
+        let groups = v.groups().iter().map(|g| serde_json::to_string(g).unwrap()).collect();
+        (devices, classes, groups)
+    }
+
+    proptest! {
+        /// A view brought up to date by the devices written shows what a view built afresh
+        /// from the registry after the writes shows.
+        #[test]
+        fn a_view_with_changes_is_the_view_rebuilt(
+            before in proptest::collection::vec((0..3u8, proptest::option::of(0..3u8)), 0..24),
+            writes in proptest::collection::vec(
+                (0..30usize, proptest::option::of((0..3u8, proptest::option::of(0..3u8)))),
+                0..16,
+            ),
+        ) {
+            let group = |g: u8| (g > 0).then(|| format!("g{g}"));
+            let mut registry: BTreeMap<i64, Registered> = before
+                .iter()
+                .enumerate()
+                .map(|(i, (g, m))| (i as i64, registered(i as i64, group(*g).as_deref(), *m)))
+                .collect();
+            let old = View::build_registered(&registry.values().cloned().collect::<Vec<_>>(), &[]);
+            let mut next = registry.len() as i64;
+            let mut changed: BTreeMap<String, ()> = BTreeMap::new();
+            for (pick, write) in writes {
+                let seq = registry.keys().nth(pick % (registry.len() + 1)).copied();
+                match (seq, write) {
+                    (Some(seq), Some((g, m))) => {
+                        registry.insert(seq, registered(seq, group(g).as_deref(), m));
+                        changed.insert(format!("d{seq}"), ());
+                    }
+                    (Some(seq), None) => {
+                        registry.remove(&seq);
+                        changed.insert(format!("d{seq}"), ());
+                    }
+                    (None, Some((g, m))) => {
+                        registry.insert(next, registered(next, group(g).as_deref(), m));
+                        changed.insert(format!("d{next}"), ());
+                        next += 1;
+                    }
+                    (None, None) => {}
+                }
+            }
+            let rows: Vec<(String, Option<Registered>)> = changed
+                .into_keys()
+                .map(|id| {
+                    let seq: i64 = id[1..].parse().unwrap();
+                    let row = registry.get(&seq).cloned();
+                    (id, row)
+                })
+                .collect();
+            let updated = old.with_changes(&rows, &[]);
+            let rebuilt = View::build_registered(&registry.values().cloned().collect::<Vec<_>>(), &[]);
+            prop_assert_eq!(shown(&updated), shown(&rebuilt));
+        }
+    }
 
     #[test]
     fn answers_are_rendered_once_and_kept_within_bounds() {

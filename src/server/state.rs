@@ -67,8 +67,20 @@ pub(super) type ManifestCache =
 /// The state, shared.
 pub(super) type Shared = Arc<AppState>;
 
-/// A kept view and the store generation it was read at.
-pub(super) type ViewSlot = tokio::sync::Mutex<Option<(u64, Arc<devices::View>)>>;
+/// A kept view, as of a store generation and change-log mark.
+pub(super) struct KeptView {
+    /// The store generation it was read at: it is current while the generation is still this.
+    pub(super) at: u64,
+    /// The change log's mark it was read at (what changed since is applied to it).
+    pub(super) mark: u64,
+    /// The imported updates it was computed against.
+    pub(super) updates: Arc<Vec<crate::service::Update>>,
+    /// The view.
+    pub(super) view: Arc<devices::View>,
+}
+
+/// A kept view behind its own lock (see `routes::management::view_of`).
+pub(super) type ViewSlot = tokio::sync::Mutex<Option<KeptView>>;
 
 /// The shared access policy name of the hub key.
 pub const HUB_KEY_NAME: &str = "iothubowner";

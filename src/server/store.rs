@@ -258,6 +258,17 @@ pub struct DeviceRow {
     pub twin: crate::iothub::Twin,
 }
 
+/// A device's slim twin with its registry position and its identity's creation time.
+#[derive(Debug, Clone)]
+pub struct Registered {
+    /// Its position in the registry (registry order).
+    pub seq: i64,
+    /// The slim twin.
+    pub twin: crate::iothub::Twin,
+    /// When its identity was created.
+    pub created: String,
+}
+
 /// Twins with their registry positions, and where to continue when there are more.
 pub type TwinsPage = (Vec<(i64, crate::iothub::Twin)>, Option<i64>);
 
@@ -463,6 +474,7 @@ fn patch_reported_in(
 }
 
 mod adm;
+pub mod changes;
 mod identities;
 mod management;
 mod modules;
@@ -472,6 +484,8 @@ pub use identities::{Keys, Report};
 /// The store.
 pub struct Store {
     conn: Connection,
+    /// What this connection's writes changed (empty for readers).
+    changes: changes::Changes,
 }
 
 impl Store {
@@ -481,9 +495,10 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        let mut store = Self { conn };
+        let mut store = Self { conn, changes: changes::Changes::default() };
         store.migrate()?;
         store.fail_interrupted(now)?;
+        changes::watch(&store.conn, &store.changes)?;
         Ok(store)
     }
 
@@ -495,7 +510,7 @@ impl Store {
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        Ok(Self { conn })
+        Ok(Self { conn, changes: changes::Changes::default() })
     }
 
     /// Drops finished operations older than `days_ago` (an RFC 3339 time) and all but the
@@ -1080,13 +1095,7 @@ impl Store {
     /// Every device's slim twin (see [`derived`]: group tag, agent, desired workflow) with its
     /// identity's creation time, in registry order.
     pub fn twins_with_created(&self) -> Result<Vec<(crate::iothub::Twin, String)>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT device_id, version, slim, created FROM devices ORDER BY seq")?;
-        let rows: Vec<(String, i64, String, String)> = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-            .collect::<Result<_, _>>()?;
-        rows.into_iter().map(|(id, v, t, c)| Ok((twin_doc(&id, v, &t)?, c))).collect()
+        Ok(self.registry_twins(None)?.into_iter().map(|r| (r.twin, r.created)).collect())
     }
 
     /// The slim twins (see [`derived`]) of one group (`$default`: those without an `ADUGroup`
@@ -1096,22 +1105,60 @@ impl Store {
         &self,
         group: &str,
     ) -> Result<Vec<(crate::iothub::Twin, String)>, StoreError> {
-        let default = group == "$default";
-        let sql = if default {
-            "SELECT device_id, version, slim, created FROM devices
-             WHERE group_id IS NULL ORDER BY seq"
-        } else {
-            "SELECT device_id, version, slim, created FROM devices
-             WHERE group_id = ?1 ORDER BY seq"
+        Ok(self.registry_twins(Some(group))?.into_iter().map(|r| (r.twin, r.created)).collect())
+    }
+
+    /// The slim twins (see [`derived`]) of every device, or of one group's, with their
+    /// registry positions and creation times, in registry order.
+    pub fn registry_twins(&self, group: Option<&str>) -> Result<Vec<Registered>, StoreError> {
+        let sql = match group {
+            None => "SELECT seq, device_id, version, slim, created FROM devices ORDER BY seq",
+            Some("$default") => {
+                "SELECT seq, device_id, version, slim, created FROM devices
+                 WHERE group_id IS NULL ORDER BY seq"
+            }
+            Some(_) => {
+                "SELECT seq, device_id, version, slim, created FROM devices
+                 WHERE group_id = ?1 ORDER BY seq"
+            }
         };
         let mut stmt = self.conn.prepare_cached(sql)?;
-        let map = |r: &rusqlite::Row<'_>| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?));
-        let rows: Vec<(String, i64, String, String)> = if default {
-            stmt.query_map([], map)?.collect::<Result<_, _>>()?
-        } else {
-            stmt.query_map([group], map)?.collect::<Result<_, _>>()?
+        let map =
+            |r: &rusqlite::Row<'_>| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?));
+        let rows: Vec<(i64, String, i64, String, String)> = match group {
+            Some(g) if g != "$default" => stmt.query_map([g], map)?.collect::<Result<_, _>>()?,
+            _ => stmt.query_map([], map)?.collect::<Result<_, _>>()?,
         };
-        rows.into_iter().map(|(id, v, t, c)| Ok((twin_doc(&id, v, &t)?, c))).collect()
+        rows.into_iter()
+            .map(|(seq, id, v, t, created)| {
+                Ok(Registered { seq, twin: twin_doc(&id, v, &t)?, created })
+            })
+            .collect()
+    }
+
+    /// The slim twins (see [`derived`]) of the devices named, as [`Store::registry_twins`]
+    /// gives them; `None` for a device that does not exist.
+    pub fn registered(
+        &self,
+        ids: &[String],
+    ) -> Result<Vec<(String, Option<Registered>)>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT seq, version, slim, created FROM devices WHERE device_id = ?1",
+        )?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let row: Option<(i64, i64, String, String)> = stmt
+                .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+                .optional()?;
+            let found = match row {
+                Some((seq, v, t, created)) => {
+                    Some(Registered { seq, twin: twin_doc(id, v, &t)?, created })
+                }
+                None => None,
+            };
+            out.push((id.clone(), found));
+        }
+        Ok(out)
     }
 
     /// Up to `limit` twins after registry position `after`, in registry order, each with its
@@ -1170,6 +1217,8 @@ pub struct Db {
     /// Write calls finished so far: what was computed from a read made after generation N
     /// is current while the generation is still N.
     writes: Arc<std::sync::atomic::AtomicU64>,
+    /// What the writes changed, published after each write call, before the generation moves.
+    changes: changes::Changes,
 }
 
 /// Read connections: at most this many reads run at once (the rest wait their turn, so
@@ -1180,6 +1229,7 @@ impl Db {
     /// Wraps an open store; readers open `path`, the same database.
     pub fn new(store: Store, path: &Path) -> Self {
         Self {
+            changes: store.changes.clone(),
             store: Arc::new(Mutex::new(store)),
             path: Arc::new(path.to_owned()),
             readers: Arc::new(Mutex::new(Vec::new())),
@@ -1192,6 +1242,17 @@ impl Db {
     /// How many write calls have finished; read it before a read whose result is cached.
     pub fn generation(&self) -> u64 {
         self.writes.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The change log's mark ([`changes::ChangeLog::mark`]): read it, with the generation,
+    /// before reading what a kept view is made of.
+    pub fn change_mark(&self) -> u64 {
+        self.changes.lock().unwrap_or_else(|p| p.into_inner()).mark()
+    }
+
+    /// What changed after `mark` ([`changes::ChangeLog::since`]).
+    pub fn changes_since(&self, mark: u64) -> Option<changes::Since> {
+        self.changes.lock().unwrap_or_else(|p| p.into_inner()).since(mark)
     }
 
     /// Runs `f` on a read-only connection, on the blocking pool.
@@ -1232,6 +1293,7 @@ impl Db {
                 Err(p) => p.into_inner(),
             };
             let result = f(&mut guard);
+            guard.changes.lock().unwrap_or_else(|p| p.into_inner()).publish();
             writes.fetch_add(1, std::sync::atomic::Ordering::Release);
             result
         })

@@ -15,6 +15,7 @@ use super::{Q, page};
 use crate::server::Shared;
 use crate::server::devices::{DEFAULT_GROUP, View};
 use crate::server::error::ApiError;
+use crate::server::state::KeptView;
 use crate::service::UpdateInfo;
 use crate::service::model::{DeploymentId, DeploymentState, GroupId};
 
@@ -52,11 +53,18 @@ pub(super) async fn device_view(s: &Shared) -> Result<Arc<View>, ApiError> {
 /// Views kept by [`view_of`] beyond which stale, unused ones are dropped.
 const KEPT_VIEWS: usize = 256;
 
+/// Devices written since a kept view beyond which it is rebuilt rather than brought up to date
+/// (each one costs a read by key; a rebuild costs a scan).
+const MOST_CHANGES_APPLIED: usize = 4_096;
+
 /// The Device Update view of one group's devices, or of the whole registry. A view is kept
-/// until the store is next written (its generation moves), so lists, status and device-state
-/// queries at rest do not rebuild it. Each view has its own async lock: when many requests
-/// need a view that must be rebuilt, one builds it and the others wait for that one, so the
-/// work and the memory do not grow with the number of clients.
+/// until the store is next written (its generation moves). Then, when only some devices'
+/// rows were written (the store's change log says which: a device's report, a tag), the
+/// kept view is brought up to date by reading those devices alone
+/// ([`View::with_changes`]); an import, a class's name, or more changes than
+/// [`MOST_CHANGES_APPLIED`] rebuild it from the store. Each view has its own async lock:
+/// when many requests need a view that must be brought up to date, one does it and the
+/// others wait for that one, so the work and the memory do not grow with the clients.
 pub(super) async fn view_of(s: &Shared, group: Option<&str>) -> Result<Arc<View>, ApiError> {
     let wanted = s.db.generation();
     let slot = {
@@ -67,24 +75,60 @@ pub(super) async fn view_of(s: &Shared, group: Option<&str>) -> Result<Arc<View>
         views.entry(group.unwrap_or_default().to_owned()).or_default().clone()
     };
     let mut cached = slot.lock().await;
-    if let Some((at, view)) = cached.as_ref()
-        && *at >= wanted
+    if let Some(kept) = cached.as_ref()
+        && kept.at >= wanted
     {
-        return Ok(view.clone());
+        return Ok(kept.view.clone());
     }
-    // Read after noting the generation: a write that lands meanwhile makes the next request
-    // rebuild, never a stale view look current.
+    // Read the generation and the mark before the rows: a write that lands meanwhile makes
+    // the next request look again, never a stale view look current.
     let at = s.db.generation();
-    let twins = match group {
-        Some(g) => {
-            let g = g.to_owned();
-            s.db.read(move |st| st.group_twins(&g)).await?
+    let mark = s.db.change_mark();
+    if let Some(kept) = cached.as_mut()
+        && let Some(since) = s.db.changes_since(kept.mark)
+        && since.devices.len() <= MOST_CHANGES_APPLIED
+    {
+        let modules_changed = since.modules && group.is_none();
+        if since.devices.is_empty() && !modules_changed {
+            // Nothing this view is made of was written: it is still current.
+            kept.at = at;
+            kept.mark = mark;
+            return Ok(kept.view.clone());
         }
-        None => s.db.read(|st| st.twins_with_created()).await?,
-    };
-    let updates = s.db.read(|st| st.updates()).await?;
+        let mut view = if since.devices.is_empty() {
+            (*kept.view).clone()
+        } else {
+            let ids: Vec<String> = since.devices.into_iter().collect();
+            let mut rows = s.db.read(move |st| st.registered(&ids)).await?;
+            if let Some(g) = group {
+                // A device that left the group is no longer in its view.
+                for (_, row) in &mut rows {
+                    if row.as_ref().is_some_and(|r| r.twin.group().unwrap_or(DEFAULT_GROUP) != g) {
+                        *row = None;
+                    }
+                }
+            }
+            kept.view.with_changes(&rows, &kept.updates)
+        };
+        if view.classes.keys().any(|c| !kept.view.classes.contains_key(c)) {
+            let names = s.db.read(|st| st.class_names()).await?;
+            for (id, class) in &mut view.classes {
+                class.friendly_name = names.get(id).cloned();
+            }
+        }
+        if modules_changed {
+            let modules = s.db.read(|st| st.module_agents()).await?;
+            view.modules = View::build(&modules, &kept.updates).devices;
+        }
+        let view = Arc::new(view);
+        *kept = KeptView { at, mark, updates: kept.updates.clone(), view: view.clone() };
+        return Ok(view);
+    }
+    let g = group.map(str::to_owned);
+    let twins = s.db.read(move |st| st.registry_twins(g.as_deref())).await?;
+    let updates = Arc::new(s.db.read(|st| st.updates()).await?);
     let names = s.db.read(|st| st.class_names()).await?;
-    let mut view = View::build(&twins, &updates);
+    let mut view = View::build_registered(&twins, &updates);
     if group.is_none() {
         let modules = s.db.read(|st| st.module_agents()).await?;
         view.modules = View::build(&modules, &updates).devices;
@@ -93,7 +137,7 @@ pub(super) async fn view_of(s: &Shared, group: Option<&str>) -> Result<Arc<View>
         class.friendly_name = names.get(id).cloned();
     }
     let view = Arc::new(view);
-    *cached = Some((at, view.clone()));
+    *cached = Some(KeptView { at, mark, updates, view: view.clone() });
     Ok(view)
 }
 

@@ -1,0 +1,231 @@
+//! What the writes changed, for the views serve keeps in memory (`routes::management::view_of`).
+//!
+//! Temporary triggers on the writer's connection call a function of ours for every row written
+//! in the tables a Device Update view is made of: a device's row names the device; a module's,
+//! an import or a class's friendly name say "more than devices". The notes of a write call are
+//! published when the call has finished (after its commit), before the store's generation
+//! moves, so whoever reads the log's mark and then the rows never misses a committed change:
+//! a change published later is seen by the next reader. A rolled-back write leaves notes of
+//! rows that did not change; reading them again is harmless.
+//!
+//! The log keeps the last [`KEPT_CHANGES`] notes; a view older than that is rebuilt whole.
+//! Temporary triggers live in this connection only: the schema on disk is not touched, and no
+//! other program writing the file needs the function.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use rusqlite::Connection;
+use rusqlite::functions::FunctionFlags;
+
+use super::StoreError;
+
+/// Notes the log keeps.
+pub const KEPT_CHANGES: usize = 65_536;
+
+/// One note.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Change {
+    /// A device's row was written (inserted, updated or deleted).
+    Device(String),
+    /// A module identity's row was written.
+    Modules,
+    /// Something every device's view depends on (imported updates, class names).
+    Everything,
+}
+
+/// What changed since a mark.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Since {
+    /// Devices whose rows were written.
+    pub devices: BTreeSet<String>,
+    /// Whether a module identity's row was written.
+    pub modules: bool,
+}
+
+/// The log of notes (see the module's doc).
+#[derive(Debug, Default)]
+pub struct ChangeLog {
+    /// Notes of the write call under way.
+    pending: Vec<Change>,
+    /// Published notes, oldest first.
+    log: VecDeque<Change>,
+    /// The mark of `log[0]`.
+    first: u64,
+}
+
+impl ChangeLog {
+    fn note(&mut self, change: Change) {
+        if self.pending.len() >= KEPT_CHANGES {
+            // One write touching more than the log keeps: a rebuild costs no more.
+            self.pending.clear();
+            self.pending.push(Change::Everything);
+        }
+        if self.pending.last() != Some(&change) {
+            self.pending.push(change);
+        }
+    }
+
+    /// Publishes the notes of the write call that just finished.
+    pub fn publish(&mut self) {
+        for change in self.pending.drain(..) {
+            if self.log.len() == KEPT_CHANGES {
+                self.log.pop_front();
+                self.first += 1;
+            }
+            self.log.push_back(change);
+        }
+    }
+
+    /// The mark after the last published note: read it before reading the rows a view is made
+    /// of, and keep it with the view.
+    pub fn mark(&self) -> u64 {
+        self.first + self.log.len() as u64
+    }
+
+    /// What changed after `mark`, or `None` when the log no longer reaches back to it or
+    /// something every device depends on changed (the view must be rebuilt whole).
+    pub fn since(&self, mark: u64) -> Option<Since> {
+        let skip = usize::try_from(mark.checked_sub(self.first)?).ok()?;
+        let mut since = Since::default();
+        for change in self.log.iter().skip(skip) {
+            match change {
+                Change::Device(id) => {
+                    since.devices.insert(id.clone());
+                }
+                Change::Modules => since.modules = true,
+                Change::Everything => return None,
+            }
+        }
+        Some(since)
+    }
+}
+
+/// The log a writer connection fills.
+pub type Changes = Arc<Mutex<ChangeLog>>;
+
+/// Installs the function and the temporary triggers that note changes into `log`.
+pub(super) fn watch(conn: &Connection, log: &Changes) -> Result<(), StoreError> {
+    let sink = log.clone();
+    conn.create_scalar_function(
+        "otaforge_changed",
+        2,
+        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DIRECTONLY,
+        move |ctx| {
+            let kind: String = ctx.get(0)?;
+            let change = match kind.as_str() {
+                "device" => Change::Device(ctx.get(1)?),
+                "modules" => Change::Modules,
+                _ => Change::Everything,
+            };
+            sink.lock().unwrap_or_else(|p| p.into_inner()).note(change);
+            Ok(0)
+        },
+    )?;
+    let mut sql = String::new();
+    for (table, kind, key) in [
+        ("devices", "device", "device_id"),
+        ("modules", "modules", "NULL"),
+        ("updates", "all", "NULL"),
+        ("device_classes", "all", "NULL"),
+    ] {
+        let (new, old) = if key == "NULL" {
+            ("NULL".to_owned(), "NULL".to_owned())
+        } else {
+            (format!("NEW.{key}"), format!("OLD.{key}"))
+        };
+        sql.push_str(&format!(
+            "CREATE TEMP TRIGGER IF NOT EXISTS otaforge_{table}_inserted AFTER INSERT ON main.{table}
+               BEGIN SELECT otaforge_changed('{kind}', {new}); END;
+             CREATE TEMP TRIGGER IF NOT EXISTS otaforge_{table}_updated AFTER UPDATE ON main.{table}
+               BEGIN SELECT otaforge_changed('{kind}', {old}); SELECT otaforge_changed('{kind}', {new}); END;
+             CREATE TEMP TRIGGER IF NOT EXISTS otaforge_{table}_deleted AFTER DELETE ON main.{table}
+               BEGIN SELECT otaforge_changed('{kind}', {old}); END;\n"
+        ));
+    }
+    conn.execute_batch(&sql)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn devices(ids: &[&str]) -> BTreeSet<String> {
+        ids.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn notes_count_once_published_and_the_log_forgets_what_it_cannot_keep() {
+        let mut log = ChangeLog::default();
+        let start = log.mark();
+        log.note(Change::Device("a".into()));
+        assert_eq!(log.mark(), start, "unpublished notes are not behind any mark");
+        assert_eq!(log.since(start).unwrap(), Since::default());
+        log.publish();
+        let after_a = log.mark();
+        log.note(Change::Device("b".into()));
+        log.note(Change::Modules);
+        log.publish();
+        assert_eq!(
+            log.since(start).unwrap(),
+            Since { devices: devices(&["a", "b"]), modules: true }
+        );
+        assert_eq!(log.since(after_a).unwrap().devices, devices(&["b"]));
+        assert_eq!(log.since(log.mark()).unwrap(), Since::default());
+        log.note(Change::Everything);
+        log.publish();
+        assert_eq!(log.since(after_a), None, "an import changes every device's view");
+        let now = log.mark();
+        for i in 0..KEPT_CHANGES {
+            log.note(Change::Device(i.to_string()));
+            log.publish();
+        }
+        assert_eq!(log.since(now), None, "the log no longer reaches back");
+        assert_eq!(log.since(log.mark() - 1).unwrap().devices.len(), 1);
+    }
+
+    #[test]
+    fn a_write_of_more_rows_than_the_log_keeps_is_one_note_of_everything() {
+        let mut log = ChangeLog::default();
+        let start = log.mark();
+        for i in 0..=KEPT_CHANGES {
+            log.note(Change::Device(i.to_string()));
+        }
+        log.publish();
+        assert_eq!(log.mark(), start + 1);
+        assert_eq!(log.since(start), None);
+    }
+
+    #[test]
+    fn the_triggers_note_rows_written_in_the_tables_a_view_is_made_of() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE devices (device_id TEXT PRIMARY KEY, v INTEGER);
+             CREATE TABLE modules (device_id TEXT, module_id TEXT);
+             CREATE TABLE updates (body TEXT);
+             CREATE TABLE device_classes (id TEXT);
+             CREATE TABLE deployments (id TEXT);",
+        )
+        .unwrap();
+        let log = Changes::default();
+        watch(&conn, &log).unwrap();
+        let since = |mark| log.lock().unwrap().since(mark);
+        conn.execute_batch(
+            "INSERT INTO devices VALUES ('d1', 1), ('d2', 1);
+             UPDATE devices SET v = 2 WHERE device_id = 'd2';
+             INSERT INTO deployments VALUES ('x');",
+        )
+        .unwrap();
+        log.lock().unwrap().publish();
+        assert_eq!(since(0).unwrap(), Since { devices: devices(&["d1", "d2"]), modules: false });
+        let mark = log.lock().unwrap().mark();
+        conn.execute_batch("DELETE FROM devices WHERE device_id = 'd1'").unwrap();
+        conn.execute_batch("INSERT INTO modules VALUES ('d2', 'm')").unwrap();
+        log.lock().unwrap().publish();
+        assert_eq!(since(mark).unwrap(), Since { devices: devices(&["d1"]), modules: true });
+        conn.execute_batch("INSERT INTO updates VALUES ('{}')").unwrap();
+        log.lock().unwrap().publish();
+        assert_eq!(since(mark), None);
+    }
+}
