@@ -56,10 +56,15 @@ pub struct ChangeLog {
 
 impl ChangeLog {
     fn note(&mut self, change: Change) {
-        if self.pending.len() >= KEPT_CHANGES {
-            // One write touching more than the log keeps: a rebuild costs no more.
+        if self.pending.first() == Some(&Change::Everything) {
+            // The write already changed what every view depends on: nothing to add.
+            return;
+        }
+        if change == Change::Everything || self.pending.len() >= KEPT_CHANGES {
+            // (A write touching more rows than the log keeps: a rebuild costs no more.)
             self.pending.clear();
             self.pending.push(Change::Everything);
+            return;
         }
         if self.pending.last() != Some(&change) {
             self.pending.push(change);
@@ -177,7 +182,7 @@ mod tests {
         log.publish();
         assert_eq!(log.since(after_a), None, "an import changes every device's view");
         let now = log.mark();
-        for i in 0..KEPT_CHANGES {
+        for i in 0..=KEPT_CHANGES {
             log.note(Change::Device(i.to_string()));
             log.publish();
         }
