@@ -9,9 +9,9 @@
 use crate::error::{ApplyError, IoError, LzmaError};
 use crate::exec::{FixedCovers, MCU_COVERS};
 use crate::header::{Compression, Header, Method, DIGESTED_LEN, HEADER_LEN, SIGNATURE_CONTEXT};
+use crate::image::OldImage;
 use crate::inplace::{Flash, Journal, OpSource};
 use crate::lzma::{probs_len, LzmaDecoder};
-use crate::patcher::OldImage;
 use crate::sha256::Sha256;
 
 /// The code [`PayloadSource`] reports when the payload ends inside the LZMA stream.

@@ -5,6 +5,8 @@
 
 use core::fmt;
 
+pub use crate::header::HeaderError;
+
 /// A failure the device's own I/O reported (flash, the delta's bytes, the output): the code
 /// its callback returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,43 +136,6 @@ impl fmt::Display for LzmaError {
             LzmaError::Setup(why) => write!(f, "LZMA setup: {why}"),
             LzmaError::Corrupt(why) => write!(f, "corrupt LZMA stream: {why}"),
             LzmaError::Source(e) => write!(f, "reading the LZMA stream: {e}"),
-        }
-    }
-}
-
-/// Why a header is refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HeaderError {
-    /// Not an otadelta file at all.
-    Magic,
-    /// Shorter than the header.
-    Short(usize),
-    /// A version this build does not read.
-    Version(u8),
-    /// A field holds a value no writer produces.
-    Field {
-        /// Field name as in docs/delta-format.md.
-        field: &'static str,
-        /// The value found.
-        value: u64,
-    },
-}
-
-impl fmt::Display for HeaderError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match *self {
-            HeaderError::Magic => f.write_str("not an otadelta file (magic is not OTADELTA)"),
-            HeaderError::Short(n) => {
-                write!(f, "truncated: {n} bytes, the header alone is {}", crate::header::HEADER_LEN)
-            }
-            HeaderError::Version(v) => write!(
-                f,
-                "otadelta format version {v} is not supported (this build reads version {})",
-                crate::header::VERSION
-            ),
-            HeaderError::Field { field, value } => {
-                write!(f, "header field {field} has the invalid value {value}")
-            }
         }
     }
 }

@@ -17,56 +17,11 @@
 //! on a device ([`FixedCovers`]), a `Vec` on a host (feature `alloc`).
 
 use crate::error::{IoError, PatchError};
-use crate::patcher::OldImage;
+pub use crate::header::Isa;
+use crate::image::OldImage;
 use crate::wire::{unzigzag, Varint};
 
-/// The instruction sets with a transform.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Isa {
-    /// ARM Thumb-2 (Cortex-M): 32-bit BL, `imm` in halfwords, relative to the address + 4.
-    Thumb2,
-    /// AArch64: BL (imm26 words) and ADRP (imm21 pages).
-    Aarch64,
-    /// x86-64: CALL rel32 (E8) and JMP rel32 (E9).
-    X86_64,
-    /// ARM state (A32: ARM7, ARM9, ARM11, Cortex-A in ARM mode): BL (imm24 words, any
-    /// condition) and BLX immediate (to Thumb, imm24 words plus a halfword bit), relative to
-    /// the address + 8.
-    A32,
-}
-
 impl Isa {
-    /// The header's `filter` code.
-    pub fn code(self) -> u8 {
-        match self {
-            Isa::Thumb2 => 1,
-            Isa::Aarch64 => 2,
-            Isa::X86_64 => 3,
-            Isa::A32 => 4,
-        }
-    }
-
-    /// The instruction set of a `filter` code.
-    pub fn from_code(c: u8) -> Option<Self> {
-        match c {
-            1 => Some(Isa::Thumb2),
-            2 => Some(Isa::Aarch64),
-            3 => Some(Isa::X86_64),
-            4 => Some(Isa::A32),
-            _ => None,
-        }
-    }
-
-    /// The name `--exec` takes.
-    pub fn name(self) -> &'static str {
-        match self {
-            Isa::Thumb2 => "thumb2",
-            Isa::Aarch64 => "aarch64",
-            Isa::X86_64 => "x86-64",
-            Isa::A32 => "a32",
-        }
-    }
-
     /// Guesses the instruction set of an image: an ELF file's `e_machine`, a Cortex-M vector
     /// table (an initial stack pointer in SRAM at 0x2000_0000 and an odd, Thumb, reset handler
     /// address), or an ARM-state exception vector table (eight branches or `ldr pc, [pc, #n]`).

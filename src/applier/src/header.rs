@@ -1,8 +1,7 @@
 //! Reading the otadelta header (152 bytes, little endian): the one reader of its rules, which
 //! the host's `otaforge::delta::format` uses too. `docs/delta-format.md` is the specification.
 
-use crate::error::HeaderError;
-use crate::exec::Isa;
+use core::fmt;
 
 /// First eight bytes of every otadelta file.
 pub const MAGIC: &[u8; 8] = b"OTADELTA";
@@ -21,6 +20,91 @@ pub const FLAG_IN_PLACE: u8 = 2;
 pub const SIGNATURE_LEN: usize = 96;
 /// What a delta signature signs: this context string, then the 32-byte digest.
 pub const SIGNATURE_CONTEXT: &[u8; 22] = b"otadelta signature v1\0";
+
+/// The instruction sets with a transform.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    /// ARM Thumb-2 (Cortex-M): 32-bit BL, `imm` in halfwords, relative to the address + 4.
+    Thumb2,
+    /// AArch64: BL (imm26 words) and ADRP (imm21 pages).
+    Aarch64,
+    /// x86-64: CALL rel32 (E8) and JMP rel32 (E9).
+    X86_64,
+    /// ARM state (A32: ARM7, ARM9, ARM11, Cortex-A in ARM mode): BL (imm24 words, any
+    /// condition) and BLX immediate (to Thumb, imm24 words plus a halfword bit), relative to
+    /// the address + 8.
+    A32,
+}
+
+impl Isa {
+    /// The header's `filter` code.
+    pub fn code(self) -> u8 {
+        match self {
+            Isa::Thumb2 => 1,
+            Isa::Aarch64 => 2,
+            Isa::X86_64 => 3,
+            Isa::A32 => 4,
+        }
+    }
+
+    /// The instruction set of a `filter` code.
+    pub fn from_code(c: u8) -> Option<Self> {
+        match c {
+            1 => Some(Isa::Thumb2),
+            2 => Some(Isa::Aarch64),
+            3 => Some(Isa::X86_64),
+            4 => Some(Isa::A32),
+            _ => None,
+        }
+    }
+
+    /// The name `--exec` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Thumb2 => "thumb2",
+            Isa::Aarch64 => "aarch64",
+            Isa::X86_64 => "x86-64",
+            Isa::A32 => "a32",
+        }
+    }
+}
+
+/// Why a header is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeaderError {
+    /// Not an otadelta file at all.
+    Magic,
+    /// Shorter than the header.
+    Short(usize),
+    /// A version this build does not read.
+    Version(u8),
+    /// A field holds a value no writer produces.
+    Field {
+        /// Field name as in docs/delta-format.md.
+        field: &'static str,
+        /// The value found.
+        value: u64,
+    },
+}
+
+impl fmt::Display for HeaderError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            HeaderError::Magic => f.write_str("not an otadelta file (magic is not OTADELTA)"),
+            HeaderError::Short(n) => {
+                write!(f, "truncated: {n} bytes, the header alone is {}", HEADER_LEN)
+            }
+            HeaderError::Version(v) => write!(
+                f,
+                "otadelta format version {v} is not supported (this build reads version {})",
+                VERSION
+            ),
+            HeaderError::Field { field, value } => {
+                write!(f, "header field {field} has the invalid value {value}")
+            }
+        }
+    }
+}
 
 /// How the payload rebuilds new.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -24,7 +24,8 @@ use core::cell::RefCell;
 use crate::error::{ApplyError, IoError};
 use crate::exec::CoverStore;
 use crate::header::{Header, InPlace, Method};
-use crate::patcher::{OldImage, Patcher, StreamPatcher, CHECKPOINT_LEN};
+use crate::image::OldImage;
+use crate::patcher::{Patcher, StreamPatcher, CHECKPOINT_LEN};
 use crate::sha256::Sha256;
 
 /// A flash region, as a device driver sees it.

@@ -6,7 +6,7 @@
 //! links it through the C API of `otaforge-applier-capi` (`src/applier/capi`).
 //!
 //! Memory is lent by the caller: flash, the journal and the delta's bytes are traits
-//! ([`inplace::Flash`], [`inplace::Journal`], [`patcher::OldImage`]); the LZMA tables, the
+//! ([`inplace::Flash`], [`inplace::Journal`], [`image::OldImage`]); the LZMA tables, the
 //! dictionary and the displacement table are slices ([`device::Work`]).
 
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
@@ -18,13 +18,15 @@ pub mod device;
 pub mod error;
 pub mod exec;
 pub mod header;
+pub mod image;
 pub mod inplace;
 pub mod lzma;
 pub mod patcher;
 pub mod sha256;
 pub mod wire;
 
-pub use error::{ApplyError, HeaderError, IoError, LzmaError, PatchError};
-pub use exec::{Cover, CoverStore, Covers, Exec, FixedCovers, Isa};
-pub use header::{Compression, Header, InPlace, Method};
-pub use patcher::{OldImage, Patcher, StreamPatcher, CHECKPOINT_LEN};
+pub use error::{ApplyError, IoError, LzmaError, PatchError};
+pub use exec::{Cover, CoverStore, Covers, Exec, FixedCovers};
+pub use header::{Compression, Header, HeaderError, InPlace, Isa, Method};
+pub use image::OldImage;
+pub use patcher::{Patcher, StreamPatcher, CHECKPOINT_LEN};

@@ -17,27 +17,12 @@
 //! displacement table first when the delta has an executable filter.
 
 use crate::error::{IoError, PatchError};
-use crate::exec::{CoverStore, Exec, Isa, TableReader};
+use crate::exec::{CoverStore, Exec, TableReader};
+use crate::header::Isa;
 use crate::sha256::Sha256;
 use crate::wire::unzigzag;
 
-/// Random read access to the old image (flash, a file, a memory map).
-pub trait OldImage {
-    /// Fills `buf` with the old image's bytes at `pos..pos + buf.len()` (always in range).
-    fn read_at(&mut self, pos: u64, buf: &mut [u8]) -> Result<(), IoError>;
-}
-
-impl OldImage for &[u8] {
-    fn read_at(&mut self, pos: u64, buf: &mut [u8]) -> Result<(), IoError> {
-        let start = usize::try_from(pos).map_err(|_| IoError { code: -1 })?;
-        let bytes = start
-            .checked_add(buf.len())
-            .and_then(|end| self.get(start..end))
-            .ok_or(IoError { code: -1 })?;
-        buf.copy_from_slice(bytes);
-        Ok(())
-    }
-}
+pub use crate::image::OldImage;
 
 /// Where new bytes go, in order.
 pub type Sink<'s> = dyn FnMut(&[u8]) -> Result<(), IoError> + 's;
