@@ -694,7 +694,7 @@ impl Route {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
 
     fn ok(r: &str) -> Route {
@@ -780,14 +780,9 @@ pub(crate) mod tests {
         assert!(r.warnings[0].message.contains("documented form"), "{:?}", r.warnings);
     }
 
-    /// Runs `f` on a thread with a small stack: what a flat chain costs must not grow with it.
-    pub(crate) fn on_small_stack(f: impl FnOnce() + Send + 'static) {
-        std::thread::Builder::new().stack_size(256 * 1024).spawn(f).unwrap().join().unwrap();
-    }
-
     #[test]
     fn long_flat_chains_nest_nothing() {
-        on_small_stack(|| {
+        crate::iothub::condition::tests::on_small_stack(|| {
             let n = 200_000;
             for (op, term) in [("OR", "a = 1"), ("AND", "a = 1"), ("??", "a"), ("+", "1")] {
                 let cond = vec![term; n].join(&format!(" {op} "));

@@ -9,7 +9,7 @@
 //!   is true for (`*` every device, an empty condition none).
 //! - Conflicts are per path: of the configurations that target a twin and set the same path,
 //!   the one of highest priority wins; on equal priority the most recently created; on equal
-//!   creation time the smaller id ([`crate::edge::assign::precedence`], the rule Edge
+//!   creation time the smaller id ([`super::config::precedence`], the rule Edge
 //!   deployments follow too). A configuration that wins at least one path is `Applied` on the
 //!   twin (the twin's `configurations.[[id]].status`, which `appliedCount` counts), one that
 //!   targets it and wins none is `Targeted`.
@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
-use crate::edge::assign::{Status, precedence};
+use super::config::{Status, precedence};
 use crate::iothub::condition::{ConditionError, Target};
 
 /// The prefix every `deviceContent` path has.

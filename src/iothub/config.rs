@@ -269,3 +269,32 @@ impl IotHubClient {
         self.json(&op, resp).await
     }
 }
+
+/// A deployment's status on one device, as IoT Hub writes it into the `$edgeAgent` module
+/// twin's `configurations.[[id]].status` (and counts it in `appliedCount`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Status {
+    /// It applies: its content is (part of) the device's desired state.
+    Applied,
+    /// It targets the device but does not apply (a lower base, a layer without a base or not
+    /// above it, or a layer that adds nothing).
+    Targeted,
+}
+
+impl Status {
+    /// As IoT Hub writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Applied => "Applied",
+            Self::Targeted => "Targeted",
+        }
+    }
+}
+
+/// IoT Hub's order of configurations that compete for a device (Edge bases, and ADM
+/// configurations for a path), the winner first: the higher priority; on equal priority the
+/// more recently created; on equal creation time the smaller id (IoT Hub does not say;
+/// otaforge's choice, so results are reproducible). Each is `(priority, created, id)`.
+pub fn precedence(a: (i64, &str, &str), b: (i64, &str, &str)) -> std::cmp::Ordering {
+    b.0.cmp(&a.0).then_with(|| b.1.cmp(a.1)).then_with(|| a.2.cmp(b.2))
+}
