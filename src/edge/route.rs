@@ -781,6 +781,28 @@ mod tests {
     }
 
     #[test]
+    fn the_deepest_nesting_allowed_fits_1_mib_of_stack_and_one_more_is_refused() {
+        // Nesting is bounded (MAX_DEPTH), each level a few frames: 1 MiB holds it even in a
+        // debug build (serve's threads have 2 MiB). Flat chains need no more than 256 KiB.
+        crate::iothub::condition::tests::on_stack(1 << 20, || {
+            for (open, close) in [("(", ")"), ("NOT (", ")"), ("-(", ")")] {
+                let nested = |n: usize| {
+                    format!(
+                        "FROM /* WHERE {}a = 1{} INTO $upstream",
+                        open.repeat(n),
+                        close.repeat(n)
+                    )
+                };
+                let deepest = (1..=MAX_DEPTH).rev().find(|n| Route::parse(&nested(*n)).is_ok());
+                assert!(deepest.expect("some nesting parses") >= MAX_DEPTH / 4, "{open}");
+                assert!(bad(&nested(MAX_DEPTH + 1)).message.contains("nests deeper"), "{open}");
+            }
+            let text = format!("FROM /* WHERE a = 1{} INTO $upstream", "%\n(".repeat(40_000));
+            assert!(Route::parse(&text).is_err());
+        });
+    }
+
+    #[test]
     fn long_flat_chains_nest_nothing() {
         crate::iothub::condition::tests::on_small_stack(|| {
             let n = 200_000;

@@ -1047,11 +1047,33 @@ pub(crate) mod tests {
 
     /// Runs `f` on a thread with a small stack: what a flat chain costs must not grow with it.
     pub(crate) fn on_small_stack(f: impl FnOnce() + Send + 'static) {
-        std::thread::Builder::new().stack_size(256 * 1024).spawn(f).unwrap().join().unwrap();
+        on_stack(256 * 1024, f);
+    }
+
+    /// Runs `f` on a thread with a stack of `bytes`. Nesting is bounded ([`MAX_DEPTH`]), a few
+    /// frames a level: 1 MiB holds it even in a debug build (serve's threads have 2 MiB).
+    pub(crate) fn on_stack(bytes: usize, f: impl FnOnce() + Send + 'static) {
+        std::thread::Builder::new().stack_size(bytes).spawn(f).unwrap().join().unwrap();
     }
 
     fn err(cond: &str) -> ConditionError {
         Target::parse(cond).expect_err(cond)
+    }
+
+    #[test]
+    fn the_deepest_nesting_allowed_is_evaluated_within_1_mib_of_stack() {
+        on_stack(1 << 20, || {
+            let twin = twin();
+            for (open, close) in [("(", ")"), ("NOT (", ")")] {
+                let nested =
+                    |n: usize| format!("{}tags.building = 8{}", open.repeat(n), close.repeat(n));
+                let deepest = (1..=MAX_DEPTH).rev().find(|n| Expr::parse(&nested(*n)).is_ok());
+                let deepest = deepest.expect("some nesting parses");
+                assert!(deepest >= MAX_DEPTH / 4, "{open}: {deepest}");
+                assert!(!Expr::parse(&nested(deepest)).unwrap().matches(&twin));
+                assert!(Expr::parse(&nested(MAX_DEPTH + 1)).is_err(), "{open}");
+            }
+        });
     }
 
     #[test]
