@@ -253,11 +253,9 @@ impl Connection {
         );
         c.write(Packet::Connect(connect)).await?;
         let until = Instant::now() + ANSWER_TIMEOUT;
-        let ack = loop {
-            match c.read(until).await? {
-                Packet::ConnAck(a) => break a,
-                other => return Err(ClientError::Protocol(format!("{other:?} before CONNACK"))),
-            }
+        let ack = match c.read(until).await? {
+            Packet::ConnAck(a) => a,
+            other => return Err(ClientError::Protocol(format!("{other:?} before CONNACK"))),
         };
         if ack.code != ConnectReturnCode::Success {
             return Err(ClientError::Refused(ack.code as u8));
@@ -278,10 +276,10 @@ impl Connection {
         self.write(Packet::Subscribe(Subscribe { pkid, filters })).await?;
         let until = Instant::now() + ANSWER_TIMEOUT;
         loop {
-            if let Packet::SubAck(a) = self.read(until).await? {
-                if a.pkid == pkid {
-                    return Ok(());
-                }
+            if let Packet::SubAck(a) = self.read(until).await?
+                && a.pkid == pkid
+            {
+                return Ok(());
             }
         }
     }
@@ -392,11 +390,11 @@ impl Connection {
         self.write(Packet::Publish(publish)).await?;
         let until = Instant::now() + ANSWER_TIMEOUT;
         loop {
-            if let Some((status, got, version, body)) = self.step(until).await? {
-                if got == rid {
-                    self.acked.retain(|a| *a != pkid);
-                    return Ok((status, version, body));
-                }
+            if let Some((status, got, version, body)) = self.step(until).await?
+                && got == rid
+            {
+                self.acked.retain(|a| *a != pkid);
+                return Ok((status, version, body));
             }
         }
     }
