@@ -1170,6 +1170,8 @@ pub struct Db {
     /// Write calls finished so far: what was computed from a read made after generation N
     /// is current while the generation is still N.
     writes: Arc<std::sync::atomic::AtomicU64>,
+    /// The generation, announced after every write (the dashboard's live updates wait on it).
+    announce: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 /// Read connections: at most this many reads run at once (the rest wait their turn, so
@@ -1186,12 +1188,18 @@ impl Db {
             reading: Arc::new(tokio::sync::Semaphore::new(READERS)),
             writing: Arc::new(tokio::sync::Semaphore::new(1)),
             writes: Arc::default(),
+            announce: Arc::new(tokio::sync::watch::channel(0).0),
         }
     }
 
     /// How many write calls have finished; read it before a read whose result is cached.
     pub fn generation(&self) -> u64 {
         self.writes.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The generation as it moves: a receiver that wakes after each write.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.announce.subscribe()
     }
 
     /// Runs `f` on a read-only connection, on the blocking pool.
@@ -1224,6 +1232,7 @@ impl Db {
         R: Send + 'static,
     {
         let (store, writes) = (self.store.clone(), self.writes.clone());
+        let announce = self.announce.clone();
         let turn = self.writing.clone().acquire_owned().await;
         tokio::task::spawn_blocking(move || {
             let _turn = turn;
@@ -1232,7 +1241,8 @@ impl Db {
                 Err(p) => p.into_inner(),
             };
             let result = f(&mut guard);
-            writes.fetch_add(1, std::sync::atomic::Ordering::Release);
+            let now = writes.fetch_add(1, std::sync::atomic::Ordering::Release) + 1;
+            announce.send_replace(now);
             result
         })
         .await

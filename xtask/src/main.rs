@@ -177,7 +177,8 @@ fn ci() -> anyhow::Result<()> {
         .env("OTAFORGE_MANIFEST_OUT", &out)
         .env("INSTA_UPDATE", "no")
         .env("CI", "true")
-        .env(azurite::ENV, &azurite_url);
+        .env(azurite::ENV, &azurite_url)
+        .env(tools::AXE_ENV, tools::axe_js());
     let (passed, failed) = run_tests(test)?;
 
     schema::check(&shared, &[out, root().join("testdata")])?;

@@ -1,0 +1,401 @@
+//! The rollout dashboard (`/ui/`) of serve and of `otaforge dashboard`: every page against a
+//! simulated fleet mid-rollout shows the numbers the REST API gives, a failed device's decoded
+//! code, hostile text as text, a strict CSP; in a real browser (chromium through chromedriver,
+//! WebDriver from Rust), axe-core finds no serious or critical violation, a live update
+//! arrives within 2 s, and a screenshot of each page lands in `target/dashboard-screenshots/`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use otaforge::fleet::{Failures, Fleet};
+use otaforge::service::model::DeviceDeploymentState;
+use otaforge::service::{AduClient, Auth};
+use serde_json::{Value, json};
+
+use crate::fleet::{deployment, image, spec, update};
+use crate::service::{Serve, import};
+
+/// A compat property no update fits, with markup and quotes in it.
+const HOSTILE: &str = "<script>window.pwned=1</script>\"'&";
+
+/// Serve with 1.0 and 1.1 imported; group `lab` mid-rollout of 1.1 (8 devices, half of them
+/// failing the install; a rollback policy not yet reached); one hostile device class.
+struct Rollout {
+    _dir: tempfile::TempDir,
+    serve: Serve,
+    data: PathBuf,
+    client: AduClient,
+    rt: tokio::runtime::Runtime,
+    failed_device: String,
+}
+
+fn rollout() -> Rollout {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let serve = Serve::start(&data, None);
+    let old = image(11, 16 << 10);
+    let new = image(12, 16 << 10);
+    for m in [update(dir.path(), "1.0", &old, None), update(dir.path(), "1.1", &new, None)] {
+        let (code, json, err) = import(&serve, &[&m], None);
+        assert_eq!(code, 0, "{json} {err}");
+    }
+    let client = AduClient::new(&serve.endpoint, "default", Auth::None).unwrap();
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let v10: otaforge::manifest::UpdateId = "contoso/toaster/1.0".parse().unwrap();
+    let failed_device = rt.block_on(async {
+        let mut lab = spec(&serve, &data, "lab", 8, "lab");
+        lab.installed = Some((v10.clone(), Arc::new(old.clone())));
+        lab.failures = Failures { install: 0.5, ..Failures::default() };
+        let fleet = Fleet::register(lab).await.unwrap();
+        let mut hostile = spec(&serve, &data, "odd", 1, "odd");
+        hostile.class.insert("manufacturer".into(), json!(HOSTILE));
+        let odd = Fleet::register(hostile).await.unwrap();
+        let policy = json!({
+            "update": {"updateId": {"provider": "contoso", "name": "toaster", "version": "1.0"}},
+            "failure": {"devicesFailedPercentage": 90, "devicesFailedCount": 50},
+        });
+        client
+            .create_or_update_deployment(&deployment("lab-1-1", "lab", "1.1", Some(policy)))
+            .await
+            .unwrap();
+        let (t, _) = tokio::join!(
+            fleet.run(Duration::from_secs(60), &|t| t.installed + t.failed >= 8),
+            odd.run(Duration::from_secs(3), &|_| false),
+        );
+        let t = t.unwrap();
+        assert!(t.failed > 0 && t.installed > 0, "a rollout with both outcomes: {t:?}");
+        let classes = client.list_device_classes().await.unwrap();
+        let class = classes
+            .iter()
+            .find(|c| c.device_class_properties.compat_properties["manufacturer"] == "contoso")
+            .unwrap();
+        let states = client.device_states("lab", &class.device_class_id, "lab-1-1").await.unwrap();
+        states
+            .iter()
+            .find(|s| s.device_state == DeviceDeploymentState::Failed)
+            .expect("a failed device")
+            .device_id
+            .clone()
+    });
+    Rollout { _dir: dir, serve, data, client, rt, failed_device }
+}
+
+/// GET `path` of `base`: status, headers, body.
+fn get(base: &str, path: &str) -> (u16, reqwest::header::HeaderMap, String) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let r = reqwest::get(format!("{base}{path}")).await.unwrap();
+        let (status, headers) = (r.status().as_u16(), r.headers().clone());
+        (status, headers, r.text().await.unwrap())
+    })
+}
+
+/// The text of the first element of `html` whose opening tag contains `marker` (its content
+/// up to the next `<`).
+fn text_after(html: &str, marker: &str) -> String {
+    let at = html.find(marker).unwrap_or_else(|| panic!("no {marker} in the page"));
+    let rest = &html[at..];
+    let start = rest.find('>').unwrap() + 1;
+    rest[start..].split('<').next().unwrap().trim().to_owned()
+}
+
+#[test]
+fn every_page_shows_what_the_rest_api_gives_with_hostile_text_as_text() {
+    let r = rollout();
+    let base = &r.serve.endpoint;
+    let (compliance, status, groups) = r.rt.block_on(async {
+        (
+            r.client.update_compliance(None).await.unwrap(),
+            r.client.deployment_status("lab", "lab-1-1").await.unwrap(),
+            r.client.list_groups().await.unwrap(),
+        )
+    });
+
+    let (code, headers, fleet) = get(base, "/ui/");
+    assert_eq!(code, 200);
+    let csp = headers["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("default-src 'self'") && !csp.contains("unsafe-inline"), "{csp}");
+    assert_eq!(
+        text_after(&fleet, "data-metric=\"total\""),
+        compliance.total_device_count.to_string()
+    );
+    assert_eq!(
+        text_after(&fleet, "data-metric=\"onLatest\""),
+        compliance.on_latest_update_device_count.to_string()
+    );
+    for g in &groups {
+        assert!(fleet.contains(&format!("data-group=\"{}\"", g.group_id)), "group {}", g.group_id);
+    }
+    assert!(fleet.contains("contoso/toaster/1.1"), "updates imported are listed");
+    assert!(!fleet.contains("<script>window.pwned"), "markup from a device is escaped");
+    assert!(
+        fleet.contains("&#60;script&#62;window.pwned=1")
+            || fleet.contains("&lt;script&gt;window.pwned=1")
+    );
+    assert!(
+        !fleet.contains("style=") && !fleet.contains("<script>\n") && !fleet.contains("onclick")
+    );
+
+    let (code, _, page) = get(base, "/ui/groups/lab");
+    assert_eq!(code, 200);
+    assert!(page.contains("/ui/groups/lab/deployments/lab-1-1"));
+
+    let (code, _, page) = get(base, "/ui/groups/lab/deployments/lab-1-1");
+    assert_eq!(code, 200, "{page}");
+    let sg = &status.subgroup_status[0];
+    let row = &page[page.find(&format!("data-subgroup=\"{}\"", sg.device_class_id)).unwrap()..];
+    assert_eq!(
+        text_after(row, "data-metric=\"failed\""),
+        sg.devices_completed_failed_count.unwrap().to_string()
+    );
+    assert_eq!(
+        text_after(row, "data-metric=\"succeeded\""),
+        sg.devices_completed_succeeded_count.unwrap().to_string()
+    );
+    assert_eq!(text_after(row, "data-metric=\"total\""), sg.total_devices.unwrap().to_string());
+    assert!(page.contains("Roll back to <strong>contoso/toaster/1.0</strong>"), "{page}");
+    assert!(page.contains("more failures reach it"), "the distance to the threshold");
+    assert!(
+        page.contains(&format!("data-device=\"{}\"", r.failed_device)),
+        "failing devices listed"
+    );
+
+    let (code, _, page) = get(base, &format!("/ui/devices/{}", r.failed_device));
+    assert_eq!(code, 200);
+    assert!(page.contains("ADUC_"), "a decoded code names result.h's constant: {page}");
+    assert!(page.contains("255 (Failed)"), "the twin's agent state");
+
+    let (code, _, page) = get(base, "/ui/devices/%3Cscript%3Ealert(1)%3C%2Fscript%3E%22'");
+    assert_eq!(code, 404);
+    assert!(!page.contains("<script>alert") && page.contains("alert(1)"), "{page}");
+
+    for path in [
+        "/ui/edge/deployments",
+        "/ui/releases/",
+        "/ui/audit",
+        "/ui/static/live.js",
+        "/ui/static/dashboard.css",
+    ] {
+        let (code, headers, _) = get(base, path);
+        assert_eq!(code, 200, "{path}");
+        assert!(headers.contains_key("content-security-policy"), "{path}");
+    }
+    let _ = &r.data;
+}
+
+// ---- the browser ------------------------------------------------------------------------
+
+/// A chromedriver and one headless chromium session, over W3C WebDriver (JSON over HTTP on
+/// loopback: a client of a few calls, with the HTTP client the crate already has).
+struct Browser {
+    driver: Child,
+    url: String,
+    http: reqwest::Client,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let driver = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver (Debian chromium-driver): cargo xtask ci provisions it");
+        let http = reqwest::Client::new();
+        let base = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while http.get(format!("{base}/status")).send().await.is_err() {
+            assert!(Instant::now() < deadline, "chromedriver did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let profile = tempfile::tempdir().unwrap();
+        let args = [
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--window-size=1280,1000",
+        ];
+        let mut args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+        args.push(format!("--user-data-dir={}", profile.path().display()));
+        let caps = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {"args": args},
+        }}});
+        let r = send(http.post(format!("{base}/session")), Some(caps)).await;
+        let id = r["value"]["sessionId"].as_str().unwrap_or_else(|| panic!("no session: {r}"));
+        Self { driver, url: format!("{base}/session/{id}"), http, _profile: profile }
+    }
+
+    async fn cmd(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let v = send(self.http.request(method, format!("{}{path}", self.url)), body).await;
+        assert!(v["value"].get("error").is_none(), "WebDriver {path}: {v}");
+        v["value"].clone()
+    }
+
+    async fn goto(&self, url: &str) {
+        self.cmd(reqwest::Method::POST, "/url", Some(json!({"url": url}))).await;
+    }
+
+    async fn js(&self, script: &str, args: Value) -> Value {
+        self.cmd(
+            reqwest::Method::POST,
+            "/execute/sync",
+            Some(json!({"script": script, "args": args})),
+        )
+        .await
+    }
+
+    async fn js_async(&self, script: &str) -> Value {
+        self.cmd(
+            reqwest::Method::POST,
+            "/execute/async",
+            Some(json!({"script": script, "args": []})),
+        )
+        .await
+    }
+
+    async fn screenshot(&self, to: &Path) {
+        use base64::Engine as _;
+        let png = self.cmd(reqwest::Method::GET, "/screenshot", None).await;
+        let bytes =
+            base64::engine::general_purpose::STANDARD.decode(png.as_str().unwrap()).unwrap();
+        fs_err::write(to, bytes).unwrap();
+    }
+
+    /// The text of the first element `selector` finds (empty when none).
+    async fn text(&self, selector: &str) -> String {
+        let v = self
+            .js("var e = document.querySelector(arguments[0]); return e ? e.textContent.trim() : '';", json!([selector]))
+            .await;
+        v.as_str().unwrap_or_default().to_owned()
+    }
+
+    async fn quit(mut self) {
+        let _ = self.http.delete(&self.url).send().await;
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+/// Sends a WebDriver command with its JSON body; its JSON answer.
+async fn send(req: reqwest::RequestBuilder, body: Option<Value>) -> Value {
+    let req = match body {
+        Some(b) => req.header("content-type", "application/json").body(b.to_string()),
+        None => req,
+    };
+    let bytes = req.send().await.unwrap().bytes().await.unwrap();
+    serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("WebDriver answered {bytes:?}: {e}"))
+}
+
+/// axe-core's script: `OTAFORGE_AXE_JS`, else where `cargo xtask ci` installs it.
+fn axe_js() -> String {
+    let path = std::env::var_os("OTAFORGE_AXE_JS").map(PathBuf::from).unwrap_or_else(|| {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("target/axe-core/node_modules/axe-core/axe.min.js")
+    });
+    fs_err::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("axe-core (npm): cargo xtask ci provisions it: {e}"))
+}
+
+/// Where the screenshots go.
+fn screenshots() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/dashboard-screenshots");
+    fs_err::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+#[ignore = "needs chromium: cargo xtask ci provisions it"]
+fn in_a_browser_every_page_is_accessible_hostile_text_is_inert_and_updates_arrive_live() {
+    let r = rollout();
+    let base = r.serve.endpoint.clone();
+    let axe = axe_js();
+    let shots = screenshots();
+    let pages = [
+        ("fleet", "/ui/".to_owned()),
+        ("group", "/ui/groups/lab".to_owned()),
+        ("deployment", "/ui/groups/lab/deployments/lab-1-1".to_owned()),
+        ("device", format!("/ui/devices/{}", r.failed_device)),
+        ("edge", "/ui/edge/deployments".to_owned()),
+        ("releases", "/ui/releases/".to_owned()),
+        ("audit", "/ui/audit".to_owned()),
+    ];
+    r.rt.block_on(async {
+        let b = Browser::start().await;
+        for (name, path) in &pages {
+            b.goto(&format!("{base}{path}")).await;
+            let page = b.js("return document.querySelector('main').dataset.page;", json!([])).await;
+            assert!(page.is_string(), "{path} rendered its main: {page}");
+            b.js(&axe, json!([])).await;
+            let found = b
+                .js_async(
+                    "var done = arguments[arguments.length - 1];
+                     axe.run(document, {resultTypes: ['violations']}).then(function (r) {
+                       done(r.violations.filter(function (v) {
+                         return v.impact === 'serious' || v.impact === 'critical';
+                       }).map(function (v) { return v.id + ': ' + v.help + ' (' + v.nodes.length + ')'; }));
+                     });",
+                )
+                .await;
+            assert_eq!(found, json!([]), "axe-core on {path}");
+            let pwned = b.js("return window.pwned === undefined;", json!([])).await;
+            assert_eq!(pwned, json!(true), "no script from a device ran on {path}");
+            b.screenshot(&shots.join(format!("{name}.png"))).await;
+        }
+        // The hostile class is on the fleet page as text.
+        b.goto(&format!("{base}/ui/")).await;
+        let classes = b.text("#classes").await;
+        assert!(classes.contains(HOSTILE), "{classes}");
+
+        // The failed device's page names its decoded code.
+        b.goto(&format!("{base}/ui/devices/{}", r.failed_device)).await;
+        assert!(b.text("#result").await.contains("ADUC_"));
+
+        // Live: a device that joins the group shows on the open deployment page within 2 s of
+        // serve knowing it.
+        b.goto(&format!("{base}/ui/groups/lab/deployments/lab-1-1")).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while b.js("return document.body.dataset.live || '';", json!([])).await != json!("on") {
+            assert!(Instant::now() < deadline, "the event stream did not open");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let before: u64 = b.text("[data-subgroup] [data-metric=total]").await.parse().unwrap();
+        let mut late = spec(&r.serve, &r.data, "late", 1, "lab");
+        late.installed = Some(("contoso/toaster/1.0".parse().unwrap(), Arc::new(image(11, 16 << 10))));
+        let late = Fleet::register(late).await.unwrap();
+        let runner = tokio::spawn(late.run(Duration::from_secs(20), &|t| t.installed + t.failed >= 1));
+        let seen_on_serve = loop {
+            let s = r.client.deployment_status("lab", "lab-1-1").await.unwrap();
+            if s.subgroup_status[0].total_devices == Some(before + 1) {
+                break Instant::now();
+            }
+            assert!(seen_on_serve_deadline(deadline), "serve never saw the device");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        loop {
+            let now: u64 = b.text("[data-subgroup] [data-metric=total]").await.parse().unwrap_or(0);
+            if now == before + 1 {
+                break;
+            }
+            assert!(seen_on_serve.elapsed() < Duration::from_secs(2), "the page did not update within 2 s");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        b.screenshot(&shots.join("deployment-live.png")).await;
+        let _ = runner.await;
+        b.quit().await;
+    });
+}
+
+fn seen_on_serve_deadline(deadline: Instant) -> bool {
+    Instant::now() < deadline + Duration::from_secs(20)
+}
