@@ -195,6 +195,7 @@ pub const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; 
 pub fn router(source: Arc<dyn DashboardSource>, options: Options) -> Router {
     let ui = Arc::new(Ui { source, options });
     Router::new()
+        .route("/", get(|| async { axum::response::Redirect::temporary("/ui/") }))
         .route("/ui", get(|| async { axum::response::Redirect::permanent("/ui/") }))
         .route("/ui/", get(fleet))
         .route("/ui/groups/{g}", get(group))
@@ -358,6 +359,40 @@ async fn events(State(ui): S) -> Response {
         axum::body::Body::from_stream(stream),
     )
         .into_response()
+}
+
+/// Serves the pages on `listener` until the process ends (`otaforge dashboard`): loopback
+/// only, behind serve's browser guard (a loopback `Host`, this origin's `Origin`, and a JSON
+/// body on every POST), so another site's page can neither read nor drive it.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    source: Arc<dyn DashboardSource>,
+    options: Options,
+) -> std::io::Result<()> {
+    let addr = listener.local_addr()?;
+    if !addr.ip().is_loopback() {
+        return Err(std::io::Error::other(format!(
+            "refusing to serve the dashboard on {addr}: it holds the service's credentials and \
+             has no login, so it listens on loopback only"
+        )));
+    }
+    let port = addr.port();
+    let app = router(source, options)
+        .fallback(|| async { (StatusCode::NOT_FOUND, Html(pages::error_page("no such page"))) })
+        .layer(from_fn(move |req: Request, next: Next| async move {
+            let refused = crate::server::guard::check(
+                req.method(),
+                req.uri().path(),
+                req.headers(),
+                false,
+                port,
+            );
+            match refused {
+                Some(r) => r,
+                None => next.run(req).await,
+            }
+        }));
+    axum::serve(listener, app).await
 }
 
 /// How often an idle event stream says it is still there.

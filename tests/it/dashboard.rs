@@ -399,3 +399,87 @@ fn in_a_browser_every_page_is_accessible_hostile_text_is_inert_and_updates_arriv
 fn seen_on_serve_deadline(deadline: Instant) -> bool {
     Instant::now() < deadline + Duration::from_secs(20)
 }
+
+/// `otaforge dashboard` against `endpoint`, on a free loopback port; its process and URL.
+fn dashboard(endpoint: &str, data: &Path, extra: &[&str]) -> (Child, String) {
+    use std::io::BufRead as _;
+    let mut child = Command::new(assert_cmd::cargo::cargo_bin("otaforge"))
+        .args(["--format", "json", "dashboard", "--endpoint", endpoint, "--instance", "default"])
+        .arg("--iothub-connection-file")
+        .arg(data.join("iothub.connection-string"))
+        .args(["--listen", "127.0.0.1:0", "--poll", "2s"])
+        .args(extra)
+        .env("XDG_CONFIG_HOME", crate::config_home())
+        .env_remove("OTAFORGE_ADU_TOKEN")
+        .env_remove("OTAFORGE_CONTEXT")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let info: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+    let url = info["dashboard"].as_str().unwrap().trim_end_matches("/ui/").to_owned();
+    (child, url)
+}
+
+/// POST `path` with `content_type` and `origin` (when given); the status.
+fn post(base: &str, path: &str, content_type: &str, origin: Option<&str>) -> u16 {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut req = reqwest::Client::new()
+            .post(format!("{base}{path}"))
+            .header("content-type", content_type)
+            .body("{}");
+        if let Some(o) = origin {
+            req = req.header("origin", o);
+        }
+        req.send().await.unwrap().status().as_u16()
+    })
+}
+
+#[test]
+fn otaforge_dashboard_serves_the_same_pages_through_the_clients_and_guards_its_actions() {
+    let r = rollout();
+    let (serve_code, _, on_serve) = get(&r.serve.endpoint, "/ui/groups/lab/deployments/lab-1-1");
+    assert_eq!(serve_code, 200);
+    let (mut child, base) = dashboard(&r.serve.endpoint, &r.data, &["--allow-actions"]);
+    let (code, headers, page) = get(&base, "/ui/groups/lab/deployments/lab-1-1");
+    assert_eq!(code, 200, "{page}");
+    assert!(headers.contains_key("content-security-policy"));
+    for metric in ["total", "succeeded", "failed", "inProgress"] {
+        let m = format!("data-metric=\"{metric}\"");
+        assert_eq!(text_after(&page, &m), text_after(&on_serve, &m), "{metric} as serve shows it");
+    }
+    assert!(page.contains(&format!("data-device=\"{}\"", r.failed_device)));
+    let (code, _, device) = get(&base, &format!("/ui/devices/{}", r.failed_device));
+    assert_eq!(code, 200);
+    assert!(device.contains("ADUC_") && device.contains("255 (Failed)"), "{device}");
+    let (code, _, fleet) = get(&base, "/ui/");
+    assert_eq!(code, 200);
+    assert!(
+        fleet.contains("&#60;script&#62;window.pwned")
+            || fleet.contains("&lt;script&gt;window.pwned")
+    );
+
+    // Actions: a form post (no preflight) and another site's page are refused; a JSON POST
+    // from the page's own origin cancels the subgroup on serve.
+    let class =
+        r.rt.block_on(r.client.deployment_status("lab", "lab-1-1")).unwrap().subgroup_status[0]
+            .device_class_id
+            .clone();
+    let cancel = format!("/ui/groups/lab/deployments/lab-1-1/actions/cancel?class={class}");
+    assert_eq!(post(&base, &cancel, "application/x-www-form-urlencoded", None), 415);
+    assert_eq!(post(&base, &cancel, "application/json", Some("http://evil.example")), 403);
+    assert_eq!(post(&base, &cancel, "application/json", Some(&base)), 204);
+    let status = r.rt.block_on(r.client.deployment_status("lab", "lab-1-1")).unwrap();
+    assert_eq!(status.subgroup_status[0].deployment_state.as_str(), "Canceled");
+    let _ = child.kill();
+    let _ = child.wait();
+
+    // Read-only by default, and serve's own pages take no action.
+    let (mut ro, base) = dashboard(&r.serve.endpoint, &r.data, &[]);
+    assert_eq!(post(&base, &cancel, "application/json", Some(&base)), 403);
+    assert_eq!(post(&r.serve.endpoint, &cancel, "application/json", None), 403);
+    let _ = ro.kill();
+    let _ = ro.wait();
+}
