@@ -94,6 +94,7 @@ pub const MIGRATIONS: &[Migration] = &[
         what: "identities' own keys (module keys, secondary keys) and MQTT sessions",
         apply: identities::migrate_11,
     },
+    Migration { version: 12, what: "the audit trail of deployments", apply: audit::migrate_12 },
 ];
 
 fn migrate_7(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
@@ -463,10 +464,12 @@ fn patch_reported_in(
 }
 
 mod adm;
+mod audit;
 mod identities;
 mod management;
 mod modules;
 
+pub use audit::{AuditRecord, KEPT_AUDIT};
 pub use identities::{Keys, Report};
 
 /// The store.

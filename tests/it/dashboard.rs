@@ -473,6 +473,15 @@ fn otaforge_dashboard_serves_the_same_pages_through_the_clients_and_guards_its_a
     assert_eq!(post(&base, &cancel, "application/json", Some(&base)), 204);
     let status = r.rt.block_on(r.client.deployment_status("lab", "lab-1-1")).unwrap();
     assert_eq!(status.subgroup_status[0].deployment_state.as_str(), "Canceled");
+    // serve's audit trail has the create and the cancel, newest first, with the subgroup.
+    let (code, _, audit) = get(&r.serve.endpoint, "/ui/audit");
+    assert_eq!(code, 200);
+    let (cancel_at, create_at) = (
+        audit.find("<td>cancel</td>").expect(&audit),
+        audit.find("<td>create</td>").expect(&audit),
+    );
+    assert!(cancel_at < create_at, "newest first: {audit}");
+    assert!(audit.contains(&class) && audit.contains("loopback (no token)"), "{audit}");
     let _ = child.kill();
     let _ = child.wait();
 

@@ -156,8 +156,19 @@ impl DashboardSource for ServeSource {
     }
 
     async fn audit(&self, limit: usize) -> Result<Vec<AuditEntry>, DashboardError> {
-        let _ = limit;
-        Ok(Vec::new())
+        let list = self.0.db.read(move |st| st.audit(limit)).await.map_err(store)?;
+        Ok(list
+            .into_iter()
+            .map(|r| AuditEntry {
+                at: r.at,
+                actor: r.actor,
+                action: r.action,
+                group: r.group_id,
+                deployment: r.deployment_id,
+                class: r.class_id,
+                update: r.update_id,
+            })
+            .collect())
     }
 
     async fn act(&self, _: &str, _: &str, _: &Action) -> Result<(), DashboardError> {

@@ -177,6 +177,32 @@ async fn api_guard(State(s): State<Shared>, req: Request, next: Next) -> Respons
     }
 }
 
+/// An audit-trail entry for a change a request makes: who (the credential it passed and its
+/// user agent) did `action` to a deployment, now.
+fn audit(
+    s: &Shared,
+    headers: &axum::http::HeaderMap,
+    action: &str,
+    (group, deployment): (&str, &str),
+    class: Option<&str>,
+    update: Option<String>,
+) -> crate::server::store::AuditRecord {
+    let who = if s.token.is_some() { "bearer token" } else { "loopback (no token)" };
+    let agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok());
+    crate::server::store::AuditRecord {
+        at: crate::server::now_string(),
+        actor: match agent {
+            Some(a) => format!("{who}, {}", a.chars().take(80).collect::<String>()),
+            None => who.to_owned(),
+        },
+        action: action.to_owned(),
+        group_id: group.to_owned(),
+        deployment_id: deployment.to_owned(),
+        class_id: class.map(str::to_owned),
+        update_id: update,
+    }
+}
+
 /// An error as an answer; a 401 says which scheme it wants.
 fn unauthorized(e: ApiError) -> Response {
     if e.status == StatusCode::UNAUTHORIZED {
