@@ -214,10 +214,16 @@ pub fn router(source: Arc<dyn DashboardSource>, options: Options) -> Router {
         .with_state(ui)
 }
 
-/// Adds the CSP and its companions to every answer.
+/// Adds the CSP and its companions to every answer, and `Server-Timing: render;dur=MS` (how
+/// long the page took on the server: `cargo xtask bench ui` reads it).
 async fn security_headers(req: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
     let mut r = next.run(req).await;
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
     let h = r.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&format!("render;dur={ms:.1}")) {
+        h.insert("server-timing", v);
+    }
     h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));

@@ -304,6 +304,7 @@ struct DeploymentPage {
     state: String,
     is_rollback: bool,
     rolled_back: Option<(String, String)>,
+    superseded: Option<(String, String, String)>,
     subgroups: Vec<SubgroupRow>,
     rollback: Option<RollbackView>,
     failing: Vec<FailingRow>,
@@ -430,10 +431,20 @@ pub(super) async fn deployment(
     let total: u64 = subgroups.iter().map(|s| s.total).sum();
     let rollback = dep.rollback_policy.as_ref().map(|p| rollback_view(p, failed, total));
     let rollback_id = dep.deployment_id.rollback();
-    let rolled_back = if dep.rollback_policy.is_some() {
-        src.deployment(g, rollback_id.as_str())
-            .await?
-            .map(|r| (r.deployment_id.to_string(), deployment_href(g, r.deployment_id.as_str())))
+    let rolled_back = src
+        .deployment(g, rollback_id.as_str())
+        .await?
+        .filter(|r| r.is_cloud_initiated_rollback == Some(true))
+        .map(|r| (r.deployment_id.to_string(), deployment_href(g, r.deployment_id.as_str())));
+    // An inactive deployment was superseded: by the group's newest other one (a release's
+    // rollback stage, or the next release).
+    let superseded = if status.deployment_state.as_str() == "Inactive" && rolled_back.is_none() {
+        src.deployments(g).await?.into_iter().find(|x| x.deployment_id != dep.deployment_id).map(
+            |x| {
+                let href = deployment_href(g, x.deployment_id.as_str());
+                (x.deployment_id.to_string(), href, x.update.update_id.to_string())
+            },
+        )
     } else {
         None
     };
@@ -460,7 +471,7 @@ pub(super) async fn deployment(
     let failing_note = if failed as usize > FAILING_SHOWN {
         format!("{failed} devices failed; the first {FAILING_SHOWN} are listed.")
     } else {
-        format!("{failed} devices failed.")
+        format!("{failed} {} failed.", if failed == 1 { "device" } else { "devices" })
     };
     render(&DeploymentPage {
         chrome: chrome(o, format!("Deployment {d}"), "deployment"),
@@ -471,6 +482,7 @@ pub(super) async fn deployment(
         state: status.deployment_state.as_str().to_owned(),
         is_rollback: dep.is_cloud_initiated_rollback == Some(true),
         rolled_back,
+        superseded,
         subgroups,
         rollback,
         failing,

@@ -442,7 +442,45 @@ fn otaforge_dashboard_serves_the_same_pages_through_the_clients_and_guards_its_a
     let r = rollout();
     let (serve_code, _, on_serve) = get(&r.serve.endpoint, "/ui/groups/lab/deployments/lab-1-1");
     assert_eq!(serve_code, 200);
-    let (mut child, base) = dashboard(&r.serve.endpoint, &r.data, &["--allow-actions"]);
+    // A release report as `otaforge release --format json` writes it.
+    let report = r.data.parent().unwrap().join("release-report.json");
+    let stage = |name: &str,
+                 group: &str,
+                 result: &str,
+                 ok: u64,
+                 failed: u64,
+                 reason: Option<&str>| {
+        json!({"name": name, "group": group, "deploymentId": format!("{group}-1-2"), "result": result,
+               "devices": ok + failed, "succeeded": ok, "failed": failed, "reason": reason})
+    };
+    let out = |name: &str, size: u64| json!({"name": name, "sizeInBytes": size, "sha256": "AAAA"});
+    let doc = json!({
+        "updateId": "contoso/toaster/1.2", "output": "out/1.2", "files": "out/1.2/files",
+        "artifacts": [out("firmware.bin", 131072)],
+        "deltas": [{"artifact": "firmware.bin", "baseVersion": "1.1", "file": out("firmware.bin.from-1.1.delta", 246), "sourceSha256": "BBBB"}],
+        "skippedDeltas": [], "manifest": null, "metadata": null, "imported": true,
+        "stages": [stage("canary", "canary", "passed", 5, 0, None),
+                   stage("fleet", "lab", "failed", 15, 5, Some("5 of 20 devices failed (at most 0 allowed)"))],
+        "result": "gateFailed", "failedStage": "fleet",
+    });
+    fs_err::write(&report, doc.to_string()).unwrap();
+    let report_arg = report.display().to_string();
+    let (mut child, base) =
+        dashboard(&r.serve.endpoint, &r.data, &["--allow-actions", "--release", &report_arg]);
+    let (code, _, release) = get(&base, "/ui/releases/0");
+    assert_eq!(code, 200, "{release}");
+    for text in [
+        "gateFailed",
+        "5 of 20 devices failed (at most 0 allowed)",
+        "firmware.bin.from-1.1.delta",
+        "246",
+    ] {
+        assert!(release.contains(text), "{text} on the release page: {release}");
+    }
+    assert!(
+        release.find(">canary<").unwrap() < release.find(">fleet<").unwrap(),
+        "stages in order"
+    );
     let (code, headers, page) = get(&base, "/ui/groups/lab/deployments/lab-1-1");
     assert_eq!(code, 200, "{page}");
     assert!(headers.contains_key("content-security-policy"));
