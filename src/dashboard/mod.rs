@@ -50,6 +50,9 @@ pub enum DashboardError {
         /// Its id.
         id: String,
     },
+    /// The source says it does not exist (its own words).
+    #[error("{0}")]
+    Missing(String),
     /// The Device Update service failed.
     #[error(transparent)]
     Service(#[from] crate::service::ServiceError),
@@ -243,7 +246,7 @@ impl From<DashboardError> for PageError {
 impl IntoResponse for PageError {
     fn into_response(self) -> Response {
         let status = match &self.0 {
-            DashboardError::NotFound { .. } => StatusCode::NOT_FOUND,
+            DashboardError::NotFound { .. } | DashboardError::Missing(_) => StatusCode::NOT_FOUND,
             DashboardError::ReadOnly => StatusCode::FORBIDDEN,
             _ => StatusCode::BAD_GATEWAY,
         };

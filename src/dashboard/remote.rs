@@ -111,7 +111,8 @@ impl DashboardSource for RemoteSource {
             if s.devices_completed_failed_count.unwrap_or(0) == 0 {
                 continue;
             }
-            let states = self.adu.device_states(group, &s.device_class_id, id).await?;
+            // The service filters: a subgroup of 100,000 devices is not read page by page.
+            let states = self.adu.failed_device_states(group, &s.device_class_id, id).await?;
             for st in states.into_iter().filter(|x| x.device_state == DeviceDeploymentState::Failed)
             {
                 if out.len() >= limit {

@@ -56,7 +56,7 @@ pub(super) struct ServeSource(pub(super) Shared);
 
 fn err(e: ApiError) -> DashboardError {
     if e.status == axum::http::StatusCode::NOT_FOUND {
-        return DashboardError::NotFound { what: "item", id: e.body.message.clone() };
+        return DashboardError::Missing(e.body.message.clone());
     }
     DashboardError::Store(e.body.message.clone())
 }
