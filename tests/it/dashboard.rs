@@ -530,3 +530,57 @@ fn otaforge_dashboard_serves_the_same_pages_through_the_clients_and_guards_its_a
     let _ = ro.kill();
     let _ = ro.wait();
 }
+
+#[test]
+fn a_cloud_rollback_is_marked_on_both_deployments_and_in_the_audit_trail() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let serve = Serve::start(&data, None);
+    let old = image(21, 16 << 10);
+    for m in [
+        update(dir.path(), "1.0", &old, None),
+        update(dir.path(), "1.1", &image(22, 16 << 10), None),
+    ] {
+        assert_eq!(import(&serve, &[&m], None).0, 0);
+    }
+    let client = AduClient::new(&serve.endpoint, "default", Auth::None).unwrap();
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut canary = spec(&serve, &data, "canary", 4, "canary");
+        canary.installed = Some(("contoso/toaster/1.0".parse().unwrap(), Arc::new(old.clone())));
+        canary.failures = Failures { install: 1.0, ..Failures::default() };
+        let fleet = Fleet::register(canary).await.unwrap();
+        let policy = json!({
+            "update": {"updateId": {"provider": "contoso", "name": "toaster", "version": "1.0"}},
+            "failure": {"devicesFailedPercentage": 50, "devicesFailedCount": 2},
+        });
+        client
+            .create_or_update_deployment(&deployment("canary-1-1", "canary", "1.1", Some(policy)))
+            .await
+            .unwrap();
+        fleet.run(Duration::from_secs(60), &|t| t.failed >= 2).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while client.list_deployments("canary").await.unwrap()[0].deployment_id
+            != "canary-1-1-rollback"
+        {
+            assert!(Instant::now() < deadline, "no cloud rollback");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let (code, _, page) = get(&serve.endpoint, "/ui/groups/canary/deployments/canary-1-1");
+    assert_eq!(code, 200);
+    assert!(page.contains("id=\"rolled-back\""), "{page}");
+    assert!(page.contains("/ui/groups/canary/deployments/canary-1-1-rollback"));
+    // (How near the failures are is not asserted here: once the rollback reaches a device, it
+    // no longer counts as failed in this deployment, as serve's status says.)
+    assert!(page.contains("Roll back to <strong>contoso/toaster/1.0</strong>"), "{page}");
+    let (_, _, rollback) =
+        get(&serve.endpoint, "/ui/groups/canary/deployments/canary-1-1-rollback");
+    assert!(rollback.contains("id=\"is-rollback\""), "{rollback}");
+    let (_, _, audit) = get(&serve.endpoint, "/ui/audit");
+    assert!(
+        audit.contains("<td>rollback</td>") && audit.contains("serve (cloud-initiated rollback)"),
+        "{audit}"
+    );
+}
