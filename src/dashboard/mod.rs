@@ -129,6 +129,17 @@ pub trait DashboardSource: Send + Sync + 'static {
     async fn classes(&self) -> Result<Vec<DeviceClass>, DashboardError>;
     /// Compliance of the instance, or of one group.
     async fn compliance(&self, group: Option<&str>) -> Result<UpdateCompliance, DashboardError>;
+    /// Compliance of each group, by group id (the default asks for each group's own).
+    async fn compliance_by_group(
+        &self,
+        groups: &[Group],
+    ) -> Result<std::collections::BTreeMap<String, UpdateCompliance>, DashboardError> {
+        let mut by = std::collections::BTreeMap::new();
+        for g in groups {
+            by.insert(g.group_id.clone(), self.compliance(Some(&g.group_id)).await?);
+        }
+        Ok(by)
+    }
     /// The updates imported.
     async fn updates(&self) -> Result<Vec<UpdateInfo>, DashboardError>;
     /// A group's deployments, newest first.

@@ -98,6 +98,7 @@ struct GroupRow {
     id: String,
     href: String,
     devices: u64,
+    on_latest: u64,
     bar: String,
     deployments: Vec<(String, String)>,
 }
@@ -127,10 +128,19 @@ pub(super) async fn fleet(
 ) -> Result<String, DashboardError> {
     let compliance = src.compliance(None).await?;
     let mut groups = Vec::new();
-    for g in src.groups().await? {
-        let c = src.compliance(Some(&g.group_id)).await?;
+    let all = src.groups().await?;
+    let by_group = src.compliance_by_group(&all).await?;
+    for g in all {
+        let c = by_group.get(&g.group_id).cloned().unwrap_or_else(|| UpdateCompliance {
+            total_device_count: 0,
+            on_latest_update_device_count: 0,
+            new_updates_available_device_count: 0,
+            updates_in_progress_device_count: 0,
+            extra: Default::default(),
+        });
         groups.push(GroupRow {
             href: group_href(&g.group_id),
+            on_latest: c.on_latest_update_device_count,
             devices: g.device_count.unwrap_or(c.total_device_count),
             bar: compliance_bar(&g.group_id, &c),
             deployments: g

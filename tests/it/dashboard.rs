@@ -127,7 +127,15 @@ fn every_page_shows_what_the_rest_api_gives_with_hostile_text_as_text() {
         compliance.on_latest_update_device_count.to_string()
     );
     for g in &groups {
-        assert!(fleet.contains(&format!("data-group=\"{}\"", g.group_id)), "group {}", g.group_id);
+        let row = &fleet[fleet.find(&format!("data-group=\"{}\"", g.group_id)).unwrap()..];
+        let c = r.rt.block_on(r.client.update_compliance(Some(&g.group_id))).unwrap();
+        assert_eq!(text_after(row, "data-metric=\"devices\""), c.total_device_count.to_string());
+        assert_eq!(
+            text_after(row, "data-metric=\"onLatest\""),
+            c.on_latest_update_device_count.to_string(),
+            "group {}",
+            g.group_id
+        );
     }
     assert!(fleet.contains("contoso/toaster/1.1"), "updates imported are listed");
     assert!(!fleet.contains("<script>window.pwned"), "markup from a device is escaped");
