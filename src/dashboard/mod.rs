@@ -164,6 +164,9 @@ pub trait DashboardSource: Send + Sync + 'static {
     async fn device(&self, id: &str) -> Result<Option<Device>, DashboardError>;
     /// A device's twin; `None` when the hub does not know it.
     async fn twin(&self, id: &str) -> Result<Option<Twin>, DashboardError>;
+    /// A module's twin (`$edgeAgent` of an IoT Edge device); `None` when there is none.
+    async fn module_twin(&self, device: &str, module: &str)
+    -> Result<Option<Twin>, DashboardError>;
     /// The IoT Edge deployments (configurations with `modulesContent`).
     async fn edge_deployments(&self) -> Result<Vec<Configuration>, DashboardError>;
     /// The audit trail, newest first (empty where the service keeps none).

@@ -7,7 +7,7 @@ use askama::Template;
 
 use super::chart::Bar;
 use super::{DashboardError, DashboardSource, Options};
-use crate::service::model::{Device, InstallResult, UpdateCompliance};
+use crate::service::model::{InstallResult, UpdateCompliance};
 use crate::service::result_code::{Decoded, decode, parse_codes, result_name};
 
 /// Devices listed as failing on a deployment page, at most.
@@ -580,14 +580,17 @@ pub(super) async fn device(
     o: &Options,
     id: &str,
 ) -> Result<String, DashboardError> {
-    let dev: Device = src
-        .device(id)
-        .await?
-        .ok_or_else(|| DashboardError::NotFound { what: "device", id: id.to_owned() })?;
     let twin = match src.twin(id).await {
         Ok(t) => t,
         Err(DashboardError::NoHub) => None,
         Err(e) => return Err(e),
+    };
+    let Some(dev) = src.device(id).await? else {
+        // Not a Device Update device: an IoT Edge device has its modules' page.
+        return match twin.filter(|t| t.capabilities.is_some_and(|c| c.iot_edge)) {
+            Some(t) => edge_device(src, o, id, &t).await,
+            None => Err(DashboardError::NotFound { what: "device", id: id.to_owned() }),
+        };
     };
     let agent = twin
         .as_ref()
@@ -622,6 +625,67 @@ pub(super) async fn device(
             .map_or_else(|| "unknown".into(), agent_state),
         workflow,
         result: dev.last_install_result.as_ref().map(result_view),
+    })
+}
+
+struct ModuleRow {
+    name: String,
+    image: String,
+    status: String,
+    exit_code: String,
+}
+
+#[derive(Template)]
+#[template(path = "edge_device.html", config = "src/dashboard/askama.toml")]
+struct EdgeDevicePage {
+    chrome: Chrome,
+    deployments: Vec<(String, String, String)>,
+    modules: Vec<ModuleRow>,
+    reported: bool,
+}
+
+/// An IoT Edge device: the Edge deployments that target and apply to it (the `configurations`
+/// of its `$edgeAgent` and device twins), and each module's runtime status as its `$edgeAgent`
+/// reports it.
+async fn edge_device(
+    src: &dyn DashboardSource,
+    o: &Options,
+    id: &str,
+    twin: &crate::iothub::Twin,
+) -> Result<String, DashboardError> {
+    let agent = src.module_twin(id, "$edgeAgent").await?;
+    // IoT Hub records an Edge deployment's status on the `$edgeAgent` module twin; other
+    // configurations on the device twin.
+    let deployments = agent
+        .iter()
+        .chain(std::iter::once(twin))
+        .flat_map(|t| t.configurations.iter().flatten())
+        .map(|(c, s)| (c.clone(), format!("/ui/edge/deployments/{}", seg(c)), s.status.clone()))
+        .collect();
+    let reported = agent.as_ref().map(|t| &t.properties.reported);
+    let mut modules = Vec::new();
+    for section in ["systemModules", "modules"] {
+        let list = reported.and_then(|r| r.get(section)).and_then(|m| m.as_object());
+        for (name, m) in list.into_iter().flatten() {
+            let text = |v: Option<&serde_json::Value>| match v {
+                Some(serde_json::Value::String(s)) => s.clone(),
+                Some(other) => other.to_string(),
+                None => String::new(),
+            };
+            modules.push(ModuleRow {
+                name: name.clone(),
+                image: text(m.pointer("/settings/image")),
+                status: text(m.get("runtimeStatus")),
+                exit_code: text(m.get("exitCode")),
+            });
+        }
+    }
+    render(&EdgeDevicePage {
+        chrome: chrome(o, format!("IoT Edge device {id}"), "edge-device"),
+        deployments,
+        reported: reported
+            .is_some_and(|r| r.contains_key("modules") || r.contains_key("systemModules")),
+        modules,
     })
 }
 

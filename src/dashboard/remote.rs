@@ -138,6 +138,18 @@ impl DashboardSource for RemoteSource {
         }
     }
 
+    async fn module_twin(
+        &self,
+        device: &str,
+        module: &str,
+    ) -> Result<Option<Twin>, DashboardError> {
+        match self.hub()?.get_module_twin(device, module).await {
+            Ok(t) => Ok(Some(t)),
+            Err(IotHubError::Api { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     async fn edge_deployments(&self) -> Result<Vec<Configuration>, DashboardError> {
         let all = self.hub()?.list_configurations(EDGE_LISTED).await?;
         Ok(all.into_iter().filter(Configuration::is_edge).collect())

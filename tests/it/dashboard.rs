@@ -592,3 +592,85 @@ fn a_cloud_rollback_is_marked_on_both_deployments_and_in_the_audit_trail() {
         "{audit}"
     );
 }
+
+#[test]
+fn edge_pages_show_the_hubs_counts_and_each_modules_runtime_status() {
+    use otaforge::iothub::config::Configuration;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let serve = Serve::start(&data, None);
+    let mut fleet = Command::new(assert_cmd::cargo::cargo_bin("otaforge"))
+        .args(["fleet", "run", "--edge", "--devices", "4", "--prefix", "gw", "--group", "line-1"])
+        .args(["--for", "120s", "--iothub-connection-file"])
+        .arg(data.join("iothub.connection-string"))
+        .env("CI", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let hub = otaforge::iothub::IotHubClient::new(crate::hub_connection(&data)).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let config = |id: &str, content: Value, priority: i64| Configuration {
+        id: id.into(),
+        content: content.as_object().unwrap().clone(),
+        target_condition: "tags.ADUGroup = 'line-1'".into(),
+        priority,
+        ..Configuration::default()
+    };
+    let base = crate::edge::base_content(&[("sensor", "contoso/sensor:1.0")]);
+    let layer = crate::edge::layer_content("logger", "contoso/logger:2");
+    let counts = rt.block_on(async {
+        hub.put_configuration(&config("base", base, 10), None).await.unwrap();
+        hub.put_configuration(&config("logging", layer, 20), None).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let all = hub.list_configurations(10).await.unwrap();
+            let m = |id: &str, k: &str| {
+                all.iter()
+                    .find(|c| c.id == id)
+                    .and_then(|c| c.system_metrics.results.get(k).copied())
+            };
+            if m("base", "reportedSuccessfulCount") == Some(4)
+                && m("logging", "appliedCount") == Some(4)
+            {
+                break all;
+            }
+            assert!(Instant::now() < deadline, "the Edge devices did not report: {all:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let (code, _, list) = get(&serve.endpoint, "/ui/edge/deployments");
+    assert_eq!(code, 200);
+    assert!(list.find("id=\"bases\"").unwrap() < list.find("data-edge=\"base\"").unwrap());
+    assert!(
+        list.find("id=\"layers\"").unwrap() < list.find("data-edge=\"logging\"").unwrap(),
+        "{list}"
+    );
+    for c in &counts {
+        let row = &list[list.find(&format!("data-edge=\"{}\"", c.id)).unwrap()..];
+        for (metric, key) in [
+            ("targeted", "targetedCount"),
+            ("applied", "appliedCount"),
+            ("success", "reportedSuccessfulCount"),
+        ] {
+            assert_eq!(
+                text_after(row, &format!("data-metric=\"{metric}\"")),
+                c.system_metrics.results.get(key).copied().unwrap_or(0).to_string(),
+                "{} {key}",
+                c.id
+            );
+        }
+    }
+    let (code, _, one) = get(&serve.endpoint, "/ui/edge/deployments/logging");
+    assert_eq!(code, 200);
+    assert!(one.contains("<li>logger</li>") && one.contains("layered"), "{one}");
+    let (code, _, device) = get(&serve.endpoint, "/ui/devices/gw-0000");
+    assert_eq!(code, 200, "{device}");
+    for module in ["edgeHub", "sensor", "logger"] {
+        let row = &device[device.find(&format!("data-module=\"{module}\"")).expect(module)..];
+        assert_eq!(text_after(row, "data-metric=\"runtimeStatus\""), "running", "{module}");
+    }
+    assert!(device.contains("data-edge=\"base\"") && device.contains("data-edge=\"logging\""));
+    let _ = fleet.kill();
+    let _ = fleet.wait();
+}

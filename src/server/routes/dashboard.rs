@@ -157,6 +157,15 @@ impl DashboardSource for ServeSource {
         Ok(row.map(|r| r.twin))
     }
 
+    async fn module_twin(
+        &self,
+        device: &str,
+        module: &str,
+    ) -> Result<Option<Twin>, DashboardError> {
+        let (d, m) = (device.to_owned(), module.to_owned());
+        self.0.db.read(move |st| st.module_twin(&d, &m)).await.map_err(store)
+    }
+
     async fn edge_deployments(&self) -> Result<Vec<Configuration>, DashboardError> {
         let all = self.0.db.read(|st| st.configurations()).await.map_err(store)?;
         let edge: Vec<Configuration> = all.into_iter().filter(Configuration::is_edge).collect();
