@@ -20,6 +20,8 @@
 //! reports progress through [`Reporter`]. The `otaforge` binary adds the command line on top.
 
 pub mod apt;
+#[cfg(feature = "server")]
+pub mod dashboard;
 pub mod delta;
 pub mod edge;
 pub mod env;

@@ -129,7 +129,7 @@ pub(crate) enum HubTarget {
 
 impl HubArgs {
     /// Whether the flags name a hub themselves.
-    fn given(&self) -> bool {
+    pub(crate) fn given(&self) -> bool {
         self.iothub_connection_file.is_some() || self.iothub_host.is_some()
     }
 

@@ -3,6 +3,7 @@
 mod apt;
 mod args;
 mod context;
+mod dashboard;
 mod delta;
 mod deploy;
 mod device;
@@ -130,6 +131,9 @@ enum Command {
     Device(device::DeviceCommand),
     /// How many devices run their best update (instance or group).
     Compliance(device::ComplianceArgs),
+    /// Serve the rollout dashboard (the pages of `serve`'s /ui/) for any Device Update
+    /// instance and IoT Hub, read through this process: the browser holds no credential.
+    Dashboard(dashboard::DashboardArgs),
     /// Deploy an update to a group; read, list and delete deployments.
     #[command(subcommand)]
     Deploy(deploy::DeployCommand),
@@ -222,6 +226,7 @@ pub(crate) fn main(rt: &tokio::runtime::Runtime) -> ExitCode {
         Command::Device(cmd) => device::run(cmd, rt, &out),
         Command::Compliance(args) => device::compliance(args, rt, &out),
         Command::Deploy(cmd) => deploy::run(cmd, rt, &out),
+        Command::Dashboard(args) => dashboard::run(args, rt, &out),
         Command::Logs(cmd) => logs::run(cmd, rt, &out),
         Command::Fleet(cmd) => fleet::run(cmd, rt, &out),
         Command::Hub(cmd) => hub::run(cmd, rt, &out),

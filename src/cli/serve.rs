@@ -223,7 +223,6 @@ pub(crate) fn run(
             })),
         })
         .await?;
-        let all_interfaces = a.listen.ip().is_unspecified();
         let recorded = record_context(&a, &running, token.as_deref(), out);
         let info = serde_json::json!({
             "context": recorded,
@@ -237,61 +236,13 @@ pub(crate) fn run(
             "mqttListen": running.mqtt_addr.map(|a| a.to_string()),
             "mqttCaFile": running.mqtt_ca_file.as_ref().map(|f| f.display().to_string()),
             "gatewayHostName": running.gateway,
+            "dashboard": format!("{}/ui/", running.base_url),
         });
         if out.json() {
             // One line, so a script can read it and go on.
             out.line(serde_json::to_string(&info)?)?;
         } else {
-            out.line(format!(
-                "otaforge serve: Device Update API at {} instance {}",
-                running.base_url, a.instance
-            ))?;
-            out.line(format!(
-                "  blob store {} served at {}",
-                running.blob_dir.display(),
-                running.blob_url
-            ))?;
-            out.line(format!(
-                "  IoT Hub API (twins, device identities) at the same address; its connection \
-                 string is in {} (keep it secret)",
-                running.iothub_connection_file.display()
-            ))?;
-            if let (Some(at), Some(ca)) = (running.mqtt_addr, &running.mqtt_ca_file) {
-                out.line(format!(
-                    "  devices connect over MQTT/TLS (IoT Hub's device protocol) at {at}; they trust \
-                     the CA {} (`otaforge hub device connection-string ID` gives a device its \
-                     connection string)",
-                    ca.display()
-                ))?;
-            }
-            if all_interfaces {
-                out.line(format!(
-                    "  listening on all interfaces ({}); other machines use this host's name or \
-                     address and port {}{}",
-                    running.addr,
-                    running.addr.port(),
-                    if a.public_url.is_none() {
-                        " (give --public-url so blob URLs name it too)"
-                    } else {
-                        ""
-                    }
-                ))?;
-            }
-            let token_hint = if token.is_some() {
-                format!("{}=<the token> ", otaforge::env::OTAFORGE_ADU_TOKEN)
-            } else {
-                String::new()
-            };
-            out.line(format!(
-                "  import with: {token_hint}otaforge import MANIFEST --endpoint {} --instance {}",
-                running.base_url, a.instance
-            ))?;
-            if let Some(name) = &recorded {
-                out.line(format!(
-                    "  context {name} recorded and current: on this machine, commands need no \
-                     --endpoint, --instance, --iothub-connection-file or --root-key"
-                ))?;
-            }
+            describe(out, &a, &running, token.is_some(), recorded.as_deref())?;
         }
         if let Some(n) = a.fleet {
             let spec = fleet_spec(&a, n, &running)?;
@@ -312,4 +263,71 @@ pub(crate) fn run(
         }
         Ok(Outcome::Ok)
     })
+}
+
+/// serve's start, in words.
+fn describe(
+    out: &Output,
+    a: &ServeArgs,
+    running: &otaforge::server::Running,
+    has_token: bool,
+    recorded: Option<&str>,
+) -> anyhow::Result<()> {
+    let all_interfaces = a.listen.ip().is_unspecified();
+    out.line(format!(
+        "otaforge serve: Device Update API at {} instance {}",
+        running.base_url, a.instance
+    ))?;
+    out.line(format!(
+        "  rollout dashboard at {}/ui/{}",
+        running.base_url,
+        if has_token { " (needs the token; or run `otaforge dashboard`)" } else { "" }
+    ))?;
+    out.line(format!(
+        "  blob store {} served at {}",
+        running.blob_dir.display(),
+        running.blob_url
+    ))?;
+    out.line(format!(
+        "  IoT Hub API (twins, device identities) at the same address; its connection \
+         string is in {} (keep it secret)",
+        running.iothub_connection_file.display()
+    ))?;
+    if let (Some(at), Some(ca)) = (running.mqtt_addr, &running.mqtt_ca_file) {
+        out.line(format!(
+            "  devices connect over MQTT/TLS (IoT Hub's device protocol) at {at}; they trust \
+             the CA {} (`otaforge hub device connection-string ID` gives a device its \
+             connection string)",
+            ca.display()
+        ))?;
+    }
+    if all_interfaces {
+        out.line(format!(
+            "  listening on all interfaces ({}); other machines use this host's name or \
+             address and port {}{}",
+            running.addr,
+            running.addr.port(),
+            if a.public_url.is_none() {
+                " (give --public-url so blob URLs name it too)"
+            } else {
+                ""
+            }
+        ))?;
+    }
+    let token_hint = if has_token {
+        format!("{}=<the token> ", otaforge::env::OTAFORGE_ADU_TOKEN)
+    } else {
+        String::new()
+    };
+    out.line(format!(
+        "  import with: {token_hint}otaforge import MANIFEST --endpoint {} --instance {}",
+        running.base_url, a.instance
+    ))?;
+    if let Some(name) = &recorded {
+        out.line(format!(
+            "  context {name} recorded and current: on this machine, commands need no \
+             --endpoint, --instance, --iothub-connection-file or --root-key"
+        ))?;
+    }
+    Ok(())
 }

@@ -78,6 +78,8 @@ pub struct View {
     compliance: std::sync::OnceLock<UpdateCompliance>,
     /// Answers rendered from this view, by request.
     pub answers: Answers,
+    /// The compliance of each group, likewise.
+    group_compliance: std::sync::OnceLock<BTreeMap<String, UpdateCompliance>>,
 }
 
 /// Answers at most kept per view; past it, answers are rendered per request and not kept, so
@@ -365,6 +367,31 @@ impl View {
     }
 
     /// Compliance of the devices `keep` selects.
+    /// The compliance of each group's devices ([`View::compliance`] of each group), counted in
+    /// one pass when first asked for and kept with the view.
+    pub fn compliance_by_group(&self) -> &BTreeMap<String, UpdateCompliance> {
+        self.group_compliance.get_or_init(|| {
+            let mut by: BTreeMap<String, UpdateCompliance> = BTreeMap::new();
+            for d in self.devices.iter().map(|d| &d.device) {
+                let Some(g) = d.group_id.as_deref() else { continue };
+                let c = by.entry(g.to_owned()).or_insert_with(|| UpdateCompliance {
+                    total_device_count: 0,
+                    on_latest_update_device_count: 0,
+                    new_updates_available_device_count: 0,
+                    updates_in_progress_device_count: 0,
+                    extra: Default::default(),
+                });
+                c.total_device_count += 1;
+                if d.on_latest_update {
+                    c.on_latest_update_device_count += 1;
+                } else {
+                    c.new_updates_available_device_count += 1;
+                }
+            }
+            by
+        })
+    }
+
     pub fn compliance(&self, keep: impl Fn(&Device) -> bool) -> UpdateCompliance {
         let devices: Vec<&Device> =
             self.devices.iter().map(|d| &d.device).filter(|d| keep(d)).collect();

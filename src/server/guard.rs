@@ -97,7 +97,9 @@ pub(super) async fn browser_guard(State(s): State<Shared>, req: Request, next: N
     next.run(req).await
 }
 
-fn check(
+/// What [`browser_guard`] checks, for any router (the dashboard's own listener uses it too):
+/// the refusal, or `None`.
+pub(crate) fn check(
     method: &Method,
     path: &str,
     headers: &HeaderMap,

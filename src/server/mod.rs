@@ -30,7 +30,7 @@ mod devices;
 mod diagnostics;
 mod error;
 pub mod fetch;
-mod guard;
+pub(crate) mod guard;
 mod import;
 pub mod listen;
 mod mqtt;

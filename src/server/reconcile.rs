@@ -300,6 +300,21 @@ pub(super) async fn after_report(
         // The rollback update fits no subgroup any more: nothing to roll back to.
         Err(_) => return Ok(()),
     };
-    s.db.call(move |st| st.put_deployment(&rollback, deploy::MAX_DEPLOYMENTS).map(drop)).await?;
+    let record = super::store::AuditRecord {
+        at: now_string(),
+        actor: "serve (cloud-initiated rollback)".into(),
+        action: "rollback".into(),
+        group_id: group_id.to_string(),
+        deployment_id: id.to_string(),
+        class_id: None,
+        update_id: Some(rollback.update.update_id.to_string()),
+    };
+    s.db.call(move |st| {
+        if st.put_deployment(&rollback, deploy::MAX_DEPLOYMENTS)?.is_ok() {
+            st.record_audit(&record)?;
+        }
+        Ok(())
+    })
+    .await?;
     reconcile(s, &group).await
 }

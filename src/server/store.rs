@@ -94,6 +94,7 @@ pub const MIGRATIONS: &[Migration] = &[
         what: "identities' own keys (module keys, secondary keys) and MQTT sessions",
         apply: identities::migrate_11,
     },
+    Migration { version: 12, what: "the audit trail of deployments", apply: audit::migrate_12 },
 ];
 
 fn migrate_7(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
@@ -474,11 +475,13 @@ fn patch_reported_in(
 }
 
 mod adm;
+mod audit;
 pub mod changes;
 mod identities;
 mod management;
 mod modules;
 
+pub use audit::{AuditRecord, KEPT_AUDIT};
 pub use identities::{Keys, Report};
 
 /// The store.
@@ -1219,6 +1222,8 @@ pub struct Db {
     writes: Arc<std::sync::atomic::AtomicU64>,
     /// What the writes changed, published after each write call, before the generation moves.
     changes: changes::Changes,
+    /// The generation, announced after every write (the dashboard's live updates wait on it).
+    announce: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 /// Read connections: at most this many reads run at once (the rest wait their turn, so
@@ -1236,6 +1241,7 @@ impl Db {
             reading: Arc::new(tokio::sync::Semaphore::new(READERS)),
             writing: Arc::new(tokio::sync::Semaphore::new(1)),
             writes: Arc::default(),
+            announce: Arc::new(tokio::sync::watch::channel(0).0),
         }
     }
 
@@ -1253,6 +1259,11 @@ impl Db {
     /// What changed after `mark` ([`changes::ChangeLog::since`]).
     pub fn changes_since(&self, mark: u64) -> Option<changes::Since> {
         self.changes.lock().unwrap_or_else(|p| p.into_inner()).since(mark)
+    }
+
+    /// The generation as it moves: a receiver that wakes after each write.
+    pub fn generations(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.announce.subscribe()
     }
 
     /// Runs `f` on a read-only connection, on the blocking pool.
@@ -1285,6 +1296,7 @@ impl Db {
         R: Send + 'static,
     {
         let (store, writes) = (self.store.clone(), self.writes.clone());
+        let announce = self.announce.clone();
         let turn = self.writing.clone().acquire_owned().await;
         tokio::task::spawn_blocking(move || {
             let _turn = turn;
@@ -1294,7 +1306,8 @@ impl Db {
             };
             let result = f(&mut guard);
             guard.changes.lock().unwrap_or_else(|p| p.into_inner()).publish();
-            writes.fetch_add(1, std::sync::atomic::Ordering::Release);
+            let now = writes.fetch_add(1, std::sync::atomic::Ordering::Release) + 1;
+            announce.send_replace(now);
             result
         })
         .await

@@ -709,6 +709,27 @@ impl AduClient {
         self.list_paged(url).await
     }
 
+    /// The devices of one subgroup that failed in a deployment (`devicestates` filtered by
+    /// the service: `deviceState eq 'Failed'`).
+    pub async fn failed_device_states(
+        &self,
+        group_id: &str,
+        class_id: &str,
+        deployment_id: &str,
+    ) -> Result<Vec<model::DeploymentDeviceState>, ServiceError> {
+        let mut url = self.management(&[
+            "groups",
+            group_id,
+            "deviceClassSubgroups",
+            class_id,
+            "deployments",
+            deployment_id,
+            "devicestates",
+        ]);
+        url.query_pairs_mut().append_pair("filter", "deviceState eq 'Failed'");
+        self.list_paged(url).await
+    }
+
     /// Deletes a group (refused while it has devices or a deployment that is not superseded).
     pub async fn delete_group(&self, group_id: &str) -> Result<(), ServiceError> {
         self.send(reqwest::Method::DELETE, self.management(&["groups", group_id]), None)

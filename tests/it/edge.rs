@@ -457,7 +457,7 @@ pub(crate) fn base_content(modules: &[(&str, &str)]) -> Value {
 }
 
 /// A layered deployment adding one module.
-fn layer_content(name: &str, image: &str) -> Value {
+pub(crate) fn layer_content(name: &str, image: &str) -> Value {
     json!({"modulesContent": {"$edgeAgent": {
         format!("properties.desired.modules.{name}"): {
             "type": "docker", "status": "running", "restartPolicy": "always",

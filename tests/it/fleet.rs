@@ -18,7 +18,7 @@ use crate::service::{Serve, import};
 
 const TOKEN: &str = "fleet-test-token-0123456";
 
-fn image(seed: u32, len: usize) -> Vec<u8> {
+pub(crate) fn image(seed: u32, len: usize) -> Vec<u8> {
     (0..len as u32)
         .map(|i| (i.wrapping_mul(2_654_435_761).wrapping_add(seed) >> 13) as u8)
         .collect()
@@ -26,7 +26,7 @@ fn image(seed: u32, len: usize) -> Vec<u8> {
 
 /// A script update whose payload is `payload`; with `delta_from`, the payload also gets a delta
 /// from that old image as a related file.
-fn update(
+pub(crate) fn update(
     dir: &Path,
     version: &str,
     payload: &[u8],
@@ -75,7 +75,13 @@ fn update(
     d.join(format!("contoso.toaster.{version}.importmanifest.json"))
 }
 
-fn spec(serve: &Serve, data: &Path, prefix: &str, devices: usize, group: &str) -> FleetSpec {
+pub(crate) fn spec(
+    serve: &Serve,
+    data: &Path,
+    prefix: &str,
+    devices: usize,
+    group: &str,
+) -> FleetSpec {
     let hub: ConnectionString = crate::hub_connection(data);
     let mut class = Map::new();
     class.insert("manufacturer".into(), json!("contoso"));
@@ -101,7 +107,12 @@ fn spec(serve: &Serve, data: &Path, prefix: &str, devices: usize, group: &str) -
     }
 }
 
-fn deployment(id: &str, group: &str, version: &str, rollback: Option<Value>) -> Deployment {
+pub(crate) fn deployment(
+    id: &str,
+    group: &str,
+    version: &str,
+    rollback: Option<Value>,
+) -> Deployment {
     let update = otaforge::manifest::UpdateId::new("contoso", "toaster", version).unwrap();
     let mut d = Deployment::new(
         id.parse().unwrap(),

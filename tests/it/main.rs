@@ -7,6 +7,7 @@
 mod adm;
 mod apt;
 mod cli;
+mod dashboard;
 mod delta;
 mod delta_capi;
 mod delta_inplace;

@@ -225,7 +225,7 @@ $ otaforge fleet run --group {group} --devices {n} --installed contoso/toaster/1
 /// the embedded service with simulated devices. 1.1.0 is released first (no base, no stages);
 /// then 1.2.0 with a delta from it: the canary stage passes, the `fleet` stage's injected
 /// failures fail its gate and roll the group back to 1.1.0 (exit 1, as a pipeline would see it).
-fn release(bin: &Path, work: &Path) -> anyhow::Result<()> {
+fn release(bin: &Path, work: &Path) -> anyhow::Result<Serve> {
     println!(
         "
 # The release pipeline in one command: otaforge release (testdata/release/quickstart)"
@@ -309,10 +309,60 @@ $ otaforge {}",
 # Run again: nothing is rebuilt, imported or deployed twice; the same report:"
     );
     run_in(&["release", "--endpoint", &serve.endpoint], 1)?;
+    dashboard(bin, &serve)?;
+    Ok(serve)
+}
+
+/// Prints where the rollout dashboard shows the release, and with Debian's chromium at hand
+/// keeps `docs/dashboard.png` (the README's picture) current: the rolled-back stage's page.
+fn dashboard(bin: &Path, serve: &Serve) -> anyhow::Result<()> {
+    let out = Command::new(bin)
+        .args(["--format", "json", "deploy", "list", "fleet", "--endpoint", &serve.endpoint])
+        .args(["--instance", "default"])
+        .env("XDG_CONFIG_HOME", config_home())
+        .output()?;
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let id = list
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|d| d["deploymentId"].as_str())
+        .find(|id| !id.ends_with("-rollback"))
+        .map(str::to_owned);
+    let page = match &id {
+        Some(id) => format!("{}/ui/groups/fleet/deployments/{id}", serve.endpoint),
+        None => format!("{}/ui/", serve.endpoint),
+    };
+    println!(
+        "
+# The rollout dashboard (live while serve runs): open {}/ui/ — the rolled-back stage: {page}",
+        serve.endpoint
+    );
+    let shot = crate::root().join("docs/dashboard.png");
+    let profile = crate::target_dir().join("demo/chromium-profile");
+    let taken = Command::new("chromium")
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run"])
+        .args(["--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        .args(["--hide-scrollbars", "--window-size=1280,1100"])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg(&page)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if taken {
+        println!("# its screenshot: {}", shot.display());
+    } else {
+        println!(
+            "# (no chromium: docs/dashboard.png not refreshed; `cargo xtask ci` provisions it)"
+        );
+    }
     Ok(())
 }
 
-pub(crate) fn run() -> anyhow::Result<()> {
+/// `keep`: leave the release's serve (and its dashboard) running at the end, until Ctrl-C.
+pub(crate) fn run(keep: bool) -> anyhow::Result<()> {
     let mut build = crate::cargo();
     build.args(["build", "--quiet", "--bin", "otaforge"]);
     crate::run(build)?;
@@ -337,7 +387,7 @@ pub(crate) fn run() -> anyhow::Result<()> {
     }
     let w = |f: &str| work.join(f).display().to_string();
     let out = work.display().to_string();
-    release(&bin, &work)?;
+    let release_serve = release(&bin, &work)?;
     println!("\n# The same, command by command:");
 
     otaforge(&bin, &["hash", &w("image-1.2.swu"), &w("mcu-3.1.bin")], 0)?;
@@ -568,5 +618,11 @@ pub(crate) fn run() -> anyhow::Result<()> {
     println!(
         "\ndemo: manifests are in {out}; five updates imported into the embedded service; 1.2 deployed to 250 simulated devices (kitchen through the signed delta, canary rolled back to 1.1 by its failures); the tampered payload was refused as expected"
     );
+    println!("\ndemo: the release's rollout dashboard: {}/ui/", release_serve.endpoint);
+    if keep {
+        println!("demo: --keep: serve and its dashboard keep running; Ctrl-C stops them");
+        let mut serve = release_serve;
+        serve.child.wait()?;
+    }
     Ok(())
 }

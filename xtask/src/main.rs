@@ -17,6 +17,7 @@
 //! - `bench fleet`: a rollout to 10 000 simulated devices and query latency with 100 000.
 //! - `bench edge`: target-condition evaluation in twins per second.
 //! - `bench lists`: the device-management lists with 100 clients at 10 000 devices.
+//! - `bench ui`: every dashboard page's server-side time at 100 000 devices.
 //! - `azurite [PORT]`: installs and runs Azurite for the storage tests.
 //! - `applier-mcu`: the device applier built for a Cortex-M4 and its C harness run on QEMU.
 
@@ -35,6 +36,7 @@ mod bench_delta;
 mod bench_edge;
 mod bench_fleet;
 mod bench_lists;
+mod bench_ui;
 mod bench_upload;
 mod demo;
 mod deny;
@@ -57,7 +59,8 @@ fn main() -> anyhow::Result<()> {
         ["result-codes", rest @ ..] => result_codes::run(rest),
         ["azurite", rest @ ..] => azurite::serve(rest),
         ["applier-mcu", rest @ ..] => applier_mcu::run(rest),
-        ["demo"] => demo::run(),
+        ["demo"] => demo::run(false),
+        ["demo", "--keep"] => demo::run(true),
         ["deny"] => tools::provision().and_then(|()| deny::run()).map(drop),
         ["schema", dirs @ ..] => schema::run(&dirs.iter().map(PathBuf::from).collect::<Vec<_>>()),
         ["bench", "hash", rest @ ..] => bench::hash(rest),
@@ -66,6 +69,7 @@ fn main() -> anyhow::Result<()> {
         ["bench", "fleet", rest @ ..] => bench_fleet::run(rest),
         ["bench", "edge", rest @ ..] => bench_edge::run(rest),
         ["bench", "lists", rest @ ..] => bench_lists::run(rest),
+        ["bench", "ui", rest @ ..] => bench_ui::run(rest),
         ["fuzz"] => fuzz(30),
         ["fuzz", secs] => fuzz(secs.parse().context("fuzz SECONDS")?),
         _ => {
@@ -75,7 +79,7 @@ fn main() -> anyhow::Result<()> {
                  tidy               house rules: env names, help, error types, function length, #[ignore]\n  \
                  deny               cargo deny: licences, duplicate versions, sources, advisories\n  \
                  result-codes [--check] [--header FILE]\n                     the agent's result codes table from its result.h\n  \
-                 demo               build and validate sample updates from testdata (no cloud)\n  \
+                 demo [--keep]      build and validate sample updates from testdata (no cloud);\n                     --keep leaves serve and its rollout dashboard running\n  \
                  azurite [PORT]     install (npm, pinned) and run Azurite for the storage tests\n  \
                  schema [DIR...]    check manifests against ../shared/schemas\n  \
                  bench hash [--runs N] [--size-mib N]\n                     otaforge hash vs openssl dgst and sha256sum\n  \
@@ -83,6 +87,7 @@ fn main() -> anyhow::Result<()> {
                  bench fleet [--devices N] [--registered N] [--runs N]\n                     a rollout to N simulated devices; query latency at scale\n  \
                  bench edge [--twins N] [--runs N]\n                     target-condition evaluation, twins per second\n  \
                  bench lists [--devices N] [--clients N] [--seconds S]\n                     device-management lists under concurrent load\n  \
+                 bench ui [--devices N] [--runs N]\n                     dashboard pages' server-side time at 100,000 devices\n  \
                  fuzz [SECONDS]     every cargo-fuzz target for SECONDS each (default 30)\n  \
                  applier-mcu [--pair DIR] [--plans N]\n                     the device applier on an emulated Cortex-M4: size, RAM, stack\n  \
                  bench delta [--corpus DIR] [--pairs a,b] [--skip TOOL,...]\n                     otaforge delta vs bsdiff, xdelta3, zstd, HDiffPatch"
@@ -177,7 +182,8 @@ fn ci() -> anyhow::Result<()> {
         .env("OTAFORGE_MANIFEST_OUT", &out)
         .env("INSTA_UPDATE", "no")
         .env("CI", "true")
-        .env(azurite::ENV, &azurite_url);
+        .env(azurite::ENV, &azurite_url)
+        .env(tools::AXE_ENV, tools::axe_js());
     let (passed, failed) = run_tests(test)?;
 
     schema::check(&shared, &[out, root().join("testdata")])?;

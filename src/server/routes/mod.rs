@@ -11,7 +11,9 @@
 //! - [`hub`], [`configs`], [`modules`]: IoT Hub's twins, identities, queries, configurations
 //!   and module twins;
 //! - [`messaging`]: the service side of the device protocol (direct methods, telemetry,
-//!   cloud-to-device messages) and module identities.
+//!   cloud-to-device messages) and module identities;
+//! - [`dashboard`]: the rollout dashboard's pages (`/ui/`), `crate::dashboard` over serve's
+//!   own state.
 //!
 //! Every Device Update route needs `?api-version=2022-10-01` or `2026-06-01` and, when serve
 //! has a token, `Authorization: Bearer TOKEN` ([`api_guard`]). Every route passes the browser
@@ -19,6 +21,7 @@
 
 mod blobs;
 mod configs;
+mod dashboard;
 mod diagnostics;
 mod hub;
 mod management;
@@ -62,6 +65,7 @@ pub(super) fn router(state: Shared) -> Router {
         .merge(adu)
         .merge(hub)
         .merge(blobs::read_router())
+        .merge(dashboard::router(state.clone()))
         .fallback(|| async { ApiError::not_found("NotFound", "no such route") })
         .layer(from_fn_with_state(state.clone(), super::guard::browser_guard))
         .layer(from_fn(|req, next| render(Surface::Adu, req, next)))
@@ -189,16 +193,54 @@ fn sort_by_start(list: &mut [crate::service::model::Deployment], ascending: bool
 async fn api_guard(State(s): State<Shared>, req: Request, next: Next) -> Response {
     match check_api(&s, &req) {
         Ok(()) => next.run(req).await,
-        Err(e) if e.status == StatusCode::UNAUTHORIZED => {
-            let mut r = e.into_response();
-            r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            r
-        }
-        Err(e) => e.into_response(),
+        Err(e) => unauthorized(e),
+    }
+}
+
+/// An audit-trail entry for a change a request makes: who (the credential it passed and its
+/// user agent) did `action` to a deployment, now.
+fn audit(
+    s: &Shared,
+    headers: &axum::http::HeaderMap,
+    action: &str,
+    (group, deployment): (&str, &str),
+    class: Option<&str>,
+    update: Option<String>,
+) -> crate::server::store::AuditRecord {
+    let who = if s.token.is_some() { "bearer token" } else { "loopback (no token)" };
+    let agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok());
+    crate::server::store::AuditRecord {
+        at: crate::server::now_string(),
+        actor: match agent {
+            Some(a) => format!("{who}, {}", a.chars().take(80).collect::<String>()),
+            None => who.to_owned(),
+        },
+        action: action.to_owned(),
+        group_id: group.to_owned(),
+        deployment_id: deployment.to_owned(),
+        class_id: class.map(str::to_owned),
+        update_id: update,
+    }
+}
+
+/// An error as an answer; a 401 says which scheme it wants.
+fn unauthorized(e: ApiError) -> Response {
+    if e.status == StatusCode::UNAUTHORIZED {
+        let mut r = e.into_response();
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        r
+    } else {
+        e.into_response()
     }
 }
 
 fn check_api(s: &Shared, req: &Request) -> Result<(), ApiError> {
+    check_token(s, req)?;
+    check_version_and_instance(s, req)
+}
+
+/// The bearer token, when serve has one.
+fn check_token(s: &Shared, req: &Request) -> Result<(), ApiError> {
     if let Some(token) = &s.token {
         // The scheme is case-insensitive (RFC 9110 §11.1); the token is not.
         let given = req
@@ -218,6 +260,11 @@ fn check_api(s: &Shared, req: &Request) -> Result<(), ApiError> {
             ));
         }
     }
+    Ok(())
+}
+
+/// `api-version` and the instance of a Device Update route.
+fn check_version_and_instance(s: &Shared, req: &Request) -> Result<(), ApiError> {
     let query = req.uri().query().unwrap_or_default();
     let version = url::form_urlencoded::parse(query.as_bytes())
         .find(|(k, _)| k == "api-version")

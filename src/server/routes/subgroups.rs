@@ -228,14 +228,20 @@ async fn get_deployment(
 async fn delete_deployment(
     State(s): State<Shared>,
     Path((_, g, c, d)): DeploymentPath,
+    headers: axum::http::HeaderMap,
 ) -> Result<Response, ApiError> {
     of_subgroup(&s, &g, &c, &d).await?;
     let group = g.clone();
+    let record = super::audit(&s, &headers, "delete", (&g, &d), Some(&c), None);
     s.db.call(move |st| {
-        st.act_on_subgroup(&g, &d, &c, |a| {
+        let acted = st.act_on_subgroup(&g, &d, &c, |a| {
             a.canceled = true;
             a.deleted = true;
-        })
+        })?;
+        if acted.is_some() {
+            st.record_audit(&record)?;
+        }
+        Ok(acted)
     })
     .await?;
     let _ = crate::server::reconcile::reconcile(&s, &group).await;
@@ -262,6 +268,7 @@ async fn status(
 async fn action(
     State(s): State<Shared>,
     Path((_, g, c, d)): DeploymentPath,
+    headers: axum::http::HeaderMap,
 ) -> Result<Response, ApiError> {
     let Some((id, action @ ("cancel" | "retry"))) = d.rsplit_once(':') else {
         return Err(ApiError::new(
@@ -280,16 +287,21 @@ async fn action(
         ));
     }
     let now = crate::server::now_string();
+    let record = super::audit(&s, &headers, action, (&g, &id), Some(&c), None);
     let acted =
         s.db.call(move |st| {
-            st.act_on_subgroup(&g, &id, &c, |a| {
+            let acted = st.act_on_subgroup(&g, &id, &c, |a| {
                 if cancel {
                     a.canceled = true;
                 } else {
                     a.retry_count += 1;
                     a.retry_timestamp = Some(now);
                 }
-            })
+            })?;
+            if acted.is_some() {
+                st.record_audit(&record)?;
+            }
+            Ok(acted)
         })
         .await?
         .ok_or_else(|| not_found("deployment", &d))?;
