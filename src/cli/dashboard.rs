@@ -85,7 +85,8 @@ pub(crate) fn run(
                 if a.allow_actions { ", actions on" } else { ", read-only" }
             ))?;
         }
-        otaforge::dashboard::serve(listener, source, options).await?;
+        otaforge::dashboard::serve(listener, source, options, otaforge::server::browser_check)
+            .await?;
         Ok(Outcome::Ok)
     })
 }

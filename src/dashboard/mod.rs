@@ -384,13 +384,20 @@ async fn events(State(ui): S) -> Response {
         .into_response()
 }
 
+/// A request guard: the refusal of a request (method, path, headers, whether a token guards
+/// the service, the listening port), or `None`. The caller gives serve's browser guard
+/// (`otaforge::server::browser_check`); the dashboard does not reach up into the service.
+pub type Guard =
+    fn(&axum::http::Method, &str, &axum::http::HeaderMap, bool, u16) -> Option<Response>;
+
 /// Serves the pages on `listener` until the process ends (`otaforge dashboard`): loopback
-/// only, behind serve's browser guard (a loopback `Host`, this origin's `Origin`, and a JSON
-/// body on every POST), so another site's page can neither read nor drive it.
+/// only, behind `guard` (serve's browser guard: a loopback `Host`, this origin's `Origin`, and
+/// a JSON body on every POST), so another site's page can neither read nor drive it.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     source: Arc<dyn DashboardSource>,
     options: Options,
+    guard: Guard,
 ) -> std::io::Result<()> {
     let addr = listener.local_addr()?;
     if !addr.ip().is_loopback() {
@@ -403,13 +410,7 @@ pub async fn serve(
     let app = router(source, options)
         .fallback(|| async { (StatusCode::NOT_FOUND, Html(pages::error_page("no such page"))) })
         .layer(from_fn(move |req: Request, next: Next| async move {
-            let refused = crate::server::guard::check(
-                req.method(),
-                req.uri().path(),
-                req.headers(),
-                false,
-                port,
-            );
+            let refused = guard(req.method(), req.uri().path(), req.headers(), false, port);
             match refused {
                 Some(r) => r,
                 None => next.run(req).await,

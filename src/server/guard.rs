@@ -99,7 +99,7 @@ pub(super) async fn browser_guard(State(s): State<Shared>, req: Request, next: N
 
 /// What [`browser_guard`] checks, for any router (the dashboard's own listener uses it too):
 /// the refusal, or `None`.
-pub(crate) fn check(
+pub fn check(
     method: &Method,
     path: &str,
     headers: &HeaderMap,

@@ -46,6 +46,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use fetch::{AllowedHost, FetchPolicy};
+pub use guard::check as browser_check;
 pub use mqtt::LogSink;
 pub use mqtt::tls::CA_FILE as MQTT_CA_FILE;
 pub use state::HUB_KEY_NAME;
