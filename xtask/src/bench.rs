@@ -189,3 +189,48 @@ pub(crate) fn interop() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Registers `devices` devices in ten groups `group-0`..`group-9` (devices `gG-NNNN`, classes
+/// m0-m2), each group by a `fleet run` that registers and exits (`bench lists`, `bench ui`).
+pub(crate) fn register_groups(
+    bin: &Path,
+    serve: &crate::demo::Serve,
+    devices: usize,
+) -> anyhow::Result<()> {
+    let hub = serve.data.join("iothub.connection-string");
+    let root = serve.data.join("update-root.jwk.json");
+    let per_group = devices.div_ceil(10);
+    for g in 0..10 {
+        let n = per_group.min(devices.saturating_sub(g * per_group));
+        if n == 0 {
+            break;
+        }
+        let status = Command::new(bin)
+            .args(["--format", "json", "--quiet", "fleet", "run"])
+            .arg("--iothub-connection-file")
+            .arg(&hub)
+            .arg("--root-key")
+            .arg(&root)
+            .args(["--class", &format!("manufacturer=contoso,model=m{}", g % 3)])
+            .args(["--devices", &n.to_string(), "--prefix", &format!("g{g}")])
+            .args(["--group", &format!("group-{g}"), "--for", "0s"])
+            .stdout(std::process::Stdio::null())
+            .status()?;
+        if !status.success() {
+            bail!("fleet run for group-{g} exited with {status}");
+        }
+    }
+    Ok(())
+}
+
+/// A process's peak resident memory (`VmHWM`) in MiB.
+pub(crate) fn vm_hwm_mib(pid: u32) -> Option<u64> {
+    proc_status_kib(pid, "VmHWM:").map(|k| k / 1024)
+}
+
+/// A line of `/proc/PID/status` in KiB (`VmHWM:`, `VmRSS:`).
+pub(crate) fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}

@@ -117,17 +117,6 @@ impl FleetChild {
     }
 }
 
-fn vm_hwm_mib(pid: u32) -> Option<u64> {
-    proc_status_kib(pid, "VmHWM:").map(|k| k / 1024)
-}
-
-/// A line of `/proc/PID/status` in KiB (`VmHWM:`, `VmRSS:`).
-fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with(field))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
 /// Idle devices one `fleet run` registers at most while the registry grows (each needs an
 /// open file while it registers; this machine's limit is 20,000).
 const IDLE_BATCH: usize = 9_000;
@@ -218,7 +207,7 @@ pub(crate) fn run(args: &[&str]) -> anyhow::Result<()> {
     let root = serve.data.join("update-root.jwk.json").display().to_string();
     let half = (devices / 2).to_string();
     let rest = (devices - devices / 2).to_string();
-    let rss_idle = proc_status_kib(serve.child.id(), "VmRSS:");
+    let rss_idle = crate::bench::proc_status_kib(serve.child.id(), "VmRSS:");
     let started = Instant::now();
     println!(
         "\n# registering {devices} devices in group `bench` (half on 1.0), each connected over MQTT/TLS"
@@ -241,7 +230,7 @@ pub(crate) fn run(args: &[&str]) -> anyhow::Result<()> {
     let fresh = fleet(&bin, &serve, &root, &b)?;
     let registration = started.elapsed();
     // Every device is connected now (a fleet reports "registered" once its devices are).
-    let rss_connected = proc_status_kib(serve.child.id(), "VmRSS:");
+    let rss_connected = crate::bench::proc_status_kib(serve.child.id(), "VmRSS:");
     println!("registered and connected in {:.1} s", registration.as_secs_f64());
 
     let t0 = Instant::now();
@@ -270,7 +259,7 @@ pub(crate) fn run(args: &[&str]) -> anyhow::Result<()> {
     let installed = x["installed"].as_u64().unwrap_or(0) + y["installed"].as_u64().unwrap_or(0);
     let delta = x["throughDelta"].as_u64().unwrap_or(0) + y["throughDelta"].as_u64().unwrap_or(0);
     let failed = x["failed"].as_u64().unwrap_or(0) + y["failed"].as_u64().unwrap_or(0);
-    let rss_rollout = vm_hwm_mib(serve.child.id());
+    let rss_rollout = crate::bench::vm_hwm_mib(serve.child.id());
     println!(
         "rolled out in {:.1} s: {installed} installed ({delta} through the delta), {failed} failed",
         rollout.as_secs_f64()
@@ -307,7 +296,7 @@ pub(crate) fn run(args: &[&str]) -> anyhow::Result<()> {
     if !latency.status.success() {
         bail!("latency probe failed: {}", String::from_utf8_lossy(&latency.stderr));
     }
-    let rss_end = vm_hwm_mib(serve.child.id());
+    let rss_end = crate::bench::vm_hwm_mib(serve.child.id());
     let goal = |mib: Option<u64>| match mib {
         Some(m) if m <= 1536 => "met",
         Some(_) => "NOT met",

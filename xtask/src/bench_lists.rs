@@ -78,13 +78,6 @@ fn wrk(url: &str, clients: usize, secs: u64) -> anyhow::Result<Load> {
     })
 }
 
-fn vm_hwm_mib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024)
-}
-
 pub(crate) fn run(args: &[&str]) -> anyhow::Result<()> {
     let (mut devices, mut clients, mut secs) = (10_000usize, 100usize, 10u64);
     let mut it = args.iter();
@@ -109,30 +102,8 @@ pub(crate) fn run(args: &[&str]) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(&work)?;
     let serve = Serve::start(&bin, &work.join("data"))?;
-    let hub = serve.data.join("iothub.connection-string");
-    let root = serve.data.join("update-root.jwk.json");
     println!("# registering {devices} devices in 10 groups");
-    let per_group = devices.div_ceil(10);
-    for g in 0..10 {
-        let n = per_group.min(devices.saturating_sub(g * per_group));
-        if n == 0 {
-            break;
-        }
-        let status = Command::new(&bin)
-            .args(["--format", "json", "--quiet", "fleet", "run"])
-            .arg("--iothub-connection-file")
-            .arg(&hub)
-            .arg("--root-key")
-            .arg(&root)
-            .args(["--class", &format!("manufacturer=contoso,model=m{}", g % 3)])
-            .args(["--devices", &n.to_string(), "--prefix", &format!("g{g}")])
-            .args(["--group", &format!("group-{g}"), "--for", "0s"])
-            .stdout(std::process::Stdio::null())
-            .status()?;
-        if !status.success() {
-            bail!("fleet run for group-{g} exited with {status}");
-        }
-    }
+    crate::bench::register_groups(&bin, &serve, devices)?;
     let base = format!("{}/deviceUpdate/default/management", serve.endpoint);
     let url = |list: &str| format!("{base}/{list}?api-version=2022-10-01");
     // One request each first: the view is built once, then shared until the store changes.
@@ -142,13 +113,13 @@ pub(crate) fn run(args: &[&str]) -> anyhow::Result<()> {
             bail!("GET {list} failed");
         }
     }
-    let before = vm_hwm_mib(serve.child.id());
+    let before = crate::bench::vm_hwm_mib(serve.child.id());
     println!("# {clients} clients, {secs} s per list (wrk)");
     let mut loads = Vec::new();
     for list in LISTS {
         loads.push((list, wrk(&url(list), clients, secs)?));
     }
-    let after = vm_hwm_mib(serve.child.id());
+    let after = crate::bench::vm_hwm_mib(serve.child.id());
     drop(serve);
     println!("\n## bench lists (release build, {} cores)", std::thread::available_parallelism()?);
     println!("{devices} devices in 10 groups, {clients} connections (wrk -t2), {secs} s per list");

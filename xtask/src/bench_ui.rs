@@ -41,34 +41,6 @@ fn otaforge(bin: &Path, args: &[&str], dir: &Path) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Registers `devices` devices in ten groups (classes m0-m2), as `bench lists` does.
-fn register(bin: &Path, serve: &Serve, devices: usize) -> anyhow::Result<()> {
-    let hub = serve.data.join("iothub.connection-string");
-    let root = serve.data.join("update-root.jwk.json");
-    let per_group = devices.div_ceil(10);
-    for g in 0..10 {
-        let n = per_group.min(devices.saturating_sub(g * per_group));
-        if n == 0 {
-            break;
-        }
-        let status = Command::new(bin)
-            .args(["--format", "json", "--quiet", "fleet", "run"])
-            .arg("--iothub-connection-file")
-            .arg(&hub)
-            .arg("--root-key")
-            .arg(&root)
-            .args(["--class", &format!("manufacturer=contoso,model=m{}", g % 3)])
-            .args(["--devices", &n.to_string(), "--prefix", &format!("g{g}")])
-            .args(["--group", &format!("group-{g}"), "--for", "0s"])
-            .stdout(std::process::Stdio::null())
-            .status()?;
-        if !status.success() {
-            bail!("fleet run for group-{g} exited with {status}");
-        }
-    }
-    Ok(())
-}
-
 pub(crate) fn run(args: &[&str]) -> anyhow::Result<()> {
     let (mut devices, mut runs) = (100_000usize, 20usize);
     let mut it = args.iter();
@@ -92,7 +64,7 @@ pub(crate) fn run(args: &[&str]) -> anyhow::Result<()> {
     let serve = Serve::start(&bin, &work.join("data"))?;
     println!("# registering {devices} devices in 10 groups");
     let started = std::time::Instant::now();
-    register(&bin, &serve, devices)?;
+    crate::bench::register_groups(&bin, &serve, devices)?;
     println!("# registered in {:.1} s", started.elapsed().as_secs_f64());
     std::fs::write(upd.join("install.sh"), "#!/bin/sh\n")?;
     let ep = ["--endpoint", serve.endpoint.as_str(), "--instance", "default"];
