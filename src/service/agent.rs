@@ -92,6 +92,21 @@ pub struct DesiredComponent {
     pub extra: Extra,
 }
 
+/// The Plug and Play component `name` in twin properties, when it is there and well formed.
+pub(crate) fn component_of<T: serde::de::DeserializeOwned>(
+    properties: &Map<String, Value>,
+    name: &str,
+) -> Option<T> {
+    serde_json::from_value(properties.get(name)?.clone()).ok()
+}
+
+/// `component` as a properties patch: `{name: component}`.
+pub(crate) fn component_patch<T: Serialize>(name: &str, component: &T) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert(name.into(), serde_json::to_value(component).unwrap_or(Value::Null));
+    m
+}
+
 impl DesiredComponent {
     /// The component holding `service`, marked as a component.
     pub fn new(service: ServiceProperty) -> Self {
@@ -100,7 +115,7 @@ impl DesiredComponent {
 
     /// The component in a twin's desired properties, when it is there and well formed.
     pub fn of(desired: &Map<String, Value>) -> Option<Self> {
-        serde_json::from_value(desired.get(COMPONENT)?.clone()).ok()
+        component_of(desired, COMPONENT)
     }
 }
 
@@ -460,14 +475,12 @@ impl ReportedComponent {
 
     /// The component in a twin's reported properties, when it is there and well formed.
     pub fn of(reported: &Map<String, Value>) -> Option<Self> {
-        serde_json::from_value(reported.get(COMPONENT)?.clone()).ok()
+        component_of(reported, COMPONENT)
     }
 
     /// The component as a reported-properties patch (`{"deviceUpdate": …}`).
     pub fn to_patch(&self) -> Map<String, Value> {
-        let mut m = Map::new();
-        m.insert(COMPONENT.into(), serde_json::to_value(self).unwrap_or(Value::Null));
-        m
+        component_patch(COMPONENT, self)
     }
 }
 

@@ -332,14 +332,12 @@ impl DiagnosticsComponent {
 
     /// The component in a twin's desired or reported properties, when there and well formed.
     pub fn of(properties: &Map<String, Value>) -> Option<Self> {
-        serde_json::from_value(properties.get(COMPONENT)?.clone()).ok()
+        super::agent::component_of(properties, COMPONENT)
     }
 
     /// The component as a properties patch (`{"diagnosticInformation": …}`).
     pub fn to_patch(&self) -> Map<String, Value> {
-        let mut m = Map::new();
-        m.insert(COMPONENT.into(), serde_json::to_value(self).unwrap_or(Value::Null));
-        m
+        super::agent::component_patch(COMPONENT, self)
     }
 }
 
