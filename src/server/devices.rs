@@ -206,21 +206,24 @@ pub fn best_update<'a>(updates: &'a [Update], compat: &Map<String, Value>) -> Op
 impl View {
     /// Builds the view from `(twin, created)` pairs in registry order and the imported updates.
     pub fn build(twins: &[(Twin, String)], updates: &[Update]) -> Self {
-        let mut view = View::default();
-        for (seq, (twin, created)) in twins.iter().enumerate() {
-            if let Some((device, class)) = entry(seq as i64, twin, created, updates) {
-                view.classes.entry(device.device.device_class_id.clone()).or_insert(class);
-                view.devices.push(Arc::new(device));
-            }
-        }
-        view
+        Self::of_entries(
+            twins.iter().enumerate().map(|(i, (t, c))| (i as i64, t, c.as_str())),
+            updates,
+        )
     }
 
     /// Builds the view from the registry's slim twins (in registry order).
     pub fn build_registered(twins: &[Registered], updates: &[Update]) -> Self {
+        Self::of_entries(twins.iter().map(|r| (r.seq, &r.twin, r.created.as_str())), updates)
+    }
+
+    fn of_entries<'a>(
+        twins: impl Iterator<Item = (i64, &'a Twin, &'a str)>,
+        updates: &[Update],
+    ) -> Self {
         let mut view = View::default();
-        for r in twins {
-            if let Some((device, class)) = entry(r.seq, &r.twin, &r.created, updates) {
+        for (seq, twin, created) in twins {
+            if let Some((device, class)) = entry(seq, twin, created, updates) {
                 view.classes.entry(device.device.device_class_id.clone()).or_insert(class);
                 view.devices.push(Arc::new(device));
             }
