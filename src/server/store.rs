@@ -494,10 +494,17 @@ pub struct Store {
 impl Store {
     /// Opens (creating) the database at `path`, migrates it, and fails interrupted operations.
     pub fn open(path: &Path, now: &str) -> Result<Self, StoreError> {
-        let conn = Connection::open(path)?;
+        let mut conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // Every transaction takes the write lock when it begins. A deferred one that reads
+        // first and then writes must upgrade its read lock, and SQLite answers a busy upgrade at
+        // once with SQLITE_BUSY, without the busy timeout (waiting could deadlock in general).
+        // The write lock is not only the writer's: a reader repairing a torn wal-index header,
+        // or closing, holds it for a moment. That was the rare 500 "database is locked" on a
+        // twin PATCH (it reads the row first) with 100,000 devices and busy readers.
+        conn.set_transaction_behavior(rusqlite::TransactionBehavior::Immediate);
         let mut store = Self { conn, changes: changes::Changes::default() };
         store.migrate()?;
         store.fail_interrupted(now)?;
@@ -1454,6 +1461,30 @@ mod tests {
         let store = Store::open(&path, "2026-02-03T00:00:00.000Z").unwrap();
         assert_eq!(store.schema_version().unwrap(), MIGRATIONS.last().unwrap().version);
         assert!(store.check().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_write_that_reads_first_waits_for_a_moment_of_another_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("busy.sqlite");
+        let mut store = Store::open(&path, "2026-02-02T00:00:00.000Z").unwrap();
+        store.create_device("d1", "key", "2026-02-02T00:00:00.000Z", false).unwrap().unwrap();
+        // Another connection holds the write lock for 300 ms, as a reader repairing the
+        // wal-index header does for a moment.
+        let other = Connection::open(&path).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let (held, release) = std::sync::mpsc::channel();
+        let holder = std::thread::spawn(move || {
+            held.send(()).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            other.execute_batch("COMMIT").unwrap();
+        });
+        release.recv().unwrap();
+        let tags = serde_json::json!({"ring": "canary"});
+        // The PATCH reads the twin, then writes it: it must wait, not fail with "locked".
+        let patched = store.patch_twin("d1", tags.as_object(), None, None).unwrap().unwrap();
+        assert_eq!(patched.tags["ring"], "canary");
+        holder.join().unwrap();
     }
 
     #[test]
