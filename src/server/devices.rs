@@ -290,6 +290,46 @@ impl View {
         view
     }
 
+    /// This view after the imported updates became `updates` (an import, a deletion): each
+    /// class's best update and each device's `onLatestUpdate` computed again, which is all an
+    /// import changes (the rest of a device comes from its twin). Devices whose standing did
+    /// not change are shared with this view, not copied; no twin is read.
+    pub fn with_updates(&self, updates: &[Update]) -> Self {
+        let mut view = View {
+            modules: self.modules.clone(),
+            classes: self.classes.clone(),
+            ..View::default()
+        };
+        let mut moved: std::collections::HashMap<&str, Option<&crate::manifest::UpdateId>> =
+            std::collections::HashMap::new();
+        for (id, class) in &mut view.classes {
+            let best = best_update(updates, &class.device_class_properties.compat_properties);
+            let before = class.best_compatible_update.as_ref().map(|u| &u.update_id);
+            if before != best.map(|u| &u.update_id) {
+                class.best_compatible_update = best.map(|u| UpdateInfo::new(u.update_id.clone()));
+                moved.insert(id.as_str(), best.map(|u| &u.update_id));
+            }
+        }
+        view.devices = self
+            .devices
+            .iter()
+            .map(|d| {
+                let Some(best) = moved.get(d.device.device_class_id.as_str()) else {
+                    return d.clone();
+                };
+                let installed = d.device.installed_update.as_ref().map(|u| &u.update_id);
+                let on_latest = best.is_none() || installed == *best;
+                if on_latest == d.device.on_latest_update {
+                    return d.clone();
+                }
+                let mut device = (**d).clone();
+                device.device.on_latest_update = on_latest;
+                Arc::new(device)
+            })
+            .collect();
+        view
+    }
+
     /// The groups, in order of creation, with their device counts.
     pub fn groups(&self) -> &[Group] {
         self.groups.get_or_init(|| self.count_groups())
@@ -369,7 +409,6 @@ impl View {
         })
     }
 
-    /// Compliance of the devices `keep` selects.
     /// The compliance of each group's devices ([`View::compliance`] of each group), counted in
     /// one pass when first asked for and kept with the view.
     pub fn compliance_by_group(&self) -> &BTreeMap<String, UpdateCompliance> {
@@ -395,6 +434,7 @@ impl View {
         })
     }
 
+    /// Compliance of the devices `keep` selects.
     pub fn compliance(&self, keep: impl Fn(&Device) -> bool) -> UpdateCompliance {
         let devices: Vec<&Device> =
             self.devices.iter().map(|d| &d.device).filter(|d| keep(d)).collect();
@@ -449,9 +489,26 @@ mod tests {
         (devices, classes, groups)
     }
 
+    /// Imported updates: `fw` at version `1.v` for model `m{model}`, for each `(model, v)`.
+    fn updates(which: &[(u8, u8)]) -> Vec<Update> {
+        which
+            .iter()
+            .map(|(m, v)| {
+                serde_json::from_value(serde_json::json!({
+                    "updateId": {"provider": "contoso", "name": "fw", "version": format!("1.{v}")},
+                    "compatibility": [{"manufacturer": "contoso", "model": format!("m{m}")}],
+                    "manifestVersion": "5.0",
+                    "importedDateTime": "2026-12-06T00:00:00Z",
+                    "createdDateTime": "2026-12-06T00:00:00Z",
+                }))
+                .unwrap()
+            })
+            .collect()
+    }
+
     proptest! {
-        /// A view brought up to date by the devices written shows what a view built afresh
-        /// from the registry after the writes shows.
+        /// A view brought up to date by the imports and the devices written shows what a view
+        /// built afresh from the registry after the writes shows.
         #[test]
         fn a_view_with_changes_is_the_view_rebuilt(
             before in proptest::collection::vec((0..3u8, proptest::option::of(0..3u8)), 0..24),
@@ -459,14 +516,20 @@ mod tests {
                 (0..30usize, proptest::option::of((0..3u8, proptest::option::of(0..3u8)))),
                 0..16,
             ),
+            imported in proptest::collection::vec((0..3u8, 0..3u8), 0..4),
+            imported_after in proptest::collection::vec((0..3u8, 0..3u8), 0..4),
         ) {
+            let (imported, imported_after) = (updates(&imported), updates(&imported_after));
             let group = |g: u8| (g > 0).then(|| format!("g{g}"));
             let mut registry: BTreeMap<i64, Registered> = before
                 .iter()
                 .enumerate()
                 .map(|(i, (g, m))| (i as i64, registered(i as i64, group(*g).as_deref(), *m)))
                 .collect();
-            let old = View::build_registered(&registry.values().cloned().collect::<Vec<_>>(), &[]);
+            let old = View::build_registered(
+                &registry.values().cloned().collect::<Vec<_>>(),
+                &imported,
+            );
             let mut next = registry.len() as i64;
             let mut changed: BTreeMap<String, ()> = BTreeMap::new();
             for (pick, write) in writes {
@@ -496,8 +559,12 @@ mod tests {
                     (id, row)
                 })
                 .collect();
-            let updated = old.with_changes(&rows, &[]);
-            let rebuilt = View::build_registered(&registry.values().cloned().collect::<Vec<_>>(), &[]);
+            let updated =
+                old.with_updates(&imported_after).with_changes(&rows, &imported_after);
+            let rebuilt = View::build_registered(
+                &registry.values().cloned().collect::<Vec<_>>(),
+                &imported_after,
+            );
             prop_assert_eq!(shown(&updated), shown(&rebuilt));
         }
     }

@@ -61,8 +61,9 @@ const MOST_CHANGES_APPLIED: usize = 4_096;
 /// until the store is next written (its generation moves). Then, when only some devices'
 /// rows were written (the store's change log says which: a device's report, a tag), the
 /// kept view is brought up to date by reading those devices alone
-/// ([`View::with_changes`]); an import, a class's name, or more changes than
-/// [`MOST_CHANGES_APPLIED`] rebuild it from the store. Each view has its own async lock:
+/// ([`View::with_changes`]); an import or a deleted update recomputes the best updates from
+/// the devices kept ([`View::with_updates`]), a class's name rereads the names; more changes
+/// than [`MOST_CHANGES_APPLIED`], or more than the log keeps, rebuild it from the store. Each view has its own async lock:
 /// when many requests need a view that must be brought up to date, one does it and the
 /// others wait for that one, so the work and the memory do not grow with the clients.
 pub(super) async fn view_of(s: &Shared, group: Option<&str>) -> Result<Arc<View>, ApiError> {
@@ -88,15 +89,22 @@ pub(super) async fn view_of(s: &Shared, group: Option<&str>) -> Result<Arc<View>
         && let Some(since) = s.db.changes_since(kept.mark)
         && since.devices.len() <= MOST_CHANGES_APPLIED
     {
-        let modules_changed = since.modules && group.is_none();
-        if since.devices.is_empty() && !modules_changed {
+        let modules_changed = (since.modules || since.updates) && group.is_none();
+        if since.devices.is_empty() && !modules_changed && !since.updates && !since.class_names {
             // Nothing this view is made of was written: it is still current.
             kept.at = at;
             kept.mark = mark;
             return Ok(kept.view.clone());
         }
+        let (base, updates) = if since.updates {
+            // An import: every class's best update again, from the devices kept.
+            let updates = Arc::new(s.db.read(|st| st.updates()).await?);
+            (Arc::new(kept.view.with_updates(&updates)), updates)
+        } else {
+            (kept.view.clone(), kept.updates.clone())
+        };
         let mut view = if since.devices.is_empty() {
-            (*kept.view).clone()
+            (*base).clone()
         } else {
             let ids: Vec<String> = since.devices.into_iter().collect();
             let mut rows = s.db.read(move |st| st.registered(&ids)).await?;
@@ -108,9 +116,9 @@ pub(super) async fn view_of(s: &Shared, group: Option<&str>) -> Result<Arc<View>
                     }
                 }
             }
-            kept.view.with_changes(&rows, &kept.updates)
+            base.with_changes(&rows, &updates)
         };
-        if view.classes.keys().any(|c| !kept.view.classes.contains_key(c)) {
+        if since.class_names || view.classes.keys().any(|c| !kept.view.classes.contains_key(c)) {
             let names = s.db.read(|st| st.class_names()).await?;
             for (id, class) in &mut view.classes {
                 class.friendly_name = names.get(id).cloned();
@@ -118,10 +126,10 @@ pub(super) async fn view_of(s: &Shared, group: Option<&str>) -> Result<Arc<View>
         }
         if modules_changed {
             let modules = s.db.read(|st| st.module_agents()).await?;
-            view.modules = View::build(&modules, &kept.updates).devices;
+            view.modules = View::build(&modules, &updates).devices;
         }
         let view = Arc::new(view);
-        *kept = KeptView { at, mark, updates: kept.updates.clone(), view: view.clone() };
+        *kept = KeptView { at, mark, updates, view: view.clone() };
         return Ok(view);
     }
     let g = group.map(str::to_owned);

@@ -1,8 +1,9 @@
 //! What the writes changed, for the views serve keeps in memory (`routes::management::view_of`).
 //!
 //! Temporary triggers on the writer's connection call a function of ours for every row written
-//! in the tables a Device Update view is made of: a device's row names the device; a module's,
-//! an import or a class's friendly name say "more than devices". The notes of a write call are
+//! in the tables a Device Update view is made of: a device's row names the device; a module's
+//! row, an import (or a deleted update) and a class's friendly name each say which part of
+//! every view they touch. The notes of a write call are
 //! published when the call has finished (after its commit), before the store's generation
 //! moves, so whoever reads the log's mark and then the rows never misses a committed change:
 //! a change published later is seen by the next reader. A rolled-back write leaves notes of
@@ -30,7 +31,11 @@ enum Change {
     Device(String),
     /// A module identity's row was written.
     Modules,
-    /// Something every device's view depends on (imported updates, class names).
+    /// The imported updates changed (an import, a deletion): every class's best update.
+    Updates,
+    /// A class's friendly name was written.
+    ClassNames,
+    /// More was written than the log keeps: every view is rebuilt.
     Everything,
 }
 
@@ -41,6 +46,10 @@ pub struct Since {
     pub devices: BTreeSet<String>,
     /// Whether a module identity's row was written.
     pub modules: bool,
+    /// Whether the imported updates changed.
+    pub updates: bool,
+    /// Whether a class's friendly name was written.
+    pub class_names: bool,
 }
 
 /// The log of notes (see the module's doc).
@@ -88,8 +97,8 @@ impl ChangeLog {
         self.first + self.log.len() as u64
     }
 
-    /// What changed after `mark`, or `None` when the log no longer reaches back to it or
-    /// something every device depends on changed (the view must be rebuilt whole).
+    /// What changed after `mark`, or `None` when the log no longer reaches back to it (the
+    /// view must be rebuilt whole).
     pub fn since(&self, mark: u64) -> Option<Since> {
         let skip = usize::try_from(mark.checked_sub(self.first)?).ok()?;
         let mut since = Since::default();
@@ -99,6 +108,8 @@ impl ChangeLog {
                     since.devices.insert(id.clone());
                 }
                 Change::Modules => since.modules = true,
+                Change::Updates => since.updates = true,
+                Change::ClassNames => since.class_names = true,
                 Change::Everything => return None,
             }
         }
@@ -121,6 +132,8 @@ pub(super) fn watch(conn: &Connection, log: &Changes) -> Result<(), StoreError> 
             let change = match kind.as_str() {
                 "device" => Change::Device(ctx.get(1)?),
                 "modules" => Change::Modules,
+                "updates" => Change::Updates,
+                "class_names" => Change::ClassNames,
                 _ => Change::Everything,
             };
             sink.lock().unwrap_or_else(|p| p.into_inner()).note(change);
@@ -131,8 +144,8 @@ pub(super) fn watch(conn: &Connection, log: &Changes) -> Result<(), StoreError> 
     for (table, kind, key) in [
         ("devices", "device", "device_id"),
         ("modules", "modules", "NULL"),
-        ("updates", "all", "NULL"),
-        ("device_classes", "all", "NULL"),
+        ("updates", "updates", "NULL"),
+        ("device_classes", "class_names", "NULL"),
     ] {
         let (new, old) = if key == "NULL" {
             ("NULL".to_owned(), "NULL".to_owned())
@@ -174,13 +187,17 @@ mod tests {
         log.publish();
         assert_eq!(
             log.since(start).unwrap(),
-            Since { devices: devices(&["a", "b"]), modules: true }
+            Since { devices: devices(&["a", "b"]), modules: true, ..Since::default() }
         );
         assert_eq!(log.since(after_a).unwrap().devices, devices(&["b"]));
         assert_eq!(log.since(log.mark()).unwrap(), Since::default());
+        log.note(Change::Updates);
+        log.publish();
+        let since = log.since(after_a).unwrap();
+        assert!(since.updates && !since.class_names, "an import is told apart from devices");
         log.note(Change::Everything);
         log.publish();
-        assert_eq!(log.since(after_a), None, "an import changes every device's view");
+        assert_eq!(log.since(after_a), None, "a write too large for the log rebuilds views");
         let now = log.mark();
         for i in 0..=KEPT_CHANGES {
             log.note(Change::Device(i.to_string()));
@@ -223,14 +240,25 @@ mod tests {
         )
         .unwrap();
         log.lock().unwrap().publish();
-        assert_eq!(since(0).unwrap(), Since { devices: devices(&["d1", "d2"]), modules: false });
+        assert_eq!(
+            since(0).unwrap(),
+            Since { devices: devices(&["d1", "d2"]), ..Since::default() }
+        );
         let mark = log.lock().unwrap().mark();
         conn.execute_batch("DELETE FROM devices WHERE device_id = 'd1'").unwrap();
         conn.execute_batch("INSERT INTO modules VALUES ('d2', 'm')").unwrap();
         log.lock().unwrap().publish();
-        assert_eq!(since(mark).unwrap(), Since { devices: devices(&["d1"]), modules: true });
+        assert_eq!(
+            since(mark).unwrap(),
+            Since { devices: devices(&["d1"]), modules: true, ..Since::default() }
+        );
+        let mark = log.lock().unwrap().mark();
         conn.execute_batch("INSERT INTO updates VALUES ('{}')").unwrap();
         log.lock().unwrap().publish();
-        assert_eq!(since(mark), None);
+        assert_eq!(since(mark).unwrap(), Since { updates: true, ..Since::default() });
+        let mark = log.lock().unwrap().mark();
+        conn.execute_batch("INSERT INTO device_classes VALUES ('c')").unwrap();
+        log.lock().unwrap().publish();
+        assert_eq!(since(mark).unwrap(), Since { class_names: true, ..Since::default() });
     }
 }
