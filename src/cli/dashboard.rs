@@ -29,9 +29,10 @@ pub(crate) struct DashboardArgs {
     /// How often an open page looks for changes (at least 2 s).
     #[arg(long, default_value = "5s", value_parser = super::wait_duration)]
     poll: Duration,
-    /// A release report (`otaforge release --format json` output) to show under
+    /// A release report (`otaforge release --format json`), state file, or folder of releases
+    /// (`OUTPUT` of `otaforge.toml`: each VERSION/release-state.json) to show under
     /// /ui/releases/. Repeatable.
-    #[arg(long = "release", value_name = "FILE")]
+    #[arg(long = "release", value_name = "PATH")]
     releases: Vec<PathBuf>,
 }
 

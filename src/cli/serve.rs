@@ -20,6 +20,11 @@ pub(crate) struct ServeArgs {
     /// The Device Update instance name clients use.
     #[arg(long, default_value = "default")]
     instance: String,
+    /// A release report (`otaforge release --format json`), state file, or folder of releases
+    /// (`OUTPUT` of `otaforge.toml`: each VERSION/release-state.json) that the dashboard shows
+    /// under /ui/releases/. Repeatable.
+    #[arg(long = "release", value_name = "PATH")]
+    releases: Vec<std::path::PathBuf>,
     /// Require this bearer token on every API request (default: $OTAFORGE_ADU_TOKEN). Without
     /// one, only a loopback address may be used.
     #[arg(long)]
@@ -216,6 +221,7 @@ pub(crate) fn run(
             header_timeout: a.header_timeout,
             max_connections: a.max_connections,
             mqtt_listen: mqtt_listen(&a),
+            releases: a.releases.clone(),
             log: otaforge::server::LogSink(std::sync::Arc::new(|line| {
                 // serve's log: stderr, one line each (stdout carries the start JSON).
                 use std::io::Write as _;

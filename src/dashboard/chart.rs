@@ -1,5 +1,6 @@
 //! Charts as SVG made on the server: a horizontal bar split into segments (compliance, a
-//! subgroup's progress), with an optional marker (a rollback threshold). Only numbers and
+//! subgroup's progress), with an optional marker (a rollback threshold), and a timeline of
+//! counts (a subgroup's progress over time). Only numbers and
 //! fixed class names reach the SVG; colours come from the stylesheet, so the chart needs
 //! neither script nor inline style.
 
@@ -66,9 +67,155 @@ impl Bar {
     }
 }
 
+/// One sample of a timeline: seconds, the total, one count per series.
+pub(super) type Sample = (f64, u64, Vec<u64>);
+
+/// The height of a timeline in SVG user units.
+pub(super) const HEIGHT: f64 = 120.0;
+
+/// Points a timeline's line has at most (two per step): samples closer than a unit apart are
+/// drawn as the last of them.
+const MOST_STEPS: usize = 400;
+
+/// One series of a timeline.
+#[derive(Debug, Clone)]
+pub(super) struct Line {
+    /// What it counts.
+    pub label: &'static str,
+    /// The stylesheet class that colours it.
+    pub class: &'static str,
+    /// Its band's outline, `x,y` pairs, as SVG's `points` attribute of a polygon.
+    pub points: String,
+    /// Its last value.
+    pub last: u64,
+}
+
+/// Counts over time: one band per series, stacked (the first at the bottom), as steps from
+/// the first sample (left) to the last (right); 0 at the bottom, the largest total at the top.
+#[derive(Debug, Clone)]
+pub(super) struct Timeline {
+    /// What it shows, for its `<title>`.
+    pub title: String,
+    /// The largest total (the top of the chart).
+    pub total: u64,
+    /// The lines.
+    pub lines: Vec<Line>,
+    /// The first and last sample's times, as given.
+    pub from: String,
+    pub to: String,
+}
+
+impl Timeline {
+    /// A timeline of `samples` — (seconds since any fixed time, its total, one count per
+    /// series) in time order — with `series` (label, class) the lines' names.
+    pub(super) fn new(
+        title: String,
+        series: &[(&'static str, &'static str)],
+        samples: &[Sample],
+        from: String,
+        to: String,
+    ) -> Self {
+        let total = samples.iter().map(|s| s.1).max().unwrap_or(0);
+        let top = total.max(1) as f64;
+        let (t0, t1) = match (samples.first(), samples.last()) {
+            (Some(a), Some(b)) => (a.0, b.0),
+            _ => (0.0, 0.0),
+        };
+        let span = if t1 > t0 { t1 - t0 } else { 1.0 };
+        let x = |t: f64| ((t - t0) / span * WIDTH).clamp(0.0, WIDTH);
+        let y = |v: u64| HEIGHT - v as f64 / top * HEIGHT;
+        // One sample per step: the last in each of MOST_STEPS slices of the span.
+        let mut kept: Vec<&Sample> = Vec::new();
+        for s in samples {
+            let slice = |t: f64| ((x(t) / WIDTH) * (MOST_STEPS - 1) as f64) as usize;
+            let n = kept.len();
+            if n > 1 && slice(kept[n - 1].0) == slice(s.0) {
+                kept[n - 1] = s;
+            } else {
+                kept.push(s);
+            }
+        }
+        // The step path of `v` through the kept samples, left to right.
+        let path = |v: &dyn Fn(&Sample) -> u64| {
+            let mut points = Vec::new();
+            let mut before: Option<u64> = None;
+            for s in &kept {
+                let now = v(s);
+                if let Some(b) = before {
+                    points.push((x(s.0), y(b)));
+                }
+                points.push((x(s.0), y(now)));
+                before = Some(now);
+            }
+            if kept.len() == 1 {
+                // A single sample is a level across.
+                points.push((WIDTH, y(before.unwrap_or(0))));
+            }
+            points
+        };
+        let sum = |s: &Sample, n: usize| s.2.iter().take(n).sum::<u64>();
+        let lines = series
+            .iter()
+            .enumerate()
+            .map(|(i, &(label, class))| {
+                // Stacked: this series' band lies between the sum of those before it and that
+                // sum plus its own count.
+                let mut band = path(&|s| sum(s, i + 1));
+                band.extend(path(&|s| sum(s, i)).into_iter().rev());
+                let points = if kept.is_empty() {
+                    String::new()
+                } else {
+                    band.iter()
+                        .map(|(x, y)| format!("{},{}", units(*x), units(*y)))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                };
+                let last = kept.last().map_or(0, |s| s.2.get(i).copied().unwrap_or(0));
+                Line { label, class, points, last }
+            })
+            .collect();
+        Self { title, total, lines, from, to }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_timeline_stacks_its_bands_in_steps_from_the_first_sample_to_the_last() {
+        let series = [("succeeded", "ok"), ("failed", "failed")];
+        let samples = [(10.0, 4, vec![0, 0]), (20.0, 4, vec![2, 1]), (30.0, 4, vec![4, 0])];
+        let t = Timeline::new("t".into(), &series, &samples, "a".into(), "b".into());
+        assert_eq!(t.total, 4);
+        // Succeeded: from 0 up its own steps, back along 0.
+        assert_eq!(
+            t.lines[0].points,
+            "0.0,120.0 200.0,120.0 200.0,60.0 400.0,60.0 400.0,0.0 \
+             400.0,120.0 400.0,120.0 200.0,120.0 200.0,120.0 0.0,120.0"
+        );
+        // Failed: on top of succeeded (2 + 1 = 3 at the second sample), back along it.
+        assert_eq!(
+            t.lines[1].points,
+            "0.0,120.0 200.0,120.0 200.0,30.0 400.0,30.0 400.0,0.0 \
+             400.0,0.0 400.0,60.0 200.0,60.0 200.0,120.0 0.0,120.0"
+        );
+        assert_eq!((t.lines[0].last, t.lines[1].last), (4, 0));
+        let one = Timeline::new("t".into(), &series, &samples[1..2], "a".into(), "a".into());
+        assert_eq!(one.lines[0].points, "0.0,60.0 400.0,60.0 400.0,120.0 0.0,120.0");
+        let none = Timeline::new("t".into(), &series, &[], "".into(), "".into());
+        assert!(none.lines[0].points.is_empty());
+    }
+
+    #[test]
+    fn a_long_timeline_keeps_one_step_per_slice() {
+        let samples: Vec<Sample> =
+            (0..100_000).map(|i| (f64::from(i), 100_000, vec![i as u64])).collect();
+        let t = Timeline::new("t".into(), &[("s", "ok")], &samples, "a".into(), "b".into());
+        let points = t.lines[0].points.split(' ').count();
+        assert!(points <= 4 * (MOST_STEPS + 1), "{points} points");
+        assert_eq!(t.lines[0].last, 99_999, "the last sample is always drawn");
+    }
 
     #[test]
     fn segments_fill_their_share_and_empty_ones_are_left_out() {

@@ -119,6 +119,58 @@ pub struct AuditEntry {
     pub update: Option<String>,
 }
 
+/// One of a device's results: what its agent reported each time its state, workflow,
+/// installed update or last result changed (serve keeps these; Device Update's API has only
+/// the latest).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ResultRecord {
+    /// When it was received (RFC 3339, UTC).
+    pub at: String,
+    /// The agent's state (`Idle` 0, `DeploymentInProgress` 6, `Failed` 255).
+    pub state: Option<i64>,
+    /// The deployment it worked on (`workflow.id`).
+    pub workflow_id: Option<String>,
+    /// What it reported installed (`installedUpdateId`, as written).
+    pub installed_update: Option<String>,
+    /// Its last install result's code.
+    pub result_code: Option<i64>,
+    /// Its last install result's extended code.
+    pub extended_result_code: Option<i64>,
+    /// Its last install result's details.
+    pub result_details: Option<String>,
+}
+
+/// A deployment's subgroup's counts at one time.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ProgressRecord {
+    /// The group.
+    pub group_id: String,
+    /// The deployment.
+    pub deployment_id: String,
+    /// The subgroup's device class.
+    pub class_id: String,
+    /// When (RFC 3339).
+    pub at: String,
+    /// Devices in the subgroup.
+    pub total: u64,
+    /// Succeeded.
+    pub succeeded: u64,
+    /// Failed.
+    pub failed: u64,
+    /// In progress.
+    pub in_progress: u64,
+    /// Canceled.
+    pub canceled: u64,
+}
+
+impl ProgressRecord {
+    /// Whether `other` counts the same as this one.
+    pub fn same_counts(&self, other: &Self) -> bool {
+        (self.total, self.succeeded, self.failed, self.in_progress, self.canceled)
+            == (other.total, other.succeeded, other.failed, other.in_progress, other.canceled)
+    }
+}
+
 /// Where the pages read from: serve's store in-process, or a Device Update instance and an IoT
 /// Hub over their REST APIs. Every method returns what the REST API of the same name returns.
 #[async_trait::async_trait]
@@ -169,6 +221,15 @@ pub trait DashboardSource: Send + Sync + 'static {
     -> Result<Option<Twin>, DashboardError>;
     /// The IoT Edge deployments (configurations with `modulesContent`).
     async fn edge_deployments(&self) -> Result<Vec<Configuration>, DashboardError>;
+    /// A deployment's progress per subgroup over time, oldest first (empty where nothing was
+    /// recorded).
+    async fn progress(&self, group: &str, id: &str) -> Result<Vec<ProgressRecord>, DashboardError>;
+    /// A device's results, newest first, at most `limit`.
+    async fn results(
+        &self,
+        device: &str,
+        limit: usize,
+    ) -> Result<Vec<ResultRecord>, DashboardError>;
     /// The audit trail, newest first (empty where the service keeps none).
     async fn audit(&self, limit: usize) -> Result<Vec<AuditEntry>, DashboardError>;
     /// Does `action` to a deployment.

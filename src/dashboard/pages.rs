@@ -5,8 +5,8 @@
 
 use askama::Template;
 
-use super::chart::Bar;
-use super::{DashboardError, DashboardSource, Options};
+use super::chart::{Bar, Timeline};
+use super::{DashboardError, DashboardSource, Options, ProgressRecord, ResultRecord};
 use crate::service::model::{InstallResult, UpdateCompliance};
 use crate::service::result_code::{Decoded, decode, parse_codes, result_name};
 
@@ -67,6 +67,59 @@ struct BarView<'a> {
 fn svg(b: &Bar) -> String {
     let v = BarView { title: &b.title, total: b.total, segments: &b.segments, marker: &b.marker };
     v.render().unwrap_or_default()
+}
+
+#[derive(Template)]
+#[template(path = "timeline.html", config = "src/dashboard/askama.toml")]
+struct TimelineView<'a> {
+    title: &'a str,
+    total: u64,
+    lines: &'a [super::chart::Line],
+    from: &'a str,
+    to: &'a str,
+}
+
+/// A timeline as SVG markup (escaped by its own template).
+fn timeline_svg(t: &Timeline) -> String {
+    let v =
+        TimelineView { title: &t.title, total: t.total, lines: &t.lines, from: &t.from, to: &t.to };
+    v.render().unwrap_or_default()
+}
+
+/// Seconds since the epoch of an RFC 3339 time (`None` when it is not one).
+fn seconds(at: &str) -> Option<f64> {
+    let t = humantime::parse_rfc3339_weak(at).ok()?;
+    Some(t.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs_f64())
+}
+
+/// Each subgroup's progress over time: the recorded rows, then `now`'s counts.
+fn progress_charts(recorded: &[ProgressRecord], now: &[ProgressRecord]) -> Vec<(String, String)> {
+    const SERIES: [(&str, &str); 4] = [
+        ("succeeded", "ok"),
+        ("failed", "failed"),
+        ("in progress", "busy"),
+        ("canceled", "canceled"),
+    ];
+    now.iter()
+        .map(|current| {
+            let rows: Vec<&ProgressRecord> = recorded
+                .iter()
+                .filter(|r| r.class_id == current.class_id)
+                .chain(std::iter::once(current))
+                .collect();
+            let samples: Vec<super::chart::Sample> = rows
+                .iter()
+                .filter_map(|r| {
+                    let counts = vec![r.succeeded, r.failed, r.in_progress, r.canceled];
+                    Some((seconds(&r.at)?, r.total, counts))
+                })
+                .collect();
+            let from = rows.first().map(|r| r.at.clone()).unwrap_or_default();
+            let title = format!("subgroup {}: progress over time", current.class_id);
+            let t = Timeline::new(title, &SERIES, &samples, from, current.at.clone());
+            (current.class_id.clone(), timeline_svg(&t))
+        })
+        .collect()
 }
 
 fn compliance_bar(title: &str, c: &UpdateCompliance) -> String {
@@ -316,6 +369,8 @@ struct DeploymentPage {
     rolled_back: Option<(String, String)>,
     superseded: Option<(String, String, String)>,
     subgroups: Vec<SubgroupRow>,
+    timelines: Vec<(String, String)>,
+    timelines_note: &'static str,
     rollback: Option<RollbackView>,
     failing: Vec<FailingRow>,
     failing_note: String,
@@ -395,21 +450,8 @@ fn rollback_view(
     }
 }
 
-/// `/ui/groups/{group}/deployments/{id}`: progress by subgroup, the rollback policy and how
-/// near the failures are to it, and the failing devices (`filter`: by id or code).
-pub(super) async fn deployment(
-    src: &dyn DashboardSource,
-    o: &Options,
-    g: &str,
-    d: &str,
-    filter: &str,
-) -> Result<String, DashboardError> {
-    let dep = src
-        .deployment(g, d)
-        .await?
-        .ok_or_else(|| DashboardError::NotFound { what: "deployment", id: d.to_owned() })?;
-    let status = src.deployment_status(g, d).await?;
-    let base = deployment_href(g, d);
+/// A deployment's subgroups as the table shows them, each with its bar.
+fn subgroup_rows(status: &crate::service::model::DeploymentStatus, base: &str) -> Vec<SubgroupRow> {
     let mut subgroups = Vec::new();
     for s in &status.subgroup_status {
         let n = |v: Option<u64>| v.unwrap_or(0);
@@ -437,6 +479,51 @@ pub(super) async fn deployment(
         );
         subgroups.push(SubgroupRow { bar: svg(&bar), ..row });
     }
+    subgroups
+}
+
+/// The subgroups' counts now, as the last point of their timelines.
+fn current_progress(g: &str, d: &str, subgroups: &[SubgroupRow]) -> Vec<ProgressRecord> {
+    let now = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+    subgroups
+        .iter()
+        .map(|s| ProgressRecord {
+            group_id: g.to_owned(),
+            deployment_id: d.to_owned(),
+            class_id: s.class.clone(),
+            at: now.clone(),
+            total: s.total,
+            succeeded: s.succeeded,
+            failed: s.failed,
+            in_progress: s.in_progress,
+            canceled: s.canceled,
+        })
+        .collect()
+}
+
+/// `/ui/groups/{group}/deployments/{id}`: progress by subgroup, the rollback policy and how
+/// near the failures are to it, and the failing devices (`filter`: by id or code).
+pub(super) async fn deployment(
+    src: &dyn DashboardSource,
+    o: &Options,
+    g: &str,
+    d: &str,
+    filter: &str,
+) -> Result<String, DashboardError> {
+    let dep = src
+        .deployment(g, d)
+        .await?
+        .ok_or_else(|| DashboardError::NotFound { what: "deployment", id: d.to_owned() })?;
+    let status = src.deployment_status(g, d).await?;
+    let base = deployment_href(g, d);
+    let subgroups = subgroup_rows(&status, &base);
+    let recorded = src.progress(g, d).await?;
+    let timelines_note = if recorded.is_empty() {
+        "Nothing recorded yet: each line starts when the counts were first seen."
+    } else {
+        ""
+    };
+    let timelines = progress_charts(&recorded, &current_progress(g, d, &subgroups));
     let failed: u64 = subgroups.iter().map(|s| s.failed).sum();
     let total: u64 = subgroups.iter().map(|s| s.total).sum();
     let rollback = dep.rollback_policy.as_ref().map(|p| rollback_view(p, failed, total));
@@ -494,6 +581,8 @@ pub(super) async fn deployment(
         rolled_back,
         superseded,
         subgroups,
+        timelines,
+        timelines_note,
         rollback,
         failing,
         failing_note,
@@ -529,6 +618,45 @@ struct DevicePage {
     agent_state: String,
     workflow: String,
     result: Option<ResultView>,
+    history: Vec<HistoryRow>,
+}
+
+/// One of a device's past results, as its page lists them.
+struct HistoryRow {
+    at: String,
+    deployment: Option<(String, String)>,
+    state: String,
+    installed: String,
+    result: String,
+    code: Option<CodeRow>,
+    details: String,
+}
+
+/// Results a device's page lists, at most.
+const HISTORY_SHOWN: usize = 32;
+
+fn history_row(r: &ResultRecord, group: Option<&str>) -> HistoryRow {
+    let installed = r.installed_update.as_deref().map_or_else(String::new, |u| {
+        serde_json::from_str::<crate::manifest::UpdateId>(u)
+            .map_or_else(|_| u.to_owned(), |id| id.to_string())
+    });
+    HistoryRow {
+        at: r.at.clone(),
+        deployment: r.workflow_id.as_ref().map(|w| {
+            let href = group.map_or_else(String::new, |g| deployment_href(g, w));
+            (w.clone(), href)
+        }),
+        state: r.state.map_or_else(String::new, agent_state),
+        installed,
+        result: r.result_code.map_or_else(String::new, result_text),
+        code: r
+            .extended_result_code
+            .filter(|c| *c != 0)
+            .and_then(|c| parse_codes(&serde_json::Value::from(c)).ok())
+            .and_then(|c| c.into_iter().next())
+            .map(|c| decode(c).into()),
+        details: r.result_details.clone().unwrap_or_default(),
+    }
 }
 
 /// The agent's state in words (`agent.state`: adu.md §5.1).
@@ -604,6 +732,12 @@ pub(super) async fn device(
             None => w.id.clone(),
         })
         .unwrap_or_else(|| "none".into());
+    let history = src
+        .results(id, HISTORY_SHOWN)
+        .await?
+        .iter()
+        .map(|r| history_row(r, dev.group_id.as_deref()))
+        .collect();
     let upd = |u: &Option<crate::service::UpdateInfo>| {
         u.as_ref().map_or_else(|| "none".to_owned(), |u| u.update_id.to_string())
     };
@@ -625,6 +759,7 @@ pub(super) async fn device(
             .map_or_else(|| "unknown".into(), agent_state),
         workflow,
         result: dev.last_install_result.as_ref().map(result_view),
+        history,
     })
 }
 
@@ -814,17 +949,97 @@ pub(super) async fn edge_one(
 struct ReleasesPage {
     chrome: Chrome,
     files: Vec<(String, String)>,
+    /// The paths given, when none holds a release yet.
+    given: Vec<String>,
 }
 
-/// `/ui/releases/`: the release reports given.
+/// The release files `o` names: files as given; for a folder, its own state file, or else
+/// its subfolders' (`OUTPUT/VERSION/release-state.json`), in name order. Folders are read at
+/// each request, so a release that starts later shows up.
+fn release_files(o: &Options) -> Vec<std::path::PathBuf> {
+    use crate::release::STATE_FILE;
+    let mut out = Vec::new();
+    for p in &o.releases {
+        if !p.exists() {
+            // Not there yet (a release that has not run): listed once it is.
+            continue;
+        }
+        if !p.is_dir() {
+            out.push(p.clone());
+            continue;
+        }
+        if p.join(STATE_FILE).is_file() {
+            out.push(p.join(STATE_FILE));
+            continue;
+        }
+        let mut found: Vec<std::path::PathBuf> = std::fs::read_dir(p)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path().join(STATE_FILE))
+            .filter(|f| f.is_file())
+            .collect();
+        found.sort();
+        out.extend(found);
+    }
+    out
+}
+
+/// What a release page shows, from a report or a state file.
+struct Shown {
+    update_id: String,
+    result: String,
+    imported: bool,
+    stages: Vec<crate::release::StageOutput>,
+    artifacts: Vec<crate::release::Output>,
+    deltas: Vec<crate::release::DeltaOutput>,
+}
+
+/// Reads a report (`otaforge release --format json`) or a state file (`release-state.json`,
+/// written as the release runs).
+fn read_release(path: &std::path::Path) -> Result<Shown, DashboardError> {
+    let text = fs_err::read_to_string(path).map_err(|e| DashboardError::Release(e.to_string()))?;
+    let bad = |e: serde_json::Error| DashboardError::Release(format!("{}: {e}", path.display()));
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(bad)?;
+    if value.get("result").is_some() {
+        let r: crate::release::report::Report = serde_json::from_value(value).map_err(bad)?;
+        return Ok(Shown {
+            result: serde_json::to_value(r.result)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+            update_id: r.update_id,
+            imported: r.imported,
+            stages: r.stages,
+            artifacts: r.artifacts,
+            deltas: r.deltas,
+        });
+    }
+    let st: crate::release::State = serde_json::from_value(value).map_err(bad)?;
+    let result = match st.stages.iter().find(|s| s.result != "passed") {
+        Some(s) => format!("stage {} {} (state file)", s.name, s.result),
+        None if st.stages.is_empty() => "built, no stage run yet (state file)".to_owned(),
+        None => format!("{} stages passed so far (state file)", st.stages.len()),
+    };
+    Ok(Shown {
+        update_id: st.update_id,
+        result,
+        imported: st.imported,
+        stages: st.stages,
+        artifacts: st.artifacts,
+        deltas: st.deltas,
+    })
+}
+
+/// `/ui/releases/`: the release reports and state files given.
 pub(super) fn releases(o: &Options) -> Result<String, DashboardError> {
-    let files = o
-        .releases
+    let files = release_files(o)
         .iter()
         .enumerate()
         .map(|(i, p)| (p.display().to_string(), format!("/ui/releases/{i}")))
         .collect();
-    render(&ReleasesPage { chrome: chrome(o, "Releases".into(), "releases"), files })
+    let given = o.releases.iter().map(|p| p.display().to_string()).collect();
+    render(&ReleasesPage { chrome: chrome(o, "Releases".into(), "releases"), files, given })
 }
 
 struct StageRow {
@@ -853,15 +1068,13 @@ struct ReleasePage {
     files: Vec<(String, u64, String)>,
 }
 
-/// `/ui/releases/{n}`: a release report's stages with their gates, and what it built.
+/// `/ui/releases/{n}`: a release's stages with their gates, and what it built.
 pub(super) fn release(o: &Options, n: usize) -> Result<String, DashboardError> {
-    let path = o
-        .releases
+    let files = release_files(o);
+    let path = files
         .get(n)
         .ok_or_else(|| DashboardError::NotFound { what: "release", id: n.to_string() })?;
-    let text = fs_err::read_to_string(path).map_err(|e| DashboardError::Release(e.to_string()))?;
-    let report: crate::release::report::Report = serde_json::from_str(&text)
-        .map_err(|e| DashboardError::Release(format!("{}: {e}", path.display())))?;
+    let report = read_release(path)?;
     let stages = report
         .stages
         .iter()
@@ -895,10 +1108,7 @@ pub(super) fn release(o: &Options, n: usize) -> Result<String, DashboardError> {
     render(&ReleasePage {
         chrome: chrome(o, format!("Release {}", report.update_id), "release"),
         update: report.update_id.clone(),
-        result: serde_json::to_value(report.result)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default(),
+        result: report.result.clone(),
         imported: report.imported,
         stages,
         files,

@@ -4,10 +4,11 @@
 //! polled: at most one look per [`RemoteSource::poll`] per open page, at a fingerprint of the
 //! fleet (compliance and each group's deployments).
 
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::time::Duration;
 
-use super::{Action, AuditEntry, DashboardError, DashboardSource};
+use super::{Action, AuditEntry, DashboardError, DashboardSource, ProgressRecord, ResultRecord};
 use crate::iothub::config::Configuration;
 use crate::iothub::{IotHubClient, IotHubError, Twin};
 use crate::service::model::{
@@ -22,18 +23,93 @@ const EDGE_LISTED: usize = 100;
 /// The shortest interval between two polls of one page's live stream.
 pub const MIN_POLL: Duration = Duration::from_secs(2);
 
+/// Deployments and devices whose history is kept in memory, at most.
+const WATCHED: usize = 100;
+
+/// Samples kept per deployment or device, at most (the oldest go first).
+const SAMPLES: usize = 1_000;
+
 /// A Device Update instance and an IoT Hub, through their clients.
 pub struct RemoteSource {
     adu: AduClient,
     hub: Option<IotHubClient>,
     poll: Duration,
+    seen: std::sync::Mutex<Seen>,
+}
+
+/// What this process saw change while it watched, since Device Update's API keeps only the
+/// latest status of a deployment and the latest result of a device.
+#[derive(Debug, Default)]
+struct Seen {
+    progress: HashMap<(String, String), Vec<ProgressRecord>>,
+    results: HashMap<String, Vec<ResultRecord>>,
+}
+
+/// Appends `sample` to `key`'s series unless it equals the last (`same`), within the bounds.
+fn keep<K: Eq + Hash + Clone, T>(
+    map: &mut HashMap<K, Vec<T>>,
+    key: &K,
+    sample: T,
+    same: impl Fn(&T, &T) -> bool,
+) {
+    if !map.contains_key(key) && map.len() >= WATCHED {
+        // Forget the series that saw nothing for the longest (the one with the fewest samples
+        // is a fair stand-in without a clock per series).
+        if let Some(k) = map.iter().min_by_key(|(_, v)| v.len()).map(|(k, _)| k.clone()) {
+            map.remove(&k);
+        }
+    }
+    let series = map.entry(key.clone()).or_default();
+    if series.last().is_some_and(|l| same(l, &sample)) {
+        return;
+    }
+    if series.len() >= SAMPLES {
+        series.remove(0);
+    }
+    series.push(sample);
 }
 
 impl RemoteSource {
     /// Reads `adu` and, when given, `hub`, polling for changes every `poll` (at least
     /// [`MIN_POLL`]).
     pub fn new(adu: AduClient, hub: Option<IotHubClient>, poll: Duration) -> Self {
-        Self { adu, hub, poll: poll.max(MIN_POLL) }
+        Self { adu, hub, poll: poll.max(MIN_POLL), seen: Default::default() }
+    }
+
+    fn seen(&self) -> std::sync::MutexGuard<'_, Seen> {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reads a deployment's status and keeps its counts if they moved.
+    async fn status(&self, group: &str, id: &str) -> Result<DeploymentStatus, DashboardError> {
+        let status = self.adu.deployment_status(group, id).await?;
+        let at = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+        let mut seen = self.seen();
+        for s in &status.subgroup_status {
+            let n = |v: Option<u64>| v.unwrap_or(0);
+            let sample = ProgressRecord {
+                group_id: group.to_owned(),
+                deployment_id: id.to_owned(),
+                class_id: s.device_class_id.clone(),
+                at: at.clone(),
+                total: n(s.total_devices),
+                succeeded: n(s.devices_completed_succeeded_count),
+                failed: n(s.devices_completed_failed_count),
+                in_progress: n(s.devices_in_progress_count),
+                canceled: n(s.devices_canceled_count),
+            };
+            // One series per deployment holds every subgroup: compare with the subgroup's last.
+            let key = (group.to_owned(), id.to_owned());
+            let last = seen
+                .progress
+                .get(&key)
+                .and_then(|v| v.iter().rev().find(|p| p.class_id == sample.class_id))
+                .cloned();
+            if last.is_none_or(|l| !l.same_counts(&sample)) {
+                keep(&mut seen.progress, &key, sample, |_, _| false);
+            }
+        }
+        Ok(status)
     }
 
     fn hub(&self) -> Result<&IotHubClient, DashboardError> {
@@ -50,7 +126,7 @@ impl RemoteSource {
             for g in groups {
                 serde_json::to_string(&g).unwrap_or_default().hash(&mut h);
                 for d in g.deployments.iter().flatten() {
-                    if let Ok(s) = self.adu.deployment_status(&g.group_id, d).await {
+                    if let Ok(s) = self.status(&g.group_id, d).await {
                         serde_json::to_string(&s).unwrap_or_default().hash(&mut h);
                     }
                 }
@@ -96,7 +172,7 @@ impl DashboardSource for RemoteSource {
         group: &str,
         id: &str,
     ) -> Result<DeploymentStatus, DashboardError> {
-        Ok(self.adu.deployment_status(group, id).await?)
+        self.status(group, id).await
     }
 
     async fn failed_devices(
@@ -127,7 +203,46 @@ impl DashboardSource for RemoteSource {
     }
 
     async fn device(&self, id: &str) -> Result<Option<Device>, DashboardError> {
-        Ok(self.adu.get_device(id).await?)
+        let device = self.adu.get_device(id).await?;
+        if let Some(d) = &device {
+            let result = d.last_install_result.as_ref();
+            let sample = ResultRecord {
+                at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+                state: None,
+                workflow_id: d.last_deployment_id.clone(),
+                installed_update: d.installed_update.as_ref().map(|u| u.update_id.to_string()),
+                result_code: result.map(|r| r.result_code),
+                extended_result_code: result.map(|r| r.extended_result_code),
+                result_details: result.and_then(|r| r.result_details.clone()),
+            };
+            keep(&mut self.seen().results, &id.to_owned(), sample, |a, b| {
+                ResultRecord { at: String::new(), ..a.clone() }
+                    == ResultRecord { at: String::new(), ..b.clone() }
+            });
+        }
+        Ok(device)
+    }
+
+    async fn progress(&self, group: &str, id: &str) -> Result<Vec<ProgressRecord>, DashboardError> {
+        // What this process saw since it started watching (Device Update keeps no history).
+        Ok(self
+            .seen()
+            .progress
+            .get(&(group.to_owned(), id.to_owned()))
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    async fn results(
+        &self,
+        device: &str,
+        limit: usize,
+    ) -> Result<Vec<ResultRecord>, DashboardError> {
+        let seen = self.seen();
+        Ok(seen
+            .results
+            .get(device)
+            .map_or_else(Vec::new, |v| v.iter().rev().take(limit).cloned().collect()))
     }
 
     async fn twin(&self, id: &str) -> Result<Option<Twin>, DashboardError> {

@@ -164,7 +164,8 @@ fn entry(
             deployment_status: None,
             installed_update: installed.map(UpdateInfo::new),
             on_latest_update: on_latest,
-            last_deployment_id: None,
+            // The agent works on a deployment under its id (`workflow.id`).
+            last_deployment_id: workflow.map(|w| w.id.clone()),
             last_install_result: agent.last_install_result(),
             extra: Default::default(),
         },

@@ -34,10 +34,12 @@ pub(crate) mod guard;
 mod import;
 pub mod listen;
 mod mqtt;
+mod progress;
 mod reconcile;
 mod routes;
 mod state;
 pub mod store;
+mod views;
 mod watch;
 
 use std::net::SocketAddr;
@@ -101,6 +103,9 @@ pub struct Config {
     pub mqtt_listen: Option<SocketAddr>,
     /// Where the MQTT endpoint's log lines go.
     pub log: LogSink,
+    /// Release reports and state files the dashboard shows under `/ui/releases/` (a folder:
+    /// each `release-state.json` in it or one level below, found when the page is read).
+    pub releases: Vec<PathBuf>,
 }
 
 impl Config {
@@ -121,6 +126,7 @@ impl Config {
             max_connections: MAX_OPEN_FILES as usize,
             mqtt_listen: Some(SocketAddr::new(listen.ip(), 0)),
             log: LogSink::default(),
+            releases: Vec::new(),
         }
     }
 }
@@ -311,6 +317,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     let state: Shared = Arc::new(AppState {
         db,
         instance: config.instance.clone(),
+        releases: config.releases.clone(),
         token: config.token.clone(),
         port: addr.port(),
         blobs: crate::storage::dir::DirStore::open(&blob_dir, &blob_url)?.private(),
@@ -327,9 +334,11 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         twin_watch: Arc::default(),
         views: std::sync::Mutex::default(),
         edge_changed: tokio::sync::Notify::new(),
+        deployment_created: tokio::sync::Notify::new(),
         live: mqtt::Live::new(hub_names(&base_url, config.public_url.as_ref()), config.log.clone()),
     });
     reconcile::spawn(&state);
+    progress::spawn(&state);
     let state_for_mqtt = state.clone();
     let app = routes::router(state);
     let open_files = crate::fsutil::open_files_limit().unwrap_or(1024);

@@ -316,5 +316,6 @@ pub(super) async fn after_report(
         Ok(())
     })
     .await?;
+    s.deployment_created.notify_one();
     reconcile(s, &group).await
 }

@@ -16,6 +16,8 @@ pub(super) struct AppState {
     pub(super) db: Db,
     /// The Device Update instance name clients use.
     pub(super) instance: String,
+    /// Release reports, state files and folders of them, for the dashboard.
+    pub(super) releases: Vec<std::path::PathBuf>,
     /// The bearer token every API request needs, when serve has one.
     pub(super) token: Option<String>,
     /// The port it listens on (a request's own `Origin` names it).
@@ -43,10 +45,12 @@ pub(super) struct AppState {
     /// Devices waiting for their twin to change (long-poll).
     pub(super) twin_watch: Arc<watch::TwinWatch>,
     /// Device Update views by group (`""`: the whole registry), each with the store
-    /// generation it was built at, behind its own lock (see `routes::view_of`).
+    /// generation it was built at, behind its own lock (see `views::view_of`).
     pub(super) views: std::sync::Mutex<std::collections::HashMap<String, Arc<ViewSlot>>>,
     /// Something that can change which Edge deployments apply to which device happened.
     pub(super) edge_changed: tokio::sync::Notify,
+    /// A deployment was created (its start is recorded at once: `progress`).
+    pub(super) deployment_created: tokio::sync::Notify,
     /// The devices and modules connected over MQTT, and what serve keeps for them.
     pub(super) live: super::mqtt::Live,
 }
@@ -79,7 +83,7 @@ pub(super) struct KeptView {
     pub(super) view: Arc<devices::View>,
 }
 
-/// A kept view behind its own lock (see `routes::management::view_of`).
+/// A kept view behind its own lock (see `views::view_of`).
 pub(super) type ViewSlot = tokio::sync::Mutex<Option<KeptView>>;
 
 /// The shared access policy name of the hub key.

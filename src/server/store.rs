@@ -95,6 +95,11 @@ pub const MIGRATIONS: &[Migration] = &[
         apply: identities::migrate_11,
     },
     Migration { version: 12, what: "the audit trail of deployments", apply: audit::migrate_12 },
+    Migration {
+        version: 13,
+        what: "devices' results and deployments' progress over time",
+        apply: history::migrate_13,
+    },
 ];
 
 fn migrate_7(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
@@ -458,6 +463,7 @@ fn patch_reported_in(
     let mut twin: crate::iothub::Twin = serde_json::from_str(&text)?;
     let reported_version =
         twin.properties.reported.get("$version").and_then(Value::as_i64).unwrap_or(1);
+    let result_before = history::ResultRecord::of(&twin.properties.reported);
     merge_patch(&mut twin.properties.reported, reported);
     let section = crate::iothub::limits::Section::Reported;
     if let Err(e) = crate::iothub::limits::check_patch(section, reported, &twin.properties.reported)
@@ -471,17 +477,21 @@ fn patch_reported_in(
         "UPDATE devices SET twin = ?2, slim = ?3 WHERE device_id = ?1",
         params![device_id, text, slim],
     )?;
+    let result_after = history::ResultRecord::of(&twin.properties.reported);
+    history::note_result(tx, device_id, result_before.as_ref(), result_after)?;
     Ok(Ok(twin_doc(device_id, version, &text)?))
 }
 
 mod adm;
 mod audit;
 pub mod changes;
+mod history;
 mod identities;
 mod management;
 mod modules;
 
 pub use audit::{AuditRecord, KEPT_AUDIT};
+pub use history::{KEPT_PROGRESS, KEPT_RESULTS, ProgressRecord, ResultRecord};
 pub use identities::{Keys, Report};
 
 /// The store.
@@ -774,6 +784,7 @@ impl Store {
         let gone = tx.execute("DELETE FROM devices WHERE device_id = ?1", [device_id])? > 0;
         tx.execute("DELETE FROM modules WHERE device_id = ?1", [device_id])?;
         tx.execute("DELETE FROM edge_assignments WHERE device_id = ?1", [device_id])?;
+        tx.execute("DELETE FROM device_results WHERE device_id = ?1", [device_id])?;
         tx.commit()?;
         self.forget_identities(device_id)?;
         Ok(gone)
@@ -891,6 +902,17 @@ impl Store {
             )
             .optional()?;
         row.map(stored).transpose()
+    }
+
+    /// Every group's active deployment.
+    pub fn active_deployments(&self) -> Result<Vec<StoredDeployment>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT state, body, subgroups FROM deployments WHERE state = 'Active' ORDER BY seq",
+        )?;
+        let rows: Vec<(String, String, String)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<Result<_, _>>()?;
+        rows.into_iter().map(stored).collect()
     }
 
     /// The deployments of a group, newest first.

@@ -171,10 +171,45 @@ fn every_page_shows_what_the_rest_api_gives_with_hostile_text_as_text() {
         "failing devices listed"
     );
 
+    // Progress over time: serve's recorder writes a row within a second of a change, so the
+    // subgroup's timeline starts before now.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let page = loop {
+        let (_, _, page) = get(base, "/ui/groups/lab/deployments/lab-1-1");
+        if !page.contains("Nothing recorded yet") || Instant::now() > deadline {
+            break page;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let timelines = &page[page.find("id=\"timelines\"").expect("a progress-over-time section")..];
+    let chart =
+        &timelines[timelines.find(&format!("data-subgroup=\"{}\"", sg.device_class_id)).unwrap()..];
+    assert!(!page.contains("Nothing recorded yet"), "the recorder wrote the rollout's progress");
+    let needle = "class=\"area failed\" points=\"";
+    let failed_line = &chart[chart.find(needle).unwrap() + needle.len()..];
+    let failed_line = &failed_line[..failed_line.find('"').unwrap()];
+    assert!(failed_line.split(' ').count() >= 4, "a band of failures: {failed_line}");
+    // The deployment's start was recorded at once: devices in progress at the left edge (the
+    // band's top and bottom there differ).
+    let needle = "class=\"area busy\" points=\"";
+    let busy = &chart[chart.find(needle).unwrap() + needle.len()..];
+    let busy: Vec<&str> = busy[..busy.find('"').unwrap()].split(' ').collect();
+    let y = |p: &str| p.split(',').nth(1).unwrap().parse::<f64>().unwrap();
+    let (first, last) = (busy[0], busy[busy.len() - 1]);
+    assert!(first.starts_with("0.0,") && last.starts_with("0.0,"), "{busy:?}");
+    assert!(y(first) < y(last), "devices in progress when the deployment started: {busy:?}");
+    assert!(chart.contains(&format!("failed {}", sg.devices_completed_failed_count.unwrap())));
+
     let (code, _, page) = get(base, &format!("/ui/devices/{}", r.failed_device));
     assert_eq!(code, 200);
     assert!(page.contains("ADUC_"), "a decoded code names result.h's constant: {page}");
     assert!(page.contains("255 (Failed)"), "the twin's agent state");
+    // Its history: the deployment it worked on, in progress and then failed, decoded.
+    let history = &page[page.find("id=\"history\"").expect("a history of results")..];
+    assert!(history.contains("/ui/groups/lab/deployments/lab-1-1"), "{history}");
+    assert!(history.contains("6 (DeploymentInProgress)"), "{history}");
+    let failed_row = &history[history.find("255 (Failed)").expect(history)..];
+    assert!(failed_row.contains("ADUC_"), "the failure's code decoded: {failed_row}");
 
     let (code, _, page) = get(base, "/ui/devices/%3Cscript%3Ealert(1)%3C%2Fscript%3E%22'");
     assert_eq!(code, 404);
@@ -500,6 +535,10 @@ fn otaforge_dashboard_serves_the_same_pages_through_the_clients_and_guards_its_a
     let (code, _, device) = get(&base, &format!("/ui/devices/{}", r.failed_device));
     assert_eq!(code, 200);
     assert!(device.contains("ADUC_") && device.contains("255 (Failed)"), "{device}");
+    // Device Update keeps no history: the dashboard shows what it saw since it started.
+    let history = &device[device.find("id=\"history\"").expect(&device)..];
+    assert!(history.contains("lab-1-1") && history.contains("ADUC_"), "{history}");
+    assert!(page.contains("id=\"timelines\""), "a timeline from what it polled");
     let (code, _, fleet) = get(&base, "/ui/");
     assert_eq!(code, 200);
     assert!(
@@ -673,4 +712,73 @@ fn edge_pages_show_the_hubs_counts_and_each_modules_runtime_status() {
     assert!(device.contains("data-edge=\"base\"") && device.contains("data-edge=\"logging\""));
     let _ = fleet.kill();
     let _ = fleet.wait();
+}
+
+#[test]
+fn serve_shows_the_releases_of_an_output_folder_as_their_state_files_grow() {
+    use otaforge::release::{DeltaOutput, Output, STATE_FILE, StageOutput, State};
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let serve = Serve::start_with(&dir.path().join("data"), &["--release", out.to_str().unwrap()]);
+    let (code, _, page) = get(&serve.endpoint, "/ui/releases/");
+    assert_eq!(code, 200);
+    assert!(page.contains("No release found yet in"), "a folder not made yet: {page}");
+    // A release under way: built and imported, its canary stage passed (as `otaforge release`
+    // writes OUTPUT/VERSION/release-state.json after each step).
+    let file = |name: &str, size: u64| Output {
+        name: name.into(),
+        size_in_bytes: size,
+        sha256: "AAAA".into(),
+    };
+    let stage = |name: &str, result: &str, failed: u64, reason: Option<&str>| StageOutput {
+        name: name.into(),
+        group: name.into(),
+        deployment_id: format!("{name}-1-2"),
+        result: result.into(),
+        devices: 10,
+        succeeded: 10 - failed,
+        failed,
+        action: None,
+        reason: reason.map(str::to_owned),
+    };
+    let mut state = State {
+        update_id: "contoso/toaster/1.2".into(),
+        artifacts: vec![file("firmware.bin", 131_072)],
+        deltas: vec![DeltaOutput {
+            artifact: "firmware.bin".into(),
+            base_version: "1.1".into(),
+            file: file("firmware.bin.from-1.1.delta", 246),
+            source_sha256: "BBBB".into(),
+        }],
+        imported: true,
+        stages: vec![stage("canary", "passed", 0, None)],
+        ..State::default()
+    };
+    let write = |state: &State| {
+        fs_err::create_dir_all(out.join("1.2")).unwrap();
+        fs_err::write(out.join("1.2").join(STATE_FILE), serde_json::to_vec(state).unwrap())
+            .unwrap();
+    };
+    write(&state);
+    let (_, _, list) = get(&serve.endpoint, "/ui/releases/");
+    assert!(list.contains("1.2") && list.contains("/ui/releases/0"), "{list}");
+    let (code, _, page) = get(&serve.endpoint, "/ui/releases/0");
+    assert_eq!(code, 200, "{page}");
+    for text in ["contoso/toaster/1.2", "1 stages passed so far", "firmware.bin.from-1.1.delta"] {
+        assert!(page.contains(text), "{text}: {page}");
+    }
+    // The next stage's gate fails: the page shows it with the measured values, without a restart.
+    state.stages.push(stage(
+        "fleet",
+        "failed",
+        3,
+        Some("3 of 10 devices failed (at most 1 allowed)"),
+    ));
+    write(&state);
+    let (_, _, page) = get(&serve.endpoint, "/ui/releases/0");
+    assert!(page.contains("stage fleet failed"), "{page}");
+    assert!(page.contains("3 of 10 devices failed (at most 1 allowed)"), "{page}");
+    assert!(page.find(">canary<").unwrap() < page.find(">fleet<").unwrap(), "stages in order");
+    let (code, _, _) = get(&serve.endpoint, "/ui/releases/1");
+    assert_eq!(code, 404);
 }

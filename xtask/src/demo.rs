@@ -31,12 +31,23 @@ pub(crate) struct Serve {
 
 impl Serve {
     pub(crate) fn start(bin: &Path, data: &Path) -> anyhow::Result<Self> {
+        Self::start_with(bin, data, &[])
+    }
+
+    /// With more `serve` options (`--release DIR`).
+    pub(crate) fn start_with(bin: &Path, data: &Path, extra: &[&str]) -> anyhow::Result<Self> {
         use std::io::BufRead as _;
-        println!("\n$ otaforge serve --listen 127.0.0.1:0 --data-dir {} &", data.display());
+        println!(
+            "\n$ otaforge serve --listen 127.0.0.1:0 --data-dir {}{}{} &",
+            data.display(),
+            if extra.is_empty() { "" } else { " " },
+            extra.join(" ")
+        );
         let config = data.parent().map_or_else(config_home, |p| p.join("config"));
         let mut child = Command::new(bin)
             .args(["--format", "json", "serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data)
+            .args(extra)
             .env("XDG_CONFIG_HOME", config)
             .stdout(std::process::Stdio::piped())
             .spawn()
@@ -254,7 +265,10 @@ $ otaforge {}",
         Ok(())
     };
     run_in(&["key", "generate", "-o", "keys/release"], 0)?;
-    let serve = Serve::start(bin, &work.join("release-serve"))?;
+    // serve's dashboard shows each release as its state file grows (`/ui/releases/`).
+    let releases = repo.join("out/release");
+    let releases = releases.to_str().context("a UTF-8 work folder")?;
+    let serve = Serve::start_with(bin, &work.join("release-serve"), &["--release", releases])?;
     // 1.1.0: the first release has no base and no stages.
     let first = {
         let start = toml.find("[delta]").context("quickstart has [delta]")?;
@@ -335,8 +349,9 @@ fn dashboard(bin: &Path, serve: &Serve) -> anyhow::Result<()> {
     };
     println!(
         "
-# The rollout dashboard (live while serve runs): open {}/ui/ — the rolled-back stage: {page}",
-        serve.endpoint
+# The rollout dashboard (live while serve runs): open {}/ui/ — the rolled-back stage: {page}
+# — the releases, their stages and gates: {}/ui/releases/",
+        serve.endpoint, serve.endpoint
     );
     let shot = crate::root().join("docs/dashboard.png");
     let profile = crate::target_dir().join("demo/chromium-profile");

@@ -16,7 +16,9 @@ use axum::middleware::{Next, from_fn_with_state};
 use axum::response::Response;
 
 use super::management::{device_view, stored, view_of};
-use crate::dashboard::{Action, AuditEntry, DashboardError, DashboardSource, Options};
+use crate::dashboard::{
+    Action, AuditEntry, DashboardError, DashboardSource, Options, ProgressRecord, ResultRecord,
+};
 use crate::iothub::Twin;
 use crate::iothub::config::Configuration;
 use crate::server::Shared;
@@ -33,8 +35,11 @@ const MIN_EVENT_GAP: std::time::Duration = std::time::Duration::from_millis(250)
 
 /// The dashboard's routes over `state`.
 pub(super) fn router(state: Shared) -> Router<Shared> {
-    let options =
-        Options { allow_actions: false, title: state.instance.clone(), releases: Vec::new() };
+    let options = Options {
+        allow_actions: false,
+        title: state.instance.clone(),
+        releases: state.releases.clone(),
+    };
     let source = Arc::new(ServeSource(state.clone()));
     crate::dashboard::router(source, options)
         .layer(from_fn_with_state(state, token_guard))
@@ -174,6 +179,20 @@ impl DashboardSource for ServeSource {
             return Ok(edge);
         }
         super::configs::with_metrics(&self.0, edge).await.map_err(err)
+    }
+
+    async fn progress(&self, group: &str, id: &str) -> Result<Vec<ProgressRecord>, DashboardError> {
+        let (g, d) = (group.to_owned(), id.to_owned());
+        self.0.db.read(move |st| st.progress(&g, &d)).await.map_err(store)
+    }
+
+    async fn results(
+        &self,
+        device: &str,
+        limit: usize,
+    ) -> Result<Vec<ResultRecord>, DashboardError> {
+        let d = device.to_owned();
+        self.0.db.read(move |st| st.device_results(&d, limit)).await.map_err(store)
     }
 
     async fn audit(&self, limit: usize) -> Result<Vec<AuditEntry>, DashboardError> {

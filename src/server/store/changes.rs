@@ -1,4 +1,4 @@
-//! What the writes changed, for the views serve keeps in memory (`routes::management::view_of`).
+//! What the writes changed, for the views serve keeps in memory (`server::views::view_of`).
 //!
 //! Temporary triggers on the writer's connection call a function of ours for every row written
 //! in the tables a Device Update view is made of: a device's row names the device; a module's
