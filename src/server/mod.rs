@@ -166,6 +166,24 @@ impl Running {
     }
 }
 
+/// Runs `work` to its end as its own task, even when the request awaiting it is dropped (its
+/// client went away: axum drops a handler's future at its next await). For a write followed
+/// by what must follow it, such as telling devices their desired properties changed: a write
+/// whose devices were never told leaves them waiting, and the next reconcile pass finds their
+/// twins already written.
+pub(crate) async fn to_the_end<F>(work: F) -> F::Output
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    match tokio::spawn(work).await {
+        Ok(out) => out,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // Only when the runtime shuts down, which drops this future too.
+        Err(_) => std::future::pending().await,
+    }
+}
+
 /// The current time as ADU writes it.
 pub fn now_string() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
@@ -406,3 +424,24 @@ fn hub_names(base_url: &str, public_url: Option<&url::Url>) -> Vec<String> {
 
 /// The open files serve asks for (connections, mostly devices waiting for their twin).
 const MAX_OPEN_FILES: u64 = 65_536;
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn work_run_to_the_end_finishes_when_its_caller_is_dropped() {
+        let told = Arc::new(AtomicBool::new(false));
+        let t = told.clone();
+        // The caller (a request whose client went away) is dropped while the work waits.
+        let caller = super::to_the_end(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            t.store(true, Ordering::SeqCst);
+        });
+        assert!(tokio::time::timeout(Duration::from_millis(5), caller).await.is_err());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(told.load(Ordering::SeqCst), "what follows the write still ran");
+    }
+}

@@ -197,11 +197,15 @@ async fn reconcile_devices(
     if patches.is_empty() {
         return Ok(());
     }
-    let patched = s.db.call(move |st| st.patch_desired_many(&patches)).await?;
-    for (id, version) in patched {
-        s.desired_changed(&id, version);
-    }
-    Ok(())
+    let s = s.clone();
+    super::to_the_end(async move {
+        let patched = s.db.call(move |st| st.patch_desired_many(&patches)).await?;
+        for (id, version) in patched {
+            s.desired_changed(&id, version);
+        }
+        Ok(())
+    })
+    .await
 }
 
 /// [`manifest_and_urls`], kept for a day per update (its URLs are valid for seven), so a

@@ -115,17 +115,21 @@ async fn ask_agents(s: &Shared, id: &str, agents: &[AgentId]) -> Result<(), ApiE
         .filter(|a| a.module_id.is_none())
         .map(|a| (a.device_id.clone(), patch.clone()))
         .collect();
-    let written = s.db.call(move |st| st.patch_desired_many(&devices)).await?;
-    for (device, version) in written {
-        s.desired_changed(&device, version);
-    }
-    for a in agents {
-        let Some(m) = a.module_id.clone() else { continue };
-        let (d, p) = (a.device_id.clone(), patch.clone());
-        let twin = s.db.call(move |st| st.patch_module_desired(&d, &m, &p, None)).await??;
-        s.desired_changed(&a.path(), twin.version.unwrap_or_default());
-    }
-    Ok(())
+    let (s, agents) = (s.clone(), agents.to_vec());
+    crate::server::to_the_end(async move {
+        let written = s.db.call(move |st| st.patch_desired_many(&devices)).await?;
+        for (device, version) in written {
+            s.desired_changed(&device, version);
+        }
+        for a in agents {
+            let Some(m) = a.module_id.clone() else { continue };
+            let (d, p) = (a.device_id.clone(), patch.clone());
+            let twin = s.db.call(move |st| st.patch_module_desired(&d, &m, &p, None)).await??;
+            s.desired_changed(&a.path(), twin.version.unwrap_or_default());
+        }
+        Ok(())
+    })
+    .await
 }
 
 /// A collection with each agent's status read from its twin now; its stored status and time

@@ -222,17 +222,23 @@ async fn patch_twin(
     }
     let if_match = if_match(&headers);
     let desired_given = desired.is_some();
-    let twin = s
-        .db
-        .call(move |st| st.patch_twin(&id, tags.as_ref(), desired.as_ref(), if_match.as_deref()))
-        .await??;
-    if desired_given {
-        s.desired_changed(&twin.device_id, twin.version.unwrap_or_default());
-    } else {
-        s.twin_watch.changed(&twin.device_id, twin.version.unwrap_or_default());
-    }
-    // Tags can move the device in or out of Edge deployments' target conditions.
-    s.edge_changed.notify_one();
+    let s = s.clone();
+    let twin = crate::server::to_the_end(async move {
+        let twin =
+            s.db.call(move |st| {
+                st.patch_twin(&id, tags.as_ref(), desired.as_ref(), if_match.as_deref())
+            })
+            .await??;
+        if desired_given {
+            s.desired_changed(&twin.device_id, twin.version.unwrap_or_default());
+        } else {
+            s.twin_watch.changed(&twin.device_id, twin.version.unwrap_or_default());
+        }
+        // Tags can move the device in or out of Edge deployments' target conditions.
+        s.edge_changed.notify_one();
+        Ok::<_, ApiError>(twin)
+    })
+    .await?;
     Ok(with_etag(twin))
 }
 
