@@ -7,7 +7,9 @@ use super::diff::Op;
 use super::wire::{put_varint, zigzag};
 #[cfg(test)]
 use otaforge_applier::PatchError;
-pub use otaforge_applier::exec::{Cover, Covers, Exec, Isa, MAX_COVERS, MCU_COVERS, TableReader};
+pub use otaforge_applier::exec::{
+    Abs, Cover, Covers, Exec, Isa, MAX_COVERS, MCU_COVERS, TableReader,
+};
 
 /// `Option<Isa>` as its `--exec` name (for `DeltaInfo`'s JSON).
 pub(crate) fn serialize_isa<S: serde::Serializer>(
@@ -69,7 +71,12 @@ impl Table {
 
     /// The prediction with this table for `isa`.
     pub fn exec(&self, isa: Isa) -> Exec<'_> {
-        Exec { isa, table: &self.covers }
+        Exec { isa, table: &self.covers, abs: None }
+    }
+
+    /// The prediction with this table for `isa`, absolute pointers into old at `abs` too.
+    pub fn exec_abs(&self, isa: Isa, abs: Option<Abs>) -> Exec<'_> {
+        Exec { isa, table: &self.covers, abs }
     }
 
     /// Appends the table's encoding: the count, then per cover the gap after the previous
@@ -91,6 +98,151 @@ pub(crate) fn encode(covers: &dyn Covers, out: &mut Vec<u8>) {
         end = c.old_start + c.len;
         disp = c.disp;
     }
+}
+
+/// Where `old` lies in the address space, for absolute-pointer prediction (Thumb-2 and A32):
+/// the base address at which the most 32-bit words of old point at the targets of its own
+/// calls (functions, with the Thumb bit on Thumb-2). `None` when no base stands out.
+///
+/// Words that could point at code (odd for Thumb-2, multiples of 4 for A32) are grouped by
+/// 64 KiB region of the address space; in each of the four busiest regions (and old's length
+/// around it), every pair of such a word `v` and a call target `t` (an offset in old) votes for
+/// base `v - t` when that is a multiple of 256 (a vector table's alignment). Pointers to
+/// functions all vote for the true base, other pairs spread over many: the base kept is the
+/// one furthest ahead of its runner-up (at least 16 votes and 1.3 times as many).
+pub fn guess_base(old: &[u8], isa: Isa) -> Option<u64> {
+    let (align, thumb) = match isa {
+        Isa::Thumb2 => (2usize, 1u32),
+        Isa::A32 => (4, 0),
+        _ => return None,
+    };
+    if old.len() < 64 || old.len() as u64 >= 1 << 32 {
+        return None;
+    }
+    let mut targets = Vec::new();
+    let mut p = 0;
+    while p + 4 <= old.len() {
+        let w = &old[p..p + 4];
+        if isa.is_branch(w) {
+            let t = std::cell::Cell::new(-1);
+            let _ = isa.rewrite(w, p as i64, p as i64, |x| {
+                t.set(x);
+                x
+            });
+            let t = t.get();
+            if (0..old.len() as i64).contains(&t) {
+                targets.push(t as u64);
+            }
+            p += 4;
+        } else {
+            p += align;
+        }
+    }
+    targets.sort_unstable();
+    targets.dedup();
+    let (mask, thumb) = if thumb == 1 { (1, 1) } else { (3, 0) };
+    let words: Vec<u64> = old
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .filter(|v| v & mask == thumb && *v >= 0x100)
+        .map(|v| u64::from(v - thumb))
+        .collect();
+    if targets.len() < 16 || words.len() < 16 {
+        return None;
+    }
+    // Pointers into old share their high bits: the busiest 64 KiB regions of the address
+    // space (among instruction words that look alike) are where old may lie.
+    let mut regions: std::collections::HashMap<u64, u32> = Default::default();
+    for v in &words {
+        *regions.entry(v >> 16).or_default() += 1;
+    }
+    let mut busiest: Vec<(u32, u64)> = regions.into_iter().map(|(r, n)| (n, r)).collect();
+    busiest.sort_unstable_by(|a, b| b.cmp(a));
+    // A Cortex-M vector table's reset handler lies in old.
+    let reset = (isa == Isa::Thumb2 && Isa::detect(old) == Some(Isa::Thumb2))
+        .then(|| u64::from(u32::from_le_bytes([old[4], old[5], old[6], old[7]]) & !1));
+    let len = old.len() as u64;
+    let mut best: Option<(f64, u64)> = None;
+    for &(_, region) in busiest.iter().take(4) {
+        let (lo, hi) = ((region << 16).saturating_sub(len), (region << 16) + 0x1_0000 + len);
+        let near: Vec<u64> = words.iter().copied().filter(|v| (lo..hi).contains(v)).collect();
+        // At most about 4 million pairs: every k-th target.
+        let stride = (near.len() * targets.len() / (4 << 20)).max(1);
+        let mut votes: Vec<u64> = Vec::new();
+        for &v in &near {
+            for &t in targets.iter().step_by(stride) {
+                if let Some(b) = v.checked_sub(t).filter(|b| b & 0xff == 0)
+                    && reset.is_none_or(|r| (b..b + len).contains(&r))
+                {
+                    votes.push(b);
+                }
+            }
+        }
+        votes.sort_unstable();
+        let mut counts: Vec<(usize, u64)> =
+            votes.chunk_by(|a, b| a == b).map(|run| (run.len(), run[0])).collect();
+        counts.sort_unstable_by(|a, b| b.cmp(a));
+        let (Some(&(first, base)), second) = (counts.first(), counts.get(1).map_or(1, |c| c.0))
+        else {
+            continue;
+        };
+        let ratio = first as f64 / second.max(1) as f64;
+        if first >= 16 && ratio >= 1.3 && best.is_none_or(|b| ratio > b.0) {
+            best = Some((ratio, base));
+        }
+    }
+    best.map(|b| b.1)
+}
+
+/// Where `old` lies in the address space, from what the ops change: an aligned 32-bit word of
+/// an add that differs in new by `d` is, when it points into old, a pointer to a place that
+/// moved by `d`; each cover of `table` that moved by `d` gives the interval of bases for
+/// which the word points into it. The base in the most intervals (at least 8) is kept, on a
+/// multiple of 256 where it can be. `None` when no base stands out.
+pub(crate) fn base_from_ops(old: &[u8], new: &[u8], ops: &[Op], table: &Table) -> Option<u64> {
+    let mut by_disp: std::collections::HashMap<i64, Vec<Cover>> = Default::default();
+    for c in table.covers() {
+        by_disp.entry(c.disp).or_default().push(*c);
+    }
+    let word = |b: &[u8], at: usize| {
+        i64::from(u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]))
+    };
+    // (base, +1 where an interval starts or -1 past its end)
+    let mut events: Vec<(i64, i32)> = Vec::new();
+    for op in ops.iter().filter(|o| o.add >= 4) {
+        let first = (op.old_pos + 3) & !3;
+        for p in (first..=op.old_pos + op.add - 4).step_by(4) {
+            let q = p - op.old_pos + op.new_pos;
+            let (v, n) = (word(old, p), word(new, q));
+            // Covers far from few displacements: a word is worth at most 16 intervals.
+            match by_disp.get(&(n - v)).filter(|c| n != v && c.len() <= 16) {
+                Some(covers) => {
+                    for c in covers {
+                        let (lo, hi) =
+                            (v - (c.old_start + c.len) as i64 + 1, v - c.old_start as i64 + 1);
+                        if hi > 0 {
+                            events.push((lo.max(0), 1));
+                            events.push((hi, -1));
+                        }
+                    }
+                }
+                None => continue,
+            }
+        }
+    }
+    events.sort_unstable();
+    let (mut depth, mut best, mut at) = (0i32, 0i32, None);
+    for (i, &(x, e)) in events.iter().enumerate() {
+        depth += e;
+        let next = events.get(i + 1).map_or(x, |n| n.0);
+        if depth > best && next > x {
+            best = depth;
+            at = Some((x, next));
+        }
+    }
+    let (lo, hi) = at.filter(|_| best >= 8)?;
+    let aligned = (lo + 0xff) & !0xff;
+    Some(if aligned < hi { aligned } else { lo } as u64)
 }
 
 #[cfg(test)]
@@ -173,7 +325,7 @@ mod tests {
             10,
         );
         for isa in [Isa::Thumb2, Isa::Aarch64, Isa::X86_64] {
-            let ex = Exec { isa, table: &table.covers };
+            let ex = Exec { isa, table: &table.covers, abs: None };
             let (s, e) = (3u64, 3990u64);
             let mut whole = old[s as usize..e as usize].to_vec();
             ex.predict(&mut &old[..], (s, e), 100, s, &mut whole).unwrap();
@@ -191,5 +343,127 @@ mod tests {
                 assert!(got == whole, "{isa:?} in pieces of {piece}");
             }
         }
+    }
+
+    /// A Thumb-2-like image at `base`: calls to a few functions and literal pools holding
+    /// their addresses (with the Thumb bit) and addresses of data.
+    fn thumb_image(base: u32, len: usize) -> Vec<u8> {
+        let mut old: Vec<u8> =
+            (0..len as u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8 & 0x7f).collect();
+        let funcs: Vec<usize> = (0..40).map(|k| (64 + k * (len - 128) / 40) & !3).collect();
+        for (k, p) in (32..len - 64).step_by(36).enumerate() {
+            let f = funcs[(k * 7) % funcs.len()];
+            old[p..p + 4].copy_from_slice(&thumb_bl(p as i64, f as i64));
+            // A pool after it: a function pointer and a data pointer.
+            let q = (p + 8) & !3;
+            old[q..q + 4].copy_from_slice(&(base + f as u32 + 1).to_le_bytes());
+            old[q + 4..q + 8].copy_from_slice(&(base + (p as u32 * 3) % len as u32).to_le_bytes());
+        }
+        old
+    }
+
+    #[test]
+    fn the_base_is_found_from_calls_and_pools() {
+        let old = thumb_image(0x0800_8000, 20_000);
+        assert_eq!(guess_base(&old, Isa::Thumb2), Some(0x0800_8000));
+        assert_eq!(guess_base(&old, Isa::X86_64), None);
+        // From what the ops change: 100 bytes inserted at 4000, the pointers after it moved.
+        let base = 0x0800_8000u32;
+        let mut new = old.clone();
+        new.splice(4000..4000, [0u8; 100]);
+        for w in new.chunks_exact_mut(4) {
+            let v = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
+            if (base + 4000..base + 20_000).contains(&v) {
+                w.copy_from_slice(&(v + 100).to_le_bytes());
+            }
+        }
+        let ops = [
+            Op { new_pos: 0, old_pos: 0, add: 4000, copy: 100 },
+            Op { new_pos: 4100, old_pos: 4000, add: 16_000, copy: 0 },
+        ];
+        let table = Table::from_ops(&ops, MCU_COVERS);
+        assert_eq!(base_from_ops(&old, &new, &ops, &table), Some(u64::from(base)));
+        assert_eq!(base_from_ops(&old, &old, &ops[..1], &table), None);
+        let noise: Vec<u8> =
+            (0..20_000u32).map(|i| (i.wrapping_mul(2654435761) >> 9) as u8).collect();
+        assert_eq!(guess_base(&noise, Isa::Thumb2), None);
+    }
+
+    /// Absolute pointers: predicted through the table, and the same for any read split;
+    /// a word overlapping a branch that counts is left to the branch.
+    #[test]
+    fn pointers_are_predicted_the_same_for_any_read_split() {
+        let base = 0x0800_8000u32;
+        let old = thumb_image(base, 8_000);
+        let ops = [
+            Op { new_pos: 0, old_pos: 0, add: 4_000, copy: 0 },
+            Op { new_pos: 4_100, old_pos: 4_000, add: 4_000, copy: 0 },
+        ];
+        let table = Table::from_ops(&ops, 10);
+        let abs = Some(Abs { base: u64::from(base), len: old.len() as u64 });
+        // A pointer to old 5000 (+ Thumb bit) at 1000 is predicted to 5100.
+        let mut one = old.clone();
+        one[1000..1004].copy_from_slice(&(base + 5001).to_le_bytes());
+        one[996..1000].copy_from_slice(&[0; 4]);
+        one[1004..1008].copy_from_slice(&[0; 4]);
+        let ex = table.exec_abs(Isa::Thumb2, abs);
+        let mut b = one[1000..1004].to_vec();
+        ex.predict(&mut &one[..], (0, 4000), 0, 1000, &mut b).unwrap();
+        assert_eq!(b, (base + 5101).to_le_bytes());
+        // Without the flag, it stays.
+        let mut b = one[1000..1004].to_vec();
+        table.exec(Isa::Thumb2).predict(&mut &one[..], (0, 4000), 0, 1000, &mut b).unwrap();
+        assert_eq!(b, (base + 5001).to_le_bytes());
+        // A pointer-like word that a counting BL overlaps is the BL's.
+        let mut bl = one.clone();
+        bl[998..1002].copy_from_slice(&thumb_bl(998, 5000));
+        let mut b = bl[996..1008].to_vec();
+        ex.predict(&mut &bl[..], (0, 4000), 0, 996, &mut b).unwrap();
+        let mut only_bl = bl[996..1008].to_vec();
+        table.exec(Isa::Thumb2).predict(&mut &bl[..], (0, 4000), 0, 996, &mut only_bl).unwrap();
+        assert_eq!(b, only_bl);
+        for isa in [Isa::Thumb2, Isa::A32] {
+            let ex = table.exec_abs(isa, abs);
+            let (s, e) = (3u64, 7990u64);
+            let mut whole = old[s as usize..e as usize].to_vec();
+            ex.predict(&mut &old[..], (s, e), 100, s, &mut whole).unwrap();
+            let mut plain = old[s as usize..e as usize].to_vec();
+            table.exec(isa).predict(&mut &old[..], (s, e), 100, s, &mut plain).unwrap();
+            assert!(whole != plain, "{isa:?}: no pointer predicted");
+            for piece in [1usize, 2, 3, 5, 7, 64] {
+                let mut got = Vec::new();
+                let mut at = s;
+                while at < e {
+                    let n = (piece as u64).min(e - at) as usize;
+                    let mut b = old[at as usize..at as usize + n].to_vec();
+                    ex.predict(&mut &old[..], (s, e), 100, at, &mut b).unwrap();
+                    got.extend_from_slice(&b);
+                    at += n as u64;
+                }
+                assert!(got == whole, "{isa:?} in pieces of {piece}");
+            }
+        }
+    }
+
+    /// The base is read before the table; one that leaves 32 bits is refused.
+    #[test]
+    fn the_base_precedes_the_table() {
+        let mut b = Vec::new();
+        put_varint(&mut b, 0x0800_0000);
+        Table::from_ops(&[Op { new_pos: 4, old_pos: 0, add: 100, copy: 0 }], 10).encode(&mut b);
+        for piece in [1, 3, 100] {
+            let mut r = TableReader::with_base(100);
+            let mut store: Vec<Cover> = Vec::new();
+            for c in b.chunks(piece) {
+                r.feed(c, &mut store).unwrap();
+            }
+            assert!(r.done());
+            assert_eq!(r.base(), Some(0x0800_0000));
+            assert_eq!(store, [Cover { old_start: 0, len: 100, disp: 4 }]);
+        }
+        let mut high = Vec::new();
+        put_varint(&mut high, (1 << 32) - 50);
+        let mut store: Vec<Cover> = Vec::new();
+        assert!(TableReader::with_base(100).feed(&high, &mut store).is_err());
     }
 }

@@ -327,6 +327,8 @@ impl CoverStore for alloc::vec::Vec<Cover> {
 #[derive(Debug, Clone)]
 pub struct TableReader {
     old_len: u64,
+    /// With absolute pointers: `Some(None)` until the image base is read, then `Some(Some(b))`.
+    base: Option<Option<u64>>,
     left: Option<u64>,
     field: u8,
     number: Varint,
@@ -341,6 +343,7 @@ impl TableReader {
     pub fn new(old_len: u64) -> Self {
         Self {
             old_len,
+            base: None,
             left: None,
             field: 0,
             number: Varint::default(),
@@ -349,6 +352,17 @@ impl TableReader {
             disp: 0,
             consumed: 0,
         }
+    }
+
+    /// A reader for a delta with absolute-pointer prediction (header flag `abs32`): the image
+    /// base comes first, then the table.
+    pub fn with_base(old_len: u64) -> Self {
+        Self { base: Some(None), ..Self::new(old_len) }
+    }
+
+    /// The image base read (absolute-pointer prediction only).
+    pub fn base(&self) -> Option<u64> {
+        self.base.flatten()
     }
 
     /// Takes table bytes from the front of `input` into `store` and returns how many it took;
@@ -370,6 +384,14 @@ impl TableReader {
                 Ok(None) => continue,
                 Ok(Some(v)) => v,
             };
+            if self.base == Some(None) {
+                // The pointers an old image of `old_len` bytes at `base` holds are 32-bit.
+                if v.checked_add(self.old_len).map_or(true, |end| end > 1 << 32) {
+                    return Err(PatchError::BadTable("the image base leaves 32 bits"));
+                }
+                self.base = Some(Some(v));
+                continue;
+            }
             match self.left {
                 None => {
                     if v > MAX_COVERS {
@@ -427,11 +449,41 @@ pub struct Exec<'t> {
     pub isa: Isa,
     /// The displacement table.
     pub table: &'t dyn Covers,
+    /// Absolute-pointer prediction (Thumb-2 and A32 only): the old image's 32-bit words that
+    /// point into it are predicted too.
+    pub abs: Option<Abs>,
+}
+
+/// Where the old image lies in the address space, for absolute-pointer prediction: a 4-byte
+/// aligned 32-bit word `v` of old with `base <= v < base + len` points at old `v - base`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Abs {
+    /// Address of old's first byte.
+    pub base: u64,
+    /// Old's length.
+    pub len: u64,
+}
+
+impl Abs {
+    /// The word `w` (4 bytes, little endian) pointed at its old target's new place, when it
+    /// points into old and the new place is a 32-bit address.
+    pub fn rewrite(&self, w: &[u8], table: &dyn Covers) -> Option<[u8; 4]> {
+        let v = u64::from(u32::from_le_bytes([w[0], w[1], w[2], w[3]]));
+        let t = v.checked_sub(self.base).filter(|t| *t < self.len)?;
+        // A target no cover holds stays where it was (the plain prediction: the same word).
+        let new = table.map(t as i64, 0) + self.base as i64;
+        let new = u32::try_from(new).ok()?;
+        Some(new.to_le_bytes())
+    }
 }
 
 impl core::fmt::Debug for Exec<'_> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Exec").field("isa", &self.isa).field("covers", &self.table.count()).finish()
+        f.debug_struct("Exec")
+            .field("isa", &self.isa)
+            .field("covers", &self.table.count())
+            .field("abs", &self.abs)
+            .finish()
     }
 }
 
@@ -452,6 +504,20 @@ impl Window<'_> {
             buf[(q - self.at) as usize]
         } else {
             self.hi[(q - self.end) as usize]
+        }
+    }
+
+    fn get4(&self, p: u64, buf: &[u8]) -> [u8; 4] {
+        let b = self.get(p, 4, buf);
+        [b[0], b[1], b[2], b[3]]
+    }
+
+    /// Writes the bytes of `new` at `p..` that fall in `buf`.
+    fn put(&self, p: u64, new: &[u8], buf: &mut [u8]) {
+        for (i, q) in (p..p + new.len() as u64).enumerate() {
+            if (self.at..self.end).contains(&q) {
+                buf[(q - self.at) as usize] = new[i];
+            }
         }
     }
 
@@ -480,8 +546,10 @@ impl Exec<'_> {
         let end = at + buf.len() as u64;
         // Old bytes just before and after `buf` that the pattern checks can look at.
         let lo_start = s.max(at.saturating_sub(2 * w));
-        let hi_end = e.min(end + w);
-        let (mut lo, mut hi) = ([0u8; 10], [0u8; 5]);
+        // (Two more after: whether a branch straddling the end of `buf` counts decides an
+        // absolute pointer below it.)
+        let hi_end = e.min(end + w + 2);
+        let (mut lo, mut hi) = ([0u8; 10], [0u8; 7]);
         old.read_at(lo_start, &mut lo[..(at - lo_start) as usize])?;
         old.read_at(end, &mut hi[..(hi_end - end) as usize])?;
         let win = Window {
@@ -500,7 +568,7 @@ impl Exec<'_> {
         if first > last {
             return Ok(());
         }
-        self.rewrite_range(&win, (s, first, last), disp, buf);
+        self.rewrite_range(&win, (s, e), (first, last), disp, buf);
         Ok(())
     }
 
@@ -508,7 +576,8 @@ impl Exec<'_> {
     fn rewrite_range(
         &self,
         win: &Window<'_>,
-        (s, first, last): (u64, u64, u64),
+        (s, e): (u64, u64),
+        (first, last): (u64, u64),
         disp: i64,
         buf: &mut [u8],
     ) {
@@ -524,26 +593,33 @@ impl Exec<'_> {
         let is_branch = |p: u64, buf: &[u8]| -> bool {
             quick(win.byte(p + k, buf)) && self.isa.is_branch(&win.get(p, w, buf)[..wl])
         };
+        // Whether the branch pattern at `p` counts: no pattern in the `w - 1` positions below.
+        let counts = |p: u64, buf: &[u8]| -> bool {
+            is_branch(p, buf)
+                && !(1..w).filter(|k| k % a == 0 && p >= s + k).any(|k| is_branch(p - k, buf))
+        };
         // From the top down, so that a rewritten instruction is never read by a later check:
-        // the checks for `p` read only `[p - w + 1, p + w)`, and a branch that counts has no
-        // pattern in the `w - 1` positions below it, so the scan goes on from `p - w`.
+        // the checks for `p` read only `[p - w + 1, p + w)` (an absolute pointer's, with
+        // Thumb-2, `[p - 4, p + 4)`), and a branch that counts has no pattern in the `w - 1`
+        // positions below it, so the scan goes on from `p - w`.
         let mut p = last - last % a;
+        let top = p;
         while p >= first {
-            let counts = is_branch(p, buf)
-                && !(1..w).filter(|k| k % a == 0 && p >= s + k).any(|k| is_branch(p - k, buf));
-            let step = if counts {
+            let step = if counts(p, buf) {
                 let here = win.get(p, w, buf);
                 let pi = p as i64;
                 if let Some(new) =
                     self.isa.rewrite(&here[..wl], pi, pi + disp, |t| self.table.map(t, disp))
                 {
-                    for (i, q) in (p..p + w).enumerate() {
-                        if (win.at..win.end).contains(&q) {
-                            buf[(q - win.at) as usize] = new[i];
-                        }
-                    }
+                    win.put(p, &new[..wl], buf);
                 }
                 w
+            } else if self.is_pointer(win, (s, e), p, top, buf, &counts) {
+                let here = win.get(p, 4, buf);
+                if let Some(new) = self.abs.and_then(|abs| abs.rewrite(&here[..4], self.table)) {
+                    win.put(p, &new, buf);
+                }
+                4
             } else {
                 a
             };
@@ -551,6 +627,40 @@ impl Exec<'_> {
                 Some(next) => p = next,
                 None => break,
             }
+        }
+    }
+
+    /// Whether the aligned word at `p` (not a branch that counts) is an absolute pointer to
+    /// predict: it lies in the add range, points into old, and no branch that counts overlaps
+    /// it (with Thumb-2, at `p - 2` or `p + 2`; the scan has already ruled out `p + 2` unless
+    /// `p` is its first position).
+    fn is_pointer(
+        &self,
+        win: &Window<'_>,
+        (s, e): (u64, u64),
+        p: u64,
+        top: u64,
+        buf: &[u8],
+        counts: &dyn Fn(u64, &[u8]) -> bool,
+    ) -> bool {
+        let abs = match self.abs {
+            Some(abs) => abs,
+            None => return false,
+        };
+        if p % 4 != 0 || p < s || p + 4 > e {
+            return false;
+        }
+        let v = u64::from(u32::from_le_bytes(win.get4(p, buf)));
+        if v < abs.base || v - abs.base >= abs.len {
+            return false;
+        }
+        match self.isa {
+            Isa::Thumb2 => {
+                let below = p >= s + 2 && counts(p - 2, buf);
+                let above = p == top && p + 6 <= e && counts(p + 2, buf);
+                !below && !above
+            }
+            _ => true,
         }
     }
 }
