@@ -107,8 +107,8 @@ fn measure(exec: delta::ExecChoice, decoder: Decoder) -> Measured {
     let c_before = malloc_in_use();
     let mut c_peak = 0usize;
 
-    let mut patcher =
-        delta::stream_patcher(Patcher::new(h.old_size, h.new_size), h.filter).with_abs32(h.abs32);
+    let mut patcher = delta::stream_patcher(Patcher::new(h.old_size, h.new_size), h.filter)
+        .with_abs_pointers(h.abs_pointers);
     let mut sink = |b: &[u8]| {
         same &= new.get(written..written + b.len()) == Some(b);
         written += b.len();
@@ -183,7 +183,7 @@ fn table_len(delta_bytes: &[u8]) -> usize {
     // With absolute pointers the image base comes first.
     let mut bytes = first.iter();
     let mut v = 0usize;
-    for _ in 0..=usize::from(h.abs32) {
+    for _ in 0..=usize::from(h.abs_pointers) {
         let (mut n, mut shift) = (0usize, 0);
         for b in bytes.by_ref() {
             n |= usize::from(b & 0x7f) << shift;

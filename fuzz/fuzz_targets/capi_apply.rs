@@ -148,7 +148,8 @@ fuzz_target!(|data: &[u8]| {
     let filter = [None, Some(Isa::Thumb2), Some(Isa::Aarch64), Some(Isa::X86_64), Some(Isa::A32)]
         [usize::from(data[3] % 5)];
     // Absolute pointers too (the stream then starts with the image base).
-    let abs32 = data[3] & 0x80 != 0 && matches!(filter, Some(Isa::Thumb2 | Isa::A32));
+    let abs_pointers =
+        data[3] & 0x80 != 0 && matches!(filter, Some(Isa::Thumb2 | Isa::A32 | Isa::Aarch64));
     let new_len = u64::from(data[4]) * 4;
     let budget = u64::from(u16::from_le_bytes([data[5], data[6]]));
     let old_len = (usize::from(data[7]) * 4).min(data.len() - 9);
@@ -156,7 +157,7 @@ fuzz_target!(|data: &[u8]| {
 
     // The host's apply of the same stream, as the reference (and for new's digest).
     let mut sp = delta::stream_patcher(delta::Patcher::new(old_len as u64, new_len), filter)
-        .with_abs32(abs32);
+        .with_abs_pointers(abs_pointers);
     let mut out = Vec::new();
     let ok = sp
         .feed_until(
@@ -185,7 +186,7 @@ fuzz_target!(|data: &[u8]| {
         digest: Sha256::digest(b""),
         signed: false,
         filter,
-        abs32,
+        abs_pointers,
         in_place: in_place.then_some(layout),
     };
     h.digest = delta::format::digest(&h.encode(), stream);

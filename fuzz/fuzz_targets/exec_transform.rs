@@ -1,7 +1,7 @@
 //! The executable transforms: any old and new images, with each instruction set's prediction
 //! forced on, make a delta that rebuilds new; applied again through `StreamPatcher` with the
 //! fuzzer's piece and scratch sizes (as a device reads), it rebuilds the same bytes, so the
-//! prediction does not depend on how reads are split. With Thumb-2 and A32, absolute pointers
+//! prediction does not depend on how reads are split. With Thumb-2, A32 and AArch64, absolute pointers
 //! are predicted too when the fuzzer says so (image base 0, where small words point into old,
 //! or 0x0800_0000).
 #![no_main]
@@ -61,12 +61,12 @@ fuzz_target!(|data: &[u8]| {
     let h = delta::Header::decode(&created.bytes).unwrap();
     assert_eq!(h.filter, Some(isa));
     if let delta::AbsChoice::Base(_) = abs {
-        assert_eq!(h.abs32, matches!(isa, Isa::Thumb2 | Isa::A32));
+        assert_eq!(h.abs_pointers, matches!(isa, Isa::Thumb2 | Isa::A32 | Isa::Aarch64));
     }
     // Stored: the payload is the op stream itself.
     let stream = &created.bytes[delta::format::HEADER_LEN..][..h.payload_len as usize];
-    let mut p =
-        delta::stream_patcher(Patcher::new(h.old_size, h.new_size), h.filter).with_abs32(h.abs32);
+    let mut p = delta::stream_patcher(Patcher::new(h.old_size, h.new_size), h.filter)
+        .with_abs_pointers(h.abs_pointers);
     let mut out = Vec::new();
     let mut scratch = vec![0u8; scratch_len];
     for chunk in stream.chunks(piece) {

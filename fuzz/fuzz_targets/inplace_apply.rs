@@ -93,15 +93,16 @@ fuzz_target!(|data: &[u8]| {
     let filter = [None, Some(Isa::Thumb2), Some(Isa::Aarch64), Some(Isa::X86_64), Some(Isa::A32)]
         [usize::from(data[2] % 5)];
     // Absolute pointers too (the stream then starts with the image base).
-    let abs32 = data[2] & 0x80 != 0 && matches!(filter, Some(Isa::Thumb2 | Isa::A32));
+    let abs_pointers =
+        data[2] & 0x80 != 0 && matches!(filter, Some(Isa::Thumb2 | Isa::A32 | Isa::Aarch64));
     let new_len = u64::from(data[3]) * 4;
     let budget = u64::from(u16::from_le_bytes([data[4], data[5]]));
     let old_len = (usize::from(data[6]) * 4).min(data.len() - 7);
     let (old, stream) = data[7..].split_at(old_len);
 
     // Out of place, the same stream: the reference result.
-    let mut sp =
-        delta::stream_patcher(Patcher::new(old_len as u64, new_len), filter).with_abs32(abs32);
+    let mut sp = delta::stream_patcher(Patcher::new(old_len as u64, new_len), filter)
+        .with_abs_pointers(abs_pointers);
     let mut out = Vec::new();
     let ok = sp
         .feed_until(
@@ -130,7 +131,7 @@ fuzz_target!(|data: &[u8]| {
         digest: Sha256::digest(b""),
         signed: false,
         filter,
-        abs32,
+        abs_pointers,
         in_place: Some(layout),
     };
     h.digest = delta::format::digest(&h.encode(), stream);

@@ -360,7 +360,7 @@ fn info(a: InfoArgs, out: &Output) -> anyhow::Result<Outcome> {
     out.line(format!("compression  {}", i.compression))?;
     out.line(format!("window       {}", human_bytes(u64::from(i.window))))?;
     out.line(format!("decoder RAM  {}", human_bytes(i.decoder_ram)))?;
-    let abs = if i.abs32 { ", absolute pointers" } else { "" };
+    let abs = if i.abs_pointers { ", absolute pointers" } else { "" };
     out.line(format!("exec         {}{abs}", i.exec.map_or("none", |e| e.name())))?;
     if let Some(ip) = &i.in_place {
         out.line(format!(

@@ -95,13 +95,13 @@ impl ExecPlan {
             Some(_) if use_ops => exec::Table::from_ops(ops, covers),
             _ => exec::Table::default(),
         };
-        // Absolute pointers (32-bit code): where old lies, as asked, or guessed from the words
-        // the ops change and from old's own calls.
-        let abs32 = matches!(isa, Some(Isa::Thumb2 | Isa::A32)) && use_ops;
+        // Absolute pointers: where old lies, as asked, or guessed from the words the ops change
+        // and from old's own calls.
+        let abs_ok = isa.and_then(Isa::pointer_width).is_some() && use_ops;
         let mut bases = match (opts.abs, isa) {
-            (AbsChoice::Base(base), _) if abs32 => vec![base],
-            (AbsChoice::Auto, Some(i)) if abs32 => {
-                let mut b: Vec<u64> = [exec::base_from_ops(old, new, ops, &table)]
+            (AbsChoice::Base(base), _) if abs_ok => vec![base],
+            (AbsChoice::Auto, Some(i)) if abs_ok => {
+                let mut b: Vec<u64> = [exec::base_from_ops(old, new, ops, &table, i)]
                     .into_iter()
                     .chain([exec::guess_base(old, i)])
                     .flatten()
@@ -111,22 +111,36 @@ impl ExecPlan {
             }
             _ => Vec::new(),
         };
-        bases.retain(|b| b.saturating_add(old.len() as u64) <= 1 << 32);
+        let wide = isa.and_then(Isa::pointer_width) == Some(8);
+        bases.retain(|b| b.checked_add(old.len() as u64).is_some_and(|e| wide || e <= 1 << 32));
         let abs: Vec<exec::Abs> =
             bases.into_iter().map(|base| exec::Abs { base, len: old.len() as u64 }).collect();
         let mut filters: Vec<Filter> = match isa {
             // Large streams: compressing twice would double the compressors' memory and time,
-            // so the prediction is kept when it leaves fewer non-zero corrections.
+            // so the prediction (and the pointers) are kept when they leave the fewest
+            // non-zero corrections.
             Some(i) if plain_too && use_ops && ops_stream_hint(ops) > 4 << 20 => {
                 reporter.start("exec", None);
-                let exec = table.exec(i);
-                let (with, without) = std::thread::scope(|s| {
-                    let h = s.spawn(|| ops::nonzero_corrections(old, new, ops, Some(exec)));
-                    let without = ops::nonzero_corrections(old, new, ops, None);
-                    (h.join().unwrap_or(u64::MAX), without)
+                let mut options: Vec<Filter> = vec![None, Some((i, None))];
+                if matches!(opts.abs, AbsChoice::Base(_)) && !abs.is_empty() {
+                    // Asked for: always.
+                    options.clear();
+                }
+                options.extend(abs.iter().map(|&a| Some((i, Some(a)))));
+                let table = &table;
+                let counts: Vec<u64> = std::thread::scope(|s| {
+                    let runs: Vec<_> = options
+                        .iter()
+                        .map(|&f| {
+                            let exec = f.map(|(i, a)| table.exec_abs(i, a));
+                            s.spawn(move || ops::nonzero_corrections(old, new, ops, exec))
+                        })
+                        .collect();
+                    runs.into_iter().map(|h| h.join().unwrap_or(u64::MAX)).collect()
                 });
                 reporter.finish("exec");
-                if with < without { vec![Some((i, None))] } else { vec![None] }
+                let best = (0..options.len()).min_by_key(|&k| counts[k]).unwrap_or(0);
+                return Self { isa, plain_too, table: table.clone(), filters: vec![options[best]] };
             }
             Some(i) if plain_too => vec![None, Some((i, None))],
             Some(i) => vec![Some((i, None))],
@@ -137,9 +151,7 @@ impl ExecPlan {
                 // Asked for: always.
                 filters.retain(|f| *f != Some((i, None)));
             }
-            if filters.contains(&Some((i, None))) || matches!(opts.abs, AbsChoice::Base(_)) {
-                filters.extend(abs.iter().map(|&a| Some((i, Some(a)))));
-            }
+            filters.extend(abs.iter().map(|&a| Some((i, Some(a)))));
         }
         Self { isa, plain_too, table, filters }
     }
@@ -276,13 +288,9 @@ fn compress_all(
     let jobs: Vec<(Method, codec::Encoder, Filter)> = encoders
         .iter()
         .flat_map(|&(m, e)| match m {
-            // Method 3 derives its table and has no room for a base: no absolute pointers.
-            Method::Bsdiff | Method::Split => plan
-                .filters
-                .iter()
-                .filter(|f| m == Method::Bsdiff || !f.is_some_and(|f| f.1.is_some()))
-                .map(|&f| (m, e, f))
-                .collect::<Vec<_>>(),
+            Method::Bsdiff | Method::Split => {
+                plan.filters.iter().map(|&f| (m, e, f)).collect::<Vec<_>>()
+            }
             Method::Zstd => vec![(m, e, None)],
         })
         .collect();
@@ -333,7 +341,7 @@ fn assemble(
         digest: Sha256::from_bytes([0; 32]),
         signed: false,
         filter: filter.map(|f| f.0),
-        abs32: filter.is_some_and(|f| f.1.is_some()),
+        abs_pointers: filter.is_some_and(|f| f.1.is_some()),
         in_place,
     };
     let mut encoded = header.encode();
@@ -426,7 +434,7 @@ fn compress_payload(
             };
             // The reader derives the displacement table from the ops: all covers, not sent.
             let full = exec.map(|_| exec::Table::from_ops(ops, usize::MAX));
-            let exec = exec.zip(full.as_ref()).map(|(e, t)| t.exec(e.isa));
+            let exec = exec.zip(full.as_ref()).map(|(e, t)| t.exec_abs(e.isa, e.abs));
             let mut table_len = Vec::new();
             if let Some(t) = &full {
                 t.encode(&mut table_len);

@@ -194,39 +194,52 @@ pub fn guess_base(old: &[u8], isa: Isa) -> Option<u64> {
     best.map(|b| b.1)
 }
 
-/// Where `old` lies in the address space, from what the ops change: an aligned 32-bit word of
-/// an add that differs in new by `d` is, when it points into old, a pointer to a place that
-/// moved by `d`; each cover of `table` that moved by `d` gives the interval of bases for
-/// which the word points into it. The base in the most intervals (at least 8) is kept, on a
-/// multiple of 256 where it can be. `None` when no base stands out.
-pub(crate) fn base_from_ops(old: &[u8], new: &[u8], ops: &[Op], table: &Table) -> Option<u64> {
+/// Where `old` lies in the address space, from what the ops change: an aligned pointer-wide
+/// word (`isa`'s) of an add that differs in new by `d` is, when it points into old, a pointer
+/// to a place that moved by `d`; each cover of `table` that moved by `d` gives the interval of
+/// bases for which the word points into it. The base in the most intervals (at least 8) is
+/// kept, on a multiple of 256 where it can be. `None` when no base stands out.
+pub(crate) fn base_from_ops(
+    old: &[u8],
+    new: &[u8],
+    ops: &[Op],
+    table: &Table,
+    isa: Isa,
+) -> Option<u64> {
+    let pw = isa.pointer_width()? as usize;
     let mut by_disp: std::collections::HashMap<i64, Vec<Cover>> = Default::default();
     for c in table.covers() {
         by_disp.entry(c.disp).or_default().push(*c);
     }
     let word = |b: &[u8], at: usize| {
-        i64::from(u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]))
+        i128::from(b[at..at + pw].iter().rev().fold(0u64, |v, x| v << 8 | u64::from(*x)))
     };
-    // (base, +1 where an interval starts or -1 past its end)
-    let mut events: Vec<(i64, i32)> = Vec::new();
-    for op in ops.iter().filter(|o| o.add >= 4) {
-        let first = (op.old_pos + 3) & !3;
-        for p in (first..=op.old_pos + op.add - 4).step_by(4) {
+    // Words that changed, each with its candidate covers; at most about a million intervals.
+    let mut changed: Vec<(i128, &[Cover])> = Vec::new();
+    for op in ops.iter().filter(|o| o.add >= pw) {
+        let first = op.old_pos.next_multiple_of(pw);
+        for p in (first..=op.old_pos + op.add - pw).step_by(pw) {
             let q = p - op.old_pos + op.new_pos;
             let (v, n) = (word(old, p), word(new, q));
-            // Covers far from few displacements: a word is worth at most 16 intervals.
-            match by_disp.get(&(n - v)).filter(|c| n != v && c.len() <= 16) {
-                Some(covers) => {
-                    for c in covers {
-                        let (lo, hi) =
-                            (v - (c.old_start + c.len) as i64 + 1, v - c.old_start as i64 + 1);
-                        if hi > 0 {
-                            events.push((lo.max(0), 1));
-                            events.push((hi, -1));
-                        }
-                    }
-                }
+            // Displacements shared by many covers say little: at most 16.
+            let d = i64::try_from(n - v).ok();
+            match d.and_then(|d| by_disp.get(&d)).filter(|c| n != v && c.len() <= 16) {
+                Some(covers) => changed.push((v, covers)),
                 None => continue,
+            }
+        }
+    }
+    let total: usize = changed.iter().map(|c| c.1.len()).sum();
+    let stride = (total / (1 << 20)).max(1);
+    // (base, +1 where an interval starts or -1 past its end)
+    let mut events: Vec<(i128, i32)> = Vec::new();
+    for &(v, covers) in changed.iter().step_by(stride) {
+        for c in covers {
+            let (lo, hi) =
+                (v - i128::from(c.old_start + c.len) + 1, v - i128::from(c.old_start) + 1);
+            if hi > 0 {
+                events.push((lo.max(0), 1));
+                events.push((hi, -1));
             }
         }
     }
@@ -242,7 +255,7 @@ pub(crate) fn base_from_ops(old: &[u8], new: &[u8], ops: &[Op], table: &Table) -
     }
     let (lo, hi) = at.filter(|_| best >= 8)?;
     let aligned = (lo + 0xff) & !0xff;
-    Some(if aligned < hi { aligned } else { lo } as u64)
+    u64::try_from(if aligned < hi { aligned } else { lo }).ok()
 }
 
 #[cfg(test)]
@@ -382,8 +395,8 @@ mod tests {
             Op { new_pos: 4100, old_pos: 4000, add: 16_000, copy: 0 },
         ];
         let table = Table::from_ops(&ops, MCU_COVERS);
-        assert_eq!(base_from_ops(&old, &new, &ops, &table), Some(u64::from(base)));
-        assert_eq!(base_from_ops(&old, &old, &ops[..1], &table), None);
+        assert_eq!(base_from_ops(&old, &new, &ops, &table, Isa::Thumb2), Some(u64::from(base)));
+        assert_eq!(base_from_ops(&old, &old, &ops[..1], &table, Isa::Thumb2), None);
         let noise: Vec<u8> =
             (0..20_000u32).map(|i| (i.wrapping_mul(2654435761) >> 9) as u8).collect();
         assert_eq!(guess_base(&noise, Isa::Thumb2), None);
@@ -445,6 +458,54 @@ mod tests {
         }
     }
 
+    /// AArch64: 64-bit pointers at multiples of 8, beside BLs, the same for any read split.
+    #[test]
+    fn wide_pointers_are_predicted_the_same_for_any_read_split() {
+        let base = 0x40_0000u64;
+        let mut old: Vec<u8> =
+            (0..8000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        for p in (0..7984).step_by(20) {
+            let q = p & !7;
+            let t = (p as u64 * 7) % 8000;
+            old[q..q + 8].copy_from_slice(&(base + t).to_le_bytes());
+            if p % 40 == 0 {
+                let bl = 0x9400_0000u32 | (p as u32 % 400);
+                old[q + 8..q + 12].copy_from_slice(&bl.to_le_bytes());
+            }
+        }
+        let ops = [
+            Op { new_pos: 0, old_pos: 0, add: 4_000, copy: 0 },
+            Op { new_pos: 4_096, old_pos: 4_000, add: 4_000, copy: 0 },
+        ];
+        let table = Table::from_ops(&ops, 10);
+        let ex = table.exec_abs(Isa::Aarch64, Some(Abs { base, len: 8000 }));
+        // A pointer to old 5000 at 800 becomes one to 5096.
+        let mut one = old.clone();
+        one[800..808].copy_from_slice(&(base + 5000).to_le_bytes());
+        one[808..812].copy_from_slice(&[0; 4]);
+        let mut b = one[800..808].to_vec();
+        ex.predict(&mut &one[..], (0, 4000), 0, 800, &mut b).unwrap();
+        assert_eq!(b, (base + 5096).to_le_bytes());
+        let (s, e) = (3u64, 7990u64);
+        let mut whole = old[s as usize..e as usize].to_vec();
+        ex.predict(&mut &old[..], (s, e), 96, s, &mut whole).unwrap();
+        let mut plain = old[s as usize..e as usize].to_vec();
+        table.exec(Isa::Aarch64).predict(&mut &old[..], (s, e), 96, s, &mut plain).unwrap();
+        assert!(whole != plain, "no pointer predicted");
+        for piece in [1usize, 3, 4, 5, 7, 9, 64] {
+            let mut got = Vec::new();
+            let mut at = s;
+            while at < e {
+                let n = (piece as u64).min(e - at) as usize;
+                let mut b = old[at as usize..at as usize + n].to_vec();
+                ex.predict(&mut &old[..], (s, e), 96, at, &mut b).unwrap();
+                got.extend_from_slice(&b);
+                at += n as u64;
+            }
+            assert!(got == whole, "in pieces of {piece}");
+        }
+    }
+
     /// The base is read before the table; one that leaves 32 bits is refused.
     #[test]
     fn the_base_precedes_the_table() {
@@ -452,7 +513,7 @@ mod tests {
         put_varint(&mut b, 0x0800_0000);
         Table::from_ops(&[Op { new_pos: 4, old_pos: 0, add: 100, copy: 0 }], 10).encode(&mut b);
         for piece in [1, 3, 100] {
-            let mut r = TableReader::with_base(100);
+            let mut r = TableReader::with_base(100, Isa::Thumb2);
             let mut store: Vec<Cover> = Vec::new();
             for c in b.chunks(piece) {
                 r.feed(c, &mut store).unwrap();
@@ -464,6 +525,11 @@ mod tests {
         let mut high = Vec::new();
         put_varint(&mut high, (1 << 32) - 50);
         let mut store: Vec<Cover> = Vec::new();
-        assert!(TableReader::with_base(100).feed(&high, &mut store).is_err());
+        assert!(TableReader::with_base(100, Isa::Thumb2).feed(&high, &mut store).is_err());
+        // 64-bit pointers (AArch64): any base that leaves old inside 64 bits.
+        let mut store: Vec<Cover> = Vec::new();
+        let mut r = TableReader::with_base(100, Isa::Aarch64);
+        r.feed(&high, &mut store).unwrap();
+        assert_eq!(r.base(), Some((1 << 32) - 50));
     }
 }

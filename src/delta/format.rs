@@ -114,7 +114,7 @@ pub struct Header {
     pub filter: Option<super::exec::Isa>,
     /// 32-bit absolute pointers into old are predicted too (`flags` bit 2; the op stream
     /// starts with old's base address).
-    pub abs32: bool,
+    pub abs_pointers: bool,
     /// Segment size and shift of a delta applied in place (`flags` bit 1).
     pub in_place: Option<InPlace>,
 }
@@ -131,8 +131,8 @@ impl Header {
         h[12..16].copy_from_slice(&self.window.to_le_bytes());
         h[16] = self.lzma_props;
         h[17] = if self.signed { FLAG_SIGNED } else { 0 };
-        if self.abs32 {
-            h[17] |= otaforge_applier::header::FLAG_ABS32;
+        if self.abs_pointers {
+            h[17] |= otaforge_applier::header::FLAG_ABS_POINTERS;
         }
         if let Some(ip) = self.in_place {
             h[17] |= FLAG_IN_PLACE;
@@ -172,7 +172,7 @@ impl Header {
             digest: *self.digest.as_bytes(),
             signed: self.signed,
             filter: self.filter,
-            abs32: self.abs32,
+            abs_pointers: self.abs_pointers,
             in_place: self.in_place,
         }
     }
@@ -213,7 +213,7 @@ impl From<otaforge_applier::Header> for Header {
             digest: Sha256::from_bytes(h.digest),
             signed: h.signed,
             filter: h.filter,
-            abs32: h.abs32,
+            abs_pointers: h.abs_pointers,
             in_place: h.in_place,
         }
     }
@@ -245,7 +245,7 @@ mod tests {
             digest: Sha256::digest(b"payload"),
             signed: false,
             filter: None,
-            abs32: false,
+            abs_pointers: false,
             in_place: None,
         }
     }

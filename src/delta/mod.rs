@@ -187,7 +187,7 @@ pub struct DeltaInfo {
     pub exec: Option<Isa>,
     /// Absolute pointers are predicted too (otadelta only).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub abs32: bool,
+    pub abs_pointers: bool,
     /// The in-place layout (otadelta made with `--in-place` only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub in_place: Option<InPlaceInfo>,
@@ -365,7 +365,7 @@ pub fn info(delta: &[u8]) -> Result<DeltaInfo, DeltaError> {
                 KeyId::from_bytes(delta[at..at + 32].try_into().unwrap_or_default())
             }),
             exec: h.filter,
-            abs32: h.abs32,
+            abs_pointers: h.abs_pointers,
             in_place: h.in_place.map(|ip| InPlaceInfo {
                 segment: ip.segment(),
                 shift: ip.shift(),
@@ -389,7 +389,7 @@ pub fn info(delta: &[u8]) -> Result<DeltaInfo, DeltaError> {
             signed: false,
             key_id: None,
             exec: None,
-            abs32: false,
+            abs_pointers: false,
             in_place: None,
         })
     } else {
@@ -520,7 +520,8 @@ fn apply_otadelta(
     };
     let mut stream = Bounded::new(reader, &h);
     let mut patcher = (h.method != Method::Zstd).then(|| {
-        stream_patcher(Patcher::new(h.old_size, h.new_size), h.filter).with_abs32(h.abs32)
+        stream_patcher(Patcher::new(h.old_size, h.new_size), h.filter)
+            .with_abs_pointers(h.abs_pointers)
     });
     let mut scratch = [0u8; 4096];
     let mut old_img = old;

@@ -54,6 +54,16 @@ impl Isa {
         }
     }
 
+    /// Width of the absolute pointers the filter predicts with flags bit 2 (4 or 8 bytes;
+    /// they lie at multiples of it), `None` where it has none.
+    pub fn pointer_width(self) -> Option<u64> {
+        match self {
+            Isa::Thumb2 | Isa::A32 => Some(4),
+            Isa::Aarch64 => Some(8),
+            Isa::X86_64 => None,
+        }
+    }
+
     /// Instruction alignment in the image.
     fn align(self) -> u64 {
         match self {
@@ -329,6 +339,8 @@ pub struct TableReader {
     old_len: u64,
     /// With absolute pointers: `Some(None)` until the image base is read, then `Some(Some(b))`.
     base: Option<Option<u64>>,
+    /// The pointers are 64-bit.
+    wide: bool,
     left: Option<u64>,
     field: u8,
     number: Varint,
@@ -344,6 +356,7 @@ impl TableReader {
         Self {
             old_len,
             base: None,
+            wide: false,
             left: None,
             field: 0,
             number: Varint::default(),
@@ -354,10 +367,11 @@ impl TableReader {
         }
     }
 
-    /// A reader for a delta with absolute-pointer prediction (header flag `abs32`): the image
-    /// base comes first, then the table.
-    pub fn with_base(old_len: u64) -> Self {
-        Self { base: Some(None), ..Self::new(old_len) }
+    /// A reader for a delta with absolute-pointer prediction (header flags bit 2) for `isa`:
+    /// the image base comes first, then the table.
+    pub fn with_base(old_len: u64, isa: Isa) -> Self {
+        let wide = isa.pointer_width() == Some(8);
+        Self { base: Some(None), wide, ..Self::new(old_len) }
     }
 
     /// The image base read (absolute-pointer prediction only).
@@ -385,9 +399,10 @@ impl TableReader {
                 Ok(Some(v)) => v,
             };
             if self.base == Some(None) {
-                // The pointers an old image of `old_len` bytes at `base` holds are 32-bit.
-                if v.checked_add(self.old_len).map_or(true, |end| end > 1 << 32) {
-                    return Err(PatchError::BadTable("the image base leaves 32 bits"));
+                // Old, `old_len` bytes at `base`, lies inside the pointers' address space.
+                let end = v.checked_add(self.old_len);
+                if end.map_or(true, |end| !self.wide && end > 1 << 32) {
+                    return Err(PatchError::BadTable("the image base leaves the address space"));
                 }
                 self.base = Some(Some(v));
                 continue;
@@ -454,8 +469,9 @@ pub struct Exec<'t> {
     pub abs: Option<Abs>,
 }
 
-/// Where the old image lies in the address space, for absolute-pointer prediction: a 4-byte
-/// aligned 32-bit word `v` of old with `base <= v < base + len` points at old `v - base`.
+/// Where the old image lies in the address space, for absolute-pointer prediction: an aligned
+/// 32-bit (64-bit on AArch64) word `v` of old with `base <= v < base + len` points at old
+/// `v - base`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Abs {
     /// Address of old's first byte.
@@ -465,16 +481,23 @@ pub struct Abs {
 }
 
 impl Abs {
-    /// The word `w` (4 bytes, little endian) pointed at its old target's new place, when it
-    /// points into old and the new place is a 32-bit address.
-    pub fn rewrite(&self, w: &[u8], table: &dyn Covers) -> Option<[u8; 4]> {
-        let v = u64::from(u32::from_le_bytes([w[0], w[1], w[2], w[3]]));
+    /// The word `w` (4 or 8 bytes, little endian) pointed at its old target's new place, when
+    /// it points into old and the new place fits the word.
+    pub fn rewrite(&self, w: &[u8], table: &dyn Covers) -> Option<[u8; 8]> {
+        let v = word(w);
         let t = v.checked_sub(self.base).filter(|t| *t < self.len)?;
         // A target no cover holds stays where it was (the plain prediction: the same word).
-        let new = table.map(t as i64, 0) + self.base as i64;
-        let new = u32::try_from(new).ok()?;
+        let new = u64::try_from(table.map(t as i64, 0)).ok()?.checked_add(self.base)?;
+        if w.len() < 8 && new >> 32 != 0 {
+            return None;
+        }
         Some(new.to_le_bytes())
     }
+}
+
+/// A little-endian word of up to 8 bytes.
+fn word(w: &[u8]) -> u64 {
+    w.iter().rev().fold(0, |v, b| v << 8 | u64::from(*b))
 }
 
 impl core::fmt::Debug for Exec<'_> {
@@ -507,11 +530,6 @@ impl Window<'_> {
         }
     }
 
-    fn get4(&self, p: u64, buf: &[u8]) -> [u8; 4] {
-        let b = self.get(p, 4, buf);
-        [b[0], b[1], b[2], b[3]]
-    }
-
     /// Writes the bytes of `new` at `p..` that fall in `buf`.
     fn put(&self, p: u64, new: &[u8], buf: &mut [u8]) {
         for (i, q) in (p..p + new.len() as u64).enumerate() {
@@ -521,8 +539,8 @@ impl Window<'_> {
         }
     }
 
-    fn get(&self, p: u64, w: u64, buf: &[u8]) -> [u8; 5] {
-        let mut bytes = [0u8; 5];
+    fn get(&self, p: u64, w: u64, buf: &[u8]) -> [u8; 8] {
+        let mut bytes = [0u8; 8];
         for (i, q) in (p..p + w).enumerate() {
             bytes[i] = self.byte(q, buf);
         }
@@ -543,13 +561,14 @@ impl Exec<'_> {
         buf: &mut [u8],
     ) -> Result<(), IoError> {
         let (w, a) = (self.isa.width(), self.isa.align());
+        // The widest thing that may overlap `buf` from below: an instruction or a pointer.
+        let pw = self.abs.and(self.isa.pointer_width()).unwrap_or(w);
         let end = at + buf.len() as u64;
-        // Old bytes just before and after `buf` that the pattern checks can look at.
-        let lo_start = s.max(at.saturating_sub(2 * w));
-        // (Two more after: whether a branch straddling the end of `buf` counts decides an
-        // absolute pointer below it.)
-        let hi_end = e.min(end + w + 2);
-        let (mut lo, mut hi) = ([0u8; 10], [0u8; 7]);
+        // Old bytes just before and after `buf` that the checks can look at (after: whether a
+        // branch straddling the end of `buf` counts decides a pointer below it).
+        let lo_start = s.max(at.saturating_sub(16));
+        let hi_end = e.min(end + 16);
+        let (mut lo, mut hi) = ([0u8; 16], [0u8; 16]);
         old.read_at(lo_start, &mut lo[..(at - lo_start) as usize])?;
         old.read_at(end, &mut hi[..(hi_end - end) as usize])?;
         let win = Window {
@@ -559,7 +578,7 @@ impl Exec<'_> {
             end,
             hi: &hi[..(hi_end - end) as usize],
         };
-        let first = at.saturating_sub(w - 1).max(s);
+        let first = at.saturating_sub(w.max(pw) - 1).max(s);
         let first = (first + a - 1) / a * a;
         if e < w || buf.is_empty() {
             return Ok(());
@@ -599,13 +618,15 @@ impl Exec<'_> {
                 && !(1..w).filter(|k| k % a == 0 && p >= s + k).any(|k| is_branch(p - k, buf))
         };
         // From the top down, so that a rewritten instruction is never read by a later check:
-        // the checks for `p` read only `[p - w + 1, p + w)` (an absolute pointer's, with
-        // Thumb-2, `[p - 4, p + 4)`), and a branch that counts has no pattern in the `w - 1`
-        // positions below it, so the scan goes on from `p - w`.
+        // the checks for `p` read only `[p - w + 1, p + w)` (a pointer's, `[p - w + 1, p +
+        // its width)`), and a branch that counts has no pattern in the `w - 1` positions below
+        // it (nor a pointer, checked), so the scan goes on from `p - w`.
         let mut p = last - last % a;
-        let top = p;
+        // The lowest position where a branch counted so far.
+        let mut low = u64::MAX;
         while p >= first {
             let step = if counts(p, buf) {
+                low = p;
                 let here = win.get(p, w, buf);
                 let pi = p as i64;
                 if let Some(new) =
@@ -614,12 +635,13 @@ impl Exec<'_> {
                     win.put(p, &new[..wl], buf);
                 }
                 w
-            } else if self.is_pointer(win, (s, e), p, top, buf, &counts) {
-                let here = win.get(p, 4, buf);
-                if let Some(new) = self.abs.and_then(|abs| abs.rewrite(&here[..4], self.table)) {
-                    win.put(p, &new, buf);
+            } else if let Some(pw) = self.is_pointer(win, (s, e), (p, low, last), buf, &counts) {
+                let here = win.get(p, pw, buf);
+                let pl = pw as usize;
+                if let Some(new) = self.abs.and_then(|abs| abs.rewrite(&here[..pl], self.table)) {
+                    win.put(p, &new[..pl], buf);
                 }
-                4
+                w
             } else {
                 a
             };
@@ -631,37 +653,44 @@ impl Exec<'_> {
     }
 
     /// Whether the aligned word at `p` (not a branch that counts) is an absolute pointer to
-    /// predict: it lies in the add range, points into old, and no branch that counts overlaps
-    /// it (with Thumb-2, at `p - 2` or `p + 2`; the scan has already ruled out `p + 2` unless
-    /// `p` is its first position).
+    /// predict, and its width: it lies in the add range, points into old, and no branch that
+    /// counts overlaps it. Branches above `p` that count are at `low` or higher, except those
+    /// beyond `last` (the scan's first position), checked here; below, with Thumb-2, `p - 2`.
     fn is_pointer(
         &self,
         win: &Window<'_>,
         (s, e): (u64, u64),
-        p: u64,
-        top: u64,
+        (p, low, last): (u64, u64, u64),
         buf: &[u8],
         counts: &dyn Fn(u64, &[u8]) -> bool,
-    ) -> bool {
-        let abs = match self.abs {
-            Some(abs) => abs,
-            None => return false,
-        };
-        if p % 4 != 0 || p < s || p + 4 > e {
-            return false;
+    ) -> Option<u64> {
+        let abs = self.abs?;
+        let pw = self.isa.pointer_width()?;
+        if p % pw != 0 || p < s || p + pw > e || low < p + pw {
+            return None;
         }
-        let v = u64::from(u32::from_le_bytes(win.get4(p, buf)));
+        // The top byte first: most words are ruled out by it.
+        let shift = 8 * (pw - 1);
+        let top = u64::from(win.byte(p + pw - 1, buf));
+        let last_address = abs.base.saturating_add(abs.len).checked_sub(1)?;
+        if abs.len == 0 || top < abs.base >> shift || top > last_address >> shift {
+            return None;
+        }
+        let v = word(&win.get(p, pw, buf)[..pw as usize]);
         if v < abs.base || v - abs.base >= abs.len {
-            return false;
+            return None;
         }
-        match self.isa {
-            Isa::Thumb2 => {
-                let below = p >= s + 2 && counts(p - 2, buf);
-                let above = p == top && p + 6 <= e && counts(p + 2, buf);
-                !below && !above
-            }
-            _ => true,
+        let (w, a) = (self.isa.width(), self.isa.align());
+        let below = (1..w).filter(|k| k % a == 0 && p >= s + k).any(|k| counts(p - k, buf));
+        let above = (1..pw)
+            .filter(|k| k % a == 0)
+            .map(|k| p + k)
+            .filter(|&q| q > last && q + w <= e)
+            .any(|q| counts(q, buf));
+        if below || above {
+            return None;
         }
+        Some(pw)
     }
 }
 

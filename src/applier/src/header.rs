@@ -18,7 +18,7 @@ pub const FLAG_SIGNED: u8 = 1;
 pub const FLAG_IN_PLACE: u8 = 2;
 /// Header `flags` bit: absolute-pointer prediction (with filter Thumb-2 or A32, method 1): the
 /// op stream starts with the old image's base address, then the displacement table.
-pub const FLAG_ABS32: u8 = 4;
+pub const FLAG_ABS_POINTERS: u8 = 4;
 /// Size of the signature block of a signed delta: key id (32) and Ed25519 signature (64).
 pub const SIGNATURE_LEN: usize = 96;
 /// What a delta signature signs: this context string, then the 32-byte digest.
@@ -228,7 +228,7 @@ pub struct Header {
     /// The executable transform the corrections are relative to.
     pub filter: Option<Isa>,
     /// 32-bit absolute pointers into old are predicted too (`flags` bit 2).
-    pub abs32: bool,
+    pub abs_pointers: bool,
     /// Segment size and shift of a delta applied in place.
     pub in_place: Option<InPlace>,
 }
@@ -301,14 +301,13 @@ impl Header {
             digest: sha_at(h, 120),
             signed: h[17] & FLAG_SIGNED != 0,
             filter,
-            abs32: h[17] & FLAG_ABS32 != 0,
+            abs_pointers: h[17] & FLAG_ABS_POINTERS != 0,
             in_place,
         };
-        // Absolute pointers: 32-bit code, in the op stream (method 3 derives its table and has
-        // no room for the base).
-        let abs_ok =
-            matches!(filter, Some(Isa::Thumb2) | Some(Isa::A32)) && method == Method::Bsdiff;
-        if header.abs32 && !abs_ok {
+        // Absolute pointers: filters that have them, in the op stream (method 1, or 3 where
+        // the base leads part 0).
+        let abs_ok = filter.and_then(Isa::pointer_width).is_some();
+        if header.abs_pointers && !abs_ok {
             return Err(field("flags", h[17]));
         }
         let stored_mismatch = compression == Compression::None
@@ -323,7 +322,7 @@ impl Header {
     /// The flags byte, the in-place layout and the reserved bytes.
     fn decode_flags(h: &[u8]) -> Result<Option<InPlace>, HeaderError> {
         let field = |field, value: u8| HeaderError::Field { field, value: value.into() };
-        if h[17] & !(FLAG_SIGNED | FLAG_IN_PLACE | FLAG_ABS32) != 0 {
+        if h[17] & !(FLAG_SIGNED | FLAG_IN_PLACE | FLAG_ABS_POINTERS) != 0 {
             return Err(field("flags", h[17]));
         }
         let in_place = if h[17] & FLAG_IN_PLACE != 0 {

@@ -410,11 +410,11 @@ impl<S: CoverStore> StreamPatcher<S> {
         }
     }
 
-    /// The same for a delta whose header says `abs32` when `abs32` is true: the stream starts
+    /// The same for a delta whose header says `abs_pointers` when `abs_pointers` is true: the stream starts
     /// with the image base, and absolute pointers are predicted too.
-    pub fn with_abs32(mut self, abs32: bool) -> Self {
-        if abs32 && self.isa.is_some() {
-            self.reader = Some(TableReader::with_base(self.patcher.old_len));
+    pub fn with_abs_pointers(mut self, abs_pointers: bool) -> Self {
+        if let (true, Some(isa)) = (abs_pointers, self.isa) {
+            self.reader = Some(TableReader::with_base(self.patcher.old_len, isa));
         }
         self
     }
