@@ -180,10 +180,10 @@ fn table_len(delta_bytes: &[u8]) -> usize {
     let mut stream = liblzma::stream::Stream::new_raw_decoder(&filters).unwrap();
     let mut first = [0u8; 16];
     stream.process(payload, &mut first, liblzma::stream::Action::Run).unwrap();
-    // With absolute pointers the image base comes first.
+    // With absolute pointers the image base and span come first.
     let mut bytes = first.iter();
     let mut v = 0usize;
-    for _ in 0..=usize::from(h.abs_pointers) {
+    for _ in 0..=2 * usize::from(h.abs_pointers) {
         let (mut n, mut shift) = (0usize, 0);
         for b in bytes.by_ref() {
             n |= usize::from(b & 0x7f) << shift;

@@ -113,8 +113,11 @@ impl ExecPlan {
         };
         let wide = isa.and_then(Isa::pointer_width) == Some(8);
         bases.retain(|b| b.checked_add(old.len() as u64).is_some_and(|e| wide || e <= 1 << 32));
-        let abs: Vec<exec::Abs> =
-            bases.into_iter().map(|base| exec::Abs { base, len: old.len() as u64 }).collect();
+        let abs: Vec<exec::Abs> = bases
+            .into_iter()
+            .map(|base| exec::Abs { base, len: exec::pointer_span(old, base) })
+            .filter(|a| a.len > 0)
+            .collect();
         let mut filters: Vec<Filter> = match isa {
             // Large streams: compressing twice would double the compressors' memory and time,
             // so the prediction (and the pointers) are kept when they leave the fewest

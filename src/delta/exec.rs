@@ -194,6 +194,32 @@ pub fn guess_base(old: &[u8], isa: Isa) -> Option<u64> {
     best.map(|b| b.1)
 }
 
+/// How much of old, from its start, pointers at `base` reach: in a 64-bit little-endian ELF
+/// file, up to the first loadable segment that does not lie at `base` plus its file offset
+/// (a PIE's writable segment); all of old otherwise.
+pub(crate) fn pointer_span(old: &[u8], base: u64) -> u64 {
+    let len = old.len() as u64;
+    let at = |o: usize, n: usize| -> u64 {
+        old.get(o..o + n).map_or(0, |b| b.iter().rev().fold(0, |v, x| v << 8 | u64::from(*x)))
+    };
+    if !old.starts_with(b"\x7fELF") || old.len() < 64 || old[4] != 2 || old[5] != 1 {
+        return len;
+    }
+    let (phoff, entsize, count) = (at(32, 8) as usize, at(54, 2) as usize, at(56, 2) as usize);
+    let mut span = len;
+    for i in 0..count.min(256) {
+        let o = phoff.saturating_add(i * entsize);
+        // PT_LOAD: p_offset at 8, p_vaddr at 16.
+        if old.len() >= o.saturating_add(40) && at(o, 4) == 1 {
+            let (off, vaddr) = (at(o + 8, 8), at(o + 16, 8));
+            if vaddr != base.wrapping_add(off) {
+                span = span.min(off);
+            }
+        }
+    }
+    span
+}
+
 /// Where `old` lies in the address space, from what the ops change: an aligned pointer-wide
 /// word (`isa`'s) of an add that differs in new by `d` is, when it points into old, a pointer
 /// to a place that moved by `d`; each cover of `table` that moved by `d` gives the interval of
@@ -511,6 +537,7 @@ mod tests {
     fn the_base_precedes_the_table() {
         let mut b = Vec::new();
         put_varint(&mut b, 0x0800_0000);
+        put_varint(&mut b, 100);
         Table::from_ops(&[Op { new_pos: 4, old_pos: 0, add: 100, copy: 0 }], 10).encode(&mut b);
         for piece in [1, 3, 100] {
             let mut r = TableReader::with_base(100, Isa::Thumb2);
@@ -519,17 +546,24 @@ mod tests {
                 r.feed(c, &mut store).unwrap();
             }
             assert!(r.done());
-            assert_eq!(r.base(), Some(0x0800_0000));
+            assert_eq!(r.abs(), Some(Abs { base: 0x0800_0000, len: 100 }));
             assert_eq!(store, [Cover { old_start: 0, len: 100, disp: 4 }]);
         }
         let mut high = Vec::new();
         put_varint(&mut high, (1 << 32) - 50);
+        put_varint(&mut high, 100);
         let mut store: Vec<Cover> = Vec::new();
         assert!(TableReader::with_base(100, Isa::Thumb2).feed(&high, &mut store).is_err());
+        // A span longer than old is refused.
+        let mut long = Vec::new();
+        put_varint(&mut long, 0);
+        put_varint(&mut long, 101);
+        assert!(TableReader::with_base(100, Isa::Thumb2).feed(&long, &mut store).is_err());
         // 64-bit pointers (AArch64): any base that leaves old inside 64 bits.
         let mut store: Vec<Cover> = Vec::new();
         let mut r = TableReader::with_base(100, Isa::Aarch64);
+        high.push(0); // an empty table
         r.feed(&high, &mut store).unwrap();
-        assert_eq!(r.base(), Some((1 << 32) - 50));
+        assert_eq!(r.abs(), Some(Abs { base: (1 << 32) - 50, len: 100 }));
     }
 }

@@ -83,6 +83,7 @@ pub(crate) fn write_stream(
     if let Some(exec) = exec {
         if let Some(abs) = exec.abs {
             put_varint(&mut buf, abs.base);
+            put_varint(&mut buf, abs.len);
         }
         super::exec::encode(exec.table, &mut buf);
     }

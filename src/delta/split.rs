@@ -92,8 +92,9 @@ pub(crate) fn write_parts(
     let mut predicted = Vec::new();
     let mut rle = Rle::default();
     if let Some(abs) = exec.and_then(|e| e.abs) {
-        // The image base leads part 0 (and the re-interleaved stream).
+        // The image base and span lead part 0 (and the re-interleaved stream).
         put_varint(&mut p[0], abs.base);
+        put_varint(&mut p[0], abs.len);
     }
     for op in ops {
         put_varint(&mut p[0], zigzag(op.old_pos as i64 - cursor));
@@ -311,14 +312,23 @@ impl<'a> SplitReader<'a> {
                 readers[i].by_ref().take(table[i].raw).read_to_end(c)?;
             }
             if h.abs_pointers {
-                // The image base leads part 0, and the stream.
-                let n = controls[0].iter().position(|b| b & 0x80 == 0).map_or(0, |i| i + 1);
-                if n == 0 || n > 10 {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "part 0 does not start with the image base",
-                    ));
-                }
+                // The image base and span lead part 0, and the stream: two LEB128 numbers.
+                let ends: Vec<usize> = controls[0]
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, b)| *b & 0x80 == 0)
+                    .map(|(i, _)| i + 1)
+                    .take(2)
+                    .collect();
+                let n = match ends[..] {
+                    [a, b] if a <= 10 && b - a <= 10 => b,
+                    _ => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            "part 0 does not start with the image base and span",
+                        ));
+                    }
+                };
                 prefix.extend(controls[0].drain(..n));
                 read[0] = n as u64;
             }

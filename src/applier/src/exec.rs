@@ -337,8 +337,11 @@ impl CoverStore for alloc::vec::Vec<Cover> {
 #[derive(Debug, Clone)]
 pub struct TableReader {
     old_len: u64,
-    /// With absolute pointers: `Some(None)` until the image base is read, then `Some(Some(b))`.
-    base: Option<Option<u64>>,
+    /// With absolute pointers: how many of their two numbers (base, span) are still to read,
+    /// and those read.
+    has_abs: bool,
+    abs_left: u8,
+    abs: [u64; 2],
     /// The pointers are 64-bit.
     wide: bool,
     left: Option<u64>,
@@ -355,7 +358,9 @@ impl TableReader {
     pub fn new(old_len: u64) -> Self {
         Self {
             old_len,
-            base: None,
+            has_abs: false,
+            abs_left: 0,
+            abs: [0; 2],
             wide: false,
             left: None,
             field: 0,
@@ -368,15 +373,16 @@ impl TableReader {
     }
 
     /// A reader for a delta with absolute-pointer prediction (header flags bit 2) for `isa`:
-    /// the image base comes first, then the table.
+    /// the image base and the span of old that pointers reach come first, then the table.
     pub fn with_base(old_len: u64, isa: Isa) -> Self {
         let wide = isa.pointer_width() == Some(8);
-        Self { base: Some(None), wide, ..Self::new(old_len) }
+        Self { has_abs: true, abs_left: 2, wide, ..Self::new(old_len) }
     }
 
-    /// The image base read (absolute-pointer prediction only).
-    pub fn base(&self) -> Option<u64> {
-        self.base.flatten()
+    /// Where old lies for absolute pointers, once read (absolute-pointer prediction only).
+    pub fn abs(&self) -> Option<Abs> {
+        let [base, len] = self.abs;
+        (self.has_abs && self.abs_left == 0).then_some(Abs { base, len })
     }
 
     /// Takes table bytes from the front of `input` into `store` and returns how many it took;
@@ -398,13 +404,17 @@ impl TableReader {
                 Ok(None) => continue,
                 Ok(Some(v)) => v,
             };
-            if self.base == Some(None) {
-                // Old, `old_len` bytes at `base`, lies inside the pointers' address space.
-                let end = v.checked_add(self.old_len);
-                if end.map_or(true, |end| !self.wide && end > 1 << 32) {
-                    return Err(PatchError::BadTable("the image base leaves the address space"));
+            if self.abs_left > 0 {
+                self.abs[usize::from(2 - self.abs_left)] = v;
+                self.abs_left -= 1;
+                let [base, span] = self.abs;
+                // The span lies in old, and at `base` inside the pointers' address space.
+                let end = base.checked_add(span);
+                if self.abs_left == 0
+                    && (span > self.old_len || end.map_or(true, |e| !self.wide && e > 1 << 32))
+                {
+                    return Err(PatchError::BadTable("the pointer span leaves old or 32 bits"));
                 }
-                self.base = Some(Some(v));
                 continue;
             }
             match self.left {
@@ -471,12 +481,13 @@ pub struct Exec<'t> {
 
 /// Where the old image lies in the address space, for absolute-pointer prediction: an aligned
 /// 32-bit (64-bit on AArch64) word `v` of old with `base <= v < base + len` points at old
-/// `v - base`.
+/// `v - base` (`len`, the span, is at most old's length: an ELF's first bytes lie at their
+/// addresses, its writable segment elsewhere).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Abs {
     /// Address of old's first byte.
     pub base: u64,
-    /// Old's length.
+    /// Bytes of old, from its start, that pointers reach.
     pub len: u64,
 }
 

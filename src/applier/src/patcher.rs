@@ -445,8 +445,7 @@ impl<S: CoverStore> StreamPatcher<S> {
             if !r.done() {
                 return Ok(used);
             }
-            let len = self.patcher.old_len;
-            self.abs = r.base().map(|base| Abs { base, len });
+            self.abs = r.abs();
             self.reader = None;
         }
         let skipped = self.skip.min((input.len() - used) as u64) as usize;
