@@ -61,7 +61,9 @@ fuzz_target!(|data: &[u8]| {
     let h = delta::Header::decode(&created.bytes).unwrap();
     assert_eq!(h.filter, Some(isa));
     if let delta::AbsChoice::Base(_) = abs {
-        assert_eq!(h.abs_pointers, matches!(isa, Isa::Thumb2 | Isa::A32 | Isa::Aarch64));
+        // Asked for: used whenever the filter has pointers and old has bytes to point at.
+        let has = matches!(isa, Isa::Thumb2 | Isa::A32 | Isa::Aarch64) && !old.is_empty();
+        assert_eq!(h.abs_pointers, has);
     }
     // Stored: the payload is the op stream itself.
     let stream = &created.bytes[delta::format::HEADER_LEN..][..h.payload_len as usize];
