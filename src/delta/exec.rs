@@ -532,6 +532,26 @@ mod tests {
         }
     }
 
+    /// An ELF's pointer span ends at its first segment not at base + offset.
+    #[test]
+    fn an_elf_span_ends_at_its_writable_segment() {
+        let mut elf = vec![0u8; 4096];
+        elf[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        elf[32..40].copy_from_slice(&64u64.to_le_bytes()); // e_phoff
+        elf[54..56].copy_from_slice(&56u16.to_le_bytes()); // e_phentsize
+        elf[56..58].copy_from_slice(&2u16.to_le_bytes()); // e_phnum
+        for (i, (off, vaddr)) in [(0u64, 0u64), (3000, 3000 + 0x1_0000)].into_iter().enumerate() {
+            let h = 64 + 56 * i;
+            elf[h..h + 4].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+            elf[h + 8..h + 16].copy_from_slice(&off.to_le_bytes());
+            elf[h + 16..h + 24].copy_from_slice(&vaddr.to_le_bytes());
+        }
+        assert_eq!(pointer_span(&elf, 0), 3000);
+        assert_eq!(pointer_span(&elf, 0x1_0000), 0);
+        assert_eq!(pointer_span(&elf[..63], 0), 63);
+        assert_eq!(pointer_span(&[1u8; 100], 0x0800_0000), 100);
+    }
+
     /// The base is read before the table; one that leaves 32 bits is refused.
     #[test]
     fn the_base_precedes_the_table() {

@@ -281,6 +281,21 @@ mod tests {
         let b = ip.encode();
         assert_eq!(b[17], FLAG_IN_PLACE);
         assert_eq!(Header::decode(&b).unwrap(), ip);
+        // Absolute pointers: flags bit 2 round-trips with a filter that has pointers, and is
+        // refused without one (x86-64, or no filter).
+        let mut abs = sample();
+        abs.filter = Some(super::super::exec::Isa::Aarch64);
+        abs.abs_pointers = true;
+        let e = abs.encode();
+        assert_eq!(e[17], otaforge_applier::header::FLAG_ABS_POINTERS);
+        assert_eq!(Header::decode(&e).unwrap(), abs);
+        for filter in [None, Some(super::super::exec::Isa::X86_64)] {
+            let h = Header { filter, ..abs.clone() };
+            assert!(matches!(
+                Header::decode(&h.encode()),
+                Err(HeaderError::Field { field: "flags", .. })
+            ));
+        }
         let mut bad = b;
         bad[18] = 40;
         assert!(matches!(
