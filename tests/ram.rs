@@ -107,7 +107,8 @@ fn measure(exec: delta::ExecChoice, decoder: Decoder) -> Measured {
     let c_before = malloc_in_use();
     let mut c_peak = 0usize;
 
-    let mut patcher = delta::stream_patcher(Patcher::new(h.old_size, h.new_size), h.filter);
+    let mut patcher = delta::stream_patcher(Patcher::new(h.old_size, h.new_size), h.filter)
+        .with_abs_pointers(h.abs_pointers);
     let mut sink = |b: &[u8]| {
         same &= new.get(written..written + b.len()) == Some(b);
         written += b.len();
@@ -179,13 +180,19 @@ fn table_len(delta_bytes: &[u8]) -> usize {
     let mut stream = liblzma::stream::Stream::new_raw_decoder(&filters).unwrap();
     let mut first = [0u8; 16];
     stream.process(payload, &mut first, liblzma::stream::Action::Run).unwrap();
-    let (mut v, mut shift) = (0usize, 0);
-    for b in first {
-        v |= usize::from(b & 0x7f) << shift;
-        shift += 7;
-        if b & 0x80 == 0 {
-            break;
+    // With absolute pointers the image base and span come first.
+    let mut bytes = first.iter();
+    let mut v = 0usize;
+    for _ in 0..=2 * usize::from(h.abs_pointers) {
+        let (mut n, mut shift) = (0usize, 0);
+        for b in bytes.by_ref() {
+            n |= usize::from(b & 0x7f) << shift;
+            shift += 7;
+            if b & 0x80 == 0 {
+                break;
+            }
         }
+        v = n;
     }
     v
 }

@@ -10,8 +10,8 @@ use std::ffi::c_void;
 
 use libfuzzer_sys::fuzz_target;
 use otadelta::{
-    OTADELTA_OK, OtadeltaFlash, OtadeltaJournal, OtadeltaReader, OtadeltaWork,
-    otadelta_apply_ab, otadelta_apply_in_place,
+    OTADELTA_OK, OtadeltaFlash, OtadeltaJournal, OtadeltaReader, OtadeltaWork, otadelta_apply_ab,
+    otadelta_apply_in_place,
 };
 use otaforge::Sha256;
 use otaforge::delta::{self, Compression, Header, InPlace, Isa, Method};
@@ -75,7 +75,13 @@ unsafe extern "C" fn nor_write(ctx: *mut c_void, addr: u64, data: *const u8, len
 /// Applies `delta` through the C API on a fresh device: in place in a slot holding `old`, or
 /// A/B into an empty slot. Cut after `budget` steps and called again when given. Returns the
 /// result code and the slot.
-fn device(delta: &[u8], old: &[u8], slot_len: u64, in_place: bool, budget: Option<u64>) -> (i32, Vec<u8>) {
+fn device(
+    delta: &[u8],
+    old: &[u8],
+    slot_len: u64,
+    in_place: bool,
+    budget: Option<u64>,
+) -> (i32, Vec<u8>) {
     let unit = 64u64;
     let journal_at = slot_len.next_multiple_of(256);
     let mut nor = Nor { mem: vec![0xff; (journal_at + 512) as usize], unit, budget };
@@ -139,22 +145,31 @@ fuzz_target!(|data: &[u8]| {
     }
     let in_place = data[0] & 2 != 0;
     let layout = InPlace { segment_log2: 6 + data[1] % 3, shift_segments: u32::from(data[2] % 4) };
-    let filter =
-        [None, Some(Isa::Thumb2), Some(Isa::Aarch64), Some(Isa::X86_64), Some(Isa::A32)]
-            [usize::from(data[3] % 5)];
+    let filter = [None, Some(Isa::Thumb2), Some(Isa::Aarch64), Some(Isa::X86_64), Some(Isa::A32)]
+        [usize::from(data[3] % 5)];
+    // Absolute pointers too (the stream then starts with the image base).
+    let abs_pointers =
+        data[3] & 0x80 != 0 && matches!(filter, Some(Isa::Thumb2 | Isa::A32 | Isa::Aarch64));
     let new_len = u64::from(data[4]) * 4;
     let budget = u64::from(u16::from_le_bytes([data[5], data[6]]));
     let old_len = (usize::from(data[7]) * 4).min(data.len() - 9);
     let (old, stream) = data[9..].split_at(old_len);
 
     // The host's apply of the same stream, as the reference (and for new's digest).
-    let mut sp = delta::stream_patcher(delta::Patcher::new(old_len as u64, new_len), filter);
+    let mut sp = delta::stream_patcher(delta::Patcher::new(old_len as u64, new_len), filter)
+        .with_abs_pointers(abs_pointers);
     let mut out = Vec::new();
     let ok = sp
-        .feed_until(stream, &mut &old[..], &mut [0u8; 7], &mut |b| {
-            out.extend_from_slice(b);
-            Ok(())
-        }, u64::MAX)
+        .feed_until(
+            stream,
+            &mut &old[..],
+            &mut [0u8; 7],
+            &mut |b| {
+                out.extend_from_slice(b);
+                Ok(())
+            },
+            u64::MAX,
+        )
         .is_ok()
         && sp.finish().is_ok();
     let mut h = Header {
@@ -171,6 +186,7 @@ fuzz_target!(|data: &[u8]| {
         digest: Sha256::digest(b""),
         signed: false,
         filter,
+        abs_pointers,
         in_place: in_place.then_some(layout),
     };
     h.digest = delta::format::digest(&h.encode(), stream);
@@ -187,7 +203,11 @@ fuzz_target!(|data: &[u8]| {
         assert!(slot[..out.len()] == out[..], "the C API's slot differs from the host's output");
     }
     let (rc_cut, slot_cut) = device(&d, old, slot_len, in_place, Some(budget));
-    assert_eq!(rc_cut == OTADELTA_OK, rc == OTADELTA_OK, "a power cut after {budget} steps changed the outcome");
+    assert_eq!(
+        rc_cut == OTADELTA_OK,
+        rc == OTADELTA_OK,
+        "a power cut after {budget} steps changed the outcome"
+    );
     if rc_cut == OTADELTA_OK {
         assert!(slot_cut[..out.len()] == out[..], "a power cut changed the result");
     }

@@ -1,7 +1,9 @@
 //! The executable transforms: any old and new images, with each instruction set's prediction
 //! forced on, make a delta that rebuilds new; applied again through `StreamPatcher` with the
 //! fuzzer's piece and scratch sizes (as a device reads), it rebuilds the same bytes, so the
-//! prediction does not depend on how reads are split.
+//! prediction does not depend on how reads are split. With Thumb-2, A32 and AArch64, absolute pointers
+//! are predicted too when the fuzzer says so (image base 0, where small words point into old,
+//! or 0x0800_0000).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -13,11 +15,18 @@ fuzz_target!(|data: &[u8]| {
     }
     let isa = [Isa::Thumb2, Isa::Aarch64, Isa::X86_64, Isa::A32][usize::from(data[0] % 4)];
     let (piece, scratch_len) = (usize::from(data[1]).max(1), usize::from(data[2] % 16) + 1);
+    let abs = match data[2] >> 6 {
+        0 => delta::AbsChoice::None,
+        1 => delta::AbsChoice::Auto,
+        2 => delta::AbsChoice::Base(0),
+        _ => delta::AbsChoice::Base(0x0800_0000),
+    };
     let rest = &data[3..];
     let at = (rest.len() / 2 + usize::from(data[0] >> 2)).min(rest.len());
     let (old, new) = rest.split_at(at);
     let opts = CreateOptions {
         exec: ExecChoice::Isa(isa),
+        abs,
         compression: Some(Compression::None),
         level: 1,
         threads: 1,
@@ -51,9 +60,15 @@ fuzz_target!(|data: &[u8]| {
     };
     let h = delta::Header::decode(&created.bytes).unwrap();
     assert_eq!(h.filter, Some(isa));
+    if let delta::AbsChoice::Base(_) = abs {
+        // Asked for: used whenever the filter has pointers and old has bytes to point at.
+        let has = matches!(isa, Isa::Thumb2 | Isa::A32 | Isa::Aarch64) && !old.is_empty();
+        assert_eq!(h.abs_pointers, has);
+    }
     // Stored: the payload is the op stream itself.
     let stream = &created.bytes[delta::format::HEADER_LEN..][..h.payload_len as usize];
-    let mut p = delta::stream_patcher(Patcher::new(h.old_size, h.new_size), h.filter);
+    let mut p = delta::stream_patcher(Patcher::new(h.old_size, h.new_size), h.filter)
+        .with_abs_pointers(h.abs_pointers);
     let mut out = Vec::new();
     let mut scratch = vec![0u8; scratch_len];
     for chunk in stream.chunks(piece) {

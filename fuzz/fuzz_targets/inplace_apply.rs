@@ -11,7 +11,9 @@ use std::rc::Rc;
 use libfuzzer_sys::fuzz_target;
 use otaforge::Sha256;
 use otaforge::delta::inplace::{self, Flash, FlashJournal};
-use otaforge::delta::{self, Compression, DeltaError, Header, InPlace, IoError, Isa, Method, Patcher};
+use otaforge::delta::{
+    self, Compression, DeltaError, Header, InPlace, IoError, Isa, Method, Patcher,
+};
 
 struct Nor {
     mem: Vec<u8>,
@@ -88,16 +90,19 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let layout = InPlace { segment_log2: 6 + data[0] % 3, shift_segments: u32::from(data[1] % 4) };
-    let filter =
-        [None, Some(Isa::Thumb2), Some(Isa::Aarch64), Some(Isa::X86_64), Some(Isa::A32)]
-            [usize::from(data[2] % 5)];
+    let filter = [None, Some(Isa::Thumb2), Some(Isa::Aarch64), Some(Isa::X86_64), Some(Isa::A32)]
+        [usize::from(data[2] % 5)];
+    // Absolute pointers too (the stream then starts with the image base).
+    let abs_pointers =
+        data[2] & 0x80 != 0 && matches!(filter, Some(Isa::Thumb2 | Isa::A32 | Isa::Aarch64));
     let new_len = u64::from(data[3]) * 4;
     let budget = u64::from(u16::from_le_bytes([data[4], data[5]]));
     let old_len = (usize::from(data[6]) * 4).min(data.len() - 7);
     let (old, stream) = data[7..].split_at(old_len);
 
     // Out of place, the same stream: the reference result.
-    let mut sp = delta::stream_patcher(Patcher::new(old_len as u64, new_len), filter);
+    let mut sp = delta::stream_patcher(Patcher::new(old_len as u64, new_len), filter)
+        .with_abs_pointers(abs_pointers);
     let mut out = Vec::new();
     let ok = sp
         .feed_until(
@@ -126,6 +131,7 @@ fuzz_target!(|data: &[u8]| {
         digest: Sha256::digest(b""),
         signed: false,
         filter,
+        abs_pointers,
         in_place: Some(layout),
     };
     h.digest = delta::format::digest(&h.encode(), stream);

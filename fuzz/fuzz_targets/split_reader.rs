@@ -53,6 +53,7 @@ fuzz_target!(|data: &[u8]| {
             digest: Sha256::digest(b""),
             signed: false,
             filter,
+            abs_pointers: false,
             in_place: None,
         };
         h.digest = delta::format::digest(&h.encode(), &payload);

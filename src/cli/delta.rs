@@ -105,6 +105,11 @@ pub(crate) struct CreateArgs {
     /// Predict the branches of machine code, so that moved code costs almost nothing.
     #[arg(long, value_enum, default_value = "auto")]
     exec: ExecArg,
+    /// With the Thumb-2 and A32 transforms, predict absolute pointers too (literal pools,
+    /// vector and function tables): auto (guess where old lies in memory; kept when smaller),
+    /// none, or old's base address (e.g. 0x08008000).
+    #[arg(long, default_value = "auto", value_parser = parse_abs, value_name = "auto|none|ADDRESS")]
+    abs_pointers: delta::AbsChoice,
     /// Make a delta the device applies inside the old image's own flash slot, one segment at
     /// a time, resumable after a power cut (needs --segment-size and --memory-size).
     #[arg(long, requires_all = ["segment_size", "memory_size"])]
@@ -171,6 +176,15 @@ struct CreatedJson<'a> {
     candidates: Vec<serde_json::Value>,
 }
 
+/// `--abs-pointers`: auto, none, or an address.
+fn parse_abs(text: &str) -> Result<delta::AbsChoice, String> {
+    match text {
+        "auto" => Ok(delta::AbsChoice::Auto),
+        "none" => Ok(delta::AbsChoice::None),
+        t => otaforge::size::parse_size(t).map(delta::AbsChoice::Base).map_err(|e| e.to_string()),
+    }
+}
+
 fn create(a: CreateArgs, out: &Output) -> anyhow::Result<Outcome> {
     let old = otaforge::fsutil::map_file(&a.old)?;
     let new = otaforge::fsutil::map_file(&a.new)?;
@@ -204,6 +218,7 @@ fn create(a: CreateArgs, out: &Output) -> anyhow::Result<Outcome> {
             ExecArg::X86_64 => delta::ExecChoice::Isa(delta::Isa::X86_64),
             ExecArg::A32 => delta::ExecChoice::Isa(delta::Isa::A32),
         },
+        abs: a.abs_pointers,
         in_place: match (a.in_place, a.segment_size, a.memory_size) {
             (true, Some(segment_size), Some(memory_size)) => {
                 Some(delta::InPlaceOptions { segment_size, memory_size })
@@ -345,7 +360,8 @@ fn info(a: InfoArgs, out: &Output) -> anyhow::Result<Outcome> {
     out.line(format!("compression  {}", i.compression))?;
     out.line(format!("window       {}", human_bytes(u64::from(i.window))))?;
     out.line(format!("decoder RAM  {}", human_bytes(i.decoder_ram)))?;
-    out.line(format!("exec         {}", i.exec.map_or("none", |e| e.name())))?;
+    let abs = if i.abs_pointers { ", absolute pointers" } else { "" };
+    out.line(format!("exec         {}{abs}", i.exec.map_or("none", |e| e.name())))?;
     if let Some(ip) = &i.in_place {
         out.line(format!(
             "in place     {}-byte segments, old shifted by {} bytes, slot of at least {} bytes",

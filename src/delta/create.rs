@@ -3,11 +3,11 @@
 //! candidates compressed side by side, and the smallest assembled into a file and checked by
 //! applying it. `docs/delta-format.md`, "Generation", describes the method.
 
-use super::{Compression, Header, InPlace, Isa, Method};
 use super::{
-    CreateOptions, Created, DeltaError, DeltaFormat, ExecChoice, InPlaceOptions, MethodChoice,
-    Profile, apply, bsdiff40, codec, diff, exec, format, info, ops, split,
+    AbsChoice, CreateOptions, Created, DeltaError, DeltaFormat, ExecChoice, InPlaceOptions,
+    MethodChoice, Profile, apply, bsdiff40, codec, diff, exec, format, info, ops, split,
 };
+use super::{Compression, Header, InPlace, Isa, Method};
 use crate::{Reporter, Sha256};
 
 /// Creates a delta rebuilding `new` from `old`.
@@ -62,13 +62,18 @@ fn find_ops(
     Ok(ops)
 }
 
+/// A filter a candidate is made with: the instruction set, and where old lies when absolute
+/// pointers are predicted too.
+type Filter = Option<(Isa, Option<exec::Abs>)>;
+
 /// The executable transform: which instruction set, whether plain is tried as well, its
-/// table, and the filters each op-stream encoder is tried with.
+/// table, where old lies for absolute pointers, and the filters each op-stream encoder is
+/// tried with.
 struct ExecPlan {
     isa: Option<Isa>,
     plain_too: bool,
     table: exec::Table,
-    filters: Vec<Option<Isa>>,
+    filters: Vec<Filter>,
 }
 
 impl ExecPlan {
@@ -90,24 +95,67 @@ impl ExecPlan {
             Some(_) if use_ops => exec::Table::from_ops(ops, covers),
             _ => exec::Table::default(),
         };
-        let filters: Vec<Option<Isa>> = match isa {
+        // Absolute pointers: where old lies, as asked, or guessed from the words the ops change
+        // and from old's own calls.
+        let abs_ok = isa.and_then(Isa::pointer_width).is_some() && use_ops;
+        let mut bases = match (opts.abs, isa) {
+            (AbsChoice::Base(base), _) if abs_ok => vec![base],
+            (AbsChoice::Auto, Some(i)) if abs_ok => {
+                let mut b: Vec<u64> = [exec::base_from_ops(old, new, ops, &table, i)]
+                    .into_iter()
+                    .chain([exec::guess_base(old, i)])
+                    .flatten()
+                    .collect();
+                b.dedup();
+                b
+            }
+            _ => Vec::new(),
+        };
+        let wide = isa.and_then(Isa::pointer_width) == Some(8);
+        bases.retain(|b| b.checked_add(old.len() as u64).is_some_and(|e| wide || e <= 1 << 32));
+        let abs: Vec<exec::Abs> = bases
+            .into_iter()
+            .map(|base| exec::Abs { base, len: exec::pointer_span(old, base) })
+            .filter(|a| a.len > 0)
+            .collect();
+        let mut filters: Vec<Filter> = match isa {
             // Large streams: compressing twice would double the compressors' memory and time,
-            // so the prediction is kept when it leaves fewer non-zero corrections.
+            // so the prediction (and the pointers) are kept when they leave the fewest
+            // non-zero corrections.
             Some(i) if plain_too && use_ops && ops_stream_hint(ops) > 4 << 20 => {
                 reporter.start("exec", None);
-                let exec = table.exec(i);
-                let (with, without) = std::thread::scope(|s| {
-                    let h = s.spawn(|| ops::nonzero_corrections(old, new, ops, Some(exec)));
-                    let without = ops::nonzero_corrections(old, new, ops, None);
-                    (h.join().unwrap_or(u64::MAX), without)
+                let mut options: Vec<Filter> = vec![None, Some((i, None))];
+                if matches!(opts.abs, AbsChoice::Base(_)) && !abs.is_empty() {
+                    // Asked for: always.
+                    options.clear();
+                }
+                options.extend(abs.iter().map(|&a| Some((i, Some(a)))));
+                let table = &table;
+                let counts: Vec<u64> = std::thread::scope(|s| {
+                    let runs: Vec<_> = options
+                        .iter()
+                        .map(|&f| {
+                            let exec = f.map(|(i, a)| table.exec_abs(i, a));
+                            s.spawn(move || ops::nonzero_corrections(old, new, ops, exec))
+                        })
+                        .collect();
+                    runs.into_iter().map(|h| h.join().unwrap_or(u64::MAX)).collect()
                 });
                 reporter.finish("exec");
-                if with < without { vec![Some(i)] } else { vec![None] }
+                let best = (0..options.len()).min_by_key(|&k| counts[k]).unwrap_or(0);
+                return Self { isa, plain_too, table: table.clone(), filters: vec![options[best]] };
             }
-            Some(i) if plain_too => vec![None, Some(i)],
-            Some(i) => vec![Some(i)],
+            Some(i) if plain_too => vec![None, Some((i, None))],
+            Some(i) => vec![Some((i, None))],
             None => vec![None],
         };
+        if let Some(i) = isa {
+            if matches!(opts.abs, AbsChoice::Base(_)) && !abs.is_empty() {
+                // Asked for: always.
+                filters.retain(|f| *f != Some((i, None)));
+            }
+            filters.extend(abs.iter().map(|&a| Some((i, Some(a)))));
+        }
         Self { isa, plain_too, table, filters }
     }
 }
@@ -240,7 +288,7 @@ fn compress_all(
     opts: &CreateOptions,
     reporter: &dyn Reporter,
 ) -> Result<Vec<Candidate>, DeltaError> {
-    let jobs: Vec<(Method, codec::Encoder, Option<Isa>)> = encoders
+    let jobs: Vec<(Method, codec::Encoder, Filter)> = encoders
         .iter()
         .flat_map(|&(m, e)| match m {
             Method::Bsdiff | Method::Split => {
@@ -252,7 +300,7 @@ fn compress_all(
     reporter.start("compress", None);
     let results: Vec<Result<Candidate, DeltaError>> =
         diff::run_limited(opts.threads.max(1), &jobs, |&(method, enc, filter)| {
-            let exec = filter.map(|isa| plan.table.exec(isa));
+            let exec = filter.map(|(isa, abs)| plan.table.exec_abs(isa, abs));
             compress_payload(old, new, ops, method, enc, exec, opts)
         });
     reporter.finish("compress");
@@ -275,7 +323,7 @@ fn assemble(
         .iter()
         .map(|c| {
             let size = (c.payload.len() + format::HEADER_LEN) as u64;
-            (c.method, c.enc.compression(), c.filter, size)
+            (c.method, c.enc.compression(), c.filter.map(|f| f.0), size)
         })
         .collect();
     let Some(Candidate { method, enc, filter, stream_len, payload }) = done.into_iter().next()
@@ -295,7 +343,8 @@ fn assemble(
         payload_len: payload.len() as u64,
         digest: Sha256::from_bytes([0; 32]),
         signed: false,
-        filter,
+        filter: filter.map(|f| f.0),
+        abs_pointers: filter.is_some_and(|f| f.1.is_some()),
         in_place,
     };
     let mut encoded = header.encode();
@@ -322,7 +371,7 @@ fn ops_stream_hint(ops: &[diff::Op]) -> u64 {
 struct Candidate {
     method: Method,
     enc: codec::Encoder,
-    filter: Option<Isa>,
+    filter: Filter,
     /// Decompressed length.
     stream_len: u64,
     payload: Vec<u8>,
@@ -370,7 +419,7 @@ fn compress_payload(
     opts: &CreateOptions,
 ) -> Result<Candidate, DeltaError> {
     let (level, threads) = (opts.level.clamp(1, 9), opts.threads.max(1));
-    let filter = exec.map(|e| e.isa);
+    let filter = exec.map(|e| (e.isa, e.abs));
     match method {
         Method::Bsdiff => {
             let mut stream_len = 0;
@@ -388,7 +437,7 @@ fn compress_payload(
             };
             // The reader derives the displacement table from the ops: all covers, not sent.
             let full = exec.map(|_| exec::Table::from_ops(ops, usize::MAX));
-            let exec = exec.zip(full.as_ref()).map(|(e, t)| t.exec(e.isa));
+            let exec = exec.zip(full.as_ref()).map(|(e, t)| t.exec_abs(e.isa, e.abs));
             let mut table_len = Vec::new();
             if let Some(t) = &full {
                 t.encode(&mut table_len);

@@ -112,6 +112,9 @@ pub struct Header {
     pub signed: bool,
     /// The executable transform the op stream's corrections are relative to (`filter`).
     pub filter: Option<super::exec::Isa>,
+    /// 32-bit absolute pointers into old are predicted too (`flags` bit 2; the op stream
+    /// starts with old's base address).
+    pub abs_pointers: bool,
     /// Segment size and shift of a delta applied in place (`flags` bit 1).
     pub in_place: Option<InPlace>,
 }
@@ -128,6 +131,9 @@ impl Header {
         h[12..16].copy_from_slice(&self.window.to_le_bytes());
         h[16] = self.lzma_props;
         h[17] = if self.signed { FLAG_SIGNED } else { 0 };
+        if self.abs_pointers {
+            h[17] |= otaforge_applier::header::FLAG_ABS_POINTERS;
+        }
         if let Some(ip) = self.in_place {
             h[17] |= FLAG_IN_PLACE;
             h[18] = ip.segment_log2;
@@ -166,6 +172,7 @@ impl Header {
             digest: *self.digest.as_bytes(),
             signed: self.signed,
             filter: self.filter,
+            abs_pointers: self.abs_pointers,
             in_place: self.in_place,
         }
     }
@@ -206,6 +213,7 @@ impl From<otaforge_applier::Header> for Header {
             digest: Sha256::from_bytes(h.digest),
             signed: h.signed,
             filter: h.filter,
+            abs_pointers: h.abs_pointers,
             in_place: h.in_place,
         }
     }
@@ -237,6 +245,7 @@ mod tests {
             digest: Sha256::digest(b"payload"),
             signed: false,
             filter: None,
+            abs_pointers: false,
             in_place: None,
         }
     }
@@ -272,6 +281,21 @@ mod tests {
         let b = ip.encode();
         assert_eq!(b[17], FLAG_IN_PLACE);
         assert_eq!(Header::decode(&b).unwrap(), ip);
+        // Absolute pointers: flags bit 2 round-trips with a filter that has pointers, and is
+        // refused without one (x86-64, or no filter).
+        let mut abs = sample();
+        abs.filter = Some(super::super::exec::Isa::Aarch64);
+        abs.abs_pointers = true;
+        let e = abs.encode();
+        assert_eq!(e[17], otaforge_applier::header::FLAG_ABS_POINTERS);
+        assert_eq!(Header::decode(&e).unwrap(), abs);
+        for filter in [None, Some(super::super::exec::Isa::X86_64)] {
+            let h = Header { filter, ..abs.clone() };
+            assert!(matches!(
+                Header::decode(&h.encode()),
+                Err(HeaderError::Field { field: "flags", .. })
+            ));
+        }
         let mut bad = b;
         bad[18] = 40;
         assert!(matches!(

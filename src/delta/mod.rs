@@ -90,6 +90,20 @@ pub enum ExecChoice {
     Isa(Isa),
 }
 
+/// Whether `create` predicts absolute pointers (with the Thumb-2 and A32 filters), and where
+/// old lies in the address space for that.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AbsChoice {
+    /// Guess old's base address from its own calls; when one stands out, try with and without
+    /// the prediction and keep the smaller.
+    #[default]
+    Auto,
+    /// No absolute pointers.
+    None,
+    /// Old's first byte is at this address; always predict.
+    Base(u64),
+}
+
 /// The flash layout of an in-place delta (`--in-place`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InPlaceOptions {
@@ -118,6 +132,8 @@ pub struct CreateOptions {
     pub exec: ExecChoice,
     /// Make a delta that applies inside the old image's slot.
     pub in_place: Option<InPlaceOptions>,
+    /// Predicting old's 32-bit absolute pointers (Thumb-2 and A32 filters).
+    pub abs: AbsChoice,
 }
 
 impl Default for CreateOptions {
@@ -131,6 +147,7 @@ impl Default for CreateOptions {
             compression: None,
             exec: ExecChoice::Auto,
             in_place: None,
+            abs: AbsChoice::Auto,
         }
     }
 }
@@ -168,6 +185,9 @@ pub struct DeltaInfo {
     /// The executable transform (otadelta only).
     #[serde(serialize_with = "exec::serialize_isa")]
     pub exec: Option<Isa>,
+    /// Absolute pointers are predicted too (otadelta only).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub abs_pointers: bool,
     /// The in-place layout (otadelta made with `--in-place` only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub in_place: Option<InPlaceInfo>,
@@ -345,6 +365,7 @@ pub fn info(delta: &[u8]) -> Result<DeltaInfo, DeltaError> {
                 KeyId::from_bytes(delta[at..at + 32].try_into().unwrap_or_default())
             }),
             exec: h.filter,
+            abs_pointers: h.abs_pointers,
             in_place: h.in_place.map(|ip| InPlaceInfo {
                 segment: ip.segment(),
                 shift: ip.shift(),
@@ -368,6 +389,7 @@ pub fn info(delta: &[u8]) -> Result<DeltaInfo, DeltaError> {
             signed: false,
             key_id: None,
             exec: None,
+            abs_pointers: false,
             in_place: None,
         })
     } else {
@@ -497,8 +519,10 @@ fn apply_otadelta(
         Method::Bsdiff | Method::Split => op_stream(&h, payload).map_err(decompress)?,
     };
     let mut stream = Bounded::new(reader, &h);
-    let mut patcher = (h.method != Method::Zstd)
-        .then(|| stream_patcher(Patcher::new(h.old_size, h.new_size), h.filter));
+    let mut patcher = (h.method != Method::Zstd).then(|| {
+        stream_patcher(Patcher::new(h.old_size, h.new_size), h.filter)
+            .with_abs_pointers(h.abs_pointers)
+    });
     let mut scratch = [0u8; 4096];
     let mut old_img = old;
     loop {

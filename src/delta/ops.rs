@@ -81,6 +81,10 @@ pub(crate) fn write_stream(
     const PIECE: usize = 1 << 20;
     let mut buf = Vec::with_capacity(PIECE + 64);
     if let Some(exec) = exec {
+        if let Some(abs) = exec.abs {
+            put_varint(&mut buf, abs.base);
+            put_varint(&mut buf, abs.len);
+        }
         super::exec::encode(exec.table, &mut buf);
     }
     let mut total = 0u64;

@@ -91,6 +91,11 @@ pub(crate) fn write_parts(
     let mut cursor = 0i64;
     let mut predicted = Vec::new();
     let mut rle = Rle::default();
+    if let Some(abs) = exec.and_then(|e| e.abs) {
+        // The image base and span lead part 0 (and the re-interleaved stream).
+        put_varint(&mut p[0], abs.base);
+        put_varint(&mut p[0], abs.len);
+    }
     for op in ops {
         put_varint(&mut p[0], zigzag(op.old_pos as i64 - cursor));
         put_varint(&mut p[1], op.add as u64);
@@ -299,11 +304,33 @@ impl<'a> SplitReader<'a> {
             readers.push(codec::decoder(h.compression, window, h.lzma_props, body)?);
         }
         let mut prefix = Vec::new();
+        let mut read = [0; PARTS];
         if h.filter.is_some() {
             let mut controls: [Vec<u8>; 3] = Default::default();
             for (i, c) in controls.iter_mut().enumerate() {
                 // No more than the part table says (it is checked again at the end).
                 readers[i].by_ref().take(table[i].raw).read_to_end(c)?;
+            }
+            if h.abs_pointers {
+                // The image base and span lead part 0, and the stream: two LEB128 numbers.
+                let ends: Vec<usize> = controls[0]
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, b)| *b & 0x80 == 0)
+                    .map(|(i, _)| i + 1)
+                    .take(2)
+                    .collect();
+                let n = match ends[..] {
+                    [a, b] if a <= 10 && b - a <= 10 => b,
+                    _ => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            "part 0 does not start with the image base and span",
+                        ));
+                    }
+                };
+                prefix.extend(controls[0].drain(..n));
+                read[0] = n as u64;
             }
             let ops = ops_from_controls(&controls, h.old_size, h.new_size)?;
             super::exec::Table::from_ops(&ops, usize::MAX).encode(&mut prefix);
@@ -317,7 +344,7 @@ impl<'a> SplitReader<'a> {
             prefix_at: 0,
             raw: table.map(|p| p.raw),
             run_length,
-            read: [0; PARTS],
+            read,
             phase: Phase::Control(0),
             lens: [0; 2],
             run: [0; 2],

@@ -130,7 +130,7 @@ proptest! {
         seed in any::<u64>(),
         len in 0usize..40_000,
         edits in proptest::collection::vec(edit_strategy(), 0..6),
-        which in 0u8..12,
+        which in 0u8..16,
     ) {
         let old = firmware(seed, len);
         let new = edit(old.clone(), &edits);
@@ -145,15 +145,26 @@ proptest! {
             6 => with_exec(delta::Isa::Aarch64, Profile::Linux),
             7 => with_exec(delta::Isa::X86_64, Profile::Linux),
             11 => with_exec(delta::Isa::A32, Profile::Mcu),
+            // Absolute pointers too (the pointer tables of `firmware` are at 0x0800_xxxx).
+            12 => CreateOptions { abs: delta::AbsChoice::Base(0x0800_0000), ..with_exec(delta::Isa::Thumb2, Profile::Mcu) },
+            13 => CreateOptions { abs: delta::AbsChoice::Base(0x0800_1000), ..with_exec(delta::Isa::A32, Profile::Linux) },
             // The op stream in five parts, plain and with a derived displacement table.
             9 => opts(DeltaFormat::Otadelta, MethodChoice::Split, Profile::Linux),
             10 => CreateOptions {
                 exec: delta::ExecChoice::Isa(delta::Isa::X86_64),
                 ..opts(DeltaFormat::Otadelta, MethodChoice::Split, Profile::Linux)
             },
-            // In place, applied out of place: the same op stream.
+            // Method 3 with pointers: the base leads part 0.
+            14 => CreateOptions {
+                exec: delta::ExecChoice::Isa(delta::Isa::Thumb2),
+                abs: delta::AbsChoice::Base(0x0800_0000),
+                ..opts(DeltaFormat::Otadelta, MethodChoice::Split, Profile::Linux)
+            },
+            15 => CreateOptions { abs: delta::AbsChoice::Base(0), ..with_exec(delta::Isa::Aarch64, Profile::Linux) },
+            // In place, applied out of place: the same op stream (with absolute pointers).
             _ => CreateOptions {
                 in_place: Some(delta::InPlaceOptions { segment_size: 1024, memory_size: 64 << 10 }),
+                abs: delta::AbsChoice::Base(0x0800_0000),
                 ..with_exec(delta::Isa::Thumb2, Profile::Mcu)
             },
         };
@@ -195,7 +206,16 @@ fn edge_cases_round_trip_in_every_mode() {
             opts(DeltaFormat::Otadelta, MethodChoice::Split, Profile::Linux),
             with_exec(delta::Isa::Thumb2, Profile::Mcu),
             CreateOptions {
+                abs: delta::AbsChoice::Base(0x0800_0000),
+                ..with_exec(delta::Isa::A32, Profile::Mcu)
+            },
+            CreateOptions {
                 exec: delta::ExecChoice::Isa(delta::Isa::Aarch64),
+                ..opts(DeltaFormat::Otadelta, MethodChoice::Split, Profile::Linux)
+            },
+            CreateOptions {
+                exec: delta::ExecChoice::Isa(delta::Isa::Aarch64),
+                abs: delta::AbsChoice::Base(0x10_0000),
                 ..opts(DeltaFormat::Otadelta, MethodChoice::Split, Profile::Linux)
             },
         ] {

@@ -54,6 +54,16 @@ impl Isa {
         }
     }
 
+    /// Width of the absolute pointers the filter predicts with flags bit 2 (4 or 8 bytes;
+    /// they lie at multiples of it), `None` where it has none.
+    pub fn pointer_width(self) -> Option<u64> {
+        match self {
+            Isa::Thumb2 | Isa::A32 => Some(4),
+            Isa::Aarch64 => Some(8),
+            Isa::X86_64 => None,
+        }
+    }
+
     /// Instruction alignment in the image.
     fn align(self) -> u64 {
         match self {
@@ -327,6 +337,13 @@ impl CoverStore for alloc::vec::Vec<Cover> {
 #[derive(Debug, Clone)]
 pub struct TableReader {
     old_len: u64,
+    /// With absolute pointers: how many of their two numbers (base, span) are still to read,
+    /// and those read.
+    has_abs: bool,
+    abs_left: u8,
+    abs: [u64; 2],
+    /// The pointers are 64-bit.
+    wide: bool,
     left: Option<u64>,
     field: u8,
     number: Varint,
@@ -341,6 +358,10 @@ impl TableReader {
     pub fn new(old_len: u64) -> Self {
         Self {
             old_len,
+            has_abs: false,
+            abs_left: 0,
+            abs: [0; 2],
+            wide: false,
             left: None,
             field: 0,
             number: Varint::default(),
@@ -349,6 +370,19 @@ impl TableReader {
             disp: 0,
             consumed: 0,
         }
+    }
+
+    /// A reader for a delta with absolute-pointer prediction (header flags bit 2) for `isa`:
+    /// the image base and the span of old that pointers reach come first, then the table.
+    pub fn with_base(old_len: u64, isa: Isa) -> Self {
+        let wide = isa.pointer_width() == Some(8);
+        Self { has_abs: true, abs_left: 2, wide, ..Self::new(old_len) }
+    }
+
+    /// Where old lies for absolute pointers, once read (absolute-pointer prediction only).
+    pub fn abs(&self) -> Option<Abs> {
+        let [base, len] = self.abs;
+        (self.has_abs && self.abs_left == 0).then_some(Abs { base, len })
     }
 
     /// Takes table bytes from the front of `input` into `store` and returns how many it took;
@@ -370,6 +404,19 @@ impl TableReader {
                 Ok(None) => continue,
                 Ok(Some(v)) => v,
             };
+            if self.abs_left > 0 {
+                self.abs[usize::from(2 - self.abs_left)] = v;
+                self.abs_left -= 1;
+                let [base, span] = self.abs;
+                // The span lies in old, and at `base` inside the pointers' address space.
+                let end = base.checked_add(span);
+                if self.abs_left == 0
+                    && (span > self.old_len || end.map_or(true, |e| !self.wide && e > 1 << 32))
+                {
+                    return Err(PatchError::BadTable("the pointer span leaves old or 32 bits"));
+                }
+                continue;
+            }
             match self.left {
                 None => {
                     if v > MAX_COVERS {
@@ -427,11 +474,50 @@ pub struct Exec<'t> {
     pub isa: Isa,
     /// The displacement table.
     pub table: &'t dyn Covers,
+    /// Absolute-pointer prediction (Thumb-2 and A32 only): the old image's 32-bit words that
+    /// point into it are predicted too.
+    pub abs: Option<Abs>,
+}
+
+/// Where the old image lies in the address space, for absolute-pointer prediction: an aligned
+/// 32-bit (64-bit on AArch64) word `v` of old with `base <= v < base + len` points at old
+/// `v - base` (`len`, the span, is at most old's length: an ELF's first bytes lie at their
+/// addresses, its writable segment elsewhere).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Abs {
+    /// Address of old's first byte.
+    pub base: u64,
+    /// Bytes of old, from its start, that pointers reach.
+    pub len: u64,
+}
+
+impl Abs {
+    /// The word `w` (4 or 8 bytes, little endian) pointed at its old target's new place, when
+    /// it points into old and the new place fits the word.
+    pub fn rewrite(&self, w: &[u8], table: &dyn Covers) -> Option<[u8; 8]> {
+        let v = word(w);
+        let t = v.checked_sub(self.base).filter(|t| *t < self.len)?;
+        // A target no cover holds stays where it was (the plain prediction: the same word).
+        let new = u64::try_from(table.map(t as i64, 0)).ok()?.checked_add(self.base)?;
+        if w.len() < 8 && new >> 32 != 0 {
+            return None;
+        }
+        Some(new.to_le_bytes())
+    }
+}
+
+/// A little-endian word of up to 8 bytes.
+fn word(w: &[u8]) -> u64 {
+    w.iter().rev().fold(0, |v, b| v << 8 | u64::from(*b))
 }
 
 impl core::fmt::Debug for Exec<'_> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Exec").field("isa", &self.isa).field("covers", &self.table.count()).finish()
+        f.debug_struct("Exec")
+            .field("isa", &self.isa)
+            .field("covers", &self.table.count())
+            .field("abs", &self.abs)
+            .finish()
     }
 }
 
@@ -455,8 +541,17 @@ impl Window<'_> {
         }
     }
 
-    fn get(&self, p: u64, w: u64, buf: &[u8]) -> [u8; 5] {
-        let mut bytes = [0u8; 5];
+    /// Writes the bytes of `new` at `p..` that fall in `buf`.
+    fn put(&self, p: u64, new: &[u8], buf: &mut [u8]) {
+        for (i, q) in (p..p + new.len() as u64).enumerate() {
+            if (self.at..self.end).contains(&q) {
+                buf[(q - self.at) as usize] = new[i];
+            }
+        }
+    }
+
+    fn get(&self, p: u64, w: u64, buf: &[u8]) -> [u8; 8] {
+        let mut bytes = [0u8; 8];
         for (i, q) in (p..p + w).enumerate() {
             bytes[i] = self.byte(q, buf);
         }
@@ -477,11 +572,14 @@ impl Exec<'_> {
         buf: &mut [u8],
     ) -> Result<(), IoError> {
         let (w, a) = (self.isa.width(), self.isa.align());
+        // The widest thing that may overlap `buf` from below: an instruction or a pointer.
+        let pw = self.abs.and(self.isa.pointer_width()).unwrap_or(w);
         let end = at + buf.len() as u64;
-        // Old bytes just before and after `buf` that the pattern checks can look at.
-        let lo_start = s.max(at.saturating_sub(2 * w));
-        let hi_end = e.min(end + w);
-        let (mut lo, mut hi) = ([0u8; 10], [0u8; 5]);
+        // Old bytes just before and after `buf` that the checks can look at (after: whether a
+        // branch straddling the end of `buf` counts decides a pointer below it).
+        let lo_start = s.max(at.saturating_sub(16));
+        let hi_end = e.min(end + 16);
+        let (mut lo, mut hi) = ([0u8; 16], [0u8; 16]);
         old.read_at(lo_start, &mut lo[..(at - lo_start) as usize])?;
         old.read_at(end, &mut hi[..(hi_end - end) as usize])?;
         let win = Window {
@@ -491,7 +589,7 @@ impl Exec<'_> {
             end,
             hi: &hi[..(hi_end - end) as usize],
         };
-        let first = at.saturating_sub(w - 1).max(s);
+        let first = at.saturating_sub(w.max(pw) - 1).max(s);
         let first = (first + a - 1) / a * a;
         if e < w || buf.is_empty() {
             return Ok(());
@@ -500,7 +598,7 @@ impl Exec<'_> {
         if first > last {
             return Ok(());
         }
-        self.rewrite_range(&win, (s, first, last), disp, buf);
+        self.rewrite_range(&win, (s, e), (first, last), disp, buf);
         Ok(())
     }
 
@@ -508,7 +606,8 @@ impl Exec<'_> {
     fn rewrite_range(
         &self,
         win: &Window<'_>,
-        (s, first, last): (u64, u64, u64),
+        (s, e): (u64, u64),
+        (first, last): (u64, u64),
         disp: i64,
         buf: &mut [u8],
     ) {
@@ -524,24 +623,34 @@ impl Exec<'_> {
         let is_branch = |p: u64, buf: &[u8]| -> bool {
             quick(win.byte(p + k, buf)) && self.isa.is_branch(&win.get(p, w, buf)[..wl])
         };
+        // Whether the branch pattern at `p` counts: no pattern in the `w - 1` positions below.
+        let counts = |p: u64, buf: &[u8]| -> bool {
+            is_branch(p, buf)
+                && !(1..w).filter(|k| k % a == 0 && p >= s + k).any(|k| is_branch(p - k, buf))
+        };
         // From the top down, so that a rewritten instruction is never read by a later check:
-        // the checks for `p` read only `[p - w + 1, p + w)`, and a branch that counts has no
-        // pattern in the `w - 1` positions below it, so the scan goes on from `p - w`.
+        // the checks for `p` read only `[p - w + 1, p + w)` (a pointer's, `[p - w + 1, p +
+        // its width)`), and a branch that counts has no pattern in the `w - 1` positions below
+        // it (nor a pointer, checked), so the scan goes on from `p - w`.
         let mut p = last - last % a;
+        // The lowest position where a branch counted so far.
+        let mut low = u64::MAX;
         while p >= first {
-            let counts = is_branch(p, buf)
-                && !(1..w).filter(|k| k % a == 0 && p >= s + k).any(|k| is_branch(p - k, buf));
-            let step = if counts {
+            let step = if counts(p, buf) {
+                low = p;
                 let here = win.get(p, w, buf);
                 let pi = p as i64;
                 if let Some(new) =
                     self.isa.rewrite(&here[..wl], pi, pi + disp, |t| self.table.map(t, disp))
                 {
-                    for (i, q) in (p..p + w).enumerate() {
-                        if (win.at..win.end).contains(&q) {
-                            buf[(q - win.at) as usize] = new[i];
-                        }
-                    }
+                    win.put(p, &new[..wl], buf);
+                }
+                w
+            } else if let Some(pw) = self.is_pointer(win, (s, e), (p, low, last), buf, &counts) {
+                let here = win.get(p, pw, buf);
+                let pl = pw as usize;
+                if let Some(new) = self.abs.and_then(|abs| abs.rewrite(&here[..pl], self.table)) {
+                    win.put(p, &new[..pl], buf);
                 }
                 w
             } else {
@@ -552,6 +661,47 @@ impl Exec<'_> {
                 None => break,
             }
         }
+    }
+
+    /// Whether the aligned word at `p` (not a branch that counts) is an absolute pointer to
+    /// predict, and its width: it lies in the add range, points into old, and no branch that
+    /// counts overlaps it. Branches above `p` that count are at `low` or higher, except those
+    /// beyond `last` (the scan's first position), checked here; below, with Thumb-2, `p - 2`.
+    fn is_pointer(
+        &self,
+        win: &Window<'_>,
+        (s, e): (u64, u64),
+        (p, low, last): (u64, u64, u64),
+        buf: &[u8],
+        counts: &dyn Fn(u64, &[u8]) -> bool,
+    ) -> Option<u64> {
+        let abs = self.abs?;
+        let pw = self.isa.pointer_width()?;
+        if p % pw != 0 || p < s || p + pw > e || low < p + pw {
+            return None;
+        }
+        // The top byte first: most words are ruled out by it.
+        let shift = 8 * (pw - 1);
+        let top = u64::from(win.byte(p + pw - 1, buf));
+        let last_address = abs.base.saturating_add(abs.len).checked_sub(1)?;
+        if abs.len == 0 || top < abs.base >> shift || top > last_address >> shift {
+            return None;
+        }
+        let v = word(&win.get(p, pw, buf)[..pw as usize]);
+        if v < abs.base || v - abs.base >= abs.len {
+            return None;
+        }
+        let (w, a) = (self.isa.width(), self.isa.align());
+        let below = (1..w).filter(|k| k % a == 0 && p >= s + k).any(|k| counts(p - k, buf));
+        let above = (1..pw)
+            .filter(|k| k % a == 0)
+            .map(|k| p + k)
+            .filter(|&q| q > last && q + w <= e)
+            .any(|q| counts(q, buf));
+        if below || above {
+            return None;
+        }
+        Some(pw)
     }
 }
 

@@ -282,7 +282,8 @@ impl<P: OpSource + ?Sized, J: Journal + ?Sized, S: CoverStore> Job<'_, P, J, S> 
         if let Some(ip) = rule {
             patcher = patcher.in_place(ip);
         }
-        let mut sp = StreamPatcher::new(patcher, h.filter, &mut self.covers);
+        let mut sp = StreamPatcher::new(patcher, h.filter, &mut self.covers)
+            .with_abs_pointers(h.abs_pointers);
         self.source.restart()?;
         let mut hasher = Sha256::new();
         let (mut buf, mut scratch, mut total) = ([0u8; 128], [0u8; 64], 0);
@@ -332,7 +333,8 @@ impl<P: OpSource + ?Sized, J: Journal + ?Sized, S: CoverStore> Job<'_, P, J, S> 
         if patcher.produced() != segment.saturating_mul(seg).min(h.new_size) {
             return Err(ApplyError::Inconsistent);
         }
-        let mut sp = StreamPatcher::new(patcher, h.filter, &mut self.covers);
+        let mut sp = StreamPatcher::new(patcher, h.filter, &mut self.covers)
+            .with_abs_pointers(h.abs_pointers);
         self.source.restart()?;
         let segments = h.new_size / seg + u64::from(h.new_size % seg != 0);
         let mut k = segment;

@@ -17,7 +17,7 @@
 //! displacement table first when the delta has an executable filter.
 
 use crate::error::{IoError, PatchError};
-use crate::exec::{CoverStore, Exec, TableReader};
+use crate::exec::{Abs, CoverStore, Exec, TableReader};
 use crate::header::Isa;
 use crate::sha256::Sha256;
 use crate::wire::unzigzag;
@@ -388,6 +388,7 @@ impl Patcher {
 #[derive(Debug, Clone)]
 pub struct StreamPatcher<S> {
     isa: Option<Isa>,
+    abs: Option<Abs>,
     reader: Option<TableReader>,
     covers: S,
     skip: u64,
@@ -401,11 +402,21 @@ impl<S: CoverStore> StreamPatcher<S> {
     pub fn new(patcher: Patcher, isa: Option<Isa>, covers: S) -> Self {
         Self {
             isa,
+            abs: None,
             reader: isa.map(|_| TableReader::new(patcher.old_len)),
             covers,
             skip: patcher.consumed(),
             patcher,
         }
+    }
+
+    /// The same for a delta whose header says `abs_pointers` when `abs_pointers` is true: the stream starts
+    /// with the image base, and absolute pointers are predicted too.
+    pub fn with_abs_pointers(mut self, abs_pointers: bool) -> Self {
+        if let (true, Some(isa)) = (abs_pointers, self.isa) {
+            self.reader = Some(TableReader::with_base(self.patcher.old_len, isa));
+        }
+        self
     }
 
     /// The patcher (for its checkpoint and counters; its `consumed` counts op bytes after the
@@ -434,6 +445,7 @@ impl<S: CoverStore> StreamPatcher<S> {
             if !r.done() {
                 return Ok(used);
             }
+            self.abs = r.abs();
             self.reader = None;
         }
         let skipped = self.skip.min((input.len() - used) as u64) as usize;
@@ -443,7 +455,7 @@ impl<S: CoverStore> StreamPatcher<S> {
             return Ok(used);
         }
         let covers = &self.covers;
-        let exec = self.isa.map(|isa| Exec { isa, table: covers });
+        let exec = self.isa.map(|isa| Exec { isa, table: covers, abs: self.abs });
         Ok(used + self.patcher.feed_until(&input[used..], old, scratch, out, exec, stop)?)
     }
 
