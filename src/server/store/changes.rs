@@ -1,7 +1,9 @@
 //! What the writes changed, for the views serve keeps in memory (`server::views::view_of`).
 //!
 //! Temporary triggers on the writer's connection call a function of ours for every row written
-//! in the tables a Device Update view is made of: a device's row names the device; a module's
+//! in the tables a Device Update view is made of: a device's row names the device (an update
+//! only when its group or its agent's reported properties changed: a view reads nothing else
+//! of it); a module's
 //! row, an import (or a deleted update) and a class's friendly name each say which part of
 //! every view they touch. The notes of a write call are
 //! published when the call has finished (after its commit), before the store's generation
@@ -152,10 +154,20 @@ pub(super) fn watch(conn: &Connection, log: &Changes) -> Result<(), StoreError> 
         } else {
             (format!("NEW.{key}"), format!("OLD.{key}"))
         };
+        // A view reads a device's group and its agent's reported properties (the slim twin's
+        // `properties.reported`), nothing else: a write of desired properties alone (every
+        // device of a group, when a deployment starts) changes no view.
+        let when = if table == "devices" {
+            "WHEN OLD.group_id IS NOT NEW.group_id
+               OR json_extract(OLD.slim, '$.properties.reported')
+                  IS NOT json_extract(NEW.slim, '$.properties.reported')"
+        } else {
+            ""
+        };
         sql.push_str(&format!(
             "CREATE TEMP TRIGGER IF NOT EXISTS otaforge_{table}_inserted AFTER INSERT ON main.{table}
                BEGIN SELECT otaforge_changed('{kind}', {new}); END;
-             CREATE TEMP TRIGGER IF NOT EXISTS otaforge_{table}_updated AFTER UPDATE ON main.{table}
+             CREATE TEMP TRIGGER IF NOT EXISTS otaforge_{table}_updated AFTER UPDATE ON main.{table} {when}
                BEGIN SELECT otaforge_changed('{kind}', {old}); SELECT otaforge_changed('{kind}', {new}); END;
              CREATE TEMP TRIGGER IF NOT EXISTS otaforge_{table}_deleted AFTER DELETE ON main.{table}
                BEGIN SELECT otaforge_changed('{kind}', {old}); END;\n"
@@ -223,7 +235,7 @@ mod tests {
     fn the_triggers_note_rows_written_in_the_tables_a_view_is_made_of() {
         let conn = Connection::open_in_memory().unwrap();
         conn.execute_batch(
-            "CREATE TABLE devices (device_id TEXT PRIMARY KEY, v INTEGER);
+            "CREATE TABLE devices (device_id TEXT PRIMARY KEY, v INTEGER, group_id TEXT, slim TEXT);
              CREATE TABLE modules (device_id TEXT, module_id TEXT);
              CREATE TABLE updates (body TEXT);
              CREATE TABLE device_classes (id TEXT);
@@ -234,8 +246,9 @@ mod tests {
         watch(&conn, &log).unwrap();
         let since = |mark| log.lock().unwrap().since(mark);
         conn.execute_batch(
-            "INSERT INTO devices VALUES ('d1', 1), ('d2', 1);
-             UPDATE devices SET v = 2 WHERE device_id = 'd2';
+            "INSERT INTO devices VALUES ('d1', 1, NULL, '{}'), ('d2', 1, NULL, '{}');
+             UPDATE devices SET v = 2, slim = '{\"properties\":{\"reported\":{\"a\":1}}}'
+               WHERE device_id = 'd2';
              INSERT INTO deployments VALUES ('x');",
         )
         .unwrap();
@@ -244,6 +257,19 @@ mod tests {
             since(0).unwrap(),
             Since { devices: devices(&["d1", "d2"]), ..Since::default() }
         );
+        // Desired properties alone (a deployment written into twins): no view changes.
+        let mark = log.lock().unwrap().mark();
+        conn.execute_batch(
+            "UPDATE devices SET v = 3, slim = '{\"properties\":{\"reported\":{\"a\":1},
+               \"desired\":{\"w\":1}}}' WHERE device_id = 'd2'",
+        )
+        .unwrap();
+        log.lock().unwrap().publish();
+        assert_eq!(since(mark).unwrap(), Since::default());
+        // A group moved: it does.
+        conn.execute_batch("UPDATE devices SET group_id = 'g' WHERE device_id = 'd2'").unwrap();
+        log.lock().unwrap().publish();
+        assert_eq!(since(mark).unwrap().devices, devices(&["d2"]));
         let mark = log.lock().unwrap().mark();
         conn.execute_batch("DELETE FROM devices WHERE device_id = 'd1'").unwrap();
         conn.execute_batch("INSERT INTO modules VALUES ('d2', 'm')").unwrap();
