@@ -73,6 +73,9 @@ pub(super) type Sample = (f64, u64, Vec<u64>);
 /// The height of a timeline in SVG user units.
 pub(super) const HEIGHT: f64 = 120.0;
 
+/// Where a timeline's last sample lands, as a share of its width.
+const LAST_AT: f64 = 0.95;
+
 /// Points a timeline's line has at most (two per step): samples closer than a unit apart are
 /// drawn as the last of them.
 const MOST_STEPS: usize = 400;
@@ -91,7 +94,8 @@ pub(super) struct Line {
 }
 
 /// Counts over time: one band per series, stacked (the first at the bottom), as steps from
-/// the first sample (left) to the last (right); 0 at the bottom, the largest total at the top.
+/// the first sample (left) to the last (at [`LAST_AT`], held to the right edge); 0 at the
+/// bottom, the largest total at the top.
 #[derive(Debug, Clone)]
 pub(super) struct Timeline {
     /// What it shows, for its `<title>`.
@@ -121,7 +125,9 @@ impl Timeline {
             (Some(a), Some(b)) => (a.0, b.0),
             _ => (0.0, 0.0),
         };
-        let span = if t1 > t0 { t1 - t0 } else { 1.0 };
+        // The last sample lands at LAST_AT of the width: what holds since it (now, on a
+        // deployment's page) stays visible to the right edge.
+        let span = if t1 > t0 { (t1 - t0) / LAST_AT } else { 1.0 };
         let x = |t: f64| ((t - t0) / span * WIDTH).clamp(0.0, WIDTH);
         let y = |v: u64| HEIGHT - v as f64 / top * HEIGHT;
         // One sample per step: the last in each of MOST_STEPS slices of the span.
@@ -147,9 +153,9 @@ impl Timeline {
                 points.push((x(s.0), y(now)));
                 before = Some(now);
             }
-            if kept.len() == 1 {
-                // A single sample is a level across.
-                points.push((WIDTH, y(before.unwrap_or(0))));
+            if let Some(last) = before {
+                // The last sample holds to the right edge (a single one is a level across).
+                points.push((WIDTH, y(last)));
             }
             points
         };
@@ -191,14 +197,14 @@ mod tests {
         // Succeeded: from 0 up its own steps, back along 0.
         assert_eq!(
             t.lines[0].points,
-            "0.0,120.0 200.0,120.0 200.0,60.0 400.0,60.0 400.0,0.0 \
-             400.0,120.0 400.0,120.0 200.0,120.0 200.0,120.0 0.0,120.0"
+            "0.0,120.0 190.0,120.0 190.0,60.0 380.0,60.0 380.0,0.0 400.0,0.0 \
+             400.0,120.0 380.0,120.0 380.0,120.0 190.0,120.0 190.0,120.0 0.0,120.0"
         );
         // Failed: on top of succeeded (2 + 1 = 3 at the second sample), back along it.
         assert_eq!(
             t.lines[1].points,
-            "0.0,120.0 200.0,120.0 200.0,30.0 400.0,30.0 400.0,0.0 \
-             400.0,0.0 400.0,60.0 200.0,60.0 200.0,120.0 0.0,120.0"
+            "0.0,120.0 190.0,120.0 190.0,30.0 380.0,30.0 380.0,0.0 400.0,0.0 \
+             400.0,0.0 380.0,0.0 380.0,60.0 190.0,60.0 190.0,120.0 0.0,120.0"
         );
         assert_eq!((t.lines[0].last, t.lines[1].last), (4, 0));
         let one = Timeline::new("t".into(), &series, &samples[1..2], "a".into(), "a".into());
