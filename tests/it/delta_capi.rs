@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use otaforge::delta::{self, CreateOptions, ExecChoice, InPlaceOptions, Isa, Profile};
+use otaforge::delta::{self, AbsChoice, CreateOptions, ExecChoice, InPlaceOptions, Isa, Profile};
 
 use crate::delta::firmware;
 
@@ -30,11 +30,18 @@ fn static_lib() -> PathBuf {
     target.join("release/libotadelta.a")
 }
 
-/// An MCU-profile delta with the Thumb-2 prediction (so the C side reads a displacement table).
-fn mcu_delta(old: &[u8], new: &[u8], in_place: Option<InPlaceOptions>) -> Vec<u8> {
+/// An MCU-profile delta with the Thumb-2 prediction (so the C side reads a displacement table),
+/// and absolute pointers as `abs` says.
+fn mcu_delta(old: &[u8], new: &[u8], in_place: Option<InPlaceOptions>, abs: AbsChoice) -> Vec<u8> {
     let exec = ExecChoice::Isa(Isa::Thumb2);
-    let opts =
-        CreateOptions { profile: Profile::Mcu, threads: 2, in_place, exec, ..Default::default() };
+    let opts = CreateOptions {
+        profile: Profile::Mcu,
+        threads: 2,
+        in_place,
+        exec,
+        abs,
+        ..Default::default()
+    };
     delta::create(old, new, &opts, &otaforge::NoReporter).expect("create").bytes
 }
 
@@ -51,12 +58,16 @@ fn c_firmware_applies_ab_and_in_place_deltas_through_power_cuts() {
         w.copy_from_slice(&v.to_le_bytes());
     }
     new.extend_from_slice(&firmware(9, 2_000));
-    let ab = mcu_delta(&old, &new, None);
+    let ab = mcu_delta(&old, &new, None, AbsChoice::None);
     let ip = InPlaceOptions { segment_size: 1024, memory_size: 32 * 1024 };
-    let in_place = mcu_delta(&old, &new, Some(ip));
+    // The in-place one predicts absolute pointers too (old at a Cortex-M flash address).
+    let in_place = mcu_delta(&old, &new, Some(ip), AbsChoice::Base(0x0800_0000));
     for d in [&ab, &in_place] {
         assert_eq!(delta::info(d).unwrap().exec, Some(Isa::Thumb2));
     }
+    assert!(
+        !delta::info(&ab).unwrap().abs_pointers && delta::info(&in_place).unwrap().abs_pointers
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let files = [("old", &old), ("new", &new), ("ab.delta", &ab), ("ip.delta", &in_place)];
@@ -83,7 +94,9 @@ fn c_firmware_applies_ab_and_in_place_deltas_through_power_cuts() {
     let out = String::from_utf8_lossy(&run.stdout);
     let err = String::from_utf8_lossy(&run.stderr);
     assert!(run.status.success(), "the C harness failed ({}):\n{out}{err}", run.status);
-    for line in ["A/B: ", "in place: ", "refused: ", "every check passed"] {
+    for line in
+        ["A/B: ", "in place: ", "refused: ", "every check passed", "pointers: A/B 0, in place 1"]
+    {
         assert!(out.contains(line), "no {line:?} in:\n{out}");
     }
     let cuts = |what: &str| -> u32 {

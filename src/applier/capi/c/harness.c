@@ -284,6 +284,10 @@ int main(int argc, char **argv) {
     OtadeltaReader r = {&ip, blob_read, ip.len};
     OtadeltaInfo info;
     if (otadelta_inspect(&r, &info) || !info.in_place) FAIL("the in-place delta is not one");
+    OtadeltaReader rab = {&ab, blob_read, ab.len};
+    OtadeltaInfo ab_info;
+    if (otadelta_inspect(&rab, &ab_info) || ab_info.in_place) FAIL("the A/B delta is not one");
+    printf("pointers: A/B %u, in place %u\n", (unsigned)ab_info.abs_pointers, (unsigned)info.abs_pointers);
     uint64_t ab_slot = (new_.len + 1023) / 1024 * 1024;
 
     /* One uninterrupted apply of each delta with the stack painted. */

@@ -97,7 +97,7 @@ typedef struct {
   uint8_t method;
   // 0 stored, 1 zstd, 2 LZMA.
   uint8_t compression;
-  // Executable filter: 0 none, 1 Thumb-2, 2 AArch64, 3 x86-64.
+  // Executable filter: 0 none, 1 Thumb-2, 2 AArch64, 3 x86-64, 4 A32.
   uint8_t filter;
   // 1 when a signature block follows the payload.
   uint8_t is_signed;
@@ -115,6 +115,9 @@ typedef struct {
   size_t dict_len;
   // Covers to lend (0 without a filter).
   size_t covers_len;
+  // 1 when absolute pointers into old are predicted too (header flags bit 2; the work
+  // memory to lend is the same).
+  uint8_t abs_pointers;
 } OtadeltaInfo;
 
 // Checks an Ed25519 signature (64 bytes) by the key `key_id` (32 bytes) over `message`

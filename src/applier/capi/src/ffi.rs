@@ -152,7 +152,7 @@ pub struct OtadeltaInfo {
     pub method: u8,
     /// 0 stored, 1 zstd, 2 LZMA.
     pub compression: u8,
-    /// Executable filter: 0 none, 1 Thumb-2, 2 AArch64, 3 x86-64.
+    /// Executable filter: 0 none, 1 Thumb-2, 2 AArch64, 3 x86-64, 4 A32.
     pub filter: u8,
     /// 1 when a signature block follows the payload.
     pub is_signed: u8,
@@ -170,6 +170,9 @@ pub struct OtadeltaInfo {
     pub dict_len: usize,
     /// Covers to lend (0 without a filter).
     pub covers_len: usize,
+    /// 1 when absolute pointers into old are predicted too (header flags bit 2; the work
+    /// memory to lend is the same).
+    pub abs_pointers: u8,
 }
 
 /// A signature verifier; `verify` null means none (then only unsigned deltas are accepted).
@@ -372,6 +375,7 @@ pub unsafe extern "C" fn otadelta_inspect(
         probs_len,
         dict_len,
         covers_len,
+        abs_pointers: u8::from(h.abs_pointers),
     };
     OTADELTA_OK
 }
