@@ -164,6 +164,27 @@ pub struct ProgressRecord {
 }
 
 impl ProgressRecord {
+    /// A subgroup's counts as a deployment's status gives them, at `at`.
+    pub fn of(
+        group_id: &str,
+        deployment_id: &str,
+        at: &str,
+        s: &crate::service::model::SubgroupDeploymentStatus,
+    ) -> Self {
+        let n = |v: Option<u64>| v.unwrap_or(0);
+        Self {
+            group_id: group_id.to_owned(),
+            deployment_id: deployment_id.to_owned(),
+            class_id: s.device_class_id.clone(),
+            at: at.to_owned(),
+            total: n(s.total_devices),
+            succeeded: n(s.devices_completed_succeeded_count),
+            failed: n(s.devices_completed_failed_count),
+            in_progress: n(s.devices_in_progress_count),
+            canceled: n(s.devices_canceled_count),
+        }
+    }
+
     /// Whether `other` counts the same as this one.
     pub fn same_counts(&self, other: &Self) -> bool {
         (self.total, self.succeeded, self.failed, self.in_progress, self.canceled)

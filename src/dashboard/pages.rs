@@ -482,25 +482,6 @@ fn subgroup_rows(status: &crate::service::model::DeploymentStatus, base: &str) -
     subgroups
 }
 
-/// The subgroups' counts now, as the last point of their timelines.
-fn current_progress(g: &str, d: &str, subgroups: &[SubgroupRow]) -> Vec<ProgressRecord> {
-    let now = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
-    subgroups
-        .iter()
-        .map(|s| ProgressRecord {
-            group_id: g.to_owned(),
-            deployment_id: d.to_owned(),
-            class_id: s.class.clone(),
-            at: now.clone(),
-            total: s.total,
-            succeeded: s.succeeded,
-            failed: s.failed,
-            in_progress: s.in_progress,
-            canceled: s.canceled,
-        })
-        .collect()
-}
-
 /// `/ui/groups/{group}/deployments/{id}`: progress by subgroup, the rollback policy and how
 /// near the failures are to it, and the failing devices (`filter`: by id or code).
 pub(super) async fn deployment(
@@ -523,7 +504,10 @@ pub(super) async fn deployment(
     } else {
         ""
     };
-    let timelines = progress_charts(&recorded, &current_progress(g, d, &subgroups));
+    let now = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+    let current: Vec<ProgressRecord> =
+        status.subgroup_status.iter().map(|s| ProgressRecord::of(g, d, &now, s)).collect();
+    let timelines = progress_charts(&recorded, &current);
     let failed: u64 = subgroups.iter().map(|s| s.failed).sum();
     let total: u64 = subgroups.iter().map(|s| s.total).sum();
     let rollback = dep.rollback_policy.as_ref().map(|p| rollback_view(p, failed, total));

@@ -86,18 +86,7 @@ impl RemoteSource {
         let at = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
         let mut seen = self.seen();
         for s in &status.subgroup_status {
-            let n = |v: Option<u64>| v.unwrap_or(0);
-            let sample = ProgressRecord {
-                group_id: group.to_owned(),
-                deployment_id: id.to_owned(),
-                class_id: s.device_class_id.clone(),
-                at: at.clone(),
-                total: n(s.total_devices),
-                succeeded: n(s.devices_completed_succeeded_count),
-                failed: n(s.devices_completed_failed_count),
-                in_progress: n(s.devices_in_progress_count),
-                canceled: n(s.devices_canceled_count),
-            };
+            let sample = ProgressRecord::of(group, id, &at, s);
             // One series per deployment holds every subgroup: compare with the subgroup's last.
             let key = (group.to_owned(), id.to_owned());
             let last = seen

@@ -341,6 +341,27 @@ mod tests {
         assert!(fixed.start(2).is_err());
     }
 
+    /// What `ex` predicts for old `[s, e)` (an add at displacement `disp`), read in pieces of
+    /// `piece` bytes, as a device reads it.
+    fn predicted_in_pieces(
+        ex: &Exec<'_>,
+        old: &[u8],
+        (s, e): (u64, u64),
+        disp: i64,
+        piece: usize,
+    ) -> Vec<u8> {
+        let mut got = Vec::new();
+        let mut at = s;
+        while at < e {
+            let n = (piece as u64).min(e - at) as usize;
+            let mut b = old[at as usize..at as usize + n].to_vec();
+            ex.predict(&mut &old[..], (s, e), disp, at, &mut b).unwrap();
+            got.extend_from_slice(&b);
+            at += n as u64;
+        }
+        got
+    }
+
     /// The prediction does not depend on how reads are split.
     #[test]
     fn prediction_is_the_same_for_any_read_split() {
@@ -370,15 +391,7 @@ mod tests {
             ex.predict(&mut &old[..], (s, e), 100, s, &mut whole).unwrap();
             assert!(whole != old[s as usize..e as usize], "{isa:?} changed nothing");
             for piece in [1usize, 3, 7, 64] {
-                let mut got = Vec::new();
-                let mut at = s;
-                while at < e {
-                    let n = (piece as u64).min(e - at) as usize;
-                    let mut b = old[at as usize..at as usize + n].to_vec();
-                    ex.predict(&mut &old[..], (s, e), 100, at, &mut b).unwrap();
-                    got.extend_from_slice(&b);
-                    at += n as u64;
-                }
+                let got = predicted_in_pieces(&ex, &old, (s, e), 100, piece);
                 assert!(got == whole, "{isa:?} in pieces of {piece}");
             }
         }
@@ -470,15 +483,7 @@ mod tests {
             table.exec(isa).predict(&mut &old[..], (s, e), 100, s, &mut plain).unwrap();
             assert!(whole != plain, "{isa:?}: no pointer predicted");
             for piece in [1usize, 2, 3, 5, 7, 64] {
-                let mut got = Vec::new();
-                let mut at = s;
-                while at < e {
-                    let n = (piece as u64).min(e - at) as usize;
-                    let mut b = old[at as usize..at as usize + n].to_vec();
-                    ex.predict(&mut &old[..], (s, e), 100, at, &mut b).unwrap();
-                    got.extend_from_slice(&b);
-                    at += n as u64;
-                }
+                let got = predicted_in_pieces(&ex, &old, (s, e), 100, piece);
                 assert!(got == whole, "{isa:?} in pieces of {piece}");
             }
         }
@@ -519,15 +524,7 @@ mod tests {
         table.exec(Isa::Aarch64).predict(&mut &old[..], (s, e), 96, s, &mut plain).unwrap();
         assert!(whole != plain, "no pointer predicted");
         for piece in [1usize, 3, 4, 5, 7, 9, 64] {
-            let mut got = Vec::new();
-            let mut at = s;
-            while at < e {
-                let n = (piece as u64).min(e - at) as usize;
-                let mut b = old[at as usize..at as usize + n].to_vec();
-                ex.predict(&mut &old[..], (s, e), 96, at, &mut b).unwrap();
-                got.extend_from_slice(&b);
-                at += n as u64;
-            }
+            let got = predicted_in_pieces(&ex, &old, (s, e), 96, piece);
             assert!(got == whole, "in pieces of {piece}");
         }
     }

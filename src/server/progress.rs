@@ -98,18 +98,8 @@ fn moved(
     let d = &stored.deployment;
     status
         .subgroup_status
-        .into_iter()
-        .map(|g| ProgressRecord {
-            group_id: d.group_id.to_string(),
-            deployment_id: d.deployment_id.to_string(),
-            class_id: g.device_class_id,
-            at: at.to_owned(),
-            total: g.total_devices.unwrap_or(0),
-            succeeded: g.devices_completed_succeeded_count.unwrap_or(0),
-            failed: g.devices_completed_failed_count.unwrap_or(0),
-            in_progress: g.devices_in_progress_count.unwrap_or(0),
-            canceled: g.devices_canceled_count.unwrap_or(0),
-        })
+        .iter()
+        .map(|g| ProgressRecord::of(d.group_id.as_str(), d.deployment_id.as_str(), at, g))
         .filter(|p| last.get(&key(p)).is_none_or(|l| !l.same_counts(p)))
         .collect()
 }

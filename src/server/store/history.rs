@@ -92,9 +92,21 @@ pub(super) fn note_result(
     Ok(())
 }
 
-/// A row's count column as a count.
-fn count(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<u64> {
-    Ok(u64::try_from(r.get::<_, i64>(i)?).unwrap_or(0))
+/// A progress row: group, deployment, class, at, then the five counts.
+fn progress_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ProgressRecord> {
+    let count =
+        |i: usize| -> rusqlite::Result<u64> { Ok(u64::try_from(r.get::<_, i64>(i)?).unwrap_or(0)) };
+    Ok(ProgressRecord {
+        group_id: r.get(0)?,
+        deployment_id: r.get(1)?,
+        class_id: r.get(2)?,
+        at: r.get(3)?,
+        total: count(4)?,
+        succeeded: count(5)?,
+        failed: count(6)?,
+        in_progress: count(7)?,
+        canceled: count(8)?,
+    })
 }
 
 impl Store {
@@ -166,23 +178,12 @@ impl Store {
         let rows = self
             .conn
             .prepare_cached(
-                "SELECT class_id, at, total, succeeded, failed, in_progress, canceled
+                "SELECT group_id, deployment_id, class_id, at, total, succeeded, failed,
+                        in_progress, canceled
                  FROM deployment_progress WHERE group_id = ?1 AND deployment_id = ?2
                  ORDER BY seq",
             )?
-            .query_map(params![group_id, deployment_id], |r| {
-                Ok(ProgressRecord {
-                    group_id: group_id.to_owned(),
-                    deployment_id: deployment_id.to_owned(),
-                    class_id: r.get(0)?,
-                    at: r.get(1)?,
-                    total: count(r, 2)?,
-                    succeeded: count(r, 3)?,
-                    failed: count(r, 4)?,
-                    in_progress: count(r, 5)?,
-                    canceled: count(r, 6)?,
-                })
-            })?
+            .query_map(params![group_id, deployment_id], progress_row)?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
@@ -198,19 +199,7 @@ impl Store {
                  FROM deployment_progress p JOIN (SELECT MAX(seq) AS seq FROM deployment_progress
                      GROUP BY group_id, deployment_id, class_id) last ON p.seq = last.seq",
             )?
-            .query_map([], |r| {
-                Ok(ProgressRecord {
-                    group_id: r.get(0)?,
-                    deployment_id: r.get(1)?,
-                    class_id: r.get(2)?,
-                    at: r.get(3)?,
-                    total: count(r, 4)?,
-                    succeeded: count(r, 5)?,
-                    failed: count(r, 6)?,
-                    in_progress: count(r, 7)?,
-                    canceled: count(r, 8)?,
-                })
-            })?
+            .query_map([], progress_row)?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
