@@ -108,7 +108,8 @@ fn measure(exec: delta::ExecChoice, decoder: Decoder) -> Measured {
     let mut c_peak = 0usize;
 
     let mut patcher = delta::stream_patcher(Patcher::new(h.old_size, h.new_size), h.filter)
-        .with_abs_pointers(h.abs_pointers);
+        .with_abs_pointers(h.abs_pointers)
+        .with_pairs(h.pairs);
     let mut sink = |b: &[u8]| {
         same &= new.get(written..written + b.len()) == Some(b);
         written += b.len();

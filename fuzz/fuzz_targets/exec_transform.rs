@@ -3,7 +3,7 @@
 //! fuzzer's piece and scratch sizes (as a device reads), it rebuilds the same bytes, so the
 //! prediction does not depend on how reads are split. With Thumb-2, A32 and AArch64, absolute pointers
 //! are predicted too when the fuzzer says so (image base 0, where small words point into old,
-//! or 0x0800_0000).
+//! or 0x0800_0000), and with AArch64 its ADRP address pairs.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -60,6 +60,8 @@ fuzz_target!(|data: &[u8]| {
     };
     let h = delta::Header::decode(&created.bytes).unwrap();
     assert_eq!(h.filter, Some(isa));
+    // AArch64 address pairs: always with that filter.
+    assert_eq!(h.pairs, isa == Isa::Aarch64);
     if let delta::AbsChoice::Base(_) = abs {
         // Asked for: used whenever the filter has pointers and old has bytes to point at.
         let has = matches!(isa, Isa::Thumb2 | Isa::A32 | Isa::Aarch64) && !old.is_empty();
@@ -68,7 +70,8 @@ fuzz_target!(|data: &[u8]| {
     // Stored: the payload is the op stream itself.
     let stream = &created.bytes[delta::format::HEADER_LEN..][..h.payload_len as usize];
     let mut p = delta::stream_patcher(Patcher::new(h.old_size, h.new_size), h.filter)
-        .with_abs_pointers(h.abs_pointers);
+        .with_abs_pointers(h.abs_pointers)
+        .with_pairs(h.pairs);
     let mut out = Vec::new();
     let mut scratch = vec![0u8; scratch_len];
     for chunk in stream.chunks(piece) {

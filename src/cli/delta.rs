@@ -360,7 +360,12 @@ fn info(a: InfoArgs, out: &Output) -> anyhow::Result<Outcome> {
     out.line(format!("compression  {}", i.compression))?;
     out.line(format!("window       {}", human_bytes(u64::from(i.window))))?;
     out.line(format!("decoder RAM  {}", human_bytes(i.decoder_ram)))?;
-    let abs = if i.abs_pointers { ", absolute pointers" } else { "" };
+    let abs = match (i.abs_pointers, i.address_pairs) {
+        (true, true) => ", absolute pointers, address pairs",
+        (true, false) => ", absolute pointers",
+        (false, true) => ", address pairs",
+        (false, false) => "",
+    };
     out.line(format!("exec         {}{abs}", i.exec.map_or("none", |e| e.name())))?;
     if let Some(ip) = &i.in_place {
         out.line(format!(

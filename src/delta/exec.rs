@@ -71,12 +71,13 @@ impl Table {
 
     /// The prediction with this table for `isa`.
     pub fn exec(&self, isa: Isa) -> Exec<'_> {
-        Exec { isa, table: &self.covers, abs: None }
+        Exec { isa, table: &self.covers, abs: None, pairs: false }
     }
 
-    /// The prediction with this table for `isa`, absolute pointers into old at `abs` too.
+    /// The prediction `create` writes with this table for `isa`: absolute pointers into old at
+    /// `abs` too, and with AArch64 its address pairs (header flags bit 3).
     pub fn exec_abs(&self, isa: Isa, abs: Option<Abs>) -> Exec<'_> {
-        Exec { isa, table: &self.covers, abs }
+        Exec { isa, table: &self.covers, abs, pairs: isa == Isa::Aarch64 }
     }
 
     /// Appends the table's encoding: the count, then per cover the gap after the previous
@@ -385,7 +386,7 @@ mod tests {
             10,
         );
         for isa in [Isa::Thumb2, Isa::Aarch64, Isa::X86_64] {
-            let ex = Exec { isa, table: &table.covers, abs: None };
+            let ex = Exec { isa, table: &table.covers, abs: None, pairs: false };
             let (s, e) = (3u64, 3990u64);
             let mut whole = old[s as usize..e as usize].to_vec();
             ex.predict(&mut &old[..], (s, e), 100, s, &mut whole).unwrap();
@@ -524,6 +525,71 @@ mod tests {
         table.exec(Isa::Aarch64).predict(&mut &old[..], (s, e), 96, s, &mut plain).unwrap();
         assert!(whole != plain, "no pointer predicted");
         for piece in [1usize, 3, 4, 5, 7, 9, 64] {
+            let got = predicted_in_pieces(&ex, &old, (s, e), 96, piece);
+            assert!(got == whole, "in pieces of {piece}");
+        }
+    }
+
+    /// AArch64 ADRP at `p` to the page of `target` into register `rd`.
+    fn adrp(rd: u32, p: u64, target: u64) -> u32 {
+        let pages = ((target >> 12) as i64 - (p >> 12) as i64) as u32;
+        0x9000_0000 | (pages & 3) << 29 | (pages >> 2 & 0x7_ffff) << 5 | rd
+    }
+
+    /// An ADRP and the ADD (`ldr: false`) or 64-bit LDR completing it, at `p`, to `target`.
+    fn pair(rd: u32, p: u64, target: u64, ldr: bool) -> [u8; 8] {
+        let (top, scale) = if ldr { (0xf940_0000u32, 8) } else { (0x9100_0000, 1) };
+        let next = top | (((target & 0xfff) / scale) as u32) << 10 | rd << 5 | (rd + 1) % 31;
+        let mut b = [0u8; 8];
+        b[..4].copy_from_slice(&adrp(rd, p, target).to_le_bytes());
+        b[4..].copy_from_slice(&next.to_le_bytes());
+        b
+    }
+
+    /// AArch64 address pairs reach their target's new place exactly (page and offset, ADD or
+    /// scaled load), beside pointers and BLs, the same for any read split.
+    #[test]
+    fn address_pairs_reach_their_target_for_any_read_split() {
+        let mut old: Vec<u8> =
+            (0..8000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        for p in (0..7976u64).step_by(24) {
+            let t = (p * 7 + 8) % 8000 & !7;
+            let q = p as usize;
+            match p % 72 {
+                0 => old[q..q + 8].copy_from_slice(&pair(p as u32 % 29, p, t, p % 144 == 0)),
+                24 => old[q..q + 8].copy_from_slice(&t.to_le_bytes()),
+                _ => old[q..q + 4].copy_from_slice(&(0x9400_0000u32 | p as u32 % 400).to_le_bytes()),
+            }
+        }
+        let ops = [
+            Op { new_pos: 0, old_pos: 0, add: 4_000, copy: 0 },
+            Op { new_pos: 4_096, old_pos: 4_000, add: 4_000, copy: 0 },
+        ];
+        let table = Table::from_ops(&ops, 10);
+        let ex = table.exec_abs(Isa::Aarch64, Some(Abs { base: 0, len: 8000 }));
+        assert!(ex.pairs);
+        // At 800 (not moving): old 5000 moved to 5096 (ADD), 6000 to 6096 (LDR, scaled by 8),
+        // and 4090 to 4186, on the next page.
+        for (target, ldr, moved) in [(5000, false, 5096), (6000, true, 6096), (4090, false, 4186)] {
+            let mut one = old.clone();
+            one[800..808].copy_from_slice(&pair(3, 800, target, ldr));
+            let mut b = one[800..808].to_vec();
+            ex.predict(&mut &one[..], (0, 4000), 0, 800, &mut b).unwrap();
+            assert_eq!(b, pair(3, 800, moved, ldr), "pair to {target}");
+            // Not a pair: the register differs (the ADRP alone rounds to the nearest page).
+            one[804] ^= 1 << 5;
+            let mut b = one[800..808].to_vec();
+            ex.predict(&mut &one[..], (0, 4000), 0, 800, &mut b).unwrap();
+            assert_eq!(b[4..], one[804..808]);
+        }
+        let (s, e) = (3u64, 7990u64);
+        let mut whole = old[s as usize..e as usize].to_vec();
+        ex.predict(&mut &old[..], (s, e), 96, s, &mut whole).unwrap();
+        let no_pairs = Exec { pairs: false, ..ex };
+        let mut without = old[s as usize..e as usize].to_vec();
+        no_pairs.predict(&mut &old[..], (s, e), 96, s, &mut without).unwrap();
+        assert!(whole != without, "no pair predicted");
+        for piece in [1usize, 2, 3, 4, 5, 7, 8, 9, 12, 64] {
             let got = predicted_in_pieces(&ex, &old, (s, e), 96, piece);
             assert!(got == whole, "in pieces of {piece}");
         }

@@ -115,6 +115,9 @@ pub struct Header {
     /// 32-bit absolute pointers into old are predicted too (`flags` bit 2; the op stream
     /// starts with old's base address).
     pub abs_pointers: bool,
+    /// AArch64 address pairs (ADRP, then the ADD, load or store completing it) are predicted
+    /// as one reference (`flags` bit 3).
+    pub pairs: bool,
     /// Segment size and shift of a delta applied in place (`flags` bit 1).
     pub in_place: Option<InPlace>,
 }
@@ -133,6 +136,9 @@ impl Header {
         h[17] = if self.signed { FLAG_SIGNED } else { 0 };
         if self.abs_pointers {
             h[17] |= otaforge_applier::header::FLAG_ABS_POINTERS;
+        }
+        if self.pairs {
+            h[17] |= otaforge_applier::header::FLAG_PAIRS;
         }
         if let Some(ip) = self.in_place {
             h[17] |= FLAG_IN_PLACE;
@@ -173,6 +179,7 @@ impl Header {
             signed: self.signed,
             filter: self.filter,
             abs_pointers: self.abs_pointers,
+            pairs: self.pairs,
             in_place: self.in_place,
         }
     }
@@ -214,6 +221,7 @@ impl From<otaforge_applier::Header> for Header {
             signed: h.signed,
             filter: h.filter,
             abs_pointers: h.abs_pointers,
+            pairs: h.pairs,
             in_place: h.in_place,
         }
     }
@@ -246,6 +254,7 @@ mod tests {
             signed: false,
             filter: None,
             abs_pointers: false,
+            pairs: false,
             in_place: None,
         }
     }
@@ -291,6 +300,18 @@ mod tests {
         assert_eq!(Header::decode(&e).unwrap(), abs);
         for filter in [None, Some(super::super::exec::Isa::X86_64)] {
             let h = Header { filter, ..abs.clone() };
+            assert!(matches!(
+                Header::decode(&h.encode()),
+                Err(HeaderError::Field { field: "flags", .. })
+            ));
+        }
+        // AArch64 address pairs: flags bit 3 round-trips with the AArch64 filter only.
+        let pairs = Header { pairs: true, ..abs.clone() };
+        let e = pairs.encode();
+        assert_eq!(e[17], otaforge_applier::header::FLAG_ABS_POINTERS | otaforge_applier::header::FLAG_PAIRS);
+        assert_eq!(Header::decode(&e).unwrap(), pairs);
+        for filter in [None, Some(super::super::exec::Isa::Thumb2)] {
+            let h = Header { filter, abs_pointers: false, ..pairs.clone() };
             assert!(matches!(
                 Header::decode(&h.encode()),
                 Err(HeaderError::Field { field: "flags", .. })

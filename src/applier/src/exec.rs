@@ -477,6 +477,9 @@ pub struct Exec<'t> {
     /// Absolute-pointer prediction (Thumb-2 and A32 only): the old image's 32-bit words that
     /// point into it are predicted too.
     pub abs: Option<Abs>,
+    /// AArch64 address pairs (header flags bit 3): an ADRP and the ADD, load or store right
+    /// after it that completes its address are predicted as one reference.
+    pub pairs: bool,
 }
 
 /// Where the old image lies in the address space, for absolute-pointer prediction: an aligned
@@ -506,6 +509,53 @@ impl Abs {
     }
 }
 
+/// How an AArch64 ADRP (`adrp`) and the next instruction form an address pair: the next is
+/// ADD (64-bit, immediate, unshifted), or a load or store of a general register with an
+/// unsigned offset, whose base register is the ADRP's destination. The offset's scale in
+/// bytes (1 for ADD, the access size for a load or store).
+fn pair_scale(adrp: u32, next: u32) -> Option<u32> {
+    if adrp & 0x9f00_0000 != 0x9000_0000 || adrp & 0x1f != next >> 5 & 0x1f {
+        return None;
+    }
+    if next & 0xffc0_0000 == 0x9100_0000 {
+        Some(1)
+    } else if next & 0x3b00_0000 == 0x3900_0000 {
+        Some(1 << (next >> 30))
+    } else {
+        None
+    }
+}
+
+/// An AArch64 address pair at old position `p` (ADRP, then ADD/load/store: [`pair_scale`])
+/// rewritten for new position `new_p`: its target, the ADRP's page plus the scaled offset, is
+/// mapped through `map`, and both instructions are set to reach the new place exactly. `None`
+/// when the result does not encode (the page out of range, the place not a multiple of the
+/// access size).
+pub fn adrp_pair(
+    adrp: u32,
+    next: u32,
+    p: i64,
+    new_p: i64,
+    map: impl Fn(i64) -> i64,
+) -> Option<(u32, u32)> {
+    let scale = i64::from(pair_scale(adrp, next)?);
+    let imm = (adrp >> 3 & 0x1f_fffc) | (adrp >> 29 & 3);
+    let page = (p & !0xfff) + (i64::from((imm << 11) as i32 >> 11) << 12);
+    let target = page + i64::from(next >> 10 & 0xfff) * scale;
+    let new = map(target);
+    if new % scale != 0 {
+        return None;
+    }
+    let pages = ((new & !0xfff) - (new_p & !0xfff)) >> 12;
+    if !(-(1 << 20)..1 << 20).contains(&pages) {
+        return None;
+    }
+    let v = pages as u32;
+    let adrp = (adrp & 0x9f00_001f) | (v & 3) << 29 | (v >> 2 & 0x7_ffff) << 5;
+    let next = (next & !(0xfff << 10)) | (((new & 0xfff) / scale) as u32) << 10;
+    Some((adrp, next))
+}
+
 /// A little-endian word of up to 8 bytes.
 fn word(w: &[u8]) -> u64 {
     w.iter().rev().fold(0, |v, b| v << 8 | u64::from(*b))
@@ -517,6 +567,7 @@ impl core::fmt::Debug for Exec<'_> {
             .field("isa", &self.isa)
             .field("covers", &self.table.count())
             .field("abs", &self.abs)
+            .field("pairs", &self.pairs)
             .finish()
     }
 }
@@ -636,7 +687,22 @@ impl Exec<'_> {
         // The lowest position where a branch counted so far.
         let mut low = u64::MAX;
         while p >= first {
-            let step = if counts(p, buf) {
+            let step = if let Some(at) = self.pair_at(win, (s, e), p, buf) {
+                // An address pair, as one reference: from its second instruction (the next
+                // position is below the ADRP) or, when the scan started at the ADRP, from it.
+                low = at;
+                let here = win.get(at, 8, buf);
+                let (adrp, next) = (word(&here[..4]) as u32, word(&here[4..8]) as u32);
+                let ai = at as i64;
+                let map = |t| self.table.map(t, disp);
+                if let Some((adrp, next)) = adrp_pair(adrp, next, ai, ai + disp, map) {
+                    let mut new = [0u8; 8];
+                    new[..4].copy_from_slice(&adrp.to_le_bytes());
+                    new[4..].copy_from_slice(&next.to_le_bytes());
+                    win.put(at, &new, buf);
+                }
+                p - at + w
+            } else if counts(p, buf) {
                 low = p;
                 let here = win.get(p, w, buf);
                 let pi = p as i64;
@@ -660,6 +726,32 @@ impl Exec<'_> {
                 Some(next) => p = next,
                 None => break,
             }
+        }
+    }
+
+    /// Where the AArch64 address pair that `p` belongs to starts, when pairs are on: `p` is
+    /// the ADD, load or store completing the ADRP at `p - 4`, or the ADRP whose completion is
+    /// at `p + 4` (the scan meets the ADRP first only when it started there); both inside the
+    /// add range. The checks read old bytes `[p - 4, p + 8)` that no rewrite has touched: a
+    /// pair is rewritten when the scan reaches its top, then passed over.
+    fn pair_at(&self, win: &Window<'_>, (s, e): (u64, u64), p: u64, buf: &[u8]) -> Option<u64> {
+        if !self.pairs || self.isa != Isa::Aarch64 {
+            return None;
+        }
+        let is_pair = |at: u64| {
+            at >= s && at + 8 <= e && {
+                let here = win.get(at, 8, buf);
+                pair_scale(word(&here[..4]) as u32, word(&here[4..8]) as u32).is_some()
+            }
+        };
+        // The top byte rules most positions out: an ADD, load or store, or an ADRP.
+        let top = win.byte(p + 3, buf);
+        if top & 0x3b == 0x39 || top == 0x91 {
+            p.checked_sub(4).filter(|&at| is_pair(at))
+        } else if top & 0x9f == 0x90 {
+            Some(p).filter(|&at| is_pair(at))
+        } else {
+            None
         }
     }
 

@@ -283,7 +283,8 @@ impl<P: OpSource + ?Sized, J: Journal + ?Sized, S: CoverStore> Job<'_, P, J, S> 
             patcher = patcher.in_place(ip);
         }
         let mut sp = StreamPatcher::new(patcher, h.filter, &mut self.covers)
-            .with_abs_pointers(h.abs_pointers);
+            .with_abs_pointers(h.abs_pointers)
+            .with_pairs(h.pairs);
         self.source.restart()?;
         let mut hasher = Sha256::new();
         let (mut buf, mut scratch, mut total) = ([0u8; 128], [0u8; 64], 0);
@@ -334,7 +335,8 @@ impl<P: OpSource + ?Sized, J: Journal + ?Sized, S: CoverStore> Job<'_, P, J, S> 
             return Err(ApplyError::Inconsistent);
         }
         let mut sp = StreamPatcher::new(patcher, h.filter, &mut self.covers)
-            .with_abs_pointers(h.abs_pointers);
+            .with_abs_pointers(h.abs_pointers)
+            .with_pairs(h.pairs);
         self.source.restart()?;
         let segments = h.new_size / seg + u64::from(h.new_size % seg != 0);
         let mut k = segment;

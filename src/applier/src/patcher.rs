@@ -389,6 +389,7 @@ impl Patcher {
 pub struct StreamPatcher<S> {
     isa: Option<Isa>,
     abs: Option<Abs>,
+    pairs: bool,
     reader: Option<TableReader>,
     covers: S,
     skip: u64,
@@ -403,6 +404,7 @@ impl<S: CoverStore> StreamPatcher<S> {
         Self {
             isa,
             abs: None,
+            pairs: false,
             reader: isa.map(|_| TableReader::new(patcher.old_len)),
             covers,
             skip: patcher.consumed(),
@@ -416,6 +418,13 @@ impl<S: CoverStore> StreamPatcher<S> {
         if let (true, Some(isa)) = (abs_pointers, self.isa) {
             self.reader = Some(TableReader::with_base(self.patcher.old_len, isa));
         }
+        self
+    }
+
+    /// The same for a delta whose header says `pairs` (AArch64 address pairs) when `pairs` is
+    /// true.
+    pub fn with_pairs(mut self, pairs: bool) -> Self {
+        self.pairs = pairs && self.isa == Some(Isa::Aarch64);
         self
     }
 
@@ -455,7 +464,7 @@ impl<S: CoverStore> StreamPatcher<S> {
             return Ok(used);
         }
         let covers = &self.covers;
-        let exec = self.isa.map(|isa| Exec { isa, table: covers, abs: self.abs });
+        let exec = self.isa.map(|isa| Exec { isa, table: covers, abs: self.abs, pairs: self.pairs });
         Ok(used + self.patcher.feed_until(&input[used..], old, scratch, out, exec, stop)?)
     }
 
