@@ -558,7 +558,9 @@ mod tests {
             match p % 72 {
                 0 => old[q..q + 8].copy_from_slice(&pair(p as u32 % 29, p, t, p % 144 == 0)),
                 24 => old[q..q + 8].copy_from_slice(&t.to_le_bytes()),
-                _ => old[q..q + 4].copy_from_slice(&(0x9400_0000u32 | p as u32 % 400).to_le_bytes()),
+                _ => {
+                    old[q..q + 4].copy_from_slice(&(0x9400_0000u32 | p as u32 % 400).to_le_bytes())
+                }
             }
         }
         let ops = [

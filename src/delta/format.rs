@@ -308,7 +308,10 @@ mod tests {
         // AArch64 address pairs: flags bit 3 round-trips with the AArch64 filter only.
         let pairs = Header { pairs: true, ..abs.clone() };
         let e = pairs.encode();
-        assert_eq!(e[17], otaforge_applier::header::FLAG_ABS_POINTERS | otaforge_applier::header::FLAG_PAIRS);
+        assert_eq!(
+            e[17],
+            otaforge_applier::header::FLAG_ABS_POINTERS | otaforge_applier::header::FLAG_PAIRS
+        );
         assert_eq!(Header::decode(&e).unwrap(), pairs);
         for filter in [None, Some(super::super::exec::Isa::Thumb2)] {
             let h = Header { filter, abs_pointers: false, ..pairs.clone() };

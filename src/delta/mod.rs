@@ -349,10 +349,14 @@ pub fn info(delta: &[u8]) -> Result<DeltaInfo, DeltaError> {
                 Method::Split => {
                     let payload = delta.get(format::HEADER_LEN..).unwrap_or_default();
                     let payload = &payload[..payload.len().min(h.payload_len as usize)];
-                    split::parts(&h, payload).map_or(h.decoder_ram(), |(parts, _)| {
-                        parts
+                    split::parts(&h, payload).map_or(h.decoder_ram(), |layout| {
+                        layout
+                            .parts
                             .iter()
-                            .map(|p| Header { window: p.dict, ..h.clone() }.decoder_ram())
+                            .map(|p| {
+                                Header { window: p.dict, lzma_props: p.props, ..h.clone() }
+                                    .decoder_ram()
+                            })
                             .sum()
                     })
                 }

@@ -27,6 +27,17 @@ pub const PART_ENTRY: usize = 20;
 pub const TABLE_LEN: usize = PARTS * PART_ENTRY + 1;
 /// Part-table flag: part 3 (the corrections) is run-length coded.
 pub const FLAG_RLE: u8 = 1;
+/// Part-table flag (LZMA only): each part has LZMA properties of its own, in
+/// [`PARTS`] bytes after the flags byte.
+pub const FLAG_PROPS: u8 = 2;
+
+/// Parts up to this size (decompressed) are compressed with each of [`PROPS_TRIED`] and the
+/// smallest is kept; larger ones take their kind's choice ([`props_for`]).
+const PROPS_TRY_UP_TO: usize = 64 << 10;
+/// LZMA (lc, lp, pb) tried beside the header's on small parts: a wider literal context (the
+/// byte before a correction or a literal says much about it in machine code), and with it
+/// position bits for 2-byte alignment.
+const PROPS_TRIED: [(u32, u32, u32); 2] = [(4, 0, 0), (4, 0, 1)];
 
 /// One part as the table describes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,22 +48,48 @@ pub struct Part {
     pub raw: u64,
     /// Decoder dictionary (LZMA) or window (zstd); 0 when stored.
     pub dict: u32,
+    /// LZMA properties (the header's unless the table has [`FLAG_PROPS`]).
+    pub props: u8,
 }
 
-/// Reads and checks the part table against the header; also says whether part 3 is
-/// run-length coded.
-pub fn parts(h: &Header, payload: &[u8]) -> io::Result<([Part; PARTS], bool)> {
+/// The part table as read: the parts, whether part 3 is run-length coded, and where the
+/// first part starts in the payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    /// The parts, in order.
+    pub parts: [Part; PARTS],
+    /// Part 3 is run-length coded.
+    pub run_length: bool,
+    /// Bytes of the part table (where part 0 starts).
+    pub table_len: usize,
+}
+
+/// Reads and checks the part table against the header.
+pub fn parts(h: &Header, payload: &[u8]) -> io::Result<Layout> {
     let bad = |m: &str| io::Error::new(io::ErrorKind::InvalidData, m.to_owned());
     if payload.len() < TABLE_LEN {
         return Err(bad("the part table is truncated"));
     }
-    let mut parts = [Part { packed: 0, raw: 0, dict: 0 }; PARTS];
-    let (mut packed, mut raw) = (TABLE_LEN as u64, 0u64);
+    let flags = payload[TABLE_LEN - 1];
+    if flags & !(FLAG_RLE | FLAG_PROPS) != 0
+        || flags & FLAG_PROPS != 0 && h.compression != Compression::Lzma
+    {
+        return Err(bad("unknown part-table flags"));
+    }
+    let table_len = if flags & FLAG_PROPS != 0 { TABLE_LEN + PARTS } else { TABLE_LEN };
+    let props =
+        payload.get(TABLE_LEN..table_len).ok_or_else(|| bad("the part table is truncated"))?;
+    if props.iter().any(|p| *p >= 9 * 5 * 5) {
+        return Err(bad("a part's LZMA properties are out of range"));
+    }
+    let mut parts = [Part { packed: 0, raw: 0, dict: 0, props: h.lzma_props }; PARTS];
+    let (mut packed, mut raw) = (table_len as u64, 0u64);
     for (i, p) in parts.iter_mut().enumerate() {
         let e = &payload[i * PART_ENTRY..(i + 1) * PART_ENTRY];
         let u = |r: std::ops::Range<usize>| u64::from_le_bytes(e[r].try_into().unwrap_or_default());
         let dict = u32::from_le_bytes(e[16..20].try_into().unwrap_or_default());
-        *p = Part { packed: u(0..8), raw: u(8..16), dict };
+        let props = props.get(i).copied().unwrap_or(h.lzma_props);
+        *p = Part { packed: u(0..8), raw: u(8..16), dict, props };
         packed = packed.checked_add(p.packed).ok_or_else(|| bad("part lengths overflow"))?;
         raw = raw.checked_add(p.raw).ok_or_else(|| bad("part lengths overflow"))?;
         let dict_ok = match h.compression {
@@ -68,14 +105,22 @@ pub fn parts(h: &Header, payload: &[u8]) -> io::Result<([Part; PARTS], bool)> {
     // run-length coded, the table is derived), so only the packed lengths are checked here;
     // the re-interleaved stream's length is checked against `stream_len` as it is read.
     let _ = raw;
-    let flags = payload[TABLE_LEN - 1];
-    if flags & !FLAG_RLE != 0 {
-        return Err(bad("unknown part-table flags"));
-    }
     if packed != payload.len() as u64 {
         return Err(bad("the part table does not add up to the payload and stream lengths"));
     }
-    Ok((parts, flags & FLAG_RLE != 0))
+    Ok(Layout { parts, run_length: flags & FLAG_RLE != 0, table_len })
+}
+
+/// The LZMA settings for part `i` of `len` bytes when it is too large to try several: the
+/// corrections (3) with a wide literal context, the literals (4) with 2-byte position bits
+/// too (the smallest on the AArch64 and x86-64 ELF pairs of docs/benchmarks.md), the control
+/// numbers as the header says.
+fn props_for(i: usize, props: LzmaParams) -> LzmaParams {
+    match i {
+        3 => LzmaParams { lc: 4, lp: 0, pb: 0, ..props },
+        4 => LzmaParams { lc: 4, lp: 0, pb: 1, ..props },
+        _ => props,
+    }
 }
 
 /// The five raw parts for `ops`. With a filter, `exec`'s table must be the one
@@ -172,8 +217,9 @@ impl Rle {
     }
 }
 
-/// Compresses the parts with LZMA (`props` shared, each dictionary sized to its part) on up to
-/// `threads` threads; returns the payload (part table, then parts) and the largest dictionary.
+/// Compresses the parts with LZMA (each dictionary sized to its part; each part's properties
+/// chosen for it, `props`' where nothing is smaller) on up to `threads` threads; returns the
+/// payload (part table, then parts) and the largest dictionary.
 pub(crate) fn compress(
     parts: &[Vec<u8>; PARTS],
     run_length: bool,
@@ -185,25 +231,44 @@ pub(crate) fn compress(
     let packed = super::diff::run_limited(threads, &indexed, |&(i, raw)| {
         let cap = if i == 4 { props.dict } else { props.dict.min(1 << 20) };
         let dict = (raw.len() as u64).next_power_of_two().clamp(4096, u64::from(cap)) as u32;
-        let enc = Encoder::Lzma { preset, params: LzmaParams { dict, ..props } };
-        enc.compress(&mut |w| {
-            w.write_all(raw)?;
-            Ok(raw.len() as u64)
-        })
-        .map(|b| (b, dict))
+        let base = LzmaParams { dict, ..props };
+        let tried: Vec<LzmaParams> = if raw.len() <= PROPS_TRY_UP_TO {
+            let wide = PROPS_TRIED.iter().map(|&(lc, lp, pb)| LzmaParams { lc, lp, pb, ..base });
+            std::iter::once(base).chain(wide).collect()
+        } else {
+            vec![props_for(i, base)]
+        };
+        let mut best: Option<(Vec<u8>, LzmaParams)> = None;
+        for params in tried {
+            let body = Encoder::Lzma { preset, params }.compress(&mut |w| {
+                w.write_all(raw)?;
+                Ok(raw.len() as u64)
+            })?;
+            if best.as_ref().is_none_or(|b| body.len() < b.0.len()) {
+                best = Some((body, params));
+            }
+        }
+        best.ok_or_else(|| io::Error::other("no LZMA settings tried"))
     });
-    let mut out = Vec::with_capacity(TABLE_LEN);
+    let mut out = Vec::with_capacity(TABLE_LEN + PARTS);
     let mut bodies = Vec::with_capacity(PARTS);
+    let mut chosen = Vec::with_capacity(PARTS);
     let mut window = 4096;
     for (raw, r) in parts.iter().zip(packed) {
-        let (body, dict) = r?;
+        let (body, params) = r?;
         out.extend_from_slice(&(body.len() as u64).to_le_bytes());
         out.extend_from_slice(&(raw.len() as u64).to_le_bytes());
-        out.extend_from_slice(&dict.to_le_bytes());
-        window = window.max(dict);
+        out.extend_from_slice(&params.dict.to_le_bytes());
+        window = window.max(params.dict);
+        chosen.push(params.props());
         bodies.push(body);
     }
-    out.push(if run_length { FLAG_RLE } else { 0 });
+    // The header's properties everywhere: no per-part bytes (older readers read such a table).
+    let own = chosen.iter().any(|p| *p != props.props());
+    out.push(if run_length { FLAG_RLE } else { 0 } | if own { FLAG_PROPS } else { 0 });
+    if own {
+        out.extend_from_slice(&chosen);
+    }
     for b in bodies {
         out.extend_from_slice(&b);
     }
@@ -294,14 +359,14 @@ impl<'a> SplitReader<'a> {
     /// A reader over the parts of `payload` (header already checked). With a filter, the
     /// control parts are read whole first to derive the displacement table from the ops.
     pub fn new(h: &Header, payload: &'a [u8]) -> io::Result<Self> {
-        let (table, run_length) = parts(h, payload)?;
-        let mut at = TABLE_LEN;
+        let Layout { parts: table, run_length, table_len } = parts(h, payload)?;
+        let mut at = table_len;
         let mut readers: Vec<Box<dyn Read + 'a>> = Vec::with_capacity(PARTS);
         for p in &table {
             let body = &payload[at..at + p.packed as usize];
             at += p.packed as usize;
             let window = if h.compression == Compression::None { 0 } else { p.dict };
-            readers.push(codec::decoder(h.compression, window, h.lzma_props, body)?);
+            readers.push(codec::decoder(h.compression, window, p.props, body)?);
         }
         let mut prefix = Vec::new();
         let mut read = [0; PARTS];
@@ -505,6 +570,75 @@ impl Read for SplitReader<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Sha256;
+
+    fn header(compression: Compression, window: u32, payload: &[u8]) -> Header {
+        Header {
+            method: super::super::Method::Split,
+            compression,
+            window,
+            lzma_props: LzmaParams { dict: 0, lc: 1, lp: 0, pb: 0 }.props(),
+            old_size: 0,
+            old_sha256: Sha256::digest(b""),
+            new_size: 0,
+            new_sha256: Sha256::digest(b""),
+            stream_len: 0,
+            payload_len: payload.len() as u64,
+            digest: Sha256::digest(b""),
+            signed: false,
+            filter: None,
+            abs_pointers: false,
+            pairs: false,
+            in_place: None,
+        }
+    }
+
+    /// Each part keeps the LZMA properties that made it smallest; the table says which (a
+    /// byte per part after the flags), and a table whose parts all use the header's has none.
+    #[test]
+    fn parts_carry_their_own_lzma_properties() {
+        let props = LzmaParams { dict: 1 << 20, lc: 1, lp: 0, pb: 0 };
+        // Bytes that depend on the high half of the one before (which a wider literal
+        // context sees), and nothing at all.
+        let (mut x, mut prev) = (1u32, 0u8);
+        let text: Vec<u8> = (0..40_000)
+            .map(|_| {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                prev = (u32::from(prev >> 4) * 73 + (x >> 16) % 64) as u8;
+                prev
+            })
+            .collect();
+        let raw: [Vec<u8>; PARTS] = [vec![], vec![], vec![], vec![], text.clone()];
+        let (payload, window) = compress(&raw, false, 6, props, 1).unwrap();
+        let h = header(Compression::Lzma, window, &payload);
+        let layout = parts(&h, &payload).unwrap();
+        let wide = layout.parts[4].props;
+        assert_ne!(wide, h.lzma_props, "the wider context did not win on text");
+        assert_eq!(payload[TABLE_LEN - 1], FLAG_PROPS);
+        assert_eq!(layout.table_len, TABLE_LEN + PARTS);
+        let p = h.lzma_props;
+        assert_eq!(&payload[TABLE_LEN..TABLE_LEN + PARTS], &[p, p, p, p, wide][..]);
+        // Decoded with its own properties, part 4 is the text again.
+        let before: usize = layout.parts[..4].iter().map(|p| p.packed as usize).sum();
+        let body = &payload[layout.table_len + before..];
+        let mut out = Vec::new();
+        codec::decoder(Compression::Lzma, layout.parts[4].dict, wide, body)
+            .unwrap()
+            .read_to_end(&mut out)
+            .unwrap();
+        assert!(out == text);
+        // Properties out of range, the flag without LZMA, or a table cut short: refused.
+        let mut bad = payload.clone();
+        bad[TABLE_LEN + 4] = 225;
+        assert!(parts(&h, &bad).is_err());
+        assert!(parts(&header(Compression::None, 0, &payload), &payload).is_err());
+        assert!(parts(&h, &payload[..TABLE_LEN + 2]).is_err());
+        // All parts empty: every candidate ties, the header's are kept, no per-part bytes.
+        let (plain, _) = compress(&Default::default(), true, 6, props, 1).unwrap();
+        assert_eq!(plain[TABLE_LEN - 1], FLAG_RLE);
+        let layout = parts(&header(Compression::Lzma, 4096, &plain), &plain).unwrap();
+        assert_eq!(layout.table_len, TABLE_LEN);
+    }
 
     #[test]
     fn runs_round_trip() {

@@ -464,7 +464,8 @@ impl<S: CoverStore> StreamPatcher<S> {
             return Ok(used);
         }
         let covers = &self.covers;
-        let exec = self.isa.map(|isa| Exec { isa, table: covers, abs: self.abs, pairs: self.pairs });
+        let exec =
+            self.isa.map(|isa| Exec { isa, table: covers, abs: self.abs, pairs: self.pairs });
         Ok(used + self.patcher.feed_until(&input[used..], old, scratch, out, exec, stop)?)
     }
 
