@@ -109,7 +109,7 @@ fn measure(exec: delta::ExecChoice, decoder: Decoder) -> Measured {
 
     let mut patcher = delta::stream_patcher(Patcher::new(h.old_size, h.new_size), h.filter)
         .with_abs_pointers(h.abs_pointers)
-        .with_pairs(h.pairs);
+        .with_refs(h.refs);
     let mut sink = |b: &[u8]| {
         same &= new.get(written..written + b.len()) == Some(b);
         written += b.len();

@@ -3,7 +3,8 @@
 //! fuzzer's piece and scratch sizes (as a device reads), it rebuilds the same bytes, so the
 //! prediction does not depend on how reads are split. With Thumb-2, A32 and AArch64, absolute pointers
 //! are predicted too when the fuzzer says so (image base 0, where small words point into old,
-//! or 0x0800_0000), and with AArch64 its ADRP address pairs.
+//! or 0x0800_0000); with AArch64 and x86-64 the extended references (address pairs, Jcc and
+//! RIP-relative operands).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -60,8 +61,8 @@ fuzz_target!(|data: &[u8]| {
     };
     let h = delta::Header::decode(&created.bytes).unwrap();
     assert_eq!(h.filter, Some(isa));
-    // AArch64 address pairs: always with that filter.
-    assert_eq!(h.pairs, isa == Isa::Aarch64);
+    // Extended references: always with the AArch64 and x86-64 filters.
+    assert_eq!(h.refs, matches!(isa, Isa::Aarch64 | Isa::X86_64));
     if let delta::AbsChoice::Base(_) = abs {
         // Asked for: used whenever the filter has pointers and old has bytes to point at.
         let has = matches!(isa, Isa::Thumb2 | Isa::A32 | Isa::Aarch64) && !old.is_empty();
@@ -71,7 +72,7 @@ fuzz_target!(|data: &[u8]| {
     let stream = &created.bytes[delta::format::HEADER_LEN..][..h.payload_len as usize];
     let mut p = delta::stream_patcher(Patcher::new(h.old_size, h.new_size), h.filter)
         .with_abs_pointers(h.abs_pointers)
-        .with_pairs(h.pairs);
+        .with_refs(h.refs);
     let mut out = Vec::new();
     let mut scratch = vec![0u8; scratch_len];
     for chunk in stream.chunks(piece) {

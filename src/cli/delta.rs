@@ -360,11 +360,15 @@ fn info(a: InfoArgs, out: &Output) -> anyhow::Result<Outcome> {
     out.line(format!("compression  {}", i.compression))?;
     out.line(format!("window       {}", human_bytes(u64::from(i.window))))?;
     out.line(format!("decoder RAM  {}", human_bytes(i.decoder_ram)))?;
-    let abs = match (i.abs_pointers, i.address_pairs) {
-        (true, true) => ", absolute pointers, address pairs",
-        (true, false) => ", absolute pointers",
-        (false, true) => ", address pairs",
-        (false, false) => "",
+    let refs = match i.exec {
+        Some(delta::Isa::Aarch64) => ", address pairs",
+        _ => ", Jcc and RIP-relative operands",
+    };
+    let abs = match (i.abs_pointers, i.extended_refs) {
+        (true, true) => format!(", absolute pointers{refs}"),
+        (true, false) => ", absolute pointers".into(),
+        (false, true) => refs.into(),
+        (false, false) => String::new(),
     };
     out.line(format!("exec         {}{abs}", i.exec.map_or("none", |e| e.name())))?;
     if let Some(ip) = &i.in_place {

@@ -345,7 +345,7 @@ fn assemble(
         signed: false,
         filter: filter.map(|f| f.0),
         abs_pointers: filter.is_some_and(|f| f.1.is_some()),
-        pairs: filter.is_some_and(|f| f.0 == Isa::Aarch64),
+        refs: filter.is_some_and(|f| matches!(f.0, Isa::Aarch64 | Isa::X86_64)),
         in_place,
     };
     let mut encoded = header.encode();

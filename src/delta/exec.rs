@@ -71,13 +71,13 @@ impl Table {
 
     /// The prediction with this table for `isa`.
     pub fn exec(&self, isa: Isa) -> Exec<'_> {
-        Exec { isa, table: &self.covers, abs: None, pairs: false }
+        Exec { isa, table: &self.covers, abs: None, refs: false }
     }
 
     /// The prediction `create` writes with this table for `isa`: absolute pointers into old at
-    /// `abs` too, and with AArch64 its address pairs (header flags bit 3).
+    /// `abs` too, and with AArch64 and x86-64 the extended references (header flags bit 3).
     pub fn exec_abs(&self, isa: Isa, abs: Option<Abs>) -> Exec<'_> {
-        Exec { isa, table: &self.covers, abs, pairs: isa == Isa::Aarch64 }
+        Exec { isa, table: &self.covers, abs, refs: matches!(isa, Isa::Aarch64 | Isa::X86_64) }
     }
 
     /// Appends the table's encoding: the count, then per cover the gap after the previous
@@ -167,7 +167,7 @@ pub fn guess_base(old: &[u8], isa: Isa) -> Option<u64> {
     for &(_, region) in busiest.iter().take(4) {
         let (lo, hi) = ((region << 16).saturating_sub(len), (region << 16) + 0x1_0000 + len);
         let near: Vec<u64> = words.iter().copied().filter(|v| (lo..hi).contains(v)).collect();
-        // At most about 4 million pairs: every k-th target.
+        // At most about 4 million refs: every k-th target.
         let stride = (near.len() * targets.len() / (4 << 20)).max(1);
         let mut votes: Vec<u64> = Vec::new();
         for &v in &near {
@@ -386,7 +386,7 @@ mod tests {
             10,
         );
         for isa in [Isa::Thumb2, Isa::Aarch64, Isa::X86_64] {
-            let ex = Exec { isa, table: &table.covers, abs: None, pairs: false };
+            let ex = Exec { isa, table: &table.covers, abs: None, refs: false };
             let (s, e) = (3u64, 3990u64);
             let mut whole = old[s as usize..e as usize].to_vec();
             ex.predict(&mut &old[..], (s, e), 100, s, &mut whole).unwrap();
@@ -549,7 +549,7 @@ mod tests {
     /// AArch64 address pairs reach their target's new place exactly (page and offset, ADD or
     /// scaled load), beside pointers and BLs, the same for any read split.
     #[test]
-    fn address_pairs_reach_their_target_for_any_read_split() {
+    fn extended_refs_reach_their_target_for_any_read_split() {
         let mut old: Vec<u8> =
             (0..8000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
         for p in (0..7976u64).step_by(24) {
@@ -569,7 +569,7 @@ mod tests {
         ];
         let table = Table::from_ops(&ops, 10);
         let ex = table.exec_abs(Isa::Aarch64, Some(Abs { base: 0, len: 8000 }));
-        assert!(ex.pairs);
+        assert!(ex.refs);
         // At 800 (not moving): old 5000 moved to 5096 (ADD), 6000 to 6096 (LDR, scaled by 8),
         // and 4090 to 4186, on the next page.
         for (target, ldr, moved) in [(5000, false, 5096), (6000, true, 6096), (4090, false, 4186)] {
@@ -587,11 +587,65 @@ mod tests {
         let (s, e) = (3u64, 7990u64);
         let mut whole = old[s as usize..e as usize].to_vec();
         ex.predict(&mut &old[..], (s, e), 96, s, &mut whole).unwrap();
-        let no_pairs = Exec { pairs: false, ..ex };
+        let no_pairs = Exec { refs: false, ..ex };
         let mut without = old[s as usize..e as usize].to_vec();
         no_pairs.predict(&mut &old[..], (s, e), 96, s, &mut without).unwrap();
         assert!(whole != without, "no pair predicted");
         for piece in [1usize, 2, 3, 4, 5, 7, 8, 9, 12, 64] {
+            let got = predicted_in_pieces(&ex, &old, (s, e), 96, piece);
+            assert!(got == whole, "in pieces of {piece}");
+        }
+    }
+
+    /// x86-64 with extended references: a RIP-relative operand (after its opcode, with or
+    /// without `0F`) and a Jcc rel32 reach their target's new place like CALL; a ModRM of the
+    /// same form after an opcode with an immediate (`C7`) does not count. The same for any
+    /// read split.
+    #[test]
+    fn x86_references_reach_their_target_for_any_read_split() {
+        // `code` at `p`, then rel32 to `target` measured from the end of the 4 bytes.
+        let put = |old: &mut Vec<u8>, p: usize, code: &[u8], target: i64| {
+            old[p..p + code.len()].copy_from_slice(code);
+            let end = (p + code.len() + 4) as i64;
+            old[p + code.len()..][..4].copy_from_slice(&((target - end) as i32).to_le_bytes());
+        };
+        let mut old: Vec<u8> =
+            (0..8000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8 & 0x7f).collect();
+        let forms: [&[u8]; 5] =
+            [&[0x48, 0x8d, 0x05], &[0x0f, 0x84], &[0xe8], &[0xf2, 0x0f, 0x10, 0x0d], &[0x8b, 0x15]];
+        for (n, p) in (0..7980usize).step_by(13).enumerate() {
+            put(&mut old, p, forms[n % 5], ((p * 7) % 8000) as i64);
+        }
+        let ops = [
+            Op { new_pos: 0, old_pos: 0, add: 4_000, copy: 0 },
+            Op { new_pos: 4_096, old_pos: 4_000, add: 4_000, copy: 0 },
+        ];
+        let table = Table::from_ops(&ops, 10);
+        let ex = table.exec_abs(Isa::X86_64, None);
+        assert!(ex.refs);
+        for code in forms {
+            let mut one = old.clone();
+            one[790..830].fill(0x90);
+            put(&mut one, 800, code, 5000);
+            let mut b = one[800..812].to_vec();
+            ex.predict(&mut &one[..], (0, 4000), 0, 800, &mut b).unwrap();
+            let mut want = one.clone();
+            put(&mut want, 800, code, 5096);
+            assert_eq!(b, want[800..812], "{code:02x?}");
+        }
+        let mut imm = old.clone();
+        imm[790..830].fill(0x90);
+        put(&mut imm, 800, &[0xc7, 0x05], 5000);
+        let mut b = imm[800..812].to_vec();
+        ex.predict(&mut &imm[..], (0, 4000), 0, 800, &mut b).unwrap();
+        assert_eq!(b, imm[800..812]);
+        let (s, e) = (3u64, 7990u64);
+        let mut whole = old[s as usize..e as usize].to_vec();
+        ex.predict(&mut &old[..], (s, e), 96, s, &mut whole).unwrap();
+        let mut calls_only = old[s as usize..e as usize].to_vec();
+        table.exec(Isa::X86_64).predict(&mut &old[..], (s, e), 96, s, &mut calls_only).unwrap();
+        assert!(whole != calls_only, "no reference predicted");
+        for piece in [1usize, 2, 3, 4, 5, 6, 7, 9, 13, 64] {
             let got = predicted_in_pieces(&ex, &old, (s, e), 96, piece);
             assert!(got == whole, "in pieces of {piece}");
         }

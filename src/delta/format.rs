@@ -115,9 +115,9 @@ pub struct Header {
     /// 32-bit absolute pointers into old are predicted too (`flags` bit 2; the op stream
     /// starts with old's base address).
     pub abs_pointers: bool,
-    /// AArch64 address pairs (ADRP, then the ADD, load or store completing it) are predicted
-    /// as one reference (`flags` bit 3).
-    pub pairs: bool,
+    /// Extended references (`flags` bit 3): AArch64 address pairs (ADRP, then the ADD, load
+    /// or store completing it) as one reference, x86-64 Jcc and RIP-relative operands.
+    pub refs: bool,
     /// Segment size and shift of a delta applied in place (`flags` bit 1).
     pub in_place: Option<InPlace>,
 }
@@ -137,8 +137,8 @@ impl Header {
         if self.abs_pointers {
             h[17] |= otaforge_applier::header::FLAG_ABS_POINTERS;
         }
-        if self.pairs {
-            h[17] |= otaforge_applier::header::FLAG_PAIRS;
+        if self.refs {
+            h[17] |= otaforge_applier::header::FLAG_REFS;
         }
         if let Some(ip) = self.in_place {
             h[17] |= FLAG_IN_PLACE;
@@ -179,7 +179,7 @@ impl Header {
             signed: self.signed,
             filter: self.filter,
             abs_pointers: self.abs_pointers,
-            pairs: self.pairs,
+            refs: self.refs,
             in_place: self.in_place,
         }
     }
@@ -221,7 +221,7 @@ impl From<otaforge_applier::Header> for Header {
             signed: h.signed,
             filter: h.filter,
             abs_pointers: h.abs_pointers,
-            pairs: h.pairs,
+            refs: h.refs,
             in_place: h.in_place,
         }
     }
@@ -254,7 +254,7 @@ mod tests {
             signed: false,
             filter: None,
             abs_pointers: false,
-            pairs: false,
+            refs: false,
             in_place: None,
         }
     }
@@ -305,16 +305,23 @@ mod tests {
                 Err(HeaderError::Field { field: "flags", .. })
             ));
         }
-        // AArch64 address pairs: flags bit 3 round-trips with the AArch64 filter only.
-        let pairs = Header { pairs: true, ..abs.clone() };
-        let e = pairs.encode();
+        // Extended references: flags bit 3 round-trips with the AArch64 and x86-64 filters
+        // only.
+        let refs = Header { refs: true, ..abs.clone() };
+        let e = refs.encode();
         assert_eq!(
             e[17],
-            otaforge_applier::header::FLAG_ABS_POINTERS | otaforge_applier::header::FLAG_PAIRS
+            otaforge_applier::header::FLAG_ABS_POINTERS | otaforge_applier::header::FLAG_REFS
         );
-        assert_eq!(Header::decode(&e).unwrap(), pairs);
+        assert_eq!(Header::decode(&e).unwrap(), refs);
+        let x86 = Header {
+            filter: Some(super::super::exec::Isa::X86_64),
+            abs_pointers: false,
+            ..refs.clone()
+        };
+        assert_eq!(Header::decode(&x86.encode()).unwrap(), x86);
         for filter in [None, Some(super::super::exec::Isa::Thumb2)] {
-            let h = Header { filter, abs_pointers: false, ..pairs.clone() };
+            let h = Header { filter, abs_pointers: false, ..refs.clone() };
             assert!(matches!(
                 Header::decode(&h.encode()),
                 Err(HeaderError::Field { field: "flags", .. })

@@ -188,10 +188,10 @@ pub struct DeltaInfo {
     /// Absolute pointers are predicted too (otadelta only).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub abs_pointers: bool,
-    /// AArch64 address pairs (ADRP with the ADD, load or store completing it) are predicted
-    /// as one reference (otadelta only).
+    /// Extended references: AArch64 address pairs (ADRP with the ADD, load or store
+    /// completing it), x86-64 Jcc and RIP-relative operands (otadelta only).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub address_pairs: bool,
+    pub extended_refs: bool,
     /// The in-place layout (otadelta made with `--in-place` only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub in_place: Option<InPlaceInfo>,
@@ -374,7 +374,7 @@ pub fn info(delta: &[u8]) -> Result<DeltaInfo, DeltaError> {
             }),
             exec: h.filter,
             abs_pointers: h.abs_pointers,
-            address_pairs: h.pairs,
+            extended_refs: h.refs,
             in_place: h.in_place.map(|ip| InPlaceInfo {
                 segment: ip.segment(),
                 shift: ip.shift(),
@@ -399,7 +399,7 @@ pub fn info(delta: &[u8]) -> Result<DeltaInfo, DeltaError> {
             key_id: None,
             exec: None,
             abs_pointers: false,
-            address_pairs: false,
+            extended_refs: false,
             in_place: None,
         })
     } else {
@@ -532,7 +532,7 @@ fn apply_otadelta(
     let mut patcher = (h.method != Method::Zstd).then(|| {
         stream_patcher(Patcher::new(h.old_size, h.new_size), h.filter)
             .with_abs_pointers(h.abs_pointers)
-            .with_pairs(h.pairs)
+            .with_refs(h.refs)
     });
     let mut scratch = [0u8; 4096];
     let mut old_img = old;

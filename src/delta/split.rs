@@ -588,7 +588,7 @@ mod tests {
             signed: false,
             filter: None,
             abs_pointers: false,
-            pairs: false,
+            refs: false,
             in_place: None,
         }
     }

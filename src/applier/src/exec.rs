@@ -477,9 +477,10 @@ pub struct Exec<'t> {
     /// Absolute-pointer prediction (Thumb-2 and A32 only): the old image's 32-bit words that
     /// point into it are predicted too.
     pub abs: Option<Abs>,
-    /// AArch64 address pairs (header flags bit 3): an ADRP and the ADD, load or store right
-    /// after it that completes its address are predicted as one reference.
-    pub pairs: bool,
+    /// Extended references (header flags bit 3): with AArch64, an ADRP and the ADD, load or
+    /// store right after it that completes its address are predicted as one reference; with
+    /// x86-64, Jcc rel32 and RIP-relative operands too, beside CALL and JMP.
+    pub refs: bool,
 }
 
 /// Where the old image lies in the address space, for absolute-pointer prediction: an aligned
@@ -506,6 +507,46 @@ impl Abs {
             return None;
         }
         Some(new.to_le_bytes())
+    }
+}
+
+/// One-byte x86 opcodes whose ModRM may name a RIP-relative operand and that end with it (no
+/// immediate follows): ALU ops with a register, TEST, XCHG, MOV, MOVSXD, LEA, and the
+/// `FF` group (INC, DEC, CALL, JMP, PUSH).
+const X86_RIP_OPS: [u8; 27] = [
+    0x01, 0x03, 0x09, 0x0b, 0x11, 0x13, 0x19, 0x1b, 0x21, 0x23, 0x29, 0x2b, 0x31, 0x33, 0x39, 0x3b,
+    0x63, 0x84, 0x85, 0x86, 0x87, 0x88, 0x89, 0x8a, 0x8b, 0x8d, 0xff,
+];
+
+/// The same after `0F`: SSE moves and arithmetic, IMUL, MOVZX and MOVSX.
+const X86_RIP_OPS_0F: [u8; 38] = [
+    0x10, 0x11, 0x12, 0x13, 0x16, 0x17, 0x28, 0x29, 0x2a, 0x2c, 0x2d, 0x2e, 0x2f, 0x51, 0x54, 0x55,
+    0x56, 0x57, 0x58, 0x59, 0x5a, 0x5b, 0x5c, 0x5d, 0x5e, 0x5f, 0x6e, 0x6f, 0x7e, 0x7f, 0xaf, 0xb6,
+    0xb7, 0xbe, 0xbf, 0xd6, 0xe7, 0xef,
+];
+
+/// With x86-64 references (header flags bit 3): whether a 5-byte unit at old position `p`
+/// (inside the add range from `s`) ends an instruction with a rel32 whose top byte is `00`
+/// or `FF`: CALL or JMP (`E8`, `E9`), a Jcc (`0F 8x`: the unit starts at `8x`), or a
+/// RIP-relative operand (ModRM `mod = 00, rm = 101` after an opcode of [`X86_RIP_OPS`] or
+/// `0F` and one of [`X86_RIP_OPS_0F`]: the unit starts at the ModRM). Its target is `p + 5 +
+/// rel32` in every case. It reads old bytes `[p - 2, p + 5)`.
+fn x86_rel32(win: &Window<'_>, s: u64, p: u64, buf: &[u8]) -> bool {
+    let at = |q: u64| win.byte(q, buf);
+    if !matches!(at(p + 4), 0x00 | 0xff) {
+        return false;
+    }
+    let b = at(p);
+    let before = |n: u64| p.checked_sub(n).filter(|q| *q >= s).map(at);
+    match b {
+        0xe8 | 0xe9 => true,
+        0x80..=0x8f => before(1) == Some(0x0f),
+        _ if b & 0xc7 == 0x05 => match before(1) {
+            Some(op) if X86_RIP_OPS.contains(&op) => true,
+            Some(op) => before(2) == Some(0x0f) && X86_RIP_OPS_0F.contains(&op),
+            None => false,
+        },
+        _ => false,
     }
 }
 
@@ -567,7 +608,7 @@ impl core::fmt::Debug for Exec<'_> {
             .field("isa", &self.isa)
             .field("covers", &self.table.count())
             .field("abs", &self.abs)
-            .field("pairs", &self.pairs)
+            .field("refs", &self.refs)
             .finish()
     }
 }
@@ -665,14 +706,23 @@ impl Exec<'_> {
         let (w, a) = (self.isa.width(), self.isa.align());
         let wl = w as usize;
         // The one byte that rules most positions out, and its offset in the instruction.
+        let x86_refs = self.refs && self.isa == Isa::X86_64;
         let (k, quick): (u64, fn(u8) -> bool) = match self.isa {
             Isa::Thumb2 => (1, |b| b & 0xf8 == 0xf0),
             Isa::Aarch64 => (3, |b| b & 0xfc == 0x94 || b & 0x9f == 0x90),
+            Isa::X86_64 if x86_refs => {
+                (0, |b| b == 0xe8 || b == 0xe9 || b & 0xf0 == 0x80 || b & 0xc7 == 0x05)
+            }
             Isa::X86_64 => (0, |b| b == 0xe8 || b == 0xe9),
             Isa::A32 => (3, |b| b & 0x0f == 0x0b || b & 0xfe == 0xfa),
         };
         let is_branch = |p: u64, buf: &[u8]| -> bool {
-            quick(win.byte(p + k, buf)) && self.isa.is_branch(&win.get(p, w, buf)[..wl])
+            quick(win.byte(p + k, buf))
+                && if x86_refs {
+                    x86_rel32(win, s, p, buf)
+                } else {
+                    self.isa.is_branch(&win.get(p, w, buf)[..wl])
+                }
         };
         // Whether the branch pattern at `p` counts: no pattern in the `w - 1` positions below.
         let counts = |p: u64, buf: &[u8]| -> bool {
@@ -729,13 +779,13 @@ impl Exec<'_> {
         }
     }
 
-    /// Where the AArch64 address pair that `p` belongs to starts, when pairs are on: `p` is
+    /// Where the AArch64 address pair that `p` belongs to starts, with extended references: `p` is
     /// the ADD, load or store completing the ADRP at `p - 4`, or the ADRP whose completion is
     /// at `p + 4` (the scan meets the ADRP first only when it started there); both inside the
     /// add range. The checks read old bytes `[p - 4, p + 8)` that no rewrite has touched: a
     /// pair is rewritten when the scan reaches its top, then passed over.
     fn pair_at(&self, win: &Window<'_>, (s, e): (u64, u64), p: u64, buf: &[u8]) -> Option<u64> {
-        if !self.pairs || self.isa != Isa::Aarch64 {
+        if !self.refs || self.isa != Isa::Aarch64 {
             return None;
         }
         let is_pair = |at: u64| {

@@ -19,9 +19,10 @@ pub const FLAG_IN_PLACE: u8 = 2;
 /// Header `flags` bit: absolute-pointer prediction (with filter Thumb-2 or A32, method 1): the
 /// op stream starts with the old image's base address, then the displacement table.
 pub const FLAG_ABS_POINTERS: u8 = 4;
-/// Header `flags` bit: AArch64 address pairs (with filter AArch64): an ADRP and the ADD, load
-/// or store after it that completes its address are predicted as one reference.
-pub const FLAG_PAIRS: u8 = 8;
+/// Header `flags` bit: extended references (with filter AArch64 or x86-64): AArch64 address
+/// pairs (an ADRP and the ADD, load or store completing it, as one reference), x86-64 Jcc
+/// rel32 and RIP-relative operands.
+pub const FLAG_REFS: u8 = 8;
 /// Size of the signature block of a signed delta: key id (32) and Ed25519 signature (64).
 pub const SIGNATURE_LEN: usize = 96;
 /// What a delta signature signs: this context string, then the 32-byte digest.
@@ -232,8 +233,9 @@ pub struct Header {
     pub filter: Option<Isa>,
     /// 32-bit absolute pointers into old are predicted too (`flags` bit 2).
     pub abs_pointers: bool,
-    /// AArch64 address pairs are predicted as one reference (`flags` bit 3).
-    pub pairs: bool,
+    /// Extended references: AArch64 address pairs, x86-64 Jcc and RIP-relative operands
+    /// (`flags` bit 3).
+    pub refs: bool,
     /// Segment size and shift of a delta applied in place.
     pub in_place: Option<InPlace>,
 }
@@ -307,13 +309,15 @@ impl Header {
             signed: h[17] & FLAG_SIGNED != 0,
             filter,
             abs_pointers: h[17] & FLAG_ABS_POINTERS != 0,
-            pairs: h[17] & FLAG_PAIRS != 0,
+            refs: h[17] & FLAG_REFS != 0,
             in_place,
         };
         // Absolute pointers: filters that have them, in the op stream (method 1, or 3 where
         // the base leads part 0).
         let abs_ok = filter.and_then(Isa::pointer_width).is_some();
-        if header.abs_pointers && !abs_ok || header.pairs && filter != Some(Isa::Aarch64) {
+        if header.abs_pointers && !abs_ok
+            || header.refs && !matches!(filter, Some(Isa::Aarch64 | Isa::X86_64))
+        {
             return Err(field("flags", h[17]));
         }
         let stored_mismatch = compression == Compression::None
@@ -328,7 +332,7 @@ impl Header {
     /// The flags byte, the in-place layout and the reserved bytes.
     fn decode_flags(h: &[u8]) -> Result<Option<InPlace>, HeaderError> {
         let field = |field, value: u8| HeaderError::Field { field, value: value.into() };
-        if h[17] & !(FLAG_SIGNED | FLAG_IN_PLACE | FLAG_ABS_POINTERS | FLAG_PAIRS) != 0 {
+        if h[17] & !(FLAG_SIGNED | FLAG_IN_PLACE | FLAG_ABS_POINTERS | FLAG_REFS) != 0 {
             return Err(field("flags", h[17]));
         }
         let in_place = if h[17] & FLAG_IN_PLACE != 0 {

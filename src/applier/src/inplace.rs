@@ -284,7 +284,7 @@ impl<P: OpSource + ?Sized, J: Journal + ?Sized, S: CoverStore> Job<'_, P, J, S> 
         }
         let mut sp = StreamPatcher::new(patcher, h.filter, &mut self.covers)
             .with_abs_pointers(h.abs_pointers)
-            .with_pairs(h.pairs);
+            .with_refs(h.refs);
         self.source.restart()?;
         let mut hasher = Sha256::new();
         let (mut buf, mut scratch, mut total) = ([0u8; 128], [0u8; 64], 0);
@@ -336,7 +336,7 @@ impl<P: OpSource + ?Sized, J: Journal + ?Sized, S: CoverStore> Job<'_, P, J, S> 
         }
         let mut sp = StreamPatcher::new(patcher, h.filter, &mut self.covers)
             .with_abs_pointers(h.abs_pointers)
-            .with_pairs(h.pairs);
+            .with_refs(h.refs);
         self.source.restart()?;
         let segments = h.new_size / seg + u64::from(h.new_size % seg != 0);
         let mut k = segment;

@@ -389,7 +389,7 @@ impl Patcher {
 pub struct StreamPatcher<S> {
     isa: Option<Isa>,
     abs: Option<Abs>,
-    pairs: bool,
+    refs: bool,
     reader: Option<TableReader>,
     covers: S,
     skip: u64,
@@ -404,7 +404,7 @@ impl<S: CoverStore> StreamPatcher<S> {
         Self {
             isa,
             abs: None,
-            pairs: false,
+            refs: false,
             reader: isa.map(|_| TableReader::new(patcher.old_len)),
             covers,
             skip: patcher.consumed(),
@@ -421,10 +421,10 @@ impl<S: CoverStore> StreamPatcher<S> {
         self
     }
 
-    /// The same for a delta whose header says `pairs` (AArch64 address pairs) when `pairs` is
-    /// true.
-    pub fn with_pairs(mut self, pairs: bool) -> Self {
-        self.pairs = pairs && self.isa == Some(Isa::Aarch64);
+    /// The same for a delta whose header says `refs` (extended references, AArch64 and
+    /// x86-64) when `refs` is true.
+    pub fn with_refs(mut self, refs: bool) -> Self {
+        self.refs = refs && matches!(self.isa, Some(Isa::Aarch64 | Isa::X86_64));
         self
     }
 
@@ -464,8 +464,7 @@ impl<S: CoverStore> StreamPatcher<S> {
             return Ok(used);
         }
         let covers = &self.covers;
-        let exec =
-            self.isa.map(|isa| Exec { isa, table: covers, abs: self.abs, pairs: self.pairs });
+        let exec = self.isa.map(|isa| Exec { isa, table: covers, abs: self.abs, refs: self.refs });
         Ok(used + self.patcher.feed_until(&input[used..], old, scratch, out, exec, stop)?)
     }
 
