@@ -447,6 +447,8 @@ fn compress_payload(
             // is 273 bytes) and loses a little on small ones: small ones try both.
             let adds: u64 = ops.iter().map(|o| o.add as u64).sum();
             let variants: &[bool] = if adds <= 4 << 20 { &[true, false] } else { &[true] };
+            // The literals are primed with old unless the delta overwrites old as it applies.
+            let prime: &[u8] = if opts.in_place.is_none() { old } else { &[] };
             let mut best: Option<(Vec<u8>, u32, u64)> = None;
             for &run_length in variants {
                 let parts = split::write_parts(old, new, ops, exec, run_length)
@@ -456,7 +458,7 @@ fn compress_payload(
                 let controls: u64 = parts[..3].iter().map(|p| p.len() as u64).sum();
                 let stream_len = table_len.len() as u64 + controls + adds + parts[4].len() as u64;
                 let (payload, window) =
-                    split::compress(&parts, run_length, preset, params, threads)
+                    split::compress(&parts, run_length, preset, params, (threads, prime))
                         .map_err(DeltaError::Compress)?;
                 if best.as_ref().is_none_or(|b| payload.len() < b.0.len()) {
                     best = Some((payload, window, stream_len));

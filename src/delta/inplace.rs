@@ -40,7 +40,7 @@ impl HostSource<'_> {
 
 impl OpSource for HostSource<'_> {
     fn restart(&mut self) -> Result<(), ApplyError> {
-        match super::op_stream(self.h, self.payload) {
+        match super::op_stream(self.h, self.payload, &[]) {
             Ok(r) => {
                 self.reader = Some(r);
                 Ok(())

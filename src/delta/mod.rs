@@ -26,6 +26,7 @@ pub mod format;
 pub mod inplace;
 pub mod lzma;
 pub mod ops;
+mod primed;
 pub mod split;
 mod wire;
 
@@ -526,7 +527,7 @@ fn apply_otadelta(
         Method::Zstd => {
             Box::new(codec::zstd_ref_decoder(old, h.window, payload).map_err(decompress)?)
         }
-        Method::Bsdiff | Method::Split => op_stream(&h, payload).map_err(decompress)?,
+        Method::Bsdiff | Method::Split => op_stream(&h, payload, old).map_err(decompress)?,
     };
     let mut stream = Bounded::new(reader, &h);
     let mut patcher = (h.method != Method::Zstd).then(|| {
@@ -590,9 +591,15 @@ impl<'a> Bounded<'a> {
 
 /// The decompressed op stream of an op-method delta (method 1 as stored, method 3
 /// re-interleaved from its parts).
-pub(crate) fn op_stream<'a>(h: &Header, payload: &'a [u8]) -> io::Result<Box<dyn Read + 'a>> {
+/// The decompressed op stream of `payload` (methods 1 and 3); `old` is the image it applies
+/// to (empty in place, where method 3's literals are never primed with it).
+pub(crate) fn op_stream<'a>(
+    h: &Header,
+    payload: &'a [u8],
+    old: &[u8],
+) -> io::Result<Box<dyn Read + 'a>> {
     match h.method {
-        Method::Split => Ok(Box::new(split::SplitReader::new(h, payload)?)),
+        Method::Split => Ok(Box::new(split::SplitReader::new(h, payload, old)?)),
         _ => codec::decoder(h.compression, h.window, h.lzma_props, payload),
     }
 }

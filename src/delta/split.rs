@@ -30,6 +30,9 @@ pub const FLAG_RLE: u8 = 1;
 /// Part-table flag (LZMA only): each part has LZMA properties of its own, in
 /// [`PARTS`] bytes after the flags byte.
 pub const FLAG_PROPS: u8 = 2;
+/// Part-table flag (LZMA only, not in place): part 4 (the literals) was compressed with old as
+/// LZMA's preset dictionary (its window starts holding old's last `dict` bytes).
+pub const FLAG_PRIMED: u8 = 4;
 
 /// Parts up to this size (decompressed) are compressed with each of [`PROPS_TRIED`] and the
 /// smallest is kept; larger ones take their kind's choice ([`props_for`]).
@@ -60,6 +63,8 @@ pub struct Layout {
     pub parts: [Part; PARTS],
     /// Part 3 is run-length coded.
     pub run_length: bool,
+    /// Part 4 is primed with old ([`FLAG_PRIMED`]).
+    pub primed: bool,
     /// Bytes of the part table (where part 0 starts).
     pub table_len: usize,
 }
@@ -71,8 +76,10 @@ pub fn parts(h: &Header, payload: &[u8]) -> io::Result<Layout> {
         return Err(bad("the part table is truncated"));
     }
     let flags = payload[TABLE_LEN - 1];
-    if flags & !(FLAG_RLE | FLAG_PROPS) != 0
-        || flags & FLAG_PROPS != 0 && h.compression != Compression::Lzma
+    let lzma_only = FLAG_PROPS | FLAG_PRIMED;
+    if flags & !(FLAG_RLE | lzma_only) != 0
+        || flags & lzma_only != 0 && h.compression != Compression::Lzma
+        || flags & FLAG_PRIMED != 0 && h.in_place.is_some()
     {
         return Err(bad("unknown part-table flags"));
     }
@@ -108,7 +115,8 @@ pub fn parts(h: &Header, payload: &[u8]) -> io::Result<Layout> {
     if packed != payload.len() as u64 {
         return Err(bad("the part table does not add up to the payload and stream lengths"));
     }
-    Ok(Layout { parts, run_length: flags & FLAG_RLE != 0, table_len })
+    let (run_length, primed) = (flags & FLAG_RLE != 0, flags & FLAG_PRIMED != 0);
+    Ok(Layout { parts, run_length, primed, table_len })
 }
 
 /// The LZMA settings for part `i` of `len` bytes when it is too large to try several: the
@@ -219,18 +227,26 @@ impl Rle {
 
 /// Compresses the parts with LZMA (each dictionary sized to its part; each part's properties
 /// chosen for it, `props`' where nothing is smaller) on up to `threads` threads; returns the
-/// payload (part table, then parts) and the largest dictionary.
+/// payload (part table, then parts) and the largest dictionary. With `prime` (old, when the
+/// delta is not applied in place), the literals are compressed after it ([`FLAG_PRIMED`])
+/// when old and the literals fit the literals' dictionary together: new code and data often
+/// repeat pieces of old too short for an op.
 pub(crate) fn compress(
     parts: &[Vec<u8>; PARTS],
     run_length: bool,
     preset: u32,
     props: LzmaParams,
-    threads: usize,
+    (threads, prime): (usize, &[u8]),
 ) -> io::Result<(Vec<u8>, u32)> {
+    let primed = !prime.is_empty()
+        && !parts[4].is_empty()
+        && (prime.len() + parts[4].len()) as u64 <= u64::from(props.dict);
     let indexed: Vec<(usize, &Vec<u8>)> = parts.iter().enumerate().collect();
     let packed = super::diff::run_limited(threads, &indexed, |&(i, raw)| {
         let cap = if i == 4 { props.dict } else { props.dict.min(1 << 20) };
-        let dict = (raw.len() as u64).next_power_of_two().clamp(4096, u64::from(cap)) as u32;
+        let prefix: &[u8] = if i == 4 && primed { prime } else { &[] };
+        let need = (raw.len() + prefix.len()) as u64;
+        let dict = need.next_power_of_two().clamp(4096, u64::from(cap)) as u32;
         let base = LzmaParams { dict, ..props };
         let tried: Vec<LzmaParams> = if raw.len() <= PROPS_TRY_UP_TO {
             let wide = PROPS_TRIED.iter().map(|&(lc, lp, pb)| LzmaParams { lc, lp, pb, ..base });
@@ -240,10 +256,14 @@ pub(crate) fn compress(
         };
         let mut best: Option<(Vec<u8>, LzmaParams)> = None;
         for params in tried {
-            let body = Encoder::Lzma { preset, params }.compress(&mut |w| {
-                w.write_all(raw)?;
-                Ok(raw.len() as u64)
-            })?;
+            let body = if prefix.is_empty() {
+                Encoder::Lzma { preset, params }.compress(&mut |w| {
+                    w.write_all(raw)?;
+                    Ok(raw.len() as u64)
+                })?
+            } else {
+                super::primed::compress(raw, prefix, params, preset)?
+            };
             if best.as_ref().is_none_or(|b| body.len() < b.0.len()) {
                 best = Some((body, params));
             }
@@ -265,7 +285,8 @@ pub(crate) fn compress(
     }
     // The header's properties everywhere: no per-part bytes (older readers read such a table).
     let own = chosen.iter().any(|p| *p != props.props());
-    out.push(if run_length { FLAG_RLE } else { 0 } | if own { FLAG_PROPS } else { 0 });
+    let flag = |on: bool, f: u8| if on { f } else { 0 };
+    out.push(flag(run_length, FLAG_RLE) | flag(own, FLAG_PROPS) | flag(primed, FLAG_PRIMED));
     if own {
         out.extend_from_slice(&chosen);
     }
@@ -356,17 +377,23 @@ pub struct SplitReader<'a> {
 }
 
 impl<'a> SplitReader<'a> {
-    /// A reader over the parts of `payload` (header already checked). With a filter, the
+    /// A reader over the parts of `payload` (header already checked) of a delta from `old`
+    /// (what primed literals need; a delta applied in place has none). With a filter, the
     /// control parts are read whole first to derive the displacement table from the ops.
-    pub fn new(h: &Header, payload: &'a [u8]) -> io::Result<Self> {
-        let Layout { parts: table, run_length, table_len } = parts(h, payload)?;
+    pub fn new(h: &Header, payload: &'a [u8], old: &[u8]) -> io::Result<Self> {
+        let Layout { parts: table, run_length, primed, table_len } = parts(h, payload)?;
         let mut at = table_len;
         let mut readers: Vec<Box<dyn Read + 'a>> = Vec::with_capacity(PARTS);
-        for p in &table {
+        for (i, p) in table.iter().enumerate() {
             let body = &payload[at..at + p.packed as usize];
             at += p.packed as usize;
             let window = if h.compression == Compression::None { 0 } else { p.dict };
-            readers.push(codec::decoder(h.compression, window, p.props, body)?);
+            if i == 4 && primed {
+                let params = LzmaParams::from_props(p.props, p.dict);
+                readers.push(Box::new(super::primed::decoder(body, old, params)?));
+            } else {
+                readers.push(codec::decoder(h.compression, window, p.props, body)?);
+            }
         }
         let mut prefix = Vec::new();
         let mut read = [0; PARTS];
@@ -569,6 +596,7 @@ impl Read for SplitReader<'_> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::format::InPlace;
     use super::*;
     use crate::Sha256;
 
@@ -593,6 +621,37 @@ mod tests {
         }
     }
 
+    /// Literals that repeat old cost less primed with it; the table says so, the flag is
+    /// refused in place or without LZMA, and nothing is primed when old and the literals do
+    /// not fit the literals' dictionary together.
+    #[test]
+    fn literals_are_primed_with_old_when_they_fit() {
+        let mut x = 9u32;
+        let old: Vec<u8> = (0..60_000)
+            .map(|_| {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                (x >> 16) as u8
+            })
+            .collect();
+        let literals = old[5_000..25_000].to_vec();
+        let raw: [Vec<u8>; PARTS] = [vec![1], vec![2], vec![3], vec![], literals.clone()];
+        let props = LzmaParams { dict: 1 << 20, lc: 1, lp: 0, pb: 0 };
+        let (primed, window) = compress(&raw, false, 6, props, (1, &old)).unwrap();
+        let (plain, _) = compress(&raw, false, 6, props, (1, &[])).unwrap();
+        assert!(primed.len() * 10 < plain.len(), "{} vs {}", primed.len(), plain.len());
+        let h = header(Compression::Lzma, window, &primed);
+        let layout = parts(&h, &primed).unwrap();
+        assert!(layout.primed && !parts(&h, &plain).unwrap().primed);
+        assert!(layout.parts[4].dict as usize >= old.len() + literals.len());
+        let in_place =
+            Header { in_place: Some(InPlace { segment_log2: 12, shift_segments: 0 }), ..h };
+        assert!(parts(&in_place, &primed).is_err());
+        // Too large for the dictionary together: not primed.
+        let small = LzmaParams { dict: 64 << 10, ..props };
+        let (p, _) = compress(&raw, false, 6, small, (1, &old)).unwrap();
+        assert_eq!(p[TABLE_LEN - 1] & FLAG_PRIMED, 0);
+    }
+
     /// Each part keeps the LZMA properties that made it smallest; the table says which (a
     /// byte per part after the flags), and a table whose parts all use the header's has none.
     #[test]
@@ -609,7 +668,7 @@ mod tests {
             })
             .collect();
         let raw: [Vec<u8>; PARTS] = [vec![], vec![], vec![], vec![], text.clone()];
-        let (payload, window) = compress(&raw, false, 6, props, 1).unwrap();
+        let (payload, window) = compress(&raw, false, 6, props, (1, &[])).unwrap();
         let h = header(Compression::Lzma, window, &payload);
         let layout = parts(&h, &payload).unwrap();
         let wide = layout.parts[4].props;
@@ -634,7 +693,7 @@ mod tests {
         assert!(parts(&header(Compression::None, 0, &payload), &payload).is_err());
         assert!(parts(&h, &payload[..TABLE_LEN + 2]).is_err());
         // All parts empty: every candidate ties, the header's are kept, no per-part bytes.
-        let (plain, _) = compress(&Default::default(), true, 6, props, 1).unwrap();
+        let (plain, _) = compress(&Default::default(), true, 6, props, (1, &[])).unwrap();
         assert_eq!(plain[TABLE_LEN - 1], FLAG_RLE);
         let layout = parts(&header(Compression::Lzma, 4096, &plain), &plain).unwrap();
         assert_eq!(layout.table_len, TABLE_LEN);
