@@ -54,6 +54,8 @@ fuzz_target!(|data: &[u8]| {
             signed: false,
             filter,
             abs_pointers: false,
+            // x86-64's extended references (Jcc, RIP-relative) when the input says so.
+            refs: filter == Some(Isa::X86_64) && data[0] & 0x40 != 0,
             in_place: None,
         };
         h.digest = delta::format::digest(&h.encode(), &payload);
