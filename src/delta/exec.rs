@@ -539,7 +539,7 @@ mod tests {
     /// An ADRP and the ADD (`ldr: false`) or 64-bit LDR completing it, at `p`, to `target`.
     fn pair(rd: u32, p: u64, target: u64, ldr: bool) -> [u8; 8] {
         let (top, scale) = if ldr { (0xf940_0000u32, 8) } else { (0x9100_0000, 1) };
-        let next = top | (((target & 0xfff) / scale) as u32) << 10 | rd << 5 | (rd + 1) % 31;
+        let next = top | (((target & 0xfff) / scale) as u32) << 10 | rd << 5 | ((rd + 1) % 31);
         let mut b = [0u8; 8];
         b[..4].copy_from_slice(&adrp(rd, p, target).to_le_bytes());
         b[4..].copy_from_slice(&next.to_le_bytes());
@@ -553,14 +553,13 @@ mod tests {
         let mut old: Vec<u8> =
             (0..8000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
         for p in (0..7976u64).step_by(24) {
-            let t = (p * 7 + 8) % 8000 & !7;
+            let t = ((p * 7 + 8) % 8000) & !7;
             let q = p as usize;
             match p % 72 {
                 0 => old[q..q + 8].copy_from_slice(&pair(p as u32 % 29, p, t, p % 144 == 0)),
                 24 => old[q..q + 8].copy_from_slice(&t.to_le_bytes()),
-                _ => {
-                    old[q..q + 4].copy_from_slice(&(0x9400_0000u32 | p as u32 % 400).to_le_bytes())
-                }
+                _ => old[q..q + 4]
+                    .copy_from_slice(&(0x9400_0000u32 | (p as u32 % 400)).to_le_bytes()),
             }
         }
         let ops = [
