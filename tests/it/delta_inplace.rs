@@ -331,3 +331,31 @@ fn little_shift_room_costs_size_not_correctness() {
         assert!(out == new);
     }
 }
+
+/// Method 3 in place (a Linux gateway updating its own partition): the literals are not
+/// primed with old, which the update overwrites as it goes, and the delta applies in the slot.
+#[test]
+fn a_delta_in_five_parts_applies_in_place_without_priming() {
+    let (old, new) = images();
+    let opts = CreateOptions {
+        profile: Profile::Linux,
+        method: delta::MethodChoice::Split,
+        threads: 2,
+        in_place: Some(InPlaceOptions { segment_size: 1024, memory_size: 32 * 1024 }),
+        ..CreateOptions::default()
+    };
+    let d = delta::create(&old, &new, &opts, &otaforge::NoReporter).expect("create").bytes;
+    let h = delta::Header::decode(&d).unwrap();
+    assert_eq!(h.method, delta::Method::Split);
+    let payload = &d[delta::format::HEADER_LEN..][..h.payload_len as usize];
+    assert!(!delta::split::parts(&h, payload).unwrap().primed);
+    // Out of place, the same options without in place prime the literals.
+    let ab = CreateOptions { in_place: None, ..opts };
+    let d2 = delta::create(&old, &new, &ab, &otaforge::NoReporter).expect("create").bytes;
+    let h2 = delta::Header::decode(&d2).unwrap();
+    let payload2 = &d2[delta::format::HEADER_LEN..][..h2.payload_len as usize];
+    assert!(delta::split::parts(&h2, payload2).unwrap().primed);
+    let mut dev = Device::new(&old, 32 * 1024, 512, 1);
+    dev.run(&d, None).expect("in-place apply");
+    assert!(dev.slot(new.len()) == new, "the slot differs from new");
+}
