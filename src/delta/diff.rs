@@ -182,8 +182,9 @@ pub(crate) fn common_prefix(a: &[u8], b: &[u8]) -> usize {
 /// Tuning of the scan.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ScanParams {
-    /// A new exact match replaces the current alignment only when it is this many bytes longer
-    /// than what the current alignment already matches over the same span.
+    /// A new exact match replaces the current alignment only when it is longer than what the
+    /// current alignment already matches over the same span by this many bytes, plus the
+    /// seek's cost ([`switch_gain`]).
     pub min_gain: usize,
     /// Target chunk of new per thread; chunks are scanned independently and concatenated.
     pub chunk: usize,
@@ -193,8 +194,19 @@ pub(crate) struct ScanParams {
 
 impl Default for ScanParams {
     fn default() -> Self {
-        Self { min_gain: 8, chunk: 4 << 20, threads: crate::hash::default_jobs() }
+        Self { min_gain: 1, chunk: 4 << 20, threads: crate::hash::default_jobs() }
     }
+}
+
+/// The cover-selection cost model: what a new alignment at `seek` bytes from where the current
+/// one is in old must gain over it, in matched bytes, before the scan switches. A switch costs
+/// an op: its control numbers (`min_gain`) and its seek, whose cost grows with the distance's
+/// bits (¾ byte a bit). bsdiff's fixed 8 switched too eagerly to far places (seeks were 14 % of
+/// the ruff delta) and too lazily near by; the weights are the smallest-delta ones of a grid
+/// over the corpus pairs (docs/benchmarks.md).
+fn switch_gain(min_gain: usize, seek: isize) -> isize {
+    let bits = (usize::BITS - seek.unsigned_abs().leading_zeros()) as isize;
+    min_gain as isize + 3 * bits / 4
 }
 
 /// Computes the ops rebuilding `new` from `old`.
@@ -318,7 +330,8 @@ fn scan(
                 }
                 scsc += 1;
             }
-            if (len == old_score && len != 0) || len > old_score + min_gain as isize {
+            let gain = switch_gain(min_gain, pos - (scan + last_offset));
+            if (len == old_score && len != 0) || len > old_score + gain {
                 break;
             }
             if at_old(scan + last_offset) == Some(new[scan as usize]) {
