@@ -450,6 +450,7 @@ fn compress_payload(
             // The literals are primed with old unless the delta overwrites old as it applies.
             let prime: &[u8] = if opts.in_place.is_none() { old } else { &[] };
             let mut best: Option<(Vec<u8>, u32, u64)> = None;
+            let mut literals = None;
             for &run_length in variants {
                 let parts = split::write_parts(old, new, ops, exec, run_length)
                     .map_err(DeltaError::Compress)?;
@@ -457,9 +458,15 @@ fn compress_payload(
                 // ops, as part 3 may be run-length coded), literals.
                 let controls: u64 = parts[..3].iter().map(|p| p.len() as u64).sum();
                 let stream_len = table_len.len() as u64 + controls + adds + parts[4].len() as u64;
-                let (payload, window) =
-                    split::compress(&parts, run_length, preset, params, (threads, prime))
-                        .map_err(DeltaError::Compress)?;
+                let (payload, window) = split::compress(
+                    &parts,
+                    run_length,
+                    preset,
+                    params,
+                    (threads, prime),
+                    &mut literals,
+                )
+                .map_err(DeltaError::Compress)?;
                 if best.as_ref().is_none_or(|b| payload.len() < b.0.len()) {
                     best = Some((payload, window, stream_len));
                 }

@@ -35,8 +35,14 @@ pub const FLAG_PROPS: u8 = 2;
 pub const FLAG_PRIMED: u8 = 4;
 
 /// Parts up to this size (decompressed) are compressed with each of [`PROPS_TRIED`] and the
-/// smallest is kept; larger ones take their kind's choice ([`props_for`]).
+/// smallest is kept; larger ones take their kind's choice ([`props_for`]). A part primed with
+/// more than [`PROPS_TRY_UP_TO_PRIMED`] of old is not tried three times either.
 const PROPS_TRY_UP_TO: usize = 64 << 10;
+const PROPS_TRY_UP_TO_PRIMED: usize = 1 << 20;
+
+/// The literals part as compressed by one [`compress`] call, for the next call with the same
+/// literals (the two codings of the corrections share them): raw bytes, body, settings.
+pub(crate) type Literals = Option<(Vec<u8>, Vec<u8>, LzmaParams)>;
 /// LZMA (lc, lp, pb) tried beside the header's on small parts: a wider literal context (the
 /// byte before a correction or a literal says much about it in machine code), and with it
 /// position bits for 2-byte alignment.
@@ -119,7 +125,7 @@ pub fn parts(h: &Header, payload: &[u8]) -> io::Result<Layout> {
     Ok(Layout { parts, run_length, primed, table_len })
 }
 
-/// The LZMA settings for part `i` of `len` bytes when it is too large to try several: the
+/// The LZMA settings for part `i` when it is too large to try several: the
 /// corrections (3) with a wide literal context, the literals (4) with 2-byte position bits
 /// too (the smallest on the AArch64 and x86-64 ELF pairs of docs/benchmarks.md), the control
 /// numbers as the header says.
@@ -230,25 +236,33 @@ impl Rle {
 /// payload (part table, then parts) and the largest dictionary. With `prime` (old, when the
 /// delta is not applied in place), the literals are compressed after it ([`FLAG_PRIMED`])
 /// when old and the literals fit the literals' dictionary together: new code and data often
-/// repeat pieces of old too short for an op.
+/// repeat pieces of old too short for an op. `literals` carries the literals' compression from
+/// one call to the next: reused when the literals are the same, set otherwise.
 pub(crate) fn compress(
     parts: &[Vec<u8>; PARTS],
     run_length: bool,
     preset: u32,
     props: LzmaParams,
     (threads, prime): (usize, &[u8]),
+    literals: &mut Literals,
 ) -> io::Result<(Vec<u8>, u32)> {
     let primed = !prime.is_empty()
         && !parts[4].is_empty()
         && (prime.len() + parts[4].len()) as u64 <= u64::from(props.dict);
+    let known = literals.as_ref().filter(|l| l.0 == parts[4]).map(|l| (l.1.clone(), l.2));
     let indexed: Vec<(usize, &Vec<u8>)> = parts.iter().enumerate().collect();
     let packed = super::diff::run_limited(threads, &indexed, |&(i, raw)| {
+        if let (4, Some(k)) = (i, &known) {
+            return Ok(k.clone());
+        }
         let cap = if i == 4 { props.dict } else { props.dict.min(1 << 20) };
         let prefix: &[u8] = if i == 4 && primed { prime } else { &[] };
         let need = (raw.len() + prefix.len()) as u64;
         let dict = need.next_power_of_two().clamp(4096, u64::from(cap)) as u32;
         let base = LzmaParams { dict, ..props };
-        let tried: Vec<LzmaParams> = if raw.len() <= PROPS_TRY_UP_TO {
+        let tried: Vec<LzmaParams> = if raw.len() <= PROPS_TRY_UP_TO
+            && prefix.len() <= PROPS_TRY_UP_TO_PRIMED
+        {
             let wide = PROPS_TRIED.iter().map(|&(lc, lp, pb)| LzmaParams { lc, lp, pb, ..base });
             std::iter::once(base).chain(wide).collect()
         } else {
@@ -274,8 +288,11 @@ pub(crate) fn compress(
     let mut bodies = Vec::with_capacity(PARTS);
     let mut chosen = Vec::with_capacity(PARTS);
     let mut window = 4096;
-    for (raw, r) in parts.iter().zip(packed) {
+    for (i, (raw, r)) in parts.iter().zip(packed).enumerate() {
         let (body, params) = r?;
+        if i == 4 && known.is_none() {
+            *literals = Some((raw.clone(), body.clone(), params));
+        }
         out.extend_from_slice(&(body.len() as u64).to_le_bytes());
         out.extend_from_slice(&(raw.len() as u64).to_le_bytes());
         out.extend_from_slice(&params.dict.to_le_bytes());
@@ -636,8 +653,8 @@ mod tests {
         let literals = old[5_000..25_000].to_vec();
         let raw: [Vec<u8>; PARTS] = [vec![1], vec![2], vec![3], vec![], literals.clone()];
         let props = LzmaParams { dict: 1 << 20, lc: 1, lp: 0, pb: 0 };
-        let (primed, window) = compress(&raw, false, 6, props, (1, &old)).unwrap();
-        let (plain, _) = compress(&raw, false, 6, props, (1, &[])).unwrap();
+        let (primed, window) = compress(&raw, false, 6, props, (1, &old), &mut None).unwrap();
+        let (plain, _) = compress(&raw, false, 6, props, (1, &[]), &mut None).unwrap();
         assert!(primed.len() * 10 < plain.len(), "{} vs {}", primed.len(), plain.len());
         let h = header(Compression::Lzma, window, &primed);
         let layout = parts(&h, &primed).unwrap();
@@ -648,8 +665,28 @@ mod tests {
         assert!(parts(&in_place, &primed).is_err());
         // Too large for the dictionary together: not primed.
         let small = LzmaParams { dict: 64 << 10, ..props };
-        let (p, _) = compress(&raw, false, 6, small, (1, &old)).unwrap();
+        let (p, _) = compress(&raw, false, 6, small, (1, &old), &mut None).unwrap();
         assert_eq!(p[TABLE_LEN - 1] & FLAG_PRIMED, 0);
+    }
+
+    /// The two codings of the corrections share the literals: the second call reuses the
+    /// first's compressed literals, and other literals are compressed anew.
+    #[test]
+    fn the_literals_are_compressed_once_for_both_codings() {
+        let props = LzmaParams { dict: 1 << 20, lc: 1, lp: 0, pb: 0 };
+        let lit: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let raw: [Vec<u8>; PARTS] = [vec![1], vec![2], vec![3], vec![0; 100], lit.clone()];
+        let mut cache = None;
+        let (a, _) = compress(&raw, true, 6, props, (1, &[]), &mut cache).unwrap();
+        let body = cache.as_ref().map(|c| c.1.clone()).expect("the literals are kept");
+        assert!(a.ends_with(&body));
+        let (b, _) = compress(&raw, false, 6, props, (1, &[]), &mut cache).unwrap();
+        assert!(b.ends_with(&body) && b != a);
+        let other: [Vec<u8>; PARTS] =
+            [vec![1], vec![2], vec![3], vec![0; 100], lit[..4000].to_vec()];
+        let (c, _) = compress(&other, true, 6, props, (1, &[]), &mut cache).unwrap();
+        let (d, _) = compress(&other, true, 6, props, (1, &[]), &mut None).unwrap();
+        assert!(c == d && cache.as_ref().is_some_and(|c| c.0 == other[4]));
     }
 
     /// Each part keeps the LZMA properties that made it smallest; the table says which (a
@@ -668,7 +705,7 @@ mod tests {
             })
             .collect();
         let raw: [Vec<u8>; PARTS] = [vec![], vec![], vec![], vec![], text.clone()];
-        let (payload, window) = compress(&raw, false, 6, props, (1, &[])).unwrap();
+        let (payload, window) = compress(&raw, false, 6, props, (1, &[]), &mut None).unwrap();
         let h = header(Compression::Lzma, window, &payload);
         let layout = parts(&h, &payload).unwrap();
         let wide = layout.parts[4].props;
@@ -693,7 +730,8 @@ mod tests {
         assert!(parts(&header(Compression::None, 0, &payload), &payload).is_err());
         assert!(parts(&h, &payload[..TABLE_LEN + 2]).is_err());
         // All parts empty: every candidate ties, the header's are kept, no per-part bytes.
-        let (plain, _) = compress(&Default::default(), true, 6, props, (1, &[])).unwrap();
+        let (plain, _) =
+            compress(&Default::default(), true, 6, props, (1, &[]), &mut None).unwrap();
         assert_eq!(plain[TABLE_LEN - 1], FLAG_RLE);
         let layout = parts(&header(Compression::Lzma, 4096, &plain), &plain).unwrap();
         assert_eq!(layout.table_len, TABLE_LEN);
