@@ -235,10 +235,11 @@ pub fn lzma_decoder_ram(props: u8, dict: u32) -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn sample() -> Header {
+    /// A valid header for tests (method 1, LZMA, no filter).
+    pub(crate) fn sample() -> Header {
         Header {
             method: Method::Bsdiff,
             compression: Compression::Lzma,

@@ -615,7 +615,6 @@ impl Read for SplitReader<'_> {
 mod tests {
     use super::super::format::InPlace;
     use super::*;
-    use crate::Sha256;
 
     fn header(compression: Compression, window: u32, payload: &[u8]) -> Header {
         Header {
@@ -623,18 +622,8 @@ mod tests {
             compression,
             window,
             lzma_props: LzmaParams { dict: 0, lc: 1, lp: 0, pb: 0 }.props(),
-            old_size: 0,
-            old_sha256: Sha256::digest(b""),
-            new_size: 0,
-            new_sha256: Sha256::digest(b""),
-            stream_len: 0,
             payload_len: payload.len() as u64,
-            digest: Sha256::digest(b""),
-            signed: false,
-            filter: None,
-            abs_pointers: false,
-            refs: false,
-            in_place: None,
+            ..super::super::format::tests::sample()
         }
     }
 

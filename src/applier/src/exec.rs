@@ -135,17 +135,10 @@ impl Isa {
                     }
                     0x9400_0000 | ((new_off >> 2) as u32 & 0x03ff_ffff)
                 } else {
-                    let imm = (i >> 3 & 0x1f_fffc) | (i >> 29 & 3);
-                    let pages = i64::from((imm << 11) as i32 >> 11);
-                    let target = (p & !0xfff) + (pages << 12);
+                    let target = adrp_page(i, p);
                     // The page that holds the target's new place, to the nearest page.
                     let new_page = (map(target) + 0x800) & !0xfff;
-                    let new_pages = (new_page - (new_p & !0xfff)) >> 12;
-                    if !(-(1 << 20)..1 << 20).contains(&new_pages) {
-                        return None;
-                    }
-                    let v = new_pages as u32;
-                    (i & 0x9f00_001f) | (v & 3) << 29 | (v >> 2 & 0x7_ffff) << 5
+                    adrp_to(i, new_page, new_p)?
                 };
                 out[..4].copy_from_slice(&new.to_le_bytes());
             }
@@ -550,6 +543,23 @@ fn x86_rel32(win: &Window<'_>, s: u64, p: u64, buf: &[u8]) -> bool {
     }
 }
 
+/// The page an AArch64 ADRP (`i`) at position `p` reaches.
+fn adrp_page(i: u32, p: i64) -> i64 {
+    let imm = (i >> 3 & 0x1f_fffc) | (i >> 29 & 3);
+    (p & !0xfff) + (i64::from((imm << 11) as i32 >> 11) << 12)
+}
+
+/// The ADRP `i` set to reach `page` (a multiple of 4096) from position `p`; `None` out of
+/// its range.
+fn adrp_to(i: u32, page: i64, p: i64) -> Option<u32> {
+    let pages = (page - (p & !0xfff)) >> 12;
+    if !(-(1 << 20)..1 << 20).contains(&pages) {
+        return None;
+    }
+    let v = pages as u32;
+    Some((i & 0x9f00_001f) | (v & 3) << 29 | (v >> 2 & 0x7_ffff) << 5)
+}
+
 /// How an AArch64 ADRP (`adrp`) and the next instruction form an address pair: the next is
 /// ADD (64-bit, immediate, unshifted), or a load or store of a general register with an
 /// unsigned offset, whose base register is the ADRP's destination. The offset's scale in
@@ -580,19 +590,12 @@ pub fn adrp_pair(
     map: impl Fn(i64) -> i64,
 ) -> Option<(u32, u32)> {
     let scale = i64::from(pair_scale(adrp, next)?);
-    let imm = (adrp >> 3 & 0x1f_fffc) | (adrp >> 29 & 3);
-    let page = (p & !0xfff) + (i64::from((imm << 11) as i32 >> 11) << 12);
-    let target = page + i64::from(next >> 10 & 0xfff) * scale;
+    let target = adrp_page(adrp, p) + i64::from(next >> 10 & 0xfff) * scale;
     let new = map(target);
     if new % scale != 0 {
         return None;
     }
-    let pages = ((new & !0xfff) - (new_p & !0xfff)) >> 12;
-    if !(-(1 << 20)..1 << 20).contains(&pages) {
-        return None;
-    }
-    let v = pages as u32;
-    let adrp = (adrp & 0x9f00_001f) | (v & 3) << 29 | (v >> 2 & 0x7_ffff) << 5;
+    let adrp = adrp_to(adrp, new & !0xfff, new_p)?;
     let next = (next & !(0xfff << 10)) | (((new & 0xfff) / scale) as u32) << 10;
     Some((adrp, next))
 }
