@@ -54,7 +54,7 @@ fn find_ops(
         return Ok(ops);
     }
     reporter.start("index", Some(old.len() as u64));
-    let index = diff::SuffixIndex::build(old).map_err(index_err)?;
+    let index = diff::SuffixIndex::build(old, params.threads).map_err(index_err)?;
     reporter.finish("index");
     reporter.start("match", Some(new.len() as u64));
     let ops = diff::diff(&index, new, params);
@@ -449,28 +449,21 @@ fn compress_payload(
             let variants: &[bool] = if adds <= 4 << 20 { &[true, false] } else { &[true] };
             // The literals are primed with old unless the delta overwrites old as it applies.
             let prime: &[u8] = if opts.in_place.is_none() { old } else { &[] };
-            let mut best: Option<(Vec<u8>, u32, u64)> = None;
-            let mut literals = None;
-            for &run_length in variants {
-                let parts = split::write_parts(old, new, ops, exec, run_length)
-                    .map_err(DeltaError::Compress)?;
-                // The re-interleaved stream: table, controls, corrections (counted from the
-                // ops, as part 3 may be run-length coded), literals.
-                let controls: u64 = parts[..3].iter().map(|p| p.len() as u64).sum();
-                let stream_len = table_len.len() as u64 + controls + adds + parts[4].len() as u64;
-                let (payload, window) = split::compress(
-                    &parts,
-                    run_length,
-                    preset,
-                    params,
-                    (threads, prime),
-                    &mut literals,
-                )
-                .map_err(DeltaError::Compress)?;
-                if best.as_ref().is_none_or(|b| payload.len() < b.0.len()) {
-                    best = Some((payload, window, stream_len));
-                }
-            }
+            let literals = split::literal_part(new, ops);
+            let payloads = split::compress(
+                &literals,
+                variants,
+                &|run_length| split::write_parts(old, new, ops, exec, run_length),
+                (preset, params),
+                (threads, prime),
+            )
+            .map_err(DeltaError::Compress)?;
+            // The re-interleaved stream: table, controls, corrections (counted from the ops, as
+            // part 3 may be run-length coded), literals.
+            let best = payloads.into_iter().min_by_key(|p| p.bytes.len()).map(|p| {
+                let stream_len = table_len.len() as u64 + p.controls + adds + literals.len() as u64;
+                (p.bytes, p.window, stream_len)
+            });
             let Some((payload, window, stream_len)) = best else {
                 return Err(DeltaError::SelfCheck("no split payload".into()));
             };

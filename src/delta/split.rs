@@ -40,9 +40,6 @@ pub const FLAG_PRIMED: u8 = 4;
 const PROPS_TRY_UP_TO: usize = 64 << 10;
 const PROPS_TRY_UP_TO_PRIMED: usize = 1 << 20;
 
-/// The literals part as compressed by one [`compress`] call, for the next call with the same
-/// literals (the two codings of the corrections share them): raw bytes, body, settings.
-pub(crate) type Literals = Option<(Vec<u8>, Vec<u8>, LzmaParams)>;
 /// LZMA (lc, lp, pb) tried beside the header's on small parts: a wider literal context (the
 /// byte before a correction or a literal says much about it in machine code), and with it
 /// position bits for 2-byte alignment.
@@ -137,16 +134,26 @@ fn props_for(i: usize, props: LzmaParams) -> LzmaParams {
     }
 }
 
-/// The five raw parts for `ops`. With a filter, `exec`'s table must be the one
-/// [`super::exec::Table::from_ops`] makes from `ops` with no limit: the reader derives it.
+/// The literals part (part 4) for `ops`: each op's literal bytes, in order.
+pub(crate) fn literal_part(new: &[u8], ops: &[Op]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(ops.iter().map(|o| o.copy).sum());
+    for op in ops {
+        out.extend_from_slice(op.extra(new));
+    }
+    out
+}
+
+/// Raw parts 0 to 3 for `ops` (the literals: [`literal_part`]). With a filter, `exec`'s table
+/// must be the one [`super::exec::Table::from_ops`] makes from `ops` with no limit: the reader
+/// derives it.
 pub(crate) fn write_parts(
     old: &[u8],
     new: &[u8],
     ops: &[Op],
     exec: Option<otaforge_applier::Exec<'_>>,
     run_length: bool,
-) -> io::Result<[Vec<u8>; PARTS]> {
-    let mut p: [Vec<u8>; PARTS] = Default::default();
+) -> io::Result<[Vec<u8>; 4]> {
+    let mut p: [Vec<u8>; 4] = Default::default();
     let mut cursor = 0i64;
     let mut predicted = Vec::new();
     let mut rle = Rle::default();
@@ -168,7 +175,6 @@ pub(crate) fn write_parts(
         } else {
             p[3].extend(o.iter().zip(w).map(|(o, n)| n.wrapping_sub(*o)));
         }
-        p[4].extend_from_slice(op.extra(new));
         cursor = (op.old_pos + op.add) as i64;
     }
     if run_length {
@@ -231,86 +237,146 @@ impl Rle {
     }
 }
 
-/// Compresses the parts with LZMA (each dictionary sized to its part; each part's properties
-/// chosen for it, `props`' where nothing is smaller) on up to `threads` threads; returns the
-/// payload (part table, then parts) and the largest dictionary. With `prime` (old, when the
-/// delta is not applied in place), the literals are compressed after it ([`FLAG_PRIMED`])
-/// when old and the literals fit the literals' dictionary together: new code and data often
-/// repeat pieces of old too short for an op. `literals` carries the literals' compression from
-/// one call to the next: reused when the literals are the same, set otherwise.
-pub(crate) fn compress(
-    parts: &[Vec<u8>; PARTS],
-    run_length: bool,
+/// One part compressed ([`pack`]): what the part table records of it, and its body.
+#[derive(Debug, Clone)]
+pub(crate) struct Packed {
+    body: Vec<u8>,
+    raw: u64,
+    params: LzmaParams,
+    /// Compressed after old ([`FLAG_PRIMED`]; the literals only).
+    primed: bool,
+}
+
+/// Compresses part `i` with LZMA, its dictionary sized to it and its properties chosen for it
+/// (`props`' where nothing is smaller). With `prime` (old, when the delta is not applied in
+/// place), the literals (part 4) are compressed after it ([`FLAG_PRIMED`]) when old and the
+/// literals fit the literals' dictionary together: new code and data often repeat pieces of
+/// old too short for an op.
+pub(crate) fn pack(
+    i: usize,
+    raw: &[u8],
     preset: u32,
     props: LzmaParams,
-    (threads, prime): (usize, &[u8]),
-    literals: &mut Literals,
-) -> io::Result<(Vec<u8>, u32)> {
-    let primed = !prime.is_empty()
-        && !parts[4].is_empty()
-        && (prime.len() + parts[4].len()) as u64 <= u64::from(props.dict);
-    let known = literals.as_ref().filter(|l| l.0 == parts[4]).map(|l| (l.1.clone(), l.2));
-    let indexed: Vec<(usize, &Vec<u8>)> = parts.iter().enumerate().collect();
-    let packed = super::diff::run_limited(threads, &indexed, |&(i, raw)| {
-        if let (4, Some(k)) = (i, &known) {
-            return Ok(k.clone());
-        }
-        let cap = if i == 4 { props.dict } else { props.dict.min(1 << 20) };
-        let prefix: &[u8] = if i == 4 && primed { prime } else { &[] };
-        let need = (raw.len() + prefix.len()) as u64;
-        let dict = need.next_power_of_two().clamp(4096, u64::from(cap)) as u32;
-        let base = LzmaParams { dict, ..props };
-        let tried: Vec<LzmaParams> = if raw.len() <= PROPS_TRY_UP_TO
-            && prefix.len() <= PROPS_TRY_UP_TO_PRIMED
-        {
+    prime: &[u8],
+) -> io::Result<Packed> {
+    let primed = i == 4
+        && !prime.is_empty()
+        && !raw.is_empty()
+        && (prime.len() + raw.len()) as u64 <= u64::from(props.dict);
+    let cap = if i == 4 { props.dict } else { props.dict.min(1 << 20) };
+    let prefix: &[u8] = if primed { prime } else { &[] };
+    let need = (raw.len() + prefix.len()) as u64;
+    let dict = need.next_power_of_two().clamp(4096, u64::from(cap)) as u32;
+    let base = LzmaParams { dict, ..props };
+    let tried: Vec<LzmaParams> =
+        if raw.len() <= PROPS_TRY_UP_TO && prefix.len() <= PROPS_TRY_UP_TO_PRIMED {
             let wide = PROPS_TRIED.iter().map(|&(lc, lp, pb)| LzmaParams { lc, lp, pb, ..base });
             std::iter::once(base).chain(wide).collect()
         } else {
             vec![props_for(i, base)]
         };
-        let mut best: Option<(Vec<u8>, LzmaParams)> = None;
-        for params in tried {
-            let body = if prefix.is_empty() {
-                Encoder::Lzma { preset, params }.compress(&mut |w| {
-                    w.write_all(raw)?;
-                    Ok(raw.len() as u64)
-                })?
-            } else {
-                super::primed::compress(raw, prefix, params, preset)?
-            };
-            if best.as_ref().is_none_or(|b| body.len() < b.0.len()) {
-                best = Some((body, params));
-            }
+    let mut best: Option<Packed> = None;
+    for params in tried {
+        let body = if prefix.is_empty() {
+            Encoder::Lzma { preset, params }.compress(&mut |w| {
+                w.write_all(raw)?;
+                Ok(raw.len() as u64)
+            })?
+        } else {
+            super::primed::compress(raw, prefix, params, preset)?
+        };
+        if best.as_ref().is_none_or(|b| body.len() < b.body.len()) {
+            best = Some(Packed { body, raw: raw.len() as u64, params, primed });
         }
-        best.ok_or_else(|| io::Error::other("no LZMA settings tried"))
-    });
-    let mut out = Vec::with_capacity(TABLE_LEN + PARTS);
-    let mut bodies = Vec::with_capacity(PARTS);
-    let mut chosen = Vec::with_capacity(PARTS);
+    }
+    best.ok_or_else(|| io::Error::other("no LZMA settings tried"))
+}
+
+/// The payload from the packed parts, in part order: the part table, then the parts; and the
+/// largest dictionary. `props` are the header's: a part table whose parts all use them
+/// carries no per-part bytes (older readers read such a table).
+pub(crate) fn assemble(
+    packed: &[Packed; PARTS],
+    run_length: bool,
+    props: LzmaParams,
+) -> (Vec<u8>, u32) {
+    let mut out =
+        Vec::with_capacity(TABLE_LEN + PARTS + packed.iter().map(|p| p.body.len()).sum::<usize>());
     let mut window = 4096;
-    for (i, (raw, r)) in parts.iter().zip(packed).enumerate() {
-        let (body, params) = r?;
-        if i == 4 && known.is_none() {
-            *literals = Some((raw.clone(), body.clone(), params));
-        }
-        out.extend_from_slice(&(body.len() as u64).to_le_bytes());
-        out.extend_from_slice(&(raw.len() as u64).to_le_bytes());
-        out.extend_from_slice(&params.dict.to_le_bytes());
-        window = window.max(params.dict);
-        chosen.push(params.props());
-        bodies.push(body);
+    for p in packed {
+        out.extend_from_slice(&(p.body.len() as u64).to_le_bytes());
+        out.extend_from_slice(&p.raw.to_le_bytes());
+        out.extend_from_slice(&p.params.dict.to_le_bytes());
+        window = window.max(p.params.dict);
     }
-    // The header's properties everywhere: no per-part bytes (older readers read such a table).
-    let own = chosen.iter().any(|p| *p != props.props());
+    let own = packed.iter().any(|p| p.params.props() != props.props());
     let flag = |on: bool, f: u8| if on { f } else { 0 };
-    out.push(flag(run_length, FLAG_RLE) | flag(own, FLAG_PROPS) | flag(primed, FLAG_PRIMED));
+    out.push(
+        flag(run_length, FLAG_RLE) | flag(own, FLAG_PROPS) | flag(packed[4].primed, FLAG_PRIMED),
+    );
     if own {
-        out.extend_from_slice(&chosen);
+        out.extend(packed.iter().map(|p| p.params.props()));
     }
-    for b in bodies {
-        out.extend_from_slice(&b);
+    for p in packed {
+        out.extend_from_slice(&p.body);
     }
-    Ok((out, window))
+    (out, window)
+}
+
+/// A method 3 payload made by [`compress`].
+#[derive(Debug)]
+pub(crate) struct Payload {
+    /// The part table, then the parts.
+    pub bytes: Vec<u8>,
+    /// The largest dictionary.
+    pub window: u32,
+    /// Raw bytes of the control parts (0 to 2).
+    pub controls: u64,
+}
+
+/// Compresses the parts ([`pack`]) into a payload for each coding of the corrections in
+/// `codings` (run-length coded or not), `parts(coding)` writing parts 0 to 3. The literals,
+/// the same for every coding and usually the largest part, are compressed once, on a thread
+/// of their own from the start, while the other parts are written and compressed on the
+/// remaining `threads - 1`.
+pub(crate) fn compress(
+    literals: &[u8],
+    codings: &[bool],
+    parts: &(dyn Fn(bool) -> io::Result<[Vec<u8>; 4]> + Sync),
+    (preset, props): (u32, LzmaParams),
+    (threads, prime): (usize, &[u8]),
+) -> io::Result<Vec<Payload>> {
+    let pack_literals = || pack(4, literals, preset, props, prime);
+    std::thread::scope(|s| {
+        let early = (threads > 1).then(|| s.spawn(pack_literals));
+        let mut done = Vec::with_capacity(codings.len());
+        for &run_length in codings {
+            let raw = parts(run_length)?;
+            let order = [3, 0, 1, 2];
+            let packed = super::diff::run_limited(threads.max(2) - 1, &order, |&i| {
+                pack(i, &raw[i], preset, props, prime)
+            });
+            let mut by_part: Vec<(usize, io::Result<Packed>)> =
+                order.into_iter().zip(packed).collect();
+            by_part.sort_by_key(|(i, _)| *i);
+            let packed = by_part.into_iter().map(|(_, p)| p).collect::<io::Result<Vec<_>>>()?;
+            let controls = raw[..3].iter().map(|p| p.len() as u64).sum();
+            done.push((run_length, controls, packed));
+        }
+        let literals = match early {
+            Some(job) => job.join().unwrap_or_else(|p| std::panic::resume_unwind(p))?,
+            None => pack_literals()?,
+        };
+        done.into_iter()
+            .map(|(run_length, controls, mut packed)| {
+                packed.push(literals.clone());
+                let packed: [Packed; PARTS] =
+                    packed.try_into().map_err(|_| io::Error::other("a part was not packed"))?;
+                let (bytes, window) = assemble(&packed, run_length, props);
+                Ok(Payload { bytes, window, controls })
+            })
+            .collect()
+    })
 }
 
 /// The ops the three control parts describe, checked as the patcher will check them (bounds of
@@ -642,8 +708,8 @@ mod tests {
         let literals = old[5_000..25_000].to_vec();
         let raw: [Vec<u8>; PARTS] = [vec![1], vec![2], vec![3], vec![], literals.clone()];
         let props = LzmaParams { dict: 1 << 20, lc: 1, lp: 0, pb: 0 };
-        let (primed, window) = compress(&raw, false, 6, props, (1, &old), &mut None).unwrap();
-        let (plain, _) = compress(&raw, false, 6, props, (1, &[]), &mut None).unwrap();
+        let (primed, window) = packed(&raw, false, props, &old);
+        let (plain, _) = packed(&raw, false, props, &[]);
         assert!(primed.len() * 10 < plain.len(), "{} vs {}", primed.len(), plain.len());
         let h = header(Compression::Lzma, window, &primed);
         let layout = parts(&h, &primed).unwrap();
@@ -654,28 +720,48 @@ mod tests {
         assert!(parts(&in_place, &primed).is_err());
         // Too large for the dictionary together: not primed.
         let small = LzmaParams { dict: 64 << 10, ..props };
-        let (p, _) = compress(&raw, false, 6, small, (1, &old), &mut None).unwrap();
+        let (p, _) = packed(&raw, false, small, &old);
         assert_eq!(p[TABLE_LEN - 1] & FLAG_PRIMED, 0);
     }
 
-    /// The two codings of the corrections share the literals: the second call reuses the
-    /// first's compressed literals, and other literals are compressed anew.
+    /// The two codings of the corrections share the literals: compressed once (on a thread of
+    /// their own) they are the same bytes at the end of both payloads, and each payload is
+    /// what the coding alone gives on one thread.
     #[test]
     fn the_literals_are_compressed_once_for_both_codings() {
         let props = LzmaParams { dict: 1 << 20, lc: 1, lp: 0, pb: 0 };
         let lit: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 251) as u8).collect();
         let raw: [Vec<u8>; PARTS] = [vec![1], vec![2], vec![3], vec![0; 100], lit.clone()];
-        let mut cache = None;
-        let (a, _) = compress(&raw, true, 6, props, (1, &[]), &mut cache).unwrap();
-        let body = cache.as_ref().map(|c| c.1.clone()).expect("the literals are kept");
-        assert!(a.ends_with(&body));
-        let (b, _) = compress(&raw, false, 6, props, (1, &[]), &mut cache).unwrap();
-        assert!(b.ends_with(&body) && b != a);
-        let other: [Vec<u8>; PARTS] =
-            [vec![1], vec![2], vec![3], vec![0; 100], lit[..4000].to_vec()];
-        let (c, _) = compress(&other, true, 6, props, (1, &[]), &mut cache).unwrap();
-        let (d, _) = compress(&other, true, 6, props, (1, &[]), &mut None).unwrap();
-        assert!(c == d && cache.as_ref().is_some_and(|c| c.0 == other[4]));
+        let both = compress(&lit, &[true, false], &|_| Ok(first_four(&raw)), (6, props), (2, &[]))
+            .unwrap();
+        let [a, b] = &both[..] else { panic!("{} payloads", both.len()) };
+        let h = header(Compression::Lzma, a.window, &a.bytes);
+        let layout = parts(&h, &a.bytes).unwrap();
+        let body = &a.bytes[a.bytes.len() - layout.parts[4].packed as usize..];
+        assert!(b.bytes.ends_with(body) && a.bytes != b.bytes);
+        assert!(layout.run_length && !parts(&h, &b.bytes).unwrap().run_length);
+        assert_eq!(a.bytes, packed(&raw, true, props, &[]).0);
+        assert_eq!(b.bytes, packed(&raw, false, props, &[]).0);
+        assert_eq!(a.controls, 3);
+    }
+
+    /// Parts 0 to 3 of `raw`.
+    fn first_four(raw: &[Vec<u8>; PARTS]) -> [Vec<u8>; 4] {
+        [raw[0].clone(), raw[1].clone(), raw[2].clone(), raw[3].clone()]
+    }
+
+    /// The payload and window [`compress`] makes of `raw` with one coding, on one thread.
+    fn packed(
+        raw: &[Vec<u8>; PARTS],
+        run_length: bool,
+        props: LzmaParams,
+        prime: &[u8],
+    ) -> (Vec<u8>, u32) {
+        let mut out =
+            compress(&raw[4], &[run_length], &|_| Ok(first_four(raw)), (6, props), (1, prime))
+                .unwrap();
+        let p = out.remove(0);
+        (p.bytes, p.window)
     }
 
     /// Each part keeps the LZMA properties that made it smallest; the table says which (a
@@ -694,7 +780,7 @@ mod tests {
             })
             .collect();
         let raw: [Vec<u8>; PARTS] = [vec![], vec![], vec![], vec![], text.clone()];
-        let (payload, window) = compress(&raw, false, 6, props, (1, &[]), &mut None).unwrap();
+        let (payload, window) = packed(&raw, false, props, &[]);
         let h = header(Compression::Lzma, window, &payload);
         let layout = parts(&h, &payload).unwrap();
         let wide = layout.parts[4].props;
@@ -719,8 +805,7 @@ mod tests {
         assert!(parts(&header(Compression::None, 0, &payload), &payload).is_err());
         assert!(parts(&h, &payload[..TABLE_LEN + 2]).is_err());
         // All parts empty: every candidate ties, the header's are kept, no per-part bytes.
-        let (plain, _) =
-            compress(&Default::default(), true, 6, props, (1, &[]), &mut None).unwrap();
+        let (plain, _) = packed(&Default::default(), true, props, &[]);
         assert_eq!(plain[TABLE_LEN - 1], FLAG_RLE);
         let layout = parts(&header(Compression::Lzma, 4096, &plain), &plain).unwrap();
         assert_eq!(layout.table_len, TABLE_LEN);
