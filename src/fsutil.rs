@@ -257,6 +257,52 @@ impl std::ops::Deref for Mapped {
     }
 }
 
+/// Bytes read in passes, whose memory a pass may give back when it is done with a range (a
+/// delta's new image: hashed, matched front to back, then read again).
+pub trait Pages: Sync {
+    /// The bytes.
+    fn bytes(&self) -> &[u8];
+    /// Nothing reads `range` again until a later pass: a mapped file's pages there may be
+    /// dropped (the next read brings them back from the file). Memory held otherwise stays.
+    fn release(&self, _range: std::ops::Range<usize>) {}
+}
+
+impl Pages for [u8] {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+}
+
+impl Pages for Vec<u8> {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+}
+
+impl Pages for Mapped {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+    fn release(&self, range: std::ops::Range<usize>) {
+        let Mapped::Map(map) = self else { return };
+        // Whole pages only, inside the range: a page partly outside may still be in use.
+        const PAGE: usize = 4096;
+        let start = range.start.div_ceil(PAGE) * PAGE;
+        let end = range.end.min(map.len()) / PAGE * PAGE;
+        if start < end {
+            #[allow(unsafe_code)]
+            // SAFETY: the map is a private, read-only map of a file (PROT_READ; nothing can
+            // write it), so MADV_DONTNEED only drops clean pages, and the next read of them
+            // faults them in again from the file: no reference sees different bytes unless
+            // another process wrote the file, the case `map_file` documents (every user
+            // checks a digest). A failure only means the pages stay.
+            let _ = unsafe {
+                map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+            };
+        }
+    }
+}
+
 /// Maps `path` read-only.
 ///
 /// Callers must treat the bytes as untrusted input that may change under them if another process

@@ -8,15 +8,19 @@ use super::{
     MethodChoice, Profile, apply, bsdiff40, codec, diff, exec, format, info, ops, split,
 };
 use super::{Compression, Header, InPlace, Isa, Method};
+use crate::fsutil::Pages;
 use crate::{Reporter, Sha256};
 
-/// Creates a delta rebuilding `new` from `old`.
+/// Creates a delta rebuilding `new` from `old`. Memory: `new` is given back ([`Pages::release`])
+/// once hashed and again behind the match, so that a mapped new is not resident beside the
+/// suffix array (about 4 bytes per old byte) but for the stretch being matched.
 pub fn create(
     old: &[u8],
-    new: &[u8],
+    new_pages: &(impl Pages + ?Sized),
     opts: &CreateOptions,
     reporter: &dyn Reporter,
 ) -> Result<Created, DeltaError> {
+    let new = new_pages.bytes();
     let in_place = opts.in_place.map(|ip| in_place_layout(old, new, opts, ip)).transpose()?;
     let use_ops = opts.format == DeltaFormat::Bsdiff40
         || matches!(opts.method, MethodChoice::Auto | MethodChoice::Bsdiff | MethodChoice::Split)
@@ -26,7 +30,12 @@ pub fn create(
         let h = s.spawn(|| Sha256::digest(old));
         (h.join().unwrap_or_else(|_| Sha256::digest(old)), Sha256::digest(new))
     });
-    let ops = if use_ops { find_ops(old, new, opts, in_place, reporter)? } else { Vec::new() };
+    let ops = if use_ops {
+        new_pages.release(0..new.len());
+        find_ops(old, (new, &|r| new_pages.release(r)), opts, in_place, reporter)?
+    } else {
+        Vec::new()
+    };
     let plan = ExecPlan::choose(old, new, &ops, opts, use_ops, reporter);
     if opts.format == DeltaFormat::Bsdiff40 {
         return create_bsdiff40(old, new, &ops, digests.1, (in_place, &plan), reporter);
@@ -39,7 +48,7 @@ pub fn create(
 /// The ops rebuilding new: matched against the whole of old, or per segment for in place.
 fn find_ops(
     old: &[u8],
-    new: &[u8],
+    (new, release): (&[u8], &diff::Release<'_>),
     opts: &CreateOptions,
     in_place: Option<InPlace>,
     reporter: &dyn Reporter,
@@ -57,7 +66,7 @@ fn find_ops(
     let index = diff::SuffixIndex::build(old, params.threads).map_err(index_err)?;
     reporter.finish("index");
     reporter.start("match", Some(new.len() as u64));
-    let ops = diff::diff(&index, new, params);
+    let ops = diff::diff(&index, new, params, release);
     reporter.finish("match");
     Ok(ops)
 }

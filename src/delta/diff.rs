@@ -240,8 +240,20 @@ fn switch_gain(min_gain: usize, seek: isize) -> isize {
     min_gain as isize + 3 * bits / 4
 }
 
-/// Computes the ops rebuilding `new` from `old`.
-pub(crate) fn diff(index: &SuffixIndex<'_>, new: &[u8], params: ScanParams) -> Vec<Op> {
+/// Gives back memory of new that the scan is done with ([`crate::fsutil::Pages::release`]).
+pub(crate) type Release<'a> = dyn Fn(std::ops::Range<usize>) + Sync + 'a;
+
+/// The scan gives back new behind it in steps of this many bytes.
+const RELEASE_STEP: usize = 1 << 20;
+
+/// Computes the ops rebuilding `new` from `old`, giving back each stretch of new it is done
+/// with to `release`.
+pub(crate) fn diff(
+    index: &SuffixIndex<'_>,
+    new: &[u8],
+    params: ScanParams,
+    release: &Release<'_>,
+) -> Vec<Op> {
     if new.is_empty() {
         return Vec::new();
     }
@@ -249,11 +261,11 @@ pub(crate) fn diff(index: &SuffixIndex<'_>, new: &[u8], params: ScanParams) -> V
     let n_chunks = new.len().div_ceil(chunk);
     let threads = params.threads.clamp(1, n_chunks);
     if threads == 1 {
-        return scan(index, new, 0, new.len(), params.min_gain);
+        return scan(index, new, (0, new.len()), params.min_gain, release);
     }
     let ranges: Vec<(usize, usize)> =
         (0..n_chunks).map(|c| (c * chunk, ((c + 1) * chunk).min(new.len()))).collect();
-    run_limited(threads, &ranges, |&(start, end)| scan(index, new, start, end, params.min_gain))
+    run_limited(threads, &ranges, |&range| scan(index, new, range, params.min_gain, release))
         .concat()
 }
 
@@ -290,7 +302,8 @@ pub(crate) fn diff_in_place(
         let mut ops = Vec::new();
         for k in first..end {
             let (start, stop) = (k * segment, ((k + 1) * segment).min(new.len()));
-            ops.extend(scan(&index, new, start, stop, params.min_gain).into_iter().map(|mut o| {
+            let ops_k = scan(&index, new, (start, stop), params.min_gain, &|_| {});
+            ops.extend(ops_k.into_iter().map(|mut o| {
                 o.old_pos += base;
                 o
             }));
@@ -327,13 +340,15 @@ pub(crate) fn run_limited<T: Sync, R: Send>(
     out.into_iter().map(|(_, r)| r).collect()
 }
 
-/// Scans `new[start..end]` and returns ops tiling exactly that range.
+/// Scans `new[start..end]` and returns ops tiling exactly that range. Nothing before the last
+/// op's end is read again: the scan gives it back to `release` every [`RELEASE_STEP`] bytes,
+/// and the whole range at the end.
 fn scan(
     index: &SuffixIndex<'_>,
     new_all: &[u8],
-    start: usize,
-    end: usize,
+    (start, end): (usize, usize),
     min_gain: usize,
+    release: &Release<'_>,
 ) -> Vec<Op> {
     let old = index.old;
     let new = &new_all[..end];
@@ -341,6 +356,7 @@ fn scan(
     let at_old = |p: isize| -> Option<u8> { (p >= 0 && p < olen).then(|| old[p as usize]) };
 
     let mut ops = Vec::new();
+    let mut released = start;
     let (mut scan, mut len) = (start as isize, 0isize);
     let (mut last_scan, mut last_pos, mut last_offset) = (start as isize, 0isize, 0isize);
     let mut pos = 0isize;
@@ -433,7 +449,12 @@ fn scan(
         last_scan = scan - len_b;
         last_pos = pos - len_b;
         last_offset = pos - scan;
+        if last_scan as usize >= released + RELEASE_STEP {
+            release(released..last_scan as usize);
+            released = last_scan as usize;
+        }
     }
+    release(released..end);
     ops
 }
 
@@ -480,7 +501,16 @@ mod tests {
         }
         let idx = SuffixIndex::build(&old, 1).unwrap();
         for threads in [1, 2] {
-            let ops = diff(&idx, &new, ScanParams { min_gain: 8, chunk: 64 << 10, threads });
+            let released = std::sync::Mutex::new(Vec::new());
+            let params = ScanParams { min_gain: 8, chunk: 64 << 10, threads };
+            let ops = diff(&idx, &new, params, &|r| released.lock().unwrap().push(r));
+            // New is given back once, all of it, in pieces.
+            let mut released = released.into_inner().unwrap();
+            released.sort_by_key(|r| r.start);
+            assert!(released.len() > 1);
+            assert_eq!(released.first().map(|r| r.start), Some(0));
+            assert!(released.windows(2).all(|w| w[0].end == w[1].start));
+            assert_eq!(released.last().map(|r| r.end), Some(new.len()));
             assert_eq!(rebuild(&old, new.len(), &ops, &new), new);
             let literal: usize = ops.iter().map(|o| o.copy).sum();
             assert!(literal < 2_000, "{literal} literal bytes");
