@@ -46,7 +46,8 @@ pub(crate) struct SuffixIndex<'o> {
 /// A suffix array packed to the bits old's positions need (25 for a 24 MB old, not 32): a
 /// fifth less memory, where the suffix array is most of what creating a delta holds.
 struct PackedSa {
-    /// The entries, `width` bits each, little-endian across the words, then a zero word.
+    /// The entries, `width` bits each, little-endian across the words; then the last partial
+    /// word and a zero word, so that every entry reads from two whole words.
     words: Vec<i32>,
     width: u32,
 }
@@ -220,7 +221,7 @@ fn prefix_buckets(old: &[u8]) -> Vec<(u32, u32)> {
 
 /// The presence bits of every 8-byte window of `old`, and their hash's shift.
 fn presence(old: &[u8]) -> (Vec<u64>, u32) {
-    // About four bits per old byte (at most 16 MiB), so that roughly a fifth are set.
+    // Two to four bits per old byte (a power of two, at most 8 MiB): about a third are set.
     let bits = (old.len().max(1) as u64 * 2).next_power_of_two().clamp(1 << 16, 1 << 26);
     let shift = 64 - bits.trailing_zeros();
     let mut present = vec![0u64; (bits / 64) as usize];
