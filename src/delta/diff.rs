@@ -221,7 +221,7 @@ fn prefix_buckets(old: &[u8]) -> Vec<(u32, u32)> {
 
 /// The presence bits of every 8-byte window of `old`, and their hash's shift.
 fn presence(old: &[u8]) -> (Vec<u64>, u32) {
-    // Two to four bits per old byte (a power of two, at most 8 MiB): about a third are set.
+    // Two to four bits per old byte (a power of two, at most 8 MiB): at most two fifths set.
     let bits = (old.len().max(1) as u64 * 2).next_power_of_two().clamp(1 << 16, 1 << 26);
     let shift = 64 - bits.trailing_zeros();
     let mut present = vec![0u64; (bits / 64) as usize];
