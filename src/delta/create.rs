@@ -36,13 +36,68 @@ pub fn create(
     } else {
         Vec::new()
     };
-    let plan = ExecPlan::choose(old, new, &ops, opts, use_ops, reporter);
     if opts.format == DeltaFormat::Bsdiff40 {
+        let plan = ExecPlan::choose(old, new, &ops, opts, use_ops, reporter);
         return create_bsdiff40(old, new, &ops, digests.1, (in_place, &plan), reporter);
     }
-    let encoders = encoders(old, &ops, opts, (use_ops, in_place.is_some()), &plan, new.len())?;
-    let candidates = compress_all(old, new, &ops, &encoders, &plan, opts, reporter)?;
-    assemble(old, new, digests, in_place, candidates, reporter)
+    // Method 3's literals are the same whatever the filter: they compress once, from here on,
+    // beside the executable plan and the other parts and candidates.
+    // (With one job, they compress in turn, in the candidate.)
+    let split_enc = if use_ops && opts.threads > 1 { split_encoder(&ops, opts) } else { None };
+    let literals = split_enc.map(|_| split::literal_part(new, &ops)).unwrap_or_default();
+    let packed = std::sync::OnceLock::new();
+    std::thread::scope(|s| {
+        let early = split_enc.map(|(preset, params)| {
+            // The literals are primed with old unless the delta overwrites old as it applies.
+            let prime: &[u8] = if opts.in_place.is_none() { old } else { &[] };
+            let (literals, packed) = (&literals, &packed);
+            s.spawn(move || {
+                // Set whatever happens: the candidates wait for it.
+                let pack = || split::pack(4, literals, preset, params, prime);
+                let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(pack))
+                    .unwrap_or_else(|_| {
+                        Err(std::io::Error::other("compressing the literals failed"))
+                    });
+                packed.set(done)
+            });
+            EarlyLiterals { literals, params: (preset, params), packed }
+        });
+        let plan = ExecPlan::choose(old, new, &ops, opts, use_ops, reporter);
+        let encoders = encoders(old, &ops, opts, (use_ops, in_place.is_some()), &plan, new.len())?;
+        let candidates =
+            compress_all(old, new, &ops, (&encoders, early.as_ref()), &plan, opts, reporter)?;
+        assemble(old, new, digests, in_place, candidates, reporter)
+    })
+}
+
+/// Method 3's literals, compressing on a thread of their own since the ops were found.
+struct EarlyLiterals<'a> {
+    literals: &'a [u8],
+    /// The preset and settings they compress with.
+    params: (u32, codec::LzmaParams),
+    /// Set when done.
+    packed: &'a std::sync::OnceLock<std::io::Result<split::Packed>>,
+}
+
+impl EarlyLiterals<'_> {
+    /// The compressed literals, once done (an error is passed on as one of the same kind).
+    fn wait(&self) -> std::io::Result<split::Packed> {
+        match self.packed.wait() {
+            Ok(p) => Ok(p.clone()),
+            Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+        }
+    }
+}
+
+/// The preset and settings of the method 3 candidate the options make, if they make one.
+fn split_encoder(ops: &[diff::Op], opts: &CreateOptions) -> Option<(u32, codec::LzmaParams)> {
+    let mut jobs = Vec::new();
+    let level = opts.level.clamp(1, 9);
+    op_stream_encoders(&mut jobs, ops_stream_hint(ops), opts.compression, opts.profile, level);
+    jobs.into_iter().find_map(|(m, e)| match (m, e) {
+        (Method::Split, codec::Encoder::Lzma { preset, params }) => Some((preset, params)),
+        _ => None,
+    })
 }
 
 /// The ops rebuilding new: matched against the whole of old, or per segment for in place.
@@ -292,7 +347,7 @@ fn compress_all(
     old: &[u8],
     new: &[u8],
     ops: &[diff::Op],
-    encoders: &[(Method, codec::Encoder)],
+    (encoders, early): (&[(Method, codec::Encoder)], Option<&EarlyLiterals<'_>>),
     plan: &ExecPlan,
     opts: &CreateOptions,
     reporter: &dyn Reporter,
@@ -310,7 +365,7 @@ fn compress_all(
     let results: Vec<Result<Candidate, DeltaError>> =
         diff::run_limited(opts.threads.max(1), &jobs, |&(method, enc, filter)| {
             let exec = filter.map(|(isa, abs)| plan.table.exec_abs(isa, abs));
-            compress_payload(old, new, ops, method, enc, exec, opts)
+            compress_payload(old, new, ops, (method, enc, exec), early, opts)
         });
     reporter.finish("compress");
     let mut done = results.into_iter().collect::<Result<Vec<_>, _>>()?;
@@ -423,9 +478,8 @@ fn compress_payload(
     old: &[u8],
     new: &[u8],
     ops: &[diff::Op],
-    method: Method,
-    enc: codec::Encoder,
-    exec: Option<exec::Exec<'_>>,
+    (method, enc, exec): (Method, codec::Encoder, Option<exec::Exec<'_>>),
+    early: Option<&EarlyLiterals<'_>>,
     opts: &CreateOptions,
 ) -> Result<Candidate, DeltaError> {
     let (level, threads) = (opts.level.clamp(1, 9), opts.threads.max(1));
@@ -458,9 +512,17 @@ fn compress_payload(
             let variants: &[bool] = if adds <= 4 << 20 { &[true, false] } else { &[true] };
             // The literals are primed with old unless the delta overwrites old as it applies.
             let prime: &[u8] = if opts.in_place.is_none() { old } else { &[] };
-            let literals = split::literal_part(new, ops);
+            let early = early.filter(|e| e.params == (preset, params));
+            let own;
+            let literals = match early {
+                Some(e) => split::Literals::Early(e.literals, &|| e.wait()),
+                None => {
+                    own = split::literal_part(new, ops);
+                    split::Literals::Raw(&own)
+                }
+            };
             let payloads = split::compress(
-                &literals,
+                literals,
                 variants,
                 &|run_length| split::write_parts(old, new, ops, exec, run_length),
                 (preset, params),
@@ -470,7 +532,7 @@ fn compress_payload(
             // The re-interleaved stream: table, controls, corrections (counted from the ops, as
             // part 3 may be run-length coded), literals.
             let best = payloads.into_iter().min_by_key(|p| p.bytes.len()).map(|p| {
-                let stream_len = table_len.len() as u64 + p.controls + adds + literals.len() as u64;
+                let stream_len = table_len.len() as u64 + p.controls + adds + literals.len();
                 (p.bytes, p.window, stream_len)
             });
             let Some((payload, window, stream_len)) = best else {

@@ -334,21 +334,44 @@ pub(crate) struct Payload {
     pub controls: u64,
 }
 
+/// The literals part as [`compress`] takes it.
+#[derive(Clone, Copy)]
+pub(crate) enum Literals<'a> {
+    /// To compress.
+    Raw(&'a [u8]),
+    /// Being compressed elsewhere already (with the same settings): the bytes, and a wait for
+    /// the result.
+    Early(&'a [u8], &'a (dyn Fn() -> io::Result<Packed> + Sync)),
+}
+
+impl Literals<'_> {
+    /// Raw bytes.
+    pub fn len(self) -> u64 {
+        match self {
+            Literals::Raw(b) | Literals::Early(b, _) => b.len() as u64,
+        }
+    }
+}
+
 /// Compresses the parts ([`pack`]) into a payload for each coding of the corrections in
 /// `codings` (run-length coded or not), `parts(coding)` writing parts 0 to 3. The literals,
-/// the same for every coding and usually the largest part, are compressed once, on a thread
-/// of their own from the start, while the other parts are written and compressed on the
-/// remaining `threads - 1`.
+/// the same for every coding and usually the largest part, are compressed once: elsewhere
+/// already ([`Literals::Early`]), or here on a thread of their own from the start, while the
+/// other parts are written and compressed on the remaining `threads - 1`.
 pub(crate) fn compress(
-    literals: &[u8],
+    literals: Literals<'_>,
     codings: &[bool],
     parts: &(dyn Fn(bool) -> io::Result<[Vec<u8>; 4]> + Sync),
     (preset, props): (u32, LzmaParams),
     (threads, prime): (usize, &[u8]),
 ) -> io::Result<Vec<Payload>> {
-    let pack_literals = || pack(4, literals, preset, props, prime);
+    let pack_literals = || match literals {
+        Literals::Raw(raw) => pack(4, raw, preset, props, prime),
+        Literals::Early(_, wait) => wait(),
+    };
+    let own_thread = threads > 1 && matches!(literals, Literals::Raw(_));
     std::thread::scope(|s| {
-        let early = (threads > 1).then(|| s.spawn(pack_literals));
+        let early = own_thread.then(|| s.spawn(pack_literals));
         let mut done = Vec::with_capacity(codings.len());
         for &run_length in codings {
             let raw = parts(run_length)?;
@@ -732,8 +755,14 @@ mod tests {
         let props = LzmaParams { dict: 1 << 20, lc: 1, lp: 0, pb: 0 };
         let lit: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 251) as u8).collect();
         let raw: [Vec<u8>; PARTS] = [vec![1], vec![2], vec![3], vec![0; 100], lit.clone()];
-        let both = compress(&lit, &[true, false], &|_| Ok(first_four(&raw)), (6, props), (2, &[]))
-            .unwrap();
+        let both = compress(
+            Literals::Raw(&lit),
+            &[true, false],
+            &|_| Ok(first_four(&raw)),
+            (6, props),
+            (2, &[]),
+        )
+        .unwrap();
         let [a, b] = &both[..] else { panic!("{} payloads", both.len()) };
         let h = header(Compression::Lzma, a.window, &a.bytes);
         let layout = parts(&h, &a.bytes).unwrap();
@@ -757,9 +786,14 @@ mod tests {
         props: LzmaParams,
         prime: &[u8],
     ) -> (Vec<u8>, u32) {
-        let mut out =
-            compress(&raw[4], &[run_length], &|_| Ok(first_four(raw)), (6, props), (1, prime))
-                .unwrap();
+        let mut out = compress(
+            Literals::Raw(&raw[4]),
+            &[run_length],
+            &|_| Ok(first_four(raw)),
+            (6, props),
+            (1, prime),
+        )
+        .unwrap();
         let p = out.remove(0);
         (p.bytes, p.window)
     }
