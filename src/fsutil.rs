@@ -475,3 +475,31 @@ mod private_tests {
         assert_eq!(mode(&public), 0o664, "a public one keeps its mode");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pages given back are read again from the file, the same bytes; ranges that end outside
+    /// the map or hold no whole page are harmless.
+    #[test]
+    fn released_pages_read_back_from_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("image");
+        let bytes: Vec<u8> =
+            (0..300_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
+        fs_err::write(&path, &bytes).unwrap();
+        let map = map_file(&path).unwrap();
+        assert!(map.bytes() == &bytes[..]);
+        map.release(0..bytes.len());
+        map.release(5000..9000);
+        map.release(100..200);
+        map.release(250_000..1 << 30);
+        assert!(map.bytes() == &bytes[..]);
+        let empty = dir.path().join("empty");
+        fs_err::write(&empty, b"").unwrap();
+        let none = map_file(&empty).unwrap();
+        none.release(0..10);
+        assert!(none.bytes().is_empty());
+    }
+}
