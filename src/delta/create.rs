@@ -48,8 +48,7 @@ pub fn create(
     let packed = std::sync::OnceLock::new();
     std::thread::scope(|s| {
         let early = split_enc.map(|(preset, params)| {
-            // The literals are primed with old unless the delta overwrites old as it applies.
-            let prime: &[u8] = if opts.in_place.is_none() { old } else { &[] };
+            let prime = literal_prime(old, opts);
             let (literals, packed) = (&literals, &packed);
             s.spawn(move || {
                 // Set whatever happens: the candidates wait for it.
@@ -87,6 +86,11 @@ impl EarlyLiterals<'_> {
             Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
         }
     }
+}
+
+/// What method 3's literals are primed with: old, unless the delta overwrites old as it applies.
+fn literal_prime<'o>(old: &'o [u8], opts: &CreateOptions) -> &'o [u8] {
+    if opts.in_place.is_none() { old } else { &[] }
 }
 
 /// The preset and settings of the method 3 candidate the options make, if they make one.
@@ -510,8 +514,7 @@ fn compress_payload(
             // is 273 bytes) and loses a little on small ones: small ones try both.
             let adds: u64 = ops.iter().map(|o| o.add as u64).sum();
             let variants: &[bool] = if adds <= 4 << 20 { &[true, false] } else { &[true] };
-            // The literals are primed with old unless the delta overwrites old as it applies.
-            let prime: &[u8] = if opts.in_place.is_none() { old } else { &[] };
+            let prime = literal_prime(old, opts);
             let early = early.filter(|e| e.params == (preset, params));
             let own;
             let literals = match early {

@@ -589,10 +589,9 @@ impl<'a> Bounded<'a> {
     }
 }
 
-/// The decompressed op stream of an op-method delta (method 1 as stored, method 3
-/// re-interleaved from its parts).
-/// The decompressed op stream of `payload` (methods 1 and 3); `old` is the image it applies
-/// to (empty in place, where method 3's literals are never primed with it).
+/// The decompressed op stream of an op-method delta's `payload` (method 1 as stored, method 3
+/// re-interleaved from its parts); `old` is the image it applies to (empty in place, where
+/// method 3's literals are never primed with it).
 pub(crate) fn op_stream<'a>(
     h: &Header,
     payload: &'a [u8],
