@@ -87,7 +87,10 @@ enum Decoder {
 /// Creates an MCU-profile delta with `exec` and applies it the way a device does, counting.
 fn measure(exec: delta::ExecChoice, decoder: Decoder) -> Measured {
     let (old, new) = images();
-    let opts = delta::CreateOptions { profile: delta::Profile::Mcu, exec, ..Default::default() };
+    // The op stream's loop (method 1), what this measures.
+    let method = delta::MethodChoice::Bsdiff;
+    let opts =
+        delta::CreateOptions { profile: delta::Profile::Mcu, exec, method, ..Default::default() };
     let created = delta::create(&old, &new, &opts, &otaforge::reporter::NoReporter).unwrap();
     let bytes = created.bytes;
     let h = Header::decode(&bytes).unwrap();

@@ -187,6 +187,7 @@ fuzz_target!(|data: &[u8]| {
         signed: false,
         filter,
         abs_pointers,
+        refs: false,
         in_place: in_place.then_some(layout),
     };
     h.digest = delta::format::digest(&h.encode(), stream);

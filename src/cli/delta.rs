@@ -39,6 +39,9 @@ enum MethodArg {
     Split,
     /// zstd patch-from (Linux: the decoder holds old in memory).
     Zstd,
+    /// Old as the start of the decoder's window: zstd for Linux; for --profile mcu, LZMA
+    /// whose window a device reads back from flash (A/B slots only).
+    PatchFrom,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -198,6 +201,7 @@ fn create(a: CreateArgs, out: &Output) -> anyhow::Result<Outcome> {
             MethodArg::Bsdiff => MethodChoice::Bsdiff,
             MethodArg::Split => MethodChoice::Split,
             MethodArg::Zstd => MethodChoice::Zstd,
+            MethodArg::PatchFrom => MethodChoice::PatchFrom,
         },
         profile: match a.profile {
             ProfileArg::Linux => Profile::Linux,

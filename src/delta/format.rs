@@ -23,8 +23,10 @@ pub fn digest(header_prefix: &[u8], payload: &[u8]) -> Sha256 {
 pub enum Method {
     /// The op stream (suffix-array matching with corrections and literals).
     Bsdiff,
-    /// A zstd frame of new that references old as its prefix (patch-from).
-    Zstd,
+    /// New compressed with old as its window's first bytes (patch-from): a zstd frame with
+    /// old as its prefix, or LZMA primed with old.
+    #[serde(rename = "patch-from")]
+    PatchFrom,
     /// The op stream in five separately compressed parts ([`super::split`]).
     #[serde(rename = "bsdiff-split")]
     Split,
@@ -34,7 +36,7 @@ impl From<otaforge_applier::Method> for Method {
     fn from(m: otaforge_applier::Method) -> Self {
         match m {
             otaforge_applier::Method::Bsdiff => Method::Bsdiff,
-            otaforge_applier::Method::Zstd => Method::Zstd,
+            otaforge_applier::Method::PatchFrom => Method::PatchFrom,
             otaforge_applier::Method::Split => Method::Split,
         }
     }
@@ -44,7 +46,7 @@ impl From<Method> for otaforge_applier::Method {
     fn from(m: Method) -> Self {
         match m {
             Method::Bsdiff => otaforge_applier::Method::Bsdiff,
-            Method::Zstd => otaforge_applier::Method::Zstd,
+            Method::PatchFrom => otaforge_applier::Method::PatchFrom,
             Method::Split => otaforge_applier::Method::Split,
         }
     }
@@ -197,6 +199,10 @@ impl Header {
     pub fn decoder_ram(&self) -> u64 {
         match self.compression {
             Compression::None => 0,
+            // Method 2 on a device reads its window back from flash but for a short tail.
+            Compression::Lzma if self.method == Method::PatchFrom => {
+                lzma_decoder_ram(self.lzma_props, otaforge_applier::device::PATCH_FROM_TAIL as u32)
+            }
             Compression::Lzma => lzma_decoder_ram(self.lzma_props, self.window),
             // ZSTD_estimateDCtxSize is about 95 KiB plus the window for zstd 1.5.
             Compression::Zstd => 95 * 1024 + u64::from(self.window),

@@ -122,7 +122,7 @@ pub fn apply<F: Flash, J: Journal>(
         return Err(DeltaError::Digest { expected: h.digest, actual: digest });
     }
     let signed_by = super::check_signature(&h, &delta[payload_end..], keys)?;
-    if h.method == Method::Zstd {
+    if h.method == Method::PatchFrom {
         return Err(DeltaError::InPlace("only the op methods apply in place".into()));
     }
     let mut source = HostSource { h: &h, payload, reader: None, error: None };

@@ -63,8 +63,11 @@ pub enum MethodChoice {
     Bsdiff,
     /// The op stream in five separately compressed parts only (method 3; Linux, LZMA).
     Split,
-    /// zstd patch-from.
+    /// zstd patch-from (Linux).
     Zstd,
+    /// New compressed with old as the start of its window (method 2): zstd for Linux, LZMA
+    /// for the MCU profile (a device reads old and new back from flash; A/B only).
+    PatchFrom,
 }
 
 /// Who applies the delta; decides the compression.
@@ -521,16 +524,20 @@ fn apply_otadelta(
     }
     let decompress = |e: io::Error| DeltaError::Decompress(e.to_string());
     let mut buf = vec![0u8; 1 << 16];
-    // The zstd method decodes straight to new; the op method feeds the patcher. The header
-    // guarantees `stream_len == new_size` for the zstd method, so one limit serves both.
+    // Patch-from (method 2) decodes straight to new; the op methods feed the patcher. The header
+    // guarantees `stream_len == new_size` for method 2, so one limit serves both.
     let reader: Box<dyn Read + '_> = match h.method {
-        Method::Zstd => {
+        Method::PatchFrom if h.compression == Compression::Lzma => {
+            let params = codec::LzmaParams::from_props(h.lzma_props, h.window);
+            Box::new(primed::decoder(payload, old, params).map_err(decompress)?)
+        }
+        Method::PatchFrom => {
             Box::new(codec::zstd_ref_decoder(old, h.window, payload).map_err(decompress)?)
         }
         Method::Bsdiff | Method::Split => op_stream(&h, payload, old).map_err(decompress)?,
     };
     let mut stream = Bounded::new(reader, &h);
-    let mut patcher = (h.method != Method::Zstd).then(|| {
+    let mut patcher = (h.method != Method::PatchFrom).then(|| {
         stream_patcher(Patcher::new(h.old_size, h.new_size), h.filter)
             .with_abs_pointers(h.abs_pointers)
             .with_refs(h.refs)

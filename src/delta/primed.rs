@@ -201,4 +201,66 @@ mod tests {
             .read_to_end(&mut Vec::new());
         assert!(cut.is_err());
     }
+
+    /// The device's decoder (`otaforge_applier::lzma`), primed with the prefix it reads back
+    /// through a window and keeping only a short tail, decodes what liblzma's encoder made:
+    /// every `lc`/`lp`/`pb` a device is offered, tails of 16 and 256 bytes, and any read size.
+    #[test]
+    fn the_device_decoder_reads_a_primed_window_back() {
+        use otaforge_applier::IoError;
+        use otaforge_applier::lzma::{Far, LzmaDecoder, probs_len};
+
+        struct Back<'a>(&'a [u8], &'a std::cell::RefCell<Vec<u8>>);
+        impl Far for Back<'_> {
+            fn read_far(&mut self, pos: u64, buf: &mut [u8]) -> Result<(), IoError> {
+                let out = self.1.borrow();
+                for (i, b) in buf.iter_mut().enumerate() {
+                    let at = pos as usize + i;
+                    *b = if at < self.0.len() { self.0[at] } else { out[at - self.0.len()] };
+                }
+                Ok(())
+            }
+        }
+        let mut x = 7u32;
+        let mut next = move || {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            x >> 16
+        };
+        let prefix: Vec<u8> = (0..40_000).map(|_| (next() % 40) as u8).collect();
+        let mut data = Vec::new();
+        while data.len() < 30_000 {
+            let (at, len) = (next() as usize % 39_000, 1 + next() as usize % 900);
+            data.extend_from_slice(&prefix[at..at + len]);
+            data.extend((0..next() % 40).map(|_| next() as u8));
+            if data.len() > 1000 && next() % 3 == 0 {
+                let from = next() as usize % (data.len() - 500);
+                data.extend_from_within(from..from + 400);
+            }
+        }
+        let window = (prefix.len() + data.len()) as u32;
+        for (lc, lp, pb) in [(0, 0, 0), (0, 1, 1), (1, 1, 1), (0, 2, 2), (3, 0, 2)] {
+            let params = LzmaParams { dict: window, lc, lp, pb };
+            let body = compress(&data, &prefix, params, 6).unwrap();
+            for (tail, piece) in [(16, 1), (16, 7), (256, 128), (256, 4096)] {
+                let mut probs = vec![0u16; probs_len(params.props()).unwrap()];
+                let mut dict = vec![0u8; tail];
+                let span = (prefix.len() as u64, u64::from(window));
+                let mut dec =
+                    LzmaDecoder::primed(params.props(), &mut dict, &mut probs, span).unwrap();
+                let out = std::cell::RefCell::new(Vec::new());
+                let mut input = body.iter().copied();
+                let mut src = || input.next().ok_or(IoError { code: -1 });
+                let mut buf = vec![0u8; piece];
+                loop {
+                    let n = dec.read_far(&mut src, &mut Back(&prefix, &out), &mut buf).unwrap();
+                    assert!(n <= tail, "{n} bytes from a {tail}-byte tail");
+                    if n == 0 {
+                        break;
+                    }
+                    out.borrow_mut().extend_from_slice(&buf[..n]);
+                }
+                assert!(*out.borrow() == data, "lc {lc} lp {lp} pb {pb}, tail {tail}");
+            }
+        }
+    }
 }

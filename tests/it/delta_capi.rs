@@ -1,6 +1,6 @@
 //! The applier's C API from C: `src/applier/capi/c/harness.c`, compiled with the host's gcc
 //! against `include/otadelta.h` and linked with `libotadelta.a`, applies an A/B and an
-//! in-place MCU delta made here on simulated NOR flash, with the power-cut plans of
+//! in-place MCU delta made here (and a patch-from one, method 2) on simulated NOR flash, with the power-cut plans of
 //! `delta_inplace.rs`, and checks the refusals. And the committed header is the one cbindgen
 //! generates from the crate.
 
@@ -69,6 +69,16 @@ fn c_firmware_applies_ab_and_in_place_deltas_through_power_cuts() {
         !delta::info(&ab).unwrap().abs_pointers && delta::info(&in_place).unwrap().abs_pointers
     );
 
+    // Method 2: LZMA whose window the C side reads back from old and from the new slot.
+    let opts = CreateOptions {
+        profile: Profile::Mcu,
+        threads: 2,
+        method: delta::MethodChoice::PatchFrom,
+        ..Default::default()
+    };
+    let pf = delta::create(&old, &new, &opts, &otaforge::NoReporter).expect("create").bytes;
+    assert_eq!(delta::info(&pf).unwrap().method, delta::Method::PatchFrom);
+
     let dir = tempfile::tempdir().unwrap();
     let files = [("old", &old), ("new", &new), ("ab.delta", &ab), ("ip.delta", &in_place)];
     for (name, bytes) in files {
@@ -87,8 +97,11 @@ fn c_firmware_applies_ab_and_in_place_deltas_through_power_cuts() {
         .status()
         .expect("run gcc");
     assert!(cc.success(), "gcc failed");
+    fs_err::write(dir.path().join("pf.delta"), &pf).unwrap();
     let run = Command::new(&exe)
         .args(files.map(|(n, _)| dir.path().join(n)))
+        .arg("0")
+        .arg(dir.path().join("pf.delta"))
         .output()
         .expect("run the harness");
     let out = String::from_utf8_lossy(&run.stdout);
@@ -96,6 +109,8 @@ fn c_firmware_applies_ab_and_in_place_deltas_through_power_cuts() {
     assert!(run.status.success(), "the C harness failed ({}):\n{out}{err}", run.status);
     for line in
         ["A/B: ", "in place: ", "refused: ", "every check passed", "pointers: A/B 0, in place 1"]
+            .into_iter()
+            .chain(["patch-from: work memory", "A/B patch-from: "])
     {
         assert!(out.contains(line), "no {line:?} in:\n{out}");
     }
@@ -104,6 +119,7 @@ fn c_firmware_applies_ab_and_in_place_deltas_through_power_cuts() {
         l.split(", ").nth(1).and_then(|p| p.split(' ').next()).unwrap().parse().unwrap()
     };
     assert!(cuts("A/B: ") > 300 && cuts("in place: ") > 300, "{out}");
+    assert!(cuts("A/B patch-from: ") > 300, "{out}");
 }
 
 #[test]

@@ -359,3 +359,103 @@ fn a_delta_in_five_parts_applies_in_place_without_priming() {
     dev.run(&d, None).expect("in-place apply");
     assert!(dev.slot(new.len()) == new, "the slot differs from new");
 }
+
+/// Method 2 with LZMA, the MCU profile's patch-from, into another slot: the device's decoder
+/// keeps only a 256-byte tail and reads the rest of its window back from old and from the new
+/// bytes already written. Power cuts anywhere, several in one update, resume to new.
+#[test]
+fn a_patch_from_update_into_another_slot_survives_power_cuts() {
+    use otaforge::delta::MethodChoice;
+    use otaforge_applier::{ApplyError, device};
+
+    let (old, new) = images();
+    let opts = CreateOptions {
+        profile: Profile::Mcu,
+        method: MethodChoice::PatchFrom,
+        threads: 2,
+        ..CreateOptions::default()
+    };
+    let d = delta::create(&old, &new, &opts, &otaforge::NoReporter).expect("create").bytes;
+    let info = delta::info(&d).unwrap();
+    assert_eq!((info.method, info.compression.as_str()), (delta::Method::PatchFrom, "lzma"));
+    assert!(info.window as usize >= old.len() + new.len(), "window {}", info.window);
+    let h = device::check(&mut &d[..], d.len() as u64, None).expect("a device takes it");
+    let (probs, tail, covers) = device::needs(&h);
+    assert_eq!((tail, covers), (device::PATCH_FROM_TAIL, 0));
+    assert!(probs * 2 + tail <= 10_240, "decoder memory {} B", probs * 2 + tail);
+    assert_eq!(info.decoder_ram, (probs * 2 + tail) as u64);
+
+    let (unit, segment) = (512u64, 1024u64);
+    let slot_len = (new.len() as u64).div_ceil(segment) * segment;
+    let run = |dev: &mut Device, budget: Option<u64>| -> Result<(), ApplyError> {
+        {
+            let mut n = dev.nor.borrow_mut();
+            n.budget = budget;
+            n.steps = 0;
+        }
+        let (mut p, mut t) = (vec![0u16; probs], vec![0u8; tail]);
+        let work = device::Work { probs: &mut p, dict: &mut t, covers: &mut [] };
+        let slot = (&mut dev.slot, slot_len, segment);
+        device::apply_ab(&d[..], &h, &mut &old[..], slot, &mut dev.journal, work)
+    };
+    let cut =
+        |e: &ApplyError| matches!(e, ApplyError::Flash(c) | ApplyError::Journal(c) if *c == CUT);
+
+    // The slot starts out holding other bytes (here old's): every segment is erased first.
+    let mut dev = Device::new(&old, slot_len, unit, 1);
+    run(&mut dev, None).expect("uninterrupted apply");
+    assert!(dev.slot(new.len()) == new, "uninterrupted apply differs from new");
+    let total = dev.nor.borrow().steps;
+    let saves = dev.nor.borrow().saves.clone();
+    let segments = new.len().div_ceil(segment as usize);
+    assert!(saves.len() > segments, "{} saves for {segments} segments", saves.len());
+
+    let mut plans: Vec<Vec<u64>> =
+        saves.iter().flat_map(|&s| [s.saturating_sub(1), s, s + 7]).map(|c| vec![c]).collect();
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut rand = move |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n.max(1)
+    };
+    for _ in 0..150 {
+        let k = 1 + rand(4);
+        plans.push((0..k).map(|_| rand(total)).collect());
+    }
+    let mut resumed = 0;
+    for (i, plan) in plans.iter().enumerate() {
+        let mut dev = Device::new(&old, slot_len, unit, i as u64 + 2);
+        for &budget in plan {
+            match run(&mut dev, Some(budget)) {
+                Err(e) if cut(&e) => resumed += 1,
+                Err(e) => panic!("plan {plan:?}: not a power cut: {e}"),
+                Ok(()) => break,
+            }
+        }
+        run(&mut dev, None).unwrap_or_else(|e| panic!("plan {plan:?}: {e}"));
+        assert!(dev.slot(new.len()) == new, "plan {plan:?}: the slot differs from new");
+        // Done is remembered: another boot checks and changes nothing.
+        let before = dev.nor.borrow().mem.clone();
+        run(&mut dev, None).unwrap();
+        assert!(dev.nor.borrow().mem == before, "plan {plan:?}: a finished update wrote again");
+    }
+    assert!(resumed > 150, "only {resumed} runs were cut");
+
+    // A wrong old image is refused before anything is erased.
+    let mut other = old.clone();
+    other[100] ^= 1;
+    let mut dev = Device::new(&old, slot_len, unit, 9);
+    let (mut p, mut t) = (vec![0u16; probs], vec![0u8; tail]);
+    let work = device::Work { probs: &mut p, dict: &mut t, covers: &mut [] };
+    let slot = (&mut dev.slot, slot_len, segment);
+    let r = device::apply_ab(&d[..], &h, &mut &other[..], slot, &mut dev.journal, work);
+    assert!(matches!(r, Err(ApplyError::WrongOld(_))), "{r:?}");
+    assert_eq!(dev.nor.borrow().steps, 0, "a wrong old image changed the flash");
+    // Too little work memory is refused, not overrun.
+    let (mut p, mut t) = (vec![0u16; probs], vec![0u8; tail - 1]);
+    let work = device::Work { probs: &mut p, dict: &mut t, covers: &mut [] };
+    let slot = (&mut dev.slot, slot_len, segment);
+    let r = device::apply_ab(&d[..], &h, &mut &old[..], slot, &mut dev.journal, work);
+    assert!(matches!(r, Err(ApplyError::Work { .. })), "{r:?}");
+}

@@ -103,7 +103,8 @@ pub(crate) fn run(args: &[&str]) -> anyhow::Result<()> {
         sizes.rodata,
         sizes.data + sizes.bss
     );
-    for line in out.lines().filter(|l| l.starts_with("work memory") || l.contains("plans")) {
+    let shown = |l: &&str| l.contains("work memory") || l.contains("plans");
+    for line in out.lines().filter(shown) {
         println!("{line}");
     }
     Ok(())
@@ -173,15 +174,18 @@ fn build_library(work: &Path) -> anyhow::Result<PathBuf> {
     Ok(out.join("libotadelta.a"))
 }
 
-/// The harness's four files: old, new, an A/B and an in-place MCU delta of the pair.
-fn make_deltas(work: &Path, pair: &Path) -> anyhow::Result<[PathBuf; 4]> {
+/// The harness's five files: old, new, an A/B and an in-place MCU delta of the pair, and a
+/// patch-from one (method 2, A/B).
+fn make_deltas(work: &Path, pair: &Path) -> anyhow::Result<[PathBuf; 5]> {
     let bin = crate::bench::release_binary()?;
     let (old, new) = (pair.join("old"), pair.join("new"));
     let size = |p: &Path| std::fs::metadata(p).map(|m| m.len());
     let memory = size(&old)?.max(size(&new)?).next_multiple_of(4096) + (64 << 10);
-    let (ab, ip) = (work.join("ab.delta"), work.join("ip.delta"));
+    let (ab, ip, pf) = (work.join("ab.delta"), work.join("ip.delta"), work.join("pf.delta"));
+    let method = |m: &str| vec!["--method".to_owned(), m.to_owned()];
     for (out, extra) in [
-        (&ab, vec![]),
+        (&ab, method("bsdiff")),
+        (&pf, method("patch-from")),
         (
             &ip,
             vec!["--in-place", "--segment-size", "4096", "--memory-size", &memory.to_string()]
@@ -200,7 +204,7 @@ fn make_deltas(work: &Path, pair: &Path) -> anyhow::Result<[PathBuf; 4]> {
             .args(extra);
         crate::run(c)?;
     }
-    Ok([old, new, ab, ip])
+    Ok([old, new, ab, ip, pf])
 }
 
 fn link_harness(work: &Path, lib: &Path) -> anyhow::Result<PathBuf> {
@@ -222,12 +226,13 @@ fn link_harness(work: &Path, lib: &Path) -> anyhow::Result<PathBuf> {
     Ok(elf)
 }
 
-fn run_qemu(work: &Path, elf: &Path, files: &[PathBuf; 4], plans: &str) -> anyhow::Result<String> {
+fn run_qemu(work: &Path, elf: &Path, files: &[PathBuf; 5], plans: &str) -> anyhow::Result<String> {
     let mut semihosting = "enable=on,target=native,arg=harness".to_owned();
-    for f in files {
+    let [old, new, ab, ip, pf] = files;
+    for f in [old, new, ab, ip] {
         semihosting.push_str(&format!(",arg={}", f.display()));
     }
-    semihosting.push_str(&format!(",arg={plans}"));
+    semihosting.push_str(&format!(",arg={plans},arg={}", pf.display()));
     let mut q = Command::new("qemu-system-arm");
     q.args(["-M", "mps2-an386", "-nographic", "-monitor", "none", "-serial", "none"])
         .arg("-semihosting-config")

@@ -3,26 +3,32 @@
 //! into work memory the firmware lends ([`Work`]), and new written through the journaled loop
 //! of [`crate::inplace`], in place or into another slot. This is what the C API calls.
 //!
-//! A device applies method 1 (the op stream) stored or LZMA-compressed: what `--profile mcu`
-//! writes. Method 3 needs five decoders and method 2 the whole old image in RAM (Linux only).
+//! A device applies what `--profile mcu` writes: method 1 (the op stream) stored or
+//! LZMA-compressed, and method 2 with LZMA (new primed with old, A/B only), whose decoder
+//! reads old and the new bytes already written back through the flash. Method 3 needs five
+//! decoders and method 2 with zstd the whole old image in RAM (Linux only).
 
 use crate::error::{ApplyError, IoError, LzmaError};
 use crate::exec::{FixedCovers, MCU_COVERS};
 use crate::header::{Compression, Header, Method, DIGESTED_LEN, HEADER_LEN, SIGNATURE_CONTEXT};
 use crate::image::OldImage;
-use crate::inplace::{Flash, Journal, OpSource};
-use crate::lzma::{probs_len, LzmaDecoder};
+use crate::inplace::{Flash, Journal, NewSource, OpSource};
+use crate::lzma::{probs_len, Far, LzmaDecoder};
 use crate::sha256::Sha256;
 
 /// The code [`PayloadSource`] reports when the payload ends inside the LZMA stream.
 pub const PAYLOAD_ENDED: i32 = i32::MIN;
+
+/// The dictionary a method 2 delta needs: only the last bytes decoded, the rest is read back
+/// from flash (at least the 128 bytes the segment loop takes at a time).
+pub const PATCH_FROM_TAIL: usize = 256;
 
 /// The memory a device lends the applier for one delta ([`needs`] says how much).
 #[derive(Debug)]
 pub struct Work<'m> {
     /// LZMA probabilities ([`probs_len`] of the header's properties).
     pub probs: &'m mut [u16],
-    /// The LZMA dictionary (the header's window).
+    /// The LZMA dictionary (the header's window; [`PATCH_FROM_TAIL`] for method 2).
     pub dict: &'m mut [u8],
     /// The displacement table's entries (with an executable filter).
     pub covers: &'m mut [[u32; 3]],
@@ -33,7 +39,11 @@ pub struct Work<'m> {
 pub fn needs(h: &Header) -> (usize, usize, usize) {
     let lzma = h.compression == Compression::Lzma;
     let probs = if lzma { probs_len(h.lzma_props).unwrap_or(0) } else { 0 };
-    let dict = if lzma { h.window as usize } else { 0 };
+    let dict = match (lzma, h.method) {
+        (false, _) => 0,
+        (true, Method::PatchFrom) => PATCH_FROM_TAIL,
+        (true, _) => h.window as usize,
+    };
     (probs, dict, if h.filter.is_some() { MCU_COVERS } else { 0 })
 }
 
@@ -75,9 +85,14 @@ pub fn check<R: OldImage + ?Sized>(
         return Err(ApplyError::Digest);
     }
     check_signature(delta, &h, verify)?;
-    if h.method != Method::Bsdiff || h.compression == Compression::Zstd {
+    let applies = match h.method {
+        Method::Bsdiff => h.compression != Compression::Zstd,
+        Method::PatchFrom => h.compression == Compression::Lzma,
+        Method::Split => false,
+    };
+    if !applies {
         return Err(ApplyError::Unsupported(
-            "a device applies method 1, stored or LZMA (--profile mcu)",
+            "a device applies method 1, stored or LZMA, and method 2 with LZMA (--profile mcu)",
         ));
     }
     Ok(h)
@@ -159,14 +174,18 @@ impl<'m, R: OldImage> PayloadSource<'m, R> {
     ) -> Result<Self, ApplyError> {
         let decoder = match h.compression {
             Compression::Lzma => {
-                let (n, d) = (probs_len(h.lzma_props).unwrap_or(0), h.window as usize);
+                let (n, d, _) = needs(h);
                 let work =
                     |buffer, needed: usize| ApplyError::Work { buffer, needed: needed as u64 };
                 let probs = probs.get_mut(..n).ok_or_else(|| work("probability table", n * 2))?;
                 let dict = dict.get_mut(..d).ok_or_else(|| work("dictionary", d))?;
-                let dec =
-                    LzmaDecoder::new(h.lzma_props, dict, probs).map_err(ApplyError::Decompress)?;
-                Some(dec)
+                let dec = if h.method == Method::PatchFrom {
+                    let window = (h.old_size, u64::from(h.window));
+                    LzmaDecoder::primed(h.lzma_props, dict, probs, window)
+                } else {
+                    LzmaDecoder::new(h.lzma_props, dict, probs)
+                };
+                Some(dec.map_err(ApplyError::Decompress)?)
             }
             _ => None,
         };
@@ -183,23 +202,29 @@ impl<'m, R: OldImage> PayloadSource<'m, R> {
     }
 }
 
-impl<R: OldImage> OpSource for PayloadSource<'_, R> {
-    fn restart(&mut self) -> Result<(), ApplyError> {
+impl<R: OldImage> PayloadSource<'_, R> {
+    fn start_again(&mut self) {
         self.input.at = 0;
         (self.input.filled, self.input.used) = (0, 0);
         if let Some(d) = &mut self.decoder {
             d.reset();
         }
-        Ok(())
     }
 
-    fn read(&mut self, buf: &mut [u8]) -> Result<usize, ApplyError> {
+    /// The next decompressed bytes; a primed decoder reads back through `far`.
+    fn next(&mut self, far: Option<&mut dyn Far>, buf: &mut [u8]) -> Result<usize, ApplyError> {
         let input = &mut self.input;
         match &mut self.decoder {
             Some(d) => {
                 let mut src = || input.byte();
-                let n = d.read(&mut src, buf).map_err(|e| match e {
+                let n = match far {
+                    Some(far) => d.read_far(&mut src, far, buf),
+                    None => d.read(&mut src, buf),
+                };
+                let n = n.map_err(|e| match e {
                     LzmaError::Source(io) if io.code != PAYLOAD_ENDED => ApplyError::Source(io),
+                    // Old or new in flash.
+                    LzmaError::Window(io) => ApplyError::Flash(io),
                     other => ApplyError::Decompress(other),
                 })?;
                 // The payload must end with the LZMA stream.
@@ -223,6 +248,28 @@ impl<R: OldImage> OpSource for PayloadSource<'_, R> {
     }
 }
 
+impl<R: OldImage> OpSource for PayloadSource<'_, R> {
+    fn restart(&mut self) -> Result<(), ApplyError> {
+        self.start_again();
+        Ok(())
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize, ApplyError> {
+        self.next(None, buf)
+    }
+}
+
+impl<R: OldImage> NewSource for PayloadSource<'_, R> {
+    fn restart(&mut self) -> Result<(), ApplyError> {
+        self.start_again();
+        Ok(())
+    }
+
+    fn read(&mut self, far: &mut dyn Far, buf: &mut [u8]) -> Result<usize, ApplyError> {
+        self.next(Some(far), buf)
+    }
+}
+
 /// Applies (or resumes) a checked delta ([`check`]) into another slot: old read through `old`,
 /// new written to `new` (`slot_len` bytes, `segment` bytes per erase and journal save).
 pub fn apply_ab<R: OldImage, O: OldImage + ?Sized, F: Flash + ?Sized, J: Journal + ?Sized>(
@@ -234,6 +281,15 @@ pub fn apply_ab<R: OldImage, O: OldImage + ?Sized, F: Flash + ?Sized, J: Journal
     work: Work<'_>,
 ) -> Result<(), ApplyError> {
     let mut source = PayloadSource::new(delta, h, work.probs, work.dict)?;
+    if h.method == Method::PatchFrom {
+        return crate::inplace::ab_patch_from(
+            h,
+            &mut source,
+            old,
+            (new, slot_len, segment),
+            journal,
+        );
+    }
     let covers = FixedCovers::new(work.covers);
     crate::inplace::ab(h, &mut source, old, (new, slot_len, segment), journal, covers)
 }

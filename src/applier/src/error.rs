@@ -128,6 +128,9 @@ pub enum LzmaError {
     Corrupt(&'static str),
     /// The byte source failed or ended early.
     Source(IoError),
+    /// Reading what a primed decoder's window holds before its buffer (old, or new already
+    /// written) failed.
+    Window(IoError),
 }
 
 impl fmt::Display for LzmaError {
@@ -136,6 +139,7 @@ impl fmt::Display for LzmaError {
             LzmaError::Setup(why) => write!(f, "LZMA setup: {why}"),
             LzmaError::Corrupt(why) => write!(f, "corrupt LZMA stream: {why}"),
             LzmaError::Source(e) => write!(f, "reading the LZMA stream: {e}"),
+            LzmaError::Window(e) => write!(f, "reading the LZMA window (old or new): {e}"),
         }
     }
 }

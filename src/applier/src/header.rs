@@ -118,8 +118,9 @@ impl fmt::Display for HeaderError {
 pub enum Method {
     /// The op stream (1).
     Bsdiff,
-    /// A zstd patch-from frame of new (2).
-    Zstd,
+    /// New compressed with old as its window's first bytes (2): a zstd frame with old as
+    /// its prefix, or LZMA primed with old.
+    PatchFrom,
     /// The op stream in five separately compressed parts (3).
     Split,
 }
@@ -129,7 +130,7 @@ impl Method {
     pub fn code(self) -> u8 {
         match self {
             Method::Bsdiff => 1,
-            Method::Zstd => 2,
+            Method::PatchFrom => 2,
             Method::Split => 3,
         }
     }
@@ -138,7 +139,7 @@ impl Method {
     pub fn from_code(c: u8) -> Option<Self> {
         match c {
             1 => Some(Method::Bsdiff),
-            2 => Some(Method::Zstd),
+            2 => Some(Method::PatchFrom),
             3 => Some(Method::Split),
             _ => None,
         }
@@ -288,10 +289,10 @@ impl Header {
             }
             _ => {}
         }
-        if method == Method::Zstd && compression != Compression::Zstd {
+        if method == Method::PatchFrom && compression == Compression::None {
             return Err(field("compression", h[10]));
         }
-        if method == Method::Zstd && (filter.is_some() || in_place.is_some()) {
+        if method == Method::PatchFrom && (filter.is_some() || in_place.is_some()) {
             return Err(field("method", h[9]));
         }
         let header = Header {
@@ -323,8 +324,17 @@ impl Header {
         let stored_mismatch = compression == Compression::None
             && method != Method::Split
             && header.stream_len != header.payload_len;
-        if method == Method::Zstd && header.stream_len != header.new_size || stored_mismatch {
+        if method == Method::PatchFrom && header.stream_len != header.new_size || stored_mismatch {
             return Err(HeaderError::Field { field: "stream_len", value: header.stream_len });
+        }
+        // LZMA primed with old reaches back at most over old and new: a larger window would
+        // only make a host decoder allocate it.
+        let reach = header.old_size.saturating_add(header.new_size).max(4096);
+        if method == Method::PatchFrom
+            && compression == Compression::Lzma
+            && u64::from(window) > reach
+        {
+            return Err(HeaderError::Field { field: "window", value: window.into() });
         }
         Ok(header)
     }

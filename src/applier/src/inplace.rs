@@ -1,6 +1,8 @@
 //! Applying an op-stream delta segment by segment with progress in a journal, so that a power
 //! cut at any moment resumes to the same result (docs/delta-format.md, "In place"): inside the
-//! old image's own flash slot ([`in_place`]), or into another slot ([`ab`]).
+//! old image's own flash slot ([`in_place`]), or into another slot ([`ab`]). A method 2 delta
+//! (LZMA primed with old) goes into another slot through [`ab_patch_from`], the same segments
+//! and journal without a patcher.
 //!
 //! In place, the slot holds old at address 0 and the delta declares a segment size `S` and a
 //! shift. Applying runs in two phases:
@@ -25,6 +27,7 @@ use crate::error::{ApplyError, IoError};
 use crate::exec::CoverStore;
 use crate::header::{Header, InPlace, Method};
 use crate::image::OldImage;
+use crate::lzma::Far;
 use crate::patcher::{Patcher, StreamPatcher, CHECKPOINT_LEN};
 use crate::sha256::Sha256;
 
@@ -65,6 +68,16 @@ pub trait OpSource {
     fn restart(&mut self) -> Result<(), ApplyError>;
     /// The next bytes into `buf`; 0 at the end of the stream.
     fn read(&mut self, buf: &mut [u8]) -> Result<usize, ApplyError>;
+}
+
+/// New itself, decompressed as it is read (method 2, LZMA primed with old), which can be read
+/// again from its first byte. A match may reach back into old or into the new bytes already
+/// handed out, which the decoder reads through `far`.
+pub trait NewSource {
+    /// Starts again from the stream's first byte.
+    fn restart(&mut self) -> Result<(), ApplyError>;
+    /// The next bytes of new into `buf`; 0 at the end of the stream.
+    fn read(&mut self, far: &mut dyn Far, buf: &mut [u8]) -> Result<usize, ApplyError>;
 }
 
 /// Size of a progress record.
@@ -394,7 +407,7 @@ fn flash_err(e: crate::error::PatchError) -> ApplyError {
 }
 
 fn op_method(h: &Header) -> Result<(), ApplyError> {
-    if h.method == Method::Zstd {
+    if h.method == Method::PatchFrom {
         return Err(ApplyError::Unsupported("a zstd patch-from delta has no op stream"));
     }
     Ok(())
@@ -463,7 +476,7 @@ where
         job.write_segments(&mut old, &flash, (seg, Some(ip)), (segment, &checkpoint))
             .map_err(flash_err_apply)?;
     }
-    let done = finish(&mut job, &mut *flash.borrow_mut(), progress);
+    let done = finish(h, job.journal, &mut *flash.borrow_mut(), progress);
     done
 }
 
@@ -511,25 +524,32 @@ where
 
 /// New is complete (now, or before this call): checks what the flash holds and records done.
 #[inline(never)]
-fn finish<P, J, S, F>(
-    job: &mut Job<'_, P, J, S>,
+fn finish<J: Journal + ?Sized, F: Flash + ?Sized>(
+    h: &Header,
+    journal: &mut J,
     new: &mut F,
     progress: Progress,
-) -> Result<(), ApplyError>
-where
-    P: OpSource + ?Sized,
-    J: Journal + ?Sized,
-    S: CoverStore,
-    F: Flash + ?Sized,
-{
+) -> Result<(), ApplyError> {
     let cell = RefCell::new(new);
     let mut image = FlashOld { flash: &cell, shift: 0 };
-    let actual = hash_image(&mut image, job.h.new_size).map_err(ApplyError::Flash)?;
-    if actual != job.h.new_sha256 {
+    let actual = hash_image(&mut image, h.new_size).map_err(ApplyError::Flash)?;
+    if actual != h.new_sha256 {
         return Err(ApplyError::WrongNew(actual));
     }
     if progress != Progress::Done {
-        job.save(&Progress::Done)?;
+        journal.save(&Progress::Done.encode(&h.digest))?;
+    }
+    Ok(())
+}
+
+/// A/B: a non-zero segment, and a slot holding new in whole segments.
+fn ab_slot(h: &Header, slot_len: u64, segment: u64) -> Result<(), ApplyError> {
+    if segment == 0 {
+        return Err(ApplyError::Unsupported("the segment size is zero"));
+    }
+    let needed = (h.new_size / segment + u64::from(h.new_size % segment != 0)) * segment;
+    if slot_len < needed {
+        return Err(ApplyError::SlotTooSmall { slot: slot_len, needed });
     }
     Ok(())
 }
@@ -555,13 +575,7 @@ where
     S: CoverStore,
 {
     op_method(h)?;
-    if segment == 0 {
-        return Err(ApplyError::Unsupported("the segment size is zero"));
-    }
-    let needed = (h.new_size / segment + u64::from(h.new_size % segment != 0)) * segment;
-    if slot_len < needed {
-        return Err(ApplyError::SlotTooSmall { slot: slot_len, needed });
-    }
+    ab_slot(h, slot_len, segment)?;
     let mut job = Job { h, source, journal, covers };
     let saved = match job.journal.load()? {
         Some(r) => Progress::decode(&r, &h.digest)?,
@@ -587,8 +601,147 @@ where
         job.write_segments(&mut old, &cell, (segment, None), (k, &checkpoint))
             .map_err(flash_err_apply)?;
     }
-    let done = finish(&mut job, &mut *cell.borrow_mut(), progress);
+    let done = finish(h, job.journal, &mut *cell.borrow_mut(), progress);
     done
+}
+
+/// The window of method 2 on a device: old below `old_size`, then new as written to its slot.
+struct OldThenNew<'a, O: ?Sized, F> {
+    old: &'a mut O,
+    old_size: u64,
+    new: &'a RefCell<F>,
+}
+
+impl<O: OldImage + ?Sized, F: Flash> Far for OldThenNew<'_, O, F> {
+    fn read_far(&mut self, pos: u64, buf: &mut [u8]) -> Result<(), IoError> {
+        let in_old = self.old_size.saturating_sub(pos).min(buf.len() as u64) as usize;
+        let (a, b) = buf.split_at_mut(in_old);
+        if !a.is_empty() {
+            self.old.read_at(pos, a)?;
+        }
+        if !b.is_empty() {
+            self.new.borrow_mut().read(pos + in_old as u64 - self.old_size, b)?;
+        }
+        Ok(())
+    }
+}
+
+/// Applies (or resumes applying) a method 2 delta (LZMA primed with old) whose header is `h`
+/// and decompressed new `source`, from `old` into another slot, as [`ab`] does: `new` of
+/// `slot_len` bytes, erased and written `segment` bytes at a time, progress saved in
+/// `journal` after each. The decoder reads old and the new bytes already written back through
+/// the flash, so it needs no dictionary in RAM. After a power cut the stream is decompressed
+/// again from its start; what precedes the interrupted segment is not written again.
+pub fn ab_patch_from<P, O, F, J>(
+    h: &Header,
+    source: &mut P,
+    old: &mut O,
+    (new, slot_len, segment): (&mut F, u64, u64),
+    journal: &mut J,
+) -> Result<(), ApplyError>
+where
+    P: NewSource + ?Sized,
+    O: OldImage + ?Sized,
+    F: Flash + ?Sized,
+    J: Journal + ?Sized,
+{
+    if h.method != Method::PatchFrom {
+        return Err(ApplyError::Unsupported("not a patch-from delta (method 2)"));
+    }
+    ab_slot(h, slot_len, segment)?;
+    let saved = match journal.load()? {
+        Some(r) => Progress::decode(&r, &h.digest)?,
+        None => None,
+    };
+    let first = match saved {
+        Some(Progress::Shift { .. }) => return Err(ApplyError::Inconsistent),
+        Some(Progress::Patch { segment: k, .. }) => Some(k),
+        Some(Progress::Done) => None,
+        None => {
+            let actual = hash_image(&mut *old, h.old_size).map_err(ApplyError::Flash)?;
+            if actual != h.old_sha256 {
+                return Err(ApplyError::WrongOld(actual));
+            }
+            Some(0)
+        }
+    };
+    let cell = RefCell::new(new);
+    if let Some(first) = first {
+        let segments = h.new_size / segment + u64::from(h.new_size % segment != 0);
+        if first > segments {
+            return Err(ApplyError::Inconsistent);
+        }
+        let mut far = OldThenNew { old, old_size: h.old_size, new: &cell };
+        write_new(h, source, &mut far, (segment, segments, first), journal)?;
+    }
+    let progress = if first.is_some() {
+        Progress::Patch { segment: 0, checkpoint: [0; CHECKPOINT_LEN] }
+    } else {
+        Progress::Done
+    };
+    let done = finish(h, journal, &mut *cell.borrow_mut(), progress);
+    done
+}
+
+/// Method 2's segment loop: decompresses new from its start, skips what lies before segment
+/// `first` (written before a power cut), and writes the rest a segment at a time.
+#[inline(never)]
+fn write_new<P, O, F, J>(
+    h: &Header,
+    source: &mut P,
+    far: &mut OldThenNew<'_, O, F>,
+    (seg, segments, first): (u64, u64, u64),
+    journal: &mut J,
+) -> Result<(), ApplyError>
+where
+    P: NewSource + ?Sized,
+    O: OldImage + ?Sized,
+    F: Flash,
+    J: Journal + ?Sized,
+{
+    let new = far.new;
+    let mut k = first;
+    if k < segments {
+        new.borrow_mut().erase(k * seg, seg).map_err(ApplyError::Flash)?;
+    }
+    source.restart()?;
+    let (mut buf, mut at) = ([0u8; 128], 0u64);
+    loop {
+        let n = source.read(&mut *far, &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        if at + n as u64 > h.new_size {
+            return Err(ApplyError::StreamLength { expected: h.stream_len, actual: at + n as u64 });
+        }
+        let mut piece = &buf[..n];
+        while !piece.is_empty() {
+            if at < k * seg {
+                // Written before the power cut.
+                let skip = (k * seg - at).min(piece.len() as u64) as usize;
+                piece = &piece[skip..];
+                at += skip as u64;
+                continue;
+            }
+            let stop = ((k + 1) * seg).min(h.new_size);
+            let take = (stop - at).min(piece.len() as u64) as usize;
+            new.borrow_mut().write(at, &piece[..take]).map_err(ApplyError::Flash)?;
+            piece = &piece[take..];
+            at += take as u64;
+            if at == stop {
+                k += 1;
+                let p = Progress::Patch { segment: k, checkpoint: [0; CHECKPOINT_LEN] };
+                journal.save(&p.encode(&h.digest))?;
+                if k < segments {
+                    new.borrow_mut().erase(k * seg, seg).map_err(ApplyError::Flash)?;
+                }
+            }
+        }
+    }
+    if at != h.new_size {
+        return Err(ApplyError::StreamLength { expected: h.stream_len, actual: at });
+    }
+    Ok(())
 }
 
 /// `&mut O` for an unsized `O` as a sized [`OldImage`].

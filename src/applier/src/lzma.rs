@@ -8,6 +8,12 @@
 //! largest `lc + lp` it supports. The algorithm is the one in the LZMA specification of the
 //! LZMA SDK (range coder, literal/match/rep state machine, end marker). The host's
 //! `otaforge::delta::apply` keeps using liblzma, which is faster.
+//!
+//! A decoder made by [`LzmaDecoder::primed`] decodes a stream whose window starts out holding
+//! `base` bytes that precede its output (liblzma's preset dictionary: method 2 primes with
+//! old). Its own buffer then only holds the last bytes it produced; a match reaching further
+//! back reads through a [`Far`] window: old and the new bytes already written, both in
+//! flash on a device, so the window can be as large as both images for no RAM.
 
 use crate::error::{IoError, LzmaError};
 
@@ -38,10 +44,39 @@ pub fn probs_len(props: u8) -> Option<usize> {
     (props < 9 * 5 * 5).then(|| LITERAL + (0x300 << (lc + lp)))
 }
 
-/// The decoder. Its memory is the two buffers it borrows and about 80 bytes of its own.
+/// Where a primed decoder reads bytes further back than its own buffer: position `pos` of
+/// the virtual stream made of the `base` bytes before the output, then the output. Only
+/// positions before the bytes its tail holds are asked for: ones the caller has been handed
+/// by an earlier [`LzmaDecoder::read_far`] (and, on a device, written). [`LzmaDecoder::read`]
+/// has none: a primed decoder read that way fails when a match reaches before its tail.
+pub trait Far {
+    /// Reads `buf.len()` bytes at `pos`.
+    fn read_far(&mut self, pos: u64, buf: &mut [u8]) -> Result<(), IoError>;
+}
+
+/// The window of a decoder that is not primed: nothing lies before its buffer.
+struct NoFar;
+
+impl Far for NoFar {
+    fn read_far(&mut self, _: u64, _: &mut [u8]) -> Result<(), IoError> {
+        Err(IoError { code: 0 })
+    }
+}
+
+/// Bytes read ahead through the [`Far`] window: matches copy forwards, so one read serves many.
+const FAR_CACHE: usize = 16;
+
+/// The decoder. Its memory is the two buffers it borrows and about 100 bytes of its own.
 pub struct LzmaDecoder<'m> {
     probs: &'m mut [u16],
     dict: &'m mut [u8],
+    /// Bytes before the output that the window holds from the start (primed), and how far
+    /// back a match may reach (the header's window).
+    base: u64,
+    window: u64,
+    cache: [u8; FAR_CACHE],
+    cache_at: u64,
+    cache_len: usize,
     lc: u32,
     lp_mask: u64,
     pb_mask: u64,
@@ -72,18 +107,28 @@ impl<'m> LzmaDecoder<'m> {
     /// A decoder for properties byte `props`. `probs` must hold exactly [`probs_len`]`(props)`
     /// entries and `dict` the dictionary size (at least 4096 bytes).
     pub fn new(props: u8, dict: &'m mut [u8], probs: &'m mut [u16]) -> Result<Self, LzmaError> {
+        if dict.len() < 4096 {
+            return Err(LzmaError::Setup("the dictionary is smaller than 4096 bytes"));
+        }
+        Self::build(props, dict, probs)
+    }
+
+    fn build(props: u8, dict: &'m mut [u8], probs: &'m mut [u16]) -> Result<Self, LzmaError> {
         let n = probs_len(props).ok_or(LzmaError::Setup("properties byte out of range"))?;
         if probs.len() != n {
             return Err(LzmaError::Setup("the probability table does not fit lc and lp"));
         }
-        if dict.len() < 4096 {
-            return Err(LzmaError::Setup("the dictionary is smaller than 4096 bytes"));
-        }
         probs.fill(BIT_MODEL_TOTAL / 2);
         let p = u32::from(props);
+        let window = dict.len() as u64;
         Ok(Self {
             probs,
             dict,
+            base: 0,
+            window,
+            cache: [0; FAR_CACHE],
+            cache_at: 0,
+            cache_len: 0,
             lc: p % 9,
             lp_mask: (1 << (p / 9 % 5)) - 1,
             pb_mask: (1 << (p / 45)) - 1,
@@ -98,6 +143,25 @@ impl<'m> LzmaDecoder<'m> {
             rep: [0; 4],
             pending: 0,
         })
+    }
+
+    /// A decoder whose window starts holding `base` bytes before its output (read through
+    /// the [`Far`] given to [`Self::read_far`]) and reaches `window` bytes back; `tail` keeps
+    /// the last bytes produced (at least 16), and each `read_far` call returns at most that
+    /// many.
+    pub fn primed(
+        props: u8,
+        tail: &'m mut [u8],
+        probs: &'m mut [u16],
+        (base, window): (u64, u64),
+    ) -> Result<Self, LzmaError> {
+        if tail.len() < 16 {
+            return Err(LzmaError::Setup("the tail buffer is smaller than 16 bytes"));
+        }
+        let mut d = Self::build(props, tail, probs)?;
+        d.base = base;
+        d.window = window;
+        Ok(d)
     }
 
     /// Bytes decoded so far.
@@ -119,11 +183,30 @@ impl<'m> LzmaDecoder<'m> {
         self.state = 0;
         self.rep = [0; 4];
         self.pending = 0;
+        self.cache_len = 0;
     }
 
     /// Decodes up to `out.len()` bytes, pulling input from `src`; returns how many. Zero means
     /// the stream's end marker has been read (with a clean range coder).
     pub fn read(&mut self, src: &mut Source<'_>, out: &mut [u8]) -> Result<usize, LzmaError> {
+        self.read_far(src, &mut NoFar, out)
+    }
+
+    /// [`Self::read`] for a primed decoder, reading what lies before its tail through `far`.
+    /// It returns at most the tail's length: the caller must have what it was handed readable
+    /// through `far` by the next call.
+    pub fn read_far(
+        &mut self,
+        src: &mut Source<'_>,
+        far: &mut dyn Far,
+        out: &mut [u8],
+    ) -> Result<usize, LzmaError> {
+        let out = if self.window > self.dict.len() as u64 {
+            let n = out.len().min(self.dict.len());
+            &mut out[..n]
+        } else {
+            out
+        };
         if !self.started {
             let first = next(src)?;
             for _ in 0..4 {
@@ -137,13 +220,13 @@ impl<'m> LzmaDecoder<'m> {
         let mut n = 0;
         while n < out.len() && !self.ended {
             if self.pending > 0 {
-                let b = self.back(self.rep[0]);
+                let b = self.back(far, self.rep[0])?;
                 out[n] = self.put(b);
                 n += 1;
                 self.pending -= 1;
                 continue;
             }
-            self.symbol(src, &mut out[n], &mut n)?;
+            self.symbol(src, far, &mut out[n], &mut n)?;
         }
         Ok(n)
     }
@@ -152,13 +235,14 @@ impl<'m> LzmaDecoder<'m> {
     fn symbol(
         &mut self,
         src: &mut Source<'_>,
+        far: &mut dyn Far,
         slot: &mut u8,
         n: &mut usize,
     ) -> Result<(), LzmaError> {
-        let pos_state = (self.total & self.pb_mask) as usize;
+        let pos_state = ((self.base + self.total) & self.pb_mask) as usize;
         let s = self.state;
         if self.bit(src, IS_MATCH + s * POS_STATES_MAX + pos_state)? == 0 {
-            let b = self.literal(src)?;
+            let b = self.literal(src, far)?;
             *slot = self.put(b);
             *n += 1;
             self.state = if s < 4 {
@@ -172,13 +256,13 @@ impl<'m> LzmaDecoder<'m> {
         }
         let len;
         if self.bit(src, IS_REP + s)? != 0 {
-            if self.total == 0 {
+            if self.base + self.total == 0 {
                 return Err(LzmaError::Corrupt("a repeated match before any byte"));
             }
             if self.bit(src, IS_REP_G0 + s)? == 0 {
                 if self.bit(src, IS_REP0_LONG + s * POS_STATES_MAX + pos_state)? == 0 {
                     self.state = if s < 7 { 9 } else { 11 };
-                    let b = self.back(self.rep[0]);
+                    let b = self.back(far, self.rep[0])?;
                     *slot = self.put(b);
                     *n += 1;
                     return Ok(());
@@ -221,21 +305,22 @@ impl<'m> LzmaDecoder<'m> {
             self.rep[0] = dist;
         }
         let d = u64::from(self.rep[0]);
-        if d >= self.dict.len() as u64 || d >= self.total {
+        if d >= self.window || d >= self.base + self.total {
             return Err(LzmaError::Corrupt("a match reaches before the start or the dictionary"));
         }
         self.pending = len + 2;
         Ok(())
     }
 
-    fn literal(&mut self, src: &mut Source<'_>) -> Result<u8, LzmaError> {
-        let prev = if self.total > 0 { self.back(0) } else { 0 };
-        let lit_state = (((self.total & self.lp_mask) as usize) << self.lc)
-            + (usize::from(prev) >> (8 - self.lc));
+    fn literal(&mut self, src: &mut Source<'_>, far: &mut dyn Far) -> Result<u8, LzmaError> {
+        let at = self.base + self.total;
+        let prev = if at > 0 { self.back(far, 0)? } else { 0 };
+        let lit_state =
+            (((at & self.lp_mask) as usize) << self.lc) + (usize::from(prev) >> (8 - self.lc));
         let base = LITERAL + 0x300 * lit_state;
         let mut symbol = 1usize;
         if self.state >= 7 {
-            let mut match_byte = usize::from(self.back(self.rep[0]));
+            let mut match_byte = usize::from(self.back(far, self.rep[0])?);
             while symbol < 0x100 {
                 let match_bit = (match_byte >> 7) & 1;
                 match_byte <<= 1;
@@ -284,11 +369,27 @@ impl<'m> LzmaDecoder<'m> {
         Ok(dist)
     }
 
-    /// The byte `dist + 1` back from the write position.
-    fn back(&self, dist: u32) -> u8 {
-        let d = dist as usize + 1;
-        let i = if d <= self.pos { self.pos - d } else { self.dict.len() + self.pos - d };
-        self.dict[i]
+    /// The byte `dist + 1` back from the write position (`dist` is checked to lie in the
+    /// window): from the buffer, or through `far` for what lies before it.
+    fn back(&mut self, far: &mut dyn Far, dist: u32) -> Result<u8, LzmaError> {
+        let d = u64::from(dist) + 1;
+        let held = self.total.min(self.dict.len() as u64);
+        if d <= held {
+            let d = d as usize;
+            let i = if d <= self.pos { self.pos - d } else { self.dict.len() + self.pos - d };
+            return Ok(self.dict[i]);
+        }
+        let at = self.base + self.total - d;
+        if at < self.cache_at || at >= self.cache_at + self.cache_len as u64 {
+            // Read ahead, but not into what the buffer holds: the caller may not have
+            // written it yet.
+            let limit = self.base + self.total - held;
+            let n = (limit - at).min(FAR_CACHE as u64) as usize;
+            far.read_far(at, &mut self.cache[..n]).map_err(LzmaError::Window)?;
+            self.cache_at = at;
+            self.cache_len = n;
+        }
+        Ok(self.cache[(at - self.cache_at) as usize])
     }
 
     fn put(&mut self, b: u8) -> u8 {

@@ -5,11 +5,13 @@
  * moments (up to four cuts in one update), the plans of tests/it/delta_inplace.rs. After every
  * plan the slot must hold new exactly. It also checks that a corrupt delta and a wrong old
  * image are refused before anything is written, and reports the work memory and the stack
- * high-water mark of one apply.
+ * high-water mark of one apply. Given a third delta, a patch-from one (method 2: LZMA whose
+ * window the applier reads back from old and from the new slot), it runs the A/B plans on it
+ * too.
  *
- * Usage: harness OLD NEW AB_DELTA IN_PLACE_DELTA [PLANS]
- * PLANS (default all) caps the plans per delta: every k-th journal save, and PLANS / 2 random
- * plans instead of 300 (an emulated CPU is slow on a large image). Exit status 0 when every
+ * Usage: harness OLD NEW AB_DELTA IN_PLACE_DELTA [PLANS [PATCH_FROM_DELTA]]
+ * PLANS (0 or absent: all) caps the plans per delta: every k-th journal save, and PLANS / 2
+ * random plans instead of 300 (an emulated CPU is slow on a large image). Exit status 0 when every
  * check passed. Built and run by tests/it/delta_capi.rs (host gcc) and
  * by `cargo xtask applier-mcu` (arm-none-eabi-gcc, on an emulated Cortex-M4 with semihosting).
  */
@@ -275,11 +277,11 @@ static void refusals(const blob *old, const blob *delta, uint64_t slot_len) {
 
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IONBF, 0);
-    if (argc != 5 && argc != 6) {
-        printf("usage: harness OLD NEW AB_DELTA IN_PLACE_DELTA [PLANS]\n");
+    if (argc < 5 || argc > 7) {
+        printf("usage: harness OLD NEW AB_DELTA IN_PLACE_DELTA [PLANS [PATCH_FROM_DELTA]]\n");
         return 2;
     }
-    if (argc == 6) max_plans = (unsigned)strtoul(argv[5], NULL, 10);
+    if (argc >= 6) max_plans = (unsigned)strtoul(argv[5], NULL, 10);
     blob old = load(argv[1]), new_ = load(argv[2]), ab = load(argv[3]), ip = load(argv[4]);
     OtadeltaReader r = {&ip, blob_read, ip.len};
     OtadeltaInfo info;
@@ -313,6 +315,26 @@ int main(int argc, char **argv) {
 
     unsigned cuts = plans("A/B", &old, &new_, &ab, ab_slot, 0);
     cuts += plans("in place", &old, &new_, &ip, info.slot_needed, 1);
+    if (argc == 7) {
+        blob pf = load(argv[6]);
+        OtadeltaReader rpf = {&pf, blob_read, pf.len};
+        OtadeltaInfo pf_info;
+        if (otadelta_inspect(&rpf, &pf_info) || pf_info.in_place) FAIL("the patch-from delta is not an A/B one");
+        boot(&d, &old, ab_slot, 0, 1);
+        paint();
+        rc = run(&d, &old, &pf, -1);
+        size_t stack_pf = touched();
+        if (rc) FAIL("patch-from apply: %s", otadelta_error_message(rc));
+        if (memcmp(d.f.mem, new_.data, new_.len)) FAIL("patch-from: the slot differs from new");
+        w = work_for(&pf);
+        printf("patch-from: work memory %lu B probabilities + %lu B tail, no table; stack high-water "
+               "of one apply %lu B\n",
+               (unsigned long)(w.probs_len * 2), (unsigned long)w.dict_len, (unsigned long)stack_pf);
+        free(d.f.mem);
+        d.f.mem = NULL;
+        cuts += plans("A/B patch-from", &old, &new_, &pf, ab_slot, 0);
+        free(pf.data);
+    }
     refusals(&old, &ip, info.slot_needed);
     printf("c harness: every check passed (%u power cuts in all)\n", cuts);
     free(old.data);

@@ -59,7 +59,8 @@
 // The slot is smaller than the delta needs.
 #define OTADELTA_ERR_SLOT_TOO_SMALL -13
 
-// A delta this applier does not handle (not method 1 stored or LZMA, not in place, ...).
+// A delta this applier does not handle (not method 1 stored or LZMA nor method 2 with LZMA,
+// not in place, ...).
 #define OTADELTA_ERR_UNSUPPORTED -14
 
 // The work memory is smaller than `otadelta_inspect` says.
@@ -93,7 +94,7 @@ typedef struct {
   uint64_t old_size;
   // New image size.
   uint64_t new_size;
-  // 1 for the op stream (what a device applies), 2 zstd patch-from, 3 split.
+  // 1 the op stream, 2 patch-from (a device applies it with LZMA, A/B), 3 split.
   uint8_t method;
   // 0 stored, 1 zstd, 2 LZMA.
   uint8_t compression;
@@ -167,7 +168,7 @@ typedef struct {
   uint16_t *probs;
   // How many (at least `OtadeltaInfo.probs_len`).
   size_t probs_len;
-  // The LZMA dictionary.
+  // The LZMA dictionary (for method 2, the tail of what was decoded).
   uint8_t *dict;
   // Its bytes (at least `OtadeltaInfo.dict_len`).
   size_t dict_len;

@@ -46,7 +46,8 @@ pub const OTADELTA_ERR_FOREIGN_JOURNAL: i32 = -11;
 pub const OTADELTA_ERR_INCONSISTENT: i32 = -12;
 /// The slot is smaller than the delta needs.
 pub const OTADELTA_ERR_SLOT_TOO_SMALL: i32 = -13;
-/// A delta this applier does not handle (not method 1 stored or LZMA, not in place, ...).
+/// A delta this applier does not handle (not method 1 stored or LZMA nor method 2 with LZMA,
+/// not in place, ...).
 pub const OTADELTA_ERR_UNSUPPORTED: i32 = -14;
 /// The work memory is smaller than `otadelta_inspect` says.
 pub const OTADELTA_ERR_WORK: i32 = -15;
@@ -130,7 +131,7 @@ pub struct OtadeltaWork {
     pub probs: *mut u16,
     /// How many (at least `OtadeltaInfo.probs_len`).
     pub probs_len: usize,
-    /// The LZMA dictionary.
+    /// The LZMA dictionary (for method 2, the tail of what was decoded).
     pub dict: *mut u8,
     /// Its bytes (at least `OtadeltaInfo.dict_len`).
     pub dict_len: usize,
@@ -148,7 +149,7 @@ pub struct OtadeltaInfo {
     pub old_size: u64,
     /// New image size.
     pub new_size: u64,
-    /// 1 for the op stream (what a device applies), 2 zstd patch-from, 3 split.
+    /// 1 the op stream, 2 patch-from (a device applies it with LZMA, A/B), 3 split.
     pub method: u8,
     /// 0 stored, 1 zstd, 2 LZMA.
     pub compression: u8,
