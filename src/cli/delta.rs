@@ -48,7 +48,8 @@ enum MethodArg {
 enum ProfileArg {
     /// Linux gateways: large windows, smallest of zstd and LZMA.
     Linux,
-    /// Microcontrollers: LZMA with a 4 KiB dictionary (about 9.5 KiB decoder RAM).
+    /// Microcontrollers: LZMA with a 4 KiB dictionary, or (A/B) LZMA primed with old whose
+    /// window the device reads back from flash (about 10 KiB decoder RAM either way).
     Mcu,
 }
 

@@ -606,3 +606,50 @@ fn testdata_delta_is_real_and_reproducible() {
         .success();
     assert_eq!(fs_err::read(&again).unwrap(), fs_err::read(sw("image-1.1-to-1.2.delta")).unwrap());
 }
+
+/// `--method patch-from` from the command line: LZMA primed with old for the MCU profile (a
+/// device's decoder then needs its probabilities and a 256-byte tail), zstd for Linux, refused
+/// in place with the reason, and applied by `delta apply`.
+#[test]
+fn patch_from_through_the_cli() {
+    let c = case("otadelta");
+    let new = c.dir.path().join("new.bin");
+    let make = |profile: &str, extra: &[&str]| {
+        let delta = c.dir.path().join(format!("pf-{profile}-{}.delta", extra.len()));
+        let out = otaforge()
+            .args(["delta", "create"])
+            .arg(&c.old)
+            .arg(&new)
+            .arg("-o")
+            .arg(&delta)
+            .args(["--method", "patch-from", "--profile", profile])
+            .args(extra)
+            .output()
+            .unwrap();
+        (out, delta)
+    };
+    for (profile, compression) in [("mcu", "lzma"), ("linux", "zstd")] {
+        let (out, delta) = make(profile, &[]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let info = otaforge().args(["--format", "json", "delta", "info"]).arg(&delta).output();
+        let info = stdout_json(&info.unwrap());
+        assert_eq!(
+            (info["method"].as_str(), info["compression"].as_str()),
+            (Some("patch-from"), Some(compression))
+        );
+        if profile == "mcu" {
+            let ram = info["decoderRam"].as_u64().unwrap();
+            assert!(ram <= 10_240, "{ram} bytes of decoder RAM");
+        }
+        let (code, applied) = apply_json(&c, &delta);
+        assert_eq!(code, 0, "{applied}");
+        assert!(fs_err::read(&c.out).unwrap() == fs_err::read(&new).unwrap());
+        fs_err::remove_file(&c.out).unwrap();
+    }
+    let in_place = ["--in-place", "--segment-size", "4096", "--memory-size", "256K"];
+    let (out, delta) = make("mcu", &in_place);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("patch-from") && err.contains("--in-place"), "{err}");
+    assert!(!delta.exists(), "a refused delta was written");
+}
