@@ -330,8 +330,8 @@ const PRIMED_MAX: usize = 16 << 20;
 
 /// The LZMA properties method 2 is tried with on a device, `(lc, lp, pb)`: a device's decoder
 /// needs `1,847 + 768 << (lc + lp)` probabilities, at most 9,838 bytes here. Two-byte
-/// positions suit Thumb-2 code (3-4 % smaller than none on the Pybricks hub images); four-byte
-/// ones are there for A32 and data in words.
+/// positions suit Thumb-2 code (about 3 % smaller than none on the Pybricks hub images);
+/// four-byte ones are there for A32 code and data in words (not measured).
 const PRIMED_PROPS: [(u32, u32, u32); 4] = [(0, 0, 0), (0, 1, 1), (1, 1, 1), (0, 2, 2)];
 
 /// The op stream's encoders: the MCU profile's small LZMA; for Linux, LZMA interleaved and in
