@@ -181,6 +181,26 @@ fn in_place(old: &[u8], new: &[u8], segment: u64, memory: u64) -> Vec<u8> {
     delta::create(old, new, &opts, &otaforge::NoReporter).expect("create").bytes
 }
 
+/// When to cut the power, in flash steps from boot: once at each segment boundary (just before,
+/// at, and inside each journal save of an uninterrupted run, which started at `saves` and took
+/// `total` steps), then `randoms` plans of up to four cuts in one update at random moments.
+fn power_cut_plans(saves: &[u64], total: u64, randoms: usize, seed: u64) -> Vec<Vec<u64>> {
+    let mut plans: Vec<Vec<u64>> =
+        saves.iter().flat_map(|&s| [s.saturating_sub(1), s, s + 7]).map(|c| vec![c]).collect();
+    let mut x = seed;
+    let mut rand = move |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n.max(1)
+    };
+    for _ in 0..randoms {
+        let k = 1 + rand(4);
+        plans.push((0..k).map(|_| rand(total)).collect());
+    }
+    plans
+}
+
 #[test]
 fn an_in_place_update_survives_power_cuts_anywhere() {
     let (old, new) = images();
@@ -201,21 +221,7 @@ fn an_in_place_update_survives_power_cuts_anywhere() {
     let segments = new.len().div_ceil(segment as usize) + old.len().div_ceil(segment as usize);
     assert!(saves.len() > segments, "{} saves for {segments} segments", saves.len());
 
-    // Cut once at each segment boundary (just before, at, and inside each journal save), then
-    // at random moments, up to four cuts in one update.
-    let mut cuts: Vec<Vec<u64>> =
-        saves.iter().flat_map(|&s| [s.saturating_sub(1), s, s + 7]).map(|c| vec![c]).collect();
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    let mut rand = move |n: u64| {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x % n.max(1)
-    };
-    for _ in 0..300 {
-        let k = 1 + rand(4);
-        cuts.push((0..k).map(|_| rand(total)).collect());
-    }
+    let cuts = power_cut_plans(&saves, total, 300, 0x9e37_79b9_7f4a_7c15);
     let mut resumed = 0;
     for (i, plan) in cuts.iter().enumerate() {
         let mut dev = Device::new(&old, slot_len, unit, i as u64 + 2);
@@ -410,19 +416,7 @@ fn a_patch_from_update_into_another_slot_survives_power_cuts() {
     let segments = new.len().div_ceil(segment as usize);
     assert!(saves.len() > segments, "{} saves for {segments} segments", saves.len());
 
-    let mut plans: Vec<Vec<u64>> =
-        saves.iter().flat_map(|&s| [s.saturating_sub(1), s, s + 7]).map(|c| vec![c]).collect();
-    let mut x = 0x2545_f491_4f6c_dd1du64;
-    let mut rand = move |n: u64| {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x % n.max(1)
-    };
-    for _ in 0..150 {
-        let k = 1 + rand(4);
-        plans.push((0..k).map(|_| rand(total)).collect());
-    }
+    let plans = power_cut_plans(&saves, total, 150, 0x2545_f491_4f6c_dd1d);
     let mut resumed = 0;
     for (i, plan) in plans.iter().enumerate() {
         let mut dev = Device::new(&old, slot_len, unit, i as u64 + 2);
